@@ -1,0 +1,519 @@
+//! Wire parser (RFC 3261 §7, §18.3; RFC 4475 torture cases) with size limits.
+//!
+//! Parsing is lexical: start line, header lines (unfolded, compact names classified) and body cut
+//! by Content-Length. Header *values* are interpreted later, on demand, so an unusual header we
+//! never read can never make a message fail. When a message cannot be parsed but its headers
+//! could be read, they are returned in [`ParseFailure::salvage`] so the caller can still answer
+//! the sender with a 400 that names the problem.
+
+use super::header::HeaderName;
+use super::message::{Header, Headers, Message, Request, Response};
+use super::text::is_token;
+use super::uri::{Uri, UriError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Whole message, headers and body (UDP datagram or one framed stream message).
+    pub max_message: usize,
+    pub max_headers: usize,
+    /// One header line after unfolding, and the start line.
+    pub max_line: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 64 * 1024,
+            max_headers: 128,
+            max_line: 8 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("Empty message")]
+    Empty,
+    #[error("Message Too Large (limit {0} bytes)")]
+    TooLarge(usize),
+    #[error("Too many header fields (limit {0})")]
+    TooManyHeaders(usize),
+    #[error("Header line too long (limit {0} bytes)")]
+    LineTooLong(usize),
+    #[error("No blank line after the headers")]
+    NoHeaderEnd,
+    #[error("Malformed start line: {0}")]
+    BadStartLine(&'static str),
+    #[error("SIP version {0} not supported")]
+    BadVersion(String),
+    #[error("Bad Request-URI: {0}")]
+    BadUri(UriError),
+    #[error("Malformed header line: {0}")]
+    BadHeaderLine(&'static str),
+    #[error("Header {0} is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("Content-Length is not a valid number")]
+    BadContentLength,
+    #[error("Conflicting Content-Length headers")]
+    ConflictingContentLength,
+    #[error("Body shorter than Content-Length ({got} of {declared} bytes)")]
+    BodyTruncated { declared: usize, got: usize },
+    #[error("Content-Length missing on a stream transport")]
+    StreamWithoutContentLength,
+    #[error("Bad status code {0}")]
+    BadStatus(String),
+}
+
+impl ParseError {
+    /// The status a request that failed this way is answered with (responses are dropped).
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::TooLarge(_) => 513,
+            ParseError::BadVersion(_) => 505,
+            ParseError::BadUri(_) => 400,
+            _ => 400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseFailure {
+    pub error: ParseError,
+    /// The headers, when they could be read and the message is a request: enough to answer.
+    pub salvage: Option<Headers>,
+}
+
+impl ParseFailure {
+    fn bare(error: ParseError) -> Self {
+        ParseFailure { error, salvage: None }
+    }
+}
+
+enum StartLine {
+    Request { method: String, uri: Result<Uri, UriError> },
+    Response { status: u16, reason: String },
+}
+
+/// Parses one datagram (or one framed stream message). Per RFC 3261 §18.3, bytes beyond
+/// Content-Length are discarded and a body shorter than it is an error.
+pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailure> {
+    if buf.len() > limits.max_message {
+        let salvage = salvage_headers(&buf[..limits.max_message.min(buf.len())], limits);
+        return Err(ParseFailure {
+            error: ParseError::TooLarge(limits.max_message),
+            salvage,
+        });
+    }
+    // RFC 3261 §7.5: CRLFs before the start line are ignored.
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .ok_or(ParseFailure::bare(ParseError::Empty))?;
+    let buf = &buf[start..];
+    let (head_end, body_start) = find_header_end(buf).unwrap_or((buf.len(), buf.len()));
+    let head = &buf[..head_end];
+    let mut lines = LineIter::new(head);
+    let first = lines.next().ok_or(ParseFailure::bare(ParseError::Empty))?;
+    if first.len() > limits.max_line {
+        return Err(ParseFailure::bare(ParseError::LineTooLong(limits.max_line)));
+    }
+    let start_line = parse_start_line(first);
+    let is_request = !first.starts_with(b"SIP/");
+    let headers = match parse_header_lines(lines, limits) {
+        Ok(h) => h,
+        Err(error) => {
+            return Err(ParseFailure { error, salvage: None });
+        }
+    };
+    let fail = |error: ParseError, headers: Headers| ParseFailure {
+        error,
+        salvage: if is_request { Some(headers) } else { None },
+    };
+    let start_line = match start_line {
+        Ok(s) => s,
+        Err(e) => return Err(fail(e, headers)),
+    };
+    let available = &buf[body_start..];
+    let body = match content_length(&headers) {
+        Ok(Some(cl)) if cl > available.len() => {
+            return Err(fail(
+                ParseError::BodyTruncated {
+                    declared: cl,
+                    got: available.len(),
+                },
+                headers,
+            ))
+        }
+        Ok(Some(cl)) => available[..cl].to_vec(),
+        Ok(None) => available.to_vec(),
+        Err(e) => return Err(fail(e, headers)),
+    };
+    match start_line {
+        StartLine::Request { method, uri } => match uri {
+            Ok(uri) => Ok(Message::Request(Request {
+                method,
+                uri,
+                headers,
+                body,
+            })),
+            Err(e) => Err(fail(ParseError::BadUri(e), headers)),
+        },
+        StartLine::Response { status, reason } => Ok(Message::Response(Response {
+            status,
+            reason,
+            headers,
+            body,
+        })),
+    }
+}
+
+/// What a stream buffer holds at its front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// Not a whole message yet.
+    Incomplete,
+    /// `n` bytes of CRLF keep-alive (RFC 5626 §3.5.1) to consume; `pong` when a double CRLF
+    /// ping was seen and must be answered with a single CRLF.
+    KeepAlive { len: usize, pong: bool },
+    /// One whole message of `len` bytes.
+    Message(usize),
+}
+
+/// Finds the first message in a stream buffer by its Content-Length (RFC 3261 §18.3). An error
+/// means the stream cannot be framed any more and the connection must be closed.
+pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Frame, ParseError> {
+    let lead = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    if lead > 0 {
+        let pong = buf[..lead].windows(4).any(|w| w == b"\r\n\r\n");
+        return Ok(Frame::KeepAlive { len: lead, pong });
+    }
+    let Some((head_end, body_start)) = find_header_end(buf) else {
+        if buf.len() > limits.max_message {
+            return Err(ParseError::TooLarge(limits.max_message));
+        }
+        return Ok(Frame::Incomplete);
+    };
+    let head = &buf[..head_end];
+    let mut cl: Option<usize> = None;
+    let mut lines = LineIter::new(head);
+    lines.next();
+    for line in lines {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = std::str::from_utf8(&line[..colon]).unwrap_or("").trim();
+        if HeaderName::classify(name) == HeaderName::ContentLength {
+            let v = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
+            let n = parse_cl_value(v)?;
+            if cl.is_some_and(|prev| prev != n) {
+                return Err(ParseError::ConflictingContentLength);
+            }
+            cl = Some(n);
+        }
+    }
+    let cl = cl.ok_or(ParseError::StreamWithoutContentLength)?;
+    let total = body_start + cl;
+    if total > limits.max_message {
+        return Err(ParseError::TooLarge(limits.max_message));
+    }
+    if buf.len() < total {
+        return Ok(Frame::Incomplete);
+    }
+    Ok(Frame::Message(total))
+}
+
+/// Returns (end of the last header line, start of the body). Accepts bare LF line ends, which
+/// some embedded stacks send.
+fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some((i, i + 2));
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, i + 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+struct LineIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> LineIter<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        LineIter { rest: buf }
+    }
+}
+
+impl<'a> Iterator for LineIter<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let (line, rest) = match self.rest.iter().position(|&b| b == b'\n') {
+            Some(n) => (&self.rest[..n], &self.rest[n + 1..]),
+            None => (self.rest, &self.rest[self.rest.len()..]),
+        };
+        self.rest = rest;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    }
+}
+
+fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
+    let line = std::str::from_utf8(line).map_err(|_| ParseError::BadStartLine("not UTF-8"))?;
+    if let Some(rest) = line.strip_prefix("SIP/") {
+        let mut parts = rest.splitn(3, ' ');
+        let version = parts.next().unwrap_or("");
+        if version != "2.0" {
+            return Err(ParseError::BadVersion(format!("SIP/{version}")));
+        }
+        let code = parts.next().unwrap_or("");
+        let reason = parts.next().unwrap_or("").to_string();
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::BadStatus(code.to_string()));
+        }
+        let status: u16 = code.parse().map_err(|_| ParseError::BadStatus(code.to_string()))?;
+        if !(100..=699).contains(&status) {
+            return Err(ParseError::BadStatus(code.to_string()));
+        }
+        return Ok(StartLine::Response { status, reason });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version: exactly single spaces (RFC 4475
+    // §3.1.2.9 "lwsstart", §3.1.2.8 "lwsruri").
+    let parts: Vec<&str> = line.split(' ').collect();
+    if parts.len() != 3 {
+        return Err(ParseError::BadStartLine(
+            "request line must be Method SP Request-URI SP SIP/2.0",
+        ));
+    }
+    let (method, uri, version) = (parts[0], parts[1], parts[2]);
+    if !is_token(method) {
+        return Err(ParseError::BadStartLine("method is not a token"));
+    }
+    if !version.starts_with("SIP/") || version.len() < 5 {
+        return Err(ParseError::BadStartLine("missing SIP version"));
+    }
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return Err(ParseError::BadVersion(version.to_string()));
+    }
+    Ok(StartLine::Request {
+        method: method.to_string(),
+        uri: Uri::parse(uri),
+    })
+}
+
+fn parse_header_lines<'a>(
+    lines: impl Iterator<Item = &'a [u8]>,
+    limits: &Limits,
+) -> Result<Headers, ParseError> {
+    let mut headers: Vec<Header> = Vec::new();
+    for line in lines {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            // RFC 3261 §7.3.1 folding: a continuation line joins the previous value with SP.
+            let last = headers
+                .last_mut()
+                .ok_or(ParseError::BadHeaderLine("continuation line before any header"))?;
+            let cont = std::str::from_utf8(line)
+                .map_err(|_| ParseError::NotUtf8(last.name.clone()))?
+                .trim();
+            if last.value.len() + cont.len() + 1 > limits.max_line {
+                return Err(ParseError::LineTooLong(limits.max_line));
+            }
+            if !cont.is_empty() {
+                if !last.value.is_empty() {
+                    last.value.push(' ');
+                }
+                last.value.push_str(cont);
+            }
+            continue;
+        }
+        if line.len() > limits.max_line {
+            return Err(ParseError::LineTooLong(limits.max_line));
+        }
+        if headers.len() >= limits.max_headers {
+            return Err(ParseError::TooManyHeaders(limits.max_headers));
+        }
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(ParseError::BadHeaderLine("no colon after the header name"))?;
+        let name = std::str::from_utf8(&line[..colon])
+            .map_err(|_| ParseError::BadHeaderLine("header name is not a token"))?
+            .trim_end_matches([' ', '\t']);
+        if !is_token(name) {
+            return Err(ParseError::BadHeaderLine("header name is not a token"));
+        }
+        let value = std::str::from_utf8(&line[colon + 1..])
+            .map_err(|_| ParseError::NotUtf8(name.to_string()))?
+            .trim_matches([' ', '\t']);
+        if value.bytes().any(|b| b == 0 || b == b'\r') {
+            return Err(ParseError::BadHeaderLine("control character in a header value"));
+        }
+        headers.push(Header {
+            name: name.to_string(),
+            kind: HeaderName::classify(name),
+            value: value.to_string(),
+        });
+    }
+    Ok(Headers(headers))
+}
+
+fn parse_cl_value(v: &str) -> Result<usize, ParseError> {
+    if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::BadContentLength);
+    }
+    v.parse().map_err(|_| ParseError::BadContentLength)
+}
+
+fn content_length(headers: &Headers) -> Result<Option<usize>, ParseError> {
+    let mut cl = None;
+    for v in headers.all(HeaderName::ContentLength) {
+        let n = parse_cl_value(v.trim())?;
+        if cl.is_some_and(|prev| prev != n) {
+            return Err(ParseError::ConflictingContentLength);
+        }
+        cl = Some(n);
+    }
+    Ok(cl)
+}
+
+/// Best effort for an oversized request: its headers, to answer 513.
+fn salvage_headers(buf: &[u8], limits: &Limits) -> Option<Headers> {
+    if buf.starts_with(b"SIP/") {
+        return None;
+    }
+    let end = find_header_end(buf).map(|(e, _)| e)?;
+    let mut lines = LineIter::new(&buf[..end]);
+    lines.next();
+    parse_header_lines(lines, limits).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::HasHeaders;
+
+    fn req(s: &str) -> Request {
+        match parse_message(s.as_bytes(), &Limits::default()).unwrap() {
+            Message::Request(r) => r,
+            _ => panic!("not a request"),
+        }
+    }
+
+    const REGISTER: &str = "REGISTER sip:example.test SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK1, SIP/2.0/TCP 10.0.0.1\r\n\
+        v: SIP/2.0/UDP [::1]:5062;branch=z9hG4bK2\r\n\
+        f: \"A, B\" <sip:1001@example.test>;tag=x\r\n\
+        t: <sip:1001@example.test>\r\n\
+        i: abc@host\r\n\
+        CSeq: 1 REGISTER\r\n\
+        Subject: a\r\n  folded\r\n\tline\r\n\
+        X-Custom :  kept as is  \r\n\
+        l: 4\r\n\r\nbodyEXTRA";
+
+    #[test]
+    fn rfc3261_7_parses_compact_folded_and_multi_value_headers() {
+        let r = req(REGISTER);
+        assert_eq!(r.method, "REGISTER");
+        assert_eq!(r.headers.list(HeaderName::Via).len(), 3);
+        assert_eq!(r.vias().unwrap()[2].port, Some(5062));
+        assert_eq!(r.headers.get(HeaderName::Subject), Some("a folded line"));
+        assert_eq!(r.headers.get_named("x-custom"), Some("kept as is"));
+        assert_eq!(r.from_hdr().unwrap().display.as_deref(), Some("A, B"));
+        assert_eq!(r.call_id().unwrap(), "abc@host");
+        // §18.3: bytes beyond Content-Length are discarded.
+        assert_eq!(r.body, b"body");
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn printing_keeps_names_order_and_fixes_content_length() {
+        let r = req(REGISTER);
+        let printed = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(printed.starts_with("REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP"));
+        assert!(printed.contains("\r\nv: SIP/2.0/UDP [::1]:5062;branch=z9hG4bK2\r\n"));
+        assert!(printed.contains("\r\nX-Custom: kept as is\r\n"));
+        assert!(printed.contains("\r\nl: 4\r\n\r\nbody"));
+        let again = req(&printed);
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn rfc3261_18_3_short_body_is_an_error_that_can_be_answered() {
+        let m = "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: 10\r\n\r\nshort";
+        let e = parse_message(m.as_bytes(), &Limits::default()).unwrap_err();
+        assert_eq!(e.error, ParseError::BodyTruncated { declared: 10, got: 5 });
+        assert!(e.salvage.is_some());
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits {
+            max_message: 300,
+            max_headers: 3,
+            max_line: 40,
+        };
+        let big = format!("OPTIONS sip:x SIP/2.0\r\nX: {}\r\n\r\n", "a".repeat(400));
+        assert_eq!(
+            parse_message(big.as_bytes(), &limits).unwrap_err().error,
+            ParseError::TooLarge(300)
+        );
+        let long = format!("OPTIONS sip:x SIP/2.0\r\nX: {}\r\n\r\n", "a".repeat(50));
+        assert_eq!(
+            parse_message(long.as_bytes(), &limits).unwrap_err().error,
+            ParseError::LineTooLong(40)
+        );
+        let many = "OPTIONS sip:x SIP/2.0\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
+        assert_eq!(
+            parse_message(many.as_bytes(), &limits).unwrap_err().error,
+            ParseError::TooManyHeaders(3)
+        );
+    }
+
+    #[test]
+    fn stream_framing_by_content_length_and_keepalives() {
+        let limits = Limits::default();
+        assert_eq!(
+            frame_stream(b"\r\n\r\nOPTIONS", &limits),
+            Ok(Frame::KeepAlive { len: 4, pong: true })
+        );
+        assert_eq!(frame_stream(b"\r\n", &limits), Ok(Frame::KeepAlive { len: 2, pong: false }));
+        let m = b"OPTIONS sip:x SIP/2.0\r\nl: 3\r\n\r\nabcNEXT";
+        assert_eq!(frame_stream(m, &limits), Ok(Frame::Message(m.len() - 4)));
+        assert_eq!(frame_stream(&m[..20], &limits), Ok(Frame::Incomplete));
+        assert_eq!(frame_stream(&m[..30], &limits), Ok(Frame::Incomplete));
+        assert_eq!(
+            frame_stream(b"OPTIONS sip:x SIP/2.0\r\n\r\n", &limits),
+            Err(ParseError::StreamWithoutContentLength)
+        );
+        assert_eq!(
+            frame_stream(b"OPTIONS sip:x SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\n", &limits),
+            Err(ParseError::ConflictingContentLength)
+        );
+    }
+
+    #[test]
+    fn responses_parse_and_bad_status_is_refused() {
+        let m = "SIP/2.0 401 Unauthorized Now\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n";
+        match parse_message(m.as_bytes(), &Limits::default()).unwrap() {
+            Message::Response(r) => {
+                assert_eq!(r.status, 401);
+                assert_eq!(r.reason, "Unauthorized Now");
+            }
+            _ => panic!(),
+        }
+        let bad = "SIP/2.0 4294967301 Huge\r\n\r\n";
+        assert!(parse_message(bad.as_bytes(), &Limits::default()).is_err());
+        let bad = "SIP/2.0 099 Low\r\n\r\n";
+        assert!(parse_message(bad.as_bytes(), &Limits::default()).is_err());
+    }
+}
