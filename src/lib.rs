@@ -1,2 +1,15 @@
+//! busylamp: SIP registrar, edge proxy and presence server for desk phones, in one process.
+//! See DESIGN.md (shared) for the data flow; each module owns one thing.
+
+pub mod auth;
+pub mod clock;
+pub mod config;
 pub mod deadline;
+pub mod events;
+pub mod registrar;
+pub mod router;
+// pub mod server;
 pub mod sip;
+pub mod storage;
+// pub mod transaction;
+pub mod transport;

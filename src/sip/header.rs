@@ -227,7 +227,14 @@ impl NameAddr {
             (Some(d), s[used..].trim_start())
         } else if let Some(lt) = s.find('<') {
             let d = s[..lt].trim();
-            (if d.is_empty() { None } else { Some(d.to_string()) }, &s[lt..])
+            (
+                if d.is_empty() {
+                    None
+                } else {
+                    Some(d.to_string())
+                },
+                &s[lt..],
+            )
         } else {
             (None, s)
         };
@@ -235,7 +242,11 @@ impl NameAddr {
             let gt = inner.find('>').ok_or(HeaderError::UnclosedAngle)?;
             let uri = Uri::parse(inner[..gt].trim())?;
             let params = Params::parse(&inner[gt + 1..]).map_err(HeaderError::Params)?;
-            return Ok(NameAddr { display, uri, params });
+            return Ok(NameAddr {
+                display,
+                uri,
+                params,
+            });
         }
         if display.is_some() {
             return Err(HeaderError::DisplayWithoutAngle);
@@ -318,8 +329,14 @@ impl Via {
         // around the slashes (RFC 4475 §3.1.1.1 wsinv).
         let mut parts = s.splitn(3, '/');
         let name = parts.next().unwrap_or("").trim();
-        let version = parts.next().ok_or(HeaderError::Via("missing protocol version"))?.trim();
-        let rest = parts.next().ok_or(HeaderError::Via("missing transport"))?.trim_start();
+        let version = parts
+            .next()
+            .ok_or(HeaderError::Via("missing protocol version"))?
+            .trim();
+        let rest = parts
+            .next()
+            .ok_or(HeaderError::Via("missing transport"))?
+            .trim_start();
         if !is_token(name) || !is_token(version) {
             return Err(HeaderError::Via("malformed sent-protocol"));
         }
@@ -336,7 +353,9 @@ impl Via {
             None => (rest.trim(), ""),
         };
         let (host_s, port_s) = if sent_by.starts_with('[') {
-            let end = sent_by.find(']').ok_or(HeaderError::Via("unclosed IPv6 reference"))?;
+            let end = sent_by
+                .find(']')
+                .ok_or(HeaderError::Via("unclosed IPv6 reference"))?;
             let after = sent_by[end + 1..].trim_start();
             match after.strip_prefix(':') {
                 Some(p) => (&sent_by[..=end], Some(p.trim())),
@@ -356,7 +375,9 @@ impl Via {
                 p.parse::<u16>()
                     .ok()
                     .filter(|_| p.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or(HeaderError::Via("sent-by port is not a number from 0 to 65535"))?,
+                    .ok_or(HeaderError::Via(
+                        "sent-by port is not a number from 0 to 65535",
+                    ))?,
             ),
         };
         let params = Params::parse(params).map_err(|_| HeaderError::Via("malformed parameters"))?;
@@ -418,7 +439,9 @@ impl CSeq {
             return Err(HeaderError::CSeq("sequence number is not a number"));
         }
         // RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
-        let seq: u64 = num.parse().map_err(|_| HeaderError::CSeq("sequence number is not a number"))?;
+        let seq: u64 = num
+            .parse()
+            .map_err(|_| HeaderError::CSeq("sequence number is not a number"))?;
         if seq >= 1 << 31 {
             return Err(HeaderError::CSeq("sequence number is not below 2**31"));
         }
@@ -464,8 +487,10 @@ mod tests {
 
     #[test]
     fn rfc3261_20_10_name_addr_with_quoted_display_and_escapes() {
-        let n = NameAddr::parse(r#""Pierre \"PT\" Test" <sip:1013@example.test;transport=udp>;tag=F87D"#)
-            .unwrap();
+        let n = NameAddr::parse(
+            r#""Pierre \"PT\" Test" <sip:1013@example.test;transport=udp>;tag=F87D"#,
+        )
+        .unwrap();
         assert_eq!(n.display.as_deref(), Some(r#"Pierre "PT" Test"#));
         assert_eq!(n.tag().as_deref(), Some("F87D"));
         assert_eq!(n.uri.as_sip().unwrap().transport().as_deref(), Some("udp"));
@@ -484,7 +509,10 @@ mod tests {
 
     #[test]
     fn malformed_name_addrs_say_why() {
-        assert_eq!(NameAddr::parse(r#""open <sip:a@b>"#), Err(HeaderError::UnterminatedQuote));
+        assert_eq!(
+            NameAddr::parse(r#""open <sip:a@b>"#),
+            Err(HeaderError::UnterminatedQuote)
+        );
         assert_eq!(NameAddr::parse("<sip:a@b"), Err(HeaderError::UnclosedAngle));
         assert!(NameAddr::parse("\"x\" sip:a@b").is_err());
     }
@@ -505,7 +533,10 @@ mod tests {
         assert_eq!(v.port, Some(5070));
         assert_eq!(v.branch().as_deref(), Some("z9hG4bK1"));
         assert_eq!(v.rport(), Some(None));
-        assert_eq!(v.to_string(), "SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bK1;rport");
+        assert_eq!(
+            v.to_string(),
+            "SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bK1;rport"
+        );
         let v = Via::parse("SIP/2.0/tcp host.example:5060 ;received=1.2.3.4;rport=9").unwrap();
         assert_eq!(v.transport, "TCP");
         assert_eq!(v.rport(), Some(Some(9)));

@@ -41,7 +41,10 @@ impl Headers {
 
     /// First value of a known header.
     pub fn get(&self, kind: HeaderName) -> Option<&str> {
-        self.0.iter().find(|h| h.kind == kind).map(|h| h.value.as_str())
+        self.0
+            .iter()
+            .find(|h| h.kind == kind)
+            .map(|h| h.value.as_str())
     }
 
     /// First value of an extension header by name (case-insensitive).
@@ -304,12 +307,7 @@ impl HasHeaders for Response {
 impl Request {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.body.len());
-        let _ = write!(
-            StrBuf(&mut out),
-            "{} {} SIP/2.0\r\n",
-            self.method,
-            self.uri
-        );
+        let _ = write!(StrBuf(&mut out), "{} {} SIP/2.0\r\n", self.method, self.uri);
         self.headers.write_to(&mut out, self.body.len());
         out.extend_from_slice(&self.body);
         out
@@ -321,11 +319,14 @@ impl Request {
             Some(v) => {
                 let v = v.trim();
                 if v.is_empty() || v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(MessageError::BadValue("Max-Forwards", "not a number from 0 to 255"));
+                    return Err(MessageError::BadValue(
+                        "Max-Forwards",
+                        "not a number from 0 to 255",
+                    ));
                 }
-                v.parse::<u8>()
-                    .map(Some)
-                    .map_err(|_| MessageError::BadValue("Max-Forwards", "not a number from 0 to 255"))
+                v.parse::<u8>().map(Some).map_err(|_| {
+                    MessageError::BadValue("Max-Forwards", "not a number from 0 to 255")
+                })
             }
         }
     }
@@ -354,7 +355,10 @@ impl Request {
         self.to_hdr()?;
         let call_id = self.call_id()?;
         if call_id.is_empty() || call_id.bytes().any(|b| b <= b' ') {
-            return Err(MessageError::BadValue("Call-ID", "empty or contains whitespace"));
+            return Err(MessageError::BadValue(
+                "Call-ID",
+                "empty or contains whitespace",
+            ));
         }
         let cseq = self.cseq()?;
         if cseq.method != self.method {
@@ -425,7 +429,12 @@ pub fn sanitize_reason(reason: &str) -> String {
 impl Response {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.body.len());
-        let _ = write!(StrBuf(&mut out), "SIP/2.0 {} {}\r\n", self.status, self.reason);
+        let _ = write!(
+            StrBuf(&mut out),
+            "SIP/2.0 {} {}\r\n",
+            self.status,
+            self.reason
+        );
         self.headers.write_to(&mut out, self.body.len());
         out.extend_from_slice(&self.body);
         out

@@ -85,13 +85,22 @@ pub struct ParseFailure {
 
 impl ParseFailure {
     fn bare(error: ParseError) -> Self {
-        ParseFailure { error, salvage: None }
+        ParseFailure {
+            error,
+            salvage: None,
+        }
     }
 }
 
 enum StartLine {
-    Request { method: String, uri: Result<Uri, UriError> },
-    Response { status: u16, reason: String },
+    Request {
+        method: String,
+        uri: Result<Uri, UriError>,
+    },
+    Response {
+        status: u16,
+        reason: String,
+    },
 }
 
 /// Parses one datagram (or one framed stream message). Per RFC 3261 §18.3, bytes beyond
@@ -122,7 +131,10 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
     let headers = match parse_header_lines(lines, limits) {
         Ok(h) => h,
         Err(error) => {
-            return Err(ParseFailure { error, salvage: None });
+            return Err(ParseFailure {
+                error,
+                salvage: None,
+            });
         }
     };
     let fail = |error: ParseError, headers: Headers| ParseFailure {
@@ -182,7 +194,10 @@ pub enum Frame {
 /// Finds the first message in a stream buffer by its Content-Length (RFC 3261 §18.3). An error
 /// means the stream cannot be framed any more and the connection must be closed.
 pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Frame, ParseError> {
-    let lead = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let lead = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
     if lead > 0 {
         let pong = buf[..lead].windows(4).any(|w| w == b"\r\n\r\n");
         return Ok(Frame::KeepAlive { len: lead, pong });
@@ -281,7 +296,9 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseError::BadStatus(code.to_string()));
         }
-        let status: u16 = code.parse().map_err(|_| ParseError::BadStatus(code.to_string()))?;
+        let status: u16 = code
+            .parse()
+            .map_err(|_| ParseError::BadStatus(code.to_string()))?;
         if !(100..=699).contains(&status) {
             return Err(ParseError::BadStatus(code.to_string()));
         }
@@ -319,9 +336,9 @@ fn parse_header_lines<'a>(
     for line in lines {
         if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
             // RFC 3261 §7.3.1 folding: a continuation line joins the previous value with SP.
-            let last = headers
-                .last_mut()
-                .ok_or(ParseError::BadHeaderLine("continuation line before any header"))?;
+            let last = headers.last_mut().ok_or(ParseError::BadHeaderLine(
+                "continuation line before any header",
+            ))?;
             let cont = std::str::from_utf8(line)
                 .map_err(|_| ParseError::NotUtf8(last.name.clone()))?
                 .trim();
@@ -356,7 +373,9 @@ fn parse_header_lines<'a>(
             .map_err(|_| ParseError::NotUtf8(name.to_string()))?
             .trim_matches([' ', '\t']);
         if value.bytes().any(|b| b == 0 || b == b'\r') {
-            return Err(ParseError::BadHeaderLine("control character in a header value"));
+            return Err(ParseError::BadHeaderLine(
+                "control character in a header value",
+            ));
         }
         headers.push(Header {
             name: name.to_string(),
@@ -451,7 +470,13 @@ mod tests {
     fn rfc3261_18_3_short_body_is_an_error_that_can_be_answered() {
         let m = "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: 10\r\n\r\nshort";
         let e = parse_message(m.as_bytes(), &Limits::default()).unwrap_err();
-        assert_eq!(e.error, ParseError::BodyTruncated { declared: 10, got: 5 });
+        assert_eq!(
+            e.error,
+            ParseError::BodyTruncated {
+                declared: 10,
+                got: 5
+            }
+        );
         assert!(e.salvage.is_some());
     }
 
@@ -486,7 +511,13 @@ mod tests {
             frame_stream(b"\r\n\r\nOPTIONS", &limits),
             Ok(Frame::KeepAlive { len: 4, pong: true })
         );
-        assert_eq!(frame_stream(b"\r\n", &limits), Ok(Frame::KeepAlive { len: 2, pong: false }));
+        assert_eq!(
+            frame_stream(b"\r\n", &limits),
+            Ok(Frame::KeepAlive {
+                len: 2,
+                pong: false
+            })
+        );
         let m = b"OPTIONS sip:x SIP/2.0\r\nl: 3\r\n\r\nabcNEXT";
         assert_eq!(frame_stream(m, &limits), Ok(Frame::Message(m.len() - 4)));
         assert_eq!(frame_stream(&m[..20], &limits), Ok(Frame::Incomplete));
@@ -496,7 +527,10 @@ mod tests {
             Err(ParseError::StreamWithoutContentLength)
         );
         assert_eq!(
-            frame_stream(b"OPTIONS sip:x SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\n", &limits),
+            frame_stream(
+                b"OPTIONS sip:x SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\n",
+                &limits
+            ),
             Err(ParseError::ConflictingContentLength)
         );
     }

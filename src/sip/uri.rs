@@ -120,7 +120,10 @@ pub struct SipUri {
 pub enum Uri {
     Sip(SipUri),
     /// Any other absolute URI, verbatim.
-    Other { scheme: String, rest: String },
+    Other {
+        scheme: String,
+        rest: String,
+    },
 }
 
 impl Uri {
@@ -176,9 +179,16 @@ impl Uri {
     pub fn equivalent(&self, other: &Uri) -> bool {
         match (self, other) {
             (Uri::Sip(a), Uri::Sip(b)) => a.equivalent(b),
-            (Uri::Other { scheme: s1, rest: r1 }, Uri::Other { scheme: s2, rest: r2 }) => {
-                s1.eq_ignore_ascii_case(s2) && r1.eq_ignore_ascii_case(r2)
-            }
+            (
+                Uri::Other {
+                    scheme: s1,
+                    rest: r1,
+                },
+                Uri::Other {
+                    scheme: s2,
+                    rest: r2,
+                },
+            ) => s1.eq_ignore_ascii_case(s2) && r1.eq_ignore_ascii_case(r2),
             _ => false,
         }
     }
@@ -238,13 +248,18 @@ impl SipUri {
             Some(p) => Some(
                 p.parse::<u16>()
                     .ok()
-                    .filter(|_| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|_| {
+                        !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+                    })
                     .ok_or_else(|| UriError::BadPort(p.to_string()))?,
             ),
         };
         let params = Params::parse(params).map_err(UriError::BadParams)?;
         for (n, _) in &params.0 {
-            if !n.bytes().all(|b| is_token_char(b) || b == b'[' || b == b']') {
+            if !n
+                .bytes()
+                .all(|b| is_token_char(b) || b == b'[' || b == b']')
+            {
                 return Err(UriError::BadParams("malformed parameter name"));
             }
         }
@@ -426,7 +441,10 @@ mod tests {
     fn malformed_uris_are_refused_with_a_reason() {
         assert_eq!(Uri::parse(""), Err(UriError::Empty));
         assert_eq!(Uri::parse("alice"), Err(UriError::NoScheme));
-        assert!(matches!(Uri::parse("sip:a@b:99999"), Err(UriError::BadPort(_))));
+        assert!(matches!(
+            Uri::parse("sip:a@b:99999"),
+            Err(UriError::BadPort(_))
+        ));
         assert!(matches!(Uri::parse("sip:a@b:"), Err(UriError::BadPort(_))));
         assert!(matches!(Uri::parse("sip:a b@c"), Err(UriError::Whitespace)));
         assert!(matches!(Uri::parse("sip:"), Err(UriError::NoHost)));
@@ -444,10 +462,16 @@ mod tests {
     #[test]
     fn rfc3261_19_1_4_equivalent_uris() {
         let pairs = [
-            ("sip:%61lice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp"),
+            (
+                "sip:%61lice@atlanta.com;transport=TCP",
+                "sip:alice@AtLanTa.CoM;Transport=tcp",
+            ),
             ("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5"),
             ("sip:carol@chicago.com", "sip:carol@chicago.com;security=on"),
-            ("sip:carol@chicago.com;newparam=5", "sip:carol@chicago.com;security=on"),
+            (
+                "sip:carol@chicago.com;newparam=5",
+                "sip:carol@chicago.com;security=on",
+            ),
             (
                 "sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
                 "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com",
@@ -458,31 +482,55 @@ mod tests {
             ),
         ];
         for (a, b) in pairs {
-            assert!(Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap()), "{a} == {b}");
-            assert!(Uri::parse(b).unwrap().equivalent(&Uri::parse(a).unwrap()), "{b} == {a}");
+            assert!(
+                Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap()),
+                "{a} == {b}"
+            );
+            assert!(
+                Uri::parse(b).unwrap().equivalent(&Uri::parse(a).unwrap()),
+                "{b} == {a}"
+            );
         }
     }
 
     #[test]
     fn rfc3261_19_1_4_non_equivalent_uris() {
         let pairs = [
-            ("SIP:ALICE@AtLanTa.CoM;Transport=udp", "sip:alice@AtLanTa.CoM;Transport=UDP"),
+            (
+                "SIP:ALICE@AtLanTa.CoM;Transport=udp",
+                "sip:alice@AtLanTa.CoM;Transport=UDP",
+            ),
             ("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"),
             ("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp"),
-            ("sip:bob@biloxi.com", "sip:bob@biloxi.com:6000;transport=tcp"),
-            ("sip:carol@chicago.com", "sip:carol@chicago.com?Subject=next%20meeting"),
+            (
+                "sip:bob@biloxi.com",
+                "sip:bob@biloxi.com:6000;transport=tcp",
+            ),
+            (
+                "sip:carol@chicago.com",
+                "sip:carol@chicago.com?Subject=next%20meeting",
+            ),
             ("sip:bob@phone21.boxesbybob.com", "sip:bob@192.0.2.4"),
-            ("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;security=off"),
+            (
+                "sip:carol@chicago.com;security=on",
+                "sip:carol@chicago.com;security=off",
+            ),
             ("sip:alice@x", "sips:alice@x"),
         ];
         for (a, b) in pairs {
-            assert!(!Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap()), "{a} != {b}");
+            assert!(
+                !Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap()),
+                "{a} != {b}"
+            );
         }
     }
 
     #[test]
     fn rfc3261_10_3_aor_is_canonical() {
-        assert_eq!(sip("sip:%31001@Example.TEST;transport=udp?x=y").aor(), "sip:1001@example.test");
+        assert_eq!(
+            sip("sip:%31001@Example.TEST;transport=udp?x=y").aor(),
+            "sip:1001@example.test"
+        );
         assert_eq!(sip("sip:1001@[::1]:5070").aor(), "sip:1001@[::1]:5070");
     }
 }

@@ -1,0 +1,391 @@
+//! Digest authentication of requests (RFC 3261 §22, RFC 7616, RFC 8760): challenges with
+//! stateless nonces, verification against HA1s from the config and the user file, nonce-count
+//! replay protection, trusted source networks and the explicit open mode.
+
+pub mod nonce;
+
+use crate::config::{AuthMode, Cidr, Config};
+use crate::sip::digest::{self, Algorithm, Challenge};
+use crate::sip::{HeaderName, Request};
+use crate::storage::UserFile;
+use nonce::{NonceCheck, NonceCounts, NonceKey};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// What authentication decided about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// The source is trusted, or the server runs in open mode: nobody was identified.
+    Skipped,
+    Authenticated {
+        username: String,
+    },
+    /// Answer 401 (or 407) with fresh challenges.
+    Challenge {
+        stale: bool,
+    },
+    /// Answer 403 with this reason.
+    Forbidden(&'static str),
+    /// Answer 400 with this reason.
+    BadRequest(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ha1s {
+    pub md5: Option<String>,
+    pub sha256: Option<String>,
+}
+
+impl Ha1s {
+    fn for_alg(&self, alg: Algorithm) -> Option<&str> {
+        match alg {
+            Algorithm::Md5 | Algorithm::Md5Sess => self.md5.as_deref(),
+            Algorithm::Sha256 | Algorithm::Sha256Sess => self.sha256.as_deref(),
+        }
+    }
+}
+
+pub struct Authenticator {
+    mode: AuthMode,
+    realm: String,
+    algorithms: Vec<Algorithm>,
+    trusted: Vec<Cidr>,
+    nonce_ttl: u64,
+    key: NonceKey,
+    counts: Mutex<NonceCounts>,
+    config_users: HashMap<String, Ha1s>,
+    user_file: Option<UserFile>,
+}
+
+/// Nonces tracked for nonce-count replay protection; beyond this the oldest are forgotten
+/// (and then refused, so a forgotten nonce cannot be replayed).
+const NONCE_TRACKING: usize = 200_000;
+
+impl Authenticator {
+    pub fn new(cfg: &Config, key: NonceKey, user_file: Option<UserFile>) -> Authenticator {
+        let realm = cfg.realm().to_string();
+        let config_users = cfg
+            .users
+            .iter()
+            .map(|u| {
+                let from_pw = |alg| {
+                    u.password
+                        .as_deref()
+                        .map(|p| digest::ha1(alg, &u.name, &realm, p))
+                };
+                (
+                    u.name.clone(),
+                    Ha1s {
+                        md5: u
+                            .ha1
+                            .clone()
+                            .map(|h| h.to_ascii_lowercase())
+                            .or_else(|| from_pw(Algorithm::Md5)),
+                        sha256: u
+                            .ha1_sha256
+                            .clone()
+                            .map(|h| h.to_ascii_lowercase())
+                            .or_else(|| from_pw(Algorithm::Sha256)),
+                    },
+                )
+            })
+            .collect();
+        Authenticator {
+            mode: cfg.auth.mode,
+            algorithms: cfg
+                .auth
+                .algorithms
+                .iter()
+                .filter_map(|a| Algorithm::from_name(a))
+                .collect(),
+            trusted: cfg.trusted_networks(),
+            nonce_ttl: cfg.auth.nonce_ttl,
+            key,
+            counts: Mutex::new(NonceCounts::new(NONCE_TRACKING, cfg.auth.nonce_ttl)),
+            config_users,
+            user_file,
+            realm,
+        }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|c| c.contains(ip))
+    }
+
+    fn lookup(&self, name: &str) -> Option<Ha1s> {
+        if let Some(h) = self.config_users.get(name) {
+            return Some(h.clone());
+        }
+        let rec = self.user_file.as_ref()?.get(name)?;
+        if rec.realm != self.realm {
+            return None;
+        }
+        Some(Ha1s {
+            md5: rec.ha1_md5,
+            sha256: rec.ha1_sha256,
+        })
+    }
+
+    /// Checks the credentials of `req` in `header` (Authorization for a registrar or notifier,
+    /// Proxy-Authorization for a proxy).
+    pub fn check(
+        &self,
+        req: &Request,
+        header: HeaderName,
+        source: IpAddr,
+        now_unix: u64,
+    ) -> AuthResult {
+        if self.mode == AuthMode::Open || self.is_trusted(source) {
+            return AuthResult::Skipped;
+        }
+        let mut creds = None;
+        for value in req.headers.all(header) {
+            match digest::parse_credentials(value) {
+                Ok(c) if c.realm == self.realm => {
+                    creds = Some(c);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return AuthResult::BadRequest(format!(
+                        "Bad {} header: {e}",
+                        header.canonical()
+                    ))
+                }
+            }
+        }
+        let Some(creds) = creds else {
+            return AuthResult::Challenge { stale: false };
+        };
+        let alg = match creds.algorithm.as_deref() {
+            None => Algorithm::Md5,
+            Some(a) => match Algorithm::from_name(a) {
+                Some(a) if self.algorithms.contains(&a) => a,
+                _ => return AuthResult::Challenge { stale: false },
+            },
+        };
+        if creds
+            .qop
+            .as_deref()
+            .is_some_and(|q| !q.eq_ignore_ascii_case("auth"))
+        {
+            return AuthResult::Challenge { stale: false };
+        }
+        let issued = match self.key.check(&creds.nonce, now_unix, self.nonce_ttl) {
+            NonceCheck::Fresh { issued_secs } => issued_secs,
+            NonceCheck::Stale => return AuthResult::Challenge { stale: true },
+            NonceCheck::Invalid => return AuthResult::Challenge { stale: false },
+        };
+        let Some(ha1) = self.lookup(&creds.username) else {
+            return AuthResult::Forbidden("Wrong password or unknown user");
+        };
+        let Some(ha1) = ha1.for_alg(alg) else {
+            // The user's password is only known hashed for the other algorithm.
+            return AuthResult::Challenge { stale: false };
+        };
+        if !digest::verify(alg, ha1, &req.method, &creds) {
+            return AuthResult::Forbidden("Wrong password or unknown user");
+        }
+        // Without qop there is no nc: the nonce is then good for one request.
+        let nc = creds.nc_value().unwrap_or(1);
+        let accepted = self
+            .counts
+            .lock()
+            .map(|mut c| c.accept(&creds.nonce, nc, issued, now_unix))
+            .unwrap_or(false);
+        if !accepted {
+            // A replayed nonce-count: make the client start over with a fresh nonce.
+            return AuthResult::Challenge { stale: true };
+        }
+        AuthResult::Authenticated {
+            username: creds.username,
+        }
+    }
+
+    /// WWW-Authenticate / Proxy-Authenticate values, most preferred algorithm first
+    /// (RFC 8760 §2.4). When the user named in the request is known, only the algorithms we
+    /// hold an HA1 for are offered.
+    pub fn challenges(&self, stale: bool, now_unix: u64, user_hint: Option<&str>) -> Vec<String> {
+        let nonce = self.key.issue(now_unix);
+        let known = user_hint.and_then(|u| self.lookup(u));
+        let mut offered: Vec<Algorithm> = self
+            .algorithms
+            .iter()
+            .copied()
+            .filter(|a| known.as_ref().is_none_or(|h| h.for_alg(*a).is_some()))
+            .collect();
+        if offered.is_empty() {
+            offered = self.algorithms.clone();
+        }
+        offered
+            .into_iter()
+            .map(|algorithm| {
+                Challenge {
+                    realm: self.realm.clone(),
+                    nonce: nonce.clone(),
+                    opaque: None,
+                    algorithm,
+                    qop_auth: true,
+                    stale,
+                }
+                .to_header_value()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UserConfig;
+    use crate::sip::parse::{parse_message, Limits};
+    use crate::sip::Message;
+
+    fn auth(algs: &[&str]) -> Authenticator {
+        let mut cfg = Config::default();
+        cfg.server.domain = "example.test".into();
+        cfg.auth.algorithms = algs.iter().map(|s| s.to_string()).collect();
+        cfg.auth.trusted = vec!["10.0.0.0/8".into()];
+        cfg.users = vec![
+            UserConfig {
+                name: "1001".into(),
+                password: Some("secret".into()),
+                ..Default::default()
+            },
+            UserConfig {
+                name: "md5only".into(),
+                ha1: Some(digest::ha1(Algorithm::Md5, "md5only", "example.test", "pw")),
+                ..Default::default()
+            },
+        ];
+        Authenticator::new(&cfg, NonceKey::new([7; 32]), None)
+    }
+
+    fn register(authz: Option<String>) -> Request {
+        let mut m = String::from(
+            "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n\
+             From: <sip:1001@example.test>;tag=1\r\nTo: <sip:1001@example.test>\r\n\
+             Call-ID: c\r\nCSeq: 1 REGISTER\r\n",
+        );
+        if let Some(a) = authz {
+            m.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        m.push_str("Content-Length: 0\r\n\r\n");
+        match parse_message(m.as_bytes(), &Limits::default()).unwrap() {
+            Message::Request(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    fn answer(
+        a: &Authenticator,
+        user: &str,
+        pw: &str,
+        alg: Algorithm,
+        nonce: &str,
+        nc: u32,
+    ) -> String {
+        let creds = digest::Credentials {
+            username: user.into(),
+            realm: "example.test".into(),
+            nonce: nonce.into(),
+            uri: "sip:example.test".into(),
+            algorithm: Some(alg.name().into()),
+            cnonce: Some("abc".into()),
+            nc: Some(format!("{nc:08x}")),
+            qop: Some("auth".into()),
+            ..Default::default()
+        };
+        let ha1 = digest::ha1(alg, user, a.realm(), pw);
+        let resp = digest::response(alg, &ha1, "REGISTER", &creds);
+        format!(
+            "Digest username=\"{user}\", realm=\"example.test\", nonce=\"{nonce}\", uri=\"sip:example.test\", \
+             response=\"{resp}\", algorithm={}, cnonce=\"abc\", nc={nc:08x}, qop=auth",
+            alg.name()
+        )
+    }
+
+    const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn rfc8760_sha256_and_md5_are_both_accepted_and_replay_is_refused() {
+        let a = auth(&["SHA-256", "MD5"]);
+        let nonce = a.key.issue(1000);
+        for (alg, nc) in [(Algorithm::Sha256, 1), (Algorithm::Md5, 2)] {
+            let r = register(Some(answer(&a, "1001", "secret", alg, &nonce, nc)));
+            assert_eq!(
+                a.check(&r, HeaderName::Authorization, SRC, 1001),
+                AuthResult::Authenticated {
+                    username: "1001".into()
+                }
+            );
+        }
+        // Same nc again: replay.
+        let r = register(Some(answer(
+            &a,
+            "1001",
+            "secret",
+            Algorithm::Md5,
+            &nonce,
+            2,
+        )));
+        assert_eq!(
+            a.check(&r, HeaderName::Authorization, SRC, 1002),
+            AuthResult::Challenge { stale: true }
+        );
+    }
+
+    #[test]
+    fn wrong_password_stale_nonce_and_garbage() {
+        let a = auth(&["SHA-256", "MD5"]);
+        let nonce = a.key.issue(1000);
+        let r = register(Some(answer(&a, "1001", "wrong", Algorithm::Md5, &nonce, 1)));
+        assert!(matches!(
+            a.check(&r, HeaderName::Authorization, SRC, 1000),
+            AuthResult::Forbidden(_)
+        ));
+        let r = register(Some(answer(
+            &a,
+            "1001",
+            "secret",
+            Algorithm::Md5,
+            &nonce,
+            1,
+        )));
+        assert_eq!(
+            a.check(&r, HeaderName::Authorization, SRC, 1000 + 301),
+            AuthResult::Challenge { stale: true }
+        );
+        let r = register(Some("Digest username=\"x\"".into()));
+        assert!(matches!(
+            a.check(&r, HeaderName::Authorization, SRC, 1000),
+            AuthResult::BadRequest(_)
+        ));
+        assert_eq!(
+            a.check(&register(None), HeaderName::Authorization, SRC, 1),
+            AuthResult::Challenge { stale: false }
+        );
+        let ten: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            a.check(&register(None), HeaderName::Authorization, ten, 1),
+            AuthResult::Skipped
+        );
+    }
+
+    #[test]
+    fn challenges_offer_only_algorithms_the_user_can_answer() {
+        let a = auth(&["SHA-256", "MD5"]);
+        let c = a.challenges(false, 5, Some("1001"));
+        assert_eq!(c.len(), 2);
+        assert!(c[0].contains("algorithm=SHA-256") && c[1].contains("algorithm=MD5"));
+        assert!(c[0].contains("qop=\"auth\""));
+        let c = a.challenges(true, 5, Some("md5only"));
+        assert_eq!(c.len(), 1);
+        assert!(c[0].contains("MD5") && c[0].contains("stale=true"));
+    }
+}

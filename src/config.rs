@@ -1,0 +1,563 @@
+//! The TOML configuration: every key has a default, unknown keys are refused, and validation
+//! messages name the key and the fix. `busylamp serve` without `--config` runs on
+//! [`Config::default`].
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: key `{key}`: {problem}; fix: {fix}")]
+    Invalid {
+        path: String,
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub registrar: RegistrarConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The SIP domain we are registrar for; also the default digest realm.
+    pub domain: String,
+    /// Other host names or addresses phones may use in their AOR for the same domain.
+    pub aliases: Vec<String>,
+    /// `udp:ADDR:PORT` / `tcp:ADDR:PORT`; IPv6 as `udp:[::1]:5060`.
+    pub listen: Vec<String>,
+    pub data_dir: PathBuf,
+    /// Largest SIP message accepted from the network, in bytes.
+    pub max_message_size: usize,
+    pub max_headers: usize,
+    /// Seconds an idle TCP connection is kept open.
+    pub tcp_idle_timeout: u64,
+    /// Most TCP connections open at once; more are refused.
+    pub max_tcp_connections: usize,
+    /// Value of our Server / User-Agent header.
+    pub server_header: String,
+    /// Log filter (tracing EnvFilter syntax), overridden by RUST_LOG.
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub max_contacts: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Digest,
+    Open,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Digest realm; empty means the server domain.
+    pub realm: String,
+    /// Challenges offered, most preferred first (RFC 8760 §2.4): "SHA-256", "MD5".
+    pub algorithms: Vec<String>,
+    /// Source networks that are not challenged, e.g. the PBX: "10.0.0.0/8", "192.0.2.7".
+    pub trusted: Vec<String>,
+    /// Seconds a nonce stays valid before the client gets `stale=true`.
+    pub nonce_ttl: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Extra milliseconds the writer waits to gather more writes into one flush. 0 flushes as
+    /// soon as the previous flush is done (writes that arrive meanwhile still share a flush).
+    pub commit_window_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: Option<String>,
+    /// MD5 HA1 = md5(name:realm:password), hex.
+    pub ha1: Option<String>,
+    /// SHA-256 HA1 = sha256(name:realm:password), hex.
+    pub ha1_sha256: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            domain: "localhost".into(),
+            aliases: Vec::new(),
+            listen: vec!["udp:0.0.0.0:5060".into(), "tcp:0.0.0.0:5060".into()],
+            data_dir: PathBuf::from("/var/lib/busylamp"),
+            max_message_size: 64 * 1024,
+            max_headers: 128,
+            tcp_idle_timeout: 600,
+            max_tcp_connections: 10_000,
+            server_header: concat!("busylamp/", env!("CARGO_PKG_VERSION")).into(),
+            log: "info".into(),
+        }
+    }
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            max_contacts: 10,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Digest,
+            realm: String::new(),
+            algorithms: vec!["SHA-256".into(), "MD5".into()],
+            trusted: Vec::new(),
+            nonce_ttl: 300,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            commit_window_ms: 0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            registrar: RegistrarConfig::default(),
+            auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
+            users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenProto {
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub proto: ListenProto,
+    pub addr: SocketAddr,
+}
+
+/// An IPv4 or IPv6 network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Option<ListenAddr> {
+        let (proto, rest) = s.split_once(':')?;
+        let proto = match proto.to_ascii_lowercase().as_str() {
+            "udp" => ListenProto::Udp,
+            "tcp" => ListenProto::Tcp,
+            _ => return None,
+        };
+        Some(ListenAddr {
+            proto,
+            addr: rest.parse().ok()?,
+        })
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_string(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn realm(&self) -> &str {
+        if self.auth.realm.is_empty() {
+            &self.server.domain
+        } else {
+            &self.auth.realm
+        }
+    }
+
+    pub fn listen_addrs(&self) -> Vec<ListenAddr> {
+        self.server
+            .listen
+            .iter()
+            .filter_map(|s| ListenAddr::parse(s))
+            .collect()
+    }
+
+    pub fn trusted_networks(&self) -> Vec<Cidr> {
+        self.auth
+            .trusted
+            .iter()
+            .filter_map(|s| Cidr::parse(s))
+            .collect()
+    }
+
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String, fix: &str| ConfigError::Invalid {
+            path: path.to_string(),
+            key: key.to_string(),
+            problem,
+            fix: fix.to_string(),
+        };
+        let s = &self.server;
+        if s.domain.trim().is_empty()
+            || crate::sip::Host::parse(&s.domain).is_err() && !s.domain.starts_with('[')
+        {
+            return Err(bad(
+                "server.domain",
+                format!("{:?} is not a host name or address", s.domain),
+                "set it to the SIP domain the phones register to, e.g. \"pbx.example.com\"",
+            ));
+        }
+        for a in &s.aliases {
+            if crate::sip::Host::parse(a).is_err() {
+                return Err(bad(
+                    "server.aliases",
+                    format!("{a:?} is not a host name or address"),
+                    "list host names or IP addresses, e.g. [\"192.0.2.10\"]",
+                ));
+            }
+        }
+        if s.listen.is_empty() {
+            return Err(bad(
+                "server.listen",
+                "is empty".into(),
+                "list at least one address, e.g. [\"udp:0.0.0.0:5060\"]",
+            ));
+        }
+        for l in &s.listen {
+            if ListenAddr::parse(l).is_none() {
+                return Err(bad(
+                    "server.listen",
+                    format!("{l:?} is not PROTO:ADDRESS:PORT"),
+                    "write \"udp:0.0.0.0:5060\", \"tcp:127.0.0.1:5070\" or \"udp:[::1]:5060\"",
+                ));
+            }
+        }
+        if s.data_dir.as_os_str().is_empty() {
+            return Err(bad(
+                "server.data_dir",
+                "is empty".into(),
+                "set a directory busylamp may write, e.g. \"/var/lib/busylamp\"",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&s.max_message_size) {
+            return Err(bad(
+                "server.max_message_size",
+                format!("{} is out of range", s.max_message_size),
+                "use a byte count from 1024 to 1048576 (default 65536)",
+            ));
+        }
+        if !(16..=1024).contains(&s.max_headers) {
+            return Err(bad(
+                "server.max_headers",
+                format!("{} is out of range", s.max_headers),
+                "use a number from 16 to 1024 (default 128)",
+            ));
+        }
+        if s.tcp_idle_timeout == 0 {
+            return Err(bad(
+                "server.tcp_idle_timeout",
+                "is 0".into(),
+                "use a number of seconds, e.g. 600",
+            ));
+        }
+        if s.max_tcp_connections == 0 {
+            return Err(bad(
+                "server.max_tcp_connections",
+                "is 0".into(),
+                "use a positive number, e.g. 10000",
+            ));
+        }
+        if s.server_header.chars().any(|c| c.is_control()) {
+            return Err(bad(
+                "server.server_header",
+                "contains control characters".into(),
+                "use plain text such as \"busylamp\"",
+            ));
+        }
+        let r = &self.registrar;
+        if r.min_expires == 0 {
+            return Err(bad(
+                "registrar.min_expires",
+                "is 0".into(),
+                "use a number of seconds, e.g. 60",
+            ));
+        }
+        if r.max_expires < r.min_expires {
+            return Err(bad(
+                "registrar.max_expires",
+                format!("{} is below min_expires ({})", r.max_expires, r.min_expires),
+                "make max_expires at least min_expires",
+            ));
+        }
+        if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
+            return Err(bad(
+                "registrar.default_expires",
+                format!(
+                    "{} is outside min_expires..max_expires ({}..{})",
+                    r.default_expires, r.min_expires, r.max_expires
+                ),
+                "pick a value between min_expires and max_expires",
+            ));
+        }
+        if r.max_contacts == 0 || r.max_contacts > 1000 {
+            return Err(bad(
+                "registrar.max_contacts",
+                format!("{} is out of range", r.max_contacts),
+                "use a number from 1 to 1000 (default 10)",
+            ));
+        }
+        let a = &self.auth;
+        if a.algorithms.is_empty() {
+            return Err(bad(
+                "auth.algorithms",
+                "is empty".into(),
+                "list \"SHA-256\", \"MD5\" or both",
+            ));
+        }
+        for alg in &a.algorithms {
+            if !alg.eq_ignore_ascii_case("MD5") && !alg.eq_ignore_ascii_case("SHA-256") {
+                return Err(bad(
+                    "auth.algorithms",
+                    format!("{alg:?} is not supported"),
+                    "use \"SHA-256\" and/or \"MD5\"",
+                ));
+            }
+        }
+        for t in &a.trusted {
+            if Cidr::parse(t).is_none() {
+                return Err(bad(
+                    "auth.trusted",
+                    format!("{t:?} is not an address or CIDR network"),
+                    "write \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\"",
+                ));
+            }
+        }
+        if a.nonce_ttl < 10 {
+            return Err(bad(
+                "auth.nonce_ttl",
+                format!("{} is too short", a.nonce_ttl),
+                "use at least 10 seconds (default 300)",
+            ));
+        }
+        if self.storage.commit_window_ms > 100 {
+            return Err(bad(
+                "storage.commit_window_ms",
+                format!("{} would delay every answer", self.storage.commit_window_ms),
+                "use 0 to 100 milliseconds (default 0)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty()
+                || u.name.len() > 128
+                || !u
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b':' | b'@' | b'"'))
+            {
+                return Err(bad(
+                    &format!("{key}.name"),
+                    format!("{:?} is not a usable SIP user name", u.name),
+                    "use letters, digits and . - _ + (e.g. \"1001\")",
+                ));
+            }
+            if !seen.insert(u.name.clone()) {
+                return Err(bad(
+                    &format!("{key}.name"),
+                    format!("user {:?} is defined twice", u.name),
+                    "keep one [[users]] entry per name",
+                ));
+            }
+            if u.password.is_none() && u.ha1.is_none() && u.ha1_sha256.is_none() {
+                return Err(bad(
+                    &key,
+                    format!("user {:?} has no password, ha1 or ha1_sha256", u.name),
+                    "add password = \"...\" (or the HA1 hashes)",
+                ));
+            }
+            for (k, v, len) in [("ha1", &u.ha1, 32), ("ha1_sha256", &u.ha1_sha256, 64)] {
+                if let Some(v) = v {
+                    if v.len() != len || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(bad(
+                            &format!("{key}.{k}"),
+                            format!("is not {len} hex digits"),
+                            "write the hex digest of name:realm:password",
+                        ));
+                    }
+                }
+            }
+        }
+        if a.mode == AuthMode::Digest && self.users.is_empty() && a.trusted.is_empty() {
+            // Not an error: users may live in the user store (`busylamp users add`).
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_secure() {
+        let c = Config::default();
+        c.validate("default").unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Digest);
+        assert!(c.auth.trusted.is_empty());
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let c = Config::from_toml(
+            r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:5070", "tcp:127.0.0.1:5070"]
+data_dir = "/var/lib/busylamp"
+[registrar]
+min_expires = 60
+max_expires = 3600
+default_expires = 3600
+[[users]]
+name = "1001"
+password = "secret"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen_addrs().len(), 2);
+        assert_eq!(c.realm(), "example.test");
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let e = Config::from_toml("[server]\ndomian = \"x\"\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("domian"), "{e}");
+        let e = Config::from_toml(
+            "[registrar]\nmin_expires = 100\nmax_expires = 50\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("registrar.max_expires"), "{e}");
+        let e =
+            Config::from_toml("[server]\nlisten = [\"sctp:1.2.3.4:5\"]\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+        let e = Config::from_toml("[auth]\ntrusted = [\"10.0.0.0/33\"]\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("auth.trusted"), "{e}");
+        let e = Config::from_toml("[[users]]\nname = \"a\"\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("users[0]"), "{e}");
+    }
+
+    #[test]
+    fn cidr_matching_v4_v6_and_mapped() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.2.3.4".parse().unwrap()));
+        assert!(c.contains("::ffff:10.2.3.4".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let c = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(c.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!c.contains("2001:db9::1".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+    }
+}

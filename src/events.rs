@@ -1,0 +1,51 @@
+//! The internal event bus: thin "what changed" notices. Publishers never wait for readers; a
+//! reader that falls behind loses the oldest notices (tokio broadcast semantics) and should
+//! pull a fresh snapshot.
+
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationChange {
+    Registered,
+    Refreshed,
+    Unregistered,
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Registration {
+        change: RegistrationChange,
+        aor: String,
+        contact: String,
+        user_agent: Option<String>,
+    },
+}
+
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl EventBus {
+    pub fn new(capacity: usize) -> EventBus {
+        EventBus {
+            tx: broadcast::channel(capacity).0,
+        }
+    }
+
+    pub fn publish(&self, event: Event) {
+        // No subscriber is fine: nobody is listening yet.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::new(4096)
+    }
+}

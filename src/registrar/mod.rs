@@ -1,0 +1,411 @@
+//! The registrar service (RFC 3261 §10.3): checks a REGISTER, applies it to the AOR's bindings
+//! under that AOR's shard lock, writes the new binding set, and answers only once the write is
+//! durable. Expiry runs on the deadline service; every change is announced on the event bus.
+
+pub mod bindings;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::deadline::Deadlines;
+use crate::events::{Event, EventBus};
+use crate::sip::message::default_reason;
+use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, Uri};
+use crate::storage::{durable, Binding, BindingStore, StorageError};
+use bindings::{apply_register, sweep, Change, RegError, RegisterInput};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Who the request was authenticated as, decided before the registrar sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Trusted source or open mode: any AOR of our domains may be registered.
+    Unchecked,
+    User(String),
+}
+
+const SHARDS: usize = 64;
+
+pub struct Registrar {
+    cfg: crate::config::RegistrarConfig,
+    domains: Vec<Host>,
+    shards: Vec<Mutex<HashMap<String, Vec<Binding>>>>,
+    store: Arc<dyn BindingStore>,
+    events: EventBus,
+    clock: Clock,
+    expiry: Mutex<Deadlines<String>>,
+    expiry_changed: Notify,
+}
+
+fn shard_of(aor: &str) -> usize {
+    let mut h = DefaultHasher::new();
+    aor.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+impl Registrar {
+    pub fn new(
+        cfg: &Config,
+        store: Arc<dyn BindingStore>,
+        events: EventBus,
+        clock: Clock,
+    ) -> Arc<Registrar> {
+        let mut domains = vec![];
+        for d in std::iter::once(&cfg.server.domain).chain(cfg.server.aliases.iter()) {
+            if let Ok(h) = Host::parse(d) {
+                domains.push(h);
+            }
+        }
+        for l in cfg.listen_addrs() {
+            if !l.addr.ip().is_unspecified() {
+                domains.push(Host::from(l.addr.ip()));
+            }
+        }
+        Arc::new(Registrar {
+            cfg: cfg.registrar.clone(),
+            domains,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            store,
+            events,
+            clock,
+            expiry: Mutex::new(Deadlines::new()),
+            expiry_changed: Notify::new(),
+        })
+    }
+
+    /// Loads the stored bindings, drops the ones that expired while we were down (announcing
+    /// them) and schedules the rest. Returns the number of live bindings.
+    pub async fn load(&self) -> Result<usize, StorageError> {
+        let now = self.clock.now_unix();
+        let mut live = 0;
+        let mut rewrites = Vec::new();
+        for (aor, mut list) in self.store.load_bindings()? {
+            let gone = sweep(&mut list, now);
+            if !gone.is_empty() {
+                rewrites.push(self.store.save_bindings(&aor, &list));
+                self.announce(&aor, &gone);
+            }
+            live += list.len();
+            if !list.is_empty() {
+                self.schedule(&aor, &list);
+                self.lock(&aor).insert(aor, list);
+            }
+        }
+        for w in rewrites {
+            durable(w).await?;
+        }
+        Ok(live)
+    }
+
+    fn lock(&self, aor: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Binding>>> {
+        // A panic while holding a shard lock cannot leave a half-applied binding set (we
+        // replace whole vectors), so a poisoned lock is safe to keep using.
+        self.shards[shard_of(aor)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn schedule(&self, aor: &str, list: &[Binding]) {
+        let mut exp = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        match list.iter().map(|b| b.expires_at).min() {
+            Some(at) => exp.schedule(aor.to_string(), self.clock.instant_of(at).into_std()),
+            None => {
+                exp.cancel(&aor.to_string());
+            }
+        }
+        drop(exp);
+        self.expiry_changed.notify_one();
+    }
+
+    fn announce(&self, aor: &str, changes: &[Change]) {
+        for c in changes {
+            self.events.publish(Event::Registration {
+                change: c.change,
+                aor: aor.to_string(),
+                contact: c.contact.clone(),
+                user_agent: c.user_agent.clone(),
+            });
+        }
+    }
+
+    /// Current bindings of an AOR (canonical form), expired ones left out.
+    pub fn lookup(&self, aor: &str) -> Vec<Binding> {
+        let now = self.clock.now_unix();
+        self.lock(aor)
+            .get(aor)
+            .map(|l| l.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn binding_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .map(|m| m.values().map(Vec::len).sum::<usize>())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    pub fn aor_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    fn serves(&self, host: &Host) -> bool {
+        self.domains.iter().any(|d| d.matches(host))
+    }
+
+    /// Handles an authenticated (or trusted) REGISTER; `source` is the transport address it
+    /// came from. `to_tag` is the tag our response carries.
+    pub async fn register(
+        &self,
+        req: &Request,
+        who: &Identity,
+        source: &str,
+        to_tag: &str,
+    ) -> Response {
+        match self.register_inner(req, who, source, to_tag).await {
+            Ok(r) => r,
+            Err((status, reason, extra)) => {
+                let mut r = req.response(status, &reason, Some(to_tag));
+                for (k, v) in extra {
+                    r.headers.push(k, v);
+                }
+                r
+            }
+        }
+    }
+
+    async fn register_inner(
+        &self,
+        req: &Request,
+        who: &Identity,
+        source: &str,
+        to_tag: &str,
+    ) -> Result<Response, (u16, String, Vec<(HeaderName, String)>)> {
+        let fail = |status: u16, reason: String| (status, reason, vec![]);
+        // RFC 3327 §5.3 / RFC 3261 §10.3 step 2: we support "path" and nothing else.
+        let unsupported: Vec<&str> = req
+            .headers
+            .list(HeaderName::Require)
+            .into_iter()
+            .filter(|o| !o.eq_ignore_ascii_case("path"))
+            .collect();
+        if !unsupported.is_empty() {
+            return Err((
+                420,
+                default_reason(420).to_string(),
+                vec![(HeaderName::Unsupported, unsupported.join(", "))],
+            ));
+        }
+        let to = req.to_hdr().map_err(|e| fail(400, e.to_string()))?;
+        let to_uri = match &to.uri {
+            Uri::Sip(u) => u,
+            other => {
+                return Err(fail(
+                    416,
+                    format!("Unsupported URI Scheme {} in To", other.scheme()),
+                ))
+            }
+        };
+        if to_uri.user.is_none() {
+            return Err(fail(400, "To URI has no user part to register".into()));
+        }
+        // Step 5: the AOR must belong to a domain we are registrar for.
+        if !self.serves(&to_uri.host) {
+            return Err(fail(
+                403,
+                format!("Domain {} is not served here", to_uri.host),
+            ));
+        }
+        let aor = to_uri.aor();
+        // Step 4: an authenticated user may register only its own AOR.
+        if let Identity::User(name) = who {
+            let user = crate::sip::text::unescape(to_uri.user.as_deref().unwrap_or(""));
+            if user != name.as_str() {
+                return Err(fail(403, format!("User {name} may not register {aor}")));
+            }
+        }
+        let contacts = req.contacts().map_err(|e| fail(400, e.to_string()))?;
+        let header_expires = req.expires().map_err(|e| fail(400, e.to_string()))?;
+        let cseq = req.cseq().map_err(|e| fail(400, e.to_string()))?;
+        let input = RegisterInput {
+            contacts,
+            header_expires,
+            call_id: req
+                .call_id()
+                .map_err(|e| fail(400, e.to_string()))?
+                .to_string(),
+            cseq: cseq.seq,
+            path: req
+                .headers
+                .list(HeaderName::Path)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            user_agent: req.headers.get(HeaderName::UserAgent).map(String::from),
+            source: source.to_string(),
+            now: self.clock.now_unix(),
+        };
+
+        // Apply under the shard lock and queue the write before releasing it, so writes of
+        // one AOR reach the disk in the order they were applied.
+        let (applied, write) = {
+            let mut shard = self.lock(&aor);
+            let existing = shard.get(&aor).map(Vec::as_slice).unwrap_or(&[]);
+            let applied = apply_register(existing, &input, &self.cfg).map_err(|e| match e {
+                RegError::TooBrief { min } => (
+                    423,
+                    default_reason(423).to_string(),
+                    vec![(HeaderName::MinExpires, min.to_string())],
+                ),
+                e => (e.status(), e.to_string(), vec![]),
+            })?;
+            let write = if applied.changed {
+                if applied.bindings.is_empty() {
+                    shard.remove(&aor);
+                } else {
+                    shard.insert(aor.clone(), applied.bindings.clone());
+                }
+                Some(self.store.save_bindings(&aor, &applied.bindings))
+            } else {
+                None
+            };
+            (applied, write)
+        };
+        if let Some(w) = write {
+            if let Err(e) = durable(w).await {
+                tracing::error!(%aor, error = %e, "binding not stored");
+                return Err(fail(500, "Bindings could not be stored".into()));
+            }
+            self.schedule(&aor, &applied.bindings);
+            self.announce(&aor, &applied.changes);
+        }
+
+        let mut resp = req.response(200, "OK", Some(to_tag));
+        let now = input.now;
+        for b in &applied.bindings {
+            resp.headers.push(
+                HeaderName::Contact,
+                format!(
+                    "<{}>{};expires={}",
+                    b.contact,
+                    b.params,
+                    b.expires_at.saturating_sub(now)
+                ),
+            );
+        }
+        // RFC 3327 §5.3: echo Path only to a UA that said it supports it.
+        if !input.path.is_empty()
+            && req
+                .headers
+                .list(HeaderName::Supported)
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case("path"))
+        {
+            resp.headers.push(HeaderName::Path, input.path.join(", "));
+        }
+        resp.headers.push(HeaderName::Date, http_date(now));
+        Ok(resp)
+    }
+
+    /// Expires bindings on time. Runs until the registrar is dropped by everyone else.
+    pub async fn run_expiry(self: Arc<Self>) {
+        loop {
+            let next = self.expiry.lock().map(|e| e.next()).unwrap_or(None);
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                        _ = self.expiry_changed.notified() => continue,
+                    }
+                }
+                None => {
+                    self.expiry_changed.notified().await;
+                    continue;
+                }
+            }
+            let due = self
+                .expiry
+                .lock()
+                .map(|mut e| e.pop_due(tokio::time::Instant::now().into_std()))
+                .unwrap_or_default();
+            let now = self.clock.now_unix();
+            for aor in due {
+                let (gone, remaining, write) = {
+                    let mut shard = self.lock(&aor);
+                    let Some(list) = shard.get_mut(&aor) else {
+                        continue;
+                    };
+                    let gone = sweep(list, now);
+                    let remaining = list.clone();
+                    if remaining.is_empty() {
+                        shard.remove(&aor);
+                    }
+                    let write =
+                        (!gone.is_empty()).then(|| self.store.save_bindings(&aor, &remaining));
+                    (gone, remaining, write)
+                };
+                if let Some(w) = write {
+                    if let Err(e) = durable(w).await {
+                        tracing::error!(%aor, error = %e, "expiry not stored");
+                    }
+                }
+                self.schedule(&aor, &remaining);
+                self.announce(&aor, &gone);
+            }
+        }
+    }
+}
+
+/// RFC 1123 date for the Date header (RFC 3261 §20.17), from unix seconds.
+pub fn http_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc1123_dates() {
+        assert_eq!(super::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            super::http_date(1_700_000_000),
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
+        assert_eq!(
+            super::http_date(951_782_400),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+    }
+}

@@ -1,0 +1,425 @@
+//! The running server: binds the transport, loads state, and drives each message through
+//! parse → transaction layer → router → service → transaction layer → transport.
+
+use crate::auth::nonce::NonceKey;
+use crate::auth::{AuthResult, Authenticator};
+use crate::clock::Clock;
+use crate::config::{AuthMode, Config};
+use crate::events::EventBus;
+use crate::registrar::{Identity, Registrar};
+use crate::router::{self, Route};
+use crate::sip::parse::{parse_message, Limits, ParseError, ParseFailure};
+use crate::sip::{HasHeaders, HeaderName, Headers, Message, Request, Response};
+use crate::storage::{BindingStore, StorageError, UserFile};
+use crate::transaction::{Action, ServerInput, ServerTransactions, Timers, TxKey};
+use crate::transport::{Inbound, Peer, Proto, Transport, TransportError};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot read random bytes for nonces: {0}")]
+    Random(std::io::Error),
+}
+
+/// Unique tags and ids: a random salt from the OS and a counter.
+struct Ids {
+    salt: u64,
+    counter: AtomicU64,
+}
+
+impl Ids {
+    fn new() -> Ids {
+        let mut b = [0u8; 8];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            use std::io::Read;
+            let _ = f.read_exact(&mut b);
+        }
+        Ids {
+            salt: u64::from_le_bytes(b) | 1,
+            counter: AtomicU64::new(1),
+        }
+    }
+
+    fn tag(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("bl{:x}", (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.salt)
+    }
+}
+
+pub struct Core {
+    limits: Limits,
+    transport: Arc<Transport>,
+    auth: Authenticator,
+    pub registrar: Arc<Registrar>,
+    clock: Clock,
+    ids: Ids,
+    server_header: String,
+    transactions: Mutex<ServerTransactions<Peer>>,
+    timers_changed: Notify,
+}
+
+/// A started server. Dropping it does not stop the tasks; call [`ServerHandle::shutdown`] or
+/// end the runtime.
+pub struct ServerHandle {
+    pub core: Arc<Core>,
+    pub events: EventBus,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self, proto: Proto) -> Option<SocketAddr> {
+        self.core
+            .transport
+            .local_addrs()
+            .into_iter()
+            .find(|(p, _)| *p == proto)
+            .map(|(_, a)| a)
+    }
+
+    pub fn local_addrs(&self) -> Vec<(Proto, SocketAddr)> {
+        self.core.transport.local_addrs()
+    }
+
+    pub fn shutdown(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub async fn start(
+    cfg: &Config,
+    store: Arc<dyn BindingStore>,
+    user_file: Option<UserFile>,
+) -> Result<ServerHandle, StartError> {
+    let limits = Limits {
+        max_message: cfg.server.max_message_size,
+        max_headers: cfg.server.max_headers,
+        max_line: 8 * 1024,
+    };
+    let events = EventBus::default();
+    let clock = Clock::new();
+    let registrar = Registrar::new(cfg, store, events.clone(), clock);
+    let live = registrar.load().await?;
+    tracing::info!(bindings = live, "bindings loaded");
+    let (transport, listeners) = Transport::bind(
+        &cfg.listen_addrs(),
+        limits,
+        Duration::from_secs(cfg.server.tcp_idle_timeout),
+        cfg.server.max_tcp_connections,
+    )
+    .await?;
+    if cfg.auth.mode == AuthMode::Open {
+        tracing::warn!("*** OPEN MODE: [auth] mode = \"open\" — REGISTER is accepted from anyone without a password. Use only on a closed lab network. ***");
+    }
+    let key = NonceKey::random().map_err(StartError::Random)?;
+    let core = Arc::new(Core {
+        limits,
+        transport: transport.clone(),
+        auth: Authenticator::new(cfg, key, user_file),
+        registrar: registrar.clone(),
+        clock,
+        ids: Ids::new(),
+        server_header: cfg.server.server_header.clone(),
+        transactions: Mutex::new(ServerTransactions::new(Timers::default(), 200_000)),
+        timers_changed: Notify::new(),
+    });
+    transport.start(listeners, core.clone());
+    let mut tasks = vec![tokio::spawn(registrar.run_expiry())];
+    tasks.push(tokio::spawn(core.clone().run_timers()));
+    for (proto, addr) in transport.local_addrs() {
+        tracing::info!("listening on {}:{addr}", if proto == Proto::Udp { "udp" } else { "tcp" });
+    }
+    Ok(ServerHandle {
+        core,
+        events,
+        tasks,
+    })
+}
+
+impl Inbound for Core {
+    fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer) {
+        match parse_message(&bytes, &self.limits) {
+            Ok(Message::Request(req)) => {
+                tokio::spawn(async move { self.on_request(req, peer).await });
+            }
+            Ok(Message::Response(resp)) => {
+                // We send no requests yet (the presence server will): a response can only be
+                // stray. RFC 3261 §18.1.2: discard silently.
+                tracing::debug!(status = resp.status, %peer, "dropping stray response");
+            }
+            Err(failure) => self.answer_unparseable(failure, peer),
+        }
+    }
+
+    fn on_unframeable(self: Arc<Self>, bytes: Vec<u8>, peer: Peer, error: ParseError) {
+        let salvage = match parse_message(&bytes, &self.limits) {
+            Err(f) => f.salvage,
+            Ok(Message::Request(r)) => Some(r.headers),
+            Ok(_) => None,
+        };
+        self.answer_unparseable(ParseFailure { error, salvage }, peer);
+    }
+}
+
+impl Core {
+    /// Answers a request we could not parse, when enough of it was read to address an answer
+    /// (RFC 3261 §8.2 says 400; RFC 4475 expects it). Otherwise the bytes are dropped.
+    fn answer_unparseable(self: &Arc<Self>, failure: ParseFailure, peer: Peer) {
+        let Some(headers) = failure.salvage else {
+            tracing::debug!(%peer, error = %failure.error, "dropping unparseable message");
+            return;
+        };
+        let needed = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ];
+        if needed.iter().any(|h| !headers.has(*h)) {
+            tracing::debug!(%peer, error = %failure.error, "dropping unparseable request without the headers to answer it");
+            return;
+        }
+        let mut out = Headers::new();
+        for h in &headers.0 {
+            if needed.contains(&h.kind) {
+                out.0.push(h.clone());
+            }
+        }
+        let resp = Response {
+            status: failure.error.status(),
+            reason: crate::sip::message::sanitize_reason(&failure.error.to_string()),
+            headers: out,
+            body: Vec::new(),
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let target = reply_target(&resp, peer);
+            me.send(&target, Arc::from(me.finish(resp).to_bytes())).await;
+        });
+    }
+
+    fn finish(&self, mut resp: Response) -> Response {
+        resp.headers.push(HeaderName::Server, self.server_header.clone());
+        resp
+    }
+
+    async fn send(&self, peer: &Peer, bytes: Arc<[u8]>) {
+        if let Err(e) = self.transport.send(peer, bytes).await {
+            tracing::debug!(%peer, error = %e, "send failed");
+        }
+    }
+
+    async fn run_actions(&self, actions: Vec<Action<Peer>>) {
+        for a in actions {
+            match a {
+                Action::Send { to, bytes } => self.send(&to, bytes).await,
+                Action::Timeout { .. } | Action::Terminated { .. } => {}
+            }
+        }
+        self.timers_changed.notify_one();
+    }
+
+    fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    async fn on_request(self: Arc<Self>, mut req: Request, peer: Peer) {
+        if let Err(e) = req.validate() {
+            let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
+            let target = reply_target(&resp, peer);
+            self.send(&target, Arc::from(self.finish(resp).to_bytes())).await;
+            return;
+        }
+        stamp_via(&mut req, &peer);
+        let reply_to = reply_target_for_request(&req, peer);
+        let input = {
+            let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
+            tx.on_request(&req, reply_to, peer.proto.reliable(), self.now())
+        };
+        let key = match input {
+            ServerInput::New(key) => key,
+            ServerInput::Retransmission(Some((to, bytes))) => {
+                self.send(&to, bytes).await;
+                return;
+            }
+            ServerInput::Retransmission(None) | ServerInput::AckAbsorbed | ServerInput::Stray => {
+                return
+            }
+            ServerInput::Overloaded => {
+                let mut resp = req.response(503, "Service Unavailable: too many transactions", Some(&self.ids.tag()));
+                resp.headers.push_raw("Retry-After", "5");
+                self.send(&reply_to, Arc::from(self.finish(resp).to_bytes())).await;
+                return;
+            }
+        };
+        let resp = self.dispatch(&req, &key, peer).await;
+        if let Some(resp) = resp {
+            self.respond(&key, resp).await;
+        }
+    }
+
+    async fn respond(&self, key: &TxKey, resp: Response) {
+        let resp = self.finish(resp);
+        let actions = {
+            let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
+            tx.respond(key, &resp, self.now())
+        };
+        self.run_actions(actions).await;
+    }
+
+    async fn dispatch(&self, req: &Request, key: &TxKey, peer: Peer) -> Option<Response> {
+        let tag = self.ids.tag();
+        match router::route(req) {
+            Route::Reply(status, reason, extra) => {
+                let mut r = req.response(status, &reason, Some(&tag));
+                for (h, v) in extra {
+                    r.headers.push(h, v);
+                }
+                Some(r)
+            }
+            Route::Ack => None,
+            Route::Options => {
+                let mut r = req.response(200, "OK", Some(&tag));
+                r.headers.push(HeaderName::Allow, router::ALLOW);
+                r.headers.push(HeaderName::Accept, "application/sdp");
+                r.headers.push(HeaderName::Supported, router::SUPPORTED.join(", "));
+                Some(r)
+            }
+            Route::Cancel => {
+                // No INVITE server transactions exist yet (the proxy will own them), so there is
+                // nothing a CANCEL can match: RFC 3261 §9.2.
+                let _ = key;
+                Some(req.response(481, "Call/Transaction Does Not Exist", Some(&tag)))
+            }
+            Route::Register => Some(self.register(req, peer, &tag).await),
+        }
+    }
+
+    async fn register(&self, req: &Request, peer: Peer, tag: &str) -> Response {
+        let now = self.clock.now_unix();
+        let who = match self.auth.check(req, HeaderName::Authorization, peer.remote.ip(), now) {
+            AuthResult::Skipped => Identity::Unchecked,
+            AuthResult::Authenticated { username } => Identity::User(username),
+            AuthResult::Challenge { stale } => {
+                let user = req
+                    .to_hdr()
+                    .ok()
+                    .and_then(|t| t.uri.as_sip().and_then(|u| u.user.clone()));
+                let mut r = req.response(401, "Unauthorized", Some(tag));
+                for c in self.auth.challenges(stale, now, user.as_deref()) {
+                    r.headers.push(HeaderName::WwwAuthenticate, c);
+                }
+                return r;
+            }
+            AuthResult::Forbidden(reason) => return req.response(403, reason, Some(tag)),
+            AuthResult::BadRequest(reason) => return req.response(400, &reason, Some(tag)),
+        };
+        self.registrar
+            .register(req, &who, &peer.to_string(), tag)
+            .await
+    }
+
+    async fn run_timers(self: Arc<Self>) {
+        loop {
+            let next = self
+                .transactions
+                .lock()
+                .map(|t| t.next_deadline())
+                .unwrap_or(None);
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                        _ = self.timers_changed.notified() => continue,
+                    }
+                }
+                None => {
+                    self.timers_changed.notified().await;
+                    continue;
+                }
+            }
+            let actions = {
+                let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
+                tx.on_timer(self.now())
+            };
+            for a in actions {
+                if let Action::Send { to, bytes } = a {
+                    self.send(&to, bytes).await;
+                }
+            }
+        }
+    }
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581 §4: record where the request really came from in its top Via,
+/// so responses find their way back through NAT.
+fn stamp_via(req: &mut Request, peer: &Peer) {
+    let Some(i) = req.headers.0.iter().position(|h| h.kind == HeaderName::Via) else {
+        return;
+    };
+    let parts = crate::sip::text::split_commas(&req.headers.0[i].value);
+    let Some(first) = parts.first() else { return };
+    let Ok(mut via) = crate::sip::Via::parse(first) else {
+        return;
+    };
+    let ip = peer.remote.ip();
+    let mut changed = false;
+    if via.host.ip() != Some(ip) {
+        via.params.set("received", Some(ip.to_string()));
+        changed = true;
+    }
+    if via.params.has("rport") {
+        via.params.set("rport", Some(peer.remote.port().to_string()));
+        via.params.set("received", Some(ip.to_string()));
+        changed = true;
+    }
+    if changed {
+        let rest: Vec<String> = parts[1..].iter().map(|s| s.to_string()).collect();
+        let mut value = via.to_string();
+        for r in rest {
+            value.push_str(", ");
+            value.push_str(&r);
+        }
+        req.headers.0[i].value = value;
+    }
+}
+
+/// Where responses to this request go (RFC 3261 §18.2.2, RFC 3581 §4): over the same TCP
+/// connection; for UDP to the source address, at the rport if the client asked for it, else at
+/// the port in its Via.
+fn reply_target_for_request(req: &Request, peer: Peer) -> Peer {
+    if peer.proto == Proto::Tcp {
+        return peer;
+    }
+    match req.top_via() {
+        Ok(via) if via.rport().is_some() => peer,
+        Ok(via) => Peer {
+            remote: SocketAddr::new(peer.remote.ip(), via.port.unwrap_or(5060)),
+            ..peer
+        },
+        Err(_) => peer,
+    }
+}
+
+fn reply_target(resp: &Response, peer: Peer) -> Peer {
+    if peer.proto == Proto::Tcp {
+        return peer;
+    }
+    match resp.top_via() {
+        Ok(via) if via.rport().is_none() => Peer {
+            remote: SocketAddr::new(peer.remote.ip(), via.port.unwrap_or(5060)),
+            ..peer
+        },
+        _ => peer,
+    }
+}

@@ -1,0 +1,168 @@
+//! Durable state. One trait per record kind; a sled implementation with group commit and an
+//! in-memory one for tests. Nothing above this module sees a sled type.
+//!
+//! A write returns a [`Durable`] that resolves once the record is flushed to disk: the
+//! registrar answers 2xx only after that (acknowledged means durable).
+
+pub mod codec;
+pub mod memory;
+pub mod sled_store;
+pub mod users;
+
+use codec::{Dec, DecodeError, Enc};
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+pub use users::{UserFile, UserRecord};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open the database at {path}: {reason}; check that the directory exists, is writable by the busylamp user and is not used by another busylamp process")]
+    Open { path: String, reason: String },
+    #[error("database write failed: {0}")]
+    Write(String),
+    #[error("database read failed: {0}")]
+    Read(String),
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    #[error("the storage writer has stopped")]
+    WriterGone,
+    #[error("user file {path}: {reason}")]
+    UserFile { path: String, reason: String },
+}
+
+/// Resolves once a write is on disk.
+pub type Durable = tokio::sync::oneshot::Receiver<Result<(), StorageError>>;
+
+/// Waits for a [`Durable`]; a writer that vanished counts as a failed write.
+pub async fn durable(d: Durable) -> Result<(), StorageError> {
+    d.await.unwrap_or(Err(StorageError::WriterGone))
+}
+
+/// One contact bound to an address-of-record (RFC 3261 §10.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The Contact URI as the phone registered it.
+    pub contact: String,
+    /// Contact header parameters other than `expires`, as received (q, +sip.instance, reg-id,
+    /// methods...), echoed in every 200.
+    pub params: String,
+    /// q-value in thousandths (RFC 3261 §20.10), 1000 when absent.
+    pub q: u16,
+    /// Absolute expiry, unix seconds (wall clock: it must mean the same after a restart).
+    pub expires_at: u64,
+    pub call_id: String,
+    pub cseq: u32,
+    /// RFC 3327 Path values, in order.
+    pub path: Vec<String>,
+    /// RFC 5626 `+sip.instance` and `reg-id`.
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    pub user_agent: Option<String>,
+    /// Where the REGISTER came from: `udp:192.0.2.7:5060`.
+    pub source: String,
+    pub registered_at: u64,
+}
+
+const BINDING_V1: u8 = 1;
+
+/// Encodes the whole binding set of one AOR: it is always written together, so a crash can
+/// never leave half of a REGISTER applied.
+pub fn encode_bindings(aor: &str, bindings: &[Binding]) -> Vec<u8> {
+    let mut e = Enc::new(BINDING_V1);
+    e.str(aor).u64(bindings.len() as u64);
+    for b in bindings {
+        e.str(&b.contact)
+            .str(&b.params)
+            .u64(u64::from(b.q))
+            .u64(b.expires_at)
+            .str(&b.call_id)
+            .u64(u64::from(b.cseq))
+            .strs(&b.path)
+            .opt_str(b.instance.as_deref())
+            .u64(b.reg_id.map(|r| u64::from(r) + 1).unwrap_or(0))
+            .opt_str(b.user_agent.as_deref())
+            .str(&b.source)
+            .u64(b.registered_at);
+    }
+    e.finish()
+}
+
+pub fn decode_bindings(buf: &[u8]) -> Result<(String, Vec<Binding>), DecodeError> {
+    let mut d = Dec::new(buf)?;
+    if d.version != BINDING_V1 {
+        return Err(DecodeError("unknown binding record version"));
+    }
+    let aor = d.str()?;
+    let n = d.u64()?;
+    if n > 10_000 {
+        return Err(DecodeError("too many bindings"));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        out.push(Binding {
+            contact: d.str()?,
+            params: d.str()?,
+            q: u16::try_from(d.u64()?).map_err(|_| DecodeError("q out of range"))?,
+            expires_at: d.u64()?,
+            call_id: d.str()?,
+            cseq: d.u32()?,
+            path: d.strs()?,
+            instance: d.opt_str()?,
+            reg_id: match d.u64()? {
+                0 => None,
+                r => Some(u32::try_from(r - 1).map_err(|_| DecodeError("reg-id out of range"))?),
+            },
+            user_agent: d.opt_str()?,
+            source: d.str()?,
+            registered_at: d.u64()?,
+        });
+    }
+    Ok((aor, out))
+}
+
+/// Registrar bindings, keyed by canonical AOR.
+pub trait BindingStore: Send + Sync {
+    fn load_bindings(&self) -> Result<Vec<(String, Vec<Binding>)>, StorageError>;
+    /// Replaces the bindings of `aor` (an empty slice deletes it).
+    fn save_bindings(&self, aor: &str, bindings: &[Binding]) -> Durable;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(contact: &str) -> Binding {
+        Binding {
+            contact: contact.into(),
+            params: ";+sip.instance=\"<urn:uuid:1>\";reg-id=1".into(),
+            q: 500,
+            expires_at: 1_900_000_000,
+            call_id: "c@h".into(),
+            cseq: 7,
+            path: vec!["<sip:edge;lr>".into()],
+            instance: Some("<urn:uuid:1>".into()),
+            reg_id: Some(1),
+            user_agent: Some("PolycomVVX".into()),
+            source: "udp:127.0.0.1:5062".into(),
+            registered_at: 1_899_999_000,
+        }
+    }
+
+    #[test]
+    fn bindings_round_trip() {
+        let b = vec![
+            sample("sip:a@x"),
+            Binding {
+                reg_id: None,
+                instance: None,
+                ..sample("sip:b@y")
+            },
+        ];
+        let bytes = encode_bindings("sip:1001@example.test", &b);
+        let (aor, back) = decode_bindings(&bytes).unwrap();
+        assert_eq!(aor, "sip:1001@example.test");
+        assert_eq!(back, b);
+        assert!(decode_bindings(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_bindings(&[9, 0]).is_err());
+    }
+}
