@@ -169,7 +169,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Duration::from_millis(cfg.storage.commit_window_ms),
     )?;
     let users = UserFile::new(&cfg.server.data_dir);
-    let handle = busylamp::server::start(&cfg, Arc::new(store), Some(users)).await?;
+    let stores = busylamp::server::Stores {
+        bindings: Arc::new(store),
+        users: Some(users),
+        nonce_key: None,
+    };
+    let handle = busylamp::server::start(&cfg, stores).await?;
     tracing::info!(domain = %cfg.server.domain, data_dir = %cfg.server.data_dir.display(), "busylamp ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

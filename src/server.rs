@@ -95,11 +95,20 @@ impl ServerHandle {
     }
 }
 
-pub async fn start(
-    cfg: &Config,
-    store: Arc<dyn BindingStore>,
-    user_file: Option<UserFile>,
-) -> Result<ServerHandle, StartError> {
+/// What a server runs on besides its config.
+pub struct Stores {
+    pub bindings: Arc<dyn BindingStore>,
+    pub users: Option<UserFile>,
+    /// Key for digest nonces; random when `None` (tests fix it to mint old nonces).
+    pub nonce_key: Option<[u8; 32]>,
+}
+
+pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartError> {
+    let Stores {
+        bindings: store,
+        users: user_file,
+        nonce_key,
+    } = stores;
     let limits = Limits {
         max_message: cfg.server.max_message_size,
         max_headers: cfg.server.max_headers,
@@ -120,7 +129,10 @@ pub async fn start(
     if cfg.auth.mode == AuthMode::Open {
         tracing::warn!("*** OPEN MODE: [auth] mode = \"open\" — REGISTER is accepted from anyone without a password. Use only on a closed lab network. ***");
     }
-    let key = NonceKey::random().map_err(StartError::Random)?;
+    let key = match nonce_key {
+        Some(k) => NonceKey::new(k),
+        None => NonceKey::random().map_err(StartError::Random)?,
+    };
     let core = Arc::new(Core {
         limits,
         transport: transport.clone(),

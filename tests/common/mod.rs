@@ -1,0 +1,297 @@
+//! Test harness: a server started in-process on 127.0.0.1:0 with the in-memory store, and
+//! clients that speak raw SIP bytes over UDP and TCP.
+#![allow(dead_code)]
+
+use busylamp::config::Config;
+use busylamp::server::{start, ServerHandle, Stores};
+use busylamp::sip::digest::{self, Algorithm};
+use busylamp::sip::parse::{parse_message, Limits};
+use busylamp::sip::{HeaderName, Message, Response};
+use busylamp::storage::{BindingStore, MemoryStore};
+use busylamp::transport::Proto;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+pub const NONCE_KEY: [u8; 32] = [42; 32];
+
+pub const BASE_CONFIG: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[registrar]
+min_expires = 60
+max_expires = 3600
+default_expires = 3600
+max_contacts = 5
+[[users]]
+name = "1001"
+password = "secret"
+[[users]]
+name = "1002"
+password = "other"
+"#;
+
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub store: Arc<MemoryStore>,
+    pub cfg: Config,
+}
+
+pub async fn server(config_toml: &str) -> TestServer {
+    let cfg = Config::from_toml(config_toml, "test.toml").expect("test config");
+    let store = Arc::new(MemoryStore::new());
+    server_with_store(cfg, store).await
+}
+
+pub async fn server_with_store(cfg: Config, store: Arc<MemoryStore>) -> TestServer {
+    let handle = start(
+        &cfg,
+        Stores {
+            bindings: store.clone() as Arc<dyn BindingStore>,
+            users: None,
+            nonce_key: Some(NONCE_KEY),
+        },
+    )
+    .await
+    .expect("server starts");
+    TestServer {
+        udp: handle.local_addr(Proto::Udp).expect("udp"),
+        tcp: handle.local_addr(Proto::Tcp).expect("tcp"),
+        handle,
+        store,
+        cfg,
+    }
+}
+
+/// Turns a readable multi-line literal into wire form: LF → CRLF, Content-Length fixed.
+pub fn wire(text: &str) -> Vec<u8> {
+    let text = text.trim_start_matches('\n');
+    let (head, body) = match text.find("\n\n") {
+        Some(i) => (&text[..i], &text[i + 2..]),
+        None => (text.trim_end_matches('\n'), ""),
+    };
+    let mut out = String::new();
+    for line in head.lines() {
+        let line = line.trim_start();
+        if line.to_ascii_lowercase().starts_with("content-length:") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    out.push_str(body);
+    out.into_bytes()
+}
+
+pub fn parse_response(bytes: &[u8]) -> Response {
+    match parse_message(bytes, &Limits::default()) {
+        Ok(Message::Response(r)) => r,
+        other => panic!("not a response: {other:?}\n{}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+pub struct Udp {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+}
+
+impl Udp {
+    pub async fn new(server: SocketAddr) -> Udp {
+        Udp {
+            sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            server,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.sock.local_addr().unwrap().port()
+    }
+
+    pub async fn send(&self, bytes: &[u8]) {
+        self.sock.send_to(bytes, self.server).await.unwrap();
+    }
+
+    pub async fn recv(&self) -> Response {
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), self.sock.recv_from(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        parse_response(&buf[..n])
+    }
+
+    /// Waits briefly and says whether anything arrived (for "must be dropped" checks).
+    pub async fn recv_nothing(&self, ms: u64) -> bool {
+        let mut buf = vec![0u8; 65536];
+        tokio::time::timeout(Duration::from_millis(ms), self.sock.recv_from(&mut buf))
+            .await
+            .is_err()
+    }
+
+    /// Sends a final-response-producing request, skipping provisional responses.
+    pub async fn request(&self, bytes: &[u8]) -> Response {
+        self.send(bytes).await;
+        loop {
+            let r = self.recv().await;
+            if r.status >= 200 {
+                return r;
+            }
+        }
+    }
+}
+
+pub struct Tcp {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Tcp {
+    pub async fn connect(server: SocketAddr) -> Tcp {
+        Tcp {
+            stream: TcpStream::connect(server).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn recv(&mut self) -> Response {
+        use busylamp::sip::parse::{frame_stream, Frame};
+        loop {
+            if let Ok(Frame::Message(n)) = frame_stream(&self.buf, &Limits::default()) {
+                let msg: Vec<u8> = self.buf.drain(..n).collect();
+                return parse_response(&msg);
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("a response within 5 s")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub async fn request(&mut self, bytes: &[u8]) -> Response {
+        self.send(bytes).await;
+        loop {
+            let r = self.recv().await;
+            if r.status >= 200 {
+                return r;
+            }
+        }
+    }
+}
+
+static BRANCH: AtomicU32 = AtomicU32::new(1);
+
+pub fn branch() -> String {
+    format!("z9hG4bKtest{}", BRANCH.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A REGISTER for `user` from a UA at 127.0.0.1:`port` with the given extra header lines.
+pub fn register(user: &str, port: u16, call_id: &str, cseq: u32, extra: &str) -> Vec<u8> {
+    wire(&format!(
+        "REGISTER sip:example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
+        Max-Forwards: 70
+        From: <sip:{user}@example.test>;tag=ft{cseq}
+        To: <sip:{user}@example.test>
+        Call-ID: {call_id}
+        CSeq: {cseq} REGISTER
+        User-Agent: busylamp-test
+        {extra}
+        ",
+        b = branch()
+    )
+    .replace("\n        \n", "\n"))
+}
+
+/// Parses a `Digest ...` challenge into (realm, nonce, algorithm).
+pub fn challenge_params(value: &str) -> (String, String, String) {
+    let get = |k: &str| -> String {
+        let pat = format!("{k}=");
+        let i = value.find(&pat).unwrap_or_else(|| panic!("{k} in {value}")) + pat.len();
+        let rest = &value[i..];
+        if let Some(r) = rest.strip_prefix('"') {
+            r[..r.find('"').unwrap()].to_string()
+        } else {
+            rest.split([',', ' ']).next().unwrap().to_string()
+        }
+    };
+    let alg = if value.contains("algorithm=") { get("algorithm") } else { "MD5".into() };
+    (get("realm"), get("nonce"), alg)
+}
+
+/// An Authorization header value answering `challenge` for `user`/`password`.
+pub fn authorization(challenge: &str, user: &str, password: &str, method: &str, uri: &str, nc: u32) -> String {
+    let (realm, nonce, alg_name) = challenge_params(challenge);
+    authorization_with(&realm, &nonce, &alg_name, user, password, method, uri, nc)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn authorization_with(
+    realm: &str,
+    nonce: &str,
+    alg_name: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+) -> String {
+    let alg = Algorithm::from_name(alg_name).expect("algorithm");
+    let creds = digest::Credentials {
+        username: user.into(),
+        realm: realm.into(),
+        nonce: nonce.into(),
+        uri: uri.into(),
+        algorithm: Some(alg_name.into()),
+        cnonce: Some("0a4f113b".into()),
+        nc: Some(format!("{nc:08x}")),
+        qop: Some("auth".into()),
+        ..Default::default()
+    };
+    let ha1 = digest::ha1(alg, user, realm, password);
+    let response = digest::response(alg, &ha1, method, &creds);
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm={alg_name}, cnonce=\"0a4f113b\", nc={nc:08x}, qop=auth"
+    )
+}
+
+/// REGISTERs `user` with digest auth (first challenge offered, i.e. SHA-256 by default) and
+/// returns the final response.
+pub async fn register_authed(c: &Udp, user: &str, password: &str, call_id: &str, cseq: u32, extra: &str) -> Response {
+    let r = c.request(&register(user, c.port(), call_id, cseq, extra)).await;
+    assert_eq!(r.status, 401, "challenge expected, got {} {}", r.status, r.reason);
+    let ch = r.headers.get(HeaderName::WwwAuthenticate).unwrap().to_string();
+    let auth = authorization(&ch, user, password, "REGISTER", "sip:example.test", 1);
+    let extra = format!("{extra}\n        Authorization: {auth}");
+    c.request(&register(user, c.port(), call_id, cseq + 1, &extra)).await
+}
+
+/// Contact values of a 200, as (uri, expires).
+pub fn contacts(r: &Response) -> Vec<(String, u32)> {
+    use busylamp::sip::{ContactValue, HasHeaders};
+    r.contacts()
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| match c {
+            ContactValue::Addr(na) => Some((
+                na.uri.to_string(),
+                na.params.value("expires").and_then(|e| e.parse().ok()).unwrap_or(0),
+            )),
+            ContactValue::Star => None,
+        })
+        .collect()
+}

@@ -1,0 +1,189 @@
+//! Hostile input: a bounded storm of malformed datagrams and TCP streams must leave the server
+//! answering, with its stored bindings untouched; malformed requests that can be answered get
+//! a 4xx whose reason names the problem.
+
+mod common;
+use busylamp::sip::HeaderName;
+use common::*;
+
+const TRUSTED: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+max_message_size = 4096
+[auth]
+trusted = ["127.0.0.0/8"]
+"#;
+
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
+    let mut m = base.to_vec();
+    for _ in 0..1 + rng.below(8) {
+        if m.is_empty() {
+            break;
+        }
+        let i = rng.below(m.len());
+        match rng.below(6) {
+            0 => m[i] = rng.next() as u8,
+            1 => {
+                m.remove(i);
+            }
+            2 => m.insert(i, b"\r\n:;,<>\"\\\0 %[]"[rng.below(15)]),
+            3 => m.truncate(i),
+            4 => {
+                let j = rng.below(m.len());
+                let chunk: Vec<u8> = m[i.min(j)..i.max(j)].to_vec();
+                m.splice(i..i, chunk);
+            }
+            _ => m[i] = m[i].to_ascii_uppercase(),
+        }
+    }
+    m
+}
+
+fn options(port: u16, branch: &str) -> Vec<u8> {
+    wire(&format!(
+        "OPTIONS sip:example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch}
+        Max-Forwards: 70
+        From: <sip:probe@example.test>;tag=p
+        To: <sip:example.test>
+        Call-ID: probe-{branch}
+        CSeq: 1 OPTIONS
+        "
+    ))
+}
+
+#[tokio::test]
+async fn a_storm_of_malformed_datagrams_leaves_the_server_answering_and_state_intact() {
+    let s = server(TRUSTED).await;
+    let c = Udp::new(s.udp).await;
+    let r = c
+        .request(&register("1001", c.port(), "keep", 1, "Contact: <sip:keep@127.0.0.1:9>"))
+        .await;
+    assert_eq!(r.status, 200);
+    let before = s.handle.core.registrar.lookup("sip:1001@example.test");
+
+    let seeds: Vec<Vec<u8>> = vec![
+        register("1001", c.port(), "keep", 2, "Contact: <sip:evil@127.0.0.1:9>;expires=0"),
+        options(c.port(), "z9hG4bKseed"),
+        std::fs::read("fixtures/captures/polycom-vvx350-5.9.5-register-digest-cseq2.sip").unwrap(),
+        std::fs::read("fixtures/captures/polycom-vvx350-5.9.5-register-401-response.sip").unwrap(),
+    ];
+    let mut rng = XorShift(0x5eed_1234_abcd_ef01);
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Bounded: 6,000 datagrams, ~60 ms of pacing in all.
+    for i in 0..6000 {
+        let base = &seeds[rng.below(seeds.len())];
+        let mut m = mutate(&mut rng, base);
+        if i % 500 == 0 {
+            m = vec![b'A'; 5000]; // over max_message_size
+        }
+        // Never let a mutant keep the "keep" Call-ID with a higher CSeq and a valid shape: it
+        // could legitimately change state. Mutants come from the junk socket, whose replies we
+        // ignore; the trusted binding must survive only what is invalid.
+        let text = String::from_utf8_lossy(&m);
+        if text.contains("Call-ID: keep") && text.contains("REGISTER") {
+            continue;
+        }
+        let _ = junk.send_to(&m, s.udp).await;
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let r = c.request(&options(c.port(), &branch())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.handle.core.registrar.lookup("sip:1001@example.test"), before);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_with_a_reason_naming_the_problem() {
+    let s = server(TRUSTED).await;
+    let c = Udp::new(s.udp).await;
+    let p = c.port();
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            format!("OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", branch()),
+            400,
+            "Call-ID",
+        ),
+        (
+            format!("OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n", branch()),
+            400,
+            "CSeq method",
+        ),
+        (
+            format!("OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 50\r\n\r\nshort", branch()),
+            400,
+            "Content-Length",
+        ),
+        (
+            format!("OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 300\r\nContent-Length: 0\r\n\r\n", branch()),
+            400,
+            "Max-Forwards",
+        ),
+        (
+            format!("OPTIONS sip:example.test SIP/3.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", branch()),
+            505,
+            "SIP/3.0",
+        ),
+        (
+            format!("OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n", branch(), "p".repeat(4200)),
+            513,
+            "Too Large",
+        ),
+    ];
+    for (msg, status, needle) in cases {
+        let r = c.request(msg.as_bytes()).await;
+        assert_eq!(r.status, status, "{}", r.reason);
+        assert!(r.reason.contains(needle), "reason {:?} should name {needle}", r.reason);
+    }
+    // Garbage without the headers to address an answer is dropped, silently.
+    c.send(b"\x00\x01garbage\r\n\r\n").await;
+    assert!(c.recv_nothing(200).await);
+}
+
+#[tokio::test]
+async fn an_unframeable_tcp_stream_is_answered_then_closed_and_others_are_unaffected() {
+    let s = server(TRUSTED).await;
+    let mut t = Tcp::connect(s.tcp).await;
+    // Conflicting Content-Length: the stream cannot be framed any more.
+    t.send(
+        format!(
+            "OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 1\r\nl: 2\r\n\r\nab",
+            branch()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = t.recv().await;
+    assert_eq!(r.status, 400);
+    assert!(r.reason.contains("Content-Length"), "{}", r.reason);
+    // A fresh connection works, and CRLF keep-alive pings get a pong (RFC 5626 §3.5.1).
+    let mut t2 = Tcp::connect(s.tcp).await;
+    t2.send(b"\r\n\r\n").await;
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read_exact(&mut t2.stream, &mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&pong, b"\r\n");
+    let r = t2
+        .request(&options(1, &branch()))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get(HeaderName::Server).unwrap().starts_with("busylamp"));
+}
