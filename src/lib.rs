@@ -1,1 +1,2 @@
+pub mod deadline;
 pub mod sip;

@@ -224,6 +224,7 @@ pub trait HasHeaders {
         CSeq::parse(v).map_err(|e| MessageError::Bad("CSeq", e))
     }
 
+    #[allow(clippy::wrong_self_convention)] // `from` is the header's name, not a conversion.
     fn from_hdr(&self) -> Result<NameAddr, MessageError> {
         let v = self
             .headers()
