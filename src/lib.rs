@@ -1,2 +1,3 @@
 pub mod deadline;
 pub mod sip;
+pub mod transaction;
