@@ -322,8 +322,7 @@ impl BranchGenerator {
         BranchGenerator { secret, counter: 0 }
     }
 
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> String {
+    pub fn next_branch(&mut self) -> String {
         self.counter = self.counter.wrapping_add(1);
         branch_from(self.counter, self.secret)
     }
@@ -419,7 +418,7 @@ mod tests {
         let mut g = BranchGenerator::new(0xdead_beef);
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
-            let b = g.next();
+            let b = g.next_branch();
             assert!(b.starts_with("z9hG4bK"));
             assert!(crate::sip::text::is_token(&b));
             assert!(seen.insert(b));

@@ -194,33 +194,21 @@ impl<A: Clone> ServerTransactions<A> {
     }
 
     fn on_ack(&mut self, key: TxKey, now: Instant) -> ServerInput<A> {
-        let key = if self.txs.contains_key(&key) {
-            key
-        } else {
-            // RFC 2543: the ACK's To tag is the tag of our response, which the INVITE (and so
-            // the key) usually lacked; match without it, then compare with our final's tag.
-            let ack_tag = key.legacy_to_tag().flatten().map(str::to_string);
-            match key.with_to_tag(None) {
-                Some(k) if ack_tag.is_some() => match self.txs.get(&k) {
-                    Some(tx) if tx.final_to_tag.is_some() && tx.final_to_tag == ack_tag => k,
-                    _ => return ServerInput::Stray,
-                },
-                _ => return ServerInput::Stray,
-            }
-        };
-        let Some(tx) = self.txs.get_mut(&key) else {
+        if let Some(tx) = self.txs.get_mut(&key) {
+            return ack_in(tx, key, &mut self.timers, &self.cfg, now);
+        }
+        // RFC 2543: the ACK's To tag is the tag of our response, which the INVITE (and so the
+        // key) usually lacked; match without it, then compare with our final's tag.
+        let Some(ack_tag) = key.legacy_to_tag().flatten() else {
             return ServerInput::Stray;
         };
-        match tx.state {
-            ServerState::Completed => {
-                tx.state = ServerState::Confirmed;
-                let i = self.cfg.i(tx.reliable);
-                self.timers.cancel(&(key.clone(), Timer::G));
-                self.timers.cancel(&(key.clone(), Timer::H));
-                self.timers.schedule((key, Timer::I), after(now, i));
-                ServerInput::AckAbsorbed
+        let Some(k) = key.with_to_tag(None) else {
+            return ServerInput::Stray;
+        };
+        match self.txs.get_mut(&k) {
+            Some(tx) if tx.final_to_tag.as_deref() == Some(ack_tag) => {
+                ack_in(tx, k, &mut self.timers, &self.cfg, now)
             }
-            ServerState::Confirmed => ServerInput::AckAbsorbed,
             _ => ServerInput::Stray,
         }
     }
@@ -382,6 +370,28 @@ impl<A: Clone> ServerTransactions<A> {
             self.timers.cancel(&k);
         }
         true
+    }
+}
+
+/// An ACK matched INVITE server transaction `tx` (Figure 7).
+fn ack_in<A>(
+    tx: &mut ServerTx<A>,
+    key: TxKey,
+    timers: &mut Deadlines<(TxKey, Timer)>,
+    cfg: &Timers,
+    now: Instant,
+) -> ServerInput<A> {
+    match tx.state {
+        ServerState::Completed => {
+            tx.state = ServerState::Confirmed;
+            timers.cancel(&(key.clone(), Timer::G));
+            timers.cancel(&(key.clone(), Timer::H));
+            timers.schedule((key, Timer::I), after(now, cfg.i(tx.reliable)));
+            ServerInput::AckAbsorbed
+        }
+        ServerState::Confirmed => ServerInput::AckAbsorbed,
+        // No final yet, or a 2xx (its ACK is end-to-end): not the transaction's.
+        _ => ServerInput::Stray,
     }
 }
 
