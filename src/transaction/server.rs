@@ -575,10 +575,12 @@ Content-Length: 0
             resent(tx.on_request(&r, "peer", false, t0 + ms(10))).unwrap(),
             sent
         );
+        // Sent to the address the transaction was created with, not the retransmission's.
         assert_eq!(
-            resent(tx.on_request(&r, "peer", false, t0 + ms(20))).unwrap(),
+            resent(tx.on_request(&r, "elsewhere", false, t0 + ms(20))).unwrap(),
             sent
         );
+        assert_eq!(tx.reply_to(&k), Some(&"peer"));
         // No more responses through a completed non-INVITE transaction.
         assert_eq!(
             tx.respond(&k, &r.response(500, "Oops", None), t0),
