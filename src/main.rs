@@ -162,7 +162,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-#[cfg(any())]
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = SledStore::open(
         &cfg.server.data_dir,
