@@ -50,7 +50,10 @@ impl Ids {
 
     fn tag(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("bl{:x}", (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.salt)
+        format!(
+            "bl{:x}",
+            (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.salt
+        )
     }
 }
 
@@ -148,7 +151,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let mut tasks = vec![tokio::spawn(registrar.run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_timers()));
     for (proto, addr) in transport.local_addrs() {
-        tracing::info!("listening on {}:{addr}", if proto == Proto::Udp { "udp" } else { "tcp" });
+        tracing::info!(
+            "listening on {}:{addr}",
+            if proto == Proto::Udp { "udp" } else { "tcp" }
+        );
     }
     Ok(ServerHandle {
         core,
@@ -172,13 +178,19 @@ impl Inbound for Core {
         }
     }
 
-    fn on_unframeable(self: Arc<Self>, bytes: Vec<u8>, peer: Peer, error: ParseError) {
+    fn on_unframeable(
+        self: Arc<Self>,
+        bytes: Vec<u8>,
+        peer: Peer,
+        error: ParseError,
+    ) -> Option<Vec<u8>> {
         let salvage = match parse_message(&bytes, &self.limits) {
             Err(f) => f.salvage,
             Ok(Message::Request(r)) => Some(r.headers),
             Ok(_) => None,
         };
-        self.answer_unparseable(ParseFailure { error, salvage }, peer);
+        self.unparseable_answer(ParseFailure { error, salvage }, peer)
+            .map(|(_, bytes)| bytes)
     }
 }
 
@@ -186,9 +198,17 @@ impl Core {
     /// Answers a request we could not parse, when enough of it was read to address an answer
     /// (RFC 3261 §8.2 says 400; RFC 4475 expects it). Otherwise the bytes are dropped.
     fn answer_unparseable(self: &Arc<Self>, failure: ParseFailure, peer: Peer) {
+        if let Some((target, bytes)) = self.unparseable_answer(failure, peer) {
+            let me = self.clone();
+            tokio::spawn(async move { me.send(&target, Arc::from(bytes)).await });
+        }
+    }
+
+    /// The answer to an unparseable request and where it goes, when one can be addressed.
+    fn unparseable_answer(&self, failure: ParseFailure, peer: Peer) -> Option<(Peer, Vec<u8>)> {
         let Some(headers) = failure.salvage else {
             tracing::debug!(%peer, error = %failure.error, "dropping unparseable message");
-            return;
+            return None;
         };
         let needed = [
             HeaderName::Via,
@@ -199,7 +219,7 @@ impl Core {
         ];
         if needed.iter().any(|h| !headers.has(*h)) {
             tracing::debug!(%peer, error = %failure.error, "dropping unparseable request without the headers to answer it");
-            return;
+            return None;
         }
         let mut out = Headers::new();
         for h in &headers.0 {
@@ -213,15 +233,13 @@ impl Core {
             headers: out,
             body: Vec::new(),
         };
-        let me = self.clone();
-        tokio::spawn(async move {
-            let target = reply_target(&resp, peer);
-            me.send(&target, Arc::from(me.finish(resp).to_bytes())).await;
-        });
+        let target = reply_target(&resp, peer);
+        Some((target, self.finish(resp).to_bytes()))
     }
 
     fn finish(&self, mut resp: Response) -> Response {
-        resp.headers.push(HeaderName::Server, self.server_header.clone());
+        resp.headers
+            .push(HeaderName::Server, self.server_header.clone());
         resp
     }
 
@@ -249,7 +267,8 @@ impl Core {
         if let Err(e) = req.validate() {
             let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
             let target = reply_target(&resp, peer);
-            self.send(&target, Arc::from(self.finish(resp).to_bytes())).await;
+            self.send(&target, Arc::from(self.finish(resp).to_bytes()))
+                .await;
             return;
         }
         stamp_via(&mut req, &peer);
@@ -267,10 +286,21 @@ impl Core {
             ServerInput::Retransmission(None) | ServerInput::AckAbsorbed | ServerInput::Stray => {
                 return
             }
+            ServerInput::Malformed(e) => {
+                let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
+                self.send(&reply_to, Arc::from(self.finish(resp).to_bytes()))
+                    .await;
+                return;
+            }
             ServerInput::Overloaded => {
-                let mut resp = req.response(503, "Service Unavailable: too many transactions", Some(&self.ids.tag()));
+                let mut resp = req.response(
+                    503,
+                    "Service Unavailable: too many transactions",
+                    Some(&self.ids.tag()),
+                );
                 resp.headers.push_raw("Retry-After", "5");
-                self.send(&reply_to, Arc::from(self.finish(resp).to_bytes())).await;
+                self.send(&reply_to, Arc::from(self.finish(resp).to_bytes()))
+                    .await;
                 return;
             }
         };
@@ -285,6 +315,13 @@ impl Core {
         let actions = {
             let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
             tx.respond(key, &resp, self.now())
+        };
+        let actions = match actions {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "response not sent");
+                return;
+            }
         };
         self.run_actions(actions).await;
     }
@@ -304,7 +341,8 @@ impl Core {
                 let mut r = req.response(200, "OK", Some(&tag));
                 r.headers.push(HeaderName::Allow, router::ALLOW);
                 r.headers.push(HeaderName::Accept, "application/sdp");
-                r.headers.push(HeaderName::Supported, router::SUPPORTED.join(", "));
+                r.headers
+                    .push(HeaderName::Supported, router::SUPPORTED.join(", "));
                 Some(r)
             }
             Route::Cancel => {
@@ -319,7 +357,10 @@ impl Core {
 
     async fn register(&self, req: &Request, peer: Peer, tag: &str) -> Response {
         let now = self.clock.now_unix();
-        let who = match self.auth.check(req, HeaderName::Authorization, peer.remote.ip(), now) {
+        let who = match self
+            .auth
+            .check(req, HeaderName::Authorization, peer.remote.ip(), now)
+        {
             AuthResult::Skipped => Identity::Unchecked,
             AuthResult::Authenticated { username } => Identity::User(username),
             AuthResult::Challenge { stale } => {
@@ -391,7 +432,8 @@ fn stamp_via(req: &mut Request, peer: &Peer) {
         changed = true;
     }
     if via.params.has("rport") {
-        via.params.set("rport", Some(peer.remote.port().to_string()));
+        via.params
+            .set("rport", Some(peer.remote.port().to_string()));
         via.params.set("received", Some(ip.to_string()));
         changed = true;
     }

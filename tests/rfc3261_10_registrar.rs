@@ -44,10 +44,20 @@ async fn s10_3_two_contacts_are_bound_and_the_200_lists_each_with_its_expires() 
             ("sip:1001@127.0.0.1:5062".to_string(), 120)
         ]
     );
-    assert!(r.headers.get(HeaderName::Date).is_some(), "§10.3 step 8: Date");
+    assert!(
+        r.headers.get(HeaderName::Date).is_some(),
+        "§10.3 step 8: Date"
+    );
     let to = r.headers.get(HeaderName::To).unwrap();
     assert!(to.contains(";tag="), "To tag added: {to}");
-    assert_eq!(s.handle.core.registrar.lookup("sip:1001@example.test").len(), 2);
+    assert_eq!(
+        s.handle
+            .core
+            .registrar
+            .lookup("sip:1001@example.test")
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -55,11 +65,23 @@ async fn s10_3_default_expires_and_clamp_to_max_expires() {
     let s = server(TRUSTED).await;
     let c = Udp::new(s.udp).await;
     let r = c
-        .request(&register("1001", c.port(), "cid", 1, "Contact: <sip:a@127.0.0.1:1>"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "cid",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
         .await;
     assert_eq!(contacts(&r), vec![("sip:a@127.0.0.1:1".into(), 1800)]);
     let r = c
-        .request(&register("1001", c.port(), "cid", 2, "Contact: <sip:a@127.0.0.1:1>\n        Expires: 99999"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "cid",
+            2,
+            "Contact: <sip:a@127.0.0.1:1>\n        Expires: 99999",
+        ))
         .await;
     assert_eq!(contacts(&r), vec![("sip:a@127.0.0.1:1".into(), 3600)]);
 }
@@ -69,11 +91,22 @@ async fn s10_3_step6_interval_too_brief_gets_423_with_min_expires() {
     let s = server(TRUSTED).await;
     let c = Udp::new(s.udp).await;
     let r = c
-        .request(&register("1001", c.port(), "cid", 1, "Contact: <sip:a@127.0.0.1:1>;expires=30"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "cid",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>;expires=30",
+        ))
         .await;
     assert_eq!(r.status, 423);
     assert_eq!(r.headers.get(HeaderName::MinExpires), Some("60"));
-    assert!(s.handle.core.registrar.lookup("sip:1001@example.test").is_empty());
+    assert!(s
+        .handle
+        .core
+        .registrar
+        .lookup("sip:1001@example.test")
+        .is_empty());
 }
 
 #[tokio::test]
@@ -82,20 +115,49 @@ async fn s10_3_refresh_then_expires_zero_removes_one_binding() {
     let mut events = s.handle.events.subscribe();
     let c = Udp::new(s.udp).await;
     let both = "Contact: <sip:a@127.0.0.1:1>, <sip:b@127.0.0.1:2>\n        Expires: 300";
-    assert_eq!(c.request(&register("1001", c.port(), "cid", 1, both)).await.status, 200);
+    assert_eq!(
+        c.request(&register("1001", c.port(), "cid", 1, both))
+            .await
+            .status,
+        200
+    );
     let r = c
-        .request(&register("1001", c.port(), "cid", 2, "Contact: <sip:a@127.0.0.1:1>\n        Expires: 900"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "cid",
+            2,
+            "Contact: <sip:a@127.0.0.1:1>\n        Expires: 900",
+        ))
         .await;
     let mut got = contacts(&r);
     got.sort();
-    assert_eq!(got, vec![("sip:a@127.0.0.1:1".into(), 900), ("sip:b@127.0.0.1:2".into(), 300)]);
+    assert_eq!(
+        got,
+        vec![
+            ("sip:a@127.0.0.1:1".into(), 900),
+            ("sip:b@127.0.0.1:2".into(), 300)
+        ]
+    );
     let r = c
-        .request(&register("1001", c.port(), "cid", 3, "Contact: <sip:b@127.0.0.1:2>;expires=0"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "cid",
+            3,
+            "Contact: <sip:b@127.0.0.1:2>;expires=0",
+        ))
         .await;
     assert_eq!(contacts(&r), vec![("sip:a@127.0.0.1:1".into(), 900)]);
 
     let mut changes = Vec::new();
-    while let Ok(Event::Registration { change, contact, user_agent, .. }) = events.try_recv() {
+    while let Ok(Event::Registration {
+        change,
+        contact,
+        user_agent,
+        ..
+    }) = events.try_recv()
+    {
         assert_eq!(user_agent.as_deref(), Some("busylamp-test"));
         changes.push((change, contact));
     }
@@ -115,27 +177,56 @@ async fn s10_3_star_with_expires_zero_removes_all_and_star_otherwise_is_400() {
     let s = server(TRUSTED).await;
     let c = Udp::new(s.udp).await;
     let both = "Contact: <sip:a@127.0.0.1:1>, <sip:b@127.0.0.1:2>";
-    assert_eq!(c.request(&register("1001", c.port(), "cid", 1, both)).await.status, 200);
-    let r = c.request(&register("1001", c.port(), "cid2", 1, "Contact: *")).await;
+    assert_eq!(
+        c.request(&register("1001", c.port(), "cid", 1, both))
+            .await
+            .status,
+        200
+    );
+    let r = c
+        .request(&register("1001", c.port(), "cid2", 1, "Contact: *"))
+        .await;
     assert_eq!(r.status, 400);
     assert!(r.reason.contains("Contact *"), "{}", r.reason);
     let r = c
-        .request(&register("1001", c.port(), "cid2", 2, "Contact: *\n        Expires: 0"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "cid2",
+            2,
+            "Contact: *\n        Expires: 0",
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert!(contacts(&r).is_empty());
-    assert!(s.handle.core.registrar.lookup("sip:1001@example.test").is_empty());
+    assert!(s
+        .handle
+        .core
+        .registrar
+        .lookup("sip:1001@example.test")
+        .is_empty());
 }
 
 #[tokio::test]
 async fn s10_2_3_register_without_contact_is_a_query() {
     let s = server(TRUSTED).await;
     let c = Udp::new(s.udp).await;
-    c.request(&register("1001", c.port(), "cid", 1, "Contact: <sip:a@127.0.0.1:1>")).await;
-    let r = c.request(&register("1001", c.port(), "other-call", 1, "")).await;
+    c.request(&register(
+        "1001",
+        c.port(),
+        "cid",
+        1,
+        "Contact: <sip:a@127.0.0.1:1>",
+    ))
+    .await;
+    let r = c
+        .request(&register("1001", c.port(), "other-call", 1, ""))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(contacts(&r).len(), 1);
-    let r = c.request(&register("1002", c.port(), "other-call", 2, "")).await;
+    let r = c
+        .request(&register("1002", c.port(), "other-call", 2, ""))
+        .await;
     assert_eq!(r.status, 200);
     assert!(contacts(&r).is_empty());
 }
@@ -144,13 +235,33 @@ async fn s10_2_3_register_without_contact_is_a_query() {
 async fn s10_3_step7_out_of_order_cseq_for_the_same_call_id_is_refused() {
     let s = server(TRUSTED).await;
     let c = Udp::new(s.udp).await;
-    c.request(&register("1001", c.port(), "cid", 5, "Contact: <sip:a@127.0.0.1:1>")).await;
+    c.request(&register(
+        "1001",
+        c.port(),
+        "cid",
+        5,
+        "Contact: <sip:a@127.0.0.1:1>",
+    ))
+    .await;
     let r = c
-        .request(&register("1001", c.port(), "cid", 4, "Contact: <sip:a@127.0.0.1:1>;expires=0"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "cid",
+            4,
+            "Contact: <sip:a@127.0.0.1:1>;expires=0",
+        ))
         .await;
     assert_eq!(r.status, 400);
     assert!(r.reason.contains("Out-of-order"), "{}", r.reason);
-    assert_eq!(s.handle.core.registrar.lookup("sip:1001@example.test").len(), 1);
+    assert_eq!(
+        s.handle
+            .core
+            .registrar
+            .lookup("sip:1001@example.test")
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -158,13 +269,31 @@ async fn max_contacts_per_aor_is_enforced_whole() {
     let s = server(TRUSTED).await;
     let c = Udp::new(s.udp).await;
     let three = "Contact: <sip:a@127.0.0.1:1>, <sip:b@127.0.0.1:2>, <sip:c@127.0.0.1:3>";
-    assert_eq!(c.request(&register("1001", c.port(), "cid", 1, three)).await.status, 200);
+    assert_eq!(
+        c.request(&register("1001", c.port(), "cid", 1, three))
+            .await
+            .status,
+        200
+    );
     let r = c
-        .request(&register("1001", c.port(), "cid", 2, "Contact: <sip:d@127.0.0.1:4>"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "cid",
+            2,
+            "Contact: <sip:d@127.0.0.1:4>",
+        ))
         .await;
     assert_eq!(r.status, 403);
     assert!(r.reason.contains("max 3"), "{}", r.reason);
-    assert_eq!(s.handle.core.registrar.lookup("sip:1001@example.test").len(), 3);
+    assert_eq!(
+        s.handle
+            .core
+            .registrar
+            .lookup("sip:1001@example.test")
+            .len(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -204,7 +333,10 @@ async fn rfc5626_instance_and_reg_id_are_stored_and_echoed() {
         .await;
     assert_eq!(r.status, 200);
     let c0 = r.headers.get(HeaderName::Contact).unwrap();
-    assert!(c0.contains("+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\""), "{c0}");
+    assert!(
+        c0.contains("+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\""),
+        "{c0}"
+    );
     assert!(c0.contains("reg-id=1"), "{c0}");
     let b = s.handle.core.registrar.lookup("sip:1001@example.test");
     assert_eq!(b[0].reg_id, Some(1));
@@ -248,7 +380,13 @@ async fn foreign_domain_unknown_require_and_non_sip_to_are_refused_with_reasons(
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     let r = c
-        .request(&register("1001", c.port(), "z", 1, "Contact: <sip:a@127.0.0.1:1>\n        Require: gruu, path"))
+        .request(&register(
+            "1001",
+            c.port(),
+            "z",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>\n        Require: gruu, path",
+        ))
         .await;
     assert_eq!(r.status, 420);
     assert_eq!(r.headers.get(HeaderName::Unsupported), Some("gruu"));
@@ -259,7 +397,13 @@ async fn registration_over_tcp_answers_on_the_same_connection() {
     let s = server(TRUSTED).await;
     let mut t = Tcp::connect(s.tcp).await;
     let r = t
-        .request(&register("1001", 5099, "tcp-call", 1, "Contact: <sip:1001@127.0.0.1:5099;transport=tcp>"))
+        .request(&register(
+            "1001",
+            5099,
+            "tcp-call",
+            1,
+            "Contact: <sip:1001@127.0.0.1:5099;transport=tcp>",
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     assert_eq!(contacts(&r)[0].0, "sip:1001@127.0.0.1:5099;transport=tcp");
@@ -298,7 +442,10 @@ aliases = ["[::1]"]"#,
     let r = parse_response(&buf[..n]);
     assert_eq!(r.status, 200, "{}", r.reason);
     let via = r.headers.get(HeaderName::Via).unwrap();
-    assert!(via.contains(&format!("rport={port}")), "RFC 3581 rport filled: {via}");
+    assert!(
+        via.contains(&format!("rport={port}")),
+        "RFC 3581 rport filled: {via}"
+    );
     assert_eq!(contacts(&r)[0].0, format!("sip:1001@[::1]:{port}"));
     let mut t = Tcp::connect(s.tcp).await;
     let r = t
@@ -338,5 +485,9 @@ async fn rfc3581_received_and_rport_are_stamped_on_the_response_via() {
     let via = r.headers.get(HeaderName::Via).unwrap();
     assert!(via.contains("received=127.0.0.1"), "{via}");
     assert!(via.contains(&format!("rport={}", c.port())), "{via}");
-    assert!(r.headers.get(HeaderName::Allow).unwrap().contains("REGISTER"));
+    assert!(r
+        .headers
+        .get(HeaderName::Allow)
+        .unwrap()
+        .contains("REGISTER"));
 }

@@ -8,31 +8,67 @@ use common::*;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test]
 async fn rfc8760_401_offers_sha256_then_md5_with_qop_auth() {
     let s = server(BASE_CONFIG).await;
     let c = Udp::new(s.udp).await;
-    let r = c.request(&register("1001", c.port(), "c", 1, "Contact: <sip:a@127.0.0.1:1>")).await;
+    let r = c
+        .request(&register(
+            "1001",
+            c.port(),
+            "c",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
+        .await;
     assert_eq!(r.status, 401);
     let ch: Vec<&str> = r.headers.all(HeaderName::WwwAuthenticate).collect();
     assert_eq!(ch.len(), 2);
-    assert!(ch[0].contains("algorithm=SHA-256") && ch[0].contains("realm=\"example.test\""), "{}", ch[0]);
+    assert!(
+        ch[0].contains("algorithm=SHA-256") && ch[0].contains("realm=\"example.test\""),
+        "{}",
+        ch[0]
+    );
     assert!(ch[1].contains("algorithm=MD5"), "{}", ch[1]);
     assert!(ch.iter().all(|c| c.contains("qop=\"auth\"")));
-    assert!(s.handle.core.registrar.lookup("sip:1001@example.test").is_empty());
+    assert!(s
+        .handle
+        .core
+        .registrar
+        .lookup("sip:1001@example.test")
+        .is_empty());
 }
 
 #[tokio::test]
 async fn rfc7616_sha256_and_md5_answers_register() {
     let s = server(BASE_CONFIG).await;
     let c = Udp::new(s.udp).await;
-    let r = register_authed(&c, "1001", "secret", "c1", 1, "Contact: <sip:a@127.0.0.1:1>").await;
+    let r = register_authed(
+        &c,
+        "1001",
+        "secret",
+        "c1",
+        1,
+        "Contact: <sip:a@127.0.0.1:1>",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     // Now answer the MD5 challenge instead.
-    let r = c.request(&register("1002", c.port(), "c2", 1, "Contact: <sip:b@127.0.0.1:2>")).await;
+    let r = c
+        .request(&register(
+            "1002",
+            c.port(),
+            "c2",
+            1,
+            "Contact: <sip:b@127.0.0.1:2>",
+        ))
+        .await;
     let md5 = r
         .headers
         .all(HeaderName::WwwAuthenticate)
@@ -41,7 +77,13 @@ async fn rfc7616_sha256_and_md5_answers_register() {
         .to_string();
     let auth = authorization(&md5, "1002", "other", "REGISTER", "sip:example.test", 1);
     let r = c
-        .request(&register("1002", c.port(), "c2", 2, &format!("Contact: <sip:b@127.0.0.1:2>\n        Authorization: {auth}")))
+        .request(&register(
+            "1002",
+            c.port(),
+            "c2",
+            2,
+            &format!("Contact: <sip:b@127.0.0.1:2>\n        Authorization: {auth}"),
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     assert_eq!(s.handle.core.registrar.binding_count(), 2);
@@ -51,7 +93,15 @@ async fn rfc7616_sha256_and_md5_answers_register() {
 async fn wrong_password_is_403_and_nothing_is_bound() {
     let s = server(BASE_CONFIG).await;
     let c = Udp::new(s.udp).await;
-    let r = register_authed(&c, "1001", "not-the-password", "c", 1, "Contact: <sip:a@127.0.0.1:1>").await;
+    let r = register_authed(
+        &c,
+        "1001",
+        "not-the-password",
+        "c",
+        1,
+        "Contact: <sip:a@127.0.0.1:1>",
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert!(r.reason.contains("Wrong password"), "{}", r.reason);
     assert_eq!(s.handle.core.registrar.binding_count(), 0);
@@ -62,11 +112,29 @@ async fn rfc3261_10_3_step4_user_may_only_register_its_own_aor() {
     let s = server(BASE_CONFIG).await;
     let c = Udp::new(s.udp).await;
     // 1002 authenticates correctly but asks to bind 1001.
-    let r = c.request(&register("1001", c.port(), "c", 1, "Contact: <sip:evil@127.0.0.1:1>")).await;
-    let ch = r.headers.get(HeaderName::WwwAuthenticate).unwrap().to_string();
+    let r = c
+        .request(&register(
+            "1001",
+            c.port(),
+            "c",
+            1,
+            "Contact: <sip:evil@127.0.0.1:1>",
+        ))
+        .await;
+    let ch = r
+        .headers
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
     let auth = authorization(&ch, "1002", "other", "REGISTER", "sip:example.test", 1);
     let r = c
-        .request(&register("1001", c.port(), "c", 2, &format!("Contact: <sip:evil@127.0.0.1:1>\n        Authorization: {auth}")))
+        .request(&register(
+            "1001",
+            c.port(),
+            "c",
+            2,
+            &format!("Contact: <sip:evil@127.0.0.1:1>\n        Authorization: {auth}"),
+        ))
         .await;
     assert_eq!(r.status, 403);
     assert!(r.reason.contains("may not register"), "{}", r.reason);
@@ -78,38 +146,104 @@ async fn rfc7616_3_3_expired_nonce_gets_stale_true() {
     let c = Udp::new(s.udp).await;
     // A nonce the server itself issued 1,000 s ago (same key): the MAC verifies, age does not.
     let old = NonceKey::new(NONCE_KEY).issue(unix_now() - 1000);
-    let auth = authorization_with("example.test", &old, "MD5", "1001", "secret", "REGISTER", "sip:example.test", 1);
+    let auth = authorization_with(
+        "example.test",
+        &old,
+        "MD5",
+        "1001",
+        "secret",
+        "REGISTER",
+        "sip:example.test",
+        1,
+    );
     let r = c
-        .request(&register("1001", c.port(), "c", 1, &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}")))
+        .request(&register(
+            "1001",
+            c.port(),
+            "c",
+            1,
+            &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}"),
+        ))
         .await;
     assert_eq!(r.status, 401);
-    assert!(r.headers.all(HeaderName::WwwAuthenticate).all(|v| v.contains("stale=true")));
+    assert!(r
+        .headers
+        .all(HeaderName::WwwAuthenticate)
+        .all(|v| v.contains("stale=true")));
     // A nonce we never issued is not stale, just wrong.
-    let auth = authorization_with("example.test", "deadbeef", "MD5", "1001", "secret", "REGISTER", "sip:example.test", 1);
+    let auth = authorization_with(
+        "example.test",
+        "deadbeef",
+        "MD5",
+        "1001",
+        "secret",
+        "REGISTER",
+        "sip:example.test",
+        1,
+    );
     let r = c
-        .request(&register("1001", c.port(), "c", 2, &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}")))
+        .request(&register(
+            "1001",
+            c.port(),
+            "c",
+            2,
+            &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}"),
+        ))
         .await;
     assert_eq!(r.status, 401);
-    assert!(r.headers.all(HeaderName::WwwAuthenticate).all(|v| !v.contains("stale")));
+    assert!(r
+        .headers
+        .all(HeaderName::WwwAuthenticate)
+        .all(|v| !v.contains("stale")));
 }
 
 #[tokio::test]
 async fn rfc7616_replayed_nonce_count_is_refused() {
     let s = server(BASE_CONFIG).await;
     let c = Udp::new(s.udp).await;
-    let r = c.request(&register("1001", c.port(), "c", 1, "Contact: <sip:a@127.0.0.1:1>")).await;
-    let ch = r.headers.get(HeaderName::WwwAuthenticate).unwrap().to_string();
+    let r = c
+        .request(&register(
+            "1001",
+            c.port(),
+            "c",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
+        .await;
+    let ch = r
+        .headers
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
     let auth = authorization(&ch, "1001", "secret", "REGISTER", "sip:example.test", 1);
-    let with = |cseq| register("1001", c.port(), "c", cseq, &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}"));
+    let with = |cseq| {
+        register(
+            "1001",
+            c.port(),
+            "c",
+            cseq,
+            &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}"),
+        )
+    };
     assert_eq!(c.request(&with(2)).await.status, 200);
     // The same credentials again (new request, same nc): a replay.
     let r = c.request(&with(3)).await;
     assert_eq!(r.status, 401);
-    assert!(r.headers.get(HeaderName::WwwAuthenticate).unwrap().contains("stale=true"));
+    assert!(r
+        .headers
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .contains("stale=true"));
     // nc=2 on the same nonce is fine.
     let auth2 = authorization(&ch, "1001", "secret", "REGISTER", "sip:example.test", 2);
     let r = c
-        .request(&register("1001", c.port(), "c", 4, &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth2}")))
+        .request(&register(
+            "1001",
+            c.port(),
+            "c",
+            4,
+            &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth2}"),
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
 }
@@ -136,7 +270,15 @@ async fn open_mode_and_trusted_sources_skip_the_challenge_but_options_never_need
     let open = BASE_CONFIG.replace("[registrar]", "[auth]\nmode = \"open\"\n[registrar]");
     let s = server(&open).await;
     let c = Udp::new(s.udp).await;
-    let r = c.request(&register("1001", c.port(), "c", 1, "Contact: <sip:a@127.0.0.1:1>")).await;
+    let r = c
+        .request(&register(
+            "1001",
+            c.port(),
+            "c",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
+        .await;
     assert_eq!(r.status, 200);
 
     let s = server(BASE_CONFIG).await;
@@ -184,13 +326,27 @@ async fn users_from_the_user_file_authenticate() {
     .await
     .unwrap();
     let c = Udp::new(h.local_addr(busylamp::transport::Proto::Udp).unwrap()).await;
-    let r = c.request(&register("2001", c.port(), "c", 1, "Contact: <sip:a@127.0.0.1:1>")).await;
+    let r = c
+        .request(&register(
+            "2001",
+            c.port(),
+            "c",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
+        .await;
     // Only an MD5 HA1 is stored for 2001, so only MD5 is offered.
     let ch: Vec<&str> = r.headers.all(HeaderName::WwwAuthenticate).collect();
     assert_eq!(ch.len(), 1, "{ch:?}");
     let auth = authorization(ch[0], "2001", "pw2001", "REGISTER", "sip:example.test", 1);
     let r = c
-        .request(&register("2001", c.port(), "c", 2, &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}")))
+        .request(&register(
+            "2001",
+            c.port(),
+            "c",
+            2,
+            &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}"),
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     let _ = std::fs::remove_dir_all(&dir);
@@ -202,16 +358,26 @@ async fn users_from_the_user_file_authenticate() {
 #[tokio::test]
 async fn polycom_vvx350_capture_register_401_register() {
     let cfg = BASE_CONFIG
-        .replace("domain = \"example.test\"", "domain = \"pierrefouquet.babblevoice.com\"")
-        .replace("name = \"1001\"\npassword = \"secret\"", "name = \"1013\"\npassword = \"1013pass\"");
+        .replace(
+            "domain = \"example.test\"",
+            "domain = \"pierrefouquet.babblevoice.com\"",
+        )
+        .replace(
+            "name = \"1001\"\npassword = \"secret\"",
+            "name = \"1013\"\npassword = \"1013pass\"",
+        );
     let s = server(&cfg).await;
     // Over TCP: the capture's Via names the phone's public address, and a TCP answer goes back
     // on the connection whatever the Via says.
     let mut t = Tcp::connect(s.tcp).await;
-    let first = std::fs::read("fixtures/captures/polycom-vvx350-5.9.5-register-digest-cseq2.sip").unwrap();
+    let first =
+        std::fs::read("fixtures/captures/polycom-vvx350-5.9.5-register-digest-cseq2.sip").unwrap();
     let r = t.request(&first).await;
     assert_eq!(r.status, 401, "{}", r.reason);
-    assert_eq!(r.headers.get(HeaderName::CallId), Some("c7f6bc72e0778e72f7055172226c01d1"));
+    assert_eq!(
+        r.headers.get(HeaderName::CallId),
+        Some("c7f6bc72e0778e72f7055172226c01d1")
+    );
     let md5 = r
         .headers
         .all(HeaderName::WwwAuthenticate)
@@ -246,10 +412,24 @@ async fn polycom_vvx350_capture_register_401_register() {
         .replace("ab709ea589a580790e2e1cea141f7107", &resp);
     let r = t.request(second.as_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.reason);
-    let b = s.handle.core.registrar.lookup("sip:1013@pierrefouquet.babblevoice.com");
+    let b = s
+        .handle
+        .core
+        .registrar
+        .lookup("sip:1013@pierrefouquet.babblevoice.com");
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].contact, "sip:1013@82.71.31.12:52917;transport=udp");
-    assert_eq!(b[0].user_agent.as_deref(), Some("PolycomVVX-VVX_350-UA/5.9.5.0614"));
-    assert!(b[0].params.contains("methods="), "Polycom's methods param kept: {}", b[0].params);
-    assert_eq!(contacts(&r), vec![("sip:1013@82.71.31.12:52917;transport=udp".into(), 3600)]);
+    assert_eq!(
+        b[0].user_agent.as_deref(),
+        Some("PolycomVVX-VVX_350-UA/5.9.5.0614")
+    );
+    assert!(
+        b[0].params.contains("methods="),
+        "Polycom's methods param kept: {}",
+        b[0].params
+    );
+    assert_eq!(
+        contacts(&r),
+        vec![("sip:1013@82.71.31.12:52917;transport=udp".into(), 3600)]
+    );
 }

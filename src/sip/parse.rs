@@ -405,15 +405,24 @@ fn content_length(headers: &Headers) -> Result<Option<usize>, ParseError> {
     Ok(cl)
 }
 
-/// Best effort for an oversized request: its headers, to answer 513.
+/// Best effort for an oversized request: the header lines that arrived whole before the cut,
+/// enough to answer 513.
 fn salvage_headers(buf: &[u8], limits: &Limits) -> Option<Headers> {
     if buf.starts_with(b"SIP/") {
         return None;
     }
-    let end = find_header_end(buf).map(|(e, _)| e)?;
+    let end = find_header_end(buf)
+        .map(|(e, _)| e)
+        .or_else(|| buf.iter().rposition(|&b| b == b'\n'))?;
     let mut lines = LineIter::new(&buf[..end]);
     lines.next();
-    parse_header_lines(lines, limits).ok()
+    let lenient = Limits {
+        max_line: usize::MAX,
+        ..*limits
+    };
+    // Drop the line the cut went through, and any over-long line, rather than fail.
+    let whole: Vec<&[u8]> = lines.filter(|l| l.len() <= limits.max_line).collect();
+    parse_header_lines(whole.into_iter(), &lenient).ok()
 }
 
 #[cfg(test)]

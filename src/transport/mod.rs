@@ -274,7 +274,9 @@ impl Transport {
                             // close (RFC 3261 §18.3).
                             tracing::info!(%remote, error = %e, "closing unframeable tcp stream");
                             let msg = std::mem::take(&mut buf);
-                            inbound.clone().on_unframeable(msg, peer, e);
+                            if let Some(answer) = inbound.clone().on_unframeable(msg, peer, e) {
+                                let _ = tx.send(Arc::from(answer)).await;
+                            }
                             break 'conn;
                         }
                     }
@@ -349,8 +351,14 @@ impl Transport {
 /// Receives every framed message.
 pub trait Inbound: Send + Sync + 'static {
     fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer);
-    /// A stream that can no longer be framed; `bytes` is what was buffered.
-    fn on_unframeable(self: Arc<Self>, bytes: Vec<u8>, peer: Peer, error: crate::sip::ParseError);
+    /// A stream that can no longer be framed; `bytes` is what was buffered. Returns an
+    /// answer to write before the connection is closed.
+    fn on_unframeable(
+        self: Arc<Self>,
+        bytes: Vec<u8>,
+        peer: Peer,
+        error: crate::sip::ParseError,
+    ) -> Option<Vec<u8>>;
 }
 
 async fn udp_loop(sock: Arc<UdpSocket>, inbound: Arc<dyn Inbound>, max: usize) {

@@ -80,7 +80,7 @@ pub fn wire(text: &str) -> Vec<u8> {
     let mut out = String::new();
     for line in head.lines() {
         let line = line.trim_start();
-        if line.to_ascii_lowercase().starts_with("content-length:") {
+        if line.is_empty() || line.to_ascii_lowercase().starts_with("content-length:") {
             continue;
         }
         out.push_str(line);
@@ -94,7 +94,10 @@ pub fn wire(text: &str) -> Vec<u8> {
 pub fn parse_response(bytes: &[u8]) -> Response {
     match parse_message(bytes, &Limits::default()) {
         Ok(Message::Response(r)) => r,
-        other => panic!("not a response: {other:?}\n{}", String::from_utf8_lossy(bytes)),
+        other => panic!(
+            "not a response: {other:?}\n{}",
+            String::from_utf8_lossy(bytes)
+        ),
     }
 }
 
@@ -201,8 +204,9 @@ pub fn branch() -> String {
 
 /// A REGISTER for `user` from a UA at 127.0.0.1:`port` with the given extra header lines.
 pub fn register(user: &str, port: u16, call_id: &str, cseq: u32, extra: &str) -> Vec<u8> {
-    wire(&format!(
-        "REGISTER sip:example.test SIP/2.0
+    wire(
+        &format!(
+            "REGISTER sip:example.test SIP/2.0
         Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
         Max-Forwards: 70
         From: <sip:{user}@example.test>;tag=ft{cseq}
@@ -212,9 +216,10 @@ pub fn register(user: &str, port: u16, call_id: &str, cseq: u32, extra: &str) ->
         User-Agent: busylamp-test
         {extra}
         ",
-        b = branch()
+            b = branch()
+        )
+        .replace("\n        \n", "\n"),
     )
-    .replace("\n        \n", "\n"))
 }
 
 /// Parses a `Digest ...` challenge into (realm, nonce, algorithm).
@@ -229,12 +234,23 @@ pub fn challenge_params(value: &str) -> (String, String, String) {
             rest.split([',', ' ']).next().unwrap().to_string()
         }
     };
-    let alg = if value.contains("algorithm=") { get("algorithm") } else { "MD5".into() };
+    let alg = if value.contains("algorithm=") {
+        get("algorithm")
+    } else {
+        "MD5".into()
+    };
     (get("realm"), get("nonce"), alg)
 }
 
 /// An Authorization header value answering `challenge` for `user`/`password`.
-pub fn authorization(challenge: &str, user: &str, password: &str, method: &str, uri: &str, nc: u32) -> String {
+pub fn authorization(
+    challenge: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+) -> String {
     let (realm, nonce, alg_name) = challenge_params(challenge);
     authorization_with(&realm, &nonce, &alg_name, user, password, method, uri, nc)
 }
@@ -271,13 +287,31 @@ pub fn authorization_with(
 
 /// REGISTERs `user` with digest auth (first challenge offered, i.e. SHA-256 by default) and
 /// returns the final response.
-pub async fn register_authed(c: &Udp, user: &str, password: &str, call_id: &str, cseq: u32, extra: &str) -> Response {
-    let r = c.request(&register(user, c.port(), call_id, cseq, extra)).await;
-    assert_eq!(r.status, 401, "challenge expected, got {} {}", r.status, r.reason);
-    let ch = r.headers.get(HeaderName::WwwAuthenticate).unwrap().to_string();
+pub async fn register_authed(
+    c: &Udp,
+    user: &str,
+    password: &str,
+    call_id: &str,
+    cseq: u32,
+    extra: &str,
+) -> Response {
+    let r = c
+        .request(&register(user, c.port(), call_id, cseq, extra))
+        .await;
+    assert_eq!(
+        r.status, 401,
+        "challenge expected, got {} {}",
+        r.status, r.reason
+    );
+    let ch = r
+        .headers
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
     let auth = authorization(&ch, user, password, "REGISTER", "sip:example.test", 1);
     let extra = format!("{extra}\n        Authorization: {auth}");
-    c.request(&register(user, c.port(), call_id, cseq + 1, &extra)).await
+    c.request(&register(user, c.port(), call_id, cseq + 1, &extra))
+        .await
 }
 
 /// Contact values of a 200, as (uri, expires).
@@ -289,7 +323,10 @@ pub fn contacts(r: &Response) -> Vec<(String, u32)> {
         .filter_map(|c| match c {
             ContactValue::Addr(na) => Some((
                 na.uri.to_string(),
-                na.params.value("expires").and_then(|e| e.parse().ok()).unwrap_or(0),
+                na.params
+                    .value("expires")
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or(0),
             )),
             ContactValue::Star => None,
         })
