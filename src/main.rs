@@ -154,10 +154,7 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("busylamp")
                 .build()
                 .context("starting the async runtime")?;
-            {
-                let _ = (rt, cfg);
-                Ok(())
-            }
+            rt.block_on(serve(cfg))
         }
     }
 }
