@@ -1,0 +1,165 @@
+//! The command line: check-config names the bad key and the fix; users add/list/remove keep
+//! only HA1s; serve refuses a database it cannot open with a message naming the path.
+
+use std::process::Command;
+
+fn busylamp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_busylamp"))
+}
+
+#[test]
+fn check_config_accepts_the_valid_fixtures() {
+    for entry in std::fs::read_dir("fixtures/config/valid").unwrap() {
+        let path = entry.unwrap().path();
+        let out = busylamp().arg("check-config").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    }
+}
+
+#[test]
+fn check_config_names_the_key_of_each_invalid_fixture() {
+    let mut n = 0;
+    for entry in std::fs::read_dir("fixtures/config/invalid").unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("# expect:")
+            .trim()
+            .to_string();
+        let out = busylamp().arg("check-config").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}", path.display());
+        assert!(
+            err.contains(&expect),
+            "{}: {err:?} should contain {expect:?}",
+            path.display()
+        );
+        assert!(
+            err.contains(&path.display().to_string()),
+            "names the file: {err}"
+        );
+        n += 1;
+    }
+    assert!(n >= 8);
+    let out = busylamp()
+        .arg("check-config")
+        .arg("fixtures/config/none.toml")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn users_add_list_remove_store_only_ha1() {
+    let dir = std::env::temp_dir().join(format!("busylamp-cli-users-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndomain = \"example.test\"\ndata_dir = \"{}\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = busylamp()
+        .args(["users", "--config"])
+        .arg(&cfg)
+        .args(["add", "1001", "--password", "hunter2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Password from standard input.
+    let mut child = busylamp()
+        .args(["users", "--config"])
+        .arg(&cfg)
+        .args(["add", "1002"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"pw1002\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let stored = std::fs::read_to_string(dir.join("users")).unwrap();
+    assert!(
+        !stored.contains("hunter2") && !stored.contains("pw1002"),
+        "no cleartext: {stored}"
+    );
+    let md5 = busylamp::sip::digest::ha1(
+        busylamp::sip::digest::Algorithm::Md5,
+        "1001",
+        "example.test",
+        "hunter2",
+    );
+    assert!(stored.contains(&md5));
+    let out = busylamp()
+        .args(["users", "--config"])
+        .arg(&cfg)
+        .arg("list")
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("1001\texample.test\tMD5,SHA-256") && list.contains("1002"),
+        "{list}"
+    );
+    let out = busylamp()
+        .args(["users", "--config"])
+        .arg(&cfg)
+        .args(["remove", "1001"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = busylamp()
+        .args(["users", "--config"])
+        .arg(&cfg)
+        .args(["remove", "1001"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_with_an_unusable_data_dir_stops_with_the_path_and_the_fix() {
+    let dir = std::env::temp_dir().join(format!("busylamp-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let blocker = dir.join("not-a-dir");
+    std::fs::write(&blocker, "x").unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"udp:127.0.0.1:0\"]\ndata_dir = \"{}\"\n",
+            blocker.display()
+        ),
+    )
+    .unwrap();
+    let out = busylamp()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&blocker.display().to_string()) && err.contains("writable"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
