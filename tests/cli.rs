@@ -8,9 +8,16 @@ fn busylamp() -> Command {
 }
 
 #[test]
-fn check_config_accepts_the_valid_fixtures() {
-    for entry in std::fs::read_dir("fixtures/config/valid").unwrap() {
-        let path = entry.unwrap().path();
+fn check_config_accepts_the_valid_fixtures_the_profiles_and_the_packaged_config() {
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir("fixtures/config/valid")
+        .unwrap()
+        .chain(std::fs::read_dir("profiles").unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.push("packaging/busylamp.toml".into());
+    assert!(paths.len() >= 5);
+    for path in paths {
         let out = busylamp().arg("check-config").arg(&path).output().unwrap();
         assert!(
             out.status.success(),
