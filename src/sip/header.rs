@@ -204,6 +204,12 @@ pub enum HeaderError {
     Params(&'static str),
     #[error("display name without <URI>")]
     DisplayWithoutAngle,
+    #[error("unquoted display name contains characters that need quotes")]
+    UnquotedDisplayName,
+    #[error("URI with '?', ',' or ';' must be enclosed in <>")]
+    AddrSpecNeedsAngle,
+    #[error("junk after '>'")]
+    JunkAfterAngle,
     #[error("malformed Via: {0}")]
     Via(&'static str),
     #[error("malformed CSeq: {0}")]
@@ -227,15 +233,38 @@ impl NameAddr {
             (Some(d), s[used..].trim_start())
         } else if let Some(lt) = s.find('<') {
             let d = s[..lt].trim();
-            (if d.is_empty() { None } else { Some(d.to_string()) }, &s[lt..])
+            // display-name = *(token LWS) / quoted-string. No LWS before '<' is tolerated
+            // (RFC 4475 §3.1.1.6 "lwsdisp"); unquoted non-token characters are not (§3.1.2.15
+            // "baddn": a proxy must not forward them, and guessing the quotes is unsafe).
+            if !d.split_ascii_whitespace().all(is_token) {
+                return Err(HeaderError::UnquotedDisplayName);
+            }
+            (
+                if d.is_empty() {
+                    None
+                } else {
+                    Some(d.to_string())
+                },
+                &s[lt..],
+            )
         } else {
             (None, s)
         };
         if let Some(inner) = rest.strip_prefix('<') {
             let gt = inner.find('>').ok_or(HeaderError::UnclosedAngle)?;
-            let uri = Uri::parse(inner[..gt].trim())?;
-            let params = Params::parse(&inner[gt + 1..]).map_err(HeaderError::Params)?;
-            return Ok(NameAddr { display, uri, params });
+            // No LWS inside the brackets (RFC 4475 §3.1.2.14 "badaspec"): Uri::parse refuses
+            // the spaces, which the 400's reason phrase then names.
+            let uri = Uri::parse(&inner[..gt])?;
+            let after = inner[gt + 1..].trim_start();
+            if !after.is_empty() && !after.starts_with(';') {
+                return Err(HeaderError::JunkAfterAngle);
+            }
+            let params = Params::parse(after).map_err(HeaderError::Params)?;
+            return Ok(NameAddr {
+                display,
+                uri,
+                params,
+            });
         }
         if display.is_some() {
             return Err(HeaderError::DisplayWithoutAngle);
@@ -246,8 +275,10 @@ impl NameAddr {
             Some(sc) => (&rest[..sc], &rest[sc..]),
             None => (rest, ""),
         };
+        // RFC 3261 §20.10: a URI with a comma, question mark or semicolon must be in
+        // name-addr form (RFC 4475 §3.1.2.13 "regbadct").
         if uri.contains('?') || uri.contains(',') {
-            return Err(HeaderError::Uri(UriError::Whitespace));
+            return Err(HeaderError::AddrSpecNeedsAngle);
         }
         Ok(NameAddr {
             display: None,
@@ -318,8 +349,14 @@ impl Via {
         // around the slashes (RFC 4475 §3.1.1.1 wsinv).
         let mut parts = s.splitn(3, '/');
         let name = parts.next().unwrap_or("").trim();
-        let version = parts.next().ok_or(HeaderError::Via("missing protocol version"))?.trim();
-        let rest = parts.next().ok_or(HeaderError::Via("missing transport"))?.trim_start();
+        let version = parts
+            .next()
+            .ok_or(HeaderError::Via("missing protocol version"))?
+            .trim();
+        let rest = parts
+            .next()
+            .ok_or(HeaderError::Via("missing transport"))?
+            .trim_start();
         if !is_token(name) || !is_token(version) {
             return Err(HeaderError::Via("malformed sent-protocol"));
         }
@@ -336,7 +373,9 @@ impl Via {
             None => (rest.trim(), ""),
         };
         let (host_s, port_s) = if sent_by.starts_with('[') {
-            let end = sent_by.find(']').ok_or(HeaderError::Via("unclosed IPv6 reference"))?;
+            let end = sent_by
+                .find(']')
+                .ok_or(HeaderError::Via("unclosed IPv6 reference"))?;
             let after = sent_by[end + 1..].trim_start();
             match after.strip_prefix(':') {
                 Some(p) => (&sent_by[..=end], Some(p.trim())),
@@ -356,7 +395,9 @@ impl Via {
                 p.parse::<u16>()
                     .ok()
                     .filter(|_| p.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or(HeaderError::Via("sent-by port is not a number from 0 to 65535"))?,
+                    .ok_or(HeaderError::Via(
+                        "sent-by port is not a number from 0 to 65535",
+                    ))?,
             ),
         };
         let params = Params::parse(params).map_err(|_| HeaderError::Via("malformed parameters"))?;
@@ -418,7 +459,9 @@ impl CSeq {
             return Err(HeaderError::CSeq("sequence number is not a number"));
         }
         // RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
-        let seq: u64 = num.parse().map_err(|_| HeaderError::CSeq("sequence number is not a number"))?;
+        let seq: u64 = num
+            .parse()
+            .map_err(|_| HeaderError::CSeq("sequence number is not a number"))?;
         if seq >= 1 << 31 {
             return Err(HeaderError::CSeq("sequence number is not below 2**31"));
         }
@@ -464,8 +507,10 @@ mod tests {
 
     #[test]
     fn rfc3261_20_10_name_addr_with_quoted_display_and_escapes() {
-        let n = NameAddr::parse(r#""Pierre \"PT\" Test" <sip:1013@example.test;transport=udp>;tag=F87D"#)
-            .unwrap();
+        let n = NameAddr::parse(
+            r#""Pierre \"PT\" Test" <sip:1013@example.test;transport=udp>;tag=F87D"#,
+        )
+        .unwrap();
         assert_eq!(n.display.as_deref(), Some(r#"Pierre "PT" Test"#));
         assert_eq!(n.tag().as_deref(), Some("F87D"));
         assert_eq!(n.uri.as_sip().unwrap().transport().as_deref(), Some("udp"));
@@ -484,7 +529,10 @@ mod tests {
 
     #[test]
     fn malformed_name_addrs_say_why() {
-        assert_eq!(NameAddr::parse(r#""open <sip:a@b>"#), Err(HeaderError::UnterminatedQuote));
+        assert_eq!(
+            NameAddr::parse(r#""open <sip:a@b>"#),
+            Err(HeaderError::UnterminatedQuote)
+        );
         assert_eq!(NameAddr::parse("<sip:a@b"), Err(HeaderError::UnclosedAngle));
         assert!(NameAddr::parse("\"x\" sip:a@b").is_err());
     }
@@ -505,7 +553,10 @@ mod tests {
         assert_eq!(v.port, Some(5070));
         assert_eq!(v.branch().as_deref(), Some("z9hG4bK1"));
         assert_eq!(v.rport(), Some(None));
-        assert_eq!(v.to_string(), "SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bK1;rport");
+        assert_eq!(
+            v.to_string(),
+            "SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bK1;rport"
+        );
         let v = Via::parse("SIP/2.0/tcp host.example:5060 ;received=1.2.3.4;rport=9").unwrap();
         assert_eq!(v.transport, "TCP");
         assert_eq!(v.rport(), Some(Some(9)));

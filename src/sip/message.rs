@@ -41,7 +41,10 @@ impl Headers {
 
     /// First value of a known header.
     pub fn get(&self, kind: HeaderName) -> Option<&str> {
-        self.0.iter().find(|h| h.kind == kind).map(|h| h.value.as_str())
+        self.0
+            .iter()
+            .find(|h| h.kind == kind)
+            .map(|h| h.value.as_str())
     }
 
     /// First value of an extension header by name (case-insensitive).
@@ -127,14 +130,23 @@ impl Headers {
         let mut wrote_cl = false;
         for h in &self.0 {
             if h.kind == HeaderName::ContentLength {
-                // The length we print is always the body we send: one place, never stale.
-                if wrote_cl {
-                    continue;
-                }
+                // The length we print is always the body we send, never stale. A value that
+                // already says so is kept as received (`0150`), so that printing a parsed message
+                // reproduces it; every occurrence is kept for the same reason (they all agree, or
+                // the message would not have parsed).
                 wrote_cl = true;
                 out.extend_from_slice(h.name.as_bytes());
                 out.extend_from_slice(b": ");
-                out.extend_from_slice(body_len.to_string().as_bytes());
+                let v = h.value.trim();
+                let current = !v.is_empty()
+                    && v.len() <= 9
+                    && v.bytes().all(|b| b.is_ascii_digit())
+                    && v.parse::<usize>().ok() == Some(body_len);
+                if current {
+                    out.extend_from_slice(h.value.as_bytes());
+                } else {
+                    out.extend_from_slice(body_len.to_string().as_bytes());
+                }
                 out.extend_from_slice(b"\r\n");
                 continue;
             }
@@ -303,12 +315,7 @@ impl HasHeaders for Response {
 impl Request {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.body.len());
-        let _ = write!(
-            StrBuf(&mut out),
-            "{} {} SIP/2.0\r\n",
-            self.method,
-            self.uri
-        );
+        let _ = write!(StrBuf(&mut out), "{} {} SIP/2.0\r\n", self.method, self.uri);
         self.headers.write_to(&mut out, self.body.len());
         out.extend_from_slice(&self.body);
         out
@@ -319,12 +326,24 @@ impl Request {
             None => Ok(None),
             Some(v) => {
                 let v = v.trim();
-                if v.is_empty() || v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(MessageError::BadValue("Max-Forwards", "not a number from 0 to 255"));
+                // 1*DIGIT: leading zeros are legal (RFC 4475 §3.1.1.1 "wsinv" sends 0068).
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(MessageError::BadValue(
+                        "Max-Forwards",
+                        "not a number from 0 to 255",
+                    ));
                 }
-                v.parse::<u8>()
-                    .map(Some)
-                    .map_err(|_| MessageError::BadValue("Max-Forwards", "not a number from 0 to 255"))
+                let v = v.trim_start_matches('0');
+                let v = if v.is_empty() { "0" } else { v };
+                if v.len() > 3 {
+                    return Err(MessageError::BadValue(
+                        "Max-Forwards",
+                        "not a number from 0 to 255",
+                    ));
+                }
+                v.parse::<u8>().map(Some).map_err(|_| {
+                    MessageError::BadValue("Max-Forwards", "not a number from 0 to 255")
+                })
             }
         }
     }
@@ -353,7 +372,10 @@ impl Request {
         self.to_hdr()?;
         let call_id = self.call_id()?;
         if call_id.is_empty() || call_id.bytes().any(|b| b <= b' ') {
-            return Err(MessageError::BadValue("Call-ID", "empty or contains whitespace"));
+            return Err(MessageError::BadValue(
+                "Call-ID",
+                "empty or contains whitespace",
+            ));
         }
         let cseq = self.cseq()?;
         if cseq.method != self.method {
@@ -364,6 +386,9 @@ impl Request {
         }
         self.max_forwards()?;
         self.expires()?;
+        // Contact drives registration and dialog routing; a malformed one is refused here with
+        // a reason rather than misread later (RFC 4475 §3.1.2.1 "badinv01", §3.1.2.13).
+        self.contacts()?;
         Ok(())
     }
 
@@ -424,7 +449,12 @@ pub fn sanitize_reason(reason: &str) -> String {
 impl Response {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.body.len());
-        let _ = write!(StrBuf(&mut out), "SIP/2.0 {} {}\r\n", self.status, self.reason);
+        let _ = write!(
+            StrBuf(&mut out),
+            "SIP/2.0 {} {}\r\n",
+            self.status,
+            self.reason
+        );
         self.headers.write_to(&mut out, self.body.len());
         out.extend_from_slice(&self.body);
         out

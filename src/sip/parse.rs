@@ -85,20 +85,31 @@ pub struct ParseFailure {
 
 impl ParseFailure {
     fn bare(error: ParseError) -> Self {
-        ParseFailure { error, salvage: None }
+        ParseFailure {
+            error,
+            salvage: None,
+        }
     }
 }
 
 enum StartLine {
-    Request { method: String, uri: Result<Uri, UriError> },
-    Response { status: u16, reason: String },
+    Request {
+        method: String,
+        uri: Result<Uri, UriError>,
+    },
+    Response {
+        status: u16,
+        reason: String,
+    },
 }
 
 /// Parses one datagram (or one framed stream message). Per RFC 3261 §18.3, bytes beyond
 /// Content-Length are discarded and a body shorter than it is an error.
 pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailure> {
     if buf.len() > limits.max_message {
-        let salvage = salvage_headers(&buf[..limits.max_message.min(buf.len())], limits);
+        // The header block usually fits even when the body does not: read it (bounded by the
+        // header and line limits) so the 513 can be answered.
+        let salvage = salvage_headers(buf, limits);
         return Err(ParseFailure {
             error: ParseError::TooLarge(limits.max_message),
             salvage,
@@ -110,7 +121,12 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
         .position(|&b| b != b'\r' && b != b'\n')
         .ok_or(ParseFailure::bare(ParseError::Empty))?;
     let buf = &buf[start..];
-    let (head_end, body_start) = find_header_end(buf).unwrap_or((buf.len(), buf.len()));
+    // RFC 3261 §7: the header fields end with an empty line. A datagram without one was cut
+    // short (or is not SIP); it is refused, but its headers are still read for the answer.
+    let (head_end, body_start, complete) = match find_header_end(buf) {
+        Some((e, b)) => (e, b, true),
+        None => (buf.len(), buf.len(), false),
+    };
     let head = &buf[..head_end];
     let mut lines = LineIter::new(head);
     let first = lines.next().ok_or(ParseFailure::bare(ParseError::Empty))?;
@@ -122,7 +138,10 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
     let headers = match parse_header_lines(lines, limits) {
         Ok(h) => h,
         Err(error) => {
-            return Err(ParseFailure { error, salvage: None });
+            return Err(ParseFailure {
+                error,
+                salvage: None,
+            });
         }
     };
     let fail = |error: ParseError, headers: Headers| ParseFailure {
@@ -133,6 +152,9 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
         Ok(s) => s,
         Err(e) => return Err(fail(e, headers)),
     };
+    if !complete {
+        return Err(fail(ParseError::NoHeaderEnd, headers));
+    }
     let available = &buf[body_start..];
     let body = match content_length(&headers) {
         Ok(Some(cl)) if cl > available.len() => {
@@ -182,7 +204,10 @@ pub enum Frame {
 /// Finds the first message in a stream buffer by its Content-Length (RFC 3261 §18.3). An error
 /// means the stream cannot be framed any more and the connection must be closed.
 pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Frame, ParseError> {
-    let lead = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let lead = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
     if lead > 0 {
         let pong = buf[..lead].windows(4).any(|w| w == b"\r\n\r\n");
         return Ok(Frame::KeepAlive { len: lead, pong });
@@ -195,25 +220,42 @@ pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Frame, ParseError> {
     };
     let head = &buf[..head_end];
     let mut cl: Option<usize> = None;
-    let mut lines = LineIter::new(head);
-    lines.next();
-    for line in lines {
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            continue;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = std::str::from_utf8(&line[..colon]).unwrap_or("").trim();
-        if HeaderName::classify(name) == HeaderName::ContentLength {
-            let v = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
-            let n = parse_cl_value(v)?;
+    // The value of the Content-Length header being read, which may be folded over lines.
+    let mut pending: Option<String> = None;
+    let mut settle = |pending: &mut Option<String>| -> Result<(), ParseError> {
+        if let Some(v) = pending.take() {
+            let n = parse_cl_value(v.trim())?;
             if cl.is_some_and(|prev| prev != n) {
                 return Err(ParseError::ConflictingContentLength);
             }
             cl = Some(n);
         }
+        Ok(())
+    };
+    let mut lines = LineIter::new(head);
+    lines.next();
+    for line in lines {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            if let Some(v) = pending.as_mut() {
+                v.push(' ');
+                v.push_str(std::str::from_utf8(line).unwrap_or("").trim());
+            }
+            continue;
+        }
+        settle(&mut pending)?;
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = std::str::from_utf8(&line[..colon]).unwrap_or("").trim();
+        if HeaderName::classify(name) == HeaderName::ContentLength {
+            pending = Some(
+                std::str::from_utf8(&line[colon + 1..])
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
     }
+    settle(&mut pending)?;
     let cl = cl.ok_or(ParseError::StreamWithoutContentLength)?;
     let total = body_start + cl;
     if total > limits.max_message {
@@ -278,10 +320,21 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
         }
         let code = parts.next().unwrap_or("");
         let reason = parts.next().unwrap_or("").to_string();
+        // Reason-Phrase = *(reserved / unreserved / escaped / UTF8 / SP / HTAB): no controls.
+        if reason
+            .bytes()
+            .any(|b| (b < b' ' && b != b'\t') || b == 0x7f)
+        {
+            return Err(ParseError::BadStartLine(
+                "control character in the reason phrase",
+            ));
+        }
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseError::BadStatus(code.to_string()));
         }
-        let status: u16 = code.parse().map_err(|_| ParseError::BadStatus(code.to_string()))?;
+        let status: u16 = code
+            .parse()
+            .map_err(|_| ParseError::BadStatus(code.to_string()))?;
         if !(100..=699).contains(&status) {
             return Err(ParseError::BadStatus(code.to_string()));
         }
@@ -305,9 +358,16 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
     if !version.eq_ignore_ascii_case("SIP/2.0") {
         return Err(ParseError::BadVersion(version.to_string()));
     }
+    // RFC 3261 §19.1.1 (table 1): headers are not allowed in a Request-URI. Accepting them
+    // (RFC 4475 §3.1.2.11 "escruri") would mean stripping them before forwarding; refusing with a
+    // 400 that says why is simpler and safer for a proxy.
+    let uri = Uri::parse(uri).and_then(|u| match &u {
+        Uri::Sip(s) if s.headers.is_some() => Err(UriError::HeadersInRequestUri),
+        _ => Ok(u),
+    });
     Ok(StartLine::Request {
         method: method.to_string(),
-        uri: Uri::parse(uri),
+        uri,
     })
 }
 
@@ -319,12 +379,17 @@ fn parse_header_lines<'a>(
     for line in lines {
         if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
             // RFC 3261 §7.3.1 folding: a continuation line joins the previous value with SP.
-            let last = headers
-                .last_mut()
-                .ok_or(ParseError::BadHeaderLine("continuation line before any header"))?;
+            let last = headers.last_mut().ok_or(ParseError::BadHeaderLine(
+                "continuation line before any header",
+            ))?;
             let cont = std::str::from_utf8(line)
                 .map_err(|_| ParseError::NotUtf8(last.name.clone()))?
-                .trim();
+                .trim_matches([' ', '\t']);
+            if !value_octets_ok(cont.as_bytes()) {
+                return Err(ParseError::BadHeaderLine(
+                    "control character in a header value",
+                ));
+            }
             if last.value.len() + cont.len() + 1 > limits.max_line {
                 return Err(ParseError::LineTooLong(limits.max_line));
             }
@@ -355,8 +420,10 @@ fn parse_header_lines<'a>(
         let value = std::str::from_utf8(&line[colon + 1..])
             .map_err(|_| ParseError::NotUtf8(name.to_string()))?
             .trim_matches([' ', '\t']);
-        if value.bytes().any(|b| b == 0 || b == b'\r') {
-            return Err(ParseError::BadHeaderLine("control character in a header value"));
+        if !value_octets_ok(value.as_bytes()) {
+            return Err(ParseError::BadHeaderLine(
+                "control character in a header value",
+            ));
         }
         headers.push(Header {
             name: name.to_string(),
@@ -365,6 +432,16 @@ fn parse_header_lines<'a>(
         });
     }
     Ok(Headers(headers))
+}
+
+/// A bare CR never belongs in a header value; NUL only as a quoted-pair (`\` NUL), which
+/// RFC 3261 allows inside quoted strings (RFC 4475 §3.1.1.2 "intmeth").
+fn value_octets_ok(v: &[u8]) -> bool {
+    v.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => false,
+        0 => i > 0 && v[i - 1] == b'\\',
+        _ => true,
+    })
 }
 
 fn parse_cl_value(v: &str) -> Result<usize, ParseError> {
@@ -451,7 +528,13 @@ mod tests {
     fn rfc3261_18_3_short_body_is_an_error_that_can_be_answered() {
         let m = "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: 10\r\n\r\nshort";
         let e = parse_message(m.as_bytes(), &Limits::default()).unwrap_err();
-        assert_eq!(e.error, ParseError::BodyTruncated { declared: 10, got: 5 });
+        assert_eq!(
+            e.error,
+            ParseError::BodyTruncated {
+                declared: 10,
+                got: 5
+            }
+        );
         assert!(e.salvage.is_some());
     }
 
@@ -486,7 +569,13 @@ mod tests {
             frame_stream(b"\r\n\r\nOPTIONS", &limits),
             Ok(Frame::KeepAlive { len: 4, pong: true })
         );
-        assert_eq!(frame_stream(b"\r\n", &limits), Ok(Frame::KeepAlive { len: 2, pong: false }));
+        assert_eq!(
+            frame_stream(b"\r\n", &limits),
+            Ok(Frame::KeepAlive {
+                len: 2,
+                pong: false
+            })
+        );
         let m = b"OPTIONS sip:x SIP/2.0\r\nl: 3\r\n\r\nabcNEXT";
         assert_eq!(frame_stream(m, &limits), Ok(Frame::Message(m.len() - 4)));
         assert_eq!(frame_stream(&m[..20], &limits), Ok(Frame::Incomplete));
@@ -496,7 +585,10 @@ mod tests {
             Err(ParseError::StreamWithoutContentLength)
         );
         assert_eq!(
-            frame_stream(b"OPTIONS sip:x SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\n", &limits),
+            frame_stream(
+                b"OPTIONS sip:x SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\n",
+                &limits
+            ),
             Err(ParseError::ConflictingContentLength)
         );
     }

@@ -27,6 +27,8 @@ pub enum UriError {
     BadParams(&'static str),
     #[error("URI contains whitespace or control characters")]
     Whitespace,
+    #[error("SIP Request-URI must not contain headers ('?')")]
+    HeadersInRequestUri,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -120,7 +122,10 @@ pub struct SipUri {
 pub enum Uri {
     Sip(SipUri),
     /// Any other absolute URI, verbatim.
-    Other { scheme: String, rest: String },
+    Other {
+        scheme: String,
+        rest: String,
+    },
 }
 
 impl Uri {
@@ -176,9 +181,16 @@ impl Uri {
     pub fn equivalent(&self, other: &Uri) -> bool {
         match (self, other) {
             (Uri::Sip(a), Uri::Sip(b)) => a.equivalent(b),
-            (Uri::Other { scheme: s1, rest: r1 }, Uri::Other { scheme: s2, rest: r2 }) => {
-                s1.eq_ignore_ascii_case(s2) && r1.eq_ignore_ascii_case(r2)
-            }
+            (
+                Uri::Other {
+                    scheme: s1,
+                    rest: r1,
+                },
+                Uri::Other {
+                    scheme: s2,
+                    rest: r2,
+                },
+            ) => s1.eq_ignore_ascii_case(s2) && r1.eq_ignore_ascii_case(r2),
             _ => false,
         }
     }
@@ -186,14 +198,23 @@ impl Uri {
 
 impl SipUri {
     fn parse_rest(secure: bool, rest: &str) -> Result<SipUri, UriError> {
-        // Headers come after '?', parameters after the first ';' that follows the host.
-        let (main, headers) = match rest.find('?') {
-            Some(q) => (&rest[..q], Some(rest[q + 1..].to_string())),
-            None => (rest, None),
+        // userinfo may itself contain '?', ';', '/' and ',' (RFC 3261 user-unreserved; RFC 4475
+        // §3.1.1.2 "intmeth", §3.1.1.9 "semiuri"), while parameters and headers may not contain
+        // an unescaped '@'. So the userinfo ends at the last '@'. Liberal exception: when an
+        // '@' appears before the first '?', a later '@' is taken to be an unescaped one inside
+        // the headers (`sip:bob@x?to=sip:carol@y`) rather than part of the userinfo.
+        let at = match rest.find('?') {
+            Some(q) if rest[..q].contains('@') => rest[..q].rfind('@'),
+            _ => rest.rfind('@'),
         };
-        let (userinfo, hostport_params) = match main.rfind('@') {
-            Some(at) => (Some(&main[..at]), &main[at + 1..]),
-            None => (None, main),
+        let (userinfo, after_user) = match at {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        // Headers come after '?', parameters after the first ';' that follows the host.
+        let (hostport_params, headers) = match after_user.find('?') {
+            Some(q) => (&after_user[..q], Some(after_user[q + 1..].to_string())),
+            None => (after_user, None),
         };
         let (user, password) = match userinfo {
             None => (None, None),
@@ -238,13 +259,18 @@ impl SipUri {
             Some(p) => Some(
                 p.parse::<u16>()
                     .ok()
-                    .filter(|_| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|_| {
+                        !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+                    })
                     .ok_or_else(|| UriError::BadPort(p.to_string()))?,
             ),
         };
         let params = Params::parse(params).map_err(UriError::BadParams)?;
         for (n, _) in &params.0 {
-            if !n.bytes().all(|b| is_token_char(b) || b == b'[' || b == b']') {
+            if !n
+                .bytes()
+                .all(|b| is_token_char(b) || b == b'[' || b == b']')
+            {
                 return Err(UriError::BadParams("malformed parameter name"));
             }
         }
@@ -285,16 +311,14 @@ impl SipUri {
             return false;
         }
         // user, ttl, method, maddr and transport must match when either side has them; any
-        // other parameter only when both have it.
+        // other parameter only when both have it. Names and values compare unescaped.
         for special in ["user", "ttl", "method", "maddr", "transport"] {
-            let a = self.params.get(special);
-            let b = other.params.get(special);
+            let a = param_unescaped(&self.params, special);
+            let b = param_unescaped(&other.params, special);
             match (a, b) {
                 (None, None) => {}
                 (Some(a), Some(b)) => {
-                    let a = a.unwrap_or_default();
-                    let b = b.unwrap_or_default();
-                    if !unescape(&a).eq_ignore_ascii_case(&unescape(&b)) {
+                    if !unescape(a).eq_ignore_ascii_case(&unescape(b)) {
                         return false;
                     }
                 }
@@ -302,10 +326,9 @@ impl SipUri {
             }
         }
         for (name, value) in &self.params.0 {
-            if let Some(theirs) = other.params.get(name) {
+            if let Some(theirs) = param_unescaped(&other.params, &unescape(name)) {
                 let ours = value.as_deref().unwrap_or("");
-                let theirs = theirs.unwrap_or_default();
-                if !unescape(ours).eq_ignore_ascii_case(&unescape(&theirs)) {
+                if !unescape(ours).eq_ignore_ascii_case(&unescape(theirs)) {
                     return false;
                 }
             }
@@ -346,6 +369,16 @@ impl SipUri {
         }
         s
     }
+}
+
+/// The raw value of the parameter whose unescaped name is `name` (case-insensitive); `""` for
+/// a flag.
+fn param_unescaped<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params
+        .0
+        .iter()
+        .find(|(n, _)| unescape(n).eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_deref().unwrap_or(""))
 }
 
 impl fmt::Display for SipUri {
@@ -426,7 +459,10 @@ mod tests {
     fn malformed_uris_are_refused_with_a_reason() {
         assert_eq!(Uri::parse(""), Err(UriError::Empty));
         assert_eq!(Uri::parse("alice"), Err(UriError::NoScheme));
-        assert!(matches!(Uri::parse("sip:a@b:99999"), Err(UriError::BadPort(_))));
+        assert!(matches!(
+            Uri::parse("sip:a@b:99999"),
+            Err(UriError::BadPort(_))
+        ));
         assert!(matches!(Uri::parse("sip:a@b:"), Err(UriError::BadPort(_))));
         assert!(matches!(Uri::parse("sip:a b@c"), Err(UriError::Whitespace)));
         assert!(matches!(Uri::parse("sip:"), Err(UriError::NoHost)));
@@ -444,10 +480,16 @@ mod tests {
     #[test]
     fn rfc3261_19_1_4_equivalent_uris() {
         let pairs = [
-            ("sip:%61lice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp"),
+            (
+                "sip:%61lice@atlanta.com;transport=TCP",
+                "sip:alice@AtLanTa.CoM;Transport=tcp",
+            ),
             ("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5"),
             ("sip:carol@chicago.com", "sip:carol@chicago.com;security=on"),
-            ("sip:carol@chicago.com;newparam=5", "sip:carol@chicago.com;security=on"),
+            (
+                "sip:carol@chicago.com;newparam=5",
+                "sip:carol@chicago.com;security=on",
+            ),
             (
                 "sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
                 "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com",
@@ -458,31 +500,55 @@ mod tests {
             ),
         ];
         for (a, b) in pairs {
-            assert!(Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap()), "{a} == {b}");
-            assert!(Uri::parse(b).unwrap().equivalent(&Uri::parse(a).unwrap()), "{b} == {a}");
+            assert!(
+                Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap()),
+                "{a} == {b}"
+            );
+            assert!(
+                Uri::parse(b).unwrap().equivalent(&Uri::parse(a).unwrap()),
+                "{b} == {a}"
+            );
         }
     }
 
     #[test]
     fn rfc3261_19_1_4_non_equivalent_uris() {
         let pairs = [
-            ("SIP:ALICE@AtLanTa.CoM;Transport=udp", "sip:alice@AtLanTa.CoM;Transport=UDP"),
+            (
+                "SIP:ALICE@AtLanTa.CoM;Transport=udp",
+                "sip:alice@AtLanTa.CoM;Transport=UDP",
+            ),
             ("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"),
             ("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp"),
-            ("sip:bob@biloxi.com", "sip:bob@biloxi.com:6000;transport=tcp"),
-            ("sip:carol@chicago.com", "sip:carol@chicago.com?Subject=next%20meeting"),
+            (
+                "sip:bob@biloxi.com",
+                "sip:bob@biloxi.com:6000;transport=tcp",
+            ),
+            (
+                "sip:carol@chicago.com",
+                "sip:carol@chicago.com?Subject=next%20meeting",
+            ),
             ("sip:bob@phone21.boxesbybob.com", "sip:bob@192.0.2.4"),
-            ("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;security=off"),
+            (
+                "sip:carol@chicago.com;security=on",
+                "sip:carol@chicago.com;security=off",
+            ),
             ("sip:alice@x", "sips:alice@x"),
         ];
         for (a, b) in pairs {
-            assert!(!Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap()), "{a} != {b}");
+            assert!(
+                !Uri::parse(a).unwrap().equivalent(&Uri::parse(b).unwrap()),
+                "{a} != {b}"
+            );
         }
     }
 
     #[test]
     fn rfc3261_10_3_aor_is_canonical() {
-        assert_eq!(sip("sip:%31001@Example.TEST;transport=udp?x=y").aor(), "sip:1001@example.test");
+        assert_eq!(
+            sip("sip:%31001@Example.TEST;transport=udp?x=y").aor(),
+            "sip:1001@example.test"
+        );
         assert_eq!(sip("sip:1001@[::1]:5070").aor(), "sip:1001@[::1]:5070");
     }
 }
