@@ -835,9 +835,11 @@ fn exercise_headers(h: &impl HasHeaders) {
     let _ = h.cseq();
     let _ = h.from_hdr().map(|n| n.to_string());
     let _ = h.to_hdr().map(|n| n.to_string());
-    let _ = h
-        .vias()
-        .map(|v| v.iter().map(|v| (v.to_string(), v.rport())).count());
+    let _ = h.vias().map(|v| {
+        v.iter()
+            .map(|v| (v.to_string(), v.rport()))
+            .collect::<Vec<_>>()
+    });
     let _ = h.contacts();
     let _ = h.expires();
 }

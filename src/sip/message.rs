@@ -236,6 +236,8 @@ pub trait HasHeaders {
         CSeq::parse(v).map_err(|e| MessageError::Bad("CSeq", e))
     }
 
+    // The From header, not a conversion: the name is public API.
+    #[allow(clippy::wrong_self_convention)]
     fn from_hdr(&self) -> Result<NameAddr, MessageError> {
         let v = self
             .headers()
