@@ -455,8 +455,14 @@ impl CSeq {
         if it.next().is_some() {
             return Err(HeaderError::CSeq("junk after method"));
         }
-        if num.is_empty() || num.len() > 10 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
             return Err(HeaderError::CSeq("sequence number is not a number"));
+        }
+        // 1*DIGIT: leading zeros are legal (RFC 4475 §3.1.1.1 "wsinv" sends 0009).
+        let num = num.trim_start_matches('0');
+        let num = if num.is_empty() { "0" } else { num };
+        if num.len() > 10 {
+            return Err(HeaderError::CSeq("sequence number is not below 2**31"));
         }
         // RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
         let seq: u64 = num
