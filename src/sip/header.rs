@@ -204,6 +204,12 @@ pub enum HeaderError {
     Params(&'static str),
     #[error("display name without <URI>")]
     DisplayWithoutAngle,
+    #[error("unquoted display name contains characters that need quotes")]
+    UnquotedDisplayName,
+    #[error("URI with '?', ',' or ';' must be enclosed in <>")]
+    AddrSpecNeedsAngle,
+    #[error("junk after '>'")]
+    JunkAfterAngle,
     #[error("malformed Via: {0}")]
     Via(&'static str),
     #[error("malformed CSeq: {0}")]
@@ -227,6 +233,12 @@ impl NameAddr {
             (Some(d), s[used..].trim_start())
         } else if let Some(lt) = s.find('<') {
             let d = s[..lt].trim();
+            // display-name = *(token LWS) / quoted-string. No LWS before '<' is tolerated
+            // (RFC 4475 §3.1.1.6 "lwsdisp"); unquoted non-token characters are not (§3.1.2.15
+            // "baddn": a proxy must not forward them, and guessing the quotes is unsafe).
+            if !d.split_ascii_whitespace().all(is_token) {
+                return Err(HeaderError::UnquotedDisplayName);
+            }
             (
                 if d.is_empty() {
                     None
@@ -240,8 +252,14 @@ impl NameAddr {
         };
         if let Some(inner) = rest.strip_prefix('<') {
             let gt = inner.find('>').ok_or(HeaderError::UnclosedAngle)?;
-            let uri = Uri::parse(inner[..gt].trim())?;
-            let params = Params::parse(&inner[gt + 1..]).map_err(HeaderError::Params)?;
+            // No LWS inside the brackets (RFC 4475 §3.1.2.14 "badaspec"): Uri::parse refuses
+            // the spaces, which the 400's reason phrase then names.
+            let uri = Uri::parse(&inner[..gt])?;
+            let after = inner[gt + 1..].trim_start();
+            if !after.is_empty() && !after.starts_with(';') {
+                return Err(HeaderError::JunkAfterAngle);
+            }
+            let params = Params::parse(after).map_err(HeaderError::Params)?;
             return Ok(NameAddr {
                 display,
                 uri,
@@ -257,8 +275,10 @@ impl NameAddr {
             Some(sc) => (&rest[..sc], &rest[sc..]),
             None => (rest, ""),
         };
+        // RFC 3261 §20.10: a URI with a comma, question mark or semicolon must be in
+        // name-addr form (RFC 4475 §3.1.2.13 "regbadct").
         if uri.contains('?') || uri.contains(',') {
-            return Err(HeaderError::Uri(UriError::Whitespace));
+            return Err(HeaderError::AddrSpecNeedsAngle);
         }
         Ok(NameAddr {
             display: None,
@@ -435,8 +455,14 @@ impl CSeq {
         if it.next().is_some() {
             return Err(HeaderError::CSeq("junk after method"));
         }
-        if num.is_empty() || num.len() > 10 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
             return Err(HeaderError::CSeq("sequence number is not a number"));
+        }
+        // 1*DIGIT: leading zeros are legal (RFC 4475 §3.1.1.1 "wsinv" sends 0009).
+        let num = num.trim_start_matches('0');
+        let num = if num.is_empty() { "0" } else { num };
+        if num.len() > 10 {
+            return Err(HeaderError::CSeq("sequence number is not below 2**31"));
         }
         // RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
         let seq: u64 = num

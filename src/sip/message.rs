@@ -130,14 +130,23 @@ impl Headers {
         let mut wrote_cl = false;
         for h in &self.0 {
             if h.kind == HeaderName::ContentLength {
-                // The length we print is always the body we send: one place, never stale.
-                if wrote_cl {
-                    continue;
-                }
+                // The length we print is always the body we send, never stale. A value that
+                // already says so is kept as received (`0150`), so that printing a parsed message
+                // reproduces it; every occurrence is kept for the same reason (they all agree, or
+                // the message would not have parsed).
                 wrote_cl = true;
                 out.extend_from_slice(h.name.as_bytes());
                 out.extend_from_slice(b": ");
-                out.extend_from_slice(body_len.to_string().as_bytes());
+                let v = h.value.trim();
+                let current = !v.is_empty()
+                    && v.len() <= 9
+                    && v.bytes().all(|b| b.is_ascii_digit())
+                    && v.parse::<usize>().ok() == Some(body_len);
+                if current {
+                    out.extend_from_slice(h.value.as_bytes());
+                } else {
+                    out.extend_from_slice(body_len.to_string().as_bytes());
+                }
                 out.extend_from_slice(b"\r\n");
                 continue;
             }
@@ -227,7 +236,8 @@ pub trait HasHeaders {
         CSeq::parse(v).map_err(|e| MessageError::Bad("CSeq", e))
     }
 
-    #[allow(clippy::wrong_self_convention)] // `from` is the header's name, not a conversion.
+    // The From header, not a conversion: the name is public API.
+    #[allow(clippy::wrong_self_convention)]
     fn from_hdr(&self) -> Result<NameAddr, MessageError> {
         let v = self
             .headers()
@@ -318,7 +328,16 @@ impl Request {
             None => Ok(None),
             Some(v) => {
                 let v = v.trim();
-                if v.is_empty() || v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                // 1*DIGIT: leading zeros are legal (RFC 4475 §3.1.1.1 "wsinv" sends 0068).
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(MessageError::BadValue(
+                        "Max-Forwards",
+                        "not a number from 0 to 255",
+                    ));
+                }
+                let v = v.trim_start_matches('0');
+                let v = if v.is_empty() { "0" } else { v };
+                if v.len() > 3 {
                     return Err(MessageError::BadValue(
                         "Max-Forwards",
                         "not a number from 0 to 255",
@@ -369,6 +388,9 @@ impl Request {
         }
         self.max_forwards()?;
         self.expires()?;
+        // Contact drives registration and dialog routing; a malformed one is refused here with
+        // a reason rather than misread later (RFC 4475 §3.1.2.1 "badinv01", §3.1.2.13).
+        self.contacts()?;
         Ok(())
     }
 

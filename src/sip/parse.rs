@@ -107,7 +107,9 @@ enum StartLine {
 /// Content-Length are discarded and a body shorter than it is an error.
 pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailure> {
     if buf.len() > limits.max_message {
-        let salvage = salvage_headers(&buf[..limits.max_message.min(buf.len())], limits);
+        // The header block usually fits even when the body does not: read it (bounded by the
+        // header and line limits) so the 513 can be answered.
+        let salvage = salvage_headers(buf, limits);
         return Err(ParseFailure {
             error: ParseError::TooLarge(limits.max_message),
             salvage,
@@ -119,7 +121,12 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
         .position(|&b| b != b'\r' && b != b'\n')
         .ok_or(ParseFailure::bare(ParseError::Empty))?;
     let buf = &buf[start..];
-    let (head_end, body_start) = find_header_end(buf).unwrap_or((buf.len(), buf.len()));
+    // RFC 3261 §7: the header fields end with an empty line. A datagram without one was cut
+    // short (or is not SIP); it is refused, but its headers are still read for the answer.
+    let (head_end, body_start, complete) = match find_header_end(buf) {
+        Some((e, b)) => (e, b, true),
+        None => (buf.len(), buf.len(), false),
+    };
     let head = &buf[..head_end];
     let mut lines = LineIter::new(head);
     let first = lines.next().ok_or(ParseFailure::bare(ParseError::Empty))?;
@@ -145,6 +152,9 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
         Ok(s) => s,
         Err(e) => return Err(fail(e, headers)),
     };
+    if !complete {
+        return Err(fail(ParseError::NoHeaderEnd, headers));
+    }
     let available = &buf[body_start..];
     let body = match content_length(&headers) {
         Ok(Some(cl)) if cl > available.len() => {
@@ -210,25 +220,42 @@ pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Frame, ParseError> {
     };
     let head = &buf[..head_end];
     let mut cl: Option<usize> = None;
-    let mut lines = LineIter::new(head);
-    lines.next();
-    for line in lines {
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            continue;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = std::str::from_utf8(&line[..colon]).unwrap_or("").trim();
-        if HeaderName::classify(name) == HeaderName::ContentLength {
-            let v = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
-            let n = parse_cl_value(v)?;
+    // The value of the Content-Length header being read, which may be folded over lines.
+    let mut pending: Option<String> = None;
+    let mut settle = |pending: &mut Option<String>| -> Result<(), ParseError> {
+        if let Some(v) = pending.take() {
+            let n = parse_cl_value(v.trim())?;
             if cl.is_some_and(|prev| prev != n) {
                 return Err(ParseError::ConflictingContentLength);
             }
             cl = Some(n);
         }
+        Ok(())
+    };
+    let mut lines = LineIter::new(head);
+    lines.next();
+    for line in lines {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            if let Some(v) = pending.as_mut() {
+                v.push(' ');
+                v.push_str(std::str::from_utf8(line).unwrap_or("").trim());
+            }
+            continue;
+        }
+        settle(&mut pending)?;
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = std::str::from_utf8(&line[..colon]).unwrap_or("").trim();
+        if HeaderName::classify(name) == HeaderName::ContentLength {
+            pending = Some(
+                std::str::from_utf8(&line[colon + 1..])
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
     }
+    settle(&mut pending)?;
     let cl = cl.ok_or(ParseError::StreamWithoutContentLength)?;
     let total = body_start + cl;
     if total > limits.max_message {
@@ -293,6 +320,15 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
         }
         let code = parts.next().unwrap_or("");
         let reason = parts.next().unwrap_or("").to_string();
+        // Reason-Phrase = *(reserved / unreserved / escaped / UTF8 / SP / HTAB): no controls.
+        if reason
+            .bytes()
+            .any(|b| (b < b' ' && b != b'\t') || b == 0x7f)
+        {
+            return Err(ParseError::BadStartLine(
+                "control character in the reason phrase",
+            ));
+        }
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseError::BadStatus(code.to_string()));
         }
@@ -322,9 +358,16 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine, ParseError> {
     if !version.eq_ignore_ascii_case("SIP/2.0") {
         return Err(ParseError::BadVersion(version.to_string()));
     }
+    // RFC 3261 §19.1.1 (table 1): headers are not allowed in a Request-URI. Accepting them
+    // (RFC 4475 §3.1.2.11 "escruri") would mean stripping them before forwarding; refusing with a
+    // 400 that says why is simpler and safer for a proxy.
+    let uri = Uri::parse(uri).and_then(|u| match &u {
+        Uri::Sip(s) if s.headers.is_some() => Err(UriError::HeadersInRequestUri),
+        _ => Ok(u),
+    });
     Ok(StartLine::Request {
         method: method.to_string(),
-        uri: Uri::parse(uri),
+        uri,
     })
 }
 
@@ -341,7 +384,12 @@ fn parse_header_lines<'a>(
             ))?;
             let cont = std::str::from_utf8(line)
                 .map_err(|_| ParseError::NotUtf8(last.name.clone()))?
-                .trim();
+                .trim_matches([' ', '\t']);
+            if !value_octets_ok(cont.as_bytes()) {
+                return Err(ParseError::BadHeaderLine(
+                    "control character in a header value",
+                ));
+            }
             if last.value.len() + cont.len() + 1 > limits.max_line {
                 return Err(ParseError::LineTooLong(limits.max_line));
             }
@@ -372,7 +420,7 @@ fn parse_header_lines<'a>(
         let value = std::str::from_utf8(&line[colon + 1..])
             .map_err(|_| ParseError::NotUtf8(name.to_string()))?
             .trim_matches([' ', '\t']);
-        if value.bytes().any(|b| b == 0 || b == b'\r') {
+        if !value_octets_ok(value.as_bytes()) {
             return Err(ParseError::BadHeaderLine(
                 "control character in a header value",
             ));
@@ -384,6 +432,16 @@ fn parse_header_lines<'a>(
         });
     }
     Ok(Headers(headers))
+}
+
+/// A bare CR never belongs in a header value; NUL only as a quoted-pair (`\` NUL), which
+/// RFC 3261 allows inside quoted strings (RFC 4475 §3.1.1.2 "intmeth").
+fn value_octets_ok(v: &[u8]) -> bool {
+    v.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => false,
+        0 => i > 0 && v[i - 1] == b'\\',
+        _ => true,
+    })
 }
 
 fn parse_cl_value(v: &str) -> Result<usize, ParseError> {
@@ -405,12 +463,13 @@ fn content_length(headers: &Headers) -> Result<Option<usize>, ParseError> {
     Ok(cl)
 }
 
-/// Best effort for an oversized request: the header lines that arrived whole before the cut,
-/// enough to answer 513.
+/// Best effort for an oversized request: its headers, to answer 513.
 fn salvage_headers(buf: &[u8], limits: &Limits) -> Option<Headers> {
     if buf.starts_with(b"SIP/") {
         return None;
     }
+    // A datagram is cut at the socket, so the header block may be incomplete: keep the lines
+    // that arrived whole, drop the one the cut went through and any over-long line.
     let end = find_header_end(buf)
         .map(|(e, _)| e)
         .or_else(|| buf.iter().rposition(|&b| b == b'\n'))?;
@@ -420,7 +479,6 @@ fn salvage_headers(buf: &[u8], limits: &Limits) -> Option<Headers> {
         max_line: usize::MAX,
         ..*limits
     };
-    // Drop the line the cut went through, and any over-long line, rather than fail.
     let whole: Vec<&[u8]> = lines.filter(|l| l.len() <= limits.max_line).collect();
     parse_header_lines(whole.into_iter(), &lenient).ok()
 }

@@ -27,6 +27,8 @@ pub enum UriError {
     BadParams(&'static str),
     #[error("URI contains whitespace or control characters")]
     Whitespace,
+    #[error("SIP Request-URI must not contain headers ('?')")]
+    HeadersInRequestUri,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -196,14 +198,23 @@ impl Uri {
 
 impl SipUri {
     fn parse_rest(secure: bool, rest: &str) -> Result<SipUri, UriError> {
-        // Headers come after '?', parameters after the first ';' that follows the host.
-        let (main, headers) = match rest.find('?') {
-            Some(q) => (&rest[..q], Some(rest[q + 1..].to_string())),
-            None => (rest, None),
+        // userinfo may itself contain '?', ';', '/' and ',' (RFC 3261 user-unreserved; RFC 4475
+        // §3.1.1.2 "intmeth", §3.1.1.9 "semiuri"), while parameters and headers may not contain
+        // an unescaped '@'. So the userinfo ends at the last '@'. Liberal exception: when an
+        // '@' appears before the first '?', a later '@' is taken to be an unescaped one inside
+        // the headers (`sip:bob@x?to=sip:carol@y`) rather than part of the userinfo.
+        let at = match rest.find('?') {
+            Some(q) if rest[..q].contains('@') => rest[..q].rfind('@'),
+            _ => rest.rfind('@'),
         };
-        let (userinfo, hostport_params) = match main.rfind('@') {
-            Some(at) => (Some(&main[..at]), &main[at + 1..]),
-            None => (None, main),
+        let (userinfo, after_user) = match at {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        // Headers come after '?', parameters after the first ';' that follows the host.
+        let (hostport_params, headers) = match after_user.find('?') {
+            Some(q) => (&after_user[..q], Some(after_user[q + 1..].to_string())),
+            None => (after_user, None),
         };
         let (user, password) = match userinfo {
             None => (None, None),
@@ -300,16 +311,14 @@ impl SipUri {
             return false;
         }
         // user, ttl, method, maddr and transport must match when either side has them; any
-        // other parameter only when both have it.
+        // other parameter only when both have it. Names and values compare unescaped.
         for special in ["user", "ttl", "method", "maddr", "transport"] {
-            let a = self.params.get(special);
-            let b = other.params.get(special);
+            let a = param_unescaped(&self.params, special);
+            let b = param_unescaped(&other.params, special);
             match (a, b) {
                 (None, None) => {}
                 (Some(a), Some(b)) => {
-                    let a = a.unwrap_or_default();
-                    let b = b.unwrap_or_default();
-                    if !unescape(&a).eq_ignore_ascii_case(&unescape(&b)) {
+                    if !unescape(a).eq_ignore_ascii_case(&unescape(b)) {
                         return false;
                     }
                 }
@@ -317,10 +326,9 @@ impl SipUri {
             }
         }
         for (name, value) in &self.params.0 {
-            if let Some(theirs) = other.params.get(name) {
+            if let Some(theirs) = param_unescaped(&other.params, &unescape(name)) {
                 let ours = value.as_deref().unwrap_or("");
-                let theirs = theirs.unwrap_or_default();
-                if !unescape(ours).eq_ignore_ascii_case(&unescape(&theirs)) {
+                if !unescape(ours).eq_ignore_ascii_case(&unescape(theirs)) {
                     return false;
                 }
             }
@@ -361,6 +369,16 @@ impl SipUri {
         }
         s
     }
+}
+
+/// The raw value of the parameter whose unescaped name is `name` (case-insensitive); `""` for
+/// a flag.
+fn param_unescaped<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params
+        .0
+        .iter()
+        .find(|(n, _)| unescape(n).eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_deref().unwrap_or(""))
 }
 
 impl fmt::Display for SipUri {
