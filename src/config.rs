@@ -24,7 +24,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -87,7 +87,7 @@ pub struct AuthConfig {
     pub nonce_ttl: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Extra milliseconds the writer waits to gather more writes into one flush. 0 flushes as
@@ -142,26 +142,6 @@ impl Default for AuthConfig {
             algorithms: vec!["SHA-256".into(), "MD5".into()],
             trusted: Vec::new(),
             nonce_ttl: 300,
-        }
-    }
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            commit_window_ms: 0,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            registrar: RegistrarConfig::default(),
-            auth: AuthConfig::default(),
-            storage: StorageConfig::default(),
-            users: Vec::new(),
         }
     }
 }
