@@ -26,8 +26,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { # a loopback port free for both UDP and TCP
-    local p i
-    for i in $(seq 1 200); do
+    local p
+    for _ in $(seq 1 200); do
         p=$(( 20000 + RANDOM % 40000 ))
         if [[ -z "$(ss -Htuan "( sport = :$p )" 2>/dev/null)" ]]; then
             echo "$p"; return 0
