@@ -86,6 +86,11 @@ impl<K: Eq + Hash + Clone> Deadlines<K> {
         out
     }
 
+    /// Keys with their deadlines, earliest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, Instant)> {
+        self.by_time.iter().map(|((at, _), k)| (k, *at))
+    }
+
     pub fn len(&self) -> usize {
         self.by_key.len()
     }
@@ -98,6 +103,17 @@ impl<K: Eq + Hash + Clone> Deadlines<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iter_walks_in_deadline_order() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::new();
+        d.schedule("b", t0 + std::time::Duration::from_secs(2));
+        d.schedule("a", t0 + std::time::Duration::from_secs(1));
+        d.schedule("c", t0 + std::time::Duration::from_secs(3));
+        let keys: Vec<&str> = d.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, vec!["a", "b", "c"]);
+    }
     use std::time::Duration;
 
     fn ms(n: u64) -> Duration {

@@ -162,7 +162,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = SledStore::open(
         &cfg.server.data_dir,
-        Duration::from_millis(cfg.storage.commit_window_ms),
+        Duration::from_millis(cfg.storage.flush_interval_ms),
     )?;
     let users = UserFile::new(&cfg.server.data_dir);
     let stores = busylamp::server::Stores {

@@ -6,11 +6,11 @@ use crate::auth::{AuthResult, Authenticator};
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config};
 use crate::events::EventBus;
-use crate::registrar::{Identity, Registrar};
+use crate::registrar::{Identity, Pending, Registrar, Step};
 use crate::router::{self, Route};
 use crate::sip::parse::{parse_message, Limits, ParseError, ParseFailure};
 use crate::sip::{HasHeaders, HeaderName, Headers, Message, Request, Response};
-use crate::storage::{BindingStore, StorageError, UserFile};
+use crate::storage::{durable, BindingStore, StorageError, UserFile};
 use crate::transaction::{Action, ServerInput, ServerTransactions, Timers, TxKey};
 use crate::transport::{Inbound, Peer, Proto, Transport, TransportError};
 use std::net::SocketAddr;
@@ -27,6 +27,15 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("cannot read random bytes for nonces: {0}")]
     Random(std::io::Error),
+}
+
+/// How a request is answered.
+enum Answer {
+    Now(Response),
+    /// ACK: never answered.
+    Nothing,
+    /// A REGISTER whose change must be on disk first.
+    AfterWrite(Pending),
 }
 
 /// Unique tags and ids: a random salt from the OS and a counter.
@@ -144,7 +153,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         clock,
         ids: Ids::new(),
         server_header: cfg.server.server_header.clone(),
-        transactions: Mutex::new(ServerTransactions::new(Timers::default(), 200_000)),
+        transactions: Mutex::new(ServerTransactions::new(
+            Timers::default(),
+            cfg.server.max_transactions,
+        )),
         timers_changed: Notify::new(),
     });
     transport.start(listeners, core.clone());
@@ -166,9 +178,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
 impl Inbound for Core {
     fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer) {
         match parse_message(&bytes, &self.limits) {
-            Ok(Message::Request(req)) => {
-                tokio::spawn(async move { self.on_request(req, peer).await });
-            }
+            Ok(Message::Request(req)) => self.on_request(req, peer),
             Ok(Message::Response(resp)) => {
                 // We send no requests yet (the presence server will): a response can only be
                 // stray. RFC 3261 §18.1.2: discard silently.
@@ -199,8 +209,7 @@ impl Core {
     /// (RFC 3261 §8.2 says 400; RFC 4475 expects it). Otherwise the bytes are dropped.
     fn answer_unparseable(self: &Arc<Self>, failure: ParseFailure, peer: Peer) {
         if let Some((target, bytes)) = self.unparseable_answer(failure, peer) {
-            let me = self.clone();
-            tokio::spawn(async move { me.send(&target, Arc::from(bytes)).await });
+            self.send_now(&target, Arc::from(bytes));
         }
     }
 
@@ -243,16 +252,27 @@ impl Core {
         resp
     }
 
-    async fn send(&self, peer: &Peer, bytes: Arc<[u8]>) {
-        if let Err(e) = self.transport.send(peer, bytes).await {
-            tracing::debug!(%peer, error = %e, "send failed");
+    /// Sends without waiting when the socket can take it; otherwise a task waits for room.
+    fn send_now(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) {
+        match self.transport.try_send(peer, bytes) {
+            Ok(None) => {}
+            Ok(Some(bytes)) => {
+                let me = self.clone();
+                let peer = *peer;
+                tokio::spawn(async move {
+                    if let Err(e) = me.transport.send(&peer, bytes).await {
+                        tracing::debug!(%peer, error = %e, "send failed");
+                    }
+                });
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "send failed"),
         }
     }
 
-    async fn run_actions(&self, actions: Vec<Action<Peer>>) {
+    fn run_actions(self: &Arc<Self>, actions: Vec<Action<Peer>>) {
         for a in actions {
             match a {
-                Action::Send { to, bytes } => self.send(&to, bytes).await,
+                Action::Send { to, bytes } => self.send_now(&to, bytes),
                 Action::Timeout { .. } | Action::Terminated { .. } => {}
             }
         }
@@ -263,12 +283,13 @@ impl Core {
         tokio::time::Instant::now().into_std()
     }
 
-    async fn on_request(self: Arc<Self>, mut req: Request, peer: Peer) {
+    /// One request, handled in the receive path: everything up to the answer is synchronous
+    /// CPU work; only a REGISTER waiting for its disk write continues in a task of its own.
+    fn on_request(self: &Arc<Self>, mut req: Request, peer: Peer) {
         if let Err(e) = req.validate() {
             let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
             let target = reply_target(&resp, peer);
-            self.send(&target, Arc::from(self.finish(resp).to_bytes()))
-                .await;
+            self.send_now(&target, Arc::from(self.finish(resp).to_bytes()));
             return;
         }
         stamp_via(&mut req, &peer);
@@ -280,7 +301,7 @@ impl Core {
         let key = match input {
             ServerInput::New(key) => key,
             ServerInput::Retransmission(Some((to, bytes))) => {
-                self.send(&to, bytes).await;
+                self.send_now(&to, bytes);
                 return;
             }
             ServerInput::Retransmission(None) | ServerInput::AckAbsorbed | ServerInput::Stray => {
@@ -288,8 +309,7 @@ impl Core {
             }
             ServerInput::Malformed(e) => {
                 let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
-                self.send(&reply_to, Arc::from(self.finish(resp).to_bytes()))
-                    .await;
+                self.send_now(&reply_to, Arc::from(self.finish(resp).to_bytes()));
                 return;
             }
             ServerInput::Overloaded => {
@@ -299,34 +319,37 @@ impl Core {
                     Some(&self.ids.tag()),
                 );
                 resp.headers.push_raw("Retry-After", "5");
-                self.send(&reply_to, Arc::from(self.finish(resp).to_bytes()))
-                    .await;
+                self.send_now(&reply_to, Arc::from(self.finish(resp).to_bytes()));
                 return;
             }
         };
-        let resp = self.dispatch(&req, &key, peer).await;
-        if let Some(resp) = resp {
-            self.respond(&key, resp).await;
+        match self.dispatch(&req, peer) {
+            Answer::Now(resp) => self.respond(&key, resp),
+            Answer::Nothing => {}
+            Answer::AfterWrite(pending) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let written = durable(pending.durable).await;
+                    let resp = me.registrar.complete(pending.rest, written);
+                    me.respond(&key, resp);
+                });
+            }
         }
     }
 
-    async fn respond(&self, key: &TxKey, resp: Response) {
+    fn respond(self: &Arc<Self>, key: &TxKey, resp: Response) {
         let resp = self.finish(resp);
         let actions = {
             let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
             tx.respond(key, &resp, self.now())
         };
-        let actions = match actions {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::debug!(error = %e, "response not sent");
-                return;
-            }
-        };
-        self.run_actions(actions).await;
+        match actions {
+            Ok(a) => self.run_actions(a),
+            Err(e) => tracing::debug!(error = %e, "response not sent"),
+        }
     }
 
-    async fn dispatch(&self, req: &Request, key: &TxKey, peer: Peer) -> Option<Response> {
+    fn dispatch(&self, req: &Request, peer: Peer) -> Answer {
         let tag = self.ids.tag();
         match router::route(req) {
             Route::Reply(status, reason, extra) => {
@@ -334,28 +357,27 @@ impl Core {
                 for (h, v) in extra {
                     r.headers.push(h, v);
                 }
-                Some(r)
+                Answer::Now(r)
             }
-            Route::Ack => None,
+            Route::Ack => Answer::Nothing,
             Route::Options => {
                 let mut r = req.response(200, "OK", Some(&tag));
                 r.headers.push(HeaderName::Allow, router::ALLOW);
                 r.headers.push(HeaderName::Accept, "application/sdp");
                 r.headers
                     .push(HeaderName::Supported, router::SUPPORTED.join(", "));
-                Some(r)
+                Answer::Now(r)
             }
+            // No INVITE server transactions exist yet (the proxy will own them), so a CANCEL
+            // can match nothing: RFC 3261 §9.2.
             Route::Cancel => {
-                // No INVITE server transactions exist yet (the proxy will own them), so there is
-                // nothing a CANCEL can match: RFC 3261 §9.2.
-                let _ = key;
-                Some(req.response(481, "Call/Transaction Does Not Exist", Some(&tag)))
+                Answer::Now(req.response(481, "Call/Transaction Does Not Exist", Some(&tag)))
             }
-            Route::Register => Some(self.register(req, peer, &tag).await),
+            Route::Register => self.register(req, peer, &tag),
         }
     }
 
-    async fn register(&self, req: &Request, peer: Peer, tag: &str) -> Response {
+    fn register(&self, req: &Request, peer: Peer, tag: &str) -> Answer {
         let now = self.clock.now_unix();
         let who = match self
             .auth
@@ -372,14 +394,19 @@ impl Core {
                 for c in self.auth.challenges(stale, now, user.as_deref()) {
                     r.headers.push(HeaderName::WwwAuthenticate, c);
                 }
-                return r;
+                return Answer::Now(r);
             }
-            AuthResult::Forbidden(reason) => return req.response(403, reason, Some(tag)),
-            AuthResult::BadRequest(reason) => return req.response(400, &reason, Some(tag)),
+            AuthResult::Forbidden(reason) => {
+                return Answer::Now(req.response(403, reason, Some(tag)))
+            }
+            AuthResult::BadRequest(reason) => {
+                return Answer::Now(req.response(400, &reason, Some(tag)))
+            }
         };
-        self.registrar
-            .register(req, &who, &peer.to_string(), tag)
-            .await
+        match self.registrar.begin(req, &who, &peer.to_string(), tag) {
+            Step::Done(r) => Answer::Now(r),
+            Step::Pending(p) => Answer::AfterWrite(p),
+        }
     }
 
     async fn run_timers(self: Arc<Self>) {
@@ -407,7 +434,7 @@ impl Core {
             };
             for a in actions {
                 if let Action::Send { to, bytes } = a {
-                    self.send(&to, bytes).await;
+                    self.send_now(&to, bytes);
                 }
             }
         }

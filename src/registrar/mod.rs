@@ -28,6 +28,28 @@ pub enum Identity {
 
 const SHARDS: usize = 64;
 
+/// What the synchronous part of a REGISTER decided.
+pub enum Step {
+    /// Answer now (nothing to write, or an error).
+    Done(Response),
+    /// Answer once the write is durable.
+    Pending(Pending),
+}
+
+pub struct Pending {
+    pub durable: crate::storage::Durable,
+    pub rest: PendingRegister,
+}
+
+/// A REGISTER whose change is applied in memory and queued for disk, waiting to be answered.
+pub struct PendingRegister {
+    aor: String,
+    bindings: Vec<Binding>,
+    changes: Vec<Change>,
+    ok: Response,
+    failed: Response,
+}
+
 pub struct Registrar {
     cfg: crate::config::RegistrarConfig,
     domains: Vec<Host>,
@@ -170,25 +192,55 @@ impl Registrar {
         source: &str,
         to_tag: &str,
     ) -> Response {
-        match self.register_inner(req, who, source, to_tag).await {
-            Ok(r) => r,
+        match self.begin(req, who, source, to_tag) {
+            Step::Done(r) => r,
+            Step::Pending(p) => {
+                let result = durable(p.durable).await;
+                self.complete(p.rest, result)
+            }
+        }
+    }
+
+    /// The synchronous part of a REGISTER: checks, applies the change under the AOR's lock and
+    /// queues its write. The caller answers a [`Step::Done`] at once; a [`Step::Pending`] once
+    /// its write is durable, through [`Registrar::complete`].
+    pub fn begin(&self, req: &Request, who: &Identity, source: &str, to_tag: &str) -> Step {
+        match self.register_inner(req, who, source, to_tag) {
+            Ok(step) => step,
             Err((status, reason, extra)) => {
                 let mut r = req.response(status, &reason, Some(to_tag));
                 for (k, v) in extra {
                     r.headers.push(k, v);
                 }
-                r
+                Step::Done(r)
             }
         }
     }
 
-    async fn register_inner(
+    /// Finishes a pending REGISTER once its write resolved: announces the change and returns
+    /// the 200, or a 500 when the write failed (the change is then not acknowledged).
+    pub fn complete(&self, p: PendingRegister, written: Result<(), StorageError>) -> Response {
+        match written {
+            Ok(()) => {
+                self.schedule(&p.aor, &p.bindings);
+                self.announce(&p.aor, &p.changes);
+                p.ok
+            }
+            Err(e) => {
+                tracing::error!(aor = %p.aor, error = %e, "binding not stored");
+                p.failed
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn register_inner(
         &self,
         req: &Request,
         who: &Identity,
         source: &str,
         to_tag: &str,
-    ) -> Result<Response, (u16, String, Vec<(HeaderName, String)>)> {
+    ) -> Result<Step, (u16, String, Vec<(HeaderName, String)>)> {
         let fail = |status: u16, reason: String| (status, reason, vec![]);
         // RFC 3327 §5.3 / RFC 3261 §10.3 step 2: we support "path" and nothing else.
         let unsupported: Vec<&str> = req
@@ -279,15 +331,6 @@ impl Registrar {
             };
             (applied, write)
         };
-        if let Some(w) = write {
-            if let Err(e) = durable(w).await {
-                tracing::error!(%aor, error = %e, "binding not stored");
-                return Err(fail(500, "Bindings could not be stored".into()));
-            }
-            self.schedule(&aor, &applied.bindings);
-            self.announce(&aor, &applied.changes);
-        }
-
         let mut resp = req.response(200, "OK", Some(to_tag));
         let now = input.now;
         for b in &applied.bindings {
@@ -312,7 +355,19 @@ impl Registrar {
             resp.headers.push(HeaderName::Path, input.path.join(", "));
         }
         resp.headers.push(HeaderName::Date, http_date(now));
-        Ok(resp)
+        match write {
+            None => Ok(Step::Done(resp)),
+            Some(durable) => Ok(Step::Pending(Pending {
+                durable,
+                rest: PendingRegister {
+                    failed: req.response(500, "Bindings could not be stored", Some(to_tag)),
+                    ok: resp,
+                    aor,
+                    bindings: applied.bindings,
+                    changes: applied.changes,
+                },
+            })),
+        }
     }
 
     /// Expires bindings on time. Runs until the registrar is dropped by everyone else.

@@ -5,7 +5,7 @@
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 struct WriteOp {
@@ -30,7 +30,7 @@ pub struct SledStore {
 const MAX_BATCH: usize = 4096;
 
 impl SledStore {
-    pub fn open(dir: &Path, commit_window: Duration) -> Result<SledStore, StorageError> {
+    pub fn open(dir: &Path, flush_interval: Duration) -> Result<SledStore, StorageError> {
         let open_err = |reason: String| StorageError::Open {
             path: dir.display().to_string(),
             reason,
@@ -52,7 +52,7 @@ impl SledStore {
         let wbindings = bindings.clone();
         std::thread::Builder::new()
             .name("busylamp-store".into())
-            .spawn(move || writer_loop(rx, wdb, wbindings, commit_window))
+            .spawn(move || writer_loop(rx, wdb, wbindings, flush_interval))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(SledStore {
             db,
@@ -80,10 +80,23 @@ impl SledStore {
     }
 }
 
-fn writer_loop(rx: mpsc::Receiver<WriteOp>, db: sled::Db, bindings: sled::Tree, window: Duration) {
+fn writer_loop(
+    rx: mpsc::Receiver<WriteOp>,
+    db: sled::Db,
+    bindings: sled::Tree,
+    interval: Duration,
+) {
+    // Group commit with a minimum interval between flushes: when idle, a write is flushed at
+    // once; under load, flushes are at least `interval` apart and each carries every write
+    // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
+    let mut last_flush: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
-        if !window.is_zero() {
-            std::thread::sleep(window);
+        if let Some(last) = last_flush {
+            let next = last + interval;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
         }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -101,6 +114,7 @@ fn writer_loop(rx: mpsc::Receiver<WriteOp>, db: sled::Db, bindings: sled::Tree, 
                 },
             }
         }
+        last_flush = Some(Instant::now());
         let result = bindings
             .apply_batch(sled_batch)
             .and_then(|_| db.flush().map(|_| ()))

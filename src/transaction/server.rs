@@ -129,6 +129,25 @@ impl<A: Clone> ServerTransactions<A> {
         self.max
     }
 
+    /// Makes room in a full table by ending the oldest completed non-INVITE transaction early.
+    /// Such a transaction only waits out Timer J to absorb retransmissions; ending it sooner
+    /// means a late retransmission is handled as a new request, which REGISTER (idempotent for
+    /// the same Call-ID and CSeq) tolerates. Refusing new work with 503 because of old
+    /// bookkeeping would be worse. Looks at the few earliest deadlines only, so a table full
+    /// of live transactions still answers `Overloaded` quickly.
+    fn shed_completed(&mut self) -> bool {
+        let victim = self
+            .timers
+            .iter()
+            .take(16)
+            .find(|((_, timer), _)| *timer == Timer::J)
+            .map(|((key, _), _)| key.clone());
+        match victim {
+            Some(key) => self.terminate(&key),
+            None => false,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.txs.len()
     }
@@ -160,7 +179,8 @@ impl<A: Clone> ServerTransactions<A> {
         if req.method == "ACK" {
             return self.on_ack(key, now);
         }
-        let full = self.txs.len() >= self.max;
+        let full =
+            self.txs.len() >= self.max && !self.txs.contains_key(&key) && !self.shed_completed();
         match self.txs.entry(key) {
             Entry::Occupied(e) => {
                 let tx = e.get();
@@ -856,6 +876,32 @@ Content-Length: 0
         assert_eq!(
             tx.on_request(&good, "peer", false, t0),
             ServerInput::AckAbsorbed
+        );
+    }
+
+    #[test]
+    fn a_full_table_sheds_the_oldest_completed_non_invite_instead_of_refusing() {
+        let mut tx = Tx::new(Timers::default(), 2);
+        let t0 = Instant::now();
+        let r = register();
+        let kr = new_key(tx.on_request(&r, "peer", false, t0));
+        tx.respond(&kr, &r.response(200, "OK", Some("t")), t0)
+            .unwrap();
+        let inv = invite();
+        let _ki = new_key(tx.on_request(&inv, "peer", false, t0));
+        // Full: the completed REGISTER (only waiting out Timer J) makes room.
+        let opts = with(INVITE, "INVITE", "OPTIONS");
+        assert!(matches!(
+            tx.on_request(&opts, "peer", false, t0),
+            ServerInput::New(_)
+        ));
+        assert_eq!(tx.len(), 2);
+        assert_eq!(tx.state(&kr), None, "the completed REGISTER was shed");
+        // Nothing completed is left: the next new request is refused.
+        let other = with(INVITE, "INVITE", "MESSAGE");
+        assert_eq!(
+            tx.on_request(&other, "peer", false, t0),
+            ServerInput::Overloaded
         );
     }
 

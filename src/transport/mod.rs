@@ -76,7 +76,8 @@ struct Conn {
 }
 
 pub struct Transport {
-    udp: Vec<Arc<UdpSocket>>,
+    /// UDP sockets with their bound address (looked up once: getsockname is a syscall).
+    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     tcp_local: Vec<SocketAddr>,
     conns: Mutex<HashMap<u64, Conn>>,
     /// Latest connection per remote address, for reuse by requests we originate.
@@ -86,6 +87,45 @@ pub struct Transport {
     limits: Limits,
     idle: Duration,
     max_conns: usize,
+}
+
+/// UDP socket buffer size asked of the kernel. A registration storm arrives in bursts; with the
+/// default (~200 KiB) the kernel drops datagrams long before the CPU is busy, and every drop
+/// costs a client retransmission.
+const UDP_BUFFER_BYTES: i32 = 4 * 1024 * 1024;
+
+/// Raises SO_RCVBUF and SO_SNDBUF (the kernel caps them at net.core.[rw]mem_max; a refusal
+/// only costs throughput, so it is logged, not fatal).
+fn set_udp_buffers(sock: &UdpSocket, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    // Linux values of SOL_SOCKET, SO_SNDBUF, SO_RCVBUF.
+    const SOL_SOCKET: i32 = 1;
+    const SO_SNDBUF: i32 = 7;
+    const SO_RCVBUF: i32 = 8;
+    extern "C" {
+        fn setsockopt(
+            fd: i32,
+            level: i32,
+            name: i32,
+            value: *const std::ffi::c_void,
+            len: u32,
+        ) -> i32;
+    }
+    for opt in [SO_RCVBUF, SO_SNDBUF] {
+        // SAFETY: a valid fd owned by `sock`, a pointer to a live i32 and its exact size.
+        let rc = unsafe {
+            setsockopt(
+                sock.as_raw_fd(),
+                SOL_SOCKET,
+                opt,
+                &bytes as *const i32 as *const std::ffi::c_void,
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot enlarge the UDP socket buffer");
+        }
+    }
 }
 
 /// Bytes queued per TCP connection before we stop waiting for a slow reader and drop it.
@@ -113,7 +153,13 @@ impl Transport {
                                 addr: a.addr,
                                 source,
                             })?;
-                    udp.push(Arc::new(s));
+                    set_udp_buffers(&s, UDP_BUFFER_BYTES);
+                    let local = s.local_addr().map_err(|source| TransportError::Bind {
+                        proto: "udp",
+                        addr: a.addr,
+                        source,
+                    })?;
+                    udp.push((local, Arc::new(s)));
                 }
                 ListenProto::Tcp => {
                     let l =
@@ -149,11 +195,8 @@ impl Transport {
 
     /// Addresses actually bound (port 0 resolved), UDP first.
     pub fn local_addrs(&self) -> Vec<(Proto, SocketAddr)> {
-        let mut v: Vec<(Proto, SocketAddr)> = self
-            .udp
-            .iter()
-            .filter_map(|s| s.local_addr().ok().map(|a| (Proto::Udp, a)))
-            .collect();
+        let mut v: Vec<(Proto, SocketAddr)> =
+            self.udp.iter().map(|(a, _)| (Proto::Udp, *a)).collect();
         v.extend(self.tcp_local.iter().map(|a| (Proto::Tcp, *a)));
         v
     }
@@ -164,7 +207,7 @@ impl Transport {
 
     /// Starts the receive loops.
     pub fn start(self: &Arc<Self>, listeners: Vec<TcpListener>, inbound: Arc<dyn Inbound>) {
-        for sock in &self.udp {
+        for (_, sock) in &self.udp {
             // Two receivers per socket keep both cores busy on a UDP storm.
             for _ in 0..2 {
                 let sock = sock.clone();
@@ -305,45 +348,68 @@ impl Transport {
         }
     }
 
+    fn udp_socket_for(&self, peer: &Peer) -> Result<&Arc<UdpSocket>, TransportError> {
+        self.udp
+            .iter()
+            .find(|(a, _)| *a == peer.local)
+            .or_else(|| {
+                self.udp
+                    .iter()
+                    .find(|(a, _)| a.is_ipv4() == peer.remote.is_ipv4())
+            })
+            .map(|(_, s)| s)
+            .ok_or(TransportError::NoSocket("udp"))
+    }
+
+    /// Sends without waiting: `Ok(None)` when sent or queued, `Ok(Some(bytes))` when the UDP
+    /// socket buffer is full and the caller must fall back to [`Transport::send`].
+    pub fn try_send(
+        &self,
+        peer: &Peer,
+        bytes: Arc<[u8]>,
+    ) -> Result<Option<Arc<[u8]>>, TransportError> {
+        match peer.proto {
+            Proto::Udp => {
+                let sock = self.udp_socket_for(peer)?;
+                match sock.try_send_to(&bytes, peer.remote) {
+                    Ok(_) => Ok(None),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Some(bytes)),
+                    Err(e) => Err(TransportError::Send(peer.remote, e)),
+                }
+            }
+            Proto::Tcp => self.send_tcp(peer, bytes).map(|_| None),
+        }
+    }
+
+    fn send_tcp(&self, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
+        let tx = {
+            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
+            peer.conn
+                .and_then(|id| conns.get(&id))
+                .or_else(|| by.get(&peer.remote).and_then(|id| conns.get(id)))
+                .filter(|c| c.remote == peer.remote)
+                .map(|c| c.tx.clone())
+        };
+        match tx {
+            Some(tx) => tx
+                .try_send(bytes)
+                .map_err(|_| TransportError::ConnectionGone(peer.remote)),
+            None => Err(TransportError::ConnectionGone(peer.remote)),
+        }
+    }
+
     /// Sends to a peer: UDP from the socket the peer talked to, TCP over its connection
     /// (or the latest connection from the same address when that one closed).
     pub async fn send(&self, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
         match peer.proto {
-            Proto::Udp => {
-                let sock = self
-                    .udp
-                    .iter()
-                    .find(|s| s.local_addr().map(|a| a == peer.local).unwrap_or(false))
-                    .or_else(|| {
-                        self.udp.iter().find(|s| {
-                            s.local_addr()
-                                .map(|a| a.is_ipv4() == peer.remote.is_ipv4())
-                                .unwrap_or(false)
-                        })
-                    })
-                    .ok_or(TransportError::NoSocket("udp"))?;
-                sock.send_to(&bytes, peer.remote)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| TransportError::Send(peer.remote, e))
-            }
-            Proto::Tcp => {
-                let tx = {
-                    let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-                    let by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
-                    peer.conn
-                        .and_then(|id| conns.get(&id))
-                        .or_else(|| by.get(&peer.remote).and_then(|id| conns.get(id)))
-                        .filter(|c| c.remote == peer.remote)
-                        .map(|c| c.tx.clone())
-                };
-                match tx {
-                    Some(tx) => tx
-                        .try_send(bytes)
-                        .map_err(|_| TransportError::ConnectionGone(peer.remote)),
-                    None => Err(TransportError::ConnectionGone(peer.remote)),
-                }
-            }
+            Proto::Udp => self
+                .udp_socket_for(peer)?
+                .send_to(&bytes, peer.remote)
+                .await
+                .map(|_| ())
+                .map_err(|e| TransportError::Send(peer.remote, e)),
+            Proto::Tcp => self.send_tcp(peer, bytes),
         }
     }
 }
