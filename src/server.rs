@@ -8,8 +8,9 @@ use crate::config::{AuthMode, Config};
 use crate::events::EventBus;
 use crate::registrar::{Identity, Pending, Registrar, Step};
 use crate::router::{self, Route};
+use crate::sip::message::Parsed;
 use crate::sip::parse::{parse_message, Limits, ParseError, ParseFailure};
-use crate::sip::{HasHeaders, HeaderName, Headers, Message, Request, Response};
+use crate::sip::{HasHeaders, HeaderName, Headers, Message, Request, Response, Via};
 use crate::storage::{durable, BindingStore, StorageError, UserFile};
 use crate::transaction::{Action, ServerInput, ServerTransactions, Timers, TxKey};
 use crate::transport::{Inbound, Peer, Proto, Transport, TransportError};
@@ -286,17 +287,26 @@ impl Core {
     /// One request, handled in the receive path: everything up to the answer is synchronous
     /// CPU work; only a REGISTER waiting for its disk write continues in a task of its own.
     fn on_request(self: &Arc<Self>, mut req: Request, peer: Peer) {
-        if let Err(e) = req.validate() {
-            let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
-            let target = reply_target(&resp, peer);
-            self.send_now(&target, Arc::from(self.finish(resp).to_bytes()));
-            return;
-        }
-        stamp_via(&mut req, &peer);
-        let reply_to = reply_target_for_request(&req, peer);
+        let parsed = match req.validate() {
+            Ok(p) => p,
+            Err(e) => {
+                let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
+                let target = reply_target(&resp, peer);
+                self.send_now(&target, Arc::from(self.finish(resp).to_bytes()));
+                return;
+            }
+        };
+        stamp_via(&mut req, &parsed.top_via, &peer);
+        let reply_to = reply_target_for_request(&parsed.top_via, peer);
         let input = {
             let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
-            tx.on_request(&req, reply_to, peer.proto.reliable(), self.now())
+            tx.on_request_via(
+                &req,
+                &parsed.top_via,
+                reply_to,
+                peer.proto.reliable(),
+                self.now(),
+            )
         };
         let key = match input {
             ServerInput::New(key) => key,
@@ -323,7 +333,7 @@ impl Core {
                 return;
             }
         };
-        match self.dispatch(&req, peer) {
+        match self.dispatch(&req, &parsed, peer) {
             Answer::Now(resp) => self.respond(&key, resp),
             Answer::Nothing => {}
             Answer::AfterWrite(pending) => {
@@ -349,7 +359,7 @@ impl Core {
         }
     }
 
-    fn dispatch(&self, req: &Request, peer: Peer) -> Answer {
+    fn dispatch(&self, req: &Request, parsed: &Parsed, peer: Peer) -> Answer {
         let tag = self.ids.tag();
         match router::route(req) {
             Route::Reply(status, reason, extra) => {
@@ -373,11 +383,11 @@ impl Core {
             Route::Cancel => {
                 Answer::Now(req.response(481, "Call/Transaction Does Not Exist", Some(&tag)))
             }
-            Route::Register => self.register(req, peer, &tag),
+            Route::Register => self.register(req, parsed, peer, &tag),
         }
     }
 
-    fn register(&self, req: &Request, peer: Peer, tag: &str) -> Answer {
+    fn register(&self, req: &Request, parsed: &Parsed, peer: Peer, tag: &str) -> Answer {
         let now = self.clock.now_unix();
         let who = match self
             .auth
@@ -386,12 +396,9 @@ impl Core {
             AuthResult::Skipped => Identity::Unchecked,
             AuthResult::Authenticated { username } => Identity::User(username),
             AuthResult::Challenge { stale } => {
-                let user = req
-                    .to_hdr()
-                    .ok()
-                    .and_then(|t| t.uri.as_sip().and_then(|u| u.user.clone()));
+                let user = parsed.to.uri.as_sip().and_then(|u| u.user.as_deref());
                 let mut r = req.response(401, "Unauthorized", Some(tag));
-                for c in self.auth.challenges(stale, now, user.as_deref()) {
+                for c in self.auth.challenges(stale, now, user) {
                     r.headers.push(HeaderName::WwwAuthenticate, c);
                 }
                 return Answer::Now(r);
@@ -403,7 +410,10 @@ impl Core {
                 return Answer::Now(req.response(400, &reason, Some(tag)))
             }
         };
-        match self.registrar.begin(req, &who, &peer.to_string(), tag) {
+        match self
+            .registrar
+            .begin(req, parsed, &who, &peer.to_string(), tag)
+        {
             Step::Done(r) => Answer::Now(r),
             Step::Pending(p) => Answer::AfterWrite(p),
         }
@@ -442,53 +452,41 @@ impl Core {
 }
 
 /// RFC 3261 §18.2.1 and RFC 3581 §4: record where the request really came from in its top Via,
-/// so responses find their way back through NAT.
-fn stamp_via(req: &mut Request, peer: &Peer) {
+/// so responses find their way back through NAT. `top` is the parsed top Via.
+fn stamp_via(req: &mut Request, top: &Via, peer: &Peer) {
+    let ip = peer.remote.ip();
+    let wants_rport = top.params.has("rport");
+    if top.host.ip() == Some(ip) && !wants_rport {
+        return;
+    }
     let Some(i) = req.headers.0.iter().position(|h| h.kind == HeaderName::Via) else {
         return;
     };
-    let parts = crate::sip::text::split_commas(&req.headers.0[i].value);
-    let Some(first) = parts.first() else { return };
-    let Ok(mut via) = crate::sip::Via::parse(first) else {
-        return;
-    };
-    let ip = peer.remote.ip();
-    let mut changed = false;
-    if via.host.ip() != Some(ip) {
-        via.params.set("received", Some(ip.to_string()));
-        changed = true;
-    }
-    if via.params.has("rport") {
+    let mut via = top.clone();
+    via.params.set("received", Some(ip.to_string()));
+    if wants_rport {
         via.params
             .set("rport", Some(peer.remote.port().to_string()));
-        via.params.set("received", Some(ip.to_string()));
-        changed = true;
     }
-    if changed {
-        let rest: Vec<String> = parts[1..].iter().map(|s| s.to_string()).collect();
-        let mut value = via.to_string();
-        for r in rest {
-            value.push_str(", ");
-            value.push_str(&r);
-        }
-        req.headers.0[i].value = value;
+    let parts = crate::sip::text::split_commas(&req.headers.0[i].value);
+    let mut value = via.to_string();
+    for rest in parts.iter().skip(1) {
+        value.push_str(", ");
+        value.push_str(rest);
     }
+    req.headers.0[i].value = value;
 }
 
 /// Where responses to this request go (RFC 3261 §18.2.2, RFC 3581 §4): over the same TCP
 /// connection; for UDP to the source address, at the rport if the client asked for it, else at
 /// the port in its Via.
-fn reply_target_for_request(req: &Request, peer: Peer) -> Peer {
-    if peer.proto == Proto::Tcp {
+fn reply_target_for_request(top: &Via, peer: Peer) -> Peer {
+    if peer.proto == Proto::Tcp || top.rport().is_some() {
         return peer;
     }
-    match req.top_via() {
-        Ok(via) if via.rport().is_some() => peer,
-        Ok(via) => Peer {
-            remote: SocketAddr::new(peer.remote.ip(), via.port.unwrap_or(5060)),
-            ..peer
-        },
-        Err(_) => peer,
+    Peer {
+        remote: SocketAddr::new(peer.remote.ip(), top.port.unwrap_or(5060)),
+        ..peer
     }
 }
 

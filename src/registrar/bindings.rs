@@ -36,14 +36,14 @@ impl RegError {
 
 /// The parts of a REGISTER the binding rules read.
 #[derive(Debug, Clone)]
-pub struct RegisterInput {
-    pub contacts: Vec<ContactValue>,
+pub struct RegisterInput<'a> {
+    pub contacts: &'a [ContactValue],
     pub header_expires: Option<u32>,
-    pub call_id: String,
+    pub call_id: &'a str,
     pub cseq: u32,
     pub path: Vec<String>,
     pub user_agent: Option<String>,
-    pub source: String,
+    pub source: &'a str,
     pub now: u64,
 }
 
@@ -156,7 +156,7 @@ fn same_binding(b: &Binding, w: &Wanted) -> bool {
 /// Applies one REGISTER to the current bindings of its AOR.
 pub fn apply_register(
     existing: &[Binding],
-    input: &RegisterInput,
+    input: &RegisterInput<'_>,
     cfg: &RegistrarConfig,
 ) -> Result<Applied, RegError> {
     let mut bindings = existing.to_vec();
@@ -202,7 +202,7 @@ pub fn apply_register(
     }
 
     let mut wanted_all = Vec::with_capacity(input.contacts.len());
-    for c in &input.contacts {
+    for c in input.contacts {
         if let ContactValue::Addr(na) = c {
             wanted_all.push(wanted(na, input.header_expires, cfg)?);
         }
@@ -253,13 +253,13 @@ pub fn apply_register(
             params: w.params,
             q: w.q,
             expires_at: input.now + u64::from(w.expires),
-            call_id: input.call_id.clone(),
+            call_id: input.call_id.to_string(),
             cseq: input.cseq,
             path: input.path.clone(),
             instance: w.instance,
             reg_id: w.reg_id,
             user_agent: input.user_agent.clone(),
-            source: input.source.clone(),
+            source: input.source.to_string(),
             registered_at: input.now,
         };
         let change = match pos {
@@ -317,15 +317,18 @@ mod tests {
         call_id: &str,
         cseq: u32,
         now: u64,
-    ) -> RegisterInput {
+    ) -> RegisterInput<'static> {
+        // Leaked (a few bytes per test) so the input can borrow, as the server's does.
+        let contacts: &'static [ContactValue] =
+            Box::leak(parse_contacts(contacts).unwrap().into_boxed_slice());
         RegisterInput {
-            contacts: parse_contacts(contacts).unwrap(),
+            contacts,
             header_expires: expires,
-            call_id: call_id.into(),
+            call_id: Box::leak(call_id.to_string().into_boxed_str()),
             cseq,
             path: vec![],
             user_agent: Some("ua".into()),
-            source: "udp:127.0.0.1:1".into(),
+            source: "udp:127.0.0.1:1",
             now,
         }
     }

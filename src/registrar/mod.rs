@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::deadline::Deadlines;
 use crate::events::{Event, EventBus};
 use crate::sip::message::default_reason;
+use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, Uri};
 use crate::storage::{durable, Binding, BindingStore, StorageError};
 use bindings::{apply_register, sweep, Change, RegError, RegisterInput};
@@ -192,7 +193,11 @@ impl Registrar {
         source: &str,
         to_tag: &str,
     ) -> Response {
-        match self.begin(req, who, source, to_tag) {
+        let parsed = match req.validate() {
+            Ok(p) => p,
+            Err(e) => return req.response(400, &e.to_string(), Some(to_tag)),
+        };
+        match self.begin(req, &parsed, who, source, to_tag) {
             Step::Done(r) => r,
             Step::Pending(p) => {
                 let result = durable(p.durable).await;
@@ -204,8 +209,15 @@ impl Registrar {
     /// The synchronous part of a REGISTER: checks, applies the change under the AOR's lock and
     /// queues its write. The caller answers a [`Step::Done`] at once; a [`Step::Pending`] once
     /// its write is durable, through [`Registrar::complete`].
-    pub fn begin(&self, req: &Request, who: &Identity, source: &str, to_tag: &str) -> Step {
-        match self.register_inner(req, who, source, to_tag) {
+    pub fn begin(
+        &self,
+        req: &Request,
+        parsed: &Parsed,
+        who: &Identity,
+        source: &str,
+        to_tag: &str,
+    ) -> Step {
+        match self.register_inner(req, parsed, who, source, to_tag) {
             Ok(step) => step,
             Err((status, reason, extra)) => {
                 let mut r = req.response(status, &reason, Some(to_tag));
@@ -237,6 +249,7 @@ impl Registrar {
     fn register_inner(
         &self,
         req: &Request,
+        parsed: &Parsed,
         who: &Identity,
         source: &str,
         to_tag: &str,
@@ -256,8 +269,7 @@ impl Registrar {
                 vec![(HeaderName::Unsupported, unsupported.join(", "))],
             ));
         }
-        let to = req.to_hdr().map_err(|e| fail(400, e.to_string()))?;
-        let to_uri = match &to.uri {
+        let to_uri = match &parsed.to.uri {
             Uri::Sip(u) => u,
             other => {
                 return Err(fail(
@@ -284,17 +296,11 @@ impl Registrar {
                 return Err(fail(403, format!("User {name} may not register {aor}")));
             }
         }
-        let contacts = req.contacts().map_err(|e| fail(400, e.to_string()))?;
-        let header_expires = req.expires().map_err(|e| fail(400, e.to_string()))?;
-        let cseq = req.cseq().map_err(|e| fail(400, e.to_string()))?;
         let input = RegisterInput {
-            contacts,
-            header_expires,
-            call_id: req
-                .call_id()
-                .map_err(|e| fail(400, e.to_string()))?
-                .to_string(),
-            cseq: cseq.seq,
+            contacts: &parsed.contacts,
+            header_expires: parsed.expires,
+            call_id: req.call_id().map_err(|e| fail(400, e.to_string()))?,
+            cseq: parsed.cseq.seq,
             path: req
                 .headers
                 .list(HeaderName::Path)
@@ -302,7 +308,7 @@ impl Registrar {
                 .map(String::from)
                 .collect(),
             user_agent: req.headers.get(HeaderName::UserAgent).map(String::from),
-            source: source.to_string(),
+            source,
             now: self.clock.now_unix(),
         };
 

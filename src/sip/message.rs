@@ -351,7 +351,9 @@ impl Request {
     }
 
     /// RFC 3261 §8.2 / §16.3 checks every request must pass before any service sees it.
-    pub fn validate(&self) -> Result<(), MessageError> {
+    /// Checks the request and returns the headers it had to parse for that, so later stages
+    /// use them instead of parsing again.
+    pub fn validate(&self) -> Result<Parsed, MessageError> {
         for (kind, name) in [
             (HeaderName::From, "From"),
             (HeaderName::To, "To"),
@@ -366,12 +368,13 @@ impl Request {
                 return Err(MessageError::Duplicate(name));
             }
         }
-        self.vias()?;
-        if self.headers.list(HeaderName::Via).is_empty() {
+        let mut vias = self.vias()?;
+        if vias.is_empty() {
             return Err(MessageError::Missing("Via"));
         }
-        self.from_hdr()?;
-        self.to_hdr()?;
+        let top_via = vias.swap_remove(0);
+        let from = self.from_hdr()?;
+        let to = self.to_hdr()?;
         let call_id = self.call_id()?;
         if call_id.is_empty() || call_id.bytes().any(|b| b <= b' ') {
             return Err(MessageError::BadValue(
@@ -386,12 +389,20 @@ impl Request {
                 method: self.method.clone(),
             });
         }
-        self.max_forwards()?;
-        self.expires()?;
+        let max_forwards = self.max_forwards()?;
+        let expires = self.expires()?;
         // Contact drives registration and dialog routing; a malformed one is refused here with
         // a reason rather than misread later (RFC 4475 §3.1.2.1 "badinv01", §3.1.2.13).
-        self.contacts()?;
-        Ok(())
+        let contacts = self.contacts()?;
+        Ok(Parsed {
+            top_via,
+            from,
+            to,
+            cseq,
+            max_forwards,
+            expires,
+            contacts,
+        })
     }
 
     /// A response to this request per RFC 3261 §8.2.6.2: Via, From, To, Call-ID and CSeq copied;
@@ -407,10 +418,7 @@ impl Request {
                     let mut h = h.clone();
                     if status > 100 {
                         if let Some(tag) = to_tag {
-                            let has_tag = NameAddr::parse(&h.value)
-                                .map(|n| n.tag().is_some())
-                                .unwrap_or(true);
-                            if !has_tag {
+                            if !has_tag_param(&h.value) {
                                 h.value.push_str(";tag=");
                                 h.value.push_str(tag);
                             }
@@ -430,6 +438,53 @@ impl Request {
             body: Vec::new(),
         }
     }
+}
+
+/// The headers [`Request::validate`] parsed, for the stages after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub top_via: Via,
+    pub from: NameAddr,
+    pub to: NameAddr,
+    pub cseq: CSeq,
+    pub max_forwards: Option<u8>,
+    pub expires: Option<u32>,
+    pub contacts: Vec<ContactValue>,
+}
+
+/// Whether a From/To value carries a `tag` header parameter, without parsing it: the
+/// parameters are those after the `>` of a name-addr, or after the first `;` of an addr-spec.
+/// Quoted display names are skipped.
+pub fn has_tag_param(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    let mut in_quote = false;
+    let mut params_from = None;
+    let mut saw_angle = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if in_quote => i += 1,
+            b'"' => in_quote = !in_quote,
+            b'<' if !in_quote => saw_angle = true,
+            b'>' if !in_quote => {
+                params_from = Some(i + 1);
+                break;
+            }
+            b';' if !in_quote && !saw_angle => {
+                params_from = Some(i);
+                break;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let Some(start) = params_from else {
+        return false;
+    };
+    value[start.min(value.len())..].split(';').any(|p| {
+        let name = p.split('=').next().unwrap_or("").trim();
+        name.eq_ignore_ascii_case("tag")
+    })
 }
 
 /// Reason phrases carry text from errors that may quote input: keep them on one printable line.
@@ -527,5 +582,21 @@ pub fn default_reason(status: u16) -> &'static str {
             5 => "Server Error",
             _ => "Global Failure",
         },
+    }
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::has_tag_param;
+
+    #[test]
+    fn to_tag_detection_without_parsing() {
+        assert!(has_tag_param("<sip:a@b>;tag=1"));
+        assert!(has_tag_param("\"x;tag=no\" <sip:a@b>;Tag=2"));
+        assert!(has_tag_param("sip:a@b;tag=3"));
+        assert!(!has_tag_param("<sip:a@b;tag=uri-param>"));
+        assert!(!has_tag_param("\"a;tag=b\" <sip:a@b>"));
+        assert!(!has_tag_param("<sip:a@b>;tagx=1"));
+        assert!(!has_tag_param("sip:a@b"));
     }
 }

@@ -237,7 +237,15 @@ impl TxKey {
     /// Server key of a request per RFC 3261 §17.2.3. `method` overrides the key's method (used to
     /// find the INVITE a CANCEL targets); otherwise ACK keys as INVITE.
     pub(crate) fn server(req: &Request, method: Option<&str>) -> Result<TxKey, MessageError> {
-        let via = req.top_via()?;
+        Self::server_with_via(req, &req.top_via()?, method)
+    }
+
+    /// As [`TxKey::server`], with the request's top Via already parsed by the caller.
+    pub(crate) fn server_with_via(
+        req: &Request,
+        via: &crate::sip::Via,
+        method: Option<&str>,
+    ) -> Result<TxKey, MessageError> {
         let method = method.unwrap_or(match req.method.as_str() {
             "ACK" => "INVITE",
             m => m,

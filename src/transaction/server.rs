@@ -171,8 +171,24 @@ impl<A: Clone> ServerTransactions<A> {
         reliable: bool,
         now: Instant,
     ) -> ServerInput<A> {
+        match req.top_via() {
+            Ok(via) => self.on_request_via(req, &via, reply_to, reliable, now),
+            Err(e) => ServerInput::Malformed(e),
+        }
+    }
+
+    /// As [`on_request`](Self::on_request) for a request whose top Via the caller has already
+    /// parsed (the server core has, while validating it).
+    pub fn on_request_via(
+        &mut self,
+        req: &Request,
+        top_via: &crate::sip::Via,
+        reply_to: A,
+        reliable: bool,
+        now: Instant,
+    ) -> ServerInput<A> {
         // Request arrival starts no timer in Figures 7 and 8; `now` is used by the ACK.
-        let key = match TxKey::server(req, None) {
+        let key = match TxKey::server_with_via(req, top_via, None) {
             Ok(k) => k,
             Err(e) => return ServerInput::Malformed(e),
         };
