@@ -4,7 +4,7 @@
 
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -23,10 +23,70 @@ enum Tree {
 pub struct SledStore {
     db: sled::Db,
     bindings: sled::Tree,
-    writer: mpsc::Sender<WriteOp>,
+    queue: Arc<Queue>,
 }
 
-/// Most writes applied in one batch: bounds the latency of the first write of a burst.
+/// Writes waiting for the writer thread. A plain vector the writer swaps out whole: one lock
+/// per write, no allocation per write (std's mpsc allocates a block every 31 sends), and the
+/// writer takes everything queued in one go, which is what group commit wants.
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+struct QueueState {
+    ops: Vec<WriteOp>,
+    writer_waiting: bool,
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&self, op: WriteOp) -> Result<(), WriteOp> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.closed {
+            return Err(op);
+        }
+        st.ops.push(op);
+        // Only a sleeping writer needs the (syscall) wake-up.
+        let wake = std::mem::take(&mut st.writer_waiting);
+        drop(st);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Blocks until there is work; `None` once closed and drained.
+    fn take(&self, into: &mut Vec<WriteOp>) -> Option<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if !st.ops.is_empty() {
+                std::mem::swap(&mut st.ops, into);
+                return Some(());
+            }
+            if st.closed {
+                return None;
+            }
+            st.writer_waiting = true;
+            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.closed = true;
+        drop(st);
+        self.wake.notify_all();
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// Initial capacity of the write queue (it grows under bursts and keeps its size).
 const MAX_BATCH: usize = 4096;
 
 impl SledStore {
@@ -47,23 +107,31 @@ impl SledStore {
         let bindings = db
             .open_tree("bindings")
             .map_err(|e| open_err(e.to_string()))?;
-        let (tx, rx) = mpsc::channel::<WriteOp>();
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                ops: Vec::with_capacity(MAX_BATCH),
+                writer_waiting: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+        });
         let wdb = db.clone();
         let wbindings = bindings.clone();
+        let wqueue = queue.clone();
         std::thread::Builder::new()
             .name("busylamp-store".into())
-            .spawn(move || writer_loop(rx, wdb, wbindings, flush_interval))
+            .spawn(move || writer_loop(&wqueue, wdb, wbindings, flush_interval))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(SledStore {
             db,
             bindings,
-            writer: tx,
+            queue,
         })
     }
 
     fn submit(&self, tree: Tree, key: Vec<u8>, value: Option<Vec<u8>>) -> Durable {
         let (done, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(op)) = self.writer.send(WriteOp {
+        if let Err(op) = self.queue.push(WriteOp {
             tree,
             key,
             value,
@@ -80,29 +148,28 @@ impl SledStore {
     }
 }
 
-fn writer_loop(
-    rx: mpsc::Receiver<WriteOp>,
-    db: sled::Db,
-    bindings: sled::Tree,
-    interval: Duration,
-) {
+fn writer_loop(queue: &Queue, db: sled::Db, bindings: sled::Tree, interval: Duration) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
     // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
     let mut last_flush: Option<Instant> = None;
-    while let Ok(first) = rx.recv() {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
+    while queue.take(&mut batch).is_some() {
         if let Some(last) = last_flush {
             let next = last + interval;
             let now = Instant::now();
             if next > now {
                 std::thread::sleep(next - now);
-            }
-        }
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+                // Writes that came in while we waited share this flush.
+                let mut more = Vec::new();
+                if queue
+                    .state
+                    .lock()
+                    .map(|mut st| std::mem::swap(&mut st.ops, &mut more))
+                    .is_ok()
+                {
+                    batch.append(&mut more);
+                }
             }
         }
         let mut sled_batch = sled::Batch::default();
@@ -122,7 +189,7 @@ fn writer_loop(
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "storage flush failed");
         }
-        for op in batch {
+        for op in batch.drain(..) {
             let _ = op.done.send(result.clone());
         }
     }
