@@ -154,7 +154,7 @@ impl Default for AuthConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            flush_interval_ms: 5,
+            flush_interval_ms: 10,
         }
     }
 }
@@ -441,7 +441,7 @@ impl Config {
                     "{} would delay answers under load",
                     self.storage.flush_interval_ms
                 ),
-                "use 0 to 100 milliseconds (default 5)",
+                "use 0 to 100 milliseconds (default 10)",
             ));
         }
         let mut seen = std::collections::HashSet::new();

@@ -178,9 +178,43 @@ pub enum TxError {
     Overloaded,
 }
 
-/// Identifies one transaction. Cheap to clone (one reference count).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TxKey(Arc<KeyKind>);
+/// Identifies one transaction. Cheap to clone (one reference count) and to hash: the keyed
+/// hash of its strings is computed once, when the key is made, and every table lookup hashes
+/// only that number. The hash key is random per process, so crafted branches cannot collide
+/// on purpose (HashDoS).
+#[derive(Debug, Clone)]
+pub struct TxKey(Arc<KeyInner>);
+
+#[derive(Debug)]
+struct KeyInner {
+    hash: u64,
+    kind: KeyKind,
+}
+
+impl PartialEq for TxKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash && self.0.kind == other.0.kind)
+    }
+}
+
+impl Eq for TxKey {}
+
+impl std::hash::Hash for TxKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl TxKey {
+    fn new(kind: KeyKind) -> TxKey {
+        use std::hash::BuildHasher;
+        static KEYED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let hash = KEYED.get_or_init(Default::default).hash_one(&kind);
+        TxKey(Arc::new(KeyInner { hash, kind }))
+    }
+}
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 enum KeyKind {
@@ -211,7 +245,7 @@ struct LegacyKey {
 impl TxKey {
     /// The transaction's method (INVITE for the ACK of an INVITE transaction).
     pub fn method(&self) -> &str {
-        match &*self.0 {
+        match &self.0.kind {
             KeyKind::Server { method, .. } | KeyKind::Client { method, .. } => method,
             KeyKind::Legacy(l) => &l.method,
         }
@@ -223,7 +257,7 @@ impl TxKey {
 
     /// The Via branch, for RFC 3261 keys.
     pub fn branch(&self) -> Option<&str> {
-        match &*self.0 {
+        match &self.0.kind {
             KeyKind::Server { branch, .. } | KeyKind::Client { branch, .. } => Some(branch),
             KeyKind::Legacy(_) => None,
         }
@@ -231,7 +265,7 @@ impl TxKey {
 
     /// Matched by the RFC 2543 fallback rules (the request's branch had no magic cookie).
     pub fn is_legacy(&self) -> bool {
-        matches!(&*self.0, KeyKind::Legacy(_))
+        matches!(&self.0.kind, KeyKind::Legacy(_))
     }
 
     /// Server key of a request per RFC 3261 §17.2.3. `method` overrides the key's method (used to
@@ -253,14 +287,14 @@ impl TxKey {
         if let Some(branch) = via.branch().filter(|b| b.starts_with(BRANCH_MAGIC)) {
             let mut sent_by = via.sent_by();
             sent_by.make_ascii_lowercase();
-            return Ok(TxKey(Arc::new(KeyKind::Server {
+            return Ok(TxKey::new(KeyKind::Server {
                 branch: branch.into(),
                 sent_by: sent_by.into(),
                 method: method.into(),
-            })));
+            }));
         }
         let to_tag = req.to_hdr()?.tag().map(Into::into);
-        Ok(TxKey(Arc::new(KeyKind::Legacy(LegacyKey {
+        Ok(TxKey::new(KeyKind::Legacy(LegacyKey {
             request_uri: req.uri.to_string().into(),
             to_tag,
             from_tag: req.from_hdr()?.tag().map(Into::into),
@@ -268,34 +302,34 @@ impl TxKey {
             cseq: req.cseq()?.seq,
             method: method.into(),
             top_via: via.to_string().into(),
-        }))))
+        })))
     }
 
     /// The same legacy key with another To tag (RFC 2543 ACK matching: the ACK carries the tag
     /// of our response, the INVITE usually had none).
     pub(crate) fn with_to_tag(&self, tag: Option<&str>) -> Option<TxKey> {
-        match &*self.0 {
-            KeyKind::Legacy(l) => Some(TxKey(Arc::new(KeyKind::Legacy(LegacyKey {
+        match &self.0.kind {
+            KeyKind::Legacy(l) => Some(TxKey::new(KeyKind::Legacy(LegacyKey {
                 to_tag: tag.map(Into::into),
                 ..l.clone()
-            })))),
+            }))),
             _ => None,
         }
     }
 
     /// The To tag a legacy key was built with.
     pub(crate) fn legacy_to_tag(&self) -> Option<Option<&str>> {
-        match &*self.0 {
+        match &self.0.kind {
             KeyKind::Legacy(l) => Some(l.to_tag.as_deref()),
             _ => None,
         }
     }
 
     pub(crate) fn client(branch: &str, method: &str) -> TxKey {
-        TxKey(Arc::new(KeyKind::Client {
+        TxKey::new(KeyKind::Client {
             branch: branch.into(),
             method: method.into(),
-        }))
+        })
     }
 }
 
