@@ -126,6 +126,16 @@ impl Headers {
         Some(first)
     }
 
+    /// Bytes the header block takes when printed (plus room for a Content-Length we add), so
+    /// the output buffer is allocated once at its final size.
+    fn printed_len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|h| h.name.len() + h.value.len() + 4)
+            .sum::<usize>()
+            + 32
+    }
+
     fn write_to(&self, out: &mut Vec<u8>, body_len: usize) {
         let mut wrote_cl = false;
         for h in &self.0 {
@@ -316,7 +326,9 @@ impl HasHeaders for Response {
 
 impl Request {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256 + self.body.len());
+        let mut out = Vec::with_capacity(
+            self.method.len() + 160 + self.headers.printed_len() + self.body.len(),
+        );
         let _ = write!(StrBuf(&mut out), "{} {} SIP/2.0\r\n", self.method, self.uri);
         self.headers.write_to(&mut out, self.body.len());
         out.extend_from_slice(&self.body);
@@ -408,7 +420,8 @@ impl Request {
     /// A response to this request per RFC 3261 §8.2.6.2: Via, From, To, Call-ID and CSeq copied;
     /// a To tag added when the request had none and the status is above 100.
     pub fn response(&self, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
-        let mut headers = Headers::new();
+        // Room for the copied headers and the few a service adds (Contact, Date, Server...).
+        let mut headers = Headers(Vec::with_capacity(16));
         for h in &self.headers.0 {
             match h.kind {
                 HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
@@ -505,7 +518,9 @@ pub fn sanitize_reason(reason: &str) -> String {
 
 impl Response {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256 + self.body.len());
+        let mut out = Vec::with_capacity(
+            16 + self.reason.len() + self.headers.printed_len() + self.body.len(),
+        );
         let _ = write!(
             StrBuf(&mut out),
             "SIP/2.0 {} {}\r\n",

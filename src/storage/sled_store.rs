@@ -102,6 +102,9 @@ impl SledStore {
             // Our writer is the only one that flushes: one flush per group commit, and an
             // acknowledged write is never waiting on sled's own timer.
             .flush_every_ms(None)
+            // sled's default page cache is 1 GiB; bindings are a few hundred bytes each and
+            // all live in the registrar's memory anyway.
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|e| open_err(e.to_string()))?;
         let bindings = db
