@@ -117,6 +117,23 @@ impl HeaderName {
             .unwrap_or(Other)
     }
 
+    /// The name as spelled on the wire, borrowed from a static table when it is one of the
+    /// usual spellings (canonical or compact), owned otherwise.
+    /// `self` is `classify(name)`.
+    pub fn spelled(self, name: &str) -> std::borrow::Cow<'static, str> {
+        const COMPACT: &[&str] = &[
+            "v", "f", "t", "i", "m", "l", "c", "e", "o", "u", "k", "s", "r",
+        ];
+        let kind = self;
+        if kind != HeaderName::Other && kind.canonical() == name {
+            return std::borrow::Cow::Borrowed(kind.canonical());
+        }
+        if let Some(c) = COMPACT.iter().find(|c| **c == name) {
+            return std::borrow::Cow::Borrowed(c);
+        }
+        std::borrow::Cow::Owned(name.to_string())
+    }
+
     /// The canonical spelling we print for headers we add ourselves.
     pub fn canonical(self) -> &'static str {
         use HeaderName::*;

@@ -4,12 +4,14 @@
 use super::header::{parse_contacts, CSeq, ContactValue, HeaderError, HeaderName, NameAddr, Via};
 use super::text::split_commas;
 use super::uri::Uri;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// The name as received (compact forms kept).
-    pub name: String,
+    /// The name as received (compact forms kept). Borrowed from a static table when it is
+    /// spelled the usual way, so most headers cost one allocation (the value), not two.
+    pub name: Cow<'static, str>,
     pub kind: HeaderName,
     /// The unfolded value, leading and trailing whitespace removed.
     pub value: String,
@@ -25,7 +27,7 @@ impl Headers {
 
     pub fn push(&mut self, kind: HeaderName, value: impl Into<String>) {
         self.0.push(Header {
-            name: kind.canonical().to_string(),
+            name: Cow::Borrowed(kind.canonical()),
             kind,
             value: value.into(),
         });
@@ -33,7 +35,7 @@ impl Headers {
 
     pub fn push_raw(&mut self, name: &str, value: impl Into<String>) {
         self.0.push(Header {
-            name: name.to_string(),
+            name: HeaderName::classify(name).spelled(name),
             kind: HeaderName::classify(name),
             value: value.into(),
         });
@@ -105,7 +107,7 @@ impl Headers {
         self.0.insert(
             0,
             Header {
-                name: kind.canonical().to_string(),
+                name: Cow::Borrowed(kind.canonical()),
                 kind,
                 value: value.into(),
             },

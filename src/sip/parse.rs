@@ -383,7 +383,7 @@ fn parse_header_lines<'a>(
                 "continuation line before any header",
             ))?;
             let cont = std::str::from_utf8(line)
-                .map_err(|_| ParseError::NotUtf8(last.name.clone()))?
+                .map_err(|_| ParseError::NotUtf8(last.name.to_string()))?
                 .trim_matches([' ', '\t']);
             if !value_octets_ok(cont.as_bytes()) {
                 return Err(ParseError::BadHeaderLine(
@@ -425,9 +425,10 @@ fn parse_header_lines<'a>(
                 "control character in a header value",
             ));
         }
+        let kind = HeaderName::classify(name);
         headers.push(Header {
-            name: name.to_string(),
-            kind: HeaderName::classify(name),
+            name: kind.spelled(name),
+            kind,
             value: value.to_string(),
         });
     }
