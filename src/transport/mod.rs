@@ -128,6 +128,9 @@ fn set_udp_buffers(sock: &UdpSocket, bytes: i32) {
     }
 }
 
+/// Receive tasks per UDP socket.
+const UDP_RECEIVERS: usize = 2;
+
 /// Bytes queued per TCP connection before we stop waiting for a slow reader and drop it.
 const CONN_QUEUE: usize = 256;
 
@@ -209,7 +212,7 @@ impl Transport {
     pub fn start(self: &Arc<Self>, listeners: Vec<TcpListener>, inbound: Arc<dyn Inbound>) {
         for (_, sock) in &self.udp {
             // Two receivers per socket keep both cores busy on a UDP storm.
-            for _ in 0..2 {
+            for _ in 0..UDP_RECEIVERS {
                 let sock = sock.clone();
                 let inbound = inbound.clone();
                 let max = self.limits.max_message;

@@ -358,6 +358,13 @@ if ((${#CALIB[@]})); then echo "kamailio children calibration (1 run each): ${CA
 echo
 echo "memory per binding ($USERS distinct users registered once):"
 for l in "${MEM_LINES[@]}"; do echo "  $l"; done
+if command -v cargo >/dev/null 2>&1; then
+    # Exact live heap per binding (counting allocator; RSS growth above includes memory glibc
+    # keeps after freeing transactions).
+    HEAP_LINE="$(cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" && \
+        timeout 300 cargo test --release --quiet --test memory_per_binding -- --nocapture 2>&1 | grep -m1 'memory per binding' || true)"
+    [[ -n "$HEAP_LINE" ]] && echo "  busylamp  exact: ${HEAP_LINE#memory per binding: }"
+fi
 echo
 echo "notes: sipp shares the $(nproc) cores with the server (see sipp CPU); UDP only;"
 echo "       kamailio: usrloc db_mode=0 (bindings in memory only), auth_db on $KAM_DB, calculate_ha1;"
