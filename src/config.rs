@@ -67,6 +67,9 @@ pub struct RegistrarConfig {
     pub max_expires: u32,
     pub default_expires: u32,
     pub max_contacts: usize,
+    /// Most addresses-of-record with bindings; further new AORs get 403. Bounds memory and
+    /// disk where registrations are not authenticated (open mode, trusted networks).
+    pub max_aors: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -135,6 +138,7 @@ impl Default for RegistrarConfig {
             max_expires: 3600,
             default_expires: 3600,
             max_contacts: 10,
+            max_aors: 100_000,
         }
     }
 }
@@ -399,6 +403,13 @@ impl Config {
                 "registrar.max_contacts",
                 format!("{} is out of range", r.max_contacts),
                 "use a number from 1 to 1000 (default 10)",
+            ));
+        }
+        if r.max_aors == 0 {
+            return Err(bad(
+                "registrar.max_aors",
+                "is 0".into(),
+                "use a positive number, e.g. 100000",
             ));
         }
         let a = &self.auth;

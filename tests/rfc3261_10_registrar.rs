@@ -265,6 +265,67 @@ async fn s10_3_step7_out_of_order_cseq_for_the_same_call_id_is_refused() {
 }
 
 #[tokio::test]
+async fn max_aors_bounds_unauthenticated_registration() {
+    let s = server(&TRUSTED.replace("max_contacts = 3", "max_contacts = 3\nmax_aors = 2")).await;
+    let c = Udp::new(s.udp).await;
+    for user in ["1001", "1002"] {
+        let r = c
+            .request(&register(
+                user,
+                c.port(),
+                user,
+                1,
+                "Contact: <sip:a@127.0.0.1:1>",
+            ))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let r = c
+        .request(&register(
+            "1003",
+            c.port(),
+            "1003",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.reason.contains("max_aors"), "{}", r.reason);
+    // Refreshing an existing AOR still works, and freeing one makes room.
+    let r = c
+        .request(&register(
+            "1001",
+            c.port(),
+            "1001",
+            2,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .request(&register(
+            "1002",
+            c.port(),
+            "1002",
+            2,
+            "Contact: *\n        Expires: 0",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .request(&register(
+            "1003",
+            c.port(),
+            "1003",
+            2,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    assert_eq!(s.handle.core.registrar.aor_count(), 2);
+}
+
+#[tokio::test]
 async fn max_contacts_per_aor_is_enforced_whole() {
     let s = server(TRUSTED).await;
     let c = Udp::new(s.udp).await;

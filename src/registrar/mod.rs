@@ -16,6 +16,7 @@ use bindings::{apply_register, sweep, Change, RegError, RegisterInput};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -60,6 +61,8 @@ pub struct Registrar {
     clock: Clock,
     expiry: Mutex<Deadlines<String>>,
     expiry_changed: Notify,
+    /// AORs with at least one binding (kept with the shard maps, read without locking them).
+    aors: AtomicUsize,
 }
 
 fn shard_of(aor: &str) -> usize {
@@ -95,6 +98,7 @@ impl Registrar {
             clock,
             expiry: Mutex::new(Deadlines::new()),
             expiry_changed: Notify::new(),
+            aors: AtomicUsize::new(0),
         })
     }
 
@@ -114,6 +118,7 @@ impl Registrar {
             if !list.is_empty() {
                 self.schedule(&aor, &list);
                 self.lock(&aor).insert(aor, list);
+                self.aors.fetch_add(1, Ordering::Relaxed);
             }
         }
         for w in rewrites {
@@ -174,10 +179,7 @@ impl Registrar {
     }
 
     pub fn aor_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        self.aors.load(Ordering::Relaxed)
     }
 
     fn serves(&self, host: &Host) -> bool {
@@ -327,8 +329,24 @@ impl Registrar {
             })?;
             let write = if applied.changed {
                 if applied.bindings.is_empty() {
-                    shard.remove(&aor);
+                    if shard.remove(&aor).is_some() {
+                        self.aors.fetch_sub(1, Ordering::Relaxed);
+                    }
                 } else {
+                    if !shard.contains_key(&aor) {
+                        // Bounded even where nobody authenticates (open mode, trusted networks):
+                        // each AOR costs memory and disk.
+                        if self.aors.load(Ordering::Relaxed) >= self.cfg.max_aors {
+                            return Err(fail(
+                                403,
+                                format!(
+                                    "Registrar full: {} AORs registered (max_aors)",
+                                    self.cfg.max_aors
+                                ),
+                            ));
+                        }
+                        self.aors.fetch_add(1, Ordering::Relaxed);
+                    }
                     shard.insert(aor.clone(), applied.bindings.clone());
                 }
                 Some(self.store.save_bindings(&aor, &applied.bindings))
@@ -406,8 +424,8 @@ impl Registrar {
                     };
                     let gone = sweep(list, now);
                     let remaining = list.clone();
-                    if remaining.is_empty() {
-                        shard.remove(&aor);
+                    if remaining.is_empty() && shard.remove(&aor).is_some() {
+                        self.aors.fetch_sub(1, Ordering::Relaxed);
                     }
                     let write =
                         (!gone.is_empty()).then(|| self.store.save_bindings(&aor, &remaining));
