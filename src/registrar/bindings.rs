@@ -308,6 +308,7 @@ mod tests {
             max_expires: 3600,
             default_expires: 1800,
             max_contacts: 3,
+            max_aors: 100,
         }
     }
 
