@@ -145,9 +145,11 @@ fn main() -> anyhow::Result<()> {
             let cfg = load_config(&config)?;
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.server.log));
+            // Colours only on a terminal: journald and log files get plain text.
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
