@@ -292,7 +292,7 @@ impl Core {
             Err(e) => {
                 let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
                 let target = reply_target(&resp, peer);
-                self.send_now(&target, Arc::from(self.finish(resp).to_bytes()));
+                self.send_now(&target, self.finish(resp).to_shared());
                 return;
             }
         };
@@ -319,7 +319,7 @@ impl Core {
             }
             ServerInput::Malformed(e) => {
                 let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
-                self.send_now(&reply_to, Arc::from(self.finish(resp).to_bytes()));
+                self.send_now(&reply_to, self.finish(resp).to_shared());
                 return;
             }
             ServerInput::Overloaded => {
@@ -329,7 +329,7 @@ impl Core {
                     Some(&self.ids.tag()),
                 );
                 resp.headers.push_raw("Retry-After", "5");
-                self.send_now(&reply_to, Arc::from(self.finish(resp).to_bytes()));
+                self.send_now(&reply_to, self.finish(resp).to_shared());
                 return;
             }
         };

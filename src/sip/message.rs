@@ -6,6 +6,7 @@ use super::text::split_commas;
 use super::uri::Uri;
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -331,10 +332,20 @@ impl Request {
         let mut out = Vec::with_capacity(
             self.method.len() + 160 + self.headers.printed_len() + self.body.len(),
         );
-        let _ = write!(StrBuf(&mut out), "{} {} SIP/2.0\r\n", self.method, self.uri);
-        self.headers.write_to(&mut out, self.body.len());
-        out.extend_from_slice(&self.body);
+        self.write_into(&mut out);
         out
+    }
+
+    fn write_into(&self, out: &mut Vec<u8>) {
+        let _ = write!(StrBuf(out), "{} {} SIP/2.0\r\n", self.method, self.uri);
+        self.headers.write_to(out, self.body.len());
+        out.extend_from_slice(&self.body);
+    }
+
+    /// The printed message as shared bytes (for caching and sending from several places),
+    /// printed through a reused per-thread buffer: one allocation, not two.
+    pub fn to_shared(&self) -> Arc<[u8]> {
+        with_scratch(|buf| self.write_into(buf))
     }
 
     pub fn max_forwards(&self) -> Result<Option<u8>, MessageError> {
@@ -523,20 +534,50 @@ impl Response {
         let mut out = Vec::with_capacity(
             16 + self.reason.len() + self.headers.printed_len() + self.body.len(),
         );
-        let _ = write!(
-            StrBuf(&mut out),
-            "SIP/2.0 {} {}\r\n",
-            self.status,
-            self.reason
-        );
-        self.headers.write_to(&mut out, self.body.len());
-        out.extend_from_slice(&self.body);
+        self.write_into(&mut out);
         out
+    }
+
+    fn write_into(&self, out: &mut Vec<u8>) {
+        let _ = write!(StrBuf(out), "SIP/2.0 {} {}\r\n", self.status, self.reason);
+        self.headers.write_to(out, self.body.len());
+        out.extend_from_slice(&self.body);
+    }
+
+    /// See [`Request::to_shared`].
+    pub fn to_shared(&self) -> Arc<[u8]> {
+        with_scratch(|buf| self.write_into(buf))
     }
 
     pub fn is_provisional(&self) -> bool {
         self.status < 200
     }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(8192));
+}
+
+/// Prints through the thread's scratch buffer into one shared allocation.
+fn with_scratch(print: impl FnOnce(&mut Vec<u8>)) -> Arc<[u8]> {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            print(&mut buf);
+            let shared = Arc::from(&buf[..]);
+            // Do not keep a huge buffer around after one large message.
+            if buf.capacity() > 256 * 1024 {
+                *buf = Vec::with_capacity(8192);
+            }
+            shared
+        }
+        // Re-entered (cannot happen today): fall back to a fresh buffer.
+        Err(_) => {
+            let mut buf = Vec::new();
+            print(&mut buf);
+            Arc::from(buf)
+        }
+    })
 }
 
 /// `fmt::Write` over a byte buffer, so start lines can use `write!`.

@@ -146,7 +146,7 @@ impl<A: Clone> ClientTransactions<A> {
             return Err(TxError::Overloaded);
         }
         let invite = req.method == "INVITE";
-        let bytes: Arc<[u8]> = req.to_bytes().into();
+        let bytes: Arc<[u8]> = req.to_shared();
         let (retransmit, timeout) = if invite {
             (Timer::A, Timer::B)
         } else {
@@ -223,7 +223,7 @@ impl<A: Clone> ClientTransactions<A> {
                         .request
                         .as_ref()
                         .and_then(|r| derived_request(r, "ACK", to_value))
-                        .map(|ack| ack.to_bytes().into());
+                        .map(|ack| ack.to_shared());
                     let actions = tx
                         .ack
                         .iter()

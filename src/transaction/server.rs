@@ -294,7 +294,7 @@ impl<A: Clone> ServerTransactions<A> {
             (false, ServerState::Trying | ServerState::Proceeding, _) => ServerState::Completed,
             _ => return Err(wrong()),
         };
-        let bytes: Arc<[u8]> = resp.to_bytes().into();
+        let bytes: Arc<[u8]> = resp.to_shared();
         let entering = tx.state != next;
         tx.state = next;
         tx.last = Some(bytes.clone());
