@@ -8,7 +8,7 @@ use crate::config::{AuthMode, Config};
 use crate::events::EventBus;
 use crate::registrar::{Identity, Pending, Registrar, Step};
 use crate::router::{self, Route};
-use crate::sip::message::Parsed;
+use crate::sip::message::{has_tag_param, Parsed};
 use crate::sip::parse::{parse_message, Limits, ParseError, ParseFailure};
 use crate::sip::{HasHeaders, HeaderName, Headers, Message, Request, Response, Via};
 use crate::storage::{durable, BindingStore, StorageError, UserFile};
@@ -231,10 +231,24 @@ impl Core {
             tracing::debug!(%peer, error = %failure.error, "dropping unparseable request without the headers to answer it");
             return None;
         }
+        // RFC 3261 §17: an ACK is never answered, however broken.
+        let cseq_method = headers
+            .get(HeaderName::CSeq)
+            .and_then(|v| v.split_ascii_whitespace().nth(1));
+        if cseq_method == Some("ACK") {
+            tracing::debug!(%peer, error = %failure.error, "dropping unparseable ACK");
+            return None;
+        }
         let mut out = Headers::new();
         for h in &headers.0 {
             if needed.contains(&h.kind) {
-                out.0.push(h.clone());
+                let mut h = h.clone();
+                // §8.2.6.2: every final response carries a To tag.
+                if h.kind == HeaderName::To && !has_tag_param(&h.value) {
+                    h.value.push_str(";tag=");
+                    h.value.push_str(&self.ids.tag());
+                }
+                out.0.push(h);
             }
         }
         let resp = Response {
@@ -245,6 +259,17 @@ impl Core {
         };
         let target = reply_target(&resp, peer);
         Some((target, self.finish(resp).to_bytes()))
+    }
+
+    /// Sends an answer that no transaction holds (errors found before or instead of one).
+    /// RFC 3261 §17: an ACK is never answered, so an ACK's answer is dropped here, once for all
+    /// error paths.
+    fn answer_outside_transaction(self: &Arc<Self>, method: &str, target: &Peer, resp: Response) {
+        if method == "ACK" {
+            tracing::debug!(peer = %target, status = resp.status, reason = %resp.reason, "not answering an ACK");
+            return;
+        }
+        self.send_now(target, self.finish(resp).to_shared());
     }
 
     fn finish(&self, mut resp: Response) -> Response {
@@ -292,7 +317,7 @@ impl Core {
             Err(e) => {
                 let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
                 let target = reply_target(&resp, peer);
-                self.send_now(&target, self.finish(resp).to_shared());
+                self.answer_outside_transaction(&req.method, &target, resp);
                 return;
             }
         };
@@ -319,7 +344,7 @@ impl Core {
             }
             ServerInput::Malformed(e) => {
                 let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
-                self.send_now(&reply_to, self.finish(resp).to_shared());
+                self.answer_outside_transaction(&req.method, &reply_to, resp);
                 return;
             }
             ServerInput::Overloaded => {
@@ -329,7 +354,7 @@ impl Core {
                     Some(&self.ids.tag()),
                 );
                 resp.headers.push_raw("Retry-After", "5");
-                self.send_now(&reply_to, self.finish(resp).to_shared());
+                self.answer_outside_transaction(&req.method, &reply_to, resp);
                 return;
             }
         };

@@ -216,3 +216,41 @@ async fn an_unframeable_tcp_stream_is_answered_then_closed_and_others_are_unaffe
         .unwrap()
         .starts_with("busylamp"));
 }
+
+#[tokio::test]
+async fn rfc3261_17_a_malformed_ack_is_never_answered() {
+    let s = server(TRUSTED).await;
+    let c = Udp::new(s.udp).await;
+    let p = c.port();
+    // Fails validation (no Call-ID).
+    let no_call_id = format!(
+        "ACK sip:1001@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>;tag=2\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        branch()
+    );
+    c.send(no_call_id.as_bytes()).await;
+    // Fails parsing (two spaces in the request line), but its headers could address an answer.
+    let bad_line = format!(
+        "ACK  sip:1001@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>;tag=2\r\nCall-ID: x\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        branch()
+    );
+    c.send(bad_line.as_bytes()).await;
+    assert!(c.recv_nothing(300).await, "an ACK must never be answered");
+}
+
+#[tokio::test]
+async fn rfc3261_8_2_6_2_answers_to_unparseable_requests_carry_a_to_tag() {
+    let s = server(TRUSTED).await;
+    let c = Udp::new(s.udp).await;
+    let m = format!(
+        "OPTIONS  sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        c.port(),
+        branch()
+    );
+    let r = c.request(m.as_bytes()).await;
+    assert_eq!(r.status, 400, "{}", r.reason);
+    assert!(
+        r.headers.get(HeaderName::To).unwrap().contains(";tag="),
+        "{:?}",
+        r.headers.get(HeaderName::To)
+    );
+}

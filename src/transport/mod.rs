@@ -89,6 +89,14 @@ pub struct Transport {
     max_conns: usize,
 }
 
+fn bind_err(proto: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) -> TransportError {
+    move |source| TransportError::Bind {
+        proto,
+        addr,
+        source,
+    }
+}
+
 /// UDP socket buffer size asked of the kernel. A registration storm arrives in bursts; with the
 /// default (~200 KiB) the kernel drops datagrams long before the CPU is busy, and every drop
 /// costs a client retransmission.
@@ -148,31 +156,17 @@ impl Transport {
         for a in addrs {
             match a.proto {
                 ListenProto::Udp => {
-                    let s =
-                        UdpSocket::bind(a.addr)
-                            .await
-                            .map_err(|source| TransportError::Bind {
-                                proto: "udp",
-                                addr: a.addr,
-                                source,
-                            })?;
+                    let s = UdpSocket::bind(a.addr)
+                        .await
+                        .map_err(bind_err("udp", a.addr))?;
                     set_udp_buffers(&s, UDP_BUFFER_BYTES);
-                    let local = s.local_addr().map_err(|source| TransportError::Bind {
-                        proto: "udp",
-                        addr: a.addr,
-                        source,
-                    })?;
+                    let local = s.local_addr().map_err(bind_err("udp", a.addr))?;
                     udp.push((local, Arc::new(s)));
                 }
                 ListenProto::Tcp => {
-                    let l =
-                        TcpListener::bind(a.addr)
-                            .await
-                            .map_err(|source| TransportError::Bind {
-                                proto: "tcp",
-                                addr: a.addr,
-                                source,
-                            })?;
+                    let l = TcpListener::bind(a.addr)
+                        .await
+                        .map_err(bind_err("tcp", a.addr))?;
                     if let Ok(addr) = l.local_addr() {
                         tcp_local.push(addr);
                     }
