@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod deadline;
 pub mod events;
+pub mod presence;
 pub mod registrar;
 pub mod router;
 pub mod server;

@@ -1,5 +1,6 @@
 //! The SIP codec: pure parsing and printing, no sockets, no clock.
 
+pub mod body;
 pub mod digest;
 pub mod header;
 pub mod message;
