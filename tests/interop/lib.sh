@@ -38,7 +38,8 @@ bl_apt_install() {
         || bl_die "apt-get install $* failed"
 }
 
-# bl_need_tools [kamailio] [sqlite]: install only what is absent.
+# bl_need_tools [kamailio] [sqlite] [presence] [tcpdump] [python3]: install
+# only what is absent (presence: kamailio-presence-modules).
 bl_need_tools() {
     local want missing=()
     command -v sipp >/dev/null || missing+=(sip-tester)
@@ -50,6 +51,11 @@ bl_need_tools() {
             dpkg -s kamailio-sqlite-modules >/dev/null 2>&1 || missing+=(kamailio-sqlite-modules)
             command -v sqlite3 >/dev/null || missing+=(sqlite3)
             ;;
+        presence)
+            dpkg -s kamailio-presence-modules >/dev/null 2>&1 || missing+=(kamailio-presence-modules)
+            ;;
+        tcpdump) command -v tcpdump >/dev/null || missing+=(tcpdump) ;;
+        python3) command -v python3 >/dev/null || missing+=(python3) ;;
         esac
     done
     bl_apt_install "${missing[@]}"
@@ -97,9 +103,11 @@ bl_gen_csv() {
     }' > "$1"
 }
 
-# bl_gen_busylamp_config FILE PORT DATA_DIR N [ALGORITHMS_TOML]
+# bl_gen_busylamp_config FILE PORT DATA_DIR N [ALGORITHMS_TOML] [AUTH_MODE]
+# AUTH_MODE: digest (default) or open (nobody is challenged; N may be 0).
+# Callers append further sections (e.g. [presence]) to FILE themselves.
 bl_gen_busylamp_config() {
-    local file="$1" port="$2" data="$3" n="$4" algs="${5:-[\"MD5\"]}" w
+    local file="$1" port="$2" data="$3" n="$4" algs="${5:-[\"MD5\"]}" mode="${6:-digest}" w
     w=$(bl_user_width "$n")
     {
         cat <<EOF
@@ -116,7 +124,7 @@ default_expires = 3600
 max_contacts = 10
 
 [auth]
-mode = "digest"
+mode = "$mode"
 # Debian 12's sipp 3.6.1 cannot answer SHA-256 (see register_digest.xml)
 algorithms = $algs
 trusted = []
@@ -173,6 +181,16 @@ EOF
         }'
         echo "COMMIT;"
     } | sqlite3 "$file"
+}
+
+# bl_gen_kam_presence_sqlite FILE N: bl_gen_kam_sqlite plus kamailio's
+# presence tables (presentity, active_watchers, watchers, xcap, pua), for
+# tests/bench/kamailio-presence.cfg.
+bl_gen_kam_presence_sqlite() {
+    local schema=/usr/share/kamailio/db_sqlite/presence-create.sql
+    [[ -r "$schema" ]] || bl_die "$schema missing (Debian package kamailio-sqlite-modules)"
+    bl_gen_kam_sqlite "$1" "$2"
+    sqlite3 "$1" < "$schema"
 }
 
 # ----------------------------------------------------------------- servers
@@ -317,32 +335,52 @@ bl_pss_kb() {
     echo "$t"
 }
 
-# bl_sipp_register TAG PORT TRANSPORT CSV CALLS LOGDIR TIMEOUT_S [sipp args...]
-# One bounded sipp run of register_digest.xml against 127.0.0.1:PORT.
-# Sets BL_SIPP_RC, BL_SIPP_OK, BL_SIPP_FAILED, BL_SIPP_RETRANS,
-# BL_SIPP_ELAPSED (seconds, wall clock) and BL_SIPP_LOG.
-# Extra args give the rate/concurrency, e.g. -r 500 -l 200.
-bl_sipp_register() {
-    local tag="$1" port="$2" transport="$3" csv="$4" calls="$5" logdir="$6" tmo="$7"
-    shift 7
-    local t0 t1
+# bl_sipp_run TAG PORT TRANSPORT SCENARIO CSV CALLS LOGDIR TIMEOUT_S [sipp args...]
+# One bounded sipp run (UAC) of SCENARIO against 127.0.0.1:PORT, in the
+# foreground.  CSV may be "" (no -inf).  Sets BL_SIPP_RC, BL_SIPP_OK,
+# BL_SIPP_FAILED, BL_SIPP_RETRANS (requests sipp retransmitted),
+# BL_SIPP_UNEXPECTED, BL_SIPP_ELAPSED (seconds, wall clock) and BL_SIPP_LOG.
+# Extra args give the rate/concurrency (-r 500 -l 200, -users 200) and
+# scenario options such as -default_behaviors.
+bl_sipp_run() {
+    local tag="$1" port="$2" transport="$3" scenario="$4" csv="$5" calls="$6" logdir="$7" tmo="$8"
+    shift 8
+    local t0 t1 inf=()
+    [[ -z "$csv" ]] || inf=(-inf "$csv")
     BL_SIPP_LOG="$logdir/sipp-$tag.log"
     mkdir -p "$logdir"
     t0=$(date +%s%N)
     BL_SIPP_RC=0
     # run in logdir: sipp drops its own stat/err files into the cwd
     (cd "$logdir" && exec timeout $((tmo + 30)) sipp "$BL_HOST:$port" \
-        -sf "$BL_SCENARIO" -inf "$csv" -i "$BL_HOST" -bind_local -t "$transport" \
-        -m "$calls" -auth_uri "$BL_DOMAIN" -default_behaviors all,-bye \
-        -max_socket 4096 -timeout "${tmo}s" -timeout_error -nostdin \
+        -sf "$scenario" "${inf[@]}" -i "$BL_HOST" -bind_local -t "$transport" \
+        -m "$calls" -max_socket 4096 -timeout "${tmo}s" -timeout_error -nostdin \
         -trace_err -error_file "$logdir/sipp-$tag-errors.log" \
         "$@") >"$BL_SIPP_LOG" 2>&1 || BL_SIPP_RC=$?
     t1=$(date +%s%N)
     BL_SIPP_ELAPSED=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
-    BL_SIPP_OK=$(awk -F'|' '/Successful call/ { v = $3 } END { gsub(/ /, "", v); print (v == "" ? 0 : v) }' "$BL_SIPP_LOG")
-    BL_SIPP_FAILED=$(awk -F'|' '/Failed call/ { v = $3 } END { gsub(/ /, "", v); print (v == "" ? -1 : v) }' "$BL_SIPP_LOG")
-    # the last screen's two "REGISTER ---->" rows: field 4 is Retrans
-    BL_SIPP_RETRANS=$(grep -E '^ +REGISTER -+>' "$BL_SIPP_LOG" | tail -2 | awk '{ s += $4 } END { print s + 0 }')
+    bl_sipp_parse "$BL_SIPP_LOG"
+}
+
+# bl_sipp_parse LOG: BL_SIPP_OK, BL_SIPP_FAILED (-1 if absent),
+# BL_SIPP_RETRANS and BL_SIPP_UNEXPECTED from the final screens of a sipp log.
+bl_sipp_parse() {
+    BL_SIPP_OK=$(awk -F'|' '/Successful call/ { v = $3 } END { gsub(/ /, "", v); print (v == "" ? 0 : v) }' "$1")
+    BL_SIPP_FAILED=$(awk -F'|' '/Failed call/ { v = $3 } END { gsub(/ /, "", v); print (v == "" ? -1 : v) }' "$1")
+    # the last scenario screen: rows "METHOD ---->" (requests sent): field 4
+    # is Retrans; rows "... <----" : the last field is Unexpected-Msg
+    BL_SIPP_RETRANS=$(awk '/Scenario Screen/ { s = 0 } /^ +[A-Z]+ -+>/ { s += $4 } END { print s + 0 }' "$1")
+    BL_SIPP_UNEXPECTED=$(awk '/Scenario Screen/ { u = 0 } /^ +[A-Z0-9]+ <-+ / { u += $NF } END { print u + 0 }' "$1")
+}
+
+# bl_sipp_register TAG PORT TRANSPORT CSV CALLS LOGDIR TIMEOUT_S [sipp args...]
+# One bounded sipp run of register_digest.xml against 127.0.0.1:PORT (see
+# bl_sipp_run for the variables it sets).
+bl_sipp_register() {
+    local tag="$1" port="$2" transport="$3" csv="$4" calls="$5" logdir="$6" tmo="$7"
+    shift 7
+    bl_sipp_run "$tag" "$port" "$transport" "$BL_SCENARIO" "$csv" "$calls" "$logdir" "$tmo" \
+        -auth_uri "$BL_DOMAIN" -default_behaviors all,-bye "$@"
 }
 
 # bl_sipp_clean CALLS: was the last bl_sipp_register run fully successful?
@@ -351,7 +389,7 @@ bl_sipp_clean() {
 }
 
 bl_sipp_explain() {
-    printf '  sipp exit %s, %s successful, %s failed, %s REGISTER retransmissions, %ss (log: %s)\n' \
+    printf '  sipp exit %s, %s successful, %s failed, %s retransmissions, %ss (log: %s)\n' \
         "$BL_SIPP_RC" "$BL_SIPP_OK" "$BL_SIPP_FAILED" "$BL_SIPP_RETRANS" "$BL_SIPP_ELAPSED" "$BL_SIPP_LOG"
     grep -m3 -E 'createAuthHeader|Aborting|Dead call|Unexpected|ERROR|[Ff]atal' "$BL_SIPP_LOG" 2>/dev/null | sed 's/^/    /' | cut -c1-200 || true
 }
