@@ -10,8 +10,10 @@ presence.sh gives each round its own -base_cseq, so N is unique in a file).
 Pairing, per PUBLISH N (its first transmission on the wire, t_pub):
   for every watcher dialog (Call-ID of the NOTIFYs), the first NOTIFY whose
   body carries a marker M >= N, i.e. the first NOTIFY that shows N's change
-  (M > N: the server coalesced N into a later state, which RFC 6665 rate
-  control allows; counted as "coalesced").  Latency of N = time of the LAST
+  A watcher that never gets N's own NOTIFY but a later one counts as
+  "coalesced" for N (RFC 6665 rate control allows that); a NOTIFY that
+  arrives after one with a later marker counts as "out_of_order" (the
+  watcher is shown an older state after a newer one).  Latency of N = time of the LAST
   of those NOTIFYs (over all watchers) - t_pub.  A watcher that never shows
   N's change counts as "missing" for N.
   Times are capture timestamps of the first transmission (retransmissions
@@ -30,7 +32,9 @@ Output: one line per round (publisher Call-ID), space-separated key=value:
   ROUND round=K publishes=P watchers=W expected=W*P delivered=D missing=M
         coalesced=C retrans=R p50_ms=.. p99_ms=.. max_ms=.. notify_per_s=..
         method=marker|basic
-and a final TOTAL line with the NOTIFY retransmission count.
+and a final TOTAL line with the NOTIFY retransmission count and
+cseq_regressions: NOTIFYs (first transmissions) that reached a watcher after
+one with a higher CSeq in the same dialog.
 Usage: presence_fanout.py CAPTURE.pcap SERVER_PORT
 """
 
@@ -125,6 +129,7 @@ def main():
     notifies = {}  # (callid, cseq) -> (t, marker or None, state)
     retrans = 0
     pub_seen = set()
+    cseqs = {}  # callid -> [(t, cseq number)] of first transmissions
     for ts, sport, dport, payload in packets(path):
         if dport != port and sport != port:
             continue
@@ -155,6 +160,9 @@ def main():
             m = MARK.search(body)
             st = BASIC.search(body)
             notifies[key] = (ts, int(m.group(1)) if m else None, st.group(1).lower() if st else None)
+            cs = key[1].split()
+            if cs and cs[0].isdigit():
+                cseqs.setdefault(key[0], []).append((ts, int(cs[0])))
 
     # per watcher dialog: NOTIFYs in time order
     watchers = {}
@@ -174,7 +182,7 @@ def main():
         # watchers that took part: those with a NOTIFY after this round began
         active = [cid for cid, lst in watchers.items() if any(t >= t_first for (t, _, _) in lst)]
         lat = []
-        missing = coalesced = delivered = 0
+        missing = coalesced = delivered = out_of_order = 0
         t_last = t_first
         nset = set(ns)
         # hits[n][cid] = (time, marker) of the first NOTIFY to cid showing n
@@ -185,16 +193,23 @@ def main():
                 # one pass in time order: the NOTIFY at which the highest
                 # marker seen so far first reaches n is the first showing n
                 runmax = lo - 1
+                got = set()
                 for (t, mk, _st) in lst:
                     if mk is None or not lo <= mk <= hi:
                         continue
                     delivered += 1
+                    got.add(mk)
                     t_last = max(t_last, t)
+                    if mk < runmax:
+                        out_of_order += 1
                     if mk > runmax:
                         for n in range(runmax + 1, mk + 1):
                             if n in nset:
                                 hits[n][cid] = (t, mk)
                         runmax = mk
+                for n in ns:
+                    if n not in got and cid in hits[n]:
+                        coalesced += 1
             else:
                 times = [t for (t, _, _) in lst]
                 for n in ns:
@@ -209,7 +224,6 @@ def main():
             t_pub = publishes[n][0]
             h = hits[n]
             missing += len(active) - len(h)
-            coalesced += sum(1 for (_, mk) in h.values() if mk > n)
             if h:
                 lat.append((max(t for (t, _) in h.values()) - t_pub) * 1000.0)
         lat.sort()
@@ -219,10 +233,20 @@ def main():
         print(
             f"ROUND round={rnd} publishes={len(ns)} watchers={len(active)} "
             f"expected={len(active) * len(ns)} delivered={delivered} missing={missing} "
-            f"coalesced={coalesced} p50_ms={fmt(pct(lat, 50))} p99_ms={fmt(pct(lat, 99))} "
+            f"coalesced={coalesced} out_of_order={out_of_order} p50_ms={fmt(pct(lat, 50))} p99_ms={fmt(pct(lat, 99))} "
             f"max_ms={fmt(lat[-1] if lat else None)} notify_per_s={nps:.0f} method={method}"
         )
-    print(f"TOTAL notifies={len(notifies)} retrans={retrans} publishes={len(publishes)} rounds={len(pub_rounds)} method={method}")
+    # NOTIFY CSeq must grow in the order the watcher receives them (RFC 3261
+    # §12.2.2: a lower CSeq in a dialog is rejected; phones drop BLF on it)
+    regress = 0
+    for lst in cseqs.values():
+        lst.sort()
+        hi_cseq = -1
+        for (_t, c) in lst:
+            if c < hi_cseq:
+                regress += 1
+            hi_cseq = max(hi_cseq, c)
+    print(f"TOTAL notifies={len(notifies)} retrans={retrans} cseq_regressions={regress} publishes={len(publishes)} rounds={len(pub_rounds)} method={method}")
 
 
 if __name__ == "__main__":

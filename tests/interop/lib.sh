@@ -136,6 +136,17 @@ EOF
     } > "$file"
 }
 
+# bl_presence_toml: busylamp's [presence] section, appended by
+# tests/bench/presence.sh and tests/interop/presence.sh to the config
+# bl_gen_busylamp_config writes.  The ONLY place these scripts name
+# [presence] keys: adjust here when the schema changes.
+bl_presence_toml() {
+    cat <<'EOF'
+
+[presence]
+EOF
+}
+
 # bl_gen_kam_dbtext DIR N: db_text "subscriber" + "version" tables.
 bl_gen_kam_dbtext() {
     local dir="$1" n="$2" w

@@ -19,6 +19,9 @@
 #                               per user/call, t1 = one shared connection
 #   INTEROP_TIMEOUT    120      seconds, sipp -timeout for each run
 #
+# Then tests/interop/presence.sh (PUBLISH/SUBSCRIBE/NOTIFY with digest, its own
+# server) runs with the same options and counts as one more check.
+#
 # Pass: for each transport sipp reports INTEROP_USERS successful and 0 failed
 # calls (and exits 0).  Last line: "interop: N passed, M failed" (N, M =
 # sipp runs).  Exit 0 only if all passed.
@@ -144,5 +147,7 @@ for run in "udp u1" "tcp $TCP_MODE"; do
         break
     fi
 done
+
+if bash "$HERE/presence.sh" "$@" >&2; then PASSED=$((PASSED + 1)); RESULTS+=("PASS presence: PUBLISH/SUBSCRIBE/NOTIFY with digest (tests/interop/presence.sh)"); else FAILED=$((FAILED + 1)); RESULTS+=("FAIL presence: tests/interop/presence.sh (its output is above)"); fi
 
 finish
