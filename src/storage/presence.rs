@@ -110,8 +110,9 @@ pub fn subscription_key(call_id: &str, local_tag: &str, remote_tag: &str) -> Vec
     k
 }
 
-const PUBLICATION_V1: u8 = 1;
-const SUBSCRIPTION_V1: u8 = 1;
+// Distinct version bytes per record kind: a record read from the wrong tree fails to decode.
+const PUBLICATION_V1: u8 = 0x11;
+const SUBSCRIPTION_V1: u8 = 0x21;
 
 pub fn encode_publication(p: &PublicationRecord) -> Vec<u8> {
     let mut e = Enc::new(PUBLICATION_V1);
@@ -131,7 +132,7 @@ pub fn decode_publication(buf: &[u8]) -> Result<PublicationRecord, DecodeError> 
     if d.version != PUBLICATION_V1 {
         return Err(DecodeError("unknown publication record version"));
     }
-    Ok(PublicationRecord {
+    let p = PublicationRecord {
         presentity: d.str()?,
         event: d.str()?,
         etag: d.str()?,
@@ -140,7 +141,11 @@ pub fn decode_publication(buf: &[u8]) -> Result<PublicationRecord, DecodeError> 
         body: d.bytes()?,
         expires_at: d.u64()?,
         seq: d.u64()?,
-    })
+    };
+    if !d.is_empty() {
+        return Err(DecodeError("trailing bytes after publication"));
+    }
+    Ok(p)
 }
 
 pub fn encode_subscription(s: &SubscriptionRecord) -> Vec<u8> {
@@ -179,7 +184,7 @@ pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError
     if d.version != SUBSCRIPTION_V1 {
         return Err(DecodeError("unknown subscription record version"));
     }
-    Ok(SubscriptionRecord {
+    let s = SubscriptionRecord {
         presentity: d.str()?,
         event: d.str()?,
         event_id: d.opt_str()?,
@@ -209,7 +214,11 @@ pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError
         user_agent: d.opt_str()?,
         contact: d.str()?,
         created_at: d.u64()?,
-    })
+    };
+    if !d.is_empty() {
+        return Err(DecodeError("trailing bytes after subscription"));
+    }
+    Ok(s)
 }
 
 /// One change to presence state; a list of them is written as one unit.
