@@ -6,6 +6,7 @@ use crate::auth::{AuthResult, Authenticator};
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config};
 use crate::events::EventBus;
+use crate::ids::Ids;
 use crate::registrar::{Identity, Pending, Registrar, Step};
 use crate::router::{self, Route};
 use crate::sip::message::{has_tag_param, Parsed};
@@ -15,7 +16,6 @@ use crate::storage::{durable, BindingStore, StorageError, UserFile};
 use crate::transaction::{Action, ServerInput, ServerTransactions, Timers, TxKey};
 use crate::transport::{Inbound, Peer, Proto, Transport, TransportError};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -37,34 +37,6 @@ enum Answer {
     Nothing,
     /// A REGISTER whose change must be on disk first.
     AfterWrite(Pending),
-}
-
-/// Unique tags and ids: a random salt from the OS and a counter.
-struct Ids {
-    salt: u64,
-    counter: AtomicU64,
-}
-
-impl Ids {
-    fn new() -> Ids {
-        let mut b = [0u8; 8];
-        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-            use std::io::Read;
-            let _ = f.read_exact(&mut b);
-        }
-        Ids {
-            salt: u64::from_le_bytes(b) | 1,
-            counter: AtomicU64::new(1),
-        }
-    }
-
-    fn tag(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "bl{:x}",
-            (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.salt
-        )
-    }
 }
 
 pub struct Core {
