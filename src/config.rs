@@ -31,6 +31,7 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     pub auth: AuthConfig,
     pub storage: StorageConfig,
+    pub presence: PresenceConfig,
     pub users: Vec<UserConfig>,
 }
 
@@ -100,6 +101,117 @@ pub struct StorageConfig {
     /// at once; under load every write that arrives within this interval shares one flush
     /// (group commit), which bounds the fsync rate. 0 flushes back to back.
     pub flush_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Our Contact in subscription dialogs, e.g. "sip:192.0.2.10:5060". Empty: the address
+    /// the watcher's SUBSCRIBE reached (the socket address, or the Request-URI host when the
+    /// socket is bound to a wildcard address).
+    pub server_address: String,
+    /// Shortest subscription or publication accepted; shorter gets 423 with Min-Expires.
+    pub min_expires: u32,
+    /// Longer requested durations are cut to this.
+    pub max_expires: u32,
+    /// Duration of a SUBSCRIBE or PUBLISH without Expires (RFC 3856 §6.4, RFC 3903 §4).
+    pub default_expires: u32,
+    /// Seconds subtracted from the Expires of a PUBLISH's 200, so publishers refresh before
+    /// their publication runs out (Kamailio's `expires_offset`).
+    pub expires_offset: u32,
+    /// Changes to one presentity within this many milliseconds after a NOTIFY fan-out are
+    /// sent together as one NOTIFY per watcher; the first change goes out at once.
+    pub coalesce_ms: u64,
+    /// Most subscriptions held in total; more get 503.
+    pub max_subscriptions: usize,
+    /// Most watchers of one presentity and package.
+    pub max_watchers_per_presentity: usize,
+    /// Most publications held in total, and per presentity and package.
+    pub max_publications: usize,
+    pub max_publications_per_presentity: usize,
+    /// Authorization of watchers in our own domain(s): "allow", "confirm" or "block".
+    pub same_domain: Policy,
+    /// Authorization of watchers from other domains.
+    pub other_domains: Policy,
+    /// Per-presentity authorization rules, first match wins.
+    pub rules: Vec<PresenceRule>,
+    /// Vendor profiles chosen by the watcher's User-Agent; the first match wins, and the
+    /// profile named "default" (or built-in defaults) applies otherwise.
+    pub profiles: Vec<VendorProfile>,
+}
+
+/// What to do with a watcher (RFC 5025 sub-handling, simplified).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Active at once.
+    Allow,
+    /// Pending until the presentity (or the admin) decides; its winfo watchers are told.
+    Confirm,
+    /// Refused with 403.
+    Block,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceRule {
+    /// AOR whose watchers the rule governs ("sip:1001@example.com"), or "*".
+    pub presentity: String,
+    /// Watcher AOR, "*@domain" for a whole domain, or "*".
+    pub watcher: String,
+    pub action: Policy,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VendorProfile {
+    pub name: String,
+    /// Substring of the watcher's User-Agent that selects this profile ("" matches none,
+    /// except for the profile named "default").
+    pub user_agent: String,
+    /// Idle BLF document: "empty" or "dummy-terminated".
+    pub dialog_idle: crate::presence::package::DialogIdle,
+    /// Send only the most relevant dialog (early > confirmed > trying > terminated).
+    pub dialog_single: bool,
+    /// A NOTIFY that times out or gets 408/5xx keeps the subscription and is retried with
+    /// backoff (true), or ends it (false, RFC 6665 §4.2.2's default).
+    pub keep_on_timeout: bool,
+    /// First retry delay after a failed NOTIFY, in milliseconds; doubles up to 60 s.
+    pub retry_ms: u64,
+}
+
+impl Default for VendorProfile {
+    fn default() -> Self {
+        VendorProfile {
+            name: "default".into(),
+            user_agent: String::new(),
+            dialog_idle: Default::default(),
+            dialog_single: false,
+            keep_on_timeout: true,
+            retry_ms: 2000,
+        }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            server_address: String::new(),
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            expires_offset: 0,
+            coalesce_ms: 10,
+            max_subscriptions: 200_000,
+            max_watchers_per_presentity: 10_000,
+            max_publications: 200_000,
+            max_publications_per_presentity: 64,
+            same_domain: Policy::Allow,
+            other_domains: Policy::Confirm,
+            rules: Vec::new(),
+            profiles: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -455,6 +567,7 @@ impl Config {
                 "use 0 to 100 milliseconds (default 10)",
             ));
         }
+        self.validate_presence(&bad)?;
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -499,6 +612,121 @@ impl Config {
         }
         if a.mode == AuthMode::Digest && self.users.is_empty() && a.trusted.is_empty() {
             // Not an error: users may live in the user store (`busylamp users add`).
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_presence(
+        &self,
+        bad: &dyn Fn(&str, String, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let p = &self.presence;
+        if !p.server_address.is_empty() {
+            let ok = matches!(
+                crate::sip::Uri::parse(&p.server_address),
+                Ok(crate::sip::Uri::Sip(_))
+            );
+            if !ok {
+                return Err(bad(
+                    "presence.server_address",
+                    format!("{:?} is not a SIP URI", p.server_address),
+                    "write the address phones reach us at, e.g. \"sip:192.0.2.10:5060\", or leave it empty",
+                ));
+            }
+        }
+        if p.min_expires == 0 {
+            return Err(bad(
+                "presence.min_expires",
+                "is 0".into(),
+                "use a number of seconds, e.g. 60",
+            ));
+        }
+        if p.max_expires < p.min_expires {
+            return Err(bad(
+                "presence.max_expires",
+                format!("{} is below min_expires ({})", p.max_expires, p.min_expires),
+                "make max_expires at least min_expires",
+            ));
+        }
+        if p.default_expires < p.min_expires || p.default_expires > p.max_expires {
+            return Err(bad(
+                "presence.default_expires",
+                format!(
+                    "{} is outside min_expires..max_expires ({}..{})",
+                    p.default_expires, p.min_expires, p.max_expires
+                ),
+                "pick a value between min_expires and max_expires",
+            ));
+        }
+        if p.expires_offset >= p.min_expires {
+            return Err(bad(
+                "presence.expires_offset",
+                format!(
+                    "{} is not below min_expires ({})",
+                    p.expires_offset, p.min_expires
+                ),
+                "use a few seconds, e.g. 10, or 0",
+            ));
+        }
+        if p.coalesce_ms > 1000 {
+            return Err(bad(
+                "presence.coalesce_ms",
+                format!("{} would delay lamps visibly", p.coalesce_ms),
+                "use 0 to 1000 milliseconds (default 10)",
+            ));
+        }
+        for (key, v) in [
+            ("presence.max_subscriptions", p.max_subscriptions),
+            ("presence.max_watchers_per_presentity", p.max_watchers_per_presentity),
+            ("presence.max_publications", p.max_publications),
+            (
+                "presence.max_publications_per_presentity",
+                p.max_publications_per_presentity,
+            ),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "is 0".into(), "use a positive number"));
+            }
+        }
+        for (i, r) in p.rules.iter().enumerate() {
+            let valid = |s: &str| {
+                s == "*"
+                    || s.starts_with("*@") && s.len() > 2
+                    || matches!(crate::sip::Uri::parse(s), Ok(crate::sip::Uri::Sip(_)))
+            };
+            if !valid(&r.presentity) {
+                return Err(bad(
+                    &format!("presence.rules[{i}].presentity"),
+                    format!("{:?} is not a SIP URI or \"*\"", r.presentity),
+                    "write \"sip:1001@example.com\" or \"*\"",
+                ));
+            }
+            if !valid(&r.watcher) {
+                return Err(bad(
+                    &format!("presence.rules[{i}].watcher"),
+                    format!("{:?} is not a SIP URI, \"*@domain\" or \"*\"", r.watcher),
+                    "write \"sip:1002@example.com\", \"*@example.com\" or \"*\"",
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, v) in p.profiles.iter().enumerate() {
+            if v.name.is_empty() || !names.insert(v.name.clone()) {
+                return Err(bad(
+                    &format!("presence.profiles[{i}].name"),
+                    format!("{:?} is empty or used twice", v.name),
+                    "give every profile its own name, e.g. \"yealink\"",
+                ));
+            }
+            if v.retry_ms < 100 || v.retry_ms > 60_000 {
+                return Err(bad(
+                    &format!("presence.profiles[{i}].retry_ms"),
+                    format!("{} is out of range", v.retry_ms),
+                    "use 100 to 60000 milliseconds (default 2000)",
+                ));
+            }
         }
         Ok(())
     }

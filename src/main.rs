@@ -167,8 +167,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Duration::from_millis(cfg.storage.flush_interval_ms),
     )?;
     let users = UserFile::new(&cfg.server.data_dir);
+    let store = Arc::new(store);
     let stores = busylamp::server::Stores {
-        bindings: Arc::new(store),
+        bindings: store.clone(),
+        presence: store,
         users: Some(users),
         nonce_key: None,
     };

@@ -5,15 +5,13 @@ use crate::sip::message::default_reason;
 use crate::sip::{HeaderName, Request, Uri};
 
 /// Methods this server answers itself; listed in Allow.
-pub const ALLOW: &str = "REGISTER, OPTIONS, ACK, CANCEL";
+pub const ALLOW: &str = "REGISTER, OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH";
 
 /// Methods of RFC 3261 and its extensions that we know but do not serve (yet): 405, not 501.
 const KNOWN: &[&str] = &[
     "INVITE",
     "BYE",
-    "SUBSCRIBE",
     "NOTIFY",
-    "PUBLISH",
     "MESSAGE",
     "INFO",
     "REFER",
@@ -31,6 +29,10 @@ pub enum Route {
     /// ACK that matched no transaction (an ACK for a 2xx we never sent): absorbed silently.
     Ack,
     Cancel,
+    /// RFC 6665 SUBSCRIBE: the presence server.
+    Subscribe,
+    /// RFC 3903 PUBLISH: the presence server.
+    Publish,
     /// Answer at once with this status, reason and extra headers.
     Reply(u16, String, Vec<(HeaderName, String)>),
 }
@@ -67,6 +69,10 @@ pub fn route(req: &Request) -> Route {
     }
     match req.method.as_str() {
         "OPTIONS" => Route::Options,
+        "SUBSCRIBE" => Route::Subscribe,
+        "PUBLISH" => Route::Publish,
+        // We subscribe to nobody yet: a NOTIFY matches no subscription (RFC 6665 §4.1.3).
+        "NOTIFY" => Route::Reply(481, "Subscription Does Not Exist".into(), vec![]),
         m if KNOWN.contains(&m) => Route::Reply(
             405,
             default_reason(405).into(),

@@ -6,16 +6,20 @@ use crate::auth::{AuthResult, Authenticator};
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config};
 use crate::events::EventBus;
+use crate::ids::Ids;
+use crate::presence::{NotifySink, OutNotify, Outcome, Presence, Reply, Requester, SubRef};
 use crate::registrar::{Identity, Pending, Registrar, Step};
 use crate::router::{self, Route};
 use crate::sip::message::{has_tag_param, Parsed};
 use crate::sip::parse::{parse_message, Limits, ParseError, ParseFailure};
 use crate::sip::{HasHeaders, HeaderName, Headers, Message, Request, Response, Via};
-use crate::storage::{durable, BindingStore, StorageError, UserFile};
-use crate::transaction::{Action, ServerInput, ServerTransactions, Timers, TxKey};
+use crate::storage::{durable, BindingStore, Durable, PresenceStore, StorageError, UserFile};
+use crate::transaction::{
+    Action, ClientInput, ClientTransactions, ServerInput, ServerTransactions, Timers, TxKey,
+};
+use std::collections::HashMap;
 use crate::transport::{Inbound, Peer, Proto, Transport, TransportError};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -37,34 +41,12 @@ enum Answer {
     Nothing,
     /// A REGISTER whose change must be on disk first.
     AfterWrite(Pending),
-}
-
-/// Unique tags and ids: a random salt from the OS and a counter.
-struct Ids {
-    salt: u64,
-    counter: AtomicU64,
-}
-
-impl Ids {
-    fn new() -> Ids {
-        let mut b = [0u8; 8];
-        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-            use std::io::Read;
-            let _ = f.read_exact(&mut b);
-        }
-        Ids {
-            salt: u64::from_le_bytes(b) | 1,
-            counter: AtomicU64::new(1),
-        }
-    }
-
-    fn tag(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "bl{:x}",
-            (n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ self.salt
-        )
-    }
+    /// A SUBSCRIBE or PUBLISH: answer once `durable` resolves, then send the NOTIFYs.
+    Presence {
+        response: Response,
+        durable: Durable,
+        notifies: Vec<OutNotify>,
+    },
 }
 
 pub struct Core {
@@ -72,11 +54,16 @@ pub struct Core {
     transport: Arc<Transport>,
     auth: Authenticator,
     pub registrar: Arc<Registrar>,
+    pub presence: Arc<Presence>,
     clock: Clock,
     ids: Ids,
     server_header: String,
     transactions: Mutex<ServerTransactions<Peer>>,
+    /// Our requests (NOTIFYs) and the subscription each one is for.
+    clients: Mutex<ClientTransactions<Peer>>,
+    notify_owners: Mutex<HashMap<TxKey, SubRef>>,
     timers_changed: Notify,
+    this: std::sync::OnceLock<std::sync::Weak<Core>>,
 }
 
 /// A started server. Dropping it does not stop the tasks; call [`ServerHandle::shutdown`] or
@@ -111,6 +98,7 @@ impl ServerHandle {
 /// What a server runs on besides its config.
 pub struct Stores {
     pub bindings: Arc<dyn BindingStore>,
+    pub presence: Arc<dyn PresenceStore>,
     pub users: Option<UserFile>,
     /// Key for digest nonces; random when `None` (tests fix it to mint old nonces).
     pub nonce_key: Option<[u8; 32]>,
@@ -119,6 +107,7 @@ pub struct Stores {
 pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartError> {
     let Stores {
         bindings: store,
+        presence: presence_store,
         users: user_file,
         nonce_key,
     } = stores;
@@ -132,6 +121,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let registrar = Registrar::new(cfg, store, events.clone(), clock);
     let live = registrar.load().await?;
     tracing::info!(bindings = live, "bindings loaded");
+    let presence = Presence::new(cfg, presence_store, clock);
     let (transport, listeners) = Transport::bind(
         &cfg.listen_addrs(),
         limits,
@@ -151,6 +141,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         transport: transport.clone(),
         auth: Authenticator::new(cfg, key, user_file),
         registrar: registrar.clone(),
+        presence: presence.clone(),
         clock,
         ids: Ids::new(),
         server_header: cfg.server.server_header.clone(),
@@ -158,11 +149,23 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
             Timers::default(),
             cfg.server.max_transactions,
         )),
+        clients: Mutex::new(ClientTransactions::new(
+            Timers::default(),
+            cfg.server.max_transactions,
+        )),
+        notify_owners: Mutex::new(HashMap::new()),
         timers_changed: Notify::new(),
+        this: std::sync::OnceLock::new(),
     });
+    let _ = core.this.set(Arc::downgrade(&core));
+    let sink: Arc<dyn NotifySink> = core.clone();
+    presence.set_sink(Arc::downgrade(&sink));
     transport.start(listeners, core.clone());
     let mut tasks = vec![tokio::spawn(registrar.run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_timers()));
+    tasks.push(tokio::spawn(presence.clone().run_timers()));
+    let (publications, subscriptions) = presence.load()?;
+    tracing::info!(publications, subscriptions, "presence state loaded");
     for (proto, addr) in transport.local_addrs() {
         tracing::info!(
             "listening on {}:{addr}",
@@ -180,11 +183,7 @@ impl Inbound for Core {
     fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer) {
         match parse_message(&bytes, &self.limits) {
             Ok(Message::Request(req)) => self.on_request(req, peer),
-            Ok(Message::Response(resp)) => {
-                // We send no requests yet (the presence server will): a response can only be
-                // stray. RFC 3261 §18.1.2: discard silently.
-                tracing::debug!(status = resp.status, %peer, "dropping stray response");
-            }
+            Ok(Message::Response(resp)) => self.on_response(resp, peer),
             Err(failure) => self.answer_unparseable(failure, peer),
         }
     }
@@ -206,6 +205,10 @@ impl Inbound for Core {
 }
 
 impl Core {
+    fn me(&self) -> Option<Arc<Core>> {
+        self.this.get().and_then(std::sync::Weak::upgrade)
+    }
+
     /// Answers a request we could not parse, when enough of it was read to address an answer
     /// (RFC 3261 §8.2 says 400; RFC 4475 expects it). Otherwise the bytes are dropped.
     fn answer_unparseable(self: &Arc<Self>, failure: ParseFailure, peer: Peer) {
@@ -369,6 +372,98 @@ impl Core {
                     me.respond(&key, resp);
                 });
             }
+            Answer::Presence {
+                response,
+                durable: written,
+                notifies,
+            } => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    match durable(written).await {
+                        Ok(()) => {
+                            me.respond(&key, response);
+                            me.send_notifies_now(notifies);
+                        }
+                        Err(e) => {
+                            // Not on disk: not acknowledged. The in-memory change stands;
+                            // the client retries and the next write carries it.
+                            tracing::error!(error = %e, "presence state not stored");
+                            let mut r = response;
+                            r.status = 500;
+                            r.reason = "Server Internal Error: storage failed".into();
+                            r.headers.0.retain(|h| {
+                                !matches!(h.kind, HeaderName::SipEtag | HeaderName::Contact)
+                            });
+                            me.respond(&key, r);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// A response to one of our requests (a NOTIFY): RFC 3261 §17.1.3 matching, then the
+    /// subscription hears how its NOTIFY ended. Anything else is stray (§18.1.2: dropped).
+    fn on_response(self: &Arc<Self>, resp: Response, peer: Peer) {
+        let input = {
+            let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            c.on_response(&resp, self.now())
+        };
+        match input {
+            ClientInput::Deliver { key, actions } => {
+                self.run_actions(actions);
+                if resp.status < 200 {
+                    return;
+                }
+                let owner = self
+                    .notify_owners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                if let Some(sub) = owner {
+                    self.presence
+                        .notify_outcome(&sub, Outcome::from_status(resp.status));
+                }
+            }
+            ClientInput::Absorbed { actions } => self.run_actions(actions),
+            ClientInput::Stray => {
+                tracing::debug!(status = resp.status, %peer, "dropping stray response");
+            }
+        }
+    }
+
+    /// Starts a client transaction per NOTIFY.
+    fn send_notifies_now(self: &Arc<Self>, notifies: Vec<OutNotify>) {
+        if notifies.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let mut failed = Vec::new();
+        let mut sends = Vec::with_capacity(notifies.len());
+        {
+            let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            let mut owners = self.notify_owners.lock().unwrap_or_else(|p| p.into_inner());
+            for n in notifies {
+                match c.send(n.request, n.to, n.to.proto.reliable(), now) {
+                    Ok((key, actions)) => {
+                        owners.insert(key, n.sub);
+                        sends.extend(actions);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "NOTIFY not sent");
+                        failed.push(n.sub);
+                    }
+                }
+            }
+        }
+        for a in sends {
+            if let Action::Send { to, bytes } = a {
+                self.send_now(&to, bytes);
+            }
+        }
+        self.timers_changed.notify_one();
+        for sub in failed {
+            self.presence.notify_outcome(&sub, Outcome::Failed(503));
         }
     }
 
@@ -409,6 +504,55 @@ impl Core {
                 Answer::Now(req.response(481, "Call/Transaction Does Not Exist", Some(&tag)))
             }
             Route::Register => self.register(req, parsed, peer, &tag),
+            Route::Subscribe | Route::Publish => self.presence_request(req, parsed, peer, &tag),
+        }
+    }
+
+    /// SUBSCRIBE and PUBLISH: digest auth as for REGISTER (the watcher or publisher is the
+    /// From user), then the presence server.
+    fn presence_request(&self, req: &Request, parsed: &Parsed, peer: Peer, tag: &str) -> Answer {
+        let now = self.clock.now_unix();
+        let user = match self
+            .auth
+            .check(req, HeaderName::Authorization, peer.remote.ip(), now)
+        {
+            AuthResult::Skipped => None,
+            AuthResult::Authenticated { username } => Some(username),
+            AuthResult::Challenge { stale } => {
+                let user = parsed.from.uri.as_sip().and_then(|u| u.user.as_deref());
+                let mut r = req.response(401, "Unauthorized", Some(tag));
+                for c in self.auth.challenges(stale, now, user) {
+                    r.headers.push(HeaderName::WwwAuthenticate, c);
+                }
+                return Answer::Now(r);
+            }
+            AuthResult::Forbidden(reason) => {
+                return Answer::Now(req.response(403, reason, Some(tag)))
+            }
+            AuthResult::BadRequest(reason) => {
+                return Answer::Now(req.response(400, &reason, Some(tag)))
+            }
+        };
+        let who = match &user {
+            Some(u) => Requester::User(u),
+            None => Requester::Unchecked,
+        };
+        let reply = if req.method == "SUBSCRIBE" {
+            self.presence.subscribe(req, parsed, peer, who, tag)
+        } else {
+            self.presence.publish_sip(req, parsed, who, tag)
+        };
+        match reply {
+            Reply::Now(r) => Answer::Now(r),
+            Reply::AfterWrite {
+                response,
+                durable,
+                notifies,
+            } => Answer::Presence {
+                response,
+                durable,
+                notifies,
+            },
         }
     }
 
@@ -446,11 +590,20 @@ impl Core {
 
     async fn run_timers(self: Arc<Self>) {
         loop {
-            let next = self
+            let server_next = self
                 .transactions
                 .lock()
                 .map(|t| t.next_deadline())
                 .unwrap_or(None);
+            let client_next = self
+                .clients
+                .lock()
+                .map(|c| c.next_deadline())
+                .unwrap_or(None);
+            let next = match (server_next, client_next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match next {
                 Some(at) => {
                     tokio::select! {
@@ -467,10 +620,54 @@ impl Core {
                 let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
                 tx.on_timer(self.now())
             };
-            for a in actions {
-                if let Action::Send { to, bytes } = a {
-                    self.send_now(&to, bytes);
+            let client_actions = {
+                let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+                c.on_timer(self.now())
+            };
+            for a in actions.into_iter().chain(client_actions) {
+                match a {
+                    Action::Send { to, bytes } => self.send_now(&to, bytes),
+                    // Timer F: the NOTIFY got no answer (RFC 3261 §17.1.2.2).
+                    Action::Timeout { key } => {
+                        let owner = self
+                            .notify_owners
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                        if let Some(sub) = owner {
+                            self.presence.notify_outcome(&sub, Outcome::Failed(408));
+                        }
+                    }
+                    Action::Terminated { .. } => {}
                 }
+            }
+        }
+    }
+}
+
+impl NotifySink for Core {
+    fn send_notifies(&self, notifies: Vec<OutNotify>, after: Option<Durable>) {
+        // The sink is reached through the presence server, which only has `&self`; the core
+        // lives in an Arc, which the timer and response paths already hold.
+        let Some(me) = self.me() else {
+            return;
+        };
+        match after {
+            None => me.send_notifies_now(notifies),
+            Some(d) => {
+                tokio::spawn(async move {
+                    match durable(d).await {
+                        Ok(()) => me.send_notifies_now(notifies),
+                        Err(e) => {
+                            // CSeq and version not on disk: sending could repeat them after a
+                            // restart. Retry later instead.
+                            tracing::error!(error = %e, "NOTIFY state not stored; retrying");
+                            for n in notifies {
+                                me.presence.notify_outcome(&n.sub, Outcome::Failed(500));
+                            }
+                        }
+                    }
+                });
             }
         }
     }

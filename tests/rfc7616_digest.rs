@@ -319,6 +319,7 @@ async fn users_from_the_user_file_authenticate() {
         &cfg,
         Stores {
             bindings: std::sync::Arc::new(MemoryStore::new()),
+            presence: std::sync::Arc::new(MemoryStore::new()),
             users: Some(UserFile::new(&dir)),
             nonce_key: None,
         },

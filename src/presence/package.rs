@@ -17,7 +17,7 @@ pub struct PublishedBody<'a> {
 }
 
 /// How a dialog-package document looks when a presentity has no dialogs (vendor profiles).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DialogIdle {
     /// `<dialog-info>` without `<dialog>` children: most phones read this as lamp off.
@@ -28,7 +28,7 @@ pub enum DialogIdle {
 }
 
 /// Per-watcher rendering options, from the watcher's vendor profile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RenderOptions {
     pub dialog_idle: DialogIdle,
     /// Send only the most relevant dialog: early > confirmed > trying/proceeding > terminated.

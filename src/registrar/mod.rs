@@ -4,6 +4,7 @@
 
 pub mod bindings;
 
+use crate::domain::Domains;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::deadline::Deadlines;
@@ -54,7 +55,7 @@ pub struct PendingRegister {
 
 pub struct Registrar {
     cfg: crate::config::RegistrarConfig,
-    domains: Vec<Host>,
+    domains: Domains,
     shards: Vec<Mutex<HashMap<String, Vec<Binding>>>>,
     store: Arc<dyn BindingStore>,
     events: EventBus,
@@ -78,17 +79,7 @@ impl Registrar {
         events: EventBus,
         clock: Clock,
     ) -> Arc<Registrar> {
-        let mut domains = vec![];
-        for d in std::iter::once(&cfg.server.domain).chain(cfg.server.aliases.iter()) {
-            if let Ok(h) = Host::parse(d) {
-                domains.push(h);
-            }
-        }
-        for l in cfg.listen_addrs() {
-            if !l.addr.ip().is_unspecified() {
-                domains.push(Host::from(l.addr.ip()));
-            }
-        }
+        let domains = Domains::new(cfg);
         Arc::new(Registrar {
             cfg: cfg.registrar.clone(),
             domains,
@@ -183,7 +174,7 @@ impl Registrar {
     }
 
     fn serves(&self, host: &Host) -> bool {
-        self.domains.iter().any(|d| d.matches(host))
+        self.domains.serves(host)
     }
 
     /// Handles an authenticated (or trusted) REGISTER; `source` is the transport address it

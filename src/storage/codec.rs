@@ -27,8 +27,12 @@ impl Enc {
     }
 
     pub fn str(&mut self, s: &str) -> &mut Self {
-        self.u64(s.len() as u64);
-        self.0.extend_from_slice(s.as_bytes());
+        self.bytes(s.as_bytes())
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.u64(b.len() as u64);
+        self.0.extend_from_slice(b);
         self
     }
 
@@ -84,13 +88,17 @@ impl<'a> Dec<'a> {
     }
 
     pub fn str(&mut self) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes()?).map_err(|_| DecodeError("string is not UTF-8"))
+    }
+
+    pub fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
         let len = usize::try_from(self.u64()?).map_err(|_| DecodeError("length out of range"))?;
         if len > self.buf.len() {
             return Err(DecodeError("truncated string"));
         }
         let (s, rest) = self.buf.split_at(len);
         self.buf = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| DecodeError("string is not UTF-8"))
+        Ok(s.to_vec())
     }
 
     pub fn opt_str(&mut self) -> Result<Option<String>, DecodeError> {

@@ -1,5 +1,6 @@
 //! In-memory store for tests: same traits, writes "durable" at once.
 
+use super::presence::{PresenceStore, PresenceWrite, PublicationRecord, SubscriptionRecord};
 use super::{Binding, BindingStore, Durable, StorageError};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -7,6 +8,8 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemoryStore {
     bindings: Mutex<BTreeMap<String, Vec<Binding>>>,
+    publications: Mutex<BTreeMap<Vec<u8>, PublicationRecord>>,
+    subscriptions: Mutex<BTreeMap<Vec<u8>, SubscriptionRecord>>,
 }
 
 impl MemoryStore {
@@ -36,6 +39,46 @@ impl BindingStore for MemoryStore {
                 map.remove(aor);
             } else {
                 map.insert(aor.to_string(), bindings.to_vec());
+            }
+        }
+        done()
+    }
+}
+
+impl PresenceStore for MemoryStore {
+    fn load_publications(&self) -> Result<Vec<PublicationRecord>, StorageError> {
+        let map = self
+            .publications
+            .lock()
+            .map_err(|_| StorageError::Read("poisoned".into()))?;
+        Ok(map.values().cloned().collect())
+    }
+
+    fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError> {
+        let map = self
+            .subscriptions
+            .lock()
+            .map_err(|_| StorageError::Read("poisoned".into()))?;
+        Ok(map.values().cloned().collect())
+    }
+
+    fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
+        let mut pubs = self.publications.lock().unwrap_or_else(|p| p.into_inner());
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        for w in writes {
+            match w {
+                PresenceWrite::PutPublication(p) => {
+                    pubs.insert(p.key(), p);
+                }
+                PresenceWrite::DeletePublication(k) => {
+                    pubs.remove(&k);
+                }
+                PresenceWrite::PutSubscription(s) => {
+                    subs.insert(s.key(), s);
+                }
+                PresenceWrite::DeleteSubscription(k) => {
+                    subs.remove(&k);
+                }
             }
         }
         done()

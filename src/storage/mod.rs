@@ -6,11 +6,16 @@
 
 pub mod codec;
 pub mod memory;
+pub mod presence;
 pub mod sled_store;
 pub mod users;
 
-use codec::{Dec, DecodeError, Enc};
+pub use codec::DecodeError;
+use codec::{Dec, Enc};
 pub use memory::MemoryStore;
+pub use presence::{
+    FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, SubState, SubscriptionRecord,
+};
 pub use sled_store::SledStore;
 pub use users::{UserFile, UserRecord};
 

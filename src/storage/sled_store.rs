@@ -2,27 +2,54 @@
 //! last flush as one batch, flushes once, then acknowledges them all. Under load many
 //! REGISTERs share one fsync; when idle a write is flushed at once.
 
+use super::presence::{
+    decode_publication, decode_subscription, encode_publication, encode_subscription,
+    PresenceStore, PresenceWrite, PublicationRecord, SubscriptionRecord,
+};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+/// One queued write: a single record (a REGISTER), or several that belong together (a PUBLISH
+/// and the NOTIFY state it causes). The writer applies them in queue order.
+enum Writes {
+    One(Tree, Vec<u8>, Option<Vec<u8>>),
+    Many(Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>),
+}
+
 struct WriteOp {
-    tree: Tree,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
+    writes: Writes,
     done: oneshot::Sender<Result<(), StorageError>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tree {
     Bindings,
+    Publications,
+    Subscriptions,
+}
+
+const TREES: [Tree; 3] = [Tree::Bindings, Tree::Publications, Tree::Subscriptions];
+
+impl Tree {
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Bindings => "bindings",
+            Tree::Publications => "publications",
+            Tree::Subscriptions => "subscriptions",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 pub struct SledStore {
     db: sled::Db,
-    bindings: sled::Tree,
+    trees: [sled::Tree; 3],
     queue: Arc<Queue>,
 }
 
@@ -107,9 +134,12 @@ impl SledStore {
             .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|e| open_err(e.to_string()))?;
-        let bindings = db
-            .open_tree("bindings")
-            .map_err(|e| open_err(e.to_string()))?;
+        let open_tree = |t: Tree| db.open_tree(t.name()).map_err(|e| open_err(e.to_string()));
+        let trees = [
+            open_tree(Tree::Bindings)?,
+            open_tree(Tree::Publications)?,
+            open_tree(Tree::Subscriptions)?,
+        ];
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState {
                 ops: Vec::with_capacity(MAX_BATCH),
@@ -119,27 +149,18 @@ impl SledStore {
             wake: Condvar::new(),
         });
         let wdb = db.clone();
-        let wbindings = bindings.clone();
+        let wtrees = trees.clone();
         let wqueue = queue.clone();
         std::thread::Builder::new()
             .name("busylamp-store".into())
-            .spawn(move || writer_loop(&wqueue, wdb, wbindings, flush_interval))
+            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
-        Ok(SledStore {
-            db,
-            bindings,
-            queue,
-        })
+        Ok(SledStore { db, trees, queue })
     }
 
-    fn submit(&self, tree: Tree, key: Vec<u8>, value: Option<Vec<u8>>) -> Durable {
+    fn submit(&self, writes: Writes) -> Durable {
         let (done, rx) = oneshot::channel();
-        if let Err(op) = self.queue.push(WriteOp {
-            tree,
-            key,
-            value,
-            done,
-        }) {
+        if let Err(op) = self.queue.push(WriteOp { writes, done }) {
             let _ = op.done.send(Err(StorageError::WriterGone));
         }
         rx
@@ -151,7 +172,7 @@ impl SledStore {
     }
 }
 
-fn writer_loop(queue: &Queue, db: sled::Db, bindings: sled::Tree, interval: Duration) {
+fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; 3], interval: Duration) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
     // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
@@ -175,20 +196,40 @@ fn writer_loop(queue: &Queue, db: sled::Db, bindings: sled::Tree, interval: Dura
                 }
             }
         }
-        let mut sled_batch = sled::Batch::default();
+        // One sled batch per tree, applied in queue order within each tree; records of
+        // different trees never depend on their relative order.
+        let mut batches: [Option<sled::Batch>; 3] = [None, None, None];
+        let mut add = |tree: Tree, key: &[u8], value: &Option<Vec<u8>>| {
+            let b = batches[tree.index()].get_or_insert_with(sled::Batch::default);
+            match value {
+                Some(v) => b.insert(key, v.as_slice()),
+                None => b.remove(key),
+            }
+        };
         for op in &batch {
-            match op.tree {
-                Tree::Bindings => match &op.value {
-                    Some(v) => sled_batch.insert(op.key.as_slice(), v.as_slice()),
-                    None => sled_batch.remove(op.key.as_slice()),
-                },
+            match &op.writes {
+                Writes::One(tree, key, value) => add(*tree, key, value),
+                Writes::Many(list) => {
+                    for (tree, key, value) in list {
+                        add(*tree, key, value);
+                    }
+                }
             }
         }
         last_flush = Some(Instant::now());
-        let result = bindings
-            .apply_batch(sled_batch)
-            .and_then(|_| db.flush().map(|_| ()))
-            .map_err(|e| StorageError::Write(e.to_string()));
+        let mut result = Ok(());
+        for t in TREES {
+            if let Some(b) = batches[t.index()].take() {
+                if let Err(e) = trees[t.index()].apply_batch(b) {
+                    result = Err(StorageError::Write(e.to_string()));
+                }
+            }
+        }
+        let result = result.and_then(|_| {
+            db.flush()
+                .map(|_| ())
+                .map_err(|e| StorageError::Write(e.to_string()))
+        });
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "storage flush failed");
         }
@@ -202,7 +243,7 @@ fn writer_loop(queue: &Queue, db: sled::Db, bindings: sled::Tree, interval: Dura
 impl BindingStore for SledStore {
     fn load_bindings(&self) -> Result<Vec<(String, Vec<Binding>)>, StorageError> {
         let mut out = Vec::new();
-        for item in self.bindings.iter() {
+        for item in self.trees[Tree::Bindings.index()].iter() {
             let (key, value) = item.map_err(|e| StorageError::Read(e.to_string()))?;
             match decode_bindings(&value) {
                 Ok(rec) => out.push(rec),
@@ -221,7 +262,59 @@ impl BindingStore for SledStore {
         } else {
             Some(encode_bindings(aor, bindings))
         };
-        self.submit(Tree::Bindings, aor.as_bytes().to_vec(), value)
+        self.submit(Writes::One(Tree::Bindings, aor.as_bytes().to_vec(), value))
+    }
+}
+
+impl SledStore {
+    /// Every record of a tree that decodes; corrupt ones are logged and skipped so one bad
+    /// record cannot keep the server from starting.
+    fn load_tree<T>(
+        &self,
+        tree: Tree,
+        decode: impl Fn(&[u8]) -> Result<T, super::DecodeError>,
+    ) -> Result<Vec<T>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.trees[tree.index()].iter() {
+            let (key, value) = item.map_err(|e| StorageError::Read(e.to_string()))?;
+            match decode(&value) {
+                Ok(rec) => out.push(rec),
+                Err(e) => tracing::error!(
+                    tree = tree.name(),
+                    key = %String::from_utf8_lossy(&key),
+                    error = %e,
+                    "skipping corrupt record"
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl PresenceStore for SledStore {
+    fn load_publications(&self) -> Result<Vec<PublicationRecord>, StorageError> {
+        self.load_tree(Tree::Publications, decode_publication)
+    }
+
+    fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError> {
+        self.load_tree(Tree::Subscriptions, decode_subscription)
+    }
+
+    fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
+        let list = writes
+            .into_iter()
+            .map(|w| match w {
+                PresenceWrite::PutPublication(p) => {
+                    (Tree::Publications, p.key(), Some(encode_publication(&p)))
+                }
+                PresenceWrite::DeletePublication(k) => (Tree::Publications, k, None),
+                PresenceWrite::PutSubscription(s) => {
+                    (Tree::Subscriptions, s.key(), Some(encode_subscription(&s)))
+                }
+                PresenceWrite::DeleteSubscription(k) => (Tree::Subscriptions, k, None),
+            })
+            .collect();
+        self.submit(Writes::Many(list))
     }
 }
 

@@ -55,6 +55,7 @@ pub async fn server_with_store(cfg: Config, store: Arc<MemoryStore>) -> TestServ
         &cfg,
         Stores {
             bindings: store.clone() as Arc<dyn BindingStore>,
+            presence: store.clone() as Arc<dyn busylamp::storage::PresenceStore>,
             users: None,
             nonce_key: Some(NONCE_KEY),
         },
@@ -332,3 +333,4 @@ pub fn contacts(r: &Response) -> Vec<(String, u32)> {
         })
         .collect()
 }
+pub mod ua;

@@ -3,6 +3,8 @@
 //! `x-line-id`/`appearance` parameters), watcherinfo (RFC 3858) and message-summary
 //! (RFC 3842). Pure: no I/O.
 
+pub mod watcherinfo;
+
 /// Why a body was refused; the message is the reason phrase of the 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {

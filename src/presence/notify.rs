@@ -1,0 +1,203 @@
+//! Building NOTIFY requests (RFC 6665 §4.2.2, RFC 3261 §12.2.1.1): pure, from a
+//! subscription record and a rendered body.
+
+use super::event::{EventHeader, Pkg};
+use super::package::Rendered;
+use crate::sip::{HeaderName, Headers, NameAddr, Request, Uri};
+use crate::storage::SubscriptionRecord;
+
+/// The Subscription-State a NOTIFY carries (RFC 6665 §8.2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionState {
+    Active { expires: u64 },
+    Pending { expires: u64 },
+    Terminated { reason: &'static str },
+}
+
+impl SubscriptionState {
+    pub fn header(&self) -> String {
+        match self {
+            SubscriptionState::Active { expires } => format!("active;expires={expires}"),
+            SubscriptionState::Pending { expires } => format!("pending;expires={expires}"),
+            SubscriptionState::Terminated { reason } => format!("terminated;reason={reason}"),
+        }
+    }
+}
+
+/// Where a NOTIFY goes first and what its Request-URI is (RFC 3261 §12.2.1.1 with loose
+/// routing only: a strict router in the route set is treated as loose).
+pub struct Addressing {
+    pub request_uri: Uri,
+    pub routes: Vec<String>,
+}
+
+/// The Request-URI and Route headers from the dialog's remote target and route set.
+pub fn addressing(sub: &SubscriptionRecord) -> Result<Addressing, String> {
+    let request_uri = Uri::parse(&sub.remote_target)
+        .map_err(|e| format!("remote target {:?}: {e}", sub.remote_target))?;
+    Ok(Addressing {
+        request_uri,
+        routes: sub.route_set.clone(),
+    })
+}
+
+/// The parts of a NOTIFY that are ours rather than the subscription's.
+pub struct NotifyParts<'a> {
+    /// `SIP/2.0/UDP host:port`, without branch.
+    pub via_sent_by: &'a str,
+    pub transport: &'static str,
+    pub branch: &'a str,
+    pub state: SubscriptionState,
+    /// `None` for a pending subscription or a final NOTIFY without state.
+    pub body: Option<&'a Rendered>,
+    pub server_header: &'a str,
+}
+
+/// A NOTIFY in the subscription's dialog with CSeq `sub.local_cseq` (the caller has already
+/// counted it).
+pub fn build(sub: &SubscriptionRecord, pkg: Pkg, parts: &NotifyParts<'_>) -> Result<Request, String> {
+    let addr = addressing(sub)?;
+    let mut headers = Headers(Vec::with_capacity(14));
+    headers.push(
+        HeaderName::Via,
+        format!(
+            "SIP/2.0/{} {};branch={}",
+            parts.transport, parts.via_sent_by, parts.branch
+        ),
+    );
+    headers.push(HeaderName::MaxForwards, "70");
+    for r in &addr.routes {
+        headers.push(HeaderName::Route, r.clone());
+    }
+    // Our side of the dialog is the SUBSCRIBE's To with our tag; theirs its From with theirs.
+    headers.push(
+        HeaderName::From,
+        format!("{};tag={}", sub.presentity_header, sub.local_tag),
+    );
+    headers.push(
+        HeaderName::To,
+        format!("{};tag={}", sub.watcher_header, sub.remote_tag),
+    );
+    headers.push(HeaderName::CallId, sub.call_id.clone());
+    headers.push(HeaderName::CSeq, format!("{} NOTIFY", sub.local_cseq));
+    headers.push(HeaderName::Contact, format!("<{}>", sub.contact));
+    headers.push(
+        HeaderName::Event,
+        EventHeader::value(pkg, sub.event_id.as_deref()),
+    );
+    headers.push(HeaderName::SubscriptionState, parts.state.header());
+    headers.push(HeaderName::UserAgent, parts.server_header);
+    let body = match parts.body {
+        Some(r) => {
+            headers.push(HeaderName::ContentType, r.content_type);
+            r.body.clone()
+        }
+        None => Vec::new(),
+    };
+    Ok(Request {
+        method: "NOTIFY".into(),
+        uri: addr.request_uri,
+        headers,
+        body,
+    })
+}
+
+/// The header value without its `tag` parameter (what we store of From and To).
+pub fn without_tag(value: &NameAddr) -> String {
+    let mut v = value.clone();
+    v.params.remove("tag");
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::parse::{parse_message, Limits};
+    use crate::sip::{HasHeaders, Message};
+    use crate::storage::{FlowRecord, SubState};
+
+    fn sub() -> SubscriptionRecord {
+        SubscriptionRecord {
+            presentity: "sip:1001@example.com".into(),
+            event: "dialog".into(),
+            event_id: Some("3".into()),
+            watcher: "sip:1002@example.com".into(),
+            watcher_header: "\"Bob\" <sip:1002@example.com>".into(),
+            presentity_header: "<sip:1001@example.com>".into(),
+            call_id: "cid@h".into(),
+            local_tag: "ours".into(),
+            remote_tag: "theirs".into(),
+            remote_target: "sip:1002@192.0.2.7:5062".into(),
+            route_set: vec!["<sip:192.0.2.99;lr>".into()],
+            local_cseq: 5,
+            remote_cseq: 1,
+            version: 4,
+            expires_at: 0,
+            state: SubState::Active,
+            accept: vec![],
+            flow: FlowRecord {
+                proto: "udp".into(),
+                remote: "192.0.2.7:5062".into(),
+                local: "192.0.2.1:5060".into(),
+            },
+            user_agent: None,
+            contact: "sip:192.0.2.1:5060".into(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn rfc6665_4_2_2_notify_is_in_the_dialog() {
+        let body = Rendered {
+            content_type: "application/dialog-info+xml",
+            body: b"<x/>".to_vec(),
+        };
+        let req = build(
+            &sub(),
+            Pkg::Dialog,
+            &NotifyParts {
+                via_sent_by: "192.0.2.1:5060",
+                transport: "UDP",
+                branch: "z9hG4bKabc",
+                state: SubscriptionState::Active { expires: 599 },
+                body: Some(&body),
+                server_header: "busylamp",
+            },
+        )
+        .unwrap();
+        let bytes = req.to_bytes();
+        let Message::Request(back) = parse_message(&bytes, &Limits::default()).unwrap() else {
+            panic!()
+        };
+        let p = back.validate().unwrap();
+        assert_eq!(back.uri.to_string(), "sip:1002@192.0.2.7:5062");
+        assert_eq!(p.from.tag().as_deref(), Some("ours"));
+        assert_eq!(p.to.tag().as_deref(), Some("theirs"));
+        assert_eq!(p.to.display.as_deref(), Some("Bob"));
+        assert_eq!(p.cseq.seq, 5);
+        assert_eq!(p.cseq.method, "NOTIFY");
+        assert_eq!(back.headers.get(HeaderName::Event), Some("dialog;id=3"));
+        assert_eq!(
+            back.headers.get(HeaderName::SubscriptionState),
+            Some("active;expires=599")
+        );
+        assert_eq!(
+            back.headers.get(HeaderName::Route),
+            Some("<sip:192.0.2.99;lr>")
+        );
+        assert_eq!(back.body, b"<x/>");
+        assert_eq!(back.call_id().unwrap(), "cid@h");
+    }
+
+    #[test]
+    fn rfc6665_8_2_3_subscription_state_values() {
+        assert_eq!(
+            SubscriptionState::Pending { expires: 3 }.header(),
+            "pending;expires=3"
+        );
+        assert_eq!(
+            SubscriptionState::Terminated { reason: "timeout" }.header(),
+            "terminated;reason=timeout"
+        );
+    }
+}

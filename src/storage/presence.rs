@@ -1,0 +1,298 @@
+//! Presence records: publications (RFC 3903) and subscriptions (RFC 6665 dialogs with their
+//! NOTIFY CSeq and body version). Written through the same group commit as bindings, so a
+//! 2xx to PUBLISH or SUBSCRIBE, and every NOTIFY, follows a flush of what it promised.
+
+use super::codec::{Dec, DecodeError, Enc};
+use super::{Durable, StorageError};
+
+/// One publication of one presentity for one event package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationRecord {
+    /// Canonical AOR, `sip:1001@example.com`.
+    pub presentity: String,
+    /// Package key: `presence`, `dialog`, `dialog;sla`, `message-summary`.
+    pub event: String,
+    /// The current entity-tag (RFC 3903 §4.1); changes on every successful PUBLISH.
+    pub etag: String,
+    /// Who publishes: `etag:<first etag>` for SIP PUBLISH, the caller's id in-process.
+    pub source_id: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    /// Absolute expiry, unix seconds.
+    pub expires_at: u64,
+    /// Arrival order across all publications (newest wins ties when aggregating).
+    pub seq: u64,
+}
+
+impl PublicationRecord {
+    pub fn key(&self) -> Vec<u8> {
+        publication_key(&self.presentity, &self.event, &self.source_id)
+    }
+}
+
+/// Publications are keyed by their source, which stays fixed while the ETag changes.
+pub fn publication_key(presentity: &str, event: &str, source_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(presentity.len() + event.len() + source_id.len() + 2);
+    k.extend_from_slice(presentity.as_bytes());
+    k.push(0);
+    k.extend_from_slice(event.as_bytes());
+    k.push(0);
+    k.extend_from_slice(source_id.as_bytes());
+    k
+}
+
+/// Where a watcher is reached: the transport flow its SUBSCRIBE came in on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// `udp` or `tcp`.
+    pub proto: String,
+    pub remote: String,
+    pub local: String,
+}
+
+/// Subscription authorization state (RFC 6665 §4.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    Active,
+    Pending,
+}
+
+/// One subscription: its dialog (RFC 3261 §12, RFC 6665 §4.1.1.1) and notifier state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub presentity: String,
+    pub event: String,
+    /// The Event header `id` parameter (RFC 6665 §8.2.1).
+    pub event_id: Option<String>,
+    /// Canonical AOR of the watcher (From URI).
+    pub watcher: String,
+    /// The SUBSCRIBE's From and To header values without tags: our NOTIFYs' To and From.
+    pub watcher_header: String,
+    pub presentity_header: String,
+    pub call_id: String,
+    /// Our tag (the To tag of our 200).
+    pub local_tag: String,
+    pub remote_tag: String,
+    /// The watcher's Contact URI (RFC 3261 §12.1.1 remote target).
+    pub remote_target: String,
+    /// Record-Route values of the SUBSCRIBE, in order (the route set of our NOTIFYs).
+    pub route_set: Vec<String>,
+    /// CSeq of the last NOTIFY we sent (0 before the first).
+    pub local_cseq: u32,
+    /// CSeq of the last SUBSCRIBE we accepted.
+    pub remote_cseq: u32,
+    /// Body version the next NOTIFY carries (RFC 4235 §4.1, RFC 3858 §4.2: starts at 0).
+    pub version: u32,
+    pub expires_at: u64,
+    pub state: SubState,
+    /// Media types of the SUBSCRIBE's Accept, lowercased.
+    pub accept: Vec<String>,
+    pub flow: FlowRecord,
+    pub user_agent: Option<String>,
+    /// Our Contact URI in this dialog.
+    pub contact: String,
+    pub created_at: u64,
+}
+
+impl SubscriptionRecord {
+    pub fn key(&self) -> Vec<u8> {
+        subscription_key(&self.call_id, &self.local_tag, &self.remote_tag)
+    }
+}
+
+pub fn subscription_key(call_id: &str, local_tag: &str, remote_tag: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(call_id.len() + local_tag.len() + remote_tag.len() + 2);
+    k.extend_from_slice(call_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(local_tag.as_bytes());
+    k.push(0);
+    k.extend_from_slice(remote_tag.as_bytes());
+    k
+}
+
+// Distinct version bytes per record kind: a record read from the wrong tree fails to decode.
+const PUBLICATION_V1: u8 = 0x11;
+const SUBSCRIPTION_V1: u8 = 0x21;
+
+pub fn encode_publication(p: &PublicationRecord) -> Vec<u8> {
+    let mut e = Enc::new(PUBLICATION_V1);
+    e.str(&p.presentity)
+        .str(&p.event)
+        .str(&p.etag)
+        .str(&p.source_id)
+        .str(&p.content_type)
+        .bytes(&p.body)
+        .u64(p.expires_at)
+        .u64(p.seq);
+    e.finish()
+}
+
+pub fn decode_publication(buf: &[u8]) -> Result<PublicationRecord, DecodeError> {
+    let mut d = Dec::new(buf)?;
+    if d.version != PUBLICATION_V1 {
+        return Err(DecodeError("unknown publication record version"));
+    }
+    let p = PublicationRecord {
+        presentity: d.str()?,
+        event: d.str()?,
+        etag: d.str()?,
+        source_id: d.str()?,
+        content_type: d.str()?,
+        body: d.bytes()?,
+        expires_at: d.u64()?,
+        seq: d.u64()?,
+    };
+    if !d.is_empty() {
+        return Err(DecodeError("trailing bytes after publication"));
+    }
+    Ok(p)
+}
+
+pub fn encode_subscription(s: &SubscriptionRecord) -> Vec<u8> {
+    let mut e = Enc::new(SUBSCRIPTION_V1);
+    e.str(&s.presentity)
+        .str(&s.event)
+        .opt_str(s.event_id.as_deref())
+        .str(&s.watcher)
+        .str(&s.watcher_header)
+        .str(&s.presentity_header)
+        .str(&s.call_id)
+        .str(&s.local_tag)
+        .str(&s.remote_tag)
+        .str(&s.remote_target)
+        .strs(&s.route_set)
+        .u64(u64::from(s.local_cseq))
+        .u64(u64::from(s.remote_cseq))
+        .u64(u64::from(s.version))
+        .u64(s.expires_at)
+        .u64(match s.state {
+            SubState::Active => 0,
+            SubState::Pending => 1,
+        })
+        .strs(&s.accept)
+        .str(&s.flow.proto)
+        .str(&s.flow.remote)
+        .str(&s.flow.local)
+        .opt_str(s.user_agent.as_deref())
+        .str(&s.contact)
+        .u64(s.created_at);
+    e.finish()
+}
+
+pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError> {
+    let mut d = Dec::new(buf)?;
+    if d.version != SUBSCRIPTION_V1 {
+        return Err(DecodeError("unknown subscription record version"));
+    }
+    let s = SubscriptionRecord {
+        presentity: d.str()?,
+        event: d.str()?,
+        event_id: d.opt_str()?,
+        watcher: d.str()?,
+        watcher_header: d.str()?,
+        presentity_header: d.str()?,
+        call_id: d.str()?,
+        local_tag: d.str()?,
+        remote_tag: d.str()?,
+        remote_target: d.str()?,
+        route_set: d.strs()?,
+        local_cseq: d.u32()?,
+        remote_cseq: d.u32()?,
+        version: d.u32()?,
+        expires_at: d.u64()?,
+        state: match d.u64()? {
+            0 => SubState::Active,
+            1 => SubState::Pending,
+            _ => return Err(DecodeError("unknown subscription state")),
+        },
+        accept: d.strs()?,
+        flow: FlowRecord {
+            proto: d.str()?,
+            remote: d.str()?,
+            local: d.str()?,
+        },
+        user_agent: d.opt_str()?,
+        contact: d.str()?,
+        created_at: d.u64()?,
+    };
+    if !d.is_empty() {
+        return Err(DecodeError("trailing bytes after subscription"));
+    }
+    Ok(s)
+}
+
+/// One change to presence state; a list of them is written as one unit.
+#[derive(Debug, Clone)]
+pub enum PresenceWrite {
+    PutPublication(PublicationRecord),
+    /// Key from [`publication_key`].
+    DeletePublication(Vec<u8>),
+    PutSubscription(SubscriptionRecord),
+    /// Key from [`subscription_key`].
+    DeleteSubscription(Vec<u8>),
+}
+
+pub trait PresenceStore: Send + Sync {
+    fn load_publications(&self) -> Result<Vec<PublicationRecord>, StorageError>;
+    fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError>;
+    /// Queues the writes in order; the result resolves once all of them are on disk. Writes
+    /// queued earlier are never applied after writes queued later.
+    fn write(&self, writes: Vec<PresenceWrite>) -> Durable;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_subscription() -> SubscriptionRecord {
+        SubscriptionRecord {
+            presentity: "sip:1001@example.com".into(),
+            event: "dialog".into(),
+            event_id: Some("7".into()),
+            watcher: "sip:1002@example.com".into(),
+            watcher_header: "\"Bob\" <sip:1002@example.com>".into(),
+            presentity_header: "<sip:1001@example.com>".into(),
+            call_id: "abc@h".into(),
+            local_tag: "bl1".into(),
+            remote_tag: "x9".into(),
+            remote_target: "sip:1002@192.0.2.7:5062".into(),
+            route_set: vec!["<sip:p1;lr>".into()],
+            local_cseq: 41,
+            remote_cseq: 3,
+            version: 40,
+            expires_at: 1_900_000_000,
+            state: SubState::Pending,
+            accept: vec!["application/dialog-info+xml".into()],
+            flow: FlowRecord {
+                proto: "udp".into(),
+                remote: "192.0.2.7:5062".into(),
+                local: "192.0.2.1:5060".into(),
+            },
+            user_agent: Some("PolycomVVX".into()),
+            contact: "sip:192.0.2.1:5060".into(),
+            created_at: 1_899_990_000,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_truncation_is_an_error() {
+        let s = sample_subscription();
+        let bytes = encode_subscription(&s);
+        assert_eq!(decode_subscription(&bytes).unwrap(), s);
+        assert!(decode_subscription(&bytes[..bytes.len() - 1]).is_err());
+        let p = PublicationRecord {
+            presentity: "sip:1001@example.com".into(),
+            event: "presence".into(),
+            etag: "e1".into(),
+            source_id: "etag:e0".into(),
+            content_type: "application/pidf+xml".into(),
+            body: b"<presence/>".to_vec(),
+            expires_at: 5,
+            seq: 9,
+        };
+        let bytes = encode_publication(&p);
+        assert_eq!(decode_publication(&bytes).unwrap(), p);
+        assert!(decode_publication(&bytes[..3]).is_err());
+        assert!(decode_publication(&encode_subscription(&s)).is_err());
+    }
+}
