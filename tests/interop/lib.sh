@@ -141,9 +141,15 @@ EOF
 # bl_gen_busylamp_config writes.  The ONLY place these scripts name
 # [presence] keys: adjust here when the schema changes.
 bl_presence_toml() {
+    # like tests/bench/kamailio-presence.cfg: every watcher in our domain is
+    # authorized at once (Kamailio: presence_xml force_active=1); room for the
+    # benchmark's ~100,000 subscriptions; other keys at their defaults
+    # (coalesce_ms = 10, min_expires = 60, max_expires = 3600)
     cat <<'EOF'
 
 [presence]
+same_domain = "allow"
+max_subscriptions = 500000
 EOF
 }
 

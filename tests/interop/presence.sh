@@ -103,10 +103,11 @@ finish() {
 pass() { PASSED=$((PASSED + 1)); RESULTS+=("PASS $*"); }
 fail() { FAILED=$((FAILED + 1)); RESULTS+=("FAIL $*"); KEEP=1; }
 
-# why_failed LOG: the first lines of sipp's own explanation, for the summary
+# why_failed LOG: sipp's own explanation (its -trace_err file), for the log
 why_failed() {
-    grep -h -m2 -E 'Aborting|ereg|regexp|does not match|Unexpected|timeout|Timeout|unexpected|Dead call|ERROR|Fatal' \
-        "$1" "${1%.log}-errors.log" 2>/dev/null | tr -d '\r' | cut -c1-220 | sed 's/^/      /' || true
+    grep -h -o -E "(Aborting call|Call-Id: [^ ]*, receive timeout|[^:]*regexp|Failed regexp)[^']*('[^']*')?" \
+        "${1%.log}-errors.log" 2>/dev/null | head -3 | tr -d '\r' | cut -c1-240 | sed 's/^/      /' || true
+    grep -h -o -m1 -E "received '[^']{0,160}" "${1%.log}-errors.log" 2>/dev/null | head -1 | tr -d '\r' | sed 's/^/      /' || true
 }
 
 bl_log "mode: $MODE; work dir: $WORK"
