@@ -308,7 +308,10 @@ pub fn parse(body: &[u8]) -> Result<DialogInfo, BodyError> {
     let version = match root.attr("version").map(str::trim) {
         None | Some("") => return Err(BodyError::invalid("dialog-info has no version attribute")),
         Some(v) => number(v).ok_or_else(|| {
-            BodyError::invalid(format!("dialog-info version '{}' is not a number", quote(v)))
+            BodyError::invalid(format!(
+                "dialog-info version '{}' is not a number",
+                quote(v)
+            ))
         })?,
     };
     let state = match root.attr("state").map(str::trim) {
@@ -349,7 +352,9 @@ fn number(s: &str) -> Option<u64> {
 }
 
 fn nonempty(s: Option<&str>) -> Option<String> {
-    s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 fn parse_dialog(el: &Element) -> Result<Dialog, BodyError> {
@@ -629,7 +634,11 @@ fn write_participant(
         _ => None,
     };
     if let Some(uri) = uri {
-        let params = p.target.as_ref().map(|t| t.params.as_slice()).unwrap_or(&[]);
+        let params = p
+            .target
+            .as_ref()
+            .map(|t| t.params.as_slice())
+            .unwrap_or(&[]);
         indent(out, 3);
         out.push_str("<target uri=\"");
         escape_attr(uri, out);
@@ -684,7 +693,9 @@ mod tests {
 
     #[test]
     fn asterisk_minimal_bodies() {
-        let v9 = doc(&capture("asterisk-pjsip-dialog-info-v9-confirmed-minimal.xml"));
+        let v9 = doc(&capture(
+            "asterisk-pjsip-dialog-info-v9-confirmed-minimal.xml",
+        ));
         assert_eq!(v9.version, 9);
         assert_eq!(v9.state, DocState::Full);
         assert_eq!(v9.entity, "sip:103@192.168.1.10:5060");
@@ -692,22 +703,32 @@ mod tests {
         let d = &v9.dialogs[0];
         assert_eq!((d.id.as_str(), d.state), ("103", DialogState::Confirmed));
         assert!(d.call_id.is_none() && d.local.is_empty() && d.remote.is_empty());
-        let v10 = doc(&capture("asterisk-pjsip-dialog-info-v10-terminated-minimal.xml"));
+        let v10 = doc(&capture(
+            "asterisk-pjsip-dialog-info-v10-terminated-minimal.xml",
+        ));
         assert_eq!(v10.version, 10);
         assert_eq!(v10.dialogs[0].state, DialogState::Terminated);
     }
 
     #[test]
     fn freeswitch_identities_and_pvalue() {
-        let info = doc(&capture("freeswitch-dialog-info-confirmed-with-remote-identity.xml"));
+        let info = doc(&capture(
+            "freeswitch-dialog-info-confirmed-with-remote-identity.xml",
+        ));
         let d = &info.dialogs[0];
         assert_eq!(d.direction, Some(Direction::Initiator));
         let li = d.local.identity.as_ref().unwrap();
-        assert_eq!((li.uri.as_str(), li.display.as_deref()), ("sip:11@pbx.xxxx.net", Some("11")));
+        assert_eq!(
+            (li.uri.as_str(), li.display.as_deref()),
+            ("sip:11@pbx.xxxx.net", Some("11"))
+        );
         assert_eq!(d.rendering(), Some(Rendering::Yes));
         let ri = d.remote.identity.as_ref().unwrap();
         assert_eq!(ri.display.as_deref(), Some("0310000"));
-        assert_eq!(d.remote.target.as_ref().unwrap().uri, "sip:**11@pbx.xxxx.net");
+        assert_eq!(
+            d.remote.target.as_ref().unwrap().uri,
+            "sip:**11@pbx.xxxx.net"
+        );
         assert_eq!(d.line, None);
     }
 
@@ -730,7 +751,9 @@ mod tests {
         ));
         assert_eq!(yes.dialogs[0].rendering(), Some(Rendering::Yes));
 
-        let polycom = doc(&capture("polycom-spip320-3.1.2-notify-dialog-early-x-line-id.sip"));
+        let polycom = doc(&capture(
+            "polycom-spip320-3.1.2-notify-dialog-early-x-line-id.sip",
+        ));
         let d = &polycom.dialogs[0];
         assert_eq!(d.state, DialogState::Early);
         assert_eq!(d.line, Some(0));
@@ -740,7 +763,9 @@ mod tests {
 
     #[test]
     fn bla_x_line_id_pvalue_from_yxa() {
-        let info = doc(&capture("yxa-sipit-dialog-info-x-line-id-pvalue-terminated.xml"));
+        let info = doc(&capture(
+            "yxa-sipit-dialog-info-x-line-id-pvalue-terminated.xml",
+        ));
         let d = &info.dialogs[0];
         assert_eq!(d.id, "(null)");
         assert_eq!(d.line, Some(0));
@@ -766,8 +791,10 @@ mod tests {
 
     #[test]
     fn rfc4235_4_1_root_and_its_attributes() {
-        assert!(err("<dialog-info version='1' state='full' entity='sip:a@b'/>")
-            .contains("not in the namespace"));
+        assert!(
+            err("<dialog-info version='1' state='full' entity='sip:a@b'/>")
+                .contains("not in the namespace")
+        );
         assert!(err("<presence xmlns='urn:ietf:params:xml:ns:pidf'/>")
             .contains("root element is <presence>, not <dialog-info>"));
         let base = |attrs: &str| format!("<dialog-info xmlns='{NS_DIALOG_INFO}' {attrs}/>");
@@ -777,15 +804,19 @@ mod tests {
         assert!(err(&base("version='1' state='fool' entity='sip:a@b'"))
             .contains("state 'fool' is not full or partial"));
         assert!(err(&base("version='1' state='full'")).contains("no entity"));
-        let huge = doc(&base("version='99999999999999' state='full' entity='sip:a@b'"));
+        let huge = doc(&base(
+            "version='99999999999999' state='full' entity='sip:a@b'",
+        ));
         assert_eq!(huge.version, u32::MAX);
     }
 
     #[test]
     fn rfc4235_4_1_1_dialog_needs_id_and_valid_direction() {
         assert!(err(&wrap("<dialog><state>early</state></dialog>")).contains("<dialog> has no id"));
-        assert!(err(&wrap("<dialog id='x' direction='sideways'><state>early</state></dialog>"))
-            .contains("direction 'sideways'"));
+        assert!(err(&wrap(
+            "<dialog id='x' direction='sideways'><state>early</state></dialog>"
+        ))
+        .contains("direction 'sideways'"));
     }
 
     #[test]
@@ -793,19 +824,27 @@ mod tests {
         assert!(err(&wrap("<dialog id='x'/>")).contains("dialog 'x' has no <state>"));
         assert!(err(&wrap("<dialog id='x'><state>ringing</state></dialog>"))
             .contains("state 'ringing' is not a dialog state"));
-        let d = doc(&wrap("<dialog id='x'><state event='remote-bye' code='487'> terminated </state></dialog>"));
+        let d = doc(&wrap(
+            "<dialog id='x'><state event='remote-bye' code='487'> terminated </state></dialog>",
+        ));
         assert_eq!(d.dialogs[0].event, Some(StateEvent::RemoteBye));
         assert_eq!(d.dialogs[0].code, Some(487));
-        assert!(err(&wrap("<dialog id='x'><state event='hangup'>terminated</state></dialog>"))
-            .contains("event 'hangup' is unknown"));
-        assert!(err(&wrap("<dialog id='x'><state code='99'>terminated</state></dialog>"))
-            .contains("code '99'"));
+        assert!(err(&wrap(
+            "<dialog id='x'><state event='hangup'>terminated</state></dialog>"
+        ))
+        .contains("event 'hangup' is unknown"));
+        assert!(err(&wrap(
+            "<dialog id='x'><state code='99'>terminated</state></dialog>"
+        ))
+        .contains("code '99'"));
     }
 
     #[test]
     fn rfc4235_4_1_6_target_needs_uri_and_params_need_names() {
-        assert!(err(&wrap("<dialog id='x'><state>early</state><local><target/></local></dialog>"))
-            .contains("<target> has no uri"));
+        assert!(err(&wrap(
+            "<dialog id='x'><state>early</state><local><target/></local></dialog>"
+        ))
+        .contains("<target> has no uri"));
         assert!(err(&wrap("<dialog id='x'><state>early</state><local><target uri='sip:a@b'><param pval='1'/></target></local></dialog>"))
             .contains("<param> has no pname"));
     }
@@ -854,8 +893,11 @@ mod tests {
         };
         let out = info.render(true);
         assert!(out.contains("<dialog id=\"a&quot;&lt;b&gt;\">"), "{out}");
-        assert!(out.contains("<identity display=\"A &quot;B&quot; &lt;C&gt;\">sip:a&amp;b@h</identity>"));
-        assert!(out.contains("<target uri=\"sip:a&amp;b@h\">\n        <param pname=\"x-line-id\" pval=\"7\"/>"));
+        assert!(out
+            .contains("<identity display=\"A &quot;B&quot; &lt;C&gt;\">sip:a&amp;b@h</identity>"));
+        assert!(out.contains(
+            "<target uri=\"sip:a&amp;b@h\">\n        <param pname=\"x-line-id\" pval=\"7\"/>"
+        ));
         // Read back, the synthesised target is there.
         let mut expected = info.clone();
         expected.dialogs[0].local.target = Some(Target {
@@ -867,12 +909,18 @@ mod tests {
 
     #[test]
     fn hostile_input_is_refused_with_a_reason() {
-        let deep = format!("<dialog-info>{}{}</dialog-info>", "<x>".repeat(40), "</x>".repeat(40));
+        let deep = format!(
+            "<dialog-info>{}{}</dialog-info>",
+            "<x>".repeat(40),
+            "</x>".repeat(40)
+        );
         assert!(err(&deep).contains("deeper than 32"));
         let laughs = "<!DOCTYPE d [<!ENTITY a \"aaaa\">]><dialog-info>&a;</dialog-info>";
         assert!(err(laughs).contains("DOCTYPE"));
-        assert!(err(&capture("polycom-spip320-3.1.2-notify-dialog-early-x-line-id.sip")[..300])
-            .contains("truncated"));
+        assert!(
+            err(&capture("polycom-spip320-3.1.2-notify-dialog-early-x-line-id.sip")[..300])
+                .contains("truncated")
+        );
         let e = parse(b"<dialog-info xmlns='urn:ietf:params:xml:ns:dialog-info' entity='\xff'/>")
             .unwrap_err()
             .to_string();

@@ -145,7 +145,10 @@ fn header(line: &str) -> Option<(&str, &str)> {
 
 /// A line quoted in an error.
 fn line_err(n: usize, line: &str, what: &str) -> BodyError {
-    BodyError::invalid(format!("message-summary line {n} '{}': {what}", quote(line)))
+    BodyError::invalid(format!(
+        "message-summary line {n} '{}': {what}",
+        quote(line)
+    ))
 }
 
 /// `a / b` → (a, b).
@@ -160,8 +163,11 @@ fn pair(s: &str) -> Option<(u32, u32)> {
     Some((num(a)?, num(b)?))
 }
 
+/// New, old and (urgent new, urgent old) counts of a summary line.
+type Counts = (u32, u32, Option<(u32, u32)>);
+
 /// `new/old` or `new/old (urgent_new/urgent_old)`.
-fn counts(value: &str) -> Option<(u32, u32, Option<(u32, u32)>)> {
+fn counts(value: &str) -> Option<Counts> {
     match value.split_once('(') {
         None => {
             let (n, o) = pair(value)?;
@@ -371,8 +377,10 @@ mod tests {
             "Bad Request: message-summary line 2 'Voice-Message: two/0': counts must be new/old (urgent/urgent)"
         );
         assert!(err("Messages-Waiting: yes\nVoice-Message: 1/0 (1/0\n").contains("line 2"));
-        assert!(err("Messages-Waiting: yes\nVoice-Message: 1/0\nvoice-message: 2/0\n")
-            .contains("appears twice"));
+        assert!(
+            err("Messages-Waiting: yes\nVoice-Message: 1/0\nvoice-message: 2/0\n")
+                .contains("appears twice")
+        );
         assert!(err("Messages-Waiting: yes\nVoice-Message: 99999999999/0\n").contains("counts"));
         assert!(err("Messages-Waiting: yes\nMessage-Account: alice\n").contains("not a URI"));
         assert!(err("Messages-Waiting: yes\nthis is not a header\n")
@@ -384,17 +392,25 @@ mod tests {
         let s = ok("Messages-Waiting: no\nX-Box: 1\n\nSubject: a\n long\n\n");
         assert_eq!(
             s.headers,
-            [("X-Box".into(), "1".into()), ("Subject".into(), "a long".into())]
+            [
+                ("X-Box".into(), "1".into()),
+                ("Subject".into(), "a long".into())
+            ]
         );
         assert!(err("Messages-Waiting: no\n folded\n").contains("continuation"));
     }
 
     #[test]
     fn hostile_input() {
-        let e = parse(b"Messages-Waiting: yes\r\nSubject: \xff\r\n").unwrap_err().to_string();
+        let e = parse(b"Messages-Waiting: yes\r\nSubject: \xff\r\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not UTF-8"), "{e}");
         let big = "Messages-Waiting: yes\r\n".repeat(4000);
-        assert!(matches!(parse(big.as_bytes()), Err(BodyError::TooLarge(..))));
+        assert!(matches!(
+            parse(big.as_bytes()),
+            Err(BodyError::TooLarge(..))
+        ));
         let long_line = format!("Messages-Waiting: yes\r\n{}\r\n", "x".repeat(1000));
         let e = err(&long_line);
         assert!(e.chars().count() < 110 && !e.contains('\n'), "{e}");

@@ -125,9 +125,7 @@ pub fn parse(body: &[u8]) -> Result<Pidf, BodyError> {
     let root = xml::parse(body)?;
     if !root.is(NS_PIDF, "presence") {
         return Err(if root.name.local == "presence" {
-            BodyError::invalid(format!(
-                "<presence> is not in the PIDF namespace {NS_PIDF}"
-            ))
+            BodyError::invalid(format!("<presence> is not in the PIDF namespace {NS_PIDF}"))
         } else {
             BodyError::invalid(format!(
                 "root element is <{}>, not PIDF <presence>",
@@ -137,7 +135,9 @@ pub fn parse(body: &[u8]) -> Result<Pidf, BodyError> {
     }
     let entity = root.attr("entity").map(str::trim).unwrap_or("");
     if entity.is_empty() {
-        return Err(BodyError::invalid("PIDF <presence> has no entity attribute"));
+        return Err(BodyError::invalid(
+            "PIDF <presence> has no entity attribute",
+        ));
     }
     if !entity.contains(':') {
         return Err(BodyError::invalid(format!(
@@ -271,7 +271,10 @@ fn compose(docs: &[Pidf]) -> Composed<'_> {
                     composed.notes.push(child);
                 }
             } else if child.is(NS_DATA_MODEL, "person") || child.is(NS_DATA_MODEL, "device") {
-                let key = (child.name.local.as_str(), child.attr("id").unwrap_or("").trim());
+                let key = (
+                    child.name.local.as_str(),
+                    child.attr("id").unwrap_or("").trim(),
+                );
                 if dm_ids.insert(key) {
                     composed.rest.push(child);
                 }
@@ -321,7 +324,9 @@ pub fn closed(entity: &str) -> String {
     push_attr(&mut out, "entity", entity);
     out.push_str(">\n  <tuple");
     push_attr(&mut out, "id", CLOSED_TUPLE_ID);
-    out.push_str(">\n    <status>\n      <basic>closed</basic>\n    </status>\n  </tuple>\n</presence>\n");
+    out.push_str(
+        ">\n    <status>\n      <basic>closed</basic>\n    </status>\n  </tuple>\n</presence>\n",
+    );
     out
 }
 
@@ -350,7 +355,10 @@ pub fn xpidf(entity: &str, docs: &[Pidf]) -> String {
         .collect();
     let open = tuples.iter().find(|t| t.basic() == Some(Basic::Open));
     let chosen = open.or(tuples.first());
-    let atom_id = chosen.map(|t| t.id()).filter(|id| !id.is_empty()).unwrap_or("1");
+    let atom_id = chosen
+        .map(|t| t.id())
+        .filter(|id| !id.is_empty())
+        .unwrap_or("1");
     let address = chosen
         .and_then(|t| t.contact())
         .unwrap_or_else(|| entity.to_string());
@@ -417,7 +425,10 @@ mod tests {
         let t = l.tuples().next().unwrap();
         assert_eq!(t.id(), "tnntnv");
         assert_eq!(t.basic(), Some(Basic::Open));
-        assert_eq!(t.contact().as_deref(), Some("sip:CPBX-1234567890@pbx.easybell.de"));
+        assert_eq!(
+            t.contact().as_deref(),
+            Some("sip:CPBX-1234567890@pbx.easybell.de")
+        );
         // Zoiper's lines end in a space, also inside the start tags.
         let z_body = sip_body(ZOIPER);
         assert!(z_body.contains("\"maria\" > \n"));
@@ -429,10 +440,15 @@ mod tests {
     #[test]
     fn rfc3863_4_1_1_root_is_presence_in_the_pidf_namespace() {
         assert!(err("<presence entity='sip:a@b'/>").contains("not in the PIDF namespace"));
-        assert!(err("<presence xmlns='urn:ietf:params:xml:ns:pidfx' entity='sip:a@b'/>")
-            .contains("not in the PIDF namespace"));
+        assert!(
+            err("<presence xmlns='urn:ietf:params:xml:ns:pidfx' entity='sip:a@b'/>")
+                .contains("not in the PIDF namespace")
+        );
         let e = err("<dialog-info xmlns='urn:ietf:params:xml:ns:dialog-info'/>");
-        assert!(e.contains("root element is <dialog-info>, not PIDF <presence>"), "{e}");
+        assert!(
+            e.contains("root element is <dialog-info>, not PIDF <presence>"),
+            "{e}"
+        );
         // XPIDF sent as PIDF: no namespace and a DOCTYPE.
         let e = err("<?xml version=\"1.0\"?>\n<!DOCTYPE presence PUBLIC \"-//IETF//DTD RFCxxxx XPIDF 1.0//EN\" \"xpidf.dtd\">\n<presence><presentity uri=\"sip:a@b\"/></presence>");
         assert!(e.contains("DOCTYPE"), "{e}");
@@ -442,9 +458,12 @@ mod tests {
     fn rfc3863_4_1_2_entity_is_required() {
         assert!(err(&format!("<presence xmlns='{NS_PIDF}'/>")).contains("no entity"));
         assert!(err(&format!("<presence xmlns='{NS_PIDF}' entity=' '/>")).contains("no entity"));
-        assert!(err(&format!("<presence xmlns='{NS_PIDF}' entity='alice'/>"))
-            .contains("not a URI"));
-        assert!(parse(format!("<presence xmlns='{NS_PIDF}' entity='pres:a@b'/>").as_bytes()).is_ok());
+        assert!(
+            err(&format!("<presence xmlns='{NS_PIDF}' entity='alice'/>")).contains("not a URI")
+        );
+        assert!(
+            parse(format!("<presence xmlns='{NS_PIDF}' entity='pres:a@b'/>").as_bytes()).is_ok()
+        );
     }
 
     fn with_tuple(tuple: &str) -> String {
@@ -453,7 +472,9 @@ mod tests {
 
     #[test]
     fn rfc3863_4_1_3_tuple_needs_id() {
-        let e = err(&with_tuple("<tuple><status><basic>open</basic></status></tuple>"));
+        let e = err(&with_tuple(
+            "<tuple><status><basic>open</basic></status></tuple>",
+        ));
         assert_eq!(e, "Bad Request: PIDF <tuple> has no id attribute");
     }
 
@@ -474,10 +495,13 @@ mod tests {
 
     #[test]
     fn rfc3863_4_1_4_basic_is_open_or_closed() {
-        let e = err(&with_tuple("<tuple id='a'><status><basic>busy</basic></status></tuple>"));
+        let e = err(&with_tuple(
+            "<tuple id='a'><status><basic>busy</basic></status></tuple>",
+        ));
         assert_eq!(e, "Bad Request: PIDF <basic> is 'busy', not open or closed");
         assert!(parse(
-            with_tuple("<tuple id='a'><status><basic>\n closed \n</basic></status></tuple>").as_bytes()
+            with_tuple("<tuple id='a'><status><basic>\n closed \n</basic></status></tuple>")
+                .as_bytes()
         )
         .is_ok());
         assert!(err(&with_tuple(
@@ -489,11 +513,15 @@ mod tests {
     #[test]
     fn rfc3863_4_1_5_contact_priority_is_a_qvalue() {
         for good in ["0", "1", "0.8", "1.000", "0.123", "00.5"] {
-            let t = format!("<tuple id='a'><status/><contact priority='{good}'>sip:a@b</contact></tuple>");
+            let t = format!(
+                "<tuple id='a'><status/><contact priority='{good}'>sip:a@b</contact></tuple>"
+            );
             assert!(parse(with_tuple(&t).as_bytes()).is_ok(), "{good}");
         }
         for bad in ["1.1", "2", "-0.5", "0.1234", "high", ""] {
-            let t = format!("<tuple id='a'><status/><contact priority='{bad}'>sip:a@b</contact></tuple>");
+            let t = format!(
+                "<tuple id='a'><status/><contact priority='{bad}'>sip:a@b</contact></tuple>"
+            );
             assert!(err(&with_tuple(&t)).contains("priority"), "{bad}");
         }
     }
@@ -514,17 +542,21 @@ mod tests {
     fn hostile_input_is_refused_with_a_reason() {
         let deep = format!("{}{}", "<presence>".repeat(40), "</presence>".repeat(40));
         assert!(err(&deep).contains("deeper than 32"));
-        assert!(err("<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:a@b'><tuple id='a'>")
-            .contains("truncated"));
+        assert!(err(
+            "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:a@b'><tuple id='a'>"
+        )
+        .contains("truncated"));
         let huge = format!(
             "<presence xmlns='{NS_PIDF}' entity='sip:{}@b'/>",
             "a".repeat(10_000)
         );
         assert!(err(&huge).contains("longer than 4096"));
-        assert!(parse(b"<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:\xc0@b'/>")
-            .unwrap_err()
-            .to_string()
-            .contains("UTF-8"));
+        assert!(
+            parse(b"<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:\xc0@b'/>")
+                .unwrap_err()
+                .to_string()
+                .contains("UTF-8")
+        );
         let big = vec![b' '; super::super::MAX_BODY_LEN + 1];
         assert!(matches!(parse(&big), Err(BodyError::TooLarge(..))));
     }
@@ -565,11 +597,16 @@ mod tests {
     #[test]
     fn merge_newest_tuple_wins() {
         let older = doc(&with_tuple("<tuple id='t'><status><basic>open</basic></status></tuple><tuple id='u'><status><basic>open</basic></status></tuple>"));
-        let newer = doc(&with_tuple("<tuple id='t'><status><basic>closed</basic></status></tuple>"));
+        let newer = doc(&with_tuple(
+            "<tuple id='t'><status><basic>closed</basic></status></tuple>",
+        ));
         let merged = doc(&merge(ENTITY, &[older, newer]));
         let tuples: Vec<(&str, Option<Basic>)> =
             merged.tuples().map(|t| (t.id(), t.basic())).collect();
-        assert_eq!(tuples, [("t", Some(Basic::Closed)), ("u", Some(Basic::Open))]);
+        assert_eq!(
+            tuples,
+            [("t", Some(Basic::Closed)), ("u", Some(Basic::Open))]
+        );
     }
 
     #[test]
@@ -587,7 +624,10 @@ mod tests {
         ));
         let merged = merge(ENTITY, &[a, b]);
         let back = doc(&merged);
-        let persons: Vec<&Element> = back.root().children_named(NS_DATA_MODEL, "person").collect();
+        let persons: Vec<&Element> = back
+            .root()
+            .children_named(NS_DATA_MODEL, "person")
+            .collect();
         assert_eq!(persons.len(), 2);
         assert_eq!(persons[0].attr("id"), Some("p1"));
         let activities = persons[0].child(NS_RPID, "activities").unwrap();
@@ -621,14 +661,21 @@ mod tests {
         let back = xml::parse(merged.as_bytes()).expect("well-formed");
         let kids: Vec<&Element> = back.elements().collect();
         let tuple = kids.iter().find(|e| e.is(NS_PIDF, "tuple")).unwrap();
-        let x = tuple.child(NS_PIDF, "status").unwrap().child("urn:example:ext", "x").unwrap();
+        let x = tuple
+            .child(NS_PIDF, "status")
+            .unwrap()
+            .child("urn:example:ext", "x")
+            .unwrap();
         assert_eq!(x.attr_ns(NS_RPID, "y"), Some("1"));
         assert!(kids.iter().any(|e| e.is(NS_RPID, "unknown-top")));
         let person = kids.iter().find(|e| e.is(NS_DATA_MODEL, "person")).unwrap();
         let act = person.child(NS_RPID, "activities").unwrap();
         assert!(act.child(NS_RPID, "busy").is_some());
         let device = kids.iter().find(|e| e.is(NS_DATA_MODEL, "device")).unwrap();
-        assert_eq!(device.child(NS_DATA_MODEL, "deviceID").unwrap().text(), "urn:x");
+        assert_eq!(
+            device.child(NS_DATA_MODEL, "deviceID").unwrap().text(),
+            "urn:x"
+        );
         // One declaration per namespace, well-known prefixes for the known ones.
         assert!(merged.contains(&format!("xmlns:rpid=\"{NS_RPID}\"")));
         assert!(merged.contains(&format!("xmlns:dm=\"{NS_DATA_MODEL}\"")));
@@ -640,7 +687,9 @@ mod tests {
 
     #[test]
     fn merge_escapes_entity_and_text() {
-        let a = doc(&with_tuple("<tuple id='a'><status/><note>a &lt;b&gt; &amp; c</note></tuple>"));
+        let a = doc(&with_tuple(
+            "<tuple id='a'><status/><note>a &lt;b&gt; &amp; c</note></tuple>",
+        ));
         let merged = merge("sip:a&\"b\"@c", &[a]);
         assert!(merged.contains("entity=\"sip:a&amp;&quot;b&quot;@c\""));
         assert!(merged.contains("<note>a &lt;b&gt; &amp; c</note>"));

@@ -329,9 +329,7 @@ pub fn parse_str(text: &str) -> Result<Element, BodyError> {
                 }
             }
             Event::PI(_) | Event::Comment(_) => {}
-            Event::Start(start) | Event::Empty(start)
-                if root.is_some() && stack.is_empty() =>
-            {
+            Event::Start(start) | Event::Empty(start) if root.is_some() && stack.is_empty() => {
                 let _ = start;
                 return Err(BodyError::xml("more than one root element"));
             }
@@ -452,22 +450,18 @@ fn qx_error(e: &QxError, position: u64, stack: &[(Element, usize)]) -> BodyError
             IllFormedError::UnmatchedEndTag(tag) => {
                 BodyError::xml(format!("</{}> has no start tag", quote(tag)))
             }
-            IllFormedError::MismatchedEndTag { expected, found } => BodyError::xml(format!(
-                "</{}> closes <{}>",
-                quote(found),
-                quote(expected)
-            )),
+            IllFormedError::MismatchedEndTag { expected, found } => {
+                BodyError::xml(format!("</{}> closes <{}>", quote(found), quote(expected)))
+            }
             IllFormedError::UnclosedReference => {
                 BodyError::xml(format!("'&' without ';' (byte {position})"))
             }
-            IllFormedError::MissingDoctypeName => BodyError::invalid(
-                "XML body has a DOCTYPE; DTDs and entities are not allowed",
-            ),
+            IllFormedError::MissingDoctypeName => {
+                BodyError::invalid("XML body has a DOCTYPE; DTDs and entities are not allowed")
+            }
             other => BodyError::xml(format!("{other} (byte {position})")),
         },
-        QxError::InvalidAttr(_) => {
-            BodyError::xml(format!("bad attribute syntax in <{}>", open()))
-        }
+        QxError::InvalidAttr(_) => BodyError::xml(format!("bad attribute syntax in <{}>", open())),
         QxError::Escape(_) => BodyError::xml(format!("bad reference (byte {position})")),
         other => BodyError::xml(format!("{other} (byte {position})")),
     }
@@ -541,10 +535,16 @@ fn resolve(bindings: &[Binding], prefix: Option<&str>) -> Result<Option<Arc<str>
 
 /// Reads a start tag: pushes its namespace declarations, resolves its names and checks its
 /// attributes. Returns the element (no children yet) and how many bindings it pushed.
-fn open(start: &BytesStart<'_>, bindings: &mut Vec<Binding>) -> Result<(Element, usize), BodyError> {
+fn open(
+    start: &BytesStart<'_>,
+    bindings: &mut Vec<Binding>,
+) -> Result<(Element, usize), BodyError> {
     let raw_name = start.name().0;
     let Some((prefix, local)) = split_qname(raw_name) else {
-        return Err(BodyError::xml(format!("bad element name <{}>", quote(raw_name))));
+        return Err(BodyError::xml(format!(
+            "bad element name <{}>",
+            quote(raw_name)
+        )));
     };
     let mut raw_attrs: Vec<(Option<&str>, &str, String)> = Vec::new();
     let mut pushed = 0usize;
@@ -664,10 +664,7 @@ fn resolve_names(
             None => None,
             Some(_) => resolve(bindings, ap).map_err(undeclared)?,
         };
-        if attrs
-            .iter()
-            .any(|a| a.name.local == al && a.name.ns == ans)
-        {
+        if attrs.iter().any(|a| a.name.local == al && a.name.ns == ans) {
             return Err(BodyError::xml(format!(
                 "attribute '{}' appears twice",
                 quote(al)
@@ -844,7 +841,13 @@ impl NsWriter {
 
     /// `depth` is `None` inside mixed content (no added whitespace); `default_in_scope` says
     /// whether the unprefixed namespace is `default_ns` (else none) at this point.
-    fn write(&self, element: &Element, depth: Option<usize>, default_in_scope: bool, out: &mut String) {
+    fn write(
+        &self,
+        element: &Element,
+        depth: Option<usize>,
+        default_in_scope: bool,
+        out: &mut String,
+    ) {
         if let Some(d) = depth {
             indent(out, d);
         }
@@ -974,7 +977,9 @@ mod tests {
     fn refuses_huge_attribute_and_too_many_attributes() {
         let huge = format!("<a b=\"{}\"/>", "x".repeat(MAX_ATTR_LEN + 1));
         assert!(err(&huge).contains("longer than 4096"));
-        let attrs: String = (0..=MAX_ATTRIBUTES).map(|i| format!(" a{i}=\"1\"")).collect();
+        let attrs: String = (0..=MAX_ATTRIBUTES)
+            .map(|i| format!(" a{i}=\"1\""))
+            .collect();
         assert!(err(&format!("<a{attrs}/>")).contains("more than 64 attributes"));
     }
 
