@@ -190,6 +190,8 @@ pub fn parse(body: &[u8]) -> Result<MessageSummary, BodyError> {
             e.valid_up_to()
         ))
     })?;
+    // Leading blank lines or indentation before the first header are tolerated.
+    let text = text.trim_start_matches([' ', '\t', '\r', '\n']);
     let text = text.strip_suffix('\n').unwrap_or(text);
     let mut lines = text
         .split('\n')
@@ -362,6 +364,9 @@ mod tests {
     #[test]
     fn rfc3842_5_2_messages_waiting_is_required_and_first() {
         assert!(err("").contains("line 1 '': Messages-Waiting must come first"));
+        // Leading blank lines and indentation are tolerated; the first header still rules.
+        assert!(ok("\r\n   Messages-Waiting: yes\r\n").waiting);
+        assert!(err("\r\nVoice-Message: 1/0\r\n").contains("must come first"));
         assert!(err("Voice-Message: 1/0\r\nMessages-Waiting: yes\r\n")
             .contains("line 1 'Voice-Message: 1/0': Messages-Waiting must come first"));
         assert!(err("Messages-Waiting: maybe\r\n").contains("must be yes or no"));
