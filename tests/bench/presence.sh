@@ -22,6 +22,10 @@
 #                              changes closer than 10 ms: keep it well above)
 #   BENCH_KAM_CHILDREN=2       Kamailio UDP workers (register.sh found 2
 #                              fastest on this 2-core VM)
+#   BENCH_KAM_SHM_MB=4096      Kamailio shared memory (-m).  It keeps ~23 KB of
+#                              tm state per new subscription for the wait
+#                              timers (SUBSCRIBE + NOTIFY transactions), so
+#                              at ~8,000 SUBSCRIBE/s 1 GB ran out (500s)
 #   BENCH_BUDGET=570           seconds; steps that no longer fit are skipped
 #   BENCH_SETTLE=34            seconds idle before the settled memory figure
 #                              (RFC 3261 Timer J/K: transactions gone)
@@ -46,8 +50,9 @@
 #      (presence_watch.xml, one sipp that stays up and answers every NOTIFY),
 #      then BENCH_REPEATS rounds, each one sipp call (presence_publish.xml)
 #      sending an initial PUBLISH, a 1 s pause, then BENCH_FANOUT_PUBLISHES
-#      modifying PUBLISHes (SIP-If-Match, basic open/closed alternately, every
-#      BENCH_FANOUT_SPACING_MS), then a removing one.  Everything on the
+#      modifying PUBLISHes (SIP-If-Match, basic open/closed alternately, on a
+#      fixed schedule of one every BENCH_FANOUT_SPACING_MS, whatever the
+#      server's PUBLISH response time), then a removing one.  Everything on the
 #      server's port is captured on loopback (tcpdump -i lo) and
 #      presence_fanout.py pairs each PUBLISH with, per watcher, the first
 #      NOTIFY that shows its state (marker "pub-N" in the PIDF <note>):
@@ -106,6 +111,7 @@ FAN_WATCHERS="${BENCH_FANOUT_WATCHERS:-100 1000}"
 FAN_PUBS="${BENCH_FANOUT_PUBLISHES:-100}"
 FAN_SPACING="${BENCH_FANOUT_SPACING_MS:-50}"
 KAM_CHILDREN="${BENCH_KAM_CHILDREN:-2}"
+KAM_SHM_MB="${BENCH_KAM_SHM_MB:-4096}"
 BUDGET="${BENCH_BUDGET:-570}"
 SETTLE="${BENCH_SETTLE:-34}"
 RUN_TIMEOUT=60
@@ -323,7 +329,7 @@ measure_fanout() { # SYS PORT W
     fi
     awk -v n="$w" -v p="$pres" -v d="$BL_DOMAIN" -v t="f${w}w" 'BEGIN {
         print "SEQUENTIAL"; for (i = 1; i <= n; i++) printf "%s%06d;%s;%s\n", t, i, p, d }' > "$csv"
-    printf 'SEQUENTIAL\n%s;%s;%s\n' "$pres" "$BL_DOMAIN" "$FAN_PUBS" > "$WORK/pub-$tag.csv"
+    printf 'SEQUENTIAL\n%s;%s;%s;%s\n' "$pres" "$BL_DOMAIN" "$FAN_PUBS" "$FAN_SPACING" > "$WORK/pub-$tag.csv"
 
     # capture what the analysis needs and nothing else (the box has 2 cores):
     # everything the server sends (NOTIFYs) and what the publisher sends it
@@ -361,7 +367,7 @@ measure_fanout() { # SYS PORT W
     if ((n >= w)); then
         for r in $(seq 1 "$REPEATS"); do
             bl_sipp_run "$tag-pub$r" "$port" u1 "$SC_PUB" "$WORK/pub-$tag.csv" 1 "$WORK" \
-                $((FAN_PUBS * FAN_SPACING / 1000 + 20)) -p "$pubport" -d "$FAN_SPACING" -base_cseq $((r * 1000000)) \
+                $((FAN_PUBS * FAN_SPACING / 1000 + 20)) -p "$pubport" -base_cseq $((r * 1000000)) \
                 -default_behaviors all,-bye "${SIPP_COMMON[@]}"
             bl_sipp_clean 1 || { pubfail=$((pubfail + 1)); bl_log "$tag round $r: publisher failed"; bl_sipp_explain >&2; }
             wait_quiet "$pcap"
@@ -377,7 +383,7 @@ measure_fanout() { # SYS PORT W
     local wok="$BL_SIPP_OK" wfail="$BL_SIPP_FAILED" wunexp="$BL_SIPP_UNEXPECTED"
     python3 "$FANOUT_PY" "$pcap" "$port" >"$out" 2>&1 || bl_log "fan-out analysis failed: $(tail -3 "$out")"
     sed 's/^/    /' "$out" >&2
-    local p50s=() p99s=() npss=() miss=0 deliv=0 expct=0 coal=0 ooo=0 line kv
+    local p50s=() p99s=() npss=() ivs=() miss=0 deliv=0 expct=0 coal=0 ooo=0 line kv
     while read -r line; do
         [[ "$line" == ROUND* ]] || continue
         declare -A F=()
@@ -385,6 +391,7 @@ measure_fanout() { # SYS PORT W
         [[ "${F[p50_ms]}" != n/a ]] && p50s+=("${F[p50_ms]}")
         [[ "${F[p99_ms]}" != n/a ]] && p99s+=("${F[p99_ms]}")
         npss+=("${F[notify_per_s]}")
+        ivs+=("${F[pub_interval_ms]:-0}")
         miss=$((miss + ${F[missing]})); deliv=$((deliv + ${F[delivered]})); expct=$((expct + ${F[expected]}))
         coal=$((coal + ${F[coalesced]:-0})); ooo=$((ooo + ${F[out_of_order]:-0}))
         unset F
@@ -393,7 +400,7 @@ measure_fanout() { # SYS PORT W
     RES[$sys:fan$w:p50]="$(median "${p50s[@]}")"
     RES[$sys:fan$w:p99]="$(median "${p99s[@]}")"
     RES[$sys:fan$w:nps]="$(median "${npss[@]}")"
-    RES[$sys:fan$w]="rounds ${#p50s[@]}/$REPEATS, NOTIFYs $deliv/$expct (missing $miss, coalesced $coal, out of order $ooo), publisher failures $pubfail, watchers $wok ok/$wfail failed (unexpected $wunexp), ${total#TOTAL }, UDP drops $drops"
+    RES[$sys:fan$w]="rounds ${#p50s[@]}/$REPEATS, PUBLISH every $(median "${ivs[@]}") ms, NOTIFYs $deliv/$expct (missing $miss, coalesced $coal, out of order $ooo), publisher failures $pubfail, watchers $wok ok/$wfail failed (unexpected $wunexp), ${total#TOTAL }, UDP drops $drops"
     bl_log "$sys fan-out W=$w: p50 ${RES[$sys:fan$w:p50]} ms, p99 ${RES[$sys:fan$w:p99]} ms, ${RES[$sys:fan$w:nps]} NOTIFY/s; ${RES[$sys:fan$w]}"
 }
 
@@ -413,7 +420,7 @@ if ((DO_KAM)); then
     bl_gen_kam_presence_sqlite "$WORK/kam.sqlite" 0
     bl_log "starting kamailio (presence, children=$KAM_CHILDREN) on udp+tcp $BL_HOST:$port"
     bl_start_kamailio "$WORK" "$port" "$KAM_CHILDREN" "sqlite:///$WORK/kam.sqlite" "$WORK/kamailio.log" \
-        -m 1024 -A "CTL_SOCKET=\"unix:$WORK/kamailio_ctl\"" -A "SERVER_ADDRESS=\"sip:$BL_HOST:$port\""
+        -m "$KAM_SHM_MB" -A "CTL_SOCKET=\"unix:$WORK/kamailio_ctl\"" -A "SERVER_ADDRESS=\"sip:$BL_HOST:$port\""
     if bl_wait_ready "$BL_SERVER_PID" "$port" 30; then
         measure kamailio "$port"
         kill -0 "$BL_SERVER_PID" 2>/dev/null || NOTES+=("kamailio died during the benchmark (see $WORK/kamailio.log)")
@@ -483,7 +490,7 @@ done
 for n in "${NOTES[@]}"; do echo "  note: $n"; done
 echo
 echo "notes: sipp shares the $(nproc) cores with the server; UDP only; no authentication;"
-echo "       kamailio: children=$KAM_CHILDREN, subscriptions and publications in memory only (subs_db_mode=0, publ_cache=2);"
+echo "       kamailio: children=$KAM_CHILDREN, shm ${KAM_SHM_MB} MB, subscriptions and publications in memory only (subs_db_mode=0, publ_cache=2);"
 echo "       busylamp: writes subscriptions/publications to sled (data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'));"
 echo "       (b) latency = last watcher's NOTIFY on the wire - PUBLISH on the wire (loopback capture), per PUBLISH;"
 echo "       memory (c) = growth / $MEM_SUBS after ${SETTLE}s idle. Resident: kamailio PSS over all its processes,"

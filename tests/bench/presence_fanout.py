@@ -30,8 +30,8 @@ the output says "fallback=basic" and the figures must be read with care.
 
 Output: one line per round (publisher Call-ID), space-separated key=value:
   ROUND round=K publishes=P watchers=W expected=W*P delivered=D missing=M
-        coalesced=C retrans=R p50_ms=.. p99_ms=.. max_ms=.. notify_per_s=..
-        method=marker|basic
+        coalesced=C out_of_order=O p50_ms=.. p99_ms=.. max_ms=.. notify_per_s=..
+        pub_interval_ms=(mean time between two PUBLISHes) method=marker|basic
 and a final TOTAL line with the NOTIFY retransmission count and
 cseq_regressions: NOTIFYs (first transmissions) that reached a watcher after
 one with a higher CSeq in the same dialog.
@@ -178,6 +178,7 @@ def main():
         if not ns:
             continue
         t_first = publishes[ns[0]][0]
+        interval = (publishes[ns[-1]][0] - t_first) / (len(ns) - 1) * 1000.0 if len(ns) > 1 else 0.0
         lo, hi = ns[0], ns[-1]
         # watchers that took part: those with a NOTIFY after this round began
         active = [cid for cid, lst in watchers.items() if any(t >= t_first for (t, _, _) in lst)]
@@ -234,7 +235,7 @@ def main():
             f"ROUND round={rnd} publishes={len(ns)} watchers={len(active)} "
             f"expected={len(active) * len(ns)} delivered={delivered} missing={missing} "
             f"coalesced={coalesced} out_of_order={out_of_order} p50_ms={fmt(pct(lat, 50))} p99_ms={fmt(pct(lat, 99))} "
-            f"max_ms={fmt(lat[-1] if lat else None)} notify_per_s={nps:.0f} method={method}"
+            f"max_ms={fmt(lat[-1] if lat else None)} notify_per_s={nps:.0f} pub_interval_ms={interval:.1f} method={method}"
         )
     # NOTIFY CSeq must grow in the order the watcher receives them (RFC 3261
     # §12.2.2: a lower CSeq in a dialog is rejected; phones drop BLF on it)
