@@ -60,7 +60,14 @@
 #                  (p50 and p99 over the round's PUBLISHes)
 #        NOTIFY/s = NOTIFYs of the round / (last NOTIFY - first PUBLISH)
 #      NOTIFY/s cannot exceed the offered W x 1000/spacing: it shows whether a
-#      server keeps up; latency is the figure that separates them.
+#      server keeps up; latency is the figure that separates them.  When a
+#      server answers PUBLISH later than the spacing, the schedule slips: the
+#      achieved PUBLISH interval is printed with the details (W=1000 at 50 ms
+#      saturates this 2-core box for both servers).  The details also split
+#      the latency (PUBLISH -> 200, -> first NOTIFY, first -> last NOTIFY)
+#      and count correctness faults: NOTIFYs that reach a watcher after one
+#      carrying a newer state ("out of order") and CSeq regressions within a
+#      dialog (RFC 3261 §12.2.2; phones drop BLF on them).
 #
 # Ratios: throughput busylamp/Kamailio; latency, CPU and memory
 # Kamailio/busylamp; so > 1 always means busylamp is better.
@@ -383,7 +390,7 @@ measure_fanout() { # SYS PORT W
     local wok="$BL_SIPP_OK" wfail="$BL_SIPP_FAILED" wunexp="$BL_SIPP_UNEXPECTED"
     python3 "$FANOUT_PY" "$pcap" "$port" >"$out" 2>&1 || bl_log "fan-out analysis failed: $(tail -3 "$out")"
     sed 's/^/    /' "$out" >&2
-    local p50s=() p99s=() npss=() ivs=() miss=0 deliv=0 expct=0 coal=0 ooo=0 line kv
+    local p50s=() p99s=() npss=() ivs=() acks=() firsts=() spreads=() miss=0 deliv=0 expct=0 coal=0 ooo=0 line kv
     while read -r line; do
         [[ "$line" == ROUND* ]] || continue
         declare -A F=()
@@ -392,6 +399,9 @@ measure_fanout() { # SYS PORT W
         [[ "${F[p99_ms]}" != n/a ]] && p99s+=("${F[p99_ms]}")
         npss+=("${F[notify_per_s]}")
         ivs+=("${F[pub_interval_ms]:-0}")
+        [[ "${F[publish_200_ms]:-n/a}" != n/a ]] && acks+=("${F[publish_200_ms]}")
+        [[ "${F[first_notify_ms]:-n/a}" != n/a ]] && firsts+=("${F[first_notify_ms]}")
+        [[ "${F[spread_ms]:-n/a}" != n/a ]] && spreads+=("${F[spread_ms]}")
         miss=$((miss + ${F[missing]})); deliv=$((deliv + ${F[delivered]})); expct=$((expct + ${F[expected]}))
         coal=$((coal + ${F[coalesced]:-0})); ooo=$((ooo + ${F[out_of_order]:-0}))
         unset F
@@ -400,7 +410,9 @@ measure_fanout() { # SYS PORT W
     RES[$sys:fan$w:p50]="$(median "${p50s[@]}")"
     RES[$sys:fan$w:p99]="$(median "${p99s[@]}")"
     RES[$sys:fan$w:nps]="$(median "${npss[@]}")"
-    RES[$sys:fan$w]="rounds ${#p50s[@]}/$REPEATS, PUBLISH every $(median "${ivs[@]}") ms, NOTIFYs $deliv/$expct (missing $miss, coalesced $coal, out of order $ooo), publisher failures $pubfail, watchers $wok ok/$wfail failed (unexpected $wunexp), ${total#TOTAL }, UDP drops $drops"
+    RES[$sys:fan$w:order]="$ooo/${total##*cseq_regressions=}"
+    RES[$sys:fan$w:order]="${RES[$sys:fan$w:order]%% *}"
+    RES[$sys:fan$w]="rounds ${#p50s[@]}/$REPEATS, PUBLISH every $(median "${ivs[@]}") ms; medians: PUBLISH->200 $(median "${acks[@]}") ms, PUBLISH->first NOTIFY $(median "${firsts[@]}") ms, first->last NOTIFY $(median "${spreads[@]}") ms; NOTIFYs $deliv/$expct (missing $miss, coalesced $coal, out of order $ooo), publisher failures $pubfail, watchers $wok ok/$wfail failed (unexpected $wunexp), ${total#TOTAL }, UDP drops $drops"
     bl_log "$sys fan-out W=$w: p50 ${RES[$sys:fan$w:p50]} ms, p99 ${RES[$sys:fan$w:p99]} ms, ${RES[$sys:fan$w:nps]} NOTIFY/s; ${RES[$sys:fan$w]}"
 }
 
@@ -460,7 +472,7 @@ ratio() { # A B -> A/B with 2 decimals, n/a unless both numeric and B > 0
 row() { # LABEL KEY DIRECTION(up: busylamp/kamailio, down: kamailio/busylamp)
     local k="${RES[kamailio:$2]:-n/a}" b="${RES[busylamp:$2]:-n/a}" r
     if [[ "$3" == up ]]; then r="$(ratio "$b" "$k")"; else r="$(ratio "$k" "$b")"; fi
-    num "$k" || k="n/a"; num "$b" || b="n/a"
+    if [[ "$3" == none ]]; then r="-"; else num "$k" || k="n/a"; num "$b" || b="n/a"; fi
     printf '%-46s %12s %12s %8s\n' "$1" "$k" "$b" "$r"
 }
 echo
@@ -473,6 +485,7 @@ for w in $FAN_WATCHERS; do
     row "(b) W=$w: NOTIFY/s (offered $((w * 1000 / FAN_SPACING))/s)" "fan$w:nps" up
     row "(b) W=$w: PUBLISH->last NOTIFY p50 ms" "fan$w:p50" down
     row "(b) W=$w: PUBLISH->last NOTIFY p99 ms" "fan$w:p99" down
+    row "(b) W=$w: NOTIFYs out of order/CSeq regressions" "fan$w:order" none
 done
 row "(c) resident memory per subscription, B" mem down
 row "(c) live memory per subscription, B" mem_live down

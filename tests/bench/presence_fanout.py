@@ -31,7 +31,11 @@ the output says "fallback=basic" and the figures must be read with care.
 Output: one line per round (publisher Call-ID), space-separated key=value:
   ROUND round=K publishes=P watchers=W expected=W*P delivered=D missing=M
         coalesced=C out_of_order=O p50_ms=.. p99_ms=.. max_ms=.. notify_per_s=..
-        pub_interval_ms=(mean time between two PUBLISHes) method=marker|basic
+        pub_interval_ms=(mean time between two PUBLISHes) publish_200_ms=..
+        first_notify_ms=.. spread_ms=.. method=marker|basic
+  (the last three: medians over the round's PUBLISHes of PUBLISH -> its
+  200, PUBLISH -> the first watcher's NOTIFY showing it, first -> last
+  watcher's: where the latency goes)
 and a final TOTAL line with the NOTIFY retransmission count and
 cseq_regressions: NOTIFYs (first transmissions) that reached a watcher after
 one with a higher CSeq in the same dialog.
@@ -130,6 +134,7 @@ def main():
     retrans = 0
     pub_seen = set()
     cseqs = {}  # callid -> [(t, cseq number)] of first transmissions
+    pub_ok = {}  # PUBLISH CSeq number -> first response from the server
     for ts, sport, dport, payload in packets(path):
         if dport != port and sport != port:
             continue
@@ -152,6 +157,10 @@ def main():
             if callid not in pub_rounds:
                 pub_rounds.append(callid)
             publishes[n] = (ts, st.group(1).lower() if st else None, callid)
+        elif first.startswith(b"SIP/2.0 ") and sport == port and b"PUBLISH" in hdr.get(b"cseq", b""):
+            cs = hdr.get(b"cseq", b"").split()
+            if cs and cs[0].isdigit():
+                pub_ok.setdefault(int(cs[0]), ts)
         elif first.startswith(b"NOTIFY ") and sport == port:
             key = (hdr.get(b"call-id", b""), hdr.get(b"cseq", b""))
             if key in notifies:
@@ -228,6 +237,18 @@ def main():
             if h:
                 lat.append((max(t for (t, _) in h.values()) - t_pub) * 1000.0)
         lat.sort()
+        # where the time goes, per PUBLISH (medians): PUBLISH -> its response,
+        # PUBLISH -> first NOTIFY showing it, first -> last such NOTIFY
+        acks, firsts, spreads = [], [], []
+        for n in ns:
+            t_pub = publishes[n][0]
+            if n in pub_ok:
+                acks.append((pub_ok[n] - t_pub) * 1000.0)
+            if hits[n]:
+                ts_ = [t for (t, _) in hits[n].values()]
+                firsts.append((min(ts_) - t_pub) * 1000.0)
+                spreads.append((max(ts_) - min(ts_)) * 1000.0)
+        med = lambda v: sorted(v)[len(v) // 2] if v else None
         span = t_last - t_first
         nps = delivered / span if span > 0 else 0.0
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
@@ -235,7 +256,9 @@ def main():
             f"ROUND round={rnd} publishes={len(ns)} watchers={len(active)} "
             f"expected={len(active) * len(ns)} delivered={delivered} missing={missing} "
             f"coalesced={coalesced} out_of_order={out_of_order} p50_ms={fmt(pct(lat, 50))} p99_ms={fmt(pct(lat, 99))} "
-            f"max_ms={fmt(lat[-1] if lat else None)} notify_per_s={nps:.0f} pub_interval_ms={interval:.1f} method={method}"
+            f"max_ms={fmt(lat[-1] if lat else None)} notify_per_s={nps:.0f} pub_interval_ms={interval:.1f} "
+            f"publish_200_ms={fmt(med(acks))} first_notify_ms={fmt(med(firsts))} spread_ms={fmt(med(spreads))} "
+            f"method={method}"
         )
     # NOTIFY CSeq must grow in the order the watcher receives them (RFC 3261
     # §12.2.2: a lower CSeq in a dialog is rejected; phones drop BLF on it)
