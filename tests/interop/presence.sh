@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # busylamp presence interop test: PUBLISH / SUBSCRIBE / NOTIFY with digest
-# authentication, driven by sipp scenarios, over UDP.
+# authentication, driven by sipp scenarios, over UDP and then over TCP.
 #
 # Usage:
 #   tests/interop/presence.sh                    # against busylamp
@@ -18,7 +18,10 @@
 # Users u0001..u0010 (passwords pw0001..), realm example.test, digest MD5
 # (Debian 12's sipp 3.6.1 cannot answer SHA-256 and reads only the first
 # challenge: see register_digest.xml).  The checks, each one sipp run that
-# must end with 1 successful and 0 failed calls:
+# must end with 1 successful and 0 failed calls, run over UDP (sipp -t u1,
+# users u0001..u0005 as below) and then over TCP (sipp -t t1: one
+# connection per sipp, over which the server must deliver its NOTIFYs too;
+# users u0006..u0010):
 #   publish   presence_publish.xml, u0001: initial PUBLISH (401 -> with
 #             Authorization -> 200 + SIP-ETag + Expires), refresh with
 #             SIP-If-Match (200 + new SIP-ETag), modify, remove (Expires: 0 ->
@@ -34,7 +37,7 @@
 #   dialog    presence_dialog.xml, u0004 watches u0005: SUBSCRIBE Event:
 #             dialog -> 200 + NOTIFY with Content-Type
 #             application/dialog-info+xml, then unsubscribe -> terminated.
-# Last line: "interop: N passed, M failed" (N, M = checks).  Exit 0 only if
+# Last line: "interop: N passed, M failed" (N, M = checks, 8 in all).  Exit 0 only if
 # all passed.
 #
 # Network: loopback only (127.0.0.1, free ports picked at run time); every
@@ -122,17 +125,13 @@ watcher_csv() { # FILE WATCHER_LINE PRESENTITY
 user_csv() { # FILE LINE
     { echo SEQUENTIAL; sed -n "$(($2 + 1))p" "$WORK/users.csv"; } >"$1"
 }
-user_csv "$WORK/pub-u0001.csv" 1
-user_csv "$WORK/pub-u0003.csv" 3
-watcher_csv "$WORK/watch-u0002.csv" 2 u0003
-watcher_csv "$WORK/dialog-u0004.csv" 4 u0005
 SERVER_LOG="$WORK/server.log"
 
 case "$MODE" in
 busylamp)
     if ! BIN="$(bl_resolve_busylamp "$BUILD")"; then
         echo "interop: FAIL: busylamp binary not available (set BUSYLAMP or build it)" >&2
-        fail "publish: busylamp missing"; fail "presence: busylamp missing"; fail "dialog: busylamp missing"
+        fail "busylamp binary missing"
         finish || exit 1
     fi
     bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" "$USERS"
@@ -153,16 +152,17 @@ SERVER_PID="$BL_SERVER_PID"
 if ! bl_wait_ready "$SERVER_PID" "$PORT" 30; then
     echo "interop: FAIL: $MODE did not become ready; last lines of its log:" >&2
     tail -n 20 "$SERVER_LOG" | sed 's/^/    /' >&2
-    fail "publish: server not ready"; fail "presence: server not ready"; fail "dialog: server not ready"
+    fail "server not ready"
     finish || exit 1
 fi
 bl_log "ready"
 
 # one_call TAG SCENARIO CSV AUTH_URI [sipp args...]: one bounded sipp call
+# over $TRANSPORT
 one_call() {
     local tag="$1" sc="$2" csv="$3" auri="$4"
     shift 4
-    bl_sipp_run "$tag" "$PORT" u1 "$HERE/$sc" "$csv" 1 "$WORK" "$SIPP_TIMEOUT" \
+    bl_sipp_run "$tag" "$PORT" "$TRANSPORT" "$HERE/$sc" "$csv" 1 "$WORK" "$SIPP_TIMEOUT" \
         -auth_uri "$auri" -default_behaviors all,-bye -trace_msg -message_file "$WORK/sipp-$tag-messages.log" \
         -trace_logs -log_file "$WORK/sipp-$tag-logs.log" "$@"
 }
@@ -180,49 +180,70 @@ server_alive() {
     tail -n 20 "$SERVER_LOG" | sed 's/^/    /' >&2
     return 1
 }
+user() { printf 'u%04d' "$1"; }
 
-# ---- publish: the publisher's life cycle
-bl_log "publish: u0001 initial/refresh/modify/remove/412 (presence_publish.xml)"
-one_call publish presence_publish.xml "$WORK/pub-u0001.csv" "u0001@$BL_DOMAIN"
-check publish "PUBLISH 401->200+SIP-ETag, refresh, modify, remove, stale SIP-If-Match -> 412"
-server_alive || { fail "presence: server died"; fail "dialog: server died"; finish || exit 1; }
+# run_checks NAME TRANSPORT FIRST_USER: the three checks with users
+# FIRST_USER..FIRST_USER+4 over sipp -t TRANSPORT (u1: UDP, t1: one TCP
+# connection per sipp, on which the server must also send its NOTIFYs or
+# open one to the Contact).  Returns 1 if the server died.
+run_checks() {
+    local name="$1" u="$3"
+    TRANSPORT="$2"
+    local u1 u2 u3 u4 u5
+    u1="$(user "$u")"; u2="$(user $((u + 1)))"; u3="$(user $((u + 2)))"; u4="$(user $((u + 3)))"; u5="$(user $((u + 4)))"
+    user_csv "$WORK/pub-$u1.csv" "$u"
+    user_csv "$WORK/pub-$u3.csv" $((u + 2))
+    watcher_csv "$WORK/watch-$u2.csv" $((u + 1)) "$u3"
+    watcher_csv "$WORK/dialog-$u4.csv" $((u + 3)) "$u5"
 
-# ---- presence: a watcher sees the published state
-bl_log "presence: u0002 watches u0003 (presence_watcher.xml, in the background)"
-WLOG="$WORK/sipp-presence-watcher.log"
-(cd "$WORK" && exec timeout $((SIPP_TIMEOUT + 30)) sipp "$BL_HOST:$PORT" -sf "$HERE/presence_watcher.xml" \
-    -inf "$WORK/watch-u0002.csv" -i "$BL_HOST" -bind_local -t u1 -m 1 -auth_uri "u0003@$BL_DOMAIN" \
-    -default_behaviors all,-bye -max_socket 4096 -timeout "${SIPP_TIMEOUT}s" -timeout_error -nostdin \
-    -trace_err -error_file "$WORK/sipp-presence-watcher-errors.log" \
-    -trace_msg -message_file "$WORK/sipp-presence-watcher-messages.log" \
-    -trace_logs -log_file "$WORK/sipp-presence-watcher-logs.log") >"$WLOG" 2>&1 &
-WATCH_PID=$!
-deadline=$((SECONDS + 20))
-until grep -q '^established' "$WORK/sipp-presence-watcher-logs.log" 2>/dev/null; do
-    if ((SECONDS >= deadline)) || ! kill -0 "$WATCH_PID" 2>/dev/null; then break; fi
-    sleep 0.1
-done
-if grep -q '^established' "$WORK/sipp-presence-watcher-logs.log" 2>/dev/null; then
-    bl_log "presence: watcher subscribed; u0003 publishes (presence_publish.xml)"
-    one_call presence-publisher presence_publish.xml "$WORK/pub-u0003.csv" "u0003@$BL_DOMAIN"
-    check presence-publisher "u0003's PUBLISH life cycle while watched"
-else
-    bl_log "presence: the watcher did not get its subscription established"
+    # ---- publish: the publisher's life cycle
+    bl_log "$name publish: $u1 initial/refresh/modify/remove/412 (presence_publish.xml)"
+    one_call "$name-publish" presence_publish.xml "$WORK/pub-$u1.csv" "$u1@$BL_DOMAIN"
+    check "$name publish" "PUBLISH 401->200+SIP-ETag, refresh, modify, remove, stale SIP-If-Match -> 412"
+    server_alive || return 1
+
+    # ---- presence: a watcher sees the published state
+    bl_log "$name presence: $u2 watches $u3 (presence_watcher.xml, in the background)"
+    local wtag="$name-presence-watcher"
+    local wlog="$WORK/sipp-$wtag.log"
+    (cd "$WORK" && exec timeout $((SIPP_TIMEOUT + 30)) sipp "$BL_HOST:$PORT" -sf "$HERE/presence_watcher.xml" \
+        -inf "$WORK/watch-$u2.csv" -i "$BL_HOST" -bind_local -t "$TRANSPORT" -m 1 -auth_uri "$u3@$BL_DOMAIN" \
+        -default_behaviors all,-bye -max_socket 4096 -timeout "${SIPP_TIMEOUT}s" -timeout_error -nostdin \
+        -trace_err -error_file "$WORK/sipp-$wtag-errors.log" \
+        -trace_msg -message_file "$WORK/sipp-$wtag-messages.log" \
+        -trace_logs -log_file "$WORK/sipp-$wtag-logs.log") >"$wlog" 2>&1 &
+    WATCH_PID=$!
+    local deadline=$((SECONDS + 20))
+    until grep -q '^established' "$WORK/sipp-$wtag-logs.log" 2>/dev/null; do
+        if ((SECONDS >= deadline)) || ! kill -0 "$WATCH_PID" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    if grep -q '^established' "$WORK/sipp-$wtag-logs.log" 2>/dev/null; then
+        bl_log "$name presence: watcher subscribed; $u3 publishes (presence_publish.xml)"
+        one_call "$name-presence-publisher" presence_publish.xml "$WORK/pub-$u3.csv" "$u3@$BL_DOMAIN"
+        check "$name presence-publisher" "$u3's PUBLISH life cycle while watched"
+    else
+        bl_log "$name presence: the watcher did not get its subscription established"
+    fi
+    local w_rc=0
+    wait "$WATCH_PID" || w_rc=$?
+    WATCH_PID=""
+    BL_SIPP_RC=$w_rc
+    BL_SIPP_LOG="$wlog"
+    BL_SIPP_ELAPSED="-"
+    bl_sipp_parse "$wlog"
+    check "$name presence" "SUBSCRIBE presence 401->200, NOTIFY active, NOTIFY with PIDF <basic>open</basic>, unsubscribe -> NOTIFY terminated"
+    server_alive || return 1
+
+    # ---- dialog: Event: dialog gets dialog-info
+    bl_log "$name dialog: $u4 watches $u5 (presence_dialog.xml)"
+    one_call "$name-dialog" presence_dialog.xml "$WORK/dialog-$u4.csv" "$u5@$BL_DOMAIN"
+    check "$name dialog" "SUBSCRIBE dialog 401->200, NOTIFY application/dialog-info+xml, unsubscribe -> NOTIFY terminated"
+    server_alive || return 1
+}
+
+if run_checks udp u1 1; then
+    run_checks tcp t1 6 || true
 fi
-W_RC=0
-wait "$WATCH_PID" || W_RC=$?
-WATCH_PID=""
-BL_SIPP_RC=$W_RC
-BL_SIPP_LOG="$WLOG"
-BL_SIPP_ELAPSED="-"
-bl_sipp_parse "$WLOG"
-check presence "SUBSCRIBE presence 401->200, NOTIFY active, NOTIFY with PIDF <basic>open</basic>, unsubscribe -> NOTIFY terminated"
-server_alive || { fail "dialog: server died"; finish || exit 1; }
-
-# ---- dialog: Event: dialog gets dialog-info
-bl_log "dialog: u0004 watches u0005 (presence_dialog.xml)"
-one_call dialog presence_dialog.xml "$WORK/dialog-u0004.csv" "u0005@$BL_DOMAIN"
-check dialog "SUBSCRIBE dialog 401->200, NOTIFY application/dialog-info+xml, unsubscribe -> NOTIFY terminated"
-server_alive || true
 
 finish
