@@ -50,6 +50,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
+# shellcheck disable=SC2034 # read by bl_start_kamailio (lib.sh)
 BL_KAM_CFG="$BL_TESTS_DIR/bench/kamailio-presence.cfg"
 
 MODE=busylamp
