@@ -39,7 +39,10 @@ Output: one line per round (publisher Call-ID), space-separated key=value:
 and a final TOTAL line with the NOTIFY retransmission count and
 cseq_regressions: NOTIFYs (first transmissions) that reached a watcher after
 one with a higher CSeq in the same dialog.
-Usage: presence_fanout.py CAPTURE.pcap SERVER_PORT
+Usage: presence_fanout.py CAPTURE.pcap SERVER_PORT [WATCHER_PORT]
+  WATCHER_PORT: only NOTIFYs sent to this port count (the watcher sipp's);
+  without it every NOTIFY the server sends does, including retransmissions
+  to subscriptions left over from earlier steps.
 """
 
 import bisect
@@ -125,9 +128,10 @@ def pct(vals, p):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         raise SystemExit(__doc__)
     path, port = sys.argv[1], int(sys.argv[2])
+    wport = int(sys.argv[3]) if len(sys.argv) == 4 else None
     publishes = {}  # N -> (t, state, round_callid)
     pub_rounds = []  # round call-ids in order of appearance
     notifies = {}  # (callid, cseq) -> (t, marker or None, state)
@@ -161,7 +165,7 @@ def main():
             cs = hdr.get(b"cseq", b"").split()
             if cs and cs[0].isdigit():
                 pub_ok.setdefault(int(cs[0]), ts)
-        elif first.startswith(b"NOTIFY ") and sport == port:
+        elif first.startswith(b"NOTIFY ") and sport == port and (wport is None or dport == wport):
             key = (hdr.get(b"call-id", b""), hdr.get(b"cseq", b""))
             if key in notifies:
                 retrans += 1
