@@ -453,7 +453,7 @@ measure() { # SYS PORT
         kill -0 "$BL_SERVER_PID" 2>/dev/null || { bl_log "$1 died"; break; }
         measure_fanout "$1" "$2" "$w"
     done
-    kill -0 "$BL_SERVER_PID" 2>/dev/null && measure_subscribe "$1" "$2"
+    if kill -0 "$BL_SERVER_PID" 2>/dev/null; then measure_subscribe "$1" "$2"; fi
 }
 
 # ------------------------------------------------------------- Kamailio
