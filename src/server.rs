@@ -17,8 +17,8 @@ use crate::storage::{durable, BindingStore, Durable, PresenceStore, StorageError
 use crate::transaction::{
     Action, ClientInput, ClientTransactions, ServerInput, ServerTransactions, Timers, TxKey,
 };
-use std::collections::HashMap;
 use crate::transport::{Inbound, Peer, Proto, Transport, TransportError};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

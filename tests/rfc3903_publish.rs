@@ -56,8 +56,9 @@ fn publish(
 
 async fn watch(s: &TestServer, user: &str, event: &str, accept: &str) -> Ua {
     let mut w = Ua::new(s.udp).await;
-    let m = wire(&format!(
-        "SUBSCRIBE sip:{user}@example.test SIP/2.0
+    let m = wire(
+        &format!(
+            "SUBSCRIBE sip:{user}@example.test SIP/2.0
         Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
         Max-Forwards: 70
         From: <sip:1002@example.test>;tag=wt
@@ -69,10 +70,11 @@ async fn watch(s: &TestServer, user: &str, event: &str, accept: &str) -> Ua {
         {accept}
         Expires: 600
         ",
-        p = w.port(),
-        b = branch()
-    )
-    .replace("\n        \n", "\n"));
+            p = w.port(),
+            b = branch()
+        )
+        .replace("\n        \n", "\n"),
+    );
     let r = w.request(&m).await;
     assert_eq!(r.status, 200, "{}", r.reason);
     w.notify().await;
@@ -87,7 +89,16 @@ async fn rfc3903_4_1_new_refresh_modify_remove() {
 
     // Initial publication: 200 with SIP-ETag and Expires (minus expires_offset).
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 1, Some(600), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     let etag1 = header(&r, HeaderName::SipEtag).to_string();
@@ -97,7 +108,16 @@ async fn rfc3903_4_1_new_refresh_modify_remove() {
 
     // Refresh: no body, SIP-If-Match; a new ETag, and no NOTIFY (nothing changed).
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 2, Some(600), Some(&etag1), "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            2,
+            Some(600),
+            Some(&etag1),
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     let etag2 = header(&r, HeaderName::SipEtag).to_string();
@@ -106,13 +126,31 @@ async fn rfc3903_4_1_new_refresh_modify_remove() {
 
     // The old ETag is gone.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 3, Some(600), Some(&etag1), "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            3,
+            Some(600),
+            Some(&etag1),
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 412);
 
     // Modify: SIP-If-Match with a body.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 4, Some(600), Some(&etag2), "application/pidf+xml", &pidf("closed", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            4,
+            Some(600),
+            Some(&etag2),
+            "application/pidf+xml",
+            &pidf("closed", "a"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     let etag3 = header(&r, HeaderName::SipEtag).to_string();
@@ -121,12 +159,30 @@ async fn rfc3903_4_1_new_refresh_modify_remove() {
 
     // Back to open, then remove: the presentity is offline again.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 5, Some(600), Some(&etag3), "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            5,
+            Some(600),
+            Some(&etag3),
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     let etag4 = header(&r, HeaderName::SipEtag).to_string();
     assert!(body(&w.notify().await).contains("open"));
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 6, Some(0), Some(&etag4), "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            6,
+            Some(0),
+            Some(&etag4),
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, HeaderName::Expires), "0");
@@ -141,53 +197,138 @@ async fn rfc3903_6_errors_name_the_problem() {
     let mut p = Ua::new(s.udp).await;
     // 412: unknown ETag.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 1, Some(600), Some("nosuch"), "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            Some("nosuch"),
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 412);
     // 489 with Allow-Events.
     let r = p
-        .request(&publish(p.port(), "1001", "kpml", 2, Some(600), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "kpml",
+            2,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 489);
     assert!(header(&r, HeaderName::AllowEvents).contains("presence"));
     // presence.winfo is not publishable.
     let r = p
-        .request(&publish(p.port(), "1001", "presence.winfo", 3, Some(600), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence.winfo",
+            3,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 489);
     // 415 with Accept.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 4, Some(600), None, "text/plain", "open"))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            4,
+            Some(600),
+            None,
+            "text/plain",
+            "open",
+        ))
         .await;
     assert_eq!(r.status, 415);
     assert_eq!(header(&r, HeaderName::Accept), "application/pidf+xml");
     // 400 for a body that is not PIDF.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 5, Some(600), None, "application/pidf+xml", "<presence><tuple>"))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            5,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            "<presence><tuple>",
+        ))
         .await;
     assert_eq!(r.status, 400);
     assert!(r.reason.len() > 12, "{}", r.reason);
     // 423 with Min-Expires.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 6, Some(5), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            6,
+            Some(5),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 423);
     assert_eq!(header(&r, HeaderName::MinExpires), "60");
     // Clamped to max_expires (minus the offset).
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 7, Some(99_999), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            7,
+            Some(99_999),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, HeaderName::Expires), "3595");
     // Initial PUBLISH without a body.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 8, Some(600), None, "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            8,
+            Some(600),
+            None,
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 400);
     // A presentity of another domain.
-    let m = String::from_utf8(publish(p.port(), "1001", "presence", 9, Some(600), None, "application/pidf+xml", &pidf("open", "a")))
-        .unwrap()
-        .replacen("sip:1001@example.test SIP/2.0", "sip:1001@elsewhere.test SIP/2.0", 1);
+    let m = String::from_utf8(publish(
+        p.port(),
+        "1001",
+        "presence",
+        9,
+        Some(600),
+        None,
+        "application/pidf+xml",
+        &pidf("open", "a"),
+    ))
+    .unwrap()
+    .replacen(
+        "sip:1001@example.test SIP/2.0",
+        "sip:1001@elsewhere.test SIP/2.0",
+        1,
+    );
     let r = p.request(m.as_bytes()).await;
     assert_eq!(r.status, 404);
 }
@@ -198,17 +339,38 @@ async fn rfc3863_two_publications_aggregate_into_one_document() {
     let mut w = watch(&s, "1001", "presence", "").await;
     let mut p = Ua::new(s.udp).await;
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 1, Some(600), None, "application/pidf+xml", &pidf("open", "desk")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "desk"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     w.notify().await;
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 2, Some(600), None, "application/pidf+xml", &pidf("closed", "mobile")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            2,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("closed", "mobile"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     let n = w.notify().await;
     let b = body(&n);
-    assert!(b.contains("id=\"desk\"") && b.contains("id=\"mobile\""), "{b}");
+    assert!(
+        b.contains("id=\"desk\"") && b.contains("id=\"mobile\""),
+        "{b}"
+    );
     assert_eq!(s.handle.core.presence.publication_count(), 2);
 }
 
@@ -218,12 +380,21 @@ async fn rfc3903_4_publication_expiry_is_notified() {
     let mut w = watch(&s, "1001", "presence", "").await;
     let mut p = Ua::new(s.udp).await;
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 1, Some(60), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(60),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert!(body(&w.notify().await).contains("open"));
     // Paused clock: waiting lets time run to the expiry.
-    let n = w.notify().await;
+    let n = w.notify_unanswered_within(120_000).await;
     assert!(body(&n).contains("<basic>closed</basic>"), "{}", body(&n));
     assert_eq!(s.handle.core.presence.publication_count(), 0);
 }
@@ -250,7 +421,10 @@ async fn linphone_and_zoiper_publish_captures_are_accepted() {
     let mut w = watch(&s, "1001", "presence", "").await;
     let mut p = Ua::new(s.udp).await;
     let r = p
-        .request(&replay(&capture("linphone-desktop-4.2.3-publish-pidf.sip"), p.port()))
+        .request(&replay(
+            &capture("linphone-desktop-4.2.3-publish-pidf.sip"),
+            p.port(),
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     assert!(body(&w.notify().await).contains("<basic>open</basic>"));
@@ -258,8 +432,14 @@ async fn linphone_and_zoiper_publish_captures_are_accepted() {
     // The Zoiper paste starts at CSeq: complete the headers it lost, keep the rest verbatim
     // (trailing spaces included).
     let z = capture("zoiper-3.3-publish-pidf-PARTIAL-headers.sip");
-    let z = z.replace("sip:alice@***.***.com;transport=TCP", "sip:1001@example.test");
-    let (head, body_text) = z.split_once("\n \n").or_else(|| z.split_once("\n\n")).unwrap();
+    let z = z.replace(
+        "sip:alice@***.***.com;transport=TCP",
+        "sip:1001@example.test",
+    );
+    let (head, body_text) = z
+        .split_once("\n \n")
+        .or_else(|| z.split_once("\n\n"))
+        .unwrap();
     let head: Vec<&str> = head.lines().map(str::trim_end).collect();
     let full = format!(
         "PUBLISH sip:1001@example.test SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{};branch={}\nFrom: <sip:1001@example.test>;tag=z1\nTo: <sip:1001@example.test>\nCall-ID: zoiper-1\nMax-Forwards: 70\n{}\n\n{}",

@@ -17,21 +17,21 @@ pub mod packages;
 
 use crate::clock::Clock;
 use crate::config::{Config, Policy, PresenceConfig, VendorProfile};
-use crate::domain::Domains;
 use crate::deadline::Deadlines;
+use crate::domain::Domains;
 use crate::ids::Ids;
 use crate::sip::body::watcherinfo;
 use crate::sip::message::Parsed;
 use crate::sip::{ContactValue, HasHeaders, HeaderName, Host, Request, Response, Uri};
 use crate::storage::presence::{publication_key, subscription_key};
 use crate::storage::{
-    Durable, FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, StorageError,
-    SubState, SubscriptionRecord,
+    Durable, FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, StorageError, SubState,
+    SubscriptionRecord,
 };
 use crate::transport::{Peer, Proto};
 use event::{parse_event, EventError, Pkg, ALLOW_EVENTS};
 use notify::{NotifyParts, SubscriptionState};
-use package::{EventPackage, PublishedBody, Rendered, RenderOptions, WatcherView};
+use package::{EventPackage, PublishedBody, RenderOptions, Rendered, WatcherView};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -42,6 +42,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 const SHARDS: usize = 64;
+
+type DialogIndex = HashMap<Arc<[u8]>, ResKey>;
 /// Version substituted per watcher in a document rendered once for a whole fan-out.
 const VERSION_SENTINEL: u32 = u32::MAX;
 
@@ -209,7 +211,7 @@ pub struct Presence {
     shards: Box<[Mutex<Shard>]>,
     /// Subscription dialog → its resource, for in-dialog SUBSCRIBEs (whose Request-URI is
     /// our Contact, not the presentity).
-    dialogs: Box<[Mutex<HashMap<Arc<[u8]>, ResKey>>]>,
+    dialogs: Box<[Mutex<DialogIndex>]>,
     store: Arc<dyn PresenceStore>,
     clock: Clock,
     ids: Ids,
@@ -250,9 +252,9 @@ fn accepts(accept: &[String], media: &str) -> bool {
         return true;
     }
     let major = media.split('/').next().unwrap_or("");
-    accept.iter().any(|a| {
-        a == media || a == "*/*" || a.strip_suffix("/*").is_some_and(|m| m == major)
-    })
+    accept
+        .iter()
+        .any(|a| a == media || a == "*/*" || a.strip_suffix("/*").is_some_and(|m| m == major))
 }
 
 fn proto_name(p: Proto) -> &'static str {
@@ -389,7 +391,7 @@ impl Presence {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn dialog_index(&self, key: &[u8]) -> MutexGuard<'_, HashMap<Arc<[u8]>, ResKey>> {
+    fn dialog_index(&self, key: &[u8]) -> MutexGuard<'_, DialogIndex> {
         let i = (hash_of(key) as usize) % SHARDS;
         self.dialogs[i].lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -446,12 +448,17 @@ impl Presence {
     fn policy(&self, pkg: Pkg, presentity: &str, watcher: &str) -> Policy {
         let matches = |pattern: &str, aor: &str| {
             pattern == "*"
-                || pattern
-                    .strip_prefix("*@")
-                    .is_some_and(|d| aor.rsplit('@').next().is_some_and(|h| h.eq_ignore_ascii_case(d)))
+                || pattern.strip_prefix("*@").is_some_and(|d| {
+                    aor.rsplit('@')
+                        .next()
+                        .is_some_and(|h| h.eq_ignore_ascii_case(d))
+                })
                 || Uri::parse(pattern)
                     .ok()
-                    .and_then(|u| u.as_sip().map(|s| self.domains.canonical_user(s).unwrap_or_else(|| s.aor())))
+                    .and_then(|u| {
+                        u.as_sip()
+                            .map(|s| self.domains.canonical_user(s).unwrap_or_else(|| s.aor()))
+                    })
                     .is_some_and(|p| p == aor)
         };
         for r in &self.cfg.rules {
@@ -560,7 +567,7 @@ impl Presence {
             sub.rec.version = sub.rec.version.wrapping_add(1);
         }
         if persist {
-            writes.push(PresenceWrite::PutSubscription(sub.rec.clone()));
+            writes.push(PresenceWrite::PutSubscription(Box::new(sub.rec.clone())));
         }
         let branch = crate::transaction::branch_from(self.ids.next(), self.ids.next());
         let via = sent_by(&sub.rec.contact);
@@ -647,7 +654,12 @@ impl Presence {
         )
     }
 
-    fn winfo_entry(&self, sub: &Sub, event: watcherinfo::WatcherEvent, terminated: bool) -> watcherinfo::Watcher {
+    fn winfo_entry(
+        &self,
+        sub: &Sub,
+        event: watcherinfo::WatcherEvent,
+        terminated: bool,
+    ) -> watcherinfo::Watcher {
         let now = self.clock.now_unix();
         watcherinfo::Watcher {
             id: sub.rec.local_tag.clone(),
@@ -800,7 +812,9 @@ impl Presence {
             };
             let doc = cache
                 .entry((accept.clone(), options))
-                .or_insert_with(|| self.render_for(res, &resource, &accept, VERSION_SENTINEL, options))
+                .or_insert_with(|| {
+                    self.render_for(res, &resource, &accept, VERSION_SENTINEL, options)
+                })
                 .as_ref()
                 .map(|d| with_version(d, version));
             let Some(sub) = resource.subs.get_mut(&k) else {
@@ -976,14 +990,29 @@ impl Presence {
         let contact = match parsed.contacts.as_slice() {
             [ContactValue::Addr(a)] => Some(a.uri.to_string()),
             [] => None,
-            _ => return Err(fail(400, "Bad Request: SUBSCRIBE needs exactly one Contact URI")),
+            _ => {
+                return Err(fail(
+                    400,
+                    "Bad Request: SUBSCRIBE needs exactly one Contact URI",
+                ))
+            }
         };
         let now = self.clock.now_unix();
         if let Some(local_tag) = parsed.to.tag() {
-            return self.resubscribe(req, parsed, peer, ev, expires, call_id, &local_tag, &remote_tag, contact, now);
+            return self.resubscribe(
+                req,
+                parsed,
+                peer,
+                ev,
+                expires,
+                call_id,
+                &local_tag,
+                &remote_tag,
+                contact,
+                now,
+            );
         }
-        let contact =
-            contact.ok_or_else(|| fail(400, "Bad Request: SUBSCRIBE without Contact"))?;
+        let contact = contact.ok_or_else(|| fail(400, "Bad Request: SUBSCRIBE without Contact"))?;
         // RFC 6665 §4.1.2.1: the Request-URI names the resource; phones that put only our
         // address there (Yealink) name it in To.
         let target_uri = match req.uri.as_sip() {
@@ -1001,7 +1030,10 @@ impl Presence {
             .ok_or_else(|| {
                 fail(
                     404,
-                    &format!("Not Found: {} is not a user of this domain", target_uri.aor()),
+                    &format!(
+                        "Not Found: {} is not a user of this domain",
+                        target_uri.aor()
+                    ),
                 )
             })?
             .into();
@@ -1011,7 +1043,10 @@ impl Presence {
             p => package(p).map(|p| p.notify_types()).unwrap_or(&[]),
         };
         if !notify_types.iter().any(|t| accepts(&accept, t)) {
-            let mut r = fail(406, "Not Acceptable: none of the Accept types can be sent for this package");
+            let mut r = fail(
+                406,
+                "Not Acceptable: none of the Accept types can be sent for this package",
+            );
             r.headers.push(HeaderName::Accept, notify_types.join(", "));
             return Err(r);
         }
@@ -1084,7 +1119,10 @@ impl Presence {
         let mut shard = self.shard(&presentity);
         let resource = shard.resources.entry(res.clone()).or_default();
         if expires > 0 && resource.subs.len() >= self.cfg.max_watchers_per_presentity {
-            let mut r = fail(503, "Service Unavailable: too many watchers of this presentity");
+            let mut r = fail(
+                503,
+                "Service Unavailable: too many watchers of this presentity",
+            );
             r.headers.push_raw("Retry-After", "60");
             return Err(r);
         }
@@ -1163,7 +1201,10 @@ impl Presence {
         resource.subs.insert(key.clone(), sub);
         self.subscription_count.fetch_add(1, Ordering::Relaxed);
         self.dialog_index(&key).insert(key.clone(), res.clone());
-        self.schedule(Timer::SubscriptionExpiry(res.clone(), key.clone()), expiry_at);
+        self.schedule(
+            Timer::SubscriptionExpiry(res.clone(), key.clone()),
+            expiry_at,
+        );
         if let Some(e) = entry {
             self.winfo_changed(&mut shard, &presentity, e, &mut writes, &mut out);
         }
@@ -1214,7 +1255,11 @@ impl Presence {
         let fail = |status: u16, reason: &str| Self::error_reply(req, status, reason, local_tag);
         let key: Arc<[u8]> = subscription_key(call_id, local_tag, remote_tag).into();
         let gone = || fail(481, "Subscription Does Not Exist");
-        let res = self.dialog_index(&key).get(&key).cloned().ok_or_else(gone)?;
+        let res = self
+            .dialog_index(&key)
+            .get(&key)
+            .cloned()
+            .ok_or_else(gone)?;
         let mut shard = self.shard(&res.presentity);
         let mut writes = Vec::new();
         let mut out = Vec::new();
@@ -1254,7 +1299,15 @@ impl Presence {
         response.headers.push(HeaderName::AllowEvents, ALLOW_EVENTS);
         if expires == 0 {
             // RFC 6665 §4.2.1.4: unsubscribing gets a final NOTIFY with the state.
-            self.terminate(&mut shard, &res, &key, "timeout", true, &mut writes, &mut out);
+            self.terminate(
+                &mut shard,
+                &res,
+                &key,
+                "timeout",
+                true,
+                &mut writes,
+                &mut out,
+            );
         } else {
             let expires_at = now + u64::from(expires);
             let in_flight = {
@@ -1275,9 +1328,13 @@ impl Presence {
             );
             // RFC 6665 §4.2.1.2: a refresh is answered with a NOTIFY of the current state.
             if in_flight {
-                if let Some(sub) = shard.resources.get_mut(&res).and_then(|r| r.subs.get_mut(&key)) {
+                if let Some(sub) = shard
+                    .resources
+                    .get_mut(&res)
+                    .and_then(|r| r.subs.get_mut(&key))
+                {
                     sub.owed = Owed::Update;
-                    writes.push(PresenceWrite::PutSubscription(sub.rec.clone()));
+                    writes.push(PresenceWrite::PutSubscription(Box::new(sub.rec.clone())));
                 }
             } else if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
                 out.push(n);
@@ -1334,7 +1391,10 @@ impl Presence {
             .ok_or_else(|| {
                 fail(
                     404,
-                    &format!("Not Found: {} is not a user of this domain", target_uri.aor()),
+                    &format!(
+                        "Not Found: {} is not a user of this domain",
+                        target_uri.aor()
+                    ),
                 )
             })?
             .into();
@@ -1361,10 +1421,16 @@ impl Presence {
                 .headers
                 .get(HeaderName::ContentType)
                 .ok_or_else(|| fail(400, "Bad Request: body without Content-Type"))?;
-            let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             let Some(t) = pkg.publish_types().iter().find(|t| **t == media) else {
                 let mut r = fail(415, "Unsupported Media Type");
-                r.headers.push(HeaderName::Accept, pkg.publish_types().join(", "));
+                r.headers
+                    .push(HeaderName::Accept, pkg.publish_types().join(", "));
                 return Err(r);
             };
             pkg.validate(t, &req.body)
@@ -1377,7 +1443,10 @@ impl Presence {
             return Err(fail(400, "Bad Request: initial PUBLISH without a body"));
         }
         if if_match.is_none() && expires == 0 {
-            return Err(fail(400, "Bad Request: PUBLISH with Expires 0 needs SIP-If-Match"));
+            return Err(fail(
+                400,
+                "Bad Request: PUBLISH with Expires 0 needs SIP-If-Match",
+            ));
         }
         let res = ResKey {
             presentity: presentity.clone(),
@@ -1388,7 +1457,9 @@ impl Presence {
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
         let new_etag = format!("{:016x}", self.ids.next());
-        let granted = expires.saturating_sub(self.cfg.expires_offset).max(if expires == 0 { 0 } else { 1 });
+        let granted = expires
+            .saturating_sub(self.cfg.expires_offset)
+            .max(if expires == 0 { 0 } else { 1 });
         let source = match if_match {
             Some(tag) => {
                 // RFC 3903 §6 step 4: the ETag must name a live publication of this resource.
@@ -1400,7 +1471,10 @@ impl Presence {
                         .map(|i| (r, i))
                 });
                 let Some((resource, i)) = found else {
-                    return Err(fail(412, "Conditional Request Failed: unknown or expired SIP-If-Match"));
+                    return Err(fail(
+                        412,
+                        "Conditional Request Failed: unknown or expired SIP-If-Match",
+                    ));
                 };
                 let p = &mut resource.pubs[i];
                 let source = p.rec.source_id.clone();
@@ -1418,7 +1492,7 @@ impl Presence {
                         p.rec.body = req.body.clone();
                         p.rec.seq = self.seq.fetch_add(1, Ordering::Relaxed);
                     }
-                    writes.push(PresenceWrite::PutPublication(p.rec.clone()));
+                    writes.push(PresenceWrite::PutPublication(Box::new(p.rec.clone())));
                     let at = self.at_unix(p.rec.expires_at);
                     self.schedule(Timer::PublicationExpiry(res.clone(), source.clone()), at);
                 }
@@ -1447,7 +1521,7 @@ impl Presence {
                     expires_at: now + u64::from(expires),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
-                writes.push(PresenceWrite::PutPublication(rec.clone()));
+                writes.push(PresenceWrite::PutPublication(Box::new(rec.clone())));
                 let at = self.at_unix(rec.expires_at);
                 resource.pubs.push(Publication { rec });
                 self.publication_count.fetch_add(1, Ordering::Relaxed);
@@ -1506,7 +1580,10 @@ impl Presence {
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
         let resource = shard.resources.entry(res.clone()).or_default();
-        let existing = resource.pubs.iter().position(|p| p.rec.source_id == source_id);
+        let existing = resource
+            .pubs
+            .iter()
+            .position(|p| p.rec.source_id == source_id);
         match (existing, expires) {
             (Some(i), 0) => {
                 let key = resource.pubs[i].rec.key();
@@ -1542,7 +1619,7 @@ impl Presence {
                     expires_at: now + u64::from(expires),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
-                writes.push(PresenceWrite::PutPublication(rec.clone()));
+                writes.push(PresenceWrite::PutPublication(Box::new(rec.clone())));
                 let at = self.at_unix(rec.expires_at);
                 match found {
                     Some(i) => resource.pubs[i] = Publication { rec },
@@ -1596,12 +1673,24 @@ impl Presence {
         for (res, key) in keys {
             match decision {
                 Policy::Block => {
-                    self.terminate(&mut shard, &res, &key, "rejected", true, &mut writes, &mut out);
+                    self.terminate(
+                        &mut shard,
+                        &res,
+                        &key,
+                        "rejected",
+                        true,
+                        &mut writes,
+                        &mut out,
+                    );
                     changed += 1;
                 }
                 Policy::Allow => {
                     let entry = {
-                        let Some(sub) = shard.resources.get_mut(&res).and_then(|r| r.subs.get_mut(&key)) else {
+                        let Some(sub) = shard
+                            .resources
+                            .get_mut(&res)
+                            .and_then(|r| r.subs.get_mut(&key))
+                        else {
                             continue;
                         };
                         if sub.rec.state != SubState::Pending {
@@ -1612,7 +1701,11 @@ impl Presence {
                         if in_flight {
                             sub.owed = Owed::Update;
                         }
-                        (res.pkg == Pkg::Presence).then(|| self.winfo_entry(sub, watcherinfo::WatcherEvent::Approved, false)).map(|e| (e, in_flight))
+                        (res.pkg == Pkg::Presence)
+                            .then(|| {
+                                self.winfo_entry(sub, watcherinfo::WatcherEvent::Approved, false)
+                            })
+                            .map(|e| (e, in_flight))
                     };
                     let in_flight = entry.as_ref().map(|e| e.1).unwrap_or(false);
                     if !in_flight {
@@ -1673,7 +1766,15 @@ impl Presence {
             }
             Outcome::Failed(status) | Outcome::Rejected(status) => {
                 tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, status, "NOTIFY refused; ending the subscription");
-                self.terminate(&mut shard, &sub.res, &sub.key, "deactivated", false, &mut writes, &mut out);
+                self.terminate(
+                    &mut shard,
+                    &sub.res,
+                    &sub.key,
+                    "deactivated",
+                    false,
+                    &mut writes,
+                    &mut out,
+                );
             }
         }
         let durable = (!writes.is_empty()).then(|| self.store.write(writes));
@@ -1686,11 +1787,7 @@ impl Presence {
     /// Expiry, coalescing and retry timers; runs for the server's lifetime.
     pub async fn run_timers(self: Arc<Self>) {
         loop {
-            let next = self
-                .timers
-                .lock()
-                .map(|t| t.next())
-                .unwrap_or(None);
+            let next = self.timers.lock().map(|t| t.next()).unwrap_or(None);
             match next {
                 Some(at) => {
                     tokio::select! {
@@ -1760,9 +1857,15 @@ impl Presence {
                     Some(at) if at > now => {
                         self.schedule(Timer::SubscriptionExpiry(res, key), self.at_unix(at));
                     }
-                    Some(_) => {
-                        self.terminate(&mut shard, &res, &key, "timeout", true, &mut writes, &mut out)
-                    }
+                    Some(_) => self.terminate(
+                        &mut shard,
+                        &res,
+                        &key,
+                        "timeout",
+                        true,
+                        &mut writes,
+                        &mut out,
+                    ),
                     None => {}
                 }
             }

@@ -68,13 +68,13 @@ impl PresenceStore for MemoryStore {
         for w in writes {
             match w {
                 PresenceWrite::PutPublication(p) => {
-                    pubs.insert(p.key(), p);
+                    pubs.insert(p.key(), *p);
                 }
                 PresenceWrite::DeletePublication(k) => {
                     pubs.remove(&k);
                 }
                 PresenceWrite::PutSubscription(s) => {
-                    subs.insert(s.key(), s);
+                    subs.insert(s.key(), *s);
                 }
                 PresenceWrite::DeleteSubscription(k) => {
                     subs.remove(&k);

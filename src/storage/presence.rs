@@ -224,10 +224,10 @@ pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError
 /// One change to presence state; a list of them is written as one unit.
 #[derive(Debug, Clone)]
 pub enum PresenceWrite {
-    PutPublication(PublicationRecord),
+    PutPublication(Box<PublicationRecord>),
     /// Key from [`publication_key`].
     DeletePublication(Vec<u8>),
-    PutSubscription(SubscriptionRecord),
+    PutSubscription(Box<SubscriptionRecord>),
     /// Key from [`subscription_key`].
     DeleteSubscription(Vec<u8>),
 }
