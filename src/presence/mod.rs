@@ -1147,10 +1147,19 @@ impl Presence {
                 out.push(n);
             }
         }
-        let resource = shard.resources.entry(res.clone()).or_default();
-        if resource.subs.is_empty() && resource.pubs.is_empty() {
-            resource.doc_hash = 0;
+        if !shard.resources.contains_key(&res) {
+            // A new resource: what the watcher just got is the idle document.
+            let fresh = Resource::default();
+            let hash = self.doc_hash(&res, &fresh);
+            shard.resources.insert(
+                res.clone(),
+                Resource {
+                    doc_hash: hash,
+                    ..fresh
+                },
+            );
         }
+        let resource = shard.resources.entry(res.clone()).or_default();
         resource.subs.insert(key.clone(), sub);
         self.subscription_count.fetch_add(1, Ordering::Relaxed);
         self.dialog_index(&key).insert(key.clone(), res.clone());
@@ -1878,11 +1887,6 @@ impl Presence {
         self.subscription_count.store(subs, Ordering::Relaxed);
         for (res, key) in loaded {
             let mut shard = self.shard(&res.presentity);
-            if let Some(r) = shard.resources.get_mut(&res) {
-                if r.doc_hash == 0 {
-                    r.doc_hash = 1;
-                }
-            }
             if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
                 out.push(n);
             }

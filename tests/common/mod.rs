@@ -333,3 +333,4 @@ pub fn contacts(r: &Response) -> Vec<(String, u32)> {
         })
         .collect()
 }
+pub mod ua;

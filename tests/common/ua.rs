@@ -1,0 +1,143 @@
+//! A raw-bytes SIP user agent for presence tests: sends SUBSCRIBE/PUBLISH, receives both
+//! responses and the NOTIFYs the server sends, and answers NOTIFYs itself.
+
+use busylamp::sip::parse::{parse_message, Limits};
+use busylamp::sip::{HasHeaders, HeaderName, Message, Request, Response};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+pub struct Ua {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+    requests: VecDeque<Request>,
+    responses: VecDeque<Response>,
+}
+
+impl Ua {
+    pub async fn new(server: SocketAddr) -> Ua {
+        Ua {
+            sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            server,
+            requests: VecDeque::new(),
+            responses: VecDeque::new(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.sock.local_addr().unwrap().port()
+    }
+
+    pub async fn send(&self, bytes: &[u8]) {
+        self.sock.send_to(bytes, self.server).await.unwrap();
+    }
+
+    /// The next message within `ms`, or `None`.
+    async fn read(&mut self, ms: u64) -> Option<()> {
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = tokio::time::timeout(Duration::from_millis(ms), self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        match parse_message(&buf[..n], &Limits::default()) {
+            Ok(Message::Request(r)) => self.requests.push_back(r),
+            Ok(Message::Response(r)) => self.responses.push_back(r),
+            Err(e) => panic!("unparseable from server: {e:?}"),
+        }
+        Some(())
+    }
+
+    /// The next final response (provisionals skipped), within 5 s.
+    pub async fn response(&mut self) -> Response {
+        loop {
+            while let Some(r) = self.responses.pop_front() {
+                if r.status >= 200 {
+                    return r;
+                }
+            }
+            self.read(5000).await.expect("a response within 5 s");
+        }
+    }
+
+    /// Sends a request and returns its final response.
+    pub async fn request(&mut self, bytes: &[u8]) -> Response {
+        self.send(bytes).await;
+        self.response().await
+    }
+
+    /// The next NOTIFY, unanswered, within 5 s.
+    pub async fn notify_unanswered(&mut self) -> Request {
+        loop {
+            if let Some(r) = self.requests.pop_front() {
+                assert_eq!(r.method, "NOTIFY", "server sent {}", r.method);
+                return r;
+            }
+            self.read(5000).await.expect("a NOTIFY within 5 s");
+        }
+    }
+
+    /// The next NOTIFY, answered 200.
+    pub async fn notify(&mut self) -> Request {
+        let n = self.notify_unanswered().await;
+        self.answer(&n, 200).await;
+        n
+    }
+
+    /// True when no request arrives within `ms` (responses are kept for later).
+    pub async fn no_notify(&mut self, ms: u64) -> bool {
+        if !self.requests.is_empty() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            if self.read(left.as_millis() as u64 + 1).await.is_none() {
+                return self.requests.is_empty();
+            }
+            if !self.requests.is_empty() {
+                return false;
+            }
+        }
+    }
+
+    /// Answers a request the server sent us.
+    pub async fn answer(&self, req: &Request, status: u16) {
+        let mut r = req.response(status, "Whatever", Some("ua"));
+        r.headers.0.retain(|h| h.kind != HeaderName::ContentLength);
+        self.sock.send_to(&r.to_bytes(), self.server).await.unwrap();
+    }
+}
+
+/// Header value helper.
+pub fn header<'a>(m: &'a impl HasHeaders, h: HeaderName) -> &'a str {
+    m.headers()
+        .get(h)
+        .unwrap_or_else(|| panic!("no {h:?} header"))
+}
+
+pub fn body(r: &Request) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// `tag` of a From/To value.
+pub fn tag_of(value: &str) -> String {
+    value
+        .split(";tag=")
+        .nth(1)
+        .map(|t| t.split(';').next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+pub fn cseq_of(r: &impl HasHeaders) -> u32 {
+    r.cseq().unwrap().seq
+}
+
+/// The `version="N"` attribute of a dialog-info or watcherinfo body.
+pub fn version_of(body: &str) -> u32 {
+    let i = body.find("version=\"").expect("a version attribute") + 9;
+    body[i..].split('"').next().unwrap().parse().unwrap()
+}
