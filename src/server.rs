@@ -160,12 +160,16 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let _ = core.this.set(Arc::downgrade(&core));
     let sink: Arc<dyn NotifySink> = core.clone();
     presence.set_sink(Arc::downgrade(&sink));
-    transport.start(listeners, core.clone());
     let mut tasks = vec![tokio::spawn(registrar.run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
+    // Presence state is loaded before anything is read from the network: a refresh or an
+    // If-Match PUBLISH that waited while we were down must find its subscription or
+    // publication, not get 481/412. The sockets are bound, so the restart NOTIFYs can leave;
+    // their answers wait in the socket buffers.
     let (publications, subscriptions) = presence.load()?;
     tracing::info!(publications, subscriptions, "presence state loaded");
+    transport.start(listeners, core.clone());
     for (proto, addr) in transport.local_addrs() {
         tracing::info!(
             "listening on {}:{addr}",
