@@ -497,6 +497,10 @@ impl Core {
             Route::Options => {
                 let mut r = req.response(200, "OK", Some(&tag));
                 r.headers.push(HeaderName::Allow, router::ALLOW);
+                r.headers.push(
+                    HeaderName::AllowEvents,
+                    crate::presence::event::ALLOW_EVENTS,
+                );
                 r.headers.push(HeaderName::Accept, "application/sdp");
                 r.headers
                     .push(HeaderName::Supported, router::SUPPORTED.join(", "));

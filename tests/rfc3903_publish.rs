@@ -453,3 +453,75 @@ async fn linphone_and_zoiper_publish_captures_are_accepted() {
     let n = w.notify().await;
     assert!(body(&n).contains("On the phone"), "{}", body(&n));
 }
+
+const COALESCE: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.0/8"]
+[presence]
+coalesce_ms = 200
+"#;
+
+#[tokio::test]
+async fn changes_within_the_coalescing_window_make_one_notify_per_watcher() {
+    let s = server(COALESCE).await;
+    let mut w = watch(&s, "1001", "presence", "").await;
+    let mut p = Ua::new(s.udp).await;
+    let mut etag = None;
+    // Three changes in quick succession: the first goes out at once, the other two wait for
+    // the end of the window and leave as one NOTIFY with the last state.
+    for (i, (basic, tuple)) in [("open", "a"), ("closed", "a"), ("open", "b")]
+        .iter()
+        .enumerate()
+    {
+        let r = p
+            .request(&publish(
+                p.port(),
+                "1001",
+                "presence",
+                i as u32 + 1,
+                Some(600),
+                etag.as_deref(),
+                "application/pidf+xml",
+                &pidf(basic, tuple),
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.reason);
+        etag = Some(header(&r, HeaderName::SipEtag).to_string());
+    }
+    let first = w.notify().await;
+    assert!(body(&first).contains("id=\"a\"") && body(&first).contains("open"));
+    let second = w.notify().await;
+    assert!(body(&second).contains("id=\"b\""), "{}", body(&second));
+    assert_eq!(cseq_of(&second), cseq_of(&first) + 1);
+    assert!(
+        w.no_notify(400).await,
+        "a third NOTIFY for changes already sent"
+    );
+}
+
+#[tokio::test]
+async fn rfc3856_xpidf_only_watchers_get_xpidf() {
+    let s = server(OPEN).await;
+    let mut w = watch(&s, "1001", "presence", "Accept: application/xpidf+xml").await;
+    let mut p = Ua::new(s.udp).await;
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let n = w.notify().await;
+    assert_eq!(header(&n, HeaderName::ContentType), "application/xpidf+xml");
+    assert!(body(&n).contains("status=\"open\""), "{}", body(&n));
+}

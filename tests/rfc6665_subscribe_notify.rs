@@ -525,3 +525,39 @@ async fn rfc6665_4_2_2_one_notify_in_flight_and_the_newest_state_follows() {
         body(&next)
     );
 }
+
+#[tokio::test]
+async fn rfc3261_18_notify_over_the_subscribers_tcp_connection() {
+    use busylamp::sip::Message;
+    let s = server(OPEN).await;
+    let mut t = Tcp::connect(s.tcp).await;
+    let port = t.stream.local_addr().unwrap().port();
+    let m = String::from_utf8(subscribe(
+        port, "1001", "presence", "tcp1", 1, 600, None, "",
+    ))
+    .unwrap()
+    .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+    .replace(
+        &format!("<sip:1002@127.0.0.1:{port}>"),
+        &format!("<sip:1002@127.0.0.1:{port};transport=tcp>"),
+    );
+    t.send(m.as_bytes()).await;
+    let mut got_ok = false;
+    let mut notify = None;
+    while !(got_ok && notify.is_some()) {
+        match t.recv_message().await {
+            Message::Response(r) => {
+                assert_eq!(r.status, 200, "{}", r.reason);
+                assert!(header(&r, HeaderName::Contact).contains("transport=tcp"));
+                got_ok = true;
+            }
+            Message::Request(n) => notify = Some(n),
+        }
+    }
+    let n = notify.unwrap();
+    assert_eq!(n.method, "NOTIFY");
+    assert!(header(&n, HeaderName::Via).starts_with("SIP/2.0/TCP"));
+    let mut ok = n.response(200, "OK", None);
+    ok.headers.0.retain(|h| h.kind != HeaderName::ContentLength);
+    t.send(&ok.to_bytes()).await;
+}
