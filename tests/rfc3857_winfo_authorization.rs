@@ -265,3 +265,43 @@ async fn rfc3261_22_digest_for_subscribe_and_publish() {
     let r = x.request(&p).await;
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn rfc6665_4_2_1_2_only_the_watcher_may_refresh_its_subscription() {
+    let s = server(CONFIRM).await;
+    let mut b = Ua::new(s.udp).await;
+    let r = b
+        .request(&subscribe(
+            b.port(),
+            "1002@example.test",
+            "1001@example.test",
+            "presence",
+            "own1",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let tag = tag_of(header(&r, HeaderName::To));
+    b.notify().await;
+    // Someone else reuses the dialog identifiers to end it.
+    let m = String::from_utf8(subscribe(
+        b.port(),
+        "1003@example.test",
+        "1001@example.test",
+        "presence",
+        "own1",
+    ))
+    .unwrap()
+    .replace(
+        "To: <sip:1001@example.test>",
+        &format!("To: <sip:1001@example.test>;tag={tag}"),
+    )
+    .replace(
+        "From: <sip:1003@example.test>;tag=town1",
+        "From: <sip:1003@example.test>;tag=town1",
+    )
+    .replace("CSeq: 1 SUBSCRIBE", "CSeq: 9 SUBSCRIBE")
+    .replace("Expires: 600", "Expires: 0");
+    let r = b.request(m.as_bytes()).await;
+    assert_eq!(r.status, 403, "{}", r.reason);
+    assert_eq!(s.handle.core.presence.subscription_count(), 1);
+}

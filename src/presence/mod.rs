@@ -1003,6 +1003,7 @@ impl Presence {
                 req,
                 parsed,
                 peer,
+                &watcher,
                 ev,
                 expires,
                 call_id,
@@ -1244,6 +1245,7 @@ impl Presence {
         req: &Request,
         parsed: &Parsed,
         peer: Peer,
+        watcher: &str,
         ev: event::EventHeader,
         expires: u32,
         call_id: &str,
@@ -1269,6 +1271,17 @@ impl Presence {
                 .get_mut(&res)
                 .and_then(|r| r.subs.get_mut(&key))
                 .ok_or_else(gone)?;
+            // The dialog identifiers are not secret (a proxy sees them): only the watcher
+            // that made the subscription may refresh or end it.
+            if sub.rec.watcher != watcher {
+                return Err(fail(
+                    403,
+                    &format!(
+                        "Forbidden: this subscription belongs to {}",
+                        sub.rec.watcher
+                    ),
+                ));
+            }
             if res.pkg != ev.pkg || sub.rec.event_id != ev.id {
                 return Err(fail(
                     489,
