@@ -189,6 +189,16 @@ impl Resource {
     fn is_empty(&self) -> bool {
         self.pubs.is_empty() && self.subs.is_empty()
     }
+
+    /// A watcher was just sent the current document outside a fan-out. While changes wait
+    /// in the coalescing window that is not the document the last fan-out sent, so the
+    /// fan-out closing the window must not be skipped as "unchanged" (the watcher would be
+    /// left on the in-between state).
+    fn sent_current(&mut self) {
+        if self.flush_scheduled {
+            self.doc_hash = 0;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -853,6 +863,7 @@ impl Presence {
                 let state = self.state_of(&sub, now_unix);
                 let n = self.next_notify(res, &mut sub, state, body, writes, true);
                 resource.subs.insert(key.clone(), sub);
+                resource.sent_current();
                 n
             }
             None => None,
@@ -1199,6 +1210,7 @@ impl Presence {
         }
         let resource = shard.resources.entry(res.clone()).or_default();
         resource.subs.insert(key.clone(), sub);
+        resource.sent_current();
         self.subscription_count.fetch_add(1, Ordering::Relaxed);
         self.dialog_index(&key).insert(key.clone(), res.clone());
         self.schedule(
