@@ -584,3 +584,100 @@ async fn a_watcher_sent_a_state_inside_the_window_gets_the_state_the_window_ends
     let n = w2.notify_unanswered_within(3000).await;
     assert!(body(&n).contains("open"), "{}", body(&n));
 }
+
+/// A presence store whose writes can be made to fail (a full or broken disk).
+struct FlakyStore {
+    inner: std::sync::Arc<busylamp::storage::MemoryStore>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl busylamp::storage::PresenceStore for FlakyStore {
+    fn load_publications(
+        &self,
+    ) -> Result<Vec<busylamp::storage::PublicationRecord>, busylamp::storage::StorageError> {
+        self.inner.load_publications()
+    }
+
+    fn load_subscriptions(
+        &self,
+    ) -> Result<Vec<busylamp::storage::SubscriptionRecord>, busylamp::storage::StorageError> {
+        self.inner.load_subscriptions()
+    }
+
+    fn write(&self, writes: Vec<busylamp::storage::PresenceWrite>) -> busylamp::storage::Durable {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Err(busylamp::storage::StorageError::Write(
+                "disk full".into(),
+            )));
+            return rx;
+        }
+        self.inner.write(writes)
+    }
+}
+
+#[tokio::test]
+async fn a_publish_that_could_not_be_stored_does_not_silence_its_watchers() {
+    use busylamp::storage::{BindingStore, MemoryStore, PresenceStore};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let cfg = busylamp::config::Config::from_toml(OPEN, "test.toml").unwrap();
+    let mem = Arc::new(MemoryStore::new());
+    let flaky = Arc::new(FlakyStore {
+        inner: mem.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let handle = busylamp::server::start(
+        &cfg,
+        busylamp::server::Stores {
+            bindings: mem.clone() as Arc<dyn BindingStore>,
+            presence: flaky.clone() as Arc<dyn PresenceStore>,
+            users: None,
+            nonce_key: Some(NONCE_KEY),
+        },
+    )
+    .await
+    .unwrap();
+    let udp = handle.local_addr(busylamp::transport::Proto::Udp).unwrap();
+    let s = TestServer {
+        tcp: handle.local_addr(busylamp::transport::Proto::Tcp).unwrap(),
+        udp,
+        handle,
+        store: mem,
+        cfg,
+    };
+    let mut w = watch(&s, "1001", "presence", "").await;
+    let mut p = Ua::new(s.udp).await;
+    // The disk fails: the PUBLISH is not acknowledged (500), and its NOTIFY is not sent.
+    flaky.failing.store(true, Ordering::SeqCst);
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
+        .await;
+    assert_eq!(r.status, 500, "{}", r.reason);
+    // The disk is back; the publisher retries. The watcher must hear of it.
+    flaky.failing.store(false, Ordering::SeqCst);
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            2,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "b"),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let n = w.notify_until(|b| b.contains("id=\"b\"")).await;
+    assert!(body(&n).contains("open"), "{}", body(&n));
+}
