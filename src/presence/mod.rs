@@ -1712,6 +1712,9 @@ impl Presence {
                         let in_flight = sub.in_flight;
                         if in_flight {
                             sub.owed = Owed::Update;
+                            // No NOTIFY (which would write the record) until the one in
+                            // flight is answered: store the decision now.
+                            writes.push(PresenceWrite::PutSubscription(Box::new(sub.rec.clone())));
                         }
                         (res.pkg == Pkg::Presence)
                             .then(|| {
