@@ -1138,6 +1138,18 @@ impl Presence {
             return Err(r);
         }
         let mut response = req.response(200, "OK", Some(to_tag));
+        // RFC 3261 §12.1.1: the 2xx that creates the dialog copies Record-Route, in order;
+        // the watcher takes its route set from it.
+        for h in req
+            .headers
+            .0
+            .iter()
+            .filter(|h| h.kind == HeaderName::RecordRoute)
+        {
+            response
+                .headers
+                .push(HeaderName::RecordRoute, h.value.clone());
+        }
         response
             .headers
             .push(HeaderName::Expires, expires.to_string());
