@@ -399,6 +399,12 @@ impl Core {
                                 !matches!(h.kind, HeaderName::SipEtag | HeaderName::Contact)
                             });
                             me.respond(&key, r);
+                            // Their NOTIFYs were counted (in flight) but cannot leave: each
+                            // subscription retries as after a lost NOTIFY, rather than
+                            // waiting forever for an answer.
+                            for n in notifies {
+                                me.presence.notify_outcome(&n.sub, Outcome::Failed(500));
+                            }
                         }
                     }
                 });

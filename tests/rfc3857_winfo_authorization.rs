@@ -301,3 +301,38 @@ async fn rfc6665_4_2_1_2_only_the_watcher_may_refresh_its_subscription() {
     assert_eq!(r.status, 403, "{}", r.reason);
     assert_eq!(s.handle.core.presence.subscription_count(), 1);
 }
+
+#[tokio::test]
+async fn an_approval_is_on_disk_even_while_the_pending_notify_is_unanswered() {
+    use busylamp::storage::{PresenceStore, SubState};
+    let s = server(CONFIRM).await;
+    let mut eve = Ua::new(s.udp).await;
+    let r = eve
+        .request(&subscribe(
+            eve.port(),
+            "eve@other.test",
+            "1001@example.test",
+            "presence",
+            "ev-disk",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    // The pending NOTIFY is left unanswered: it is still in flight at the approval.
+    let n = eve.notify_unanswered().await;
+    assert!(header(&n, HeaderName::SubscriptionState).starts_with("pending"));
+    assert_eq!(
+        s.handle.core.presence.authorize(
+            "sip:1001@example.test",
+            "sip:eve@other.test",
+            Policy::Allow
+        ),
+        1
+    );
+    // A restart now must not bring the watcher back as pending.
+    let stored = s.store.load_subscriptions().unwrap();
+    let rec = stored
+        .iter()
+        .find(|r| r.call_id == "ev-disk")
+        .expect("the subscription is stored");
+    assert_eq!(rec.state, SubState::Active);
+}

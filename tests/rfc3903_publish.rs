@@ -525,3 +525,159 @@ async fn rfc3856_xpidf_only_watchers_get_xpidf() {
     assert_eq!(header(&n, HeaderName::ContentType), "application/xpidf+xml");
     assert!(body(&n).contains("status=\"open\""), "{}", body(&n));
 }
+
+#[tokio::test]
+async fn a_watcher_sent_a_state_inside_the_window_gets_the_state_the_window_ends_on() {
+    // The window's closing fan-out is skipped when the document is back to what the last
+    // fan-out sent; but a watcher that subscribed inside the window was sent the state in
+    // between, and must not be left on it.
+    let s = server(&COALESCE.replace("coalesce_ms = 200", "coalesce_ms = 1000")).await;
+    let mut w1 = watch(&s, "1001", "presence", "").await;
+    let mut p = Ua::new(s.udp).await;
+    let step = |port: u16, cseq: u32, basic: &str, etag: Option<&str>| {
+        publish(
+            port,
+            "1001",
+            "presence",
+            cseq,
+            Some(600),
+            etag,
+            "application/pidf+xml",
+            &pidf(basic, "a"),
+        )
+    };
+    // open: the first change of the window goes out at once.
+    let r = p.request(&step(p.port(), 1, "open", None)).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let etag = header(&r, HeaderName::SipEtag).to_string();
+    let n = w1.notify().await;
+    assert!(body(&n).contains("open"), "{}", body(&n));
+    // closed, inside the window: waits.
+    let r = p.request(&step(p.port(), 2, "closed", Some(&etag))).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let etag = header(&r, HeaderName::SipEtag).to_string();
+    // A new watcher now gets the current state: closed.
+    let mut w2 = Ua::new(s.udp).await;
+    let m = wire(&format!(
+        "SUBSCRIBE sip:1001@example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+        Max-Forwards: 70
+        From: <sip:1003@example.test>;tag=w2
+        To: <sip:1001@example.test>
+        Call-ID: watch2-{p}
+        CSeq: 1 SUBSCRIBE
+        Contact: <sip:1003@127.0.0.1:{p}>
+        Event: presence
+        Expires: 600
+        ",
+        p = w2.port(),
+        b = branch()
+    ));
+    let r = w2.request(&m).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let n = w2.notify().await;
+    assert!(body(&n).contains("closed"), "{}", body(&n));
+    // open again, inside the window: the document is what the last fan-out sent...
+    let r = p.request(&step(p.port(), 3, "open", Some(&etag))).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    // ...but the new watcher was told closed and must hear open when the window ends.
+    let n = w2.notify_unanswered_within(3000).await;
+    assert!(body(&n).contains("open"), "{}", body(&n));
+}
+
+/// A presence store whose writes can be made to fail (a full or broken disk).
+struct FlakyStore {
+    inner: std::sync::Arc<busylamp::storage::MemoryStore>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl busylamp::storage::PresenceStore for FlakyStore {
+    fn load_publications(
+        &self,
+    ) -> Result<Vec<busylamp::storage::PublicationRecord>, busylamp::storage::StorageError> {
+        self.inner.load_publications()
+    }
+
+    fn load_subscriptions(
+        &self,
+    ) -> Result<Vec<busylamp::storage::SubscriptionRecord>, busylamp::storage::StorageError> {
+        self.inner.load_subscriptions()
+    }
+
+    fn write(&self, writes: Vec<busylamp::storage::PresenceWrite>) -> busylamp::storage::Durable {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Err(busylamp::storage::StorageError::Write(
+                "disk full".into(),
+            )));
+            return rx;
+        }
+        self.inner.write(writes)
+    }
+}
+
+#[tokio::test]
+async fn a_publish_that_could_not_be_stored_does_not_silence_its_watchers() {
+    use busylamp::storage::{BindingStore, MemoryStore, PresenceStore};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let cfg = busylamp::config::Config::from_toml(OPEN, "test.toml").unwrap();
+    let mem = Arc::new(MemoryStore::new());
+    let flaky = Arc::new(FlakyStore {
+        inner: mem.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let handle = busylamp::server::start(
+        &cfg,
+        busylamp::server::Stores {
+            bindings: mem.clone() as Arc<dyn BindingStore>,
+            presence: flaky.clone() as Arc<dyn PresenceStore>,
+            users: None,
+            nonce_key: Some(NONCE_KEY),
+        },
+    )
+    .await
+    .unwrap();
+    let udp = handle.local_addr(busylamp::transport::Proto::Udp).unwrap();
+    let s = TestServer {
+        tcp: handle.local_addr(busylamp::transport::Proto::Tcp).unwrap(),
+        udp,
+        handle,
+        store: mem,
+        cfg,
+    };
+    let mut w = watch(&s, "1001", "presence", "").await;
+    let mut p = Ua::new(s.udp).await;
+    // The disk fails: the PUBLISH is not acknowledged (500), and its NOTIFY is not sent.
+    flaky.failing.store(true, Ordering::SeqCst);
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
+        .await;
+    assert_eq!(r.status, 500, "{}", r.reason);
+    // The disk is back; the publisher retries. The watcher must hear of it.
+    flaky.failing.store(false, Ordering::SeqCst);
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            2,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "b"),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let n = w.notify_until(|b| b.contains("id=\"b\"")).await;
+    assert!(body(&n).contains("open"), "{}", body(&n));
+}

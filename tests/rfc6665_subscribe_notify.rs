@@ -561,3 +561,44 @@ async fn rfc3261_18_notify_over_the_subscribers_tcp_connection() {
     ok.headers.0.retain(|h| h.kind != HeaderName::ContentLength);
     t.send(&ok.to_bytes()).await;
 }
+
+#[tokio::test]
+async fn rfc3261_12_1_1_the_200_to_subscribe_copies_record_route() {
+    // A SUBSCRIBE that came through a record-routing proxy: the subscriber builds its route
+    // set from our 200, so the 200 must carry the Record-Route values, in order.
+    let s = server(OPEN).await;
+    let mut w = Ua::new(s.udp).await;
+    let p = w.port();
+    let r = w
+        .request(&subscribe(
+            p,
+            "1001",
+            "presence",
+            "rr1",
+            1,
+            600,
+            None,
+            &format!(
+                "Record-Route: <sip:127.0.0.1:{p};lr;ftag=a>\nRecord-Route: <sip:192.0.2.1;lr>"
+            ),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let rr = r.headers.list(HeaderName::RecordRoute);
+    assert_eq!(
+        rr,
+        vec![
+            format!("<sip:127.0.0.1:{p};lr;ftag=a>").as_str(),
+            "<sip:192.0.2.1;lr>"
+        ]
+    );
+    // And our NOTIFY takes that route.
+    let n = w.notify().await;
+    assert_eq!(
+        n.headers.list(HeaderName::Route),
+        vec![
+            format!("<sip:127.0.0.1:{p};lr;ftag=a>").as_str(),
+            "<sip:192.0.2.1;lr>"
+        ]
+    );
+}

@@ -189,6 +189,16 @@ impl Resource {
     fn is_empty(&self) -> bool {
         self.pubs.is_empty() && self.subs.is_empty()
     }
+
+    /// A watcher was just sent the current document outside a fan-out. While changes wait
+    /// in the coalescing window that is not the document the last fan-out sent, so the
+    /// fan-out closing the window must not be skipped as "unchanged" (the watcher would be
+    /// left on the in-between state).
+    fn sent_current(&mut self) {
+        if self.flush_scheduled {
+            self.doc_hash = 0;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -853,6 +863,7 @@ impl Presence {
                 let state = self.state_of(&sub, now_unix);
                 let n = self.next_notify(res, &mut sub, state, body, writes, true);
                 resource.subs.insert(key.clone(), sub);
+                resource.sent_current();
                 n
             }
             None => None,
@@ -1128,6 +1139,18 @@ impl Presence {
             return Err(r);
         }
         let mut response = req.response(200, "OK", Some(to_tag));
+        // RFC 3261 §12.1.1: the 2xx that creates the dialog copies Record-Route, in order;
+        // the watcher takes its route set from it.
+        for h in req
+            .headers
+            .0
+            .iter()
+            .filter(|h| h.kind == HeaderName::RecordRoute)
+        {
+            response
+                .headers
+                .push(HeaderName::RecordRoute, h.value.clone());
+        }
         response
             .headers
             .push(HeaderName::Expires, expires.to_string());
@@ -1200,6 +1223,7 @@ impl Presence {
         }
         let resource = shard.resources.entry(res.clone()).or_default();
         resource.subs.insert(key.clone(), sub);
+        resource.sent_current();
         self.subscription_count.fetch_add(1, Ordering::Relaxed);
         self.dialog_index(&key).insert(key.clone(), res.clone());
         self.schedule(
@@ -1713,6 +1737,9 @@ impl Presence {
                         let in_flight = sub.in_flight;
                         if in_flight {
                             sub.owed = Owed::Update;
+                            // No NOTIFY (which would write the record) until the one in
+                            // flight is answered: store the decision now.
+                            writes.push(PresenceWrite::PutSubscription(Box::new(sub.rec.clone())));
                         }
                         (res.pkg == Pkg::Presence)
                             .then(|| {
