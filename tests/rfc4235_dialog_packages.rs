@@ -303,3 +303,40 @@ async fn pjsua_and_yealink_blf_subscribe_captures_are_accepted() {
     let n = w.notify().await;
     assert!(body(&n).contains("sip:103@example.test"), "{}", body(&n));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ended_call_lingers_briefly_then_the_lamp_is_idle() {
+    let s = server(OPEN).await;
+    let p = s.handle.core.presence.clone();
+    let mut w = Ua::new(s.udp).await;
+    let r = w
+        .request(&subscribe(
+            w.port(),
+            "1002",
+            "1001",
+            "dialog",
+            "lg1",
+            "Test",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    w.notify().await;
+    let entity = "sip:1001@example.test";
+    let d = p
+        .publish(
+            entity,
+            Pkg::Dialog,
+            "call-9",
+            dialog_info(entity, "d9", "terminated", None).as_bytes(),
+            3600,
+        )
+        .unwrap();
+    busylamp::storage::durable(d).await.unwrap();
+    assert!(body(&w.notify().await).contains("terminated"));
+    // Not kept for the hour it was published for: a few seconds later the lamp is idle and
+    // the publication is gone.
+    let n = w.notify_unanswered_within(30_000).await;
+    w.answer(&n, 200).await;
+    assert!(!body(&n).contains("<dialog "), "{}", body(&n));
+    assert_eq!(p.publication_count(), 0);
+}

@@ -602,3 +602,36 @@ async fn rfc3261_12_1_1_the_200_to_subscribe_copies_record_route() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn rfc5057_an_answer_about_one_notify_keeps_the_subscription_but_489_ends_it() {
+    let s = server(OPEN).await;
+    let mut w = Ua::new(s.udp).await;
+    let r = w
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "k1",
+            1,
+            3600,
+            None,
+            "",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    // A phone that challenges our NOTIFY (407) or is busy (491): not a reason to drop it.
+    let n = w.notify_unanswered().await;
+    w.answer(&n, 407).await;
+    let retry = w.notify_unanswered_within(120_000).await;
+    assert_eq!(cseq_of(&retry), cseq_of(&n) + 1);
+    // 489: the watcher does not know the package after all. The subscription ends.
+    w.answer(&retry, 489).await;
+    for _ in 0..100 {
+        if s.handle.core.presence.subscription_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.handle.core.presence.subscription_count(), 0);
+}

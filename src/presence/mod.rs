@@ -46,6 +46,27 @@ const SHARDS: usize = 64;
 type DialogIndex = HashMap<Arc<[u8]>, ResKey>;
 /// Version substituted per watcher in a document rendered once for a whole fan-out.
 const VERSION_SENTINEL: u32 = u32::MAX;
+/// Watcher changes a winfo subscription queues for a partial document; beyond this it gets
+/// the full list instead (bounds memory under a SUBSCRIBE flood).
+const MAX_WINFO_CHANGES: usize = 256;
+/// A dialog publication whose dialogs have all ended is kept this long (seconds), long
+/// enough for every watcher to see the terminated state, then the lamp goes idle. Without
+/// it, phones that publish each call anew would pile up ended calls until their expiry.
+const TERMINATED_LINGER: u32 = 5;
+
+/// Whether the body is a dialog-info document whose dialogs have all ended.
+fn all_dialogs_terminated(pkg: Pkg, body: &[u8]) -> bool {
+    use crate::sip::body::dialog_info::{parse, DialogState};
+    matches!(pkg, Pkg::Dialog | Pkg::Sla)
+        && parse(body).is_ok_and(|d| {
+            !d.dialogs.is_empty() && d.dialogs.iter().all(|x| x.state == DialogState::Terminated)
+        })
+}
+
+/// Packages whose documents carry a per-watcher `version` (RFC 4235, RFC 3858).
+fn versioned(pkg: Pkg) -> bool {
+    matches!(pkg, Pkg::Dialog | Pkg::Sla | Pkg::Winfo)
+}
 
 /// One presentity's state for one package.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,10 +95,11 @@ pub struct OutNotify {
 pub enum Outcome {
     /// 2xx.
     Delivered,
-    /// Timer F, a transport error, 408 or 5xx: retried with backoff if the profile keeps
-    /// subscriptions on timeout.
+    /// Timer F, a transport error, 408, 5xx or another answer about this request only:
+    /// retried with backoff if the profile keeps subscriptions on timeout.
     Failed(u16),
-    /// 481 and every other final answer: the subscription ends.
+    /// 481 and the answers that say the subscription cannot exist (404, 405, 410, 489, 501,
+    /// 603): the subscription ends.
     Rejected(u16),
 }
 
@@ -85,8 +107,11 @@ impl Outcome {
     pub fn from_status(status: u16) -> Outcome {
         match status {
             200..=299 => Outcome::Delivered,
-            408 | 500..=599 => Outcome::Failed(status),
-            s => Outcome::Rejected(s),
+            // The watcher says the subscription (or its dialog, or the package) is gone.
+            404 | 405 | 410 | 481 | 489 | 501 | 603 => Outcome::Rejected(status),
+            // Anything else concerns this one request (RFC 5057 §5: 401/407, 491, 403...):
+            // the subscription stays, the state is sent again later.
+            s => Outcome::Failed(s),
         }
     }
 }
@@ -725,7 +750,13 @@ impl Presence {
             if sub.rec.state != SubState::Active {
                 continue;
             }
-            sub.winfo_changes.push(entry.clone());
+            if sub.winfo_changes.len() >= MAX_WINFO_CHANGES {
+                // Too many changes queued behind an unanswered NOTIFY: send the whole list.
+                sub.winfo_changes.clear();
+                sub.winfo_full = true;
+            } else if !sub.winfo_full {
+                sub.winfo_changes.push(entry.clone());
+            }
             if sub.in_flight {
                 sub.owed = Owed::Update;
                 continue;
@@ -826,7 +857,13 @@ impl Presence {
                     self.render_for(res, &resource, &accept, VERSION_SENTINEL, options)
                 })
                 .as_ref()
-                .map(|d| with_version(d, version));
+                .map(|d| {
+                    if versioned(res.pkg) {
+                        with_version(d, version)
+                    } else {
+                        d.clone()
+                    }
+                });
             let Some(sub) = resource.subs.get_mut(&k) else {
                 continue;
             };
@@ -1129,6 +1166,7 @@ impl Presence {
         let mut writes = Vec::new();
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
+        let fresh_resource = !shard.resources.contains_key(&res);
         let resource = shard.resources.entry(res.clone()).or_default();
         if expires > 0 && resource.subs.len() >= self.cfg.max_watchers_per_presentity {
             let mut r = fail(
@@ -1209,17 +1247,12 @@ impl Presence {
                 out.push(n);
             }
         }
-        if !shard.resources.contains_key(&res) {
+        if fresh_resource {
             // A new resource: what the watcher just got is the idle document.
-            let fresh = Resource::default();
-            let hash = self.doc_hash(&res, &fresh);
-            shard.resources.insert(
-                res.clone(),
-                Resource {
-                    doc_hash: hash,
-                    ..fresh
-                },
-            );
+            let hash = self.doc_hash(&res, &Resource::default());
+            if let Some(r) = shard.resources.get_mut(&res) {
+                r.doc_hash = hash;
+            }
         }
         let resource = shard.resources.entry(res.clone()).or_default();
         resource.subs.insert(key.clone(), sub);
@@ -1476,6 +1509,12 @@ impl Presence {
         } else {
             None
         };
+        // An ended call lingers only briefly (see TERMINATED_LINGER).
+        let expires = if expires > 0 && has_body && all_dialogs_terminated(ev.pkg, &req.body) {
+            expires.min(TERMINATED_LINGER)
+        } else {
+            expires
+        };
         if if_match.is_none() && !has_body {
             return Err(fail(400, "Bad Request: initial PUBLISH without a body"));
         }
@@ -1607,6 +1646,11 @@ impl Presence {
         if expires > 0 {
             package.validate(content_type, body)?;
         }
+        let expires = if expires > 0 && all_dialogs_terminated(pkg, body) {
+            expires.min(TERMINATED_LINGER)
+        } else {
+            expires
+        };
         let presentity: Arc<str> = presentity.into();
         let res = ResKey {
             presentity: presentity.clone(),
@@ -1916,7 +1960,13 @@ impl Presence {
                     .get(&res)
                     .and_then(|r| r.subs.get(&key))
                     .map(|s| s.in_flight);
-                if in_flight == Some(false) {
+                let owed = shard
+                    .resources
+                    .get(&res)
+                    .and_then(|r| r.subs.get(&key))
+                    .map(|s| s.owed);
+                // Only if no change has delivered the state meanwhile.
+                if in_flight == Some(false) && owed == Some(Owed::Update) {
                     if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
                         out.push(n);
                     }
