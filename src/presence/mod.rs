@@ -602,7 +602,7 @@ impl Presence {
             sub.rec.version = sub.rec.version.wrapping_add(1);
         }
         if persist {
-            writes.push(PresenceWrite::PutSubscription(Box::new(sub.rec.clone())));
+            writes.push(PresenceWrite::subscription(&sub.rec));
         }
         let branch = crate::transaction::branch_from(self.ids.next(), self.ids.next());
         let via = sent_by(&sub.rec.contact);
@@ -1404,7 +1404,7 @@ impl Presence {
                     .and_then(|r| r.subs.get_mut(&key))
                 {
                     sub.owed = Owed::Update;
-                    writes.push(PresenceWrite::PutSubscription(Box::new(sub.rec.clone())));
+                    writes.push(PresenceWrite::subscription(&sub.rec));
                 }
             } else if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
                 out.push(n);
@@ -1568,7 +1568,7 @@ impl Presence {
                         p.rec.body = req.body.clone();
                         p.rec.seq = self.seq.fetch_add(1, Ordering::Relaxed);
                     }
-                    writes.push(PresenceWrite::PutPublication(Box::new(p.rec.clone())));
+                    writes.push(PresenceWrite::publication(&p.rec));
                     let at = self.at_unix(p.rec.expires_at);
                     self.schedule(Timer::PublicationExpiry(res.clone(), source.clone()), at);
                 }
@@ -1597,7 +1597,7 @@ impl Presence {
                     expires_at: now + u64::from(expires),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
-                writes.push(PresenceWrite::PutPublication(Box::new(rec.clone())));
+                writes.push(PresenceWrite::publication(&rec));
                 let at = self.at_unix(rec.expires_at);
                 resource.pubs.push(Publication { rec });
                 self.publication_count.fetch_add(1, Ordering::Relaxed);
@@ -1700,7 +1700,7 @@ impl Presence {
                     expires_at: now + u64::from(expires),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
-                writes.push(PresenceWrite::PutPublication(Box::new(rec.clone())));
+                writes.push(PresenceWrite::publication(&rec));
                 let at = self.at_unix(rec.expires_at);
                 match found {
                     Some(i) => resource.pubs[i] = Publication { rec },
@@ -1783,7 +1783,7 @@ impl Presence {
                             sub.owed = Owed::Update;
                             // No NOTIFY (which would write the record) until the one in
                             // flight is answered: store the decision now.
-                            writes.push(PresenceWrite::PutSubscription(Box::new(sub.rec.clone())));
+                            writes.push(PresenceWrite::subscription(&sub.rec));
                         }
                         (res.pkg == Pkg::Presence)
                             .then(|| {
