@@ -679,7 +679,10 @@ impl Config {
         }
         for (key, v) in [
             ("presence.max_subscriptions", p.max_subscriptions),
-            ("presence.max_watchers_per_presentity", p.max_watchers_per_presentity),
+            (
+                "presence.max_watchers_per_presentity",
+                p.max_watchers_per_presentity,
+            ),
             ("presence.max_publications", p.max_publications),
             (
                 "presence.max_publications_per_presentity",

@@ -9,14 +9,7 @@ pub const ALLOW: &str = "REGISTER, OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH";
 
 /// Methods of RFC 3261 and its extensions that we know but do not serve (yet): 405, not 501.
 const KNOWN: &[&str] = &[
-    "INVITE",
-    "BYE",
-    "NOTIFY",
-    "MESSAGE",
-    "INFO",
-    "REFER",
-    "UPDATE",
-    "PRACK",
+    "INVITE", "BYE", "NOTIFY", "MESSAGE", "INFO", "REFER", "UPDATE", "PRACK",
 ];
 
 /// Option tags we support (RFC 3261 §8.2.2.3, §19.2).

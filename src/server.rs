@@ -17,8 +17,8 @@ use crate::storage::{durable, BindingStore, Durable, PresenceStore, StorageError
 use crate::transaction::{
     Action, ClientInput, ClientTransactions, ServerInput, ServerTransactions, Timers, TxKey,
 };
-use std::collections::HashMap;
 use crate::transport::{Inbound, Peer, Proto, Transport, TransportError};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,12 +160,16 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let _ = core.this.set(Arc::downgrade(&core));
     let sink: Arc<dyn NotifySink> = core.clone();
     presence.set_sink(Arc::downgrade(&sink));
-    transport.start(listeners, core.clone());
     let mut tasks = vec![tokio::spawn(registrar.run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
+    // Presence state is loaded before anything is read from the network: a refresh or an
+    // If-Match PUBLISH that waited while we were down must find its subscription or
+    // publication, not get 481/412. The sockets are bound, so the restart NOTIFYs can leave;
+    // their answers wait in the socket buffers.
     let (publications, subscriptions) = presence.load()?;
     tracing::info!(publications, subscriptions, "presence state loaded");
+    transport.start(listeners, core.clone());
     for (proto, addr) in transport.local_addrs() {
         tracing::info!(
             "listening on {}:{addr}",
@@ -395,6 +399,12 @@ impl Core {
                                 !matches!(h.kind, HeaderName::SipEtag | HeaderName::Contact)
                             });
                             me.respond(&key, r);
+                            // Their NOTIFYs were counted (in flight) but cannot leave: each
+                            // subscription retries as after a lost NOTIFY, rather than
+                            // waiting forever for an answer.
+                            for n in notifies {
+                                me.presence.notify_outcome(&n.sub, Outcome::Failed(500));
+                            }
                         }
                     }
                 });
@@ -493,6 +503,10 @@ impl Core {
             Route::Options => {
                 let mut r = req.response(200, "OK", Some(&tag));
                 r.headers.push(HeaderName::Allow, router::ALLOW);
+                r.headers.push(
+                    HeaderName::AllowEvents,
+                    crate::presence::event::ALLOW_EVENTS,
+                );
                 r.headers.push(HeaderName::Accept, "application/sdp");
                 r.headers
                     .push(HeaderName::Supported, router::SUPPORTED.join(", "));

@@ -24,9 +24,8 @@ action = "block"
 "#;
 
 fn subscribe(port: u16, watcher: &str, presentity: &str, event: &str, call_id: &str) -> Vec<u8> {
-    wire(
-        &format!(
-            "SUBSCRIBE sip:{presentity} SIP/2.0
+    wire(&format!(
+        "SUBSCRIBE sip:{presentity} SIP/2.0
             Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
             Max-Forwards: 70
             From: <sip:{watcher}>;tag=t{call_id}
@@ -37,9 +36,8 @@ fn subscribe(port: u16, watcher: &str, presentity: &str, event: &str, call_id: &
             Event: {event}
             Expires: 600
             ",
-            b = branch()
-        ),
-    )
+        b = branch()
+    ))
 }
 
 #[tokio::test]
@@ -48,11 +46,20 @@ async fn rfc3857_confirm_makes_pending_tells_winfo_and_a_decision_follows() {
     // The presentity watches its own watchers.
     let mut owner = Ua::new(s.udp).await;
     let r = owner
-        .request(&subscribe(owner.port(), "1001@example.test", "1001@example.test", "presence.winfo", "wi1"))
+        .request(&subscribe(
+            owner.port(),
+            "1001@example.test",
+            "1001@example.test",
+            "presence.winfo",
+            "wi1",
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     let n = owner.notify().await;
-    assert_eq!(header(&n, HeaderName::ContentType), "application/watcherinfo+xml");
+    assert_eq!(
+        header(&n, HeaderName::ContentType),
+        "application/watcherinfo+xml"
+    );
     let b = body(&n);
     assert!(b.contains("state=\"full\""), "{b}");
     assert_eq!(version_of(&b), 0);
@@ -60,7 +67,13 @@ async fn rfc3857_confirm_makes_pending_tells_winfo_and_a_decision_follows() {
     // A watcher from another domain: accepted as pending, told nothing about the state.
     let mut eve = Ua::new(s.udp).await;
     let r = eve
-        .request(&subscribe(eve.port(), "eve@other.test", "1001@example.test", "presence", "ev1"))
+        .request(&subscribe(
+            eve.port(),
+            "eve@other.test",
+            "1001@example.test",
+            "presence",
+            "ev1",
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     let n = eve.notify().await;
@@ -71,12 +84,19 @@ async fn rfc3857_confirm_makes_pending_tells_winfo_and_a_decision_follows() {
     let n = owner.notify().await;
     let b = body(&n);
     assert!(b.contains("state=\"partial\""), "{b}");
-    assert!(b.contains("sip:eve@other.test") && b.contains("pending"), "{b}");
+    assert!(
+        b.contains("sip:eve@other.test") && b.contains("pending"),
+        "{b}"
+    );
     assert_eq!(version_of(&b), 1);
 
     // Approved: the watcher gets the state, the owner the new status.
     assert_eq!(
-        s.handle.core.presence.authorize("sip:1001@example.test", "sip:eve@other.test", Policy::Allow),
+        s.handle.core.presence.authorize(
+            "sip:1001@example.test",
+            "sip:eve@other.test",
+            Policy::Allow
+        ),
         1
     );
     let n = eve.notify().await;
@@ -88,17 +108,27 @@ async fn rfc3857_confirm_makes_pending_tells_winfo_and_a_decision_follows() {
     // Another pending watcher is rejected.
     let mut trent = Ua::new(s.udp).await;
     let r = trent
-        .request(&subscribe(trent.port(), "trent@other.test", "1001@example.test", "presence", "tr1"))
+        .request(&subscribe(
+            trent.port(),
+            "trent@other.test",
+            "1001@example.test",
+            "presence",
+            "tr1",
+        ))
         .await;
     assert_eq!(r.status, 200);
     trent.notify().await;
     owner.notify().await;
-    s.handle
-        .core
-        .presence
-        .authorize("sip:1001@example.test", "sip:trent@other.test", Policy::Block);
+    s.handle.core.presence.authorize(
+        "sip:1001@example.test",
+        "sip:trent@other.test",
+        Policy::Block,
+    );
     let n = trent.notify().await;
-    assert_eq!(header(&n, HeaderName::SubscriptionState), "terminated;reason=rejected");
+    assert_eq!(
+        header(&n, HeaderName::SubscriptionState),
+        "terminated;reason=rejected"
+    );
     let b = body(&owner.notify().await);
     assert!(b.contains("rejected") && b.contains("terminated"), "{b}");
 }
@@ -108,24 +138,48 @@ async fn rfc3856_5_1_2_rules_block_and_same_domain_is_active() {
     let s = server(CONFIRM).await;
     let mut m = Ua::new(s.udp).await;
     let r = m
-        .request(&subscribe(m.port(), "mallory@evil.test", "1001@example.test", "presence", "m1"))
+        .request(&subscribe(
+            m.port(),
+            "mallory@evil.test",
+            "1001@example.test",
+            "presence",
+            "m1",
+        ))
         .await;
     assert_eq!(r.status, 403);
     assert!(r.reason.contains("mallory"), "{}", r.reason);
     let mut b = Ua::new(s.udp).await;
     let r = b
-        .request(&subscribe(b.port(), "1002@example.test", "1001@example.test", "presence", "b1"))
+        .request(&subscribe(
+            b.port(),
+            "1002@example.test",
+            "1001@example.test",
+            "presence",
+            "b1",
+        ))
         .await;
     assert_eq!(r.status, 200);
     let n = b.notify().await;
     assert!(header(&n, HeaderName::SubscriptionState).starts_with("active"));
     // Somebody else's watcher list and mailbox are private.
     let r = b
-        .request(&subscribe(b.port(), "1002@example.test", "1001@example.test", "presence.winfo", "b2"))
+        .request(&subscribe(
+            b.port(),
+            "1002@example.test",
+            "1001@example.test",
+            "presence.winfo",
+            "b2",
+        ))
         .await;
     assert_eq!(r.status, 403);
     let r = b
-        .request(&subscribe(b.port(), "1002@example.test", "1001@example.test", "message-summary", "b3"))
+        .request(&subscribe(
+            b.port(),
+            "1002@example.test",
+            "1001@example.test",
+            "message-summary",
+            "b3",
+        ))
         .await;
     assert_eq!(r.status, 403);
 }
@@ -134,14 +188,30 @@ async fn rfc3856_5_1_2_rules_block_and_same_domain_is_active() {
 async fn rfc3261_22_digest_for_subscribe_and_publish() {
     let s = server(BASE_CONFIG).await;
     let mut w = Ua::new(s.udp).await;
-    let first = subscribe(w.port(), "1002@example.test", "1001@example.test", "presence", "d1");
+    let first = subscribe(
+        w.port(),
+        "1002@example.test",
+        "1001@example.test",
+        "presence",
+        "d1",
+    );
     let r = w.request(&first).await;
     assert_eq!(r.status, 401);
     let challenge = header(&r, HeaderName::WwwAuthenticate).to_string();
-    let auth = authorization(&challenge, "1002", "other", "SUBSCRIBE", "sip:1001@example.test", 1);
+    let auth = authorization(
+        &challenge,
+        "1002",
+        "other",
+        "SUBSCRIBE",
+        "sip:1001@example.test",
+        1,
+    );
     let again = String::from_utf8(first.clone())
         .unwrap()
-        .replace("CSeq: 1 SUBSCRIBE", &format!("CSeq: 2 SUBSCRIBE\r\nAuthorization: {auth}"))
+        .replace(
+            "CSeq: 1 SUBSCRIBE",
+            &format!("CSeq: 2 SUBSCRIBE\r\nAuthorization: {auth}"),
+        )
         .replace("z9hG4bK", "z9hG4bKx");
     let r = w.request(again.as_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.reason);
@@ -149,13 +219,29 @@ async fn rfc3261_22_digest_for_subscribe_and_publish() {
 
     // 1002's credentials with 1001 in From: someone else's identity.
     let mut x = Ua::new(s.udp).await;
-    let m = subscribe(x.port(), "1001@example.test", "1003@example.test", "presence", "d2");
+    let m = subscribe(
+        x.port(),
+        "1001@example.test",
+        "1003@example.test",
+        "presence",
+        "d2",
+    );
     let r = x.request(&m).await;
     let challenge = header(&r, HeaderName::WwwAuthenticate).to_string();
-    let auth = authorization(&challenge, "1002", "other", "SUBSCRIBE", "sip:1003@example.test", 1);
+    let auth = authorization(
+        &challenge,
+        "1002",
+        "other",
+        "SUBSCRIBE",
+        "sip:1003@example.test",
+        1,
+    );
     let again = String::from_utf8(m)
         .unwrap()
-        .replace("CSeq: 1 SUBSCRIBE", &format!("CSeq: 2 SUBSCRIBE\r\nAuthorization: {auth}"))
+        .replace(
+            "CSeq: 1 SUBSCRIBE",
+            &format!("CSeq: 2 SUBSCRIBE\r\nAuthorization: {auth}"),
+        )
         .replace("z9hG4bK", "z9hG4bKy");
     let r = x.request(again.as_bytes()).await;
     assert_eq!(r.status, 403, "{}", r.reason);
@@ -178,4 +264,75 @@ async fn rfc3261_22_digest_for_subscribe_and_publish() {
     ));
     let r = x.request(&p).await;
     assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn rfc6665_4_2_1_2_only_the_watcher_may_refresh_its_subscription() {
+    let s = server(CONFIRM).await;
+    let mut b = Ua::new(s.udp).await;
+    let r = b
+        .request(&subscribe(
+            b.port(),
+            "1002@example.test",
+            "1001@example.test",
+            "presence",
+            "own1",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let tag = tag_of(header(&r, HeaderName::To));
+    b.notify().await;
+    // Someone else reuses the dialog identifiers to end it.
+    let m = String::from_utf8(subscribe(
+        b.port(),
+        "1003@example.test",
+        "1001@example.test",
+        "presence",
+        "own1",
+    ))
+    .unwrap()
+    .replace(
+        "To: <sip:1001@example.test>",
+        &format!("To: <sip:1001@example.test>;tag={tag}"),
+    )
+    .replace("CSeq: 1 SUBSCRIBE", "CSeq: 9 SUBSCRIBE")
+    .replace("Expires: 600", "Expires: 0");
+    let r = b.request(m.as_bytes()).await;
+    assert_eq!(r.status, 403, "{}", r.reason);
+    assert_eq!(s.handle.core.presence.subscription_count(), 1);
+}
+
+#[tokio::test]
+async fn an_approval_is_on_disk_even_while_the_pending_notify_is_unanswered() {
+    use busylamp::storage::{PresenceStore, SubState};
+    let s = server(CONFIRM).await;
+    let mut eve = Ua::new(s.udp).await;
+    let r = eve
+        .request(&subscribe(
+            eve.port(),
+            "eve@other.test",
+            "1001@example.test",
+            "presence",
+            "ev-disk",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    // The pending NOTIFY is left unanswered: it is still in flight at the approval.
+    let n = eve.notify_unanswered().await;
+    assert!(header(&n, HeaderName::SubscriptionState).starts_with("pending"));
+    assert_eq!(
+        s.handle.core.presence.authorize(
+            "sip:1001@example.test",
+            "sip:eve@other.test",
+            Policy::Allow
+        ),
+        1
+    );
+    // A restart now must not bring the watcher back as pending.
+    let stored = s.store.load_subscriptions().unwrap();
+    let rec = stored
+        .iter()
+        .find(|r| r.call_id == "ev-disk")
+        .expect("the subscription is stored");
+    assert_eq!(rec.state, SubState::Active);
 }

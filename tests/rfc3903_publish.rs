@@ -56,8 +56,9 @@ fn publish(
 
 async fn watch(s: &TestServer, user: &str, event: &str, accept: &str) -> Ua {
     let mut w = Ua::new(s.udp).await;
-    let m = wire(&format!(
-        "SUBSCRIBE sip:{user}@example.test SIP/2.0
+    let m = wire(
+        &format!(
+            "SUBSCRIBE sip:{user}@example.test SIP/2.0
         Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
         Max-Forwards: 70
         From: <sip:1002@example.test>;tag=wt
@@ -69,10 +70,11 @@ async fn watch(s: &TestServer, user: &str, event: &str, accept: &str) -> Ua {
         {accept}
         Expires: 600
         ",
-        p = w.port(),
-        b = branch()
-    )
-    .replace("\n        \n", "\n"));
+            p = w.port(),
+            b = branch()
+        )
+        .replace("\n        \n", "\n"),
+    );
     let r = w.request(&m).await;
     assert_eq!(r.status, 200, "{}", r.reason);
     w.notify().await;
@@ -87,7 +89,16 @@ async fn rfc3903_4_1_new_refresh_modify_remove() {
 
     // Initial publication: 200 with SIP-ETag and Expires (minus expires_offset).
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 1, Some(600), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     let etag1 = header(&r, HeaderName::SipEtag).to_string();
@@ -97,7 +108,16 @@ async fn rfc3903_4_1_new_refresh_modify_remove() {
 
     // Refresh: no body, SIP-If-Match; a new ETag, and no NOTIFY (nothing changed).
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 2, Some(600), Some(&etag1), "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            2,
+            Some(600),
+            Some(&etag1),
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     let etag2 = header(&r, HeaderName::SipEtag).to_string();
@@ -106,13 +126,31 @@ async fn rfc3903_4_1_new_refresh_modify_remove() {
 
     // The old ETag is gone.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 3, Some(600), Some(&etag1), "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            3,
+            Some(600),
+            Some(&etag1),
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 412);
 
     // Modify: SIP-If-Match with a body.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 4, Some(600), Some(&etag2), "application/pidf+xml", &pidf("closed", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            4,
+            Some(600),
+            Some(&etag2),
+            "application/pidf+xml",
+            &pidf("closed", "a"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     let etag3 = header(&r, HeaderName::SipEtag).to_string();
@@ -121,12 +159,30 @@ async fn rfc3903_4_1_new_refresh_modify_remove() {
 
     // Back to open, then remove: the presentity is offline again.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 5, Some(600), Some(&etag3), "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            5,
+            Some(600),
+            Some(&etag3),
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     let etag4 = header(&r, HeaderName::SipEtag).to_string();
     assert!(body(&w.notify().await).contains("open"));
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 6, Some(0), Some(&etag4), "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            6,
+            Some(0),
+            Some(&etag4),
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, HeaderName::Expires), "0");
@@ -141,53 +197,138 @@ async fn rfc3903_6_errors_name_the_problem() {
     let mut p = Ua::new(s.udp).await;
     // 412: unknown ETag.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 1, Some(600), Some("nosuch"), "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            Some("nosuch"),
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 412);
     // 489 with Allow-Events.
     let r = p
-        .request(&publish(p.port(), "1001", "kpml", 2, Some(600), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "kpml",
+            2,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 489);
     assert!(header(&r, HeaderName::AllowEvents).contains("presence"));
     // presence.winfo is not publishable.
     let r = p
-        .request(&publish(p.port(), "1001", "presence.winfo", 3, Some(600), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence.winfo",
+            3,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 489);
     // 415 with Accept.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 4, Some(600), None, "text/plain", "open"))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            4,
+            Some(600),
+            None,
+            "text/plain",
+            "open",
+        ))
         .await;
     assert_eq!(r.status, 415);
     assert_eq!(header(&r, HeaderName::Accept), "application/pidf+xml");
     // 400 for a body that is not PIDF.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 5, Some(600), None, "application/pidf+xml", "<presence><tuple>"))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            5,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            "<presence><tuple>",
+        ))
         .await;
     assert_eq!(r.status, 400);
     assert!(r.reason.len() > 12, "{}", r.reason);
     // 423 with Min-Expires.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 6, Some(5), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            6,
+            Some(5),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 423);
     assert_eq!(header(&r, HeaderName::MinExpires), "60");
     // Clamped to max_expires (minus the offset).
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 7, Some(99_999), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            7,
+            Some(99_999),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, HeaderName::Expires), "3595");
     // Initial PUBLISH without a body.
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 8, Some(600), None, "", ""))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            8,
+            Some(600),
+            None,
+            "",
+            "",
+        ))
         .await;
     assert_eq!(r.status, 400);
     // A presentity of another domain.
-    let m = String::from_utf8(publish(p.port(), "1001", "presence", 9, Some(600), None, "application/pidf+xml", &pidf("open", "a")))
-        .unwrap()
-        .replacen("sip:1001@example.test SIP/2.0", "sip:1001@elsewhere.test SIP/2.0", 1);
+    let m = String::from_utf8(publish(
+        p.port(),
+        "1001",
+        "presence",
+        9,
+        Some(600),
+        None,
+        "application/pidf+xml",
+        &pidf("open", "a"),
+    ))
+    .unwrap()
+    .replacen(
+        "sip:1001@example.test SIP/2.0",
+        "sip:1001@elsewhere.test SIP/2.0",
+        1,
+    );
     let r = p.request(m.as_bytes()).await;
     assert_eq!(r.status, 404);
 }
@@ -198,17 +339,38 @@ async fn rfc3863_two_publications_aggregate_into_one_document() {
     let mut w = watch(&s, "1001", "presence", "").await;
     let mut p = Ua::new(s.udp).await;
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 1, Some(600), None, "application/pidf+xml", &pidf("open", "desk")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "desk"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     w.notify().await;
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 2, Some(600), None, "application/pidf+xml", &pidf("closed", "mobile")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            2,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("closed", "mobile"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     let n = w.notify().await;
     let b = body(&n);
-    assert!(b.contains("id=\"desk\"") && b.contains("id=\"mobile\""), "{b}");
+    assert!(
+        b.contains("id=\"desk\"") && b.contains("id=\"mobile\""),
+        "{b}"
+    );
     assert_eq!(s.handle.core.presence.publication_count(), 2);
 }
 
@@ -218,12 +380,21 @@ async fn rfc3903_4_publication_expiry_is_notified() {
     let mut w = watch(&s, "1001", "presence", "").await;
     let mut p = Ua::new(s.udp).await;
     let r = p
-        .request(&publish(p.port(), "1001", "presence", 1, Some(60), None, "application/pidf+xml", &pidf("open", "a")))
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(60),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert!(body(&w.notify().await).contains("open"));
     // Paused clock: waiting lets time run to the expiry.
-    let n = w.notify().await;
+    let n = w.notify_unanswered_within(120_000).await;
     assert!(body(&n).contains("<basic>closed</basic>"), "{}", body(&n));
     assert_eq!(s.handle.core.presence.publication_count(), 0);
 }
@@ -250,7 +421,10 @@ async fn linphone_and_zoiper_publish_captures_are_accepted() {
     let mut w = watch(&s, "1001", "presence", "").await;
     let mut p = Ua::new(s.udp).await;
     let r = p
-        .request(&replay(&capture("linphone-desktop-4.2.3-publish-pidf.sip"), p.port()))
+        .request(&replay(
+            &capture("linphone-desktop-4.2.3-publish-pidf.sip"),
+            p.port(),
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     assert!(body(&w.notify().await).contains("<basic>open</basic>"));
@@ -258,8 +432,14 @@ async fn linphone_and_zoiper_publish_captures_are_accepted() {
     // The Zoiper paste starts at CSeq: complete the headers it lost, keep the rest verbatim
     // (trailing spaces included).
     let z = capture("zoiper-3.3-publish-pidf-PARTIAL-headers.sip");
-    let z = z.replace("sip:alice@***.***.com;transport=TCP", "sip:1001@example.test");
-    let (head, body_text) = z.split_once("\n \n").or_else(|| z.split_once("\n\n")).unwrap();
+    let z = z.replace(
+        "sip:alice@***.***.com;transport=TCP",
+        "sip:1001@example.test",
+    );
+    let (head, body_text) = z
+        .split_once("\n \n")
+        .or_else(|| z.split_once("\n\n"))
+        .unwrap();
     let head: Vec<&str> = head.lines().map(str::trim_end).collect();
     let full = format!(
         "PUBLISH sip:1001@example.test SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{};branch={}\nFrom: <sip:1001@example.test>;tag=z1\nTo: <sip:1001@example.test>\nCall-ID: zoiper-1\nMax-Forwards: 70\n{}\n\n{}",
@@ -272,4 +452,232 @@ async fn linphone_and_zoiper_publish_captures_are_accepted() {
     assert_eq!(r.status, 200, "{}", r.reason);
     let n = w.notify().await;
     assert!(body(&n).contains("On the phone"), "{}", body(&n));
+}
+
+const COALESCE: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.0/8"]
+[presence]
+coalesce_ms = 200
+"#;
+
+#[tokio::test]
+async fn changes_within_the_coalescing_window_make_one_notify_per_watcher() {
+    let s = server(COALESCE).await;
+    let mut w = watch(&s, "1001", "presence", "").await;
+    let mut p = Ua::new(s.udp).await;
+    let mut etag = None;
+    // Three changes in quick succession: the first goes out at once, the other two wait for
+    // the end of the window and leave as one NOTIFY with the last state.
+    for (i, (basic, tuple)) in [("open", "a"), ("closed", "a"), ("open", "b")]
+        .iter()
+        .enumerate()
+    {
+        let r = p
+            .request(&publish(
+                p.port(),
+                "1001",
+                "presence",
+                i as u32 + 1,
+                Some(600),
+                etag.as_deref(),
+                "application/pidf+xml",
+                &pidf(basic, tuple),
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.reason);
+        etag = Some(header(&r, HeaderName::SipEtag).to_string());
+    }
+    let first = w.notify().await;
+    assert!(body(&first).contains("id=\"a\"") && body(&first).contains("open"));
+    let second = w.notify().await;
+    assert!(body(&second).contains("id=\"b\""), "{}", body(&second));
+    assert_eq!(cseq_of(&second), cseq_of(&first) + 1);
+    assert!(
+        w.no_notify(400).await,
+        "a third NOTIFY for changes already sent"
+    );
+}
+
+#[tokio::test]
+async fn rfc3856_xpidf_only_watchers_get_xpidf() {
+    let s = server(OPEN).await;
+    let mut w = watch(&s, "1001", "presence", "Accept: application/xpidf+xml").await;
+    let mut p = Ua::new(s.udp).await;
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let n = w.notify().await;
+    assert_eq!(header(&n, HeaderName::ContentType), "application/xpidf+xml");
+    assert!(body(&n).contains("status=\"open\""), "{}", body(&n));
+}
+
+#[tokio::test]
+async fn a_watcher_sent_a_state_inside_the_window_gets_the_state_the_window_ends_on() {
+    // The window's closing fan-out is skipped when the document is back to what the last
+    // fan-out sent; but a watcher that subscribed inside the window was sent the state in
+    // between, and must not be left on it.
+    let s = server(&COALESCE.replace("coalesce_ms = 200", "coalesce_ms = 1000")).await;
+    let mut w1 = watch(&s, "1001", "presence", "").await;
+    let mut p = Ua::new(s.udp).await;
+    let step = |port: u16, cseq: u32, basic: &str, etag: Option<&str>| {
+        publish(
+            port,
+            "1001",
+            "presence",
+            cseq,
+            Some(600),
+            etag,
+            "application/pidf+xml",
+            &pidf(basic, "a"),
+        )
+    };
+    // open: the first change of the window goes out at once.
+    let r = p.request(&step(p.port(), 1, "open", None)).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let etag = header(&r, HeaderName::SipEtag).to_string();
+    let n = w1.notify().await;
+    assert!(body(&n).contains("open"), "{}", body(&n));
+    // closed, inside the window: waits.
+    let r = p.request(&step(p.port(), 2, "closed", Some(&etag))).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let etag = header(&r, HeaderName::SipEtag).to_string();
+    // A new watcher now gets the current state: closed.
+    let mut w2 = Ua::new(s.udp).await;
+    let m = wire(&format!(
+        "SUBSCRIBE sip:1001@example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+        Max-Forwards: 70
+        From: <sip:1003@example.test>;tag=w2
+        To: <sip:1001@example.test>
+        Call-ID: watch2-{p}
+        CSeq: 1 SUBSCRIBE
+        Contact: <sip:1003@127.0.0.1:{p}>
+        Event: presence
+        Expires: 600
+        ",
+        p = w2.port(),
+        b = branch()
+    ));
+    let r = w2.request(&m).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let n = w2.notify().await;
+    assert!(body(&n).contains("closed"), "{}", body(&n));
+    // open again, inside the window: the document is what the last fan-out sent...
+    let r = p.request(&step(p.port(), 3, "open", Some(&etag))).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    // ...but the new watcher was told closed and must hear open when the window ends.
+    let n = w2.notify_unanswered_within(3000).await;
+    assert!(body(&n).contains("open"), "{}", body(&n));
+}
+
+/// A presence store whose writes can be made to fail (a full or broken disk).
+struct FlakyStore {
+    inner: std::sync::Arc<busylamp::storage::MemoryStore>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl busylamp::storage::PresenceStore for FlakyStore {
+    fn load_publications(
+        &self,
+    ) -> Result<Vec<busylamp::storage::PublicationRecord>, busylamp::storage::StorageError> {
+        self.inner.load_publications()
+    }
+
+    fn load_subscriptions(
+        &self,
+    ) -> Result<Vec<busylamp::storage::SubscriptionRecord>, busylamp::storage::StorageError> {
+        self.inner.load_subscriptions()
+    }
+
+    fn write(&self, writes: Vec<busylamp::storage::PresenceWrite>) -> busylamp::storage::Durable {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Err(busylamp::storage::StorageError::Write(
+                "disk full".into(),
+            )));
+            return rx;
+        }
+        self.inner.write(writes)
+    }
+}
+
+#[tokio::test]
+async fn a_publish_that_could_not_be_stored_does_not_silence_its_watchers() {
+    use busylamp::storage::{BindingStore, MemoryStore, PresenceStore};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let cfg = busylamp::config::Config::from_toml(OPEN, "test.toml").unwrap();
+    let mem = Arc::new(MemoryStore::new());
+    let flaky = Arc::new(FlakyStore {
+        inner: mem.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let handle = busylamp::server::start(
+        &cfg,
+        busylamp::server::Stores {
+            bindings: mem.clone() as Arc<dyn BindingStore>,
+            presence: flaky.clone() as Arc<dyn PresenceStore>,
+            users: None,
+            nonce_key: Some(NONCE_KEY),
+        },
+    )
+    .await
+    .unwrap();
+    let udp = handle.local_addr(busylamp::transport::Proto::Udp).unwrap();
+    let s = TestServer {
+        tcp: handle.local_addr(busylamp::transport::Proto::Tcp).unwrap(),
+        udp,
+        handle,
+        store: mem,
+        cfg,
+    };
+    let mut w = watch(&s, "1001", "presence", "").await;
+    let mut p = Ua::new(s.udp).await;
+    // The disk fails: the PUBLISH is not acknowledged (500), and its NOTIFY is not sent.
+    flaky.failing.store(true, Ordering::SeqCst);
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            1,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "a"),
+        ))
+        .await;
+    assert_eq!(r.status, 500, "{}", r.reason);
+    // The disk is back; the publisher retries. The watcher must hear of it.
+    flaky.failing.store(false, Ordering::SeqCst);
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "presence",
+            2,
+            Some(600),
+            None,
+            "application/pidf+xml",
+            &pidf("open", "b"),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let n = w.notify_until(|b| b.contains("id=\"b\"")).await;
+    assert!(body(&n).contains("open"), "{}", body(&n));
 }

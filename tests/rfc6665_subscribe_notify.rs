@@ -57,7 +57,16 @@ async fn rfc6665_4_2_1_subscribe_creates_a_dialog_and_gets_an_immediate_full_not
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "s1", 1, 600, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "s1",
+            1,
+            600,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     assert_eq!(header(&r, HeaderName::Expires), "600");
@@ -67,7 +76,10 @@ async fn rfc6665_4_2_1_subscribe_creates_a_dialog_and_gets_an_immediate_full_not
     assert!(!our_tag.is_empty());
 
     let n = w.notify().await;
-    assert_eq!(n.uri.to_string(), format!("sip:1002@127.0.0.1:{}", w.port()));
+    assert_eq!(
+        n.uri.to_string(),
+        format!("sip:1002@127.0.0.1:{}", w.port())
+    );
     assert_eq!(tag_of(header(&n, HeaderName::From)), our_tag);
     assert_eq!(tag_of(header(&n, HeaderName::To)), "ws1");
     assert_eq!(header(&n, HeaderName::CallId), "s1");
@@ -87,7 +99,16 @@ async fn rfc6665_4_2_1_2_refresh_in_dialog_and_4_2_1_4_unsubscribe() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "dialog", "s2", 1, 600, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog",
+            "s2",
+            1,
+            600,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     let tag = tag_of(header(&r, HeaderName::To));
@@ -96,7 +117,16 @@ async fn rfc6665_4_2_1_2_refresh_in_dialog_and_4_2_1_4_unsubscribe() {
 
     // Refresh: 200 with the new Expires, and a NOTIFY with the current state.
     let r = w
-        .request(&subscribe(w.port(), "1001", "dialog", "s2", 2, 1200, Some(&tag), ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog",
+            "s2",
+            2,
+            1200,
+            Some(&tag),
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200, "{}", r.reason);
     assert_eq!(header(&r, HeaderName::Expires), "1200");
@@ -107,13 +137,31 @@ async fn rfc6665_4_2_1_2_refresh_in_dialog_and_4_2_1_4_unsubscribe() {
 
     // A replayed (old) CSeq is out of order.
     let r = w
-        .request(&subscribe(w.port(), "1001", "dialog", "s2", 2, 1200, Some(&tag), ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog",
+            "s2",
+            2,
+            1200,
+            Some(&tag),
+            "",
+        ))
         .await;
     assert_eq!(r.status, 500);
 
     // Unsubscribe: 200, then a final NOTIFY.
     let r = w
-        .request(&subscribe(w.port(), "1001", "dialog", "s2", 3, 0, Some(&tag), ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog",
+            "s2",
+            3,
+            0,
+            Some(&tag),
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, HeaderName::Expires), "0");
@@ -123,7 +171,16 @@ async fn rfc6665_4_2_1_2_refresh_in_dialog_and_4_2_1_4_unsubscribe() {
 
     // The dialog is gone.
     let r = w
-        .request(&subscribe(w.port(), "1001", "dialog", "s2", 4, 600, Some(&tag), ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog",
+            "s2",
+            4,
+            600,
+            Some(&tag),
+            "",
+        ))
         .await;
     assert_eq!(r.status, 481);
 }
@@ -133,7 +190,16 @@ async fn rfc6665_4_2_1_unknown_dialog_is_481() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "nope", 5, 600, Some("madeup"), ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "nope",
+            5,
+            600,
+            Some("madeup"),
+            "",
+        ))
         .await;
     assert_eq!(r.status, 481);
 }
@@ -143,7 +209,16 @@ async fn rfc6665_8_2_2_bad_event_is_489_with_allow_events() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "conference", "e1", 1, 600, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "conference",
+            "e1",
+            1,
+            600,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 489);
     assert!(r.reason.contains("conference"), "{}", r.reason);
@@ -165,18 +240,38 @@ async fn rfc6665_4_2_1_1_too_brief_is_423_and_long_is_clamped() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "x1", 1, 10, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "x1",
+            1,
+            10,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 423);
     assert_eq!(header(&r, HeaderName::MinExpires), "60");
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "x2", 1, 999_999, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "x2",
+            1,
+            999_999,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, HeaderName::Expires), "3600");
     let n = w.notify().await;
-    assert!(header(&n, HeaderName::SubscriptionState).contains("expires=3600")
-        || header(&n, HeaderName::SubscriptionState).contains("expires=3599"));
+    assert!(
+        header(&n, HeaderName::SubscriptionState).contains("expires=3600")
+            || header(&n, HeaderName::SubscriptionState).contains("expires=3599")
+    );
 }
 
 #[tokio::test]
@@ -184,7 +279,16 @@ async fn rfc6665_4_4_3_fetch_with_expires_zero_gets_state_and_terminated() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "f1", 1, 0, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "f1",
+            1,
+            0,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     let n = w.notify().await;
@@ -198,7 +302,16 @@ async fn rfc6665_8_2_1_event_id_is_echoed() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "dialog;id=42", "id1", 1, 600, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog;id=42",
+            "id1",
+            1,
+            600,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     let n = w.notify().await;
@@ -229,8 +342,17 @@ async fn rfc6665_4_2_1_accept_that_cannot_be_served_is_406() {
 async fn rfc6665_4_1_2_1_subscribe_without_contact_is_400() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
-    let m = String::from_utf8(subscribe(w.port(), "1001", "presence", "c1", 1, 600, None, ""))
-        .unwrap();
+    let m = String::from_utf8(subscribe(
+        w.port(),
+        "1001",
+        "presence",
+        "c1",
+        1,
+        600,
+        None,
+        "",
+    ))
+    .unwrap();
     let m: String = m
         .split("\r\n")
         .filter(|l| !l.starts_with("Contact:"))
@@ -246,7 +368,16 @@ async fn rfc6665_4_2_2_a_481_to_notify_ends_the_subscription() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "g1", 1, 600, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "g1",
+            1,
+            600,
+            None,
+            "",
+        ))
         .await;
     let tag = tag_of(header(&r, HeaderName::To));
     let n = w.notify_unanswered().await;
@@ -260,7 +391,16 @@ async fn rfc6665_4_2_2_a_481_to_notify_ends_the_subscription() {
     }
     assert_eq!(s.handle.core.presence.subscription_count(), 0);
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "g1", 2, 600, Some(&tag), ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "g1",
+            2,
+            600,
+            Some(&tag),
+            "",
+        ))
         .await;
     assert_eq!(r.status, 481);
 }
@@ -270,7 +410,16 @@ async fn rfc6665_4_2_2_notify_timeout_is_retried_and_keeps_the_subscription() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "dialog", "t1", 1, 3600, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog",
+            "t1",
+            1,
+            3600,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     // Never answer the first NOTIFY: UDP retransmits it (same CSeq), then Timer F fires.
@@ -288,10 +437,17 @@ async fn rfc6665_4_2_2_notify_timeout_is_retried_and_keeps_the_subscription() {
     // The retry is a new NOTIFY with the next CSeq and version: the subscription lives on.
     assert_eq!(cseq_of(&retry), cseq_of(&first) + 1);
     assert_eq!(version_of(&body(&retry)), version_of(&body(&first)) + 1);
-    w.answer(&retry, 200).await;
-    assert_eq!(s.handle.core.presence.subscription_count(), 1);
     let subs = s.handle.core.presence.subscriptions();
-    assert_eq!(subs[0].failures, 0);
+    assert_eq!(subs[0].failures, 1, "the failure is visible in the state");
+    w.answer(&retry, 200).await;
+    for _ in 0..100 {
+        if s.handle.core.presence.subscriptions()[0].failures == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.handle.core.presence.subscription_count(), 1);
+    assert_eq!(s.handle.core.presence.subscriptions()[0].failures, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -299,12 +455,21 @@ async fn rfc6665_4_2_2_expiry_sends_terminated_timeout() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "x9", 1, 60, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "x9",
+            1,
+            60,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     w.notify().await;
     // Paused clock: the receive timeout lets time run to the expiry.
-    let n = w.notify().await;
+    let n = w.notify_unanswered_within(120_000).await;
     assert_eq!(
         header(&n, HeaderName::SubscriptionState),
         "terminated;reason=timeout"
@@ -317,7 +482,16 @@ async fn rfc6665_4_2_2_one_notify_in_flight_and_the_newest_state_follows() {
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let r = w
-        .request(&subscribe(w.port(), "1001", "presence", "o1", 1, 600, None, ""))
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "o1",
+            1,
+            600,
+            None,
+            "",
+        ))
         .await;
     assert_eq!(r.status, 200);
     let first = w.notify_unanswered().await;
@@ -338,9 +512,126 @@ async fn rfc6665_4_2_2_one_notify_in_flight_and_the_newest_state_follows() {
         )
         .unwrap();
     busylamp::storage::durable(d).await.unwrap();
-    assert!(w.no_notify(100).await, "a second NOTIFY while one is in flight");
+    assert!(
+        w.no_notify(100).await,
+        "a second NOTIFY while one is in flight"
+    );
     w.answer(&first, 200).await;
     let next = w.notify().await;
     assert_eq!(cseq_of(&next), cseq_of(&first) + 1);
-    assert!(body(&next).contains("<basic>open</basic>"), "{}", body(&next));
+    assert!(
+        body(&next).contains("<basic>open</basic>"),
+        "{}",
+        body(&next)
+    );
+}
+
+#[tokio::test]
+async fn rfc3261_18_notify_over_the_subscribers_tcp_connection() {
+    use busylamp::sip::Message;
+    let s = server(OPEN).await;
+    let mut t = Tcp::connect(s.tcp).await;
+    let port = t.stream.local_addr().unwrap().port();
+    let m = String::from_utf8(subscribe(
+        port, "1001", "presence", "tcp1", 1, 600, None, "",
+    ))
+    .unwrap()
+    .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+    .replace(
+        &format!("<sip:1002@127.0.0.1:{port}>"),
+        &format!("<sip:1002@127.0.0.1:{port};transport=tcp>"),
+    );
+    t.send(m.as_bytes()).await;
+    let mut got_ok = false;
+    let mut notify = None;
+    while !(got_ok && notify.is_some()) {
+        match t.recv_message().await {
+            Message::Response(r) => {
+                assert_eq!(r.status, 200, "{}", r.reason);
+                assert!(header(&r, HeaderName::Contact).contains("transport=tcp"));
+                got_ok = true;
+            }
+            Message::Request(n) => notify = Some(n),
+        }
+    }
+    let n = notify.unwrap();
+    assert_eq!(n.method, "NOTIFY");
+    assert!(header(&n, HeaderName::Via).starts_with("SIP/2.0/TCP"));
+    let mut ok = n.response(200, "OK", None);
+    ok.headers.0.retain(|h| h.kind != HeaderName::ContentLength);
+    t.send(&ok.to_bytes()).await;
+}
+
+#[tokio::test]
+async fn rfc3261_12_1_1_the_200_to_subscribe_copies_record_route() {
+    // A SUBSCRIBE that came through a record-routing proxy: the subscriber builds its route
+    // set from our 200, so the 200 must carry the Record-Route values, in order.
+    let s = server(OPEN).await;
+    let mut w = Ua::new(s.udp).await;
+    let p = w.port();
+    let r = w
+        .request(&subscribe(
+            p,
+            "1001",
+            "presence",
+            "rr1",
+            1,
+            600,
+            None,
+            &format!(
+                "Record-Route: <sip:127.0.0.1:{p};lr;ftag=a>\nRecord-Route: <sip:192.0.2.1;lr>"
+            ),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let rr = r.headers.list(HeaderName::RecordRoute);
+    assert_eq!(
+        rr,
+        vec![
+            format!("<sip:127.0.0.1:{p};lr;ftag=a>").as_str(),
+            "<sip:192.0.2.1;lr>"
+        ]
+    );
+    // And our NOTIFY takes that route.
+    let n = w.notify().await;
+    assert_eq!(
+        n.headers.list(HeaderName::Route),
+        vec![
+            format!("<sip:127.0.0.1:{p};lr;ftag=a>").as_str(),
+            "<sip:192.0.2.1;lr>"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc5057_an_answer_about_one_notify_keeps_the_subscription_but_489_ends_it() {
+    let s = server(OPEN).await;
+    let mut w = Ua::new(s.udp).await;
+    let r = w
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "k1",
+            1,
+            3600,
+            None,
+            "",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    // A phone that challenges our NOTIFY (407) or is busy (491): not a reason to drop it.
+    let n = w.notify_unanswered().await;
+    w.answer(&n, 407).await;
+    let retry = w.notify_unanswered_within(120_000).await;
+    assert_eq!(cseq_of(&retry), cseq_of(&n) + 1);
+    // 489: the watcher does not know the package after all. The subscription ends.
+    w.answer(&retry, 489).await;
+    for _ in 0..100 {
+        if s.handle.core.presence.subscription_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.handle.core.presence.subscription_count(), 0);
 }

@@ -17,21 +17,21 @@ pub mod packages;
 
 use crate::clock::Clock;
 use crate::config::{Config, Policy, PresenceConfig, VendorProfile};
-use crate::domain::Domains;
 use crate::deadline::Deadlines;
+use crate::domain::Domains;
 use crate::ids::Ids;
 use crate::sip::body::watcherinfo;
 use crate::sip::message::Parsed;
 use crate::sip::{ContactValue, HasHeaders, HeaderName, Host, Request, Response, Uri};
 use crate::storage::presence::{publication_key, subscription_key};
 use crate::storage::{
-    Durable, FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, StorageError,
-    SubState, SubscriptionRecord,
+    Durable, FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, StorageError, SubState,
+    SubscriptionRecord,
 };
 use crate::transport::{Peer, Proto};
 use event::{parse_event, EventError, Pkg, ALLOW_EVENTS};
 use notify::{NotifyParts, SubscriptionState};
-use package::{EventPackage, PublishedBody, Rendered, RenderOptions, WatcherView};
+use package::{EventPackage, PublishedBody, RenderOptions, Rendered, WatcherView};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -42,8 +42,31 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 const SHARDS: usize = 64;
+
+type DialogIndex = HashMap<Arc<[u8]>, ResKey>;
 /// Version substituted per watcher in a document rendered once for a whole fan-out.
 const VERSION_SENTINEL: u32 = u32::MAX;
+/// Watcher changes a winfo subscription queues for a partial document; beyond this it gets
+/// the full list instead (bounds memory under a SUBSCRIBE flood).
+const MAX_WINFO_CHANGES: usize = 256;
+/// A dialog publication whose dialogs have all ended is kept this long (seconds), long
+/// enough for every watcher to see the terminated state, then the lamp goes idle. Without
+/// it, phones that publish each call anew would pile up ended calls until their expiry.
+const TERMINATED_LINGER: u32 = 5;
+
+/// Whether the body is a dialog-info document whose dialogs have all ended.
+fn all_dialogs_terminated(pkg: Pkg, body: &[u8]) -> bool {
+    use crate::sip::body::dialog_info::{parse, DialogState};
+    matches!(pkg, Pkg::Dialog | Pkg::Sla)
+        && parse(body).is_ok_and(|d| {
+            !d.dialogs.is_empty() && d.dialogs.iter().all(|x| x.state == DialogState::Terminated)
+        })
+}
+
+/// Packages whose documents carry a per-watcher `version` (RFC 4235, RFC 3858).
+fn versioned(pkg: Pkg) -> bool {
+    matches!(pkg, Pkg::Dialog | Pkg::Sla | Pkg::Winfo)
+}
 
 /// One presentity's state for one package.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,10 +95,11 @@ pub struct OutNotify {
 pub enum Outcome {
     /// 2xx.
     Delivered,
-    /// Timer F, a transport error, 408 or 5xx: retried with backoff if the profile keeps
-    /// subscriptions on timeout.
+    /// Timer F, a transport error, 408, 5xx or another answer about this request only:
+    /// retried with backoff if the profile keeps subscriptions on timeout.
     Failed(u16),
-    /// 481 and every other final answer: the subscription ends.
+    /// 481 and the answers that say the subscription cannot exist (404, 405, 410, 489, 501,
+    /// 603): the subscription ends.
     Rejected(u16),
 }
 
@@ -83,8 +107,11 @@ impl Outcome {
     pub fn from_status(status: u16) -> Outcome {
         match status {
             200..=299 => Outcome::Delivered,
-            408 | 500..=599 => Outcome::Failed(status),
-            s => Outcome::Rejected(s),
+            // The watcher says the subscription (or its dialog, or the package) is gone.
+            404 | 405 | 410 | 481 | 489 | 501 | 603 => Outcome::Rejected(status),
+            // Anything else concerns this one request (RFC 5057 §5: 401/407, 491, 403...):
+            // the subscription stays, the state is sent again later.
+            s => Outcome::Failed(s),
         }
     }
 }
@@ -187,6 +214,16 @@ impl Resource {
     fn is_empty(&self) -> bool {
         self.pubs.is_empty() && self.subs.is_empty()
     }
+
+    /// A watcher was just sent the current document outside a fan-out. While changes wait
+    /// in the coalescing window that is not the document the last fan-out sent, so the
+    /// fan-out closing the window must not be skipped as "unchanged" (the watcher would be
+    /// left on the in-between state).
+    fn sent_current(&mut self) {
+        if self.flush_scheduled {
+            self.doc_hash = 0;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -209,7 +246,7 @@ pub struct Presence {
     shards: Box<[Mutex<Shard>]>,
     /// Subscription dialog → its resource, for in-dialog SUBSCRIBEs (whose Request-URI is
     /// our Contact, not the presentity).
-    dialogs: Box<[Mutex<HashMap<Arc<[u8]>, ResKey>>]>,
+    dialogs: Box<[Mutex<DialogIndex>]>,
     store: Arc<dyn PresenceStore>,
     clock: Clock,
     ids: Ids,
@@ -250,9 +287,9 @@ fn accepts(accept: &[String], media: &str) -> bool {
         return true;
     }
     let major = media.split('/').next().unwrap_or("");
-    accept.iter().any(|a| {
-        a == media || a == "*/*" || a.strip_suffix("/*").is_some_and(|m| m == major)
-    })
+    accept
+        .iter()
+        .any(|a| a == media || a == "*/*" || a.strip_suffix("/*").is_some_and(|m| m == major))
 }
 
 fn proto_name(p: Proto) -> &'static str {
@@ -389,7 +426,7 @@ impl Presence {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn dialog_index(&self, key: &[u8]) -> MutexGuard<'_, HashMap<Arc<[u8]>, ResKey>> {
+    fn dialog_index(&self, key: &[u8]) -> MutexGuard<'_, DialogIndex> {
         let i = (hash_of(key) as usize) % SHARDS;
         self.dialogs[i].lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -446,12 +483,17 @@ impl Presence {
     fn policy(&self, pkg: Pkg, presentity: &str, watcher: &str) -> Policy {
         let matches = |pattern: &str, aor: &str| {
             pattern == "*"
-                || pattern
-                    .strip_prefix("*@")
-                    .is_some_and(|d| aor.rsplit('@').next().is_some_and(|h| h.eq_ignore_ascii_case(d)))
+                || pattern.strip_prefix("*@").is_some_and(|d| {
+                    aor.rsplit('@')
+                        .next()
+                        .is_some_and(|h| h.eq_ignore_ascii_case(d))
+                })
                 || Uri::parse(pattern)
                     .ok()
-                    .and_then(|u| u.as_sip().map(|s| self.domains.canonical_user(s).unwrap_or_else(|| s.aor())))
+                    .and_then(|u| {
+                        u.as_sip()
+                            .map(|s| self.domains.canonical_user(s).unwrap_or_else(|| s.aor()))
+                    })
                     .is_some_and(|p| p == aor)
         };
         for r in &self.cfg.rules {
@@ -560,7 +602,7 @@ impl Presence {
             sub.rec.version = sub.rec.version.wrapping_add(1);
         }
         if persist {
-            writes.push(PresenceWrite::PutSubscription(sub.rec.clone()));
+            writes.push(PresenceWrite::subscription(&sub.rec));
         }
         let branch = crate::transaction::branch_from(self.ids.next(), self.ids.next());
         let via = sent_by(&sub.rec.contact);
@@ -647,7 +689,12 @@ impl Presence {
         )
     }
 
-    fn winfo_entry(&self, sub: &Sub, event: watcherinfo::WatcherEvent, terminated: bool) -> watcherinfo::Watcher {
+    fn winfo_entry(
+        &self,
+        sub: &Sub,
+        event: watcherinfo::WatcherEvent,
+        terminated: bool,
+    ) -> watcherinfo::Watcher {
         let now = self.clock.now_unix();
         watcherinfo::Watcher {
             id: sub.rec.local_tag.clone(),
@@ -703,7 +750,13 @@ impl Presence {
             if sub.rec.state != SubState::Active {
                 continue;
             }
-            sub.winfo_changes.push(entry.clone());
+            if sub.winfo_changes.len() >= MAX_WINFO_CHANGES {
+                // Too many changes queued behind an unanswered NOTIFY: send the whole list.
+                sub.winfo_changes.clear();
+                sub.winfo_full = true;
+            } else if !sub.winfo_full {
+                sub.winfo_changes.push(entry.clone());
+            }
             if sub.in_flight {
                 sub.owed = Owed::Update;
                 continue;
@@ -800,9 +853,17 @@ impl Presence {
             };
             let doc = cache
                 .entry((accept.clone(), options))
-                .or_insert_with(|| self.render_for(res, &resource, &accept, VERSION_SENTINEL, options))
+                .or_insert_with(|| {
+                    self.render_for(res, &resource, &accept, VERSION_SENTINEL, options)
+                })
                 .as_ref()
-                .map(|d| with_version(d, version));
+                .map(|d| {
+                    if versioned(res.pkg) {
+                        with_version(d, version)
+                    } else {
+                        d.clone()
+                    }
+                });
             let Some(sub) = resource.subs.get_mut(&k) else {
                 continue;
             };
@@ -839,6 +900,7 @@ impl Presence {
                 let state = self.state_of(&sub, now_unix);
                 let n = self.next_notify(res, &mut sub, state, body, writes, true);
                 resource.subs.insert(key.clone(), sub);
+                resource.sent_current();
                 n
             }
             None => None,
@@ -976,14 +1038,30 @@ impl Presence {
         let contact = match parsed.contacts.as_slice() {
             [ContactValue::Addr(a)] => Some(a.uri.to_string()),
             [] => None,
-            _ => return Err(fail(400, "Bad Request: SUBSCRIBE needs exactly one Contact URI")),
+            _ => {
+                return Err(fail(
+                    400,
+                    "Bad Request: SUBSCRIBE needs exactly one Contact URI",
+                ))
+            }
         };
         let now = self.clock.now_unix();
         if let Some(local_tag) = parsed.to.tag() {
-            return self.resubscribe(req, parsed, peer, ev, expires, call_id, &local_tag, &remote_tag, contact, now);
+            return self.resubscribe(
+                req,
+                parsed,
+                peer,
+                &watcher,
+                ev,
+                expires,
+                call_id,
+                &local_tag,
+                &remote_tag,
+                contact,
+                now,
+            );
         }
-        let contact =
-            contact.ok_or_else(|| fail(400, "Bad Request: SUBSCRIBE without Contact"))?;
+        let contact = contact.ok_or_else(|| fail(400, "Bad Request: SUBSCRIBE without Contact"))?;
         // RFC 6665 §4.1.2.1: the Request-URI names the resource; phones that put only our
         // address there (Yealink) name it in To.
         let target_uri = match req.uri.as_sip() {
@@ -1001,7 +1079,10 @@ impl Presence {
             .ok_or_else(|| {
                 fail(
                     404,
-                    &format!("Not Found: {} is not a user of this domain", target_uri.aor()),
+                    &format!(
+                        "Not Found: {} is not a user of this domain",
+                        target_uri.aor()
+                    ),
                 )
             })?
             .into();
@@ -1011,7 +1092,10 @@ impl Presence {
             p => package(p).map(|p| p.notify_types()).unwrap_or(&[]),
         };
         if !notify_types.iter().any(|t| accepts(&accept, t)) {
-            let mut r = fail(406, "Not Acceptable: none of the Accept types can be sent for this package");
+            let mut r = fail(
+                406,
+                "Not Acceptable: none of the Accept types can be sent for this package",
+            );
             r.headers.push(HeaderName::Accept, notify_types.join(", "));
             return Err(r);
         }
@@ -1082,13 +1166,29 @@ impl Presence {
         let mut writes = Vec::new();
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
+        let fresh_resource = !shard.resources.contains_key(&res);
         let resource = shard.resources.entry(res.clone()).or_default();
         if expires > 0 && resource.subs.len() >= self.cfg.max_watchers_per_presentity {
-            let mut r = fail(503, "Service Unavailable: too many watchers of this presentity");
+            let mut r = fail(
+                503,
+                "Service Unavailable: too many watchers of this presentity",
+            );
             r.headers.push_raw("Retry-After", "60");
             return Err(r);
         }
         let mut response = req.response(200, "OK", Some(to_tag));
+        // RFC 3261 §12.1.1: the 2xx that creates the dialog copies Record-Route, in order;
+        // the watcher takes its route set from it.
+        for h in req
+            .headers
+            .0
+            .iter()
+            .filter(|h| h.kind == HeaderName::RecordRoute)
+        {
+            response
+                .headers
+                .push(HeaderName::RecordRoute, h.value.clone());
+        }
         response
             .headers
             .push(HeaderName::Expires, expires.to_string());
@@ -1147,23 +1247,22 @@ impl Presence {
                 out.push(n);
             }
         }
-        if !shard.resources.contains_key(&res) {
+        if fresh_resource {
             // A new resource: what the watcher just got is the idle document.
-            let fresh = Resource::default();
-            let hash = self.doc_hash(&res, &fresh);
-            shard.resources.insert(
-                res.clone(),
-                Resource {
-                    doc_hash: hash,
-                    ..fresh
-                },
-            );
+            let hash = self.doc_hash(&res, &Resource::default());
+            if let Some(r) = shard.resources.get_mut(&res) {
+                r.doc_hash = hash;
+            }
         }
         let resource = shard.resources.entry(res.clone()).or_default();
         resource.subs.insert(key.clone(), sub);
+        resource.sent_current();
         self.subscription_count.fetch_add(1, Ordering::Relaxed);
         self.dialog_index(&key).insert(key.clone(), res.clone());
-        self.schedule(Timer::SubscriptionExpiry(res.clone(), key.clone()), expiry_at);
+        self.schedule(
+            Timer::SubscriptionExpiry(res.clone(), key.clone()),
+            expiry_at,
+        );
         if let Some(e) = entry {
             self.winfo_changed(&mut shard, &presentity, e, &mut writes, &mut out);
         }
@@ -1203,6 +1302,7 @@ impl Presence {
         req: &Request,
         parsed: &Parsed,
         peer: Peer,
+        watcher: &str,
         ev: event::EventHeader,
         expires: u32,
         call_id: &str,
@@ -1214,7 +1314,11 @@ impl Presence {
         let fail = |status: u16, reason: &str| Self::error_reply(req, status, reason, local_tag);
         let key: Arc<[u8]> = subscription_key(call_id, local_tag, remote_tag).into();
         let gone = || fail(481, "Subscription Does Not Exist");
-        let res = self.dialog_index(&key).get(&key).cloned().ok_or_else(gone)?;
+        let res = self
+            .dialog_index(&key)
+            .get(&key)
+            .cloned()
+            .ok_or_else(gone)?;
         let mut shard = self.shard(&res.presentity);
         let mut writes = Vec::new();
         let mut out = Vec::new();
@@ -1224,6 +1328,17 @@ impl Presence {
                 .get_mut(&res)
                 .and_then(|r| r.subs.get_mut(&key))
                 .ok_or_else(gone)?;
+            // The dialog identifiers are not secret (a proxy sees them): only the watcher
+            // that made the subscription may refresh or end it.
+            if sub.rec.watcher != watcher {
+                return Err(fail(
+                    403,
+                    &format!(
+                        "Forbidden: this subscription belongs to {}",
+                        sub.rec.watcher
+                    ),
+                ));
+            }
             if res.pkg != ev.pkg || sub.rec.event_id != ev.id {
                 return Err(fail(
                     489,
@@ -1254,7 +1369,15 @@ impl Presence {
         response.headers.push(HeaderName::AllowEvents, ALLOW_EVENTS);
         if expires == 0 {
             // RFC 6665 §4.2.1.4: unsubscribing gets a final NOTIFY with the state.
-            self.terminate(&mut shard, &res, &key, "timeout", true, &mut writes, &mut out);
+            self.terminate(
+                &mut shard,
+                &res,
+                &key,
+                "timeout",
+                true,
+                &mut writes,
+                &mut out,
+            );
         } else {
             let expires_at = now + u64::from(expires);
             let in_flight = {
@@ -1275,9 +1398,13 @@ impl Presence {
             );
             // RFC 6665 §4.2.1.2: a refresh is answered with a NOTIFY of the current state.
             if in_flight {
-                if let Some(sub) = shard.resources.get_mut(&res).and_then(|r| r.subs.get_mut(&key)) {
+                if let Some(sub) = shard
+                    .resources
+                    .get_mut(&res)
+                    .and_then(|r| r.subs.get_mut(&key))
+                {
                     sub.owed = Owed::Update;
-                    writes.push(PresenceWrite::PutSubscription(sub.rec.clone()));
+                    writes.push(PresenceWrite::subscription(&sub.rec));
                 }
             } else if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
                 out.push(n);
@@ -1334,7 +1461,10 @@ impl Presence {
             .ok_or_else(|| {
                 fail(
                     404,
-                    &format!("Not Found: {} is not a user of this domain", target_uri.aor()),
+                    &format!(
+                        "Not Found: {} is not a user of this domain",
+                        target_uri.aor()
+                    ),
                 )
             })?
             .into();
@@ -1361,10 +1491,16 @@ impl Presence {
                 .headers
                 .get(HeaderName::ContentType)
                 .ok_or_else(|| fail(400, "Bad Request: body without Content-Type"))?;
-            let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let media = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             let Some(t) = pkg.publish_types().iter().find(|t| **t == media) else {
                 let mut r = fail(415, "Unsupported Media Type");
-                r.headers.push(HeaderName::Accept, pkg.publish_types().join(", "));
+                r.headers
+                    .push(HeaderName::Accept, pkg.publish_types().join(", "));
                 return Err(r);
             };
             pkg.validate(t, &req.body)
@@ -1373,11 +1509,20 @@ impl Presence {
         } else {
             None
         };
+        // An ended call lingers only briefly (see TERMINATED_LINGER).
+        let expires = if expires > 0 && has_body && all_dialogs_terminated(ev.pkg, &req.body) {
+            expires.min(TERMINATED_LINGER)
+        } else {
+            expires
+        };
         if if_match.is_none() && !has_body {
             return Err(fail(400, "Bad Request: initial PUBLISH without a body"));
         }
         if if_match.is_none() && expires == 0 {
-            return Err(fail(400, "Bad Request: PUBLISH with Expires 0 needs SIP-If-Match"));
+            return Err(fail(
+                400,
+                "Bad Request: PUBLISH with Expires 0 needs SIP-If-Match",
+            ));
         }
         let res = ResKey {
             presentity: presentity.clone(),
@@ -1388,7 +1533,9 @@ impl Presence {
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
         let new_etag = format!("{:016x}", self.ids.next());
-        let granted = expires.saturating_sub(self.cfg.expires_offset).max(if expires == 0 { 0 } else { 1 });
+        let granted = expires
+            .saturating_sub(self.cfg.expires_offset)
+            .max(if expires == 0 { 0 } else { 1 });
         let source = match if_match {
             Some(tag) => {
                 // RFC 3903 §6 step 4: the ETag must name a live publication of this resource.
@@ -1400,7 +1547,10 @@ impl Presence {
                         .map(|i| (r, i))
                 });
                 let Some((resource, i)) = found else {
-                    return Err(fail(412, "Conditional Request Failed: unknown or expired SIP-If-Match"));
+                    return Err(fail(
+                        412,
+                        "Conditional Request Failed: unknown or expired SIP-If-Match",
+                    ));
                 };
                 let p = &mut resource.pubs[i];
                 let source = p.rec.source_id.clone();
@@ -1418,7 +1568,7 @@ impl Presence {
                         p.rec.body = req.body.clone();
                         p.rec.seq = self.seq.fetch_add(1, Ordering::Relaxed);
                     }
-                    writes.push(PresenceWrite::PutPublication(p.rec.clone()));
+                    writes.push(PresenceWrite::publication(&p.rec));
                     let at = self.at_unix(p.rec.expires_at);
                     self.schedule(Timer::PublicationExpiry(res.clone(), source.clone()), at);
                 }
@@ -1447,7 +1597,7 @@ impl Presence {
                     expires_at: now + u64::from(expires),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
-                writes.push(PresenceWrite::PutPublication(rec.clone()));
+                writes.push(PresenceWrite::publication(&rec));
                 let at = self.at_unix(rec.expires_at);
                 resource.pubs.push(Publication { rec });
                 self.publication_count.fetch_add(1, Ordering::Relaxed);
@@ -1496,6 +1646,11 @@ impl Presence {
         if expires > 0 {
             package.validate(content_type, body)?;
         }
+        let expires = if expires > 0 && all_dialogs_terminated(pkg, body) {
+            expires.min(TERMINATED_LINGER)
+        } else {
+            expires
+        };
         let presentity: Arc<str> = presentity.into();
         let res = ResKey {
             presentity: presentity.clone(),
@@ -1506,7 +1661,10 @@ impl Presence {
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
         let resource = shard.resources.entry(res.clone()).or_default();
-        let existing = resource.pubs.iter().position(|p| p.rec.source_id == source_id);
+        let existing = resource
+            .pubs
+            .iter()
+            .position(|p| p.rec.source_id == source_id);
         match (existing, expires) {
             (Some(i), 0) => {
                 let key = resource.pubs[i].rec.key();
@@ -1542,7 +1700,7 @@ impl Presence {
                     expires_at: now + u64::from(expires),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
-                writes.push(PresenceWrite::PutPublication(rec.clone()));
+                writes.push(PresenceWrite::publication(&rec));
                 let at = self.at_unix(rec.expires_at);
                 match found {
                     Some(i) => resource.pubs[i] = Publication { rec },
@@ -1596,12 +1754,24 @@ impl Presence {
         for (res, key) in keys {
             match decision {
                 Policy::Block => {
-                    self.terminate(&mut shard, &res, &key, "rejected", true, &mut writes, &mut out);
+                    self.terminate(
+                        &mut shard,
+                        &res,
+                        &key,
+                        "rejected",
+                        true,
+                        &mut writes,
+                        &mut out,
+                    );
                     changed += 1;
                 }
                 Policy::Allow => {
                     let entry = {
-                        let Some(sub) = shard.resources.get_mut(&res).and_then(|r| r.subs.get_mut(&key)) else {
+                        let Some(sub) = shard
+                            .resources
+                            .get_mut(&res)
+                            .and_then(|r| r.subs.get_mut(&key))
+                        else {
                             continue;
                         };
                         if sub.rec.state != SubState::Pending {
@@ -1611,8 +1781,15 @@ impl Presence {
                         let in_flight = sub.in_flight;
                         if in_flight {
                             sub.owed = Owed::Update;
+                            // No NOTIFY (which would write the record) until the one in
+                            // flight is answered: store the decision now.
+                            writes.push(PresenceWrite::subscription(&sub.rec));
                         }
-                        (res.pkg == Pkg::Presence).then(|| self.winfo_entry(sub, watcherinfo::WatcherEvent::Approved, false)).map(|e| (e, in_flight))
+                        (res.pkg == Pkg::Presence)
+                            .then(|| {
+                                self.winfo_entry(sub, watcherinfo::WatcherEvent::Approved, false)
+                            })
+                            .map(|e| (e, in_flight))
                     };
                     let in_flight = entry.as_ref().map(|e| e.1).unwrap_or(false);
                     if !in_flight {
@@ -1673,7 +1850,15 @@ impl Presence {
             }
             Outcome::Failed(status) | Outcome::Rejected(status) => {
                 tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, status, "NOTIFY refused; ending the subscription");
-                self.terminate(&mut shard, &sub.res, &sub.key, "deactivated", false, &mut writes, &mut out);
+                self.terminate(
+                    &mut shard,
+                    &sub.res,
+                    &sub.key,
+                    "deactivated",
+                    false,
+                    &mut writes,
+                    &mut out,
+                );
             }
         }
         let durable = (!writes.is_empty()).then(|| self.store.write(writes));
@@ -1686,11 +1871,7 @@ impl Presence {
     /// Expiry, coalescing and retry timers; runs for the server's lifetime.
     pub async fn run_timers(self: Arc<Self>) {
         loop {
-            let next = self
-                .timers
-                .lock()
-                .map(|t| t.next())
-                .unwrap_or(None);
+            let next = self.timers.lock().map(|t| t.next()).unwrap_or(None);
             match next {
                 Some(at) => {
                     tokio::select! {
@@ -1760,9 +1941,15 @@ impl Presence {
                     Some(at) if at > now => {
                         self.schedule(Timer::SubscriptionExpiry(res, key), self.at_unix(at));
                     }
-                    Some(_) => {
-                        self.terminate(&mut shard, &res, &key, "timeout", true, &mut writes, &mut out)
-                    }
+                    Some(_) => self.terminate(
+                        &mut shard,
+                        &res,
+                        &key,
+                        "timeout",
+                        true,
+                        &mut writes,
+                        &mut out,
+                    ),
                     None => {}
                 }
             }
@@ -1773,7 +1960,13 @@ impl Presence {
                     .get(&res)
                     .and_then(|r| r.subs.get(&key))
                     .map(|s| s.in_flight);
-                if in_flight == Some(false) {
+                let owed = shard
+                    .resources
+                    .get(&res)
+                    .and_then(|r| r.subs.get(&key))
+                    .map(|s| s.owed);
+                // Only if no change has delivered the state meanwhile.
+                if in_flight == Some(false) && owed == Some(Owed::Update) {
                     if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
                         out.push(n);
                     }

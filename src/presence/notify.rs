@@ -55,7 +55,11 @@ pub struct NotifyParts<'a> {
 
 /// A NOTIFY in the subscription's dialog with CSeq `sub.local_cseq` (the caller has already
 /// counted it).
-pub fn build(sub: &SubscriptionRecord, pkg: Pkg, parts: &NotifyParts<'_>) -> Result<Request, String> {
+pub fn build(
+    sub: &SubscriptionRecord,
+    pkg: Pkg,
+    parts: &NotifyParts<'_>,
+) -> Result<Request, String> {
     let addr = addressing(sub)?;
     let mut headers = Headers(Vec::with_capacity(14));
     headers.push(

@@ -4,10 +4,10 @@
 
 pub mod bindings;
 
-use crate::domain::Domains;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::deadline::Deadlines;
+use crate::domain::Domains;
 use crate::events::{Event, EventBus};
 use crate::sip::message::default_reason;
 use crate::sip::message::Parsed;

@@ -1,6 +1,9 @@
 //! In-memory store for tests: same traits, writes "durable" at once.
 
-use super::presence::{PresenceStore, PresenceWrite, PublicationRecord, SubscriptionRecord};
+use super::presence::{
+    decode_publication, decode_subscription, PresenceStore, PresenceWrite, PublicationRecord,
+    SubscriptionRecord,
+};
 use super::{Binding, BindingStore, Durable, StorageError};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -67,14 +70,18 @@ impl PresenceStore for MemoryStore {
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         for w in writes {
             match w {
-                PresenceWrite::PutPublication(p) => {
-                    pubs.insert(p.key(), p);
+                PresenceWrite::PutPublication { key, value } => {
+                    if let Ok(p) = decode_publication(&value) {
+                        pubs.insert(key, p);
+                    }
                 }
                 PresenceWrite::DeletePublication(k) => {
                     pubs.remove(&k);
                 }
-                PresenceWrite::PutSubscription(s) => {
-                    subs.insert(s.key(), s);
+                PresenceWrite::PutSubscription { key, value } => {
+                    if let Ok(s) = decode_subscription(&value) {
+                        subs.insert(key, s);
+                    }
                 }
                 PresenceWrite::DeleteSubscription(k) => {
                     subs.remove(&k);

@@ -221,15 +221,39 @@ pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError
     Ok(s)
 }
 
-/// One change to presence state; a list of them is written as one unit.
+/// One change to presence state; a list of them is written as one unit. Records are
+/// encoded when the write is made (one allocation, under the caller's lock, instead of a
+/// clone of every field: a fan-out writes one subscription record per NOTIFY).
 #[derive(Debug, Clone)]
 pub enum PresenceWrite {
-    PutPublication(PublicationRecord),
-    /// Key from [`publication_key`].
+    /// Key from [`publication_key`], value from [`encode_publication`].
+    PutPublication {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     DeletePublication(Vec<u8>),
-    PutSubscription(SubscriptionRecord),
-    /// Key from [`subscription_key`].
+    /// Key from [`subscription_key`], value from [`encode_subscription`].
+    PutSubscription {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     DeleteSubscription(Vec<u8>),
+}
+
+impl PresenceWrite {
+    pub fn publication(p: &PublicationRecord) -> PresenceWrite {
+        PresenceWrite::PutPublication {
+            key: p.key(),
+            value: encode_publication(p),
+        }
+    }
+
+    pub fn subscription(s: &SubscriptionRecord) -> PresenceWrite {
+        PresenceWrite::PutSubscription {
+            key: s.key(),
+            value: encode_subscription(s),
+        }
+    }
 }
 
 pub trait PresenceStore: Send + Sync {

@@ -3,8 +3,8 @@
 //! REGISTERs share one fsync; when idle a write is flushed at once.
 
 use super::presence::{
-    decode_publication, decode_subscription, encode_publication, encode_subscription,
-    PresenceStore, PresenceWrite, PublicationRecord, SubscriptionRecord,
+    decode_publication, decode_subscription, PresenceStore, PresenceWrite, PublicationRecord,
+    SubscriptionRecord,
 };
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
@@ -304,12 +304,12 @@ impl PresenceStore for SledStore {
         let list = writes
             .into_iter()
             .map(|w| match w {
-                PresenceWrite::PutPublication(p) => {
-                    (Tree::Publications, p.key(), Some(encode_publication(&p)))
+                PresenceWrite::PutPublication { key, value } => {
+                    (Tree::Publications, key, Some(value))
                 }
                 PresenceWrite::DeletePublication(k) => (Tree::Publications, k, None),
-                PresenceWrite::PutSubscription(s) => {
-                    (Tree::Subscriptions, s.key(), Some(encode_subscription(&s)))
+                PresenceWrite::PutSubscription { key, value } => {
+                    (Tree::Subscriptions, key, Some(value))
                 }
                 PresenceWrite::DeleteSubscription(k) => (Tree::Subscriptions, k, None),
             })

@@ -170,11 +170,19 @@ impl Tcp {
     }
 
     pub async fn recv(&mut self) -> Response {
+        match self.recv_message().await {
+            Message::Response(r) => r,
+            Message::Request(r) => panic!("expected a response, got {}", r.method),
+        }
+    }
+
+    /// The next message of either kind on the connection, within 5 s.
+    pub async fn recv_message(&mut self) -> Message {
         use busylamp::sip::parse::{frame_stream, Frame};
         loop {
             if let Ok(Frame::Message(n)) = frame_stream(&self.buf, &Limits::default()) {
                 let msg: Vec<u8> = self.buf.drain(..n).collect();
-                return parse_response(&msg);
+                return parse_message(&msg, &Limits::default()).expect("a SIP message");
             }
             let mut chunk = [0u8; 8192];
             let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))

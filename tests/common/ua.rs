@@ -68,13 +68,33 @@ impl Ua {
 
     /// The next NOTIFY, unanswered, within 5 s.
     pub async fn notify_unanswered(&mut self) -> Request {
+        self.notify_unanswered_within(5000).await
+    }
+
+    /// The next NOTIFY, unanswered, within `ms` (paused-clock tests wait for expiries).
+    pub async fn notify_unanswered_within(&mut self, ms: u64) -> Request {
         loop {
             if let Some(r) = self.requests.pop_front() {
                 assert_eq!(r.method, "NOTIFY", "server sent {}", r.method);
                 return r;
             }
-            self.read(5000).await.expect("a NOTIFY within 5 s");
+            self.read(ms)
+                .await
+                .unwrap_or_else(|| panic!("a NOTIFY within {ms} ms"));
         }
+    }
+
+    /// Answers NOTIFYs (200) until one whose body satisfies `done`; returns it. Changes
+    /// made while a NOTIFY is unanswered arrive together, so tests wait for a state, not
+    /// for a count of NOTIFYs.
+    pub async fn notify_until(&mut self, done: impl Fn(&str) -> bool) -> Request {
+        for _ in 0..20 {
+            let n = self.notify().await;
+            if done(&String::from_utf8_lossy(&n.body)) {
+                return n;
+            }
+        }
+        panic!("no NOTIFY reached the expected state");
     }
 
     /// The next NOTIFY, answered 200.
@@ -113,7 +133,7 @@ impl Ua {
 }
 
 /// Header value helper.
-pub fn header<'a>(m: &'a impl HasHeaders, h: HeaderName) -> &'a str {
+pub fn header(m: &impl HasHeaders, h: HeaderName) -> &str {
     m.headers()
         .get(h)
         .unwrap_or_else(|| panic!("no {h:?} header"))
@@ -138,6 +158,14 @@ pub fn cseq_of(r: &impl HasHeaders) -> u32 {
 
 /// The `version="N"` attribute of a dialog-info or watcherinfo body.
 pub fn version_of(body: &str) -> u32 {
-    let i = body.find("version=\"").expect("a version attribute") + 9;
+    let root = body
+        .find("<dialog-info")
+        .or_else(|| body.find("<watcherinfo"))
+        .expect("a dialog-info or watcherinfo root");
+    let i = root
+        + body[root..]
+            .find("version=\"")
+            .expect("a version attribute")
+        + 9;
     body[i..].split('"').next().unwrap().parse().unwrap()
 }

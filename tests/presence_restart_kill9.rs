@@ -1,0 +1,834 @@
+//! Per-watcher CSeq and version survive a `kill -9` (DESIGN: "Per-watcher versions and CSeq
+//! survive restarts"; RFC 6665 §4.2.2, RFC 4235 §4.1). The real binary holds 1,000
+//! subscriptions (BLF `dialog` and `presence`), some presentities change state, then it is
+//! killed with SIGKILL and started again on the same data directory: every watcher gets a
+//! full-state NOTIFY whose CSeq is exactly one more than the last it got, and for `dialog`
+//! whose `version` is too. A subscription whose Expires ran out while the server was down
+//! ends with `terminated;reason=timeout` instead. Loopback only, every wait bounded.
+
+mod common;
+use busylamp::sip::parse::{parse_message, Limits};
+use busylamp::sip::{HasHeaders, HeaderName, Message};
+use common::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+const SUBSCRIPTIONS: usize = 1_000;
+const PHONES: usize = 10;
+const PRESENTITIES: usize = 50;
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary on a temp data dir; killed and the dir removed on every path (Drop).
+struct Busylamp {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Busylamp {
+    fn new(name: &str, presence_config: &str) -> Busylamp {
+        let dir = std::env::temp_dir().join(format!(
+            "busylamp-presence-kill9-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_udp_port();
+        let config = dir.join("busylamp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:{port}"]
+data_dir = "{}"
+log = "warn"
+[auth]
+trusted = ["127.0.0.0/8"]
+[presence]
+{presence_config}
+"#,
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("serve.log");
+        let mut b = Busylamp {
+            child: None,
+            dir,
+            config,
+            log,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        };
+        b.start();
+        b
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_busylamp"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start busylamp"),
+        );
+    }
+
+    /// SIGKILL (std's `Child::kill` on Unix) to this child's pid, and reap it.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    async fn wait_ready(&self) {
+        let c = Udp::new(self.addr).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let msg = wire(&format!(
+                "OPTIONS sip:example.test SIP/2.0
+                Via: SIP/2.0/UDP 127.0.0.1:{};branch={}
+                From: <sip:probe@example.test>;tag=1
+                To: <sip:example.test>
+                Call-ID: ready-{}
+                CSeq: 1 OPTIONS
+                ",
+                c.port(),
+                branch(),
+                branch()
+            ));
+            c.send(&msg).await;
+            if !c.recv_nothing(200).await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not come up within 20 s\n{}",
+                self.log_text()
+            );
+        }
+    }
+}
+
+impl Drop for Busylamp {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One NOTIFY as the watcher saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    cseq: u32,
+    /// The `version` of a dialog-info body.
+    version: Option<u32>,
+    state: String,
+}
+
+/// Everything the phones received, keyed by Call-ID.
+#[derive(Default)]
+struct Inbox {
+    /// Final responses: (CSeq number, status, To tag).
+    responses: HashMap<String, (u32, u16, Option<String>)>,
+    /// NOTIFYs in arrival order (retransmissions included).
+    notifies: HashMap<String, Vec<Seen>>,
+    last_arrival: Option<Instant>,
+}
+
+type Shared = Arc<Mutex<Inbox>>;
+
+/// `version="N"` of the `<dialog-info>` root (not the XML declaration's).
+fn dialog_info_version(body: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(body).ok()?;
+    let root = &text[text.find("<dialog-info")?..];
+    let tag = &root[..root.find('>')?];
+    let v = &tag[tag.find(" version=\"")? + 10..];
+    v[..v.find('"')?].parse().ok()
+}
+
+fn to_tag(value: &str) -> Option<String> {
+    let i = value.find(";tag=")? + 5;
+    Some(
+        value[i..]
+            .split([';', ' ', '>'])
+            .next()
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+fn cseq_number(value: Option<&str>) -> u32 {
+    value
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A watcher's UDP socket, holding many subscriptions; answers every NOTIFY with 200.
+struct Phone {
+    sock: Arc<UdpSocket>,
+    port: u16,
+    task: JoinHandle<()>,
+}
+
+impl Phone {
+    async fn new(inbox: Shared) -> Phone {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let port = sock.local_addr().unwrap().port();
+        let s = sock.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let Ok((n, from)) = s.recv_from(&mut buf).await else {
+                    continue;
+                };
+                match parse_message(&buf[..n], &Limits::default()) {
+                    Ok(Message::Request(req)) if req.method == "NOTIFY" => {
+                        let call_id = req.call_id().unwrap_or_default().to_string();
+                        let seen = Seen {
+                            cseq: cseq_number(req.headers.get(HeaderName::CSeq)),
+                            version: dialog_info_version(&req.body),
+                            state: req
+                                .headers
+                                .get(HeaderName::SubscriptionState)
+                                .unwrap_or("")
+                                .to_string(),
+                        };
+                        {
+                            let mut inbox = inbox.lock().unwrap();
+                            inbox.notifies.entry(call_id).or_default().push(seen);
+                            inbox.last_arrival = Some(Instant::now());
+                        }
+                        let ok = req.response(200, "OK", None).to_bytes();
+                        let _ = s.send_to(&ok, from).await;
+                    }
+                    Ok(Message::Response(r)) if r.status >= 200 => {
+                        let call_id = r
+                            .headers
+                            .get(HeaderName::CallId)
+                            .unwrap_or_default()
+                            .to_string();
+                        let tag = r.headers.get(HeaderName::To).and_then(to_tag);
+                        let cseq = cseq_number(r.headers.get(HeaderName::CSeq));
+                        inbox
+                            .lock()
+                            .unwrap()
+                            .responses
+                            .insert(call_id, (cseq, r.status, tag));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Phone { sock, port, task }
+    }
+
+    async fn send(&self, bytes: &[u8], server: SocketAddr) {
+        self.sock.send_to(bytes, server).await.unwrap();
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dialog,
+    Presence,
+}
+
+#[derive(Debug, Clone)]
+struct Sub {
+    call_id: String,
+    from_tag: String,
+    watcher: String,
+    presentity: String,
+    kind: Kind,
+    phone: usize,
+    expires: u32,
+}
+
+impl Sub {
+    fn subscribe(&self, port: u16, cseq: u32, to_tag: Option<&str>, expires: u32) -> Vec<u8> {
+        let (event, accept) = match self.kind {
+            Kind::Dialog => ("dialog", "application/dialog-info+xml"),
+            Kind::Presence => ("presence", "application/pidf+xml"),
+        };
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        wire(&format!(
+            "SUBSCRIBE sip:{p}@example.test SIP/2.0
+            Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
+            Max-Forwards: 70
+            From: <sip:{w}@example.test>;tag={ft}
+            To: <sip:{p}@example.test>{to_tag}
+            Call-ID: {c}
+            CSeq: {cseq} SUBSCRIBE
+            Contact: <sip:{w}@127.0.0.1:{port}>
+            Event: {event}
+            Accept: {accept}
+            Expires: {expires}
+            User-Agent: busylamp-test
+            ",
+            p = self.presentity,
+            w = self.watcher,
+            ft = self.from_tag,
+            c = self.call_id,
+            b = branch(),
+        ))
+    }
+}
+
+fn publish(call_id: &str, presentity: &str, kind: Kind, body: &str, port: u16) -> Vec<u8> {
+    let (event, ctype) = match kind {
+        Kind::Dialog => ("dialog", "application/dialog-info+xml"),
+        Kind::Presence => ("presence", "application/pidf+xml"),
+    };
+    wire(&format!(
+        "PUBLISH sip:{presentity}@example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
+        Max-Forwards: 70
+        From: <sip:{presentity}@example.test>;tag=pub
+        To: <sip:{presentity}@example.test>
+        Call-ID: {call_id}
+        CSeq: 1 PUBLISH
+        Event: {event}
+        Expires: 3600
+        Content-Type: {ctype}
+
+{body}",
+        b = branch(),
+    ))
+}
+
+fn dialog_body(presentity: &str, n: usize, state: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="{n}" state="full" entity="sip:{presentity}@example.test">
+<dialog id="d{n}" call-id="call-{presentity}-{n}" local-tag="lt{n}" remote-tag="rt{n}" direction="recipient">
+<state>{state}</state>
+<local><identity>sip:{presentity}@example.test</identity></local>
+<remote><identity>sip:9999@example.test</identity></remote>
+</dialog>
+</dialog-info>
+"#
+    )
+}
+
+fn pidf_body(presentity: &str, basic: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:{presentity}@example.test">
+<tuple id="t1"><status><basic>{basic}</basic></status></tuple>
+</presence>
+"#
+    )
+}
+
+/// Polls `done` every 10 ms until it holds or `limit` passes; says whether it held.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends requests (Call-ID, bytes, phone) in windows of `window`, retransmitting any without a
+/// final response every second (same branch: the server transaction answers again), until
+/// every one has one or `limit` passes. Returns the Call-IDs still unanswered.
+async fn send_all(
+    phones: &[Phone],
+    server: SocketAddr,
+    inbox: &Shared,
+    requests: &[(String, Vec<u8>, usize)],
+    window: usize,
+    limit: Duration,
+) -> Vec<String> {
+    let until = Instant::now() + limit;
+    for chunk in requests.chunks(window) {
+        let answered = |inbox: &Shared, c: &str| inbox.lock().unwrap().responses.contains_key(c);
+        loop {
+            for (call_id, bytes, phone) in chunk {
+                if !answered(inbox, call_id) {
+                    phones[*phone].send(bytes, server).await;
+                }
+            }
+            let chunk_done = || chunk.iter().all(|(c, _, _)| answered(inbox, c));
+            let remaining = until.saturating_duration_since(Instant::now());
+            if wait_until(remaining.min(Duration::from_secs(1)), chunk_done).await {
+                break;
+            }
+            if Instant::now() >= until {
+                return requests
+                    .iter()
+                    .filter(|(c, _, _)| !answered(inbox, c))
+                    .map(|(c, _, _)| c.clone())
+                    .collect();
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// Waits until no NOTIFY arrived for `quiet` (longer than one NOTIFY retransmission
+/// interval, so a NOTIFY lost on loopback has been re-sent and answered).
+async fn settle(inbox: &Shared, quiet: Duration, limit: Duration) -> bool {
+    wait_until(limit, || {
+        inbox
+            .lock()
+            .unwrap()
+            .last_arrival
+            .is_some_and(|t| t.elapsed() >= quiet)
+    })
+    .await
+}
+
+fn last_of(inbox: &Shared, call_id: &str) -> Option<Seen> {
+    inbox
+        .lock()
+        .unwrap()
+        .notifies
+        .get(call_id)
+        .and_then(|v| v.iter().max_by_key(|s| s.cseq).cloned())
+}
+
+fn make_subs(n: usize, expires: u32) -> Vec<Sub> {
+    (0..n)
+        .map(|i| Sub {
+            call_id: format!("sub-{i}@kill9.test"),
+            from_tag: format!("wt{i}"),
+            watcher: format!("w{i}"),
+            presentity: format!("{}", 2000 + i % PRESENTITIES),
+            // Three BLF watchers for every presence watcher, as on a desk-phone system.
+            kind: if i % 4 == 3 {
+                Kind::Presence
+            } else {
+                Kind::Dialog
+            },
+            phone: i % PHONES,
+            expires,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_watcher_continues_cseq_and_version_after_kill_9() {
+    let started = Instant::now();
+    let mut server = Busylamp::new("thousand", "");
+    server.wait_ready().await;
+    let addr = server.addr;
+    let inbox: Shared = Arc::default();
+    let mut phones = Vec::new();
+    for _ in 0..PHONES {
+        phones.push(Phone::new(inbox.clone()).await);
+    }
+
+    // 1,000 subscriptions, 20 per presentity.
+    let subs = make_subs(SUBSCRIPTIONS, 3600);
+    let requests: Vec<(String, Vec<u8>, usize)> = subs
+        .iter()
+        .map(|s| {
+            (
+                s.call_id.clone(),
+                s.subscribe(phones[s.phone].port, 1, None, s.expires),
+                s.phone,
+            )
+        })
+        .collect();
+    let unanswered = send_all(
+        &phones,
+        addr,
+        &inbox,
+        &requests,
+        100,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        unanswered.is_empty(),
+        "{} SUBSCRIBEs unanswered, e.g. {:?}\n{}",
+        unanswered.len(),
+        &unanswered[..unanswered.len().min(5)],
+        server.log_text()
+    );
+    let refused: Vec<String> = {
+        let inbox = inbox.lock().unwrap();
+        subs.iter()
+            .filter_map(|s| {
+                let (_, status, _) = inbox.responses[&s.call_id];
+                (status != 200).then(|| format!("{} {:?}: {status}", s.call_id, s.kind))
+            })
+            .collect()
+    };
+    assert!(
+        refused.is_empty(),
+        "{} SUBSCRIBEs refused, e.g. {:?}",
+        refused.len(),
+        &refused[..refused.len().min(5)]
+    );
+    let all_notified = wait_until(Duration::from_secs(15), || {
+        let inbox = inbox.lock().unwrap();
+        subs.iter().all(|s| inbox.notifies.contains_key(&s.call_id))
+    })
+    .await;
+    assert!(all_notified, "not every subscription got its first NOTIFY");
+
+    // State changes, so CSeqs and versions differ between watchers: a dialog for the first
+    // ten presentities, then a second for the first five; presence for ten others.
+    let publisher = Phone::new(inbox.clone()).await;
+    let mut publishes = Vec::new();
+    for p in 0..10 {
+        let pres = format!("{}", 2000 + p);
+        publishes.push((
+            format!("pub-d1-{pres}"),
+            publish(
+                &format!("pub-d1-{pres}"),
+                &pres,
+                Kind::Dialog,
+                &dialog_body(&pres, 1, "confirmed"),
+                publisher.port,
+            ),
+            0,
+        ));
+        let pres = format!("{}", 2020 + p);
+        publishes.push((
+            format!("pub-p1-{pres}"),
+            publish(
+                &format!("pub-p1-{pres}"),
+                &pres,
+                Kind::Presence,
+                &pidf_body(&pres, "open"),
+                publisher.port,
+            ),
+            0,
+        ));
+    }
+    let publisher_slice = std::slice::from_ref(&publisher);
+    let unanswered = send_all(
+        publisher_slice,
+        addr,
+        &inbox,
+        &publishes,
+        20,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(unanswered.is_empty(), "PUBLISH unanswered: {unanswered:?}");
+    settle(&inbox, Duration::from_millis(1500), Duration::from_secs(10)).await;
+    let mut second = Vec::new();
+    for p in 0..5 {
+        let pres = format!("{}", 2000 + p);
+        second.push((
+            format!("pub-d2-{pres}"),
+            publish(
+                &format!("pub-d2-{pres}"),
+                &pres,
+                Kind::Dialog,
+                &dialog_body(&pres, 2, "early"),
+                publisher.port,
+            ),
+            0,
+        ));
+    }
+    let unanswered = send_all(
+        publisher_slice,
+        addr,
+        &inbox,
+        &second,
+        20,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(unanswered.is_empty(), "PUBLISH unanswered: {unanswered:?}");
+    {
+        let inbox = inbox.lock().unwrap();
+        let bad: Vec<_> = publishes
+            .iter()
+            .chain(&second)
+            .filter(|(c, _, _)| inbox.responses[c].1 != 200)
+            .map(|(c, _, _)| (c.clone(), inbox.responses[c].1))
+            .collect();
+        assert!(bad.is_empty(), "PUBLISH refused: {bad:?}");
+    }
+    // Every watcher of a changed presentity has had the change; then nothing is in flight.
+    let changed = |s: &Sub| {
+        let p: usize = s.presentity.parse().unwrap();
+        match s.kind {
+            Kind::Dialog if p < 2005 => 3,
+            Kind::Dialog if p < 2010 => 2,
+            Kind::Presence if (2020..2030).contains(&p) => 2,
+            _ => 1,
+        }
+    };
+    let caught_up = wait_until(Duration::from_secs(15), || {
+        let inbox = inbox.lock().unwrap();
+        subs.iter().all(|s| {
+            inbox.notifies[&s.call_id]
+                .iter()
+                .map(|n| n.cseq)
+                .max()
+                .unwrap_or(0)
+                >= changed(s)
+        })
+    })
+    .await;
+    assert!(caught_up, "watchers did not all get the published changes");
+    assert!(
+        settle(&inbox, Duration::from_millis(1500), Duration::from_secs(10)).await,
+        "NOTIFYs kept coming"
+    );
+
+    // What every watcher got last, then kill -9.
+    let before: HashMap<String, Seen> = subs
+        .iter()
+        .map(|s| (s.call_id.clone(), last_of(&inbox, &s.call_id).unwrap()))
+        .collect();
+    for s in &subs {
+        let b = &before[&s.call_id];
+        assert!(
+            b.state.starts_with("active"),
+            "{} before the kill: {b:?}",
+            s.call_id
+        );
+        if s.kind == Kind::Dialog {
+            assert_eq!(
+                b.version,
+                Some(b.cseq - 1),
+                "{}: every NOTIFY of an active dialog subscription has a body",
+                s.call_id
+            );
+        }
+    }
+    let above_one = before.values().filter(|b| b.cseq > 1).count();
+    assert_eq!(
+        above_one,
+        subs.iter().filter(|s| changed(s) > 1).count(),
+        "watchers past CSeq 1"
+    );
+    server.kill9();
+    {
+        let mut inbox = inbox.lock().unwrap();
+        inbox.notifies.clear();
+        inbox.last_arrival = None;
+    }
+
+    server.start();
+    let restarted = Instant::now();
+    let all_renotified = wait_until(Duration::from_secs(30), || {
+        let inbox = inbox.lock().unwrap();
+        subs.iter().all(|s| inbox.notifies.contains_key(&s.call_id))
+    })
+    .await;
+    let log = server.log_text();
+    let inbox_now = inbox.lock().unwrap();
+    let missing: Vec<&str> = subs
+        .iter()
+        .filter(|s| !inbox_now.notifies.contains_key(&s.call_id))
+        .map(|s| s.call_id.as_str())
+        .collect();
+    assert!(
+        all_renotified,
+        "{} of {SUBSCRIPTIONS} watchers got no NOTIFY within 30 s of the restart, e.g. {:?}\n{log}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let mut wrong = Vec::new();
+    for s in &subs {
+        let b = &before[&s.call_id];
+        let after = &inbox_now.notifies[&s.call_id];
+        let first = &after[0];
+        let ok_cseq = first.cseq == b.cseq + 1 && after.iter().all(|n| n.cseq > b.cseq);
+        let ok_version = match s.kind {
+            Kind::Dialog => first.version == b.version.map(|v| v + 1),
+            Kind::Presence => true,
+        };
+        let ok_state = first.state.starts_with("active");
+        if !(ok_cseq && ok_version && ok_state) {
+            wrong.push(format!(
+                "{} {:?}: before {b:?}, after {after:?}",
+                s.call_id, s.kind
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {SUBSCRIPTIONS} watchers did not continue where they were:\n{}\n{log}",
+        wrong.len(),
+        wrong[..wrong.len().min(10)].join("\n")
+    );
+    eprintln!(
+        "kill -9 with {SUBSCRIPTIONS} subscriptions ({above_one} past CSeq 1): all re-notified \
+         with the next CSeq and version {:.1} s after the restart; test took {:.1} s",
+        restarted.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_expired_while_down_ends_with_timeout() {
+    const SHORT: u32 = 3;
+    let mut server = Busylamp::new("expiry", &format!("min_expires = {SHORT}"));
+    server.wait_ready().await;
+    let addr = server.addr;
+    let inbox: Shared = Arc::default();
+    let phones = vec![Phone::new(inbox.clone()).await];
+    let mut subs = make_subs(4, 3600);
+    subs[0].expires = SHORT;
+    subs[3].expires = SHORT; // presence
+    let t0 = Instant::now();
+    let requests: Vec<(String, Vec<u8>, usize)> = subs
+        .iter()
+        .map(|s| {
+            (
+                s.call_id.clone(),
+                s.subscribe(phones[0].port, 1, None, s.expires),
+                0,
+            )
+        })
+        .collect();
+    let unanswered = send_all(&phones, addr, &inbox, &requests, 10, Duration::from_secs(5)).await;
+    assert!(
+        unanswered.is_empty(),
+        "{unanswered:?}\n{}",
+        server.log_text()
+    );
+    let got_all = wait_until(Duration::from_secs(5), || {
+        let inbox = inbox.lock().unwrap();
+        subs.iter().all(|s| inbox.notifies.contains_key(&s.call_id))
+    })
+    .await;
+    assert!(got_all, "initial NOTIFYs\n{}", server.log_text());
+    server.kill9();
+    assert!(
+        t0.elapsed() < Duration::from_secs(u64::from(SHORT) - 1),
+        "too slow to kill before the short subscriptions expired ({:?}); the test proves nothing",
+        t0.elapsed()
+    );
+    let (before, tags): (HashMap<String, Seen>, HashMap<String, String>) = {
+        let mut inbox = inbox.lock().unwrap();
+        let before = subs
+            .iter()
+            .map(|s| {
+                let v = &inbox.notifies[&s.call_id];
+                (s.call_id.clone(), v[v.len() - 1].clone())
+            })
+            .collect();
+        let tags = subs
+            .iter()
+            .map(|s| {
+                let (_, status, tag) = &inbox.responses[&s.call_id];
+                assert_eq!(*status, 200, "{}", s.call_id);
+                (s.call_id.clone(), tag.clone().expect("To tag"))
+            })
+            .collect();
+        inbox.notifies.clear();
+        inbox.responses.clear();
+        (before, tags)
+    };
+    // Down until the short subscriptions are over (Expires is counted in whole seconds).
+    tokio::time::sleep(
+        Duration::from_millis(u64::from(SHORT) * 1000 + 1500).saturating_sub(t0.elapsed()),
+    )
+    .await;
+
+    server.start();
+    let renotified = wait_until(Duration::from_secs(20), || {
+        let inbox = inbox.lock().unwrap();
+        subs.iter().all(|s| inbox.notifies.contains_key(&s.call_id))
+    })
+    .await;
+    assert!(
+        renotified,
+        "NOTIFYs after the restart\n{}",
+        server.log_text()
+    );
+    for s in &subs {
+        let b = &before[&s.call_id];
+        let first = inbox.lock().unwrap().notifies[&s.call_id][0].clone();
+        assert_eq!(
+            first.cseq,
+            b.cseq + 1,
+            "{}: {first:?} after {b:?}",
+            s.call_id
+        );
+        if s.expires == SHORT {
+            assert_eq!(
+                first.state, "terminated;reason=timeout",
+                "{} expired while the server was down",
+                s.call_id
+            );
+        } else {
+            assert!(
+                first.state.starts_with("active"),
+                "{}: {first:?}",
+                s.call_id
+            );
+            if s.kind == Kind::Dialog {
+                assert_eq!(first.version, b.version.map(|v| v + 1), "{}", s.call_id);
+            }
+        }
+    }
+    // The ended subscription is gone; a live one still refreshes.
+    let refresh: Vec<(String, Vec<u8>, usize)> = [&subs[0], &subs[1]]
+        .into_iter()
+        .map(|s| {
+            (
+                s.call_id.clone(),
+                s.subscribe(phones[0].port, 2, Some(&tags[&s.call_id]), 3600),
+                0,
+            )
+        })
+        .collect();
+    let unanswered = send_all(&phones, addr, &inbox, &refresh, 10, Duration::from_secs(5)).await;
+    assert!(unanswered.is_empty(), "{unanswered:?}");
+    let inbox = inbox.lock().unwrap();
+    assert_eq!(
+        inbox.responses[&subs[0].call_id].1, 481,
+        "a refresh of the expired subscription"
+    );
+    assert_eq!(
+        inbox.responses[&subs[1].call_id].1, 200,
+        "a refresh of the live subscription"
+    );
+}
