@@ -173,6 +173,17 @@ struct Publication {
     rec: PublicationRecord,
 }
 
+/// What a NOTIFY writes before it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persist {
+    /// Nothing: a final NOTIFY of a subscription being deleted.
+    No,
+    /// Its CSeq and version only: the rest of the record is unchanged.
+    Sequence,
+    /// The whole record: it changed (new subscription, refresh, authorization).
+    Record,
+}
+
 /// What a subscription owes its watcher once the NOTIFY in flight is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owed {
@@ -595,14 +606,16 @@ impl Presence {
         state: SubscriptionState,
         body: Option<Rendered>,
         writes: &mut Vec<PresenceWrite>,
-        persist: bool,
+        persist: Persist,
     ) -> Option<OutNotify> {
         sub.rec.local_cseq = sub.rec.local_cseq.wrapping_add(1).max(1);
         if body.is_some() {
             sub.rec.version = sub.rec.version.wrapping_add(1);
         }
-        if persist {
-            writes.push(PresenceWrite::subscription(&sub.rec));
+        match persist {
+            Persist::No => {}
+            Persist::Sequence => writes.push(PresenceWrite::notify_seq(&sub.rec)),
+            Persist::Record => writes.push(PresenceWrite::subscription(&sub.rec)),
         }
         let branch = crate::transaction::branch_from(self.ids.next(), self.ids.next());
         let via = sent_by(&sub.rec.contact);
@@ -764,7 +777,7 @@ impl Presence {
             let empty = Resource::default();
             let body = self.body_for(&wkey, &empty, sub, presence);
             let state = self.state_of(sub, now);
-            if let Some(n) = self.next_notify(&wkey, sub, state, body, writes, true) {
+            if let Some(n) = self.next_notify(&wkey, sub, state, body, writes, Persist::Sequence) {
                 out.push(n);
             }
         }
@@ -868,7 +881,7 @@ impl Presence {
                 continue;
             };
             let state = self.state_of(sub, now_unix);
-            if let Some(n) = self.next_notify(res, sub, state, doc, writes, true) {
+            if let Some(n) = self.next_notify(res, sub, state, doc, writes, Persist::Sequence) {
                 out.push(n);
             }
         }
@@ -882,6 +895,7 @@ impl Presence {
         res: &ResKey,
         key: &Arc<[u8]>,
         writes: &mut Vec<PresenceWrite>,
+        persist: Persist,
     ) -> Option<OutNotify> {
         let now_unix = self.clock.now_unix();
         let presence_key = ResKey {
@@ -898,7 +912,7 @@ impl Presence {
             Some(mut sub) => {
                 let body = self.body_for(res, &resource, &mut sub, winfo);
                 let state = self.state_of(&sub, now_unix);
-                let n = self.next_notify(res, &mut sub, state, body, writes, true);
+                let n = self.next_notify(res, &mut sub, state, body, writes, persist);
                 resource.subs.insert(key.clone(), sub);
                 resource.sent_current();
                 n
@@ -958,7 +972,7 @@ impl Presence {
                 SubscriptionState::Terminated { reason },
                 body,
                 writes,
-                false,
+                Persist::No,
             ) {
                 out.push(n);
             }
@@ -1213,7 +1227,7 @@ impl Presence {
                 SubscriptionState::Terminated { reason: "timeout" },
                 body,
                 &mut writes,
-                false,
+                Persist::No,
             ) {
                 out.push(n);
             }
@@ -1243,7 +1257,10 @@ impl Presence {
             let resource = shard.resources.get(&res).unwrap_or(&empty);
             let body = self.body_for(&res, resource, &mut sub, presence);
             let st = self.state_of(&sub, now);
-            if let Some(n) = self.next_notify(&res, &mut sub, st, body, &mut writes, true) {
+            // A new subscription: the whole record goes to disk before the 200.
+            if let Some(n) =
+                self.next_notify(&res, &mut sub, st, body, &mut writes, Persist::Record)
+            {
                 out.push(n);
             }
         }
@@ -1406,7 +1423,9 @@ impl Presence {
                     sub.owed = Owed::Update;
                     writes.push(PresenceWrite::subscription(&sub.rec));
                 }
-            } else if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
+            } else if let Some(n) =
+                self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Record)
+            {
                 out.push(n);
             }
         }
@@ -1793,7 +1812,9 @@ impl Presence {
                     };
                     let in_flight = entry.as_ref().map(|e| e.1).unwrap_or(false);
                     if !in_flight {
-                        if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
+                        if let Some(n) =
+                            self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Record)
+                        {
                             out.push(n);
                         }
                     }
@@ -1830,7 +1851,13 @@ impl Presence {
             Outcome::Delivered => {
                 s.failures = 0;
                 if s.owed == Owed::Update {
-                    if let Some(n) = self.notify_one(&mut shard, &sub.res, &sub.key, &mut writes) {
+                    if let Some(n) = self.notify_one(
+                        &mut shard,
+                        &sub.res,
+                        &sub.key,
+                        &mut writes,
+                        Persist::Sequence,
+                    ) {
                         out.push(n);
                     }
                 }
@@ -1967,7 +1994,9 @@ impl Presence {
                     .map(|s| s.owed);
                 // Only if no change has delivered the state meanwhile.
                 if in_flight == Some(false) && owed == Some(Owed::Update) {
-                    if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
+                    if let Some(n) =
+                        self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Sequence)
+                    {
                         out.push(n);
                     }
                 }
@@ -2056,7 +2085,7 @@ impl Presence {
                     SubscriptionState::Terminated { reason: "timeout" },
                     None,
                     &mut writes,
-                    false,
+                    Persist::No,
                 ) {
                     out.push(n);
                 }
@@ -2080,7 +2109,8 @@ impl Presence {
         self.subscription_count.store(subs, Ordering::Relaxed);
         for (res, key) in loaded {
             let mut shard = self.shard(&res.presentity);
-            if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes) {
+            if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Sequence)
+            {
                 out.push(n);
             }
         }

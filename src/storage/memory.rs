@@ -1,8 +1,8 @@
 //! In-memory store for tests: same traits, writes "durable" at once.
 
 use super::presence::{
-    decode_publication, decode_subscription, PresenceStore, PresenceWrite, PublicationRecord,
-    SubscriptionRecord,
+    decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
+    PresenceWrite, PublicationRecord, SubscriptionRecord,
 };
 use super::{Binding, BindingStore, Durable, StorageError};
 use std::collections::BTreeMap;
@@ -13,6 +13,7 @@ pub struct MemoryStore {
     bindings: Mutex<BTreeMap<String, Vec<Binding>>>,
     publications: Mutex<BTreeMap<Vec<u8>, PublicationRecord>>,
     subscriptions: Mutex<BTreeMap<Vec<u8>, SubscriptionRecord>>,
+    notify_seq: Mutex<BTreeMap<Vec<u8>, (u32, u32)>>,
 }
 
 impl MemoryStore {
@@ -62,12 +63,17 @@ impl PresenceStore for MemoryStore {
             .subscriptions
             .lock()
             .map_err(|_| StorageError::Read("poisoned".into()))?;
-        Ok(map.values().cloned().collect())
+        let seqs = self.notify_seq.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map
+            .iter()
+            .map(|(k, r)| merge_notify_seq(r.clone(), seqs.get(k).copied()))
+            .collect())
     }
 
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
         let mut pubs = self.publications.lock().unwrap_or_else(|p| p.into_inner());
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seqs = self.notify_seq.lock().unwrap_or_else(|p| p.into_inner());
         for w in writes {
             match w {
                 PresenceWrite::PutPublication { key, value } => {
@@ -84,7 +90,13 @@ impl PresenceStore for MemoryStore {
                     }
                 }
                 PresenceWrite::DeleteSubscription(k) => {
+                    seqs.remove(&k);
                     subs.remove(&k);
+                }
+                PresenceWrite::NotifySeq { key, value } => {
+                    if let Ok(v) = decode_notify_seq(&value) {
+                        seqs.insert(key, v);
+                    }
                 }
             }
         }

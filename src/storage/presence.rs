@@ -221,9 +221,42 @@ pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError
     Ok(s)
 }
 
+const NOTIFY_SEQ_V1: u8 = 0x31;
+
+pub fn encode_notify_seq(local_cseq: u32, version: u32) -> Vec<u8> {
+    let mut e = Enc::new(NOTIFY_SEQ_V1);
+    e.u64(u64::from(local_cseq)).u64(u64::from(version));
+    e.finish()
+}
+
+pub fn decode_notify_seq(buf: &[u8]) -> Result<(u32, u32), DecodeError> {
+    let mut d = Dec::new(buf)?;
+    if d.version != NOTIFY_SEQ_V1 {
+        return Err(DecodeError("unknown notify sequence version"));
+    }
+    let v = (d.u32()?, d.u32()?);
+    if !d.is_empty() {
+        return Err(DecodeError("trailing bytes after notify sequence"));
+    }
+    Ok(v)
+}
+
+/// A subscription as loaded: the record, with CSeq and version from its NOTIFY sequence
+/// when that is newer (it is written on every NOTIFY, the record only when it changes).
+pub fn merge_notify_seq(
+    mut rec: SubscriptionRecord,
+    seq: Option<(u32, u32)>,
+) -> SubscriptionRecord {
+    if let Some((cseq, version)) = seq {
+        rec.local_cseq = rec.local_cseq.max(cseq);
+        rec.version = rec.version.max(version);
+    }
+    rec
+}
+
 /// One change to presence state; a list of them is written as one unit. Records are
 /// encoded when the write is made (one allocation, under the caller's lock, instead of a
-/// clone of every field: a fan-out writes one subscription record per NOTIFY).
+/// clone of every field: a fan-out writes one NOTIFY sequence per watcher).
 #[derive(Debug, Clone)]
 pub enum PresenceWrite {
     /// Key from [`publication_key`], value from [`encode_publication`].
@@ -237,7 +270,14 @@ pub enum PresenceWrite {
         key: Vec<u8>,
         value: Vec<u8>,
     },
+    /// Removes the subscription and its NOTIFY sequence.
     DeleteSubscription(Vec<u8>),
+    /// The CSeq and version of a subscription's latest NOTIFY, kept apart from the record:
+    /// a fan-out writes a dozen bytes per watcher instead of the whole subscription.
+    NotifySeq {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
 }
 
 impl PresenceWrite {
@@ -245,6 +285,13 @@ impl PresenceWrite {
         PresenceWrite::PutPublication {
             key: p.key(),
             value: encode_publication(p),
+        }
+    }
+
+    pub fn notify_seq(s: &SubscriptionRecord) -> PresenceWrite {
+        PresenceWrite::NotifySeq {
+            key: s.key(),
+            value: encode_notify_seq(s.local_cseq, s.version),
         }
     }
 

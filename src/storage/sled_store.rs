@@ -3,8 +3,8 @@
 //! REGISTERs share one fsync; when idle a write is flushed at once.
 
 use super::presence::{
-    decode_publication, decode_subscription, PresenceStore, PresenceWrite, PublicationRecord,
-    SubscriptionRecord,
+    decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
+    PresenceWrite, PublicationRecord, SubscriptionRecord,
 };
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
@@ -29,9 +29,15 @@ enum Tree {
     Bindings,
     Publications,
     Subscriptions,
+    NotifySeq,
 }
 
-const TREES: [Tree; 3] = [Tree::Bindings, Tree::Publications, Tree::Subscriptions];
+const TREES: [Tree; 4] = [
+    Tree::Bindings,
+    Tree::Publications,
+    Tree::Subscriptions,
+    Tree::NotifySeq,
+];
 
 impl Tree {
     fn name(self) -> &'static str {
@@ -39,6 +45,7 @@ impl Tree {
             Tree::Bindings => "bindings",
             Tree::Publications => "publications",
             Tree::Subscriptions => "subscriptions",
+            Tree::NotifySeq => "notify_seq",
         }
     }
 
@@ -49,7 +56,7 @@ impl Tree {
 
 pub struct SledStore {
     db: sled::Db,
-    trees: [sled::Tree; 3],
+    trees: [sled::Tree; 4],
     queue: Arc<Queue>,
 }
 
@@ -139,6 +146,7 @@ impl SledStore {
             open_tree(Tree::Bindings)?,
             open_tree(Tree::Publications)?,
             open_tree(Tree::Subscriptions)?,
+            open_tree(Tree::NotifySeq)?,
         ];
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState {
@@ -172,7 +180,7 @@ impl SledStore {
     }
 }
 
-fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; 3], interval: Duration) {
+fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; 4], interval: Duration) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
     // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
@@ -198,7 +206,7 @@ fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; 3], interval: Du
         }
         // One sled batch per tree, applied in queue order within each tree; records of
         // different trees never depend on their relative order.
-        let mut batches: [Option<sled::Batch>; 3] = [None, None, None];
+        let mut batches: [Option<sled::Batch>; 4] = [None, None, None, None];
         let mut add = |tree: Tree, key: &[u8], value: &Option<Vec<u8>>| {
             let b = batches[tree.index()].get_or_insert_with(sled::Batch::default);
             match value {
@@ -297,13 +305,22 @@ impl PresenceStore for SledStore {
     }
 
     fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError> {
-        self.load_tree(Tree::Subscriptions, decode_subscription)
+        let seqs = &self.trees[Tree::NotifySeq.index()];
+        let mut out = Vec::new();
+        for rec in self.load_tree(Tree::Subscriptions, decode_subscription)? {
+            let seq = seqs
+                .get(rec.key())
+                .map_err(|e| StorageError::Read(e.to_string()))?
+                .and_then(|v| decode_notify_seq(&v).ok());
+            out.push(merge_notify_seq(rec, seq));
+        }
+        Ok(out)
     }
 
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
-        let list = writes
-            .into_iter()
-            .map(|w| match w {
+        let mut list = Vec::with_capacity(writes.len());
+        for w in writes {
+            let item = match w {
                 PresenceWrite::PutPublication { key, value } => {
                     (Tree::Publications, key, Some(value))
                 }
@@ -311,9 +328,14 @@ impl PresenceStore for SledStore {
                 PresenceWrite::PutSubscription { key, value } => {
                     (Tree::Subscriptions, key, Some(value))
                 }
-                PresenceWrite::DeleteSubscription(k) => (Tree::Subscriptions, k, None),
-            })
-            .collect();
+                PresenceWrite::DeleteSubscription(k) => {
+                    list.push((Tree::NotifySeq, k.clone(), None));
+                    (Tree::Subscriptions, k, None)
+                }
+                PresenceWrite::NotifySeq { key, value } => (Tree::NotifySeq, key, Some(value)),
+            };
+            list.push(item);
+        }
         self.submit(Writes::Many(list))
     }
 }
