@@ -254,3 +254,141 @@ async fn rfc3261_8_2_6_2_answers_to_unparseable_requests_carry_a_to_tag() {
         r.headers.get(HeaderName::To)
     );
 }
+
+/// Presence seeds: SUBSCRIBEs and PUBLISHes (PIDF, dialog-info, message-summary) for a
+/// presentity other than the one whose state is checked.
+fn presence_seeds(port: u16) -> Vec<Vec<u8>> {
+    let publish = |event: &str, ct: &str, body: &str| {
+        wire(&format!(
+            "PUBLISH sip:2001@example.test SIP/2.0
+            Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKpub
+            Max-Forwards: 70
+            From: <sip:2001@example.test>;tag=pp
+            To: <sip:2001@example.test>
+            Call-ID: junk-pub
+            CSeq: 1 PUBLISH
+            Event: {event}
+            Expires: 600
+            Content-Type: {ct}
+
+            {body}"
+        ))
+    };
+    vec![
+        wire(&format!(
+            "SUBSCRIBE sip:2001@example.test SIP/2.0
+            Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKsub
+            Max-Forwards: 70
+            From: <sip:2002@example.test>;tag=ss
+            To: <sip:2001@example.test>
+            Call-ID: junk-sub
+            CSeq: 1 SUBSCRIBE
+            Contact: <sip:2002@127.0.0.1:{port}>
+            Event: dialog;id=3
+            Accept: application/dialog-info+xml
+            Expires: 600
+            "
+        )),
+        publish(
+            "presence",
+            "application/pidf+xml",
+            "<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" entity=\"sip:2001@example.test\"><tuple id=\"t\"><status><basic>open</basic></status><contact priority=\"0.8\">sip:2001@example.test</contact></tuple><dm:person id=\"p\"/></presence>",
+        ),
+        publish(
+            "dialog",
+            "application/dialog-info+xml",
+            "<?xml version=\"1.0\"?><dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"1\" state=\"full\" entity=\"sip:2001@example.test\"><dialog id=\"a\" call-id=\"c\" local-tag=\"l\" remote-tag=\"r\" direction=\"initiator\"><state>early</state><local><identity display=\"A\">sip:2001@example.test</identity><target uri=\"sip:2001@h\"><param pname=\"x-line-id\" pval=\"0\"/></target></local></dialog></dialog-info>",
+        ),
+        publish(
+            "message-summary",
+            "application/simple-message-summary",
+            "Messages-Waiting: yes\r\nMessage-Account: sip:2001@example.test\r\nVoice-Message: 2/8 (0/2)\r\n",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_storm_of_malformed_presence_requests_leaves_presence_state_intact() {
+    use common::ua::{body, Ua};
+    // A panic in a receive task would not fail this test by itself (the other receiver keeps
+    // answering): count them.
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        default_hook(info);
+    }));
+    let s = server(TRUSTED).await;
+    // A watched presentity with a publication: its document must come through unchanged.
+    let mut w = Ua::new(s.udp).await;
+    let sub = wire(&format!(
+        "SUBSCRIBE sip:1001@example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+        Max-Forwards: 70
+        From: <sip:1002@example.test>;tag=keep
+        To: <sip:1001@example.test>
+        Call-ID: keep-sub
+        CSeq: 1 SUBSCRIBE
+        Contact: <sip:1002@127.0.0.1:{p}>
+        Event: presence
+        Expires: 600
+        ",
+        p = w.port(),
+        b = branch()
+    ));
+    let r = w.request(&sub).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    w.notify().await;
+    let pidf = "<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:1001@example.test\"><tuple id=\"k\"><status><basic>open</basic></status></tuple></presence>";
+    let d = s
+        .handle
+        .core
+        .presence
+        .publish(
+            "sip:1001@example.test",
+            busylamp::presence::event::Pkg::Presence,
+            "keep",
+            pidf.as_bytes(),
+            600,
+        )
+        .unwrap();
+    busylamp::storage::durable(d).await.unwrap();
+    let before = body(&w.notify().await);
+
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let seeds = presence_seeds(junk.local_addr().unwrap().port());
+    let mut rng = XorShift(0xfeed_5eed_0123_4567);
+    // Bounded: 4,000 datagrams with a little pacing.
+    for i in 0..4000 {
+        let seed = &seeds[rng.below(seeds.len())];
+        let m = mutate(&mut rng, seed);
+        let _ = junk.send_to(&m, s.udp).await;
+        if i % 100 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let r = w.request(&options(w.port(), &branch())).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    // The watcher's subscription is still there, and the kept publication is still part of
+    // the document a new change produces.
+    assert!(s
+        .handle
+        .core
+        .presence
+        .subscriptions()
+        .iter()
+        .any(|x| x.presentity == "sip:1001@example.test" && x.watcher == "sip:1002@example.test"));
+    let d = s
+        .handle
+        .core
+        .presence
+        .publish("sip:1001@example.test", busylamp::presence::event::Pkg::Presence, "probe", b"<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:1001@example.test\"><tuple id=\"z\"><status><basic>closed</basic></status></tuple></presence>", 600)
+        .unwrap();
+    busylamp::storage::durable(d).await.unwrap();
+    let after = body(&w.notify_until(|b| b.contains("id=\"z\"")).await);
+    assert!(
+        after.contains("id=\"k\""),
+        "the kept publication survived: {after}"
+    );
+    assert!(before.contains("id=\"k\""));
+}
