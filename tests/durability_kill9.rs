@@ -32,30 +32,10 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
 }
 
 async fn wait_ready(server: SocketAddr) {
-    let c = Udp::new(server).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let msg = wire(&format!(
-            "OPTIONS sip:example.test SIP/2.0
-            Via: SIP/2.0/UDP 127.0.0.1:{};branch={}
-            From: <sip:probe@example.test>;tag=1
-            To: <sip:example.test>
-            Call-ID: ready-{}
-            CSeq: 1 OPTIONS
-            ",
-            c.port(),
-            branch(),
-            branch()
-        ));
-        c.send(&msg).await;
-        if !c.recv_nothing(200).await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not come up within 30 s"
-        );
-    }
+    assert!(
+        answers_options_within(server, Duration::from_secs(30)).await,
+        "server did not come up within 30 s"
+    );
 }
 
 fn user_register(user: &str, port: u16, extra: &str) -> Vec<u8> {

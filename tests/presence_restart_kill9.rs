@@ -114,31 +114,11 @@ trusted = ["127.0.0.0/8"]
     }
 
     async fn wait_ready(&self) {
-        let c = Udp::new(self.addr).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let msg = wire(&format!(
-                "OPTIONS sip:example.test SIP/2.0
-                Via: SIP/2.0/UDP 127.0.0.1:{};branch={}
-                From: <sip:probe@example.test>;tag=1
-                To: <sip:example.test>
-                Call-ID: ready-{}
-                CSeq: 1 OPTIONS
-                ",
-                c.port(),
-                branch(),
-                branch()
-            ));
-            c.send(&msg).await;
-            if !c.recv_nothing(200).await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not come up within 20 s\n{}",
-                self.log_text()
-            );
-        }
+        assert!(
+            answers_options_within(self.addr, Duration::from_secs(20)).await,
+            "server did not come up within 20 s\n{}",
+            self.log_text()
+        );
     }
 }
 

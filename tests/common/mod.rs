@@ -341,4 +341,29 @@ pub fn contacts(r: &Response) -> Vec<(String, u32)> {
         })
         .collect()
 }
+/// Whether a server (a real binary starting up) answers OPTIONS within `within`.
+pub async fn answers_options_within(server: SocketAddr, within: Duration) -> bool {
+    let c = Udp::new(server).await;
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let msg = wire(&format!(
+            "OPTIONS sip:example.test SIP/2.0
+            Via: SIP/2.0/UDP 127.0.0.1:{};branch={}
+            From: <sip:probe@example.test>;tag=1
+            To: <sip:example.test>
+            Call-ID: ready-{}
+            CSeq: 1 OPTIONS
+            ",
+            c.port(),
+            branch(),
+            branch()
+        ));
+        c.send(&msg).await;
+        if !c.recv_nothing(200).await {
+            return true;
+        }
+    }
+    false
+}
+
 pub mod ua;
