@@ -269,6 +269,7 @@ pub struct Presence {
     sink: OnceLock<Weak<dyn NotifySink>>,
     default_profile: Arc<VendorProfile>,
     profiles: Vec<Arc<VendorProfile>>,
+    rules: Vec<Rule>,
 }
 
 fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
@@ -279,6 +280,50 @@ fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
 
 fn package(pkg: Pkg) -> Option<&'static dyn EventPackage> {
     packages::lookup(pkg.key())
+}
+
+/// One side of an authorization rule, parsed once from the config.
+#[derive(Debug, Clone)]
+enum Pattern {
+    Any,
+    /// `*@domain`, lowercased.
+    Domain(String),
+    /// A canonical AOR.
+    Aor(String),
+}
+
+impl Pattern {
+    fn parse(pattern: &str, domains: &Domains) -> Pattern {
+        if pattern == "*" {
+            return Pattern::Any;
+        }
+        if let Some(d) = pattern.strip_prefix("*@") {
+            return Pattern::Domain(d.to_ascii_lowercase());
+        }
+        match Uri::parse(pattern) {
+            Ok(Uri::Sip(s)) => Pattern::Aor(domains.canonical_user(&s).unwrap_or_else(|| s.aor())),
+            // Config validation refuses anything else; match nothing rather than everything.
+            _ => Pattern::Aor(String::new()),
+        }
+    }
+
+    fn matches(&self, aor: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Domain(d) => aor
+                .rsplit('@')
+                .next()
+                .is_some_and(|h| h.eq_ignore_ascii_case(d)),
+            Pattern::Aor(a) => a == aor,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    presentity: Pattern,
+    watcher: Pattern,
+    action: Policy,
 }
 
 /// Media types of an Accept header, lowercased, without parameters.
@@ -399,9 +444,21 @@ impl Presence {
             .find(|p| p.name == "default")
             .cloned()
             .unwrap_or_else(|| Arc::new(VendorProfile::default()));
+        let domains = Domains::new(cfg);
+        let rules = cfg
+            .presence
+            .rules
+            .iter()
+            .map(|r| Rule {
+                presentity: Pattern::parse(&r.presentity, &domains),
+                watcher: Pattern::parse(&r.watcher, &domains),
+                action: r.action,
+            })
+            .collect();
         Arc::new(Presence {
             cfg: cfg.presence.clone(),
-            domains: Domains::new(cfg),
+            domains,
+            rules,
             server_header: cfg.server.server_header.clone(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             dialogs: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -491,26 +548,13 @@ impl Presence {
     /// The authorization decision for a watcher (RFC 3856 §5.1.2): the first matching rule,
     /// else the domain policy. A mailbox's state (message-summary) and a presentity's
     /// watcher list (winfo) are only for the owner unless a rule says otherwise.
-    fn policy(&self, pkg: Pkg, presentity: &str, watcher: &str) -> Policy {
-        let matches = |pattern: &str, aor: &str| {
-            pattern == "*"
-                || pattern.strip_prefix("*@").is_some_and(|d| {
-                    aor.rsplit('@')
-                        .next()
-                        .is_some_and(|h| h.eq_ignore_ascii_case(d))
-                })
-                || Uri::parse(pattern)
-                    .ok()
-                    .and_then(|u| {
-                        u.as_sip()
-                            .map(|s| self.domains.canonical_user(s).unwrap_or_else(|| s.aor()))
-                    })
-                    .is_some_and(|p| p == aor)
-        };
-        for r in &self.cfg.rules {
-            if matches(&r.presentity, presentity) && matches(&r.watcher, watcher) {
-                return r.action;
-            }
+    fn policy(&self, pkg: Pkg, presentity: &str, watcher: &str, watcher_ours: bool) -> Policy {
+        if let Some(r) = self
+            .rules
+            .iter()
+            .find(|r| r.presentity.matches(presentity) && r.watcher.matches(watcher))
+        {
+            return r.action;
         }
         if watcher == presentity {
             return Policy::Allow;
@@ -518,11 +562,7 @@ impl Presence {
         if matches!(pkg, Pkg::MessageSummary | Pkg::Winfo) {
             return Policy::Block;
         }
-        let ours = Uri::parse(watcher)
-            .ok()
-            .and_then(|u| u.as_sip().map(|s| self.domains.serves(&s.host)))
-            .unwrap_or(false);
-        if ours {
+        if watcher_ours {
             self.cfg.same_domain
         } else {
             self.cfg.other_domains
@@ -1113,7 +1153,12 @@ impl Presence {
             r.headers.push(HeaderName::Accept, notify_types.join(", "));
             return Err(r);
         }
-        let state = match self.policy(ev.pkg, &presentity, &watcher) {
+        let state = match self.policy(
+            ev.pkg,
+            &presentity,
+            &watcher,
+            self.domains.serves(&watcher_uri.host),
+        ) {
             Policy::Allow => SubState::Active,
             Policy::Confirm => SubState::Pending,
             Policy::Block => {
