@@ -681,3 +681,45 @@ async fn a_publish_that_could_not_be_stored_does_not_silence_its_watchers() {
     let n = w.notify_until(|b| b.contains("id=\"b\"")).await;
     assert!(body(&n).contains("open"), "{}", body(&n));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_without_body_does_not_keep_an_ended_call_for_its_expiry() {
+    let s = server(OPEN).await;
+    let mut p = Ua::new(s.udp).await;
+    let ended = "<?xml version=\"1.0\"?>\n<dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"1\" state=\"full\" entity=\"sip:1001@example.test\">\n <dialog id=\"d1\" direction=\"initiator\"><state>terminated</state></dialog>\n</dialog-info>\n";
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "dialog",
+            1,
+            Some(3600),
+            None,
+            "application/dialog-info+xml",
+            ended,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let etag = header(&r, HeaderName::SipEtag).to_string();
+    // The publisher refreshes what it was granted, without a body (RFC 3903 §4.2).
+    let r = p
+        .request(&publish(
+            p.port(),
+            "1001",
+            "dialog",
+            2,
+            Some(3600),
+            Some(&etag),
+            "",
+            "",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    assert_eq!(
+        header(&r, HeaderName::Expires),
+        "1",
+        "the ended call still lingers briefly"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    assert_eq!(s.handle.core.presence.publication_count(), 0);
+}

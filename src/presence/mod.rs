@@ -1597,6 +1597,22 @@ impl Presence {
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
         let new_etag = format!("{:016x}", self.ids.next());
+        // A refresh without a body keeps an ended call's linger.
+        let expires = match if_match {
+            Some(tag) if expires > 0 && !has_body => {
+                let ended = shard.resources.get(&res).is_some_and(|r| {
+                    r.pubs
+                        .iter()
+                        .any(|p| p.rec.etag == tag && all_dialogs_terminated(ev.pkg, &p.rec.body))
+                });
+                if ended {
+                    expires.min(TERMINATED_LINGER)
+                } else {
+                    expires
+                }
+            }
+            _ => expires,
+        };
         let granted = expires
             .saturating_sub(self.cfg.expires_offset)
             .max(if expires == 0 { 0 } else { 1 });
