@@ -98,8 +98,8 @@ pub enum Outcome {
     /// Timer F, a transport error, 408, 5xx or another answer about this request only:
     /// retried with backoff if the profile keeps subscriptions on timeout.
     Failed(u16),
-    /// 481 and the answers that say the subscription cannot exist (404, 405, 410, 489, 501,
-    /// 603): the subscription ends.
+    /// 481 and the answers that end the dialog or the subscription usage (RFC 5057 §5.1:
+    /// 404, 405, 410, 416, 482-485, 489, 501, 502, 604): the subscription ends.
     Rejected(u16),
 }
 
@@ -108,7 +108,9 @@ impl Outcome {
         match status {
             200..=299 => Outcome::Delivered,
             // The watcher says the subscription (or its dialog, or the package) is gone.
-            404 | 405 | 410 | 481 | 489 | 501 | 603 => Outcome::Rejected(status),
+            // RFC 5057 §5.1: these end the dialog (404, 410, 416, 482-485, 502, 604) or this
+            // usage of it (405, 481, 489, 501).
+            404 | 405 | 410 | 416 | 481..=485 | 489 | 501 | 502 | 604 => Outcome::Rejected(status),
             // Anything else concerns this one request (RFC 5057 §5: 401/407, 491, 403...):
             // the subscription stays, the state is sent again later.
             s => Outcome::Failed(s),
@@ -2215,5 +2217,25 @@ impl Presence {
             }
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc5057_5_1_which_notify_answers_end_a_subscription() {
+        for s in [
+            404, 405, 410, 416, 481, 482, 483, 484, 485, 489, 501, 502, 604,
+        ] {
+            assert_eq!(Outcome::from_status(s), Outcome::Rejected(s), "{s}");
+        }
+        // About the one request only: the subscription stays and the state is sent again.
+        for s in [400, 401, 403, 407, 408, 415, 491, 500, 503, 603] {
+            assert_eq!(Outcome::from_status(s), Outcome::Failed(s), "{s}");
+        }
+        assert_eq!(Outcome::from_status(200), Outcome::Delivered);
+        assert_eq!(Outcome::from_status(202), Outcome::Delivered);
     }
 }
