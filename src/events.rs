@@ -12,6 +12,17 @@ pub enum RegistrationChange {
     Expired,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionChange {
+    Created,
+    Refreshed,
+    /// A pending watcher was approved.
+    Activated,
+    /// Ended; the reason is the one its final NOTIFY gave (or `deactivated` when the watcher
+    /// refused a NOTIFY).
+    Terminated(&'static str),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Registration {
@@ -19,6 +30,21 @@ pub enum Event {
         aor: String,
         contact: String,
         user_agent: Option<String>,
+    },
+    /// A presence subscription came, changed or went.
+    Subscription {
+        change: SubscriptionChange,
+        presentity: String,
+        /// Package key: `presence`, `dialog`, `dialog;sla`, ...
+        event: &'static str,
+        watcher: String,
+    },
+    /// The state of a presentity changed (a publication came, changed, expired or went).
+    Publication {
+        presentity: String,
+        event: &'static str,
+        /// Who changed it; `None` for an expiry.
+        source: Option<String>,
     },
 }
 

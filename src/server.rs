@@ -122,6 +122,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let live = registrar.load().await?;
     tracing::info!(bindings = live, "bindings loaded");
     let presence = Presence::new(cfg, presence_store, clock);
+    presence.set_events(events.clone());
     let (transport, listeners) = Transport::bind(
         &cfg.listen_addrs(),
         limits,

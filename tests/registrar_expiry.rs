@@ -71,6 +71,7 @@ async fn bindings_expire_on_time_are_announced_and_removed_from_disk() {
             assert_eq!(change, RegistrationChange::Expired);
             assert_eq!(contact, "sip:short@127.0.0.1:1");
         }
+        other => panic!("unexpected {other:?}"),
     }
     assert_eq!(reg.lookup("sip:1001@example.test").len(), 1);
     let stored = store.load_bindings().unwrap();
@@ -88,6 +89,7 @@ async fn bindings_expire_on_time_are_announced_and_removed_from_disk() {
             assert_eq!(change, RegistrationChange::Expired);
             assert_eq!(contact, "sip:long@127.0.0.1:2");
         }
+        other => panic!("unexpected {other:?}"),
     }
     assert!(store.load_bindings().unwrap().is_empty());
     assert_eq!(reg.aor_count(), 0);

@@ -635,3 +635,76 @@ async fn rfc5057_an_answer_about_one_notify_keeps_the_subscription_but_489_ends_
     }
     assert_eq!(s.handle.core.presence.subscription_count(), 0);
 }
+
+#[tokio::test]
+async fn subscriptions_and_publications_are_announced_on_the_event_bus() {
+    use busylamp::events::{Event, SubscriptionChange};
+    let s = server(OPEN).await;
+    let mut bus = s.handle.events.subscribe();
+    let mut w = Ua::new(s.udp).await;
+    let r = w
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog",
+            "ev1",
+            1,
+            600,
+            None,
+            "",
+        ))
+        .await;
+    let tag = tag_of(header(&r, HeaderName::To));
+    w.notify().await;
+    let created = Event::Subscription {
+        change: SubscriptionChange::Created,
+        presentity: "sip:1001@example.test".into(),
+        event: "dialog",
+        watcher: "sip:1002@example.test".into(),
+    };
+    assert_eq!(bus.recv().await.unwrap(), created);
+    let d = s
+        .handle
+        .core
+        .presence
+        .publish(
+            "sip:1001@example.test",
+            busylamp::presence::event::Pkg::Dialog,
+            "call-1",
+            b"<dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"0\" state=\"full\" entity=\"sip:1001@example.test\"><dialog id=\"a\"><state>early</state></dialog></dialog-info>",
+            60,
+        )
+        .unwrap();
+    busylamp::storage::durable(d).await.unwrap();
+    assert_eq!(
+        bus.recv().await.unwrap(),
+        Event::Publication {
+            presentity: "sip:1001@example.test".into(),
+            event: "dialog",
+            source: Some("call-1".into()),
+        }
+    );
+    w.notify().await;
+    let r = w
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "dialog",
+            "ev1",
+            2,
+            0,
+            Some(&tag),
+            "",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        bus.recv().await.unwrap(),
+        Event::Subscription {
+            change: SubscriptionChange::Terminated("timeout"),
+            presentity: "sip:1001@example.test".into(),
+            event: "dialog",
+            watcher: "sip:1002@example.test".into(),
+        }
+    );
+}

@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Policy, PresenceConfig, VendorProfile};
 use crate::deadline::Deadlines;
 use crate::domain::Domains;
+use crate::events::{Event, EventBus, SubscriptionChange};
 use crate::ids::Ids;
 use crate::sip::body::watcherinfo;
 use crate::sip::message::Parsed;
@@ -269,6 +270,7 @@ pub struct Presence {
     publication_count: AtomicUsize,
     seq: AtomicU64,
     sink: OnceLock<Weak<dyn NotifySink>>,
+    events: OnceLock<EventBus>,
     default_profile: Arc<VendorProfile>,
     profiles: Vec<Arc<VendorProfile>>,
     rules: Vec<Rule>,
@@ -473,9 +475,30 @@ impl Presence {
             publication_count: AtomicUsize::new(0),
             seq: AtomicU64::new(1),
             sink: OnceLock::new(),
+            events: OnceLock::new(),
             default_profile,
             profiles,
         })
+    }
+
+    /// Where "what changed" notices go (the dashboard, the control API); set once.
+    pub fn set_events(&self, events: EventBus) {
+        let _ = self.events.set(events);
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(bus) = self.events.get() {
+            bus.publish(event);
+        }
+    }
+
+    fn emit_subscription(&self, change: SubscriptionChange, pkg: Pkg, rec: &SubscriptionRecord) {
+        self.emit(Event::Subscription {
+            change,
+            presentity: rec.presentity.clone(),
+            event: pkg.key(),
+            watcher: rec.watcher.clone(),
+        });
     }
 
     /// Where NOTIFYs go; set once by the server core after it is built.
@@ -837,6 +860,11 @@ impl Presence {
         writes: &mut Vec<PresenceWrite>,
         out: &mut Vec<OutNotify>,
     ) {
+        self.emit(Event::Publication {
+            presentity: res.presentity.to_string(),
+            event: res.pkg.key(),
+            source: source.map(str::to_string),
+        });
         let now = self.now();
         let window = Duration::from_millis(self.cfg.coalesce_ms);
         let Some(resource) = shard.resources.get_mut(res) else {
@@ -990,6 +1018,7 @@ impl Presence {
             return;
         };
         self.subscription_count.fetch_sub(1, Ordering::Relaxed);
+        self.emit_subscription(SubscriptionChange::Terminated(reason), res.pkg, &sub.rec);
         self.dialog_index(key).remove(key);
         self.cancel(&Timer::SubscriptionExpiry(res.clone(), key.clone()));
         self.cancel(&Timer::Retry(res.clone(), key.clone()));
@@ -1318,6 +1347,7 @@ impl Presence {
                 r.doc_hash = hash;
             }
         }
+        self.emit_subscription(SubscriptionChange::Created, ev.pkg, &sub.rec);
         let resource = shard.resources.entry(res.clone()).or_default();
         resource.subs.insert(key.clone(), sub);
         resource.sent_current();
@@ -1453,6 +1483,7 @@ impl Presence {
                 sub.rec.expires_at = expires_at;
                 sub.failures = 0;
                 sub.winfo_full = true;
+                self.emit_subscription(SubscriptionChange::Refreshed, res.pkg, &sub.rec);
                 sub.in_flight
             };
             self.cancel(&Timer::Retry(res.clone(), key.clone()));
@@ -1860,6 +1891,7 @@ impl Presence {
                             continue;
                         }
                         sub.rec.state = SubState::Active;
+                        self.emit_subscription(SubscriptionChange::Activated, res.pkg, &sub.rec);
                         let in_flight = sub.in_flight;
                         if in_flight {
                             sub.owed = Owed::Update;
