@@ -523,30 +523,43 @@ impl Core {
         }
     }
 
-    /// SUBSCRIBE and PUBLISH: digest auth as for REGISTER (the watcher or publisher is the
-    /// From user), then the presence server.
-    fn presence_request(&self, req: &Request, parsed: &Parsed, peer: Peer, tag: &str) -> Answer {
+    /// Digest auth (RFC 3261 §22, RFC 7616) for REGISTER, SUBSCRIBE and PUBLISH: `Ok(None)`
+    /// for a trusted source or open mode, `Ok(Some(user))` when the credentials check out,
+    /// else the 401 (challenges offered for `challenged_user`), 403 or 400 to send.
+    fn authenticate(
+        &self,
+        req: &Request,
+        challenged_user: Option<&str>,
+        peer: Peer,
+        tag: &str,
+    ) -> Result<Option<String>, Response> {
         let now = self.clock.now_unix();
-        let user = match self
+        match self
             .auth
             .check(req, HeaderName::Authorization, peer.remote.ip(), now)
         {
-            AuthResult::Skipped => None,
-            AuthResult::Authenticated { username } => Some(username),
+            AuthResult::Skipped => Ok(None),
+            AuthResult::Authenticated { username } => Ok(Some(username)),
             AuthResult::Challenge { stale } => {
-                let user = parsed.from.uri.as_sip().and_then(|u| u.user.as_deref());
                 let mut r = req.response(401, "Unauthorized", Some(tag));
-                for c in self.auth.challenges(stale, now, user) {
+                for c in self.auth.challenges(stale, now, challenged_user) {
                     r.headers.push(HeaderName::WwwAuthenticate, c);
                 }
-                return Answer::Now(r);
+                Err(r)
             }
-            AuthResult::Forbidden(reason) => {
-                return Answer::Now(req.response(403, reason, Some(tag)))
-            }
-            AuthResult::BadRequest(reason) => {
-                return Answer::Now(req.response(400, &reason, Some(tag)))
-            }
+            AuthResult::Forbidden(reason) => Err(req.response(403, reason, Some(tag))),
+            AuthResult::BadRequest(reason) => Err(req.response(400, &reason, Some(tag))),
+        }
+    }
+
+    /// SUBSCRIBE and PUBLISH: digest auth as for REGISTER (the watcher or publisher is the
+    /// From user), then the presence server.
+    fn presence_request(&self, req: &Request, parsed: &Parsed, peer: Peer, tag: &str) -> Answer {
+        // The watcher or publisher is the From user.
+        let challenged = parsed.from.uri.as_sip().and_then(|u| u.user.as_deref());
+        let user = match self.authenticate(req, challenged, peer, tag) {
+            Ok(user) => user,
+            Err(r) => return Answer::Now(r),
         };
         let who = match &user {
             Some(u) => Requester::User(u),
@@ -572,27 +585,12 @@ impl Core {
     }
 
     fn register(&self, req: &Request, parsed: &Parsed, peer: Peer, tag: &str) -> Answer {
-        let now = self.clock.now_unix();
-        let who = match self
-            .auth
-            .check(req, HeaderName::Authorization, peer.remote.ip(), now)
-        {
-            AuthResult::Skipped => Identity::Unchecked,
-            AuthResult::Authenticated { username } => Identity::User(username),
-            AuthResult::Challenge { stale } => {
-                let user = parsed.to.uri.as_sip().and_then(|u| u.user.as_deref());
-                let mut r = req.response(401, "Unauthorized", Some(tag));
-                for c in self.auth.challenges(stale, now, user) {
-                    r.headers.push(HeaderName::WwwAuthenticate, c);
-                }
-                return Answer::Now(r);
-            }
-            AuthResult::Forbidden(reason) => {
-                return Answer::Now(req.response(403, reason, Some(tag)))
-            }
-            AuthResult::BadRequest(reason) => {
-                return Answer::Now(req.response(400, &reason, Some(tag)))
-            }
+        // The AOR being registered is the To user.
+        let challenged = parsed.to.uri.as_sip().and_then(|u| u.user.as_deref());
+        let who = match self.authenticate(req, challenged, peer, tag) {
+            Ok(Some(user)) => Identity::User(user),
+            Ok(None) => Identity::Unchecked,
+            Err(r) => return Answer::Now(r),
         };
         match self
             .registrar

@@ -1147,30 +1147,9 @@ impl Presence {
             );
         }
         let contact = contact.ok_or_else(|| fail(400, "Bad Request: SUBSCRIBE without Contact"))?;
-        // RFC 6665 §4.1.2.1: the Request-URI names the resource; phones that put only our
-        // address there (Yealink) name it in To.
-        let target_uri = match req.uri.as_sip() {
-            Some(u) if u.user.is_some() => u.clone(),
-            _ => parsed
-                .to
-                .uri
-                .as_sip()
-                .cloned()
-                .ok_or_else(|| fail(416, "Unsupported URI Scheme in To"))?,
-        };
-        let presentity: Arc<str> = self
-            .domains
-            .canonical_user(&target_uri)
-            .ok_or_else(|| {
-                fail(
-                    404,
-                    &format!(
-                        "Not Found: {} is not a user of this domain",
-                        target_uri.aor()
-                    ),
-                )
-            })?
-            .into();
+        let (_, presentity) = self
+            .presentity_of(req, parsed)
+            .map_err(|(status, reason)| fail(status, &reason))?;
         let accept = accept_list(req);
         let notify_types: &[&str] = match ev.pkg {
             Pkg::Winfo => &["application/watcherinfo+xml"],
@@ -1369,6 +1348,29 @@ impl Presence {
         })
     }
 
+    /// The resource a SUBSCRIBE or PUBLISH is about (RFC 6665 §4.1.2.1, RFC 3903 §6 step 2):
+    /// the Request-URI, or To when phones put only our address there (Yealink), as our
+    /// canonical AOR; 404 for a user of another domain.
+    fn presentity_of<'a>(
+        &self,
+        req: &'a Request,
+        parsed: &'a Parsed,
+    ) -> Result<(&'a crate::sip::SipUri, Arc<str>), (u16, String)> {
+        let uri = req
+            .uri
+            .as_sip()
+            .filter(|u| u.user.is_some())
+            .or_else(|| parsed.to.uri.as_sip())
+            .ok_or((416, "Unsupported URI Scheme in To".to_string()))?;
+        let presentity = self.domains.canonical_user(uri).ok_or_else(|| {
+            (
+                404,
+                format!("Not Found: {} is not a user of this domain", uri.aor()),
+            )
+        })?;
+        Ok((uri, presentity.into()))
+    }
+
     /// Our Contact in a new subscription dialog.
     fn our_contact(&self, req: &Request, peer: &Peer) -> String {
         if !self.cfg.server_address.is_empty() {
@@ -1546,25 +1548,9 @@ impl Presence {
             return Err(fail(489, "Bad Event: presence.winfo cannot be published"));
         }
         let pkg = package(ev.pkg).ok_or_else(|| fail(489, "Bad Event: package not served"))?;
-        let target_uri = req
-            .uri
-            .as_sip()
-            .filter(|u| u.user.is_some())
-            .or_else(|| parsed.to.uri.as_sip())
-            .ok_or_else(|| fail(416, "Unsupported URI Scheme"))?;
-        let presentity: Arc<str> = self
-            .domains
-            .canonical_user(target_uri)
-            .ok_or_else(|| {
-                fail(
-                    404,
-                    &format!(
-                        "Not Found: {} is not a user of this domain",
-                        target_uri.aor()
-                    ),
-                )
-            })?
-            .into();
+        let (target_uri, presentity) = self
+            .presentity_of(req, parsed)
+            .map_err(|(status, reason)| fail(status, &reason))?;
         if let Requester::User(name) = who {
             let user = target_uri.user.as_deref().map(crate::sip::text::unescape);
             if user.as_deref() != Some(name) {
