@@ -199,7 +199,8 @@ enum Owed {
 struct Sub {
     rec: SubscriptionRecord,
     key: Arc<[u8]>,
-    target: Peer,
+    /// Where its NOTIFYs go, worked out once (and again on a refresh), not per NOTIFY.
+    route: NotifyRoute,
     profile: Arc<VendorProfile>,
     in_flight: bool,
     owed: Owed,
@@ -404,6 +405,23 @@ fn notify_target(rec: &SubscriptionRecord) -> Option<Peer> {
         remote: to,
         local,
         conn: None,
+    })
+}
+
+/// Where a subscription's NOTIFYs go: the next hop, the Request-URI (remote target) and our
+/// Via `host:port` (from our Contact).
+#[derive(Debug, Clone)]
+struct NotifyRoute {
+    to: Peer,
+    request_uri: Uri,
+    via_sent_by: String,
+}
+
+fn notify_route(rec: &SubscriptionRecord) -> Option<NotifyRoute> {
+    Some(NotifyRoute {
+        to: notify_target(rec)?,
+        request_uri: Uri::parse(&rec.remote_target).ok()?,
+        via_sent_by: sent_by(&rec.contact),
     })
 }
 
@@ -672,7 +690,7 @@ impl Presence {
         body: Option<Rendered>,
         writes: &mut Vec<PresenceWrite>,
         persist: Persist,
-    ) -> Option<OutNotify> {
+    ) -> OutNotify {
         sub.rec.local_cseq = sub.rec.local_cseq.wrapping_add(1).max(1);
         if body.is_some() {
             sub.rec.version = sub.rec.version.wrapping_add(1);
@@ -683,36 +701,29 @@ impl Presence {
             Persist::Record => writes.push(PresenceWrite::subscription(&sub.rec)),
         }
         let branch = crate::transaction::branch_from(self.ids.next(), self.ids.next());
-        let via = sent_by(&sub.rec.contact);
-        let transport = sub.target.proto.via_name();
-        let request = match notify::build(
+        let request = notify::build(
             &sub.rec,
             res.pkg,
             &NotifyParts {
-                via_sent_by: &via,
-                transport,
+                request_uri: &sub.route.request_uri,
+                via_sent_by: &sub.route.via_sent_by,
+                transport: sub.route.to.proto.via_name(),
                 branch: &branch,
                 state,
                 body: body.as_ref(),
                 server_header: &self.server_header,
             },
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(watcher = %sub.rec.watcher, error = %e, "cannot build NOTIFY");
-                return None;
-            }
-        };
+        );
         sub.in_flight = true;
         sub.owed = Owed::Nothing;
-        Some(OutNotify {
+        OutNotify {
             sub: SubRef {
                 res: res.clone(),
                 key: sub.key.clone(),
             },
             request,
-            to: sub.target,
-        })
+            to: sub.route.to,
+        }
     }
 
     fn state_of(&self, sub: &Sub, now_unix: u64) -> SubscriptionState {
@@ -842,9 +853,7 @@ impl Presence {
             let empty = Resource::default();
             let body = self.body_for(&wkey, &empty, sub, presence);
             let state = self.state_of(sub, now);
-            if let Some(n) = self.next_notify(&wkey, sub, state, body, writes, Persist::Sequence) {
-                out.push(n);
-            }
+            out.push(self.next_notify(&wkey, sub, state, body, writes, Persist::Sequence));
         }
         shard.resources.insert(wkey, winfo);
     }
@@ -951,9 +960,7 @@ impl Presence {
                 continue;
             };
             let state = self.state_of(sub, now_unix);
-            if let Some(n) = self.next_notify(res, sub, state, doc, writes, Persist::Sequence) {
-                out.push(n);
-            }
+            out.push(self.next_notify(res, sub, state, doc, writes, Persist::Sequence));
         }
         shard.resources.insert(res.clone(), resource);
     }
@@ -982,7 +989,7 @@ impl Presence {
             Some(mut sub) => {
                 let body = self.body_for(res, &resource, &mut sub, winfo);
                 let state = self.state_of(&sub, now_unix);
-                let n = self.next_notify(res, &mut sub, state, body, writes, persist);
+                let n = Some(self.next_notify(res, &mut sub, state, body, writes, persist));
                 resource.subs.insert(key.clone(), sub);
                 resource.sent_current();
                 n
@@ -1037,16 +1044,14 @@ impl Presence {
                 sub.winfo_full = true;
                 self.body_for(res, &resource, &mut sub, winfo)
             };
-            if let Some(n) = self.next_notify(
+            out.push(self.next_notify(
                 res,
                 &mut sub,
                 SubscriptionState::Terminated { reason },
                 body,
                 writes,
                 Persist::No,
-            ) {
-                out.push(n);
-            }
+            ));
         }
         let gone_entry = (res.pkg == Pkg::Presence).then(|| {
             let event = match reason {
@@ -1215,7 +1220,7 @@ impl Presence {
             created_at: now,
         };
         let key: Arc<[u8]> = rec.key().into();
-        let target = notify_target(&rec)
+        let route = notify_route(&rec)
             .ok_or_else(|| fail(500, "Server Internal Error: no route to the watcher"))?;
         let res = ResKey {
             presentity: presentity.clone(),
@@ -1224,7 +1229,7 @@ impl Presence {
         let mut sub = Sub {
             rec,
             key: key.clone(),
-            target,
+            route,
             profile,
             in_flight: false,
             owed: Owed::Nothing,
@@ -1276,16 +1281,14 @@ impl Presence {
             let resource = shard.resources.get(&res);
             let empty = Resource::default();
             let body = self.body_for(&res, resource.unwrap_or(&empty), &mut sub, winfo.flatten());
-            if let Some(n) = self.next_notify(
+            out.push(self.next_notify(
                 &res,
                 &mut sub,
                 SubscriptionState::Terminated { reason: "timeout" },
                 body,
                 &mut writes,
                 Persist::No,
-            ) {
-                out.push(n);
-            }
+            ));
             if shard.resources.get(&res).is_some_and(Resource::is_empty) {
                 shard.resources.remove(&res);
             }
@@ -1313,11 +1316,7 @@ impl Presence {
             let body = self.body_for(&res, resource, &mut sub, presence);
             let st = self.state_of(&sub, now);
             // A new subscription: the whole record goes to disk before the 200.
-            if let Some(n) =
-                self.next_notify(&res, &mut sub, st, body, &mut writes, Persist::Record)
-            {
-                out.push(n);
-            }
+            out.push(self.next_notify(&res, &mut sub, st, body, &mut writes, Persist::Record));
         }
         if fresh_resource {
             // A new resource: what the watcher just got is the idle document.
@@ -1450,8 +1449,8 @@ impl Presence {
                 sub.rec.remote_target = c;
             }
             sub.rec.flow = flow_of(&peer);
-            if let Some(t) = notify_target(&sub.rec) {
-                sub.target = t;
+            if let Some(r) = notify_route(&sub.rec) {
+                sub.route = r;
             }
         }
         let mut response = req.response(200, "OK", Some(local_tag));
@@ -2135,7 +2134,7 @@ impl Presence {
                 writes.push(PresenceWrite::DeleteSubscription(rec.key()));
                 continue;
             };
-            let Some(target) = notify_target(&rec) else {
+            let Some(route) = notify_route(&rec) else {
                 writes.push(PresenceWrite::DeleteSubscription(rec.key()));
                 continue;
             };
@@ -2150,7 +2149,7 @@ impl Presence {
             let mut sub = Sub {
                 rec,
                 key: key.clone(),
-                target,
+                route,
                 profile,
                 in_flight: false,
                 owed: Owed::Nothing,
@@ -2160,16 +2159,14 @@ impl Presence {
             };
             if expired {
                 writes.push(PresenceWrite::DeleteSubscription(key.to_vec()));
-                if let Some(n) = self.next_notify(
+                out.push(self.next_notify(
                     &res,
                     &mut sub,
                     SubscriptionState::Terminated { reason: "timeout" },
                     None,
                     &mut writes,
                     Persist::No,
-                ) {
-                    out.push(n);
-                }
+                ));
                 continue;
             }
             self.schedule(

@@ -24,26 +24,12 @@ impl SubscriptionState {
     }
 }
 
-/// Where a NOTIFY goes first and what its Request-URI is (RFC 3261 §12.2.1.1 with loose
-/// routing only: a strict router in the route set is treated as loose).
-pub struct Addressing {
-    pub request_uri: Uri,
-    pub routes: Vec<String>,
-}
-
-/// The Request-URI and Route headers from the dialog's remote target and route set.
-pub fn addressing(sub: &SubscriptionRecord) -> Result<Addressing, String> {
-    let request_uri = Uri::parse(&sub.remote_target)
-        .map_err(|e| format!("remote target {:?}: {e}", sub.remote_target))?;
-    Ok(Addressing {
-        request_uri,
-        routes: sub.route_set.clone(),
-    })
-}
-
 /// The parts of a NOTIFY that are ours rather than the subscription's.
 pub struct NotifyParts<'a> {
-    /// `SIP/2.0/UDP host:port`, without branch.
+    /// The dialog's remote target, parsed once per subscription (RFC 3261 §12.2.1.1; the
+    /// route set goes in Route headers: loose routing).
+    pub request_uri: &'a Uri,
+    /// `host:port` of our Via.
     pub via_sent_by: &'a str,
     pub transport: &'static str,
     pub branch: &'a str,
@@ -55,12 +41,7 @@ pub struct NotifyParts<'a> {
 
 /// A NOTIFY in the subscription's dialog with CSeq `sub.local_cseq` (the caller has already
 /// counted it).
-pub fn build(
-    sub: &SubscriptionRecord,
-    pkg: Pkg,
-    parts: &NotifyParts<'_>,
-) -> Result<Request, String> {
-    let addr = addressing(sub)?;
+pub fn build(sub: &SubscriptionRecord, pkg: Pkg, parts: &NotifyParts<'_>) -> Request {
     let mut headers = Headers(Vec::with_capacity(14));
     headers.push(
         HeaderName::Via,
@@ -70,7 +51,7 @@ pub fn build(
         ),
     );
     headers.push(HeaderName::MaxForwards, "70");
-    for r in &addr.routes {
+    for r in &sub.route_set {
         headers.push(HeaderName::Route, r.clone());
     }
     // Our side of the dialog is the SUBSCRIBE's To with our tag; theirs its From with theirs.
@@ -98,12 +79,12 @@ pub fn build(
         }
         None => Vec::new(),
     };
-    Ok(Request {
+    Request {
         method: "NOTIFY".into(),
-        uri: addr.request_uri,
+        uri: parts.request_uri.clone(),
         headers,
         body,
-    })
+    }
 }
 
 /// The header value without its `tag` parameter (what we store of From and To).
@@ -156,10 +137,12 @@ mod tests {
             content_type: "application/dialog-info+xml",
             body: b"<x/>".to_vec(),
         };
+        let target = Uri::parse(&sub().remote_target).unwrap();
         let req = build(
             &sub(),
             Pkg::Dialog,
             &NotifyParts {
+                request_uri: &target,
                 via_sent_by: "192.0.2.1:5060",
                 transport: "UDP",
                 branch: "z9hG4bKabc",
@@ -167,8 +150,7 @@ mod tests {
                 body: Some(&body),
                 server_header: "busylamp",
             },
-        )
-        .unwrap();
+        );
         let bytes = req.to_bytes();
         let Message::Request(back) = parse_message(&bytes, &Limits::default()).unwrap() else {
             panic!()
