@@ -399,11 +399,6 @@ async fn rfc3903_4_publication_expiry_is_notified() {
     assert_eq!(s.handle.core.presence.publication_count(), 0);
 }
 
-fn capture(name: &str) -> String {
-    let path = format!("{}/fixtures/captures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 /// A captured PUBLISH, readdressed to our domain and this test's socket, line endings made
 /// CRLF and Content-Length recomputed.
 fn replay(text: &str, port: u16) -> Vec<u8> {

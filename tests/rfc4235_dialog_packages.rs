@@ -252,11 +252,6 @@ async fn rfc3842_message_summary_is_published_and_sent_on_every_new_subscription
     assert_eq!(r.status, 400);
 }
 
-fn capture(name: &str) -> String {
-    let path = format!("{}/fixtures/captures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 #[tokio::test]
 async fn pjsua_and_yealink_blf_subscribe_captures_are_accepted() {
     let s = server(OPEN).await;

@@ -169,3 +169,9 @@ pub fn version_of(body: &str) -> u32 {
         + 9;
     body[i..].split('"').next().unwrap().parse().unwrap()
 }
+
+/// A file of `fixtures/captures/` (real phone messages, LF line ends).
+pub fn capture(name: &str) -> String {
+    let path = format!("{}/fixtures/captures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
