@@ -32,7 +32,100 @@ pub struct Config {
     pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub presence: PresenceConfig,
+    pub proxy: ProxyConfig,
+    pub dialog: DialogConfig,
+    pub pua: PuaConfig,
     pub users: Vec<UserConfig>,
+}
+
+/// `[proxy]`: the stateful edge proxy (calls between phones and to/from the PBX).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// The PBX every request that is not for a registered local user goes to, e.g.
+    /// "sip:192.0.2.5:5060". Empty: no PBX; such requests get 404 (unknown user) or 480.
+    pub upstream: String,
+    /// Local users without a binding here: "reject" (480 Temporarily Unavailable) or
+    /// "upstream" (the PBX may reach them some other way).
+    pub unregistered: Unregistered,
+    /// Timer C (RFC 3261 §16.6 step 11): seconds a branch may ring without a final answer
+    /// before it is cancelled; reset by every provisional response. At least 180.
+    pub timer_c: u64,
+    /// Most branches one request is forked to.
+    pub max_branches: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Unregistered {
+    Reject,
+    Upstream,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            upstream: String::new(),
+            unregistered: Unregistered::Reject,
+            timer_c: 180,
+            max_branches: 16,
+        }
+    }
+}
+
+/// `[dialog]`: the dialog tracker (filled in by the dialog module).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialogConfig {
+    /// Seconds a confirmed dialog lives without a BYE before it is ended (and its lamps go
+    /// dark): a phone that lost power never sends one.
+    pub max_lifetime: u64,
+}
+
+impl Default for DialogConfig {
+    fn default() -> Self {
+        DialogConfig {
+            max_lifetime: 4 * 3600,
+        }
+    }
+}
+
+/// `[pua]`: the presence user agent: the publishers that feed the presence server
+/// (`[pua.usrloc]`, `[pua.dialoginfo]`) and the SIP client towards a remote presence server.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PuaConfig {
+    /// A remote presence server the publishers also PUBLISH to, e.g.
+    /// "sip:presence.example.com:5060". Empty: publish only into our own presence server.
+    pub presence_server: String,
+    pub usrloc: UsrlocConfig,
+    pub dialoginfo: DialogInfoConfig,
+}
+
+/// `[pua.usrloc]`: presence (PIDF open/closed) from registrations.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsrlocConfig {
+    pub enabled: bool,
+}
+
+impl Default for UsrlocConfig {
+    fn default() -> Self {
+        UsrlocConfig { enabled: true }
+    }
+}
+
+/// `[pua.dialoginfo]`: RFC 4235 dialog state (BLF) from the dialog tracker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialogInfoConfig {
+    pub enabled: bool,
+}
+
+impl Default for DialogInfoConfig {
+    fn default() -> Self {
+        DialogInfoConfig { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -568,6 +661,7 @@ impl Config {
             ));
         }
         self.validate_presence(&bad)?;
+        self.validate_proxy(&bad)?;
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -618,6 +712,58 @@ impl Config {
 }
 
 impl Config {
+    fn validate_proxy(
+        &self,
+        bad: &dyn Fn(&str, String, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let p = &self.proxy;
+        if !p.upstream.is_empty() {
+            let ok = matches!(
+                crate::sip::Uri::parse(&p.upstream),
+                Ok(crate::sip::Uri::Sip(ref u)) if u.user.is_none()
+            );
+            if !ok {
+                return Err(bad(
+                    "proxy.upstream",
+                    format!("{:?} is not a SIP URI of a host", p.upstream),
+                    "write the PBX address, e.g. \"sip:192.0.2.5:5060\" or \"sip:pbx.example.com;transport=udp\", or leave it empty",
+                ));
+            }
+        }
+        if p.unregistered == Unregistered::Upstream && p.upstream.is_empty() {
+            return Err(bad(
+                "proxy.unregistered",
+                "is \"upstream\" but proxy.upstream is empty".into(),
+                "set proxy.upstream to the PBX, or use unregistered = \"reject\"",
+            ));
+        }
+        if p.timer_c < 180 {
+            return Err(bad(
+                "proxy.timer_c",
+                format!(
+                    "{} is shorter than RFC 3261 allows (more than 3 minutes)",
+                    p.timer_c
+                ),
+                "use at least 180 seconds",
+            ));
+        }
+        if p.max_branches == 0 || p.max_branches > 64 {
+            return Err(bad(
+                "proxy.max_branches",
+                format!("{} is outside 1..=64", p.max_branches),
+                "use a number between 1 and 64, e.g. 16",
+            ));
+        }
+        if self.dialog.max_lifetime < 60 {
+            return Err(bad(
+                "dialog.max_lifetime",
+                format!("{} seconds would end live calls", self.dialog.max_lifetime),
+                "use at least 60 seconds; the default is 14400 (4 hours)",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_presence(
         &self,
         bad: &dyn Fn(&str, String, &str) -> ConfigError,
