@@ -1,5 +1,6 @@
 //! In-memory store for tests: same traits, writes "durable" at once.
 
+use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
     decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
     PresenceWrite, PublicationRecord, SubscriptionRecord,
@@ -14,6 +15,7 @@ pub struct MemoryStore {
     publications: Mutex<BTreeMap<Vec<u8>, PublicationRecord>>,
     subscriptions: Mutex<BTreeMap<Vec<u8>, SubscriptionRecord>>,
     notify_seq: Mutex<BTreeMap<Vec<u8>, (u32, u32)>>,
+    dialogs: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -97,6 +99,31 @@ impl PresenceStore for MemoryStore {
                     if let Ok(v) = decode_notify_seq(&value) {
                         seqs.insert(key, v);
                     }
+                }
+            }
+        }
+        done()
+    }
+}
+
+impl DialogStore for MemoryStore {
+    fn load_calls(&self) -> Result<Vec<crate::dialog::Call>, StorageError> {
+        let map = self
+            .dialogs
+            .lock()
+            .map_err(|_| StorageError::Read("poisoned".into()))?;
+        Ok(map.values().filter_map(|v| decode_call(v).ok()).collect())
+    }
+
+    fn write_calls(&self, writes: Vec<DialogWrite>) -> Durable {
+        let mut map = self.dialogs.lock().unwrap_or_else(|p| p.into_inner());
+        for w in writes {
+            match w {
+                DialogWrite::Put { key, value } => {
+                    map.insert(key, value);
+                }
+                DialogWrite::Delete(key) => {
+                    map.remove(&key);
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! last flush as one batch, flushes once, then acknowledges them all. Under load many
 //! REGISTERs share one fsync; when idle a write is flushed at once.
 
+use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
     decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
     PresenceWrite, PublicationRecord, SubscriptionRecord,
@@ -30,13 +31,15 @@ enum Tree {
     Publications,
     Subscriptions,
     NotifySeq,
+    Dialogs,
 }
 
-const TREES: [Tree; 4] = [
+const TREES: [Tree; 5] = [
     Tree::Bindings,
     Tree::Publications,
     Tree::Subscriptions,
     Tree::NotifySeq,
+    Tree::Dialogs,
 ];
 
 impl Tree {
@@ -46,6 +49,7 @@ impl Tree {
             Tree::Publications => "publications",
             Tree::Subscriptions => "subscriptions",
             Tree::NotifySeq => "notify_seq",
+            Tree::Dialogs => "dialogs",
         }
     }
 
@@ -56,7 +60,7 @@ impl Tree {
 
 pub struct SledStore {
     db: sled::Db,
-    trees: [sled::Tree; 4],
+    trees: [sled::Tree; TREES.len()],
     queue: Arc<Queue>,
 }
 
@@ -147,6 +151,7 @@ impl SledStore {
             open_tree(Tree::Publications)?,
             open_tree(Tree::Subscriptions)?,
             open_tree(Tree::NotifySeq)?,
+            open_tree(Tree::Dialogs)?,
         ];
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState {
@@ -180,7 +185,7 @@ impl SledStore {
     }
 }
 
-fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; 4], interval: Duration) {
+fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; TREES.len()], interval: Duration) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
     // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
@@ -206,7 +211,7 @@ fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; 4], interval: Du
         }
         // One sled batch per tree, applied in queue order within each tree; records of
         // different trees never depend on their relative order.
-        let mut batches: [Option<sled::Batch>; 4] = [None, None, None, None];
+        let mut batches: [Option<sled::Batch>; TREES.len()] = Default::default();
         let mut add = |tree: Tree, key: &[u8], value: &Option<Vec<u8>>| {
             let b = batches[tree.index()].get_or_insert_with(sled::Batch::default);
             match value {
@@ -336,6 +341,23 @@ impl PresenceStore for SledStore {
             };
             list.push(item);
         }
+        self.submit(Writes::Many(list))
+    }
+}
+
+impl DialogStore for SledStore {
+    fn load_calls(&self) -> Result<Vec<crate::dialog::Call>, StorageError> {
+        self.load_tree(Tree::Dialogs, decode_call)
+    }
+
+    fn write_calls(&self, writes: Vec<DialogWrite>) -> Durable {
+        let list = writes
+            .into_iter()
+            .map(|w| match w {
+                DialogWrite::Put { key, value } => (Tree::Dialogs, key, Some(value)),
+                DialogWrite::Delete(key) => (Tree::Dialogs, key, None),
+            })
+            .collect();
         self.submit(Writes::Many(list))
     }
 }
