@@ -1105,4 +1105,68 @@ password = "secret"
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
     }
+
+    #[test]
+    fn dialog_and_dialoginfo_defaults_and_validation() {
+        let c = Config::default();
+        assert_eq!(c.dialog.max_lifetime, 14_400);
+        assert_eq!(c.dialog.early_timeout, 212);
+        assert_eq!(c.dialog.max_calls, 100_000);
+        let di = &c.pua.dialoginfo;
+        assert!(di.enabled && di.caller && di.callee);
+        assert!(di.include_callid && di.include_tags && di.include_localremote);
+        assert!(!di.caller_confirmed);
+        assert_eq!(di.users, ["*"]);
+        for (toml, key) in [
+            ("[dialog]\nmax_lifetime = 10\n", "dialog.max_lifetime"),
+            ("[dialog]\nmax_lifetime = 99999999\n", "dialog.max_lifetime"),
+            ("[dialog]\nearly_timeout = 180\n", "dialog.early_timeout"),
+            ("[dialog]\nearly_timeout = 7200\n", "dialog.early_timeout"),
+            ("[dialog]\nmax_calls = 0\n", "dialog.max_calls"),
+            ("[pua.dialoginfo]\nusers = []\n", "pua.dialoginfo.users"),
+            (
+                "[pua.dialoginfo]\nusers = [\"\"]\n",
+                "pua.dialoginfo.users[0]",
+            ),
+            (
+                "[pua.dialoginfo]\nusers = [\"*1\"]\n",
+                "pua.dialoginfo.users[0]",
+            ),
+            (
+                "[pua.dialoginfo]\nusers = [\"sip:example.com\"]\n",
+                "pua.dialoginfo.users[0]",
+            ),
+        ] {
+            let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(&format!("key `{key}`")), "{toml}: {e}");
+            assert!(e.contains("fix:"), "{e}");
+        }
+        // Disabled with no users is fine.
+        Config::from_toml("[pua.dialoginfo]\nenabled = false\nusers = []\n", "t.toml").unwrap();
+        // A longer Timer C needs a longer early_timeout.
+        Config::from_toml(
+            "[proxy]\ntimer_c = 300\n[dialog]\nearly_timeout = 332\n",
+            "t.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn dialoginfo_users_patterns() {
+        let cfg = |users: &[&str]| DialogInfoConfig {
+            users: users.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        };
+        let aor = "sip:1001@example.com";
+        assert!(cfg(&["*"]).allows(aor));
+        assert!(cfg(&["1001"]).allows(aor));
+        assert!(!cfg(&["100"]).allows(aor));
+        assert!(cfg(&["10*"]).allows(aor));
+        assert!(!cfg(&["11*"]).allows(aor));
+        assert!(cfg(&["sip:1001@EXAMPLE.COM"]).allows(aor));
+        assert!(!cfg(&["sip:1001@other.com"]).allows(aor));
+        assert!(!cfg(&["SIP:1001@example.com"]).allows("sip:1002@example.com"));
+        assert!(cfg(&["2000", "1001"]).allows(aor));
+        assert!(!cfg(&[]).allows(aor));
+    }
 }
