@@ -136,6 +136,9 @@ pub struct Call {
     /// Some provisional answer (with or without a to-tag) was seen.
     pub proceeding: bool,
     pub created_ms: u64,
+    /// The last provisional answer (Timer C restarts with each, RFC 3261 §16.7 step 2), or
+    /// the INVITE: an unanswered call times out `early_timeout` after it.
+    pub progress_ms: u64,
     pub confirmed_ms: Option<u64>,
     pub ended_ms: Option<u64>,
     /// One per to-tag, in the order they appeared.
@@ -224,14 +227,17 @@ impl Call {
     }
 
     /// When the call is past its lifetime: answered calls `max_lifetime` after the answer,
-    /// unanswered ones `early_timeout` after the INVITE.
+    /// unanswered ones `early_timeout` after the INVITE or the last provisional answer.
     fn deadline(&self, limits: &Limits) -> Option<u64> {
         if self.end.is_some() {
             return None;
         }
         Some(match self.confirmed_ms {
             Some(t) if self.is_confirmed() => t.saturating_add(limits.max_lifetime_ms),
-            _ => self.created_ms.saturating_add(limits.early_timeout_ms),
+            _ => self
+                .created_ms
+                .max(self.progress_ms)
+                .saturating_add(limits.early_timeout_ms),
         })
     }
 }
@@ -310,6 +316,7 @@ impl DialogTracker {
             end: None,
             proceeding: false,
             created_ms: now,
+            progress_ms: now,
             confirmed_ms: None,
             ended_ms: None,
             branches: Vec::new(),
@@ -358,6 +365,11 @@ impl DialogTracker {
             return None;
         }
         let to_tag = to_tag.map(str::trim).filter(|t| !t.is_empty());
+        if status < 200 {
+            // Restarts the unanswered deadline even when nothing visible changes (a PBX queue
+            // sending 183 every minute); persisted with the next visible change.
+            self.progress(key, now);
+        }
         self.change(key, now, |c| match (status, to_tag) {
             (101..=199, None) => {
                 let changed = !c.proceeding && c.branches.is_empty();
@@ -771,6 +783,24 @@ impl DialogTracker {
             write: DialogWrite::Delete(call_key(key)),
             call,
         })
+    }
+
+    fn progress(&mut self, key: &CallKey, now: u64) {
+        let limits = self.limits;
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let before = call.deadline(&limits);
+        call.progress_ms = call.progress_ms.max(now);
+        let after = call.deadline(&limits);
+        if before != after {
+            if let Some(d) = before {
+                self.deadlines.remove(&(d, key.clone()));
+            }
+            if let Some(d) = after {
+                self.deadlines.insert((d, key.clone()));
+            }
+        }
     }
 
     fn remember_ended(&mut self, key: CallKey, now: u64) {

@@ -580,8 +580,9 @@ fn note_cseq_rises_only() {
 fn expire_unanswered_after_early_timeout_and_answered_after_max_lifetime() {
     let cfg = cfg();
     let mut t = started();
+    assert_eq!(t.next_deadline(), Some(T0 + cfg.early_timeout * 1000));
     ring(&mut t, "a", T0 + 1).unwrap();
-    let early_deadline = T0 + cfg.early_timeout * 1000;
+    let early_deadline = T0 + 1 + cfg.early_timeout * 1000;
     assert_eq!(t.next_deadline(), Some(early_deadline));
     assert!(t.expire(early_deadline - 1).is_empty());
     let u = t.expire(early_deadline);
@@ -599,6 +600,24 @@ fn expire_unanswered_after_early_timeout_and_answered_after_max_lifetime() {
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].write, DialogWrite::Delete(call_key(&key())));
     assert!(t.is_empty());
+}
+
+#[test]
+fn rfc3261_16_7_every_provisional_restarts_the_unanswered_deadline() {
+    // A PBX queue keeps the caller waiting with a 183 every minute: Timer C restarts each
+    // time, so must our deadline, though nothing visible changes.
+    let cfg = cfg();
+    let mut t = started();
+    t.response(&key(), None, 183, None, None, T0 + 1).unwrap();
+    for minute in 1..=10u64 {
+        let at = T0 + minute * 60_000;
+        assert!(t.expire(at).is_empty(), "minute {minute}");
+        assert!(t.response(&key(), None, 183, None, None, at).is_none());
+        assert_eq!(t.next_deadline(), Some(at + cfg.early_timeout * 1000));
+    }
+    let u = answer(&mut t, "q", T0 + 11 * 60_000).unwrap();
+    assert_eq!(u.call.state, DialogState::Confirmed);
+    assert_eq!(u.call.progress_ms, T0 + 10 * 60_000);
 }
 
 #[test]
@@ -719,8 +738,11 @@ fn restore_keeps_a_recent_ringing_call_until_early_timeout() {
     let mut after = DialogTracker::new(&cfg);
     assert!(after.restore(vec![call], T0 + 30_000).is_empty());
     assert_eq!(after.get(&key()).unwrap().state, DialogState::Early);
-    // It can still be answered, or it times out at early_timeout.
-    assert_eq!(after.next_deadline(), Some(T0 + cfg.early_timeout * 1000));
+    // It can still be answered, or it times out early_timeout after its last 180.
+    assert_eq!(
+        after.next_deadline(),
+        Some(T0 + 1 + cfg.early_timeout * 1000)
+    );
     let u = answer(&mut after, "a", T0 + 40_000).unwrap();
     assert_eq!(u.call.state, DialogState::Confirmed);
 }

@@ -158,7 +158,8 @@ pub fn encode_call(c: &Call) -> Vec<u8> {
     opt_u64(&mut e, c.code.map(u64::from));
     e.u64(reason_code(c.end))
         .u64(u64::from(c.proceeding))
-        .u64(c.created_ms);
+        .u64(c.created_ms)
+        .u64(c.progress_ms);
     opt_u64(&mut e, c.confirmed_ms);
     opt_u64(&mut e, c.ended_ms);
     e.u64(c.branches.len() as u64);
@@ -199,6 +200,7 @@ pub fn decode_call(buf: &[u8]) -> Result<Call, DecodeError> {
     let end = reason_of(d.u64()?)?;
     let proceeding = dec_bool(&mut d)?;
     let created_ms = d.u64()?;
+    let progress_ms = d.u64()?;
     let confirmed_ms = dec_opt_u64(&mut d)?;
     let ended_ms = dec_opt_u64(&mut d)?;
     let n = d.u64()?;
@@ -237,6 +239,7 @@ pub fn decode_call(buf: &[u8]) -> Result<Call, DecodeError> {
         end,
         proceeding,
         created_ms,
+        progress_ms,
         confirmed_ms,
         ended_ms,
         branches,
@@ -275,6 +278,7 @@ mod tests {
             end: None,
             proceeding: true,
             created_ms: 1_700_000_000_000,
+            progress_ms: 1_700_000_001_000,
             confirmed_ms: Some(1_700_000_004_000),
             ended_ms: None,
             branches: vec![Branch {

@@ -130,3 +130,34 @@ impl DialogStore for MemoryStore {
         done()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::dialogs::{call_key, encode_call};
+
+    #[tokio::test]
+    async fn dialog_calls_put_and_delete() {
+        use crate::config::DialogConfig;
+        use crate::dialog::{CallKey, DialogTracker, InviteInfo, Party};
+        let mut t = DialogTracker::new(&DialogConfig::default());
+        let key = CallKey {
+            call_id: "c".into(),
+            from_tag: "f".into(),
+        };
+        let info = InviteInfo {
+            caller: Party::default(),
+            callee: Party::default(),
+            request_uri: "sip:x@y".into(),
+            caller_flow: "udp:192.0.2.1:5060".into(),
+            cseq: 1,
+        };
+        let u = t.invite(key.clone(), info, 0).unwrap();
+        let m = MemoryStore::new();
+        super::super::durable(m.apply_call(u.write)).await.unwrap();
+        assert_eq!(m.load_calls().unwrap(), vec![u.call.clone()]);
+        m.save_call(&call_key(&key), encode_call(&u.call));
+        m.delete_call(&call_key(&key));
+        assert!(m.load_calls().unwrap().is_empty());
+    }
+}

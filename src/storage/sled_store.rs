@@ -419,6 +419,70 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[tokio::test]
+    async fn dialog_calls_survive_reopen_deletes_stick_and_corrupt_records_are_skipped() {
+        use crate::config::DialogConfig;
+        use crate::dialog::{CallKey, DialogTracker, InviteInfo, Party};
+        let dir = std::env::temp_dir().join(format!("busylamp-sled-dlg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut t = DialogTracker::new(&DialogConfig::default());
+        let info = InviteInfo {
+            caller: Party {
+                uri: "sip:1001@example.com".into(),
+                aor: Some("sip:1001@example.com".into()),
+                ..Party::default()
+            },
+            callee: Party::default(),
+            request_uri: "sip:1002@example.com".into(),
+            caller_flow: "udp:192.0.2.7:5060".into(),
+            cseq: 1,
+        };
+        let key = |i: u32| CallKey {
+            call_id: format!("call-{i}"),
+            from_tag: "f".into(),
+        };
+        {
+            let s = SledStore::open(&dir, Duration::ZERO).unwrap();
+            let mut writes = Vec::new();
+            for i in 0..3 {
+                writes.push(t.invite(key(i), info.clone(), 1_000).unwrap().write);
+            }
+            let answered = t
+                .response(&key(1), Some("t"), 200, None, None, 2_000)
+                .unwrap();
+            writes.push(answered.write);
+            writes.push(t.cancel(&key(2), 3_000).unwrap().write);
+            durable(s.write_calls(writes)).await.unwrap();
+            // A record from some future or broken version.
+            s.trees[Tree::Dialogs.index()]
+                .insert(b"junk", &[9u8, 1, 2][..])
+                .unwrap();
+            durable(s.save_call(b"junk2", vec![1, 0xff])).await.unwrap();
+        }
+        let mut reopened = None;
+        for _ in 0..100 {
+            match SledStore::open(&dir, Duration::ZERO) {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let s = reopened.expect("reopen");
+        let mut calls = s.load_calls().unwrap();
+        calls.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(calls.len(), 2);
+        assert_eq!(Some(&calls[0]), t.get(&key(0)));
+        assert_eq!(Some(&calls[1]), t.get(&key(1)));
+        durable(s.delete_call(&crate::storage::dialogs::call_key(&key(0))))
+            .await
+            .unwrap();
+        assert_eq!(s.load_calls().unwrap().len(), 1);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn open_failure_names_the_path_and_the_fix() {
         let e = match SledStore::open(Path::new("/proc/busylamp-cannot-be-here"), Duration::ZERO) {
