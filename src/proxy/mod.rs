@@ -6,6 +6,7 @@
 //! [`context::Context`] of each forwarded request with what arrives.
 
 pub mod context;
+pub mod forward;
 
 use crate::config::{Config, ProxyConfig, Unregistered};
 use crate::domain::Domains;
@@ -288,7 +289,7 @@ impl Proxy {
     /// serial between groups), at most `max_branches` in all.
     pub fn fork_groups(&self, bindings: &[Binding]) -> Vec<Vec<Hop>> {
         let mut sorted: Vec<&Binding> = bindings.iter().collect();
-        sorted.sort_by(|a, b| b.q.cmp(&a.q));
+        sorted.sort_by_key(|b| std::cmp::Reverse(b.q));
         let mut groups: Vec<(u16, Vec<Hop>)> = Vec::new();
         for b in sorted.into_iter().take(self.cfg.max_branches) {
             let Ok(uri) = Uri::parse(&b.contact) else {
