@@ -10,6 +10,7 @@ pub mod domain;
 pub mod events;
 pub mod ids;
 pub mod presence;
+pub mod proxy;
 pub mod pua;
 pub mod registrar;
 pub mod router;
