@@ -56,6 +56,7 @@ pub async fn server_with_store(cfg: Config, store: Arc<MemoryStore>) -> TestServ
         Stores {
             bindings: store.clone() as Arc<dyn BindingStore>,
             presence: store.clone() as Arc<dyn busylamp::storage::PresenceStore>,
+            dialogs: store.clone() as Arc<dyn busylamp::storage::DialogStore>,
             users: None,
             nonce_key: Some(NONCE_KEY),
         },
