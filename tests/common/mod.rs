@@ -367,5 +367,6 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
     false
 }
 
+pub mod binary;
 pub mod phone;
 pub mod ua;
