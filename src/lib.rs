@@ -9,6 +9,7 @@ pub mod domain;
 pub mod events;
 pub mod ids;
 pub mod presence;
+pub mod pua;
 pub mod registrar;
 pub mod router;
 pub mod server;
