@@ -290,8 +290,8 @@ impl Registrar {
         match written {
             Ok(()) => {
                 self.schedule(&p.aor, &p.bindings);
-                self.observe(&p.aor);
                 self.announce(&p.aor, &p.changes);
+                self.observe(&p.aor);
                 p.ok
             }
             Err(e) => {
@@ -491,10 +491,10 @@ impl Registrar {
                     }
                 }
                 self.schedule(&aor, &remaining);
+                self.announce(&aor, &gone);
                 if !gone.is_empty() {
                     self.observe(&aor);
                 }
-                self.announce(&aor, &gone);
             }
         }
     }
