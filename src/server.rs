@@ -218,6 +218,9 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     tracing::info!(publications, subscriptions, "presence state loaded");
     // Presence from registrations matches the loaded bindings before any request is read.
     usrloc.start(&registrar);
+    tasks.push(tokio::spawn(
+        usrloc.clone().run_extensions(Arc::downgrade(&registrar)),
+    ));
     transport.start(listeners, core.clone());
     for (proto, addr) in transport.local_addrs() {
         tracing::info!(

@@ -308,3 +308,38 @@ async fn at_start_the_published_state_matches_the_stored_bindings() {
     );
     assert!(body(&w.notify().await).contains("<basic>open</basic>"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_register_refresh_publishes_nothing_and_the_publication_is_extended_before_it_ends() {
+    let s = server(CONFIG).await;
+    let mut w = watcher(&s, "1001").await;
+    let c = Udp::new(s.udp).await;
+    let contact = "<sip:1001@127.0.0.1:5071>;expires=120";
+    assert_eq!(reg(&c, "1001", 1, contact).await, 200);
+    w.notify_until(|b| b.contains("<basic>open</basic>")).await;
+    let presence = s.handle.core.presence.clone();
+    let first = presence
+        .publication(AOR, Pkg::Presence, SOURCE_ID)
+        .unwrap()
+        .1;
+
+    // The phone refreshes at half time: the same document, nothing published.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(reg(&c, "1001", 2, contact).await, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        presence.publication(AOR, Pkg::Presence, SOURCE_ID).unwrap().1,
+        first,
+        "a refresh does not republish"
+    );
+    // Shortly before the publication would end, it is extended to the new binding expiry.
+    let binding = s.handle.core.registrar.lookup(AOR)[0].expires_at;
+    tokio::time::sleep(Duration::from_secs(67)).await;
+    let (_, extended) = presence.publication(AOR, Pkg::Presence, SOURCE_ID).unwrap();
+    assert_eq!(extended, binding + busylamp::pua::usrloc::MARGIN);
+    assert!(w.no_notify(100).await, "the watcher saw no change all along");
+    // Without another refresh the binding expires: closed.
+    let n = w.notify_unanswered_within(120_000).await;
+    w.answer(&n, 200).await;
+    assert!(body(&n).contains("<basic>closed</basic>"), "{}", body(&n));
+}

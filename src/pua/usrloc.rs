@@ -2,11 +2,13 @@
 //! is `open`, with one `<tuple>` per contact; an AOR whose last binding went is `closed`.
 //!
 //! The registrar calls [`Usrloc`] directly ([`BindingObserver`]) after every change of an
-//! AOR's bindings, with the current set, in order: the event bus would do (it may drop
-//! notices). The document is published through [`Pua::publish`] under the source id
-//! [`SOURCE_ID`] only when it differs from what is published, or when the publication
-//! would end before the latest binding does: it lives until the latest binding expires
-//! plus [`MARGIN`] seconds, so a missed change cannot leave an AOR open for ever.
+//! AOR's bindings, with the current set, in order (not through the event bus, which may
+//! drop notices). The document is published through [`Pua::publish`] under the source id
+//! [`SOURCE_ID`] only when it differs from what is published. It lives until the latest
+//! binding expires plus [`MARGIN`] seconds, so a missed change cannot leave an AOR open for
+//! ever. A REGISTER refresh changes no document and publishes nothing: shortly before the
+//! publication would end ([`MARGIN`]/2 seconds), a timer extends it to the bindings' new
+//! expiry if they are still there (one write per publication lifetime, not per REGISTER).
 //!
 //! Tuple ids are stable: derived from the binding's `+sip.instance` (else its contact URI),
 //! so a refresh or a re-registration of one phone keeps its tuple.
@@ -23,9 +25,11 @@ use crate::registrar::{BindingObserver, Registrar};
 use crate::sip::body::pidf::{self, Basic, TupleSpec};
 use crate::sip::{SipUri, Uri};
 use crate::storage::Binding;
+use crate::deadline::Deadlines;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::Notify;
 
 /// The source id of usrloc publications.
 pub const SOURCE_ID: &str = "usrloc";
@@ -127,6 +131,9 @@ pub struct Usrloc {
     closed_expires: u32,
     /// Changes are ignored until [`Usrloc::start`] (the presence state is not loaded yet).
     ready: AtomicBool,
+    /// When each open publication is checked for extension.
+    extend: Mutex<Deadlines<String>>,
+    extend_changed: Notify,
 }
 
 impl Usrloc {
@@ -144,6 +151,8 @@ impl Usrloc {
                 .collect(),
             closed_expires: cfg.pua.publish_expires,
             ready: AtomicBool::new(false),
+            extend: Mutex::new(Deadlines::new()),
+            extend_changed: Notify::new(),
         })
     }
 
@@ -186,6 +195,73 @@ impl Usrloc {
         }
     }
 
+    /// Extends open publications before they end while their AOR still has bindings.
+    /// Runs until the registrar is gone.
+    pub async fn run_extensions(self: Arc<Self>, registrar: Weak<Registrar>) {
+        loop {
+            let next = self
+                .extend
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .next();
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                        _ = self.extend_changed.notified() => continue,
+                    }
+                }
+                None => {
+                    self.extend_changed.notified().await;
+                    continue;
+                }
+            }
+            let due = self
+                .extend
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_due(tokio::time::Instant::now().into_std());
+            let Some(registrar) = registrar.upgrade() else {
+                return;
+            };
+            for aor in due {
+                // The observer sees the current bindings and extends (or closes).
+                registrar.observe(&aor);
+            }
+        }
+    }
+
+    /// Checks `aor`'s publication shortly before it ends at `expires_at` (unix seconds).
+    fn schedule_extension(&self, aor: &str, expires_at: u64) {
+        let at = self
+            .clock
+            .instant_of(expires_at.saturating_sub(MARGIN / 2))
+            .into_std();
+        let mut d = self.extend.lock().unwrap_or_else(|p| p.into_inner());
+        let key = aor.to_string();
+        if d.get(&key) == Some(at) {
+            return;
+        }
+        let earlier = d.next().is_none_or(|n| at < n);
+        d.schedule(key, at);
+        drop(d);
+        if earlier {
+            self.extend_changed.notify_one();
+        }
+    }
+
+    fn cancel_extension(&self, aor: &str) {
+        self.extend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel(&aor.to_string());
+    }
+
+    /// Open publications with an extension check pending.
+    pub fn scheduled_extensions(&self) -> usize {
+        self.extend.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn publish(&self, aor: &str, body: &str, expires: u64) {
         let expires = u32::try_from(expires).unwrap_or(u32::MAX).max(1);
         match self
@@ -209,6 +285,7 @@ impl BindingObserver for Usrloc {
             .presence()
             .publication(aor, Pkg::Presence, SOURCE_ID);
         if bindings.is_empty() {
+            self.cancel_extension(aor);
             let closed = pidf::closed(aor);
             match current {
                 // Never published, or already closed: watchers see closed already.
@@ -222,11 +299,15 @@ impl BindingObserver for Usrloc {
         let latest = bindings.iter().map(|b| b.expires_at).max().unwrap_or(now);
         let until = latest + MARGIN;
         if let Some((body, expires_at)) = &current {
-            if body == doc.as_bytes() && *expires_at >= until {
+            // Unchanged, and neither about to end nor outliving the bindings: nothing to
+            // publish; the extension check comes before it ends.
+            if body == doc.as_bytes() && *expires_at > now + MARGIN && *expires_at <= until {
+                self.schedule_extension(aor, *expires_at);
                 return;
             }
         }
         self.publish(aor, &doc, until.saturating_sub(now));
+        self.schedule_extension(aor, until);
     }
 }
 
