@@ -1094,4 +1094,38 @@ password = "secret"
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
     }
+    #[test]
+    fn pua_keys_have_defaults_and_bad_values_are_named_with_a_fix() {
+        let c = Config::default();
+        assert_eq!(c.pua.publish_expires, 3600);
+        assert_eq!(c.pua.usrloc.users, vec!["*".to_string()]);
+        assert!(c.pua.usrloc.enabled);
+        for (toml, key) in [
+            (
+                "[pua]\npresence_server = \"sips:x\"\n",
+                "pua.presence_server",
+            ),
+            (
+                "[pua]\npresence_server = \"sip:1001@x\"\n",
+                "pua.presence_server",
+            ),
+            ("[pua]\npassword = \"p\"\n", "pua.password"),
+            ("[pua]\nusername = \"a\\\"b\"\n", "pua.username"),
+            ("[pua]\npublish_expires = 10\n", "pua.publish_expires"),
+            ("[pua]\nrefresh_margin = 0\n", "pua.refresh_margin"),
+            ("[pua]\nmin_refresh = 0\n", "pua.min_refresh"),
+            ("[pua]\nretry_min = 0\n", "pua.retry_min"),
+            ("[pua]\nretry_min = 10\nretry_max = 5\n", "pua.retry_max"),
+            ("[pua.usrloc]\nusers = []\n", "pua.usrloc.users"),
+            ("[pua.usrloc]\nusers = [\"a b\"]\n", "pua.usrloc.users"),
+        ] {
+            let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("fix:"), "{toml}: {e}");
+        }
+        Config::from_toml(
+            "[pua]\npresence_server = \"sip:192.0.2.1:5060;transport=tcp\"\nusername = \"u\"\npassword = \"p\"\n[pua.usrloc]\nusers = [\"*\", \"10*\", \"1001\", \"sip:1001@example.com\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+    }
 }

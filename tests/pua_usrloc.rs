@@ -328,7 +328,10 @@ async fn a_register_refresh_publishes_nothing_and_the_publication_is_extended_be
     assert_eq!(reg(&c, "1001", 2, contact).await, 200);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        presence.publication(AOR, Pkg::Presence, SOURCE_ID).unwrap().1,
+        presence
+            .publication(AOR, Pkg::Presence, SOURCE_ID)
+            .unwrap()
+            .1,
         first,
         "a refresh does not republish"
     );
@@ -337,7 +340,10 @@ async fn a_register_refresh_publishes_nothing_and_the_publication_is_extended_be
     tokio::time::sleep(Duration::from_secs(67)).await;
     let (_, extended) = presence.publication(AOR, Pkg::Presence, SOURCE_ID).unwrap();
     assert_eq!(extended, binding + busylamp::pua::usrloc::MARGIN);
-    assert!(w.no_notify(100).await, "the watcher saw no change all along");
+    assert!(
+        w.no_notify(100).await,
+        "the watcher saw no change all along"
+    );
     // Without another refresh the binding expires: closed.
     let n = w.notify_unanswered_within(120_000).await;
     w.answer(&n, 200).await;

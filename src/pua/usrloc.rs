@@ -20,12 +20,12 @@
 use super::Pua;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::deadline::Deadlines;
 use crate::presence::event::Pkg;
 use crate::registrar::{BindingObserver, Registrar};
 use crate::sip::body::pidf::{self, Basic, TupleSpec};
 use crate::sip::{SipUri, Uri};
 use crate::storage::Binding;
-use crate::deadline::Deadlines;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -199,11 +199,7 @@ impl Usrloc {
     /// Runs until the registrar is gone.
     pub async fn run_extensions(self: Arc<Self>, registrar: Weak<Registrar>) {
         loop {
-            let next = self
-                .extend
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .next();
+            let next = self.extend.lock().unwrap_or_else(|p| p.into_inner()).next();
             match next {
                 Some(at) => {
                     tokio::select! {
