@@ -692,6 +692,18 @@ impl Client {
         let Some(sub) = sub else {
             return (481, "Subscription Does Not Exist");
         };
+        // RFC 6665 §4.1.3 / §8.2.1: the NOTIFY must be for the package we subscribed to.
+        let token = |v: &str| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        };
+        let event = req.headers.get(HeaderName::Event).map(token);
+        if event.as_deref() != Some(token(&sub.event).as_str()) {
+            return (481, "Subscription Does Not Exist");
+        }
         let state = req
             .headers
             .get(HeaderName::SubscriptionState)
@@ -1258,6 +1270,106 @@ mod tests {
             retry_max: Duration::from_secs(300),
             user_agent: "t".into(),
         }
+    }
+
+    /// A sender that keeps each request with the channel its answer goes into.
+    #[derive(Default)]
+    struct Mock {
+        sent: Mutex<Vec<(Request, oneshot::Sender<ClientOutcome>)>>,
+        n: std::sync::atomic::AtomicU64,
+    }
+
+    impl SipSender for Mock {
+        fn send(&self, req: Request, _to: Peer) -> oneshot::Receiver<ClientOutcome> {
+            let (tx, rx) = oneshot::channel();
+            lock(&self.sent).push((req, tx));
+            rx
+        }
+        fn resolve(&self, _uri: SipUri) -> Pin<Box<dyn Future<Output = Option<Peer>> + Send + '_>> {
+            Box::pin(async {
+                Some(Peer {
+                    proto: Proto::Udp,
+                    remote: "192.0.2.1:5060".parse().unwrap(),
+                    local: "192.0.2.2:5060".parse().unwrap(),
+                    conn: None,
+                })
+            })
+        }
+        fn via_for(&self, _to: &Peer) -> String {
+            let n = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("SIP/2.0/UDP 192.0.2.2:5060;branch=z9hG4bKm{n}")
+        }
+        fn advertised(&self, _to: &Peer) -> String {
+            "192.0.2.2:5060".into()
+        }
+    }
+
+    impl Mock {
+        async fn wait_for(&self, n: usize) {
+            for _ in 0..1000 {
+                if lock(&self.sent).len() >= n {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("{n} requests expected, {} sent", lock(&self.sent).len());
+        }
+        /// Answers (and forgets) the `i`-th unanswered request.
+        fn answer(&self, i: usize, status: u16, etag: &str) {
+            let (req, tx) = lock(&self.sent).remove(i);
+            let mut r = req.response(status, "Scripted", Some("x"));
+            r.headers.push(HeaderName::SipEtag, etag);
+            r.headers.push(HeaderName::Expires, "300");
+            let _ = tx.send(ClientOutcome::Final(r));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rfc3903_publications_through_the_sender_trait_one_in_flight_newest_wins() {
+        let mock = Arc::new(Mock::default());
+        let client = Client::new(Settings {
+            presence_server: Some(match Uri::parse("sip:192.0.2.1").unwrap() {
+                Uri::Sip(u) => u,
+                _ => unreachable!(),
+            }),
+            ..settings()
+        });
+        let sender: Arc<dyn SipSender> = mock.clone();
+        client.set_sender(Arc::downgrade(&sender));
+        let aor = "sip:1001@example.test";
+        client.publish(aor, Pkg::Presence, "s", b"<a/>", 600);
+        mock.wait_for(1).await;
+        client.publish(aor, Pkg::Presence, "s", b"<b/>", 600);
+        client.publish(aor, Pkg::Presence, "s", b"<c/>", 600);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(lock(&mock.sent).len(), 1, "one PUBLISH in flight");
+        assert_eq!(lock(&mock.sent)[0].0.body, b"<a/>");
+        mock.answer(0, 200, "e1");
+        mock.wait_for(1).await;
+        {
+            let sent = lock(&mock.sent);
+            let r = &sent[0].0;
+            assert_eq!(r.body, b"<c/>", "the newest state only");
+            assert_eq!(r.headers.get(HeaderName::SipIfMatch), Some("e1"));
+            assert_eq!(r.cseq().unwrap().seq, 2);
+        }
+        mock.answer(0, 200, "e2");
+        client.publish(aor, Pkg::Presence, "s", b"", 0);
+        mock.wait_for(1).await;
+        {
+            let sent = lock(&mock.sent);
+            let r = &sent[0].0;
+            assert_eq!(r.headers.get(HeaderName::Expires), Some("0"));
+            assert_eq!(r.headers.get(HeaderName::SipIfMatch), Some("e2"));
+            assert!(r.body.is_empty());
+        }
+        mock.answer(0, 200, "");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(client.remote_publications(), 0, "the task ended");
     }
 
     #[test]
