@@ -151,7 +151,12 @@ async fn register_two_contacts_open_two_tuples_then_one_then_closed() {
         .presence
         .publication(AOR, Pkg::Presence, SOURCE_ID)
         .expect("closed is published");
-    assert_eq!(published, pidf::closed(AOR).into_bytes());
+    let t = tuples(&String::from_utf8(published).unwrap());
+    assert_eq!(
+        t,
+        vec![(kept_id, "closed".into(), "sip:1001@127.0.0.1:5072".into())],
+        "closed keeps the last tuple id, so no stale open tuple survives a merge by id"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -282,10 +287,10 @@ async fn at_start_the_published_state_matches_the_stored_bindings() {
     let (b2, _) = p
         .publication("sip:1002@example.test", Pkg::Presence, SOURCE_ID)
         .unwrap();
-    assert_eq!(
-        b2,
-        pidf::closed("sip:1002@example.test").into_bytes(),
-        "expired while down: closed"
+    let t = tuples(&String::from_utf8(b2).unwrap());
+    assert!(
+        t.len() == 1 && t[0].1 == "closed" && t[0].2 == "sip:1002@127.0.0.1:5071",
+        "expired while down: closed {t:?}"
     );
     let (b3, _) = p
         .publication("sip:1003@example.test", Pkg::Presence, SOURCE_ID)

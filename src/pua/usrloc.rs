@@ -123,6 +123,32 @@ pub fn open_document(aor: &str, bindings: &[Binding]) -> String {
     pidf::document(aor, &tuples)
 }
 
+/// The `closed` document that follows `previous` (what was published): each of its tuples,
+/// same id and contact, now `closed`, so that a server merging publications by tuple id
+/// (ours does; a remote one may still hold an older publication of ours after a restart)
+/// cannot keep showing an old `open` tuple. Without a previous document: one closed tuple.
+pub fn closed_document(aor: &str, previous: Option<&[u8]>) -> String {
+    let tuples: Vec<TupleSpec> = previous
+        .and_then(|b| pidf::parse(b).ok())
+        .map(|doc| {
+            doc.tuples()
+                .map(|t| TupleSpec {
+                    id: t.id().to_string(),
+                    basic: Basic::Closed,
+                    contact: t.contact(),
+                    priority: None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pidf::document(aor, &tuples)
+}
+
+/// Whether a published document says nobody is there (every tuple closed).
+fn is_closed(body: &[u8]) -> bool {
+    pidf::parse(body).is_ok_and(|d| d.tuples().all(|t| t.basic() == Some(Basic::Closed)))
+}
+
 pub struct Usrloc {
     pua: Arc<Pua>,
     clock: Clock,
@@ -282,12 +308,14 @@ impl BindingObserver for Usrloc {
             .publication(aor, Pkg::Presence, SOURCE_ID);
         if bindings.is_empty() {
             self.cancel_extension(aor);
-            let closed = pidf::closed(aor);
             match current {
                 // Never published, or already closed: watchers see closed already.
                 None => {}
-                Some((body, _)) if body == closed.as_bytes() => {}
-                Some(_) => self.publish(aor, &closed, self.closed_expires.into()),
+                Some((body, _)) if is_closed(&body) => {}
+                Some((body, _)) => {
+                    let closed = closed_document(aor, Some(&body));
+                    self.publish(aor, &closed, self.closed_expires.into())
+                }
             }
             return;
         }
@@ -368,7 +396,26 @@ mod tests {
         assert_eq!(tuple_id(&moved), tuple_id(&b));
         assert_ne!(tuple_id(&a), tuple_id(&b));
         // Order of the bindings does not matter.
-        assert_eq!(doc, open_document("sip:1001@example.test", &[b.clone(), a]));
+        assert_eq!(doc, open_document("sip:1001@example.test", &[b.clone(), a.clone()]));
+        // Closed keeps the tuple ids and contacts, each closed.
+        let closed = closed_document("sip:1001@example.test", Some(doc.as_bytes()));
+        let parsed = pidf::parse(closed.as_bytes()).unwrap();
+        let ids: Vec<(String, Option<Basic>)> = parsed
+            .tuples()
+            .map(|t| (t.id().to_string(), t.basic()))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                (tuple_id(&b), Some(Basic::Closed)),
+                (tuple_id(&a), Some(Basic::Closed))
+            ]
+        );
+        assert!(is_closed(closed.as_bytes()) && !is_closed(doc.as_bytes()));
+        assert_eq!(
+            closed_document("sip:1001@example.test", None),
+            pidf::closed("sip:1001@example.test")
+        );
         // Two flows of one instance: one tuple.
         let flow2 = binding("sip:1001@192.0.2.3:5060", 1000, Some("<urn:uuid:b>"));
         let doc = open_document("sip:1001@example.test", &[b, flow2]);
