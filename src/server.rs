@@ -53,33 +53,42 @@ enum Answer {
 }
 
 pub struct Core {
-    limits: Limits,
-    transport: Arc<Transport>,
-    auth: Authenticator,
+    pub(crate) limits: Limits,
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) auth: Authenticator,
     pub registrar: Arc<Registrar>,
     pub presence: Arc<Presence>,
     /// The presence user agent: in-process publishers go through `pua.publish(...)`; its
     /// SIP client PUBLISHes to a remote presence server and SUBSCRIBEs at notifiers.
     pub pua: Arc<Pua>,
-    clock: Clock,
-    ids: Ids,
-    server_header: String,
-    transactions: Mutex<ServerTransactions<Peer>>,
+    pub(crate) clock: Clock,
+    pub(crate) ids: Ids,
+    pub(crate) server_header: String,
+    pub(crate) transactions: Mutex<ServerTransactions<Peer>>,
     /// Our requests (NOTIFYs, the proxy's branches, the presence client's requests) and who
     /// hears their answers.
-    clients: Mutex<ClientTransactions<Peer>>,
-    owners: Mutex<HashMap<TxKey, Owner>>,
-    timers_changed: Notify,
+    pub(crate) clients: Mutex<ClientTransactions<Peer>>,
+    pub(crate) owners: Mutex<HashMap<TxKey, Owner>>,
+    pub(crate) timers_changed: Notify,
     /// Host for our Via/Record-Route/Contact when a socket is bound to a wildcard address.
-    advertised_host: String,
-    branch_secret: u64,
-    this: std::sync::OnceLock<std::sync::Weak<Core>>,
+    pub(crate) advertised_host: String,
+    pub(crate) proxy: crate::proxy::Proxy,
+    pub(crate) forwarding: Mutex<crate::proxy::forward::Forwarding>,
+    /// `[proxy] upstream` resolved at start when it is a host name.
+    pub(crate) upstream_resolved: Mutex<Option<Peer>>,
+    pub(crate) branch_secret: u64,
+    pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
 }
 
 /// Who hears the answers to one of our client transactions.
-enum Owner {
+pub(crate) enum Owner {
     /// A NOTIFY of the presence server.
     Notify(SubRef),
+    /// A branch of a proxied request: the server transaction it answers and the branch
+    /// number in its response context.
+    Branch { server: TxKey, branch: usize },
+    /// A CANCEL the proxy sent: its answer changes nothing (the INVITE's answer does).
+    Cancel,
     /// A request of an in-process user agent (the presence client): its final answer, or
     /// [`ClientOutcome::Timeout`].
     Waiter(tokio::sync::oneshot::Sender<ClientOutcome>),
@@ -194,6 +203,9 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         owners: Mutex::new(HashMap::new()),
         timers_changed: Notify::new(),
         advertised_host: advertised_host(cfg),
+        proxy: crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg)),
+        forwarding: Mutex::new(Default::default()),
+        upstream_resolved: Mutex::new(None),
         branch_secret: {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -203,6 +215,21 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         this: std::sync::OnceLock::new(),
     });
     let _ = core.this.set(Arc::downgrade(&core));
+    if let Some(u) = core.proxy.upstream.clone() {
+        if crate::proxy::uri_addr(&u).is_none() {
+            match core.resolve(&u).await {
+                Some(p) => {
+                    *core
+                        .upstream_resolved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(p)
+                }
+                None => {
+                    tracing::warn!(upstream = %u, "cannot resolve [proxy] upstream; calls to the PBX fail with 503 until restart")
+                }
+            }
+        }
+    }
     let sink: Arc<dyn NotifySink> = core.clone();
     presence.set_sink(Arc::downgrade(&sink));
     let sender: Arc<dyn SipSender> = core.clone();
@@ -338,7 +365,7 @@ impl Core {
     }
 
     /// Sends without waiting when the socket can take it; otherwise a task waits for room.
-    fn send_now(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) {
+    pub(crate) fn send_now(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) {
         match self.transport.try_send(peer, bytes) {
             Ok(None) => {}
             Ok(Some(bytes)) => {
@@ -354,7 +381,7 @@ impl Core {
         }
     }
 
-    fn run_actions(self: &Arc<Self>, actions: Vec<Action<Peer>>) {
+    pub(crate) fn run_actions(self: &Arc<Self>, actions: Vec<Action<Peer>>) {
         for a in actions {
             match a {
                 Action::Send { to, bytes } => self.send_now(&to, bytes),
@@ -398,6 +425,10 @@ impl Core {
                 self.send_now(&to, bytes);
                 return;
             }
+            ServerInput::Stray if req.method == "ACK" => {
+                self.proxy_ack(req, peer);
+                return;
+            }
             ServerInput::Retransmission(None) | ServerInput::AckAbsorbed | ServerInput::Stray => {
                 return
             }
@@ -417,6 +448,12 @@ impl Core {
                 return;
             }
         };
+        if req.method == "CANCEL" {
+            return self.proxy_cancel(key, &req);
+        }
+        if self.is_proxied(&req, &parsed) {
+            return self.proxy_request(key, req, &parsed, peer);
+        }
         match self.dispatch(&req, &parsed, peer) {
             Answer::Now(resp) => self.respond(&key, resp),
             Answer::Nothing => {}
@@ -474,6 +511,18 @@ impl Core {
         match input {
             ClientInput::Deliver { key, actions } => {
                 self.run_actions(actions);
+                let branch = match self
+                    .owners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                {
+                    Some(Owner::Branch { server, branch }) => Some((server.clone(), *branch)),
+                    _ => None,
+                };
+                if let Some((server, branch)) = branch {
+                    return self.proxy_response(server, branch, resp);
+                }
                 if resp.status < 200 {
                     return;
                 }
@@ -489,10 +538,11 @@ impl Core {
                     Some(Owner::Waiter(w)) => {
                         let _ = w.send(ClientOutcome::Final(resp));
                     }
-                    None => {}
+                    Some(Owner::Branch { .. } | Owner::Cancel) | None => {}
                 }
             }
             ClientInput::Absorbed { actions } => self.run_actions(actions),
+            ClientInput::Stray if self.proxy_stray_response(resp.clone()) => {}
             ClientInput::Stray => {
                 tracing::debug!(status = resp.status, %peer, "dropping stray response");
             }
@@ -628,7 +678,7 @@ impl Core {
         )
     }
 
-    fn respond(self: &Arc<Self>, key: &TxKey, resp: Response) {
+    pub(crate) fn respond(self: &Arc<Self>, key: &TxKey, resp: Response) {
         let resp = self.finish(resp);
         let actions = {
             let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
@@ -768,10 +818,15 @@ impl Core {
                 .lock()
                 .map(|c| c.next_deadline())
                 .unwrap_or(None);
-            let next = match (server_next, client_next) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let proxy_next = self
+                .forwarding
+                .lock()
+                .map(|f| f.timers.next())
+                .unwrap_or(None);
+            let next = [server_next, client_next, proxy_next]
+                .into_iter()
+                .flatten()
+                .min();
             match next {
                 Some(at) => {
                     tokio::select! {
@@ -792,6 +847,7 @@ impl Core {
                 let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
                 c.on_timer(self.now())
             };
+            self.proxy_timers(self.now());
             for a in actions.into_iter().chain(client_actions) {
                 match a {
                     Action::Send { to, bytes } => self.send_now(&to, bytes),
@@ -809,10 +865,19 @@ impl Core {
                             Some(Owner::Waiter(w)) => {
                                 let _ = w.send(ClientOutcome::Timeout);
                             }
-                            None => {}
+                            Some(Owner::Branch { server, branch }) => {
+                                self.proxy_branch_timeout(&server, branch)
+                            }
+                            Some(Owner::Cancel) | None => {}
                         }
                     }
-                    Action::Terminated { .. } => {}
+                    Action::Terminated { key } => {
+                        self.owners
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                        self.proxy_forget(&key);
+                    }
                 }
             }
         }

@@ -10,6 +10,7 @@
 //! keeps that order.
 
 pub mod client;
+pub mod dialoginfo;
 pub mod usrloc;
 
 use crate::config::Config;

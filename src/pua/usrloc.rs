@@ -396,7 +396,10 @@ mod tests {
         assert_eq!(tuple_id(&moved), tuple_id(&b));
         assert_ne!(tuple_id(&a), tuple_id(&b));
         // Order of the bindings does not matter.
-        assert_eq!(doc, open_document("sip:1001@example.test", &[b.clone(), a.clone()]));
+        assert_eq!(
+            doc,
+            open_document("sip:1001@example.test", &[b.clone(), a.clone()])
+        );
         // Closed keeps the tuple ids and contacts, each closed.
         let closed = closed_document("sip:1001@example.test", Some(doc.as_bytes()));
         let parsed = pidf::parse(closed.as_bytes()).unwrap();

@@ -367,4 +367,5 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
 }
 
 pub mod peer;
+pub mod phone;
 pub mod ua;
