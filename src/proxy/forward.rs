@@ -73,9 +73,18 @@ impl Core {
         let in_dialog = parsed.to.tag().is_some();
         match req.method.as_str() {
             "INVITE" | "BYE" | "UPDATE" | "INFO" | "PRACK" | "MESSAGE" | "REFER" => true,
-            // In-dialog OPTIONS/NOTIFY between phones, record-routed through us. Our own
-            // subscriptions' NOTIFYs and OPTIONS pings to us carry no Route.
-            "OPTIONS" | "NOTIFY" => in_dialog && req.headers.has(HeaderName::Route),
+            // In-dialog OPTIONS/NOTIFY between phones, record-routed through us: addressed to
+            // a phone's contact. The NOTIFYs of our own subscriptions (the presence client) are
+            // addressed to our Contact, whatever Route they carry.
+            "OPTIONS" | "NOTIFY" => {
+                in_dialog
+                    && req.headers.has(HeaderName::Route)
+                    && !req.uri.as_sip().is_some_and(|u| {
+                        let mut host_only = u.clone();
+                        host_only.user = None;
+                        self.proxy.is_us(&host_only)
+                    })
+            }
             _ => false,
         }
     }
@@ -790,7 +799,7 @@ impl Core {
             for p in
                 crate::pua::dialoginfo::publications(&u.call, &self.dialoginfo, self.max_lifetime)
             {
-                if let Err(e) = self.presence.publish(
+                if let Err(e) = self.pua.publish(
                     &p.presentity,
                     crate::presence::event::Pkg::Dialog,
                     &p.source_id,
