@@ -211,60 +211,72 @@ impl Default for DialogInfoConfig {
 impl DialogInfoConfig {
     /// Whether the local user `aor` ("sip:1001@example.com") publishes, by `users`.
     pub fn allows(&self, aor: &str) -> bool {
-        let user = aor_user(aor);
-        self.users.iter().any(|pattern| {
-            let pattern = pattern.trim();
-            if pattern == "*" {
-                true
-            } else if pattern.contains(':') {
-                aor_eq(pattern, aor)
-            } else if let Some(prefix) = pattern.strip_suffix('*') {
-                user.is_some_and(|u| u.starts_with(prefix))
-            } else {
-                user == Some(pattern)
-            }
-        })
+        self.users
+            .iter()
+            .filter_map(|p| UserPattern::parse(p))
+            .any(|p| p.matches_aor(aor))
     }
 }
 
-/// The user part of "sip:1001@example.com" ("1001"); None without one.
-fn aor_user(aor: &str) -> Option<&str> {
-    let rest = aor.split_once(':').map(|(_, r)| r).unwrap_or(aor);
-    let (user, _) = rest.split_once('@')?;
-    Some(user)
+/// One entry of a `users` list (`[pua.usrloc]`, `[pua.dialoginfo]`): which local users a
+/// publisher publishes for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserPattern {
+    /// `*`: everyone.
+    Any,
+    /// `1001`: that user of any of our domains.
+    User(String),
+    /// `10*`: users starting with `10`.
+    Prefix(String),
+    /// `sip:1001@example.com`: that AOR (canonical form).
+    Aor(String),
 }
 
-/// AORs compared as RFC 3261 §19.1.4 does for our purposes: scheme and host without case,
-/// user exactly.
-fn aor_eq(a: &str, b: &str) -> bool {
-    let split = |s: &str| {
+fn user_chars(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'@' | b':' | b'"' | b'*' | b'<' | b'>'))
+}
+
+impl UserPattern {
+    pub fn parse(s: &str) -> Option<UserPattern> {
         let s = s.trim();
-        let (scheme, rest) = s.split_once(':').unwrap_or(("", s));
-        let (user, host) = rest.split_once('@').unwrap_or(("", rest));
-        (
-            scheme.to_ascii_lowercase(),
-            user.to_string(),
-            host.to_ascii_lowercase(),
-        )
-    };
-    split(a) == split(b)
-}
+        if s == "*" {
+            return Some(UserPattern::Any);
+        }
+        if s.len() > 4 && s[..4].eq_ignore_ascii_case("sip:") {
+            return match crate::sip::Uri::parse(s) {
+                Ok(crate::sip::Uri::Sip(u)) if u.user.is_some() && !s.contains('*') => {
+                    Some(UserPattern::Aor(u.aor()))
+                }
+                _ => None,
+            };
+        }
+        if let Some(prefix) = s.strip_suffix('*') {
+            return user_chars(prefix).then(|| UserPattern::Prefix(prefix.to_string()));
+        }
+        user_chars(s).then(|| UserPattern::User(s.to_string()))
+    }
 
-/// A `[pua.dialoginfo] users` pattern is "*", a user name, a user prefix ending in `*`, or a
-/// SIP URI with a user part.
-fn valid_user_pattern(p: &str) -> bool {
-    let p = p.trim();
-    if p == "*" {
-        return true;
+    /// Whether the AOR (canonical, as the registrar keys it) matches; `uri` is the AOR
+    /// parsed, when the caller has it.
+    pub fn matches(&self, aor: &str, uri: Option<&crate::sip::SipUri>) -> bool {
+        let user = uri
+            .and_then(|u| u.user.as_deref())
+            .map(crate::sip::text::unescape);
+        match self {
+            UserPattern::Any => true,
+            UserPattern::User(name) => user.is_some_and(|u| u == name.as_str()),
+            UserPattern::Prefix(p) => user.is_some_and(|u| u.starts_with(p.as_str())),
+            UserPattern::Aor(a) => a.eq_ignore_ascii_case(aor),
+        }
     }
-    if p.contains(':') {
-        return matches!(crate::sip::Uri::parse(p), Ok(crate::sip::Uri::Sip(ref u)) if u.user.is_some());
+
+    /// As [`UserPattern::matches`], parsing the AOR.
+    pub fn matches_aor(&self, aor: &str) -> bool {
+        let uri = crate::sip::Uri::parse(aor).ok();
+        self.matches(aor, uri.as_ref().and_then(|u| u.as_sip()))
     }
-    let body = p.strip_suffix('*').unwrap_or(p);
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'*' | b'@' | b'"' | b':'))
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -949,7 +961,7 @@ impl Config {
             ));
         }
         for (i, u) in di.users.iter().enumerate() {
-            if !valid_user_pattern(u) {
+            if UserPattern::parse(u).is_none() {
                 return Err(bad(
                     &format!("pua.dialoginfo.users[{i}]"),
                     format!("{u:?} is not a user pattern"),
@@ -1050,7 +1062,7 @@ impl Config {
             ));
         }
         for u in &p.usrloc.users {
-            if crate::pua::usrloc::UserPattern::parse(u).is_none() {
+            if UserPattern::parse(u).is_none() {
                 return Err(bad(
                     "pua.usrloc.users",
                     format!("{u:?} is not a user pattern"),

@@ -24,7 +24,7 @@ use crate::deadline::Deadlines;
 use crate::presence::event::Pkg;
 use crate::registrar::{BindingObserver, Registrar};
 use crate::sip::body::pidf::{self, Basic, TupleSpec};
-use crate::sip::{SipUri, Uri};
+use crate::sip::Uri;
 use crate::storage::Binding;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,58 +36,7 @@ pub const SOURCE_ID: &str = "usrloc";
 /// Seconds a publication outlives the latest binding of its AOR.
 pub const MARGIN: u64 = 10;
 
-/// One entry of `[pua.usrloc] users`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UserPattern {
-    /// `*`: everyone.
-    Any,
-    /// `1001`: that user of any of our domains.
-    User(String),
-    /// `10*`: users starting with `10`.
-    Prefix(String),
-    /// `sip:1001@example.com`: that AOR (canonical form).
-    Aor(String),
-}
-
-fn user_chars(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'@' | b':' | b'"' | b'*' | b'<' | b'>'))
-}
-
-impl UserPattern {
-    pub fn parse(s: &str) -> Option<UserPattern> {
-        let s = s.trim();
-        if s == "*" {
-            return Some(UserPattern::Any);
-        }
-        if s.len() > 4 && s[..4].eq_ignore_ascii_case("sip:") {
-            return match Uri::parse(s) {
-                Ok(Uri::Sip(u)) if u.user.is_some() && !s.contains('*') => {
-                    Some(UserPattern::Aor(u.aor()))
-                }
-                _ => None,
-            };
-        }
-        if let Some(prefix) = s.strip_suffix('*') {
-            return user_chars(prefix).then(|| UserPattern::Prefix(prefix.to_string()));
-        }
-        user_chars(s).then(|| UserPattern::User(s.to_string()))
-    }
-
-    /// Whether the AOR (canonical, as the registrar keys it) matches.
-    pub fn matches(&self, aor: &str, uri: Option<&SipUri>) -> bool {
-        let user = uri
-            .and_then(|u| u.user.as_deref())
-            .map(crate::sip::text::unescape);
-        match self {
-            UserPattern::Any => true,
-            UserPattern::User(name) => user.is_some_and(|u| u == name.as_str()),
-            UserPattern::Prefix(p) => user.is_some_and(|u| u.starts_with(p.as_str())),
-            UserPattern::Aor(a) => a.eq_ignore_ascii_case(aor),
-        }
-    }
-}
+pub use crate::config::UserPattern;
 
 /// The stable tuple id of a binding: `ul` and 12 hex digits of a hash of its instance id
 /// (RFC 5626) or, without one, its contact URI.
