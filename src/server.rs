@@ -82,6 +82,7 @@ pub struct Core {
     pub(crate) dialog_store: Arc<dyn crate::storage::DialogStore>,
     pub(crate) dialoginfo: crate::config::DialogInfoConfig,
     pub(crate) max_lifetime: u64,
+    pub(crate) events: EventBus,
     pub(crate) branch_secret: u64,
     pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
 }
@@ -219,6 +220,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         dialog_store,
         dialoginfo: cfg.pua.dialoginfo.clone(),
         max_lifetime: cfg.dialog.max_lifetime,
+        events: events.clone(),
         branch_secret: {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();

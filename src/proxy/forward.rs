@@ -782,6 +782,11 @@ impl Core {
         }
     }
 
+    /// The calls in progress (a snapshot for the dashboard and the control API).
+    pub fn calls(&self) -> Vec<crate::dialog::Call> {
+        lock(&self.dialogs).calls().cloned().collect()
+    }
+
     /// Takes the tracker lock and publishes.
     fn publish_calls(&self, u: Option<Update>) {
         let _dialogs = lock(&self.dialogs);
@@ -796,6 +801,12 @@ impl Core {
             // Not awaited: a call in progress does not wait for the disk; the record only
             // serves a restart.
             drop(self.dialog_store.apply_call(u.write));
+            self.events.publish(crate::events::Event::Call {
+                call_id: u.call.key.call_id.clone(),
+                caller: u.call.caller.uri.clone(),
+                callee: u.call.callee.uri.clone(),
+                state: u.call.state.as_str(),
+            });
             for p in
                 crate::pua::dialoginfo::publications(&u.call, &self.dialoginfo, self.max_lifetime)
             {
