@@ -123,12 +123,20 @@ impl Core {
             }
         }
         let routed = self.proxy.preprocess_routes(&mut req);
-        if in_dialog
-            && !routed
-            && !req.headers.has(HeaderName::Route)
-            && req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u))
-        {
-            return self.proxy_answer(&key, &req, 481, "Call/Transaction Does Not Exist");
+        if in_dialog && !routed {
+            // We Record-Route every dialog we set up, so its requests carry our Route. One
+            // without it is for a dialog we are not in: relaying it would make us an open
+            // relay for anyone's BYEs (Kamailio's default config answers 404 too).
+            return if req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u)) {
+                self.proxy_answer(&key, &req, 481, "Call/Transaction Does Not Exist")
+            } else {
+                self.proxy_answer(
+                    &key,
+                    &req,
+                    404,
+                    "Not Found: in-dialog request not routed through us",
+                )
+            };
         }
         let upstream = self.upstream_peer();
         let from_upstream = upstream.is_some_and(|u| u.remote.ip() == peer.remote.ip());
@@ -535,11 +543,9 @@ impl Core {
         if Proxy::check_max_forwards(&req).is_err() {
             return;
         }
-        self.proxy.preprocess_routes(&mut req);
-        if !req.headers.has(HeaderName::Route)
-            && req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u))
-        {
-            tracing::debug!(%peer, "ACK for us: absorbed");
+        if !self.proxy.preprocess_routes(&mut req) {
+            // Not routed through us (see proxy_request): absorbed, never relayed.
+            tracing::debug!(%peer, "ACK without our Route: absorbed");
             return;
         }
         let Ok(uri) = next_hop_uri(&req) else {
