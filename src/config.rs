@@ -343,7 +343,9 @@ pub struct AuthConfig {
 pub struct StorageConfig {
     /// Least time between two flushes to disk, in milliseconds. An idle server flushes a write
     /// at once; under load every write that arrives within this interval shares one flush
-    /// (group commit), which bounds the fsync rate. 0 flushes back to back.
+    /// (group commit), which bounds the fsync rate. 0 flushes back to back. Presence writes
+    /// (NOTIFY CSeq/version, SUBSCRIBE, PUBLISH) skip the interval: a lamp waits for the flush
+    /// in progress, not for the interval.
     pub flush_interval_ms: u64,
 }
 
