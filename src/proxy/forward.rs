@@ -270,11 +270,14 @@ impl Core {
                 Some(crate::sip::Uri::Sip(u)) => u,
                 _ => return Err(None),
             },
-            None => {
-                let mut probe = request.clone();
-                probe.uri = hop.uri.clone();
-                next_hop_uri(&probe).map_err(|_| None)?
-            }
+            // The request's own Route (another proxy after us), else the hop's Request-URI.
+            None => match request.headers.list(HeaderName::Route).first() {
+                Some(_) => next_hop_uri(request).map_err(|_| None)?,
+                None => match &hop.uri {
+                    crate::sip::Uri::Sip(u) => u.clone(),
+                    _ => return Err(None),
+                },
+            },
         };
         match uri_addr(&uri) {
             Some((proto, addr)) => Ok(self.peer_to(proto, addr)),
