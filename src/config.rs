@@ -188,6 +188,9 @@ pub struct DialogInfoConfig {
     /// Show the caller `confirmed` while the callee still rings (trying/proceeding/early),
     /// so the caller's lamp does not blink like an incoming call.
     pub caller_confirmed: bool,
+    /// Publish the callee's side already while the INVITE is on its way (`trying`,
+    /// `proceeding`); by default its lamp lights when a phone rings (`early`), as Kamailio's.
+    pub callee_trying: bool,
     /// Which local users publish: "*" (all), a user ("1001"), a user prefix ("10*") or an
     /// AOR ("sip:1001@example.com").
     pub users: Vec<String>,
@@ -203,6 +206,7 @@ impl Default for DialogInfoConfig {
             include_tags: true,
             include_localremote: true,
             caller_confirmed: false,
+            callee_trying: false,
             users: vec!["*".into()],
         }
     }
