@@ -796,6 +796,34 @@ impl Core {
         lock(&self.dialogs).calls().cloned().collect()
     }
 
+    /// A response to an INVITE whose transaction we no longer hold (we restarted while it
+    /// rang): the tracker still hears it, so a call answered or refused after a restart
+    /// shows as such instead of ringing until `early_timeout`.
+    fn track_stray(&self, resp: &Response) {
+        if !resp.cseq().is_ok_and(|c| c.method == "INVITE") || resp.status < 101 {
+            return;
+        }
+        let (Ok(call_id), Some(from_tag)) =
+            (resp.call_id(), resp.from_hdr().ok().and_then(|f| f.tag()))
+        else {
+            return;
+        };
+        let key = CallKey {
+            call_id: call_id.to_string(),
+            from_tag,
+        };
+        if lock(&self.dialogs).get(&key).is_none() {
+            return;
+        }
+        self.track_response(&key, resp, None);
+        if resp.status >= 300 {
+            let now = self.clock.now_unix_ms();
+            let mut dialogs = lock(&self.dialogs);
+            let u = dialogs.failed(&key, resp.status, now);
+            self.publish_calls_locked(u);
+        }
+    }
+
     /// Takes the tracker lock and publishes.
     fn publish_calls(&self, u: Option<Update>) {
         let _dialogs = lock(&self.dialogs);
@@ -852,6 +880,7 @@ impl Core {
         let Ok(via) = resp.top_via() else {
             return false;
         };
+        self.track_stray(&resp);
         let ours = via
             .branch()
             .is_some_and(|b| b.starts_with(&format!("{}L", crate::sip::header::BRANCH_MAGIC)));
