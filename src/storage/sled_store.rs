@@ -123,6 +123,26 @@ impl Queue {
         }
     }
 
+    /// Waits until `deadline` or until an urgent write is queued, whichever comes first, and
+    /// takes what was queued meanwhile.
+    fn wait_until(&self, deadline: Instant, into: &mut Vec<WriteOp>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let now = Instant::now();
+            if now >= deadline || st.closed || st.ops.iter().any(WriteOp::urgent) {
+                break;
+            }
+            st.writer_waiting = true;
+            st = self
+                .wake
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        st.writer_waiting = false;
+        std::mem::swap(&mut st.ops, into);
+    }
+
     fn close(&self) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.closed = true;
@@ -210,21 +230,10 @@ fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; TREES.len()], in
     while queue.take(&mut batch).is_some() {
         let urgent = batch.iter().any(WriteOp::urgent);
         if let (Some(last), false) = (last_flush, urgent) {
-            let next = last + interval;
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-                // Writes that came in while we waited share this flush.
-                let mut more = Vec::new();
-                if queue
-                    .state
-                    .lock()
-                    .map(|mut st| std::mem::swap(&mut st.ops, &mut more))
-                    .is_ok()
-                {
-                    batch.append(&mut more);
-                }
-            }
+            // Writes that come in while we wait share this flush; an urgent one ends the wait.
+            let mut more = Vec::new();
+            queue.wait_until(last + interval, &mut more);
+            batch.append(&mut more);
         }
         // One sled batch per tree, applied in queue order within each tree; records of
         // different trees never depend on their relative order.
@@ -497,6 +506,33 @@ mod tests {
             .unwrap();
         assert_eq!(s.load_calls().unwrap().len(), 1);
         drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_presence_write_does_not_wait_for_the_flush_interval_of_registrations() {
+        let dir = std::env::temp_dir().join(format!("busylamp-sled-urgent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SledStore::open(&dir, Duration::from_millis(800)).unwrap();
+        // The first write flushes at once; the second waits for the interval...
+        durable(store.save_bindings("sip:a@x", &[])).await.unwrap();
+        let waiting = store.save_bindings("sip:b@x", &[]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // ...and a NOTIFY's CSeq written meanwhile ends that wait: both are flushed now.
+        let started = Instant::now();
+        durable(store.write(vec![PresenceWrite::NotifySeq {
+            key: b"k".to_vec(),
+            value: vec![0; 12],
+        }]))
+        .await
+        .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "waited {:?}",
+            started.elapsed()
+        );
+        durable(waiting).await.unwrap();
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
