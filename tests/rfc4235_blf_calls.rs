@@ -266,9 +266,33 @@ async fn rfc4235_cancelled_call_lamp_dark() {
 #[tokio::test]
 async fn rfc4235_busy_everywhere_lamp_dark() {
     let mut o = office().await;
+    // Refused at once by both phones: the callee's lamp never shows the call.
     o.alice.invite("1002", "blf-busy").await;
     let at1 = o.bob1.ua.next_request().await;
     let at2 = o.bob2.ua.next_request().await;
+    o.bob1.reply(&at1, 486, "b1").await;
+    o.bob2.reply(&at2, 486, "b2").await;
+    assert_eq!(o.alice.ua.response().await.status, 486);
+    assert!(
+        o.lamp.ua.no_notify(300).await,
+        "a call refused before ringing lights nothing"
+    );
+    // One phone rings, then both refuse: early, then dark.
+    o.alice.invite("1002", "blf-busy-2").await;
+    let mut invites = Vec::new();
+    for phone in [&mut o.bob1, &mut o.bob2] {
+        // (the proxy's ACKs of the 486s come first)
+        let r = loop {
+            let r = phone.ua.next_request().await;
+            if r.method == "INVITE" {
+                break r;
+            }
+        };
+        invites.push(r);
+    }
+    let (at1, at2) = (invites.remove(0), invites.remove(0));
+    o.bob1.reply(&at1, 180, "b1").await;
+    o.lamp.until(Some(DialogState::Early)).await;
     o.bob1.reply(&at1, 486, "b1").await;
     o.bob2.reply(&at2, 486, "b2").await;
     assert_eq!(o.alice.ua.response().await.status, 486);

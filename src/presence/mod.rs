@@ -223,6 +223,30 @@ struct Resource {
     /// The only source whose changes wait in the coalescing window (`dialog;sla` echo
     /// suppression); `None` when several did or none.
     pending_source: Option<Option<String>>,
+    /// Documents rendered from the current publications (see [`Presence::render_for`]).
+    /// A `RefCell`: the resource is only reached under its shard's lock.
+    rendered: std::cell::RefCell<RenderCache>,
+}
+
+/// Rendered documents per (Accept, render options), version left as the sentinel, valid while
+/// the publications are those whose arrival numbers hash to `pubs_key`: every change of a
+/// publication gives it a new number, so a changed set never matches an old key.
+#[derive(Debug, Default)]
+struct RenderCache {
+    pubs_key: u64,
+    docs: HashMap<(Vec<String>, RenderOptions), Option<Rendered>>,
+}
+
+/// Most distinct (Accept, options) views cached per resource (each is one document).
+const MAX_CACHED_VIEWS: usize = 16;
+
+fn pubs_key(pubs: &[Publication]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ pubs.len() as u64;
+    for p in pubs {
+        h ^= p.rec.seq;
+        h = h.wrapping_mul(0x0100_0000_01b3).rotate_left(17);
+    }
+    h
 }
 
 impl Resource {
@@ -636,7 +660,47 @@ impl Presence {
 
     // ---------------------------------------------------------------- rendering and NOTIFY
 
+    /// The document for one view (Accept, options) at `version`. Rendered once per change of
+    /// the publications and view, then reused: a fan-out, and each NOTIFY owed after a
+    /// watcher's answer, substitute the version into the cached document instead of parsing
+    /// every publication again.
     fn render_for(
+        &self,
+        res: &ResKey,
+        resource: &Resource,
+        accept: &[String],
+        version: u32,
+        options: RenderOptions,
+    ) -> Option<Rendered> {
+        let key = pubs_key(&resource.pubs);
+        let view = (accept.to_vec(), options);
+        let cached = {
+            let mut cache = resource.rendered.borrow_mut();
+            if cache.pubs_key != key {
+                cache.pubs_key = key;
+                cache.docs.clear();
+            }
+            cache.docs.get(&view).cloned()
+        };
+        let doc = match cached {
+            Some(d) => d,
+            None => {
+                let d = self.render_uncached(res, resource, accept, VERSION_SENTINEL, options);
+                let mut cache = resource.rendered.borrow_mut();
+                if cache.docs.len() < MAX_CACHED_VIEWS {
+                    cache.docs.insert(view, d.clone());
+                }
+                d
+            }
+        }?;
+        Some(if versioned(res.pkg) {
+            with_version(&doc, version)
+        } else {
+            doc
+        })
+    }
+
+    fn render_uncached(
         &self,
         res: &ResKey,
         resource: &Resource,
@@ -919,8 +983,7 @@ impl Presence {
         resource.doc_hash = hash;
         resource.last_fanout = Some(self.now());
         // One rendering per (accept, options) with a sentinel version, the version put in
-        // per watcher: a fan-out to 1,000 watchers renders once, not 1,000 times.
-        let mut cache: HashMap<(Vec<String>, RenderOptions), Option<Rendered>> = HashMap::new();
+        // per watcher (render_for's cache): a fan-out to 1,000 watchers renders once.
         let keys: Vec<Arc<[u8]>> = resource.subs.keys().cloned().collect();
         for k in keys {
             let (accept, options, version) = {
@@ -944,19 +1007,7 @@ impl Presence {
                     sub.rec.version,
                 )
             };
-            let doc = cache
-                .entry((accept.clone(), options))
-                .or_insert_with(|| {
-                    self.render_for(res, &resource, &accept, VERSION_SENTINEL, options)
-                })
-                .as_ref()
-                .map(|d| {
-                    if versioned(res.pkg) {
-                        with_version(d, version)
-                    } else {
-                        d.clone()
-                    }
-                });
+            let doc = self.render_for(res, &resource, &accept, version, options);
             let Some(sub) = resource.subs.get_mut(&k) else {
                 continue;
             };

@@ -84,10 +84,16 @@ pub fn publications(call: &Call, cfg: &DialogInfoConfig, max_lifetime: u64) -> V
     out
 }
 
-/// Whether the callee's side has shown anything: a phone rang (an early dialog, live or
-/// ended) or answered. Until then a call that fails publishes nothing for the callee.
+/// Whether the callee's side shows the call: while it lasts, once a phone rings (an early
+/// dialog) or answered; when it ends, if a provisional answer ever came (it may have rung).
+/// A call refused at once (a 486, even with its To-tag) publishes nothing for the callee.
 fn callee_shown(call: &Call) -> bool {
-    !call.branches.is_empty() || !call.dead_tags.is_empty() || call.confirmed_ms.is_some()
+    let rang = !call.branches.is_empty() || call.confirmed_ms.is_some();
+    if call.is_terminated() {
+        rang || call.proceeding
+    } else {
+        rang
+    }
 }
 
 /// The source id of one side of a call.

@@ -416,3 +416,33 @@ fn hostile_party_strings_are_escaped() {
     );
     assert_eq!(doc.dialogs[0].call_id.as_deref(), Some("x\"<y>&"));
 }
+
+#[test]
+fn rfc4235_a_call_refused_before_ringing_publishes_nothing_for_the_callee() {
+    let mut t = tracker();
+    // 486 at once, with the phone's To-tag: the callee's lamp never showed the call.
+    t.response(&key(), Some("busy1"), 486, None, None, T0 + 1);
+    let call = t.failed(&key(), 486, T0 + 2).unwrap().call;
+    let pubs = publications(&call, &DialogInfoConfig::default(), LIFE);
+    assert!(
+        pubs.iter().all(|p| p.presentity != "sip:1002@example.com"),
+        "{pubs:?}"
+    );
+    // After ringing, the end is published.
+    let mut t = tracker();
+    t.response(&key(), Some("r1"), 180, None, None, T0 + 1);
+    t.response(&key(), Some("r1"), 486, None, None, T0 + 2);
+    let call = t.failed(&key(), 486, T0 + 3).unwrap().call;
+    let doc = parse(
+        side(
+            &publications(&call, &DialogInfoConfig::default(), LIFE),
+            "sip:1002@example.com",
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert!(doc
+        .dialogs
+        .iter()
+        .all(|d| d.state == DialogState::Terminated));
+}
