@@ -21,7 +21,7 @@
 #                                  calls_watch.xml: C x W subscriptions)
 #   BENCH_REPEATS=3                rounds per figure (median reported)
 #   BENCH_CALLS=2000               calls per closed-loop round (a)
-#   BENCH_CONC_STEPS="25 50 100 200 400"  calls in flight (sipp -users) tried
+#   BENCH_CONC_STEPS="30 60 90 120 180 240 360"  calls in flight (sipp -users) tried
 #                                  by the calibration of (a), one round of
 #                                  BENCH_CALIB_CALLS=1000 calls each
 #   BENCH_CALL_CONCURRENCY         set: no calibration, (a) runs with this
@@ -121,7 +121,7 @@ CALLEES="${BENCH_CALLEES:-100}"
 WPC="${BENCH_WATCHERS_PER_CALLEE:-10}"
 REPEATS="${BENCH_REPEATS:-3}"
 CALLS="${BENCH_CALLS:-2000}"
-CONC_STEPS="${BENCH_CONC_STEPS:-25 50 100 200 400}"
+CONC_STEPS="${BENCH_CONC_STEPS:-30 60 90 120 180 240 360}"
 CONC_FIXED="${BENCH_CALL_CONCURRENCY:-}"
 CALIB_CALLS="${BENCH_CALIB_CALLS:-1000}"
 RING_MS="${BENCH_RING_MS:-200}"
@@ -180,6 +180,12 @@ median() { # numbers... -> median (mean of the middle two if even), "" if none
 udp_rcvbuf_errors() {
     awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else { print $c + 0; exit } }' /proc/net/snmp
 }
+port_drops() { # PORT: datagrams dropped so far by the UDP sockets bound to PORT (/proc/net/udp)
+    awk -v p="$(printf ':%04X' "$1")" 'NR > 1 && substr($2, length($2) - 4) == p { d += $NF } END { print d + 0 }' /proc/net/udp
+}
+drops_snapshot() { # SERVER_PORT -> "server watchers uas" drop counters
+    echo "$(port_drops "$1") $(port_drops "${WPORT:-0}") $(port_drops "${UAS_PORT:-0}")"
+}
 
 # results: RES[system:key]
 declare -A RES=()
@@ -217,10 +223,13 @@ awk -v n="$CALLEES" -v d="$BL_DOMAIN" 'BEGIN {
 SIPP_COMMON=(-buff_size "$SIPP_BUF")
 
 # watcher_health: failed subscriptions and unexpected messages of the
-# watcher sipp so far (WATCH_LOG screen, WATCH_ERR lines) -> "FAILED UNEXP"
+# watcher sipp so far -> "FAILED UNEXP".  sipp prints its screen only when it
+# ends, so this reads its -trace_err file: an aborted call or a timeout that
+# fails one (not the quiet-time timeout that jumps to the unsubscribe) is a
+# failed subscription
 watcher_health() {
     local failed unexp
-    failed=$(awk -F'|' '/Failed call/ { v = $3 } END { gsub(/ /, "", v); print (v == "" ? 0 : v) }' "$WATCH_LOG" 2>/dev/null || echo 0)
+    failed=$(grep -E 'Aborting call|timeout' "$WATCH_ERR" 2>/dev/null | grep -vc 'jumping to label' || true)
     unexp=$(grep -c 'unexpected message' "$WATCH_ERR" 2>/dev/null || true)
     echo "${failed:-0} ${unexp:-0}"
 }
@@ -228,21 +237,25 @@ watcher_health() {
 # call_run TAG PORT CALLS [load args...]: one bounded calls_uac.xml run; sets
 # RATE (0 if not clean), CLEAN, SKIPPED, UDP_DROPS, W_FAILED, W_UNEXP
 call_run() {
-    local tag="$1" port="$2" calls="$3" tmo d0 h0 h1
+    local tag="$1" port="$2" calls="$3" tmo d0 h0 h1 p0 p1 a0 b0 c0 a1 b1 c1
     shift 3
     tmo="$(run_timeout)"
     if ((tmo == 0)); then
         bl_log "time budget exhausted: skipping $tag"
-        RATE=0; CLEAN=0; SKIPPED=1; UDP_DROPS=0; W_FAILED=0; W_UNEXP=0; return 0
+        RATE=0; CLEAN=0; SKIPPED=1; UDP_DROPS=0; DROPS_BY=""; W_FAILED=0; W_UNEXP=0; return 0
     fi
     SKIPPED=0
     d0="$(udp_rcvbuf_errors)"
+    p0="$(drops_snapshot "$port")"
     h0="$(watcher_health)"
     bl_sipp_run "$tag" "$port" u1 "$SC_UAC" "$WORK/calls.csv" "$calls" "$WORK" "$tmo" \
         -d "$HOLD_MS" -default_behaviors all,-bye "${SIPP_COMMON[@]}" "$@"
     sleep 1 # the last calls' terminated NOTIFYs reach the watchers
     h1="$(watcher_health)"
     UDP_DROPS=$(($(udp_rcvbuf_errors) - d0))
+    p1="$(drops_snapshot "$port")"
+    read -r a0 b0 c0 <<<"$p0"; read -r a1 b1 c1 <<<"$p1"
+    DROPS_BY="server $((a1 - a0)), watchers $((b1 - b0)), UAS $((c1 - c0))"
     W_FAILED=$((${h1% *} - ${h0% *}))
     W_UNEXP=$((${h1#* } - ${h0#* }))
     if bl_sipp_clean "$calls" && ((W_FAILED == 0 && W_UNEXP == 0)); then
@@ -304,7 +317,7 @@ teardown() { # SYS: stop the UAS and the watchers (by PID) and report them
     local unexp
     unexp=$(grep -c 'unexpected message' "$WATCH_ERR" 2>/dev/null || true)
     bl_sipp_parse "$WATCH_LOG"
-    RES[$sys:watchers]="$BL_SIPP_OK/$WATCHERS unsubscribed cleanly, $BL_SIPP_FAILED failed, ${unexp:-0} unexpected messages in all"
+    RES[$sys:watchers]="$(grep -E '^ +NOTIFY <-' "$WATCH_LOG" | awk '{ n += $3; r += $4 } END { printf "%d NOTIFYs received (%d retransmitted)", n, r }'), ${unexp:-0} unexpected, $(watcher_health | cut -d' ' -f1) failed subscriptions"
     bl_sipp_parse "$WORK/uas-$sys.log"
     RES[$sys:uas]="$BL_SIPP_OK calls answered, $BL_SIPP_FAILED failed"
 }
@@ -373,7 +386,7 @@ calibrate() {
         (($(remaining) > 120)) || { bl_log "budget: stopping the concurrency calibration"; break; }
         call_run "$sys-calib$c" "$port" "$CALIB_CALLS" -users "$c"
         ((SKIPPED)) && break
-        bl_log "$sys calibration: $c in flight -> $RATE calls/s (clean=$CLEAN, retrans $BL_SIPP_RETRANS, watchers $W_FAILED failed/$W_UNEXP unexpected)"
+        bl_log "$sys calibration: $c in flight -> $RATE calls/s (clean=$CLEAN, retrans $BL_SIPP_RETRANS, watchers $W_FAILED failed/$W_UNEXP unexpected, UDP drops $UDP_DROPS: $DROPS_BY)"
         if ((!CLEAN || BL_SIPP_RETRANS * 100 > CALIB_CALLS)); then
             shown+=("$c:${RATE}(not clean, retrans $BL_SIPP_RETRANS)"); break
         fi
@@ -410,7 +423,7 @@ measure_calls() { # SYS PORT
         else
             shown+=("FAIL($BL_SIPP_OK/$BL_SIPP_FAILED,w$W_FAILED/$W_UNEXP)")
         fi
-        bl_log "$sys (a) round $i: $RATE calls/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, retrans $BL_SIPP_RETRANS, watchers $W_FAILED failed/$W_UNEXP unexpected, UDP drops $UDP_DROPS, CPU ticks $((t1 - t0)))"
+        bl_log "$sys (a) round $i: $RATE calls/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, retrans $BL_SIPP_RETRANS, watchers $W_FAILED failed/$W_UNEXP unexpected, UDP drops $UDP_DROPS ($DROPS_BY), CPU ticks $((t1 - t0)))"
     done
     med="$(median "${rates[@]}")"
     med="${med%.*}"
