@@ -32,7 +32,198 @@ pub struct Config {
     pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub presence: PresenceConfig,
+    pub proxy: ProxyConfig,
+    pub dialog: DialogConfig,
+    pub pua: PuaConfig,
     pub users: Vec<UserConfig>,
+}
+
+/// `[proxy]`: the stateful edge proxy (calls between phones and to/from the PBX).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// The PBX every request that is not for a registered local user goes to, e.g.
+    /// "sip:192.0.2.5:5060". Empty: no PBX; such requests get 404 (unknown user) or 480.
+    pub upstream: String,
+    /// Local users without a binding here: "reject" (480 Temporarily Unavailable) or
+    /// "upstream" (the PBX may reach them some other way).
+    pub unregistered: Unregistered,
+    /// Timer C (RFC 3261 §16.6 step 11): seconds a branch may ring without a final answer
+    /// before it is cancelled; reset by every provisional response. At least 180.
+    pub timer_c: u64,
+    /// Most branches one request is forked to.
+    pub max_branches: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Unregistered {
+    Reject,
+    Upstream,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            upstream: String::new(),
+            unregistered: Unregistered::Reject,
+            timer_c: 180,
+            max_branches: 16,
+        }
+    }
+}
+
+/// `[dialog]`: the dialog tracker (call state per forked branch, for BLF lamps and the
+/// in-dialog keepalive after a restart).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialogConfig {
+    /// Seconds a confirmed dialog lives without a BYE before it is ended (and its lamps go
+    /// dark): a phone that lost power never sends one.
+    pub max_lifetime: u64,
+    /// Seconds a call may stay unanswered (trying, proceeding, early) before it is ended:
+    /// Timer C (proxy.timer_c) plus 32 s for the final answer, so it only fires when the
+    /// proxy's own Timer C was lost, e.g. across a restart.
+    pub early_timeout: u64,
+    /// Most calls tracked at once; beyond it new calls are still routed but get no lamps.
+    pub max_calls: usize,
+}
+
+impl Default for DialogConfig {
+    fn default() -> Self {
+        DialogConfig {
+            max_lifetime: 4 * 3600,
+            early_timeout: 180 + 32,
+            max_calls: 100_000,
+        }
+    }
+}
+
+/// Longest `dialog.max_lifetime` accepted (30 days): publications for a call last this long
+/// plus 5 minutes, and must fit a SIP Expires.
+pub const MAX_DIALOG_LIFETIME: u64 = 30 * 24 * 3600;
+
+/// `[pua]`: the presence user agent: the publishers that feed the presence server
+/// (`[pua.usrloc]`, `[pua.dialoginfo]`) and the SIP client towards a remote presence server.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PuaConfig {
+    /// A remote presence server the publishers also PUBLISH to, e.g.
+    /// "sip:presence.example.com:5060". Empty: publish only into our own presence server.
+    pub presence_server: String,
+    pub usrloc: UsrlocConfig,
+    pub dialoginfo: DialogInfoConfig,
+}
+
+/// `[pua.usrloc]`: presence (PIDF open/closed) from registrations.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsrlocConfig {
+    pub enabled: bool,
+}
+
+impl Default for UsrlocConfig {
+    fn default() -> Self {
+        UsrlocConfig { enabled: true }
+    }
+}
+
+/// `[pua.dialoginfo]`: RFC 4235 dialog state (BLF) from the dialog tracker, with the options
+/// of Kamailio's pua_dialoginfo.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialogInfoConfig {
+    pub enabled: bool,
+    /// Publish the caller's side (direction initiator) for a local caller.
+    pub caller: bool,
+    /// Publish the callee's side (direction recipient) for a local callee.
+    pub callee: bool,
+    /// Write the `call-id` attribute (directed pickup needs it).
+    pub include_callid: bool,
+    /// Write `local-tag` and `remote-tag` (directed pickup needs them).
+    pub include_tags: bool,
+    /// Write `<local>` and `<remote>` (identities and targets: who calls whom).
+    pub include_localremote: bool,
+    /// Show the caller `confirmed` while the callee still rings (trying/proceeding/early),
+    /// so the caller's lamp does not blink like an incoming call.
+    pub caller_confirmed: bool,
+    /// Which local users publish: "*" (all), a user ("1001"), a user prefix ("10*") or an
+    /// AOR ("sip:1001@example.com").
+    pub users: Vec<String>,
+}
+
+impl Default for DialogInfoConfig {
+    fn default() -> Self {
+        DialogInfoConfig {
+            enabled: true,
+            caller: true,
+            callee: true,
+            include_callid: true,
+            include_tags: true,
+            include_localremote: true,
+            caller_confirmed: false,
+            users: vec!["*".into()],
+        }
+    }
+}
+
+impl DialogInfoConfig {
+    /// Whether the local user `aor` ("sip:1001@example.com") publishes, by `users`.
+    pub fn allows(&self, aor: &str) -> bool {
+        let user = aor_user(aor);
+        self.users.iter().any(|pattern| {
+            let pattern = pattern.trim();
+            if pattern == "*" {
+                true
+            } else if pattern.contains(':') {
+                aor_eq(pattern, aor)
+            } else if let Some(prefix) = pattern.strip_suffix('*') {
+                user.is_some_and(|u| u.starts_with(prefix))
+            } else {
+                user == Some(pattern)
+            }
+        })
+    }
+}
+
+/// The user part of "sip:1001@example.com" ("1001"); None without one.
+fn aor_user(aor: &str) -> Option<&str> {
+    let rest = aor.split_once(':').map(|(_, r)| r).unwrap_or(aor);
+    let (user, _) = rest.split_once('@')?;
+    Some(user)
+}
+
+/// AORs compared as RFC 3261 §19.1.4 does for our purposes: scheme and host without case,
+/// user exactly.
+fn aor_eq(a: &str, b: &str) -> bool {
+    let split = |s: &str| {
+        let s = s.trim();
+        let (scheme, rest) = s.split_once(':').unwrap_or(("", s));
+        let (user, host) = rest.split_once('@').unwrap_or(("", rest));
+        (
+            scheme.to_ascii_lowercase(),
+            user.to_string(),
+            host.to_ascii_lowercase(),
+        )
+    };
+    split(a) == split(b)
+}
+
+/// A `[pua.dialoginfo] users` pattern is "*", a user name, a user prefix ending in `*`, or a
+/// SIP URI with a user part.
+fn valid_user_pattern(p: &str) -> bool {
+    let p = p.trim();
+    if p == "*" {
+        return true;
+    }
+    if p.contains(':') {
+        return matches!(crate::sip::Uri::parse(p), Ok(crate::sip::Uri::Sip(ref u)) if u.user.is_some());
+    }
+    let body = p.strip_suffix('*').unwrap_or(p);
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'*' | b'@' | b'"' | b':'))
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -178,6 +369,9 @@ pub struct VendorProfile {
     pub keep_on_timeout: bool,
     /// First retry delay after a failed NOTIFY, in milliseconds; doubles up to 60 s.
     pub retry_ms: u64,
+    /// BLF: show outgoing calls (direction initiator) that still ring as `confirmed`, for
+    /// phones that would otherwise blink the lamp as if the call were incoming.
+    pub caller_confirmed: bool,
 }
 
 impl Default for VendorProfile {
@@ -189,6 +383,7 @@ impl Default for VendorProfile {
             dialog_single: false,
             keep_on_timeout: true,
             retry_ms: 2000,
+            caller_confirmed: false,
         }
     }
 }
@@ -568,6 +763,7 @@ impl Config {
             ));
         }
         self.validate_presence(&bad)?;
+        self.validate_proxy(&bad)?;
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -618,6 +814,110 @@ impl Config {
 }
 
 impl Config {
+    fn validate_proxy(
+        &self,
+        bad: &dyn Fn(&str, String, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let p = &self.proxy;
+        if !p.upstream.is_empty() {
+            let ok = matches!(
+                crate::sip::Uri::parse(&p.upstream),
+                Ok(crate::sip::Uri::Sip(ref u)) if u.user.is_none()
+            );
+            if !ok {
+                return Err(bad(
+                    "proxy.upstream",
+                    format!("{:?} is not a SIP URI of a host", p.upstream),
+                    "write the PBX address, e.g. \"sip:192.0.2.5:5060\" or \"sip:pbx.example.com;transport=udp\", or leave it empty",
+                ));
+            }
+        }
+        if p.unregistered == Unregistered::Upstream && p.upstream.is_empty() {
+            return Err(bad(
+                "proxy.unregistered",
+                "is \"upstream\" but proxy.upstream is empty".into(),
+                "set proxy.upstream to the PBX, or use unregistered = \"reject\"",
+            ));
+        }
+        if p.timer_c < 180 {
+            return Err(bad(
+                "proxy.timer_c",
+                format!(
+                    "{} is shorter than RFC 3261 allows (more than 3 minutes)",
+                    p.timer_c
+                ),
+                "use at least 180 seconds",
+            ));
+        }
+        if p.max_branches == 0 || p.max_branches > 64 {
+            return Err(bad(
+                "proxy.max_branches",
+                format!("{} is outside 1..=64", p.max_branches),
+                "use a number between 1 and 64, e.g. 16",
+            ));
+        }
+        self.validate_dialog(bad)
+    }
+
+    fn validate_dialog(
+        &self,
+        bad: &dyn Fn(&str, String, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let d = &self.dialog;
+        if d.max_lifetime < 60 {
+            return Err(bad(
+                "dialog.max_lifetime",
+                format!("{} seconds would end live calls", d.max_lifetime),
+                "use at least 60 seconds; the default is 14400 (4 hours)",
+            ));
+        }
+        if d.max_lifetime > MAX_DIALOG_LIFETIME {
+            return Err(bad(
+                "dialog.max_lifetime",
+                format!(
+                    "{} seconds is more than 30 days: a phone that lost power would keep its lamp lit that long",
+                    d.max_lifetime
+                ),
+                "use at most 2592000 seconds; the default is 14400 (4 hours)",
+            ));
+        }
+        if d.early_timeout <= self.proxy.timer_c || d.early_timeout > 3600 {
+            return Err(bad(
+                "dialog.early_timeout",
+                format!(
+                    "{} seconds is not between proxy.timer_c ({}) and 3600: ringing calls would be ended before Timer C, or lamps would blink for an hour after a restart",
+                    d.early_timeout, self.proxy.timer_c
+                ),
+                "use proxy.timer_c + 32 seconds (default 212)",
+            ));
+        }
+        if d.max_calls == 0 || d.max_calls > 10_000_000 {
+            return Err(bad(
+                "dialog.max_calls",
+                format!("{} is outside 1..=10000000", d.max_calls),
+                "use a positive number, e.g. 100000 (the default)",
+            ));
+        }
+        let di = &self.pua.dialoginfo;
+        if di.enabled && di.users.is_empty() {
+            return Err(bad(
+                "pua.dialoginfo.users",
+                "is empty, so no user would publish".into(),
+                "use [\"*\"] for everybody, or set enabled = false",
+            ));
+        }
+        for (i, u) in di.users.iter().enumerate() {
+            if !valid_user_pattern(u) {
+                return Err(bad(
+                    &format!("pua.dialoginfo.users[{i}]"),
+                    format!("{u:?} is not a user pattern"),
+                    "write \"*\", a user (\"1001\"), a prefix (\"10*\") or an AOR (\"sip:1001@example.com\")",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_presence(
         &self,
         bad: &dyn Fn(&str, String, &str) -> ConfigError,
@@ -804,5 +1104,69 @@ password = "secret"
         assert!(Cidr::parse("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn dialog_and_dialoginfo_defaults_and_validation() {
+        let c = Config::default();
+        assert_eq!(c.dialog.max_lifetime, 14_400);
+        assert_eq!(c.dialog.early_timeout, 212);
+        assert_eq!(c.dialog.max_calls, 100_000);
+        let di = &c.pua.dialoginfo;
+        assert!(di.enabled && di.caller && di.callee);
+        assert!(di.include_callid && di.include_tags && di.include_localremote);
+        assert!(!di.caller_confirmed);
+        assert_eq!(di.users, ["*"]);
+        for (toml, key) in [
+            ("[dialog]\nmax_lifetime = 10\n", "dialog.max_lifetime"),
+            ("[dialog]\nmax_lifetime = 99999999\n", "dialog.max_lifetime"),
+            ("[dialog]\nearly_timeout = 180\n", "dialog.early_timeout"),
+            ("[dialog]\nearly_timeout = 7200\n", "dialog.early_timeout"),
+            ("[dialog]\nmax_calls = 0\n", "dialog.max_calls"),
+            ("[pua.dialoginfo]\nusers = []\n", "pua.dialoginfo.users"),
+            (
+                "[pua.dialoginfo]\nusers = [\"\"]\n",
+                "pua.dialoginfo.users[0]",
+            ),
+            (
+                "[pua.dialoginfo]\nusers = [\"*1\"]\n",
+                "pua.dialoginfo.users[0]",
+            ),
+            (
+                "[pua.dialoginfo]\nusers = [\"sip:example.com\"]\n",
+                "pua.dialoginfo.users[0]",
+            ),
+        ] {
+            let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(&format!("key `{key}`")), "{toml}: {e}");
+            assert!(e.contains("fix:"), "{e}");
+        }
+        // Disabled with no users is fine.
+        Config::from_toml("[pua.dialoginfo]\nenabled = false\nusers = []\n", "t.toml").unwrap();
+        // A longer Timer C needs a longer early_timeout.
+        Config::from_toml(
+            "[proxy]\ntimer_c = 300\n[dialog]\nearly_timeout = 332\n",
+            "t.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn dialoginfo_users_patterns() {
+        let cfg = |users: &[&str]| DialogInfoConfig {
+            users: users.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        };
+        let aor = "sip:1001@example.com";
+        assert!(cfg(&["*"]).allows(aor));
+        assert!(cfg(&["1001"]).allows(aor));
+        assert!(!cfg(&["100"]).allows(aor));
+        assert!(cfg(&["10*"]).allows(aor));
+        assert!(!cfg(&["11*"]).allows(aor));
+        assert!(cfg(&["sip:1001@EXAMPLE.COM"]).allows(aor));
+        assert!(!cfg(&["sip:1001@other.com"]).allows(aor));
+        assert!(!cfg(&["SIP:1001@example.com"]).allows("sip:1002@example.com"));
+        assert!(cfg(&["2000", "1001"]).allows(aor));
+        assert!(!cfg(&[]).allows(aor));
     }
 }

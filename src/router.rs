@@ -5,7 +5,8 @@ use crate::sip::message::default_reason;
 use crate::sip::{HeaderName, Request, Uri};
 
 /// Methods this server answers itself; listed in Allow.
-pub const ALLOW: &str = "REGISTER, OPTIONS, ACK, CANCEL, SUBSCRIBE, PUBLISH";
+pub const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, UPDATE, INFO, PRACK, MESSAGE, REFER";
 
 /// Methods of RFC 3261 and its extensions that we know but do not serve (yet): 405, not 501.
 const KNOWN: &[&str] = &[

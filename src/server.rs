@@ -50,20 +50,54 @@ enum Answer {
 }
 
 pub struct Core {
-    limits: Limits,
-    transport: Arc<Transport>,
-    auth: Authenticator,
+    pub(crate) limits: Limits,
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) auth: Authenticator,
     pub registrar: Arc<Registrar>,
     pub presence: Arc<Presence>,
-    clock: Clock,
-    ids: Ids,
-    server_header: String,
-    transactions: Mutex<ServerTransactions<Peer>>,
-    /// Our requests (NOTIFYs) and the subscription each one is for.
-    clients: Mutex<ClientTransactions<Peer>>,
-    notify_owners: Mutex<HashMap<TxKey, SubRef>>,
-    timers_changed: Notify,
-    this: std::sync::OnceLock<std::sync::Weak<Core>>,
+    pub(crate) clock: Clock,
+    pub(crate) ids: Ids,
+    pub(crate) server_header: String,
+    pub(crate) transactions: Mutex<ServerTransactions<Peer>>,
+    /// Our requests (NOTIFYs, the proxy's branches, the presence client's requests) and who
+    /// hears their answers.
+    pub(crate) clients: Mutex<ClientTransactions<Peer>>,
+    pub(crate) owners: Mutex<HashMap<TxKey, Owner>>,
+    pub(crate) timers_changed: Notify,
+    /// Host for our Via/Record-Route/Contact when a socket is bound to a wildcard address.
+    pub(crate) advertised_host: String,
+    pub(crate) proxy: crate::proxy::Proxy,
+    pub(crate) forwarding: Mutex<crate::proxy::forward::Forwarding>,
+    /// `[proxy] upstream` resolved at start when it is a host name.
+    pub(crate) upstream_resolved: Mutex<Option<Peer>>,
+    pub(crate) branch_secret: u64,
+    pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
+}
+
+/// Who hears the answers to one of our client transactions.
+pub(crate) enum Owner {
+    /// A NOTIFY of the presence server.
+    Notify(SubRef),
+    /// A branch of a proxied request: the server transaction it answers and the branch
+    /// number in its response context.
+    Branch { server: TxKey, branch: usize },
+    /// A CANCEL the proxy sent: its answer changes nothing (the INVITE's answer does).
+    Cancel,
+    /// A request of an in-process user agent (the presence client): its final answer, or
+    /// [`ClientOutcome::Timeout`].
+    Waiter(tokio::sync::oneshot::Sender<ClientOutcome>),
+}
+
+/// How a request sent with [`Core::send_request`] ended.
+#[derive(Debug)]
+pub enum ClientOutcome {
+    /// The final response (200-699).
+    Final(Response),
+    /// Timer B or F fired: no final response (RFC 3261 §8.1.3.1: treat as 408).
+    Timeout,
+    /// The request could not be sent (no socket or connection for the destination, table
+    /// full, malformed request); the reason says which.
+    NotSent(String),
 }
 
 /// A started server. Dropping it does not stop the tasks; call [`ServerHandle::shutdown`] or
@@ -154,11 +188,36 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
             Timers::default(),
             cfg.server.max_transactions,
         )),
-        notify_owners: Mutex::new(HashMap::new()),
+        owners: Mutex::new(HashMap::new()),
         timers_changed: Notify::new(),
+        advertised_host: advertised_host(cfg),
+        proxy: crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg)),
+        forwarding: Mutex::new(Default::default()),
+        upstream_resolved: Mutex::new(None),
+        branch_secret: {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::process::id().into());
+            h.finish()
+        },
         this: std::sync::OnceLock::new(),
     });
     let _ = core.this.set(Arc::downgrade(&core));
+    if let Some(u) = core.proxy.upstream.clone() {
+        if crate::proxy::uri_addr(&u).is_none() {
+            match core.resolve(&u).await {
+                Some(p) => {
+                    *core
+                        .upstream_resolved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(p)
+                }
+                None => {
+                    tracing::warn!(upstream = %u, "cannot resolve [proxy] upstream; calls to the PBX fail with 503 until restart")
+                }
+            }
+        }
+    }
     let sink: Arc<dyn NotifySink> = core.clone();
     presence.set_sink(Arc::downgrade(&sink));
     let mut tasks = vec![tokio::spawn(registrar.run_expiry())];
@@ -287,7 +346,7 @@ impl Core {
     }
 
     /// Sends without waiting when the socket can take it; otherwise a task waits for room.
-    fn send_now(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) {
+    pub(crate) fn send_now(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) {
         match self.transport.try_send(peer, bytes) {
             Ok(None) => {}
             Ok(Some(bytes)) => {
@@ -303,7 +362,7 @@ impl Core {
         }
     }
 
-    fn run_actions(self: &Arc<Self>, actions: Vec<Action<Peer>>) {
+    pub(crate) fn run_actions(self: &Arc<Self>, actions: Vec<Action<Peer>>) {
         for a in actions {
             match a {
                 Action::Send { to, bytes } => self.send_now(&to, bytes),
@@ -347,6 +406,10 @@ impl Core {
                 self.send_now(&to, bytes);
                 return;
             }
+            ServerInput::Stray if req.method == "ACK" => {
+                self.proxy_ack(req, peer);
+                return;
+            }
             ServerInput::Retransmission(None) | ServerInput::AckAbsorbed | ServerInput::Stray => {
                 return
             }
@@ -366,6 +429,12 @@ impl Core {
                 return;
             }
         };
+        if req.method == "CANCEL" {
+            return self.proxy_cancel(key, &req);
+        }
+        if self.is_proxied(&req, &parsed) {
+            return self.proxy_request(key, req, &parsed, peer);
+        }
         match self.dispatch(&req, &parsed, peer) {
             Answer::Now(resp) => self.respond(&key, resp),
             Answer::Nothing => {}
@@ -423,20 +492,38 @@ impl Core {
         match input {
             ClientInput::Deliver { key, actions } => {
                 self.run_actions(actions);
+                let branch = match self
+                    .owners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                {
+                    Some(Owner::Branch { server, branch }) => Some((server.clone(), *branch)),
+                    _ => None,
+                };
+                if let Some((server, branch)) = branch {
+                    return self.proxy_response(server, branch, resp);
+                }
                 if resp.status < 200 {
                     return;
                 }
                 let owner = self
-                    .notify_owners
+                    .owners
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
-                if let Some(sub) = owner {
-                    self.presence
-                        .notify_outcome(&sub, Outcome::from_status(resp.status));
+                match owner {
+                    Some(Owner::Notify(sub)) => self
+                        .presence
+                        .notify_outcome(&sub, Outcome::from_status(resp.status)),
+                    Some(Owner::Waiter(w)) => {
+                        let _ = w.send(ClientOutcome::Final(resp));
+                    }
+                    Some(Owner::Branch { .. } | Owner::Cancel) | None => {}
                 }
             }
             ClientInput::Absorbed { actions } => self.run_actions(actions),
+            ClientInput::Stray if self.proxy_stray_response(resp.clone()) => {}
             ClientInput::Stray => {
                 tracing::debug!(status = resp.status, %peer, "dropping stray response");
             }
@@ -453,11 +540,11 @@ impl Core {
         let mut sends = Vec::with_capacity(notifies.len());
         {
             let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            let mut owners = self.notify_owners.lock().unwrap_or_else(|p| p.into_inner());
+            let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
             for n in notifies {
                 match c.send(n.request, n.to, n.to.proto.reliable(), now) {
                     Ok((key, actions)) => {
-                        owners.insert(key, n.sub);
+                        owners.insert(key, Owner::Notify(n.sub));
                         sends.extend(actions);
                     }
                     Err(e) => {
@@ -478,7 +565,101 @@ impl Core {
         }
     }
 
-    fn respond(self: &Arc<Self>, key: &TxKey, resp: Response) {
+    /// Sends a request of an in-process user agent through a client transaction and returns
+    /// where its outcome arrives. The request must carry a top Via with a fresh branch
+    /// ([`Core::via_for`]), CSeq, Call-ID, From, To and Max-Forwards.
+    pub fn send_request(
+        self: &Arc<Self>,
+        req: Request,
+        to: Peer,
+    ) -> tokio::sync::oneshot::Receiver<ClientOutcome> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = {
+            let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            c.send(req, to, to.proto.reliable(), self.now())
+                .map(|(key, actions)| {
+                    self.owners
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, Owner::Waiter(tx));
+                    actions
+                })
+        };
+        match sent {
+            Ok(actions) => self.run_actions(actions),
+            Err(e) => {
+                // `tx` moved into the closure only on success; report through a fresh pair.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(ClientOutcome::NotSent(e.to_string()));
+                return rx;
+            }
+        }
+        rx
+    }
+
+    /// Where to send a request for `uri` when no connection is known: its `maddr`/host and
+    /// port (5060), UDP unless `transport=tcp` (then only over an open connection from that
+    /// address). Host names are looked up (the system resolver: /etc/hosts, DNS A/AAAA; no
+    /// SRV/NAPTR). `None` when nothing usable is found.
+    pub async fn resolve(&self, uri: &crate::sip::SipUri) -> Option<Peer> {
+        let proto = match uri.params.get("transport") {
+            Some(Some(t)) if t.eq_ignore_ascii_case("tcp") => Proto::Tcp,
+            _ => Proto::Udp,
+        };
+        let port = uri.port.unwrap_or(5060);
+        let host = uri.host.to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let remote = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port),
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .ok()?
+                .next()?,
+        };
+        Some(self.peer_to(proto, remote))
+    }
+
+    /// A destination over our socket of `proto` that suits `remote` (same address family).
+    pub fn peer_to(&self, proto: Proto, remote: SocketAddr) -> Peer {
+        let local = self
+            .transport
+            .local_addrs()
+            .into_iter()
+            .filter(|(p, _)| *p == proto)
+            .map(|(_, a)| a)
+            .find(|a| a.is_ipv4() == remote.is_ipv4())
+            .unwrap_or_else(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
+        Peer {
+            proto,
+            remote,
+            local,
+            conn: None,
+        }
+    }
+
+    /// `host:port` others reach us at through our socket `local`: the socket address, or,
+    /// for a wildcard socket, the host of `[presence] server_address` / the domain.
+    pub fn advertised(&self, local: SocketAddr) -> String {
+        if !local.ip().is_unspecified() {
+            return local.to_string();
+        }
+        format!("{}:{}", self.advertised_host, local.port())
+    }
+
+    /// A top Via for a new request of ours towards `to`, with a fresh branch.
+    pub fn via_for(&self, to: &Peer) -> String {
+        format!(
+            "SIP/2.0/{} {};branch={};rport",
+            to.proto.via_name(),
+            self.advertised(to.local),
+            crate::transaction::branch_from(self.ids.next(), self.branch_secret)
+        )
+    }
+
+    pub(crate) fn respond(self: &Arc<Self>, key: &TxKey, resp: Response) {
         let resp = self.finish(resp);
         let actions = {
             let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
@@ -613,10 +794,15 @@ impl Core {
                 .lock()
                 .map(|c| c.next_deadline())
                 .unwrap_or(None);
-            let next = match (server_next, client_next) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let proxy_next = self
+                .forwarding
+                .lock()
+                .map(|f| f.timers.next())
+                .unwrap_or(None);
+            let next = [server_next, client_next, proxy_next]
+                .into_iter()
+                .flatten()
+                .min();
             match next {
                 Some(at) => {
                     tokio::select! {
@@ -637,21 +823,37 @@ impl Core {
                 let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
                 c.on_timer(self.now())
             };
+            self.proxy_timers(self.now());
             for a in actions.into_iter().chain(client_actions) {
                 match a {
                     Action::Send { to, bytes } => self.send_now(&to, bytes),
                     // Timer F: the NOTIFY got no answer (RFC 3261 §17.1.2.2).
                     Action::Timeout { key } => {
                         let owner = self
-                            .notify_owners
+                            .owners
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&key);
-                        if let Some(sub) = owner {
-                            self.presence.notify_outcome(&sub, Outcome::Failed(408));
+                        match owner {
+                            Some(Owner::Notify(sub)) => {
+                                self.presence.notify_outcome(&sub, Outcome::Failed(408))
+                            }
+                            Some(Owner::Waiter(w)) => {
+                                let _ = w.send(ClientOutcome::Timeout);
+                            }
+                            Some(Owner::Branch { server, branch }) => {
+                                self.proxy_branch_timeout(&server, branch)
+                            }
+                            Some(Owner::Cancel) | None => {}
                         }
                     }
-                    Action::Terminated { .. } => {}
+                    Action::Terminated { key } => {
+                        self.owners
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                        self.proxy_forget(&key);
+                    }
                 }
             }
         }
@@ -683,6 +885,14 @@ impl NotifySink for Core {
                 });
             }
         }
+    }
+}
+
+/// The host of `[presence] server_address` when set, else the domain.
+fn advertised_host(cfg: &Config) -> String {
+    match crate::sip::Uri::parse(&cfg.presence.server_address) {
+        Ok(crate::sip::Uri::Sip(u)) => u.host.to_string(),
+        _ => cfg.server.domain.clone(),
     }
 }
 

@@ -117,6 +117,17 @@ impl Authenticator {
         self.trusted.iter().any(|c| c.contains(ip))
     }
 
+    /// A user with credentials here (config or user file): a local user even when no phone of
+    /// theirs is registered (the proxy answers 480 rather than 404 for them).
+    pub fn knows(&self, name: &str) -> bool {
+        self.lookup(name).is_some()
+    }
+
+    /// Whether requests from `source` are challenged at all.
+    pub fn challenges_source(&self, source: IpAddr) -> bool {
+        self.mode != AuthMode::Open && !self.is_trusted(source)
+    }
+
     fn lookup(&self, name: &str) -> Option<Ha1s> {
         if let Some(h) = self.config_users.get(name) {
             return Some(h.clone());

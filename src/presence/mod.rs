@@ -677,6 +677,7 @@ impl Presence {
         RenderOptions {
             dialog_idle: profile.dialog_idle,
             dialog_single: profile.dialog_single,
+            caller_confirmed: profile.caller_confirmed,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct RenderOptions {
     pub dialog_idle: DialogIdle,
     /// Send only the most relevant dialog: early > confirmed > trying/proceeding > terminated.
     pub dialog_single: bool,
+    /// BLF: outgoing dialogs (direction initiator) still trying, proceeding or early are shown
+    /// `confirmed` (pua_dialoginfo's `caller_confirmed`, per watcher).
+    pub caller_confirmed: bool,
 }
 
 /// What the watcher is and which document it is about to get.

@@ -1,5 +1,6 @@
 //! In-memory store for tests: same traits, writes "durable" at once.
 
+use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
     decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
     PresenceWrite, PublicationRecord, SubscriptionRecord,
@@ -14,6 +15,7 @@ pub struct MemoryStore {
     publications: Mutex<BTreeMap<Vec<u8>, PublicationRecord>>,
     subscriptions: Mutex<BTreeMap<Vec<u8>, SubscriptionRecord>>,
     notify_seq: Mutex<BTreeMap<Vec<u8>, (u32, u32)>>,
+    dialogs: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -101,5 +103,61 @@ impl PresenceStore for MemoryStore {
             }
         }
         done()
+    }
+}
+
+impl DialogStore for MemoryStore {
+    fn load_calls(&self) -> Result<Vec<crate::dialog::Call>, StorageError> {
+        let map = self
+            .dialogs
+            .lock()
+            .map_err(|_| StorageError::Read("poisoned".into()))?;
+        Ok(map.values().filter_map(|v| decode_call(v).ok()).collect())
+    }
+
+    fn write_calls(&self, writes: Vec<DialogWrite>) -> Durable {
+        let mut map = self.dialogs.lock().unwrap_or_else(|p| p.into_inner());
+        for w in writes {
+            match w {
+                DialogWrite::Put { key, value } => {
+                    map.insert(key, value);
+                }
+                DialogWrite::Delete(key) => {
+                    map.remove(&key);
+                }
+            }
+        }
+        done()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::dialogs::{call_key, encode_call};
+
+    #[tokio::test]
+    async fn dialog_calls_put_and_delete() {
+        use crate::config::DialogConfig;
+        use crate::dialog::{CallKey, DialogTracker, InviteInfo, Party};
+        let mut t = DialogTracker::new(&DialogConfig::default());
+        let key = CallKey {
+            call_id: "c".into(),
+            from_tag: "f".into(),
+        };
+        let info = InviteInfo {
+            caller: Party::default(),
+            callee: Party::default(),
+            request_uri: "sip:x@y".into(),
+            caller_flow: "udp:192.0.2.1:5060".into(),
+            cseq: 1,
+        };
+        let u = t.invite(key.clone(), info, 0).unwrap();
+        let m = MemoryStore::new();
+        super::super::durable(m.apply_call(u.write)).await.unwrap();
+        assert_eq!(m.load_calls().unwrap(), vec![u.call.clone()]);
+        m.save_call(&call_key(&key), encode_call(&u.call));
+        m.delete_call(&call_key(&key));
+        assert!(m.load_calls().unwrap().is_empty());
     }
 }

@@ -5,6 +5,7 @@
 //! registrar answers 2xx only after that (acknowledged means durable).
 
 pub mod codec;
+pub mod dialogs;
 pub mod memory;
 pub mod presence;
 pub mod sled_store;
@@ -12,6 +13,7 @@ pub mod users;
 
 pub use codec::DecodeError;
 use codec::{Dec, Enc};
+pub use dialogs::{DialogStore, DialogWrite};
 pub use memory::MemoryStore;
 pub use presence::{
     FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, SubState, SubscriptionRecord,

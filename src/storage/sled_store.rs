@@ -2,6 +2,7 @@
 //! last flush as one batch, flushes once, then acknowledges them all. Under load many
 //! REGISTERs share one fsync; when idle a write is flushed at once.
 
+use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
     decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
     PresenceWrite, PublicationRecord, SubscriptionRecord,
@@ -30,13 +31,15 @@ enum Tree {
     Publications,
     Subscriptions,
     NotifySeq,
+    Dialogs,
 }
 
-const TREES: [Tree; 4] = [
+const TREES: [Tree; 5] = [
     Tree::Bindings,
     Tree::Publications,
     Tree::Subscriptions,
     Tree::NotifySeq,
+    Tree::Dialogs,
 ];
 
 impl Tree {
@@ -46,6 +49,7 @@ impl Tree {
             Tree::Publications => "publications",
             Tree::Subscriptions => "subscriptions",
             Tree::NotifySeq => "notify_seq",
+            Tree::Dialogs => "dialogs",
         }
     }
 
@@ -56,7 +60,7 @@ impl Tree {
 
 pub struct SledStore {
     db: sled::Db,
-    trees: [sled::Tree; 4],
+    trees: [sled::Tree; TREES.len()],
     queue: Arc<Queue>,
 }
 
@@ -147,6 +151,7 @@ impl SledStore {
             open_tree(Tree::Publications)?,
             open_tree(Tree::Subscriptions)?,
             open_tree(Tree::NotifySeq)?,
+            open_tree(Tree::Dialogs)?,
         ];
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState {
@@ -180,7 +185,7 @@ impl SledStore {
     }
 }
 
-fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; 4], interval: Duration) {
+fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; TREES.len()], interval: Duration) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
     // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
@@ -206,7 +211,7 @@ fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; 4], interval: Du
         }
         // One sled batch per tree, applied in queue order within each tree; records of
         // different trees never depend on their relative order.
-        let mut batches: [Option<sled::Batch>; 4] = [None, None, None, None];
+        let mut batches: [Option<sled::Batch>; TREES.len()] = Default::default();
         let mut add = |tree: Tree, key: &[u8], value: &Option<Vec<u8>>| {
             let b = batches[tree.index()].get_or_insert_with(sled::Batch::default);
             match value {
@@ -340,6 +345,23 @@ impl PresenceStore for SledStore {
     }
 }
 
+impl DialogStore for SledStore {
+    fn load_calls(&self) -> Result<Vec<crate::dialog::Call>, StorageError> {
+        self.load_tree(Tree::Dialogs, decode_call)
+    }
+
+    fn write_calls(&self, writes: Vec<DialogWrite>) -> Durable {
+        let list = writes
+            .into_iter()
+            .map(|w| match w {
+                DialogWrite::Put { key, value } => (Tree::Dialogs, key, Some(value)),
+                DialogWrite::Delete(key) => (Tree::Dialogs, key, None),
+            })
+            .collect();
+        self.submit(Writes::Many(list))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +415,70 @@ mod tests {
         let all = s.load_bindings().unwrap();
         assert_eq!(all.len(), 199);
         assert!(all.iter().all(|(aor, _)| aor != "sip:5@x"));
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn dialog_calls_survive_reopen_deletes_stick_and_corrupt_records_are_skipped() {
+        use crate::config::DialogConfig;
+        use crate::dialog::{CallKey, DialogTracker, InviteInfo, Party};
+        let dir = std::env::temp_dir().join(format!("busylamp-sled-dlg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut t = DialogTracker::new(&DialogConfig::default());
+        let info = InviteInfo {
+            caller: Party {
+                uri: "sip:1001@example.com".into(),
+                aor: Some("sip:1001@example.com".into()),
+                ..Party::default()
+            },
+            callee: Party::default(),
+            request_uri: "sip:1002@example.com".into(),
+            caller_flow: "udp:192.0.2.7:5060".into(),
+            cseq: 1,
+        };
+        let key = |i: u32| CallKey {
+            call_id: format!("call-{i}"),
+            from_tag: "f".into(),
+        };
+        {
+            let s = SledStore::open(&dir, Duration::ZERO).unwrap();
+            let mut writes = Vec::new();
+            for i in 0..3 {
+                writes.push(t.invite(key(i), info.clone(), 1_000).unwrap().write);
+            }
+            let answered = t
+                .response(&key(1), Some("t"), 200, None, None, 2_000)
+                .unwrap();
+            writes.push(answered.write);
+            writes.push(t.cancel(&key(2), 3_000).unwrap().write);
+            durable(s.write_calls(writes)).await.unwrap();
+            // A record from some future or broken version.
+            s.trees[Tree::Dialogs.index()]
+                .insert(b"junk", &[9u8, 1, 2][..])
+                .unwrap();
+            durable(s.save_call(b"junk2", vec![1, 0xff])).await.unwrap();
+        }
+        let mut reopened = None;
+        for _ in 0..100 {
+            match SledStore::open(&dir, Duration::ZERO) {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let s = reopened.expect("reopen");
+        let mut calls = s.load_calls().unwrap();
+        calls.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(calls.len(), 2);
+        assert_eq!(Some(&calls[0]), t.get(&key(0)));
+        assert_eq!(Some(&calls[1]), t.get(&key(1)));
+        durable(s.delete_call(&crate::storage::dialogs::call_key(&key(0))))
+            .await
+            .unwrap();
+        assert_eq!(s.load_calls().unwrap().len(), 1);
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -366,4 +366,5 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
     false
 }
 
+pub mod phone;
 pub mod ua;

@@ -60,6 +60,47 @@ impl Ua {
         }
     }
 
+    /// The next final response within `ms` (paused-clock tests).
+    pub async fn response_within(&mut self, ms: u64) -> Response {
+        loop {
+            while let Some(r) = self.responses.pop_front() {
+                if r.status >= 200 {
+                    return r;
+                }
+            }
+            self.read(ms)
+                .await
+                .unwrap_or_else(|| panic!("a response within {ms} ms"));
+        }
+    }
+
+    /// The next response, provisional or final, within 5 s.
+    pub async fn any_response(&mut self) -> Response {
+        loop {
+            if let Some(r) = self.responses.pop_front() {
+                return r;
+            }
+            self.read(5000).await.expect("a response within 5 s");
+        }
+    }
+
+    /// The next request of any method, unanswered, within `ms`.
+    pub async fn next_request_within(&mut self, ms: u64) -> Option<Request> {
+        loop {
+            if let Some(r) = self.requests.pop_front() {
+                return Some(r);
+            }
+            self.read(ms).await?;
+        }
+    }
+
+    /// The next request of any method, unanswered, within 5 s.
+    pub async fn next_request(&mut self) -> Request {
+        self.next_request_within(5000)
+            .await
+            .expect("a request within 5 s")
+    }
+
     /// Sends a request and returns its final response.
     pub async fn request(&mut self, bytes: &[u8]) -> Response {
         self.send(bytes).await;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use super::super::package::{DialogIdle, EventPackage, PublishedBody, Rendered, WatcherView};
 use super::{check_type, oldest_first};
-use crate::sip::body::dialog_info::{self, rank, DialogInfo, DocState};
+use crate::sip::body::dialog_info::{self, rank, DialogInfo, DialogState, Direction, DocState};
 use crate::sip::body::BodyError;
 
 /// The `dialog` package.
@@ -64,6 +64,21 @@ pub(crate) fn render_dialogs(
             .map(|(_, d)| d);
         dialogs = top.into_iter().collect();
     }
+    // Vendor profile: a ringing outgoing call shown as answered.
+    let shown: Vec<dialog_info::Dialog>;
+    if watcher.options.caller_confirmed && !sla && dialogs.iter().any(|d| ringing_out(d)) {
+        shown = dialogs
+            .iter()
+            .map(|d| {
+                let mut d = (*d).clone();
+                if ringing_out(&d) {
+                    d.state = DialogState::Confirmed;
+                }
+                d
+            })
+            .collect();
+        dialogs = shown.iter().collect();
+    }
     let dummy = dialog_info::Dialog::dummy_terminated();
     if dialogs.is_empty() && watcher.options.dialog_idle == DialogIdle::DummyTerminated {
         dialogs.push(&dummy);
@@ -81,6 +96,15 @@ pub(crate) fn render_dialogs(
         content_type: dialog_info::CONTENT_TYPE,
         body: out.into_bytes(),
     }
+}
+
+/// An outgoing dialog (direction initiator) that has not been answered yet.
+fn ringing_out(d: &dialog_info::Dialog) -> bool {
+    d.direction == Some(Direction::Initiator)
+        && matches!(
+            d.state,
+            DialogState::Trying | DialogState::Proceeding | DialogState::Early
+        )
 }
 
 impl EventPackage for Dialog {
@@ -116,7 +140,6 @@ mod tests {
     use super::super::test_util::*;
     use super::*;
     use crate::presence::package::RenderOptions;
-    use crate::sip::body::dialog_info::DialogState;
 
     const ENTITY: &str = "sip:201@example.com";
     const CT: &str = "application/dialog-info+xml";
@@ -188,6 +211,7 @@ mod tests {
         let dummy = RenderOptions {
             dialog_idle: DialogIdle::DummyTerminated,
             dialog_single: false,
+            ..Default::default()
         };
         assert_eq!(render(&[], 1, dummy), golden("dialog-idle-dummy.xml"));
         // With dialogs, no dummy.
@@ -199,6 +223,7 @@ mod tests {
         let single = RenderOptions {
             dialog_idle: DialogIdle::Empty,
             dialog_single: true,
+            ..Default::default()
         };
         assert_eq!(render(&two(), 6, single), golden("dialog-single.xml"));
     }
@@ -211,6 +236,7 @@ mod tests {
         let single = RenderOptions {
             dialog_idle: DialogIdle::Empty,
             dialog_single: true,
+            ..Default::default()
         };
         let out = render(&pubs, 1, single);
         assert!(out.contains("<dialog id=\"b\"") && !out.contains("<dialog id=\"a\""));
@@ -303,5 +329,35 @@ mod tests {
             .collect();
         let out = render(&pubs, 1, RenderOptions::default());
         assert_eq!(out.matches("<dialog id=").count(), 1000);
+    }
+
+    #[test]
+    fn vendor_caller_confirmed_shows_ringing_outgoing_calls_confirmed() {
+        // pua_dialoginfo's caller_confirmed as a vendor-profile option: the watcher's phone
+        // sees an outgoing call that still rings as confirmed; incoming calls still ring.
+        let outgoing = EARLY
+            .replace("call-1\"", "out\"")
+            .replace("direction=\"recipient\"", "direction=\"initiator\"");
+        let pubs = [
+            publication("in", CT, EARLY, 1),
+            publication("out", CT, &outgoing, 2),
+        ];
+        let opts = RenderOptions {
+            caller_confirmed: true,
+            ..Default::default()
+        };
+        let doc = dialog_info::parse(render(&pubs, 1, opts).as_bytes()).unwrap();
+        let state = |id: &str| doc.dialogs.iter().find(|d| d.id == id).unwrap().state;
+        assert_eq!(state("out"), DialogState::Confirmed);
+        assert_eq!(state("call-1"), DialogState::Early);
+        // Off (the default): as published.
+        let doc =
+            dialog_info::parse(render(&pubs, 1, RenderOptions::default()).as_bytes()).unwrap();
+        assert!(doc.dialogs.iter().all(|d| d.state == DialogState::Early));
+        // Terminated outgoing calls stay terminated.
+        let ended = outgoing.replace("<state>early</state>", "<state>terminated</state>");
+        let pubs = [publication("out", CT, &ended, 1)];
+        let doc = dialog_info::parse(render(&pubs, 1, opts).as_bytes()).unwrap();
+        assert_eq!(doc.dialogs[0].state, DialogState::Terminated);
     }
 }

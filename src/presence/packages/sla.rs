@@ -98,6 +98,7 @@ mod tests {
         let single = RenderOptions {
             dialog_idle: DialogIdle::Empty,
             dialog_single: true,
+            ..Default::default()
         };
         assert_eq!(render(&pubs, 2, single).matches("<dialog id=").count(), 2);
     }

@@ -1,0 +1,621 @@
+//! The proxy inside the server core: a request the proxy owns gets a response context, one
+//! client transaction per branch, Timer C per INVITE branch; responses come back through the
+//! request's server transaction; CANCEL cancels the pending branches; an ACK for a 2xx and
+//! stray 2xx retransmissions are forwarded statelessly (RFC 3261 §16.7, §16.10, §16.11).
+
+use super::context::{BranchState, Context, Step};
+use super::{
+    branch_request, next_hop_uri, response_addr, strip_top_via, uri_addr, Hop, Proxy, Targets,
+};
+use crate::auth::AuthResult;
+use crate::deadline::Deadlines;
+use crate::server::{Core, Owner};
+use crate::sip::message::Parsed;
+use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
+use crate::transaction::TxKey;
+use crate::transport::Peer;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a cancelled branch may take to send its final response before the proxy treats
+/// it as finished (RFC 3261 §16.10: 64*T1).
+const AFTER_CANCEL: Duration = Duration::from_secs(32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum BranchTimer {
+    /// RFC 3261 §16.6 item 11.
+    C,
+    /// No final response after our CANCEL.
+    AfterCancel,
+}
+
+/// Every request the proxy is forwarding statefully.
+#[derive(Default)]
+pub(crate) struct Forwarding {
+    contexts: HashMap<TxKey, Forwarded>,
+    pub(crate) timers: Deadlines<(TxKey, usize, BranchTimer)>,
+}
+
+struct Forwarded {
+    ctx: Context,
+    /// The request as it arrived (our stamps on its Via) after route preprocessing.
+    request: Request,
+    inbound: Peer,
+    groups: VecDeque<Vec<Hop>>,
+    /// Client transaction and destination per branch (`None` while a host name resolves).
+    branches: Vec<Option<(TxKey, Peer)>>,
+    record_route: bool,
+    loop_hash: String,
+}
+
+/// FNV-1a over `bytes`, keyed: the same ACK always gets the same branch, and outsiders
+/// cannot predict it.
+fn keyed_hash(key: u64, bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ key;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Core {
+    /// Whether the proxy, rather than a service of ours, owns a request.
+    pub(crate) fn is_proxied(&self, req: &Request, parsed: &Parsed) -> bool {
+        let in_dialog = parsed.to.tag().is_some();
+        match req.method.as_str() {
+            "INVITE" | "BYE" | "UPDATE" | "INFO" | "PRACK" | "MESSAGE" | "REFER" => true,
+            // In-dialog OPTIONS/NOTIFY between phones, record-routed through us. Our own
+            // subscriptions' NOTIFYs and OPTIONS pings to us carry no Route.
+            "OPTIONS" | "NOTIFY" => in_dialog && req.headers.has(HeaderName::Route),
+            _ => false,
+        }
+    }
+
+    fn proxy_answer(self: &Arc<Self>, key: &TxKey, req: &Request, status: u16, reason: &str) {
+        let resp = req.response(status, reason, Some(&self.ids.tag()));
+        self.respond(key, resp);
+    }
+
+    /// RFC 3261 §16.3–§16.6 for a new request the proxy owns.
+    pub(crate) fn proxy_request(
+        self: &Arc<Self>,
+        key: TxKey,
+        mut req: Request,
+        parsed: &Parsed,
+        peer: Peer,
+    ) {
+        let invite = req.method == "INVITE";
+        if invite {
+            // §16.2 / §16.7: a stateful proxy answers 100 at once so the caller stops
+            // retransmitting.
+            self.respond(&key, req.response(100, "Trying", None));
+        }
+        if let Err(e) = Proxy::check_max_forwards(&req) {
+            return self.proxy_answer(&key, &req, e.status(), &e.to_string());
+        }
+        let vias = req.vias().unwrap_or_default();
+        if self.proxy.is_loop(&req, &vias) {
+            let e = super::ProxyError::Loop;
+            return self.proxy_answer(&key, &req, e.status(), &e.to_string());
+        }
+        let in_dialog = parsed.to.tag().is_some();
+        if !in_dialog {
+            if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
+                return self.respond(&key, resp);
+            }
+        }
+        let routed = self.proxy.preprocess_routes(&mut req);
+        if in_dialog
+            && !routed
+            && !req.headers.has(HeaderName::Route)
+            && req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u))
+        {
+            return self.proxy_answer(&key, &req, 481, "Call/Transaction Does Not Exist");
+        }
+        let upstream = self.upstream_peer();
+        let from_upstream = upstream.is_some_and(|u| u.remote.ip() == peer.remote.ip());
+        let aor = self.proxy.local_aor(&req.uri);
+        let bindings = aor
+            .as_deref()
+            .map(|a| self.registrar.lookup(a))
+            .unwrap_or_default();
+        let known = req
+            .uri
+            .as_sip()
+            .and_then(|u| u.user.as_deref())
+            .is_some_and(|u| self.auth.knows(&crate::sip::text::unescape(u)));
+        let targets = match self
+            .proxy
+            .targets(&req, in_dialog, &bindings, known, from_upstream)
+        {
+            Ok(t) => t,
+            Err(e) => return self.proxy_answer(&key, &req, e.status(), &e.to_string()),
+        };
+        let groups: Vec<Vec<Hop>> = match targets {
+            Targets::Groups(g) => g,
+            Targets::Upstream => vec![vec![Hop {
+                uri: req.uri.clone(),
+                route: vec![],
+                flow: upstream,
+            }]],
+            Targets::Onward => vec![vec![Hop {
+                uri: req.uri.clone(),
+                route: vec![],
+                flow: None,
+            }]],
+        };
+        let record_route = !in_dialog
+            && matches!(
+                req.method.as_str(),
+                "INVITE" | "SUBSCRIBE" | "REFER" | "NOTIFY"
+            );
+        let loop_hash = self.proxy.loop_hash(&req);
+        let fwd = Forwarded {
+            ctx: Context::new(invite, groups.len().saturating_sub(1)),
+            request: req,
+            inbound: peer,
+            groups: groups.into(),
+            branches: Vec::new(),
+            record_route,
+            loop_hash,
+        };
+        lock(&self.forwarding).contexts.insert(key.clone(), fwd);
+        self.start_group(&key);
+    }
+
+    /// Digest for calls from phones (RFC 3261 §22.3: 407 with Proxy-Authenticate); trusted
+    /// sources (the PBX) and open mode pass. The caller must call as itself.
+    fn proxy_authenticate(
+        &self,
+        req: &mut Request,
+        parsed: &Parsed,
+        peer: Peer,
+    ) -> Result<(), Response> {
+        let tag = self.ids.tag();
+        let now = self.clock.now_unix();
+        let challenged = parsed.from.uri.as_sip().and_then(|u| u.user.as_deref());
+        match self
+            .auth
+            .check(req, HeaderName::ProxyAuthorization, peer.remote.ip(), now)
+        {
+            AuthResult::Skipped => Ok(()),
+            AuthResult::Authenticated { username } => {
+                let from_user = challenged.map(|u| crate::sip::text::unescape(u).into_owned());
+                if from_user.as_deref() != Some(username.as_str()) {
+                    let e = super::ProxyError::WrongIdentity;
+                    return Err(req.response(e.status(), &e.to_string(), Some(&tag)));
+                }
+                // Our credentials end here (RFC 3261 §22.3: the proxy that consumes them
+                // removes them); others' go on.
+                let realm = self.auth.realm().to_string();
+                req.headers.0.retain(|h| {
+                    h.kind != HeaderName::ProxyAuthorization
+                        || crate::sip::digest::parse_credentials(&h.value)
+                            .map(|c| c.realm != realm)
+                            .unwrap_or(true)
+                });
+                Ok(())
+            }
+            AuthResult::Challenge { stale } => {
+                let mut r = req.response(407, "Proxy Authentication Required", Some(&tag));
+                for c in self.auth.challenges(stale, now, challenged) {
+                    r.headers.push(HeaderName::ProxyAuthenticate, c);
+                }
+                Err(r)
+            }
+            AuthResult::Forbidden(reason) => Err(req.response(403, reason, Some(&tag))),
+            AuthResult::BadRequest(reason) => Err(req.response(400, &reason, Some(&tag))),
+        }
+    }
+
+    /// The PBX's address, when `[proxy] upstream` names an IP address or a name resolved at
+    /// start.
+    pub(crate) fn upstream_peer(&self) -> Option<Peer> {
+        let u = self.proxy.upstream.as_ref()?;
+        if let Some((proto, addr)) = uri_addr(u) {
+            return Some(self.peer_to(proto, addr));
+        }
+        *lock(&self.upstream_resolved)
+    }
+
+    /// Where a hop goes: its flow, else its first Route, else the request's Route or
+    /// Request-URI. `Err(uri)` when that names a host that must be resolved first.
+    fn hop_peer(&self, request: &Request, hop: &Hop) -> Result<Peer, Option<Box<SipUri>>> {
+        if let Some(f) = hop.flow {
+            let mut p = self.peer_to(f.proto, f.remote);
+            p.conn = f.conn;
+            return Ok(p);
+        }
+        let uri = match hop.route.first() {
+            Some(r) => match crate::sip::NameAddr::parse(r).ok().map(|n| n.uri) {
+                Some(crate::sip::Uri::Sip(u)) => u,
+                _ => return Err(None),
+            },
+            None => {
+                let mut probe = request.clone();
+                probe.uri = hop.uri.clone();
+                next_hop_uri(&probe).map_err(|_| None)?
+            }
+        };
+        match uri_addr(&uri) {
+            Some((proto, addr)) => Ok(self.peer_to(proto, addr)),
+            None => Err(Some(Box::new(uri))),
+        }
+    }
+
+    /// Starts the branches of the next q group.
+    fn start_group(self: &Arc<Self>, key: &TxKey) {
+        let mut pending = Vec::new();
+        let mut failed = Vec::new();
+        {
+            let mut fw = lock(&self.forwarding);
+            let Some(f) = fw.contexts.get_mut(key) else {
+                return;
+            };
+            let Some(group) = f.groups.pop_front() else {
+                return;
+            };
+            for hop in group {
+                let i = f.ctx.add_branch();
+                f.branches.push(None);
+                match self.hop_peer(&f.request, &hop) {
+                    Ok(peer) => pending.push((i, hop, peer)),
+                    Err(Some(uri)) => {
+                        let me = self.clone();
+                        let key = key.clone();
+                        tokio::spawn(async move {
+                            match me.resolve(&uri).await {
+                                Some(peer) => me.send_branch(&key, i, hop, peer),
+                                None => me.fail_branch(
+                                    &key,
+                                    i,
+                                    503,
+                                    "Service Unavailable: cannot resolve the next hop",
+                                ),
+                            }
+                        });
+                    }
+                    Err(None) => failed.push(i),
+                }
+            }
+        }
+        for (i, hop, peer) in pending {
+            self.send_branch(key, i, hop, peer);
+        }
+        for i in failed {
+            self.fail_branch(key, i, 404, "Not Found: no route for this request");
+        }
+    }
+
+    /// Sends branch `i` of `key` to `peer` through a new client transaction.
+    fn send_branch(self: &Arc<Self>, key: &TxKey, i: usize, hop: Hop, peer: Peer) {
+        let now = tokio::time::Instant::now().into_std();
+        let sent = {
+            let mut fw = lock(&self.forwarding);
+            let Some(f) = fw.contexts.get_mut(key) else {
+                return;
+            };
+            let via = format!(
+                "SIP/2.0/{} {};branch={}L{}{};rport",
+                peer.proto.via_name(),
+                self.advertised(peer.local),
+                crate::sip::header::BRANCH_MAGIC,
+                f.loop_hash,
+                &crate::transaction::branch_from(self.ids.next(), self.branch_secret)[7..],
+            );
+            let rr = if f.record_route {
+                let ftag = f.request.from_hdr().ok().and_then(|h| h.tag());
+                self.proxy.record_route(&f.inbound, &peer, ftag.as_deref())
+            } else {
+                Vec::new()
+            };
+            let out = branch_request(&f.request, Some(&hop), via, &rr);
+            let invite = f.ctx.invite;
+            let result = {
+                let mut c = lock(&self.clients);
+                c.send(out, peer, peer.proto.reliable(), now)
+            };
+            match result {
+                Ok((ckey, actions)) => {
+                    lock(&self.owners).insert(
+                        ckey.clone(),
+                        Owner::Branch {
+                            server: key.clone(),
+                            branch: i,
+                        },
+                    );
+                    f.branches[i] = Some((ckey, peer));
+                    if invite {
+                        let c = Duration::from_secs(self.proxy.cfg.timer_c);
+                        fw.timers
+                            .schedule((key.clone(), i, BranchTimer::C), now + c);
+                    }
+                    Ok(actions)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match sent {
+            Ok(actions) => self.run_actions(actions),
+            Err(e) => {
+                tracing::warn!(error = %e, "branch not sent");
+                self.fail_branch(key, i, 503, "Service Unavailable: too many transactions");
+            }
+        }
+    }
+
+    /// Branch `i` ended without a response from the next hop: it counts as this status.
+    fn fail_branch(self: &Arc<Self>, key: &TxKey, i: usize, status: u16, reason: &str) {
+        let steps = {
+            let mut fw = lock(&self.forwarding);
+            let Some(f) = fw.contexts.get_mut(key) else {
+                return;
+            };
+            let synthetic = f.request.response(status, reason, Some(&self.ids.tag()));
+            f.ctx.on_timeout(i, synthetic)
+        };
+        self.apply_steps(key, steps);
+    }
+
+    /// A response on a branch (RFC 3261 §16.7).
+    pub(crate) fn proxy_response(self: &Arc<Self>, server: TxKey, i: usize, mut resp: Response) {
+        strip_top_via(&mut resp);
+        let now = tokio::time::Instant::now().into_std();
+        let steps = {
+            let mut fw = lock(&self.forwarding);
+            let Forwarding { contexts, timers } = &mut *fw;
+            let Some(f) = contexts.get_mut(&server) else {
+                drop(fw);
+                // The context is gone (after Timer L): a 2xx still goes upstream.
+                if (200..300).contains(&resp.status) {
+                    self.forward_stateless(resp);
+                }
+                return;
+            };
+            if f.ctx.invite {
+                if (101..200).contains(&resp.status) {
+                    let c = Duration::from_secs(self.proxy.cfg.timer_c);
+                    timers.schedule((server.clone(), i, BranchTimer::C), now + c);
+                } else if resp.status >= 200 {
+                    timers.cancel(&(server.clone(), i, BranchTimer::C));
+                    timers.cancel(&(server.clone(), i, BranchTimer::AfterCancel));
+                }
+            }
+            f.ctx.on_response(i, resp)
+        };
+        self.apply_steps(&server, steps);
+    }
+
+    fn apply_steps(self: &Arc<Self>, key: &TxKey, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Forward(resp) => self.forward_response(key, resp),
+                Step::Cancel(i) => self.cancel_branch(key, i),
+                Step::NextGroup => self.start_group(key),
+            }
+        }
+    }
+
+    /// A response goes upstream through the request's server transaction, untouched (no
+    /// Server header of ours); a 2xx whose transaction is gone goes statelessly.
+    fn forward_response(self: &Arc<Self>, key: &TxKey, resp: Response) {
+        let actions = {
+            let mut tx = lock(&self.transactions);
+            tx.respond(key, &resp, tokio::time::Instant::now().into_std())
+        };
+        match actions {
+            Ok(a) => self.run_actions(a),
+            Err(e) => {
+                if (200..300).contains(&resp.status) {
+                    self.forward_stateless(resp);
+                } else {
+                    tracing::debug!(error = %e, status = resp.status, "response not forwarded");
+                }
+            }
+        }
+    }
+
+    /// Sends a CANCEL for branch `i` (§16.10) as its own client transaction.
+    fn cancel_branch(self: &Arc<Self>, key: &TxKey, i: usize) {
+        let now = tokio::time::Instant::now().into_std();
+        let target = {
+            let fw = lock(&self.forwarding);
+            fw.contexts
+                .get(key)
+                .and_then(|f| f.branches.get(i).cloned().flatten())
+        };
+        let Some((ckey, peer)) = target else {
+            return;
+        };
+        let cancel = lock(&self.clients).cancel_request(&ckey);
+        let Some(cancel) = cancel else {
+            return;
+        };
+        let sent = {
+            let mut c = lock(&self.clients);
+            c.send(cancel, peer, peer.proto.reliable(), now)
+        };
+        match sent {
+            Ok((k, actions)) => {
+                lock(&self.owners).insert(k, Owner::Cancel);
+                self.run_actions(actions);
+            }
+            Err(e) => tracing::debug!(error = %e, "CANCEL not sent"),
+        }
+        lock(&self.forwarding).timers.schedule(
+            (key.clone(), i, BranchTimer::AfterCancel),
+            now + AFTER_CANCEL,
+        );
+        self.timers_changed.notify_one();
+    }
+
+    /// CANCEL from upstream (RFC 3261 §16.10): 200 for the CANCEL, then every pending branch of
+    /// the INVITE it matches is cancelled; their 487 goes upstream as the INVITE's answer.
+    pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request) {
+        let invite = lock(&self.transactions).find_invite_for_cancel(req);
+        let steps = invite.as_ref().and_then(|k| {
+            let mut fw = lock(&self.forwarding);
+            fw.contexts.get_mut(k).map(|f| f.ctx.cancel())
+        });
+        match (invite, steps) {
+            (Some(k), Some(steps)) => {
+                self.respond(&key, req.response(200, "OK", Some(&self.ids.tag())));
+                self.apply_steps(&k, steps);
+            }
+            _ => self.proxy_answer(&key, req, 481, "Call/Transaction Does Not Exist"),
+        }
+    }
+
+    /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx (§16.11),
+    /// forwarded statelessly by its Route or Request-URI. Retransmissions get the same branch.
+    pub(crate) fn proxy_ack(self: &Arc<Self>, mut req: Request, peer: Peer) {
+        if Proxy::check_max_forwards(&req).is_err() {
+            return;
+        }
+        self.proxy.preprocess_routes(&mut req);
+        if !req.headers.has(HeaderName::Route)
+            && req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u))
+        {
+            tracing::debug!(%peer, "ACK for us: absorbed");
+            return;
+        }
+        let Ok(uri) = next_hop_uri(&req) else {
+            return;
+        };
+        let me = self.clone();
+        let send = move |me: Arc<Core>, to: Peer, req: Request| {
+            let top = req
+                .top_via()
+                .ok()
+                .and_then(|v| v.branch())
+                .unwrap_or_default();
+            let branch = keyed_hash(me.branch_secret, top.as_bytes());
+            let via = format!(
+                "SIP/2.0/{} {};branch={}L{}{:016x};rport",
+                to.proto.via_name(),
+                me.advertised(to.local),
+                crate::sip::header::BRANCH_MAGIC,
+                me.proxy.loop_hash(&req),
+                branch
+            );
+            let out = branch_request(&req, None, via, &[]);
+            me.send_now(&to, out.to_shared());
+        };
+        match uri_addr(&uri) {
+            Some((proto, addr)) => {
+                let to = self
+                    .flow_for(&req)
+                    .unwrap_or_else(|| self.peer_to(proto, addr));
+                send(me, to, req)
+            }
+            None => {
+                tokio::spawn(async move {
+                    if let Some(to) = me.resolve(&uri).await {
+                        send(me.clone(), to, req);
+                    }
+                });
+            }
+        }
+    }
+
+    /// The registered flow of a phone whose contact is the Request-URI (NAT, TCP).
+    fn flow_for(&self, _req: &Request) -> Option<Peer> {
+        None
+    }
+
+    /// A 2xx to INVITE that matched no client transaction (RFC 6026 §8.4: a retransmission
+    /// after Timer M, or a fork after the transaction ended), or whose server transaction is
+    /// gone: statelessly to the address in the Via now on top.
+    pub(crate) fn forward_stateless(self: &Arc<Self>, resp: Response) {
+        let Ok(via) = resp.top_via() else {
+            return;
+        };
+        let Some((proto, addr)) = response_addr(&via) else {
+            return;
+        };
+        let to = self.peer_to(proto, addr);
+        self.send_now(&to, resp.to_shared());
+    }
+
+    /// A response that matched no client transaction: a 2xx to an INVITE we forwarded goes on
+    /// (our Via removed); anything else is dropped (§16.7 item 3... §18.1.2).
+    pub(crate) fn proxy_stray_response(self: &Arc<Self>, mut resp: Response) -> bool {
+        let Ok(via) = resp.top_via() else {
+            return false;
+        };
+        let ours = via
+            .branch()
+            .is_some_and(|b| b.starts_with(&format!("{}L", crate::sip::header::BRANCH_MAGIC)));
+        let invite_2xx =
+            (200..300).contains(&resp.status) && resp.cseq().is_ok_and(|c| c.method == "INVITE");
+        if !ours || !invite_2xx {
+            return false;
+        }
+        strip_top_via(&mut resp);
+        self.forward_stateless(resp);
+        true
+    }
+
+    /// A branch's client transaction timed out (Timer B or F): 408 for it.
+    pub(crate) fn proxy_branch_timeout(self: &Arc<Self>, server: &TxKey, i: usize) {
+        self.fail_branch(server, i, 408, "Request Timeout");
+    }
+
+    /// Timer C and the wait after a CANCEL.
+    pub(crate) fn proxy_timers(self: &Arc<Self>, now: Instant) {
+        let due = lock(&self.forwarding).timers.pop_due(now);
+        for (key, i, kind) in due {
+            match kind {
+                BranchTimer::C => {
+                    let proceeding =
+                        lock(&self.forwarding)
+                            .contexts
+                            .get_mut(&key)
+                            .is_some_and(|f| {
+                                let b = &mut f.ctx.branches[i];
+                                if b.state == BranchState::Proceeding && !b.cancel_sent {
+                                    b.cancel_sent = true;
+                                    true
+                                } else {
+                                    false
+                                }
+                            });
+                    if proceeding {
+                        tracing::debug!("Timer C fired: cancelling a branch that rings too long");
+                        self.cancel_branch(&key, i);
+                    }
+                }
+                BranchTimer::AfterCancel => {
+                    let ckey = lock(&self.forwarding)
+                        .contexts
+                        .get(&key)
+                        .and_then(|f| f.branches.get(i).cloned().flatten())
+                        .map(|(k, _)| k);
+                    if let Some(k) = ckey {
+                        lock(&self.clients).terminate(&k);
+                        lock(&self.owners).remove(&k);
+                    }
+                    self.fail_branch(&key, i, 408, "Request Timeout");
+                }
+            }
+        }
+    }
+
+    /// A server transaction ended: its response context goes with it.
+    pub(crate) fn proxy_forget(&self, key: &TxKey) {
+        let mut fw = lock(&self.forwarding);
+        if let Some(f) = fw.contexts.remove(key) {
+            for (i, _) in f.branches.iter().enumerate() {
+                fw.timers.cancel(&(key.clone(), i, BranchTimer::C));
+                fw.timers
+                    .cancel(&(key.clone(), i, BranchTimer::AfterCancel));
+            }
+        }
+    }
+}

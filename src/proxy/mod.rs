@@ -1,0 +1,784 @@
+//! The stateful edge proxy (RFC 3261 §16): which requests it forwards, where to (registered
+//! contacts forked by q groups, the upstream PBX, the next Route), and how a forwarded request
+//! and a returning response are rewritten (Via, Record-Route, Route, Max-Forwards).
+//!
+//! Pure code: no sockets, no clock. The server core owns the transactions and drives the
+//! [`context::Context`] of each forwarded request with what arrives.
+
+pub mod context;
+pub mod forward;
+
+use crate::config::{Config, ProxyConfig, Unregistered};
+use crate::domain::Domains;
+use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, SipUri, Uri, Via};
+use crate::storage::Binding;
+use crate::transport::{Peer, Proto};
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+
+/// Errors of the proxy layer, each with the status it is answered with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("Too Many Hops")]
+    TooManyHops,
+    #[error("Loop Detected")]
+    Loop,
+    #[error("Not Found: no such user here")]
+    UnknownUser,
+    #[error("Temporarily Unavailable: no phone of this user is registered")]
+    NotRegistered,
+    #[error("Not Found: no route for this request")]
+    NoRoute,
+    #[error("Bad Request: {0}")]
+    BadRoute(String),
+    #[error("Forbidden: calls may only be made as the authenticated user")]
+    WrongIdentity,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::TooManyHops => 483,
+            ProxyError::Loop => 482,
+            ProxyError::UnknownUser | ProxyError::NoRoute => 404,
+            ProxyError::NotRegistered => 480,
+            ProxyError::BadRoute(_) => 400,
+            ProxyError::WrongIdentity => 403,
+        }
+    }
+}
+
+/// Where one branch goes: the Request-URI it carries, Route entries to put in front (the
+/// contact's Path, RFC 3327), and the transport address when it is known from a registration
+/// (the flow the REGISTER came over: phones behind NAT, TCP connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub uri: Uri,
+    pub route: Vec<String>,
+    pub flow: Option<Peer>,
+}
+
+/// What to do with a request the proxy owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// Fork: parallel within a group, groups one after the other (RFC 3261 §16.6, q-values).
+    Groups(Vec<Vec<Hop>>),
+    /// Send on by the Request-URI or the top Route (in-dialog, loose routing, foreign domain).
+    Onward,
+    /// The upstream PBX.
+    Upstream,
+}
+
+pub struct Proxy {
+    pub cfg: ProxyConfig,
+    domains: Domains,
+    /// `[proxy] upstream`, parsed.
+    pub upstream: Option<SipUri>,
+    /// Our listening sockets and the host others reach a wildcard socket by.
+    local: Vec<(Proto, SocketAddr)>,
+    advertised_host: String,
+    /// Keyed hash for loop detection, random per process.
+    loop_key: std::collections::hash_map::RandomState,
+}
+
+impl Proxy {
+    pub fn new(cfg: &Config, local: Vec<(Proto, SocketAddr)>, advertised_host: String) -> Proxy {
+        let upstream = match Uri::parse(&cfg.proxy.upstream) {
+            Ok(Uri::Sip(u)) => Some(u),
+            _ => None,
+        };
+        Proxy {
+            cfg: cfg.proxy.clone(),
+            domains: Domains::new(cfg),
+            upstream,
+            local,
+            advertised_host,
+            loop_key: Default::default(),
+        }
+    }
+
+    /// `host:port` of our socket `local` as others reach it.
+    pub fn advertised(&self, local: SocketAddr) -> String {
+        if local.ip().is_unspecified() {
+            format!("{}:{}", self.advertised_host, local.port())
+        } else {
+            local.to_string()
+        }
+    }
+
+    /// Whether a URI without a user names this proxy: one of our socket addresses, or our
+    /// domain/advertised host at one of our ports (RFC 3261 §16.4).
+    pub fn is_us(&self, uri: &SipUri) -> bool {
+        if uri.user.is_some() {
+            return false;
+        }
+        let port = uri.port.unwrap_or(5060);
+        let host_ip = uri.host.ip();
+        self.local.iter().any(|(_, a)| {
+            if a.port() != port {
+                return false;
+            }
+            match host_ip {
+                Some(ip) => {
+                    ip == a.ip()
+                        || (a.ip().is_unspecified()
+                            && (ip.is_loopback() || self.domains.serves(&uri.host)))
+                }
+                None => {
+                    self.domains.serves(&uri.host)
+                        || uri
+                            .host
+                            .to_string()
+                            .eq_ignore_ascii_case(&self.advertised_host)
+                }
+            }
+        })
+    }
+
+    /// Whether a host is one of our SIP domains.
+    pub fn serves(&self, host: &Host) -> bool {
+        self.domains.serves(host)
+    }
+
+    /// The canonical AOR of a local user's URI.
+    pub fn local_aor(&self, uri: &Uri) -> Option<String> {
+        uri.as_sip().and_then(|u| self.domains.canonical_user(u))
+    }
+
+    /// RFC 3261 §16.3 item 3: Max-Forwards of zero ends here with 483 (OPTIONS addressed to
+    /// us is answered by the caller before this).
+    pub fn check_max_forwards(req: &Request) -> Result<(), ProxyError> {
+        match req.max_forwards() {
+            Ok(Some(0)) => Err(ProxyError::TooManyHops),
+            _ => Ok(()),
+        }
+    }
+
+    /// The loop-detection hash of RFC 3261 §16.6 item 8: the fields that change when a
+    /// request spirals legitimately (Request-URI, Route, Proxy-Require, Proxy-Authorization)
+    /// plus the transaction identity. Eight hex digits, in our Via branch after `z9hG4bKL`.
+    pub fn loop_hash(&self, req: &Request) -> String {
+        let mut h = self.loop_key.build_hasher();
+        h.write(req.uri.to_string().as_bytes());
+        for kind in [
+            HeaderName::From,
+            HeaderName::CallId,
+            HeaderName::Route,
+            HeaderName::ProxyRequire,
+            HeaderName::ProxyAuthorization,
+        ] {
+            for v in req.headers.all(kind) {
+                h.write(v.as_bytes());
+            }
+            h.write_u8(0);
+        }
+        if let Ok(c) = req.cseq() {
+            h.write_u32(c.seq);
+        }
+        format!("{:08x}", h.finish() as u32)
+    }
+
+    /// RFC 3261 §16.3 item 4: the request already went through us with the same loop hash
+    /// (a spiral changes the Request-URI or Route, and so the hash).
+    pub fn is_loop(&self, req: &Request, vias: &[Via]) -> bool {
+        let prefix = format!(
+            "{}L{}",
+            crate::sip::header::BRANCH_MAGIC,
+            self.loop_hash(req)
+        );
+        vias.iter().any(|v| {
+            v.branch().is_some_and(|b| b.starts_with(&prefix))
+                && self.local.iter().any(|(_, a)| {
+                    let sent_by = self.advertised(*a);
+                    v.sent_by().eq_ignore_ascii_case(&sent_by)
+                })
+        })
+    }
+
+    /// RFC 3261 §16.4 route information preprocessing. A strict router before us put our
+    /// URI in the Request-URI: the last Route is the real one. Then our own entries on top of
+    /// Route are removed (two when we double Record-Routed). Returns whether a Route of ours
+    /// was removed (the request was routed to us, e.g. in-dialog).
+    pub fn preprocess_routes(&self, req: &mut Request) -> bool {
+        if let Some(u) = req.uri.as_sip() {
+            if self.is_us(u) && req.headers.has(HeaderName::Route) {
+                let routes: Vec<String> = req
+                    .headers
+                    .list(HeaderName::Route)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                if let Some(last) = routes.last() {
+                    if let Ok(na) = crate::sip::NameAddr::parse(last) {
+                        req.uri = na.uri;
+                        set_list(req, HeaderName::Route, &routes[..routes.len() - 1]);
+                    }
+                }
+            }
+        }
+        let mut removed = false;
+        for _ in 0..2 {
+            let Some(top) = req
+                .headers
+                .list(HeaderName::Route)
+                .first()
+                .map(|s| s.to_string())
+            else {
+                break;
+            };
+            let ours = crate::sip::NameAddr::parse(&top)
+                .ok()
+                .and_then(|na| na.uri.as_sip().map(|u| self.is_us(u)))
+                .unwrap_or(false);
+            if !ours {
+                break;
+            }
+            req.headers.pop_first_element(HeaderName::Route);
+            removed = true;
+        }
+        removed
+    }
+
+    /// RFC 3261 §16.5: where a request that was not routed elsewhere by Route goes.
+    /// `bindings` are the Request-URI user's live bindings (when it is a local user),
+    /// `known_user` whether that user exists here, `from_upstream` whether the request came
+    /// from the PBX (which is never sent back there).
+    pub fn targets(
+        &self,
+        req: &Request,
+        in_dialog: bool,
+        bindings: &[Binding],
+        known_user: bool,
+        from_upstream: bool,
+    ) -> Result<Targets, ProxyError> {
+        if in_dialog || req.headers.has(HeaderName::Route) {
+            return Ok(Targets::Onward);
+        }
+        let Some(uri) = req.uri.as_sip() else {
+            return Err(ProxyError::NoRoute);
+        };
+        let local = self.serves(&uri.host) && uri.user.is_some();
+        let upstream_ok = self.upstream.is_some() && !from_upstream;
+        if !local {
+            if self.is_us(uri) || self.serves(&uri.host) {
+                return Err(ProxyError::NoRoute);
+            }
+            return Ok(if upstream_ok {
+                Targets::Upstream
+            } else {
+                Targets::Onward
+            });
+        }
+        if !bindings.is_empty() {
+            return Ok(Targets::Groups(self.fork_groups(bindings)));
+        }
+        if known_user {
+            return match self.cfg.unregistered {
+                Unregistered::Upstream if upstream_ok => Ok(Targets::Upstream),
+                _ => Err(ProxyError::NotRegistered),
+            };
+        }
+        if upstream_ok {
+            // Extensions that live only on the PBX (queues, voicemail, other phones).
+            return Ok(Targets::Upstream);
+        }
+        Err(ProxyError::UnknownUser)
+    }
+
+    /// Bindings as q groups, highest q first (RFC 3261 §16.6: parallel within a group,
+    /// serial between groups), at most `max_branches` in all.
+    pub fn fork_groups(&self, bindings: &[Binding]) -> Vec<Vec<Hop>> {
+        let mut sorted: Vec<&Binding> = bindings.iter().collect();
+        sorted.sort_by_key(|b| std::cmp::Reverse(b.q));
+        let mut groups: Vec<(u16, Vec<Hop>)> = Vec::new();
+        for b in sorted.into_iter().take(self.cfg.max_branches) {
+            let Ok(uri) = Uri::parse(&b.contact) else {
+                continue;
+            };
+            let hop = Hop {
+                uri,
+                route: b.path.clone(),
+                flow: parse_flow(&b.source),
+            };
+            match groups.last_mut() {
+                Some((q, g)) if *q == b.q => g.push(hop),
+                _ => groups.push((b.q, vec![hop])),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
+
+    /// Record-Route values for a dialog-creating request going out through `out` that came in
+    /// through `inbound`: one entry, or two when the transport or socket changes
+    /// (RFC 3261 §16.6 item 4; the `r2=on` convention of Kamailio/OpenSIPS). The first value
+    /// is the top one (facing the next hop).
+    pub fn record_route(&self, inbound: &Peer, out: &Peer, ftag: Option<&str>) -> Vec<String> {
+        let entry = |p: &Peer, r2: bool| {
+            let mut s = format!("<sip:{};lr", self.advertised(p.local));
+            if p.proto == Proto::Tcp {
+                s.push_str(";transport=tcp");
+            }
+            if r2 {
+                s.push_str(";r2=on");
+            }
+            if let Some(t) = ftag {
+                s.push_str(";ftag=");
+                s.push_str(t);
+            }
+            s.push('>');
+            s
+        };
+        if inbound.proto == out.proto && inbound.local == out.local {
+            vec![entry(out, false)]
+        } else {
+            vec![entry(out, true), entry(inbound, true)]
+        }
+    }
+}
+
+/// A copy of `req` for one branch (RFC 3261 §16.6): the Request-URI of the hop, its Route
+/// entries in front, Max-Forwards decremented (70 when absent), our Via on top, our
+/// Record-Route entries on top.
+pub fn branch_request(
+    req: &Request,
+    hop: Option<&Hop>,
+    via: String,
+    record_route: &[String],
+) -> Request {
+    let mut out = req.clone();
+    if let Some(h) = hop {
+        out.uri = h.uri.clone();
+        if !h.route.is_empty() {
+            let mut routes: Vec<String> = h.route.clone();
+            routes.extend(
+                out.headers
+                    .list(HeaderName::Route)
+                    .into_iter()
+                    .map(str::to_string),
+            );
+            set_list(&mut out, HeaderName::Route, &routes);
+        }
+    }
+    let mf = req
+        .max_forwards()
+        .ok()
+        .flatten()
+        .map(|m| m.saturating_sub(1))
+        .unwrap_or(70);
+    out.headers.set(HeaderName::MaxForwards, mf.to_string());
+    for rr in record_route.iter().rev() {
+        out.headers.prepend(HeaderName::RecordRoute, rr.clone());
+    }
+    out.headers.prepend(HeaderName::Via, via);
+    out
+}
+
+/// RFC 3261 §16.7 item 3: a response forwarded upstream without our Via.
+pub fn strip_top_via(resp: &mut Response) {
+    resp.headers.pop_first_element(HeaderName::Via);
+}
+
+/// The URI the next hop is taken from: the top Route, else the Request-URI (§16.6 item 6/7).
+pub fn next_hop_uri(req: &Request) -> Result<SipUri, ProxyError> {
+    let uri = match req.headers.list(HeaderName::Route).first() {
+        Some(r) => {
+            crate::sip::NameAddr::parse(r)
+                .map_err(|e| ProxyError::BadRoute(format!("Route header: {e}")))?
+                .uri
+        }
+        None => req.uri.clone(),
+    };
+    match uri {
+        Uri::Sip(u) => Ok(u),
+        Uri::Other { scheme, .. } => Err(ProxyError::BadRoute(format!(
+            "cannot route to a {scheme}: URI"
+        ))),
+    }
+}
+
+/// A registration's `source` ("udp:192.0.2.7:5060") as a destination.
+pub fn parse_flow(source: &str) -> Option<Peer> {
+    let (proto, addr) = source.split_once(':')?;
+    let proto = match proto {
+        "udp" => Proto::Udp,
+        "tcp" => Proto::Tcp,
+        _ => return None,
+    };
+    let remote: SocketAddr = addr.parse().ok()?;
+    Some(Peer {
+        proto,
+        remote,
+        local: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+        conn: None,
+    })
+}
+
+/// The transport and address a SIP URI names, when its host is an IP address (host names
+/// need the resolver: `None`). TCP only with `transport=tcp`.
+pub fn uri_addr(uri: &SipUri) -> Option<(Proto, SocketAddr)> {
+    let proto = match uri.transport().as_deref() {
+        Some("tcp") => Proto::Tcp,
+        _ => Proto::Udp,
+    };
+    let host = uri.param("maddr").and_then(|m| Host::parse(&m).ok());
+    let ip = host.as_ref().unwrap_or(&uri.host).ip()?;
+    Some((proto, SocketAddr::new(ip, uri.port.unwrap_or(5060))))
+}
+
+/// Where a response goes when it is forwarded statelessly (RFC 3261 §18.2.2 for the Via it
+/// now has on top): the `received`/`rport` address, else the sent-by.
+pub fn response_addr(via: &Via) -> Option<(Proto, SocketAddr)> {
+    let proto = if via.transport.eq_ignore_ascii_case("TCP") {
+        Proto::Tcp
+    } else {
+        Proto::Udp
+    };
+    let ip = match via.params.value("received") {
+        Some(r) => r.parse().ok()?,
+        None => via.host.ip()?,
+    };
+    let port = match via.rport() {
+        Some(Some(p)) => p,
+        _ => via.port.unwrap_or(5060),
+    };
+    Some((proto, SocketAddr::new(ip, port)))
+}
+
+/// Replaces all values of a list header by `values`, at the first one's place.
+fn set_list(req: &mut Request, kind: HeaderName, values: &[String]) {
+    if values.is_empty() {
+        req.headers.remove(kind);
+    } else {
+        let first = req.headers.0.iter().position(|h| h.kind == kind);
+        req.headers.remove(kind);
+        let at = first
+            .unwrap_or(req.headers.0.len())
+            .min(req.headers.0.len());
+        req.headers.0.insert(
+            at,
+            crate::sip::message::Header {
+                name: std::borrow::Cow::Borrowed(kind.canonical()),
+                kind,
+                value: values.join(", "),
+            },
+        );
+    }
+}
+
+/// The session description's hold state (RFC 3264 §8.4, RFC 2543 `c=0.0.0.0`): `Some(true)`
+/// when every stream is sendonly/inactive or the connection address is 0.0.0.0.
+pub fn sdp_holds(sdp: &[u8]) -> Option<bool> {
+    let text = std::str::from_utf8(sdp).ok()?;
+    if !text.contains("v=0") {
+        return None;
+    }
+    let mut session_dir: Option<&str> = None;
+    let mut media_dirs: Vec<Option<&str>> = Vec::new();
+    let mut zero_conn = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("m=") {
+            media_dirs.push(None);
+        } else if let Some(a) = line.strip_prefix("a=") {
+            if matches!(a, "sendonly" | "inactive" | "sendrecv" | "recvonly") {
+                match media_dirs.last_mut() {
+                    Some(d) => *d = Some(a),
+                    None => session_dir = Some(a),
+                }
+            }
+        } else if line.starts_with("c=IN IP4 0.0.0.0") {
+            zero_conn = true;
+        }
+    }
+    if zero_conn {
+        return Some(true);
+    }
+    let dirs: Vec<&str> = if media_dirs.is_empty() {
+        vec![session_dir.unwrap_or("sendrecv")]
+    } else {
+        media_dirs
+            .iter()
+            .map(|d| d.or(session_dir).unwrap_or("sendrecv"))
+            .collect()
+    };
+    Some(dirs.iter().all(|d| matches!(*d, "sendonly" | "inactive")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::{parse_message, Limits, Message};
+
+    fn req(text: &str) -> Request {
+        let raw = text.replace('\n', "\r\n");
+        match parse_message(raw.as_bytes(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    fn proxy() -> Proxy {
+        let mut cfg = Config::default();
+        cfg.server.domain = "example.com".into();
+        Proxy::new(
+            &cfg,
+            vec![
+                (Proto::Udp, "192.0.2.10:5060".parse().unwrap()),
+                (Proto::Tcp, "192.0.2.10:5060".parse().unwrap()),
+            ],
+            "example.com".into(),
+        )
+    }
+
+    const INVITE: &str = "INVITE sip:1002@example.com SIP/2.0\n\
+Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKa1\n\
+Max-Forwards: 70\n\
+From: \"Alice\" <sip:1001@example.com>;tag=f1\n\
+To: <sip:1002@example.com>\n\
+Call-ID: c1\n\
+CSeq: 1 INVITE\n\
+Contact: <sip:1001@192.0.2.7:5060>\n\
+Content-Length: 0\n\n";
+
+    fn binding(contact: &str, q: u16, source: &str) -> Binding {
+        Binding {
+            contact: contact.into(),
+            params: String::new(),
+            q,
+            expires_at: u64::MAX,
+            call_id: "r".into(),
+            cseq: 1,
+            path: vec![],
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+            source: source.into(),
+            registered_at: 0,
+        }
+    }
+
+    #[test]
+    fn rfc3261_16_3_max_forwards_zero_is_483() {
+        let r = req(&INVITE.replace("Max-Forwards: 70", "Max-Forwards: 0"));
+        assert_eq!(Proxy::check_max_forwards(&r), Err(ProxyError::TooManyHops));
+        assert_eq!(ProxyError::TooManyHops.status(), 483);
+        assert!(Proxy::check_max_forwards(&req(INVITE)).is_ok());
+    }
+
+    #[test]
+    fn rfc3261_16_6_branch_decrements_max_forwards_and_adds_via_and_record_route() {
+        let r = req(INVITE);
+        let hop = Hop {
+            uri: Uri::parse("sip:1002@192.0.2.8:5062").unwrap(),
+            route: vec!["<sip:edge.example.com;lr>".into()],
+            flow: None,
+        };
+        let out = branch_request(
+            &r,
+            Some(&hop),
+            "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKLx".into(),
+            &["<sip:192.0.2.10:5060;lr>".into()],
+        );
+        assert_eq!(out.uri.to_string(), "sip:1002@192.0.2.8:5062");
+        assert_eq!(out.headers.get(HeaderName::MaxForwards), Some("69"));
+        let vias = out.headers.list(HeaderName::Via);
+        assert_eq!(vias.len(), 2);
+        assert!(vias[0].contains("z9hG4bKLx"));
+        assert_eq!(
+            out.headers.get(HeaderName::RecordRoute),
+            Some("<sip:192.0.2.10:5060;lr>")
+        );
+        assert_eq!(
+            out.headers.list(HeaderName::Route),
+            vec!["<sip:edge.example.com;lr>"]
+        );
+    }
+
+    #[test]
+    fn rfc3261_16_4_our_route_is_removed_and_strict_routing_fixed() {
+        let p = proxy();
+        let mut r = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Max-Forwards: 70\nRoute: <sip:192.0.2.10:5060;lr;r2=on>, <sip:192.0.2.10:5060;transport=tcp;lr;r2=on>, <sip:pbx.example.net;lr>\n",
+        ));
+        assert!(p.preprocess_routes(&mut r));
+        assert_eq!(
+            r.headers.list(HeaderName::Route),
+            vec!["<sip:pbx.example.net;lr>"]
+        );
+        // A strict router before us: Request-URI is ours, the last Route is the target.
+        let mut s = req(&INVITE
+            .replace("INVITE sip:1002@example.com", "INVITE sip:192.0.2.10:5060")
+            .replace(
+                "Max-Forwards: 70\n",
+                "Max-Forwards: 70\nRoute: <sip:1002@192.0.2.8>\n",
+            ));
+        p.preprocess_routes(&mut s);
+        assert_eq!(s.uri.to_string(), "sip:1002@192.0.2.8");
+        assert!(!s.headers.has(HeaderName::Route));
+    }
+
+    #[test]
+    fn rfc3261_16_5_targets_local_user_forks_by_q_and_unknown_is_404() {
+        let p = proxy();
+        let r = req(INVITE);
+        let b = [
+            binding("sip:1002@192.0.2.8:5060", 500, "udp:192.0.2.8:5060"),
+            binding("sip:1002@192.0.2.9:5060", 1000, "tcp:192.0.2.9:40000"),
+            binding("sip:1002@192.0.2.11:5060", 1000, "udp:198.51.100.1:1024"),
+        ];
+        match p.targets(&r, false, &b, true, false).unwrap() {
+            Targets::Groups(g) => {
+                assert_eq!(g.len(), 2);
+                assert_eq!(g[0].len(), 2);
+                assert_eq!(g[1][0].uri.to_string(), "sip:1002@192.0.2.8:5060");
+                assert_eq!(g[0][0].flow.unwrap().proto, Proto::Tcp);
+                assert_eq!(
+                    g[0][1].flow.unwrap().remote,
+                    "198.51.100.1:1024".parse().unwrap()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            p.targets(&r, false, &[], false, false),
+            Err(ProxyError::UnknownUser)
+        );
+        assert_eq!(
+            p.targets(&r, false, &[], true, false),
+            Err(ProxyError::NotRegistered)
+        );
+        assert_eq!(p.targets(&r, true, &[], false, false), Ok(Targets::Onward));
+    }
+
+    #[test]
+    fn rfc3261_16_5_upstream_gets_foreign_and_unknown_but_never_its_own_requests_back() {
+        let mut cfg = Config::default();
+        cfg.server.domain = "example.com".into();
+        cfg.proxy.upstream = "sip:192.0.2.5:5060".into();
+        let p = Proxy::new(
+            &cfg,
+            vec![(Proto::Udp, "192.0.2.10:5060".parse().unwrap())],
+            "example.com".into(),
+        );
+        let r = req(INVITE);
+        assert_eq!(
+            p.targets(&r, false, &[], false, false),
+            Ok(Targets::Upstream)
+        );
+        assert_eq!(
+            p.targets(&r, false, &[], false, true),
+            Err(ProxyError::UnknownUser)
+        );
+        assert_eq!(
+            p.targets(&r, false, &[], true, false),
+            Err(ProxyError::NotRegistered)
+        );
+        let foreign = req(&INVITE.replace(
+            "INVITE sip:1002@example.com",
+            "INVITE sip:+15551234@carrier.example.net",
+        ));
+        assert_eq!(
+            p.targets(&foreign, false, &[], false, false),
+            Ok(Targets::Upstream)
+        );
+    }
+
+    #[test]
+    fn rfc3261_16_3_loop_detected_only_with_our_via_and_same_hash() {
+        let p = proxy();
+        let r = req(INVITE);
+        let h = p.loop_hash(&r);
+        let via = Via::parse(&format!(
+            "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKL{h}abc"
+        ))
+        .unwrap();
+        assert!(p.is_loop(&r, std::slice::from_ref(&via)));
+        // A spiral: the Request-URI changed, so the hash differs.
+        let spiral =
+            req(&INVITE.replace("INVITE sip:1002@example.com", "INVITE sip:1003@example.com"));
+        assert!(!p.is_loop(&spiral, &[via]));
+        let other = Via::parse(&format!(
+            "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKL{h}abc"
+        ))
+        .unwrap();
+        assert!(!p.is_loop(&r, &[other]));
+    }
+
+    #[test]
+    fn rfc3261_16_6_double_record_route_when_transport_changes() {
+        let p = proxy();
+        let udp = Peer {
+            proto: Proto::Udp,
+            remote: "192.0.2.7:5060".parse().unwrap(),
+            local: "192.0.2.10:5060".parse().unwrap(),
+            conn: None,
+        };
+        let tcp = Peer {
+            proto: Proto::Tcp,
+            ..udp
+        };
+        assert_eq!(
+            p.record_route(&udp, &udp, None),
+            vec!["<sip:192.0.2.10:5060;lr>"]
+        );
+        assert_eq!(
+            p.record_route(&udp, &tcp, Some("f1")),
+            vec![
+                "<sip:192.0.2.10:5060;lr;transport=tcp;r2=on;ftag=f1>",
+                "<sip:192.0.2.10:5060;lr;r2=on;ftag=f1>"
+            ]
+        );
+        let rr = Uri::parse("sip:192.0.2.10:5060;lr;transport=tcp;r2=on").unwrap();
+        assert!(p.is_us(rr.as_sip().unwrap()));
+        assert!(!p.is_us(
+            Uri::parse("sip:192.0.2.10:5070;lr")
+                .unwrap()
+                .as_sip()
+                .unwrap()
+        ));
+    }
+
+    #[test]
+    fn rfc3264_8_4_hold_is_sendonly_or_inactive_or_zero_address() {
+        let base = "v=0\r\no=- 1 2 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        assert_eq!(sdp_holds(base.as_bytes()), Some(false));
+        assert_eq!(
+            sdp_holds(format!("{base}a=sendonly\r\n").as_bytes()),
+            Some(true)
+        );
+        assert_eq!(
+            sdp_holds(format!("{base}a=inactive\r\n").as_bytes()),
+            Some(true)
+        );
+        assert_eq!(
+            sdp_holds(
+                base.replace("c=IN IP4 192.0.2.7", "c=IN IP4 0.0.0.0")
+                    .as_bytes()
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            sdp_holds(format!("{base}a=sendrecv\r\n").as_bytes()),
+            Some(false)
+        );
+        assert_eq!(sdp_holds(b"not sdp"), None);
+    }
+
+    #[test]
+    fn rfc3261_18_2_2_stateless_response_goes_to_received_and_rport() {
+        let v = Via::parse(
+            "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKx;received=198.51.100.1;rport=1024",
+        )
+        .unwrap();
+        assert_eq!(
+            response_addr(&v),
+            Some((Proto::Udp, "198.51.100.1:1024".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_flow("tcp:[::1]:5061").unwrap().remote,
+            "[::1]:5061".parse().unwrap()
+        );
+        assert_eq!(parse_flow("sctp:1.2.3.4:5"), None);
+    }
+}

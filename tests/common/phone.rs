@@ -1,0 +1,206 @@
+//! A raw-bytes desk phone for call tests: registers, calls, rings, answers, holds and hangs
+//! up through the proxy, keeping the dialog's route set the way RFC 3261 §12 says.
+
+#![allow(dead_code)]
+
+use super::ua::Ua;
+use super::{branch, wire};
+use busylamp::sip::{HasHeaders, HeaderName, Request, Response};
+use std::net::SocketAddr;
+
+pub struct Phone {
+    pub ua: Ua,
+    pub user: String,
+    /// Distinguishes two phones of one user.
+    pub name: String,
+}
+
+/// One side's view of a dialog, enough to send in-dialog requests.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    pub call_id: String,
+    /// Our From (as UAC) or To (as UAS) value, with our tag.
+    pub local: String,
+    pub remote: String,
+    pub remote_target: String,
+    /// Route headers for our in-dialog requests (RFC 3261 §12.1).
+    pub route: Vec<String>,
+    pub cseq: u32,
+}
+
+pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n";
+
+impl Phone {
+    pub async fn new(server: SocketAddr, user: &str, name: &str) -> Phone {
+        Phone {
+            ua: Ua::new(server).await,
+            user: user.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn contact(&self) -> String {
+        format!("sip:{}@127.0.0.1:{}", self.user, self.ua.port())
+    }
+
+    /// Registers this phone's contact (the server must trust 127.0.0.1).
+    pub async fn register(&mut self) {
+        let r = self
+            .ua
+            .request(&wire(&format!(
+                "REGISTER sip:example.test SIP/2.0
+                Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+                Max-Forwards: 70
+                From: <sip:{u}@example.test>;tag=r{n}
+                To: <sip:{u}@example.test>
+                Call-ID: reg-{u}-{n}
+                CSeq: 1 REGISTER
+                Contact: <{c}>
+                Expires: 3600
+                ",
+                p = self.ua.port(),
+                b = branch(),
+                u = self.user,
+                n = self.name,
+                c = self.contact()
+            )))
+            .await;
+        assert_eq!(r.status, 200, "REGISTER of {}: {}", self.user, r.reason);
+    }
+
+    /// Sends an INVITE to `to_user` and returns the caller's leg (without the remote tag
+    /// and target yet: see [`Phone::established`]).
+    pub async fn invite(&mut self, to_user: &str, call_id: &str) -> Request {
+        let text = format!(
+            "INVITE sip:{to}@example.test SIP/2.0
+            Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+            Max-Forwards: 70
+            From: \"{u} {n}\" <sip:{u}@example.test>;tag=from-{call_id}
+            To: \"Ext {to}\" <sip:{to}@example.test>
+            Call-ID: {call_id}
+            CSeq: 1 INVITE
+            Contact: <{c}>
+            Content-Type: application/sdp
+            ",
+            to = to_user,
+            p = self.ua.port(),
+            b = branch(),
+            u = self.user,
+            n = self.name,
+            c = self.contact(),
+        );
+        let mut bytes = wire(&text);
+        // wire() ends the headers; append the SDP with the right Content-Length.
+        let head = String::from_utf8(bytes.clone()).unwrap();
+        let head = head.replace(
+            "Content-Length: 0\r\n",
+            &format!("Content-Length: {}\r\n", SDP.len()),
+        );
+        bytes = format!("{head}{SDP}").into_bytes();
+        self.ua.send(&bytes).await;
+        match busylamp::sip::parse::parse_message(&bytes, &Default::default()) {
+            Ok(busylamp::sip::Message::Request(r)) => r,
+            other => panic!("bad INVITE built: {other:?}"),
+        }
+    }
+
+    /// Answers a request the proxy delivered, as a UAS: `tag` for the To tag, our Contact
+    /// and the Record-Route copied (RFC 3261 §12.1.1), an SDP answer on 2xx to INVITE.
+    pub async fn reply(&self, req: &Request, status: u16, tag: &str) {
+        let mut r = req.response(status, "Whatever", Some(tag));
+        if status > 100 {
+            for rr in req.headers.all(HeaderName::RecordRoute) {
+                r.headers.push(HeaderName::RecordRoute, rr.to_string());
+            }
+            if status < 300 || (101..200).contains(&status) {
+                r.headers
+                    .push(HeaderName::Contact, format!("<{}>", self.contact()));
+            }
+        }
+        if (200..300).contains(&status) && req.method == "INVITE" {
+            r.headers.push(HeaderName::ContentType, "application/sdp");
+            r.body = SDP.as_bytes().to_vec();
+        }
+        self.ua
+            .sock
+            .send_to(&r.to_bytes(), self.ua.server)
+            .await
+            .unwrap();
+    }
+
+    /// The caller's leg once the 2xx arrived.
+    pub fn caller_leg(invite: &Request, ok: &Response) -> Leg {
+        let mut route: Vec<String> = ok
+            .headers
+            .list(HeaderName::RecordRoute)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        route.reverse();
+        Leg {
+            call_id: invite.call_id().unwrap().to_string(),
+            local: invite.headers.get(HeaderName::From).unwrap().to_string(),
+            remote: ok.headers.get(HeaderName::To).unwrap().to_string(),
+            remote_target: contact_uri(ok.headers.get(HeaderName::Contact).unwrap()),
+            route,
+            cseq: 1,
+        }
+    }
+
+    /// The callee's leg for an INVITE it answered with `tag`.
+    pub fn callee_leg(invite: &Request, tag: &str) -> Leg {
+        Leg {
+            call_id: invite.call_id().unwrap().to_string(),
+            local: format!("{};tag={tag}", invite.headers.get(HeaderName::To).unwrap()),
+            remote: invite.headers.get(HeaderName::From).unwrap().to_string(),
+            remote_target: contact_uri(invite.headers.get(HeaderName::Contact).unwrap()),
+            route: invite
+                .headers
+                .list(HeaderName::RecordRoute)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            cseq: 100,
+        }
+    }
+
+    /// An in-dialog request (ACK shares the INVITE's CSeq number).
+    pub fn in_dialog(&self, leg: &mut Leg, method: &str, body: Option<&str>) -> Vec<u8> {
+        if method != "ACK" {
+            leg.cseq += 1;
+        }
+        let routes: String = leg
+            .route
+            .iter()
+            .map(|r| format!("Route: {r}\r\n"))
+            .collect();
+        let (ct, body) = match body {
+            Some(b) => (
+                "Content-Type: application/sdp\r\n".to_string(),
+                b.to_string(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={b}\r\nMax-Forwards: 70\r\n{routes}From: {local}\r\nTo: {remote}\r\nCall-ID: {cid}\r\nCSeq: {seq} {method}\r\nContact: <{c}>\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
+            target = leg.remote_target,
+            p = self.ua.port(),
+            b = branch(),
+            local = leg.local,
+            remote = leg.remote,
+            cid = leg.call_id,
+            seq = leg.cseq,
+            c = self.contact(),
+            len = body.len(),
+        )
+        .into_bytes()
+    }
+}
+
+/// The URI inside a Contact value.
+pub fn contact_uri(v: &str) -> String {
+    match (v.find('<'), v.find('>')) {
+        (Some(a), Some(b)) => v[a + 1..b].to_string(),
+        _ => v.split(';').next().unwrap_or(v).trim().to_string(),
+    }
+}

@@ -1,0 +1,192 @@
+//! RFC 3261 §16 (proxy behaviour) end to end over UDP loopback: a caller, a callee with two
+//! registered phones, forking, CANCEL, busy, in-dialog routing through our Record-Route.
+
+mod common;
+
+use busylamp::sip::{HasHeaders, HeaderName};
+use common::phone::{Phone, SDP};
+use common::{server, TestServer};
+
+pub const CALLS: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.0/8"]
+[[users]]
+name = "1001"
+password = "secret"
+[[users]]
+name = "1002"
+password = "other"
+[[users]]
+name = "1003"
+password = "third"
+"#;
+
+async fn office() -> (TestServer, Phone, Phone, Phone) {
+    let s = server(CALLS).await;
+    let mut alice = Phone::new(s.udp, "1001", "a").await;
+    let mut bob1 = Phone::new(s.udp, "1002", "desk").await;
+    let mut bob2 = Phone::new(s.udp, "1002", "soft").await;
+    alice.register().await;
+    bob1.register().await;
+    bob2.register().await;
+    (s, alice, bob1, bob2)
+}
+
+#[tokio::test]
+async fn rfc3261_16_6_invite_forks_to_both_contacts_first_2xx_wins_loser_cancelled() {
+    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    let invite = alice.invite("1002", "fork-1").await;
+    let trying = alice.ua.any_response().await;
+    assert_eq!(trying.status, 100);
+
+    let at1 = bob1.ua.next_request().await;
+    let at2 = bob2.ua.next_request().await;
+    assert_eq!(at1.method, "INVITE");
+    assert_eq!(at1.uri.to_string(), bob1.contact());
+    assert_eq!(at2.uri.to_string(), bob2.contact());
+    // Our Via on top, Max-Forwards decremented, our Record-Route.
+    assert_eq!(at1.headers.list(HeaderName::Via).len(), 2);
+    assert_eq!(at1.headers.get(HeaderName::MaxForwards), Some("69"));
+    assert!(at1
+        .headers
+        .get(HeaderName::RecordRoute)
+        .unwrap()
+        .contains(";lr"));
+    assert_eq!(at1.body, SDP.as_bytes());
+
+    bob1.reply(&at1, 180, "b1").await;
+    bob2.reply(&at2, 180, "b2").await;
+    let r1 = alice.ua.any_response().await;
+    let r2 = alice.ua.any_response().await;
+    assert_eq!((r1.status, r2.status), (180, 180));
+    // Upstream sees only its own Via.
+    assert_eq!(r1.headers.list(HeaderName::Via).len(), 1);
+
+    bob2.reply(&at2, 200, "b2").await;
+    let ok = alice.ua.any_response().await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.headers.get(HeaderName::To).unwrap().contains("tag=b2"));
+    // The loser gets CANCEL, answers 200 to it and 487 to the INVITE.
+    let cancel = bob1.ua.next_request().await;
+    assert_eq!(cancel.method, "CANCEL");
+    bob1.reply(&cancel, 200, "b1").await;
+    bob1.reply(&at1, 487, "b1").await;
+    // The proxy ACKs the 487 itself (hop by hop).
+    let ack = bob1.ua.next_request().await;
+    assert_eq!(ack.method, "ACK");
+    assert!(
+        alice.ua.no_notify(300).await,
+        "no more requests reach the caller"
+    );
+
+    // End-to-end ACK and BYE go through our Record-Route to the winner.
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    assert_eq!(leg.route.len(), 1);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    let ack = bob2.ua.next_request().await;
+    assert_eq!(ack.method, "ACK");
+    assert_eq!(ack.uri.to_string(), bob2.contact());
+    assert!(
+        !ack.headers.has(HeaderName::Route),
+        "our Route entry is removed"
+    );
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = bob2.ua.next_request().await;
+    assert_eq!(bye.method, "BYE");
+    bob2.reply(&bye, 200, "b2").await;
+    let done = alice.ua.any_response().await;
+    assert_eq!(
+        (done.status, done.cseq().unwrap().method.as_str()),
+        (200, "BYE")
+    );
+}
+
+#[tokio::test]
+async fn rfc3261_16_10_cancel_ends_every_branch_and_caller_gets_487() {
+    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    let invite = alice.invite("1002", "cancel-1").await;
+    let at1 = bob1.ua.next_request().await;
+    let at2 = bob2.ua.next_request().await;
+    bob1.reply(&at1, 180, "b1").await;
+    bob2.reply(&at2, 180, "b2").await;
+    // CANCEL: same branch, Request-URI, Call-ID, From, To and CSeq number as the INVITE.
+    let via = invite.headers.get(HeaderName::Via).unwrap();
+    let cancel = format!(
+        "CANCEL sip:1002@example.test SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {f}\r\nTo: {t}\r\nCall-ID: cancel-1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        f = invite.headers.get(HeaderName::From).unwrap(),
+        t = invite.headers.get(HeaderName::To).unwrap(),
+    );
+    alice.ua.send(cancel.as_bytes()).await;
+    for (phone, inv, tag) in [(&mut bob1, &at1, "b1"), (&mut bob2, &at2, "b2")] {
+        let c = phone.ua.next_request().await;
+        assert_eq!(c.method, "CANCEL");
+        phone.reply(&c, 200, tag).await;
+        phone.reply(inv, 487, tag).await;
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let r = alice.ua.any_response().await;
+        statuses.push((r.status, r.cseq().unwrap().method));
+        if r.status == 487 {
+            break;
+        }
+    }
+    assert!(statuses.contains(&(200, "CANCEL".into())), "{statuses:?}");
+    assert!(statuses.contains(&(487, "INVITE".into())), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn rfc3261_16_7_busy_everywhere_gives_486_and_unknown_user_404() {
+    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    alice.invite("1002", "busy-1").await;
+    let at1 = bob1.ua.next_request().await;
+    let at2 = bob2.ua.next_request().await;
+    bob1.reply(&at1, 486, "b1").await;
+    bob2.reply(&at2, 486, "b2").await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 486);
+
+    alice.invite("7777", "nobody-1").await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 404);
+    // A local user with no phone registered: 480.
+    alice.invite("1003", "away-1").await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 480);
+}
+
+#[tokio::test]
+async fn rfc3261_16_3_max_forwards_zero_gets_483() {
+    let (_s, mut alice, _b1, _b2) = office().await;
+    let inv = alice.invite("1002", "mf-1").await;
+    let mut bytes = inv.to_bytes();
+    let text = String::from_utf8(bytes.clone())
+        .unwrap()
+        .replace("Max-Forwards: 70", "Max-Forwards: 0")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace("branch=", "branch=z9hG4bKmf0");
+    bytes = text.into_bytes();
+    alice.ua.send(&bytes).await;
+    loop {
+        let r = alice.ua.any_response().await;
+        if r.cseq().unwrap().seq == 2 && r.status >= 200 {
+            assert_eq!(r.status, 483);
+            break;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_8_nobody_answers_caller_gets_408() {
+    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    alice.invite("1002", "noanswer-1").await;
+    let _ = bob1.ua.next_request().await;
+    let _ = bob2.ua.next_request().await;
+    // Never a provisional: Timer B (32 s) ends both branches.
+    let r = alice.ua.response_within(40_000).await;
+    assert_eq!(r.status, 408);
+}
