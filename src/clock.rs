@@ -32,6 +32,10 @@ impl Clock {
         (self.base_unix + self.base.elapsed()).as_secs()
     }
 
+    pub fn now_unix_ms(&self) -> u64 {
+        (self.base_unix + self.base.elapsed()).as_millis() as u64
+    }
+
     /// The tokio instant at which a unix time is reached (now, if it is past).
     pub fn instant_of(&self, unix_secs: u64) -> Instant {
         let target = Duration::from_secs(unix_secs);

@@ -170,7 +170,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(store);
     let stores = busylamp::server::Stores {
         bindings: store.clone(),
-        presence: store,
+        presence: store.clone(),
+        dialogs: store,
         users: Some(users),
         nonce_key: None,
     };

@@ -70,6 +70,12 @@ pub struct Core {
     pub(crate) forwarding: Mutex<crate::proxy::forward::Forwarding>,
     /// `[proxy] upstream` resolved at start when it is a host name.
     pub(crate) upstream_resolved: Mutex<Option<Peer>>,
+    /// Calls through the proxy (one lock: every change of a call is published under it, so a
+    /// call's lamps change in order).
+    pub(crate) dialogs: Mutex<crate::dialog::DialogTracker>,
+    pub(crate) dialog_store: Arc<dyn crate::storage::DialogStore>,
+    pub(crate) dialoginfo: crate::config::DialogInfoConfig,
+    pub(crate) max_lifetime: u64,
     pub(crate) branch_secret: u64,
     pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
 }
@@ -133,6 +139,8 @@ impl ServerHandle {
 pub struct Stores {
     pub bindings: Arc<dyn BindingStore>,
     pub presence: Arc<dyn PresenceStore>,
+    /// Calls of the dialog tracker.
+    pub dialogs: Arc<dyn crate::storage::DialogStore>,
     pub users: Option<UserFile>,
     /// Key for digest nonces; random when `None` (tests fix it to mint old nonces).
     pub nonce_key: Option<[u8; 32]>,
@@ -142,6 +150,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let Stores {
         bindings: store,
         presence: presence_store,
+        dialogs: dialog_store,
         users: user_file,
         nonce_key,
     } = stores;
@@ -194,6 +203,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         proxy: crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg)),
         forwarding: Mutex::new(Default::default()),
         upstream_resolved: Mutex::new(None),
+        dialogs: Mutex::new(crate::dialog::DialogTracker::new(&cfg.dialog)),
+        dialog_store,
+        dialoginfo: cfg.pua.dialoginfo.clone(),
+        max_lifetime: cfg.dialog.max_lifetime,
         branch_secret: {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -229,7 +242,14 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     // their answers wait in the socket buffers.
     let (publications, subscriptions) = presence.load()?;
     tracing::info!(publications, subscriptions, "presence state loaded");
+    // Calls after presence: a call that ended while we were down publishes `terminated`
+    // over the lamp state just loaded.
+    let live_calls = core.restore_calls()?;
+    tasks.push(tokio::spawn(core.clone().run_dialog_timers()));
     transport.start(listeners, core.clone());
+    if live_calls > 0 {
+        core.probe_calls();
+    }
     for (proto, addr) in transport.local_addrs() {
         tracing::info!(
             "listening on {}:{addr}",

@@ -9,11 +9,10 @@
 mod common;
 use busylamp::sip::parse::{parse_message, Limits};
 use busylamp::sip::{HasHeaders, HeaderName, Message};
+use common::binary::Busylamp;
 use common::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
@@ -22,112 +21,6 @@ use tokio::task::JoinHandle;
 const SUBSCRIPTIONS: usize = 1_000;
 const PHONES: usize = 10;
 const PRESENTITIES: usize = 50;
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The real binary on a temp data dir; killed and the dir removed on every path (Drop).
-struct Busylamp {
-    child: Option<Child>,
-    dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Busylamp {
-    fn new(name: &str, presence_config: &str) -> Busylamp {
-        let dir = std::env::temp_dir().join(format!(
-            "busylamp-presence-kill9-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = free_udp_port();
-        let config = dir.join("busylamp.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:{port}"]
-data_dir = "{}"
-log = "warn"
-[auth]
-trusted = ["127.0.0.0/8"]
-[presence]
-{presence_config}
-"#,
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("serve.log");
-        let mut b = Busylamp {
-            child: None,
-            dir,
-            config,
-            log,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        };
-        b.start();
-        b
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_busylamp"))
-                .arg("serve")
-                .arg("--config")
-                .arg(&self.config)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start busylamp"),
-        );
-    }
-
-    /// SIGKILL (std's `Child::kill` on Unix) to this child's pid, and reap it.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("SIGKILL");
-            let _ = c.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    async fn wait_ready(&self) {
-        assert!(
-            answers_options_within(self.addr, Duration::from_secs(20)).await,
-            "server did not come up within 20 s\n{}",
-            self.log_text()
-        );
-    }
-}
-
-impl Drop for Busylamp {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// One NOTIFY as the watcher saw it.
 #[derive(Debug, Clone)]
@@ -435,7 +328,7 @@ fn make_subs(n: usize, expires: u32) -> Vec<Sub> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_watcher_continues_cseq_and_version_after_kill_9() {
     let started = Instant::now();
-    let mut server = Busylamp::new("thousand", "");
+    let mut server = Busylamp::new("thousand", "[presence]\n");
     server.wait_ready().await;
     let addr = server.addr;
     let inbox: Shared = Arc::default();
@@ -688,7 +581,7 @@ async fn every_watcher_continues_cseq_and_version_after_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_that_expired_while_down_ends_with_timeout() {
     const SHORT: u32 = 3;
-    let mut server = Busylamp::new("expiry", &format!("min_expires = {SHORT}"));
+    let mut server = Busylamp::new("expiry", &format!("[presence]\nmin_expires = {SHORT}"));
     server.wait_ready().await;
     let addr = server.addr;
     let inbox: Shared = Arc::default();

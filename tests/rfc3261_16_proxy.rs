@@ -190,3 +190,127 @@ async fn rfc3261_16_8_nobody_answers_caller_gets_408() {
     let r = alice.ua.response_within(40_000).await;
     assert_eq!(r.status, 408);
 }
+
+/// Phones on 127.0.0.1 are challenged; 127.0.0.2 (a trusted desk phone network) and the PBX
+/// on 127.0.0.3 are not.
+fn pbx_config(pbx_port: u16) -> String {
+    format!(
+        r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.2", "127.0.0.3"]
+[proxy]
+upstream = "sip:127.0.0.3:{pbx_port}"
+[[users]]
+name = "1001"
+password = "secret"
+[[users]]
+name = "1002"
+password = "other"
+"#
+    )
+}
+
+#[tokio::test]
+async fn rfc3261_22_3_calls_from_phones_are_challenged_407_and_must_be_their_own() {
+    let mut pbx = common::ua::Ua::bind("127.0.0.3", "127.0.0.1:9".parse().unwrap()).await;
+    let s = common::server(&pbx_config(pbx.port())).await;
+    pbx.server = s.udp;
+    let mut bob = Phone::new_at("127.0.0.2", s.udp, "1002", "desk").await;
+    bob.register().await;
+    let mut alice = Phone::new(s.udp, "1001", "a").await;
+
+    let invite = alice.invite("1002", "auth-1").await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 407);
+    let challenge = r
+        .headers
+        .get(HeaderName::ProxyAuthenticate)
+        .expect("Proxy-Authenticate")
+        .to_string();
+    assert!(
+        bob.ua.next_request_within(200).await.is_none(),
+        "nothing forwarded unauthenticated"
+    );
+
+    // The retry with credentials (new CSeq and branch) goes through, without them.
+    let port = alice.ua.port();
+    let retry = |user: &str, password: &str, cseq: u32| {
+        let auth = common::authorization(
+            &challenge,
+            user,
+            password,
+            "INVITE",
+            "sip:1002@example.test",
+            cseq,
+        );
+        let mut again = invite.clone();
+        again
+            .headers
+            .set(HeaderName::CSeq, format!("{cseq} INVITE"));
+        again.headers.set(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP 127.0.0.1:{port};branch={}", common::branch()),
+        );
+        again.headers.push(HeaderName::ProxyAuthorization, auth);
+        again.to_bytes()
+    };
+    alice.ua.send(&retry("1002", "other", 2)).await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 403, "1001 cannot call as 1002: {}", r.reason);
+
+    alice.ua.send(&retry("1001", "secret", 3)).await;
+    let at = bob.ua.next_request().await;
+    assert_eq!(at.method, "INVITE");
+    assert!(
+        !at.headers.has(HeaderName::ProxyAuthorization),
+        "our credentials end at us"
+    );
+    bob.reply(&at, 486, "b").await;
+    loop {
+        let r = alice.ua.response().await;
+        if r.cseq().unwrap().seq == 3 {
+            assert_eq!(r.status, 486);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn rfc3261_16_5_unknown_numbers_go_to_the_pbx_and_pbx_calls_reach_phones() {
+    let mut pbx = Phone::new_at("127.0.0.3", "127.0.0.1:9".parse().unwrap(), "pbx", "pbx").await;
+    let s = common::server(&pbx_config(pbx.ua.port())).await;
+    pbx.ua.server = s.udp;
+    let mut bob = Phone::new_at("127.0.0.2", s.udp, "1002", "desk").await;
+    bob.register().await;
+
+    // A number nobody registered: to the PBX, Request-URI unchanged, our Record-Route.
+    bob.invite("5551234", "out-1").await;
+    let at_pbx = pbx.ua.next_request().await;
+    assert_eq!(at_pbx.method, "INVITE");
+    assert_eq!(at_pbx.uri.to_string(), "sip:5551234@example.test");
+    assert!(at_pbx.headers.has(HeaderName::RecordRoute));
+    pbx.reply(&at_pbx, 404, "p").await;
+    assert_eq!(bob.ua.response().await.status, 404);
+
+    // The PBX (trusted) calls 1002: the phone rings.
+    pbx.invite("1002", "in-1").await;
+    let at_bob = bob.ua.next_request().await;
+    assert_eq!(at_bob.method, "INVITE");
+    assert_eq!(at_bob.uri.to_string(), bob.contact());
+    bob.reply(&at_bob, 180, "b").await;
+    let ringing = pbx.ua.any_response().await;
+    assert!(ringing.status == 100 || ringing.status == 180);
+    // A number the PBX sends us that nobody here has: 404, never back to the PBX.
+    pbx.invite("7777", "in-2").await;
+    loop {
+        let r = pbx.ua.any_response().await;
+        if r.call_id().unwrap() == "in-2" && r.status >= 200 {
+            assert_eq!(r.status, 404);
+            break;
+        }
+    }
+}

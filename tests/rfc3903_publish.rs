@@ -627,6 +627,7 @@ async fn a_publish_that_could_not_be_stored_does_not_silence_its_watchers() {
         busylamp::server::Stores {
             bindings: mem.clone() as Arc<dyn BindingStore>,
             presence: flaky.clone() as Arc<dyn PresenceStore>,
+            dialogs: mem.clone() as Arc<dyn busylamp::storage::DialogStore>,
             users: None,
             nonce_key: Some(NONCE_KEY),
         },

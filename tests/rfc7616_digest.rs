@@ -320,6 +320,7 @@ async fn users_from_the_user_file_authenticate() {
         Stores {
             bindings: std::sync::Arc::new(MemoryStore::new()),
             presence: std::sync::Arc::new(MemoryStore::new()),
+            dialogs: std::sync::Arc::new(MemoryStore::new()),
             users: Some(UserFile::new(&dir)),
             nonce_key: None,
         },

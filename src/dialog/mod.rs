@@ -575,6 +575,18 @@ impl DialogTracker {
     /// Records the CSeq of an in-dialog request (`from_tag` is the sender's), so a keepalive
     /// probe after a restart can send a higher one. Returns the record write when it rose;
     /// not a visible change (no publication).
+    /// Where an in-dialog request from the party with `from_tag` goes: the other party's
+    /// flow (the caller's source, or the answering branch's), for phones behind NAT or on TCP.
+    pub fn flow_towards(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<String> {
+        let f = self.find(call_id, from_tag, to_tag)?;
+        let call = self.calls.get(&f.key)?;
+        if f.by_caller {
+            call.branch(&f.to_tag)?.flow.clone()
+        } else {
+            Some(call.caller_flow.clone())
+        }
+    }
+
     pub fn note_cseq(
         &mut self,
         call_id: &str,

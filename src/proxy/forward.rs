@@ -9,6 +9,7 @@ use super::{
 };
 use crate::auth::AuthResult;
 use crate::deadline::Deadlines;
+use crate::dialog::{CallKey, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
@@ -47,6 +48,8 @@ struct Forwarded {
     branches: Vec<Option<(TxKey, Peer)>>,
     record_route: bool,
     loop_hash: String,
+    /// The call this INVITE started, when the dialog tracker follows it.
+    call: Option<CallKey>,
 }
 
 /// FNV-1a over `bytes`, keyed: the same ACK always gets the same branch, and outsiders
@@ -144,10 +147,16 @@ impl Core {
                 route: vec![],
                 flow: upstream,
             }]],
+            // In-dialog without another proxy's Route: the other party's flow, as the call
+            // came in (NAT, TCP); else by Route or Request-URI.
             Targets::Onward => vec![vec![Hop {
                 uri: req.uri.clone(),
                 route: vec![],
-                flow: None,
+                flow: if in_dialog && !req.headers.has(HeaderName::Route) {
+                    self.flow_for(&req)
+                } else {
+                    None
+                },
             }]],
         };
         let record_route = !in_dialog
@@ -156,6 +165,12 @@ impl Core {
                 "INVITE" | "SUBSCRIBE" | "REFER" | "NOTIFY"
             );
         let loop_hash = self.proxy.loop_hash(&req);
+        let call = if invite && !in_dialog {
+            self.track_invite(&req, parsed, &peer)
+        } else {
+            self.track_in_dialog(&req, parsed);
+            None
+        };
         let fwd = Forwarded {
             ctx: Context::new(invite, groups.len().saturating_sub(1)),
             request: req,
@@ -164,6 +179,7 @@ impl Core {
             branches: Vec::new(),
             record_route,
             loop_hash,
+            call,
         };
         lock(&self.forwarding).contexts.insert(key.clone(), fwd);
         self.start_group(&key);
@@ -378,6 +394,15 @@ impl Core {
                 }
                 return;
             };
+            if let Some(call) = &f.call {
+                let flow = f
+                    .branches
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .map(|(_, p)| p.to_string());
+                self.track_response(call, &resp, flow.as_deref());
+            }
             if f.ctx.invite {
                 if (101..200).contains(&resp.status) {
                     let c = Duration::from_secs(self.proxy.cfg.timer_c);
@@ -395,7 +420,20 @@ impl Core {
     fn apply_steps(self: &Arc<Self>, key: &TxKey, steps: Vec<Step>) {
         for step in steps {
             match step {
-                Step::Forward(resp) => self.forward_response(key, resp),
+                Step::Forward(resp) => {
+                    if resp.status >= 300 {
+                        let call = lock(&self.forwarding)
+                            .contexts
+                            .get(key)
+                            .and_then(|f| f.call.clone());
+                        if let Some(call) = call {
+                            let now = self.clock.now_unix_ms();
+                            let u = lock(&self.dialogs).failed(&call, resp.status, now);
+                            self.publish_calls(u);
+                        }
+                    }
+                    self.forward_response(key, resp)
+                }
                 Step::Cancel(i) => self.cancel_branch(key, i),
                 Step::NextGroup => self.start_group(key),
             }
@@ -466,6 +504,16 @@ impl Core {
         match (invite, steps) {
             (Some(k), Some(steps)) => {
                 self.respond(&key, req.response(200, "OK", Some(&self.ids.tag())));
+                let call = lock(&self.forwarding)
+                    .contexts
+                    .get(&k)
+                    .and_then(|f| f.call.clone());
+                if let Some(call) = call {
+                    let now = self.clock.now_unix_ms();
+                    let mut dialogs = lock(&self.dialogs);
+                    let u = dialogs.cancel(&call, now);
+                    self.publish_calls_locked(u);
+                }
                 self.apply_steps(&k, steps);
             }
             _ => self.proxy_answer(&key, req, 481, "Call/Transaction Does Not Exist"),
@@ -524,9 +572,235 @@ impl Core {
         }
     }
 
-    /// The registered flow of a phone whose contact is the Request-URI (NAT, TCP).
-    fn flow_for(&self, _req: &Request) -> Option<Peer> {
-        None
+    /// For an in-dialog request of a tracked call: the flow of the party it goes to (where
+    /// its INVITE or answer came from), so phones behind NAT and on TCP are reached.
+    fn flow_for(&self, req: &Request) -> Option<Peer> {
+        let call_id = req.call_id().ok()?;
+        let from = req.from_hdr().ok()?.tag()?;
+        let to = req.to_hdr().ok()?.tag()?;
+        let flow = lock(&self.dialogs).flow_towards(call_id, &from, &to)?;
+        let p = super::parse_flow(&flow)?;
+        Some(self.peer_to(p.proto, p.remote))
+    }
+
+    /// A new call: the dialog tracker follows it and its lamps light (`trying`).
+    fn track_invite(&self, req: &Request, parsed: &Parsed, peer: &Peer) -> Option<CallKey> {
+        let from_tag = parsed.from.tag()?;
+        let key = CallKey {
+            call_id: req.call_id().ok()?.to_string(),
+            from_tag,
+        };
+        let callee_aor = self
+            .proxy
+            .local_aor(&req.uri)
+            .or_else(|| self.proxy.local_aor(&parsed.to.uri));
+        let info = InviteInfo {
+            caller: Party {
+                uri: parsed.from.uri.to_string(),
+                display: parsed.from.display.clone().filter(|d| !d.is_empty()),
+                aor: self.proxy.local_aor(&parsed.from.uri),
+                target: parsed.contacts.first().and_then(|c| match c {
+                    crate::sip::header::ContactValue::Addr(a) => Some(a.uri.to_string()),
+                    _ => None,
+                }),
+            },
+            callee: Party {
+                uri: parsed.to.uri.to_string(),
+                display: parsed.to.display.clone().filter(|d| !d.is_empty()),
+                aor: callee_aor,
+                target: None,
+            },
+            request_uri: req.uri.to_string(),
+            caller_flow: peer.to_string(),
+            cseq: parsed.cseq.seq,
+        };
+        let now = self.clock.now_unix_ms();
+        let mut dialogs = lock(&self.dialogs);
+        let u = dialogs.invite(key.clone(), info, now);
+        self.publish_calls_locked(u);
+        Some(key)
+    }
+
+    /// In-dialog requests the tracker cares about: BYE ends the dialog at once (the lamp goes
+    /// dark on the BYE, not on its answer), a re-INVITE or UPDATE with SDP may hold or resume.
+    fn track_in_dialog(&self, req: &Request, parsed: &Parsed) {
+        let (Some(from), Some(to), Ok(call_id)) =
+            (parsed.from.tag(), parsed.to.tag(), req.call_id())
+        else {
+            return;
+        };
+        let now = self.clock.now_unix_ms();
+        let mut dialogs = lock(&self.dialogs);
+        let u = match req.method.as_str() {
+            "BYE" => dialogs.bye(call_id, &from, &to, now),
+            "INVITE" | "UPDATE" if !req.body.is_empty() => {
+                dialogs.reinvite(call_id, &from, &to, &req.body, now)
+            }
+            _ => None,
+        };
+        if let Some(w) = dialogs.note_cseq(call_id, &from, &to, parsed.cseq.seq) {
+            drop(self.dialog_store.apply_call(w));
+        }
+        self.publish_calls_locked(u);
+    }
+
+    /// A response to a tracked INVITE as it passes (our Via already removed).
+    fn track_response(&self, call: &CallKey, resp: &Response, flow: Option<&str>) {
+        let to_tag = resp.to_hdr().ok().and_then(|t| t.tag());
+        let contact = resp
+            .contacts()
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| match c {
+                crate::sip::header::ContactValue::Addr(a) => Some(a.uri.to_string()),
+                _ => None,
+            });
+        let now = self.clock.now_unix_ms();
+        let mut dialogs = lock(&self.dialogs);
+        let u = dialogs.response(
+            call,
+            to_tag.as_deref(),
+            resp.status,
+            contact.as_deref(),
+            flow,
+            now,
+        );
+        self.publish_calls_locked(u);
+    }
+
+    /// Ends calls past their lifetime (no BYE within `dialog.max_lifetime`, or ringing past
+    /// `dialog.early_timeout`): their lamps go dark.
+    pub(crate) async fn run_dialog_timers(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.clock.now_unix_ms();
+            let mut dialogs = lock(&self.dialogs);
+            if dialogs.next_deadline().is_some_and(|d| d <= now) {
+                let ups = dialogs.expire(now);
+                self.publish_calls_locked(ups);
+            }
+        }
+    }
+
+    /// After a restart: stored calls come back; those that cannot still be alive are
+    /// published terminated (lamps dark). Returns the calls to probe.
+    pub(crate) fn restore_calls(&self) -> Result<usize, crate::storage::StorageError> {
+        let calls = self.dialog_store.load_calls()?;
+        let n = calls.len();
+        let now = self.clock.now_unix_ms();
+        let mut dialogs = lock(&self.dialogs);
+        let ups = dialogs.restore(calls, now);
+        let ended = ups.len();
+        self.publish_calls_locked(ups);
+        tracing::info!(calls = n, ended, "calls restored");
+        Ok(n - ended)
+    }
+
+    /// Asks both parties of every answered call whether it still exists (an in-dialog OPTIONS,
+    /// as Kamailio's dialog keepalive does): a call hung up while we were down (its BYE could
+    /// not pass) gets 481 or no answer, and its lamps go dark. Any other answer (200, 500 for
+    /// an old CSeq, 405...) means the dialog is alive.
+    pub(crate) fn probe_calls(self: &Arc<Self>) {
+        let calls = lock(&self.dialogs).confirmed();
+        for call in calls {
+            let Some(winner) = call.winner().cloned() else {
+                continue;
+            };
+            let key = call.key.clone();
+            let caller_id = match &call.caller.display {
+                Some(d) => format!("\"{d}\" <{}>", call.caller.uri),
+                None => format!("<{}>", call.caller.uri),
+            };
+            let callee_id = format!("<{}>", call.callee.uri);
+            // (target, flow, From (the other side, with its tag), To (this side, its tag), CSeq)
+            let legs = [
+                (
+                    call.caller.target.clone(),
+                    Some(call.caller_flow.clone()),
+                    format!("{callee_id};tag={}", winner.to_tag),
+                    format!("{caller_id};tag={}", key.from_tag),
+                    winner.callee_cseq.unwrap_or(1),
+                ),
+                (
+                    winner.target.clone(),
+                    winner.flow.clone(),
+                    format!("{caller_id};tag={}", key.from_tag),
+                    format!("{callee_id};tag={}", winner.to_tag),
+                    call.caller_cseq,
+                ),
+            ];
+            for (target, flow, from, to, cseq) in legs {
+                let (Some(target), Some(flow)) =
+                    (target, flow.as_deref().and_then(super::parse_flow))
+                else {
+                    continue;
+                };
+                let Ok(uri) = crate::sip::Uri::parse(&target) else {
+                    continue;
+                };
+                let peer = self.peer_to(flow.proto, flow.remote);
+                let mut req = Request {
+                    method: "OPTIONS".into(),
+                    uri,
+                    headers: crate::sip::Headers::new(),
+                    body: Vec::new(),
+                };
+                req.headers.push(HeaderName::Via, self.via_for(&peer));
+                req.headers.push(HeaderName::MaxForwards, "70");
+                req.headers.push(HeaderName::From, from);
+                req.headers.push(HeaderName::To, to);
+                req.headers.push(HeaderName::CallId, key.call_id.clone());
+                req.headers
+                    .push(HeaderName::CSeq, format!("{cseq} OPTIONS"));
+                let rx = self.send_request(req, peer);
+                let me = self.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let gone = match rx.await {
+                        Ok(crate::server::ClientOutcome::Final(r)) => matches!(r.status, 408 | 481),
+                        Ok(crate::server::ClientOutcome::Timeout) => true,
+                        _ => false,
+                    };
+                    if gone {
+                        tracing::info!(call_id = %key.call_id, "call ended while we were down: its lamps go dark");
+                        let now = me.clock.now_unix_ms();
+                        let mut dialogs = lock(&me.dialogs);
+                        let u = dialogs.end(&key, crate::dialog::EndReason::Error, now);
+                        me.publish_calls_locked(u);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Takes the tracker lock and publishes.
+    fn publish_calls(&self, u: Option<Update>) {
+        let _dialogs = lock(&self.dialogs);
+        self.publish_calls_locked(u);
+    }
+
+    /// Stores a call change and publishes its dialog-info for the caller's and callee's
+    /// lamps (pua_dialoginfo). Called with the tracker lock held, so the changes of one call
+    /// reach the presence server in the order they happened.
+    pub(crate) fn publish_calls_locked(&self, updates: impl IntoIterator<Item = Update>) {
+        for u in updates {
+            // Not awaited: a call in progress does not wait for the disk; the record only
+            // serves a restart.
+            drop(self.dialog_store.apply_call(u.write));
+            for p in
+                crate::pua::dialoginfo::publications(&u.call, &self.dialoginfo, self.max_lifetime)
+            {
+                if let Err(e) = self.presence.publish(
+                    &p.presentity,
+                    crate::presence::event::Pkg::Dialog,
+                    &p.source_id,
+                    &p.body,
+                    p.expires,
+                ) {
+                    tracing::warn!(presentity = %p.presentity, error = %e, "dialog state not published");
+                }
+            }
+        }
     }
 
     /// A 2xx to INVITE that matched no client transaction (RFC 6026 §8.4: a retransmission

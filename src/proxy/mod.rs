@@ -465,45 +465,6 @@ fn set_list(req: &mut Request, kind: HeaderName, values: &[String]) {
     }
 }
 
-/// The session description's hold state (RFC 3264 §8.4, RFC 2543 `c=0.0.0.0`): `Some(true)`
-/// when every stream is sendonly/inactive or the connection address is 0.0.0.0.
-pub fn sdp_holds(sdp: &[u8]) -> Option<bool> {
-    let text = std::str::from_utf8(sdp).ok()?;
-    if !text.contains("v=0") {
-        return None;
-    }
-    let mut session_dir: Option<&str> = None;
-    let mut media_dirs: Vec<Option<&str>> = Vec::new();
-    let mut zero_conn = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with("m=") {
-            media_dirs.push(None);
-        } else if let Some(a) = line.strip_prefix("a=") {
-            if matches!(a, "sendonly" | "inactive" | "sendrecv" | "recvonly") {
-                match media_dirs.last_mut() {
-                    Some(d) => *d = Some(a),
-                    None => session_dir = Some(a),
-                }
-            }
-        } else if line.starts_with("c=IN IP4 0.0.0.0") {
-            zero_conn = true;
-        }
-    }
-    if zero_conn {
-        return Some(true);
-    }
-    let dirs: Vec<&str> = if media_dirs.is_empty() {
-        vec![session_dir.unwrap_or("sendrecv")]
-    } else {
-        media_dirs
-            .iter()
-            .map(|d| d.or(session_dir).unwrap_or("sendrecv"))
-            .collect()
-    };
-    Some(dirs.iter().all(|d| matches!(*d, "sendonly" | "inactive")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,32 +698,6 @@ Content-Length: 0\n\n";
                 .as_sip()
                 .unwrap()
         ));
-    }
-
-    #[test]
-    fn rfc3264_8_4_hold_is_sendonly_or_inactive_or_zero_address() {
-        let base = "v=0\r\no=- 1 2 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
-        assert_eq!(sdp_holds(base.as_bytes()), Some(false));
-        assert_eq!(
-            sdp_holds(format!("{base}a=sendonly\r\n").as_bytes()),
-            Some(true)
-        );
-        assert_eq!(
-            sdp_holds(format!("{base}a=inactive\r\n").as_bytes()),
-            Some(true)
-        );
-        assert_eq!(
-            sdp_holds(
-                base.replace("c=IN IP4 192.0.2.7", "c=IN IP4 0.0.0.0")
-                    .as_bytes()
-            ),
-            Some(true)
-        );
-        assert_eq!(
-            sdp_holds(format!("{base}a=sendrecv\r\n").as_bytes()),
-            Some(false)
-        );
-        assert_eq!(sdp_holds(b"not sdp"), None);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub async fn server_with_store(cfg: Config, store: Arc<MemoryStore>) -> TestServ
         Stores {
             bindings: store.clone() as Arc<dyn BindingStore>,
             presence: store.clone() as Arc<dyn busylamp::storage::PresenceStore>,
+            dialogs: store.clone() as Arc<dyn busylamp::storage::DialogStore>,
             users: None,
             nonce_key: Some(NONCE_KEY),
         },
@@ -366,5 +367,6 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
     false
 }
 
+pub mod binary;
 pub mod phone;
 pub mod ua;

@@ -39,8 +39,21 @@ impl Phone {
         }
     }
 
+    /// A phone on another loopback address.
+    pub async fn new_at(ip: &str, server: SocketAddr, user: &str, name: &str) -> Phone {
+        Phone {
+            ua: Ua::bind(ip, server).await,
+            user: user.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn ip(&self) -> String {
+        self.ua.sock.local_addr().unwrap().ip().to_string()
+    }
+
     pub fn contact(&self) -> String {
-        format!("sip:{}@127.0.0.1:{}", self.user, self.ua.port())
+        format!("sip:{}@{}:{}", self.user, self.ip(), self.ua.port())
     }
 
     /// Registers this phone's contact (the server must trust 127.0.0.1).
@@ -49,7 +62,7 @@ impl Phone {
             .ua
             .request(&wire(&format!(
                 "REGISTER sip:example.test SIP/2.0
-                Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+                Via: SIP/2.0/UDP {ip}:{p};branch={b}
                 Max-Forwards: 70
                 From: <sip:{u}@example.test>;tag=r{n}
                 To: <sip:{u}@example.test>
@@ -58,6 +71,7 @@ impl Phone {
                 Contact: <{c}>
                 Expires: 3600
                 ",
+                ip = self.ip(),
                 p = self.ua.port(),
                 b = branch(),
                 u = self.user,
@@ -73,7 +87,7 @@ impl Phone {
     pub async fn invite(&mut self, to_user: &str, call_id: &str) -> Request {
         let text = format!(
             "INVITE sip:{to}@example.test SIP/2.0
-            Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+            Via: SIP/2.0/UDP {ip}:{p};branch={b}
             Max-Forwards: 70
             From: \"{u} {n}\" <sip:{u}@example.test>;tag=from-{call_id}
             To: \"Ext {to}\" <sip:{to}@example.test>
@@ -83,6 +97,7 @@ impl Phone {
             Content-Type: application/sdp
             ",
             to = to_user,
+            ip = self.ip(),
             p = self.ua.port(),
             b = branch(),
             u = self.user,
@@ -182,8 +197,9 @@ impl Phone {
             None => (String::new(), String::new()),
         };
         format!(
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={b}\r\nMax-Forwards: 70\r\n{routes}From: {local}\r\nTo: {remote}\r\nCall-ID: {cid}\r\nCSeq: {seq} {method}\r\nContact: <{c}>\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {ip}:{p};branch={b}\r\nMax-Forwards: 70\r\n{routes}From: {local}\r\nTo: {remote}\r\nCall-ID: {cid}\r\nCSeq: {seq} {method}\r\nContact: <{c}>\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
             target = leg.remote_target,
+            ip = self.ip(),
             p = self.ua.port(),
             b = branch(),
             local = leg.local,

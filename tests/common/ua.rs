@@ -25,6 +25,16 @@ impl Ua {
         }
     }
 
+    /// A UA on another loopback address (127.0.0.2 for a trusted PBX, for example).
+    pub async fn bind(ip: &str, server: SocketAddr) -> Ua {
+        Ua {
+            sock: UdpSocket::bind(format!("{ip}:0")).await.unwrap(),
+            server,
+            requests: VecDeque::new(),
+            responses: VecDeque::new(),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.sock.local_addr().unwrap().port()
     }

@@ -1,0 +1,114 @@
+//! The real `busylamp` binary on a temp data dir and a free loopback port, for kill -9 and
+//! restart tests. Killed and its directory removed on every path (Drop).
+
+#![allow(dead_code)]
+
+use super::answers_options_within;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary on a temp data dir; killed and the dir removed on every path (Drop).
+pub struct Busylamp {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl Busylamp {
+    /// `extra_config` is TOML appended after `[server]` and `[auth]` (sections of its own).
+    pub fn new(name: &str, extra_config: &str) -> Busylamp {
+        let dir =
+            std::env::temp_dir().join(format!("busylamp-kill9-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_udp_port();
+        let config = dir.join("busylamp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:{port}"]
+data_dir = "{}"
+log = "warn"
+[auth]
+trusted = ["127.0.0.0/8"]
+{extra_config}
+"#,
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("serve.log");
+        let mut b = Busylamp {
+            child: None,
+            dir,
+            config,
+            log,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        };
+        b.start();
+        b
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_busylamp"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start busylamp"),
+        );
+    }
+
+    /// SIGKILL (std's `Child::kill` on Unix) to this child's pid, and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    pub async fn wait_ready(&self) {
+        assert!(
+            answers_options_within(self.addr, Duration::from_secs(20)).await,
+            "server did not come up within 20 s\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Busylamp {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

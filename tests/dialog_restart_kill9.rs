@@ -1,0 +1,162 @@
+//! Calls across a `kill -9` of the real binary (DESIGN: "dialogs that cannot still be alive
+//! are published terminated"): a call in progress is neither forgotten (the lamp stays lit,
+//! the BYE still routes, then the lamp goes dark) nor left lit when it ended while the server
+//! was down (the in-dialog OPTIONS probe after the restart gets 481 and the lamp goes dark).
+//! Loopback only; each wait is bounded.
+
+mod common;
+
+use busylamp::sip::body::dialog_info::{parse, DialogState};
+use busylamp::sip::Request;
+use common::binary::Busylamp;
+use common::phone::{Leg, Phone};
+use common::ua::Ua;
+use common::{branch, wire};
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+[presence]
+coalesce_ms = 0
+[[users]]
+name = "1001"
+password = "a"
+[[users]]
+name = "1002"
+password = "b"
+"#;
+
+async fn watch(ua: &mut Ua) {
+    let sub = wire(&format!(
+        "SUBSCRIBE sip:1002@example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+        Max-Forwards: 70
+        From: <sip:1003@example.test>;tag=w1
+        To: <sip:1002@example.test>
+        Call-ID: blf-restart-{p}
+        CSeq: 1 SUBSCRIBE
+        Contact: <sip:1003@127.0.0.1:{p}>
+        Event: dialog
+        Expires: 3600
+        ",
+        p = ua.port(),
+        b = branch()
+    ));
+    assert_eq!(ua.request(&sub).await.status, 200);
+    ua.notify().await;
+}
+
+/// NOTIFYs until the lamp document satisfies `done`.
+async fn lamp_until(ua: &mut Ua, what: &str, done: impl Fn(&[DialogState]) -> bool) {
+    for _ in 0..10 {
+        let n = ua.notify().await;
+        let doc = parse(&n.body).expect("dialog-info");
+        let states: Vec<DialogState> = doc.dialogs.iter().map(|d| d.state).collect();
+        if done(&states) {
+            return;
+        }
+    }
+    panic!("lamp never became {what}");
+}
+
+fn lit(s: &[DialogState]) -> bool {
+    s.contains(&DialogState::Confirmed)
+}
+
+fn dark(s: &[DialogState]) -> bool {
+    s.iter().all(|x| *x == DialogState::Terminated)
+}
+
+/// Alice calls Bob, Bob answers, Alice ACKs; the watcher sees the call confirmed.
+async fn answered_call(alice: &mut Phone, bob: &mut Phone, lamp: &mut Ua) -> (Leg, Leg) {
+    let invite = alice.invite("1002", "restart-call").await;
+    let at = bob.ua.next_request().await;
+    assert_eq!(at.method, "INVITE");
+    bob.reply(&at, 180, "b1").await;
+    bob.reply(&at, 200, "b1").await;
+    let ok = alice.ua.response().await;
+    assert_eq!(ok.status, 200);
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    assert_eq!(bob.ua.next_request().await.method, "ACK");
+    lamp_until(lamp, "confirmed", lit).await;
+    (leg, Phone::callee_leg(&at, "b1"))
+}
+
+/// Answers the restarted server's in-dialog OPTIONS probe with `status`; returns the next
+/// request that is not a probe, if one comes within `ms`.
+async fn answer_probes(phone: &mut Phone, status: u16, ms: u64) -> Option<Request> {
+    loop {
+        let r = phone.ua.next_request_within(ms).await?;
+        if r.method == "OPTIONS" {
+            phone.reply(&r, status, "probe").await;
+            continue;
+        }
+        return Some(r);
+    }
+}
+
+async fn office(server: &Busylamp) -> (Phone, Phone, Ua) {
+    let mut alice = Phone::new(server.addr, "1001", "a").await;
+    let mut bob = Phone::new(server.addr, "1002", "desk").await;
+    alice.register().await;
+    bob.register().await;
+    let mut lamp = Ua::new(server.addr).await;
+    watch(&mut lamp).await;
+    (alice, bob, lamp)
+}
+
+/// The call record is written without holding up the call (group commit, 10 ms): give it
+/// a moment before the kill.
+async fn let_it_flush() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn restart_in_the_middle_of_a_call_keeps_it_and_the_bye_still_ends_it() {
+    let mut server = Busylamp::new("call-mid", CONFIG);
+    server.wait_ready().await;
+    let (mut alice, mut bob, mut lamp) = office(&server).await;
+    let (mut leg, _) = answered_call(&mut alice, &mut bob, &mut lamp).await;
+    let_it_flush().await;
+
+    server.kill9();
+    server.start();
+    server.wait_ready().await;
+    // The watcher gets the restart's full state: still lit.
+    lamp_until(&mut lamp, "confirmed after restart", lit).await;
+    // Both phones say the call is alive.
+    assert!(answer_probes(&mut alice, 200, 1500).await.is_none());
+    assert!(answer_probes(&mut bob, 200, 500).await.is_none());
+    assert!(
+        lamp.no_notify(500).await,
+        "a live call must not change the lamp"
+    );
+
+    // The BYE routes through the restarted proxy and the lamp goes dark.
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = answer_probes(&mut bob, 200, 5000)
+        .await
+        .expect("BYE reaches Bob");
+    assert_eq!(bye.method, "BYE");
+    bob.reply(&bye, 200, "b1").await;
+    lamp_until(&mut lamp, "dark", dark).await;
+}
+
+#[tokio::test]
+async fn call_ended_while_the_server_was_down_is_found_and_the_lamp_goes_dark() {
+    let mut server = Busylamp::new("call-down", CONFIG);
+    server.wait_ready().await;
+    let (mut alice, mut bob, mut lamp) = office(&server).await;
+    let (mut leg, _) = answered_call(&mut alice, &mut bob, &mut lamp).await;
+    let_it_flush().await;
+
+    server.kill9();
+    // Alice hangs up while the proxy is down: her BYE goes nowhere, both phones forget it.
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    server.start();
+    server.wait_ready().await;
+    // The probes find the dialog gone (481 from both phones): the lamp goes dark.
+    assert!(answer_probes(&mut alice, 481, 1500).await.is_none());
+    assert!(answer_probes(&mut bob, 481, 500).await.is_none());
+    lamp_until(&mut lamp, "dark", dark).await;
+}

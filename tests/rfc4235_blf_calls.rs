@@ -1,0 +1,338 @@
+//! Busy lamps from real calls through the proxy (RFC 4235 + pua_dialoginfo), end to end over
+//! UDP loopback with three parties: a caller, a callee with two registered phones, and a BLF
+//! watcher of the callee. Every scenario must end with the lamp dark, versions strictly
+//! increasing, whatever order the phones answer in.
+
+mod common;
+
+use busylamp::sip::body::dialog_info::{parse, DialogInfo, DialogState, Direction};
+use busylamp::sip::{HeaderName, Request};
+use common::phone::{Phone, SDP};
+use common::ua::Ua;
+use common::{branch, server, wire, TestServer};
+
+const CALLS: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.0/8"]
+[presence]
+coalesce_ms = 0
+[[users]]
+name = "1001"
+password = "a"
+[[users]]
+name = "1002"
+password = "b"
+[[users]]
+name = "1003"
+password = "c"
+"#;
+
+struct Office {
+    _s: TestServer,
+    alice: Phone,
+    bob1: Phone,
+    bob2: Phone,
+    lamp: Watcher,
+}
+
+/// A BLF key of 1003 watching 1002.
+struct Watcher {
+    ua: Ua,
+    last_version: Option<u32>,
+}
+
+impl Watcher {
+    async fn new(s: &TestServer, presentity: &str) -> Watcher {
+        let mut ua = Ua::new(s.udp).await;
+        let sub = wire(&format!(
+            "SUBSCRIBE sip:{presentity}@example.test SIP/2.0
+            Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
+            Max-Forwards: 70
+            From: <sip:1003@example.test>;tag=w1
+            To: <sip:{presentity}@example.test>
+            Call-ID: blf-{presentity}-{p}
+            CSeq: 1 SUBSCRIBE
+            Contact: <sip:1003@127.0.0.1:{p}>
+            Event: dialog
+            Accept: application/dialog-info+xml
+            Expires: 3600
+            ",
+            p = ua.port(),
+            b = branch()
+        ));
+        let r = ua.request(&sub).await;
+        assert_eq!(r.status, 200);
+        let mut w = Watcher {
+            ua,
+            last_version: None,
+        };
+        let first = w.next().await;
+        assert!(first.dialogs.is_empty(), "idle at first");
+        w
+    }
+
+    /// The next NOTIFY's document; its version must be exactly one more than the last.
+    async fn next(&mut self) -> DialogInfo {
+        let n: Request = self.ua.notify().await;
+        let doc = parse(&n.body).expect("dialog-info body");
+        if let Some(v) = self.last_version {
+            assert_eq!(doc.version, v + 1, "versions go up by one per NOTIFY");
+        }
+        self.last_version = Some(doc.version);
+        doc
+    }
+
+    /// NOTIFYs until the lamp shows `state` for some dialog (or idle for `None`).
+    async fn until(&mut self, state: Option<DialogState>) -> DialogInfo {
+        for _ in 0..10 {
+            let doc = self.next().await;
+            let hit = match state {
+                None => doc
+                    .dialogs
+                    .iter()
+                    .all(|d| d.state == DialogState::Terminated),
+                Some(s) => doc.dialogs.iter().any(|d| d.state == s),
+            };
+            if hit {
+                return doc;
+            }
+        }
+        panic!("lamp never reached {state:?}");
+    }
+
+    /// The lamp goes dark: a terminated document, then (after the linger) the empty one.
+    async fn dark(&mut self) {
+        self.until(None).await;
+    }
+}
+
+async fn office() -> Office {
+    let s = server(CALLS).await;
+    let mut alice = Phone::new(s.udp, "1001", "a").await;
+    let mut bob1 = Phone::new(s.udp, "1002", "desk").await;
+    let mut bob2 = Phone::new(s.udp, "1002", "soft").await;
+    alice.register().await;
+    bob1.register().await;
+    bob2.register().await;
+    let lamp = Watcher::new(&s, "1002").await;
+    Office {
+        _s: s,
+        alice,
+        bob1,
+        bob2,
+        lamp,
+    }
+}
+
+#[tokio::test]
+async fn rfc4235_ringing_answered_held_hung_up_lamp_follows_and_ends_dark() {
+    let mut o = office().await;
+    let invite = o.alice.invite("1002", "blf-1").await;
+    let at1 = o.bob1.ua.next_request().await;
+    let at2 = o.bob2.ua.next_request().await;
+    o.lamp.until(Some(DialogState::Trying)).await;
+
+    o.bob1.reply(&at1, 180, "b1").await;
+    o.bob2.reply(&at2, 180, "b2").await;
+    // Both phones ring: each branch its own early dialog.
+    let doc = loop {
+        let d = o.lamp.until(Some(DialogState::Early)).await;
+        if d.dialogs
+            .iter()
+            .filter(|x| x.state == DialogState::Early)
+            .count()
+            == 2
+        {
+            break d;
+        }
+    };
+    let d = &doc.dialogs[0];
+    assert_eq!(d.direction, Some(Direction::Recipient));
+    assert_eq!(d.call_id.as_deref(), Some("blf-1"));
+    assert_eq!(
+        d.remote_tag.as_deref(),
+        Some("from-blf-1"),
+        "directed pickup needs the caller's tag"
+    );
+    assert!(d
+        .local_tag
+        .as_deref()
+        .is_some_and(|t| t == "b1" || t == "b2"));
+    let remote = d.remote.identity.as_ref().expect("caller identity");
+    assert_eq!(remote.uri, "sip:1001@example.test");
+    assert_eq!(remote.display.as_deref(), Some("1001 a"));
+    let local = d.local.identity.as_ref().expect("callee identity");
+    assert_eq!(local.uri, "sip:1002@example.test");
+
+    o.bob2.reply(&at2, 200, "b2").await;
+    let ok = o.alice.ua.response().await;
+    assert_eq!(ok.status, 200);
+    let doc = o.lamp.until(Some(DialogState::Confirmed)).await;
+    // The loser vanished: only the answered dialog is shown.
+    assert_eq!(doc.dialogs.len(), 1, "{doc:?}");
+    assert_eq!(doc.dialogs[0].local_tag.as_deref(), Some("b2"));
+    // The losing phone is cancelled.
+    let c = o.bob1.ua.next_request().await;
+    assert_eq!(c.method, "CANCEL");
+    o.bob1.reply(&c, 200, "b1").await;
+    o.bob1.reply(&at1, 487, "b1").await;
+
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    o.alice
+        .ua
+        .send(&o.alice.in_dialog(&mut leg, "ACK", None))
+        .await;
+    assert_eq!(o.bob2.ua.next_request().await.method, "ACK");
+
+    // Alice holds: the lamp shows the call held (+sip.rendering=no on her side).
+    let hold = SDP.replace("a=sendrecv", "a=sendonly");
+    o.alice
+        .ua
+        .send(&o.alice.in_dialog(&mut leg, "INVITE", Some(&hold)))
+        .await;
+    let reinvite = o.bob2.ua.next_request().await;
+    assert_eq!(reinvite.method, "INVITE");
+    o.bob2.reply(&reinvite, 200, "b2").await;
+    assert_eq!(o.alice.ua.response().await.status, 200);
+    let doc = o.lamp.next().await;
+    let held = &doc.dialogs[0];
+    assert_eq!(held.state, DialogState::Confirmed);
+    assert_eq!(
+        held.remote.param("+sip.rendering"),
+        Some("no"),
+        "the holding party (remote, for 1002) does not render: {doc:?}"
+    );
+
+    // Alice hangs up: dark.
+    o.alice
+        .ua
+        .send(&o.alice.in_dialog(&mut leg, "BYE", None))
+        .await;
+    let bye = o.bob2.ua.next_request().await;
+    assert_eq!(bye.method, "BYE");
+    o.bob2.reply(&bye, 200, "b2").await;
+    o.lamp.dark().await;
+}
+
+#[tokio::test]
+async fn rfc4235_cancelled_call_lamp_dark() {
+    let mut o = office().await;
+    let invite = o.alice.invite("1002", "blf-cancel").await;
+    let at1 = o.bob1.ua.next_request().await;
+    let at2 = o.bob2.ua.next_request().await;
+    o.bob1.reply(&at1, 180, "b1").await;
+    o.lamp.until(Some(DialogState::Early)).await;
+    let via = invite.headers.get(HeaderName::Via).unwrap();
+    let cancel = format!(
+        "CANCEL sip:1002@example.test SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {f}\r\nTo: {t}\r\nCall-ID: blf-cancel\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        f = invite.headers.get(HeaderName::From).unwrap(),
+        t = invite.headers.get(HeaderName::To).unwrap(),
+    );
+    o.alice.ua.send(cancel.as_bytes()).await;
+    o.lamp.dark().await;
+    // The phones' 487s change nothing more for the lamp.
+    let c = o.bob1.ua.next_request().await;
+    o.bob1.reply(&c, 200, "b1").await;
+    o.bob1.reply(&at1, 487, "b1").await;
+    o.bob2.reply(&at2, 487, "b2").await;
+    assert!(
+        o.lamp.ua.no_notify(300).await || {
+            // Only the terminated → idle step may follow (the linger ends).
+            let d = o.lamp.next().await;
+            d.dialogs.iter().all(|x| x.state == DialogState::Terminated)
+        }
+    );
+}
+
+#[tokio::test]
+async fn rfc4235_busy_everywhere_lamp_dark() {
+    let mut o = office().await;
+    o.alice.invite("1002", "blf-busy").await;
+    let at1 = o.bob1.ua.next_request().await;
+    let at2 = o.bob2.ua.next_request().await;
+    o.bob1.reply(&at1, 486, "b1").await;
+    o.bob2.reply(&at2, 486, "b2").await;
+    assert_eq!(o.alice.ua.response().await.status, 486);
+    o.lamp.dark().await;
+}
+
+#[tokio::test]
+async fn rfc4235_reordered_and_duplicated_responses_never_relight_the_lamp() {
+    let mut o = office().await;
+    let invite = o.alice.invite("1002", "blf-reorder").await;
+    let at1 = o.bob1.ua.next_request().await;
+    let at2 = o.bob2.ua.next_request().await;
+    // bob2 answers at once, its 180 arrives after the 200 and twice.
+    o.bob2.reply(&at2, 200, "b2").await;
+    o.bob2.reply(&at2, 180, "b2").await;
+    o.bob2.reply(&at2, 200, "b2").await;
+    let ok = o.alice.ua.response().await;
+    o.lamp.until(Some(DialogState::Confirmed)).await;
+    o.bob1.reply(&at1, 180, "b1").await;
+    let c = o.bob1.ua.next_request().await;
+    assert_eq!(c.method, "CANCEL");
+    o.bob1.reply(&c, 200, "b1").await;
+    o.bob1.reply(&at1, 487, "b1").await;
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    o.alice
+        .ua
+        .send(&o.alice.in_dialog(&mut leg, "ACK", None))
+        .await;
+    // bob2 hangs up; then stale responses arrive again.
+    let mut bleg = Phone::callee_leg(&at2, "b2");
+    o.bob2
+        .ua
+        .send(&o.bob2.in_dialog(&mut bleg, "BYE", None))
+        .await;
+    loop {
+        let r = o.alice.ua.next_request().await;
+        if r.method == "BYE" {
+            o.alice.reply(&r, 200, "x").await;
+            break;
+        }
+    }
+    o.lamp.dark().await;
+    o.bob2.reply(&at2, 180, "b2").await;
+    o.bob2.reply(&at2, 200, "b2").await;
+    o.bob1.reply(&at1, 180, "b1").await;
+    // Nothing may light the lamp again.
+    for _ in 0..3 {
+        if o.lamp.ua.no_notify(300).await {
+            break;
+        }
+        let d = o.lamp.next().await;
+        assert!(
+            d.dialogs.iter().all(|x| x.state == DialogState::Terminated),
+            "lamp relit: {d:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc4235_no_answer_timer_c_lamp_dark() {
+    let mut o = office().await;
+    o.alice.invite("1002", "blf-noanswer").await;
+    let at1 = o.bob1.ua.next_request().await;
+    let at2 = o.bob2.ua.next_request().await;
+    o.bob1.reply(&at1, 180, "b1").await;
+    o.bob2.reply(&at2, 180, "b2").await;
+    o.lamp.until(Some(DialogState::Early)).await;
+    // Nobody picks up: Timer C (180 s) cancels both branches.
+    for (phone, inv, tag) in [(&mut o.bob1, &at1, "b1"), (&mut o.bob2, &at2, "b2")] {
+        let c = loop {
+            let r = phone.ua.next_request_within(200_000).await.expect("CANCEL");
+            if r.method == "CANCEL" {
+                break r;
+            }
+        };
+        phone.reply(&c, 200, tag).await;
+        phone.reply(inv, 487, tag).await;
+    }
+    let r = o.alice.ua.response_within(10_000).await;
+    assert_eq!(r.status, 487);
+    o.lamp.dark().await;
+}
