@@ -57,7 +57,12 @@
 #      p50 and p99 over all NOTIFYs of the fan-out, p99 of the last NOTIFY
 #      per call; plus watchers that never saw early ("missing"), lamps going
 #      back (a NOTIFY showing a call in an earlier state than before) and
-#      CSeq regressions.  Median over the rounds.
+#      CSeq regressions.  Median over the rounds.  The capture also holds the
+#      watchers' 200s, so the details split the latency: was the early NOTIFY
+#      held back until the watcher answered the previous NOTIFY of its
+#      subscription (a server with one NOTIFY in flight per subscription,
+#      after the callee's "trying" sent on the INVITE), and the server's own
+#      time once it was free to send.
 #  (a) calls/s at 0 failures, closed loop: N calls in flight (sipp -users),
 #      BENCH_CALLS calls per round; calls/s = completed calls / wall time of
 #      the sipp run.  N is calibrated per system (a call spends ~0.45 s
@@ -325,7 +330,7 @@ teardown() { # SYS: stop the UAS and the watchers (by PID) and report them
 # --------------------------------------------------------- (b) lamp latency
 measure_lamp() { # SYS PORT
     local sys="$1" port="$2" r tag pcap out td deadline line kv
-    local p50s=() p99s=() lp50s=() lp99s=() miss=0 deliv=0 expct=0 regr=0 cregr=0 fails=0 retr=0 firsts=()
+    local p50s=() p99s=() lp50s=() lp99s=() miss=0 deliv=0 expct=0 regr=0 cregr=0 fails=0 retr=0 firsts=() gated=() gwait=() ag50=() ag99=()
     local need=$((LAMP_CALLS / LAMP_RATE + 10))
     for r in $(seq 1 "$REPEATS"); do
         if (($(remaining) < need + 60)); then
@@ -333,7 +338,7 @@ measure_lamp() { # SYS PORT
         fi
         tag="$sys-lamp$r"; pcap="$WORK/$tag.pcap"; out="$WORK/$tag.txt"
         tcpdump -i lo -n -s 0 -B 65536 -U -Z root -w "$pcap" \
-            "udp and ((src port $UAS_PORT and dst port $port) or (src port $port and dst port $WPORT))" \
+            "udp and ((src port $UAS_PORT and dst port $port) or (src port $port and dst port $WPORT) or (src port $WPORT and dst port $port))" \
             2>"$WORK/$tag.tcpdump" &
         td=$!; BG_PIDS+=("$td")
         deadline=$((SECONDS + 5))
@@ -359,6 +364,10 @@ measure_lamp() { # SYS PORT
         [[ "${F[last_p50_ms]}" != n/a ]] && lp50s+=("${F[last_p50_ms]}")
         [[ "${F[last_p99_ms]}" != n/a ]] && lp99s+=("${F[last_p99_ms]}")
         [[ "${F[early_in_first]}" != n/a ]] && firsts+=("${F[early_in_first]}")
+        [[ "${F[gated]:-n/a}" != n/a ]] && gated+=("${F[gated]}")
+        [[ "${F[gate_wait_p50_ms]:-n/a}" != n/a ]] && gwait+=("${F[gate_wait_p50_ms]}")
+        [[ "${F[after_gate_p50_ms]:-n/a}" != n/a ]] && ag50+=("${F[after_gate_p50_ms]}")
+        [[ "${F[after_gate_p99_ms]:-n/a}" != n/a ]] && ag99+=("${F[after_gate_p99_ms]}")
         miss=$((miss + F[missing])); deliv=$((deliv + F[delivered])); expct=$((expct + F[expected]))
         regr=$((regr + F[regressions])); cregr=$((cregr + F[cseq_regressions]))
         unset F
@@ -369,7 +378,8 @@ measure_lamp() { # SYS PORT
     RES[$sys:lamp_last_p50]="$(median "${lp50s[@]}")"
     RES[$sys:lamp_last_p99]="$(median "${lp99s[@]}")"
     RES[$sys:lamp_order]="$regr/$cregr"
-    RES[$sys:lamp]="rounds ${#p50s[@]}/$REPEATS at $LAMP_RATE calls/s; early NOTIFYs $deliv/$expct (missing $miss), lamps going back $regr, CSeq regressions $cregr, early first NOTIFY about the call (median share) $(median "${firsts[@]}"), rounds not clean $fails, caller retransmissions $retr"
+    RES[$sys:lamp]="rounds ${#p50s[@]}/$REPEATS at $LAMP_RATE calls/s; early NOTIFYs $deliv/$expct (missing $miss), lamps going back $regr, CSeq regressions $cregr, rounds not clean $fails, caller retransmissions $retr;
+        medians: share of early NOTIFYs that were the first NOTIFY about their call $(median "${firsts[@]}"), held back until the watcher answered the previous NOTIFY $(median "${gated[@]}") (180 -> that 200: p50 $(median "${gwait[@]}") ms), server's own time (180 or that 200 -> early NOTIFY) p50 $(median "${ag50[@]}") ms, p99 $(median "${ag99[@]}") ms"
 }
 
 # ------------------------------------------------------------ (a) calls/s

@@ -34,6 +34,15 @@ Output, one line of key=value:
        retrans=.. early_in_first=..
   (early_in_first: share of (call, watcher) pairs whose early NOTIFY is the
   first NOTIFY about that call: 1.0 when nothing came before early)
+Where the time goes, when the capture also holds the watchers' 200s to the
+NOTIFYs (calls.sh captures them): a server that keeps one NOTIFY in flight
+per subscription holds the early NOTIFY back until the watcher answered the
+previous one (e.g. the callee's "trying", sent when the INVITE came):
+  gated            share of early NOTIFYs whose previous NOTIFY in that
+                   subscription was answered only after the 180 arrived
+  gate_wait_p50_ms 180 -> that 200 (median over the gated ones)
+  after_gate_*_ms  the 200 (or the 180 when not gated) -> the early NOTIFY:
+                   the server's own time (coalescing, writes) once free to send
 """
 
 import re
@@ -76,6 +85,7 @@ def main():
     pport, uport, wport = (int(a) for a in sys.argv[2:5])
     w_expected = sys.argv[5] if len(sys.argv) == 6 else "?"
     t180 = {}  # call-id -> (t, callee URI)
+    ok200 = {}  # (subscription call-id, NOTIFY CSeq number) -> first 200 from the watcher
     seen_notify = set()
     retrans = 0
     subs = {}  # subscription call-id -> [(t, cseq, body)]
@@ -89,6 +99,14 @@ def main():
             cid = hdr.get(b"call-id", b"")
             if cid and cid not in t180:
                 t180[cid] = (ts, norm_uri(hdr.get(b"to", b"")))
+        elif sport == wport and dport == pport and payload.startswith(b"SIP/2.0 200"):
+            msg = parse_sip(payload)
+            if msg is None:
+                continue
+            _first, hdr, _body = msg
+            cs = hdr.get(b"cseq", b"").split()
+            if len(cs) == 2 and cs[1] == b"NOTIFY" and cs[0].isdigit():
+                ok200.setdefault((hdr.get(b"call-id", b""), int(cs[0])), ts)
         elif sport == pport and dport == wport and payload.startswith(b"NOTIFY "):
             msg = parse_sip(payload)
             if msg is None:
@@ -122,10 +140,11 @@ def main():
             if cseq < hi:
                 cseq_regress += 1
             hi = max(hi, cseq)
-            out.append((t, calls_in(body)))
+            out.append((t, calls_in(body), cseq))
         parsed[sid] = out
 
     lat, last, missing, delivered, expected, regress, first_ok = [], [], 0, 0, 0, 0, 0
+    gated, after_gate, gate_wait = 0, [], []
     for cid, (t0, callee) in t180.items():
         ws = watchers_of.get(callee, [])
         per_call = []
@@ -133,8 +152,13 @@ def main():
             expected += 1
             shown_rank = -1
             hit = None
+            prev_cseq = None  # the NOTIFY sent before the early one
             first_notify_about_call = None
-            for (t, calls) in parsed[sid]:
+            last_cseq = None
+            for (t, calls, cseq) in parsed[sid]:
+                if hit is None and t >= t0 and cid in calls and calls[cid][1]:
+                    prev_cseq = last_cseq
+                last_cseq = cseq
                 if cid not in calls:
                     continue
                 rank, early = calls[cid]
@@ -152,11 +176,22 @@ def main():
             if first_notify_about_call == hit:
                 first_ok += 1
             per_call.append((hit - t0) * 1000.0)
+            # one NOTIFY in flight per subscription: was the early one held
+            # back until the watcher answered the previous NOTIFY?
+            t_ok = ok200.get((sid, prev_cseq)) if prev_cseq is not None else None
+            if t_ok is not None and t_ok > t0:
+                gated += 1
+                gate_wait.append((t_ok - t0) * 1000.0)
+                after_gate.append((hit - t_ok) * 1000.0)
+            else:
+                after_gate.append((hit - t0) * 1000.0)
         lat.extend(per_call)
         if per_call:
             last.append(max(per_call))
     lat.sort()
     last.sort()
+    after_gate.sort()
+    gate_wait.sort()
     fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
     print(
         f"LAMP calls={len(t180)} watchers_per_callee={w_expected} subscriptions={len(subs)} "
@@ -165,7 +200,10 @@ def main():
         f"last_p50_ms={fmt(pct(last, 50))} last_p99_ms={fmt(pct(last, 99))} last_max_ms={fmt(last[-1] if last else None)} "
         f"regressions={regress} cseq_regressions={cseq_regress} "
         f"notifies={len(seen_notify)} retrans={retrans} "
-        f"early_in_first={(f'{first_ok / delivered:.3f}' if delivered else 'n/a')}"
+        f"early_in_first={(f'{first_ok / delivered:.3f}' if delivered else 'n/a')} "
+        f"gated={(f'{gated / delivered:.3f}' if delivered else 'n/a')} "
+        f"gate_wait_p50_ms={fmt(pct(gate_wait, 50))} after_gate_p50_ms={fmt(pct(after_gate, 50))} "
+        f"after_gate_p99_ms={fmt(pct(after_gate, 99))} watcher_200s={len(ok200)}"
     )
 
 
