@@ -70,7 +70,7 @@
 #      too many calls in flight push a server past T1 = 500 ms and into
 #      retransmissions): one short round per N in BENCH_CONC_STEPS, the
 #      highest N still clean with at most 1 % retransmitted calls and still
-#      gaining 10 % wins.  A round counts only if clean: the
+#      gaining 10 % over the N before it wins.  A round counts only if clean: the
 #      caller sipp exits 0 with every call successful and 0 failed, and the
 #      watchers' sipp had no failed subscription and no unexpected message
 #      during the round.  Server CPU per call from /proc (all its processes;
@@ -387,7 +387,8 @@ measure_lamp() { # SYS PORT
 # CONC_STEPS, from the lowest; a level is acceptable when the round is clean
 # and the callers retransmitted at most 1 % of the calls (a server answering
 # later than T1 = 500 ms is past its knee); stop at the first level that is
-# not acceptable or gains less than 10 %.  Sets BEST_CONC.
+# not acceptable or gains less than 10 % (then the level before it is
+# kept: the server is at its knee there).  Sets BEST_CONC.
 calibrate() {
     local sys="$1" port="$2" c best_rate=0 shown=()
     BEST_CONC=""
@@ -401,10 +402,8 @@ calibrate() {
             shown+=("$c:${RATE}(not clean, retrans $BL_SIPP_RETRANS)"); break
         fi
         shown+=("$c:$RATE")
-        if ((RATE * 10 < best_rate * 11)); then
-            ((RATE > best_rate)) && { best_rate=$RATE; BEST_CONC=$c; }
-            break
-        fi
+        # past the knee: more calls in flight only queue; keep the level before
+        ((RATE * 10 < best_rate * 11)) && break
         best_rate=$RATE; BEST_CONC=$c
     done
     RES[$sys:calib]="${shown[*]:-none} -> ${BEST_CONC:-none}"
