@@ -14,6 +14,7 @@
 # Environment (defaults):
 #   BUSYLAMP               busylamp binary ($(git rev-parse --show-toplevel)/target/release/busylamp)
 #   INTEROP_TIMEOUT   60   seconds, sipp -timeout for each run
+#   INTEROP_BARESIP   auto the optional baresip check (see below)
 #
 # Authentication: none for these phones.  busylamp runs with [auth] trusted =
 # ["127.0.0.0/8"] (requests from loopback are never challenged, the way an
@@ -40,6 +41,13 @@
 # Checks (each one sipp run that must end with its calls successful, 0
 # failed, exit 0): register A, register B, the three calls, UAS A (3 calls),
 # UAS B (3 calls), the watcher: 8 in all.
+#
+# baresip (optional, INTEROP_BARESIP: auto = when installed, 1 = apt-get
+# install baresip-core if missing, 0 = skip): two headless baresip 1.0
+# softphones (no UI module, stdin /dev/null, SIP trace, each ended by its own
+# -t and by timeout(1)): "dave" registers and PUBLISHes his presence (open),
+# then "erin" registers and SUBSCRIBEs to dave's presence (Event: presence)
+# and must get a NOTIFY with <basic>open</basic>.  One more check.
 # Last line: "interop: N passed, M failed".  Exit 0 only if all passed.
 #
 # UDP only (sipp -t u1).  Network: loopback only (127.0.0.1, free ports
@@ -281,5 +289,83 @@ bg_wait uas-a "$UAS_A" 3 "UAS A" "answered, was CANCELled, sent 486"
 bg_wait uas-b "$UAS_B" 3 "UAS B" "rang until CANCELled twice, sent 486"
 BG_PIDS=()
 server_alive
+
+# ---- baresip (optional): a real softphone registers and sees a colleague's presence
+# baresip_run TAG ACCOUNT_USER PUBINT SECONDS [CONTACT_USER]: one headless
+# baresip (no UI module, stdin /dev/null, SIP trace on), ended by its own -t
+# and bounded by timeout(1), in the background; sets BG_PID
+baresip_run() {
+    local tag="$1" user="$2" pubint="$3" secs="$4" contact="${5:-}" dir="$WORK/baresip-$1" bport
+    bport="$(bl_free_port "$PORT" "$PA" "$PB" "$PW")"
+    mkdir -p "$dir"
+    cat >"$dir/config" <<EOF
+poll_method epoll
+sip_listen $BL_HOST:$bport
+module_path /usr/lib/baresip/modules
+module g711.so
+module_app account.so
+module_app contact.so
+module_app menu.so
+module_app presence.so
+audio_player nothing
+audio_source nothing
+EOF
+    printf '<sip:%s@%s;transport=udp>;auth_pass=none;outbound="sip:%s:%s";regint=600;pubint=%s\n' \
+        "$user" "$BL_DOMAIN" "$BL_HOST" "$PORT" "$pubint" >"$dir/accounts"
+    if [[ -n "$contact" ]]; then
+        printf '"%s" <sip:%s@%s>;presence=p2p\n' "$contact" "$contact" "$BL_DOMAIN" >"$dir/contacts"
+    else
+        : >"$dir/contacts"
+    fi
+    (cd "$dir" && exec timeout $((secs + 10)) baresip -f "$dir" -t "$secs" -s </dev/null) >"$WORK/baresip-$tag.log" 2>&1 &
+    BG_PID=$!
+    BG_PIDS+=("$BG_PID")
+}
+# baresip_seen LOG START_LINE CSEQ_METHOD [BODY_REGEX]: did the SIP trace show
+# a message whose first line starts with START_LINE, with that CSeq method
+# (and a line matching BODY_REGEX)?  (awk reads to the end: an early exit
+# would kill tr with SIGPIPE and fail the pipeline under pipefail)
+baresip_seen() {
+    tr -d '\r' <"$1" | awk -v start="$2" -v method="$3" -v body="${4:-}" '
+        /^UDP .* -> / { first = ""; cs = 0; bd = (body == ""); n = 0; next }
+        { n++ }
+        n == 1 { first = $0 }
+        /^CSeq: [0-9]+ / && $3 == method { cs = 1 }
+        body != "" && $0 ~ body { bd = 1 }
+        index(first, start) == 1 && cs && bd { ok = 1 }
+        END { exit !ok }'
+}
+BARESIP="${INTEROP_BARESIP:-auto}"
+if [[ "$BARESIP" == 1 ]] && ! command -v baresip >/dev/null; then bl_apt_install baresip-core; fi
+if [[ "$BARESIP" != 0 ]] && command -v baresip >/dev/null; then
+    bl_log "baresip: dave registers and publishes 'open'; erin registers and subscribes to dave's presence"
+    baresip_run dave dave 600 12
+    DAVE=$BG_PID
+    deadline=$((SECONDS + 8))
+    until grep -q "dave@$BL_DOMAIN: {0/UDP/v4} 200 OK" "$WORK/baresip-dave.log" 2>/dev/null; do
+        if ((SECONDS >= deadline)) || ! kill -0 "$DAVE" 2>/dev/null; then break; fi
+        sleep 0.2
+    done
+    sleep 1 # dave's PUBLISH
+    baresip_run erin erin 0 5 dave
+    ERIN=$BG_PID
+    wait "$ERIN" || true
+    wait "$DAVE" || true
+    BG_PIDS=()
+    why=()
+    grep -q "dave@$BL_DOMAIN: {0/UDP/v4} 200 OK" "$WORK/baresip-dave.log" || why+=("dave not registered")
+    baresip_seen "$WORK/baresip-dave.log" "SIP/2.0 200" PUBLISH || why+=("dave's PUBLISH not answered 200")
+    grep -q "erin@$BL_DOMAIN: {0/UDP/v4} 200 OK" "$WORK/baresip-erin.log" || why+=("erin not registered")
+    baresip_seen "$WORK/baresip-erin.log" "SIP/2.0 200" SUBSCRIBE || why+=("erin's SUBSCRIBE not answered 200")
+    baresip_seen "$WORK/baresip-erin.log" "NOTIFY " NOTIFY '<basic>open</basic>' || why+=("erin got no NOTIFY with dave's <basic>open</basic>")
+    if ((${#why[@]} == 0)); then
+        pass "baresip: $(baresip -h 2>&1 | head -1 | cut -d' ' -f1,2) registers and PUBLISHes open, a second one registers, SUBSCRIBEs and gets NOTIFY <basic>open</basic>"
+    else
+        fail "baresip: $(IFS=';'; echo "${why[*]}") (logs $WORK/baresip-*.log)"
+    fi
+    server_alive
+else
+    RESULTS+=("SKIP baresip: $([[ "$BARESIP" == 0 ]] && echo 'INTEROP_BARESIP=0' || echo 'not installed (INTEROP_BARESIP=1 installs Debian baresip-core)')")
+fi
 
 finish
