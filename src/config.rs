@@ -105,14 +105,49 @@ pub const MAX_DIALOG_LIFETIME: u64 = 30 * 24 * 3600;
 
 /// `[pua]`: the presence user agent: the publishers that feed the presence server
 /// (`[pua.usrloc]`, `[pua.dialoginfo]`) and the SIP client towards a remote presence server.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PuaConfig {
     /// A remote presence server the publishers also PUBLISH to, e.g.
     /// "sip:presence.example.com:5060". Empty: publish only into our own presence server.
     pub presence_server: String,
+    /// Digest user name for requests the remote presence server (or a notifier) challenges
+    /// with 401/407. Empty: challenges are not answered.
+    pub username: String,
+    /// Digest password that goes with `username`.
+    pub password: String,
+    /// Expires of our PUBLISHes to the remote server, in seconds (at most; a shorter-lived
+    /// publication asks for less).
+    pub publish_expires: u32,
+    /// A publication or subscription is refreshed this many seconds before it expires (at
+    /// most half of its lifetime before).
+    pub refresh_margin: u32,
+    /// Least seconds between two refreshes of one publication or subscription, whatever
+    /// Expires the server grants.
+    pub min_refresh: u32,
+    /// First delay (seconds) before a failed PUBLISH or SUBSCRIBE is tried again; doubles
+    /// with each failure in a row up to `retry_max`.
+    pub retry_min: u32,
+    pub retry_max: u32,
     pub usrloc: UsrlocConfig,
     pub dialoginfo: DialogInfoConfig,
+}
+
+impl Default for PuaConfig {
+    fn default() -> Self {
+        PuaConfig {
+            presence_server: String::new(),
+            username: String::new(),
+            password: String::new(),
+            publish_expires: 3600,
+            refresh_margin: 30,
+            min_refresh: 10,
+            retry_min: 2,
+            retry_max: 300,
+            usrloc: UsrlocConfig::default(),
+            dialoginfo: DialogInfoConfig::default(),
+        }
+    }
 }
 
 /// `[pua.usrloc]`: presence (PIDF open/closed) from registrations.
@@ -120,11 +155,17 @@ pub struct PuaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UsrlocConfig {
     pub enabled: bool,
+    /// Whose registrations publish presence: `"*"` (everyone), a user (`"1001"`), a user
+    /// prefix (`"10*"`) or an AOR (`"sip:1001@example.com"`).
+    pub users: Vec<String>,
 }
 
 impl Default for UsrlocConfig {
     fn default() -> Self {
-        UsrlocConfig { enabled: true }
+        UsrlocConfig {
+            enabled: true,
+            users: vec!["*".into()],
+        }
     }
 }
 
@@ -147,6 +188,9 @@ pub struct DialogInfoConfig {
     /// Show the caller `confirmed` while the callee still rings (trying/proceeding/early),
     /// so the caller's lamp does not blink like an incoming call.
     pub caller_confirmed: bool,
+    /// Publish the callee's side already while the INVITE is on its way (`trying`,
+    /// `proceeding`); by default its lamp lights when a phone rings (`early`), as Kamailio's.
+    pub callee_trying: bool,
     /// Which local users publish: "*" (all), a user ("1001"), a user prefix ("10*") or an
     /// AOR ("sip:1001@example.com").
     pub users: Vec<String>,
@@ -162,6 +206,7 @@ impl Default for DialogInfoConfig {
             include_tags: true,
             include_localremote: true,
             caller_confirmed: false,
+            callee_trying: false,
             users: vec!["*".into()],
         }
     }
@@ -170,60 +215,72 @@ impl Default for DialogInfoConfig {
 impl DialogInfoConfig {
     /// Whether the local user `aor` ("sip:1001@example.com") publishes, by `users`.
     pub fn allows(&self, aor: &str) -> bool {
-        let user = aor_user(aor);
-        self.users.iter().any(|pattern| {
-            let pattern = pattern.trim();
-            if pattern == "*" {
-                true
-            } else if pattern.contains(':') {
-                aor_eq(pattern, aor)
-            } else if let Some(prefix) = pattern.strip_suffix('*') {
-                user.is_some_and(|u| u.starts_with(prefix))
-            } else {
-                user == Some(pattern)
-            }
-        })
+        self.users
+            .iter()
+            .filter_map(|p| UserPattern::parse(p))
+            .any(|p| p.matches_aor(aor))
     }
 }
 
-/// The user part of "sip:1001@example.com" ("1001"); None without one.
-fn aor_user(aor: &str) -> Option<&str> {
-    let rest = aor.split_once(':').map(|(_, r)| r).unwrap_or(aor);
-    let (user, _) = rest.split_once('@')?;
-    Some(user)
+/// One entry of a `users` list (`[pua.usrloc]`, `[pua.dialoginfo]`): which local users a
+/// publisher publishes for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserPattern {
+    /// `*`: everyone.
+    Any,
+    /// `1001`: that user of any of our domains.
+    User(String),
+    /// `10*`: users starting with `10`.
+    Prefix(String),
+    /// `sip:1001@example.com`: that AOR (canonical form).
+    Aor(String),
 }
 
-/// AORs compared as RFC 3261 §19.1.4 does for our purposes: scheme and host without case,
-/// user exactly.
-fn aor_eq(a: &str, b: &str) -> bool {
-    let split = |s: &str| {
+fn user_chars(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'@' | b':' | b'"' | b'*' | b'<' | b'>'))
+}
+
+impl UserPattern {
+    pub fn parse(s: &str) -> Option<UserPattern> {
         let s = s.trim();
-        let (scheme, rest) = s.split_once(':').unwrap_or(("", s));
-        let (user, host) = rest.split_once('@').unwrap_or(("", rest));
-        (
-            scheme.to_ascii_lowercase(),
-            user.to_string(),
-            host.to_ascii_lowercase(),
-        )
-    };
-    split(a) == split(b)
-}
+        if s == "*" {
+            return Some(UserPattern::Any);
+        }
+        if s.len() > 4 && s[..4].eq_ignore_ascii_case("sip:") {
+            return match crate::sip::Uri::parse(s) {
+                Ok(crate::sip::Uri::Sip(u)) if u.user.is_some() && !s.contains('*') => {
+                    Some(UserPattern::Aor(u.aor()))
+                }
+                _ => None,
+            };
+        }
+        if let Some(prefix) = s.strip_suffix('*') {
+            return user_chars(prefix).then(|| UserPattern::Prefix(prefix.to_string()));
+        }
+        user_chars(s).then(|| UserPattern::User(s.to_string()))
+    }
 
-/// A `[pua.dialoginfo] users` pattern is "*", a user name, a user prefix ending in `*`, or a
-/// SIP URI with a user part.
-fn valid_user_pattern(p: &str) -> bool {
-    let p = p.trim();
-    if p == "*" {
-        return true;
+    /// Whether the AOR (canonical, as the registrar keys it) matches; `uri` is the AOR
+    /// parsed, when the caller has it.
+    pub fn matches(&self, aor: &str, uri: Option<&crate::sip::SipUri>) -> bool {
+        let user = uri
+            .and_then(|u| u.user.as_deref())
+            .map(crate::sip::text::unescape);
+        match self {
+            UserPattern::Any => true,
+            UserPattern::User(name) => user.is_some_and(|u| u == name.as_str()),
+            UserPattern::Prefix(p) => user.is_some_and(|u| u.starts_with(p.as_str())),
+            UserPattern::Aor(a) => a.eq_ignore_ascii_case(aor),
+        }
     }
-    if p.contains(':') {
-        return matches!(crate::sip::Uri::parse(p), Ok(crate::sip::Uri::Sip(ref u)) if u.user.is_some());
+
+    /// As [`UserPattern::matches`], parsing the AOR.
+    pub fn matches_aor(&self, aor: &str) -> bool {
+        let uri = crate::sip::Uri::parse(aor).ok();
+        self.matches(aor, uri.as_ref().and_then(|u| u.as_sip()))
     }
-    let body = p.strip_suffix('*').unwrap_or(p);
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'*' | b'@' | b'"' | b':'))
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -290,7 +347,9 @@ pub struct AuthConfig {
 pub struct StorageConfig {
     /// Least time between two flushes to disk, in milliseconds. An idle server flushes a write
     /// at once; under load every write that arrives within this interval shares one flush
-    /// (group commit), which bounds the fsync rate. 0 flushes back to back.
+    /// (group commit), which bounds the fsync rate. 0 flushes back to back. Presence writes
+    /// (NOTIFY CSeq/version, SUBSCRIBE, PUBLISH) skip the interval: a lamp waits for the flush
+    /// in progress, not for the interval.
     pub flush_interval_ms: u64,
 }
 
@@ -764,6 +823,7 @@ impl Config {
         }
         self.validate_presence(&bad)?;
         self.validate_proxy(&bad)?;
+        self.validate_pua(&bad)?;
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -907,9 +967,110 @@ impl Config {
             ));
         }
         for (i, u) in di.users.iter().enumerate() {
-            if !valid_user_pattern(u) {
+            if UserPattern::parse(u).is_none() {
                 return Err(bad(
                     &format!("pua.dialoginfo.users[{i}]"),
+                    format!("{u:?} is not a user pattern"),
+                    "write \"*\", a user (\"1001\"), a prefix (\"10*\") or an AOR (\"sip:1001@example.com\")",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_pua(
+        &self,
+        bad: &dyn Fn(&str, String, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let p = &self.pua;
+        if !p.presence_server.is_empty() {
+            let ok = matches!(
+                crate::sip::Uri::parse(&p.presence_server),
+                Ok(crate::sip::Uri::Sip(ref u)) if u.user.is_none() && !u.secure
+            );
+            if !ok {
+                return Err(bad(
+                    "pua.presence_server",
+                    format!("{:?} is not a sip: URI of a host", p.presence_server),
+                    "write the server's address, e.g. \"sip:presence.example.com:5060\" or \"sip:192.0.2.20;transport=tcp\", or leave it empty",
+                ));
+            }
+        }
+        let bad_chars = |v: &str| v.chars().any(|c| c.is_control());
+        if bad_chars(&p.username) || p.username.contains('"') {
+            return Err(bad(
+                "pua.username",
+                "contains control characters or quotes".into(),
+                "use the plain digest user name, e.g. \"busylamp\"",
+            ));
+        }
+        if bad_chars(&p.password) {
+            return Err(bad(
+                "pua.password",
+                "contains control characters".into(),
+                "use printable characters only",
+            ));
+        }
+        if p.username.is_empty() && !p.password.is_empty() {
+            return Err(bad(
+                "pua.password",
+                "is set but pua.username is empty".into(),
+                "set pua.username to the digest user the password belongs to",
+            ));
+        }
+        if !(60..=86_400).contains(&p.publish_expires) {
+            return Err(bad(
+                "pua.publish_expires",
+                format!("{} is outside 60..=86400", p.publish_expires),
+                "use a number of seconds from 60 to 86400 (default 3600)",
+            ));
+        }
+        if !(1..=3600).contains(&p.refresh_margin) {
+            return Err(bad(
+                "pua.refresh_margin",
+                format!("{} is outside 1..=3600", p.refresh_margin),
+                "use a number of seconds from 1 to 3600 (default 30)",
+            ));
+        }
+        if p.min_refresh == 0 || p.min_refresh > p.publish_expires / 2 {
+            return Err(bad(
+                "pua.min_refresh",
+                format!(
+                    "{} is outside 1..={} (half of publish_expires)",
+                    p.min_refresh,
+                    p.publish_expires / 2
+                ),
+                "use a few seconds, e.g. 10",
+            ));
+        }
+        if p.retry_min == 0 {
+            return Err(bad(
+                "pua.retry_min",
+                "is 0".into(),
+                "use at least 1 second (default 2)",
+            ));
+        }
+        if p.retry_max < p.retry_min || p.retry_max > 3600 {
+            return Err(bad(
+                "pua.retry_max",
+                format!(
+                    "{} is outside retry_min..=3600 ({}..=3600)",
+                    p.retry_max, p.retry_min
+                ),
+                "use a number of seconds between retry_min and 3600 (default 300)",
+            ));
+        }
+        if p.usrloc.users.is_empty() {
+            return Err(bad(
+                "pua.usrloc.users",
+                "is empty".into(),
+                "list the users whose registrations publish presence, [\"*\"] for everyone, or set pua.usrloc.enabled = false",
+            ));
+        }
+        for u in &p.usrloc.users {
+            if UserPattern::parse(u).is_none() {
+                return Err(bad(
+                    "pua.usrloc.users",
                     format!("{u:?} is not a user pattern"),
                     "write \"*\", a user (\"1001\"), a prefix (\"10*\") or an AOR (\"sip:1001@example.com\")",
                 ));
@@ -1104,6 +1265,40 @@ password = "secret"
         assert!(Cidr::parse("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
+    }
+    #[test]
+    fn pua_keys_have_defaults_and_bad_values_are_named_with_a_fix() {
+        let c = Config::default();
+        assert_eq!(c.pua.publish_expires, 3600);
+        assert_eq!(c.pua.usrloc.users, vec!["*".to_string()]);
+        assert!(c.pua.usrloc.enabled);
+        for (toml, key) in [
+            (
+                "[pua]\npresence_server = \"sips:x\"\n",
+                "pua.presence_server",
+            ),
+            (
+                "[pua]\npresence_server = \"sip:1001@x\"\n",
+                "pua.presence_server",
+            ),
+            ("[pua]\npassword = \"p\"\n", "pua.password"),
+            ("[pua]\nusername = \"a\\\"b\"\n", "pua.username"),
+            ("[pua]\npublish_expires = 10\n", "pua.publish_expires"),
+            ("[pua]\nrefresh_margin = 0\n", "pua.refresh_margin"),
+            ("[pua]\nmin_refresh = 0\n", "pua.min_refresh"),
+            ("[pua]\nretry_min = 0\n", "pua.retry_min"),
+            ("[pua]\nretry_min = 10\nretry_max = 5\n", "pua.retry_max"),
+            ("[pua.usrloc]\nusers = []\n", "pua.usrloc.users"),
+            ("[pua.usrloc]\nusers = [\"a b\"]\n", "pua.usrloc.users"),
+        ] {
+            let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("fix:"), "{toml}: {e}");
+        }
+        Config::from_toml(
+            "[pua]\npresence_server = \"sip:192.0.2.1:5060;transport=tcp\"\nusername = \"u\"\npassword = \"p\"\n[pua.usrloc]\nusers = [\"*\", \"10*\", \"1001\", \"sip:1001@example.com\"]\n",
+            "t.toml",
+        )
+        .unwrap();
     }
 
     #[test]

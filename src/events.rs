@@ -39,6 +39,14 @@ pub enum Event {
         event: &'static str,
         watcher: String,
     },
+    /// A call through the proxy changed state (the dialog tracker's view; `Call::state` of
+    /// RFC 4235: trying, proceeding, early, confirmed, terminated).
+    Call {
+        call_id: String,
+        caller: String,
+        callee: String,
+        state: &'static str,
+    },
     /// The state of a presentity changed (a publication came, changed, expired or went).
     Publication {
         presentity: String,

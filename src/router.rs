@@ -27,6 +27,8 @@ pub enum Route {
     Subscribe,
     /// RFC 3903 PUBLISH: the presence server.
     Publish,
+    /// RFC 6665 NOTIFY: the presence client's subscriptions (481 when not ours).
+    Notify,
     /// Answer at once with this status, reason and extra headers.
     Reply(u16, String, Vec<(HeaderName, String)>),
 }
@@ -65,8 +67,7 @@ pub fn route(req: &Request) -> Route {
         "OPTIONS" => Route::Options,
         "SUBSCRIBE" => Route::Subscribe,
         "PUBLISH" => Route::Publish,
-        // We subscribe to nobody yet: a NOTIFY matches no subscription (RFC 6665 §4.1.3).
-        "NOTIFY" => Route::Reply(481, "Subscription Does Not Exist".into(), vec![]),
+        "NOTIFY" => Route::Notify,
         m if KNOWN.contains(&m) => Route::Reply(
             405,
             default_reason(405).into(),

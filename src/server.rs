@@ -8,6 +8,9 @@ use crate::config::{AuthMode, Config};
 use crate::events::EventBus;
 use crate::ids::Ids;
 use crate::presence::{NotifySink, OutNotify, Outcome, Presence, Reply, Requester, SubRef};
+use crate::pua::client::SipSender;
+use crate::pua::usrloc::Usrloc;
+use crate::pua::Pua;
 use crate::registrar::{Identity, Pending, Registrar, Step};
 use crate::router::{self, Route};
 use crate::sip::message::{has_tag_param, Parsed};
@@ -55,6 +58,9 @@ pub struct Core {
     pub(crate) auth: Authenticator,
     pub registrar: Arc<Registrar>,
     pub presence: Arc<Presence>,
+    /// The presence user agent: in-process publishers go through `pua.publish(...)`; its
+    /// SIP client PUBLISHes to a remote presence server and SUBSCRIBEs at notifiers.
+    pub pua: Arc<Pua>,
     pub(crate) clock: Clock,
     pub(crate) ids: Ids,
     pub(crate) server_header: String,
@@ -76,6 +82,7 @@ pub struct Core {
     pub(crate) dialog_store: Arc<dyn crate::storage::DialogStore>,
     pub(crate) dialoginfo: crate::config::DialogInfoConfig,
     pub(crate) max_lifetime: u64,
+    pub(crate) events: EventBus,
     pub(crate) branch_secret: u64,
     pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
 }
@@ -162,10 +169,15 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let events = EventBus::default();
     let clock = Clock::new();
     let registrar = Registrar::new(cfg, store, events.clone(), clock);
-    let live = registrar.load().await?;
-    tracing::info!(bindings = live, "bindings loaded");
     let presence = Presence::new(cfg, presence_store, clock);
     presence.set_events(events.clone());
+    let pua = Pua::new(cfg, presence.clone());
+    // pua_usrloc hears every binding change from the registrar itself (not the lossy bus);
+    // it publishes nothing until the presence state is loaded (`usrloc.start` below).
+    let usrloc = Usrloc::new(cfg, pua.clone(), clock);
+    registrar.set_observer(usrloc.clone());
+    let live = registrar.load().await?;
+    tracing::info!(bindings = live, "bindings loaded");
     let (transport, listeners) = Transport::bind(
         &cfg.listen_addrs(),
         limits,
@@ -186,6 +198,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         auth: Authenticator::new(cfg, key, user_file),
         registrar: registrar.clone(),
         presence: presence.clone(),
+        pua: pua.clone(),
         clock,
         ids: Ids::new(),
         server_header: cfg.server.server_header.clone(),
@@ -207,6 +220,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         dialog_store,
         dialoginfo: cfg.pua.dialoginfo.clone(),
         max_lifetime: cfg.dialog.max_lifetime,
+        events: events.clone(),
         branch_secret: {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -233,7 +247,9 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     }
     let sink: Arc<dyn NotifySink> = core.clone();
     presence.set_sink(Arc::downgrade(&sink));
-    let mut tasks = vec![tokio::spawn(registrar.run_expiry())];
+    let sender: Arc<dyn SipSender> = core.clone();
+    pua.set_sender(Arc::downgrade(&sender));
+    let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
     // Presence state is loaded before anything is read from the network: a refresh or an
@@ -242,6 +258,11 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     // their answers wait in the socket buffers.
     let (publications, subscriptions) = presence.load()?;
     tracing::info!(publications, subscriptions, "presence state loaded");
+    // Presence from registrations matches the loaded bindings before any request is read.
+    usrloc.start(&registrar);
+    tasks.push(tokio::spawn(
+        usrloc.clone().run_extensions(Arc::downgrade(&registrar)),
+    ));
     // Calls after presence: a call that ended while we were down publishes `terminated`
     // over the lamp state just loaded.
     let live_calls = core.restore_calls()?;
@@ -721,6 +742,11 @@ impl Core {
             }
             Route::Register => self.register(req, parsed, peer, &tag),
             Route::Subscribe | Route::Publish => self.presence_request(req, parsed, peer, &tag),
+            // A NOTIFY for one of the presence client's subscriptions (481 otherwise).
+            Route::Notify => {
+                let (status, reason) = self.pua.on_notify(req, parsed);
+                Answer::Now(req.response(status, reason, Some(&tag)))
+            }
         }
     }
 
@@ -877,6 +903,34 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+impl SipSender for Core {
+    fn send(&self, req: Request, to: Peer) -> tokio::sync::oneshot::Receiver<ClientOutcome> {
+        match self.me() {
+            Some(me) => me.send_request(req, to),
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(ClientOutcome::NotSent("the server is stopping".into()));
+                rx
+            }
+        }
+    }
+
+    fn resolve(
+        &self,
+        uri: crate::sip::SipUri,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Peer>> + Send + '_>> {
+        Box::pin(async move { Core::resolve(self, &uri).await })
+    }
+
+    fn via_for(&self, to: &Peer) -> String {
+        Core::via_for(self, to)
+    }
+
+    fn advertised(&self, to: &Peer) -> String {
+        Core::advertised(self, to.local)
     }
 }
 

@@ -160,3 +160,42 @@ async fn call_ended_while_the_server_was_down_is_found_and_the_lamp_goes_dark() 
     assert!(answer_probes(&mut bob, 481, 500).await.is_none());
     lamp_until(&mut lamp, "dark", dark).await;
 }
+
+#[tokio::test]
+async fn restart_while_ringing_then_answered_the_lamp_follows_the_answer() {
+    let mut server = Busylamp::new("call-ringing", CONFIG);
+    server.wait_ready().await;
+    let (mut alice, mut bob, mut lamp) = office(&server).await;
+    let invite = alice.invite("1002", "restart-ring").await;
+    let at = bob.ua.next_request().await;
+    bob.reply(&at, 180, "b1").await;
+    lamp_until(&mut lamp, "early", |s| s.contains(&DialogState::Early)).await;
+    let_it_flush().await;
+
+    server.kill9();
+    server.start();
+    server.wait_ready().await;
+    lamp_until(&mut lamp, "early after restart", |s| {
+        s.contains(&DialogState::Early)
+    })
+    .await;
+    // Bob answers now: the INVITE transaction is gone, the 2xx goes on statelessly and the
+    // tracker still sees it.
+    bob.reply(&at, 200, "b1").await;
+    let ok = alice.ua.response().await;
+    assert_eq!(ok.status, 200);
+    lamp_until(&mut lamp, "confirmed", lit).await;
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = loop {
+        let r = answer_probes(&mut bob, 200, 5000)
+            .await
+            .expect("BYE reaches Bob");
+        if r.method == "BYE" {
+            break r;
+        }
+    };
+    bob.reply(&bye, 200, "b1").await;
+    lamp_until(&mut lamp, "dark", dark).await;
+}

@@ -314,3 +314,26 @@ async fn rfc3261_16_5_unknown_numbers_go_to_the_pbx_and_pbx_calls_reach_phones()
         }
     }
 }
+
+#[tokio::test]
+async fn rfc3261_16_4_in_dialog_requests_not_routed_through_us_are_not_relayed() {
+    let (_s, mut alice, mut bob1, _bob2) = office().await;
+    // A BYE "in a dialog" (To tag) aimed at Bob's phone, without our Route: an open-relay
+    // attempt. 404, and nothing reaches Bob.
+    let mut leg = common::phone::Leg {
+        call_id: "relay-1".into(),
+        local: "<sip:1001@example.test>;tag=x".into(),
+        remote: "<sip:1002@example.test>;tag=y".into(),
+        remote_target: bob1.contact(),
+        route: vec![],
+        cseq: 1,
+    };
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 404, "{}", r.reason);
+    assert!(bob1.ua.next_request_within(300).await.is_none());
+    // Addressed to us without Route: no such dialog here.
+    leg.remote_target = format!("sip:{}", _s.udp);
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    assert_eq!(alice.ua.response().await.status, 481);
+}

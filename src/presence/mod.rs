@@ -2211,6 +2211,43 @@ impl Presence {
 
     // ------------------------------------------------------------------------------ snapshots
 
+    /// What `source_id` currently publishes for `presentity` in `pkg`: its body and expiry
+    /// (unix seconds). The in-process publishers read it to publish only what changed,
+    /// also across restarts.
+    pub fn publication(
+        &self,
+        presentity: &str,
+        pkg: Pkg,
+        source_id: &str,
+    ) -> Option<(Vec<u8>, u64)> {
+        let shard = self.shard(presentity);
+        let res = ResKey {
+            presentity: presentity.into(),
+            pkg,
+        };
+        shard
+            .resources
+            .get(&res)?
+            .pubs
+            .iter()
+            .find(|p| p.rec.source_id == source_id)
+            .map(|p| (p.rec.body.clone(), p.rec.expires_at))
+    }
+
+    /// The presentities `source_id` has a publication for in `pkg`.
+    pub fn published_by(&self, pkg: Pkg, source_id: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, r) in &shard.resources {
+                if k.pkg == pkg && r.pubs.iter().any(|p| p.rec.source_id == source_id) {
+                    v.push(k.presentity.to_string());
+                }
+            }
+        }
+        v
+    }
+
     /// Every subscription, for the dashboard and the control API.
     pub fn subscriptions(&self) -> Vec<SubscriptionInfo> {
         let mut v = Vec::new();

@@ -73,9 +73,18 @@ impl Core {
         let in_dialog = parsed.to.tag().is_some();
         match req.method.as_str() {
             "INVITE" | "BYE" | "UPDATE" | "INFO" | "PRACK" | "MESSAGE" | "REFER" => true,
-            // In-dialog OPTIONS/NOTIFY between phones, record-routed through us. Our own
-            // subscriptions' NOTIFYs and OPTIONS pings to us carry no Route.
-            "OPTIONS" | "NOTIFY" => in_dialog && req.headers.has(HeaderName::Route),
+            // In-dialog OPTIONS/NOTIFY between phones, record-routed through us: addressed to
+            // a phone's contact. The NOTIFYs of our own subscriptions (the presence client) are
+            // addressed to our Contact, whatever Route they carry.
+            "OPTIONS" | "NOTIFY" => {
+                in_dialog
+                    && req.headers.has(HeaderName::Route)
+                    && !req.uri.as_sip().is_some_and(|u| {
+                        let mut host_only = u.clone();
+                        host_only.user = None;
+                        self.proxy.is_us(&host_only)
+                    })
+            }
             _ => false,
         }
     }
@@ -114,12 +123,20 @@ impl Core {
             }
         }
         let routed = self.proxy.preprocess_routes(&mut req);
-        if in_dialog
-            && !routed
-            && !req.headers.has(HeaderName::Route)
-            && req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u))
-        {
-            return self.proxy_answer(&key, &req, 481, "Call/Transaction Does Not Exist");
+        if in_dialog && !routed {
+            // We Record-Route every dialog we set up, so its requests carry our Route. One
+            // without it is for a dialog we are not in: relaying it would make us an open
+            // relay for anyone's BYEs (Kamailio's default config answers 404 too).
+            return if req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u)) {
+                self.proxy_answer(&key, &req, 481, "Call/Transaction Does Not Exist")
+            } else {
+                self.proxy_answer(
+                    &key,
+                    &req,
+                    404,
+                    "Not Found: in-dialog request not routed through us",
+                )
+            };
         }
         let upstream = self.upstream_peer();
         let from_upstream = upstream.is_some_and(|u| u.remote.ip() == peer.remote.ip());
@@ -253,11 +270,14 @@ impl Core {
                 Some(crate::sip::Uri::Sip(u)) => u,
                 _ => return Err(None),
             },
-            None => {
-                let mut probe = request.clone();
-                probe.uri = hop.uri.clone();
-                next_hop_uri(&probe).map_err(|_| None)?
-            }
+            // The request's own Route (another proxy after us), else the hop's Request-URI.
+            None => match request.headers.list(HeaderName::Route).first() {
+                Some(_) => next_hop_uri(request).map_err(|_| None)?,
+                None => match &hop.uri {
+                    crate::sip::Uri::Sip(u) => u.clone(),
+                    _ => return Err(None),
+                },
+            },
         };
         match uri_addr(&uri) {
             Some((proto, addr)) => Ok(self.peer_to(proto, addr)),
@@ -526,11 +546,9 @@ impl Core {
         if Proxy::check_max_forwards(&req).is_err() {
             return;
         }
-        self.proxy.preprocess_routes(&mut req);
-        if !req.headers.has(HeaderName::Route)
-            && req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u))
-        {
-            tracing::debug!(%peer, "ACK for us: absorbed");
+        if !self.proxy.preprocess_routes(&mut req) {
+            // Not routed through us (see proxy_request): absorbed, never relayed.
+            tracing::debug!(%peer, "ACK without our Route: absorbed");
             return;
         }
         let Ok(uri) = next_hop_uri(&req) else {
@@ -773,6 +791,39 @@ impl Core {
         }
     }
 
+    /// The calls in progress (a snapshot for the dashboard and the control API).
+    pub fn calls(&self) -> Vec<crate::dialog::Call> {
+        lock(&self.dialogs).calls().cloned().collect()
+    }
+
+    /// A response to an INVITE whose transaction we no longer hold (we restarted while it
+    /// rang): the tracker still hears it, so a call answered or refused after a restart
+    /// shows as such instead of ringing until `early_timeout`.
+    fn track_stray(&self, resp: &Response) {
+        if !resp.cseq().is_ok_and(|c| c.method == "INVITE") || resp.status < 101 {
+            return;
+        }
+        let (Ok(call_id), Some(from_tag)) =
+            (resp.call_id(), resp.from_hdr().ok().and_then(|f| f.tag()))
+        else {
+            return;
+        };
+        let key = CallKey {
+            call_id: call_id.to_string(),
+            from_tag,
+        };
+        if lock(&self.dialogs).get(&key).is_none() {
+            return;
+        }
+        self.track_response(&key, resp, None);
+        if resp.status >= 300 {
+            let now = self.clock.now_unix_ms();
+            let mut dialogs = lock(&self.dialogs);
+            let u = dialogs.failed(&key, resp.status, now);
+            self.publish_calls_locked(u);
+        }
+    }
+
     /// Takes the tracker lock and publishes.
     fn publish_calls(&self, u: Option<Update>) {
         let _dialogs = lock(&self.dialogs);
@@ -787,10 +838,16 @@ impl Core {
             // Not awaited: a call in progress does not wait for the disk; the record only
             // serves a restart.
             drop(self.dialog_store.apply_call(u.write));
+            self.events.publish(crate::events::Event::Call {
+                call_id: u.call.key.call_id.clone(),
+                caller: u.call.caller.uri.clone(),
+                callee: u.call.callee.uri.clone(),
+                state: u.call.state.as_str(),
+            });
             for p in
                 crate::pua::dialoginfo::publications(&u.call, &self.dialoginfo, self.max_lifetime)
             {
-                if let Err(e) = self.presence.publish(
+                if let Err(e) = self.pua.publish(
                     &p.presentity,
                     crate::presence::event::Pkg::Dialog,
                     &p.source_id,
@@ -823,6 +880,7 @@ impl Core {
         let Ok(via) = resp.top_via() else {
             return false;
         };
+        self.track_stray(&resp);
         let ours = via
             .branch()
             .is_some_and(|b| b.starts_with(&format!("{}L", crate::sip::header::BRANCH_MAGIC)));

@@ -69,6 +69,11 @@ pub fn publications(call: &Call, cfg: &DialogInfoConfig, max_lifetime: u64) -> V
         if !on || !cfg.allows(aor) {
             continue;
         }
+        if side == Side::Callee && !cfg.callee_trying && !callee_shown(call) {
+            // Nothing rings yet: the callee's lamp stays as it is (Kamailio's behaviour; a
+            // BLF key has nothing to show for an INVITE still on its way).
+            continue;
+        }
         out.push(Publication {
             presentity: aor.to_string(),
             source_id: source_id(call, side),
@@ -77,6 +82,12 @@ pub fn publications(call: &Call, cfg: &DialogInfoConfig, max_lifetime: u64) -> V
         });
     }
     out
+}
+
+/// Whether the callee's side has shown anything: a phone rang (an early dialog, live or
+/// ended) or answered. Until then a call that fails publishes nothing for the callee.
+fn callee_shown(call: &Call) -> bool {
+    !call.branches.is_empty() || !call.dead_tags.is_empty() || call.confirmed_ms.is_some()
 }
 
 /// The source id of one side of a call.

@@ -21,6 +21,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// Hears every durable change of an AOR's bindings, synchronously, from the registrar's own
+/// code paths (a completed REGISTER, an expiry sweep, bindings dropped at load), unlike the
+/// event bus, which may drop notices. Called with the AOR's current live bindings while
+/// that AOR's shard lock is held, so calls for one AOR arrive in order and each carries the
+/// newest set. Implementations must not block, await or call back into the registrar.
+pub trait BindingObserver: Send + Sync {
+    fn bindings_changed(&self, aor: &str, bindings: &[Binding]);
+}
+
 /// Who the request was authenticated as, decided before the registrar sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -64,6 +73,7 @@ pub struct Registrar {
     expiry_changed: Notify,
     /// AORs with at least one binding (kept with the shard maps, read without locking them).
     aors: AtomicUsize,
+    observer: std::sync::OnceLock<Arc<dyn BindingObserver>>,
 }
 
 fn shard_of(aor: &str) -> usize {
@@ -90,7 +100,55 @@ impl Registrar {
             expiry: Mutex::new(Deadlines::new()),
             expiry_changed: Notify::new(),
             aors: AtomicUsize::new(0),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the observer of binding changes (once; later calls are ignored).
+    pub fn set_observer(&self, observer: Arc<dyn BindingObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer the current bindings of `aor` (none: an empty slice).
+    pub fn observe(&self, aor: &str) {
+        let Some(observer) = self.observer.get() else {
+            return;
+        };
+        let now = self.clock.now_unix();
+        let shard = self.lock(aor);
+        match shard.get(aor) {
+            Some(list) if list.iter().all(|b| b.expires_at > now) => {
+                observer.bindings_changed(aor, list)
+            }
+            Some(list) => {
+                let live: Vec<Binding> = list
+                    .iter()
+                    .filter(|b| b.expires_at > now)
+                    .cloned()
+                    .collect();
+                observer.bindings_changed(aor, &live)
+            }
+            None => observer.bindings_changed(aor, &[]),
+        }
+    }
+
+    /// Tells the observer the current bindings of every AOR that has some (at start, once
+    /// the observer's side is loaded).
+    pub fn observe_all(&self) {
+        if self.observer.get().is_none() {
+            return;
+        }
+        for i in 0..SHARDS {
+            let aors: Vec<String> = self.shards[i]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for aor in aors {
+                self.observe(&aor);
+            }
+        }
     }
 
     /// Loads the stored bindings, drops the ones that expired while we were down (announcing
@@ -106,10 +164,14 @@ impl Registrar {
                 self.announce(&aor, &gone);
             }
             live += list.len();
+            let dropped = !gone.is_empty();
             if !list.is_empty() {
                 self.schedule(&aor, &list);
-                self.lock(&aor).insert(aor, list);
+                self.lock(&aor).insert(aor.clone(), list);
                 self.aors.fetch_add(1, Ordering::Relaxed);
+            }
+            if dropped {
+                self.observe(&aor);
             }
         }
         for w in rewrites {
@@ -229,6 +291,7 @@ impl Registrar {
             Ok(()) => {
                 self.schedule(&p.aor, &p.bindings);
                 self.announce(&p.aor, &p.changes);
+                self.observe(&p.aor);
                 p.ok
             }
             Err(e) => {
@@ -429,6 +492,9 @@ impl Registrar {
                 }
                 self.schedule(&aor, &remaining);
                 self.announce(&aor, &gone);
+                if !gone.is_empty() {
+                    self.observe(&aor);
+                }
             }
         }
     }

@@ -868,6 +868,133 @@ pub fn verify(alg: Algorithm, ha1_hex: &str, method: &str, creds: &Credentials) 
     ct_eq(expected.as_bytes(), given.as_bytes())
 }
 
+// ---------------------------------------------------------------------------
+// Client side: answering a challenge (RFC 3261 §22.2, RFC 7616 §3.4)
+
+/// Parses a `WWW-Authenticate` / `Proxy-Authenticate` value of the form
+/// `Digest realm="x", nonce="n", ...` as a client reads it. `None` when it is not a
+/// Digest challenge we can answer: no realm or nonce, an algorithm we do not know, or a
+/// `qop` list without `auth` (only `auth-int`). Unknown parameters are ignored.
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
+    if value.len() > MAX_CREDENTIALS_LEN {
+        return None;
+    }
+    let mut cur = Cursor { src: value, pos: 0 };
+    cur.skip_while(is_lws);
+    let scheme = cur.skip_while(|b| !is_lws(b));
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return None;
+    }
+    let (mut realm, mut nonce, mut opaque, mut algorithm, mut qop, mut stale) =
+        (None, None, None, None, None, false);
+    loop {
+        cur.skip_while(|b| is_lws(b) || b == b',');
+        cur.peek()?;
+        let name = cur.skip_while(is_tchar);
+        if name.is_empty() {
+            return None;
+        }
+        cur.skip_while(is_lws);
+        if cur.peek() != Some(b'=') {
+            return None;
+        }
+        cur.pos += 1;
+        cur.skip_while(is_lws);
+        let v = if cur.peek() == Some(b'"') {
+            cur.quoted().ok()?
+        } else {
+            cur.skip_while(is_bare_value_byte).to_owned()
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(v),
+            "nonce" => nonce = Some(v),
+            "opaque" => opaque = Some(v),
+            "algorithm" => algorithm = Some(Algorithm::from_name(&v)?),
+            "qop" => qop = Some(v),
+            "stale" => stale = v.eq_ignore_ascii_case("true"),
+            _ => {}
+        }
+        cur.skip_while(is_lws);
+        if cur.peek().is_none() {
+            break;
+        }
+    }
+    let qop_auth = match qop {
+        None => false,
+        Some(list) => {
+            if !list
+                .split(',')
+                .any(|q| q.trim().eq_ignore_ascii_case("auth"))
+            {
+                return None;
+            }
+            true
+        }
+    };
+    Some(Challenge {
+        realm: realm?,
+        nonce: nonce?,
+        opaque,
+        algorithm: algorithm.unwrap_or(Algorithm::Md5),
+        qop_auth,
+        stale,
+    })
+}
+
+/// The `Authorization` / `Proxy-Authorization` value answering `challenge` for a request
+/// with `method` and Request-URI `uri` (RFC 7616 §3.4). `cnonce` is the client nonce
+/// (any unpredictable token) and `nc` the count of requests made with this nonce.
+pub fn authorization(
+    challenge: &Challenge,
+    username: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    cnonce: &str,
+    nc: u32,
+) -> String {
+    let alg = challenge.algorithm;
+    let creds = Credentials {
+        username: username.to_owned(),
+        realm: challenge.realm.clone(),
+        nonce: challenge.nonce.clone(),
+        uri: uri.to_owned(),
+        response: String::new(),
+        algorithm: Some(alg.name().to_owned()),
+        cnonce: challenge.qop_auth.then(|| cnonce.to_owned()),
+        nc: challenge.qop_auth.then(|| format!("{nc:08x}")),
+        qop: challenge.qop_auth.then(|| "auth".to_owned()),
+        opaque: challenge.opaque.clone(),
+    };
+    let ha1 = ha1(alg, username, &challenge.realm, password);
+    let response = response(alg, &ha1, method, &creds);
+    let mut out = String::with_capacity(256);
+    out.push_str("Digest username=");
+    push_quoted(&mut out, username);
+    out.push_str(", realm=");
+    push_quoted(&mut out, &challenge.realm);
+    out.push_str(", nonce=");
+    push_quoted(&mut out, &challenge.nonce);
+    out.push_str(", uri=");
+    push_quoted(&mut out, uri);
+    out.push_str(", response=\"");
+    out.push_str(&response);
+    out.push_str("\", algorithm=");
+    out.push_str(alg.name());
+    if let (Some(cn), Some(nc)) = (&creds.cnonce, &creds.nc) {
+        out.push_str(", cnonce=");
+        push_quoted(&mut out, cn);
+        out.push_str(", nc=");
+        out.push_str(nc);
+        out.push_str(", qop=auth");
+    }
+    if let Some(o) = &challenge.opaque {
+        out.push_str(", opaque=");
+        push_quoted(&mut out, o);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1701,5 +1828,64 @@ mod tests {
         assert_eq!(creds.realm, challenge.realm);
         assert_eq!(creds.opaque, challenge.opaque);
         assert_eq!(creds.algorithm.as_deref(), Some("SHA-256"));
+    }
+
+    #[test]
+    fn client_answers_a_challenge_the_server_side_verifies() {
+        for alg in [Algorithm::Sha256, Algorithm::Md5] {
+            let ch = Challenge {
+                realm: "example.test".into(),
+                nonce: "abc\"def".into(),
+                opaque: Some("op".into()),
+                algorithm: alg,
+                qop_auth: true,
+                stale: false,
+            };
+            let parsed = parse_challenge(&ch.to_header_value()).expect("our own challenge");
+            assert_eq!(parsed, ch);
+            let value = authorization(
+                &parsed,
+                "1001",
+                "secret",
+                "PUBLISH",
+                "sip:1001@example.test",
+                "c0ffee",
+                1,
+            );
+            let creds = parse_credentials(&value).expect("parses");
+            assert_eq!(creds.nc.as_deref(), Some("00000001"));
+            assert_eq!(creds.opaque.as_deref(), Some("op"));
+            let stored = ha1(alg, "1001", "example.test", "secret");
+            assert!(verify(alg, &stored, "PUBLISH", &creds), "{alg}");
+            assert!(!verify(alg, &stored, "SUBSCRIBE", &creds));
+        }
+    }
+
+    #[test]
+    fn client_challenge_parsing_is_tolerant_and_refuses_what_it_cannot_answer() {
+        let c = parse_challenge(
+            "digest  REALM = x ,nonce=\"n\", qop=\"auth-int, auth\", stale=TRUE, foo=bar",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.realm.as_str(),
+                c.nonce.as_str(),
+                c.algorithm,
+                c.qop_auth,
+                c.stale
+            ),
+            ("x", "n", Algorithm::Md5, true, true)
+        );
+        let c = parse_challenge("Digest realm=\"x\", nonce=\"n\"").unwrap();
+        assert!(!c.qop_auth);
+        // RFC 2069 form (no qop): no cnonce/nc in the answer.
+        let v = authorization(&c, "u", "p", "SUBSCRIBE", "sip:x", "cn", 1);
+        assert!(!v.contains("cnonce") && !v.contains("qop"), "{v}");
+        assert!(parse_challenge("Basic realm=\"x\"").is_none());
+        assert!(parse_challenge("Digest realm=\"x\"").is_none(), "no nonce");
+        assert!(parse_challenge("Digest realm=x, nonce=n, algorithm=SHA-512-256").is_none());
+        assert!(parse_challenge("Digest realm=x, nonce=n, qop=\"auth-int\"").is_none());
+        assert!(parse_challenge("Digest realm=\"x, nonce=n").is_none());
     }
 }

@@ -25,6 +25,19 @@ struct WriteOp {
     done: oneshot::Sender<Result<(), StorageError>>,
 }
 
+impl WriteOp {
+    /// Someone is waiting on this write to send a NOTIFY or answer a SUBSCRIBE/PUBLISH: a
+    /// lamp is late by as long as it waits. Registrations (answered in bulk, where the
+    /// minimum flush interval buys throughput) and call records (not waited for) are not.
+    fn urgent(&self) -> bool {
+        let presence = |t: &Tree| !matches!(t, Tree::Bindings | Tree::Dialogs);
+        match &self.writes {
+            Writes::One(t, _, _) => presence(t),
+            Writes::Many(list) => list.iter().any(|(t, _, _)| presence(t)),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tree {
     Bindings,
@@ -189,10 +202,14 @@ fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; TREES.len()], in
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
     // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
+    // A batch with an urgent (presence) write is flushed as soon as the previous flush is
+    // done: writes that arrived during that flush still share this one, so the fsync rate
+    // stays bounded by the flush time, and a lamp waits one flush, not the interval.
     let mut last_flush: Option<Instant> = None;
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     while queue.take(&mut batch).is_some() {
-        if let Some(last) = last_flush {
+        let urgent = batch.iter().any(WriteOp::urgent);
+        if let (Some(last), false) = (last_flush, urgent) {
             let next = last + interval;
             let now = Instant::now();
             if next > now {

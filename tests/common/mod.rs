@@ -368,5 +368,6 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
 }
 
 pub mod binary;
+pub mod peer;
 pub mod phone;
 pub mod ua;

@@ -190,7 +190,15 @@ fn rfc4235_3_7_1_before_any_to_tag_one_dialog_for_the_call() {
         .response(&key(), None, 183, None, None, T0 + 1)
         .unwrap()
         .call;
-    let callee = parse(&publications(&call, &DialogInfoConfig::default(), LIFE)[1].body).unwrap();
+    // By default the callee's lamp waits for a ringing phone.
+    let pubs = publications(&call, &DialogInfoConfig::default(), LIFE);
+    assert_eq!(pubs.len(), 1, "caller side only: {pubs:?}");
+    assert_eq!(pubs[0].presentity, "sip:1001@example.com");
+    let cfg = DialogInfoConfig {
+        callee_trying: true,
+        ..DialogInfoConfig::default()
+    };
+    let callee = parse(&publications(&call, &cfg, LIFE)[1].body).unwrap();
     assert_eq!(callee.dialogs[0].state, DialogState::Proceeding);
     assert_eq!(callee.dialogs[0].local_tag, None);
     assert_eq!(callee.dialogs[0].remote_tag.as_deref(), Some("1928301774"));
@@ -282,8 +290,9 @@ fn rfc4235_4_1_2_terminated_with_event_and_code() {
         ended(&call, "sip:1002@example.com"),
         (Some(StateEvent::RemoteBye), None)
     );
-    // Timer C.
+    // Timer C while the phone rang.
     let mut t = tracker();
+    t.response(&key(), Some("x"), 180, None, None, T0 + 1);
     let call = t.failed(&key(), 408, T0 + 180_000).unwrap().call;
     assert_eq!(
         ended(&call, "sip:1002@example.com"),

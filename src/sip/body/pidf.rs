@@ -330,6 +330,62 @@ pub fn closed(entity: &str) -> String {
     out
 }
 
+/// One `<tuple>` of a document [`document`] writes (RFC 3863 §4.1.3-§4.1.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TupleSpec {
+    /// The tuple id (an XML NCName: starts with a letter or `_`).
+    pub id: String,
+    pub basic: Basic,
+    /// The `<contact>` URI, if any.
+    pub contact: Option<String>,
+    /// The contact's `priority`, in thousandths (a SIP q-value: 0..=1000).
+    pub priority: Option<u16>,
+}
+
+/// A q-value in thousandths as RFC 3863 §4.1.5 writes it: `1`, `0.5`, `0.05`, `0`.
+pub fn priority_text(q: u16) -> String {
+    match q.min(1000) {
+        1000 => "1".into(),
+        0 => "0".into(),
+        q => {
+            let frac = format!("{q:03}");
+            format!("0.{}", frac.trim_end_matches('0'))
+        }
+    }
+}
+
+/// A document of our own with the given tuples, in order (what `pua_usrloc` publishes).
+/// No tuples: [`closed`].
+pub fn document(entity: &str, tuples: &[TupleSpec]) -> String {
+    if tuples.is_empty() {
+        return closed(entity);
+    }
+    let mut out = String::with_capacity(128 + entity.len() + tuples.len() * 160);
+    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence");
+    push_attr(&mut out, "xmlns", NS_PIDF);
+    push_attr(&mut out, "entity", entity);
+    out.push_str(">\n");
+    for t in tuples {
+        out.push_str("  <tuple");
+        push_attr(&mut out, "id", &t.id);
+        out.push_str(">\n    <status>\n      <basic>");
+        out.push_str(t.basic.as_str());
+        out.push_str("</basic>\n    </status>\n");
+        if let Some(c) = &t.contact {
+            out.push_str("    <contact");
+            if let Some(q) = t.priority {
+                push_attr(&mut out, "priority", &priority_text(q));
+            }
+            out.push('>');
+            xml::escape_text(c, &mut out);
+            out.push_str("</contact>\n");
+        }
+        out.push_str("  </tuple>\n");
+    }
+    out.push_str("</presence>\n");
+    out
+}
+
 /// XPIDF for `entity` from a composed PIDF document (as [`merge`] writes it). A document
 /// that does not parse counts as no document (closed).
 pub fn to_xpidf(entity: &str, merged_doc: &str) -> String {
@@ -694,5 +750,51 @@ mod tests {
         assert!(merged.contains("entity=\"sip:a&amp;&quot;b&quot;@c\""));
         assert!(merged.contains("<note>a &lt;b&gt; &amp; c</note>"));
         assert!(parse(merged.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn rfc3863_4_1_documents_we_write_validate() {
+        let tuples = vec![
+            TupleSpec {
+                id: "ul-1".into(),
+                basic: Basic::Open,
+                contact: Some("sip:1001@192.0.2.1:5060;transport=udp&x=<y>".into()),
+                priority: Some(500),
+            },
+            TupleSpec {
+                id: "ul-2".into(),
+                basic: Basic::Open,
+                contact: Some("sip:1001@192.0.2.2".into()),
+                priority: Some(1000),
+            },
+        ];
+        let doc = document("sip:1001@example.test", &tuples);
+        let parsed = parse(doc.as_bytes()).expect("valid PIDF");
+        assert_eq!(parsed.entity(), "sip:1001@example.test");
+        let got: Vec<(String, Option<Basic>, Option<String>)> = parsed
+            .tuples()
+            .map(|t| (t.id().to_string(), t.basic(), t.contact()))
+            .collect();
+        assert_eq!(
+            got[0].2.as_deref(),
+            Some("sip:1001@192.0.2.1:5060;transport=udp&x=<y>")
+        );
+        assert_eq!(got[1].0, "ul-2");
+        assert!(
+            doc.contains("priority=\"0.5\"") && doc.contains("priority=\"1\""),
+            "{doc}"
+        );
+        assert_eq!(document("sip:a@b", &[]), closed("sip:a@b"));
+        for (q, t) in [
+            (0, "0"),
+            (1, "0.001"),
+            (50, "0.05"),
+            (123, "0.123"),
+            (1000, "1"),
+            (1200, "1"),
+        ] {
+            assert_eq!(priority_text(q), t);
+            assert!(valid_priority(t));
+        }
     }
 }
