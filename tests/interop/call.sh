@@ -35,9 +35,10 @@
 #   busy    call_uac_busy.xml: INVITE -> 486 from both contacts -> ACK
 # The watcher checks every NOTIFY (sipp <ereg check_it / check_it_inverse>
 # on the dialog-info body): answer early -> confirmed -> terminated, cancel
-# early -> terminated (never confirmed), busy terminated (never early or
-# confirmed), an ended call never back to early/confirmed, and the
-# dialog-info version exactly +1 on every NOTIFY.  Then it unsubscribes.
+# early -> terminated (never confirmed), busy never early or confirmed
+# (terminated, or no lamp at all: the phone never rang), an ended call never
+# back to early/confirmed, and the dialog-info version exactly +1 on every
+# NOTIFY.  Then it unsubscribes.
 # Checks (each one sipp run that must end with its calls successful, 0
 # failed, exit 0): register A, register B, the three calls, UAS A (3 calls),
 # UAS B (3 calls), the watcher: 8 in all.
@@ -284,7 +285,7 @@ server_alive
 
 # ---- judge the background sipps (each ends by itself: -m, or its timeout)
 bl_log "waiting for the watcher and the two phones to finish"
-bg_wait watcher "$WATCH" 1 "watcher" "NOTIFYs: answer early->confirmed->terminated, cancel early->terminated, busy terminated, versions +1, unsubscribe -> terminated"
+bg_wait watcher "$WATCH" 1 "watcher" "NOTIFYs: answer early->confirmed->terminated, cancel early->terminated, busy never early/confirmed, versions +1, unsubscribe -> terminated"
 bg_wait uas-a "$UAS_A" 3 "UAS A" "answered, was CANCELled, sent 486"
 bg_wait uas-b "$UAS_B" 3 "UAS B" "rang until CANCELled twice, sent 486"
 BG_PIDS=()
