@@ -51,6 +51,14 @@
 # and must get a NOTIFY with <basic>open</basic>.  One more check.
 # Last line: "interop: N passed, M failed".  Exit 0 only if all passed.
 #
+# --against-kamailio: the watcher check fails now and then, for a Kamailio
+# bug the check is there to catch: when both phones' 180s reach
+# pua_dialoginfo at once, pua sends two initial PUBLISHes for the one call
+# (the second before the first's 200 gave it an ETag), the presence server
+# keeps both, and after the call ends one of them still says early until
+# it expires (DLG_LIFETIME, 300 s): the lamp stays "ringing" and a_term
+# times out.  Its log shows the two early <dialog>s with the same id.
+#
 # UDP only (sipp -t u1).  Network: loopback only (127.0.0.1, free ports
 # picked at run time); every sipp run is bounded (-m, -timeout, timeout(1));
 # the server and the background sipps are stopped by PID on exit.  Packages
