@@ -337,3 +337,37 @@ async fn rfc3261_16_4_in_dialog_requests_not_routed_through_us_are_not_relayed()
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
     assert_eq!(alice.ua.response().await.status, 481);
 }
+
+#[tokio::test]
+async fn rfc3261_16_6_a_tcp_phone_whose_connection_closed_fails_at_once_with_480() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::new(s.udp, "1001", "a").await;
+    alice.register().await;
+    {
+        let mut tcp = common::Tcp::connect(s.tcp).await;
+        let port = tcp.local_port();
+        let reg = common::wire(&format!(
+            "REGISTER sip:example.test SIP/2.0
+            Via: SIP/2.0/TCP 127.0.0.1:{port};branch={b}
+            Max-Forwards: 70
+            From: <sip:1002@example.test>;tag=t1
+            To: <sip:1002@example.test>
+            Call-ID: tcp-reg-1
+            CSeq: 1 REGISTER
+            Contact: <sip:1002@127.0.0.1:{port};transport=tcp>
+            Expires: 3600
+            ",
+            b = common::branch()
+        ));
+        assert_eq!(tcp.request(&reg).await.status, 200);
+    } // the phone's connection closes here
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    alice.invite("1002", "tcp-gone-1").await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 480, "{}", r.reason);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "not after Timer B"
+    );
+}

@@ -331,6 +331,17 @@ impl Core {
 
     /// Sends branch `i` of `key` to `peer` through a new client transaction.
     fn send_branch(self: &Arc<Self>, key: &TxKey, i: usize, hop: Hop, peer: Peer) {
+        if !self.transport.can_reach(&peer) {
+            // A TCP phone whose connection is gone (we do not connect out): fail the branch
+            // now rather than after Timer B's 32 s of silence.
+            tracing::debug!(%peer, "branch not sent: no connection");
+            return self.fail_branch(
+                key,
+                i,
+                480,
+                "Temporarily Unavailable: the phone's connection is closed",
+            );
+        }
         let now = tokio::time::Instant::now().into_std();
         let sent = {
             let mut fw = lock(&self.forwarding);

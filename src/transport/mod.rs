@@ -378,6 +378,22 @@ impl Transport {
         }
     }
 
+    /// Whether a message to `peer` can leave: always over UDP (with a socket of its family);
+    /// over TCP only while a connection from that address is open (we do not connect out).
+    pub fn can_reach(&self, peer: &Peer) -> bool {
+        match peer.proto {
+            Proto::Udp => self.udp_socket_for(peer).is_ok(),
+            Proto::Tcp => {
+                let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                let by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
+                peer.conn
+                    .and_then(|id| conns.get(&id))
+                    .or_else(|| by.get(&peer.remote).and_then(|id| conns.get(id)))
+                    .is_some_and(|c| c.remote == peer.remote)
+            }
+        }
+    }
+
     fn send_tcp(&self, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
         let tx = {
             let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());

@@ -159,6 +159,10 @@ pub struct Tcp {
 }
 
 impl Tcp {
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().unwrap().port()
+    }
+
     pub async fn connect(server: SocketAddr) -> Tcp {
         Tcp {
             stream: TcpStream::connect(server).await.unwrap(),
