@@ -20,8 +20,10 @@ coalesce early with confirmed when the ring is shorter than its latency).
 Correctness, per watcher and call, over the NOTIFYs in the order they left:
   regressions = NOTIFYs that show a call in an earlier state than one shown
                 before (trying < proceeding < early < confirmed < terminated;
-                the highest state over the call's dialogs counts), i.e. a
-                lamp going back, e.g. ringing again after it went busy/off;
+                the highest state over the call's dialogs counts: calls.sh
+                calls have one branch each, a forked call whose loser ends
+                before the winner would count one), i.e. a lamp going back,
+                e.g. ringing again after it went busy/off;
   cseq_regressions = NOTIFYs with a lower CSeq than one sent before in the
                 same subscription (RFC 3261 12.2.2: phones drop BLF on it).
 
