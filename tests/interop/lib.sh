@@ -145,6 +145,7 @@ EOF
 # SERVER_ADDRESS (e.g. "sip:127.0.0.1:5070") becomes server_address (our
 # Contact in subscription dialogs).  The ONLY place these scripts name
 # [presence] keys: adjust here when the schema changes.
+# shellcheck disable=SC2120 # SERVER_ADDRESS is optional
 bl_presence_toml() {
     # like tests/bench/kamailio-presence.cfg: every watcher in our domain is
     # authorized at once (Kamailio: presence_xml force_active=1); room for the
