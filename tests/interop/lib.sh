@@ -103,11 +103,14 @@ bl_gen_csv() {
     }' > "$1"
 }
 
-# bl_gen_busylamp_config FILE PORT DATA_DIR N [ALGORITHMS_TOML] [AUTH_MODE]
+# bl_gen_busylamp_config FILE PORT DATA_DIR N [ALGORITHMS_TOML] [AUTH_MODE] [TRUSTED_TOML]
 # AUTH_MODE: digest (default) or open (nobody is challenged; N may be 0).
+# TRUSTED_TOML: [auth] trusted, default [] (e.g. '["127.0.0.0/8"]': loopback
+# phones are never challenged, as tests/bench/calls.sh and
+# tests/interop/call.sh run it).
 # Callers append further sections (e.g. [presence]) to FILE themselves.
 bl_gen_busylamp_config() {
-    local file="$1" port="$2" data="$3" n="$4" algs="${5:-[\"MD5\"]}" mode="${6:-digest}" w
+    local file="$1" port="$2" data="$3" n="$4" algs="${5:-[\"MD5\"]}" mode="${6:-digest}" trusted="${7:-[]}" w
     w=$(bl_user_width "$n")
     {
         cat <<EOF
@@ -127,7 +130,7 @@ max_contacts = 10
 mode = "$mode"
 # Debian 12's sipp 3.6.1 cannot answer SHA-256 (see register_digest.xml)
 algorithms = $algs
-trusted = []
+trusted = $trusted
 EOF
         awk -v n="$n" -v w="$w" 'BEGIN {
             for (i = 1; i <= n; i++)
@@ -136,10 +139,13 @@ EOF
     } > "$file"
 }
 
-# bl_presence_toml: busylamp's [presence] section, appended by
-# tests/bench/presence.sh and tests/interop/presence.sh to the config
-# bl_gen_busylamp_config writes.  The ONLY place these scripts name
+# bl_presence_toml [SERVER_ADDRESS]: busylamp's [presence] section, appended
+# by tests/bench/presence.sh, tests/bench/calls.sh, tests/interop/presence.sh
+# and tests/interop/call.sh to the config bl_gen_busylamp_config writes.
+# SERVER_ADDRESS (e.g. "sip:127.0.0.1:5070") becomes server_address (our
+# Contact in subscription dialogs).  The ONLY place these scripts name
 # [presence] keys: adjust here when the schema changes.
+# shellcheck disable=SC2120 # SERVER_ADDRESS is optional
 bl_presence_toml() {
     # like tests/bench/kamailio-presence.cfg: every watcher in our domain is
     # authorized at once (Kamailio: presence_xml force_active=1); room for the
@@ -150,6 +156,18 @@ bl_presence_toml() {
 [presence]
 same_domain = "allow"
 max_subscriptions = 500000
+EOF
+    [[ -z "${1:-}" ]] || printf 'server_address = "%s"\n' "$1"
+}
+
+# bl_proxy_toml: busylamp's [proxy] section for the call tests
+# (tests/bench/calls.sh, tests/interop/call.sh): phones call each other, no
+# upstream PBX.  The ONLY place these scripts name [proxy] keys.
+bl_proxy_toml() {
+    cat <<'EOF'
+
+[proxy]
+upstream = ""
 EOF
 }
 

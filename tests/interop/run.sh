@@ -20,7 +20,9 @@
 #   INTEROP_TIMEOUT    120      seconds, sipp -timeout for each run
 #
 # Then tests/interop/presence.sh (PUBLISH/SUBSCRIBE/NOTIFY with digest, its own
-# server) runs with the same options and counts as one more check.
+# server) and tests/interop/call.sh (calls through the proxy and the BLF
+# NOTIFYs they cause, its own server) run with the same options and count as
+# one more check each.
 #
 # Pass: for each transport sipp reports INTEROP_USERS successful and 0 failed
 # calls (and exits 0).  Last line: "interop: N passed, M failed" (N, M =
@@ -149,5 +151,6 @@ for run in "udp u1" "tcp $TCP_MODE"; do
 done
 
 if bash "$HERE/presence.sh" "$@" >&2; then PASSED=$((PASSED + 1)); RESULTS+=("PASS presence: PUBLISH/SUBSCRIBE/NOTIFY with digest (tests/interop/presence.sh)"); else FAILED=$((FAILED + 1)); RESULTS+=("FAIL presence: tests/interop/presence.sh (its output is above)"); fi
+if bash "$HERE/call.sh" "$@" >&2; then PASSED=$((PASSED + 1)); RESULTS+=("PASS call: calls through the proxy (forked answer, CANCEL, 486) and their BLF NOTIFYs (tests/interop/call.sh)"); else FAILED=$((FAILED + 1)); RESULTS+=("FAIL call: tests/interop/call.sh (its output is above)"); fi
 
 finish
