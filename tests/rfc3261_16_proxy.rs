@@ -4,35 +4,14 @@
 mod common;
 
 use busylamp::sip::{HasHeaders, HeaderName};
-use common::phone::{Phone, SDP};
+use common::phone::{Phone, CALLS, SDP};
 use common::{server, TestServer};
-
-pub const CALLS: &str = r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-memory-store"
-[auth]
-trusted = ["127.0.0.0/8"]
-[[users]]
-name = "1001"
-password = "secret"
-[[users]]
-name = "1002"
-password = "other"
-[[users]]
-name = "1003"
-password = "third"
-"#;
 
 async fn office() -> (TestServer, Phone, Phone, Phone) {
     let s = server(CALLS).await;
-    let mut alice = Phone::new(s.udp, "1001", "a").await;
-    let mut bob1 = Phone::new(s.udp, "1002", "desk").await;
-    let mut bob2 = Phone::new(s.udp, "1002", "soft").await;
-    alice.register().await;
-    bob1.register().await;
-    bob2.register().await;
+    let alice = Phone::registered(s.udp, "1001", "a").await;
+    let bob1 = Phone::registered(s.udp, "1002", "desk").await;
+    let bob2 = Phone::registered(s.udp, "1002", "soft").await;
     (s, alice, bob1, bob2)
 }
 
@@ -114,13 +93,7 @@ async fn rfc3261_16_10_cancel_ends_every_branch_and_caller_gets_487() {
     bob1.reply(&at1, 180, "b1").await;
     bob2.reply(&at2, 180, "b2").await;
     // CANCEL: same branch, Request-URI, Call-ID, From, To and CSeq number as the INVITE.
-    let via = invite.headers.get(HeaderName::Via).unwrap();
-    let cancel = format!(
-        "CANCEL sip:1002@example.test SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {f}\r\nTo: {t}\r\nCall-ID: cancel-1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
-        f = invite.headers.get(HeaderName::From).unwrap(),
-        t = invite.headers.get(HeaderName::To).unwrap(),
-    );
-    alice.ua.send(cancel.as_bytes()).await;
+    alice.ua.send(&Phone::cancel(&invite)).await;
     for (phone, inv, tag) in [(&mut bob1, &at1, "b1"), (&mut bob2, &at2, "b2")] {
         let c = phone.ua.next_request().await;
         assert_eq!(c.method, "CANCEL");

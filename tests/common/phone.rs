@@ -28,6 +28,28 @@ pub struct Leg {
     pub cseq: u32,
 }
 
+/// An office whose phones (on 127.0.0.0/8, trusted) call each other without digest: users
+/// 1001, 1002 and 1003; presence changes are notified at once.
+pub const CALLS: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.0/8"]
+[presence]
+coalesce_ms = 0
+[[users]]
+name = "1001"
+password = "secret"
+[[users]]
+name = "1002"
+password = "other"
+[[users]]
+name = "1003"
+password = "third"
+"#;
+
 pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n";
 
 impl Phone {
@@ -48,21 +70,63 @@ impl Phone {
         }
     }
 
+    /// A phone that talks to the server's TCP socket `server` over one connection.
+    pub async fn new_tcp(server: SocketAddr, user: &str, name: &str) -> Phone {
+        Phone {
+            ua: Ua::tcp(server).await,
+            user: user.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A phone on 127.0.0.1, registered.
+    pub async fn registered(server: SocketAddr, user: &str, name: &str) -> Phone {
+        let mut p = Phone::new(server, user, name).await;
+        p.register().await;
+        p
+    }
+
     pub fn ip(&self) -> String {
-        self.ua.sock.local_addr().unwrap().ip().to_string()
+        self.ua.local_addr().ip().to_string()
     }
 
     pub fn contact(&self) -> String {
-        format!("sip:{}@{}:{}", self.user, self.ip(), self.ua.port())
+        let transport = match self.ua.transport() {
+            "TCP" => ";transport=tcp",
+            _ => "",
+        };
+        format!(
+            "sip:{}@{}:{}{transport}",
+            self.user,
+            self.ip(),
+            self.ua.port()
+        )
+    }
+
+    /// Our top Via with a fresh branch.
+    pub fn via(&self) -> String {
+        format!(
+            "SIP/2.0/{} {}:{};branch={}",
+            self.ua.transport(),
+            self.ip(),
+            self.ua.port(),
+            branch()
+        )
     }
 
     /// Registers this phone's contact (the server must trust 127.0.0.1).
     pub async fn register(&mut self) {
+        let contact = self.contact();
+        self.register_contact(&contact).await;
+    }
+
+    /// Registers `contact` (any URI, not necessarily ours) from this phone's address.
+    pub async fn register_contact(&mut self, contact: &str) {
         let r = self
             .ua
             .request(&wire(&format!(
                 "REGISTER sip:example.test SIP/2.0
-                Via: SIP/2.0/UDP {ip}:{p};branch={b}
+                Via: {via}
                 Max-Forwards: 70
                 From: <sip:{u}@example.test>;tag=r{n}
                 To: <sip:{u}@example.test>
@@ -71,12 +135,10 @@ impl Phone {
                 Contact: <{c}>
                 Expires: 3600
                 ",
-                ip = self.ip(),
-                p = self.ua.port(),
-                b = branch(),
+                via = self.via(),
                 u = self.user,
                 n = self.name,
-                c = self.contact()
+                c = contact
             )))
             .await;
         assert_eq!(r.status, 200, "REGISTER of {}: {}", self.user, r.reason);
@@ -87,7 +149,7 @@ impl Phone {
     pub async fn invite(&mut self, to_user: &str, call_id: &str) -> Request {
         let text = format!(
             "INVITE sip:{to}@example.test SIP/2.0
-            Via: SIP/2.0/UDP {ip}:{p};branch={b}
+            Via: {via}
             Max-Forwards: 70
             From: \"{u} {n}\" <sip:{u}@example.test>;tag=from-{call_id}
             To: \"Ext {to}\" <sip:{to}@example.test>
@@ -97,9 +159,7 @@ impl Phone {
             Content-Type: application/sdp
             ",
             to = to_user,
-            ip = self.ip(),
-            p = self.ua.port(),
-            b = branch(),
+            via = self.via(),
             u = self.user,
             n = self.name,
             c = self.contact(),
@@ -121,7 +181,7 @@ impl Phone {
 
     /// Answers a request the proxy delivered, as a UAS: `tag` for the To tag, our Contact
     /// and the Record-Route copied (RFC 3261 §12.1.1), an SDP answer on 2xx to INVITE.
-    pub async fn reply(&self, req: &Request, status: u16, tag: &str) {
+    pub async fn reply(&mut self, req: &Request, status: u16, tag: &str) {
         let mut r = req.response(status, "Whatever", Some(tag));
         if status > 100 {
             for rr in req.headers.all(HeaderName::RecordRoute) {
@@ -136,11 +196,23 @@ impl Phone {
             r.headers.push(HeaderName::ContentType, "application/sdp");
             r.body = SDP.as_bytes().to_vec();
         }
-        self.ua
-            .sock
-            .send_to(&r.to_bytes(), self.ua.server)
-            .await
-            .unwrap();
+        self.ua.send(&r.to_bytes()).await;
+    }
+
+    /// A CANCEL for `invite` (RFC 3261 §9.1: its Via, Request-URI, Call-ID, From, To and
+    /// CSeq number).
+    pub fn cancel(invite: &Request) -> Vec<u8> {
+        let h = |n| invite.headers.get(n).unwrap();
+        format!(
+            "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {f}\r\nTo: {t}\r\nCall-ID: {c}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            uri = invite.uri,
+            via = h(HeaderName::Via),
+            f = h(HeaderName::From),
+            t = h(HeaderName::To),
+            c = h(HeaderName::CallId),
+            seq = invite.cseq().unwrap().seq,
+        )
+        .into_bytes()
     }
 
     /// The caller's leg once the 2xx arrived.
@@ -197,11 +269,9 @@ impl Phone {
             None => (String::new(), String::new()),
         };
         format!(
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {ip}:{p};branch={b}\r\nMax-Forwards: 70\r\n{routes}From: {local}\r\nTo: {remote}\r\nCall-ID: {cid}\r\nCSeq: {seq} {method}\r\nContact: <{c}>\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
+            "{method} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n{routes}From: {local}\r\nTo: {remote}\r\nCall-ID: {cid}\r\nCSeq: {seq} {method}\r\nContact: <{c}>\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
             target = leg.remote_target,
-            ip = self.ip(),
-            p = self.ua.port(),
-            b = branch(),
+            via = self.via(),
             local = leg.local,
             remote = leg.remote,
             cid = leg.call_id,
