@@ -310,3 +310,388 @@ async fn rfc3261_16_4_in_dialog_requests_not_routed_through_us_are_not_relayed()
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
     assert_eq!(alice.ua.response().await.status, 481);
 }
+
+/// Record-Route values of a message, top first.
+fn record_routes(m: &impl HasHeaders) -> Vec<String> {
+    m.headers()
+        .list(HeaderName::RecordRoute)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The next request of `method` (skipping others: retransmissions, probes).
+async fn next_of(phone: &mut Phone, method: &str) -> busylamp::sip::Request {
+    for _ in 0..20 {
+        let r = phone.ua.next_request().await;
+        if r.method == method {
+            return r;
+        }
+    }
+    panic!("no {method} arrived");
+}
+
+/// The next final response to `method` (skipping others).
+async fn final_of(phone: &mut Phone, method: &str) -> busylamp::sip::Response {
+    for _ in 0..20 {
+        let r = phone.ua.response().await;
+        if r.cseq().unwrap().method == method {
+            return r;
+        }
+    }
+    panic!("no final response to {method}");
+}
+
+#[tokio::test]
+async fn rfc3261_16_6_callee_on_tcp_caller_on_udp_double_record_route_and_both_directions() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::new_tcp(s.tcp, "1002", "tcp").await;
+    bob.register().await;
+    let udp_rr = format!("sip:{};lr;r2=on", s.udp);
+    let tcp_rr = format!("sip:{};lr;transport=tcp;r2=on", s.tcp);
+
+    for (n, callee_hangs_up) in [(1, false), (2, true)] {
+        let invite = alice.invite("1002", &format!("tcp-{n}")).await;
+        // Over Bob's own connection, with our TCP Via and both Record-Route entries: the one
+        // facing Bob (TCP) on top.
+        let at = next_of(&mut bob, "INVITE").await;
+        let vias = at.headers.list(HeaderName::Via);
+        assert!(vias[0].starts_with("SIP/2.0/TCP"), "{vias:?}");
+        let rr = record_routes(&at);
+        assert_eq!(rr.len(), 2, "{rr:?}");
+        assert!(rr[0].starts_with(&format!("<{tcp_rr}")), "{rr:?} {tcp_rr}");
+        assert!(rr[1].starts_with(&format!("<{udp_rr}")), "{rr:?}");
+        assert!(rr.iter().all(|r| r.contains("ftag=from-tcp-")), "{rr:?}");
+
+        bob.reply(&at, 180, "bt").await;
+        bob.reply(&at, 200, "bt").await;
+        let ok = final_of(&mut alice, "INVITE").await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(
+            record_routes(&ok),
+            rr,
+            "the 2xx carries both entries to the caller"
+        );
+
+        let mut leg = Phone::caller_leg(&invite, &ok);
+        assert_eq!(leg.route.len(), 2);
+        alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+        let ack = next_of(&mut bob, "ACK").await;
+        assert_eq!(ack.uri.to_string(), bob.contact());
+        assert!(
+            !ack.headers.has(HeaderName::Route),
+            "both of our entries are consumed"
+        );
+        assert!(ack.headers.list(HeaderName::Via)[0].starts_with("SIP/2.0/TCP"));
+
+        if callee_hangs_up {
+            // Bob's BYE over TCP, Route set = the Record-Route as received, reaches Alice
+            // over UDP.
+            let mut bleg = Phone::callee_leg(&at, "bt");
+            bob.ua.send(&bob.in_dialog(&mut bleg, "BYE", None)).await;
+            let bye = next_of(&mut alice, "BYE").await;
+            assert_eq!(bye.uri.to_string(), alice.contact());
+            assert!(!bye.headers.has(HeaderName::Route));
+            assert!(bye.headers.list(HeaderName::Via)[0].starts_with("SIP/2.0/UDP"));
+            alice.reply(&bye, 200, "x").await;
+            let done = final_of(&mut bob, "BYE").await;
+            assert_eq!(done.status, 200);
+        } else {
+            alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+            let bye = next_of(&mut bob, "BYE").await;
+            assert!(!bye.headers.has(HeaderName::Route));
+            bob.reply(&bye, 200, "bt").await;
+            let done = final_of(&mut alice, "BYE").await;
+            assert_eq!(done.status, 200);
+        }
+    }
+}
+
+/// Bob's desk phone (q=1.0) rings first; his softphone (q=0.5) only when the desk phone
+/// failed.
+async fn serial_office() -> (TestServer, Phone, Phone, Phone) {
+    let s = server(CALLS).await;
+    let alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut desk = Phone::new(s.udp, "1002", "desk").await;
+    let c = format!("<{}>;q=1.0", desk.contact());
+    desk.register_contact(&c).await;
+    let mut soft = Phone::new(s.udp, "1002", "soft").await;
+    let c = format!("<{}>;q=0.5", soft.contact());
+    soft.register_contact(&c).await;
+    (s, alice, desk, soft)
+}
+
+#[tokio::test]
+async fn rfc3261_16_6_serial_forking_the_lower_q_rings_only_after_the_higher_failed() {
+    let (_s, mut alice, mut desk, mut soft) = serial_office().await;
+    let invite = alice.invite("1002", "serial-1").await;
+    let at_desk = next_of(&mut desk, "INVITE").await;
+    assert!(
+        soft.ua.next_request_within(300).await.is_none(),
+        "the q=0.5 phone waits while the q=1.0 phone rings"
+    );
+    desk.reply(&at_desk, 180, "d").await;
+    assert_eq!(alice.ua.any_response().await.status, 100);
+    assert_eq!(alice.ua.any_response().await.status, 180);
+    assert!(soft.ua.next_request_within(300).await.is_none());
+    desk.reply(&at_desk, 486, "d").await;
+    // Hop-by-hop ACK for the desk phone's 486, then the softphone rings.
+    assert_eq!(next_of(&mut desk, "ACK").await.method, "ACK");
+    let at_soft = next_of(&mut soft, "INVITE").await;
+    assert_eq!(at_soft.uri.to_string(), soft.contact());
+    assert_eq!(at_soft.call_id().unwrap(), "serial-1");
+    soft.reply(&at_soft, 180, "s").await;
+    assert_eq!(alice.ua.any_response().await.status, 180);
+    soft.reply(&at_soft, 200, "s").await;
+    let ok = final_of(&mut alice, "INVITE").await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.headers.get(HeaderName::To).unwrap().contains("tag=s"));
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    assert_eq!(next_of(&mut soft, "ACK").await.method, "ACK");
+
+    // 480 from the first group: the second rings too, and when it also fails the caller
+    // gets the best answer of both (same class: the first to arrive).
+    alice.invite("1002", "serial-2").await;
+    let at_desk = next_of(&mut desk, "INVITE").await;
+    desk.reply(&at_desk, 480, "d").await;
+    let at_soft = next_of(&mut soft, "INVITE").await;
+    soft.reply(&at_soft, 486, "s").await;
+    let r = final_of(&mut alice, "INVITE").await;
+    assert_eq!((r.status, r.call_id().unwrap()), (480, "serial-2"));
+}
+
+#[tokio::test]
+async fn rfc3261_16_7_a_6xx_from_the_first_group_ends_the_search() {
+    let (_s, mut alice, mut desk, mut soft) = serial_office().await;
+    alice.invite("1002", "serial-603").await;
+    let at_desk = next_of(&mut desk, "INVITE").await;
+    desk.reply(&at_desk, 603, "d").await;
+    let r = final_of(&mut alice, "INVITE").await;
+    assert_eq!(r.status, 603);
+    assert!(
+        soft.ua.next_request_within(500).await.is_none(),
+        "after a 6xx the next group never rings"
+    );
+}
+
+/// Seconds of (paused) time since `t0`.
+fn secs_since(t0: tokio::time::Instant) -> u64 {
+    t0.elapsed().as_secs()
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_8_timer_c_cancels_a_branch_that_rings_too_long_caller_gets_487() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    alice.invite("1002", "timer-c-487").await;
+    let at = next_of(&mut bob, "INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    let t0 = tokio::time::Instant::now();
+    // 180 and then nothing: Timer C (180 s) fires and the proxy sends CANCEL.
+    let cancel = loop {
+        let r = bob.ua.next_request_within(200_000).await.expect("CANCEL");
+        if r.method == "CANCEL" {
+            break r;
+        }
+    };
+    let waited = secs_since(t0);
+    assert!((180..=181).contains(&waited), "CANCEL after {waited} s");
+    assert!(alice.ua.no_notify(10).await);
+    bob.reply(&cancel, 200, "b").await;
+    bob.reply(&at, 487, "b").await;
+    let r = alice.ua.response_within(5_000).await;
+    assert_eq!(r.status, 487);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_8_timer_c_then_no_answer_to_the_cancel_caller_gets_408() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    alice.invite("1002", "timer-c-408").await;
+    let at = next_of(&mut bob, "INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    assert_eq!(alice.ua.any_response().await.status, 100);
+    assert_eq!(alice.ua.any_response().await.status, 180);
+    let t0 = tokio::time::Instant::now();
+    let cancel = loop {
+        let r = bob.ua.next_request_within(200_000).await.expect("CANCEL");
+        if r.method == "CANCEL" {
+            break r;
+        }
+    };
+    assert!((180..=181).contains(&secs_since(t0)));
+    assert_eq!(cancel.call_id().unwrap(), "timer-c-408");
+    // The phone is gone: neither the CANCEL nor the INVITE is ever answered. 32 s later
+    // (64*T1) the branch counts as 408.
+    let r = alice.ua.response_within(60_000).await;
+    assert_eq!(r.status, 408, "{}", r.reason);
+    let waited = secs_since(t0);
+    assert!((211..=214).contains(&waited), "408 after {waited} s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_8_timer_c_is_reset_by_each_provisional() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    alice.invite("1002", "timer-c-reset").await;
+    let at = next_of(&mut bob, "INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    // A PBX queue announcing progress every 100 s keeps the branch alive.
+    for _ in 0..3 {
+        assert!(bob.ua.next_request_within(100_000).await.is_none());
+        bob.reply(&at, 183, "b").await;
+    }
+    let t0 = tokio::time::Instant::now();
+    let cancel = bob.ua.next_request_within(200_000).await.expect("CANCEL");
+    assert_eq!(cancel.method, "CANCEL");
+    assert!((180..=181).contains(&secs_since(t0)));
+}
+
+#[tokio::test]
+async fn rfc3261_16_7_responses_reordered_across_branches_one_answer_no_late_provisionals() {
+    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    alice.invite("1002", "reorder-1").await;
+    let at1 = next_of(&mut bob1, "INVITE").await;
+    let at2 = next_of(&mut bob2, "INVITE").await;
+    // bob2 fails first, bob1 answers before any provisional of its own; the 180s of both
+    // arrive late, after their finals.
+    bob2.reply(&at2, 486, "b2").await;
+    assert_eq!(next_of(&mut bob2, "ACK").await.method, "ACK");
+    bob1.reply(&at1, 200, "b1").await;
+    bob2.reply(&at2, 180, "b2").await;
+    bob1.reply(&at1, 180, "b1").await;
+    bob1.reply(&at1, 183, "b1").await;
+    let mut seen = Vec::new();
+    while let Some(r) = alice.ua.any_response_within(300).await {
+        seen.push(r.status);
+    }
+    let finals: Vec<u16> = seen.iter().copied().filter(|s| *s >= 200).collect();
+    assert_eq!(finals, vec![200], "{seen:?}");
+    let after: Vec<u16> = seen
+        .iter()
+        .skip_while(|s| **s < 200)
+        .skip(1)
+        .copied()
+        .collect();
+    assert!(after.is_empty(), "nothing after the 2xx: {seen:?}");
+}
+
+#[tokio::test]
+async fn rfc6026_every_2xx_retransmission_reaches_the_caller_until_it_acks() {
+    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    let invite = alice.invite("1002", "retrans-1").await;
+    let at1 = next_of(&mut bob1, "INVITE").await;
+    let at2 = next_of(&mut bob2, "INVITE").await;
+    bob1.reply(&at1, 180, "b1").await;
+    // bob2 answers and, not hearing an ACK, retransmits its 2xx (Timer G of its UAS core).
+    for _ in 0..3 {
+        bob2.reply(&at2, 200, "b2").await;
+    }
+    let mut oks = Vec::new();
+    while let Some(r) = alice.ua.any_response_within(300).await {
+        if r.status == 200 {
+            oks.push(r);
+        }
+    }
+    assert_eq!(oks.len(), 3, "each 2xx retransmission is forwarded");
+    assert!(oks.iter().all(|r| r.to_bytes() == oks[0].to_bytes()));
+    // The caller's ACK reaches the winner and stops it.
+    let mut leg = Phone::caller_leg(&invite, &oks[0]);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    let ack = next_of(&mut bob2, "ACK").await;
+    assert_eq!(ack.uri.to_string(), bob2.contact());
+    // The loser is cancelled, but it had answered already (the 2xx crossed the CANCEL):
+    // that 2xx also reaches the caller (RFC 6026 §4.2), so it can ACK and BYE it.
+    let c = next_of(&mut bob1, "CANCEL").await;
+    bob1.reply(&c, 200, "b1").await;
+    bob1.reply(&at1, 200, "b1").await;
+    let late = final_of(&mut alice, "INVITE").await;
+    assert_eq!(late.status, 200);
+    assert!(late.headers.get(HeaderName::To).unwrap().contains("tag=b1"));
+    let mut late_leg = Phone::caller_leg(&invite, &late);
+    alice
+        .ua
+        .send(&alice.in_dialog(&mut late_leg, "ACK", None))
+        .await;
+    assert_eq!(next_of(&mut bob1, "ACK").await.method, "ACK");
+    alice
+        .ua
+        .send(&alice.in_dialog(&mut late_leg, "BYE", None))
+        .await;
+    let bye = next_of(&mut bob1, "BYE").await;
+    bob1.reply(&bye, 200, "b1").await;
+    assert_eq!(final_of(&mut alice, "BYE").await.status, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc6026_a_2xx_after_the_transactions_ended_is_forwarded_statelessly() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let invite = alice.invite("1002", "late-2xx").await;
+    let at = next_of(&mut bob, "INVITE").await;
+    bob.reply(&at, 200, "b").await;
+    let ok = final_of(&mut alice, "INVITE").await;
+    assert_eq!(ok.status, 200);
+    // Timer L (server) and Timer M (client), 64*T1 = 32 s, end both transactions.
+    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+    // The ACK was lost; the phone still retransmits its 2xx: no transaction matches, but it
+    // carries our Via and goes on to the Via below it.
+    bob.reply(&at, 200, "b").await;
+    let again = alice
+        .ua
+        .any_response_within(5_000)
+        .await
+        .expect("the late 2xx is forwarded");
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.headers.list(HeaderName::Via).len(),
+        1,
+        "our Via is removed"
+    );
+    assert_eq!(
+        again.headers.get(HeaderName::Via),
+        invite.headers.get(HeaderName::Via)
+    );
+    // And the end-to-end ACK still goes through by Route.
+    let mut leg = Phone::caller_leg(&invite, &again);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    assert_eq!(next_of(&mut bob, "ACK").await.method, "ACK");
+    // A non-2xx without a transaction is dropped (RFC 3261 §16.7 item 3... §18.1.2).
+    bob.reply(&at, 486, "b").await;
+    assert!(alice.ua.any_response_within(1_000).await.is_none());
+}
+
+#[tokio::test]
+async fn rfc3261_16_12_in_dialog_request_of_a_call_we_never_saw_is_forwarded_by_request_uri() {
+    let (s, mut alice, mut bob1, mut bob2) = office().await;
+    // A call set up before a restart that lost it (or through another instance): the BYE
+    // carries our Route and a To tag; the tracker knows nothing of it.
+    let mut leg = common::phone::Leg {
+        call_id: "unknown-1".into(),
+        local: "<sip:1001@example.test>;tag=x".into(),
+        remote: "<sip:1002@example.test>;tag=y".into(),
+        remote_target: bob1.contact(),
+        route: vec![format!("<sip:{};lr>", s.udp)],
+        cseq: 1,
+    };
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = next_of(&mut bob1, "BYE").await;
+    assert_eq!(bye.uri.to_string(), bob1.contact());
+    assert!(!bye.headers.has(HeaderName::Route));
+    assert!(!bye.headers.has(HeaderName::RecordRoute));
+    bob1.reply(&bye, 200, "y").await;
+    assert_eq!(final_of(&mut alice, "BYE").await.status, 200);
+    assert!(bob2.ua.next_request_within(200).await.is_none());
+    // Addressed to us, without our Route: no dialog of ours, 481.
+    leg.route.clear();
+    leg.remote_target = format!("sip:{}", s.udp);
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let r = final_of(&mut alice, "BYE").await;
+    assert_eq!(r.status, 481, "{}", r.reason);
+}

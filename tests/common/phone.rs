@@ -116,11 +116,12 @@ impl Phone {
 
     /// Registers this phone's contact (the server must trust 127.0.0.1).
     pub async fn register(&mut self) {
-        let contact = self.contact();
+        let contact = format!("<{}>", self.contact());
         self.register_contact(&contact).await;
     }
 
-    /// Registers `contact` (any URI, not necessarily ours) from this phone's address.
+    /// Registers the Contact value `contact` (any URI, not necessarily ours, with
+    /// parameters such as `q`) from this phone's address.
     pub async fn register_contact(&mut self, contact: &str) {
         let r = self
             .ua
@@ -132,7 +133,7 @@ impl Phone {
                 To: <sip:{u}@example.test>
                 Call-ID: reg-{u}-{n}
                 CSeq: 1 REGISTER
-                Contact: <{c}>
+                Contact: {c}
                 Expires: 3600
                 ",
                 via = self.via(),

@@ -135,6 +135,16 @@ impl Ua {
         }
     }
 
+    /// The next response, provisional or final, within `ms`, or `None`.
+    pub async fn any_response_within(&mut self, ms: u64) -> Option<Response> {
+        loop {
+            if let Some(r) = self.responses.pop_front() {
+                return Some(r);
+            }
+            self.read(ms).await?;
+        }
+    }
+
     /// The next request of any method, unanswered, within `ms`.
     pub async fn next_request_within(&mut self, ms: u64) -> Option<Request> {
         loop {
