@@ -85,6 +85,8 @@ pub struct Core {
     pub(crate) events: EventBus,
     pub(crate) branch_secret: u64,
     pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
+    /// Messages read from the network (requests and responses, parseable or not).
+    received: std::sync::atomic::AtomicU64,
 }
 
 /// Who hears the answers to one of our client transactions.
@@ -228,6 +230,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
             h.finish()
         },
         this: std::sync::OnceLock::new(),
+        received: Default::default(),
     });
     let _ = core.this.set(Arc::downgrade(&core));
     if let Some(u) = core.proxy.upstream.clone() {
@@ -286,6 +289,8 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
 
 impl Inbound for Core {
     fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer) {
+        self.received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match parse_message(&bytes, &self.limits) {
             Ok(Message::Request(req)) => self.on_request(req, peer),
             Ok(Message::Response(resp)) => self.on_response(resp, peer),
@@ -310,6 +315,12 @@ impl Inbound for Core {
 }
 
 impl Core {
+    /// How many messages the server has read from the network (a loop shows as a count
+    /// that keeps growing).
+    pub fn messages_received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn me(&self) -> Option<Arc<Core>> {
         self.this.get().and_then(std::sync::Weak::upgrade)
     }

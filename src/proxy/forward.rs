@@ -111,8 +111,12 @@ impl Core {
         if let Err(e) = Proxy::check_max_forwards(&req) {
             return self.proxy_answer(&key, &req, e.status(), &e.to_string());
         }
+        // RFC 3261 §16.6 item 8: the hash covers the request as received, before route
+        // preprocessing and credential removal change it, so a request that comes back with
+        // what we sent it out with (e.g. a shorter Route) is a spiral, not a loop.
+        let loop_hash = self.proxy.loop_hash(&req);
         let vias = req.vias().unwrap_or_default();
-        if self.proxy.is_loop(&req, &vias) {
+        if self.proxy.is_loop(&loop_hash, &vias) {
             let e = super::ProxyError::Loop;
             return self.proxy_answer(&key, &req, e.status(), &e.to_string());
         }
@@ -181,7 +185,6 @@ impl Core {
                 req.method.as_str(),
                 "INVITE" | "SUBSCRIBE" | "REFER" | "NOTIFY"
             );
-        let loop_hash = self.proxy.loop_hash(&req);
         let call = if invite && !in_dialog {
             self.track_invite(&req, parsed, &peer)
         } else {

@@ -50,6 +50,14 @@ impl Ua {
         }
     }
 
+    /// The UDP socket, for a test that takes over the wire itself.
+    pub fn into_udp_socket(self) -> UdpSocket {
+        match self.link {
+            Link::Udp(s) => s,
+            Link::Tcp(_) => panic!("a TCP user agent has no UDP socket"),
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         match &self.link {
             Link::Udp(s) => s.local_addr().unwrap(),

@@ -1,0 +1,238 @@
+//! RFC 3261 §16.3 (Max-Forwards, loop detection), §16.4 (our own Route entries) and §16.6
+//! item 3 (Max-Forwards on the forwarded copy): a request that comes back to the proxy, by a
+//! misconfigured binding, a reflecting device, Route entries naming us, or a Request-URI
+//! that resolves to us, ends in 482 or 483 after a bounded number of passes, never a storm.
+//! The server's count of messages read shows how many passes there were.
+
+mod common;
+
+use busylamp::sip::{HasHeaders, HeaderName, Request};
+use common::phone::{Phone, CALLS};
+use common::{server, TestServer};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn next_of(phone: &mut Phone, method: &str) -> Request {
+    for _ in 0..20 {
+        let r = phone.ua.next_request().await;
+        if r.method == method {
+            return r;
+        }
+    }
+    panic!("no {method} arrived");
+}
+
+/// Our Via entries on a request the proxy forwarded (one per pass through us).
+fn our_vias(req: &Request, s: &TestServer) -> usize {
+    let ours = [s.udp.to_string(), s.tcp.to_string()];
+    req.headers
+        .list(HeaderName::Via)
+        .iter()
+        .filter(|v| ours.iter().any(|a| v.contains(a.as_str())))
+        .count()
+}
+
+/// A raw INVITE from `phone` to `uri` with extra header lines (`Route: ...`).
+fn invite_to(phone: &Phone, uri: &str, call_id: &str, extra: &str, max_forwards: &str) -> Vec<u8> {
+    format!(
+        "INVITE {uri} SIP/2.0\r\nVia: {via}\r\n{max_forwards}{extra}From: <sip:{u}@example.test>;tag=f-{call_id}\r\nTo: <sip:1002@example.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <{c}>\r\nContent-Length: 0\r\n\r\n",
+        via = phone.via(),
+        u = phone.user,
+        c = phone.contact(),
+    )
+    .into_bytes()
+}
+
+/// Waits until the server's message count stops growing (within 5 s) and returns it.
+async fn settled(s: &TestServer) -> u64 {
+    let mut last = s.handle.core.messages_received();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = s.handle.core.messages_received();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the server keeps receiving messages: a storm ({last} so far)");
+}
+
+async fn final_for(phone: &mut Phone, call_id: &str) -> busylamp::sip::Response {
+    for _ in 0..20 {
+        let r = phone.ua.response().await;
+        if r.call_id().unwrap() == call_id {
+            return r;
+        }
+    }
+    panic!("no final response for {call_id}");
+}
+
+#[tokio::test]
+async fn rfc3261_16_3_a_binding_to_our_own_address_behind_a_reflector_ends_in_482_or_483() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    // A hostile or misconfigured REGISTER: 1002's contact is the proxy itself, from a device
+    // that sends everything it gets straight back to the proxy.
+    let mut evil = Phone::new(s.udp, "1002", "evil").await;
+    evil.register_contact(&format!("<sip:1002@{}>", s.udp))
+        .await;
+    let reflector = evil.ua.into_udp_socket();
+    let invites = Arc::new(AtomicUsize::new(0));
+    let seen = invites.clone();
+    let server_addr = s.udp;
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        // Bounded: at most 500 reflections, 5 s.
+        for _ in 0..500 {
+            let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_secs(5), reflector.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            if buf.starts_with(b"INVITE ") {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = reflector.send_to(&buf[..n], server_addr).await;
+        }
+    });
+    let before = s.handle.core.messages_received();
+    alice.invite("1002", "reflect-1").await;
+    let r = final_for(&mut alice, "reflect-1").await;
+    assert!(matches!(r.status, 482 | 483), "{} {}", r.status, r.reason);
+    let handled = settled(&s).await - before;
+    let passes = invites.load(Ordering::SeqCst);
+    assert!(passes <= 3, "{passes} INVITEs reflected");
+    assert!(handled < 40, "{handled} messages for one call");
+    task.abort();
+    // Still answering.
+    let r = alice
+        .ua
+        .request(&common::wire(&format!(
+            "OPTIONS sip:example.test SIP/2.0
+            Via: {}
+            From: <sip:1001@example.test>;tag=o
+            To: <sip:example.test>
+            Call-ID: after-reflect
+            CSeq: 1 OPTIONS
+            ",
+            alice.via()
+        )))
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn rfc3261_16_3_a_request_routed_back_to_us_by_its_own_route_is_a_spiral_not_a_loop() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    // The route set names us three times: the request comes back to us (or is handled in
+    // one go), each time with a shorter Route: it changed, so it is a spiral (RFC 3261
+    // §16.3 item 4: the hash covers the request as received).
+    let ours = format!("<sip:{};lr>", s.udp);
+    let routes = vec![ours.as_str(); 3].join(", ");
+    alice
+        .ua
+        .send(&invite_to(
+            &alice,
+            &bob.contact(),
+            "spiral-1",
+            &format!("Route: {routes}\r\n"),
+            "Max-Forwards: 70\r\n",
+        ))
+        .await;
+    let at = next_of(&mut bob, "INVITE").await;
+    assert_eq!(at.call_id().unwrap(), "spiral-1");
+    bob.reply(&at, 486, "b").await;
+    assert_eq!(final_for(&mut alice, "spiral-1").await.status, 486);
+}
+
+#[tokio::test]
+async fn rfc3261_16_3_a_request_uri_that_resolves_to_us_is_a_loop_482() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    // "localhost" is not one of our names, but it is our address: the request comes back
+    // unchanged (same Request-URI and Route), which is a loop, not a spiral.
+    let before = s.handle.core.messages_received();
+    let uri = format!("sip:5555@localhost:{}", s.udp.port());
+    alice
+        .ua
+        .send(&invite_to(
+            &alice,
+            &uri,
+            "loop-1",
+            "",
+            "Max-Forwards: 70\r\n",
+        ))
+        .await;
+    let r = final_for(&mut alice, "loop-1").await;
+    assert_eq!(r.status, 482, "{}", r.reason);
+    assert!(settled(&s).await - before < 10);
+    // The same by a Route entry naming us by that name.
+    let route = format!("Route: <sip:localhost:{};lr>\r\n", s.udp.port());
+    alice
+        .ua
+        .send(&invite_to(
+            &alice,
+            "sip:1002@example.test",
+            "loop-2",
+            &route,
+            "Max-Forwards: 70\r\n",
+        ))
+        .await;
+    let r = final_for(&mut alice, "loop-2").await;
+    assert_eq!(r.status, 482, "{}", r.reason);
+}
+
+#[tokio::test]
+async fn rfc3261_16_6_max_forwards_is_decremented_70_when_absent_and_0_stops_at_the_next_hop() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    // 1 goes out as 0: the phone is the last hop.
+    alice
+        .ua
+        .send(&invite_to(
+            &alice,
+            "sip:1002@example.test",
+            "mf-1",
+            "",
+            "Max-Forwards: 1\r\n",
+        ))
+        .await;
+    let at = next_of(&mut bob, "INVITE").await;
+    assert_eq!(at.headers.get(HeaderName::MaxForwards), Some("0"));
+    bob.reply(&at, 486, "b").await;
+    assert_eq!(final_for(&mut alice, "mf-1").await.status, 486);
+    // Absent: the copy gets 70 (RFC 3261 §16.6 item 3), not 69 and not absent.
+    alice
+        .ua
+        .send(&invite_to(
+            &alice,
+            "sip:1002@example.test",
+            "mf-none",
+            "",
+            "",
+        ))
+        .await;
+    let at = next_of(&mut bob, "INVITE").await;
+    assert_eq!(at.headers.get(HeaderName::MaxForwards), Some("70"));
+    bob.reply(&at, 486, "b").await;
+    assert_eq!(final_for(&mut alice, "mf-none").await.status, 486);
+    // 1 towards a next hop that is us again: that pass sees 0 and answers 483, which comes
+    // back to the caller through the first pass.
+    let uri = format!("sip:5555@localhost:{}", s.udp.port());
+    alice
+        .ua
+        .send(&invite_to(
+            &alice,
+            &uri,
+            "mf-loop",
+            "",
+            "Max-Forwards: 1\r\n",
+        ))
+        .await;
+    let r = final_for(&mut alice, "mf-loop").await;
+    assert_eq!(r.status, 483, "{}", r.reason);
+}
