@@ -149,6 +149,38 @@ async fn rfc3261_16_3_a_request_routed_back_to_us_by_its_own_route_is_a_spiral_n
 }
 
 #[tokio::test]
+async fn rfc3261_16_4_route_entries_naming_us_again_and_again_are_all_consumed_in_one_pass() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let ours = format!("<sip:{};lr>", s.udp);
+    let routes = vec![ours.as_str(); 12].join(", ");
+    let before = s.handle.core.messages_received();
+    alice
+        .ua
+        .send(&invite_to(
+            &alice,
+            &bob.contact(),
+            "routes-1",
+            &format!("Route: {routes}\r\n"),
+            "Max-Forwards: 70\r\n",
+        ))
+        .await;
+    let at = next_of(&mut bob, "INVITE").await;
+    assert!(!at.headers.has(HeaderName::Route), "every entry was ours");
+    assert_eq!(our_vias(&at, &s), 1, "one pass through us, not six");
+    assert_eq!(at.headers.get(HeaderName::MaxForwards), Some("69"));
+    assert_eq!(
+        at.headers.list(HeaderName::RecordRoute).len(),
+        1,
+        "one Record-Route entry of ours"
+    );
+    bob.reply(&at, 486, "b").await;
+    assert_eq!(final_for(&mut alice, "routes-1").await.status, 486);
+    assert!(settled(&s).await - before < 10);
+}
+
+#[tokio::test]
 async fn rfc3261_16_3_a_request_uri_that_resolves_to_us_is_a_loop_482() {
     let s = server(CALLS).await;
     let mut alice = Phone::registered(s.udp, "1001", "a").await;

@@ -193,9 +193,11 @@ impl Proxy {
     }
 
     /// RFC 3261 §16.4 route information preprocessing. A strict router before us put our
-    /// URI in the Request-URI: the last Route is the real one. Then our own entries on top of
-    /// Route are removed (two when we double Record-Routed). Returns whether a Route of ours
-    /// was removed (the request was routed to us, e.g. in-dialog).
+    /// URI in the Request-URI: the last Route is the real one. Then every entry of ours on top
+    /// of Route is removed: two when we double Record-Routed, and any further ones, which
+    /// would only send the request back to us for another pass (a transaction pair and a
+    /// Record-Route entry each). Returns whether a Route of ours was removed (the request
+    /// was routed to us, e.g. in-dialog).
     pub fn preprocess_routes(&self, req: &mut Request) -> bool {
         if let Some(u) = req.uri.as_sip() {
             if self.is_us(u) && req.headers.has(HeaderName::Route) {
@@ -214,7 +216,7 @@ impl Proxy {
             }
         }
         let mut removed = false;
-        for _ in 0..2 {
+        loop {
             let Some(top) = req
                 .headers
                 .list(HeaderName::Route)
@@ -563,6 +565,16 @@ Content-Length: 0\n\n";
         assert_eq!(
             r.headers.list(HeaderName::Route),
             vec!["<sip:pbx.example.net;lr>"]
+        );
+        // Our address again and again: all of it goes in one pass.
+        let mut r = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Max-Forwards: 70\nRoute: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.10;lr>\nRoute: <sip:192.0.2.10:5060;lr>, <sip:1002@192.0.2.8;lr>\n",
+        ));
+        assert!(p.preprocess_routes(&mut r));
+        assert_eq!(
+            r.headers.list(HeaderName::Route),
+            vec!["<sip:1002@192.0.2.8;lr>"]
         );
         // A strict router before us: Request-URI is ours, the last Route is the target.
         let mut s = req(&INVITE
