@@ -268,3 +268,30 @@ async fn rfc3261_16_6_max_forwards_is_decremented_70_when_absent_and_0_stops_at_
     let r = final_for(&mut alice, "mf-loop").await;
     assert_eq!(r.status, 483, "{}", r.reason);
 }
+
+#[tokio::test]
+async fn rfc3261_18_1_2_a_2xx_whose_top_via_is_not_ours_is_dropped_never_reflected() {
+    let s = server(CALLS).await;
+    let victim = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Looks like one of our branches (the `z9hG4bKL` prefix) but the sent-by is not us:
+    // forwarding it would let anyone bounce responses off the proxy to any address.
+    for sent_by in [
+        "192.0.2.99:5060".to_string(),
+        format!("127.0.0.1:{}", s.udp.port() + 1),
+    ] {
+        let resp = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {sent_by};branch=z9hG4bKL0123abcd\r\nVia: SIP/2.0/UDP {v};branch=z9hG4bKvictim\r\nFrom: <sip:1001@example.test>;tag=a\r\nTo: <sip:1002@example.test>;tag=b\r\nCall-ID: reflect-2xx\r\nCSeq: 1 INVITE\r\nContact: <sip:1002@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
+            v = victim.local_addr().unwrap(),
+        );
+        attacker.send_to(resp.as_bytes(), s.udp).await.unwrap();
+    }
+    let mut buf = [0u8; 4096];
+    let got = tokio::time::timeout(Duration::from_millis(500), victim.recv_from(&mut buf)).await;
+    assert!(
+        got.is_err(),
+        "the proxy relayed a forged 2xx: {}",
+        got.map(|r| String::from_utf8_lossy(&buf[..r.unwrap().0]).into_owned())
+            .unwrap_or_default()
+    );
+}

@@ -850,14 +850,14 @@ impl Core {
     }
 
     /// A response that matched no client transaction: a 2xx to an INVITE we forwarded goes on
-    /// (our Via removed); anything else is dropped (§16.7 item 3... §18.1.2).
+    /// (our Via removed); anything else is dropped (§16.7 item 3... §18.1.2), and so is a
+    /// 2xx whose top Via is not ours (sent-by of another host): forwarding it would let
+    /// anyone bounce a response off us to the address in the Via below.
     pub(crate) fn proxy_stray_response(self: &Arc<Self>, mut resp: Response) -> bool {
         let Ok(via) = resp.top_via() else {
             return false;
         };
-        let ours = via
-            .branch()
-            .is_some_and(|b| b.starts_with(&format!("{}L", crate::sip::header::BRANCH_MAGIC)));
+        let ours = self.proxy.is_our_via(&via);
         let invite_2xx =
             (200..300).contains(&resp.status) && resp.cseq().is_ok_and(|c| c.method == "INVITE");
         if !ours || !invite_2xx {

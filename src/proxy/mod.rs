@@ -183,13 +183,20 @@ impl Proxy {
     /// Request-URI or Route, and so the hash).
     pub fn is_loop(&self, hash: &str, vias: &[Via]) -> bool {
         let prefix = format!("{}L{hash}", crate::sip::header::BRANCH_MAGIC);
-        vias.iter().any(|v| {
-            v.branch().is_some_and(|b| b.starts_with(&prefix))
-                && self.local.iter().any(|(_, a)| {
-                    let sent_by = self.advertised(*a);
-                    v.sent_by().eq_ignore_ascii_case(&sent_by)
-                })
-        })
+        vias.iter()
+            .any(|v| v.branch().is_some_and(|b| b.starts_with(&prefix)) && self.is_our_via(v))
+    }
+
+    /// Whether a Via was put there by this proxy: a branch of the form we give forwarded
+    /// requests (`z9hG4bKL`...) and the sent-by of one of our sockets (RFC 3261 §18.1.2: a
+    /// response whose top Via is not ours is discarded).
+    pub fn is_our_via(&self, via: &Via) -> bool {
+        let ours = format!("{}L", crate::sip::header::BRANCH_MAGIC);
+        via.branch().is_some_and(|b| b.starts_with(&ours))
+            && self
+                .local
+                .iter()
+                .any(|(_, a)| via.sent_by().eq_ignore_ascii_case(&self.advertised(*a)))
     }
 
     /// RFC 3261 §16.4 route information preprocessing. A strict router before us put our
@@ -672,7 +679,11 @@ Content-Length: 0\n\n";
             "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKL{h}abc"
         ))
         .unwrap();
-        assert!(!p.is_loop(&h, &[other]));
+        assert!(!p.is_loop(&h, &[other.clone()]));
+        // A response only comes back through a Via of ours: our branch form and sent-by.
+        assert!(p.is_our_via(&Via::parse("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKLab").unwrap()));
+        assert!(!p.is_our_via(&other));
+        assert!(!p.is_our_via(&Via::parse("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKab").unwrap()));
     }
 
     #[test]
