@@ -138,10 +138,15 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
     let headers = match parse_header_lines(lines, limits) {
         Ok(h) => h,
         Err(error) => {
-            return Err(ParseFailure {
-                error,
-                salvage: None,
-            });
+            // Too many header lines, or one too long (a huge Record-Route list): the lines
+            // within the limits usually hold what an answer needs, so the sender hears why.
+            let salvage = match error {
+                ParseError::TooManyHeaders(_) | ParseError::LineTooLong(_) if is_request => {
+                    salvage_headers(buf, limits)
+                }
+                _ => None,
+            };
+            return Err(ParseFailure { error, salvage });
         }
     };
     let fail = |error: ParseError, headers: Headers| ParseFailure {
@@ -464,7 +469,8 @@ fn content_length(headers: &Headers) -> Result<Option<usize>, ParseError> {
     Ok(cl)
 }
 
-/// Best effort for an oversized request: its headers, to answer 513.
+/// Best effort for an oversized request, or one over the header limits: the header lines
+/// within the limits (the first `max_headers` of those not too long), to answer 513 or 400.
 fn salvage_headers(buf: &[u8], limits: &Limits) -> Option<Headers> {
     if buf.starts_with(b"SIP/") {
         return None;
@@ -480,7 +486,10 @@ fn salvage_headers(buf: &[u8], limits: &Limits) -> Option<Headers> {
         max_line: usize::MAX,
         ..*limits
     };
-    let whole: Vec<&[u8]> = lines.filter(|l| l.len() <= limits.max_line).collect();
+    let whole: Vec<&[u8]> = lines
+        .filter(|l| l.len() <= limits.max_line)
+        .take(limits.max_headers)
+        .collect();
     parse_header_lines(whole.into_iter(), &lenient).ok()
 }
 
@@ -566,10 +575,20 @@ mod tests {
             ParseError::LineTooLong(40)
         );
         let many = "OPTIONS sip:x SIP/2.0\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
-        assert_eq!(
-            parse_message(many.as_bytes(), &limits).unwrap_err().error,
-            ParseError::TooManyHeaders(3)
-        );
+        let e = parse_message(many.as_bytes(), &limits).unwrap_err();
+        assert_eq!(e.error, ParseError::TooManyHeaders(3));
+        // What fits the limits is kept to answer with.
+        let kept = e.salvage.expect("headers salvaged");
+        assert_eq!(kept.0.len(), 3);
+        assert_eq!(kept.get_named("c"), Some("3"));
+        let e = parse_message(long.as_bytes(), &limits).unwrap_err();
+        assert!(e.salvage.is_some_and(|h| h.0.is_empty()));
+        // Never for a response (they are dropped, not answered).
+        let resp = "SIP/2.0 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
+        assert!(parse_message(resp.as_bytes(), &limits)
+            .unwrap_err()
+            .salvage
+            .is_none());
     }
 
     #[test]
