@@ -3,7 +3,7 @@
 //! a 4xx whose reason names the problem.
 
 mod common;
-use busylamp::sip::HeaderName;
+use busylamp::sip::{HasHeaders, HeaderName};
 use common::*;
 
 const TRUSTED: &str = r#"
@@ -391,4 +391,150 @@ async fn a_storm_of_malformed_presence_requests_leaves_presence_state_intact() {
         "the kept publication survived: {after}"
     );
     assert!(before.contains("id=\"k\""));
+}
+
+/// Malformed and unserviceable requests the proxy would otherwise forward: each gets a 4xx
+/// whose reason (or Unsupported header) names the problem, and nothing reaches the phone.
+#[tokio::test]
+async fn rfc3261_16_3_malformed_proxied_requests_get_a_4xx_naming_the_problem() {
+    use common::phone::{Phone, CALLS};
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let p = alice.ua.port();
+    let request = |first: &str, extra: &str, cseq: &str, to: &str, call_id: &str| {
+        format!(
+            "{first}\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={b}\r\nMax-Forwards: 70\r\nFrom: <sip:1001@example.test>;tag=a\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nContact: <sip:1001@127.0.0.1:{p}>\r\n{extra}Content-Length: 0\r\n\r\n",
+            b = branch()
+        )
+    };
+    let invite = |extra: &str, call_id: &str| {
+        request(
+            "INVITE sip:1002@example.test SIP/2.0",
+            extra,
+            "1 INVITE",
+            "<sip:1002@example.test>",
+            call_id,
+        )
+    };
+    let many_rr: String = (0..200)
+        .map(|i| format!("Record-Route: <sip:10.0.0.{}:5060;lr>\r\n", i % 250))
+        .collect();
+    let long_rr = format!(
+        "Record-Route: {}\r\n",
+        vec!["<sip:10.0.0.1:5060;lr>"; 500].join(", ")
+    );
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "bad-via",
+            invite("", "bad-via").replace("UDP 127.0.0.1:", "UDP :"),
+            400,
+            "Via",
+        ),
+        (
+            "absurd-cseq",
+            invite("", "absurd-cseq").replace("CSeq: 1 INVITE", "CSeq: 99999999999999 INVITE"),
+            400,
+            "CSeq",
+        ),
+        (
+            "negative-cseq",
+            invite("", "negative-cseq").replace("CSeq: 1 INVITE", "CSeq: -1 INVITE"),
+            400,
+            "CSeq",
+        ),
+        (
+            "cseq-method",
+            invite("", "cseq-method").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+            400,
+            "CSeq method",
+        ),
+        (
+            "empty-to-tag",
+            invite("", "empty-to-tag").replace(
+                "<sip:1002@example.test>\r\n",
+                "<sip:1002@example.test>;tag=\r\n",
+            ),
+            400,
+            "To",
+        ),
+        (
+            "max-forwards",
+            invite("", "max-forwards").replace("Max-Forwards: 70", "Max-Forwards: abc"),
+            400,
+            "Max-Forwards",
+        ),
+        ("many-rr", invite(&many_rr, "many-rr"), 400, "header"),
+        ("long-rr", invite(&long_rr, "long-rr"), 400, "too long"),
+        (
+            "garbage-route",
+            invite("Route: <<<garbage\r\n", "garbage-route"),
+            400,
+            "Route",
+        ),
+        (
+            "http-route",
+            invite("Route: <http://x.test/;lr>\r\n", "http-route"),
+            400,
+            "http",
+        ),
+        (
+            "tel-uri",
+            invite("", "tel-uri").replace("INVITE sip:1002@example.test", "INVITE tel:+15551234"),
+            416,
+            "tel",
+        ),
+        (
+            "prack-not-ours",
+            request(
+                &format!("PRACK {} SIP/2.0", bob.contact()),
+                "RAck: 1 1 INVITE\r\n",
+                "2 PRACK",
+                "<sip:1002@example.test>;tag=zz",
+                "prack-not-ours",
+            ),
+            404,
+            "not routed through us",
+        ),
+        (
+            "cancel-unknown",
+            request(
+                "CANCEL sip:1002@example.test SIP/2.0",
+                "",
+                "1 CANCEL",
+                "<sip:1002@example.test>",
+                "cancel-unknown",
+            ),
+            481,
+            "Does Not Exist",
+        ),
+    ];
+    for (call_id, msg, status, needle) in cases {
+        alice.ua.send(msg.as_bytes()).await;
+        let r = loop {
+            let r = alice.ua.response().await;
+            if r.call_id().ok() == Some(call_id) {
+                break r;
+            }
+        };
+        assert_eq!(r.status, status, "{call_id}: {} {}", r.status, r.reason);
+        assert!(
+            r.reason.to_lowercase().contains(&needle.to_lowercase()),
+            "{call_id}: reason {:?} should name {needle}",
+            r.reason
+        );
+    }
+    // RFC 3261 §16.3 item 5: an extension the proxy does not support in Proxy-Require is
+    // refused with 420 and listed in Unsupported.
+    alice
+        .ua
+        .send(invite("Proxy-Require: x-teleport\r\n", "proxy-require").as_bytes())
+        .await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 420, "{}", r.reason);
+    assert_eq!(r.headers.get(HeaderName::Unsupported), Some("x-teleport"));
+    assert!(
+        bob.ua.next_request_within(300).await.is_none(),
+        "nothing malformed reaches the phone"
+    );
 }

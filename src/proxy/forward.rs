@@ -120,6 +120,13 @@ impl Core {
             let e = super::ProxyError::Loop;
             return self.proxy_answer(&key, &req, e.status(), &e.to_string());
         }
+        if let Err(e) = Proxy::check_proxy_require(&req) {
+            let mut r = req.response(e.status(), &e.to_string(), Some(&self.ids.tag()));
+            if let super::ProxyError::BadExtension(tags) = &e {
+                r.headers.push(HeaderName::Unsupported, tags.join(", "));
+            }
+            return self.respond(&key, r);
+        }
         let in_dialog = parsed.to.tag().is_some();
         if !in_dialog {
             if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
@@ -141,6 +148,12 @@ impl Core {
                     "Not Found: in-dialog request not routed through us",
                 )
             };
+        }
+        // A Route we would send the request on by must name a SIP URI we can reach.
+        if req.headers.has(HeaderName::Route) {
+            if let Err(e) = next_hop_uri(&req) {
+                return self.proxy_answer(&key, &req, e.status(), &e.to_string());
+            }
         }
         let upstream = self.upstream_peer();
         let from_upstream = upstream.is_some_and(|u| u.remote.ip() == peer.remote.ip());

@@ -33,6 +33,13 @@ pub enum ProxyError {
     BadRoute(String),
     #[error("Forbidden: calls may only be made as the authenticated user")]
     WrongIdentity,
+    /// RFC 3261 §16.3 item 5: Proxy-Require names extensions we do not support (listed in
+    /// the answer's Unsupported header).
+    #[error("Bad Extension: Proxy-Require {}", .0.join(", "))]
+    BadExtension(Vec<String>),
+    /// RFC 3261 §16.3 item 2: a Request-URI scheme we cannot route.
+    #[error("Unsupported URI Scheme {0}")]
+    UnsupportedScheme(String),
 }
 
 impl ProxyError {
@@ -44,6 +51,8 @@ impl ProxyError {
             ProxyError::NotRegistered => 480,
             ProxyError::BadRoute(_) => 400,
             ProxyError::WrongIdentity => 403,
+            ProxyError::BadExtension(_) => 420,
+            ProxyError::UnsupportedScheme(_) => 416,
         }
     }
 }
@@ -154,6 +163,23 @@ impl Proxy {
         }
     }
 
+    /// RFC 3261 §16.3 item 5: every option tag in Proxy-Require must be one this proxy
+    /// supports, and it supports none.
+    pub fn check_proxy_require(req: &Request) -> Result<(), ProxyError> {
+        let tags: Vec<String> = req
+            .headers
+            .list(HeaderName::ProxyRequire)
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        if tags.is_empty() {
+            Ok(())
+        } else {
+            Err(ProxyError::BadExtension(tags))
+        }
+    }
+
     /// The loop-detection hash of RFC 3261 §16.6 item 8, of a request as received: the fields that change when a
     /// request spirals legitimately (Request-URI, Route, Proxy-Require, Proxy-Authorization)
     /// plus the transaction identity. Eight hex digits, in our Via branch after `z9hG4bKL`.
@@ -260,11 +286,16 @@ impl Proxy {
         if in_dialog || req.headers.has(HeaderName::Route) {
             return Ok(Targets::Onward);
         }
+        let upstream_ok = self.upstream.is_some() && !from_upstream;
         let Some(uri) = req.uri.as_sip() else {
-            return Err(ProxyError::NoRoute);
+            // A tel: number is the PBX's business; without a PBX we cannot route it.
+            return if upstream_ok {
+                Ok(Targets::Upstream)
+            } else {
+                Err(ProxyError::UnsupportedScheme(req.uri.scheme().to_string()))
+            };
         };
         let local = self.serves(&uri.host) && uri.user.is_some();
-        let upstream_ok = self.upstream.is_some() && !from_upstream;
         if !local {
             if self.is_us(uri) || self.serves(&uri.host) {
                 return Err(ProxyError::NoRoute);
@@ -385,19 +416,21 @@ pub fn strip_top_via(resp: &mut Response) {
 }
 
 /// The URI the next hop is taken from: the top Route, else the Request-URI (§16.6 item 6/7).
+/// The error names the header that cannot be routed by.
 pub fn next_hop_uri(req: &Request) -> Result<SipUri, ProxyError> {
-    let uri = match req.headers.list(HeaderName::Route).first() {
-        Some(r) => {
+    let (uri, from) = match req.headers.list(HeaderName::Route).first() {
+        Some(r) => (
             crate::sip::NameAddr::parse(r)
                 .map_err(|e| ProxyError::BadRoute(format!("Route header: {e}")))?
-                .uri
-        }
-        None => req.uri.clone(),
+                .uri,
+            "Route header",
+        ),
+        None => (req.uri.clone(), "Request-URI"),
     };
     match uri {
         Uri::Sip(u) => Ok(u),
         Uri::Other { scheme, .. } => Err(ProxyError::BadRoute(format!(
-            "cannot route to a {scheme}: URI"
+            "{from}: cannot route to a {scheme}: URI"
         ))),
     }
 }
@@ -530,6 +563,41 @@ Content-Length: 0\n\n";
         assert_eq!(Proxy::check_max_forwards(&r), Err(ProxyError::TooManyHops));
         assert_eq!(ProxyError::TooManyHops.status(), 483);
         assert!(Proxy::check_max_forwards(&req(INVITE)).is_ok());
+    }
+
+    #[test]
+    fn rfc3261_16_3_proxy_require_and_uri_scheme_are_checked() {
+        let r = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Max-Forwards: 70\nProxy-Require: foo, bar\n",
+        ));
+        let e = Proxy::check_proxy_require(&r).unwrap_err();
+        assert_eq!(
+            e,
+            ProxyError::BadExtension(vec!["foo".into(), "bar".into()])
+        );
+        assert_eq!(
+            (e.status(), e.to_string().as_str()),
+            (420, "Bad Extension: Proxy-Require foo, bar")
+        );
+        assert!(Proxy::check_proxy_require(&req(INVITE)).is_ok());
+        let tel = req(&INVITE.replace("INVITE sip:1002@example.com", "INVITE tel:+15551234"));
+        let e = proxy().targets(&tel, false, &[], false, false).unwrap_err();
+        assert_eq!(
+            (e.status(), e.to_string().as_str()),
+            (416, "Unsupported URI Scheme tel")
+        );
+        let bad_route = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Max-Forwards: 70\nRoute: <http://x.test/>\n",
+        ));
+        let e = next_hop_uri(&bad_route).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(
+            e.to_string()
+                .contains("Route header: cannot route to a http: URI"),
+            "{e}"
+        );
     }
 
     #[test]
