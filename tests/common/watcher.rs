@@ -49,11 +49,18 @@ impl Watcher {
     }
 
     /// The next NOTIFY's document; its version must be exactly one more than the last.
+    pub async fn next(&mut self) -> DialogInfo {
+        self.next_within(5000).await.expect("a NOTIFY within 5 s")
+    }
+
+    /// The next new NOTIFY's document within `ms` (each answered 200), or `None`.
     /// Retransmissions (same CSeq: our 200 crossed a Timer E firing, which the paused clock
     /// makes likely) are answered and skipped.
-    pub async fn next(&mut self) -> DialogInfo {
+    pub async fn next_within(&mut self, ms: u64) -> Option<DialogInfo> {
         let n: Request = loop {
-            let n = self.ua.notify().await;
+            let n = self.ua.next_request_within(ms).await?;
+            assert_eq!(n.method, "NOTIFY", "the watcher got a {}", n.method);
+            self.ua.answer(&n, 200).await;
             let cseq = cseq_of(&n);
             if self.last_cseq != Some(cseq) {
                 self.last_cseq = Some(cseq);
@@ -65,7 +72,19 @@ impl Watcher {
             assert_eq!(doc.version, v + 1, "versions go up by one per NOTIFY");
         }
         self.last_version = Some(doc.version);
-        doc
+        Some(doc)
+    }
+
+    /// Reads NOTIFYs until none comes for `ms`: the last document (`None` if none came).
+    pub async fn settled(&mut self, ms: u64) -> Option<DialogInfo> {
+        let mut last = None;
+        for _ in 0..100 {
+            match self.next_within(ms).await {
+                Some(d) => last = Some(d),
+                None => return last,
+            }
+        }
+        panic!("the lamp keeps changing");
     }
 
     /// NOTIFYs until the dialog states of the document satisfy `done` (changes made while
@@ -104,10 +123,9 @@ impl Watcher {
     /// True when no NOTIFY arrives within `ms`, or only ones that keep the lamp dark.
     pub async fn stays_dark(&mut self, ms: u64) -> bool {
         for _ in 0..5 {
-            if self.ua.no_notify(ms).await {
+            let Some(d) = self.next_within(ms).await else {
                 return true;
-            }
-            let d = self.next().await;
+            };
             let states: Vec<DialogState> = d.dialogs.iter().map(|x| x.state).collect();
             if !dark(&states) {
                 return false;
