@@ -276,12 +276,17 @@ async fn rfc3261_18_1_2_a_2xx_whose_top_via_is_not_ours_is_dropped_never_reflect
     let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     // Looks like one of our branches (the `z9hG4bKL` prefix) but the sent-by is not us:
     // forwarding it would let anyone bounce responses off the proxy to any address.
-    for sent_by in [
-        "192.0.2.99:5060".to_string(),
-        format!("127.0.0.1:{}", s.udp.port() + 1),
+    // And with our sent-by but a branch we never minted (a well-formed guess).
+    for (sent_by, branch) in [
+        ("192.0.2.99:5060".to_string(), "z9hG4bKL0123abcd"),
+        (
+            format!("127.0.0.1:{}", s.udp.port() + 1),
+            "z9hG4bKL0123abcd",
+        ),
+        (s.udp.to_string(), "z9hG4bKL0123abcd0123456789abcdef1"),
     ] {
         let resp = format!(
-            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {sent_by};branch=z9hG4bKL0123abcd\r\nVia: SIP/2.0/UDP {v};branch=z9hG4bKvictim\r\nFrom: <sip:1001@example.test>;tag=a\r\nTo: <sip:1002@example.test>;tag=b\r\nCall-ID: reflect-2xx\r\nCSeq: 1 INVITE\r\nContact: <sip:1002@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {sent_by};branch={branch}\r\nVia: SIP/2.0/UDP {v};branch=z9hG4bKvictim\r\nFrom: <sip:1001@example.test>;tag=a\r\nTo: <sip:1002@example.test>;tag=b\r\nCall-ID: reflect-2xx\r\nCSeq: 1 INVITE\r\nContact: <sip:1002@192.0.2.1>\r\nContent-Length: 0\r\n\r\n",
             v = victim.local_addr().unwrap(),
         );
         attacker.send_to(resp.as_bytes(), s.udp).await.unwrap();

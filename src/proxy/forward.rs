@@ -864,13 +864,19 @@ impl Core {
 
     /// A response that matched no client transaction: a 2xx to an INVITE we forwarded goes on
     /// (our Via removed); anything else is dropped (§16.7 item 3... §18.1.2), and so is a
-    /// 2xx whose top Via is not ours (sent-by of another host): forwarding it would let
-    /// anyone bounce a response off us to the address in the Via below.
+    /// 2xx whose top Via is not one we made (another sent-by, or a branch not minted under
+    /// our secret): forwarding it would let anyone bounce a response off us to the address
+    /// in the Via below.
     pub(crate) fn proxy_stray_response(self: &Arc<Self>, mut resp: Response) -> bool {
         let Ok(via) = resp.top_via() else {
             return false;
         };
-        let ours = self.proxy.is_our_via(&via);
+        // Our branches: the magic cookie, `L`, the 8-digit loop hash, then `branch_from`'s.
+        let minted = via.branch().is_some_and(|b| {
+            b.get(crate::sip::header::BRANCH_MAGIC.len() + 9..)
+                .is_some_and(|tail| crate::transaction::is_branch_from(tail, self.branch_secret))
+        });
+        let ours = self.proxy.is_our_via(&via) && minted;
         let invite_2xx =
             (200..300).contains(&resp.status) && resp.cseq().is_ok_and(|c| c.method == "INVITE");
         if !ours || !invite_2xx {
