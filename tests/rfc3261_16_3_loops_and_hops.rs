@@ -13,16 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn next_of(phone: &mut Phone, method: &str) -> Request {
-    for _ in 0..20 {
-        let r = phone.ua.next_request().await;
-        if r.method == method {
-            return r;
-        }
-    }
-    panic!("no {method} arrived");
-}
-
 /// Our Via entries on a request the proxy forwarded (one per pass through us).
 fn our_vias(req: &Request, s: &TestServer) -> usize {
     let ours = [s.udp.to_string(), s.tcp.to_string()];
@@ -33,15 +23,16 @@ fn our_vias(req: &Request, s: &TestServer) -> usize {
         .count()
 }
 
-/// A raw INVITE from `phone` to `uri` with extra header lines (`Route: ...`).
-fn invite_to(phone: &Phone, uri: &str, call_id: &str, extra: &str, max_forwards: &str) -> Vec<u8> {
-    format!(
-        "INVITE {uri} SIP/2.0\r\nVia: {via}\r\n{max_forwards}{extra}From: <sip:{u}@example.test>;tag=f-{call_id}\r\nTo: <sip:1002@example.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <{c}>\r\nContent-Length: 0\r\n\r\n",
+/// Sends a raw INVITE from `phone` to `uri` with the header lines `extra` (Max-Forwards,
+/// Route), none of them by default.
+async fn send_invite(phone: &mut Phone, uri: &str, call_id: &str, extra: &str) {
+    let msg = format!(
+        "INVITE {uri} SIP/2.0\r\nVia: {via}\r\n{extra}From: <sip:{u}@example.test>;tag=f-{call_id}\r\nTo: <sip:1002@example.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <{c}>\r\nContent-Length: 0\r\n\r\n",
         via = phone.via(),
         u = phone.user,
         c = phone.contact(),
-    )
-    .into_bytes()
+    );
+    phone.ua.send(msg.as_bytes()).await;
 }
 
 /// Waits until the server's message count stops growing (within 5 s) and returns it.
@@ -56,16 +47,6 @@ async fn settled(s: &TestServer) -> u64 {
         last = now;
     }
     panic!("the server keeps receiving messages: a storm ({last} so far)");
-}
-
-async fn final_for(phone: &mut Phone, call_id: &str) -> busylamp::sip::Response {
-    for _ in 0..20 {
-        let r = phone.ua.response().await;
-        if r.call_id().unwrap() == call_id {
-            return r;
-        }
-    }
-    panic!("no final response for {call_id}");
 }
 
 #[tokio::test]
@@ -98,7 +79,7 @@ async fn rfc3261_16_3_a_binding_to_our_own_address_behind_a_reflector_ends_in_48
     });
     let before = s.handle.core.messages_received();
     alice.invite("1002", "reflect-1").await;
-    let r = final_for(&mut alice, "reflect-1").await;
+    let r = alice.final_for("reflect-1").await;
     assert!(matches!(r.status, 482 | 483), "{} {}", r.status, r.reason);
     let handled = settled(&s).await - before;
     let passes = invites.load(Ordering::SeqCst);
@@ -132,20 +113,17 @@ async fn rfc3261_16_3_a_request_routed_back_to_us_by_its_own_route_is_a_spiral_n
     // §16.3 item 4: the hash covers the request as received).
     let ours = format!("<sip:{};lr>", s.udp);
     let routes = vec![ours.as_str(); 3].join(", ");
-    alice
-        .ua
-        .send(&invite_to(
-            &alice,
-            &bob.contact(),
-            "spiral-1",
-            &format!("Route: {routes}\r\n"),
-            "Max-Forwards: 70\r\n",
-        ))
-        .await;
-    let at = next_of(&mut bob, "INVITE").await;
+    send_invite(
+        &mut alice,
+        &bob.contact(),
+        "spiral-1",
+        &format!("Max-Forwards: 70\r\nRoute: {routes}\r\n"),
+    )
+    .await;
+    let at = bob.next_of("INVITE").await;
     assert_eq!(at.call_id().unwrap(), "spiral-1");
     bob.reply(&at, 486, "b").await;
-    assert_eq!(final_for(&mut alice, "spiral-1").await.status, 486);
+    assert_eq!(alice.final_for("spiral-1").await.status, 486);
 }
 
 #[tokio::test]
@@ -156,17 +134,14 @@ async fn rfc3261_16_4_route_entries_naming_us_again_and_again_are_all_consumed_i
     let ours = format!("<sip:{};lr>", s.udp);
     let routes = vec![ours.as_str(); 12].join(", ");
     let before = s.handle.core.messages_received();
-    alice
-        .ua
-        .send(&invite_to(
-            &alice,
-            &bob.contact(),
-            "routes-1",
-            &format!("Route: {routes}\r\n"),
-            "Max-Forwards: 70\r\n",
-        ))
-        .await;
-    let at = next_of(&mut bob, "INVITE").await;
+    send_invite(
+        &mut alice,
+        &bob.contact(),
+        "routes-1",
+        &format!("Max-Forwards: 70\r\nRoute: {routes}\r\n"),
+    )
+    .await;
+    let at = bob.next_of("INVITE").await;
     assert!(!at.headers.has(HeaderName::Route), "every entry was ours");
     assert_eq!(our_vias(&at, &s), 1, "one pass through us, not six");
     assert_eq!(at.headers.get(HeaderName::MaxForwards), Some("69"));
@@ -176,7 +151,7 @@ async fn rfc3261_16_4_route_entries_naming_us_again_and_again_are_all_consumed_i
         "one Record-Route entry of ours"
     );
     bob.reply(&at, 486, "b").await;
-    assert_eq!(final_for(&mut alice, "routes-1").await.status, 486);
+    assert_eq!(alice.final_for("routes-1").await.status, 486);
     assert!(settled(&s).await - before < 10);
 }
 
@@ -188,32 +163,20 @@ async fn rfc3261_16_3_a_request_uri_that_resolves_to_us_is_a_loop_482() {
     // unchanged (same Request-URI and Route), which is a loop, not a spiral.
     let before = s.handle.core.messages_received();
     let uri = format!("sip:5555@localhost:{}", s.udp.port());
-    alice
-        .ua
-        .send(&invite_to(
-            &alice,
-            &uri,
-            "loop-1",
-            "",
-            "Max-Forwards: 70\r\n",
-        ))
-        .await;
-    let r = final_for(&mut alice, "loop-1").await;
+    send_invite(&mut alice, &uri, "loop-1", "Max-Forwards: 70\r\n").await;
+    let r = alice.final_for("loop-1").await;
     assert_eq!(r.status, 482, "{}", r.reason);
     assert!(settled(&s).await - before < 10);
     // The same by a Route entry naming us by that name.
     let route = format!("Route: <sip:localhost:{};lr>\r\n", s.udp.port());
-    alice
-        .ua
-        .send(&invite_to(
-            &alice,
-            "sip:1002@example.test",
-            "loop-2",
-            &route,
-            "Max-Forwards: 70\r\n",
-        ))
-        .await;
-    let r = final_for(&mut alice, "loop-2").await;
+    send_invite(
+        &mut alice,
+        "sip:1002@example.test",
+        "loop-2",
+        &format!("Max-Forwards: 70\r\n{route}"),
+    )
+    .await;
+    let r = alice.final_for("loop-2").await;
     assert_eq!(r.status, 482, "{}", r.reason);
 }
 
@@ -223,49 +186,28 @@ async fn rfc3261_16_6_max_forwards_is_decremented_70_when_absent_and_0_stops_at_
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
     // 1 goes out as 0: the phone is the last hop.
-    alice
-        .ua
-        .send(&invite_to(
-            &alice,
-            "sip:1002@example.test",
-            "mf-1",
-            "",
-            "Max-Forwards: 1\r\n",
-        ))
-        .await;
-    let at = next_of(&mut bob, "INVITE").await;
+    send_invite(
+        &mut alice,
+        "sip:1002@example.test",
+        "mf-1",
+        "Max-Forwards: 1\r\n",
+    )
+    .await;
+    let at = bob.next_of("INVITE").await;
     assert_eq!(at.headers.get(HeaderName::MaxForwards), Some("0"));
     bob.reply(&at, 486, "b").await;
-    assert_eq!(final_for(&mut alice, "mf-1").await.status, 486);
+    assert_eq!(alice.final_for("mf-1").await.status, 486);
     // Absent: the copy gets 70 (RFC 3261 §16.6 item 3), not 69 and not absent.
-    alice
-        .ua
-        .send(&invite_to(
-            &alice,
-            "sip:1002@example.test",
-            "mf-none",
-            "",
-            "",
-        ))
-        .await;
-    let at = next_of(&mut bob, "INVITE").await;
+    send_invite(&mut alice, "sip:1002@example.test", "mf-none", "").await;
+    let at = bob.next_of("INVITE").await;
     assert_eq!(at.headers.get(HeaderName::MaxForwards), Some("70"));
     bob.reply(&at, 486, "b").await;
-    assert_eq!(final_for(&mut alice, "mf-none").await.status, 486);
+    assert_eq!(alice.final_for("mf-none").await.status, 486);
     // 1 towards a next hop that is us again: that pass sees 0 and answers 483, which comes
     // back to the caller through the first pass.
     let uri = format!("sip:5555@localhost:{}", s.udp.port());
-    alice
-        .ua
-        .send(&invite_to(
-            &alice,
-            &uri,
-            "mf-loop",
-            "",
-            "Max-Forwards: 1\r\n",
-        ))
-        .await;
-    let r = final_for(&mut alice, "mf-loop").await;
+    send_invite(&mut alice, &uri, "mf-loop", "Max-Forwards: 1\r\n").await;
+    let r = alice.final_for("mf-loop").await;
     assert_eq!(r.status, 483, "{}", r.reason);
 }
 

@@ -320,28 +320,6 @@ fn record_routes(m: &impl HasHeaders) -> Vec<String> {
         .collect()
 }
 
-/// The next request of `method` (skipping others: retransmissions, probes).
-async fn next_of(phone: &mut Phone, method: &str) -> busylamp::sip::Request {
-    for _ in 0..20 {
-        let r = phone.ua.next_request().await;
-        if r.method == method {
-            return r;
-        }
-    }
-    panic!("no {method} arrived");
-}
-
-/// The next final response to `method` (skipping others).
-async fn final_of(phone: &mut Phone, method: &str) -> busylamp::sip::Response {
-    for _ in 0..20 {
-        let r = phone.ua.response().await;
-        if r.cseq().unwrap().method == method {
-            return r;
-        }
-    }
-    panic!("no final response to {method}");
-}
-
 #[tokio::test]
 async fn rfc3261_16_6_callee_on_tcp_caller_on_udp_double_record_route_and_both_directions() {
     let s = server(CALLS).await;
@@ -355,7 +333,7 @@ async fn rfc3261_16_6_callee_on_tcp_caller_on_udp_double_record_route_and_both_d
         let invite = alice.invite("1002", &format!("tcp-{n}")).await;
         // Over Bob's own connection, with our TCP Via and both Record-Route entries: the one
         // facing Bob (TCP) on top.
-        let at = next_of(&mut bob, "INVITE").await;
+        let at = bob.next_of("INVITE").await;
         let vias = at.headers.list(HeaderName::Via);
         assert!(vias[0].starts_with("SIP/2.0/TCP"), "{vias:?}");
         let rr = record_routes(&at);
@@ -366,7 +344,7 @@ async fn rfc3261_16_6_callee_on_tcp_caller_on_udp_double_record_route_and_both_d
 
         bob.reply(&at, 180, "bt").await;
         bob.reply(&at, 200, "bt").await;
-        let ok = final_of(&mut alice, "INVITE").await;
+        let ok = alice.final_of("INVITE").await;
         assert_eq!(ok.status, 200);
         assert_eq!(
             record_routes(&ok),
@@ -377,7 +355,7 @@ async fn rfc3261_16_6_callee_on_tcp_caller_on_udp_double_record_route_and_both_d
         let mut leg = Phone::caller_leg(&invite, &ok);
         assert_eq!(leg.route.len(), 2);
         alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
-        let ack = next_of(&mut bob, "ACK").await;
+        let ack = bob.next_of("ACK").await;
         assert_eq!(ack.uri.to_string(), bob.contact());
         assert!(
             !ack.headers.has(HeaderName::Route),
@@ -390,19 +368,19 @@ async fn rfc3261_16_6_callee_on_tcp_caller_on_udp_double_record_route_and_both_d
             // over UDP.
             let mut bleg = Phone::callee_leg(&at, "bt");
             bob.ua.send(&bob.in_dialog(&mut bleg, "BYE", None)).await;
-            let bye = next_of(&mut alice, "BYE").await;
+            let bye = alice.next_of("BYE").await;
             assert_eq!(bye.uri.to_string(), alice.contact());
             assert!(!bye.headers.has(HeaderName::Route));
             assert!(bye.headers.list(HeaderName::Via)[0].starts_with("SIP/2.0/UDP"));
             alice.reply(&bye, 200, "x").await;
-            let done = final_of(&mut bob, "BYE").await;
+            let done = bob.final_of("BYE").await;
             assert_eq!(done.status, 200);
         } else {
             alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
-            let bye = next_of(&mut bob, "BYE").await;
+            let bye = bob.next_of("BYE").await;
             assert!(!bye.headers.has(HeaderName::Route));
             bob.reply(&bye, 200, "bt").await;
-            let done = final_of(&mut alice, "BYE").await;
+            let done = alice.final_of("BYE").await;
             assert_eq!(done.status, 200);
         }
     }
@@ -426,7 +404,7 @@ async fn serial_office() -> (TestServer, Phone, Phone, Phone) {
 async fn rfc3261_16_6_serial_forking_the_lower_q_rings_only_after_the_higher_failed() {
     let (_s, mut alice, mut desk, mut soft) = serial_office().await;
     let invite = alice.invite("1002", "serial-1").await;
-    let at_desk = next_of(&mut desk, "INVITE").await;
+    let at_desk = desk.next_of("INVITE").await;
     assert!(
         soft.ua.next_request_within(300).await.is_none(),
         "the q=0.5 phone waits while the q=1.0 phone rings"
@@ -437,28 +415,28 @@ async fn rfc3261_16_6_serial_forking_the_lower_q_rings_only_after_the_higher_fai
     assert!(soft.ua.next_request_within(300).await.is_none());
     desk.reply(&at_desk, 486, "d").await;
     // Hop-by-hop ACK for the desk phone's 486, then the softphone rings.
-    assert_eq!(next_of(&mut desk, "ACK").await.method, "ACK");
-    let at_soft = next_of(&mut soft, "INVITE").await;
+    assert_eq!(desk.next_of("ACK").await.method, "ACK");
+    let at_soft = soft.next_of("INVITE").await;
     assert_eq!(at_soft.uri.to_string(), soft.contact());
     assert_eq!(at_soft.call_id().unwrap(), "serial-1");
     soft.reply(&at_soft, 180, "s").await;
     assert_eq!(alice.ua.any_response().await.status, 180);
     soft.reply(&at_soft, 200, "s").await;
-    let ok = final_of(&mut alice, "INVITE").await;
+    let ok = alice.final_of("INVITE").await;
     assert_eq!(ok.status, 200);
     assert!(ok.headers.get(HeaderName::To).unwrap().contains("tag=s"));
     let mut leg = Phone::caller_leg(&invite, &ok);
     alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
-    assert_eq!(next_of(&mut soft, "ACK").await.method, "ACK");
+    assert_eq!(soft.next_of("ACK").await.method, "ACK");
 
     // 480 from the first group: the second rings too, and when it also fails the caller
     // gets the best answer of both (same class: the first to arrive).
     alice.invite("1002", "serial-2").await;
-    let at_desk = next_of(&mut desk, "INVITE").await;
+    let at_desk = desk.next_of("INVITE").await;
     desk.reply(&at_desk, 480, "d").await;
-    let at_soft = next_of(&mut soft, "INVITE").await;
+    let at_soft = soft.next_of("INVITE").await;
     soft.reply(&at_soft, 486, "s").await;
-    let r = final_of(&mut alice, "INVITE").await;
+    let r = alice.final_of("INVITE").await;
     assert_eq!((r.status, r.call_id().unwrap()), (480, "serial-2"));
 }
 
@@ -466,9 +444,9 @@ async fn rfc3261_16_6_serial_forking_the_lower_q_rings_only_after_the_higher_fai
 async fn rfc3261_16_7_a_6xx_from_the_first_group_ends_the_search() {
     let (_s, mut alice, mut desk, mut soft) = serial_office().await;
     alice.invite("1002", "serial-603").await;
-    let at_desk = next_of(&mut desk, "INVITE").await;
+    let at_desk = desk.next_of("INVITE").await;
     desk.reply(&at_desk, 603, "d").await;
-    let r = final_of(&mut alice, "INVITE").await;
+    let r = alice.final_of("INVITE").await;
     assert_eq!(r.status, 603);
     assert!(
         soft.ua.next_request_within(500).await.is_none(),
@@ -487,16 +465,11 @@ async fn rfc3261_16_8_timer_c_cancels_a_branch_that_rings_too_long_caller_gets_4
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
     alice.invite("1002", "timer-c-487").await;
-    let at = next_of(&mut bob, "INVITE").await;
+    let at = bob.next_of("INVITE").await;
     bob.reply(&at, 180, "b").await;
     let t0 = tokio::time::Instant::now();
     // 180 and then nothing: Timer C (180 s) fires and the proxy sends CANCEL.
-    let cancel = loop {
-        let r = bob.ua.next_request_within(200_000).await.expect("CANCEL");
-        if r.method == "CANCEL" {
-            break r;
-        }
-    };
+    let cancel = bob.next_of_within("CANCEL", 200_000).await;
     let waited = secs_since(t0);
     assert!((180..=181).contains(&waited), "CANCEL after {waited} s");
     assert!(alice.ua.no_notify(10).await);
@@ -512,17 +485,12 @@ async fn rfc3261_16_8_timer_c_then_no_answer_to_the_cancel_caller_gets_408() {
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
     alice.invite("1002", "timer-c-408").await;
-    let at = next_of(&mut bob, "INVITE").await;
+    let at = bob.next_of("INVITE").await;
     bob.reply(&at, 180, "b").await;
     assert_eq!(alice.ua.any_response().await.status, 100);
     assert_eq!(alice.ua.any_response().await.status, 180);
     let t0 = tokio::time::Instant::now();
-    let cancel = loop {
-        let r = bob.ua.next_request_within(200_000).await.expect("CANCEL");
-        if r.method == "CANCEL" {
-            break r;
-        }
-    };
+    let cancel = bob.next_of_within("CANCEL", 200_000).await;
     assert!((180..=181).contains(&secs_since(t0)));
     assert_eq!(cancel.call_id().unwrap(), "timer-c-408");
     // The phone is gone: neither the CANCEL nor the INVITE is ever answered. 32 s later
@@ -539,7 +507,7 @@ async fn rfc3261_16_8_timer_c_is_reset_by_each_provisional() {
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
     alice.invite("1002", "timer-c-reset").await;
-    let at = next_of(&mut bob, "INVITE").await;
+    let at = bob.next_of("INVITE").await;
     bob.reply(&at, 180, "b").await;
     // A PBX queue announcing progress every 100 s keeps the branch alive.
     for _ in 0..3 {
@@ -556,12 +524,12 @@ async fn rfc3261_16_8_timer_c_is_reset_by_each_provisional() {
 async fn rfc3261_16_7_responses_reordered_across_branches_one_answer_no_late_provisionals() {
     let (_s, mut alice, mut bob1, mut bob2) = office().await;
     alice.invite("1002", "reorder-1").await;
-    let at1 = next_of(&mut bob1, "INVITE").await;
-    let at2 = next_of(&mut bob2, "INVITE").await;
+    let at1 = bob1.next_of("INVITE").await;
+    let at2 = bob2.next_of("INVITE").await;
     // bob2 fails first, bob1 answers before any provisional of its own; the 180s of both
     // arrive late, after their finals.
     bob2.reply(&at2, 486, "b2").await;
-    assert_eq!(next_of(&mut bob2, "ACK").await.method, "ACK");
+    assert_eq!(bob2.next_of("ACK").await.method, "ACK");
     bob1.reply(&at1, 200, "b1").await;
     bob2.reply(&at2, 180, "b2").await;
     bob1.reply(&at1, 180, "b1").await;
@@ -585,8 +553,8 @@ async fn rfc3261_16_7_responses_reordered_across_branches_one_answer_no_late_pro
 async fn rfc6026_every_2xx_retransmission_reaches_the_caller_until_it_acks() {
     let (_s, mut alice, mut bob1, mut bob2) = office().await;
     let invite = alice.invite("1002", "retrans-1").await;
-    let at1 = next_of(&mut bob1, "INVITE").await;
-    let at2 = next_of(&mut bob2, "INVITE").await;
+    let at1 = bob1.next_of("INVITE").await;
+    let at2 = bob2.next_of("INVITE").await;
     bob1.reply(&at1, 180, "b1").await;
     // bob2 answers and, not hearing an ACK, retransmits its 2xx (Timer G of its UAS core).
     for _ in 0..3 {
@@ -603,14 +571,14 @@ async fn rfc6026_every_2xx_retransmission_reaches_the_caller_until_it_acks() {
     // The caller's ACK reaches the winner and stops it.
     let mut leg = Phone::caller_leg(&invite, &oks[0]);
     alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
-    let ack = next_of(&mut bob2, "ACK").await;
+    let ack = bob2.next_of("ACK").await;
     assert_eq!(ack.uri.to_string(), bob2.contact());
     // The loser is cancelled, but it had answered already (the 2xx crossed the CANCEL):
     // that 2xx also reaches the caller (RFC 6026 §4.2), so it can ACK and BYE it.
-    let c = next_of(&mut bob1, "CANCEL").await;
+    let c = bob1.next_of("CANCEL").await;
     bob1.reply(&c, 200, "b1").await;
     bob1.reply(&at1, 200, "b1").await;
-    let late = final_of(&mut alice, "INVITE").await;
+    let late = alice.final_of("INVITE").await;
     assert_eq!(late.status, 200);
     assert!(late.headers.get(HeaderName::To).unwrap().contains("tag=b1"));
     let mut late_leg = Phone::caller_leg(&invite, &late);
@@ -618,14 +586,14 @@ async fn rfc6026_every_2xx_retransmission_reaches_the_caller_until_it_acks() {
         .ua
         .send(&alice.in_dialog(&mut late_leg, "ACK", None))
         .await;
-    assert_eq!(next_of(&mut bob1, "ACK").await.method, "ACK");
+    assert_eq!(bob1.next_of("ACK").await.method, "ACK");
     alice
         .ua
         .send(&alice.in_dialog(&mut late_leg, "BYE", None))
         .await;
-    let bye = next_of(&mut bob1, "BYE").await;
+    let bye = bob1.next_of("BYE").await;
     bob1.reply(&bye, 200, "b1").await;
-    assert_eq!(final_of(&mut alice, "BYE").await.status, 200);
+    assert_eq!(alice.final_of("BYE").await.status, 200);
 }
 
 #[tokio::test(start_paused = true)]
@@ -634,9 +602,9 @@ async fn rfc6026_a_2xx_after_the_transactions_ended_is_forwarded_statelessly() {
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
     let invite = alice.invite("1002", "late-2xx").await;
-    let at = next_of(&mut bob, "INVITE").await;
+    let at = bob.next_of("INVITE").await;
     bob.reply(&at, 200, "b").await;
-    let ok = final_of(&mut alice, "INVITE").await;
+    let ok = alice.final_of("INVITE").await;
     assert_eq!(ok.status, 200);
     // Timer L (server) and Timer M (client), 64*T1 = 32 s, end both transactions.
     tokio::time::sleep(std::time::Duration::from_secs(40)).await;
@@ -661,7 +629,7 @@ async fn rfc6026_a_2xx_after_the_transactions_ended_is_forwarded_statelessly() {
     // And the end-to-end ACK still goes through by Route.
     let mut leg = Phone::caller_leg(&invite, &again);
     alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
-    assert_eq!(next_of(&mut bob, "ACK").await.method, "ACK");
+    assert_eq!(bob.next_of("ACK").await.method, "ACK");
     // A non-2xx without a transaction is dropped (RFC 3261 §16.7 item 3... §18.1.2).
     bob.reply(&at, 486, "b").await;
     assert!(alice.ua.any_response_within(1_000).await.is_none());
@@ -681,17 +649,17 @@ async fn rfc3261_16_12_in_dialog_request_of_a_call_we_never_saw_is_forwarded_by_
         cseq: 1,
     };
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
-    let bye = next_of(&mut bob1, "BYE").await;
+    let bye = bob1.next_of("BYE").await;
     assert_eq!(bye.uri.to_string(), bob1.contact());
     assert!(!bye.headers.has(HeaderName::Route));
     assert!(!bye.headers.has(HeaderName::RecordRoute));
     bob1.reply(&bye, 200, "y").await;
-    assert_eq!(final_of(&mut alice, "BYE").await.status, 200);
+    assert_eq!(alice.final_of("BYE").await.status, 200);
     assert!(bob2.ua.next_request_within(200).await.is_none());
     // Addressed to us, without our Route: no dialog of ours, 481.
     leg.route.clear();
     leg.remote_target = format!("sip:{}", s.udp);
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
-    let r = final_of(&mut alice, "BYE").await;
+    let r = alice.final_of("BYE").await;
     assert_eq!(r.status, 481, "{}", r.reason);
 }

@@ -212,12 +212,7 @@ async fn rfc4235_no_answer_timer_c_lamp_dark() {
     o.lamp.until(Some(DialogState::Early)).await;
     // Nobody picks up: Timer C (180 s) cancels both branches.
     for (phone, inv, tag) in [(&mut o.bob1, &at1, "b1"), (&mut o.bob2, &at2, "b2")] {
-        let c = loop {
-            let r = phone.ua.next_request_within(200_000).await.expect("CANCEL");
-            if r.method == "CANCEL" {
-                break r;
-            }
-        };
+        let c = phone.next_of_within("CANCEL", 200_000).await;
         phone.reply(&c, 200, tag).await;
         phone.reply(inv, 487, tag).await;
     }

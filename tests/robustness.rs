@@ -28,6 +28,22 @@ impl XorShift {
     }
 }
 
+/// A counter of panics in any thread from now on (a panic in a receive task would not fail
+/// a test by itself: the other receivers keep answering). Shared by the tests of this file;
+/// it reads zero at the end of a test only when nothing panicked while it ran.
+fn count_panics() -> &'static std::sync::atomic::AtomicUsize {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            default_hook(info);
+        }));
+    });
+    &PANICS
+}
+
 fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
     let mut m = base.to_vec();
     for _ in 0..1 + rng.below(8) {
@@ -310,14 +326,7 @@ fn presence_seeds(port: u16) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn a_storm_of_malformed_presence_requests_leaves_presence_state_intact() {
     use common::ua::{body, Ua};
-    // A panic in a receive task would not fail this test by itself (the other receiver keeps
-    // answering): count them.
-    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        default_hook(info);
-    }));
+    let panics = count_panics();
     let s = server(TRUSTED).await;
     // A watched presentity with a publication: its document must come through unchanged.
     let mut w = Ua::new(s.udp).await;
@@ -391,6 +400,11 @@ async fn a_storm_of_malformed_presence_requests_leaves_presence_state_intact() {
         "the kept publication survived: {after}"
     );
     assert!(before.contains("id=\"k\""));
+    assert_eq!(
+        panics.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a receive task panicked"
+    );
 }
 
 /// Malformed and unserviceable requests the proxy would otherwise forward: each gets a 4xx
@@ -679,12 +693,7 @@ async fn a_storm_of_mutated_call_messages_leaves_calls_working_and_the_lamp_dark
     use busylamp::sip::body::dialog_info::DialogState;
     use common::phone::{Phone, CALLS, SDP};
     use common::watcher::{dark, Watcher};
-    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        default_hook(info);
-    }));
+    let panics = count_panics();
     let s = server(CALLS).await;
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
@@ -975,7 +984,7 @@ async fn a_storm_of_mutated_call_messages_leaves_calls_working_and_the_lamp_dark
     bob.reply(&bye, 200, "b2").await;
     lamp.dark().await;
     assert_eq!(
-        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        panics.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "a task panicked"
     );

@@ -180,6 +180,49 @@ impl Phone {
         }
     }
 
+    /// The next request of `method` that reaches this phone (others skipped).
+    pub async fn next_of(&mut self, method: &str) -> Request {
+        self.next_of_within(method, 5000).await
+    }
+
+    /// The next request of `method` within `ms` of (paused) time, others skipped.
+    pub async fn next_of_within(&mut self, method: &str, ms: u64) -> Request {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = self
+                .ua
+                .next_request_within(left.as_millis() as u64)
+                .await
+                .unwrap_or_else(|| panic!("no {method} reached {} within {ms} ms", self.name));
+            if r.method == method {
+                return r;
+            }
+        }
+    }
+
+    /// The next final response to a `method` request (others skipped).
+    pub async fn final_of(&mut self, method: &str) -> Response {
+        for _ in 0..50 {
+            let r = self.ua.response().await;
+            if r.cseq().is_ok_and(|c| c.method == method) {
+                return r;
+            }
+        }
+        panic!("no final response to {method} reached {}", self.name);
+    }
+
+    /// The next final response of call `call_id` (others skipped).
+    pub async fn final_for(&mut self, call_id: &str) -> Response {
+        for _ in 0..50 {
+            let r = self.ua.response().await;
+            if r.call_id().is_ok_and(|c| c == call_id) {
+                return r;
+            }
+        }
+        panic!("no final response for {call_id} reached {}", self.name);
+    }
+
     /// Answers a request the proxy delivered, as a UAS: `tag` for the To tag, our Contact
     /// and the Record-Route copied (RFC 3261 §12.1.1), an SDP answer on 2xx to INVITE.
     pub async fn reply(&mut self, req: &Request, status: u16, tag: &str) {
