@@ -103,6 +103,17 @@ pub(crate) enum Owner {
     Waiter(tokio::sync::oneshot::Sender<ClientOutcome>),
 }
 
+/// A snapshot of [`Core::in_flight`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InFlight {
+    pub server_transactions: usize,
+    pub client_transactions: usize,
+    /// Who hears the answers of our client transactions.
+    pub client_owners: usize,
+    /// Requests the proxy is forwarding statefully (response contexts).
+    pub forwarded: usize,
+}
+
 /// How a request sent with [`Core::send_request`] ended.
 #[derive(Debug)]
 pub enum ClientOutcome {
@@ -319,6 +330,25 @@ impl Core {
     /// that keeps growing).
     pub fn messages_received(&self) -> u64 {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the server holds for messages in flight: once every call has ended and the
+    /// transaction timers have run, all of it is zero (nothing leaks).
+    pub fn in_flight(&self) -> InFlight {
+        InFlight {
+            server_transactions: self
+                .transactions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            client_transactions: self.clients.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            client_owners: self.owners.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            forwarded: self
+                .forwarding
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+        }
     }
 
     fn me(&self) -> Option<Arc<Core>> {

@@ -499,6 +499,13 @@ async fn rfc3261_16_8_timer_c_then_no_answer_to_the_cancel_caller_gets_408() {
     assert_eq!(r.status, 408, "{}", r.reason);
     let waited = secs_since(t0);
     assert!((211..=214).contains(&waited), "408 after {waited} s");
+    // The abandoned branch, its CANCEL and the caller's transaction are all gone once their
+    // timers ran (Alice never ACKs the 408: Timer H).
+    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+    assert_eq!(
+        s.handle.core.in_flight(),
+        busylamp::server::InFlight::default()
+    );
 }
 
 #[tokio::test(start_paused = true)]

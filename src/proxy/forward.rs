@@ -38,6 +38,13 @@ pub(crate) struct Forwarding {
     pub(crate) timers: Deadlines<(TxKey, usize, BranchTimer)>,
 }
 
+impl Forwarding {
+    /// Response contexts held.
+    pub(crate) fn len(&self) -> usize {
+        self.contexts.len()
+    }
+}
+
 struct Forwarded {
     ctx: Context,
     /// The request as it arrived (our stamps on its Via) after route preprocessing.
