@@ -670,3 +670,30 @@ async fn rfc3261_16_12_in_dialog_request_of_a_call_we_never_saw_is_forwarded_by_
     let r = alice.final_of("BYE").await;
     assert_eq!(r.status, 481, "{}", r.reason);
 }
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_9_a_phone_whose_tcp_connection_closed_fails_its_branch_at_once() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut gone = Phone::new_tcp(s.tcp, "1002", "tcp").await;
+    gone.register().await;
+    drop(gone);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Its binding outlives the connection; we cannot open one towards a phone, so the branch
+    // fails as a transport error (§16.9: as if it had answered 503), not after Timer B.
+    let t0 = tokio::time::Instant::now();
+    alice.invite("1002", "tcp-gone").await;
+    let r = alice.final_for("tcp-gone").await;
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(r.status, 500, "a 503 is not passed upstream: {}", r.reason);
+    // With a second phone, the call simply rings that one.
+    let mut desk = Phone::registered(s.udp, "1002", "desk").await;
+    alice.invite("1002", "tcp-gone-2").await;
+    let at = desk.next_of("INVITE").await;
+    desk.reply(&at, 200, "d").await;
+    assert_eq!(alice.final_for("tcp-gone-2").await.status, 200);
+}

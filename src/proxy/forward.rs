@@ -354,6 +354,16 @@ impl Core {
 
     /// Sends branch `i` of `key` to `peer` through a new client transaction.
     fn send_branch(self: &Arc<Self>, key: &TxKey, i: usize, hop: Hop, peer: Peer) {
+        if !self.transport.reaches(&peer) {
+            // RFC 3261 §16.9: a transport error counts as a 503 from that branch (a phone
+            // whose TCP connection closed; we cannot open one to it).
+            return self.fail_branch(
+                key,
+                i,
+                503,
+                "Service Unavailable: no connection to the next hop",
+            );
+        }
         let now = tokio::time::Instant::now().into_std();
         let sent = {
             let mut fw = lock(&self.forwarding);

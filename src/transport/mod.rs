@@ -378,6 +378,22 @@ impl Transport {
         }
     }
 
+    /// Whether a message to `peer` can leave: always over UDP; over TCP only while a
+    /// connection to it is open (we never connect out, RFC 5626 style: phones keep theirs).
+    pub fn reaches(&self, peer: &Peer) -> bool {
+        match peer.proto {
+            Proto::Udp => true,
+            Proto::Tcp => {
+                let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                let by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
+                peer.conn
+                    .and_then(|id| conns.get(&id))
+                    .or_else(|| by.get(&peer.remote).and_then(|id| conns.get(id)))
+                    .is_some_and(|c| c.remote == peer.remote && !c.tx.is_closed())
+            }
+        }
+    }
+
     fn send_tcp(&self, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
         let tx = {
             let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
