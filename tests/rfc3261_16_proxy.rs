@@ -697,3 +697,93 @@ async fn rfc3261_16_9_a_phone_whose_tcp_connection_closed_fails_its_branch_at_on
     desk.reply(&at, 200, "d").await;
     assert_eq!(alice.final_for("tcp-gone-2").await.status, 200);
 }
+
+#[tokio::test]
+async fn rfc3262_reliable_provisional_and_prack_pass_through_the_early_dialog() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let invite = alice.invite("1002", "prack-1").await;
+    let at = bob.next_of("INVITE").await;
+    // A 183 sent reliably (RFC 3262): Require: 100rel, RSeq.
+    let mut p = at.response(183, "Session Progress", Some("b"));
+    for rr in at.headers.all(HeaderName::RecordRoute) {
+        p.headers.push(HeaderName::RecordRoute, rr.to_string());
+    }
+    p.headers
+        .push(HeaderName::Contact, format!("<{}>", bob.contact()));
+    p.headers.push_raw("Require", "100rel");
+    p.headers.push_raw("RSeq", "1");
+    bob.ua.send(&p.to_bytes()).await;
+    let early = loop {
+        let r = alice.ua.any_response().await;
+        if r.status == 183 {
+            break r;
+        }
+    };
+    assert_eq!(early.headers.get_named("rseq"), Some("1"));
+    // The PRACK follows the early dialog's route set to Bob, and its 200 comes back.
+    let mut leg = Phone::caller_leg(&invite, &early);
+    let prack = alice.in_dialog(&mut leg, "PRACK", None);
+    let prack = String::from_utf8(prack)
+        .unwrap()
+        .replace("Content-Length: 0", "RAck: 1 1 INVITE\r\nContent-Length: 0");
+    alice.ua.send(prack.as_bytes()).await;
+    let at_prack = bob.next_of("PRACK").await;
+    assert_eq!(at_prack.headers.get_named("rack"), Some("1 1 INVITE"));
+    assert!(!at_prack.headers.has(HeaderName::Route));
+    bob.reply(&at_prack, 200, "b").await;
+    assert_eq!(alice.final_of("PRACK").await.status, 200);
+    bob.reply(&at, 200, "b").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 200);
+}
+
+#[tokio::test]
+async fn rfc3261_9_1_a_2xx_crossing_the_callers_cancel_still_reaches_it_and_the_call_can_be_ended()
+{
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let mut lamp = common::watcher::Watcher::new(s.udp, "1002").await;
+    let invite = alice.invite("1002", "crossing-1").await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    lamp.until(Some(busylamp::sip::body::dialog_info::DialogState::Early))
+        .await;
+    alice.ua.send(&Phone::cancel(&invite)).await;
+    // Bob had answered before the CANCEL reached him.
+    let c = bob.next_of("CANCEL").await;
+    bob.reply(&at, 200, "b").await;
+    bob.reply(&c, 200, "b").await;
+    let ok = alice.final_of("INVITE").await;
+    assert_eq!(ok.status, 200, "the 2xx wins over the CANCEL");
+    // Alice ACKs and, having cancelled, hangs up (RFC 3261 §9.1, §15).
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    assert_eq!(bob.next_of("ACK").await.method, "ACK");
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = bob.next_of("BYE").await;
+    bob.reply(&bye, 200, "b").await;
+    assert_eq!(alice.final_of("BYE").await.status, 200);
+    lamp.dark().await;
+    assert!(lamp.stays_dark(500).await);
+}
+
+#[tokio::test]
+async fn rfc3261_9_1_a_cancel_waits_for_the_branchs_first_provisional() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let invite = alice.invite("1002", "early-cancel").await;
+    let at = bob.next_of("INVITE").await;
+    // The caller gives up before the phone said anything: the CANCEL is answered at once,
+    // but held back from the phone until it sends a provisional (§9.1).
+    alice.ua.send(&Phone::cancel(&invite)).await;
+    assert_eq!(alice.final_of("CANCEL").await.status, 200);
+    assert!(bob.ua.next_request_within(300).await.is_none());
+    bob.reply(&at, 180, "b").await;
+    let c = bob.next_of("CANCEL").await;
+    bob.reply(&c, 200, "b").await;
+    bob.reply(&at, 487, "b").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 487);
+}
