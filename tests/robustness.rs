@@ -473,6 +473,15 @@ async fn rfc3261_16_3_malformed_proxied_requests_get_a_4xx_naming_the_problem() 
             "To",
         ),
         (
+            // A quoted From tag would land in our Record-Route (ftag) and add a hop to the
+            // dialog's route set.
+            "injected-ftag",
+            invite("", "injected-ftag")
+                .replace("tag=a\r\n", "tag=\"x>, <sip:127.0.0.9:5060;lr\"\r\n"),
+            400,
+            "tag is not a token",
+        ),
+        (
             "max-forwards",
             invite("", "max-forwards").replace("Max-Forwards: 70", "Max-Forwards: abc"),
             400,
