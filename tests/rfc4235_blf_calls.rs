@@ -220,3 +220,28 @@ async fn rfc4235_no_answer_timer_c_lamp_dark() {
     assert_eq!(r.status, 487);
     o.lamp.dark().await;
 }
+
+#[tokio::test]
+async fn rfc4235_identities_and_ids_with_xml_characters_reach_the_lamp_intact() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let mut lamp = Watcher::new(s.udp, "1002").await;
+    // A Call-ID may hold < > ' " and & (RFC 3261 §25.1 word), a display name too.
+    let call_id = "a\"<b>&'c@x";
+    let invite = format!(
+        "INVITE sip:1002@example.test SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: \"Eve <&> \\\"Q\\\"\" <sip:1001@example.test>;tag=ft\r\nTo: <sip:1002@example.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <{c}>\r\nContent-Length: 0\r\n\r\n",
+        via = alice.via(),
+        c = alice.contact(),
+    );
+    alice.ua.send(invite.as_bytes()).await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    let doc = lamp.until(Some(DialogState::Early)).await;
+    let d = &doc.dialogs[0];
+    assert_eq!(d.call_id.as_deref(), Some(call_id));
+    let remote = d.remote.identity.as_ref().expect("caller identity");
+    assert_eq!(remote.display.as_deref(), Some("Eve <&> \"Q\""));
+    bob.reply(&at, 486, "b").await;
+    lamp.dark().await;
+}
