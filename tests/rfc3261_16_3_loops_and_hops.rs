@@ -112,7 +112,7 @@ async fn rfc3261_16_3_a_request_routed_back_to_us_by_its_own_route_is_a_spiral_n
     // one go), each time with a shorter Route: it changed, so it is a spiral (RFC 3261
     // §16.3 item 4: the hash covers the request as received).
     let ours = format!("<sip:{};lr>", s.udp);
-    let routes = vec![ours.as_str(); 3].join(", ");
+    let routes = [ours.as_str(); 3].join(", ");
     send_invite(
         &mut alice,
         &bob.contact(),
@@ -132,7 +132,7 @@ async fn rfc3261_16_4_route_entries_naming_us_again_and_again_are_all_consumed_i
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
     let ours = format!("<sip:{};lr>", s.udp);
-    let routes = vec![ours.as_str(); 12].join(", ");
+    let routes = [ours.as_str(); 12].join(", ");
     let before = s.handle.core.messages_received();
     send_invite(
         &mut alice,

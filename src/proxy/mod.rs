@@ -249,15 +249,12 @@ impl Proxy {
             }
         }
         let mut removed = false;
-        loop {
-            let Some(top) = req
-                .headers
-                .list(HeaderName::Route)
-                .first()
-                .map(|s| s.to_string())
-            else {
-                break;
-            };
+        while let Some(top) = req
+            .headers
+            .list(HeaderName::Route)
+            .first()
+            .map(|s| s.to_string())
+        {
             let ours = crate::sip::NameAddr::parse(&top)
                 .ok()
                 .and_then(|na| na.uri.as_sip().map(|u| self.is_us(u)))
@@ -747,7 +744,7 @@ Content-Length: 0\n\n";
             "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKL{h}abc"
         ))
         .unwrap();
-        assert!(!p.is_loop(&h, &[other.clone()]));
+        assert!(!p.is_loop(&h, std::slice::from_ref(&other)));
         // A response only comes back through a Via of ours: our branch form and sent-by.
         assert!(p.is_our_via(&Via::parse("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKLab").unwrap()));
         assert!(!p.is_our_via(&other));

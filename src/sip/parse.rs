@@ -494,7 +494,7 @@ fn salvage_headers(buf: &[u8], limits: &Limits) -> Option<Headers> {
     // not parse is left out, the others are kept.
     let mut kept: Vec<Header> = Vec::new();
     let mut field: Vec<&[u8]> = Vec::new();
-    let mut take = |field: &mut Vec<&[u8]>, kept: &mut Vec<Header>| {
+    let take = |field: &mut Vec<&[u8]>, kept: &mut Vec<Header>| {
         if let Ok(h) = parse_header_lines(field.drain(..), limits) {
             kept.extend(h.0);
         }
