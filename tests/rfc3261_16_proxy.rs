@@ -787,3 +787,71 @@ async fn rfc3261_9_1_a_cancel_waits_for_the_branchs_first_provisional() {
     bob.reply(&at, 487, "b").await;
     assert_eq!(alice.final_of("INVITE").await.status, 487);
 }
+
+#[tokio::test]
+async fn rfc3261_22_3_in_dialog_requests_of_unknown_dialogs_are_challenged_no_relay_to_the_pbx() {
+    let mut pbx = Phone::new_at("127.0.0.3", "127.0.0.1:9".parse().unwrap(), "pbx", "pbx").await;
+    let s = common::server(&pbx_config(pbx.ua.port())).await;
+    pbx.ua.server = s.udp;
+    // An untrusted host makes up a dialog: a To tag, our Route, and the PBX (which trusts
+    // us) in the Request-URI. Without a challenge it would place a call through the PBX in
+    // our name.
+    let mut mallory = Phone::new(s.udp, "1001", "mallory").await;
+    let mut leg = common::phone::Leg {
+        call_id: "made-up".into(),
+        local: "<sip:1001@example.test>;tag=m".into(),
+        remote: "<sip:900555@example.test>;tag=fake".into(),
+        remote_target: format!("sip:900555@127.0.0.3:{}", pbx.ua.port()),
+        route: vec![format!("<sip:{};lr>", s.udp)],
+        cseq: 1,
+    };
+    for method in ["INVITE", "BYE", "MESSAGE"] {
+        mallory
+            .ua
+            .send(&mallory.in_dialog(&mut leg, method, None))
+            .await;
+        let r = mallory.final_of(method).await;
+        assert_eq!(r.status, 407, "{method}: {} {}", r.status, r.reason);
+    }
+    assert!(
+        pbx.ua.next_request_within(300).await.is_none(),
+        "nothing reaches the PBX"
+    );
+
+    // A dialog we set up needs no further credentials: Alice (challenged) calls Bob, then
+    // hangs up without Proxy-Authorization.
+    let mut bob = Phone::new_at("127.0.0.2", s.udp, "1002", "desk").await;
+    bob.register().await;
+    let mut alice = Phone::new(s.udp, "1001", "a").await;
+    let invite = alice.invite("1002", "known-1").await;
+    let r = alice.final_of("INVITE").await;
+    assert_eq!(r.status, 407);
+    let challenge = r.headers.get(HeaderName::ProxyAuthenticate).unwrap();
+    let mut again = invite.clone();
+    again.headers.set(HeaderName::CSeq, "2 INVITE");
+    again.headers.set(HeaderName::Via, alice.via());
+    again.headers.push(
+        HeaderName::ProxyAuthorization,
+        common::authorization(
+            challenge,
+            "1001",
+            "secret",
+            "INVITE",
+            "sip:1002@example.test",
+            1,
+        ),
+    );
+    alice.ua.send(&again.to_bytes()).await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 200, "b").await;
+    let ok = alice.final_of("INVITE").await;
+    assert_eq!(ok.status, 200);
+    let mut leg = Phone::caller_leg(&again, &ok);
+    leg.cseq = 2;
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    bob.next_of("ACK").await;
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = bob.next_of("BYE").await;
+    bob.reply(&bye, 200, "b").await;
+    assert_eq!(alice.final_of("BYE").await.status, 200);
+}

@@ -135,7 +135,12 @@ impl Core {
             return self.respond(&key, r);
         }
         let in_dialog = parsed.to.tag().is_some();
-        if !in_dialog {
+        // Requests in a dialog we set up (the tracker knows its parties) need no credentials.
+        // Anything else, a To tag included, comes from a trusted source or authenticates: a
+        // made-up dialog (any To tag and our Route) would otherwise have us relay any request
+        // anywhere in our name, e.g. an INVITE to the PBX that trusts us.
+        let known_dialog = in_dialog && self.flow_for(&req).is_some();
+        if !known_dialog {
             if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
                 return self.respond(&key, resp);
             }
