@@ -842,7 +842,9 @@ async fn a_storm_of_mutated_call_messages_leaves_calls_working_and_the_lamp_dark
         storm(&hanging_up, 500),
     ];
     let junk = std::sync::Arc::new(junk);
-    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u16, String)>::new()));
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(String, u16, String, String)>::new(),
+    ));
     let reader = {
         let junk = junk.clone();
         let answers = answers.clone();
@@ -857,10 +859,11 @@ async fn a_storm_of_mutated_call_messages_leaves_calls_working_and_the_lamp_dark
                         .ok()
                         .and_then(|v| v.branch())
                         .unwrap_or_default();
+                    let method = r.cseq().map(|c| c.method).unwrap_or_default();
                     answers
                         .lock()
                         .unwrap()
-                        .push((b, r.status, r.reason.clone()));
+                        .push((b, r.status, r.reason.clone(), method));
                 }
             }
         })
@@ -949,6 +952,8 @@ async fn a_storm_of_mutated_call_messages_leaves_calls_working_and_the_lamp_dark
             .filter(|a| a.1 == 400 && a.2 == "Bad Request")
             .collect();
         assert!(bare.is_empty(), "400 without a reason: {}", bare.len());
+        // An ACK is never answered (RFC 3261 §17), however broken.
+        assert!(answers.iter().all(|a| a.3 != "ACK"), "an ACK was answered");
     }
     reader.abort();
     // Everything the storm started has timed out by now (Timer B, C, the wait after a
