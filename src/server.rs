@@ -85,6 +85,8 @@ pub struct Core {
     pub(crate) events: EventBus,
     pub(crate) branch_secret: u64,
     pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
+    /// Messages read from the network (requests and responses, parseable or not).
+    received: std::sync::atomic::AtomicU64,
 }
 
 /// Who hears the answers to one of our client transactions.
@@ -99,6 +101,17 @@ pub(crate) enum Owner {
     /// A request of an in-process user agent (the presence client): its final answer, or
     /// [`ClientOutcome::Timeout`].
     Waiter(tokio::sync::oneshot::Sender<ClientOutcome>),
+}
+
+/// A snapshot of [`Core::in_flight`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InFlight {
+    pub server_transactions: usize,
+    pub client_transactions: usize,
+    /// Who hears the answers of our client transactions.
+    pub client_owners: usize,
+    /// Requests the proxy is forwarding statefully (response contexts).
+    pub forwarded: usize,
 }
 
 /// How a request sent with [`Core::send_request`] ended.
@@ -228,6 +241,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
             h.finish()
         },
         this: std::sync::OnceLock::new(),
+        received: Default::default(),
     });
     let _ = core.this.set(Arc::downgrade(&core));
     if let Some(u) = core.proxy.upstream.clone() {
@@ -286,6 +300,8 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
 
 impl Inbound for Core {
     fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer) {
+        self.received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match parse_message(&bytes, &self.limits) {
             Ok(Message::Request(req)) => self.on_request(req, peer),
             Ok(Message::Response(resp)) => self.on_response(resp, peer),
@@ -310,6 +326,31 @@ impl Inbound for Core {
 }
 
 impl Core {
+    /// How many messages the server has read from the network (a loop shows as a count
+    /// that keeps growing).
+    pub fn messages_received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the server holds for messages in flight: once every call has ended and the
+    /// transaction timers have run, all of it is zero (nothing leaks).
+    pub fn in_flight(&self) -> InFlight {
+        InFlight {
+            server_transactions: self
+                .transactions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            client_transactions: self.clients.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            client_owners: self.owners.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            forwarded: self
+                .forwarding
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+        }
+    }
+
     fn me(&self) -> Option<Arc<Core>> {
         self.this.get().and_then(std::sync::Weak::upgrade)
     }

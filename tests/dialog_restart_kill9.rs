@@ -6,12 +6,10 @@
 
 mod common;
 
-use busylamp::sip::body::dialog_info::{parse, DialogState};
 use busylamp::sip::Request;
 use common::binary::Busylamp;
 use common::phone::{Leg, Phone};
-use common::ua::Ua;
-use common::{branch, wire};
+use common::watcher::{dark, lit, Watcher};
 use std::time::Duration;
 
 const CONFIG: &str = r#"
@@ -25,49 +23,8 @@ name = "1002"
 password = "b"
 "#;
 
-async fn watch(ua: &mut Ua) {
-    let sub = wire(&format!(
-        "SUBSCRIBE sip:1002@example.test SIP/2.0
-        Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
-        Max-Forwards: 70
-        From: <sip:1003@example.test>;tag=w1
-        To: <sip:1002@example.test>
-        Call-ID: blf-restart-{p}
-        CSeq: 1 SUBSCRIBE
-        Contact: <sip:1003@127.0.0.1:{p}>
-        Event: dialog
-        Expires: 3600
-        ",
-        p = ua.port(),
-        b = branch()
-    ));
-    assert_eq!(ua.request(&sub).await.status, 200);
-    ua.notify().await;
-}
-
-/// NOTIFYs until the lamp document satisfies `done`.
-async fn lamp_until(ua: &mut Ua, what: &str, done: impl Fn(&[DialogState]) -> bool) {
-    for _ in 0..10 {
-        let n = ua.notify().await;
-        let doc = parse(&n.body).expect("dialog-info");
-        let states: Vec<DialogState> = doc.dialogs.iter().map(|d| d.state).collect();
-        if done(&states) {
-            return;
-        }
-    }
-    panic!("lamp never became {what}");
-}
-
-fn lit(s: &[DialogState]) -> bool {
-    s.contains(&DialogState::Confirmed)
-}
-
-fn dark(s: &[DialogState]) -> bool {
-    s.iter().all(|x| *x == DialogState::Terminated)
-}
-
 /// Alice calls Bob, Bob answers, Alice ACKs; the watcher sees the call confirmed.
-async fn answered_call(alice: &mut Phone, bob: &mut Phone, lamp: &mut Ua) -> (Leg, Leg) {
+async fn answered_call(alice: &mut Phone, bob: &mut Phone, lamp: &mut Watcher) -> (Leg, Leg) {
     let invite = alice.invite("1002", "restart-call").await;
     let at = bob.ua.next_request().await;
     assert_eq!(at.method, "INVITE");
@@ -78,7 +35,7 @@ async fn answered_call(alice: &mut Phone, bob: &mut Phone, lamp: &mut Ua) -> (Le
     let mut leg = Phone::caller_leg(&invite, &ok);
     alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
     assert_eq!(bob.ua.next_request().await.method, "ACK");
-    lamp_until(lamp, "confirmed", lit).await;
+    lamp.until_states("confirmed", lit).await;
     (leg, Phone::callee_leg(&at, "b1"))
 }
 
@@ -95,13 +52,10 @@ async fn answer_probes(phone: &mut Phone, status: u16, ms: u64) -> Option<Reques
     }
 }
 
-async fn office(server: &Busylamp) -> (Phone, Phone, Ua) {
-    let mut alice = Phone::new(server.addr, "1001", "a").await;
-    let mut bob = Phone::new(server.addr, "1002", "desk").await;
-    alice.register().await;
-    bob.register().await;
-    let mut lamp = Ua::new(server.addr).await;
-    watch(&mut lamp).await;
+async fn office(server: &Busylamp) -> (Phone, Phone, Watcher) {
+    let alice = Phone::registered(server.addr, "1001", "a").await;
+    let bob = Phone::registered(server.addr, "1002", "desk").await;
+    let lamp = Watcher::new(server.addr, "1002").await;
     (alice, bob, lamp)
 }
 
@@ -123,12 +77,12 @@ async fn restart_in_the_middle_of_a_call_keeps_it_and_the_bye_still_ends_it() {
     server.start();
     server.wait_ready().await;
     // The watcher gets the restart's full state: still lit.
-    lamp_until(&mut lamp, "confirmed after restart", lit).await;
+    lamp.until_states("confirmed after restart", lit).await;
     // Both phones say the call is alive.
     assert!(answer_probes(&mut alice, 200, 1500).await.is_none());
     assert!(answer_probes(&mut bob, 200, 500).await.is_none());
     assert!(
-        lamp.no_notify(500).await,
+        lamp.ua.no_notify(500).await,
         "a live call must not change the lamp"
     );
 
@@ -139,7 +93,7 @@ async fn restart_in_the_middle_of_a_call_keeps_it_and_the_bye_still_ends_it() {
         .expect("BYE reaches Bob");
     assert_eq!(bye.method, "BYE");
     bob.reply(&bye, 200, "b1").await;
-    lamp_until(&mut lamp, "dark", dark).await;
+    lamp.until_states("dark", dark).await;
 }
 
 #[tokio::test]
@@ -158,7 +112,7 @@ async fn call_ended_while_the_server_was_down_is_found_and_the_lamp_goes_dark() 
     // The probes find the dialog gone (481 from both phones): the lamp goes dark.
     assert!(answer_probes(&mut alice, 481, 1500).await.is_none());
     assert!(answer_probes(&mut bob, 481, 500).await.is_none());
-    lamp_until(&mut lamp, "dark", dark).await;
+    lamp.until_states("dark", dark).await;
 }
 
 #[tokio::test]

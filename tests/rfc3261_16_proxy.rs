@@ -4,35 +4,14 @@
 mod common;
 
 use busylamp::sip::{HasHeaders, HeaderName};
-use common::phone::{Phone, SDP};
+use common::phone::{Phone, CALLS, SDP};
 use common::{server, TestServer};
-
-pub const CALLS: &str = r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-memory-store"
-[auth]
-trusted = ["127.0.0.0/8"]
-[[users]]
-name = "1001"
-password = "secret"
-[[users]]
-name = "1002"
-password = "other"
-[[users]]
-name = "1003"
-password = "third"
-"#;
 
 async fn office() -> (TestServer, Phone, Phone, Phone) {
     let s = server(CALLS).await;
-    let mut alice = Phone::new(s.udp, "1001", "a").await;
-    let mut bob1 = Phone::new(s.udp, "1002", "desk").await;
-    let mut bob2 = Phone::new(s.udp, "1002", "soft").await;
-    alice.register().await;
-    bob1.register().await;
-    bob2.register().await;
+    let alice = Phone::registered(s.udp, "1001", "a").await;
+    let bob1 = Phone::registered(s.udp, "1002", "desk").await;
+    let bob2 = Phone::registered(s.udp, "1002", "soft").await;
     (s, alice, bob1, bob2)
 }
 
@@ -114,13 +93,7 @@ async fn rfc3261_16_10_cancel_ends_every_branch_and_caller_gets_487() {
     bob1.reply(&at1, 180, "b1").await;
     bob2.reply(&at2, 180, "b2").await;
     // CANCEL: same branch, Request-URI, Call-ID, From, To and CSeq number as the INVITE.
-    let via = invite.headers.get(HeaderName::Via).unwrap();
-    let cancel = format!(
-        "CANCEL sip:1002@example.test SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {f}\r\nTo: {t}\r\nCall-ID: cancel-1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
-        f = invite.headers.get(HeaderName::From).unwrap(),
-        t = invite.headers.get(HeaderName::To).unwrap(),
-    );
-    alice.ua.send(cancel.as_bytes()).await;
+    alice.ua.send(&Phone::cancel(&invite)).await;
     for (phone, inv, tag) in [(&mut bob1, &at1, "b1"), (&mut bob2, &at2, "b2")] {
         let c = phone.ua.next_request().await;
         assert_eq!(c.method, "CANCEL");
@@ -338,36 +311,560 @@ async fn rfc3261_16_4_in_dialog_requests_not_routed_through_us_are_not_relayed()
     assert_eq!(alice.ua.response().await.status, 481);
 }
 
+/// Record-Route values of a message, top first.
+fn record_routes(m: &impl HasHeaders) -> Vec<String> {
+    m.headers()
+        .list(HeaderName::RecordRoute)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
 #[tokio::test]
-async fn rfc3261_16_6_a_tcp_phone_whose_connection_closed_fails_at_once_with_480() {
+async fn rfc3261_16_6_callee_on_tcp_caller_on_udp_double_record_route_and_both_directions() {
     let s = server(CALLS).await;
-    let mut alice = Phone::new(s.udp, "1001", "a").await;
-    alice.register().await;
-    {
-        let mut tcp = common::Tcp::connect(s.tcp).await;
-        let port = tcp.local_port();
-        let reg = common::wire(&format!(
-            "REGISTER sip:example.test SIP/2.0
-            Via: SIP/2.0/TCP 127.0.0.1:{port};branch={b}
-            Max-Forwards: 70
-            From: <sip:1002@example.test>;tag=t1
-            To: <sip:1002@example.test>
-            Call-ID: tcp-reg-1
-            CSeq: 1 REGISTER
-            Contact: <sip:1002@127.0.0.1:{port};transport=tcp>
-            Expires: 3600
-            ",
-            b = common::branch()
-        ));
-        assert_eq!(tcp.request(&reg).await.status, 200);
-    } // the phone's connection closes here
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let started = std::time::Instant::now();
-    alice.invite("1002", "tcp-gone-1").await;
-    let r = alice.ua.response().await;
-    assert_eq!(r.status, 480, "{}", r.reason);
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::new_tcp(s.tcp, "1002", "tcp").await;
+    bob.register().await;
+    let udp_rr = format!("sip:{};lr;r2=on", s.udp);
+    let tcp_rr = format!("sip:{};lr;transport=tcp;r2=on", s.tcp);
+
+    for (n, callee_hangs_up) in [(1, false), (2, true)] {
+        let invite = alice.invite("1002", &format!("tcp-{n}")).await;
+        // Over Bob's own connection, with our TCP Via and both Record-Route entries: the one
+        // facing Bob (TCP) on top.
+        let at = bob.next_of("INVITE").await;
+        let vias = at.headers.list(HeaderName::Via);
+        assert!(vias[0].starts_with("SIP/2.0/TCP"), "{vias:?}");
+        let rr = record_routes(&at);
+        assert_eq!(rr.len(), 2, "{rr:?}");
+        assert!(rr[0].starts_with(&format!("<{tcp_rr}")), "{rr:?} {tcp_rr}");
+        assert!(rr[1].starts_with(&format!("<{udp_rr}")), "{rr:?}");
+        assert!(rr.iter().all(|r| r.contains("ftag=from-tcp-")), "{rr:?}");
+
+        bob.reply(&at, 180, "bt").await;
+        bob.reply(&at, 200, "bt").await;
+        let ok = alice.final_of("INVITE").await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(
+            record_routes(&ok),
+            rr,
+            "the 2xx carries both entries to the caller"
+        );
+
+        let mut leg = Phone::caller_leg(&invite, &ok);
+        assert_eq!(leg.route.len(), 2);
+        alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+        let ack = bob.next_of("ACK").await;
+        assert_eq!(ack.uri.to_string(), bob.contact());
+        assert!(
+            !ack.headers.has(HeaderName::Route),
+            "both of our entries are consumed"
+        );
+        assert!(ack.headers.list(HeaderName::Via)[0].starts_with("SIP/2.0/TCP"));
+
+        if callee_hangs_up {
+            // Bob's BYE over TCP, Route set = the Record-Route as received, reaches Alice
+            // over UDP.
+            let mut bleg = Phone::callee_leg(&at, "bt");
+            bob.ua.send(&bob.in_dialog(&mut bleg, "BYE", None)).await;
+            let bye = alice.next_of("BYE").await;
+            assert_eq!(bye.uri.to_string(), alice.contact());
+            assert!(!bye.headers.has(HeaderName::Route));
+            assert!(bye.headers.list(HeaderName::Via)[0].starts_with("SIP/2.0/UDP"));
+            alice.reply(&bye, 200, "x").await;
+            let done = bob.final_of("BYE").await;
+            assert_eq!(done.status, 200);
+        } else {
+            alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+            let bye = bob.next_of("BYE").await;
+            assert!(!bye.headers.has(HeaderName::Route));
+            bob.reply(&bye, 200, "bt").await;
+            let done = alice.final_of("BYE").await;
+            assert_eq!(done.status, 200);
+        }
+    }
+}
+
+/// Bob's desk phone (q=1.0) rings first; his softphone (q=0.5) only when the desk phone
+/// failed.
+async fn serial_office() -> (TestServer, Phone, Phone, Phone) {
+    let s = server(CALLS).await;
+    let alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut desk = Phone::new(s.udp, "1002", "desk").await;
+    let c = format!("<{}>;q=1.0", desk.contact());
+    desk.register_contact(&c).await;
+    let mut soft = Phone::new(s.udp, "1002", "soft").await;
+    let c = format!("<{}>;q=0.5", soft.contact());
+    soft.register_contact(&c).await;
+    (s, alice, desk, soft)
+}
+
+#[tokio::test]
+async fn rfc3261_16_6_serial_forking_the_lower_q_rings_only_after_the_higher_failed() {
+    let (_s, mut alice, mut desk, mut soft) = serial_office().await;
+    let invite = alice.invite("1002", "serial-1").await;
+    let at_desk = desk.next_of("INVITE").await;
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
-        "not after Timer B"
+        soft.ua.next_request_within(300).await.is_none(),
+        "the q=0.5 phone waits while the q=1.0 phone rings"
     );
+    desk.reply(&at_desk, 180, "d").await;
+    assert_eq!(alice.ua.any_response().await.status, 100);
+    assert_eq!(alice.ua.any_response().await.status, 180);
+    assert!(soft.ua.next_request_within(300).await.is_none());
+    desk.reply(&at_desk, 486, "d").await;
+    // Hop-by-hop ACK for the desk phone's 486, then the softphone rings.
+    assert_eq!(desk.next_of("ACK").await.method, "ACK");
+    let at_soft = soft.next_of("INVITE").await;
+    assert_eq!(at_soft.uri.to_string(), soft.contact());
+    assert_eq!(at_soft.call_id().unwrap(), "serial-1");
+    soft.reply(&at_soft, 180, "s").await;
+    assert_eq!(alice.ua.any_response().await.status, 180);
+    soft.reply(&at_soft, 200, "s").await;
+    let ok = alice.final_of("INVITE").await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.headers.get(HeaderName::To).unwrap().contains("tag=s"));
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    assert_eq!(soft.next_of("ACK").await.method, "ACK");
+
+    // 480 from the first group: the second rings too, and when it also fails the caller
+    // gets the best answer of both (same class: the first to arrive).
+    alice.invite("1002", "serial-2").await;
+    let at_desk = desk.next_of("INVITE").await;
+    desk.reply(&at_desk, 480, "d").await;
+    let at_soft = soft.next_of("INVITE").await;
+    soft.reply(&at_soft, 486, "s").await;
+    let r = alice.final_of("INVITE").await;
+    assert_eq!((r.status, r.call_id().unwrap()), (480, "serial-2"));
+}
+
+#[tokio::test]
+async fn rfc3261_16_7_a_6xx_from_the_first_group_ends_the_search() {
+    let (_s, mut alice, mut desk, mut soft) = serial_office().await;
+    alice.invite("1002", "serial-603").await;
+    let at_desk = desk.next_of("INVITE").await;
+    desk.reply(&at_desk, 603, "d").await;
+    let r = alice.final_of("INVITE").await;
+    assert_eq!(r.status, 603);
+    assert!(
+        soft.ua.next_request_within(500).await.is_none(),
+        "after a 6xx the next group never rings"
+    );
+}
+
+/// Seconds of (paused) time since `t0`.
+fn secs_since(t0: tokio::time::Instant) -> u64 {
+    t0.elapsed().as_secs()
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_8_timer_c_cancels_a_branch_that_rings_too_long_caller_gets_487() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    alice.invite("1002", "timer-c-487").await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    let t0 = tokio::time::Instant::now();
+    // 180 and then nothing: Timer C (180 s) fires and the proxy sends CANCEL.
+    let cancel = bob.next_of_within("CANCEL", 200_000).await;
+    let waited = secs_since(t0);
+    assert!((180..=181).contains(&waited), "CANCEL after {waited} s");
+    assert!(alice.ua.no_notify(10).await);
+    bob.reply(&cancel, 200, "b").await;
+    bob.reply(&at, 487, "b").await;
+    let r = alice.ua.response_within(5_000).await;
+    assert_eq!(r.status, 487);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_8_timer_c_then_no_answer_to_the_cancel_caller_gets_408() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    alice.invite("1002", "timer-c-408").await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    assert_eq!(alice.ua.any_response().await.status, 100);
+    assert_eq!(alice.ua.any_response().await.status, 180);
+    let t0 = tokio::time::Instant::now();
+    let cancel = bob.next_of_within("CANCEL", 200_000).await;
+    assert!((180..=181).contains(&secs_since(t0)));
+    assert_eq!(cancel.call_id().unwrap(), "timer-c-408");
+    // The phone is gone: neither the CANCEL nor the INVITE is ever answered. 32 s later
+    // (64*T1) the branch counts as 408.
+    let r = alice.ua.response_within(60_000).await;
+    assert_eq!(r.status, 408, "{}", r.reason);
+    let waited = secs_since(t0);
+    assert!((211..=214).contains(&waited), "408 after {waited} s");
+    // The abandoned branch, its CANCEL and the caller's transaction are all gone once their
+    // timers ran (Alice never ACKs the 408: Timer H).
+    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+    assert_eq!(
+        s.handle.core.in_flight(),
+        busylamp::server::InFlight::default()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_8_timer_c_is_reset_by_each_provisional() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    alice.invite("1002", "timer-c-reset").await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    // A PBX queue announcing progress every 100 s keeps the branch alive.
+    for _ in 0..3 {
+        assert!(bob.ua.next_request_within(100_000).await.is_none());
+        bob.reply(&at, 183, "b").await;
+    }
+    let t0 = tokio::time::Instant::now();
+    let cancel = bob.ua.next_request_within(200_000).await.expect("CANCEL");
+    assert_eq!(cancel.method, "CANCEL");
+    assert!((180..=181).contains(&secs_since(t0)));
+}
+
+#[tokio::test]
+async fn rfc3261_16_7_responses_reordered_across_branches_one_answer_no_late_provisionals() {
+    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    alice.invite("1002", "reorder-1").await;
+    let at1 = bob1.next_of("INVITE").await;
+    let at2 = bob2.next_of("INVITE").await;
+    // bob2 fails first, bob1 answers before any provisional of its own; the 180s of both
+    // arrive late, after their finals.
+    bob2.reply(&at2, 486, "b2").await;
+    assert_eq!(bob2.next_of("ACK").await.method, "ACK");
+    bob1.reply(&at1, 200, "b1").await;
+    bob2.reply(&at2, 180, "b2").await;
+    bob1.reply(&at1, 180, "b1").await;
+    bob1.reply(&at1, 183, "b1").await;
+    let mut seen = Vec::new();
+    loop {
+        let r = alice.ua.any_response().await;
+        seen.push(r.status);
+        if r.status >= 200 {
+            break;
+        }
+    }
+    // Whatever was still on its way.
+    while let Some(r) = alice.ua.any_response_within(300).await {
+        seen.push(r.status);
+    }
+    let finals: Vec<u16> = seen.iter().copied().filter(|s| *s >= 200).collect();
+    assert_eq!(finals, vec![200], "{seen:?}");
+    let after: Vec<u16> = seen
+        .iter()
+        .skip_while(|s| **s < 200)
+        .skip(1)
+        .copied()
+        .collect();
+    assert!(after.is_empty(), "nothing after the 2xx: {seen:?}");
+}
+
+#[tokio::test]
+async fn rfc6026_every_2xx_retransmission_reaches_the_caller_until_it_acks() {
+    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    let invite = alice.invite("1002", "retrans-1").await;
+    let at1 = bob1.next_of("INVITE").await;
+    let at2 = bob2.next_of("INVITE").await;
+    bob1.reply(&at1, 180, "b1").await;
+    // bob2 answers and, not hearing an ACK, retransmits its 2xx (Timer G of its UAS core).
+    for _ in 0..3 {
+        bob2.reply(&at2, 200, "b2").await;
+    }
+    let mut oks = Vec::new();
+    while oks.len() < 3 {
+        let r = alice.ua.any_response().await;
+        if r.status == 200 {
+            oks.push(r);
+        }
+    }
+    // Each 2xx retransmission is forwarded, and nothing more.
+    while let Some(r) = alice.ua.any_response_within(300).await {
+        assert_ne!(r.status, 200, "a fourth 2xx");
+    }
+    assert!(oks.iter().all(|r| r.to_bytes() == oks[0].to_bytes()));
+    // The caller's ACK reaches the winner and stops it.
+    let mut leg = Phone::caller_leg(&invite, &oks[0]);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    let ack = bob2.next_of("ACK").await;
+    assert_eq!(ack.uri.to_string(), bob2.contact());
+    // The loser is cancelled, but it had answered already (the 2xx crossed the CANCEL):
+    // that 2xx also reaches the caller (RFC 6026 §4.2), so it can ACK and BYE it.
+    let c = bob1.next_of("CANCEL").await;
+    bob1.reply(&c, 200, "b1").await;
+    bob1.reply(&at1, 200, "b1").await;
+    let late = alice.final_of("INVITE").await;
+    assert_eq!(late.status, 200);
+    assert!(late.headers.get(HeaderName::To).unwrap().contains("tag=b1"));
+    let mut late_leg = Phone::caller_leg(&invite, &late);
+    alice
+        .ua
+        .send(&alice.in_dialog(&mut late_leg, "ACK", None))
+        .await;
+    assert_eq!(bob1.next_of("ACK").await.method, "ACK");
+    alice
+        .ua
+        .send(&alice.in_dialog(&mut late_leg, "BYE", None))
+        .await;
+    let bye = bob1.next_of("BYE").await;
+    bob1.reply(&bye, 200, "b1").await;
+    assert_eq!(alice.final_of("BYE").await.status, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc6026_a_2xx_after_the_transactions_ended_is_forwarded_statelessly() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let invite = alice.invite("1002", "late-2xx").await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 200, "b").await;
+    let ok = alice.final_of("INVITE").await;
+    assert_eq!(ok.status, 200);
+    // Timer L (server) and Timer M (client), 64*T1 = 32 s, end both transactions.
+    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+    // The ACK was lost; the phone still retransmits its 2xx: no transaction matches, but it
+    // carries our Via and goes on to the Via below it.
+    bob.reply(&at, 200, "b").await;
+    let again = alice
+        .ua
+        .any_response_within(5_000)
+        .await
+        .expect("the late 2xx is forwarded");
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.headers.list(HeaderName::Via).len(),
+        1,
+        "our Via is removed"
+    );
+    assert_eq!(
+        again.headers.get(HeaderName::Via),
+        invite.headers.get(HeaderName::Via)
+    );
+    // And the end-to-end ACK still goes through by Route.
+    let mut leg = Phone::caller_leg(&invite, &again);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    assert_eq!(bob.next_of("ACK").await.method, "ACK");
+    // A non-2xx without a transaction is dropped (RFC 3261 §16.7 item 3... §18.1.2).
+    bob.reply(&at, 486, "b").await;
+    assert!(alice.ua.any_response_within(1_000).await.is_none());
+}
+
+#[tokio::test]
+async fn rfc3261_16_12_in_dialog_request_of_a_call_we_never_saw_is_forwarded_by_request_uri() {
+    let (s, mut alice, mut bob1, mut bob2) = office().await;
+    // A call set up before a restart that lost it (or through another instance): the BYE
+    // carries our Route and a To tag; the tracker knows nothing of it.
+    let mut leg = common::phone::Leg {
+        call_id: "unknown-1".into(),
+        local: "<sip:1001@example.test>;tag=x".into(),
+        remote: "<sip:1002@example.test>;tag=y".into(),
+        remote_target: bob1.contact(),
+        route: vec![format!("<sip:{};lr>", s.udp)],
+        cseq: 1,
+    };
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = bob1.next_of("BYE").await;
+    assert_eq!(bye.uri.to_string(), bob1.contact());
+    assert!(!bye.headers.has(HeaderName::Route));
+    assert!(!bye.headers.has(HeaderName::RecordRoute));
+    bob1.reply(&bye, 200, "y").await;
+    assert_eq!(alice.final_of("BYE").await.status, 200);
+    assert!(bob2.ua.next_request_within(200).await.is_none());
+    // Addressed to us, without our Route: no dialog of ours, 481.
+    leg.route.clear();
+    leg.remote_target = format!("sip:{}", s.udp);
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let r = alice.final_of("BYE").await;
+    assert_eq!(r.status, 481, "{}", r.reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rfc3261_16_9_a_phone_whose_tcp_connection_closed_fails_its_branch_at_once() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut gone = Phone::new_tcp(s.tcp, "1002", "tcp").await;
+    gone.register().await;
+    drop(gone);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Its binding outlives the connection; we cannot open one towards a phone, so the branch
+    // fails at once (§16.9 would say 503; we answer 480: the phone is not reachable now),
+    // not after Timer B.
+    let t0 = tokio::time::Instant::now();
+    alice.invite("1002", "tcp-gone").await;
+    let r = alice.final_for("tcp-gone").await;
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(r.status, 480, "{}", r.reason);
+    // With a second phone, the call simply rings that one.
+    let mut desk = Phone::registered(s.udp, "1002", "desk").await;
+    alice.invite("1002", "tcp-gone-2").await;
+    let at = desk.next_of("INVITE").await;
+    desk.reply(&at, 200, "d").await;
+    assert_eq!(alice.final_for("tcp-gone-2").await.status, 200);
+}
+
+#[tokio::test]
+async fn rfc3262_reliable_provisional_and_prack_pass_through_the_early_dialog() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let invite = alice.invite("1002", "prack-1").await;
+    let at = bob.next_of("INVITE").await;
+    // A 183 sent reliably (RFC 3262): Require: 100rel, RSeq.
+    let mut p = at.response(183, "Session Progress", Some("b"));
+    for rr in at.headers.all(HeaderName::RecordRoute) {
+        p.headers.push(HeaderName::RecordRoute, rr.to_string());
+    }
+    p.headers
+        .push(HeaderName::Contact, format!("<{}>", bob.contact()));
+    p.headers.push_raw("Require", "100rel");
+    p.headers.push_raw("RSeq", "1");
+    bob.ua.send(&p.to_bytes()).await;
+    let early = loop {
+        let r = alice.ua.any_response().await;
+        if r.status == 183 {
+            break r;
+        }
+    };
+    assert_eq!(early.headers.get_named("rseq"), Some("1"));
+    // The PRACK follows the early dialog's route set to Bob, and its 200 comes back.
+    let mut leg = Phone::caller_leg(&invite, &early);
+    let prack = alice.in_dialog(&mut leg, "PRACK", None);
+    let prack = String::from_utf8(prack)
+        .unwrap()
+        .replace("Content-Length: 0", "RAck: 1 1 INVITE\r\nContent-Length: 0");
+    alice.ua.send(prack.as_bytes()).await;
+    let at_prack = bob.next_of("PRACK").await;
+    assert_eq!(at_prack.headers.get_named("rack"), Some("1 1 INVITE"));
+    assert!(!at_prack.headers.has(HeaderName::Route));
+    bob.reply(&at_prack, 200, "b").await;
+    assert_eq!(alice.final_of("PRACK").await.status, 200);
+    bob.reply(&at, 200, "b").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 200);
+}
+
+#[tokio::test]
+async fn rfc3261_9_1_a_2xx_crossing_the_callers_cancel_still_reaches_it_and_the_call_can_be_ended()
+{
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let mut lamp = common::watcher::Watcher::new(s.udp, "1002").await;
+    let invite = alice.invite("1002", "crossing-1").await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    lamp.until(Some(busylamp::sip::body::dialog_info::DialogState::Early))
+        .await;
+    alice.ua.send(&Phone::cancel(&invite)).await;
+    // Bob had answered before the CANCEL reached him.
+    let c = bob.next_of("CANCEL").await;
+    bob.reply(&at, 200, "b").await;
+    bob.reply(&c, 200, "b").await;
+    let ok = alice.final_of("INVITE").await;
+    assert_eq!(ok.status, 200, "the 2xx wins over the CANCEL");
+    // Alice ACKs and, having cancelled, hangs up (RFC 3261 §9.1, §15).
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    assert_eq!(bob.next_of("ACK").await.method, "ACK");
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = bob.next_of("BYE").await;
+    bob.reply(&bye, 200, "b").await;
+    assert_eq!(alice.final_of("BYE").await.status, 200);
+    lamp.dark().await;
+    assert!(lamp.stays_dark(500).await);
+}
+
+#[tokio::test]
+async fn rfc3261_9_1_a_cancel_waits_for_the_branchs_first_provisional() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let invite = alice.invite("1002", "early-cancel").await;
+    let at = bob.next_of("INVITE").await;
+    // The caller gives up before the phone said anything: the CANCEL is answered at once,
+    // but held back from the phone until it sends a provisional (§9.1).
+    alice.ua.send(&Phone::cancel(&invite)).await;
+    assert_eq!(alice.final_of("CANCEL").await.status, 200);
+    assert!(bob.ua.next_request_within(300).await.is_none());
+    bob.reply(&at, 180, "b").await;
+    let c = bob.next_of("CANCEL").await;
+    bob.reply(&c, 200, "b").await;
+    bob.reply(&at, 487, "b").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 487);
+}
+
+#[tokio::test]
+async fn rfc3261_22_3_in_dialog_requests_of_unknown_dialogs_are_challenged_no_relay_to_the_pbx() {
+    let mut pbx = Phone::new_at("127.0.0.3", "127.0.0.1:9".parse().unwrap(), "pbx", "pbx").await;
+    let s = common::server(&pbx_config(pbx.ua.port())).await;
+    pbx.ua.server = s.udp;
+    // An untrusted host makes up a dialog: a To tag, our Route, and the PBX (which trusts
+    // us) in the Request-URI. Without a challenge it would place a call through the PBX in
+    // our name.
+    let mut mallory = Phone::new(s.udp, "1001", "mallory").await;
+    let mut leg = common::phone::Leg {
+        call_id: "made-up".into(),
+        local: "<sip:1001@example.test>;tag=m".into(),
+        remote: "<sip:900555@example.test>;tag=fake".into(),
+        remote_target: format!("sip:900555@127.0.0.3:{}", pbx.ua.port()),
+        route: vec![format!("<sip:{};lr>", s.udp)],
+        cseq: 1,
+    };
+    for method in ["INVITE", "BYE", "MESSAGE"] {
+        mallory
+            .ua
+            .send(&mallory.in_dialog(&mut leg, method, None))
+            .await;
+        let r = mallory.final_of(method).await;
+        assert_eq!(r.status, 407, "{method}: {} {}", r.status, r.reason);
+    }
+    assert!(
+        pbx.ua.next_request_within(300).await.is_none(),
+        "nothing reaches the PBX"
+    );
+
+    // A dialog we set up needs no further credentials: Alice (challenged) calls Bob, then
+    // hangs up without Proxy-Authorization.
+    let mut bob = Phone::new_at("127.0.0.2", s.udp, "1002", "desk").await;
+    bob.register().await;
+    let mut alice = Phone::new(s.udp, "1001", "a").await;
+    let invite = alice.invite("1002", "known-1").await;
+    let r = alice.final_of("INVITE").await;
+    assert_eq!(r.status, 407);
+    let challenge = r.headers.get(HeaderName::ProxyAuthenticate).unwrap();
+    let mut again = invite.clone();
+    again.headers.set(HeaderName::CSeq, "2 INVITE");
+    again.headers.set(HeaderName::Via, alice.via());
+    again.headers.push(
+        HeaderName::ProxyAuthorization,
+        common::authorization(
+            challenge,
+            "1001",
+            "secret",
+            "INVITE",
+            "sip:1002@example.test",
+            1,
+        ),
+    );
+    alice.ua.send(&again.to_bytes()).await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 200, "b").await;
+    let ok = alice.final_of("INVITE").await;
+    assert_eq!(ok.status, 200);
+    let mut leg = Phone::caller_leg(&again, &ok);
+    leg.cseq = 2;
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    bob.next_of("ACK").await;
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = bob.next_of("BYE").await;
+    bob.reply(&bye, 200, "b").await;
+    assert_eq!(alice.final_of("BYE").await.status, 200);
 }

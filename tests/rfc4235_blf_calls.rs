@@ -5,31 +5,10 @@
 
 mod common;
 
-use busylamp::sip::body::dialog_info::{parse, DialogInfo, DialogState, Direction};
-use busylamp::sip::{HeaderName, Request};
-use common::phone::{Phone, SDP};
-use common::ua::Ua;
-use common::{branch, server, wire, TestServer};
-
-const CALLS: &str = r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-memory-store"
-[auth]
-trusted = ["127.0.0.0/8"]
-[presence]
-coalesce_ms = 0
-[[users]]
-name = "1001"
-password = "a"
-[[users]]
-name = "1002"
-password = "b"
-[[users]]
-name = "1003"
-password = "c"
-"#;
+use busylamp::sip::body::dialog_info::{DialogState, Direction};
+use common::phone::{Phone, CALLS, SDP};
+use common::watcher::Watcher;
+use common::{server, TestServer};
 
 struct Office {
     _s: TestServer,
@@ -39,97 +18,12 @@ struct Office {
     lamp: Watcher,
 }
 
-/// A BLF key of 1003 watching 1002.
-struct Watcher {
-    ua: Ua,
-    last_version: Option<u32>,
-    last_cseq: Option<u32>,
-}
-
-impl Watcher {
-    async fn new(s: &TestServer, presentity: &str) -> Watcher {
-        let mut ua = Ua::new(s.udp).await;
-        let sub = wire(&format!(
-            "SUBSCRIBE sip:{presentity}@example.test SIP/2.0
-            Via: SIP/2.0/UDP 127.0.0.1:{p};branch={b}
-            Max-Forwards: 70
-            From: <sip:1003@example.test>;tag=w1
-            To: <sip:{presentity}@example.test>
-            Call-ID: blf-{presentity}-{p}
-            CSeq: 1 SUBSCRIBE
-            Contact: <sip:1003@127.0.0.1:{p}>
-            Event: dialog
-            Accept: application/dialog-info+xml
-            Expires: 3600
-            ",
-            p = ua.port(),
-            b = branch()
-        ));
-        let r = ua.request(&sub).await;
-        assert_eq!(r.status, 200);
-        let mut w = Watcher {
-            ua,
-            last_version: None,
-            last_cseq: None,
-        };
-        let first = w.next().await;
-        assert!(first.dialogs.is_empty(), "idle at first");
-        w
-    }
-
-    /// The next NOTIFY's document; its version must be exactly one more than the last.
-    /// Retransmissions (same CSeq: our 200 crossed a Timer E firing, which the paused clock
-    /// makes likely) are answered and skipped.
-    async fn next(&mut self) -> DialogInfo {
-        let n: Request = loop {
-            let n = self.ua.notify().await;
-            let cseq = common::ua::cseq_of(&n);
-            if self.last_cseq != Some(cseq) {
-                self.last_cseq = Some(cseq);
-                break n;
-            }
-        };
-        let doc = parse(&n.body).expect("dialog-info body");
-        if let Some(v) = self.last_version {
-            assert_eq!(doc.version, v + 1, "versions go up by one per NOTIFY");
-        }
-        self.last_version = Some(doc.version);
-        doc
-    }
-
-    /// NOTIFYs until the lamp shows `state` for some dialog (or idle for `None`).
-    async fn until(&mut self, state: Option<DialogState>) -> DialogInfo {
-        for _ in 0..10 {
-            let doc = self.next().await;
-            let hit = match state {
-                None => doc
-                    .dialogs
-                    .iter()
-                    .all(|d| d.state == DialogState::Terminated),
-                Some(s) => doc.dialogs.iter().any(|d| d.state == s),
-            };
-            if hit {
-                return doc;
-            }
-        }
-        panic!("lamp never reached {state:?}");
-    }
-
-    /// The lamp goes dark: a terminated document, then (after the linger) the empty one.
-    async fn dark(&mut self) {
-        self.until(None).await;
-    }
-}
-
 async fn office() -> Office {
     let s = server(CALLS).await;
-    let mut alice = Phone::new(s.udp, "1001", "a").await;
-    let mut bob1 = Phone::new(s.udp, "1002", "desk").await;
-    let mut bob2 = Phone::new(s.udp, "1002", "soft").await;
-    alice.register().await;
-    bob1.register().await;
-    bob2.register().await;
-    let lamp = Watcher::new(&s, "1002").await;
+    let alice = Phone::registered(s.udp, "1001", "a").await;
+    let bob1 = Phone::registered(s.udp, "1002", "desk").await;
+    let bob2 = Phone::registered(s.udp, "1002", "soft").await;
+    let lamp = Watcher::new(s.udp, "1002").await;
     Office {
         _s: s,
         alice,
@@ -241,26 +135,15 @@ async fn rfc4235_cancelled_call_lamp_dark() {
     let at2 = o.bob2.ua.next_request().await;
     o.bob1.reply(&at1, 180, "b1").await;
     o.lamp.until(Some(DialogState::Early)).await;
-    let via = invite.headers.get(HeaderName::Via).unwrap();
-    let cancel = format!(
-        "CANCEL sip:1002@example.test SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {f}\r\nTo: {t}\r\nCall-ID: blf-cancel\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
-        f = invite.headers.get(HeaderName::From).unwrap(),
-        t = invite.headers.get(HeaderName::To).unwrap(),
-    );
-    o.alice.ua.send(cancel.as_bytes()).await;
+    o.alice.ua.send(&Phone::cancel(&invite)).await;
     o.lamp.dark().await;
     // The phones' 487s change nothing more for the lamp.
     let c = o.bob1.ua.next_request().await;
     o.bob1.reply(&c, 200, "b1").await;
     o.bob1.reply(&at1, 487, "b1").await;
     o.bob2.reply(&at2, 487, "b2").await;
-    assert!(
-        o.lamp.ua.no_notify(300).await || {
-            // Only the terminated → idle step may follow (the linger ends).
-            let d = o.lamp.next().await;
-            d.dialogs.iter().all(|x| x.state == DialogState::Terminated)
-        }
-    );
+    // Only the terminated → idle step may follow (the linger ends).
+    assert!(o.lamp.stays_dark(300).await);
 }
 
 #[tokio::test]
@@ -339,16 +222,7 @@ async fn rfc4235_reordered_and_duplicated_responses_never_relight_the_lamp() {
     o.bob2.reply(&at2, 200, "b2").await;
     o.bob1.reply(&at1, 180, "b1").await;
     // Nothing may light the lamp again.
-    for _ in 0..3 {
-        if o.lamp.ua.no_notify(300).await {
-            break;
-        }
-        let d = o.lamp.next().await;
-        assert!(
-            d.dialogs.iter().all(|x| x.state == DialogState::Terminated),
-            "lamp relit: {d:?}"
-        );
-    }
+    assert!(o.lamp.stays_dark(300).await, "lamp relit");
 }
 
 #[tokio::test(start_paused = true)]
@@ -362,16 +236,36 @@ async fn rfc4235_no_answer_timer_c_lamp_dark() {
     o.lamp.until(Some(DialogState::Early)).await;
     // Nobody picks up: Timer C (180 s) cancels both branches.
     for (phone, inv, tag) in [(&mut o.bob1, &at1, "b1"), (&mut o.bob2, &at2, "b2")] {
-        let c = loop {
-            let r = phone.ua.next_request_within(200_000).await.expect("CANCEL");
-            if r.method == "CANCEL" {
-                break r;
-            }
-        };
+        let c = phone.next_of_within("CANCEL", 200_000).await;
         phone.reply(&c, 200, tag).await;
         phone.reply(inv, 487, tag).await;
     }
     let r = o.alice.ua.response_within(10_000).await;
     assert_eq!(r.status, 487);
     o.lamp.dark().await;
+}
+
+#[tokio::test]
+async fn rfc4235_identities_and_ids_with_xml_characters_reach_the_lamp_intact() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let mut lamp = Watcher::new(s.udp, "1002").await;
+    // A Call-ID may hold < > ' " and & (RFC 3261 §25.1 word), a display name too.
+    let call_id = "a\"<b>&'c@x";
+    let invite = format!(
+        "INVITE sip:1002@example.test SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: \"Eve <&> \\\"Q\\\"\" <sip:1001@example.test>;tag=ft\r\nTo: <sip:1002@example.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <{c}>\r\nContent-Length: 0\r\n\r\n",
+        via = alice.via(),
+        c = alice.contact(),
+    );
+    alice.ua.send(invite.as_bytes()).await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    let doc = lamp.until(Some(DialogState::Early)).await;
+    let d = &doc.dialogs[0];
+    assert_eq!(d.call_id.as_deref(), Some(call_id));
+    let remote = d.remote.identity.as_ref().expect("caller identity");
+    assert_eq!(remote.display.as_deref(), Some("Eve <&> \"Q\""));
+    bob.reply(&at, 486, "b").await;
+    lamp.dark().await;
 }

@@ -3,7 +3,7 @@
 //! a 4xx whose reason names the problem.
 
 mod common;
-use busylamp::sip::HeaderName;
+use busylamp::sip::{HasHeaders, HeaderName};
 use common::*;
 
 const TRUSTED: &str = r#"
@@ -26,6 +26,22 @@ impl XorShift {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+}
+
+/// A counter of panics in any thread from now on (a panic in a receive task would not fail
+/// a test by itself: the other receivers keep answering). Shared by the tests of this file;
+/// it reads zero at the end of a test only when nothing panicked while it ran.
+fn count_panics() -> &'static std::sync::atomic::AtomicUsize {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            default_hook(info);
+        }));
+    });
+    &PANICS
 }
 
 fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
@@ -310,14 +326,7 @@ fn presence_seeds(port: u16) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn a_storm_of_malformed_presence_requests_leaves_presence_state_intact() {
     use common::ua::{body, Ua};
-    // A panic in a receive task would not fail this test by itself (the other receiver keeps
-    // answering): count them.
-    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        default_hook(info);
-    }));
+    let panics = count_panics();
     let s = server(TRUSTED).await;
     // A watched presentity with a publication: its document must come through unchanged.
     let mut w = Ua::new(s.udp).await;
@@ -391,4 +400,612 @@ async fn a_storm_of_malformed_presence_requests_leaves_presence_state_intact() {
         "the kept publication survived: {after}"
     );
     assert!(before.contains("id=\"k\""));
+    assert_eq!(
+        panics.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a receive task panicked"
+    );
+}
+
+/// Malformed and unserviceable requests the proxy would otherwise forward: each gets a 4xx
+/// whose reason (or Unsupported header) names the problem, and nothing reaches the phone.
+#[tokio::test]
+async fn rfc3261_16_3_malformed_proxied_requests_get_a_4xx_naming_the_problem() {
+    use common::phone::{Phone, CALLS};
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let p = alice.ua.port();
+    let request = |first: &str, extra: &str, cseq: &str, to: &str, call_id: &str| {
+        format!(
+            "{first}\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={b}\r\nMax-Forwards: 70\r\nFrom: <sip:1001@example.test>;tag=a\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nContact: <sip:1001@127.0.0.1:{p}>\r\n{extra}Content-Length: 0\r\n\r\n",
+            b = branch()
+        )
+    };
+    let invite = |extra: &str, call_id: &str| {
+        request(
+            "INVITE sip:1002@example.test SIP/2.0",
+            extra,
+            "1 INVITE",
+            "<sip:1002@example.test>",
+            call_id,
+        )
+    };
+    let many_rr: String = (0..200)
+        .map(|i| format!("Record-Route: <sip:10.0.0.{}:5060;lr>\r\n", i % 250))
+        .collect();
+    let long_rr = format!(
+        "Record-Route: {}\r\n",
+        vec!["<sip:10.0.0.1:5060;lr>"; 500].join(", ")
+    );
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "bad-via",
+            invite("", "bad-via").replace("UDP 127.0.0.1:", "UDP :"),
+            400,
+            "Via",
+        ),
+        (
+            "absurd-cseq",
+            invite("", "absurd-cseq").replace("CSeq: 1 INVITE", "CSeq: 99999999999999 INVITE"),
+            400,
+            "CSeq",
+        ),
+        (
+            "negative-cseq",
+            invite("", "negative-cseq").replace("CSeq: 1 INVITE", "CSeq: -1 INVITE"),
+            400,
+            "CSeq",
+        ),
+        (
+            "cseq-method",
+            invite("", "cseq-method").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+            400,
+            "CSeq method",
+        ),
+        (
+            "empty-to-tag",
+            invite("", "empty-to-tag").replace(
+                "<sip:1002@example.test>\r\n",
+                "<sip:1002@example.test>;tag=\r\n",
+            ),
+            400,
+            "To",
+        ),
+        (
+            // A quoted From tag would land in our Record-Route (ftag) and add a hop to the
+            // dialog's route set.
+            "injected-ftag",
+            invite("", "injected-ftag")
+                .replace("tag=a\r\n", "tag=\"x>, <sip:127.0.0.9:5060;lr\"\r\n"),
+            400,
+            "tag is not a token",
+        ),
+        (
+            "max-forwards",
+            invite("", "max-forwards").replace("Max-Forwards: 70", "Max-Forwards: abc"),
+            400,
+            "Max-Forwards",
+        ),
+        ("many-rr", invite(&many_rr, "many-rr"), 400, "header"),
+        ("long-rr", invite(&long_rr, "long-rr"), 400, "too long"),
+        (
+            "garbage-route",
+            invite("Route: <<<garbage\r\n", "garbage-route"),
+            400,
+            "Route",
+        ),
+        (
+            "http-route",
+            invite("Route: <http://x.test/;lr>\r\n", "http-route"),
+            400,
+            "http",
+        ),
+        (
+            "tel-uri",
+            invite("", "tel-uri").replace("INVITE sip:1002@example.test", "INVITE tel:+15551234"),
+            416,
+            "tel",
+        ),
+        (
+            "prack-not-ours",
+            request(
+                &format!("PRACK {} SIP/2.0", bob.contact()),
+                "RAck: 1 1 INVITE\r\n",
+                "2 PRACK",
+                "<sip:1002@example.test>;tag=zz",
+                "prack-not-ours",
+            ),
+            404,
+            "not routed through us",
+        ),
+        (
+            "cancel-unknown",
+            request(
+                "CANCEL sip:1002@example.test SIP/2.0",
+                "",
+                "1 CANCEL",
+                "<sip:1002@example.test>",
+                "cancel-unknown",
+            ),
+            481,
+            "Does Not Exist",
+        ),
+    ];
+    for (call_id, msg, status, needle) in cases {
+        alice.ua.send(msg.as_bytes()).await;
+        let r = loop {
+            let r = alice.ua.response().await;
+            if r.call_id().ok() == Some(call_id) {
+                break r;
+            }
+        };
+        assert_eq!(r.status, status, "{call_id}: {} {}", r.status, r.reason);
+        assert!(
+            r.reason.to_lowercase().contains(&needle.to_lowercase()),
+            "{call_id}: reason {:?} should name {needle}",
+            r.reason
+        );
+    }
+    // RFC 3261 §16.3 item 5: an extension the proxy does not support in Proxy-Require is
+    // refused with 420 and listed in Unsupported.
+    alice
+        .ua
+        .send(invite("Proxy-Require: x-teleport\r\n", "proxy-require").as_bytes())
+        .await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 420, "{}", r.reason);
+    assert_eq!(r.headers.get(HeaderName::Unsupported), Some("x-teleport"));
+    assert!(
+        bob.ua.next_request_within(300).await.is_none(),
+        "nothing malformed reaches the phone"
+    );
+}
+
+/// Whether the server, handling `m`, could only ever send to loopback addresses: every
+/// host it might route a request by (Request-URI, Route, `maddr`) or send a stateless
+/// response to (Via, `received`) is a loopback IP literal. Mutants that fail this are not
+/// sent: a mutated host name would make the server ask DNS, and a mutated address would
+/// make it send off this machine.
+fn stays_on_loopback(m: &[u8]) -> bool {
+    use busylamp::sip::parse::{parse_message, Limits};
+    use busylamp::sip::{Message, NameAddr, Uri};
+    let loopback = |u: &Uri| match u {
+        Uri::Sip(s) => {
+            let host_ok = s.host.ip().is_some_and(|ip| ip.is_loopback());
+            let maddr_ok = s.param("maddr").is_none_or(|m| {
+                m.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+            });
+            host_ok && maddr_ok
+        }
+        Uri::Other { .. } => true,
+    };
+    match parse_message(m, &Limits::default()) {
+        Err(_) => true,
+        // A CANCEL is matched to its INVITE, never routed by its URI.
+        Ok(Message::Request(r)) if r.method == "CANCEL" => true,
+        Ok(Message::Request(r)) => {
+            loopback(&r.uri)
+                && r.headers
+                    .list(HeaderName::Route)
+                    .iter()
+                    .all(|v| NameAddr::parse(v).map_or(true, |na| loopback(&na.uri)))
+        }
+        Ok(Message::Response(r)) => r.vias().is_ok_and(|vias| {
+            vias.iter().all(|v| {
+                v.host.ip().is_some_and(|ip| ip.is_loopback())
+                    && v.params.value("received").is_none_or(|a| {
+                        a.parse::<std::net::IpAddr>()
+                            .map_or(true, |ip| ip.is_loopback())
+                    })
+            })
+        }),
+    }
+}
+
+/// The top Via branch of a request the server can answer and whose answers come back to
+/// the socket at `port`, read leniently and independently of the server's parser (lines end
+/// at LF, a CR before it dropped; the head ends at the first empty line, and without one the
+/// last line was cut; folded lines join their field; fields with a stray CR or NUL, or over
+/// 8 KiB, are unreadable): Via, From, To, Call-ID and CSeq are readable, the CSeq method is
+/// not ACK, and the top Via is ours, without rport.
+fn answerable_branch(m: &[u8], port: u16) -> Option<String> {
+    use busylamp::sip::Via;
+    if m.starts_with(b"SIP/") || m.starts_with(b"ACK ") {
+        return None;
+    }
+    let mut lines: Vec<&[u8]> = Vec::new();
+    let mut complete = false;
+    for line in m.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() && !lines.is_empty() {
+            complete = true;
+            break;
+        }
+        lines.push(line);
+    }
+    if !complete {
+        lines.pop();
+    }
+    if lines.first().is_none_or(|l| l.len() > 8 * 1024) {
+        return None;
+    }
+    // Fields: a line and its continuation lines.
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    for line in &lines[1..] {
+        match (line.first(), fields.last_mut()) {
+            (Some(b' ' | b'\t'), Some(last)) => {
+                last.push(b' ');
+                last.extend_from_slice(line);
+            }
+            _ => fields.push(line.to_vec()),
+        }
+    }
+    let mut found: std::collections::HashMap<&str, String> = Default::default();
+    for field in &fields {
+        let Ok(field) = std::str::from_utf8(field) else {
+            continue;
+        };
+        if field.len() > 8 * 1024 || field.bytes().any(|b| b == b'\r' || b == 0) {
+            continue;
+        }
+        let Some((name, value)) = field.split_once(':') else {
+            continue;
+        };
+        let key = match name.trim_end().to_ascii_lowercase().as_str() {
+            "via" | "v" => "via",
+            "from" | "f" => "from",
+            "to" | "t" => "to",
+            "call-id" | "i" => "call-id",
+            "cseq" => "cseq",
+            _ => continue,
+        };
+        found.entry(key).or_insert_with(|| value.trim().to_string());
+    }
+    if found.len() < 5 {
+        return None;
+    }
+    if found["cseq"].split_ascii_whitespace().nth(1) == Some("ACK") {
+        return None;
+    }
+    let top = found["via"].split(',').next()?.trim().to_string();
+    let via = Via::parse(&top).ok()?;
+    if via.sent_by() != format!("127.0.0.1:{port}") || via.params.has("rport") {
+        return None;
+    }
+    via.branch()
+}
+
+/// A 2xx to INVITE with a To tag other than `tag`: another fork answering, which a real
+/// caller would ACK and BYE (RFC 6026); the test's caller does not, so such mutants would
+/// leave a confirmed dialog nobody hangs up until `max_lifetime`.
+fn answers_as_another_fork(m: &[u8], tag: &str) -> bool {
+    use busylamp::sip::parse::{parse_message, Limits};
+    use busylamp::sip::Message;
+    match parse_message(m, &Limits::default()) {
+        Ok(Message::Response(r)) => {
+            (200..300).contains(&r.status)
+                && r.to_hdr().ok().and_then(|t| t.tag()).as_deref() != Some(tag)
+        }
+        _ => false,
+    }
+}
+
+/// Thousands of mutants of the messages of a call in progress (INVITE, CANCEL, ACK, BYE,
+/// re-INVITE, PRACK from the caller's side; 1xx/2xx/4xx from the callee's side, with bad
+/// Vias, To tags, CSeqs, Contacts, SDP, Record-Route lists) from a socket of their own: no
+/// panic, the server still answers, the call can still be ended, new calls work, and the
+/// callee's lamp ends dark.
+#[tokio::test(start_paused = true)]
+async fn a_storm_of_mutated_call_messages_leaves_calls_working_and_the_lamp_dark() {
+    use busylamp::sip::body::dialog_info::DialogState;
+    use common::phone::{Phone, CALLS, SDP};
+    use common::watcher::{dark, Watcher};
+    let panics = count_panics();
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let mut lamp = Watcher::new(s.udp, "1002").await;
+
+    // The live call: ringing.
+    let invite = alice.invite("1002", "live").await;
+    let at = bob.ua.next_request().await;
+    assert_eq!(at.method, "INVITE");
+    bob.reply(&at, 180, "b").await;
+    lamp.until(Some(DialogState::Early)).await;
+
+    // Seeds: what the caller and the callee could send, in a few broken shapes each. Requests
+    // from the junk socket get a fresh branch each (a repeated branch is only a
+    // retransmission); the caller's INVITE and CANCEL and the callee's responses keep theirs,
+    // so that they reach the live transactions.
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let jp = junk.local_addr().unwrap().port();
+    let us = s.udp;
+    let ap = alice.ua.port();
+    let bob_contact = bob.contact();
+    let huge_rr: String = (0..60)
+        .map(|i| format!("Record-Route: <sip:127.0.0.{}:5060;lr>\r\n", 1 + i % 200))
+        .collect();
+    let garbage_sdp = "v=0\r\no=- x\r\nc=IN IP4 999.1.1.1\r\nm=audio -1 RTP/AVP\r\na=sendonly\r\na=inactive\r\n\u{1}\u{7f}";
+    let hold = SDP.replace("a=sendrecv", "a=sendonly");
+    type Seed<'a> = Box<dyn Fn() -> Vec<u8> + 'a>;
+    let in_dialog = |method: &'static str, cseq: u32, extra: String, body: String| -> Seed {
+        let bob_contact = bob_contact.clone();
+        Box::new(move || {
+            format!(
+                "{method} {bob_contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{jp};branch={b}\r\nMax-Forwards: 70\r\nRoute: <sip:{us};lr>\r\nFrom: \"1001 a\" <sip:1001@example.test>;tag=from-live\r\nTo: \"Ext 1002\" <sip:1002@example.test>;tag=b\r\nCall-ID: live\r\nCSeq: {cseq} {method}\r\nContact: <sip:1001@127.0.0.1:{ap}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                body.len(),
+                b = branch()
+            )
+            .into_bytes()
+        })
+    };
+    let sdp_type = || "Content-Type: application/sdp\r\n".to_string();
+    let new_call = |extra: String, contact: &'static str, body: &'static str| -> Seed {
+        Box::new(move || {
+            format!(
+                "INVITE sip:1003@{us} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{jp};branch={b}\r\nMax-Forwards: 70\r\nFrom: <sip:1001@example.test>;tag=n1\r\nTo: <sip:1003@example.test>\r\nCall-ID: storm-{b}\r\nCSeq: 1 INVITE\r\n{contact}{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len(),
+                b = branch()
+            )
+            .into_bytes()
+        })
+    };
+    let response = |status: u16, contact: Option<&str>, extra_rr: bool, body: &str| -> Seed {
+        let mut r = at.response(status, "Whatever", Some("b"));
+        for rr in at.headers.all(HeaderName::RecordRoute) {
+            r.headers.push(HeaderName::RecordRoute, rr.to_string());
+        }
+        if extra_rr {
+            for i in 0..60 {
+                r.headers.push(
+                    HeaderName::RecordRoute,
+                    format!("<sip:127.0.0.{}:5060;lr>", 1 + i),
+                );
+            }
+        }
+        match contact {
+            Some("") => {}
+            Some(c) => r.headers.push(HeaderName::Contact, c.to_string()),
+            None => r
+                .headers
+                .push(HeaderName::Contact, format!("<{bob_contact}>")),
+        }
+        if !body.is_empty() {
+            r.headers.push(HeaderName::ContentType, "application/sdp");
+            r.body = body.as_bytes().to_vec();
+        }
+        let bytes = r.to_bytes();
+        Box::new(move || bytes.clone())
+    };
+    let fixed = |bytes: Vec<u8>| -> Seed { Box::new(move || bytes.clone()) };
+    let mut rng = XorShift(0x0ca1_1ed5_7012_3456);
+    let mut storm = |seeds: &[Seed], n: usize| {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let seed = &seeds[rng.below(seeds.len())];
+            let m = mutate(&mut rng, &seed());
+            // Never a mutant that could make the server leave loopback, and never another
+            // fork's 2xx (the caller here would not hang it up).
+            if stays_on_loopback(&m) && !answers_as_another_fork(&m, "b") {
+                out.push(m);
+            }
+        }
+        out
+    };
+    // While it rings: the caller's INVITE again, PRACK, new calls; the callee's
+    // provisionals and answers (a 2xx with the callee's tag answers the call, as its own
+    // would).
+    let ringing: Vec<Seed> = vec![
+        fixed(invite.to_bytes()),
+        in_dialog("PRACK", 2, "RAck: 1 1 INVITE\r\n".into(), String::new()),
+        new_call(
+            String::new(),
+            "Contact: <sip:1001@127.0.0.1:9>\r\n",
+            garbage_sdp,
+        ),
+        new_call(
+            huge_rr.clone(),
+            "Contact: <mailto:nobody@example.test>\r\n",
+            SDP,
+        ),
+        new_call(String::new(), "", ""),
+        response(180, None, false, ""),
+        response(183, None, false, garbage_sdp),
+        response(180, Some("<tel:+15550000>"), true, ""),
+        response(200, None, false, SDP),
+        response(200, Some(""), false, SDP),
+    ];
+    // Once answered: ACK, re-INVITEs (hold, garbage SDP), PRACK, UPDATE with a huge
+    // Record-Route list, CANCEL of the answered INVITE, 2xx retransmissions and a late 486.
+    let answered: Vec<Seed> = vec![
+        fixed(Phone::cancel(&invite)),
+        in_dialog("ACK", 1, String::new(), String::new()),
+        in_dialog("INVITE", 3, sdp_type(), hold.clone()),
+        in_dialog("INVITE", 4, sdp_type(), garbage_sdp.into()),
+        in_dialog("PRACK", 5, "RAck: 1 1 INVITE\r\n".into(), String::new()),
+        in_dialog("UPDATE", 6, huge_rr.clone(), String::new()),
+        new_call(
+            String::new(),
+            "Contact: <sip:1001@127.0.0.1:9>\r\n",
+            garbage_sdp,
+        ),
+        response(200, None, false, SDP),
+        response(200, Some("<tel:+15550000>"), true, ""),
+        response(486, None, false, ""),
+    ];
+    let hanging_up: Vec<Seed> = vec![in_dialog("BYE", 7, String::new(), String::new())];
+    let phases = [
+        storm(&ringing, 2000),
+        storm(&answered, 2500),
+        storm(&hanging_up, 500),
+    ];
+    let junk = std::sync::Arc::new(junk);
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(String, u16, String, String)>::new(),
+    ));
+    let reader = {
+        let junk = junk.clone();
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = junk.recv_from(&mut buf).await {
+                if let Ok(busylamp::sip::Message::Response(r)) =
+                    busylamp::sip::parse::parse_message(&buf[..n], &Default::default())
+                {
+                    let b = r
+                        .top_via()
+                        .ok()
+                        .and_then(|v| v.branch())
+                        .unwrap_or_default();
+                    let method = r.cseq().map(|c| c.method).unwrap_or_default();
+                    answers
+                        .lock()
+                        .unwrap()
+                        .push((b, r.status, r.reason.clone(), method));
+                }
+            }
+        })
+    };
+    let mut sent = 0;
+    for (phase, mutants) in phases.iter().enumerate() {
+        if phase == 1 {
+            // Bob answers for real.
+            bob.reply(&at, 200, "b").await;
+        }
+        for (i, m) in mutants.iter().enumerate() {
+            let _ = junk.send_to(m, s.udp).await;
+            sent += 1;
+            if i % 50 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
+    assert!(sent > 4500, "{sent} sent");
+    // Still answering (Alice also hears the answers to the mutants of her INVITE and CANCEL).
+    let probe = branch();
+    alice.ua.send(&options(alice.ua.port(), &probe)).await;
+    let r = loop {
+        let r = alice.ua.response().await;
+        if r.call_id().ok() == Some(format!("probe-{probe}").as_str()) {
+            break r;
+        }
+    };
+    assert_eq!(r.status, 200, "{}", r.reason);
+
+    // The live call ends as a call does, whatever state the storm left it in: Bob answers
+    // (or repeats his answer), Alice ACKs and hangs up.
+    bob.reply(&at, 200, "b").await;
+    let route = vec![format!("<sip:{us};lr>")];
+    let mut leg = common::phone::Leg {
+        call_id: "live".into(),
+        local: invite.headers.get(HeaderName::From).unwrap().to_string(),
+        remote: format!("{};tag=b", invite.headers.get(HeaderName::To).unwrap()),
+        remote_target: bob.contact(),
+        route,
+        cseq: 100,
+    };
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    // Bob answers whatever reaches him for the live call.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    while tokio::time::Instant::now() < deadline {
+        let Some(r) = bob.ua.next_request_within(5_000).await else {
+            break;
+        };
+        if r.call_id().ok() == Some("live") && r.method != "ACK" {
+            bob.reply(&r, 200, "b").await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    // Every request mutant that can be answered (its Via, From, To, Call-ID and CSeq read,
+    // its Via ours, not an ACK) was answered with a final response: its own 4xx, or the
+    // answer of the phone it was forwarded to, or 408 when the phone kept quiet; and no 400
+    // is a bare "Bad Request".
+    {
+        let answers = answers.lock().unwrap();
+        let answered: std::collections::HashSet<&str> = answers
+            .iter()
+            .filter(|a| a.1 >= 200)
+            .map(|a| a.0.as_str())
+            .collect();
+        let mut unanswered = Vec::new();
+        let mut answerable = 0;
+        for m in phases.iter().flatten() {
+            if let Some(b) = answerable_branch(m, jp) {
+                answerable += 1;
+                if !answered.contains(b.as_str()) {
+                    unanswered.push(String::from_utf8_lossy(m).into_owned());
+                }
+            }
+        }
+        assert!(answerable > 1000, "only {answerable} answerable mutants");
+        assert!(
+            unanswered.is_empty(),
+            "{} requests unanswered, e.g. {:?}",
+            unanswered.len(),
+            &unanswered[..unanswered.len().min(3)]
+        );
+        let bare: Vec<_> = answers
+            .iter()
+            .filter(|a| a.1 == 400 && a.2 == "Bad Request")
+            .collect();
+        assert!(bare.is_empty(), "400 without a reason: {}", bare.len());
+        // An ACK is never answered (RFC 3261 §17), however broken.
+        assert!(answers.iter().all(|a| a.3 != "ACK"), "an ACK was answered");
+    }
+    reader.abort();
+    // Everything the storm started has timed out by now (Timer B, C, the wait after a
+    // CANCEL): the lamp is dark.
+    tokio::time::sleep(std::time::Duration::from_secs(250)).await;
+    let doc = lamp.settled(2_000).await.expect("the lamp changed");
+    let states: Vec<DialogState> = doc.dialogs.iter().map(|d| d.state).collect();
+    assert!(dark(&states), "the lamp is not dark: {doc:?}");
+    let calls = s.handle.core.calls();
+    assert!(
+        calls.iter().all(|c| c.is_terminated()),
+        "calls left: {calls:?}"
+    );
+    // Nothing the storm started is still held once the transaction timers have run.
+    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+    assert_eq!(
+        s.handle.core.in_flight(),
+        busylamp::server::InFlight::default()
+    );
+
+    // A new call works from start to end.
+    let invite = alice.invite("1002", "after-storm").await;
+    let at = loop {
+        let r = bob.ua.next_request().await;
+        if r.call_id().ok() == Some("after-storm") && r.method == "INVITE" {
+            break r;
+        }
+    };
+    bob.reply(&at, 180, "b2").await;
+    bob.reply(&at, 200, "b2").await;
+    let ok = loop {
+        let r = alice.ua.response().await;
+        if r.call_id().ok() == Some("after-storm") && r.cseq().unwrap().method == "INVITE" {
+            break r;
+        }
+    };
+    assert_eq!(ok.status, 200);
+    lamp.until(Some(DialogState::Confirmed)).await;
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
+    let bye = loop {
+        let r = bob.ua.next_request().await;
+        if r.call_id().ok() == Some("after-storm") && r.method == "BYE" {
+            break r;
+        }
+    };
+    bob.reply(&bye, 200, "b2").await;
+    lamp.dark().await;
+    assert_eq!(
+        panics.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a task panicked"
+    );
 }

@@ -38,6 +38,13 @@ pub(crate) struct Forwarding {
     pub(crate) timers: Deadlines<(TxKey, usize, BranchTimer)>,
 }
 
+impl Forwarding {
+    /// Response contexts held.
+    pub(crate) fn len(&self) -> usize {
+        self.contexts.len()
+    }
+}
+
 struct Forwarded {
     ctx: Context,
     /// The request as it arrived (our stamps on its Via) after route preprocessing.
@@ -111,13 +118,29 @@ impl Core {
         if let Err(e) = Proxy::check_max_forwards(&req) {
             return self.proxy_answer(&key, &req, e.status(), &e.to_string());
         }
+        // RFC 3261 §16.6 item 8: the hash covers the request as received, before route
+        // preprocessing and credential removal change it, so a request that comes back with
+        // what we sent it out with (e.g. a shorter Route) is a spiral, not a loop.
+        let loop_hash = self.proxy.loop_hash(&req);
         let vias = req.vias().unwrap_or_default();
-        if self.proxy.is_loop(&req, &vias) {
+        if self.proxy.is_loop(&loop_hash, &vias) {
             let e = super::ProxyError::Loop;
             return self.proxy_answer(&key, &req, e.status(), &e.to_string());
         }
+        if let Err(e) = Proxy::check_proxy_require(&req) {
+            let mut r = req.response(e.status(), &e.to_string(), Some(&self.ids.tag()));
+            if let super::ProxyError::BadExtension(tags) = &e {
+                r.headers.push(HeaderName::Unsupported, tags.join(", "));
+            }
+            return self.respond(&key, r);
+        }
         let in_dialog = parsed.to.tag().is_some();
-        if !in_dialog {
+        // Requests in a dialog we set up (the tracker knows its parties) need no credentials.
+        // Anything else, a To tag included, comes from a trusted source or authenticates: a
+        // made-up dialog (any To tag and our Route) would otherwise have us relay any request
+        // anywhere in our name, e.g. an INVITE to the PBX that trusts us.
+        let known_dialog = in_dialog && self.flow_for(&req).is_some();
+        if !known_dialog {
             if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
                 return self.respond(&key, resp);
             }
@@ -137,6 +160,12 @@ impl Core {
                     "Not Found: in-dialog request not routed through us",
                 )
             };
+        }
+        // A Route we would send the request on by must name a SIP URI we can reach.
+        if req.headers.has(HeaderName::Route) {
+            if let Err(e) = next_hop_uri(&req) {
+                return self.proxy_answer(&key, &req, e.status(), &e.to_string());
+            }
         }
         let upstream = self.upstream_peer();
         let from_upstream = upstream.is_some_and(|u| u.remote.ip() == peer.remote.ip());
@@ -181,7 +210,6 @@ impl Core {
                 req.method.as_str(),
                 "INVITE" | "SUBSCRIBE" | "REFER" | "NOTIFY"
             );
-        let loop_hash = self.proxy.loop_hash(&req);
         let call = if invite && !in_dialog {
             self.track_invite(&req, parsed, &peer)
         } else {
@@ -331,10 +359,10 @@ impl Core {
 
     /// Sends branch `i` of `key` to `peer` through a new client transaction.
     fn send_branch(self: &Arc<Self>, key: &TxKey, i: usize, hop: Hop, peer: Peer) {
-        if !self.transport.can_reach(&peer) {
-            // A TCP phone whose connection is gone (we do not connect out): fail the branch
-            // now rather than after Timer B's 32 s of silence.
-            tracing::debug!(%peer, "branch not sent: no connection");
+        if !self.transport.reaches(&peer) {
+            // RFC 3261 §16.9 counts a transport error as a 503 from that branch; we answer it
+            // as 480 instead: the phone is not reachable now (its TCP connection closed and we
+            // cannot open one to it), and a 503 would reach the caller as 500.
             return self.fail_branch(
                 key,
                 i,
@@ -886,15 +914,24 @@ impl Core {
     }
 
     /// A response that matched no client transaction: a 2xx to an INVITE we forwarded goes on
-    /// (our Via removed); anything else is dropped (§16.7 item 3... §18.1.2).
+    /// (our Via removed); anything else is dropped (§16.7 item 3... §18.1.2), and so is a
+    /// 2xx whose top Via is not one we made (another sent-by, or a branch not minted under
+    /// our secret): forwarding it would let anyone bounce a response off us to the address
+    /// in the Via below.
     pub(crate) fn proxy_stray_response(self: &Arc<Self>, mut resp: Response) -> bool {
         let Ok(via) = resp.top_via() else {
             return false;
         };
-        self.track_stray(&resp);
-        let ours = via
-            .branch()
-            .is_some_and(|b| b.starts_with(&format!("{}L", crate::sip::header::BRANCH_MAGIC)));
+        // Our branches: the magic cookie, `L`, the 8-digit loop hash, then `branch_from`'s.
+        let minted = via.branch().is_some_and(|b| {
+            b.get(crate::sip::header::BRANCH_MAGIC.len() + 9..)
+                .is_some_and(|tail| crate::transaction::is_branch_from(tail, self.branch_secret))
+        });
+        let ours = self.proxy.is_our_via(&via) && minted;
+        if ours {
+            // Only responses to our own branches may move a call's lamp.
+            self.track_stray(&resp);
+        }
         let invite_2xx =
             (200..300).contains(&resp.status) && resp.cseq().is_ok_and(|c| c.method == "INVITE");
         if !ours || !invite_2xx {

@@ -33,6 +33,13 @@ pub enum ProxyError {
     BadRoute(String),
     #[error("Forbidden: calls may only be made as the authenticated user")]
     WrongIdentity,
+    /// RFC 3261 §16.3 item 5: Proxy-Require names extensions we do not support (listed in
+    /// the answer's Unsupported header).
+    #[error("Bad Extension: Proxy-Require {}", .0.join(", "))]
+    BadExtension(Vec<String>),
+    /// RFC 3261 §16.3 item 2: a Request-URI scheme we cannot route.
+    #[error("Unsupported URI Scheme {0}")]
+    UnsupportedScheme(String),
 }
 
 impl ProxyError {
@@ -44,6 +51,8 @@ impl ProxyError {
             ProxyError::NotRegistered => 480,
             ProxyError::BadRoute(_) => 400,
             ProxyError::WrongIdentity => 403,
+            ProxyError::BadExtension(_) => 420,
+            ProxyError::UnsupportedScheme(_) => 416,
         }
     }
 }
@@ -154,7 +163,24 @@ impl Proxy {
         }
     }
 
-    /// The loop-detection hash of RFC 3261 §16.6 item 8: the fields that change when a
+    /// RFC 3261 §16.3 item 5: every option tag in Proxy-Require must be one this proxy
+    /// supports, and it supports none.
+    pub fn check_proxy_require(req: &Request) -> Result<(), ProxyError> {
+        let tags: Vec<String> = req
+            .headers
+            .list(HeaderName::ProxyRequire)
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        if tags.is_empty() {
+            Ok(())
+        } else {
+            Err(ProxyError::BadExtension(tags))
+        }
+    }
+
+    /// The loop-detection hash of RFC 3261 §16.6 item 8, of a request as received: the fields that change when a
     /// request spirals legitimately (Request-URI, Route, Proxy-Require, Proxy-Authorization)
     /// plus the transaction identity. Eight hex digits, in our Via branch after `z9hG4bKL`.
     pub fn loop_hash(&self, req: &Request) -> String {
@@ -178,27 +204,33 @@ impl Proxy {
         format!("{:08x}", h.finish() as u32)
     }
 
-    /// RFC 3261 §16.3 item 4: the request already went through us with the same loop hash
-    /// (a spiral changes the Request-URI or Route, and so the hash).
-    pub fn is_loop(&self, req: &Request, vias: &[Via]) -> bool {
-        let prefix = format!(
-            "{}L{}",
-            crate::sip::header::BRANCH_MAGIC,
-            self.loop_hash(req)
-        );
-        vias.iter().any(|v| {
-            v.branch().is_some_and(|b| b.starts_with(&prefix))
-                && self.local.iter().any(|(_, a)| {
-                    let sent_by = self.advertised(*a);
-                    v.sent_by().eq_ignore_ascii_case(&sent_by)
-                })
-        })
+    /// RFC 3261 §16.3 item 4: a request whose [`loop_hash`](Self::loop_hash) (of the request
+    /// as received) is `hash` already went through us unchanged (a spiral changes the
+    /// Request-URI or Route, and so the hash).
+    pub fn is_loop(&self, hash: &str, vias: &[Via]) -> bool {
+        let prefix = format!("{}L{hash}", crate::sip::header::BRANCH_MAGIC);
+        vias.iter()
+            .any(|v| v.branch().is_some_and(|b| b.starts_with(&prefix)) && self.is_our_via(v))
+    }
+
+    /// Whether a Via was put there by this proxy: a branch of the form we give forwarded
+    /// requests (`z9hG4bKL`...) and the sent-by of one of our sockets (RFC 3261 §18.1.2: a
+    /// response whose top Via is not ours is discarded).
+    pub fn is_our_via(&self, via: &Via) -> bool {
+        let ours = format!("{}L", crate::sip::header::BRANCH_MAGIC);
+        via.branch().is_some_and(|b| b.starts_with(&ours))
+            && self
+                .local
+                .iter()
+                .any(|(_, a)| via.sent_by().eq_ignore_ascii_case(&self.advertised(*a)))
     }
 
     /// RFC 3261 §16.4 route information preprocessing. A strict router before us put our
-    /// URI in the Request-URI: the last Route is the real one. Then our own entries on top of
-    /// Route are removed (two when we double Record-Routed). Returns whether a Route of ours
-    /// was removed (the request was routed to us, e.g. in-dialog).
+    /// URI in the Request-URI: the last Route is the real one. Then every entry of ours on top
+    /// of Route is removed: two when we double Record-Routed, and any further ones, which
+    /// would only send the request back to us for another pass (a transaction pair and a
+    /// Record-Route entry each). Returns whether a Route of ours was removed (the request
+    /// was routed to us, e.g. in-dialog).
     pub fn preprocess_routes(&self, req: &mut Request) -> bool {
         if let Some(u) = req.uri.as_sip() {
             if self.is_us(u) && req.headers.has(HeaderName::Route) {
@@ -217,15 +249,12 @@ impl Proxy {
             }
         }
         let mut removed = false;
-        for _ in 0..2 {
-            let Some(top) = req
-                .headers
-                .list(HeaderName::Route)
-                .first()
-                .map(|s| s.to_string())
-            else {
-                break;
-            };
+        while let Some(top) = req
+            .headers
+            .list(HeaderName::Route)
+            .first()
+            .map(|s| s.to_string())
+        {
             let ours = crate::sip::NameAddr::parse(&top)
                 .ok()
                 .and_then(|na| na.uri.as_sip().map(|u| self.is_us(u)))
@@ -254,11 +283,16 @@ impl Proxy {
         if in_dialog || req.headers.has(HeaderName::Route) {
             return Ok(Targets::Onward);
         }
+        let upstream_ok = self.upstream.is_some() && !from_upstream;
         let Some(uri) = req.uri.as_sip() else {
-            return Err(ProxyError::NoRoute);
+            // A tel: number is the PBX's business; without a PBX we cannot route it.
+            return if upstream_ok {
+                Ok(Targets::Upstream)
+            } else {
+                Err(ProxyError::UnsupportedScheme(req.uri.scheme().to_string()))
+            };
         };
         let local = self.serves(&uri.host) && uri.user.is_some();
-        let upstream_ok = self.upstream.is_some() && !from_upstream;
         if !local {
             if self.is_us(uri) || self.serves(&uri.host) {
                 return Err(ProxyError::NoRoute);
@@ -379,19 +413,21 @@ pub fn strip_top_via(resp: &mut Response) {
 }
 
 /// The URI the next hop is taken from: the top Route, else the Request-URI (§16.6 item 6/7).
+/// The error names the header that cannot be routed by.
 pub fn next_hop_uri(req: &Request) -> Result<SipUri, ProxyError> {
-    let uri = match req.headers.list(HeaderName::Route).first() {
-        Some(r) => {
+    let (uri, from) = match req.headers.list(HeaderName::Route).first() {
+        Some(r) => (
             crate::sip::NameAddr::parse(r)
                 .map_err(|e| ProxyError::BadRoute(format!("Route header: {e}")))?
-                .uri
-        }
-        None => req.uri.clone(),
+                .uri,
+            "Route header",
+        ),
+        None => (req.uri.clone(), "Request-URI"),
     };
     match uri {
         Uri::Sip(u) => Ok(u),
         Uri::Other { scheme, .. } => Err(ProxyError::BadRoute(format!(
-            "cannot route to a {scheme}: URI"
+            "{from}: cannot route to a {scheme}: URI"
         ))),
     }
 }
@@ -527,6 +563,41 @@ Content-Length: 0\n\n";
     }
 
     #[test]
+    fn rfc3261_16_3_proxy_require_and_uri_scheme_are_checked() {
+        let r = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Max-Forwards: 70\nProxy-Require: foo, bar\n",
+        ));
+        let e = Proxy::check_proxy_require(&r).unwrap_err();
+        assert_eq!(
+            e,
+            ProxyError::BadExtension(vec!["foo".into(), "bar".into()])
+        );
+        assert_eq!(
+            (e.status(), e.to_string().as_str()),
+            (420, "Bad Extension: Proxy-Require foo, bar")
+        );
+        assert!(Proxy::check_proxy_require(&req(INVITE)).is_ok());
+        let tel = req(&INVITE.replace("INVITE sip:1002@example.com", "INVITE tel:+15551234"));
+        let e = proxy().targets(&tel, false, &[], false, false).unwrap_err();
+        assert_eq!(
+            (e.status(), e.to_string().as_str()),
+            (416, "Unsupported URI Scheme tel")
+        );
+        let bad_route = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Max-Forwards: 70\nRoute: <http://x.test/>\n",
+        ));
+        let e = next_hop_uri(&bad_route).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(
+            e.to_string()
+                .contains("Route header: cannot route to a http: URI"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn rfc3261_16_6_branch_decrements_max_forwards_and_adds_via_and_record_route() {
         let r = req(INVITE);
         let hop = Hop {
@@ -566,6 +637,16 @@ Content-Length: 0\n\n";
         assert_eq!(
             r.headers.list(HeaderName::Route),
             vec!["<sip:pbx.example.net;lr>"]
+        );
+        // Our address again and again: all of it goes in one pass.
+        let mut r = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Max-Forwards: 70\nRoute: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.10;lr>\nRoute: <sip:192.0.2.10:5060;lr>, <sip:1002@192.0.2.8;lr>\n",
+        ));
+        assert!(p.preprocess_routes(&mut r));
+        assert_eq!(
+            r.headers.list(HeaderName::Route),
+            vec!["<sip:1002@192.0.2.8;lr>"]
         );
         // A strict router before us: Request-URI is ours, the last Route is the target.
         let mut s = req(&INVITE
@@ -654,16 +735,20 @@ Content-Length: 0\n\n";
             "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKL{h}abc"
         ))
         .unwrap();
-        assert!(p.is_loop(&r, std::slice::from_ref(&via)));
+        assert!(p.is_loop(&h, std::slice::from_ref(&via)));
         // A spiral: the Request-URI changed, so the hash differs.
         let spiral =
             req(&INVITE.replace("INVITE sip:1002@example.com", "INVITE sip:1003@example.com"));
-        assert!(!p.is_loop(&spiral, &[via]));
+        assert!(!p.is_loop(&p.loop_hash(&spiral), &[via]));
         let other = Via::parse(&format!(
             "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKL{h}abc"
         ))
         .unwrap();
-        assert!(!p.is_loop(&r, &[other]));
+        assert!(!p.is_loop(&h, std::slice::from_ref(&other)));
+        // A response only comes back through a Via of ours: our branch form and sent-by.
+        assert!(p.is_our_via(&Via::parse("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKLab").unwrap()));
+        assert!(!p.is_our_via(&other));
+        assert!(!p.is_our_via(&Via::parse("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKab").unwrap()));
     }
 
     #[test]

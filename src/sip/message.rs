@@ -400,6 +400,14 @@ impl Request {
         let top_via = vias.swap_remove(0);
         let from = self.from_hdr()?;
         let to = self.to_hdr()?;
+        // RFC 3261 §25.1: tag-param = "tag" EQUAL token. A tag is copied into other headers
+        // (the proxy's Record-Route ftag) and documents; a quoted one with commas or angle
+        // brackets would inject into them.
+        for (name, h) in [("From", &from), ("To", &to)] {
+            if h.tag().is_some_and(|t| !crate::sip::text::is_token(&t)) {
+                return Err(MessageError::BadValue(name, "tag is not a token"));
+            }
+        }
         let call_id = self.call_id()?;
         if call_id.is_empty() || call_id.bytes().any(|b| b <= b' ') {
             return Err(MessageError::BadValue(
@@ -656,5 +664,40 @@ mod tag_tests {
         assert!(!has_tag_param("\"a;tag=b\" <sip:a@b>"));
         assert!(!has_tag_param("<sip:a@b>;tagx=1"));
         assert!(!has_tag_param("sip:a@b"));
+    }
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use crate::sip::parse::{parse_message, Limits};
+    use crate::sip::Message;
+
+    fn invite(from_tag: &str, to: &str) -> crate::sip::Request {
+        let m = format!("INVITE sip:1002@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5;branch=z9hG4bKx\r\nFrom: <sip:1001@example.test>;tag={from_tag}\r\nTo: {to}\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+        match parse_message(m.as_bytes(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc3261_25_1_tags_are_tokens() {
+        assert!(invite("a1.b-c!%*_+`'~", "<sip:1002@example.test>")
+            .validate()
+            .is_ok());
+        for bad in ["\"a, <sip:evil.test;lr>\"", "a>b", "a,<sip:evil>"] {
+            let e = invite(bad, "<sip:1002@example.test>")
+                .validate()
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "Bad From header: tag is not a token",
+                "{bad}"
+            );
+        }
+        let e = invite("a", "<sip:1002@example.test>;tag=\"x y\"")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "Bad To header: tag is not a token");
     }
 }

@@ -138,10 +138,22 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
     let headers = match parse_header_lines(lines, limits) {
         Ok(h) => h,
         Err(error) => {
-            return Err(ParseFailure {
-                error,
-                salvage: None,
-            });
+            // Too many header lines, or one too long (a huge Record-Route list): the lines
+            // within the limits usually hold what an answer needs, so the sender hears why.
+            // A broken header line (no colon, bad name, control characters, not UTF-8): the
+            // others still address the 400 that names it.
+            let salvage = match error {
+                ParseError::TooManyHeaders(_)
+                | ParseError::LineTooLong(_)
+                | ParseError::BadHeaderLine(_)
+                | ParseError::NotUtf8(_)
+                    if is_request =>
+                {
+                    salvage_headers(buf, limits)
+                }
+                _ => None,
+            };
+            return Err(ParseFailure { error, salvage });
         }
     };
     let fail = |error: ParseError, headers: Headers| ParseFailure {
@@ -464,24 +476,46 @@ fn content_length(headers: &Headers) -> Result<Option<usize>, ParseError> {
     Ok(cl)
 }
 
-/// Best effort for an oversized request: its headers, to answer 513.
+/// Best effort for a request that cannot be read whole (oversized, over the header limits,
+/// or with a broken header line): the header fields that can be read (at most `max_headers`,
+/// each within `max_line`), skipping the broken ones, to answer 513 or 400.
 fn salvage_headers(buf: &[u8], limits: &Limits) -> Option<Headers> {
     if buf.starts_with(b"SIP/") {
         return None;
     }
     // A datagram is cut at the socket, so the header block may be incomplete: keep the lines
-    // that arrived whole, drop the one the cut went through and any over-long line.
+    // that arrived whole, drop the one the cut went through.
     let end = find_header_end(buf)
         .map(|(e, _)| e)
         .or_else(|| buf.iter().rposition(|&b| b == b'\n'))?;
     let mut lines = LineIter::new(&buf[..end]);
     lines.next();
-    let lenient = Limits {
-        max_line: usize::MAX,
-        ..*limits
+    // One header field at a time (its line and any continuation lines): a field that does
+    // not parse is left out, the others are kept.
+    let mut kept: Vec<Header> = Vec::new();
+    let mut field: Vec<&[u8]> = Vec::new();
+    let take = |field: &mut Vec<&[u8]>, kept: &mut Vec<Header>| {
+        if let Ok(h) = parse_header_lines(field.drain(..), limits) {
+            kept.extend(h.0);
+        }
     };
-    let whole: Vec<&[u8]> = lines.filter(|l| l.len() <= limits.max_line).collect();
-    parse_header_lines(whole.into_iter(), &lenient).ok()
+    for line in lines {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if continuation {
+            if !field.is_empty() {
+                field.push(line);
+            }
+            continue;
+        }
+        take(&mut field, &mut kept);
+        if kept.len() >= limits.max_headers {
+            break;
+        }
+        field.push(line);
+    }
+    take(&mut field, &mut kept);
+    kept.truncate(limits.max_headers);
+    Some(Headers(kept))
 }
 
 #[cfg(test)]
@@ -566,10 +600,34 @@ mod tests {
             ParseError::LineTooLong(40)
         );
         let many = "OPTIONS sip:x SIP/2.0\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
+        let e = parse_message(many.as_bytes(), &limits).unwrap_err();
+        assert_eq!(e.error, ParseError::TooManyHeaders(3));
+        // What fits the limits is kept to answer with.
+        let kept = e.salvage.expect("headers salvaged");
+        assert_eq!(kept.0.len(), 3);
+        assert_eq!(kept.get_named("c"), Some("3"));
+        let e = parse_message(long.as_bytes(), &limits).unwrap_err();
+        assert!(e.salvage.is_some_and(|h| h.0.is_empty()));
+        // A broken line is left out, the rest kept.
+        let broken = "OPTIONS sip:x SIP/2.0\r\nA: 1\r\nno colon here\r\nB: 2\r\n  folded\r\n\r\n";
+        let e = parse_message(broken.as_bytes(), &Limits::default()).unwrap_err();
         assert_eq!(
-            parse_message(many.as_bytes(), &limits).unwrap_err().error,
-            ParseError::TooManyHeaders(3)
+            e.error,
+            ParseError::BadHeaderLine("no colon after the header name")
         );
+        let kept = e.salvage.expect("headers salvaged");
+        assert_eq!(kept.0.len(), 2);
+        assert_eq!(kept.get_named("b"), Some("2 folded"));
+        let latin1 = b"OPTIONS sip:x SIP/2.0\r\nA: caf\xe9\r\nB: 2\r\n\r\n";
+        let e = parse_message(latin1, &Limits::default()).unwrap_err();
+        assert_eq!(e.error, ParseError::NotUtf8("A".into()));
+        assert_eq!(e.salvage.expect("headers salvaged").0.len(), 1);
+        // Never for a response (they are dropped, not answered).
+        let resp = "SIP/2.0 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
+        assert!(parse_message(resp.as_bytes(), &limits)
+            .unwrap_err()
+            .salvage
+            .is_none());
     }
 
     #[test]

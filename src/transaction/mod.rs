@@ -344,6 +344,23 @@ pub fn branch_from(counter: u64, secret: u64) -> String {
     )
 }
 
+/// Whether `tail` (a branch after its magic cookie and any prefix of the caller's) is one
+/// [`branch_from`] made under `secret`: a response claiming to answer a request of ours can
+/// be checked without any state.
+pub fn is_branch_from(tail: &str, secret: u64) -> bool {
+    let Some((mixed, counter)) = tail.split_at_checked(16) else {
+        return false;
+    };
+    let (Ok(mixed), Ok(counter)) = (
+        u64::from_str_radix(mixed, 16),
+        u64::from_str_radix(counter, 16),
+    ) else {
+        return false;
+    };
+    format!("{mixed:016x}{counter:x}") == tail
+        && mix(secret ^ mix(counter.wrapping_add(secret.rotate_left(17)))) == mixed
+}
+
 /// splitmix64's finaliser: a bijective 64-bit mixer.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -467,5 +484,15 @@ mod tests {
         }
         assert_ne!(branch_from(1, 1), branch_from(1, 2));
         assert_eq!(branch_from(7, 42), branch_from(7, 42));
+        // Checkable without state, and only under the same secret.
+        let b = branch_from(123_456, 42);
+        assert!(is_branch_from(&b[BRANCH_MAGIC.len()..], 42));
+        assert!(!is_branch_from(&b[BRANCH_MAGIC.len()..], 43));
+        assert!(!is_branch_from("0123456789abcdef1", 42));
+        assert!(!is_branch_from("short", 42));
+        assert!(!is_branch_from(
+            &format!("{}0", &b[BRANCH_MAGIC.len()..]),
+            42
+        ));
     }
 }

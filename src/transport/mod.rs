@@ -378,9 +378,10 @@ impl Transport {
         }
     }
 
-    /// Whether a message to `peer` can leave: always over UDP (with a socket of its family);
-    /// over TCP only while a connection from that address is open (we do not connect out).
-    pub fn can_reach(&self, peer: &Peer) -> bool {
+    /// Whether a message to `peer` can leave: over UDP with a socket of its family; over TCP
+    /// only while a connection to it is open (we never connect out, RFC 5626 style: phones
+    /// keep theirs).
+    pub fn reaches(&self, peer: &Peer) -> bool {
         match peer.proto {
             Proto::Udp => self.udp_socket_for(peer).is_ok(),
             Proto::Tcp => {
@@ -389,7 +390,7 @@ impl Transport {
                 peer.conn
                     .and_then(|id| conns.get(&id))
                     .or_else(|| by.get(&peer.remote).and_then(|id| conns.get(id)))
-                    .is_some_and(|c| c.remote == peer.remote)
+                    .is_some_and(|c| c.remote == peer.remote && !c.tx.is_closed())
             }
         }
     }

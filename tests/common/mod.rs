@@ -183,16 +183,31 @@ impl Tcp {
 
     /// The next message of either kind on the connection, within 5 s.
     pub async fn recv_message(&mut self) -> Message {
+        self.recv_message_within(5000)
+            .await
+            .expect("a message within 5 s")
+    }
+
+    /// The next message of either kind within `ms`, or `None` (CRLF keep-alives skipped).
+    pub async fn recv_message_within(&mut self, ms: u64) -> Option<Message> {
         use busylamp::sip::parse::{frame_stream, Frame};
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         loop {
-            if let Ok(Frame::Message(n)) = frame_stream(&self.buf, &Limits::default()) {
-                let msg: Vec<u8> = self.buf.drain(..n).collect();
-                return parse_message(&msg, &Limits::default()).expect("a SIP message");
+            match frame_stream(&self.buf, &Limits::default()) {
+                Ok(Frame::Message(n)) => {
+                    let msg: Vec<u8> = self.buf.drain(..n).collect();
+                    return Some(parse_message(&msg, &Limits::default()).expect("a SIP message"));
+                }
+                Ok(Frame::KeepAlive { len, .. }) => {
+                    self.buf.drain(..len);
+                    continue;
+                }
+                _ => {}
             }
             let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
                 .await
-                .expect("a response within 5 s")
+                .ok()?
                 .unwrap();
             assert!(n > 0, "connection closed");
             self.buf.extend_from_slice(&chunk[..n]);
@@ -375,3 +390,4 @@ pub mod binary;
 pub mod peer;
 pub mod phone;
 pub mod ua;
+pub mod watcher;

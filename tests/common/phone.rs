@@ -28,6 +28,28 @@ pub struct Leg {
     pub cseq: u32,
 }
 
+/// An office whose phones (on 127.0.0.0/8, trusted) call each other without digest: users
+/// 1001, 1002 and 1003; presence changes are notified at once.
+pub const CALLS: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.0/8"]
+[presence]
+coalesce_ms = 0
+[[users]]
+name = "1001"
+password = "secret"
+[[users]]
+name = "1002"
+password = "other"
+[[users]]
+name = "1003"
+password = "third"
+"#;
+
 pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n";
 
 impl Phone {
@@ -48,35 +70,76 @@ impl Phone {
         }
     }
 
+    /// A phone that talks to the server's TCP socket `server` over one connection.
+    pub async fn new_tcp(server: SocketAddr, user: &str, name: &str) -> Phone {
+        Phone {
+            ua: Ua::tcp(server).await,
+            user: user.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A phone on 127.0.0.1, registered.
+    pub async fn registered(server: SocketAddr, user: &str, name: &str) -> Phone {
+        let mut p = Phone::new(server, user, name).await;
+        p.register().await;
+        p
+    }
+
     pub fn ip(&self) -> String {
-        self.ua.sock.local_addr().unwrap().ip().to_string()
+        self.ua.local_addr().ip().to_string()
     }
 
     pub fn contact(&self) -> String {
-        format!("sip:{}@{}:{}", self.user, self.ip(), self.ua.port())
+        let transport = match self.ua.transport() {
+            "TCP" => ";transport=tcp",
+            _ => "",
+        };
+        format!(
+            "sip:{}@{}:{}{transport}",
+            self.user,
+            self.ip(),
+            self.ua.port()
+        )
+    }
+
+    /// Our top Via with a fresh branch.
+    pub fn via(&self) -> String {
+        format!(
+            "SIP/2.0/{} {}:{};branch={}",
+            self.ua.transport(),
+            self.ip(),
+            self.ua.port(),
+            branch()
+        )
     }
 
     /// Registers this phone's contact (the server must trust 127.0.0.1).
     pub async fn register(&mut self) {
+        let contact = format!("<{}>", self.contact());
+        self.register_contact(&contact).await;
+    }
+
+    /// Registers the Contact value `contact` (any URI, not necessarily ours, with
+    /// parameters such as `q`) from this phone's address.
+    pub async fn register_contact(&mut self, contact: &str) {
         let r = self
             .ua
             .request(&wire(&format!(
                 "REGISTER sip:example.test SIP/2.0
-                Via: SIP/2.0/UDP {ip}:{p};branch={b}
+                Via: {via}
                 Max-Forwards: 70
                 From: <sip:{u}@example.test>;tag=r{n}
                 To: <sip:{u}@example.test>
                 Call-ID: reg-{u}-{n}
                 CSeq: 1 REGISTER
-                Contact: <{c}>
+                Contact: {c}
                 Expires: 3600
                 ",
-                ip = self.ip(),
-                p = self.ua.port(),
-                b = branch(),
+                via = self.via(),
                 u = self.user,
                 n = self.name,
-                c = self.contact()
+                c = contact
             )))
             .await;
         assert_eq!(r.status, 200, "REGISTER of {}: {}", self.user, r.reason);
@@ -87,7 +150,7 @@ impl Phone {
     pub async fn invite(&mut self, to_user: &str, call_id: &str) -> Request {
         let text = format!(
             "INVITE sip:{to}@example.test SIP/2.0
-            Via: SIP/2.0/UDP {ip}:{p};branch={b}
+            Via: {via}
             Max-Forwards: 70
             From: \"{u} {n}\" <sip:{u}@example.test>;tag=from-{call_id}
             To: \"Ext {to}\" <sip:{to}@example.test>
@@ -97,9 +160,7 @@ impl Phone {
             Content-Type: application/sdp
             ",
             to = to_user,
-            ip = self.ip(),
-            p = self.ua.port(),
-            b = branch(),
+            via = self.via(),
             u = self.user,
             n = self.name,
             c = self.contact(),
@@ -119,9 +180,52 @@ impl Phone {
         }
     }
 
+    /// The next request of `method` that reaches this phone (others skipped).
+    pub async fn next_of(&mut self, method: &str) -> Request {
+        self.next_of_within(method, 5000).await
+    }
+
+    /// The next request of `method` within `ms` of (paused) time, others skipped.
+    pub async fn next_of_within(&mut self, method: &str, ms: u64) -> Request {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = self
+                .ua
+                .next_request_within(left.as_millis() as u64)
+                .await
+                .unwrap_or_else(|| panic!("no {method} reached {} within {ms} ms", self.name));
+            if r.method == method {
+                return r;
+            }
+        }
+    }
+
+    /// The next final response to a `method` request (others skipped).
+    pub async fn final_of(&mut self, method: &str) -> Response {
+        for _ in 0..50 {
+            let r = self.ua.response().await;
+            if r.cseq().is_ok_and(|c| c.method == method) {
+                return r;
+            }
+        }
+        panic!("no final response to {method} reached {}", self.name);
+    }
+
+    /// The next final response of call `call_id` (others skipped).
+    pub async fn final_for(&mut self, call_id: &str) -> Response {
+        for _ in 0..50 {
+            let r = self.ua.response().await;
+            if r.call_id().is_ok_and(|c| c == call_id) {
+                return r;
+            }
+        }
+        panic!("no final response for {call_id} reached {}", self.name);
+    }
+
     /// Answers a request the proxy delivered, as a UAS: `tag` for the To tag, our Contact
     /// and the Record-Route copied (RFC 3261 §12.1.1), an SDP answer on 2xx to INVITE.
-    pub async fn reply(&self, req: &Request, status: u16, tag: &str) {
+    pub async fn reply(&mut self, req: &Request, status: u16, tag: &str) {
         let mut r = req.response(status, "Whatever", Some(tag));
         if status > 100 {
             for rr in req.headers.all(HeaderName::RecordRoute) {
@@ -136,11 +240,23 @@ impl Phone {
             r.headers.push(HeaderName::ContentType, "application/sdp");
             r.body = SDP.as_bytes().to_vec();
         }
-        self.ua
-            .sock
-            .send_to(&r.to_bytes(), self.ua.server)
-            .await
-            .unwrap();
+        self.ua.send(&r.to_bytes()).await;
+    }
+
+    /// A CANCEL for `invite` (RFC 3261 §9.1: its Via, Request-URI, Call-ID, From, To and
+    /// CSeq number).
+    pub fn cancel(invite: &Request) -> Vec<u8> {
+        let h = |n| invite.headers.get(n).unwrap();
+        format!(
+            "CANCEL {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {f}\r\nTo: {t}\r\nCall-ID: {c}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            uri = invite.uri,
+            via = h(HeaderName::Via),
+            f = h(HeaderName::From),
+            t = h(HeaderName::To),
+            c = h(HeaderName::CallId),
+            seq = invite.cseq().unwrap().seq,
+        )
+        .into_bytes()
     }
 
     /// The caller's leg once the 2xx arrived.
@@ -197,11 +313,9 @@ impl Phone {
             None => (String::new(), String::new()),
         };
         format!(
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {ip}:{p};branch={b}\r\nMax-Forwards: 70\r\n{routes}From: {local}\r\nTo: {remote}\r\nCall-ID: {cid}\r\nCSeq: {seq} {method}\r\nContact: <{c}>\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
+            "{method} {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n{routes}From: {local}\r\nTo: {remote}\r\nCall-ID: {cid}\r\nCSeq: {seq} {method}\r\nContact: <{c}>\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
             target = leg.remote_target,
-            ip = self.ip(),
-            p = self.ua.port(),
-            b = branch(),
+            via = self.via(),
             local = leg.local,
             remote = leg.remote,
             cid = leg.call_id,

@@ -1,6 +1,7 @@
 //! A raw-bytes SIP user agent for presence tests: sends SUBSCRIBE/PUBLISH, receives both
 //! responses and the NOTIFYs the server sends, and answers NOTIFYs itself.
 
+use super::Tcp;
 use busylamp::sip::parse::{parse_message, Limits};
 use busylamp::sip::{HasHeaders, HeaderName, Message, Request, Response};
 use std::collections::VecDeque;
@@ -8,8 +9,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
+/// How a UA reaches the server: its own UDP socket, or one TCP connection (RFC 3261 §18: the
+/// server answers and sends its requests over the connection).
+enum Link {
+    Udp(UdpSocket),
+    Tcp(Box<Tcp>),
+}
+
 pub struct Ua {
-    pub sock: UdpSocket,
+    link: Link,
     pub server: SocketAddr,
     requests: VecDeque<Request>,
     responses: VecDeque<Response>,
@@ -17,43 +25,84 @@ pub struct Ua {
 
 impl Ua {
     pub async fn new(server: SocketAddr) -> Ua {
-        Ua {
-            sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-            server,
-            requests: VecDeque::new(),
-            responses: VecDeque::new(),
-        }
+        Ua::bind("127.0.0.1", server).await
     }
 
     /// A UA on another loopback address (127.0.0.2 for a trusted PBX, for example).
     pub async fn bind(ip: &str, server: SocketAddr) -> Ua {
+        Ua::with(
+            Link::Udp(UdpSocket::bind(format!("{ip}:0")).await.unwrap()),
+            server,
+        )
+    }
+
+    /// A UA with one TCP connection to the server's TCP socket `server`.
+    pub async fn tcp(server: SocketAddr) -> Ua {
+        Ua::with(Link::Tcp(Box::new(Tcp::connect(server).await)), server)
+    }
+
+    fn with(link: Link, server: SocketAddr) -> Ua {
         Ua {
-            sock: UdpSocket::bind(format!("{ip}:0")).await.unwrap(),
+            link,
             server,
             requests: VecDeque::new(),
             responses: VecDeque::new(),
         }
     }
 
-    pub fn port(&self) -> u16 {
-        self.sock.local_addr().unwrap().port()
+    /// The UDP socket, for a test that takes over the wire itself.
+    pub fn into_udp_socket(self) -> UdpSocket {
+        match self.link {
+            Link::Udp(s) => s,
+            Link::Tcp(_) => panic!("a TCP user agent has no UDP socket"),
+        }
     }
 
-    pub async fn send(&self, bytes: &[u8]) {
-        self.sock.send_to(bytes, self.server).await.unwrap();
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.link {
+            Link::Udp(s) => s.local_addr().unwrap(),
+            Link::Tcp(t) => t.stream.local_addr().unwrap(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// `UDP` or `TCP`, for our Via.
+    pub fn transport(&self) -> &'static str {
+        match self.link {
+            Link::Udp(_) => "UDP",
+            Link::Tcp(_) => "TCP",
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        match &mut self.link {
+            Link::Udp(s) => {
+                s.send_to(bytes, self.server).await.unwrap();
+            }
+            Link::Tcp(t) => t.send(bytes).await,
+        }
     }
 
     /// The next message within `ms`, or `None`.
     async fn read(&mut self, ms: u64) -> Option<()> {
-        let mut buf = vec![0u8; 65536];
-        let (n, _) = tokio::time::timeout(Duration::from_millis(ms), self.sock.recv_from(&mut buf))
-            .await
-            .ok()?
-            .unwrap();
-        match parse_message(&buf[..n], &Limits::default()) {
-            Ok(Message::Request(r)) => self.requests.push_back(r),
-            Ok(Message::Response(r)) => self.responses.push_back(r),
-            Err(e) => panic!("unparseable from server: {e:?}"),
+        let msg = match &mut self.link {
+            Link::Udp(s) => {
+                let mut buf = vec![0u8; 65536];
+                let (n, _) = tokio::time::timeout(Duration::from_millis(ms), s.recv_from(&mut buf))
+                    .await
+                    .ok()?
+                    .unwrap();
+                parse_message(&buf[..n], &Limits::default())
+                    .unwrap_or_else(|e| panic!("unparseable from server: {e:?}"))
+            }
+            Link::Tcp(t) => t.recv_message_within(ms).await?,
+        };
+        match msg {
+            Message::Request(r) => self.requests.push_back(r),
+            Message::Response(r) => self.responses.push_back(r),
         }
         Some(())
     }
@@ -91,6 +140,16 @@ impl Ua {
                 return r;
             }
             self.read(5000).await.expect("a response within 5 s");
+        }
+    }
+
+    /// The next response, provisional or final, within `ms`, or `None`.
+    pub async fn any_response_within(&mut self, ms: u64) -> Option<Response> {
+        loop {
+            if let Some(r) = self.responses.pop_front() {
+                return Some(r);
+            }
+            self.read(ms).await?;
         }
     }
 
@@ -176,10 +235,10 @@ impl Ua {
     }
 
     /// Answers a request the server sent us.
-    pub async fn answer(&self, req: &Request, status: u16) {
+    pub async fn answer(&mut self, req: &Request, status: u16) {
         let mut r = req.response(status, "Whatever", Some("ua"));
         r.headers.0.retain(|h| h.kind != HeaderName::ContentLength);
-        self.sock.send_to(&r.to_bytes(), self.server).await.unwrap();
+        self.send(&r.to_bytes()).await;
     }
 }
 
