@@ -234,12 +234,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         dialoginfo: cfg.pua.dialoginfo.clone(),
         max_lifetime: cfg.dialog.max_lifetime,
         events: events.clone(),
-        branch_secret: {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(std::process::id().into());
-            h.finish()
-        },
+        branch_secret: branch_secret(&cfg.server.data_dir),
         this: std::sync::OnceLock::new(),
         received: Default::default(),
     });
@@ -1001,6 +996,43 @@ impl NotifySink for Core {
             }
         }
     }
+}
+
+/// The secret our Via branches are minted under (only responses to branches it minted are
+/// relayed statelessly). Kept in `data_dir/branch.key` so a 2xx to an INVITE sent before a
+/// restart is still recognised after it; random when the directory cannot be used.
+fn branch_secret(data_dir: &std::path::Path) -> u64 {
+    let path = data_dir.join("branch.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(v) = u64::from_str_radix(text.trim(), 16) {
+            return v;
+        }
+    }
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map(|_| u64::from_le_bytes(bytes));
+    let secret = random.unwrap_or_else(|_| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        h.finish()
+    });
+    if data_dir.is_dir() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Readable by its owner only, like the user file.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{secret:016x}").and_then(|_| f.sync_all()));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "branch key not stored; 2xx retransmissions from before a restart will not be relayed");
+        }
+    }
+    secret
 }
 
 /// The host of `[presence] server_address` when set, else the domain.

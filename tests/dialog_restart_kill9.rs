@@ -6,6 +6,7 @@
 
 mod common;
 
+use busylamp::sip::body::dialog_info::DialogState;
 use busylamp::sip::Request;
 use common::binary::Busylamp;
 use common::phone::{Leg, Phone};
@@ -123,22 +124,21 @@ async fn restart_while_ringing_then_answered_the_lamp_follows_the_answer() {
     let invite = alice.invite("1002", "restart-ring").await;
     let at = bob.ua.next_request().await;
     bob.reply(&at, 180, "b1").await;
-    lamp_until(&mut lamp, "early", |s| s.contains(&DialogState::Early)).await;
+    lamp.until_states("early", |s| s.contains(&DialogState::Early))
+        .await;
     let_it_flush().await;
 
     server.kill9();
     server.start();
     server.wait_ready().await;
-    lamp_until(&mut lamp, "early after restart", |s| {
-        s.contains(&DialogState::Early)
-    })
-    .await;
+    lamp.until_states("early after restart", |s| s.contains(&DialogState::Early))
+        .await;
     // Bob answers now: the INVITE transaction is gone, the 2xx goes on statelessly and the
     // tracker still sees it.
     bob.reply(&at, 200, "b1").await;
     let ok = alice.ua.response().await;
     assert_eq!(ok.status, 200);
-    lamp_until(&mut lamp, "confirmed", lit).await;
+    lamp.until_states("confirmed", lit).await;
     let mut leg = Phone::caller_leg(&invite, &ok);
     alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
@@ -151,5 +151,5 @@ async fn restart_while_ringing_then_answered_the_lamp_follows_the_answer() {
         }
     };
     bob.reply(&bye, 200, "b1").await;
-    lamp_until(&mut lamp, "dark", dark).await;
+    lamp.until_states("dark", dark).await;
 }
