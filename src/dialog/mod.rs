@@ -839,4 +839,6 @@ impl DialogTracker {
 }
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;

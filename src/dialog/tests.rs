@@ -4,38 +4,7 @@
 
 use super::*;
 
-const T0: u64 = 1_700_000_000_000;
-
-fn cfg() -> DialogConfig {
-    DialogConfig::default()
-}
-
-fn key() -> CallKey {
-    CallKey {
-        call_id: "a84b4c76e66710@192.0.2.7".into(),
-        from_tag: "1928301774".into(),
-    }
-}
-
-fn info() -> InviteInfo {
-    InviteInfo {
-        caller: Party {
-            uri: "sip:1001@example.com".into(),
-            display: Some("Alice".into()),
-            aor: Some("sip:1001@example.com".into()),
-            target: Some("sip:1001@192.0.2.7:5060".into()),
-        },
-        callee: Party {
-            uri: "sip:1002@example.com".into(),
-            display: Some("Bob".into()),
-            aor: Some("sip:1002@example.com".into()),
-            target: None,
-        },
-        request_uri: "sip:1002@example.com".into(),
-        caller_flow: "udp:192.0.2.7:5060".into(),
-        cseq: 101,
-    }
-}
+use super::fixtures::{cfg, info, key, T0};
 
 /// A tracker with one call just invited at T0.
 fn started() -> DialogTracker {
