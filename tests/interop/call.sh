@@ -114,38 +114,15 @@ stop_bg() { # PID: TERM, then KILL; only this PID
 cleanup() {
     local rc=$? p
     for p in "${BG_PIDS[@]}"; do stop_bg "$p"; done
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then
-        bl_log "work directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    return "$rc"
+    bl_end_work "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-finish() {
-    echo
-    echo "== call interop summary ($MODE)"
-    local r
-    for r in "${RESULTS[@]}"; do echo "$r"; done
-    echo "interop: $PASSED passed, $FAILED failed"
-    ((FAILED == 0))
-}
+finish() { bl_finish "call interop summary ($MODE)"; }
 
-pass() { PASSED=$((PASSED + 1)); RESULTS+=("PASS $*"); }
-fail() { FAILED=$((FAILED + 1)); RESULTS+=("FAIL $*"); KEEP=1; }
 
-# why_failed LOG: sipp's own explanation (its -trace_err file and the
-# scenario's log lines), for the log
-why_failed() {
-    grep -h -o -E "(Aborting call|Call-Id: [^ ]*, receive timeout|[^:]*regexp|Failed regexp|unexpected)[^']*('[^']*')?" \
-        "${1%.log}-errors.log" 2>/dev/null | head -4 | tr -d '\r' | cut -c1-240 | sed 's/^/      /' || true
-    grep -h -o -m1 -E "received '[^']{0,300}" "${1%.log}-errors.log" 2>/dev/null | head -1 | tr -d '\r' | sed 's/^/      /' || true
-    tail -n 3 "${1%.log}-logs.log" 2>/dev/null | sed 's/^/      log: /' || true
-}
 
 bl_log "mode: $MODE; work dir: $WORK"
 bl_versions | sed 's/^/  /' >&2
@@ -156,7 +133,7 @@ case "$MODE" in
 busylamp)
     if ! BIN="$(bl_resolve_busylamp "$BUILD")"; then
         echo "interop: FAIL: busylamp binary not available (set BUSYLAMP or build it)" >&2
-        fail "busylamp binary missing"
+        bl_fail "busylamp binary missing"
         finish || exit 1
     fi
     bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" 0 '["MD5"]' digest '["127.0.0.0/8"]'
@@ -178,7 +155,7 @@ bl_log "server PID $SERVER_PID"
 if ! bl_wait_ready "$SERVER_PID" "$PORT" 30; then
     echo "interop: FAIL: $MODE did not become ready; last lines of its log:" >&2
     tail -n 20 "$SERVER_LOG" | sed 's/^/    /' >&2
-    fail "server not ready"
+    bl_fail "server not ready"
     finish || exit 1
 fi
 bl_log "ready"
@@ -187,15 +164,15 @@ server_alive() {
     kill -0 "$SERVER_PID" 2>/dev/null && return 0
     echo "interop: $MODE (PID $SERVER_PID) died; last lines of its log:" >&2
     tail -n 20 "$SERVER_LOG" | sed 's/^/    /' >&2
-    fail "$MODE died"
+    bl_fail "$MODE died"
     finish || exit 1
 }
 check() { # NAME DESCRIPTION CALLS: judge the last sipp run
     if bl_sipp_clean "$3"; then
-        pass "$1: $2 (${BL_SIPP_ELAPSED}s)"
+        bl_pass "$1: $2 (${BL_SIPP_ELAPSED}s)"
     else
-        fail "$1: $2: sipp exit $BL_SIPP_RC, $BL_SIPP_OK successful, $BL_SIPP_FAILED failed, $BL_SIPP_UNEXPECTED unexpected (log $BL_SIPP_LOG)"
-        why_failed "$BL_SIPP_LOG" >&2
+        bl_fail "$1: $2: sipp exit $BL_SIPP_RC, $BL_SIPP_OK successful, $BL_SIPP_FAILED failed, $BL_SIPP_UNEXPECTED unexpected (log $BL_SIPP_LOG)"
+        bl_why_failed "$BL_SIPP_LOG" >&2
     fi
 }
 # one_run TAG SCENARIO CSV CALLS [sipp args...]: a bounded sipp UAC run
@@ -333,7 +310,7 @@ EOF
 # baresip_seen LOG START_LINE CSEQ_METHOD [BODY_REGEX]: did the SIP trace show
 # a message whose first line starts with START_LINE, with that CSeq method
 # (and a line matching BODY_REGEX)?  (awk reads to the end: an early exit
-# would kill tr with SIGPIPE and fail the pipeline under pipefail)
+# would kill tr with SIGPIPE and bl_fail the pipeline under pipefail)
 baresip_seen() {
     tr -d '\r' <"$1" | awk -v start="$2" -v method="$3" -v body="${4:-}" '
         /^UDP .* -> / { first = ""; cs = 0; bd = (body == ""); n = 0; next }
@@ -368,9 +345,9 @@ if [[ "$BARESIP" != 0 ]] && command -v baresip >/dev/null; then
     baresip_seen "$WORK/baresip-erin.log" "SIP/2.0 200" SUBSCRIBE || why+=("erin's SUBSCRIBE not answered 200")
     baresip_seen "$WORK/baresip-erin.log" "NOTIFY " NOTIFY '<basic>open</basic>' || why+=("erin got no NOTIFY with dave's <basic>open</basic>")
     if ((${#why[@]} == 0)); then
-        pass "baresip: $(baresip -h 2>&1 | head -1 | cut -d' ' -f1,2) registers and PUBLISHes open, a second one registers, SUBSCRIBEs and gets NOTIFY <basic>open</basic>"
+        bl_pass "baresip: $(baresip -h 2>&1 | head -1 | cut -d' ' -f1,2) registers and PUBLISHes open, a second one registers, SUBSCRIBEs and gets NOTIFY <basic>open</basic>"
     else
-        fail "baresip: $(IFS=';'; echo "${why[*]}") (logs $WORK/baresip-*.log)"
+        bl_fail "baresip: $(IFS=';'; echo "${why[*]}") (logs $WORK/baresip-*.log)"
     fi
     server_alive
 else

@@ -428,3 +428,42 @@ bl_sipp_explain() {
         "$BL_SIPP_RC" "$BL_SIPP_OK" "$BL_SIPP_FAILED" "$BL_SIPP_RETRANS" "$BL_SIPP_ELAPSED" "$BL_SIPP_LOG"
     grep -m3 -E 'createAuthHeader|Aborting|Dead call|Unexpected|ERROR|[Ff]atal' "$BL_SIPP_LOG" 2>/dev/null | sed 's/^/    /' | cut -c1-200 || true
 }
+
+# --- The result tally and clean-up every interop script shares ---------------
+# Globals: WORK (work directory), KEEP (1 = keep it), PASSED, FAILED, RESULTS.
+
+bl_pass() { PASSED=$((PASSED + 1)); RESULTS+=("PASS $*"); }
+bl_fail() { FAILED=$((FAILED + 1)); RESULTS+=("FAIL $*"); KEEP=1; }
+
+# bl_finish TITLE: the summary and the last line "interop: N passed, M failed";
+# status 0 only if nothing failed.
+bl_finish() {
+    echo
+    echo "== $1"
+    local r
+    for r in "${RESULTS[@]}"; do echo "$r"; done
+    echo "interop: $PASSED passed, $FAILED failed"
+    ((FAILED == 0))
+}
+
+# bl_end_work RC: stops the servers we started and removes $WORK unless it is
+# kept (KEEP=1, or RC, the script's exit status, is not 0); returns RC.  The
+# scripts' EXIT traps end with it.
+bl_end_work() {
+    local rc=$1
+    bl_stop_all_servers
+    if ((KEEP)) || ((rc != 0)); then
+        bl_log "work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    return "$rc"
+}
+
+# bl_why_failed LOG: sipp's own explanation of a failed run (its -trace_err
+# file next to LOG), indented, for the log.
+bl_why_failed() {
+    grep -h -o -E "(Aborting call|Call-Id: [^ ]*, receive timeout|[^:]*regexp|Failed regexp|unexpected)[^']*('[^']*')?" \
+        "${1%.log}-errors.log" 2>/dev/null | head -4 | tr -d '\r' | cut -c1-240 | sed 's/^/      /' || true
+    grep -h -o -m1 -E "received '[^']{0,300}" "${1%.log}-errors.log" 2>/dev/null | head -1 | tr -d '\r' | sed 's/^/      /' || true
+}

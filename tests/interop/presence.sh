@@ -83,36 +83,15 @@ cleanup() {
         kill -TERM "$WATCH_PID" 2>/dev/null || true
     fi
     [[ -z "$WATCH_PID" ]] || wait "$WATCH_PID" 2>/dev/null || true
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then
-        bl_log "work directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    return "$rc"
+    bl_end_work "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-finish() {
-    echo
-    echo "== presence interop summary ($MODE)"
-    local r
-    for r in "${RESULTS[@]}"; do echo "$r"; done
-    echo "interop: $PASSED passed, $FAILED failed"
-    ((FAILED == 0))
-}
+finish() { bl_finish "presence interop summary ($MODE)"; }
 
-pass() { PASSED=$((PASSED + 1)); RESULTS+=("PASS $*"); }
-fail() { FAILED=$((FAILED + 1)); RESULTS+=("FAIL $*"); KEEP=1; }
 
-# why_failed LOG: sipp's own explanation (its -trace_err file), for the log
-why_failed() {
-    grep -h -o -E "(Aborting call|Call-Id: [^ ]*, receive timeout|[^:]*regexp|Failed regexp)[^']*('[^']*')?" \
-        "${1%.log}-errors.log" 2>/dev/null | head -3 | tr -d '\r' | cut -c1-240 | sed 's/^/      /' || true
-    grep -h -o -m1 -E "received '[^']{0,160}" "${1%.log}-errors.log" 2>/dev/null | head -1 | tr -d '\r' | sed 's/^/      /' || true
-}
 
 bl_log "mode: $MODE; work dir: $WORK"
 bl_versions | sed 's/^/  /' >&2
@@ -132,7 +111,7 @@ case "$MODE" in
 busylamp)
     if ! BIN="$(bl_resolve_busylamp "$BUILD")"; then
         echo "interop: FAIL: busylamp binary not available (set BUSYLAMP or build it)" >&2
-        fail "busylamp binary missing"
+        bl_fail "busylamp binary missing"
         finish || exit 1
     fi
     bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" "$USERS"
@@ -153,7 +132,7 @@ SERVER_PID="$BL_SERVER_PID"
 if ! bl_wait_ready "$SERVER_PID" "$PORT" 30; then
     echo "interop: FAIL: $MODE did not become ready; last lines of its log:" >&2
     tail -n 20 "$SERVER_LOG" | sed 's/^/    /' >&2
-    fail "server not ready"
+    bl_fail "server not ready"
     finish || exit 1
 fi
 bl_log "ready"
@@ -169,10 +148,10 @@ one_call() {
 }
 check() { # NAME DESCRIPTION: judge the last one_call
     if bl_sipp_clean 1; then
-        pass "$1: $2 (${BL_SIPP_ELAPSED}s)"
+        bl_pass "$1: $2 (${BL_SIPP_ELAPSED}s)"
     else
-        fail "$1: $2: sipp exit $BL_SIPP_RC, $BL_SIPP_OK successful, $BL_SIPP_FAILED failed (log $BL_SIPP_LOG)"
-        why_failed "$BL_SIPP_LOG" >&2
+        bl_fail "$1: $2: sipp exit $BL_SIPP_RC, $BL_SIPP_OK successful, $BL_SIPP_FAILED failed (log $BL_SIPP_LOG)"
+        bl_why_failed "$BL_SIPP_LOG" >&2
     fi
 }
 server_alive() {

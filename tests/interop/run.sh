@@ -67,26 +67,13 @@ if [[ "$MODE" == kamailio ]]; then bl_need_tools kamailio; else bl_need_tools; f
 WORK="$(mktemp -d -t busylamp-interop.XXXXXX)"
 cleanup() {
     local rc=$?
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then
-        bl_log "work directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    return "$rc"
+    bl_end_work "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-finish() {
-    echo
-    echo "== interop summary ($MODE, $USERS users)"
-    local r
-    for r in "${RESULTS[@]}"; do echo "$r"; done
-    echo "interop: $PASSED passed, $FAILED failed"
-    ((FAILED == 0))
-}
+finish() { bl_finish "interop summary ($MODE, $USERS users)"; }
 
 bl_log "mode: $MODE; work dir: $WORK"
 bl_versions | sed 's/^/  /' >&2
