@@ -145,24 +145,9 @@ bl_need_tools kamailio sqlite presence tcpdump python3
 
 WORK="$(mktemp -d -t busylamp-calls-bench.XXXXXX)"
 BG_PIDS=() # tcpdump and background sipps started here
-stop_bg() { # PID: SIGINT (tcpdump flushes, sipp prints its last screen), then TERM/KILL; only this PID
-    local p="$1"
-    [[ -n "$p" ]] || return 0
-    if kill -0 "$p" 2>/dev/null; then
-        kill -INT "$p" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$p" 2>/dev/null; then kill -TERM "$p" 2>/dev/null || true; fi
-        for _ in $(seq 1 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
-    fi
-    wait "$p" 2>/dev/null || true
-    local keep=() q
-    for q in "${BG_PIDS[@]}"; do [[ "$q" == "$p" ]] || keep+=("$q"); done
-    BG_PIDS=("${keep[@]}")
-}
 cleanup() {
     local rc=$? p
-    for p in "${BG_PIDS[@]}"; do stop_bg "$p"; done
+    for p in "${BG_PIDS[@]}"; do bl_stop_bg "$p"; done
     bl_stop_all_servers
     if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
     return "$rc"
@@ -177,13 +162,6 @@ run_timeout() { # a sipp -timeout that still fits in the budget (0: none)
     ((r > RUN_TIMEOUT)) && r=$RUN_TIMEOUT
     ((r < 10)) && r=0
     echo "$r"
-}
-median() { # numbers... -> median (mean of the middle two if even), "" if none
-    (($#)) || { echo ""; return; }
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-udp_rcvbuf_errors() {
-    awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else { print $c + 0; exit } }' /proc/net/snmp
 }
 port_drops() { # PORT: datagrams dropped so far by the UDP sockets bound to PORT (/proc/net/udp)
     awk -v p="$(printf ':%04X' "$1")" 'NR > 1 && substr($2, length($2) - 4) == p { d += $NF } END { print d + 0 }' /proc/net/udp
@@ -250,14 +228,14 @@ call_run() {
         RATE=0; CLEAN=0; SKIPPED=1; UDP_DROPS=0; DROPS_BY=""; W_FAILED=0; W_UNEXP=0; return 0
     fi
     SKIPPED=0
-    d0="$(udp_rcvbuf_errors)"
+    d0="$(bl_udp_rcvbuf_errors)"
     p0="$(drops_snapshot "$port")"
     h0="$(watcher_health)"
     bl_sipp_run "$tag" "$port" u1 "$SC_UAC" "$WORK/calls.csv" "$calls" "$WORK" "$tmo" \
         -d "$HOLD_MS" -default_behaviors all,-bye "${SIPP_COMMON[@]}" "$@"
     sleep 1 # the last calls' terminated NOTIFYs reach the watchers
     h1="$(watcher_health)"
-    UDP_DROPS=$(($(udp_rcvbuf_errors) - d0))
+    UDP_DROPS=$(($(bl_udp_rcvbuf_errors) - d0))
     p1="$(drops_snapshot "$port")"
     read -r a0 b0 c0 <<<"$p0"; read -r a1 b1 c1 <<<"$p1"
     DROPS_BY="server $((a1 - a0)), watchers $((b1 - b0)), UAS $((c1 - c0))"
@@ -317,8 +295,8 @@ setup() { # SYS PORT: register the callees, start the UAS and the watchers
 
 teardown() { # SYS: stop the UAS and the watchers (by PID) and report them
     local sys="$1"
-    stop_bg "$UAS_PID"
-    stop_bg "$WATCH_PID"
+    bl_stop_bg "$UAS_PID"
+    bl_stop_bg "$WATCH_PID"
     local unexp
     unexp=$(grep -c 'unexpected message' "$WATCH_ERR" 2>/dev/null || true)
     bl_sipp_parse "$WATCH_LOG"
@@ -344,13 +322,13 @@ measure_lamp() { # SYS PORT
         deadline=$((SECONDS + 5))
         until grep -q 'listening on' "$WORK/$tag.tcpdump" 2>/dev/null; do
             if ((SECONDS >= deadline)) || ! kill -0 "$td" 2>/dev/null; then
-                bl_log "tcpdump did not start: $(cat "$WORK/$tag.tcpdump")"; stop_bg "$td"; RES[$sys:lamp]="n/a (tcpdump)"; return 0
+                bl_log "tcpdump did not start: $(cat "$WORK/$tag.tcpdump")"; bl_stop_bg "$td"; RES[$sys:lamp]="n/a (tcpdump)"; return 0
             fi
             sleep 0.1
         done
         call_run "$tag" "$port" "$LAMP_CALLS" -r "$LAMP_RATE" -rp 1000 -l $((LAMP_RATE * 5))
         sleep 1
-        stop_bg "$td"
+        bl_stop_bg "$td"
         ((CLEAN)) || fails=$((fails + 1))
         retr=$((retr + BL_SIPP_RETRANS))
         python3 "$LAMP_PY" "$pcap" "$port" "$UAS_PORT" "$WPORT" "$WPC" >"$out" 2>&1 || bl_log "lamp analysis failed: $(tail -3 "$out")"
@@ -373,13 +351,13 @@ measure_lamp() { # SYS PORT
         unset F
         bl_log "$sys (b) round $r: $line"
     done
-    RES[$sys:lamp_p50]="$(median "${p50s[@]}")"
-    RES[$sys:lamp_p99]="$(median "${p99s[@]}")"
-    RES[$sys:lamp_last_p50]="$(median "${lp50s[@]}")"
-    RES[$sys:lamp_last_p99]="$(median "${lp99s[@]}")"
+    RES[$sys:lamp_p50]="$(bl_median "${p50s[@]}")"
+    RES[$sys:lamp_p99]="$(bl_median "${p99s[@]}")"
+    RES[$sys:lamp_last_p50]="$(bl_median "${lp50s[@]}")"
+    RES[$sys:lamp_last_p99]="$(bl_median "${lp99s[@]}")"
     RES[$sys:lamp_order]="$regr/$cregr"
     RES[$sys:lamp]="rounds ${#p50s[@]}/$REPEATS at $LAMP_RATE calls/s; early NOTIFYs $deliv/$expct (missing $miss), lamps going back $regr, CSeq regressions $cregr, rounds not clean $fails, caller retransmissions $retr;
-        medians: share of early NOTIFYs that were the first NOTIFY about their call $(median "${firsts[@]}"), held back until the watcher answered the previous NOTIFY $(median "${gated[@]}") (180 -> that 200: p50 $(median "${gwait[@]}") ms), server's own time (180 or that 200 -> early NOTIFY) p50 $(median "${ag50[@]}") ms, p99 $(median "${ag99[@]}") ms"
+        medians: share of early NOTIFYs that were the first NOTIFY about their call $(bl_median "${firsts[@]}"), held back until the watcher answered the previous NOTIFY $(bl_median "${gated[@]}") (180 -> that 200: p50 $(bl_median "${gwait[@]}") ms), server's own time (180 or that 200 -> early NOTIFY) p50 $(bl_median "${ag50[@]}") ms, p99 $(bl_median "${ag99[@]}") ms"
 }
 
 # ------------------------------------------------------------ (a) calls/s
@@ -434,7 +412,7 @@ measure_calls() { # SYS PORT
         fi
         bl_log "$sys (a) round $i: $RATE calls/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, retrans $BL_SIPP_RETRANS, watchers $W_FAILED failed/$W_UNEXP unexpected, UDP drops $UDP_DROPS ($DROPS_BY), CPU ticks $((t1 - t0)))"
     done
-    med="$(median "${rates[@]}")"
+    med="$(bl_median "${rates[@]}")"
     med="${med%.*}"
     if [[ -n "$med" ]] && kill -0 "$pid" 2>/dev/null; then
         local target=$((med * 9 / 10)) n
@@ -448,7 +426,7 @@ measure_calls() { # SYS PORT
     fi
     RES[$sys:calls]="${med:-n/a}"
     RES[$sys:calls_runs]="$(IFS=' '; echo "${shown[*]:-none}") (clean $clean/$REPEATS, caller retrans $retr, UDP drops $drops)"
-    RES[$sys:calls_us]="$(median "${us[@]}")"
+    RES[$sys:calls_us]="$(bl_median "${us[@]}")"
     RES[$sys:calls_open]="$open"
 }
 

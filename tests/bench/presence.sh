@@ -152,24 +152,9 @@ bl_need_tools kamailio sqlite presence tcpdump python3
 
 WORK="$(mktemp -d -t busylamp-presence-bench.XXXXXX)"
 BG_PIDS=() # tcpdump and background sipp started here
-stop_bg() { # PID: SIGINT (tcpdump flushes), then TERM/KILL; only this PID
-    local p="$1"
-    [[ -n "$p" ]] || return 0
-    if kill -0 "$p" 2>/dev/null; then
-        kill -INT "$p" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$p" 2>/dev/null; then kill -TERM "$p" 2>/dev/null || true; fi
-        for _ in $(seq 1 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
-    fi
-    wait "$p" 2>/dev/null || true
-    local keep=() q
-    for q in "${BG_PIDS[@]}"; do [[ "$q" == "$p" ]] || keep+=("$q"); done
-    BG_PIDS=("${keep[@]}")
-}
 cleanup() {
     local rc=$? p
-    for p in "${BG_PIDS[@]}"; do stop_bg "$p"; done
+    for p in "${BG_PIDS[@]}"; do bl_stop_bg "$p"; done
     bl_stop_all_servers
     if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
     return "$rc"
@@ -184,13 +169,6 @@ run_timeout() { # a sipp -timeout that still fits in the budget (0: none)
     ((r > RUN_TIMEOUT)) && r=$RUN_TIMEOUT
     ((r < 10)) && r=0
     echo "$r"
-}
-median() { # numbers... -> median (mean of the middle two if even), "" if none
-    (($#)) || { echo ""; return; }
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-udp_rcvbuf_errors() {
-    awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else { print $c + 0; exit } }' /proc/net/snmp
 }
 kam_shm_used() { # bytes of Kamailio shared memory in use ("" if kamcmd fails)
     timeout 5 kamcmd -s "unix:$WORK/kamailio_ctl" core.shmmem 2>/dev/null | awk '/real_used:/ { print $2; exit }' || true
@@ -242,10 +220,10 @@ sub_run() {
         RATE=0; CLEAN=0; SKIPPED=1; UDP_DROPS=0; return 0
     fi
     SKIPPED=0
-    d0="$(udp_rcvbuf_errors)"
+    d0="$(bl_udp_rcvbuf_errors)"
     bl_sipp_run "$tag" "$port" u1 "$SC_SUB" "$WORK/$CSV" "$calls" "$WORK" "$tmo" \
         -default_behaviors all,-bye "${SIPP_COMMON[@]}" "$@"
-    UDP_DROPS=$(($(udp_rcvbuf_errors) - d0))
+    UDP_DROPS=$(($(bl_udp_rcvbuf_errors) - d0))
     if bl_sipp_clean "$calls"; then
         CLEAN=1
         RATE=$(awk -v n="$BL_SIPP_OK" -v e="$BL_SIPP_ELAPSED" 'BEGIN { printf "%.0f", n / e }')
@@ -315,7 +293,7 @@ measure_subscribe() { # SYS PORT
         fi
         bl_log "$sys (a) run $i: $RATE SUBSCRIBE/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, retrans $BL_SIPP_RETRANS, UDP drops $UDP_DROPS)"
     done
-    med="$(median "${rates[@]}")"
+    med="$(bl_median "${rates[@]}")"
     med="${med%.*}"
     if [[ -n "$med" ]] && kill -0 "$pid" 2>/dev/null; then
         local target=$((med * 9 / 10)) n
@@ -329,7 +307,7 @@ measure_subscribe() { # SYS PORT
     fi
     RES[$sys:sub]="${med:-n/a}"
     RES[$sys:sub_runs]="$(IFS=' '; echo "${shown[*]:-none}") (clean $clean/$REPEATS, retrans $retr, UDP drops $drops)"
-    RES[$sys:sub_us]="$(median "${us[@]}")"
+    RES[$sys:sub_us]="$(bl_median "${us[@]}")"
     RES[$sys:sub_open]="$open"
 }
 
@@ -372,13 +350,13 @@ measure_fanout() { # SYS PORT W
     until grep -q 'listening on' "$WORK/$tag.tcpdump" 2>/dev/null; do
         if ((SECONDS >= deadline)) || ! kill -0 "$td" 2>/dev/null; then
             bl_log "tcpdump did not start: $(cat "$WORK/$tag.tcpdump")"
-            RES[$sys:fan$w]="n/a (tcpdump)"; stop_bg "$td"; return 0
+            RES[$sys:fan$w]="n/a (tcpdump)"; bl_stop_bg "$td"; return 0
         fi
         sleep 0.1
     done
 
     local wport wtmo=$((need + 20)) d0
-    d0="$(udp_rcvbuf_errors)"
+    d0="$(bl_udp_rcvbuf_errors)"
     wport="$(bl_free_port "$port" "$pubport")"
     (cd "$WORK" && exec timeout $((wtmo + 15)) sipp "$BL_HOST:$port" -sf "$SC_WATCH" -inf "$csv" \
         -i "$BL_HOST" -p "$wport" -t u1 -m "$w" -r 1000 -rp 1000 -default_behaviors all,-bye,-abortunexp \
@@ -410,9 +388,9 @@ measure_fanout() { # SYS PORT W
     # watchers unsubscribe after WATCH_QUIET_S s without NOTIFY, then sipp exits
     deadline=$((SECONDS + WATCH_QUIET_S + 15))
     while kill -0 "$wpid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
-    stop_bg "$wpid"
-    stop_bg "$td"
-    local drops=$(($(udp_rcvbuf_errors) - d0))
+    bl_stop_bg "$wpid"
+    bl_stop_bg "$td"
+    local drops=$(($(bl_udp_rcvbuf_errors) - d0))
     bl_sipp_parse "$WORK/sipp-watch-$tag.log"
     local wok="$BL_SIPP_OK" wfail="$BL_SIPP_FAILED" wunexp="$BL_SIPP_UNEXPECTED"
     python3 "$FANOUT_PY" "$pcap" "$port" "$wport" >"$out" 2>&1 || bl_log "fan-out analysis failed: $(tail -3 "$out")"
@@ -434,12 +412,12 @@ measure_fanout() { # SYS PORT W
         unset F
     done <"$out"
     local total; total="$(grep '^TOTAL' "$out" || true)"
-    RES[$sys:fan$w:p50]="$(median "${p50s[@]}")"
-    RES[$sys:fan$w:p99]="$(median "${p99s[@]}")"
-    RES[$sys:fan$w:nps]="$(median "${npss[@]}")"
+    RES[$sys:fan$w:p50]="$(bl_median "${p50s[@]}")"
+    RES[$sys:fan$w:p99]="$(bl_median "${p99s[@]}")"
+    RES[$sys:fan$w:nps]="$(bl_median "${npss[@]}")"
     RES[$sys:fan$w:order]="$ooo/${total##*cseq_regressions=}"
     RES[$sys:fan$w:order]="${RES[$sys:fan$w:order]%% *}"
-    RES[$sys:fan$w]="rounds ${#p50s[@]}/$REPEATS, PUBLISH every $(median "${ivs[@]}") ms; medians: PUBLISH->200 $(median "${acks[@]}") ms, PUBLISH->first NOTIFY $(median "${firsts[@]}") ms, first->last NOTIFY $(median "${spreads[@]}") ms; NOTIFYs $deliv/$expct (missing $miss, coalesced $coal, out of order $ooo), publisher failures $pubfail, watchers $wok ok/$wfail failed (unexpected $wunexp), ${total#TOTAL }, UDP drops $drops"
+    RES[$sys:fan$w]="rounds ${#p50s[@]}/$REPEATS, PUBLISH every $(bl_median "${ivs[@]}") ms; medians: PUBLISH->200 $(bl_median "${acks[@]}") ms, PUBLISH->first NOTIFY $(bl_median "${firsts[@]}") ms, first->last NOTIFY $(bl_median "${spreads[@]}") ms; NOTIFYs $deliv/$expct (missing $miss, coalesced $coal, out of order $ooo), publisher failures $pubfail, watchers $wok ok/$wfail failed (unexpected $wunexp), ${total#TOTAL }, UDP drops $drops"
     bl_log "$sys fan-out W=$w: p50 ${RES[$sys:fan$w:p50]} ms, p99 ${RES[$sys:fan$w:p99]} ms, ${RES[$sys:fan$w:nps]} NOTIFY/s; ${RES[$sys:fan$w]}"
 }
 

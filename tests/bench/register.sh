@@ -125,14 +125,7 @@ children_cpu_ms() {
 }
 # UDP datagrams the kernel dropped for want of socket receive buffer (all
 # sockets; only this benchmark's traffic runs meanwhile).
-udp_rcvbuf_errors() {
-    awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else { print $c + 0; exit } }' /proc/net/snmp
-}
 
-median() { # numbers... -> median (mean of the middle two if even), "" if none
-    (($#)) || { echo ""; return; }
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 
 # ------------------------------------------------------------------ header
 HOSTINFO_CPU="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
@@ -175,11 +168,11 @@ run_load() {
         return 0
     fi
     SKIPPED=0
-    local d0; d0="$(udp_rcvbuf_errors)"
+    local d0; d0="$(bl_udp_rcvbuf_errors)"
     children_cpu_ms; c0=$CHILD_CPU_MS
     bl_sipp_register "$tag" "$port" u1 "$WORK/users.csv" "$calls" "$WORK" "$tmo" "${SIPP_COMMON[@]}" "$@"
     children_cpu_ms; c1=$CHILD_CPU_MS
-    UDP_DROPS=$(($(udp_rcvbuf_errors) - d0))
+    UDP_DROPS=$(($(bl_udp_rcvbuf_errors) - d0))
     SIPP_CPU_PCT=$(awk -v c="$((c1 - c0))" -v e="$BL_SIPP_ELAPSED" 'BEGIN { printf "%.0f", (e > 0 ? c / 10 / e : 0) }')
     if bl_sipp_clean "$calls"; then
         CLEAN=1
@@ -246,7 +239,7 @@ measure() {
         fi
         bl_log "$sys run $i: ${RATE} REGISTER/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, server CPU ${scpu[-1]}%, sipp CPU ${SIPP_CPU_PCT}%, retrans $BL_SIPP_RETRANS, UDP rcvbuf drops $UDP_DROPS)"
     done
-    med="$(median "${rates[@]}")"
+    med="$(bl_median -d 0 "${rates[@]}")"
     if [[ -n "$med" ]] && kill -0 "$pid" 2>/dev/null; then
         local target=$((med * 9 / 10)) n
         n=$((target * 3)) # ~3 s of traffic
@@ -259,8 +252,8 @@ measure() {
     fi
     R_SYS+=("$sys"); R_CFG+=("$label"); R_MED+=("${med:-n/a}")
     R_RUNS+=("$(IFS=' '; echo "${shown[*]:-none}")"); R_CLEAN+=("$clean/$REPEATS")
-    R_RETR+=("$retr/$drops"); R_SCPU+=("$(median "${scpu[@]}")"); R_CCPU+=("$(median "${ccpu[@]}")"); R_OPEN+=("$open")
-    R_US+=("$(median "${us[@]}")")
+    R_RETR+=("$retr/$drops"); R_SCPU+=("$(bl_median -d 0 "${scpu[@]}")"); R_CCPU+=("$(bl_median -d 0 "${ccpu[@]}")"); R_OPEN+=("$open")
+    R_US+=("$(bl_median -d 0 "${us[@]}")")
 }
 
 # ------------------------------------------------------------- Kamailio

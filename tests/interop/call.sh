@@ -102,18 +102,9 @@ if [[ "$MODE" == kamailio ]]; then bl_need_tools kamailio sqlite presence; else 
 
 WORK="$(mktemp -d -t busylamp-call-interop.XXXXXX)"
 BG_PIDS=() # background sipps (UAS A, UAS B, watcher)
-stop_bg() { # PID: TERM, then KILL; only this PID
-    local p="$1"
-    if kill -0 "$p" 2>/dev/null; then
-        kill -TERM "$p" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
-    fi
-    wait "$p" 2>/dev/null || true
-}
 cleanup() {
     local rc=$? p
-    for p in "${BG_PIDS[@]}"; do stop_bg "$p"; done
+    for p in "${BG_PIDS[@]}"; do bl_stop_bg "$p"; done
     bl_end_work "$rc"
 }
 trap cleanup EXIT

@@ -467,3 +467,39 @@ bl_why_failed() {
         "${1%.log}-errors.log" 2>/dev/null | head -4 | tr -d '\r' | cut -c1-240 | sed 's/^/      /' || true
     grep -h -o -m1 -E "received '[^']{0,300}" "${1%.log}-errors.log" 2>/dev/null | head -1 | tr -d '\r' | sed 's/^/      /' || true
 }
+
+# --- Helpers of the benchmark and interop scripts ----------------------------
+
+# bl_stop_bg PID: stops one background process we started (SIGINT first, so
+# tcpdump flushes and sipp prints its last screen, then TERM, then KILL), waits
+# for it, and drops it from BG_PIDS.  Only this PID is signalled.
+bl_stop_bg() {
+    local p="$1"
+    [[ -n "$p" ]] || return 0
+    if kill -0 "$p" 2>/dev/null; then
+        kill -INT "$p" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$p" 2>/dev/null; then kill -TERM "$p" 2>/dev/null || true; fi
+        for _ in $(seq 1 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
+    fi
+    wait "$p" 2>/dev/null || true
+    local keep=() q
+    for q in "${BG_PIDS[@]}"; do [[ "$q" == "$p" ]] || keep+=("$q"); done
+    BG_PIDS=("${keep[@]}")
+}
+
+# bl_median [-d DIGITS] NUMBERS...: the median (the mean of the middle two if
+# even, with DIGITS decimals, 1 by default; -d 0 for a whole number that shell
+# arithmetic can use), "" if none.
+bl_median() {
+    local digits=1
+    if [[ "${1:-}" == -d ]]; then digits="$2"; shift 2; fi
+    (($#)) || { echo ""; return; }
+    printf '%s\n' "$@" | sort -g | awk -v d="$digits" '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.*f\n", d, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# bl_udp_rcvbuf_errors: the kernel's UDP RcvbufErrors counter (system-wide).
+bl_udp_rcvbuf_errors() {
+    awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else { print $c + 0; exit } }' /proc/net/snmp
+}
