@@ -4,39 +4,12 @@
 
 mod common;
 use busylamp::sip::HeaderName;
+use common::binary::Busylamp;
 use common::*;
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_busylamp"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start busylamp")
-}
-
-async fn wait_ready(server: SocketAddr) {
-    assert!(
-        answers_options_within(server, Duration::from_secs(30)).await,
-        "server did not come up within 30 s"
-    );
-}
 
 fn user_register(user: &str, port: u16, extra: &str) -> Vec<u8> {
     wire(&format!(
@@ -54,31 +27,9 @@ fn user_register(user: &str, port: u16, extra: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_binding_survives_kill_9() {
-    let dir = std::env::temp_dir().join(format!("busylamp-kill9-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_udp_port();
-    let config = dir.join("busylamp.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:{port}"]
-data_dir = "{}"
-log = "warn"
-[auth]
-trusted = ["127.0.0.0/8"]
-"#,
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let log = dir.join("serve.log");
-    let mut child = spawn(&config, &log);
-    wait_ready(server).await;
+    let mut busylamp = Busylamp::new("registrar", "");
+    let server = busylamp.addr;
+    busylamp.wait_ready().await;
 
     // Four senders keep a window of REGISTERs in flight; every 200 is recorded.
     let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
@@ -133,8 +84,7 @@ trusted = ["127.0.0.0/8"]
     while acked.lock().unwrap().len() < 1200 && start.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
-    let _ = child.wait();
+    busylamp.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for s in senders {
         let _ = s.await;
@@ -152,8 +102,8 @@ trusted = ["127.0.0.0/8"]
         acked.len()
     );
 
-    let mut child = spawn(&config, &log);
-    wait_ready(server).await;
+    busylamp.start();
+    busylamp.wait_ready().await;
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let p = sock.local_addr().unwrap().port();
     let mut missing = Vec::new();
@@ -182,10 +132,8 @@ trusted = ["127.0.0.0/8"]
             seen.insert(user);
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
+    let log_text = busylamp.log_text();
+    drop(busylamp);
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged bindings lost after kill -9 ({total_sent} sent): {:?}\n{log_text}",
