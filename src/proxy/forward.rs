@@ -169,16 +169,20 @@ impl Core {
         }
         let upstream = self.upstream_peer();
         let from_upstream = upstream.is_some_and(|u| u.remote.ip() == peer.remote.ip());
-        let aor = self.proxy.local_aor(&req.uri);
-        let bindings = aor
-            .as_deref()
-            .map(|a| self.registrar.lookup(a))
-            .unwrap_or_default();
-        let known = req
-            .uri
-            .as_sip()
-            .and_then(|u| u.user.as_deref())
-            .is_some_and(|u| self.auth.knows(&crate::sip::text::unescape(u)));
+        // Who the Request-URI names matters only for a request routed by it (not in a
+        // dialog, no Route left): BYEs and re-INVITEs skip the binding and user lookups.
+        let by_request_uri = !in_dialog && !req.headers.has(HeaderName::Route);
+        let bindings = match self.proxy.local_aor(&req.uri) {
+            Some(aor) if by_request_uri => self.registrar.lookup(&aor),
+            _ => Vec::new(),
+        };
+        let known = by_request_uri
+            && bindings.is_empty()
+            && req
+                .uri
+                .as_sip()
+                .and_then(|u| u.user.as_deref())
+                .is_some_and(|u| self.auth.knows(&crate::sip::text::unescape(u)));
         let targets = match self
             .proxy
             .targets(&req, in_dialog, &bindings, known, from_upstream)
