@@ -33,8 +33,8 @@ pub enum StartError {
     Transport(#[from] TransportError),
     #[error("{0}")]
     Storage(#[from] StorageError),
-    #[error("cannot read random bytes for nonces: {0}")]
-    Random(std::io::Error),
+    #[error("cannot read random bytes from the operating system (for keys, tags and ids): {0}")]
+    Random(getrandom::Error),
 }
 
 /// How a request is answered.
@@ -83,7 +83,8 @@ pub struct Core {
     pub(crate) dialoginfo: crate::config::DialogInfoConfig,
     pub(crate) max_lifetime: u64,
     pub(crate) events: EventBus,
-    pub(crate) branch_secret: u64,
+    /// Mints and checks our Via branches (kept in `data_dir/branch.key`).
+    pub(crate) branch_key: crate::transaction::BranchKey,
     pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
     /// Messages read from the network (requests and responses, parseable or not).
     received: std::sync::atomic::AtomicU64,
@@ -179,12 +180,17 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         max_headers: cfg.server.max_headers,
         max_line: 8 * 1024,
     };
+    // Randomness first: without the OS RNG nothing below may start (no guessable fallback).
+    let branch_key =
+        crate::transaction::BranchKey::load_or_create(&cfg.server.data_dir.join("branch.key"))
+            .map_err(StartError::Random)?;
+    let ids = || Ids::new().map_err(StartError::Random);
     let events = EventBus::default();
     let clock = Clock::new();
     let registrar = Registrar::new(cfg, store, events.clone(), clock);
-    let presence = Presence::new(cfg, presence_store, clock);
+    let presence = Presence::new(cfg, presence_store, clock, ids()?, branch_key.clone());
     presence.set_events(events.clone());
-    let pua = Pua::new(cfg, presence.clone());
+    let pua = Pua::new(cfg, presence.clone(), ids()?);
     // pua_usrloc hears every binding change from the registrar itself (not the lossy bus);
     // it publishes nothing until the presence state is loaded (`usrloc.start` below).
     let usrloc = Usrloc::new(cfg, pua.clone(), clock);
@@ -213,7 +219,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         presence: presence.clone(),
         pua: pua.clone(),
         clock,
-        ids: Ids::new(),
+        ids: ids()?,
         server_header: cfg.server.server_header.clone(),
         transactions: Mutex::new(ServerTransactions::new(
             Timers::default(),
@@ -234,7 +240,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         dialoginfo: cfg.pua.dialoginfo.clone(),
         max_lifetime: cfg.dialog.max_lifetime,
         events: events.clone(),
-        branch_secret: branch_secret(&cfg.server.data_dir),
+        branch_key,
         this: std::sync::OnceLock::new(),
         received: Default::default(),
     });
@@ -732,7 +738,7 @@ impl Core {
             "SIP/2.0/{} {};branch={};rport",
             to.proto.via_name(),
             self.advertised(to.local),
-            crate::transaction::branch_from(self.ids.next(), self.branch_secret)
+            self.branch_key.mint(self.ids.next())
         )
     }
 
@@ -996,43 +1002,6 @@ impl NotifySink for Core {
             }
         }
     }
-}
-
-/// The secret our Via branches are minted under (only responses to branches it minted are
-/// relayed statelessly). Kept in `data_dir/branch.key` so a 2xx to an INVITE sent before a
-/// restart is still recognised after it; random when the directory cannot be used.
-fn branch_secret(data_dir: &std::path::Path) -> u64 {
-    let path = data_dir.join("branch.key");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(v) = u64::from_str_radix(text.trim(), 16) {
-            return v;
-        }
-    }
-    let mut bytes = [0u8; 8];
-    let random = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map(|_| u64::from_le_bytes(bytes));
-    let secret = random.unwrap_or_else(|_| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::process::id().into());
-        h.finish()
-    });
-    if data_dir.is_dir() {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        // Readable by its owner only, like the user file.
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| writeln!(f, "{secret:016x}").and_then(|_| f.sync_all()));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "branch key not stored; 2xx retransmissions from before a restart will not be relayed");
-        }
-    }
-    secret
 }
 
 /// The host of `[presence] server_address` when set, else the domain.

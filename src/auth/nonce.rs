@@ -5,11 +5,11 @@
 //! phone actually uses take memory, in [`NonceCounts`]. Time always comes in
 //! as a parameter (unix seconds): nothing here reads a clock.
 
-use crate::sip::digest::{ct_eq, hex, hmac_sha256};
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -18,20 +18,27 @@ use std::sync::Arc;
 /// issued under a different clock.
 pub const MAX_FUTURE_SKEW_SECS: u64 = 5;
 
-/// 16 hex timestamp + 16 hex sequence + 32 hex MAC.
+/// 16 hex timestamp + 16 hex salt + 32 hex MAC.
 pub const NONCE_LEN: usize = 64;
 
 /// Binds the MAC to this use, so the same key could safely sign other things.
 const MAC_LABEL: &[u8] = b"busylamp digest nonce v1\0";
+/// Binds the salt derivation to its use (domain separation from [`MAC_LABEL`]).
+const SALT_LABEL: &[u8] = b"busylamp digest nonce salt v1\0";
+
+type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// The secret that signs nonces.
 ///
 /// Besides the key it holds an issue counter, which makes every nonce
 /// distinct: with the timestamp alone, two phones challenged in the same
 /// second would get the same nonce, and the second one's `nc=00000001` would
-/// then be refused as a replay of the first's.
+/// then be refused as a replay of the first's. The counter itself never
+/// leaves: a nonce carries a salt derived from it with the key (HMAC), so one
+/// nonce says nothing about the next.
 pub struct NonceKey {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed once; each use clones the keyed state.
+    mac: HmacSha256,
     seq: AtomicU64,
 }
 
@@ -50,17 +57,17 @@ pub enum NonceCheck {
 impl NonceKey {
     pub fn new(bytes: [u8; 32]) -> Self {
         NonceKey {
-            key: bytes,
+            mac: HmacSha256::new_from_slice(&bytes).expect("HMAC takes keys of any length"),
             seq: AtomicU64::new(0),
         }
     }
 
-    /// A fresh key from the kernel's CSPRNG. A per-process key means nonces
-    /// issued before a restart stop verifying, which only costs phones one
-    /// extra challenge.
-    pub fn random() -> std::io::Result<Self> {
+    /// A fresh key from the operating system's CSPRNG. A per-process key
+    /// means nonces issued before a restart stop verifying, which only costs
+    /// phones one extra challenge.
+    pub fn random() -> Result<Self, getrandom::Error> {
         let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        getrandom::fill(&mut bytes)?;
         Ok(NonceKey::new(bytes))
     }
 
@@ -69,9 +76,10 @@ impl NonceKey {
     pub fn issue(&self, now_secs: u64) -> String {
         // Relaxed suffices: the counter only has to hand out distinct values.
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let mac = self.mac(now_secs, seq);
-        let mut nonce = format!("{now_secs:016x}{seq:016x}");
-        nonce.push_str(&hex(&mac[..16]));
+        let salt = self.salt(seq);
+        let mac = self.mac(now_secs, salt);
+        let mut nonce = format!("{now_secs:016x}{salt:016x}");
+        nonce.push_str(&hex::encode(&mac[..16]));
         nonce
     }
 
@@ -85,19 +93,19 @@ impl NonceKey {
         {
             return NonceCheck::Invalid;
         }
-        let (Some(issued), Some(seq)) = (decode_u64(&bytes[..16]), decode_u64(&bytes[16..32]))
-        else {
+        let mut fields = [0u8; NONCE_LEN / 2];
+        if hex::decode_to_slice(bytes, &mut fields).is_err() {
             return NonceCheck::Invalid;
-        };
-        let mut given = [0u8; 16];
-        for (out, pair) in given.iter_mut().zip(bytes[32..].as_chunks::<2>().0) {
-            match (hex_value(pair[0]), hex_value(pair[1])) {
-                (Some(hi), Some(lo)) => *out = (hi << 4) | lo,
-                _ => return NonceCheck::Invalid,
-            }
         }
-        let mac = self.mac(issued, seq);
-        if !ct_eq(&mac[..16], &given) {
+        let (issued, rest) = fields.split_at(8);
+        let (salt, given) = rest.split_at(8);
+        let issued = u64::from_be_bytes(issued.try_into().unwrap_or_default());
+        let salt = u64::from_be_bytes(salt.try_into().unwrap_or_default());
+        if self
+            .mac_state(issued, salt)
+            .verify_truncated_left(given)
+            .is_err()
+        {
             return NonceCheck::Invalid;
         }
         if issued > now_secs.saturating_add(MAX_FUTURE_SKEW_SECS) {
@@ -111,13 +119,31 @@ impl NonceKey {
         }
     }
 
-    fn mac(&self, issued_secs: u64, seq: u64) -> [u8; 32] {
-        let mut msg = [0u8; MAC_LABEL.len() + 16];
-        let (label, rest) = msg.split_at_mut(MAC_LABEL.len());
-        label.copy_from_slice(MAC_LABEL);
-        rest[..8].copy_from_slice(&issued_secs.to_be_bytes());
-        rest[8..].copy_from_slice(&seq.to_be_bytes());
-        hmac_sha256(&self.key, &msg)
+    /// The salt of the `seq`th nonce: unique per `seq` with overwhelming
+    /// probability and, without the key, unrelated to any other salt.
+    fn salt(&self, seq: u64) -> u64 {
+        let mut mac = self.mac.clone();
+        mac.update(SALT_LABEL);
+        mac.update(&seq.to_be_bytes());
+        let out = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    fn mac_state(&self, issued_secs: u64, salt: u64) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(MAC_LABEL);
+        mac.update(&issued_secs.to_be_bytes());
+        mac.update(&salt.to_be_bytes());
+        mac
+    }
+
+    fn mac(&self, issued_secs: u64, salt: u64) -> [u8; 32] {
+        self.mac_state(issued_secs, salt)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 }
 
@@ -129,20 +155,6 @@ impl fmt::Debug for NonceKey {
             .field("issued", &self.seq.load(Ordering::Relaxed))
             .finish()
     }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
-}
-
-fn decode_u64(digits: &[u8]) -> Option<u64> {
-    digits
-        .iter()
-        .try_fold(0u64, |acc, &b| Some((acc << 4) | u64::from(hex_value(b)?)))
 }
 
 /// Replay guard for Digest nonce counts: remembers, per nonce, the highest
@@ -418,9 +430,9 @@ mod tests {
 
     #[test]
     fn random_keys_differ_and_work() {
-        let a = NonceKey::random().expect("/dev/urandom readable");
-        let b = NonceKey::random().expect("/dev/urandom readable");
-        assert_ne!(a.key, b.key);
+        let a = NonceKey::random().expect("OS RNG readable");
+        let b = NonceKey::random().expect("OS RNG readable");
+        assert_ne!(a.issue(T0), b.issue(T0));
         let nonce = a.issue(T0);
         assert!(matches!(
             a.check(&nonce, T0, MAX_AGE),

@@ -241,12 +241,14 @@ struct RenderCache {
 const MAX_CACHED_VIEWS: usize = 16;
 
 fn pubs_key(pubs: &[Publication]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ pubs.len() as u64;
+    use std::hash::{Hash, Hasher};
+    // In-process only and no secret involved: std's hasher.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pubs.len().hash(&mut h);
     for p in pubs {
-        h ^= p.rec.seq;
-        h = h.wrapping_mul(0x0100_0000_01b3).rotate_left(17);
+        p.rec.seq.hash(&mut h);
     }
-    h
+    h.finish()
 }
 
 impl Resource {
@@ -289,6 +291,7 @@ pub struct Presence {
     store: Arc<dyn PresenceStore>,
     clock: Clock,
     ids: Ids,
+    branches: crate::transaction::BranchKey,
     timers: Mutex<Deadlines<Timer>>,
     timers_changed: Notify,
     subscription_count: AtomicUsize,
@@ -477,7 +480,14 @@ fn with_version(doc: &Rendered, version: u32) -> Rendered {
 }
 
 impl Presence {
-    pub fn new(cfg: &Config, store: Arc<dyn PresenceStore>, clock: Clock) -> Arc<Presence> {
+    /// `ids` makes ETags, `branches` mints the branches of our NOTIFYs.
+    pub fn new(
+        cfg: &Config,
+        store: Arc<dyn PresenceStore>,
+        clock: Clock,
+        ids: Ids,
+        branches: crate::transaction::BranchKey,
+    ) -> Arc<Presence> {
         let profiles: Vec<Arc<VendorProfile>> = cfg
             .presence
             .profiles
@@ -510,7 +520,8 @@ impl Presence {
             dialogs: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             store,
             clock,
-            ids: Ids::new(),
+            ids,
+            branches,
             timers: Mutex::new(Deadlines::new()),
             timers_changed: Notify::new(),
             subscription_count: AtomicUsize::new(0),
@@ -765,7 +776,7 @@ impl Presence {
             Persist::Sequence => writes.push(PresenceWrite::notify_seq(&sub.rec)),
             Persist::Record => writes.push(PresenceWrite::subscription(&sub.rec)),
         }
-        let branch = crate::transaction::branch_from(self.ids.next(), self.ids.next());
+        let branch = self.branches.mint(self.ids.next());
         let request = notify::build(
             &sub.rec,
             res.pkg,
@@ -1666,7 +1677,7 @@ impl Presence {
         let mut writes = Vec::new();
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
-        let new_etag = format!("{:016x}", self.ids.next());
+        let new_etag = self.ids.unique();
         // A refresh without a body keeps an ended call's linger.
         let expires = match if_match {
             Some(tag) if expires > 0 && !has_body => {
@@ -1843,7 +1854,7 @@ impl Presence {
                 let rec = PublicationRecord {
                     presentity: presentity.to_string(),
                     event: pkg.key().into(),
-                    etag: format!("{:016x}", self.ids.next()),
+                    etag: self.ids.unique(),
                     source_id: source_id.into(),
                     content_type: content_type.into(),
                     body: body.to_vec(),

@@ -59,17 +59,6 @@ struct Forwarded {
     call: Option<CallKey>,
 }
 
-/// FNV-1a over `bytes`, keyed: the same ACK always gets the same branch, and outsiders
-/// cannot predict it.
-fn keyed_hash(key: u64, bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ key;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -386,7 +375,7 @@ impl Core {
                 self.advertised(peer.local),
                 crate::sip::header::BRANCH_MAGIC,
                 f.loop_hash,
-                &crate::transaction::branch_from(self.ids.next(), self.branch_secret)[7..],
+                self.branch_key.mint_tail(self.ids.next()),
             );
             let rr = if f.record_route {
                 let ftag = f.request.from_hdr().ok().and_then(|h| h.tag());
@@ -604,9 +593,9 @@ impl Core {
                 .ok()
                 .and_then(|v| v.branch())
                 .unwrap_or_default();
-            let branch = keyed_hash(me.branch_secret, top.as_bytes());
+            let branch = me.branch_key.derive(top.as_bytes());
             let via = format!(
-                "SIP/2.0/{} {};branch={}L{}{:016x};rport",
+                "SIP/2.0/{} {};branch={}L{}{};rport",
                 to.proto.via_name(),
                 me.advertised(to.local),
                 crate::sip::header::BRANCH_MAGIC,
@@ -926,10 +915,10 @@ impl Core {
         let Ok(via) = resp.top_via() else {
             return false;
         };
-        // Our branches: the magic cookie, `L`, the 8-digit loop hash, then `branch_from`'s.
+        // Our branches: the magic cookie, `L`, the 8-digit loop hash, then a minted tail.
         let minted = via.branch().is_some_and(|b| {
             b.get(crate::sip::header::BRANCH_MAGIC.len() + 9..)
-                .is_some_and(|tail| crate::transaction::is_branch_from(tail, self.branch_secret))
+                .is_some_and(|tail| self.branch_key.is_ours(tail))
         });
         let ours = self.proxy.is_our_via(&via) && minted;
         if ours {

@@ -251,11 +251,11 @@ fn accept_for(event: &str) -> Option<&'static str> {
 }
 
 impl Client {
-    pub fn new(settings: Settings) -> Arc<Client> {
+    pub fn new(settings: Settings, ids: Ids) -> Arc<Client> {
         Arc::new_cyclic(|this| Client {
             settings,
             sender: OnceLock::new(),
-            ids: Ids::new(),
+            ids,
             publications: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
             this: this.clone(),
@@ -421,7 +421,7 @@ impl Client {
             remote_body: None,
             remote_until: Instant::now(),
             refresh_at: None,
-            call_id: format!("{:016x}@busylamp", self.ids.next()),
+            call_id: format!("{}@busylamp", self.ids.unique()),
             from_tag: self.ids.tag(),
             cseq: 0,
             failures: 0,
@@ -794,7 +794,7 @@ impl Client {
                 return;
             }
             // A new dialog.
-            let call_id = format!("{:016x}@busylamp", self.ids.next());
+            let call_id = format!("{}@busylamp", self.ids.unique());
             let tag = self.ids.tag();
             {
                 let mut inner = lock(&sub.inner);
@@ -1327,13 +1327,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rfc3903_publications_through_the_sender_trait_one_in_flight_newest_wins() {
         let mock = Arc::new(Mock::default());
-        let client = Client::new(Settings {
-            presence_server: Some(match Uri::parse("sip:192.0.2.1").unwrap() {
-                Uri::Sip(u) => u,
-                _ => unreachable!(),
-            }),
-            ..settings()
-        });
+        let client = Client::new(
+            Settings {
+                presence_server: Some(match Uri::parse("sip:192.0.2.1").unwrap() {
+                    Uri::Sip(u) => u,
+                    _ => unreachable!(),
+                }),
+                ..settings()
+            },
+            Ids::new().expect("OS RNG"),
+        );
         let sender: Arc<dyn SipSender> = mock.clone();
         client.set_sender(Arc::downgrade(&sender));
         let aor = "sip:1001@example.test";

@@ -100,7 +100,7 @@ fn callee_shown(call: &Call) -> bool {
 pub fn source_id(call: &Call, side: Side) -> String {
     format!(
         "dlg:{:016x}:{}",
-        fnv1a(&[&call.key.call_id, &call.key.from_tag]),
+        stable_hash(&[&call.key.call_id, &call.key.from_tag]),
         side.name()
     )
 }
@@ -130,7 +130,7 @@ fn dialog(call: &Call, branch: Option<&Branch>, side: Side, cfg: &DialogInfoConf
     let side_name = side.name();
     let id = format!(
         "{:016x}",
-        fnv1a(&[
+        stable_hash(&[
             &call.key.call_id,
             &call.key.from_tag,
             to_tag.unwrap_or(""),
@@ -242,17 +242,20 @@ fn event(reason: EndReason, side: Side) -> StateEvent {
     }
 }
 
-/// FNV-1a 64 over the parts (each followed by a 0 byte): stable across builds and restarts,
-/// unlike std's hasher.
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+/// A 64-bit hash of the parts (each followed by a 0 byte), stable across builds, Rust
+/// releases and restarts (these ids outlive the process: stored publications, dialog ids
+/// phones already saw), which std's hasher does not promise: the first 8 bytes of SHA-256.
+fn stable_hash(parts: &[&str]) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
     for part in parts {
-        for &b in part.as_bytes().iter().chain(std::iter::once(&0u8)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        h.update(part.as_bytes());
+        h.update([0u8]);
     }
-    h
+    let out = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first)
 }
 
 #[cfg(test)]

@@ -28,10 +28,11 @@ pub struct Pua {
 }
 
 impl Pua {
-    pub fn new(cfg: &Config, presence: Arc<Presence>) -> Arc<Pua> {
+    /// `ids` makes the SIP client's Call-IDs, tags and client nonces.
+    pub fn new(cfg: &Config, presence: Arc<Presence>, ids: crate::ids::Ids) -> Arc<Pua> {
         Arc::new(Pua {
             presence,
-            client: Client::new(client::Settings::from_config(cfg)),
+            client: Client::new(client::Settings::from_config(cfg), ids),
         })
     }
 

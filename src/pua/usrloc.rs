@@ -42,8 +42,9 @@ pub use crate::config::UserPattern;
 /// (RFC 5626) or, without one, its contact URI.
 pub fn tuple_id(b: &Binding) -> String {
     let key = b.instance.as_deref().unwrap_or(&b.contact);
-    let h = crate::sip::digest::md5(key.as_bytes());
-    format!("ul{}", &crate::sip::digest::hex(&h)[..12])
+    use md5::Digest;
+    let h = md5::Md5::digest(key.as_bytes());
+    format!("ul{}", &hex::encode(h)[..12])
 }
 
 /// The `open` document for these bindings (at least one): one tuple per phone, highest

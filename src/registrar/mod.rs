@@ -501,33 +501,12 @@ impl Registrar {
 }
 
 /// RFC 1123 date for the Date header (RFC 3261 §20.17), from unix seconds.
+/// Clamped to the last second `httpdate` can print (it panics past 9999-12-31): a clock that
+/// far off must not take the request path down.
 pub fn http_date(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    const LAST: u64 = 253_402_300_799;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.min(LAST));
+    httpdate::fmt_http_date(at)
 }
 
 #[cfg(test)]
@@ -543,5 +522,6 @@ mod tests {
             super::http_date(951_782_400),
             "Tue, 29 Feb 2000 00:00:00 GMT"
         );
+        assert_eq!(super::http_date(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
     }
 }

@@ -1,312 +1,18 @@
 //! HTTP Digest authentication as SIP uses it (RFC 2617, RFC 7616, RFC 8760).
 //!
-//! The hashes are written here rather than taken from a crate so that the
-//! registrar's hottest path carries no dependency surface, and so this file
-//! compiles on its own: it uses nothing but `std` and no `crate::` paths.
-//! Hashing streams the pieces of each digest input straight into the hash
-//! state, so computing a response allocates only the returned hex string.
+//! The hashes are RustCrypto's (`md-5`, `sha2`), the comparison `subtle`'s and the hex
+//! `hex`'s; this file only knows how Digest strings the pieces together. Hashing streams the
+//! pieces of each digest input straight into the hash state, so computing a response
+//! allocates only the returned hex string.
 
+use md5::Md5;
+use sha2::{Digest, Sha256};
 use std::fmt;
+use subtle::ConstantTimeEq;
 
 /// Longest Authorization value we will parse; real phones send ~400 bytes,
 /// and the bound keeps a hostile header from costing unbounded work.
 pub const MAX_CREDENTIALS_LEN: usize = 4096;
-
-// ---------------------------------------------------------------------------
-// Block buffering shared by MD5 and SHA-256 (both use 64-byte blocks and the
-// same Merkle–Damgård padding, differing only in the length's byte order).
-
-struct BlockBuffer {
-    buf: [u8; 64],
-    len: usize,
-    total: u64,
-}
-
-impl BlockBuffer {
-    const fn new() -> Self {
-        BlockBuffer {
-            buf: [0; 64],
-            len: 0,
-            total: 0,
-        }
-    }
-
-    #[inline]
-    fn update(&mut self, mut data: &[u8], mut compress: impl FnMut(&[u8; 64])) {
-        self.total = self.total.wrapping_add(data.len() as u64);
-        if self.len > 0 {
-            let take = (64 - self.len).min(data.len());
-            self.buf[self.len..self.len + take].copy_from_slice(&data[..take]);
-            self.len += take;
-            data = &data[take..];
-            if self.len < 64 {
-                return;
-            }
-            compress(&self.buf);
-            self.len = 0;
-        }
-        let (blocks, rest) = data.as_chunks::<64>();
-        for block in blocks {
-            compress(block);
-        }
-        self.buf[..rest.len()].copy_from_slice(rest);
-        self.len = rest.len();
-    }
-
-    fn finish(&mut self, length_big_endian: bool, mut compress: impl FnMut(&[u8; 64])) {
-        let bits = self.total.wrapping_mul(8);
-        let length = if length_big_endian {
-            bits.to_be_bytes()
-        } else {
-            bits.to_le_bytes()
-        };
-        // `len` is always < 64 here: update() compresses a full buffer at once.
-        self.buf[self.len] = 0x80;
-        self.buf[self.len + 1..].fill(0);
-        if self.len >= 56 {
-            compress(&self.buf);
-            self.buf.fill(0);
-        }
-        self.buf[56..].copy_from_slice(&length);
-        compress(&self.buf);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// MD5 (RFC 1321)
-
-const MD5_INIT: [u32; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
-
-const MD5_K: [u32; 64] = [
-    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
-    0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
-    0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
-    0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
-    0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
-    0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
-    0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
-    0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
-];
-
-const MD5_S: [u32; 64] = [
-    7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9,
-    14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10, 15,
-    21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
-];
-
-fn md5_compress(state: &mut [u32; 4], block: &[u8; 64]) {
-    let mut m = [0u32; 16];
-    for (word, bytes) in m.iter_mut().zip(block.as_chunks::<4>().0) {
-        *word = u32::from_le_bytes(*bytes);
-    }
-    let [mut a, mut b, mut c, mut d] = *state;
-    for i in 0..64 {
-        let (f, g) = match i / 16 {
-            0 => ((b & c) | (!b & d), i),
-            1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
-            2 => (b ^ c ^ d, (3 * i + 5) % 16),
-            _ => (c ^ (b | !d), (7 * i) % 16),
-        };
-        let rotated = a
-            .wrapping_add(f)
-            .wrapping_add(MD5_K[i])
-            .wrapping_add(m[g])
-            .rotate_left(MD5_S[i]);
-        a = d;
-        d = c;
-        c = b;
-        b = b.wrapping_add(rotated);
-    }
-    state[0] = state[0].wrapping_add(a);
-    state[1] = state[1].wrapping_add(b);
-    state[2] = state[2].wrapping_add(c);
-    state[3] = state[3].wrapping_add(d);
-}
-
-struct Md5 {
-    state: [u32; 4],
-    block: BlockBuffer,
-}
-
-impl Md5 {
-    const fn new() -> Self {
-        Md5 {
-            state: MD5_INIT,
-            block: BlockBuffer::new(),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        let state = &mut self.state;
-        self.block.update(data, |b| md5_compress(state, b));
-    }
-
-    fn finish(mut self) -> [u8; 16] {
-        let state = &mut self.state;
-        self.block.finish(false, |b| md5_compress(state, b));
-        let mut out = [0u8; 16];
-        for (chunk, word) in out.chunks_exact_mut(4).zip(self.state) {
-            chunk.copy_from_slice(&word.to_le_bytes());
-        }
-        out
-    }
-}
-
-/// MD5 (RFC 1321). Only for Digest interoperability; not a secure hash.
-pub fn md5(data: &[u8]) -> [u8; 16] {
-    let mut h = Md5::new();
-    h.update(data);
-    h.finish()
-}
-
-// ---------------------------------------------------------------------------
-// SHA-256 (FIPS 180-4)
-
-const SHA256_INIT: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
-
-const SHA256_K: [u32; 64] = [
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-];
-
-fn sha256_compress(state: &mut [u32; 8], block: &[u8; 64]) {
-    let mut w = [0u32; 64];
-    for (word, bytes) in w.iter_mut().zip(block.as_chunks::<4>().0) {
-        *word = u32::from_be_bytes(*bytes);
-    }
-    for t in 16..64 {
-        let s0 = w[t - 15].rotate_right(7) ^ w[t - 15].rotate_right(18) ^ (w[t - 15] >> 3);
-        let s1 = w[t - 2].rotate_right(17) ^ w[t - 2].rotate_right(19) ^ (w[t - 2] >> 10);
-        w[t] = w[t - 16]
-            .wrapping_add(s0)
-            .wrapping_add(w[t - 7])
-            .wrapping_add(s1);
-    }
-    let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
-    for (k, wt) in SHA256_K.iter().zip(w) {
-        let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-        let ch = (e & f) ^ (!e & g);
-        let t1 = h
-            .wrapping_add(s1)
-            .wrapping_add(ch)
-            .wrapping_add(*k)
-            .wrapping_add(wt);
-        let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-        let maj = (a & b) ^ (a & c) ^ (b & c);
-        let t2 = s0.wrapping_add(maj);
-        h = g;
-        g = f;
-        f = e;
-        e = d.wrapping_add(t1);
-        d = c;
-        c = b;
-        b = a;
-        a = t1.wrapping_add(t2);
-    }
-    for (s, v) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
-        *s = s.wrapping_add(v);
-    }
-}
-
-struct Sha256 {
-    state: [u32; 8],
-    block: BlockBuffer,
-}
-
-impl Sha256 {
-    const fn new() -> Self {
-        Sha256 {
-            state: SHA256_INIT,
-            block: BlockBuffer::new(),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        let state = &mut self.state;
-        self.block.update(data, |b| sha256_compress(state, b));
-    }
-
-    fn finish(mut self) -> [u8; 32] {
-        let state = &mut self.state;
-        self.block.finish(true, |b| sha256_compress(state, b));
-        let mut out = [0u8; 32];
-        for (chunk, word) in out.chunks_exact_mut(4).zip(self.state) {
-            chunk.copy_from_slice(&word.to_be_bytes());
-        }
-        out
-    }
-}
-
-/// SHA-256 (FIPS 180-4).
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(data);
-    h.finish()
-}
-
-/// HMAC-SHA256 (RFC 2104).
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut block_key = [0u8; 64];
-    if key.len() > 64 {
-        block_key[..32].copy_from_slice(&sha256(key));
-    } else {
-        block_key[..key.len()].copy_from_slice(key);
-    }
-    let mut pad = [0u8; 64];
-    for (p, k) in pad.iter_mut().zip(block_key) {
-        *p = k ^ 0x36;
-    }
-    let mut inner = Sha256::new();
-    inner.update(&pad);
-    inner.update(data);
-    let inner = inner.finish();
-    for (p, k) in pad.iter_mut().zip(block_key) {
-        *p = k ^ 0x5c;
-    }
-    let mut outer = Sha256::new();
-    outer.update(&pad);
-    outer.update(&inner);
-    outer.finish()
-}
-
-// ---------------------------------------------------------------------------
-// Hex and comparison
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
-/// Lowercase hex, the form Digest puts on the wire.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
-
-/// Compares without a data-dependent early exit, so response timing does not
-/// reveal how many leading characters of a guess were right. Lengths are not
-/// secret (every digest of one algorithm has the same length), so a length
-/// mismatch returns at once.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    // Keeps the optimiser from turning the fold back into a short-circuit.
-    std::hint::black_box(diff) == 0
-}
 
 /// Hex digest on the stack: the intermediate HA1'/HA2 values never need heap.
 struct HexDigest {
@@ -317,14 +23,10 @@ struct HexDigest {
 impl HexDigest {
     fn from_bytes(bytes: &[u8]) -> Self {
         let mut buf = [0u8; 64];
-        for (pair, &b) in buf.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = HEX_DIGITS[usize::from(b >> 4)];
-            pair[1] = HEX_DIGITS[usize::from(b & 0x0f)];
-        }
-        HexDigest {
-            buf,
-            len: bytes.len().min(32) * 2,
-        }
+        let len = bytes.len().min(32) * 2;
+        // Cannot fail: the slice is exactly twice the (capped) input length.
+        let _ = hex::encode_to_slice(&bytes[..len / 2], &mut buf[..len]);
+        HexDigest { buf, len }
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -436,8 +138,8 @@ impl Hasher {
 
     fn finish_hex(self) -> HexDigest {
         match self {
-            Hasher::Md5(h) => HexDigest::from_bytes(&h.finish()),
-            Hasher::Sha256(h) => HexDigest::from_bytes(&h.finish()),
+            Hasher::Md5(h) => HexDigest::from_bytes(&h.finalize()),
+            Hasher::Sha256(h) => HexDigest::from_bytes(&h.finalize()),
         }
     }
 }
@@ -865,7 +567,8 @@ pub fn verify(alg: Algorithm, ha1_hex: &str, method: &str, creds: &Credentials) 
     }
     let expected = response(alg, ha1_hex, method, creds);
     let given = creds.response.to_ascii_lowercase();
-    ct_eq(expected.as_bytes(), given.as_bytes())
+    // Constant time: response timing must not reveal how much of a guess was right.
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
 // ---------------------------------------------------------------------------
@@ -999,8 +702,24 @@ pub fn authorization(
 mod tests {
     use super::*;
 
+    // The RFC vectors below test our use of the crates: which hash, fed how, printed how.
     fn hex_of(bytes: &[u8]) -> String {
-        hex(bytes)
+        hex::encode(bytes)
+    }
+
+    fn md5(data: &[u8]) -> Vec<u8> {
+        Md5::digest(data).to_vec()
+    }
+
+    fn sha256(data: &[u8]) -> Vec<u8> {
+        Sha256::digest(data).to_vec()
+    }
+
+    fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
     }
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -1121,21 +840,21 @@ mod tests {
 
     #[test]
     fn streaming_in_pieces_matches_one_shot() {
+        // `response` feeds each digest input in pieces through `Hasher`.
         let data = pattern(300);
-        let want_md5 = md5(&data);
-        let want_sha = sha256(&data);
-        for split in [0, 1, 55, 63, 64, 65, 128, 299, 300] {
-            for second in [split, (split + 70).min(300)] {
-                let (a, rest) = data.split_at(split);
-                let (b, c) = rest.split_at(second - split);
-                let mut m = Md5::new();
-                let mut s = Sha256::new();
-                for part in [a, b, c] {
-                    m.update(part);
-                    s.update(part);
+        for alg in [Algorithm::Md5, Algorithm::Sha256] {
+            let want = alg.hash_hex(&data);
+            for split in [0, 1, 55, 63, 64, 65, 128, 299, 300] {
+                for second in [split, (split + 70).min(300)] {
+                    let (a, rest) = data.split_at(split);
+                    let (b, c) = rest.split_at(second - split);
+                    let mut h = Hasher::new(alg);
+                    for part in [a, b, c] {
+                        h.update(part);
+                    }
+                    let got = h.finish_hex().to_string_lossless();
+                    assert_eq!(got, want, "{alg} split at {split}/{second}");
                 }
-                assert_eq!(m.finish(), want_md5, "MD5 split at {split}/{second}");
-                assert_eq!(s.finish(), want_sha, "SHA-256 split at {split}/{second}");
             }
         }
     }
@@ -1191,19 +910,13 @@ mod tests {
     }
 
     #[test]
-    fn hex_is_lowercase_and_two_chars_per_byte() {
-        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
-        assert_eq!(hex(&[]), "");
-    }
-
-    #[test]
-    fn ct_eq_compares_content_and_length() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(ct_eq(b"", b""));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"xbc"));
-        assert!(!ct_eq(b"abc", b"abcd"));
-        assert!(!ct_eq(b"abcd", b"abc"));
+    fn hex_digest_is_lowercase_and_two_chars_per_byte() {
+        assert_eq!(
+            HexDigest::from_bytes(&[0x00, 0x0f, 0xa5, 0xff]).to_string_lossless(),
+            "000fa5ff"
+        );
+        assert_eq!(HexDigest::from_bytes(&[]).to_string_lossless(), "");
+        assert_eq!(HexDigest::from_bytes(&[0xab; 32]).as_bytes().len(), 64);
     }
 
     #[test]

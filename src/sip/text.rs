@@ -115,29 +115,11 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// Decodes `%HH` escapes (RFC 3261 §19.1.4 compares URIs unescaped). Invalid escapes are kept
-/// literally: the caller compares, it does not validate.
+/// Decodes `%HH` escapes (RFC 3261 §19.1.4 compares URIs unescaped) with `percent-encoding`.
+/// Invalid escapes are kept literally: the caller compares, it does not validate. Bytes that
+/// decode to invalid UTF-8 become U+FFFD.
 pub fn unescape(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains('%') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hi = (bytes[i + 1] as char).to_digit(16);
-            let lo = (bytes[i + 2] as char).to_digit(16);
-            if let (Some(hi), Some(lo)) = (hi, lo) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy()
 }
 
 /// Generic `;name=value` parameter list, order and case preserved as received.

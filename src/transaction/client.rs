@@ -116,7 +116,7 @@ impl<A: Clone> ClientTransactions<A> {
 
     /// Starts a client transaction for `req` towards `to` and returns its key with the first
     /// `Send`. The request must already carry its top Via with an RFC 3261 branch (see
-    /// [`branch_from`](super::branch_from)) and a CSeq.
+    /// [`BranchKey::mint`](super::BranchKey::mint)) and a CSeq.
     ///
     /// Errors: `Ack` (an ACK is never a client transaction: the ACK for a 2xx is sent by the
     /// core directly, the ACK for a non-2xx by the INVITE transaction), `NoBranch`, `Message`
@@ -382,7 +382,7 @@ fn response_key(resp: &Response) -> Option<TxKey> {
 mod tests {
     use super::*;
     use crate::transaction::testutil::{ms, req};
-    use crate::transaction::{branch_from, ServerInput, ServerTransactions};
+    use crate::transaction::{BranchKey, ServerInput, ServerTransactions};
 
     type Tx = ClientTransactions<&'static str>;
 
@@ -816,7 +816,7 @@ Content-Length: 0
             TxError::Duplicate
         );
         start(&mut tx, OPTIONS, false, t0);
-        let third = OPTIONS.replace("z9hG4bKopt1", &branch_from(3, 99));
+        let third = OPTIONS.replace("z9hG4bKopt1", &BranchKey::new([99; 32]).mint(3));
         assert_eq!(
             tx.send(req(&third), "n", false, t0).unwrap_err(),
             TxError::Overloaded

@@ -16,8 +16,11 @@
 //! (D, I, J, K) are scheduled at `now`, so termination is always reported by `on_timer`, never
 //! inline; the shell's next wake-up is immediate.
 
+pub mod branch;
 pub mod client;
 pub mod server;
+
+pub use branch::BranchKey;
 
 pub use client::{ClientInput, ClientState, ClientTransactions};
 pub use server::{ServerInput, ServerState, ServerTransactions};
@@ -333,60 +336,6 @@ impl TxKey {
     }
 }
 
-/// A branch parameter unique across space and time (RFC 3261 §8.1.1.7) without reading OS
-/// randomness here: `secret` is entropy the caller draws once at start-up, `counter` a value it
-/// never repeats under that secret. The counter is printed in full (uniqueness); the keyed mix
-/// in front makes branches unguessable to anyone who does not know the secret.
-pub fn branch_from(counter: u64, secret: u64) -> String {
-    format!(
-        "{BRANCH_MAGIC}{:016x}{counter:x}",
-        mix(secret ^ mix(counter.wrapping_add(secret.rotate_left(17))))
-    )
-}
-
-/// Whether `tail` (a branch after its magic cookie and any prefix of the caller's) is one
-/// [`branch_from`] made under `secret`: a response claiming to answer a request of ours can
-/// be checked without any state.
-pub fn is_branch_from(tail: &str, secret: u64) -> bool {
-    let Some((mixed, counter)) = tail.split_at_checked(16) else {
-        return false;
-    };
-    let (Ok(mixed), Ok(counter)) = (
-        u64::from_str_radix(mixed, 16),
-        u64::from_str_radix(counter, 16),
-    ) else {
-        return false;
-    };
-    format!("{mixed:016x}{counter:x}") == tail
-        && mix(secret ^ mix(counter.wrapping_add(secret.rotate_left(17)))) == mixed
-}
-
-/// splitmix64's finaliser: a bijective 64-bit mixer.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Hands out branches from [`branch_from`] with an internal counter.
-#[derive(Debug, Clone)]
-pub struct BranchGenerator {
-    secret: u64,
-    counter: u64,
-}
-
-impl BranchGenerator {
-    pub fn new(secret: u64) -> Self {
-        BranchGenerator { secret, counter: 0 }
-    }
-
-    pub fn next_branch(&mut self) -> String {
-        self.counter = self.counter.wrapping_add(1);
-        branch_from(self.counter, self.secret)
-    }
-}
-
 /// A request derived from `req` for the same transaction: the CANCEL of RFC 3261 §9.1 or the
 /// ACK of §17.1.1.3. Request-URI, Call-ID, From and the CSeq number are those of `req` (CSeq
 /// method replaced), the only Via is `req`'s top Via, Route headers are copied, To is `to` when
@@ -441,7 +390,6 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
     #[test]
     fn rfc3261_17_1_1_1_default_timer_values() {
@@ -470,29 +418,5 @@ mod tests {
         assert_eq!(huge.b(), Duration::MAX);
         let now = Instant::now();
         assert!(after(now, huge.b()) >= now);
-    }
-
-    #[test]
-    fn rfc3261_8_1_1_7_branches_have_the_cookie_and_are_unique() {
-        let mut g = BranchGenerator::new(0xdead_beef);
-        let mut seen = HashSet::new();
-        for _ in 0..10_000 {
-            let b = g.next_branch();
-            assert!(b.starts_with("z9hG4bK"));
-            assert!(crate::sip::text::is_token(&b));
-            assert!(seen.insert(b));
-        }
-        assert_ne!(branch_from(1, 1), branch_from(1, 2));
-        assert_eq!(branch_from(7, 42), branch_from(7, 42));
-        // Checkable without state, and only under the same secret.
-        let b = branch_from(123_456, 42);
-        assert!(is_branch_from(&b[BRANCH_MAGIC.len()..], 42));
-        assert!(!is_branch_from(&b[BRANCH_MAGIC.len()..], 43));
-        assert!(!is_branch_from("0123456789abcdef1", 42));
-        assert!(!is_branch_from("short", 42));
-        assert!(!is_branch_from(
-            &format!("{}0", &b[BRANCH_MAGIC.len()..]),
-            42
-        ));
     }
 }
