@@ -868,3 +868,62 @@ async fn rfc3261_22_3_in_dialog_requests_of_unknown_dialogs_are_challenged_no_re
     bob.reply(&bye, 200, "b").await;
     assert_eq!(alice.final_of("BYE").await.status, 200);
 }
+
+/// RFC 7616 §3.4.6 on the proxy's 407 path: Proxy-Authorization valid for another
+/// Request-URI (a captured INVITE's credentials replayed towards another number) is a 400
+/// naming the mismatch and nothing is forwarded; the same nonce answered for this
+/// Request-URI goes through, so the refusal was the uri's.
+#[tokio::test]
+async fn rfc7616_3_4_6_proxy_credentials_for_another_uri_are_refused() {
+    let mut pbx = common::ua::Ua::bind("127.0.0.3", "127.0.0.1:9".parse().unwrap()).await;
+    let s = common::server(&pbx_config(pbx.port())).await;
+    pbx.server = s.udp;
+    let mut bob = Phone::new_at("127.0.0.2", s.udp, "1002", "desk").await;
+    bob.register().await;
+    let mut alice = Phone::new(s.udp, "1001", "a").await;
+
+    let invite = alice.invite("1002", "auth-uri-1").await;
+    let r = alice.ua.response().await;
+    assert_eq!(r.status, 407);
+    let challenge = r
+        .headers
+        .get(HeaderName::ProxyAuthenticate)
+        .expect("Proxy-Authenticate")
+        .to_string();
+    let port = alice.ua.port();
+    let retry = |uri: &str, cseq: u32| {
+        let auth = common::authorization(&challenge, "1001", "secret", "INVITE", uri, cseq);
+        let mut again = invite.clone();
+        again
+            .headers
+            .set(HeaderName::CSeq, format!("{cseq} INVITE"));
+        again.headers.set(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP 127.0.0.1:{port};branch={}", common::branch()),
+        );
+        again.headers.push(HeaderName::ProxyAuthorization, auth);
+        again.to_bytes()
+    };
+    alice.ua.send(&retry("sip:1003@example.test", 2)).await;
+    let r = alice.ua.response().await;
+    assert_eq!((r.status, r.cseq().unwrap().seq), (400, 2), "{}", r.reason);
+    assert!(
+        r.reason.contains("Digest uri does not match Request-URI"),
+        "{}",
+        r.reason
+    );
+
+    alice.ua.send(&retry("sip:1002@example.test", 3)).await;
+    // The first request bob sees is the good one: the refused INVITE was never forwarded.
+    let at = bob.ua.next_request().await;
+    assert_eq!(at.method, "INVITE");
+    assert_eq!(at.cseq().unwrap().seq, 3);
+    bob.reply(&at, 486, "b").await;
+    loop {
+        let r = alice.ua.response().await;
+        if r.cseq().unwrap().seq == 3 {
+            assert_eq!(r.status, 486);
+            break;
+        }
+    }
+}

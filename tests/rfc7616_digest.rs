@@ -435,3 +435,139 @@ async fn polycom_vvx350_capture_register_401_register() {
         vec![("sip:1013@82.71.31.12:52917;transport=udp".into(), 3600)]
     );
 }
+
+/// RFC 7616 §3.4.6 / RFC 2617 §3.2.2.5, as an attacker: credentials valid in every other
+/// respect (right password, our fresh nonce) but computed for another `uri` than the
+/// Request-URI are refused with a 400 naming the mismatch, and nothing is bound; the same
+/// nonce answered for the right uri then registers, so the refusal was the uri's.
+#[tokio::test]
+async fn rfc7616_3_4_6_register_with_credentials_for_another_uri_is_refused() {
+    let s = server(BASE_CONFIG).await;
+    let c = Udp::new(s.udp).await;
+    let r = c
+        .request(&register(
+            "1001",
+            c.port(),
+            "u1",
+            1,
+            "Contact: <sip:a@127.0.0.1:1>",
+        ))
+        .await;
+    assert_eq!(r.status, 401);
+    let ch = r
+        .headers
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
+    for (nc, other) in [
+        (1, "sip:evil.example"),
+        (2, "sip:example.test:5070"),
+        (3, "sip:1001@example.test"),
+    ] {
+        let auth = authorization(&ch, "1001", "secret", "REGISTER", other, nc);
+        let r = c
+            .request(&register(
+                "1001",
+                c.port(),
+                "u1",
+                1 + nc,
+                &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}"),
+            ))
+            .await;
+        assert_eq!(r.status, 400, "{other}: {} {}", r.status, r.reason);
+        assert!(
+            r.reason.contains("Digest uri does not match Request-URI"),
+            "{}",
+            r.reason
+        );
+    }
+    assert_eq!(s.handle.core.registrar.binding_count(), 0);
+    let auth = authorization(&ch, "1001", "secret", "REGISTER", "sip:example.test", 4);
+    let r = c
+        .request(&register(
+            "1001",
+            c.port(),
+            "u1",
+            5,
+            &format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}"),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    assert_eq!(s.handle.core.registrar.binding_count(), 1);
+}
+
+/// The same for SUBSCRIBE and PUBLISH (the watcher's or publisher's digest): credentials for
+/// another presentity's URI do not open this one.
+#[tokio::test]
+async fn rfc7616_3_4_6_subscribe_and_publish_with_credentials_for_another_uri_are_refused() {
+    let s = server(BASE_CONFIG).await;
+    let subscribe = |port: u16, cseq: u32, authz: &str| {
+        wire(&format!(
+            "SUBSCRIBE sip:1001@example.test SIP/2.0
+            Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
+            Max-Forwards: 70
+            From: <sip:1002@example.test>;tag=w1
+            To: <sip:1001@example.test>
+            Call-ID: uri-sub
+            CSeq: {cseq} SUBSCRIBE
+            Contact: <sip:w@127.0.0.1:{port}>
+            Event: presence
+            Expires: 600
+            {authz}
+            ",
+            b = branch()
+        ))
+    };
+    let publish = |port: u16, cseq: u32, authz: &str| {
+        wire(&format!(
+            "PUBLISH sip:1002@example.test SIP/2.0
+            Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
+            Max-Forwards: 70
+            From: <sip:1002@example.test>;tag=p1
+            To: <sip:1002@example.test>
+            Call-ID: uri-pub
+            CSeq: {cseq} PUBLISH
+            Event: presence
+            Expires: 600
+            {authz}
+            Content-Type: application/pidf+xml
+
+            <presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:1002@example.test\"><tuple id=\"a\"><status><basic>open</basic></status></tuple></presence>",
+            b = branch()
+        ))
+    };
+    for (method, make, target) in [
+        (
+            "SUBSCRIBE",
+            &subscribe as &dyn Fn(u16, u32, &str) -> Vec<u8>,
+            "sip:1001@example.test",
+        ),
+        ("PUBLISH", &publish, "sip:1002@example.test"),
+    ] {
+        // One socket per method: the SUBSCRIBE's NOTIFY goes to its own.
+        let c = Udp::new(s.udp).await;
+        let port = c.port();
+        let r = c.request(&make(port, 1, "")).await;
+        assert_eq!(r.status, 401, "{method}");
+        let ch = r
+            .headers
+            .get(HeaderName::WwwAuthenticate)
+            .unwrap()
+            .to_string();
+        let wrong = authorization(&ch, "1002", "other", method, "sip:1003@example.test", 1);
+        let r = c
+            .request(&make(port, 2, &format!("Authorization: {wrong}")))
+            .await;
+        assert_eq!(r.status, 400, "{method}: {} {}", r.status, r.reason);
+        assert!(
+            r.reason.contains("Digest uri does not match Request-URI"),
+            "{method}: {}",
+            r.reason
+        );
+        let right = authorization(&ch, "1002", "other", method, target, 2);
+        let r = c
+            .request(&make(port, 3, &format!("Authorization: {right}")))
+            .await;
+        assert_eq!(r.status, 200, "{method}: {}", r.reason);
+    }
+}

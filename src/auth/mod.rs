@@ -6,12 +6,15 @@ pub mod nonce;
 
 use crate::config::{AuthMode, Cidr, Config};
 use crate::sip::digest::{self, Algorithm, Challenge};
-use crate::sip::{HeaderName, Request};
+use crate::sip::{HeaderName, Request, Uri};
 use crate::storage::UserFile;
 use nonce::{NonceCheck, NonceCounts, NonceKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+
+/// The 400 reason phrase for credentials whose `uri` is not the Request-URI.
+pub const DIGEST_URI_MISMATCH: &str = "Digest uri does not match Request-URI";
 
 /// What authentication decided about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +176,12 @@ impl Authenticator {
         let Some(creds) = creds else {
             return AuthResult::Challenge { stale: false };
         };
+        // RFC 7616 §3.4.6 / RFC 2617 §3.2.2.5: the credentials are for the uri they name, so
+        // that uri must be this request's (equal per RFC 3261 §19.1.4); otherwise credentials
+        // captured for one request could be replayed against another target.
+        if !Uri::parse(&creds.uri).is_ok_and(|u| u.equivalent(&req.uri)) {
+            return AuthResult::BadRequest(DIGEST_URI_MISMATCH.to_string());
+        }
         let alg = match creds.algorithm.as_deref() {
             None => Algorithm::Md5,
             Some(a) => match Algorithm::from_name(a) {
@@ -322,6 +331,73 @@ mod tests {
     }
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Valid credentials (right password, fresh nonce) computed for `digest_uri`, on a
+    /// REGISTER whose Request-URI is `sip:example.test`.
+    fn register_with_digest_uri(a: &Authenticator, digest_uri: &str, nc: u32) -> Request {
+        let nonce = a.key.issue(1000);
+        let creds = digest::Credentials {
+            username: "1001".into(),
+            realm: "example.test".into(),
+            nonce: nonce.clone(),
+            uri: digest_uri.into(),
+            algorithm: Some("MD5".into()),
+            cnonce: Some("abc".into()),
+            nc: Some(format!("{nc:08x}")),
+            qop: Some("auth".into()),
+            ..Default::default()
+        };
+        let ha1 = digest::ha1(Algorithm::Md5, "1001", a.realm(), "secret");
+        let resp = digest::response(Algorithm::Md5, &ha1, "REGISTER", &creds);
+        register(Some(format!(
+            "Digest username=\"1001\", realm=\"example.test\", nonce=\"{nonce}\", \
+             uri=\"{digest_uri}\", response=\"{resp}\", algorithm=MD5, cnonce=\"abc\", \
+             nc={nc:08x}, qop=auth"
+        )))
+    }
+
+    #[test]
+    fn rfc7616_3_4_6_digest_uri_must_be_the_request_uri() {
+        let a = auth(&["MD5"]);
+        for other in [
+            "sip:evil.example",
+            "sip:example.test:5070",
+            "sips:example.test",
+            "sip:1001@example.test",
+            "sip:example.test;maddr=192.0.2.1",
+            "sip:example.test;transport=tcp",
+            "tel:+15551234",
+            "not a uri",
+            "",
+        ] {
+            let r = register_with_digest_uri(&a, other, 1);
+            assert_eq!(
+                a.check(&r, HeaderName::Authorization, SRC, 1000),
+                AuthResult::BadRequest(DIGEST_URI_MISMATCH.into()),
+                "{other:?}"
+            );
+        }
+        // Equal per RFC 3261 §19.1.4 (host and scheme case, a parameter other than user, ttl,
+        // method, maddr or transport in one only) is the same uri.
+        for (nc, same) in [
+            "sip:example.test",
+            "sip:EXAMPLE.test",
+            "SIP:example.test",
+            "sip:example.test;newparam=5",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = register_with_digest_uri(&a, same, nc as u32 + 1);
+            assert_eq!(
+                a.check(&r, HeaderName::Authorization, SRC, 1000),
+                AuthResult::Authenticated {
+                    username: "1001".into()
+                },
+                "{same:?}"
+            );
+        }
+    }
 
     #[test]
     fn rfc8760_sha256_and_md5_are_both_accepted_and_replay_is_refused() {
