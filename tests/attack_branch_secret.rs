@@ -12,7 +12,7 @@
 mod common;
 
 use busylamp::sip::{HasHeaders, HeaderName};
-use common::phone::{Phone, CALLS};
+use common::phone::{Leg, Phone, CALLS};
 use common::{server, wire, TestServer};
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -84,19 +84,25 @@ async fn processed_beyond(s: &TestServer, before: u64) {
     panic!("the server never read the forged response");
 }
 
-#[tokio::test]
-async fn a_relayed_ack_does_not_give_away_the_branch_key() {
-    let s = server(CALLS).await;
+/// A call from alice (1001) to bob (1002) through the proxy, answered: alice's leg to send
+/// the ACK on.
+async fn answered_call(s: &TestServer, call_id: &str) -> (Phone, Phone, Leg) {
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
-
-    // A real call through the proxy; alice is the attacker.
-    let invite = alice.invite("1002", "attack-1").await;
+    let invite = alice.invite("1002", call_id).await;
     let at = bob.next_of("INVITE").await;
     bob.reply(&at, 200, "b").await;
     let ok = alice.final_of("INVITE").await;
     assert_eq!(ok.status, 200);
-    let mut leg = Phone::caller_leg(&invite, &ok);
+    let leg = Phone::caller_leg(&invite, &ok);
+    (alice, bob, leg)
+}
+
+#[tokio::test]
+async fn a_relayed_ack_does_not_give_away_the_branch_key() {
+    let s = server(CALLS).await;
+    // A real call through the proxy; alice is the attacker.
+    let (mut alice, mut bob, mut leg) = answered_call(&s, "attack-1").await;
     let ack = alice.in_dialog(&mut leg, "ACK", None);
     let sent = match busylamp::sip::parse_message(&ack, &busylamp::sip::Limits::default()) {
         Ok(busylamp::sip::Message::Request(r)) => r,
@@ -185,13 +191,7 @@ async fn a_relayed_ack_does_not_give_away_the_branch_key() {
 #[tokio::test]
 async fn relayed_ack_branches_are_stable_per_ack_and_unrelated_between_acks() {
     let s = server(CALLS).await;
-    let mut alice = Phone::registered(s.udp, "1001", "a").await;
-    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
-    let invite = alice.invite("1002", "attack-2").await;
-    let at = bob.next_of("INVITE").await;
-    bob.reply(&at, 200, "b").await;
-    let ok = alice.final_of("INVITE").await;
-    let leg = Phone::caller_leg(&invite, &ok);
+    let (mut alice, mut bob, leg) = answered_call(&s, "attack-2").await;
     let ack = alice.in_dialog(&mut leg.clone(), "ACK", None);
     alice.ua.send(&ack).await;
     let first = top_branch(&bob.next_of("ACK").await).0;

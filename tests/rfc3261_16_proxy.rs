@@ -164,6 +164,26 @@ async fn rfc3261_16_8_nobody_answers_caller_gets_408() {
     assert_eq!(r.status, 408);
 }
 
+/// `invite` sent again from 127.0.0.1:`port` with `Proxy-Authorization: auth`, CSeq `cseq`
+/// and a new branch.
+fn with_credentials(
+    invite: &busylamp::sip::Request,
+    port: u16,
+    cseq: u32,
+    auth: String,
+) -> Vec<u8> {
+    let mut again = invite.clone();
+    again
+        .headers
+        .set(HeaderName::CSeq, format!("{cseq} INVITE"));
+    again.headers.set(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP 127.0.0.1:{port};branch={}", common::branch()),
+    );
+    again.headers.push(HeaderName::ProxyAuthorization, auth);
+    again.to_bytes()
+}
+
 /// Phones on 127.0.0.1 are challenged; 127.0.0.2 (a trusted desk phone network) and the PBX
 /// on 127.0.0.3 are not.
 fn pbx_config(pbx_port: u16) -> String {
@@ -220,16 +240,7 @@ async fn rfc3261_22_3_calls_from_phones_are_challenged_407_and_must_be_their_own
             "sip:1002@example.test",
             cseq,
         );
-        let mut again = invite.clone();
-        again
-            .headers
-            .set(HeaderName::CSeq, format!("{cseq} INVITE"));
-        again.headers.set(
-            HeaderName::Via,
-            format!("SIP/2.0/UDP 127.0.0.1:{port};branch={}", common::branch()),
-        );
-        again.headers.push(HeaderName::ProxyAuthorization, auth);
-        again.to_bytes()
+        with_credentials(&invite, port, cseq, auth)
     };
     alice.ua.send(&retry("1002", "other", 2)).await;
     let r = alice.ua.response().await;
@@ -893,16 +904,7 @@ async fn rfc7616_3_4_6_proxy_credentials_for_another_uri_are_refused() {
     let port = alice.ua.port();
     let retry = |uri: &str, cseq: u32| {
         let auth = common::authorization(&challenge, "1001", "secret", "INVITE", uri, cseq);
-        let mut again = invite.clone();
-        again
-            .headers
-            .set(HeaderName::CSeq, format!("{cseq} INVITE"));
-        again.headers.set(
-            HeaderName::Via,
-            format!("SIP/2.0/UDP 127.0.0.1:{port};branch={}", common::branch()),
-        );
-        again.headers.push(HeaderName::ProxyAuthorization, auth);
-        again.to_bytes()
+        with_credentials(&invite, port, cseq, auth)
     };
     alice.ua.send(&retry("sip:1003@example.test", 2)).await;
     // The final answer to this retry (the 407 to the first INVITE may be retransmitted).

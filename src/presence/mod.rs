@@ -241,14 +241,9 @@ struct RenderCache {
 const MAX_CACHED_VIEWS: usize = 16;
 
 fn pubs_key(pubs: &[Publication]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // In-process only and no secret involved: std's hasher.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    pubs.len().hash(&mut h);
-    for p in pubs {
-        p.rec.seq.hash(&mut h);
-    }
-    h.finish()
+    // In-process only and no secret involved: std's hasher (the length is hashed too).
+    let seqs: Vec<u64> = pubs.iter().map(|p| p.rec.seq).collect();
+    hash_of(&seqs)
 }
 
 impl Resource {
