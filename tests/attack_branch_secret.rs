@@ -11,7 +11,7 @@
 
 mod common;
 
-use busylamp::sip::{HasHeaders, HeaderName};
+use busylamp::sip::HasHeaders;
 use common::phone::{Leg, Phone, CALLS};
 use common::{server, wire, TestServer};
 use std::time::Duration;
