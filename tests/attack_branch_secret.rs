@@ -212,3 +212,63 @@ async fn relayed_ack_branches_are_stable_per_ack_and_unrelated_between_acks() {
         "{differing} of 128 bits differ"
     );
 }
+
+/// A real branch of ours is no ticket either: the callee saw our Via on the INVITE it got; once
+/// the transaction is over (Timer M, paused clock) it sends a stray 2xx with that Via on top
+/// and a victim's Via below. The branch was minted for the caller's hop, so the 2xx is not
+/// ours and goes nowhere.
+#[tokio::test(start_paused = true)]
+async fn a_real_branch_seen_by_the_callee_cannot_aim_a_2xx_elsewhere() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    let invite = alice.invite("1002", "attack-3").await;
+    let at = bob.next_of("INVITE").await;
+    let our_via = at.headers.list(busylamp::sip::HeaderName::Via)[0].to_string();
+    assert!(our_via.contains("branch=z9hG4bKL"), "{our_via}");
+    bob.reply(&at, 200, "b").await;
+    let ok = alice.final_of("INVITE").await;
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    bob.next_of("ACK").await;
+    // Past Timer M (64*T1): the client transaction is gone, a 2xx now takes the stray path.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+
+    let victim = UdpSocket::bind("127.0.0.1:0").await.expect("victim socket");
+    let victim_port = victim.local_addr().expect("addr").port();
+    let forged = wire(&format!(
+        "SIP/2.0 200 OK
+        Via: {our_via}
+        Via: SIP/2.0/UDP 127.0.0.1:{victim_port};branch=z9hG4bKvictim
+        From: <sip:1001@example.test>;tag=forged-a
+        To: <sip:1002@example.test>;tag=forged-b
+        Call-ID: forged-3@attacker
+        CSeq: 1 INVITE
+        Contact: <sip:1002@127.0.0.1:{victim_port}>
+        "
+    ));
+    let before = s.handle.core.messages_received();
+    bob.ua.send(&forged).await;
+    processed_beyond(&s, before).await;
+    let r = alice
+        .ua
+        .request(&wire(&format!(
+            "OPTIONS sip:example.test SIP/2.0
+            Via: {}
+            From: <sip:1001@example.test>;tag=o
+            To: <sip:example.test>
+            Call-ID: after-forgery-3
+            CSeq: 1 OPTIONS
+            ",
+            alice.via()
+        )))
+        .await;
+    assert_eq!(r.status, 200, "still answering after the forged 2xx");
+    let mut buf = vec![0u8; 65536];
+    let got = tokio::time::timeout(Duration::from_millis(300), victim.recv_from(&mut buf)).await;
+    assert!(
+        got.is_err(),
+        "the forged 2xx was relayed to the victim: {}",
+        String::from_utf8_lossy(&buf[..got.map(|r| r.map(|(n, _)| n).unwrap_or(0)).unwrap_or(0)])
+    );
+}

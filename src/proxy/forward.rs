@@ -59,6 +59,14 @@ struct Forwarded {
     call: Option<CallKey>,
 }
 
+/// Where responses to a request go back (`response_addr` of the Via below ours), as bound
+/// into our branch: a branch seen on one call cannot aim a forged response anywhere else.
+fn back_hop(via: Option<&crate::sip::Via>) -> String {
+    via.and_then(response_addr)
+        .map(|(proto, addr)| format!("{}/{addr}", proto.via_name()))
+        .unwrap_or_default()
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -375,7 +383,10 @@ impl Core {
                 self.advertised(peer.local),
                 crate::sip::header::BRANCH_MAGIC,
                 f.loop_hash,
-                self.branch_key.mint_tail(self.ids.next()),
+                self.branch_key.mint_tail(
+                    self.ids.next(),
+                    back_hop(f.request.top_via().ok().as_ref()).as_bytes()
+                ),
             );
             let rr = if f.record_route {
                 let ftag = f.request.from_hdr().ok().and_then(|h| h.tag());
@@ -915,10 +926,17 @@ impl Core {
         let Ok(via) = resp.top_via() else {
             return false;
         };
-        // Our branches: the magic cookie, `L`, the 8-digit loop hash, then a minted tail.
+        // Our branches: the magic cookie, `L`, the 8-digit loop hash, then a tail minted for
+        // the hop below our Via (a real branch with another Via below is not ours).
+        let below = resp
+            .headers
+            .list(HeaderName::Via)
+            .get(1)
+            .and_then(|v| crate::sip::Via::parse(v).ok());
+        let back = back_hop(below.as_ref());
         let minted = via.branch().is_some_and(|b| {
             b.get(crate::sip::header::BRANCH_MAGIC.len() + 9..)
-                .is_some_and(|tail| self.branch_key.is_ours(tail))
+                .is_some_and(|tail| self.branch_key.is_ours(tail, back.as_bytes()))
         });
         let ours = self.proxy.is_our_via(&via) && minted;
         if ours {

@@ -1,10 +1,11 @@
 //! Our Via branches (RFC 3261 §8.1.1.7): minted and checked in one place, under one key.
 //!
 //! A branch we mint is `z9hG4bK`, a fresh random 64-bit value (unique across space and
-//! time), and a tag: HMAC-SHA256 under a 32-byte key from the OS RNG over that value,
-//! truncated to 96 bits. A response that claims to answer one of our requests can so be
-//! checked without any state ([`BranchKey::is_ours`]), and nobody who has seen any number of
-//! our branches can make one that passes: the MAC reveals nothing of its key.
+//! time), and a tag: HMAC-SHA256 under a 32-byte key from the OS RNG over that value and the
+//! hop responses go back to, truncated to 96 bits. A response that claims to answer one of
+//! our requests can so be checked without any state ([`BranchKey::is_ours`]); nobody who has
+//! seen any number of our branches can make one that passes (the MAC reveals nothing of its
+//! key), and a real branch seen on one call cannot send a forged response anywhere else.
 //!
 //! The key is kept in `data_dir/branch.key` ([`BranchKey::load_or_create`]) so that a 2xx to
 //! an INVITE sent before a restart is still recognised after it.
@@ -79,22 +80,25 @@ impl BranchKey {
         Ok(BranchKey::new(key))
     }
 
-    /// A branch (with the magic cookie) for the fresh random value `unique`.
+    /// A branch (with the magic cookie) for the fresh random value `unique`, for a request of
+    /// our own (bound to no hop).
     pub fn mint(&self, unique: u64) -> String {
-        format!("{BRANCH_MAGIC}{}", self.mint_tail(unique))
+        format!("{BRANCH_MAGIC}{}", self.mint_tail(unique, b""))
     }
 
-    /// [`mint`](Self::mint) without the magic cookie, for callers that put their own prefix
-    /// between the cookie and the tail (the proxy's `L` and loop hash).
-    pub fn mint_tail(&self, unique: u64) -> String {
-        let tag = self.tag(unique);
+    /// The part after the magic cookie, for callers that put their own prefix between the
+    /// cookie and the tail (the proxy's `L` and loop hash). `back` names where responses go
+    /// back to (the proxy: the hop below its Via); [`is_ours`](Self::is_ours) must be given
+    /// the same.
+    pub fn mint_tail(&self, unique: u64, back: &[u8]) -> String {
+        let tag = self.tag(unique, back);
         format!("{unique:016x}{}", hex::encode(&tag[..TAG_LEN]))
     }
 
     /// Whether `tail` (a branch after its magic cookie and any prefix of the caller's) is one
-    /// [`mint_tail`](Self::mint_tail) made under this key. Only the exact lowercase form we
-    /// mint passes; the tag is compared in constant time.
-    pub fn is_ours(&self, tail: &str) -> bool {
+    /// [`mint_tail`](Self::mint_tail) made under this key for `back`. Only the exact lowercase
+    /// form we mint passes; the tag is compared in constant time.
+    pub fn is_ours(&self, tail: &str, back: &[u8]) -> bool {
         let bytes = tail.as_bytes();
         if bytes.len() != TAIL_LEN || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
@@ -107,7 +111,7 @@ impl BranchKey {
         let (unique, tag) = raw.split_at(8);
         let mut first = [0u8; 8];
         first.copy_from_slice(unique);
-        self.tag_state(u64::from_be_bytes(first))
+        self.tag_state(u64::from_be_bytes(first), back)
             .verify_truncated_left(tag)
             .is_ok()
     }
@@ -124,15 +128,17 @@ impl BranchKey {
         hex::encode(&out[..DERIVED_LEN / 2])
     }
 
-    fn tag_state(&self, unique: u64) -> HmacSha256 {
+    fn tag_state(&self, unique: u64, back: &[u8]) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(MINT_LABEL);
+        // Fixed length first, so (unique, back) reads back one way only.
         mac.update(&unique.to_be_bytes());
+        mac.update(back);
         mac
     }
 
-    fn tag(&self, unique: u64) -> [u8; 32] {
-        self.tag_state(unique).finalize().into_bytes().into()
+    fn tag(&self, unique: u64, back: &[u8]) -> [u8; 32] {
+        self.tag_state(unique, back).finalize().into_bytes().into()
     }
 }
 
@@ -193,27 +199,37 @@ mod tests {
             let b = k.mint(unique.wrapping_mul(0x0123_4567_89ab_cdef));
             assert!(b.starts_with(BRANCH_MAGIC));
             assert!(crate::sip::text::is_token(&b));
-            assert!(k.is_ours(&b[BRANCH_MAGIC.len()..]), "{b}");
+            assert!(k.is_ours(&b[BRANCH_MAGIC.len()..], b""), "{b}");
             assert!(seen.insert(b));
         }
         assert_eq!(k.mint(7), k.mint(7));
-        assert_eq!(k.mint_tail(7), k.mint(7)[BRANCH_MAGIC.len()..]);
+        assert_eq!(k.mint_tail(7, b""), k.mint(7)[BRANCH_MAGIC.len()..]);
     }
 
     #[test]
     fn a_branch_minted_under_one_key_fails_under_another() {
-        let b = key(1).mint_tail(42);
-        assert!(key(1).is_ours(&b));
-        assert!(!key(2).is_ours(&b));
-        assert_ne!(key(1).mint_tail(42), key(2).mint_tail(42));
+        let b = key(1).mint_tail(42, b"");
+        assert!(key(1).is_ours(&b, b""));
+        assert!(!key(2).is_ours(&b, b""));
+        assert_ne!(key(1).mint_tail(42, b""), key(2).mint_tail(42, b""));
         let random = BranchKey::random().expect("OS RNG");
-        assert!(!random.is_ours(&b));
+        assert!(!random.is_ours(&b, b""));
+    }
+
+    #[test]
+    fn a_branch_minted_for_one_hop_fails_for_another() {
+        let k = key(1);
+        let b = k.mint_tail(42, b"UDP/192.0.2.1:5060");
+        assert!(k.is_ours(&b, b"UDP/192.0.2.1:5060"));
+        assert!(!k.is_ours(&b, b"UDP/192.0.2.66:5060"));
+        assert!(!k.is_ours(&b, b"TCP/192.0.2.1:5060"));
+        assert!(!k.is_ours(&b, b""));
     }
 
     #[test]
     fn flipping_any_hex_digit_fails() {
         let k = key(3);
-        let tail = k.mint_tail(0xdead_beef_cafe_f00d);
+        let tail = k.mint_tail(0xdead_beef_cafe_f00d, b"");
         for i in 0..tail.len() {
             for d in b"0123456789abcdefABCDEF" {
                 let mut bytes = tail.clone().into_bytes();
@@ -222,15 +238,16 @@ mod tests {
                 }
                 bytes[i] = *d;
                 let changed = String::from_utf8(bytes).expect("ASCII");
-                assert!(!k.is_ours(&changed), "digit {i} -> {}", *d as char);
+                assert!(!k.is_ours(&changed, b""), "digit {i} -> {}", *d as char);
             }
         }
         // Truncated, extended, empty, non-hex.
-        assert!(!k.is_ours(&tail[..tail.len() - 1]));
-        assert!(!k.is_ours(&format!("{tail}0")));
-        assert!(!k.is_ours(""));
-        assert!(!k.is_ours(&"z".repeat(TAIL_LEN)));
-        assert!(!k.is_ours(&"é".repeat(TAIL_LEN / 2)));
+        assert!(k.is_ours(&tail, b""));
+        assert!(!k.is_ours(&tail[..tail.len() - 1], b""));
+        assert!(!k.is_ours(&format!("{tail}0"), b""));
+        assert!(!k.is_ours("", b""));
+        assert!(!k.is_ours(&"z".repeat(TAIL_LEN), b""));
+        assert!(!k.is_ours(&"é".repeat(TAIL_LEN / 2), b""));
     }
 
     #[test]
@@ -243,7 +260,7 @@ mod tests {
         assert_ne!(d, key(5).derive(b"z9hG4bKabc"));
         // Even a derived value of the right length is not a minted tail.
         let long = format!("{d}{}", k.derive(b"x"));
-        assert!(!k.is_ours(&long[..TAIL_LEN]));
+        assert!(!k.is_ours(&long[..TAIL_LEN], b""));
     }
 
     #[test]
@@ -272,9 +289,9 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = BranchKey::load_or_create(&path).expect("OS RNG");
-        let b = first.mint_tail(9);
+        let b = first.mint_tail(9, b"");
         assert!(
-            again.is_ours(&b),
+            again.is_ours(&b, b""),
             "a restart keeps recognising our branches"
         );
         // No temporary file is left behind.
@@ -293,7 +310,7 @@ mod tests {
         assert_eq!(text.trim().len(), 2 * KEY_LEN);
         assert!(BranchKey::load_or_create(&path)
             .expect("OS RNG")
-            .is_ours(&k.mint_tail(1)));
+            .is_ours(&k.mint_tail(1, b""), b""));
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -301,6 +318,6 @@ mod tests {
     fn an_unusable_directory_still_gives_a_key() {
         let path = std::path::Path::new("/nonexistent-busylamp-dir/branch.key");
         let k = BranchKey::load_or_create(path).expect("OS RNG");
-        assert!(k.is_ours(&k.mint_tail(5)));
+        assert!(k.is_ours(&k.mint_tail(5, b""), b""));
     }
 }
