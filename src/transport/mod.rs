@@ -100,38 +100,19 @@ fn bind_err(proto: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) ->
 /// UDP socket buffer size asked of the kernel. A registration storm arrives in bursts; with the
 /// default (~200 KiB) the kernel drops datagrams long before the CPU is busy, and every drop
 /// costs a client retransmission.
-const UDP_BUFFER_BYTES: i32 = 4 * 1024 * 1024;
+const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Raises SO_RCVBUF and SO_SNDBUF (the kernel caps them at net.core.[rw]mem_max; a refusal
 /// only costs throughput, so it is logged, not fatal).
-fn set_udp_buffers(sock: &UdpSocket, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // Linux values of SOL_SOCKET, SO_SNDBUF, SO_RCVBUF.
-    const SOL_SOCKET: i32 = 1;
-    const SO_SNDBUF: i32 = 7;
-    const SO_RCVBUF: i32 = 8;
-    extern "C" {
-        fn setsockopt(
-            fd: i32,
-            level: i32,
-            name: i32,
-            value: *const std::ffi::c_void,
-            len: u32,
-        ) -> i32;
-    }
-    for opt in [SO_RCVBUF, SO_SNDBUF] {
-        // SAFETY: a valid fd owned by `sock`, a pointer to a live i32 and its exact size.
-        let rc = unsafe {
-            setsockopt(
-                sock.as_raw_fd(),
-                SOL_SOCKET,
-                opt,
-                &bytes as *const i32 as *const std::ffi::c_void,
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
-        if rc != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot enlarge the UDP socket buffer");
+fn set_udp_buffers(sock: &UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(sock);
+    let results = [
+        ("receive", sock.set_recv_buffer_size(bytes)),
+        ("send", sock.set_send_buffer_size(bytes)),
+    ];
+    for (buffer, result) in results {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, buffer, "cannot enlarge the UDP socket buffer");
         }
     }
 }
