@@ -422,20 +422,11 @@ impl Core {
         resp
     }
 
-    /// Sends without waiting when the socket can take it; otherwise a task waits for room.
+    /// Sends without waiting (a datagram that finds its socket's buffer full waits in a
+    /// bounded queue; see [`Transport::send`]).
     pub(crate) fn send_now(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) {
-        match self.transport.try_send(peer, bytes) {
-            Ok(None) => {}
-            Ok(Some(bytes)) => {
-                let me = self.clone();
-                let peer = *peer;
-                tokio::spawn(async move {
-                    if let Err(e) = me.transport.send(&peer, bytes).await {
-                        tracing::debug!(%peer, error = %e, "send failed");
-                    }
-                });
-            }
-            Err(e) => tracing::debug!(%peer, error = %e, "send failed"),
+        if let Err(e) = self.transport.send(peer, bytes) {
+            tracing::debug!(%peer, error = %e, "send failed");
         }
     }
 
