@@ -186,12 +186,10 @@ impl Transport {
                     let (backlog, rx) = mpsc::channel(UDP_BACKLOG);
                     let queued = Arc::new(AtomicUsize::new(0));
                     // Started at once: the restart NOTIFYs leave before the receive loops start.
-                    tokio::spawn(udp_sender(
-                        sock.clone(),
-                        rx,
-                        queued.clone(),
+                    spawn_holding(
                         writers.token(),
-                    ));
+                        udp_sender(sock.clone(), rx, queued.clone()),
+                    );
                     udp.push(UdpSock {
                         local,
                         sock,
@@ -269,15 +267,12 @@ impl Transport {
                 let inbound = inbound.clone();
                 let max = self.limits.max_message;
                 let phase = self.phase.subscribe();
-                let token = self.readers.token();
-                tokio::spawn(async move { udp_loop(sock, inbound, max, phase, token).await });
+                spawn_holding(self.readers.token(), udp_loop(sock, inbound, max, phase));
             }
         }
         for l in listeners {
-            let me = self.clone();
-            let inbound = inbound.clone();
-            let token = self.readers.token();
-            tokio::spawn(async move { me.accept_loop(l, inbound, token).await });
+            let accepting = self.clone().accept_loop(l, inbound.clone());
+            spawn_holding(self.readers.token(), accepting);
         }
     }
 
@@ -298,12 +293,7 @@ impl Transport {
         self.writers.close().await;
     }
 
-    async fn accept_loop(
-        self: Arc<Self>,
-        listener: TcpListener,
-        inbound: Arc<dyn Inbound>,
-        _reading: Option<Token>,
-    ) {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, inbound: Arc<dyn Inbound>) {
         let local = match listener.local_addr() {
             Ok(a) => a,
             Err(_) => return,
@@ -361,7 +351,6 @@ impl Transport {
         let reading = self.readers.token();
         let mut phase = self.phase.subscribe();
         let writer = tokio::spawn(async move {
-            let _writing = writing;
             while let Some(bytes) = rx.recv().await {
                 if wr.write_all(&bytes).await.is_err() {
                     break;
@@ -370,7 +359,9 @@ impl Transport {
             let _ = wr.shutdown().await;
         });
         let me = self.clone();
-        tokio::spawn(async move {
+        // The token outlives the connection's halves: once shutdown sees it dropped, the
+        // socket is closed.
+        spawn_holding(writing, async move {
             let peer = Peer {
                 proto: Proto::Tcp,
                 remote,
@@ -548,7 +539,6 @@ async fn udp_sender(
     sock: Arc<UdpSocket>,
     mut backlog: mpsc::Receiver<(SocketAddr, Arc<[u8]>)>,
     queued: Arc<AtomicUsize>,
-    _writing: Option<Token>,
 ) {
     while let Some((remote, bytes)) = backlog.recv().await {
         if let Err(e) = sock.send_to(&bytes, remote).await {
@@ -556,6 +546,18 @@ async fn udp_sender(
         }
         queued.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Spawns `work` holding `token` until `work` has ended and everything it owned (its sockets
+/// above all) is dropped.
+fn spawn_holding(
+    token: Option<Token>,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        work.await;
+        drop(token);
+    });
 }
 
 /// Receives every framed message.
@@ -576,7 +578,6 @@ async fn udp_loop(
     inbound: Arc<dyn Inbound>,
     max: usize,
     mut phase: watch::Receiver<Phase>,
-    _reading: Option<Token>,
 ) {
     let local = match sock.local_addr() {
         Ok(a) => a,
