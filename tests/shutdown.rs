@@ -12,43 +12,18 @@ use common::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-const TRUSTED: &str = r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-these-stores"
-[auth]
-trusted = ["127.0.0.0/8"]
-"#;
-
 fn register_user(user: &str, port: u16, transport: &str) -> Vec<u8> {
-    wire(&format!(
-        "REGISTER sip:example.test SIP/2.0
-        Via: SIP/2.0/{transport} 127.0.0.1:{port};branch={b}
-        Max-Forwards: 70
-        From: <sip:{user}@example.test>;tag=f
-        To: <sip:{user}@example.test>
-        Call-ID: stop-{user}
-        CSeq: 1 REGISTER
-        Contact: <sip:{user}@127.0.0.1:{port}>
-        Expires: 600
-        ",
-        b = branch()
-    ))
-}
-
-fn options(port: u16) -> Vec<u8> {
-    wire(&format!(
-        "OPTIONS sip:example.test SIP/2.0
-        Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
-        Max-Forwards: 70
-        From: <sip:probe@example.test>;tag=o
-        To: <sip:example.test>
-        Call-ID: probe-{b}
-        CSeq: 1 OPTIONS
-        ",
-        b = branch()
-    ))
+    let m = register(
+        user,
+        port,
+        &format!("stop-{user}"),
+        1,
+        &format!("Contact: <sip:{user}@127.0.0.1:{port}>\n        Expires: 600"),
+    );
+    String::from_utf8(m)
+        .unwrap()
+        .replace("SIP/2.0/UDP", &format!("SIP/2.0/{transport}"))
+        .into_bytes()
 }
 
 /// Opens the sled store at `dir`, retrying while the previous instance still holds its lock

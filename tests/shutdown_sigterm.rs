@@ -10,26 +10,19 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
-fn user_register(user: &str, port: u16, extra: &str) -> Vec<u8> {
-    wire(&format!(
-        "REGISTER sip:{user}@example.test SIP/2.0
-        Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
-        From: <sip:{user}@example.test>;tag=f
-        To: <sip:{user}@example.test>
-        Call-ID: call-{user}
-        CSeq: 1 REGISTER
-        {extra}
-        ",
-        b = branch()
-    ))
-}
-
 fn binding(user: &str, port: u16) -> Vec<u8> {
-    user_register(
+    register(
         user,
         port,
+        &format!("call-{user}"),
+        1,
         &format!("Contact: <sip:{user}@127.0.0.1:{port}>\n        Expires: 3600"),
     )
+}
+
+/// A REGISTER without Contact: a query, answered with the current bindings.
+fn query(user: &str, port: u16) -> Vec<u8> {
+    register(user, port, &format!("query-{user}"), 1, "")
 }
 
 fn user_of(r: &busylamp::sip::Response) -> String {
@@ -37,6 +30,7 @@ fn user_of(r: &busylamp::sip::Response) -> String {
         .get(HeaderName::CallId)
         .unwrap()
         .trim_start_matches("call-")
+        .trim_start_matches("query-")
         .to_string()
 }
 
@@ -95,9 +89,7 @@ async fn sigterm_exits_0_within_2_s_and_keeps_every_acknowledged_binding() {
     let acked: Vec<String> = acked.into_iter().collect();
     for chunk in acked.chunks(50) {
         for user in chunk {
-            sock.send_to(&user_register(user, p, ""), server)
-                .await
-                .unwrap();
+            sock.send_to(&query(user, p), server).await.unwrap();
         }
         let mut seen = HashSet::new();
         while seen.len() < chunk.len() {

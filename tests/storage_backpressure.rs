@@ -12,15 +12,6 @@ use common::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-const TRUSTED: &str = r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-memory-store"
-[auth]
-trusted = ["127.0.0.0/8"]
-"#;
-
 const BOUND: usize = 8;
 
 fn register_user(user: &str, port: u16) -> Vec<u8> {
