@@ -402,7 +402,7 @@ impl Registrar {
                 let mut write = self.store.save_bindings(&aor, &applied.bindings);
                 match settled(&mut write) {
                     Some(Err(e)) => {
-                        tracing::warn!(%aor, error = %e, "binding not queued for disk");
+                        tracing::debug!(%aor, error = %e, "binding not queued for disk");
                         let answer = e.answer();
                         let mut r = req.response(answer.status, answer.reason, Some(to_tag));
                         if let Some(secs) = answer.retry_after {

@@ -11,6 +11,7 @@ use super::presence::{
 use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -78,6 +79,9 @@ pub struct SledStore {
     trees: [sled::Tree; TREES.len()],
     queue: Arc<WriteQueue<WriteOp>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    opened: Instant,
+    /// Second (since `opened`, plus one) of the last warning about refused writes.
+    last_refusal_warning: AtomicU64,
 }
 
 impl Drop for SledStore {
@@ -139,6 +143,8 @@ impl SledStore {
             trees,
             queue,
             writer: Mutex::new(Some(writer)),
+            opened: Instant::now(),
+            last_refusal_warning: AtomicU64::new(0),
         })
     }
 
@@ -146,11 +152,26 @@ impl SledStore {
         let (done, rx) = oneshot::channel();
         if let Err((op, e)) = self.queue.push(WriteOp { writes, done }) {
             if matches!(e, StorageError::Busy { .. }) {
-                tracing::warn!(error = %e, "write refused: the disk is behind");
+                self.warn_refused(&e);
             }
             let _ = op.done.send(Err(e));
         }
         rx
+    }
+
+    /// Warns of refused writes at most once a second (a flood refuses thousands).
+    fn warn_refused(&self, e: &StorageError) {
+        let now = self.opened.elapsed().as_secs() + 1;
+        let last = self.last_refusal_warning.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_refusal_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.queue.stats().refused;
+            tracing::warn!(error = %e, refused, "writes refused (503): the disk is behind");
+        }
     }
 
     /// The write queue now: how many writes wait for the disk, the most ever, how many were
@@ -500,6 +521,53 @@ mod tests {
         );
         durable(waiting).await.unwrap();
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn writes_beyond_the_bound_are_refused_until_the_disk_catches_up() {
+        let dir = std::env::temp_dir().join(format!("busylamp-sled-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The flush interval holds registrations back: the queue fills behind it.
+        let s = SledStore::open_bounded(&dir, Duration::from_millis(500), 2).unwrap();
+        durable(s.save_bindings("sip:0@x", &[sample("sip:c@h", 0)]))
+            .await
+            .unwrap();
+        let one = s.save_bindings("sip:1@x", &[sample("sip:c@h", 1)]);
+        let two = s.save_bindings("sip:2@x", &[sample("sip:c@h", 2)]);
+        let mut three = s.save_bindings("sip:3@x", &[sample("sip:c@h", 3)]);
+        match crate::storage::settled(&mut three) {
+            Some(Err(e @ StorageError::Busy { .. })) => {
+                assert_eq!(e.answer().status, 503);
+                assert_eq!(e.answer().reason, "Storage busy");
+                assert!(e.answer().retry_after.is_some());
+            }
+            other => panic!("a third waiting write was not refused: {other:?}"),
+        }
+        durable(one).await.unwrap();
+        durable(two).await.unwrap();
+        // The writer makes room right after acknowledging.
+        let started = Instant::now();
+        while s.write_queue().waiting > 0 && started.elapsed() < Duration::from_secs(5) {
+            tokio::task::yield_now().await;
+        }
+        let q = s.write_queue();
+        assert_eq!((q.waiting, q.high_water, q.refused), (0, 2, 1));
+        durable(s.save_bindings("sip:3@x", &[sample("sip:c@h", 3)]))
+            .await
+            .unwrap();
+        // Queued at close: on disk once close returns.
+        let last = s.save_bindings("sip:4@x", &[sample("sip:c@h", 4)]);
+        s.close().unwrap();
+        durable(last).await.unwrap();
+        assert!(matches!(
+            durable(s.save_bindings("sip:5@x", &[])).await,
+            Err(StorageError::WriterGone)
+        ));
+        drop(s);
+        let s = SledStore::open(&dir, Duration::ZERO).unwrap();
+        assert_eq!(s.load_bindings().unwrap().len(), 5);
+        drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
