@@ -545,8 +545,13 @@ impl Core {
                         Err(e) => {
                             // Not on disk: not acknowledged. The in-memory change stands;
                             // the client retries and the next write carries it.
-                            tracing::error!(error = %e, "presence state not stored");
                             let answer = e.answer();
+                            if answer.retry_after.is_some() {
+                                // Busy: the store warns about those itself, once a second.
+                                tracing::debug!(error = %e, "presence state not queued for disk");
+                            } else {
+                                tracing::error!(error = %e, "presence state not stored");
+                            }
                             let mut r = response;
                             r.status = answer.status;
                             r.reason = answer.reason.into();

@@ -160,3 +160,52 @@ async fn a_publish_that_finds_the_write_queue_full_gets_503_with_retry_after() {
         assert_eq!(c.recv().await.status, 200);
     }
 }
+
+#[tokio::test]
+async fn a_start_after_a_long_downtime_rewrites_more_expired_aors_than_the_queue_holds() {
+    use busylamp::storage::{durable, Binding};
+    let store = Arc::new(MemoryStore::with_max_queued_writes(4));
+    for i in 0..20 {
+        let aor = aor(&format!("gone{i}"));
+        let expired = Binding {
+            contact: format!("sip:gone{i}@127.0.0.1:5070"),
+            params: String::new(),
+            q: 1000,
+            expires_at: 1,
+            call_id: "c".into(),
+            cseq: 1,
+            path: vec![],
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+            source: "udp:127.0.0.1:5070".into(),
+            registered_at: 0,
+        };
+        durable(store.save_bindings(&aor, &[expired]))
+            .await
+            .unwrap();
+    }
+    // A slow disk that keeps catching up while the server loads.
+    store.stall_disk();
+    let flusher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                store.flush_disk();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let cfg = Config::from_toml(TRUSTED, "test.toml").unwrap();
+    let s = server_with_store(cfg, store.clone()).await;
+    flusher.abort();
+    assert!(
+        stored_aors(&store).is_empty(),
+        "expired bindings left on disk"
+    );
+    // The loader met a full queue several times and waited instead of failing the start.
+    let q = store.write_queue();
+    assert!(q.refused > 0, "the queue was never full: {q:?}");
+    assert!(q.high_water <= 4, "{q:?}");
+    assert_eq!(s.handle.core.registrar.binding_count(), 0);
+}

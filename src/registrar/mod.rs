@@ -160,7 +160,20 @@ impl Registrar {
         for (aor, mut list) in self.store.load_bindings()? {
             let gone = sweep(&mut list, now);
             if !gone.is_empty() {
-                rewrites.push(self.store.save_bindings(&aor, &list));
+                // After a long downtime more AORs may have expired than the bounded write
+                // queue holds: when it is full, wait for what is queued, then go on.
+                let mut write = self.store.save_bindings(&aor, &list);
+                match settled(&mut write) {
+                    Some(Err(StorageError::Busy { .. })) => {
+                        for w in rewrites.drain(..) {
+                            durable(w).await?;
+                        }
+                        write = self.store.save_bindings(&aor, &list);
+                    }
+                    Some(result) => write = resolved(result),
+                    None => {}
+                }
+                rewrites.push(write);
                 self.announce(&aor, &gone);
             }
             live += list.len();
