@@ -74,8 +74,16 @@ impl BranchKey {
         }
         let mut key = [0u8; KEY_LEN];
         getrandom::fill(&mut key)?;
-        if let Err(e) = store_key(path, &key) {
-            tracing::warn!(path = %path.display(), error = %e, "branch key not stored; 2xx retransmissions from before a restart will not be relayed");
+        let dir_exists = path.parent().is_some_and(Path::is_dir);
+        match store_key(path, &key) {
+            Ok(()) => {}
+            // No data directory at all (the in-memory store of tests): nothing to keep.
+            Err(e) if !dir_exists => {
+                tracing::debug!(path = %path.display(), error = %e, "branch key kept in memory only")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "branch key not stored; 2xx retransmissions from before a restart will not be relayed")
+            }
         }
         Ok(BranchKey::new(key))
     }
