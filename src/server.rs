@@ -192,7 +192,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let live = registrar.load().await?;
     tracing::info!(bindings = live, "bindings loaded");
     let (transport, listeners) = Transport::bind(
-        &cfg.listen_addrs(),
+        &cfg.server.listen,
         limits,
         Duration::from_secs(cfg.server.tcp_idle_timeout),
         cfg.server.max_tcp_connections,
@@ -1037,9 +1037,9 @@ fn branch_secret(data_dir: &std::path::Path) -> u64 {
 
 /// The host of `[presence] server_address` when set, else the domain.
 fn advertised_host(cfg: &Config) -> String {
-    match crate::sip::Uri::parse(&cfg.presence.server_address) {
-        Ok(crate::sip::Uri::Sip(u)) => u.host.to_string(),
-        _ => cfg.server.domain.clone(),
+    match &cfg.presence.server_address {
+        Some(u) => u.host.to_string(),
+        None => cfg.server.domain.clone(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 pub mod nonce;
 
-use crate::config::{AuthMode, Cidr, Config};
+use crate::config::{AuthMode, Config};
 use crate::sip::digest::{self, Algorithm, Challenge};
 use crate::sip::{HeaderName, Request};
 use crate::storage::UserFile;
@@ -50,7 +50,7 @@ pub struct Authenticator {
     mode: AuthMode,
     realm: String,
     algorithms: Vec<Algorithm>,
-    trusted: Vec<Cidr>,
+    trusted: Vec<ipnet::IpNet>,
     nonce_ttl: u64,
     key: NonceKey,
     counts: Mutex<NonceCounts>,
@@ -93,13 +93,8 @@ impl Authenticator {
             .collect();
         Authenticator {
             mode: cfg.auth.mode,
-            algorithms: cfg
-                .auth
-                .algorithms
-                .iter()
-                .filter_map(|a| Algorithm::from_name(a))
-                .collect(),
-            trusted: cfg.trusted_networks(),
+            algorithms: cfg.auth.algorithms.clone(),
+            trusted: cfg.auth.trusted.clone(),
             nonce_ttl: cfg.auth.nonce_ttl,
             key,
             counts: Mutex::new(NonceCounts::new(NONCE_TRACKING, cfg.auth.nonce_ttl)),
@@ -114,7 +109,7 @@ impl Authenticator {
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|c| c.contains(ip))
+        crate::config::in_networks(&self.trusted, ip)
     }
 
     /// A user with credentials here (config or user file): a local user even when no phone of
@@ -260,8 +255,11 @@ mod tests {
     fn auth(algs: &[&str]) -> Authenticator {
         let mut cfg = Config::default();
         cfg.server.domain = "example.test".into();
-        cfg.auth.algorithms = algs.iter().map(|s| s.to_string()).collect();
-        cfg.auth.trusted = vec!["10.0.0.0/8".into()];
+        cfg.auth.algorithms = algs
+            .iter()
+            .map(|s| Algorithm::from_name(s).unwrap())
+            .collect();
+        cfg.auth.trusted = vec!["10.0.0.0/8".parse().unwrap()];
         cfg.users = vec![
             UserConfig {
                 name: "1001".into(),

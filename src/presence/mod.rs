@@ -16,7 +16,7 @@ pub mod package;
 pub mod packages;
 
 use crate::clock::Clock;
-use crate::config::{Config, Policy, PresenceConfig, VendorProfile};
+use crate::config::{Config, Policy, PresenceConfig, RulePattern, VendorProfile};
 use crate::deadline::Deadlines;
 use crate::domain::Domains;
 use crate::events::{Event, EventBus, SubscriptionChange};
@@ -322,17 +322,13 @@ enum Pattern {
 }
 
 impl Pattern {
-    fn parse(pattern: &str, domains: &Domains) -> Pattern {
-        if pattern == "*" {
-            return Pattern::Any;
-        }
-        if let Some(d) = pattern.strip_prefix("*@") {
-            return Pattern::Domain(d.to_ascii_lowercase());
-        }
-        match Uri::parse(pattern) {
-            Ok(Uri::Sip(s)) => Pattern::Aor(domains.canonical_user(&s).unwrap_or_else(|| s.aor())),
-            // Config validation refuses anything else; match nothing rather than everything.
-            _ => Pattern::Aor(String::new()),
+    fn new(pattern: &RulePattern, domains: &Domains) -> Pattern {
+        match pattern {
+            RulePattern::Any => Pattern::Any,
+            RulePattern::Domain(d) => Pattern::Domain(d.to_ascii_lowercase()),
+            RulePattern::Uri(s) => {
+                Pattern::Aor(domains.canonical_user(s).unwrap_or_else(|| s.aor()))
+            }
         }
     }
 
@@ -496,8 +492,8 @@ impl Presence {
             .rules
             .iter()
             .map(|r| Rule {
-                presentity: Pattern::parse(&r.presentity, &domains),
-                watcher: Pattern::parse(&r.watcher, &domains),
+                presentity: Pattern::new(&r.presentity, &domains),
+                watcher: Pattern::new(&r.watcher, &domains),
                 action: r.action,
             })
             .collect();
@@ -1424,8 +1420,8 @@ impl Presence {
 
     /// Our Contact in a new subscription dialog.
     fn our_contact(&self, req: &Request, peer: &Peer) -> String {
-        if !self.cfg.server_address.is_empty() {
-            return self.cfg.server_address.clone();
+        if let Some(u) = &self.cfg.server_address {
+            return u.to_string();
         }
         let host = if peer.local.ip().is_unspecified() {
             match req.uri.as_sip() {
