@@ -174,6 +174,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         users: user_file,
         nonce_key,
     } = stores;
+    let user_file = user_file.map(Arc::new);
     let limits = Limits {
         max_message: cfg.server.max_message_size,
         max_headers: cfg.server.max_headers,
@@ -208,7 +209,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let core = Arc::new(Core {
         limits,
         transport: transport.clone(),
-        auth: Authenticator::new(cfg, key, user_file),
+        auth: Authenticator::new(cfg, key, user_file.clone()),
         registrar: registrar.clone(),
         presence: presence.clone(),
         pua: pua.clone(),
@@ -261,6 +262,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
+    // Users from the user file are read here and by a watcher, never on the receive path.
+    if let Some(file) = user_file {
+        tasks.push(file.watch(crate::storage::users::RECHECK).await);
+    }
     // Presence state is loaded before anything is read from the network: a refresh or an
     // If-Match PUBLISH that waited while we were down must find its subscription or
     // publication, not get 481/412. The sockets are bound, so the restart NOTIFYs can leave;

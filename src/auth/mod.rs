@@ -11,7 +11,7 @@ use crate::storage::UserFile;
 use nonce::{NonceCheck, NonceCounts, NonceKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What authentication decided about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct Authenticator {
     key: NonceKey,
     counts: Mutex<NonceCounts>,
     config_users: HashMap<String, Ha1s>,
-    user_file: Option<UserFile>,
+    user_file: Option<Arc<UserFile>>,
 }
 
 /// Nonces tracked for nonce-count replay protection; beyond this the oldest are forgotten
@@ -63,7 +63,7 @@ pub struct Authenticator {
 const NONCE_TRACKING: usize = 200_000;
 
 impl Authenticator {
-    pub fn new(cfg: &Config, key: NonceKey, user_file: Option<UserFile>) -> Authenticator {
+    pub fn new(cfg: &Config, key: NonceKey, user_file: Option<Arc<UserFile>>) -> Authenticator {
         let realm = cfg.realm().to_string();
         let config_users = cfg
             .users
