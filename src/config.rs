@@ -1054,6 +1054,15 @@ mod locate {
                 );
             }
         }
+        if message.starts_with("wanted string or table") || message.starts_with("wanted exactly 1")
+        {
+            // An enum given something other than a word.
+            return (
+                "is not one of the accepted words".into(),
+                "write one of the values the README's configuration table lists, in double quotes"
+                    .into(),
+            );
+        }
         if message.starts_with("invalid type") || message.starts_with("invalid value") {
             if let Some((_, expected)) = message.rsplit_once(", expected ") {
                 return (message.into(), fix_for(expected));
@@ -1748,6 +1757,7 @@ users = ["10*", "*"]
             ("[[presence.rules]]\npresentity = \"1001\"\nwatcher = \"*\"\naction = \"allow\"\n", "presence.rules[0].presentity", 2),
             ("[[presence.rules]]\npresentity = \"*\"\naction = \"allow\"\n", "presence.rules[0].watcher", 1),
             ("[[presence.profiles]]\nname = \"x\"\ndialog_idle = \"dark\"\n", "presence.profiles[0].dialog_idle", 3),
+            ("[auth]\nmode = 1\n", "auth.mode", 2),
             ("[pua.dialoginfo]\nusers = [\"1001\", \"1*0\"]\n", "pua.dialoginfo.users[1]", 2),
             ("[server]\ndomian = \"x\"\n", "server.domian", 2),
             ("[servre]\ndomain = \"x\"\n", "servre", 1),
