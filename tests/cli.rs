@@ -1,6 +1,8 @@
 //! The command line: check-config names the bad key and the fix; users add/list/remove keep
 //! only HA1s; serve refuses a database it cannot open with a message naming the path.
 
+mod common;
+
 use std::process::Command;
 
 fn busylamp() -> Command {
@@ -9,13 +11,7 @@ fn busylamp() -> Command {
 
 #[test]
 fn check_config_accepts_the_valid_fixtures_the_profiles_and_the_packaged_config() {
-    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir("fixtures/config/valid")
-        .unwrap()
-        .chain(std::fs::read_dir("profiles").unwrap())
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    paths.push("packaging/busylamp.toml".into());
+    let paths = common::shipped_configs();
     assert!(paths.len() >= 5);
     for path in paths {
         let out = busylamp().arg("check-config").arg(&path).output().unwrap();

@@ -4,6 +4,8 @@
 //! as the `config_parse` fuzz target, without libFuzzer (proptest shrinks a failure to a
 //! small edit).
 
+mod common;
+
 use busylamp::config::{Config, ConfigError};
 use proptest::prelude::*;
 
@@ -13,15 +15,7 @@ fn valid_configs() -> &'static [String] {
 }
 
 fn read_valid_configs() -> Vec<String> {
-    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir("fixtures/config/valid")
-        .unwrap()
-        .chain(std::fs::read_dir("profiles").unwrap())
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    paths.push("packaging/busylamp.toml".into());
-    paths.sort();
-    paths
+    common::shipped_configs()
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap())
         .collect()

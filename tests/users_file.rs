@@ -4,11 +4,9 @@
 mod common;
 
 use busylamp::config::Config;
-use busylamp::server::{start, Stores};
 use busylamp::sip::digest::{self, Algorithm};
 use busylamp::storage::users::RECHECK;
-use busylamp::storage::{BindingStore, MemoryStore, UserFile, UserRecord};
-use busylamp::transport::Proto;
+use busylamp::storage::{MemoryStore, UserFile, UserRecord};
 use common::*;
 use std::sync::Arc;
 
@@ -18,20 +16,9 @@ async fn a_user_added_to_the_file_registers_after_the_reload_without_a_restart()
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = Config::from_toml(BASE_CONFIG, "t.toml").unwrap();
-    let store = Arc::new(MemoryStore::new());
-    let handle = start(
-        &cfg,
-        Stores {
-            bindings: store.clone() as Arc<dyn BindingStore>,
-            presence: store.clone() as Arc<dyn busylamp::storage::PresenceStore>,
-            dialogs: store.clone() as Arc<dyn busylamp::storage::DialogStore>,
-            users: Some(UserFile::new(&dir)),
-            nonce_key: Some(NONCE_KEY),
-        },
-    )
-    .await
-    .expect("server starts");
-    let phone = Udp::new(handle.local_addr(Proto::Udp).unwrap()).await;
+    let server =
+        server_with_users(cfg, Arc::new(MemoryStore::new()), Some(UserFile::new(&dir))).await;
+    let phone = Udp::new(server.udp).await;
 
     // 2001 is nobody yet: a correct digest for it is refused.
     let r = register_authed(&phone, "2001", "pw2001", "users-file-1", 1, "").await;
@@ -54,6 +41,6 @@ async fn a_user_added_to_the_file_registers_after_the_reload_without_a_restart()
     // Users from the config are unaffected.
     let r = register_authed(&phone, "1001", "secret", "users-file-3", 1, "").await;
     assert_eq!(r.status, 200, "{}", r.reason);
-    handle.shutdown();
+    server.handle.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
