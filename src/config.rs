@@ -336,7 +336,8 @@ impl<'de> Deserialize<'de> for UserPattern {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// The SIP domain we are registrar for; also the default digest realm.
-    pub domain: String,
+    #[serde(deserialize_with = "values::domain")]
+    pub domain: Host,
     /// Other host names or addresses phones may use in their AOR for the same domain.
     #[serde(deserialize_with = "values::aliases")]
     pub aliases: Vec<Host>,
@@ -562,7 +563,7 @@ pub struct UserConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            domain: "localhost".into(),
+            domain: Host::Name("localhost".into()),
             aliases: Vec::new(),
             listen: vec![
                 ListenAddr {
@@ -734,6 +735,17 @@ mod values {
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
             d.deserialize_str(self)
         }
+    }
+
+    pub(super) fn domain<'de, D: Deserializer<'de>>(d: D) -> Result<Host, D::Error> {
+        parsed(d, |s| {
+            Host::parse(s).map_err(|_| {
+                BadValue::new(
+                    format!("{s:?} is not a host name or address"),
+                    "set it to the SIP domain the phones register to, e.g. \"pbx.example.com\"",
+                )
+            })
+        })
     }
 
     pub(super) fn aliases<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Host>, D::Error> {
@@ -1122,11 +1134,12 @@ impl Config {
         Config::from_toml(&text, &path.display().to_string())
     }
 
-    pub fn realm(&self) -> &str {
+    /// `auth.realm`, or the domain when that is empty.
+    pub fn realm(&self) -> String {
         if self.auth.realm.is_empty() {
-            &self.server.domain
+            self.server.domain.to_string()
         } else {
-            &self.auth.realm
+            self.auth.realm.clone()
         }
     }
 
@@ -1138,15 +1151,6 @@ impl Config {
             fix: fix.to_string(),
         };
         let s = &self.server;
-        if s.domain.trim().is_empty()
-            || crate::sip::Host::parse(&s.domain).is_err() && !s.domain.starts_with('[')
-        {
-            return Err(bad(
-                "server.domain",
-                format!("{:?} is not a host name or address", s.domain),
-                "set it to the SIP domain the phones register to, e.g. \"pbx.example.com\"",
-            ));
-        }
         if s.listen.is_empty() {
             return Err(bad(
                 "server.listen",
@@ -1740,6 +1744,8 @@ users = ["10*", "*"]
     #[test]
     fn every_refused_value_names_its_key_its_line_and_a_fix() {
         for (toml, key, line) in [
+            ("[server]\ndomain = \"\"\n", "server.domain", 2),
+            ("[server]\ndomain = \"pbx example\"\n", "server.domain", 2),
             ("[server]\nlisten = [\"udp:0.0.0.0:5060\", \"sctp:1.2.3.4:5\"]\n", "server.listen[1]", 2),
             ("[server]\naliases = [\"a b\"]\n", "server.aliases[0]", 2),
             ("[auth]\nalgorithms = [\"SHA-512-256\"]\n", "auth.algorithms[0]", 2),

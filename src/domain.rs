@@ -13,7 +13,7 @@ pub struct Domains {
 
 impl Domains {
     pub fn new(cfg: &Config) -> Domains {
-        let mut hosts: Vec<Host> = Host::parse(&cfg.server.domain).into_iter().collect();
+        let mut hosts = vec![cfg.server.domain.clone()];
         hosts.extend(cfg.server.aliases.iter().cloned());
         for l in &cfg.server.listen {
             if !l.addr.ip().is_unspecified() {
@@ -22,7 +22,7 @@ impl Domains {
         }
         Domains {
             hosts,
-            primary: cfg.server.domain.to_ascii_lowercase(),
+            primary: cfg.server.domain.to_string().to_ascii_lowercase(),
         }
     }
 
@@ -52,7 +52,7 @@ mod tests {
     #[test]
     fn aliases_and_ports_name_the_same_presentity() {
         let mut cfg = Config::default();
-        cfg.server.domain = "Example.COM".into();
+        cfg.server.domain = Host::Name("Example.COM".into());
         cfg.server.aliases = vec![Host::parse("192.0.2.10").unwrap()];
         let d = Domains::new(&cfg);
         let uri = |s: &str| crate::sip::Uri::parse(s).unwrap().as_sip().unwrap().clone();

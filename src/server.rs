@@ -1044,7 +1044,7 @@ fn branch_secret(data_dir: &std::path::Path) -> u64 {
 fn advertised_host(cfg: &Config) -> String {
     match &cfg.presence.server_address {
         Some(u) => u.host.to_string(),
-        None => cfg.server.domain.clone(),
+        None => cfg.server.domain.to_string(),
     }
 }
 

@@ -64,7 +64,7 @@ const NONCE_TRACKING: usize = 200_000;
 
 impl Authenticator {
     pub fn new(cfg: &Config, key: NonceKey, user_file: Option<Arc<UserFile>>) -> Authenticator {
-        let realm = cfg.realm().to_string();
+        let realm = cfg.realm();
         let config_users = cfg
             .users
             .iter()
@@ -254,7 +254,7 @@ mod tests {
 
     fn auth(algs: &[&str]) -> Authenticator {
         let mut cfg = Config::default();
-        cfg.server.domain = "example.test".into();
+        cfg.server.domain = crate::sip::Host::Name("example.test".into());
         cfg.auth.algorithms = algs
             .iter()
             .map(|s| Algorithm::from_name(s).unwrap())

@@ -512,7 +512,7 @@ mod tests {
 
     fn proxy() -> Proxy {
         let mut cfg = Config::default();
-        cfg.server.domain = "example.com".into();
+        cfg.server.domain = crate::sip::Host::Name("example.com".into());
         Proxy::new(
             &cfg,
             vec![
@@ -692,7 +692,7 @@ Content-Length: 0\n\n";
     #[test]
     fn rfc3261_16_5_upstream_gets_foreign_and_unknown_but_never_its_own_requests_back() {
         let mut cfg = Config::default();
-        cfg.server.domain = "example.com".into();
+        cfg.server.domain = crate::sip::Host::Name("example.com".into());
         cfg.proxy.upstream = Uri::parse("sip:192.0.2.5:5060").unwrap().as_sip().cloned();
         let p = Proxy::new(
             &cfg,
