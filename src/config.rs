@@ -1,6 +1,11 @@
 //! The TOML configuration: every key has a default, unknown keys are refused, and validation
 //! messages name the key and the fix. `busylamp serve` without `--config` runs on
 //! [`Config::default`].
+//!
+//! Values are typed when read (addresses, networks, URIs, hosts, patterns, enums): each
+//! parser refuses a bad value with a [`BadValue`], and the loader names its key from the
+//! error's position in the text. [`Config::validate`] then checks ranges and the rules that
+//! tie keys together. The rest of the program takes the typed values and parses nothing again.
 
 use crate::sip::digest::Algorithm;
 use crate::sip::{Host, SipUri, Uri};
