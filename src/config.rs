@@ -781,7 +781,11 @@ mod values {
 
     pub(super) fn trusted<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
         list(d, |s| {
-            let t = s.trim();
+            // Spaces around the address and the prefix have always been accepted.
+            let t = match s.split_once('/') {
+                Some((addr, prefix)) => format!("{}/{}", addr.trim(), prefix.trim()),
+                None => s.trim().to_string(),
+            };
             t.parse::<IpNet>()
                 .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
                 .map_err(|_| {
@@ -1654,7 +1658,7 @@ password = "secret"
             &trusted("\"10.1.2.3/8\""),
             "10.9.9.9".parse().unwrap()
         ));
-        assert_eq!(trusted("\" 10.0.0.0/8 \"").len(), 1);
+        assert_eq!(trusted("\" 10.0.0.0 / 8 \"").len(), 1);
         for bad in [
             "10.0.0.0/33",
             "10.0.0.0/",
