@@ -211,10 +211,20 @@ struct Sub {
     winfo_full: bool,
 }
 
+/// A subscription that has ended while a NOTIFY of it was unanswered: its final NOTIFY waits
+/// for that answer (or timeout), so it leaves after it, with the next CSeq.
+#[derive(Debug)]
+struct Closing {
+    sub: Sub,
+    reason: &'static str,
+}
+
 #[derive(Debug, Default)]
 struct Resource {
     pubs: Vec<Publication>,
     subs: HashMap<Arc<[u8]>, Sub>,
+    /// Ended subscriptions whose final NOTIFY waits for the one in flight.
+    closing: HashMap<Arc<[u8]>, Closing>,
     /// Hash of the document last fanned out (default view): an unchanged document is not
     /// re-sent.
     doc_hash: u64,
@@ -251,7 +261,7 @@ fn pubs_key(pubs: &[Publication]) -> u64 {
 
 impl Resource {
     fn is_empty(&self) -> bool {
-        self.pubs.is_empty() && self.subs.is_empty()
+        self.pubs.is_empty() && self.subs.is_empty() && self.closing.is_empty()
     }
 
     /// A watcher was just sent the current document outside a fan-out. While changes wait
@@ -1082,29 +1092,6 @@ impl Presence {
         self.cancel(&Timer::SubscriptionExpiry(res.clone(), key.clone()));
         self.cancel(&Timer::Retry(res.clone(), key.clone()));
         writes.push(PresenceWrite::DeleteSubscription(key.to_vec()));
-        if send_final {
-            let winfo = if res.pkg == Pkg::Winfo {
-                shard.resources.get(&presence_key)
-            } else {
-                None
-            };
-            // RFC 6665 §4.2.2: the final NOTIFY carries the state when there is one to give;
-            // not after a rejection.
-            let body = if reason == "rejected" {
-                None
-            } else {
-                sub.winfo_full = true;
-                self.body_for(res, &resource, &mut sub, winfo)
-            };
-            out.push(self.next_notify(
-                res,
-                &mut sub,
-                SubscriptionState::Terminated { reason },
-                body,
-                writes,
-                Persist::No,
-            ));
-        }
         let gone_entry = (res.pkg == Pkg::Presence).then(|| {
             let event = match reason {
                 "rejected" => watcherinfo::WatcherEvent::Rejected,
@@ -1113,6 +1100,19 @@ impl Presence {
             };
             self.winfo_entry(&sub, event, true)
         });
+        if send_final && sub.in_flight {
+            // One NOTIFY in flight, in CSeq order: the final one waits for the answer.
+            resource
+                .closing
+                .insert(key.clone(), Closing { sub, reason });
+        } else if send_final {
+            let winfo = if res.pkg == Pkg::Winfo {
+                shard.resources.get(&presence_key)
+            } else {
+                None
+            };
+            out.push(self.final_notify(res, &resource, &mut sub, reason, winfo));
+        }
         if resource.is_empty() {
             drop(resource);
         } else {
@@ -1121,6 +1121,63 @@ impl Presence {
         if let Some(e) = gone_entry {
             self.winfo_changed(shard, &res.presentity, e, writes, out);
         }
+    }
+
+    /// The final NOTIFY of an ended subscription (nothing written: its record is deleted).
+    fn final_notify(
+        &self,
+        res: &ResKey,
+        resource: &Resource,
+        sub: &mut Sub,
+        reason: &'static str,
+        winfo: Option<&Resource>,
+    ) -> OutNotify {
+        // RFC 6665 §4.2.2: the final NOTIFY carries the state when there is one to give;
+        // not after a rejection.
+        let body = if reason == "rejected" {
+            None
+        } else {
+            sub.winfo_full = true;
+            self.body_for(res, resource, sub, winfo)
+        };
+        self.next_notify(
+            res,
+            sub,
+            SubscriptionState::Terminated { reason },
+            body,
+            &mut Vec::new(),
+            Persist::No,
+        )
+    }
+
+    /// The NOTIFY in flight of an ended subscription was answered (or timed out): its final
+    /// NOTIFY leaves now, unless the watcher said the subscription is gone already.
+    fn closing_answered(
+        &self,
+        shard: &mut Shard,
+        sub: &SubRef,
+        outcome: Outcome,
+    ) -> Option<OutNotify> {
+        let mut resource = shard.resources.remove(&sub.res)?;
+        let out = resource.closing.remove(&sub.key).and_then(|mut c| {
+            if matches!(outcome, Outcome::Rejected(_)) {
+                return None;
+            }
+            let presence_key = ResKey {
+                presentity: sub.res.presentity.clone(),
+                pkg: Pkg::Presence,
+            };
+            let winfo = if sub.res.pkg == Pkg::Winfo {
+                shard.resources.get(&presence_key)
+            } else {
+                None
+            };
+            Some(self.final_notify(&sub.res, &resource, &mut c.sub, c.reason, winfo))
+        });
+        if !resource.is_empty() {
+            shard.resources.insert(sub.res.clone(), resource);
+        }
+        out
     }
 
     // ---------------------------------------------------------------------------- SUBSCRIBE
@@ -1971,6 +2028,16 @@ impl Presence {
         let mut shard = self.shard(&sub.res.presentity);
         let mut writes = Vec::new();
         let mut out = Vec::new();
+        if shard
+            .resources
+            .get(&sub.res)
+            .is_some_and(|r| r.closing.contains_key(&sub.key))
+        {
+            let last = self.closing_answered(&mut shard, sub, outcome);
+            drop(shard);
+            self.send(last.into_iter().collect(), None);
+            return;
+        }
         let Some(s) = shard
             .resources
             .get_mut(&sub.res)
