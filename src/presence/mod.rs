@@ -311,6 +311,16 @@ pub struct Presence {
     rules: Vec<Rule>,
 }
 
+/// Takes one of `cap` places in `count`, checked and taken in one atomic step (a check, then
+/// a later increment, let racing requests on other shards all pass the check).
+fn take_place(count: &AtomicUsize, cap: usize) -> bool {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
     let mut h = DefaultHasher::new();
     v.hash(&mut h);
@@ -1292,11 +1302,6 @@ impl Presence {
                 ))
             }
         };
-        if expires > 0 && self.subscription_count() >= self.cfg.max_subscriptions {
-            let mut r = fail(503, "Service Unavailable: subscription table is full");
-            r.headers.push_raw("Retry-After", "60");
-            return Err(r);
-        }
         let our_contact = self.our_contact(req, &peer);
         let user_agent = req.headers.get(HeaderName::UserAgent).map(str::to_string);
         let profile = self.profile_for(user_agent.as_deref());
@@ -1350,8 +1355,8 @@ impl Presence {
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
         let fresh_resource = !shard.resources.contains_key(&res);
-        let resource = shard.resources.entry(res.clone()).or_default();
-        if expires > 0 && resource.subs.len() >= self.cfg.max_watchers_per_presentity {
+        let watchers = shard.resources.get(&res).map_or(0, |r| r.subs.len());
+        if expires > 0 && watchers >= self.cfg.max_watchers_per_presentity {
             let mut r = fail(
                 503,
                 "Service Unavailable: too many watchers of this presentity",
@@ -1359,6 +1364,14 @@ impl Presence {
             r.headers.push_raw("Retry-After", "60");
             return Err(r);
         }
+        // The place is taken here, under the shard lock, and the subscription inserted below
+        // without another way out.
+        if expires > 0 && !take_place(&self.subscription_count, self.cfg.max_subscriptions) {
+            let mut r = fail(503, "Service Unavailable: subscription table is full");
+            r.headers.push_raw("Retry-After", "60");
+            return Err(r);
+        }
+        shard.resources.entry(res.clone()).or_default();
         let mut response = req.response(200, "OK", Some(to_tag));
         // RFC 3261 §12.1.1: the 2xx that creates the dialog copies Record-Route, in order;
         // the watcher takes its route set from it.
@@ -1438,7 +1451,6 @@ impl Presence {
         let resource = shard.resources.entry(res.clone()).or_default();
         resource.subs.insert(key.clone(), sub);
         resource.sent_current();
-        self.subscription_count.fetch_add(1, Ordering::Relaxed);
         self.dialog_index(&key).insert(key.clone(), res.clone());
         self.schedule(
             Timer::SubscriptionExpiry(res.clone(), key.clone()),
@@ -1784,7 +1796,7 @@ impl Presence {
             None => {
                 let resource = shard.resources.entry(res.clone()).or_default();
                 if resource.pubs.len() >= self.cfg.max_publications_per_presentity
-                    || self.publication_count() >= self.cfg.max_publications
+                    || !take_place(&self.publication_count, self.cfg.max_publications)
                 {
                     let mut r = fail(503, "Service Unavailable: too many publications");
                     r.headers.push_raw("Retry-After", "60");
@@ -1807,7 +1819,6 @@ impl Presence {
                 writes.push(PresenceWrite::publication(&rec));
                 let at = self.at_unix(rec.expires_at);
                 resource.pubs.push(Publication { rec });
-                self.publication_count.fetch_add(1, Ordering::Relaxed);
                 self.schedule(Timer::PublicationExpiry(res.clone(), source.clone()), at);
                 source
             }
@@ -1890,7 +1901,7 @@ impl Presence {
             (found, _) => {
                 if found.is_none()
                     && (resource.pubs.len() >= self.cfg.max_publications_per_presentity
-                        || self.publication_count() >= self.cfg.max_publications)
+                        || !take_place(&self.publication_count, self.cfg.max_publications))
                 {
                     if resource.is_empty() {
                         shard.resources.remove(&res);
@@ -1911,10 +1922,8 @@ impl Presence {
                 let at = self.at_unix(rec.expires_at);
                 match found {
                     Some(i) => resource.pubs[i] = Publication { rec },
-                    None => {
-                        resource.pubs.push(Publication { rec });
-                        self.publication_count.fetch_add(1, Ordering::Relaxed);
-                    }
+                    // Its place was taken with the check above.
+                    None => resource.pubs.push(Publication { rec }),
                 }
                 self.schedule(Timer::PublicationExpiry(res.clone(), source_id.into()), at);
             }
