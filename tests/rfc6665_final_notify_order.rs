@@ -68,7 +68,7 @@ async fn publish(s: &TestServer, basic: &str) {
             "sip:1001@example.test",
             Pkg::Presence,
             "test",
-            &pidf(basic),
+            pidf(basic),
             600,
         )
         .unwrap();

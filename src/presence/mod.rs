@@ -26,8 +26,8 @@ use crate::sip::message::Parsed;
 use crate::sip::{ContactValue, HasHeaders, HeaderName, Host, Request, Response, Uri};
 use crate::storage::presence::{publication_key, subscription_key};
 use crate::storage::{
-    Durable, FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, StorageError, SubState,
-    SubscriptionRecord,
+    Durable, FlowRecord, PresenceStore, PresenceWrite, PublicationBody, PublicationRecord,
+    StorageError, SubState, SubscriptionRecord,
 };
 use crate::transport::{Peer, Proto};
 use event::{parse_event, EventError, Pkg, ALLOW_EVENTS};
@@ -55,13 +55,9 @@ const MAX_WINFO_CHANGES: usize = 256;
 /// it, phones that publish each call anew would pile up ended calls until their expiry.
 const TERMINATED_LINGER: u32 = 5;
 
-/// Whether the body is a dialog-info document whose dialogs have all ended.
-fn all_dialogs_terminated(pkg: Pkg, body: &[u8]) -> bool {
-    use crate::sip::body::dialog_info::{parse, DialogState};
-    matches!(pkg, Pkg::Dialog | Pkg::Sla)
-        && parse(body).is_ok_and(|d| {
-            !d.dialogs.is_empty() && d.dialogs.iter().all(|x| x.state == DialogState::Terminated)
-        })
+/// Whether the body is dialog state whose dialogs have all ended.
+fn all_dialogs_terminated(pkg: Pkg, body: &PublicationBody) -> bool {
+    matches!(pkg, Pkg::Dialog | Pkg::Sla) && crate::storage::presence::all_dialogs_terminated(body)
 }
 
 /// Packages whose documents carry a per-watcher `version` (RFC 4235, RFC 3858).
@@ -735,7 +731,14 @@ impl Presence {
             .map(|p| PublishedBody {
                 source_id: &p.rec.source_id,
                 content_type: &p.rec.content_type,
-                body: &p.rec.body,
+                body: match &p.rec.body {
+                    PublicationBody::Document(b) => b,
+                    PublicationBody::Dialogs(_) => &[],
+                },
+                dialogs: match &p.rec.body {
+                    PublicationBody::Dialogs(d) => Some(d),
+                    PublicationBody::Document(_) => None,
+                },
                 seq: p.rec.seq,
             })
             .collect();
@@ -1689,6 +1692,7 @@ impl Presence {
             .map(str::trim)
             .filter(|s| !s.is_empty());
         let has_body = !req.body.is_empty();
+        let document = PublicationBody::from(&req.body);
         let content_type = if has_body {
             let ct = req
                 .headers
@@ -1713,7 +1717,7 @@ impl Presence {
             None
         };
         // An ended call lingers only briefly (see TERMINATED_LINGER).
-        let expires = if expires > 0 && has_body && all_dialogs_terminated(ev.pkg, &req.body) {
+        let expires = if expires > 0 && has_body && all_dialogs_terminated(ev.pkg, &document) {
             expires.min(TERMINATED_LINGER)
         } else {
             expires
@@ -1784,7 +1788,7 @@ impl Presence {
                     p.rec.expires_at = now + u64::from(expires);
                     if let (Some(ct), true) = (content_type, has_body) {
                         p.rec.content_type = ct.into();
-                        p.rec.body = req.body.clone();
+                        p.rec.body = document.clone();
                         p.rec.seq = self.seq.fetch_add(1, Ordering::Relaxed);
                     }
                     writes.push(PresenceWrite::publication(&p.rec));
@@ -1812,7 +1816,7 @@ impl Presence {
                     etag: new_etag.clone(),
                     source_id: source.clone(),
                     content_type: content_type.unwrap_or_default().into(),
-                    body: req.body.clone(),
+                    body: document,
                     expires_at: now + u64::from(expires),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
@@ -1853,7 +1857,7 @@ impl Presence {
         presentity: &str,
         pkg: Pkg,
         source_id: &str,
-        body: &[u8],
+        body: impl Into<PublicationBody>,
         expires: u32,
     ) -> Result<Durable, PublishError> {
         if !pkg.publishable() {
@@ -1861,10 +1865,16 @@ impl Presence {
         }
         let package = package(pkg).ok_or(PublishError::NotPublishable(pkg.key()))?;
         let content_type = package.publish_types()[0];
+        let body = body.into();
         if expires > 0 {
-            package.validate(content_type, body)?;
+            match &body {
+                PublicationBody::Document(b) => package.validate(content_type, b)?,
+                // Typed dialog state is valid by construction, for the dialog packages only.
+                PublicationBody::Dialogs(_) if matches!(pkg, Pkg::Dialog | Pkg::Sla) => {}
+                PublicationBody::Dialogs(_) => return Err(PublishError::NotPublishable(pkg.key())),
+            }
         }
-        let expires = if expires > 0 && all_dialogs_terminated(pkg, body) {
+        let expires = if expires > 0 && all_dialogs_terminated(pkg, &body) {
             expires.min(TERMINATED_LINGER)
         } else {
             expires
@@ -1914,7 +1924,7 @@ impl Presence {
                     etag: format!("{:016x}", self.ids.next()),
                     source_id: source_id.into(),
                     content_type: content_type.into(),
-                    body: body.to_vec(),
+                    body,
                     expires_at: now + u64::from(expires),
                     seq: self.seq.fetch_add(1, Ordering::Relaxed),
                 };
@@ -2347,6 +2357,18 @@ impl Presence {
         pkg: Pkg,
         source_id: &str,
     ) -> Option<(Vec<u8>, u64)> {
+        // Rendered (if typed) after the lock is released.
+        let (body, expires_at) = self.publication_body(presentity, pkg, source_id)?;
+        Some((body.rendered().into_owned(), expires_at))
+    }
+
+    /// [`Presence::publication`] as it is held: typed dialog state stays typed.
+    pub fn publication_body(
+        &self,
+        presentity: &str,
+        pkg: Pkg,
+        source_id: &str,
+    ) -> Option<(PublicationBody, u64)> {
         let shard = self.shard(presentity);
         let res = ResKey {
             presentity: presentity.into(),
