@@ -152,6 +152,7 @@ fn typed_state_is_refused_for_packages_that_are_not_dialog_state() {
     let presence = busylamp::presence::Presence::new(
         &cfg,
         std::sync::Arc::new(busylamp::storage::MemoryStore::new()),
+        Default::default(),
         busylamp::clock::Clock::new(),
     );
     let e = presence

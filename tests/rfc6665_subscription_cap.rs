@@ -101,7 +101,12 @@ fn race<T: Send>(each: impl Fn(usize) -> T + Sync) -> Vec<T> {
 #[test]
 fn concurrent_subscribes_at_the_limit_admit_exactly_the_cap() {
     for round in 0..20 {
-        let presence = Presence::new(&config(), Arc::new(MemoryStore::new()), Clock::new());
+        let presence = Presence::new(
+            &config(),
+            Arc::new(MemoryStore::new()),
+            Default::default(),
+            Clock::new(),
+        );
         let requests: Vec<Request> = (0..THREADS * PER_THREAD).map(subscribe).collect();
         let answers = race(|n| {
             let req = &requests[n];
@@ -124,7 +129,12 @@ fn concurrent_subscribes_at_the_limit_admit_exactly_the_cap() {
 fn concurrent_publications_at_the_limit_admit_exactly_the_cap() {
     let pidf = b"<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:x@example.test\"><tuple id=\"t\"><status><basic>open</basic></status></tuple></presence>";
     for round in 0..20 {
-        let presence = Presence::new(&config(), Arc::new(MemoryStore::new()), Clock::new());
+        let presence = Presence::new(
+            &config(),
+            Arc::new(MemoryStore::new()),
+            Default::default(),
+            Clock::new(),
+        );
         let answers = race(|n| {
             presence
                 .publish(

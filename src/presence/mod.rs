@@ -301,7 +301,7 @@ pub struct Presence {
     publication_count: AtomicUsize,
     seq: AtomicU64,
     sink: OnceLock<Weak<dyn NotifySink>>,
-    events: OnceLock<EventBus>,
+    events: EventBus,
     default_profile: Arc<VendorProfile>,
     profiles: Vec<Arc<VendorProfile>>,
     rules: Vec<Rule>,
@@ -493,7 +493,13 @@ fn with_version(doc: &Rendered, version: u32) -> Rendered {
 }
 
 impl Presence {
-    pub fn new(cfg: &Config, store: Arc<dyn PresenceStore>, clock: Clock) -> Arc<Presence> {
+    /// `events`: where "what changed" notices go (the dashboard, the control API).
+    pub fn new(
+        cfg: &Config,
+        store: Arc<dyn PresenceStore>,
+        events: EventBus,
+        clock: Clock,
+    ) -> Arc<Presence> {
         let profiles: Vec<Arc<VendorProfile>> = cfg
             .presence
             .profiles
@@ -533,21 +539,14 @@ impl Presence {
             publication_count: AtomicUsize::new(0),
             seq: AtomicU64::new(1),
             sink: OnceLock::new(),
-            events: OnceLock::new(),
+            events,
             default_profile,
             profiles,
         })
     }
 
-    /// Where "what changed" notices go (the dashboard, the control API); set once.
-    pub fn set_events(&self, events: EventBus) {
-        let _ = self.events.set(events);
-    }
-
     fn emit(&self, event: Event) {
-        if let Some(bus) = self.events.get() {
-            bus.publish(event);
-        }
+        self.events.publish(event);
     }
 
     fn emit_subscription(&self, change: SubscriptionChange, pkg: Pkg, rec: &SubscriptionRecord) {
