@@ -128,3 +128,76 @@ impl Policies {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn policies(extra: &str) -> Policies {
+        let cfg = Config::from_toml(
+            &format!(
+                "[server]\ndomain = \"example.com\"\nlisten = [\"udp:127.0.0.1:0\"]\n\
+                 data_dir = \"/nonexistent\"\n[presence]\n{extra}"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        Policies::new(&cfg.presence, &Domains::new(&cfg))
+    }
+
+    const A: &str = "sip:1001@example.com";
+    const B: &str = "sip:1002@example.com";
+    const EVE: &str = "sip:eve@other.test";
+
+    #[test]
+    fn rfc3856_5_1_2_domain_policies_by_default() {
+        let p = policies("");
+        assert_eq!(p.decide(Pkg::Presence, A, B, true), Policy::Allow);
+        assert_eq!(p.decide(Pkg::Dialog, A, EVE, false), Policy::Confirm);
+        let p = policies("same_domain = \"confirm\"\nother_domains = \"block\"\n");
+        assert_eq!(p.decide(Pkg::Presence, A, B, true), Policy::Confirm);
+        assert_eq!(p.decide(Pkg::Presence, A, EVE, false), Policy::Block);
+        // A presentity may always watch itself.
+        assert_eq!(p.decide(Pkg::Presence, A, A, true), Policy::Allow);
+    }
+
+    #[test]
+    fn rfc3857_winfo_and_rfc3842_mailboxes_are_the_owners_unless_a_rule_says_otherwise() {
+        let p = policies("");
+        for pkg in [Pkg::Winfo, Pkg::MessageSummary] {
+            assert_eq!(p.decide(pkg, A, B, true), Policy::Block, "{pkg:?}");
+            assert_eq!(p.decide(pkg, A, A, true), Policy::Allow, "{pkg:?}");
+        }
+        let p = policies(
+            "[[presence.rules]]\npresentity = \"sip:1001@example.com\"\n\
+             watcher = \"sip:1002@example.com\"\naction = \"allow\"\n",
+        );
+        assert_eq!(p.decide(Pkg::Winfo, A, B, true), Policy::Allow);
+    }
+
+    #[test]
+    fn rules_first_match_wins_with_domain_wildcards_case_insensitive() {
+        let p = policies(
+            "[[presence.rules]]\npresentity = \"*\"\nwatcher = \"*@OTHER.test\"\naction = \"block\"\n\
+             [[presence.rules]]\npresentity = \"*\"\nwatcher = \"*\"\naction = \"allow\"\n",
+        );
+        assert_eq!(p.decide(Pkg::Presence, A, EVE, false), Policy::Block);
+        assert_eq!(
+            p.decide(Pkg::Presence, A, "sip:x@elsewhere.test", false),
+            Policy::Allow
+        );
+    }
+
+    #[test]
+    fn rfc6665_3_1_3_accept_wildcards_and_the_package_default() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            accepts(&[], "application/pidf+xml"),
+            "no Accept: the default"
+        );
+        assert!(accepts(&a(&["application/*"]), "application/pidf+xml"));
+        assert!(accepts(&a(&["*/*"]), "application/dialog-info+xml"));
+        assert!(!accepts(&a(&["text/plain"]), "application/pidf+xml"));
+    }
+}

@@ -142,3 +142,47 @@ impl Presence {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc4235_4_1_each_watcher_gets_its_own_version_in_the_shared_document() {
+        let doc = Rendered {
+            content_type: "application/dialog-info+xml",
+            body: format!(
+                "<dialog-info version=\"{VERSION_SENTINEL}\"><dialog id=\"{VERSION_SENTINEL}\"/>"
+            )
+            .into_bytes(),
+        };
+        let mine = with_version(&doc, 7);
+        assert_eq!(
+            String::from_utf8(mine.body).unwrap(),
+            format!("<dialog-info version=\"7\"><dialog id=\"{VERSION_SENTINEL}\"/>"),
+            "only the first (the document's version) is replaced"
+        );
+        assert!(versioned(Pkg::Dialog) && versioned(Pkg::Sla) && versioned(Pkg::Winfo));
+        assert!(!versioned(Pkg::Presence) && !versioned(Pkg::MessageSummary));
+    }
+
+    #[test]
+    fn a_changed_publication_changes_the_cache_key() {
+        let p = |seq| Publication {
+            rec: PublicationRecord {
+                presentity: "sip:1001@example.com".into(),
+                event: "presence".into(),
+                etag: "e".into(),
+                source_id: "s".into(),
+                content_type: "application/pidf+xml".into(),
+                body: PublicationBody::default(),
+                expires_at: 0,
+                seq,
+            },
+        };
+        assert_eq!(pubs_key(&[p(1), p(2)]), pubs_key(&[p(1), p(2)]));
+        assert_ne!(pubs_key(&[p(1), p(2)]), pubs_key(&[p(1), p(3)]));
+        assert_ne!(pubs_key(&[p(1)]), pubs_key(&[p(1), p(2)]));
+        assert_ne!(pubs_key(&[]), pubs_key(&[p(1)]));
+    }
+}

@@ -89,3 +89,85 @@ pub(super) fn sent_by(contact: &str) -> String {
         _ => contact.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::SubState;
+
+    fn rec(remote_target: &str, route_set: &[&str], proto: &str, from: &str) -> SubscriptionRecord {
+        SubscriptionRecord {
+            presentity: "sip:1001@example.com".into(),
+            event: "dialog".into(),
+            event_id: None,
+            watcher: "sip:1002@example.com".into(),
+            watcher_header: "<sip:1002@example.com>".into(),
+            presentity_header: "<sip:1001@example.com>".into(),
+            call_id: "c".into(),
+            local_tag: "l".into(),
+            remote_tag: "r".into(),
+            remote_target: remote_target.into(),
+            route_set: route_set.iter().map(|s| s.to_string()).collect(),
+            local_cseq: 0,
+            remote_cseq: 1,
+            version: 0,
+            expires_at: 0,
+            state: SubState::Active,
+            accept: Vec::new(),
+            flow: FlowRecord {
+                proto: proto.into(),
+                remote: from.into(),
+                local: "192.0.2.1:5060".into(),
+            },
+            user_agent: None,
+            contact: "sip:192.0.2.1:5060;transport=tcp".into(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn rfc3261_12_2_1_1_the_route_sets_first_hop_comes_first() {
+        let r = rec(
+            "sip:1002@192.0.2.7:5062",
+            &["<sip:192.0.2.50:5070;lr>", "<sip:192.0.2.51;lr>"],
+            "udp",
+            "192.0.2.50:5070",
+        );
+        let route = notify_route(&r).unwrap();
+        assert_eq!(route.to.remote, "192.0.2.50:5070".parse().unwrap());
+        assert_eq!(route.request_uri.to_string(), "sip:1002@192.0.2.7:5062");
+        assert_eq!(route.via_sent_by, "192.0.2.1:5060");
+    }
+
+    #[test]
+    fn rfc3261_12_2_1_1_the_remote_target_when_it_is_where_the_subscribe_came_from() {
+        let r = rec("sip:1002@192.0.2.7:5062", &[], "udp", "192.0.2.7:5999");
+        assert_eq!(
+            notify_target(&r).unwrap().remote,
+            "192.0.2.7:5062".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn rfc3581_behind_nat_or_over_tcp_the_address_the_subscribe_came_from() {
+        // A private Contact: the NOTIFY goes where the SUBSCRIBE came from.
+        let r = rec("sip:1002@10.0.0.7:5062", &[], "udp", "198.51.100.9:40000");
+        assert_eq!(
+            notify_target(&r).unwrap().remote,
+            "198.51.100.9:40000".parse().unwrap()
+        );
+        // TCP: back over the subscriber's connection's address.
+        let r = rec("sip:1002@192.0.2.7:5062", &[], "tcp", "192.0.2.7:41000");
+        let to = notify_target(&r).unwrap();
+        assert_eq!(
+            (to.proto, to.remote),
+            (Proto::Tcp, "192.0.2.7:41000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_flow_that_does_not_parse_has_no_route() {
+        let r = rec("sip:1002@192.0.2.7", &[], "udp", "not an address");
+        assert!(notify_route(&r).is_none());
+    }
+}
