@@ -111,6 +111,20 @@ async fn only_retransmissions_of(w: &mut Ua, held: &Request, ms: u64) -> usize {
     }
 }
 
+/// 1002 ends its subscription (Expires 0 in the dialog).
+async fn unsubscribe(w: &mut Ua, to_tag: &str) -> busylamp::sip::Response {
+    let port = w.port();
+    w.request(&subscribe(
+        port,
+        "1002@example.test",
+        "race",
+        2,
+        0,
+        Some(to_tag),
+    ))
+    .await
+}
+
 /// Subscribes `watcher` to 1001's presence; returns the dialog's To tag and the first NOTIFY,
 /// unanswered.
 async fn subscribed(s: &TestServer, w: &mut Ua, watcher: &str, expires: u32) -> (String, Request) {
@@ -135,16 +149,7 @@ async fn rfc6665_4_2_1_4_unsubscribe_while_a_notify_is_unanswered_waits_for_its_
     let held = w.notify_unanswered().await;
     assert_eq!(cseq_of(&held), cseq_of(&first) + 1);
     assert!(header(&held, HeaderName::SubscriptionState).starts_with("active"));
-    let r = w
-        .request(&subscribe(
-            w.port(),
-            "1002@example.test",
-            "race",
-            2,
-            0,
-            Some(&to_tag),
-        ))
-        .await;
+    let r = unsubscribe(&mut w, &to_tag).await;
     assert_eq!(r.status, 200, "the unsubscribe was processed");
     assert_eq!(s.handle.core.presence.subscription_count(), 0);
     let retransmissions = only_retransmissions_of(&mut w, &held, 3_000).await;
@@ -258,16 +263,7 @@ async fn rfc6665_4_2_2_a_481_to_the_notify_in_flight_drops_the_waiting_final_not
     let s = server(OPEN).await;
     let mut w = Ua::new(s.udp).await;
     let (to_tag, held) = subscribed(&s, &mut w, "1002@example.test", 600).await;
-    let r = w
-        .request(&subscribe(
-            w.port(),
-            "1002@example.test",
-            "race",
-            2,
-            0,
-            Some(&to_tag),
-        ))
-        .await;
+    let r = unsubscribe(&mut w, &to_tag).await;
     assert_eq!(r.status, 200);
     only_retransmissions_of(&mut w, &held, 1_000).await;
     // The watcher says the subscription is gone: no final NOTIFY is owed any more.

@@ -233,6 +233,28 @@ struct Resource {
     rendered: std::cell::RefCell<RenderCache>,
 }
 
+impl Sub {
+    /// A subscription with nothing in flight or owed; its first NOTIFY is a full document.
+    fn new(
+        rec: SubscriptionRecord,
+        key: Arc<[u8]>,
+        route: NotifyRoute,
+        profile: Arc<VendorProfile>,
+    ) -> Sub {
+        Sub {
+            rec,
+            key,
+            route,
+            profile,
+            in_flight: false,
+            owed: Owed::Nothing,
+            failures: 0,
+            winfo_changes: Vec::new(),
+            winfo_full: true,
+        }
+    }
+}
+
 impl Resource {
     fn is_empty(&self) -> bool {
         self.pubs.is_empty() && self.subs.is_empty() && self.closing.is_empty()

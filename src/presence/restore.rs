@@ -61,17 +61,7 @@ impl Presence {
             let key: Arc<[u8]> = rec.key().into();
             let profile = self.profile_for(rec.user_agent.as_deref());
             let expired = rec.expires_at <= now;
-            let mut sub = Sub {
-                rec,
-                key: key.clone(),
-                route,
-                profile,
-                in_flight: false,
-                owed: Owed::Nothing,
-                failures: 0,
-                winfo_changes: Vec::new(),
-                winfo_full: true,
-            };
+            let mut sub = Sub::new(rec, key.clone(), route, profile);
             if expired {
                 writes.push(PresenceWrite::DeleteSubscription(key.to_vec()));
                 out.push(self.next_notify(

@@ -274,17 +274,7 @@ impl Presence {
             presentity: presentity.clone(),
             pkg: ev.pkg,
         };
-        let mut sub = Sub {
-            rec,
-            key: key.clone(),
-            route,
-            profile,
-            in_flight: false,
-            owed: Owed::Nothing,
-            failures: 0,
-            winfo_changes: Vec::new(),
-            winfo_full: true,
-        };
+        let mut sub = Sub::new(rec, key.clone(), route, profile);
         let mut writes = Vec::new();
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
