@@ -128,7 +128,7 @@ async fn typed_dialog_state_survives_a_restart_typed() {
         )
         .unwrap();
     busylamp::storage::durable(d).await.unwrap();
-    s.handle.shutdown();
+    s.handle.shutdown().await;
     let s = server_with_store(cfg, store).await;
     let (held, _) = s
         .handle
