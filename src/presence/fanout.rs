@@ -44,8 +44,7 @@ impl Presence {
                 server_header: &self.server_header,
             },
         );
-        sub.in_flight = true;
-        sub.owed = Owed::Nothing;
+        sub.delivery.sent();
         OutNotify {
             sub: SubRef {
                 res: res.clone(),
@@ -176,8 +175,7 @@ impl Presence {
             } else if !sub.winfo_full {
                 sub.winfo_changes.push(entry.clone());
             }
-            if sub.in_flight {
-                sub.owed = Owed::Update;
+            if !sub.delivery.changed() {
                 continue;
             }
             let empty = Resource::default();
@@ -252,7 +250,9 @@ impl Presence {
         let keys: Vec<Arc<[u8]>> = resource.subs.keys().cloned().collect();
         for k in keys {
             let (accept, options, version) = {
-                let sub = &resource.subs[&k];
+                let Some(sub) = resource.subs.get_mut(&k) else {
+                    continue;
+                };
                 if sub.rec.state != SubState::Active {
                     continue;
                 }
@@ -260,10 +260,7 @@ impl Presence {
                 if res.pkg == Pkg::Sla && source.as_deref() == Some(sub.rec.watcher.as_str()) {
                     continue;
                 }
-                if sub.in_flight {
-                    if let Some(s) = resource.subs.get_mut(&k) {
-                        s.owed = Owed::Update;
-                    }
+                if !sub.delivery.changed() {
                     continue;
                 }
                 (

@@ -17,6 +17,7 @@
 //! building, winfo), `routing` (where NOTIFYs go), `render` (the render cache), `timers`
 //! and `restore` (reload after a start); [`package`] and [`packages`] render documents.
 
+mod delivery;
 pub mod event;
 mod fanout;
 pub mod notify;
@@ -45,6 +46,7 @@ use crate::storage::{
     SubState, SubscriptionRecord,
 };
 use crate::transport::{Peer, Proto};
+use delivery::Delivery;
 use event::{parse_event, EventError, Pkg, ALLOW_EVENTS};
 use notify::{NotifyParts, SubscriptionState};
 use package::{EventPackage, PublishedBody, RenderOptions, Rendered, WatcherView};
@@ -182,14 +184,6 @@ enum Persist {
     Record,
 }
 
-/// What a subscription owes its watcher once the NOTIFY in flight is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Owed {
-    Nothing,
-    /// The state changed: send the current document.
-    Update,
-}
-
 #[derive(Debug)]
 struct Sub {
     rec: SubscriptionRecord,
@@ -197,8 +191,7 @@ struct Sub {
     /// Where its NOTIFYs go, worked out once (and again on a refresh), not per NOTIFY.
     route: NotifyRoute,
     profile: Arc<VendorProfile>,
-    in_flight: bool,
-    owed: Owed,
+    delivery: Delivery,
     failures: u32,
     /// winfo only: watchers changed since the last NOTIFY (sent as a partial document).
     winfo_changes: Vec<watcherinfo::Watcher>,
@@ -246,8 +239,7 @@ impl Sub {
             key,
             route,
             profile,
-            in_flight: false,
-            owed: Owed::Nothing,
+            delivery: Delivery::default(),
             failures: 0,
             winfo_changes: Vec::new(),
             winfo_full: true,

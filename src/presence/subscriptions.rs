@@ -44,7 +44,7 @@ impl Presence {
             };
             self.winfo_entry(&sub, event, true)
         });
-        if send_final && sub.in_flight {
+        if send_final && sub.delivery.in_flight() {
             // One NOTIFY in flight, in CSeq order: the final one waits for the answer.
             resource
                 .closing
@@ -520,7 +520,7 @@ impl Presence {
             );
         } else {
             let expires_at = now + u64::from(expires);
-            let in_flight = {
+            let send_now = {
                 let sub = shard
                     .resources
                     .get_mut(&res)
@@ -530,7 +530,12 @@ impl Presence {
                 sub.failures = 0;
                 sub.winfo_full = true;
                 self.emit_subscription(SubscriptionChange::Refreshed, res.pkg, &sub.rec);
-                sub.in_flight
+                let send_now = sub.delivery.changed();
+                if !send_now {
+                    // Owed; the refresh is stored now.
+                    writes.push(PresenceWrite::subscription(&sub.rec));
+                }
+                send_now
             };
             self.cancel(&Timer::Retry(res.clone(), key.clone()));
             self.schedule(
@@ -538,19 +543,12 @@ impl Presence {
                 self.at_unix(expires_at),
             );
             // RFC 6665 §4.2.1.2: a refresh is answered with a NOTIFY of the current state.
-            if in_flight {
-                if let Some(sub) = shard
-                    .resources
-                    .get_mut(&res)
-                    .and_then(|r| r.subs.get_mut(&key))
+            if send_now {
+                if let Some(n) =
+                    self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Record)
                 {
-                    sub.owed = Owed::Update;
-                    writes.push(PresenceWrite::subscription(&sub.rec));
+                    out.push(n);
                 }
-            } else if let Some(n) =
-                self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Record)
-            {
-                out.push(n);
             }
         }
         let durable = self.store.write(writes);
@@ -611,9 +609,8 @@ impl Presence {
                         }
                         sub.rec.state = SubState::Active;
                         self.emit_subscription(SubscriptionChange::Activated, res.pkg, &sub.rec);
-                        let in_flight = sub.in_flight;
+                        let in_flight = !sub.delivery.changed();
                         if in_flight {
-                            sub.owed = Owed::Update;
                             // No NOTIFY (which would write the record) until the one in
                             // flight is answered: store the decision now.
                             writes.push(PresenceWrite::subscription(&sub.rec));
@@ -670,11 +667,10 @@ impl Presence {
         else {
             return;
         };
-        s.in_flight = false;
         match outcome {
             Outcome::Delivered => {
                 s.failures = 0;
-                if s.owed == Owed::Update {
+                if s.delivery.delivered() {
                     if let Some(n) = self.notify_one(
                         &mut shard,
                         &sub.res,
@@ -688,7 +684,7 @@ impl Presence {
             }
             Outcome::Failed(status) if s.profile.keep_on_timeout => {
                 s.failures = s.failures.saturating_add(1);
-                s.owed = Owed::Update;
+                s.delivery.failed();
                 s.winfo_full = true;
                 let shift = (s.failures - 1).min(10);
                 let delay = Duration::from_millis(s.profile.retry_ms.saturating_mul(1 << shift))

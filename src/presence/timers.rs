@@ -99,18 +99,13 @@ impl Presence {
             }
             Timer::Flush(res) => self.fanout(&mut shard, &res, &mut writes, &mut out),
             Timer::Retry(res, key) => {
-                let in_flight = shard
+                let due = shard
                     .resources
                     .get(&res)
                     .and_then(|r| r.subs.get(&key))
-                    .map(|s| s.in_flight);
-                let owed = shard
-                    .resources
-                    .get(&res)
-                    .and_then(|r| r.subs.get(&key))
-                    .map(|s| s.owed);
+                    .is_some_and(|s| s.delivery.retry_due());
                 // Only if no change has delivered the state meanwhile.
-                if in_flight == Some(false) && owed == Some(Owed::Update) {
+                if due {
                     if let Some(n) =
                         self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Sequence)
                     {
