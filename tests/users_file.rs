@@ -41,6 +41,6 @@ async fn a_user_added_to_the_file_registers_after_the_reload_without_a_restart()
     // Users from the config are unaffected.
     let r = register_authed(&phone, "1001", "secret", "users-file-3", 1, "").await;
     assert_eq!(r.status, 200, "{}", r.reason);
-    server.handle.shutdown();
+    server.handle.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
