@@ -113,6 +113,7 @@ async fn memory_per_subscription_is_measured_and_bounded() {
     let presence = Presence::new(
         &cfg,
         store.clone() as Arc<dyn PresenceStore>,
+        Default::default(),
         Clock::new(),
         busylamp::ids::Ids::new().expect("OS RNG"),
         busylamp::transaction::BranchKey::random().expect("OS RNG"),
