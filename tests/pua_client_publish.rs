@@ -138,12 +138,16 @@ async fn rfc3903_initial_refresh_modify_remove() {
     assert_eq!(hdr(&r, HeaderName::Expires), "0");
     assert_eq!(hdr(&r, HeaderName::SipIfMatch), "e3");
     assert!(r.body.is_empty());
+    let mark = s.mark();
     f.answer(&r, from, 200, Some("srv"), &[("Expires", "0".into())])
         .await;
-    assert!(
-        f.request_within(4_000_000).await.is_none(),
-        "nothing after the removal, not even a refresh"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { f.request_within(4_000_000).await.is_none() },
+        "nothing after the removal, not even a refresh",
+    )
+    .await;
     assert_eq!(s.handle.core.pua.client().remote_publications(), 0);
 }
 
@@ -217,6 +221,7 @@ async fn a_401_is_answered_once_with_credentials_sha256_preferred() {
     ));
 
     // A second 401 is not answered again: the publication backs off.
+    let mark = s.mark();
     f.answer(
         &r2,
         from,
@@ -225,10 +230,13 @@ async fn a_401_is_answered_once_with_credentials_sha256_preferred() {
         &[("WWW-Authenticate", sha.into())],
     )
     .await;
-    assert!(
-        f.request_within(1000).await.is_none(),
-        "no third attempt at once"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { f.request_within(1000).await.is_none() },
+        "no third attempt at once",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -251,8 +259,15 @@ async fn one_publish_in_flight_and_the_newest_state_wins() {
     let (r, from) = next_publish(&mut f, 5000).await;
     assert_eq!(r.body, doc("6"), "only the newest state");
     assert_eq!(hdr(&r, HeaderName::SipIfMatch), "e1");
+    let mark = s.mark();
     ok(&f, &r, from, "e2", 300).await;
-    assert!(f.request_within(500).await.is_none(), "and only once");
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { f.request_within(500).await.is_none() },
+        "and only once",
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

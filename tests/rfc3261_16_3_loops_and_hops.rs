@@ -219,6 +219,7 @@ async fn rfc3261_18_1_2_a_2xx_whose_top_via_is_not_ours_is_dropped_never_reflect
     // Looks like one of our branches (the `z9hG4bKL` prefix) but the sent-by is not us:
     // forwarding it would let anyone bounce responses off the proxy to any address.
     // And with our sent-by but a branch we never minted (a well-formed guess).
+    let mark = s.mark();
     for (sent_by, branch) in [
         ("192.0.2.99:5060".to_string(), "z9hG4bKL0123abcd"),
         (
@@ -233,6 +234,8 @@ async fn rfc3261_18_1_2_a_2xx_whose_top_via_is_not_ours_is_dropped_never_reflect
         );
         attacker.send_to(resp.as_bytes(), s.udp).await.unwrap();
     }
+    // The server read and handled all three before the victim's socket is checked.
+    common::processed_since(&s.handle.core, mark, 3).await;
     let mut buf = [0u8; 4096];
     let got = tokio::time::timeout(Duration::from_millis(500), victim.recv_from(&mut buf)).await;
     assert!(
