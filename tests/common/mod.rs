@@ -123,6 +123,12 @@ pub async fn processed_since(core: &busylamp::server::Core, mark: u64, n: u64) {
     );
 }
 
+/// Whether the server counts a datagram as a message read (`messages_received`): keep-alives
+/// (nothing but CR, LF and NUL, or nothing at all) are skipped unread.
+pub fn counts_as_message(datagram: &[u8]) -> bool {
+    datagram.iter().any(|&b| !matches!(b, b'\r' | b'\n' | 0))
+}
+
 /// Turns a readable multi-line literal into wire form: LF → CRLF, Content-Length fixed.
 pub fn wire(text: &str) -> Vec<u8> {
     let text = text.trim_start_matches('\n');
@@ -438,6 +444,7 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
 }
 
 pub mod binary;
+pub mod mutate;
 pub mod peer;
 pub mod phone;
 pub mod ua;
