@@ -7,6 +7,9 @@
 //! first print may normalize: control characters become spaces, which the parser then trims,
 //! a folded line reads as the space it stands for; after that nothing may change.)
 
+// Each fuzz target calls one of these.
+#![allow(dead_code)]
+
 use busylamp::sip::body::{dialog_info, mwi, pidf, watcherinfo};
 use busylamp::sip::digest;
 use std::fmt::Debug;
