@@ -125,7 +125,8 @@ async fn rfc3903_initial_refresh_modify_remove() {
     assert_eq!(r.body, doc("b"));
     ok(&f, &r, from, "e3", 300).await;
 
-    // The same state again: nothing to send.
+    // The same state again: nothing to send (the removal's PUBLISH below, not a duplicate,
+    // is the next request: the publication's task handled this one).
     publish(&s, &doc("b"), 3600);
     assert!(
         f.request_within(1000).await.is_none(),
@@ -246,7 +247,8 @@ async fn one_publish_in_flight_and_the_newest_state_wins() {
     publish(&s, &doc("1"), 600);
     let (r1, from) = next_publish(&mut f, 5000).await;
     assert_eq!(r1.body, doc("1"));
-    // Changes arrive while the first PUBLISH is unanswered.
+    // Changes arrive while the first PUBLISH is unanswered (handled: the next PUBLISH carries
+    // the last of them).
     for i in 2..=6 {
         publish(&s, &doc(&i.to_string()), 600);
         tokio::task::yield_now().await;
