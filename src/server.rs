@@ -327,6 +327,12 @@ impl Core {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// ACKs that matched no transaction and were dropped instead of relayed (no Route of
+    /// ours, or no confirmed dialog the tracker knows).
+    pub fn acks_dropped(&self) -> u64 {
+        self.proxy.acks_dropped()
+    }
+
     /// What the server holds for messages in flight: once every call has ended and the
     /// transaction timers have run, all of it is zero (nothing leaks).
     pub fn in_flight(&self) -> InFlight {

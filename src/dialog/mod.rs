@@ -32,6 +32,15 @@ pub const MAX_BRANCHES: usize = 64;
 /// Most to-tags of ended branches remembered per call (so their late 1xx cannot revive them).
 const MAX_DEAD_TAGS: usize = 64;
 
+/// One dialog as the requests of one side name it (RFC 3261 §12: Call-ID, the sender's tag
+/// in From, the other's in To).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DialogId {
+    pub call_id: String,
+    pub from_tag: String,
+    pub to_tag: String,
+}
+
 /// One call: one initial INVITE (Call-ID and From-tag; RFC 3261 §12.1 without the to-tag,
 /// which each branch adds).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -269,6 +278,11 @@ pub struct DialogTracker {
     /// Ended calls, remembered for [`ENDED_KEEP_MS`] (oldest first).
     ended: HashMap<CallKey, u64>,
     ended_order: VecDeque<(u64, CallKey)>,
+    /// Dialogs whose 2xx to an INVITE (initial or re-INVITE) went through the proxy lately,
+    /// with when (oldest first): their ACK is expected even when no call here follows them
+    /// (cancelled as the 2xx crossed, set up before a restart, tracker full).
+    answered: HashMap<DialogId, u64>,
+    answered_order: VecDeque<(u64, DialogId)>,
 }
 
 /// Which side sent an in-dialog request, and the dialog it names.
@@ -291,6 +305,8 @@ impl DialogTracker {
             deadlines: BTreeSet::new(),
             ended: HashMap::new(),
             ended_order: VecDeque::new(),
+            answered: HashMap::new(),
+            answered_order: VecDeque::new(),
         }
     }
 
@@ -572,9 +588,6 @@ impl DialogTracker {
         self.end_branch(&f.key, &f.to_tag, reason, now)
     }
 
-    /// Records the CSeq of an in-dialog request (`from_tag` is the sender's), so a keepalive
-    /// probe after a restart can send a higher one. Returns the record write when it rose;
-    /// not a visible change (no publication).
     /// Where an in-dialog request from the party with `from_tag` goes: the other party's
     /// flow (the caller's source, or the answering branch's), for phones behind NAT or on TCP.
     pub fn flow_towards(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<String> {
@@ -587,6 +600,57 @@ impl DialogTracker {
         }
     }
 
+    /// A 2xx to an INVITE of dialog `id` (its From and To tags as the response carries them)
+    /// went through the proxy: the end-to-end ACK for it is expected for
+    /// [`ENDED_KEEP_MS`] (longer than the 2xx is retransmitted, RFC 6026 Timer L).
+    pub fn answered(&mut self, id: DialogId, now: u64) {
+        self.forget_answered(now);
+        if self.answered.len() >= ENDED_KEEP {
+            if let Some((_, old)) = self.answered_order.pop_front() {
+                self.answered.remove(&old);
+            }
+        }
+        // A retransmitted 2xx keeps the first time: the window is counted from the answer.
+        if !self.answered.contains_key(&id) {
+            self.answered.insert(id.clone(), now);
+            self.answered_order.push_back((now, id));
+        }
+    }
+
+    /// Whether the end-to-end ACK `id` names (From and To tags as the ACK carries them) is
+    /// one the proxy relays (RFC 3261 §16.11): the ACK of a confirmed dialog of a call in
+    /// progress (a re-INVITE's, or the answer's), or of a 2xx that went through lately
+    /// ([`answered`](Self::answered)). Any other ACK is no business of ours.
+    pub fn expects_ack(&self, id: &DialogId, now: u64) -> bool {
+        let confirmed = self
+            .find(&id.call_id, &id.from_tag, &id.to_tag)
+            .is_some_and(|f| {
+                self.calls
+                    .get(&f.key)
+                    .and_then(|c| c.branch(&f.to_tag))
+                    .is_some_and(|b| b.state == DialogState::Confirmed)
+            });
+        confirmed
+            || self
+                .answered
+                .get(id)
+                .is_some_and(|at| at.saturating_add(ENDED_KEEP_MS) > now)
+    }
+
+    fn forget_answered(&mut self, now: u64) {
+        while let Some((at, _)) = self.answered_order.front() {
+            if at.saturating_add(ENDED_KEEP_MS) > now {
+                break;
+            }
+            if let Some((_, id)) = self.answered_order.pop_front() {
+                self.answered.remove(&id);
+            }
+        }
+    }
+
+    /// Records the CSeq of an in-dialog request (`from_tag` is the sender's), so a keepalive
+    /// probe after a restart can send a higher one. Returns the record write when it rose;
+    /// not a visible change (no publication).
     pub fn note_cseq(
         &mut self,
         call_id: &str,

@@ -719,3 +719,48 @@ fn restore_keeps_a_recent_ringing_call_until_early_timeout() {
 fn ring_k(t: &mut DialogTracker, k: &CallKey, at: u64) -> Update {
     t.response(k, Some("t"), 180, None, None, at).unwrap()
 }
+
+fn dialog(from_tag: &str, to_tag: &str) -> DialogId {
+    DialogId {
+        call_id: key().call_id,
+        from_tag: from_tag.into(),
+        to_tag: to_tag.into(),
+    }
+}
+
+#[test]
+fn rfc3261_16_11_an_ack_is_expected_only_for_a_confirmed_or_just_answered_dialog() {
+    let mut t = started();
+    let caller = key().from_tag;
+    // Ringing: an early dialog has no ACK of its own (the ACK of a non-2xx is hop by hop).
+    ring(&mut t, "b1", T0 + 10).unwrap();
+    assert!(!t.expects_ack(&dialog(&caller, "b1"), T0 + 11));
+    // Answered: the caller's ACK, and the callee's for its own re-INVITE (tags swapped).
+    answer(&mut t, "b1", T0 + 20).unwrap();
+    assert!(t.expects_ack(&dialog(&caller, "b1"), T0 + 21));
+    assert!(t.expects_ack(&dialog("b1", &caller), T0 + 21));
+    // Another to-tag, another Call-ID: no dialog of ours.
+    assert!(!t.expects_ack(&dialog(&caller, "forged"), T0 + 21));
+    let mut other = dialog(&caller, "b1");
+    other.call_id = "made-up".into();
+    assert!(!t.expects_ack(&other, T0 + 21));
+}
+
+#[test]
+fn rfc3261_9_1_a_2xx_that_crossed_the_cancel_still_gets_its_ack_for_a_while() {
+    let mut t = started();
+    let caller = key().from_tag;
+    ring(&mut t, "b1", T0 + 10).unwrap();
+    // The caller cancels: the call ends in the tracker; then the callee's 2xx passes.
+    t.cancel(&key(), T0 + 20).unwrap();
+    assert!(answer(&mut t, "b1", T0 + 30).is_none());
+    assert!(!t.expects_ack(&dialog(&caller, "b1"), T0 + 31));
+    t.answered(dialog(&caller, "b1"), T0 + 30);
+    assert!(t.expects_ack(&dialog(&caller, "b1"), T0 + 31));
+    // Exactly as the 2xx named it: not with the tags swapped, and not for ever.
+    assert!(!t.expects_ack(&dialog("b1", &caller), T0 + 31));
+    assert!(!t.expects_ack(&dialog(&caller, "b1"), T0 + 30 + ENDED_KEEP_MS));
+    // Forgotten once old, whoever asks next.
+    t.answered(dialog("x", "y"), T0 + 30 + ENDED_KEEP_MS);
+    assert_eq!(t.answered.len(), 1);
+}

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::auth::AuthResult;
 use crate::deadline::Deadlines;
-use crate::dialog::{CallKey, InviteInfo, Party, Update};
+use crate::dialog::{CallKey, DialogId, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
@@ -68,6 +68,15 @@ fn keyed_hash(key: u64, bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// The dialog a message names by its Call-ID, From tag and To tag, when it has all three.
+fn dialog_id(m: &impl HasHeaders) -> Option<DialogId> {
+    Some(DialogId {
+        call_id: m.call_id().ok()?.to_string(),
+        from_tag: m.from_hdr().ok()?.tag()?,
+        to_tag: m.to_hdr().ok()?.tag()?,
+    })
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -445,6 +454,7 @@ impl Core {
     /// A response on a branch (RFC 3261 §16.7).
     pub(crate) fn proxy_response(self: &Arc<Self>, server: TxKey, i: usize, mut resp: Response) {
         strip_top_via(&mut resp);
+        self.note_answered(&resp);
         let now = tokio::time::Instant::now().into_std();
         let steps = {
             let mut fw = lock(&self.forwarding);
@@ -587,15 +597,20 @@ impl Core {
     /// forwarded statelessly by its Route or Request-URI. Retransmissions get the same branch.
     pub(crate) fn proxy_ack(self: &Arc<Self>, mut req: Request, peer: Peer) {
         if Proxy::check_max_forwards(&req).is_err() {
-            return;
+            return self.proxy.drop_ack(&peer, "Max-Forwards exhausted");
         }
         if !self.proxy.preprocess_routes(&mut req) {
             // Not routed through us (see proxy_request): absorbed, never relayed.
-            tracing::debug!(%peer, "ACK without our Route: absorbed");
-            return;
+            return self.proxy.drop_ack(&peer, "no Route of ours");
+        }
+        // Only the ACK of a dialog we set up and saw answered goes on: anyone can put our
+        // Route on an ACK, and relaying it unauthenticated to whatever its Request-URI names
+        // would make us a reflector (and show our Via branch for that ACK to its sender).
+        if !self.expects_ack(&req) {
+            return self.proxy.drop_ack(&peer, "no confirmed dialog of ours");
         }
         let Ok(uri) = next_hop_uri(&req) else {
-            return;
+            return self.proxy.drop_ack(&peer, "no next hop");
         };
         let me = self.clone();
         let send = move |me: Arc<Core>, to: Peer, req: Request| {
@@ -630,6 +645,27 @@ impl Core {
                     }
                 });
             }
+        }
+    }
+
+    /// Whether the tracker expects this end-to-end ACK (see [`DialogTracker::expects_ack`]).
+    ///
+    /// [`DialogTracker::expects_ack`]: crate::dialog::DialogTracker::expects_ack
+    fn expects_ack(&self, req: &Request) -> bool {
+        let Some(id) = dialog_id(req) else {
+            return false;
+        };
+        lock(&self.dialogs).expects_ack(&id, self.clock.now_unix_ms())
+    }
+
+    /// A 2xx to an INVITE goes upstream: its ACK will follow (see
+    /// [`DialogTracker::answered`](crate::dialog::DialogTracker::answered)).
+    fn note_answered(&self, resp: &Response) {
+        if !(200..300).contains(&resp.status) || !resp.cseq().is_ok_and(|c| c.method == "INVITE") {
+            return;
+        }
+        if let Some(id) = dialog_id(resp) {
+            lock(&self.dialogs).answered(id, self.clock.now_unix_ms());
         }
     }
 
@@ -942,6 +978,7 @@ impl Core {
             return false;
         }
         strip_top_via(&mut resp);
+        self.note_answered(&resp);
         self.forward_stateless(resp);
         true
     }
