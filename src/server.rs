@@ -734,11 +734,10 @@ impl Core {
 
     /// A top Via for a new request of ours towards `to`, with a fresh branch.
     pub fn via_for(&self, to: &Peer) -> String {
-        format!(
-            "SIP/2.0/{} {};branch={};rport",
-            to.proto.via_name(),
-            self.advertised(to.local),
-            crate::transaction::branch_from(self.ids.next(), self.branch_secret)
+        crate::proxy::branch::via(
+            to.proto,
+            &self.advertised(to.local),
+            &crate::proxy::branch::mint(&self.branch_secret, self.ids.next()),
         )
     }
 

@@ -59,17 +59,6 @@ struct Forwarded {
     call: Option<CallKey>,
 }
 
-/// FNV-1a over `bytes`, keyed: the same ACK always gets the same branch, and outsiders
-/// cannot predict it.
-fn keyed_hash(key: u64, bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ key;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// The dialog a message names by its Call-ID, From tag and To tag, when it has all three.
 fn dialog_id(m: &impl HasHeaders) -> Option<DialogId> {
     Some(DialogId {
@@ -389,13 +378,10 @@ impl Core {
             let Some(f) = fw.contexts.get_mut(key) else {
                 return;
             };
-            let via = format!(
-                "SIP/2.0/{} {};branch={}L{}{};rport",
-                peer.proto.via_name(),
-                self.advertised(peer.local),
-                crate::sip::header::BRANCH_MAGIC,
-                f.loop_hash,
-                &crate::transaction::branch_from(self.ids.next(), self.branch_secret)[7..],
+            let via = super::branch::via(
+                peer.proto,
+                &self.advertised(peer.local),
+                &super::branch::forwarded(&self.branch_secret, &f.loop_hash, self.ids.next()),
             );
             let rr = if f.record_route {
                 let ftag = f.request.from_hdr().ok().and_then(|h| h.tag());
@@ -619,14 +605,10 @@ impl Core {
                 .ok()
                 .and_then(|v| v.branch())
                 .unwrap_or_default();
-            let branch = keyed_hash(me.branch_secret, top.as_bytes());
-            let via = format!(
-                "SIP/2.0/{} {};branch={}L{}{:016x};rport",
-                to.proto.via_name(),
-                me.advertised(to.local),
-                crate::sip::header::BRANCH_MAGIC,
-                me.proxy.loop_hash(&req),
-                branch
+            let via = super::branch::via(
+                to.proto,
+                &me.advertised(to.local),
+                &super::branch::relayed_ack(&me.branch_secret, &me.proxy.loop_hash(&req), &top),
             );
             let out = branch_request(&req, None, via, &[]);
             me.send_now(&to, out.to_shared());
@@ -962,11 +944,9 @@ impl Core {
         let Ok(via) = resp.top_via() else {
             return false;
         };
-        // Our branches: the magic cookie, `L`, the 8-digit loop hash, then `branch_from`'s.
-        let minted = via.branch().is_some_and(|b| {
-            b.get(crate::sip::header::BRANCH_MAGIC.len() + 9..)
-                .is_some_and(|tail| crate::transaction::is_branch_from(tail, self.branch_secret))
-        });
+        let minted = via
+            .branch()
+            .is_some_and(|b| super::branch::is_forwarded(&self.branch_secret, &b));
         let ours = self.proxy.is_our_via(&via) && minted;
         if ours {
             // Only responses to our own branches may move a call's lamp.

@@ -5,6 +5,7 @@
 //! Pure code: no sockets, no clock. The server core owns the transactions and drives the
 //! [`context::Context`] of each forwarded request with what arrives.
 
+pub mod branch;
 pub mod context;
 pub mod forward;
 
@@ -224,17 +225,19 @@ impl Proxy {
     /// as received) is `hash` already went through us unchanged (a spiral changes the
     /// Request-URI or Route, and so the hash).
     pub fn is_loop(&self, hash: &str, vias: &[Via]) -> bool {
-        let prefix = format!("{}L{hash}", crate::sip::header::BRANCH_MAGIC);
-        vias.iter()
-            .any(|v| v.branch().is_some_and(|b| b.starts_with(&prefix)) && self.is_our_via(v))
+        vias.iter().any(|v| {
+            v.branch()
+                .is_some_and(|b| branch::loop_hash_of(&b) == Some(hash))
+                && self.is_our_via(v)
+        })
     }
 
     /// Whether a Via was put there by this proxy: a branch of the form we give forwarded
     /// requests (`z9hG4bKL`...) and the sent-by of one of our sockets (RFC 3261 §18.1.2: a
     /// response whose top Via is not ours is discarded).
     pub fn is_our_via(&self, via: &Via) -> bool {
-        let ours = format!("{}L", crate::sip::header::BRANCH_MAGIC);
-        via.branch().is_some_and(|b| b.starts_with(&ours))
+        via.branch()
+            .is_some_and(|b| branch::has_forwarded_prefix(&b))
             && self
                 .local
                 .iter()
