@@ -12,7 +12,7 @@ use crate::pua::client::SipSender;
 use crate::pua::usrloc::Usrloc;
 use crate::pua::Pua;
 use crate::registrar::{Identity, Pending, Registrar, Step};
-use crate::router::{self, Route};
+use crate::router::{self, Local, Route};
 use crate::sip::message::{has_tag_param, Parsed};
 use crate::sip::parse::{parse_message, Limits, ParseError, ParseFailure};
 use crate::sip::{HasHeaders, HeaderName, Headers, Message, Request, Response, Via};
@@ -40,8 +40,6 @@ pub enum StartError {
 /// How a request is answered.
 enum Answer {
     Now(Response),
-    /// ACK: never answered.
-    Nothing,
     /// A REGISTER whose change must be on disk first.
     AfterWrite(Pending),
     /// A SUBSCRIBE or PUBLISH: answer once `durable` resolves, then send the NOTIFYs.
@@ -512,15 +510,14 @@ impl Core {
                 return;
             }
         };
-        if req.method == "CANCEL" {
-            return self.proxy_cancel(key, &req);
-        }
-        if self.is_proxied(&req, &parsed) {
-            return self.proxy_request(key, req, &parsed, peer);
-        }
-        match self.dispatch(&req, &parsed, peer) {
+        let in_dialog = parsed.to.tag().is_some();
+        let local = match router::route(&req, in_dialog, |u| self.proxy.is_us(u)) {
+            Route::Cancel => return self.proxy_cancel(key, &req),
+            Route::Proxy => return self.proxy_request(key, req, &parsed, peer),
+            Route::Local(local) => local,
+        };
+        match self.dispatch(local, &req, &parsed, peer) {
             Answer::Now(resp) => self.respond(&key, resp),
-            Answer::Nothing => {}
             Answer::AfterWrite(pending) => {
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -753,18 +750,17 @@ impl Core {
         }
     }
 
-    fn dispatch(&self, req: &Request, parsed: &Parsed, peer: Peer) -> Answer {
+    fn dispatch(&self, local: Local, req: &Request, parsed: &Parsed, peer: Peer) -> Answer {
         let tag = self.ids.tag();
-        match router::route(req) {
-            Route::Reply(status, reason, extra) => {
+        match local {
+            Local::Reply(status, reason, extra) => {
                 let mut r = req.response(status, &reason, Some(&tag));
                 for (h, v) in extra {
                     r.headers.push(h, v);
                 }
                 Answer::Now(r)
             }
-            Route::Ack => Answer::Nothing,
-            Route::Options => {
+            Local::Options => {
                 let mut r = req.response(200, "OK", Some(&tag));
                 r.headers.push(HeaderName::Allow, router::ALLOW);
                 r.headers.push(
@@ -776,15 +772,10 @@ impl Core {
                     .push(HeaderName::Supported, router::SUPPORTED.join(", "));
                 Answer::Now(r)
             }
-            // No INVITE server transactions exist yet (the proxy will own them), so a CANCEL
-            // can match nothing: RFC 3261 §9.2.
-            Route::Cancel => {
-                Answer::Now(req.response(481, "Call/Transaction Does Not Exist", Some(&tag)))
-            }
-            Route::Register => self.register(req, parsed, peer, &tag),
-            Route::Subscribe | Route::Publish => self.presence_request(req, parsed, peer, &tag),
+            Local::Register => self.register(req, parsed, peer, &tag),
+            Local::Subscribe | Local::Publish => self.presence_request(req, parsed, peer, &tag),
             // A NOTIFY for one of the presence client's subscriptions (481 otherwise).
-            Route::Notify => {
+            Local::Notify => {
                 let (status, reason) = self.pua.on_notify(req, parsed);
                 Answer::Now(req.response(status, reason, Some(&tag)))
             }

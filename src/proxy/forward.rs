@@ -73,27 +73,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Core {
-    /// Whether the proxy, rather than a service of ours, owns a request.
-    pub(crate) fn is_proxied(&self, req: &Request, parsed: &Parsed) -> bool {
-        let in_dialog = parsed.to.tag().is_some();
-        match req.method.as_str() {
-            "INVITE" | "BYE" | "UPDATE" | "INFO" | "PRACK" | "MESSAGE" | "REFER" => true,
-            // In-dialog OPTIONS/NOTIFY between phones, record-routed through us: addressed to
-            // a phone's contact. The NOTIFYs of our own subscriptions (the presence client) are
-            // addressed to our Contact, whatever Route they carry.
-            "OPTIONS" | "NOTIFY" => {
-                in_dialog
-                    && req.headers.has(HeaderName::Route)
-                    && !req.uri.as_sip().is_some_and(|u| {
-                        let mut host_only = u.clone();
-                        host_only.user = None;
-                        self.proxy.is_us(&host_only)
-                    })
-            }
-            _ => false,
-        }
-    }
-
     fn proxy_answer(self: &Arc<Self>, key: &TxKey, req: &Request, status: u16, reason: &str) {
         let resp = req.response(status, reason, Some(&self.ids.tag()));
         self.respond(key, resp);
