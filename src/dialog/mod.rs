@@ -18,10 +18,12 @@
 pub mod sdp;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
 
 use crate::config::DialogConfig;
 pub use crate::sip::body::dialog_info::DialogState;
 use crate::storage::dialogs::{call_key, encode_call, DialogWrite};
+use crate::transport::{Peer, Proto};
 
 /// How many ended calls are remembered, and for how long (ms): long enough for any late
 /// response or retransmitted INVITE (64·T1) to find the call ended instead of new.
@@ -31,6 +33,55 @@ pub const ENDED_KEEP_MS: u64 = 64_000;
 pub const MAX_BRANCHES: usize = 64;
 /// Most to-tags of ended branches remembered per call (so their late 1xx cannot revive them).
 const MAX_DEAD_TAGS: usize = 64;
+
+/// Where a party's requests come from, and so where in-dialog requests to it go: the
+/// transport and the remote address (behind NAT: the address the request really came from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub proto: Proto,
+    pub remote: SocketAddr,
+}
+
+impl Flow {
+    /// The flow a message arrived over.
+    pub fn of(peer: &Peer) -> Flow {
+        Flow {
+            proto: peer.proto,
+            remote: peer.remote,
+        }
+    }
+}
+
+/// `udp:192.0.2.7:5060`, `tcp:[2001:db8::1]:5061` (as a registration's `source` is written).
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            Proto::Udp => "udp",
+            Proto::Tcp => "tcp",
+        };
+        write!(f, "{proto}:{}", self.remote)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a flow (udp:ADDRESS:PORT or tcp:ADDRESS:PORT): {0:?}")]
+pub struct BadFlow(pub String);
+
+impl std::str::FromStr for Flow {
+    type Err = BadFlow;
+
+    fn from_str(s: &str) -> Result<Flow, BadFlow> {
+        let bad = || BadFlow(s.chars().take(64).collect());
+        let (proto, addr) = s.split_once(':').ok_or_else(bad)?;
+        let proto = match proto {
+            "udp" => Proto::Udp,
+            "tcp" => Proto::Tcp,
+            _ => return Err(bad()),
+        };
+        let remote = addr.parse().map_err(|_| bad())?;
+        Ok(Flow { proto, remote })
+    }
+}
 
 /// One dialog as the requests of one side name it (RFC 3261 §12: Call-ID, the sender's tag
 /// in From, the other's in To).
@@ -69,8 +120,8 @@ pub struct InviteInfo {
     pub caller: Party,
     pub callee: Party,
     pub request_uri: String,
-    /// Where the INVITE came from, e.g. "udp:192.0.2.7:5060".
-    pub caller_flow: String,
+    /// Where the INVITE came from.
+    pub caller_flow: Flow,
     pub cseq: u32,
 }
 
@@ -104,8 +155,8 @@ pub struct Branch {
     pub state: DialogState,
     /// The callee's Contact on this branch.
     pub target: Option<String>,
-    /// Where this branch's responses came from (the callee's flow), e.g. "udp:192.0.2.9:5060".
-    pub flow: Option<String>,
+    /// Where this branch's responses came from (the callee's flow).
+    pub flow: Option<Flow>,
     /// The last status this branch answered (180, 183, 200).
     pub code: u16,
     pub created_ms: u64,
@@ -133,7 +184,7 @@ pub struct Call {
     pub callee: Party,
     pub request_uri: String,
     /// Where the caller's requests come from (and where in-dialog requests to it go).
-    pub caller_flow: String,
+    pub caller_flow: Flow,
     /// The highest CSeq from the caller in this call (the INVITE's, then later requests').
     pub caller_cseq: u32,
     /// The call's state: terminated once ended; else confirmed when a dialog is, early when
@@ -186,8 +237,8 @@ impl Call {
     }
 
     /// The winning branch's flow (where in-dialog requests to the callee go).
-    pub fn callee_flow(&self) -> Option<&str> {
-        self.winner()?.flow.as_deref()
+    pub fn callee_flow(&self) -> Option<Flow> {
+        self.winner()?.flow
     }
 
     fn dead(&self, to_tag: &str) -> bool {
@@ -374,7 +425,7 @@ impl DialogTracker {
         to_tag: Option<&str>,
         status: u16,
         contact: Option<&str>,
-        flow: Option<&str>,
+        flow: Option<Flow>,
         now: u64,
     ) -> Option<Update> {
         if !(101..=699).contains(&status) {
@@ -409,7 +460,7 @@ impl DialogTracker {
                         }
                     }
                     if b.flow.is_none() && flow.is_some() {
-                        b.flow = flow.map(str::to_string);
+                        b.flow = flow;
                     }
                     return changed;
                 }
@@ -420,7 +471,7 @@ impl DialogTracker {
                     to_tag: tag.to_string(),
                     state: DialogState::Early,
                     target: contact.map(str::to_string),
-                    flow: flow.map(str::to_string),
+                    flow,
                     code: status,
                     created_ms: now,
                     confirmed_ms: None,
@@ -443,8 +494,8 @@ impl DialogTracker {
                         if let Some(uri) = contact {
                             b.target = Some(uri.to_string());
                         }
-                        if let Some(f) = flow {
-                            b.flow = Some(f.to_string());
+                        if flow.is_some() {
+                            b.flow = flow;
                         }
                     }
                     None => {
@@ -455,7 +506,7 @@ impl DialogTracker {
                             to_tag: tag.to_string(),
                             state: DialogState::Confirmed,
                             target: contact.map(str::to_string),
-                            flow: flow.map(str::to_string),
+                            flow,
                             code: status,
                             created_ms: now,
                             confirmed_ms: Some(now),
@@ -590,13 +641,13 @@ impl DialogTracker {
 
     /// Where an in-dialog request from the party with `from_tag` goes: the other party's
     /// flow (the caller's source, or the answering branch's), for phones behind NAT or on TCP.
-    pub fn flow_towards(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<String> {
+    pub fn flow_towards(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<Flow> {
         let f = self.find(call_id, from_tag, to_tag)?;
         let call = self.calls.get(&f.key)?;
         if f.by_caller {
-            call.branch(&f.to_tag)?.flow.clone()
+            call.branch(&f.to_tag)?.flow
         } else {
-            Some(call.caller_flow.clone())
+            Some(call.caller_flow)
         }
     }
 

@@ -21,7 +21,7 @@ fn ring(t: &mut DialogTracker, tag: &str, at: u64) -> Option<Update> {
         Some(tag),
         180,
         Some(&format!("sip:1002@192.0.2.{}:5060", tag.len())),
-        Some("udp:192.0.2.9:5060"),
+        "udp:192.0.2.9:5060".parse().ok(),
         at,
     )
 }
@@ -32,7 +32,7 @@ fn answer(t: &mut DialogTracker, tag: &str, at: u64) -> Option<Update> {
         Some(tag),
         200,
         Some("sip:1002@192.0.2.9:5060"),
-        Some("udp:192.0.2.9:5060"),
+        "udp:192.0.2.9:5060".parse().ok(),
         at,
     )
 }
@@ -73,7 +73,10 @@ fn rfc4235_3_7_1_ring_answer_hold_unhold_bye() {
         u.call.callee.target.as_deref(),
         Some("sip:1002@192.0.2.9:5060")
     );
-    assert_eq!(u.call.callee_flow(), Some("udp:192.0.2.9:5060"));
+    assert_eq!(
+        u.call.callee_flow().map(|f| f.to_string()).as_deref(),
+        Some("udp:192.0.2.9:5060")
+    );
     assert_eq!(t.confirmed().len(), 1);
     // The caller holds (re-INVITE sendonly), then resumes.
     let u = t
@@ -315,7 +318,7 @@ fn rfc3261_21_6_2_busy() {
             Some("b1"),
             486,
             None,
-            Some("udp:192.0.2.9:5060"),
+            "udp:192.0.2.9:5060".parse().ok(),
             T0 + 2,
         )
         .unwrap();
@@ -763,4 +766,19 @@ fn rfc3261_9_1_a_2xx_that_crossed_the_cancel_still_gets_its_ack_for_a_while() {
     // Forgotten once old, whoever asks next.
     t.answered(dialog("x", "y"), T0 + 30 + ENDED_KEEP_MS);
     assert_eq!(t.answered.len(), 1);
+}
+
+#[test]
+fn flows_read_back_as_written() {
+    for text in ["udp:192.0.2.7:5060", "tcp:[2001:db8::1]:5061"] {
+        let f: Flow = text.parse().unwrap();
+        assert_eq!(f.to_string(), text);
+    }
+    assert_eq!(
+        "tcp:[::1]:5061".parse::<Flow>().unwrap().remote,
+        "[::1]:5061".parse().unwrap()
+    );
+    for bad in ["sctp:1.2.3.4:5", "udp:host.example:5060", "udp", ""] {
+        assert!(bad.parse::<Flow>().is_err(), "{bad}");
+    }
 }

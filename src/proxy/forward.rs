@@ -9,7 +9,7 @@ use super::{
 };
 use crate::auth::AuthResult;
 use crate::deadline::Deadlines;
-use crate::dialog::{CallKey, DialogId, InviteInfo, Party, Update};
+use crate::dialog::{CallKey, DialogId, Flow, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
@@ -172,7 +172,7 @@ impl Core {
             Targets::Upstream => vec![vec![Hop {
                 uri: req.uri.clone(),
                 route: vec![],
-                flow: upstream,
+                flow: upstream.as_ref().map(Flow::of),
             }]],
             // In-dialog without another proxy's Route: the other party's flow, as the call
             // came in (NAT, TCP); else by Route or Request-URI.
@@ -180,7 +180,7 @@ impl Core {
                 uri: req.uri.clone(),
                 route: vec![],
                 flow: if in_dialog && !req.headers.has(HeaderName::Route) {
-                    self.flow_for(&req)
+                    self.flow_for(&req).as_ref().map(Flow::of)
                 } else {
                     None
                 },
@@ -270,9 +270,7 @@ impl Core {
     /// Request-URI. `Err(uri)` when that names a host that must be resolved first.
     fn hop_peer(&self, request: &Request, hop: &Hop) -> Result<Peer, Option<Box<SipUri>>> {
         if let Some(f) = hop.flow {
-            let mut p = self.peer_to(f.proto, f.remote);
-            p.conn = f.conn;
-            return Ok(p);
+            return Ok(self.peer_to(f.proto, f.remote));
         }
         let uri = match hop.route.first() {
             Some(r) => match crate::sip::NameAddr::parse(r).ok().map(|n| n.uri) {
@@ -438,8 +436,8 @@ impl Core {
                     .get(i)
                     .cloned()
                     .flatten()
-                    .map(|(_, p)| p.to_string());
-                self.track_response(call, &resp, flow.as_deref());
+                    .map(|(_, p)| Flow::of(&p));
+                self.track_response(call, &resp, flow);
             }
             if f.ctx.invite {
                 if (101..200).contains(&resp.status) {
@@ -637,8 +635,7 @@ impl Core {
         let from = req.from_hdr().ok()?.tag()?;
         let to = req.to_hdr().ok()?.tag()?;
         let flow = lock(&self.dialogs).flow_towards(call_id, &from, &to)?;
-        let p = super::parse_flow(&flow)?;
-        Some(self.peer_to(p.proto, p.remote))
+        Some(self.peer_to(flow.proto, flow.remote))
     }
 
     /// A new call: the dialog tracker follows it and its lamps light (`trying`).
@@ -669,7 +666,7 @@ impl Core {
                 target: None,
             },
             request_uri: req.uri.to_string(),
-            caller_flow: peer.to_string(),
+            caller_flow: Flow::of(peer),
             cseq: parsed.cseq.seq,
         };
         let now = self.clock.now_unix_ms();
@@ -703,7 +700,7 @@ impl Core {
     }
 
     /// A response to a tracked INVITE as it passes (our Via already removed).
-    fn track_response(&self, call: &CallKey, resp: &Response, flow: Option<&str>) {
+    fn track_response(&self, call: &CallKey, resp: &Response, flow: Option<Flow>) {
         let to_tag = resp.to_hdr().ok().and_then(|t| t.tag());
         let contact = resp
             .contacts()
@@ -774,23 +771,21 @@ impl Core {
             let legs = [
                 (
                     call.caller.target.clone(),
-                    Some(call.caller_flow.clone()),
+                    Some(call.caller_flow),
                     format!("{callee_id};tag={}", winner.to_tag),
                     format!("{caller_id};tag={}", key.from_tag),
                     winner.callee_cseq.unwrap_or(1),
                 ),
                 (
                     winner.target.clone(),
-                    winner.flow.clone(),
+                    winner.flow,
                     format!("{caller_id};tag={}", key.from_tag),
                     format!("{callee_id};tag={}", winner.to_tag),
                     call.caller_cseq,
                 ),
             ];
             for (target, flow, from, to, cseq) in legs {
-                let (Some(target), Some(flow)) =
-                    (target, flow.as_deref().and_then(super::parse_flow))
-                else {
+                let (Some(target), Some(flow)) = (target, flow) else {
                     continue;
                 };
                 let Ok(uri) = crate::sip::Uri::parse(&target) else {

@@ -10,6 +10,7 @@ pub mod context;
 pub mod forward;
 
 use crate::config::{Config, ProxyConfig, Unregistered};
+use crate::dialog::Flow;
 use crate::domain::Domains;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, SipUri, Uri, Via};
 use crate::storage::Binding;
@@ -65,7 +66,7 @@ impl ProxyError {
 pub struct Hop {
     pub uri: Uri,
     pub route: Vec<String>,
-    pub flow: Option<Peer>,
+    pub flow: Option<Flow>,
 }
 
 /// What to do with a request the proxy owns.
@@ -351,7 +352,7 @@ impl Proxy {
             let hop = Hop {
                 uri,
                 route: b.path.clone(),
-                flow: parse_flow(&b.source),
+                flow: b.source.parse().ok(),
             };
             match groups.last_mut() {
                 Some((q, g)) if *q == b.q => g.push(hop),
@@ -449,23 +450,6 @@ pub fn next_hop_uri(req: &Request) -> Result<SipUri, ProxyError> {
             "{from}: cannot route to a {scheme}: URI"
         ))),
     }
-}
-
-/// A registration's `source` ("udp:192.0.2.7:5060") as a destination.
-pub fn parse_flow(source: &str) -> Option<Peer> {
-    let (proto, addr) = source.split_once(':')?;
-    let proto = match proto {
-        "udp" => Proto::Udp,
-        "tcp" => Proto::Tcp,
-        _ => return None,
-    };
-    let remote: SocketAddr = addr.parse().ok()?;
-    Some(Peer {
-        proto,
-        remote,
-        local: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
-        conn: None,
-    })
 }
 
 /// The transport and address a SIP URI names, when its host is an IP address (host names
@@ -814,10 +798,5 @@ Content-Length: 0\n\n";
             response_addr(&v),
             Some((Proto::Udp, "198.51.100.1:1024".parse().unwrap()))
         );
-        assert_eq!(
-            parse_flow("tcp:[::1]:5061").unwrap().remote,
-            "[::1]:5061".parse().unwrap()
-        );
-        assert_eq!(parse_flow("sctp:1.2.3.4:5"), None);
     }
 }
