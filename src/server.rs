@@ -70,14 +70,8 @@ pub struct Core {
     pub(crate) timers_changed: Notify,
     /// Host for our Via/Record-Route/Contact when a socket is bound to a wildcard address.
     pub(crate) advertised_host: String,
-    pub(crate) proxy: crate::proxy::Proxy,
-    pub(crate) forwarding: Mutex<crate::proxy::forward::Forwarding>,
-    /// `[proxy] upstream` resolved at start when it is a host name.
-    pub(crate) upstream_resolved: Mutex<Option<Peer>>,
-    /// Calls through the proxy (one lock: every change of a call is published under it, so a
-    /// call's lamps change in order).
-    pub(crate) dialogs: Mutex<crate::dialog::DialogTracker>,
-    pub(crate) dialog_store: Arc<dyn crate::storage::DialogStore>,
+    /// The proxy and what it owns: forwarding contexts, the dialog tracker and its store.
+    pub(crate) proxy: crate::proxy::ProxyService,
     pub(crate) dialoginfo: crate::config::DialogInfoConfig,
     pub(crate) max_lifetime: u64,
     pub(crate) events: EventBus,
@@ -203,6 +197,19 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         Some(k) => NonceKey::new(k),
         None => NonceKey::random().map_err(StartError::Random)?,
     };
+    let rules = crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg));
+    let upstream_resolved = match rules.upstream.clone() {
+        Some(u) if crate::proxy::uri_addr(&u).is_none() => {
+            let found = resolve(&transport, &u).await;
+            if found.is_none() {
+                tracing::warn!(upstream = %u, "cannot resolve [proxy] upstream; calls to the PBX fail with 503 until restart");
+            }
+            found
+        }
+        _ => None,
+    };
+    let proxy =
+        crate::proxy::ProxyService::new(rules, &cfg.dialog, dialog_store, upstream_resolved);
     let core = Arc::new(Core {
         limits,
         transport: transport.clone(),
@@ -224,11 +231,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         owners: Mutex::new(HashMap::new()),
         timers_changed: Notify::new(),
         advertised_host: advertised_host(cfg),
-        proxy: crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg)),
-        forwarding: Mutex::new(Default::default()),
-        upstream_resolved: Mutex::new(None),
-        dialogs: Mutex::new(crate::dialog::DialogTracker::new(&cfg.dialog)),
-        dialog_store,
+        proxy,
         dialoginfo: cfg.pua.dialoginfo.clone(),
         max_lifetime: cfg.dialog.max_lifetime,
         events: events.clone(),
@@ -237,21 +240,6 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         received: Default::default(),
     });
     let _ = core.this.set(Arc::downgrade(&core));
-    if let Some(u) = core.proxy.upstream.clone() {
-        if crate::proxy::uri_addr(&u).is_none() {
-            match core.resolve(&u).await {
-                Some(p) => {
-                    *core
-                        .upstream_resolved
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(p)
-                }
-                None => {
-                    tracing::warn!(upstream = %u, "cannot resolve [proxy] upstream; calls to the PBX fail with 503 until restart")
-                }
-            }
-        }
-    }
     let sink: Arc<dyn NotifySink> = core.clone();
     presence.set_sink(Arc::downgrade(&sink));
     let sender: Arc<dyn SipSender> = core.clone();
@@ -328,7 +316,7 @@ impl Core {
     /// ACKs that matched no transaction and were dropped instead of relayed (no Route of
     /// ours, or no confirmed dialog the tracker knows).
     pub fn acks_dropped(&self) -> u64 {
-        self.proxy.acks_dropped()
+        self.proxy.rules.acks_dropped()
     }
 
     /// What the server holds for messages in flight: once every call has ended and the
@@ -342,11 +330,7 @@ impl Core {
                 .len(),
             client_transactions: self.clients.lock().unwrap_or_else(|p| p.into_inner()).len(),
             client_owners: self.owners.lock().unwrap_or_else(|p| p.into_inner()).len(),
-            forwarded: self
-                .forwarding
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len(),
+            forwarded: self.proxy.forwarded(),
         }
     }
 
@@ -511,7 +495,7 @@ impl Core {
             }
         };
         let in_dialog = parsed.to.tag().is_some();
-        let local = match router::route(&req, in_dialog, |u| self.proxy.is_us(u)) {
+        let local = match router::route(&req, in_dialog, |u| self.proxy.rules.is_us(u)) {
             Route::Cancel => return self.proxy_cancel(key, &req),
             Route::Proxy => return self.proxy_request(key, req, &parsed, peer),
             Route::Local(local) => local,
@@ -682,42 +666,12 @@ impl Core {
     /// address). Host names are looked up (the system resolver: /etc/hosts, DNS A/AAAA; no
     /// SRV/NAPTR). `None` when nothing usable is found.
     pub async fn resolve(&self, uri: &crate::sip::SipUri) -> Option<Peer> {
-        let proto = match uri.params.get("transport") {
-            Some(Some(t)) if t.eq_ignore_ascii_case("tcp") => Proto::Tcp,
-            _ => Proto::Udp,
-        };
-        let port = uri.port.unwrap_or(5060);
-        let host = uri.host.to_string();
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let remote = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .ok()?
-                .next()?,
-        };
-        Some(self.peer_to(proto, remote))
+        resolve(&self.transport, uri).await
     }
 
     /// A destination over our socket of `proto` that suits `remote` (same address family).
     pub fn peer_to(&self, proto: Proto, remote: SocketAddr) -> Peer {
-        let local = self
-            .transport
-            .local_addrs()
-            .into_iter()
-            .filter(|(p, _)| *p == proto)
-            .map(|(_, a)| a)
-            .find(|a| a.is_ipv4() == remote.is_ipv4())
-            .unwrap_or_else(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
-        Peer {
-            proto,
-            remote,
-            local,
-            conn: None,
-        }
+        peer_to(&self.transport, proto, remote)
     }
 
     /// `host:port` others reach us at through our socket `local`: the socket address, or,
@@ -872,11 +826,7 @@ impl Core {
                 .lock()
                 .map(|c| c.next_deadline())
                 .unwrap_or(None);
-            let proxy_next = self
-                .forwarding
-                .lock()
-                .map(|f| f.timers.next())
-                .unwrap_or(None);
+            let proxy_next = self.proxy.next_timer();
             let next = [server_next, client_next, proxy_next]
                 .into_iter()
                 .flatten()
@@ -1088,5 +1038,44 @@ fn reply_target(resp: &Response, peer: Peer) -> Peer {
             ..peer
         },
         _ => peer,
+    }
+}
+
+/// See [`Core::resolve`].
+async fn resolve(transport: &Transport, uri: &crate::sip::SipUri) -> Option<Peer> {
+    let proto = match uri.params.get("transport") {
+        Some(Some(t)) if t.eq_ignore_ascii_case("tcp") => Proto::Tcp,
+        _ => Proto::Udp,
+    };
+    let port = uri.port.unwrap_or(5060);
+    let host = uri.host.to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let remote = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()?
+            .next()?,
+    };
+    Some(peer_to(transport, proto, remote))
+}
+
+/// A destination over our socket of `proto` that suits `remote` (same address family).
+fn peer_to(transport: &Transport, proto: Proto, remote: SocketAddr) -> Peer {
+    let local = transport
+        .local_addrs()
+        .into_iter()
+        .filter(|(p, _)| *p == proto)
+        .map(|(_, a)| a)
+        .find(|a| a.is_ipv4() == remote.is_ipv4())
+        .unwrap_or_else(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
+    Peer {
+        proto,
+        remote,
+        local,
+        conn: None,
     }
 }

@@ -4,12 +4,13 @@
 //! stray 2xx retransmissions are forwarded statelessly (RFC 3261 §16.7, §16.10, §16.11).
 
 use super::context::{BranchState, Context, Step};
+use super::lock;
 use super::{
     branch_request, next_hop_uri, response_addr, strip_top_via, uri_addr, Hop, Proxy, Targets,
 };
 use crate::auth::AuthResult;
 use crate::deadline::Deadlines;
-use crate::dialog::{CallKey, DialogId, Flow, InviteInfo, Party, Update};
+use crate::dialog::{CallKey, Flow, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
@@ -59,19 +60,6 @@ struct Forwarded {
     call: Option<CallKey>,
 }
 
-/// The dialog a message names by its Call-ID, From tag and To tag, when it has all three.
-fn dialog_id(m: &impl HasHeaders) -> Option<DialogId> {
-    Some(DialogId {
-        call_id: m.call_id().ok()?.to_string(),
-        from_tag: m.from_hdr().ok()?.tag()?,
-        to_tag: m.to_hdr().ok()?.tag()?,
-    })
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Core {
     fn proxy_answer(self: &Arc<Self>, key: &TxKey, req: &Request, status: u16, reason: &str) {
         let resp = req.response(status, reason, Some(&self.ids.tag()));
@@ -98,9 +86,9 @@ impl Core {
         // RFC 3261 §16.6 item 8: the hash covers the request as received, before route
         // preprocessing and credential removal change it, so a request that comes back with
         // what we sent it out with (e.g. a shorter Route) is a spiral, not a loop.
-        let loop_hash = self.proxy.loop_hash(&req);
+        let loop_hash = self.proxy.rules.loop_hash(&req);
         let vias = req.vias().unwrap_or_default();
-        if self.proxy.is_loop(&loop_hash, &vias) {
+        if self.proxy.rules.is_loop(&loop_hash, &vias) {
             let e = super::ProxyError::Loop;
             return self.proxy_answer(&key, &req, e.status(), &e.to_string());
         }
@@ -122,12 +110,12 @@ impl Core {
                 return self.respond(&key, resp);
             }
         }
-        let routed = self.proxy.preprocess_routes(&mut req);
+        let routed = self.proxy.rules.preprocess_routes(&mut req);
         if in_dialog && !routed {
             // We Record-Route every dialog we set up, so its requests carry our Route. One
             // without it is for a dialog we are not in: relaying it would make us an open
             // relay for anyone's BYEs (Kamailio's default config answers 404 too).
-            return if req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u)) {
+            return if req.uri.as_sip().is_some_and(|u| self.proxy.rules.is_us(u)) {
                 self.proxy_answer(&key, &req, 481, "Call/Transaction Does Not Exist")
             } else {
                 self.proxy_answer(
@@ -149,7 +137,7 @@ impl Core {
         // Who the Request-URI names matters only for a request routed by it (not in a
         // dialog, no Route left): BYEs and re-INVITEs skip the binding and user lookups.
         let by_request_uri = !in_dialog && !req.headers.has(HeaderName::Route);
-        let bindings = match self.proxy.local_aor(&req.uri) {
+        let bindings = match self.proxy.rules.local_aor(&req.uri) {
             Some(aor) if by_request_uri => self.registrar.lookup(&aor),
             _ => Vec::new(),
         };
@@ -160,13 +148,15 @@ impl Core {
                 .as_sip()
                 .and_then(|u| u.user.as_deref())
                 .is_some_and(|u| self.auth.knows(&crate::sip::text::unescape(u)));
-        let targets = match self
-            .proxy
-            .targets(&req, in_dialog, &bindings, known, from_upstream)
-        {
-            Ok(t) => t,
-            Err(e) => return self.proxy_answer(&key, &req, e.status(), &e.to_string()),
-        };
+        let targets =
+            match self
+                .proxy
+                .rules
+                .targets(&req, in_dialog, &bindings, known, from_upstream)
+            {
+                Ok(t) => t,
+                Err(e) => return self.proxy_answer(&key, &req, e.status(), &e.to_string()),
+            };
         let groups: Vec<Vec<Hop>> = match targets {
             Targets::Groups(g) => g,
             Targets::Upstream => vec![vec![Hop {
@@ -207,7 +197,9 @@ impl Core {
             loop_hash,
             call,
         };
-        lock(&self.forwarding).contexts.insert(key.clone(), fwd);
+        lock(&self.proxy.forwarding)
+            .contexts
+            .insert(key.clone(), fwd);
         self.start_group(&key);
     }
 
@@ -259,11 +251,11 @@ impl Core {
     /// The PBX's address, when `[proxy] upstream` names an IP address or a name resolved at
     /// start.
     pub(crate) fn upstream_peer(&self) -> Option<Peer> {
-        let u = self.proxy.upstream.as_ref()?;
+        let u = self.proxy.rules.upstream.as_ref()?;
         if let Some((proto, addr)) = uri_addr(u) {
             return Some(self.peer_to(proto, addr));
         }
-        *lock(&self.upstream_resolved)
+        self.proxy.upstream_resolved()
     }
 
     /// Where a hop goes: its flow, else its first Route, else the request's Route or
@@ -297,7 +289,7 @@ impl Core {
         let mut pending = Vec::new();
         let mut failed = Vec::new();
         {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             let Some(f) = fw.contexts.get_mut(key) else {
                 return;
             };
@@ -351,7 +343,7 @@ impl Core {
         }
         let now = tokio::time::Instant::now().into_std();
         let sent = {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             let Some(f) = fw.contexts.get_mut(key) else {
                 return;
             };
@@ -362,7 +354,9 @@ impl Core {
             );
             let rr = if f.record_route {
                 let ftag = f.request.from_hdr().ok().and_then(|h| h.tag());
-                self.proxy.record_route(&f.inbound, &peer, ftag.as_deref())
+                self.proxy
+                    .rules
+                    .record_route(&f.inbound, &peer, ftag.as_deref())
             } else {
                 Vec::new()
             };
@@ -383,7 +377,7 @@ impl Core {
                     );
                     f.branches[i] = Some((ckey, peer));
                     if invite {
-                        let c = Duration::from_secs(self.proxy.cfg.timer_c);
+                        let c = Duration::from_secs(self.proxy.rules.cfg.timer_c);
                         fw.timers
                             .schedule((key.clone(), i, BranchTimer::C), now + c);
                     }
@@ -404,7 +398,7 @@ impl Core {
     /// Branch `i` ended without a response from the next hop: it counts as this status.
     fn fail_branch(self: &Arc<Self>, key: &TxKey, i: usize, status: u16, reason: &str) {
         let steps = {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             let Some(f) = fw.contexts.get_mut(key) else {
                 return;
             };
@@ -417,10 +411,10 @@ impl Core {
     /// A response on a branch (RFC 3261 §16.7).
     pub(crate) fn proxy_response(self: &Arc<Self>, server: TxKey, i: usize, mut resp: Response) {
         strip_top_via(&mut resp);
-        self.note_answered(&resp);
+        self.proxy.note_answered(&resp, self.clock.now_unix_ms());
         let now = tokio::time::Instant::now().into_std();
         let steps = {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             let Forwarding { contexts, timers } = &mut *fw;
             let Some(f) = contexts.get_mut(&server) else {
                 drop(fw);
@@ -441,7 +435,7 @@ impl Core {
             }
             if f.ctx.invite {
                 if (101..200).contains(&resp.status) {
-                    let c = Duration::from_secs(self.proxy.cfg.timer_c);
+                    let c = Duration::from_secs(self.proxy.rules.cfg.timer_c);
                     timers.schedule((server.clone(), i, BranchTimer::C), now + c);
                 } else if resp.status >= 200 {
                     timers.cancel(&(server.clone(), i, BranchTimer::C));
@@ -458,13 +452,13 @@ impl Core {
             match step {
                 Step::Forward(resp) => {
                     if resp.status >= 300 {
-                        let call = lock(&self.forwarding)
+                        let call = lock(&self.proxy.forwarding)
                             .contexts
                             .get(key)
                             .and_then(|f| f.call.clone());
                         if let Some(call) = call {
                             let now = self.clock.now_unix_ms();
-                            let u = lock(&self.dialogs).failed(&call, resp.status, now);
+                            let u = lock(&self.proxy.dialogs).failed(&call, resp.status, now);
                             self.publish_calls(u);
                         }
                     }
@@ -499,7 +493,7 @@ impl Core {
     fn cancel_branch(self: &Arc<Self>, key: &TxKey, i: usize) {
         let now = tokio::time::Instant::now().into_std();
         let target = {
-            let fw = lock(&self.forwarding);
+            let fw = lock(&self.proxy.forwarding);
             fw.contexts
                 .get(key)
                 .and_then(|f| f.branches.get(i).cloned().flatten())
@@ -522,7 +516,7 @@ impl Core {
             }
             Err(e) => tracing::debug!(error = %e, "CANCEL not sent"),
         }
-        lock(&self.forwarding).timers.schedule(
+        lock(&self.proxy.forwarding).timers.schedule(
             (key.clone(), i, BranchTimer::AfterCancel),
             now + AFTER_CANCEL,
         );
@@ -534,19 +528,19 @@ impl Core {
     pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request) {
         let invite = lock(&self.transactions).find_invite_for_cancel(req);
         let steps = invite.as_ref().and_then(|k| {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             fw.contexts.get_mut(k).map(|f| f.ctx.cancel())
         });
         match (invite, steps) {
             (Some(k), Some(steps)) => {
                 self.respond(&key, req.response(200, "OK", Some(&self.ids.tag())));
-                let call = lock(&self.forwarding)
+                let call = lock(&self.proxy.forwarding)
                     .contexts
                     .get(&k)
                     .and_then(|f| f.call.clone());
                 if let Some(call) = call {
                     let now = self.clock.now_unix_ms();
-                    let mut dialogs = lock(&self.dialogs);
+                    let mut dialogs = lock(&self.proxy.dialogs);
                     let u = dialogs.cancel(&call, now);
                     self.publish_calls_locked(u);
                 }
@@ -560,20 +554,23 @@ impl Core {
     /// forwarded statelessly by its Route or Request-URI. Retransmissions get the same branch.
     pub(crate) fn proxy_ack(self: &Arc<Self>, mut req: Request, peer: Peer) {
         if Proxy::check_max_forwards(&req).is_err() {
-            return self.proxy.drop_ack(&peer, "Max-Forwards exhausted");
+            return self.proxy.rules.drop_ack(&peer, "Max-Forwards exhausted");
         }
-        if !self.proxy.preprocess_routes(&mut req) {
+        if !self.proxy.rules.preprocess_routes(&mut req) {
             // Not routed through us (see proxy_request): absorbed, never relayed.
-            return self.proxy.drop_ack(&peer, "no Route of ours");
+            return self.proxy.rules.drop_ack(&peer, "no Route of ours");
         }
         // Only the ACK of a dialog we set up and saw answered goes on: anyone can put our
         // Route on an ACK, and relaying it unauthenticated to whatever its Request-URI names
         // would make us a reflector (and show our Via branch for that ACK to its sender).
-        if !self.expects_ack(&req) {
-            return self.proxy.drop_ack(&peer, "no confirmed dialog of ours");
+        if !self.proxy.expects_ack(&req, self.clock.now_unix_ms()) {
+            return self
+                .proxy
+                .rules
+                .drop_ack(&peer, "no confirmed dialog of ours");
         }
         let Ok(uri) = next_hop_uri(&req) else {
-            return self.proxy.drop_ack(&peer, "no next hop");
+            return self.proxy.rules.drop_ack(&peer, "no next hop");
         };
         let me = self.clone();
         let send = move |me: Arc<Core>, to: Peer, req: Request| {
@@ -585,7 +582,11 @@ impl Core {
             let via = super::branch::via(
                 to.proto,
                 &me.advertised(to.local),
-                &super::branch::relayed_ack(&me.branch_secret, &me.proxy.loop_hash(&req), &top),
+                &super::branch::relayed_ack(
+                    &me.branch_secret,
+                    &me.proxy.rules.loop_hash(&req),
+                    &top,
+                ),
             );
             let out = branch_request(&req, None, via, &[]);
             me.send_now(&to, out.to_shared());
@@ -607,34 +608,9 @@ impl Core {
         }
     }
 
-    /// Whether the tracker expects this end-to-end ACK (see [`DialogTracker::expects_ack`]).
-    ///
-    /// [`DialogTracker::expects_ack`]: crate::dialog::DialogTracker::expects_ack
-    fn expects_ack(&self, req: &Request) -> bool {
-        let Some(id) = dialog_id(req) else {
-            return false;
-        };
-        lock(&self.dialogs).expects_ack(&id, self.clock.now_unix_ms())
-    }
-
-    /// A 2xx to an INVITE goes upstream: its ACK will follow (see
-    /// [`DialogTracker::answered`](crate::dialog::DialogTracker::answered)).
-    fn note_answered(&self, resp: &Response) {
-        if !(200..300).contains(&resp.status) || !resp.cseq().is_ok_and(|c| c.method == "INVITE") {
-            return;
-        }
-        if let Some(id) = dialog_id(resp) {
-            lock(&self.dialogs).answered(id, self.clock.now_unix_ms());
-        }
-    }
-
-    /// For an in-dialog request of a tracked call: the flow of the party it goes to (where
-    /// its INVITE or answer came from), so phones behind NAT and on TCP are reached.
+    /// For an in-dialog request of a tracked call: where the party it goes to is reached.
     fn flow_for(&self, req: &Request) -> Option<Peer> {
-        let call_id = req.call_id().ok()?;
-        let from = req.from_hdr().ok()?.tag()?;
-        let to = req.to_hdr().ok()?.tag()?;
-        let flow = lock(&self.dialogs).flow_towards(call_id, &from, &to)?;
+        let flow = self.proxy.flow_towards(req)?;
         Some(self.peer_to(flow.proto, flow.remote))
     }
 
@@ -647,13 +623,14 @@ impl Core {
         };
         let callee_aor = self
             .proxy
+            .rules
             .local_aor(&req.uri)
-            .or_else(|| self.proxy.local_aor(&parsed.to.uri));
+            .or_else(|| self.proxy.rules.local_aor(&parsed.to.uri));
         let info = InviteInfo {
             caller: Party {
                 uri: parsed.from.uri.to_string(),
                 display: parsed.from.display.clone().filter(|d| !d.is_empty()),
-                aor: self.proxy.local_aor(&parsed.from.uri),
+                aor: self.proxy.rules.local_aor(&parsed.from.uri),
                 target: parsed.contacts.first().and_then(|c| match c {
                     crate::sip::header::ContactValue::Addr(a) => Some(a.uri.to_string()),
                     _ => None,
@@ -670,7 +647,7 @@ impl Core {
             cseq: parsed.cseq.seq,
         };
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.dialogs);
+        let mut dialogs = lock(&self.proxy.dialogs);
         let u = dialogs.invite(key.clone(), info, now);
         self.publish_calls_locked(u);
         Some(key)
@@ -685,7 +662,7 @@ impl Core {
             return;
         };
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.dialogs);
+        let mut dialogs = lock(&self.proxy.dialogs);
         let u = match req.method.as_str() {
             "BYE" => dialogs.bye(call_id, &from, &to, now),
             "INVITE" | "UPDATE" if !req.body.is_empty() => {
@@ -694,7 +671,7 @@ impl Core {
             _ => None,
         };
         if let Some(w) = dialogs.note_cseq(call_id, &from, &to, parsed.cseq.seq) {
-            drop(self.dialog_store.apply_call(w));
+            drop(self.proxy.dialog_store.apply_call(w));
         }
         self.publish_calls_locked(u);
     }
@@ -711,7 +688,7 @@ impl Core {
                 _ => None,
             });
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.dialogs);
+        let mut dialogs = lock(&self.proxy.dialogs);
         let u = dialogs.response(
             call,
             to_tag.as_deref(),
@@ -729,7 +706,7 @@ impl Core {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = self.clock.now_unix_ms();
-            let mut dialogs = lock(&self.dialogs);
+            let mut dialogs = lock(&self.proxy.dialogs);
             if dialogs.next_deadline().is_some_and(|d| d <= now) {
                 let ups = dialogs.expire(now);
                 self.publish_calls_locked(ups);
@@ -740,10 +717,10 @@ impl Core {
     /// After a restart: stored calls come back; those that cannot still be alive are
     /// published terminated (lamps dark). Returns the calls to probe.
     pub(crate) fn restore_calls(&self) -> Result<usize, crate::storage::StorageError> {
-        let calls = self.dialog_store.load_calls()?;
+        let calls = self.proxy.dialog_store.load_calls()?;
         let n = calls.len();
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.dialogs);
+        let mut dialogs = lock(&self.proxy.dialogs);
         let ups = dialogs.restore(calls, now);
         let ended = ups.len();
         self.publish_calls_locked(ups);
@@ -756,7 +733,7 @@ impl Core {
     /// not pass) gets 481 or no answer, and its lamps go dark. Any other answer (200, 500 for
     /// an old CSeq, 405...) means the dialog is alive.
     pub(crate) fn probe_calls(self: &Arc<Self>) {
-        let calls = lock(&self.dialogs).confirmed();
+        let calls = lock(&self.proxy.dialogs).confirmed();
         for call in calls {
             let Some(winner) = call.winner().cloned() else {
                 continue;
@@ -817,7 +794,7 @@ impl Core {
                     if gone {
                         tracing::info!(call_id = %key.call_id, "call ended while we were down: its lamps go dark");
                         let now = me.clock.now_unix_ms();
-                        let mut dialogs = lock(&me.dialogs);
+                        let mut dialogs = lock(&me.proxy.dialogs);
                         let u = dialogs.end(&key, crate::dialog::EndReason::Error, now);
                         me.publish_calls_locked(u);
                     }
@@ -828,7 +805,7 @@ impl Core {
 
     /// The calls in progress (a snapshot for the dashboard and the control API).
     pub fn calls(&self) -> Vec<crate::dialog::Call> {
-        lock(&self.dialogs).calls().cloned().collect()
+        self.proxy.calls()
     }
 
     /// A response to an INVITE whose transaction we no longer hold (we restarted while it
@@ -847,13 +824,13 @@ impl Core {
             call_id: call_id.to_string(),
             from_tag,
         };
-        if lock(&self.dialogs).get(&key).is_none() {
+        if lock(&self.proxy.dialogs).get(&key).is_none() {
             return;
         }
         self.track_response(&key, resp, None);
         if resp.status >= 300 {
             let now = self.clock.now_unix_ms();
-            let mut dialogs = lock(&self.dialogs);
+            let mut dialogs = lock(&self.proxy.dialogs);
             let u = dialogs.failed(&key, resp.status, now);
             self.publish_calls_locked(u);
         }
@@ -861,7 +838,7 @@ impl Core {
 
     /// Takes the tracker lock and publishes.
     fn publish_calls(&self, u: Option<Update>) {
-        let _dialogs = lock(&self.dialogs);
+        let _dialogs = lock(&self.proxy.dialogs);
         self.publish_calls_locked(u);
     }
 
@@ -872,7 +849,7 @@ impl Core {
         for u in updates {
             // Not awaited: a call in progress does not wait for the disk; the record only
             // serves a restart.
-            drop(self.dialog_store.apply_call(u.write));
+            drop(self.proxy.dialog_store.apply_call(u.write));
             self.events.publish(crate::events::Event::Call {
                 call_id: u.call.key.call_id.clone(),
                 caller: u.call.caller.uri.clone(),
@@ -921,7 +898,7 @@ impl Core {
         let minted = via
             .branch()
             .is_some_and(|b| super::branch::is_forwarded(&self.branch_secret, &b));
-        let ours = self.proxy.is_our_via(&via) && minted;
+        let ours = self.proxy.rules.is_our_via(&via) && minted;
         if ours {
             // Only responses to our own branches may move a call's lamp.
             self.track_stray(&resp);
@@ -932,7 +909,7 @@ impl Core {
             return false;
         }
         strip_top_via(&mut resp);
-        self.note_answered(&resp);
+        self.proxy.note_answered(&resp, self.clock.now_unix_ms());
         self.forward_stateless(resp);
         true
     }
@@ -944,30 +921,29 @@ impl Core {
 
     /// Timer C and the wait after a CANCEL.
     pub(crate) fn proxy_timers(self: &Arc<Self>, now: Instant) {
-        let due = lock(&self.forwarding).timers.pop_due(now);
+        let due = lock(&self.proxy.forwarding).timers.pop_due(now);
         for (key, i, kind) in due {
             match kind {
                 BranchTimer::C => {
-                    let proceeding =
-                        lock(&self.forwarding)
-                            .contexts
-                            .get_mut(&key)
-                            .is_some_and(|f| {
-                                let b = &mut f.ctx.branches[i];
-                                if b.state == BranchState::Proceeding && !b.cancel_sent {
-                                    b.cancel_sent = true;
-                                    true
-                                } else {
-                                    false
-                                }
-                            });
+                    let proceeding = lock(&self.proxy.forwarding)
+                        .contexts
+                        .get_mut(&key)
+                        .is_some_and(|f| {
+                            let b = &mut f.ctx.branches[i];
+                            if b.state == BranchState::Proceeding && !b.cancel_sent {
+                                b.cancel_sent = true;
+                                true
+                            } else {
+                                false
+                            }
+                        });
                     if proceeding {
                         tracing::debug!("Timer C fired: cancelling a branch that rings too long");
                         self.cancel_branch(&key, i);
                     }
                 }
                 BranchTimer::AfterCancel => {
-                    let ckey = lock(&self.forwarding)
+                    let ckey = lock(&self.proxy.forwarding)
                         .contexts
                         .get(&key)
                         .and_then(|f| f.branches.get(i).cloned().flatten())
@@ -984,7 +960,7 @@ impl Core {
 
     /// A server transaction ended: its response context goes with it.
     pub(crate) fn proxy_forget(&self, key: &TxKey) {
-        let mut fw = lock(&self.forwarding);
+        let mut fw = lock(&self.proxy.forwarding);
         if let Some(f) = fw.contexts.remove(key) {
             for (i, _) in f.branches.iter().enumerate() {
                 fw.timers.cancel(&(key.clone(), i, BranchTimer::C));

@@ -8,6 +8,9 @@
 pub mod branch;
 pub mod context;
 pub mod forward;
+pub mod service;
+
+pub use service::ProxyService;
 
 use crate::config::{Config, ProxyConfig, Unregistered};
 use crate::dialog::Flow;
@@ -17,6 +20,10 @@ use crate::storage::Binding;
 use crate::transport::{Peer, Proto};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
+
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Errors of the proxy layer, each with the status it is answered with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
