@@ -316,7 +316,7 @@ impl Core {
     /// ACKs that matched no transaction and were dropped instead of relayed (no Route of
     /// ours, or no confirmed dialog the tracker knows).
     pub fn acks_dropped(&self) -> u64 {
-        self.proxy.rules.acks_dropped()
+        self.proxy.acks_dropped()
     }
 
     /// What the server holds for messages in flight: once every call has ended and the

@@ -5,6 +5,7 @@
 
 use super::context::{BranchState, Context, Step};
 use super::lock;
+use super::service::{AckStep, NextHop};
 use super::{
     branch_request, next_hop_uri, response_addr, strip_top_via, uri_addr, Hop, Proxy, Targets,
 };
@@ -552,28 +553,15 @@ impl Core {
 
     /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx (§16.11),
     /// forwarded statelessly by its Route or Request-URI. Retransmissions get the same branch.
-    pub(crate) fn proxy_ack(self: &Arc<Self>, mut req: Request, peer: Peer) {
-        if Proxy::check_max_forwards(&req).is_err() {
-            return self.proxy.rules.drop_ack(&peer, "Max-Forwards exhausted");
-        }
-        if !self.proxy.rules.preprocess_routes(&mut req) {
-            // Not routed through us (see proxy_request): absorbed, never relayed.
-            return self.proxy.rules.drop_ack(&peer, "no Route of ours");
-        }
-        // Only the ACK of a dialog we set up and saw answered goes on: anyone can put our
-        // Route on an ACK, and relaying it unauthenticated to whatever its Request-URI names
-        // would make us a reflector (and show our Via branch for that ACK to its sender).
-        if !self.proxy.expects_ack(&req, self.clock.now_unix_ms()) {
-            return self
-                .proxy
-                .rules
-                .drop_ack(&peer, "no confirmed dialog of ours");
-        }
-        let Ok(uri) = next_hop_uri(&req) else {
-            return self.proxy.rules.drop_ack(&peer, "no next hop");
+    pub(crate) fn proxy_ack(self: &Arc<Self>, req: Request, peer: Peer) {
+        let (ack, next) = match self.proxy.on_stray_ack(req, self.clock.now_unix_ms()) {
+            AckStep::Drop(why) => {
+                tracing::debug!(%peer, why, "stray ACK dropped");
+                return;
+            }
+            AckStep::Relay { ack, to } => (*ack, to),
         };
-        let me = self.clone();
-        let send = move |me: Arc<Core>, to: Peer, req: Request| {
+        let send = move |me: &Arc<Core>, to: Peer, req: Request| {
             let top = req
                 .top_via()
                 .ok()
@@ -591,17 +579,14 @@ impl Core {
             let out = branch_request(&req, None, via, &[]);
             me.send_now(&to, out.to_shared());
         };
-        match uri_addr(&uri) {
-            Some((proto, addr)) => {
-                let to = self
-                    .flow_for(&req)
-                    .unwrap_or_else(|| self.peer_to(proto, addr));
-                send(me, to, req)
-            }
-            None => {
+        match next {
+            NextHop::Flow(f) => send(self, self.peer_to(f.proto, f.remote), ack),
+            NextHop::Addr(proto, addr) => send(self, self.peer_to(proto, addr), ack),
+            NextHop::Resolve(uri) => {
+                let me = self.clone();
                 tokio::spawn(async move {
                     if let Some(to) = me.resolve(&uri).await {
-                        send(me.clone(), to, req);
+                        send(&me, to, ack);
                     }
                 });
             }

@@ -97,8 +97,6 @@ pub struct Proxy {
     advertised_host: String,
     /// Keyed hash for loop detection, random per process.
     loop_key: std::collections::hash_map::RandomState,
-    /// ACKs that matched no transaction and were not relayed (see [`Proxy::drop_ack`]).
-    acks_dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Proxy {
@@ -114,21 +112,7 @@ impl Proxy {
             local,
             advertised_host,
             loop_key: Default::default(),
-            acks_dropped: Default::default(),
         }
-    }
-
-    /// An ACK that matched no transaction is not relayed (`why` says which check it failed):
-    /// counted, so tests and operators can see it arrived and was dropped.
-    pub fn drop_ack(&self, from: &Peer, why: &str) {
-        self.acks_dropped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(%from, why, "stray ACK dropped");
-    }
-
-    /// How many ACKs [`drop_ack`](Self::drop_ack) dropped.
-    pub fn acks_dropped(&self) -> u64 {
-        self.acks_dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `host:port` of our socket `local` as others reach it.

@@ -7,14 +7,37 @@
 //! publishers.
 
 use super::forward::Forwarding;
-use super::{lock, Proxy};
+use super::{lock, next_hop_uri, uri_addr, Proxy};
 use crate::config::DialogConfig;
 use crate::dialog::{Call, DialogId, DialogTracker, Flow};
-use crate::sip::{HasHeaders, Request, Response};
+use crate::sip::{HasHeaders, Request, Response, SipUri};
 use crate::storage::DialogStore;
-use crate::transport::Peer;
+use crate::transport::{Peer, Proto};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// Where a relayed request goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    /// The flow of the dialog's other party (phones behind NAT, on TCP).
+    Flow(Flow),
+    /// The address the top Route or the Request-URI names.
+    Addr(Proto, SocketAddr),
+    /// A host name: resolve it first.
+    Resolve(SipUri),
+}
+
+/// What becomes of an ACK that no transaction absorbed (RFC 3261 §16.11).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AckStep {
+    /// Relay it statelessly (our Route entries removed; our Via goes on top once the socket
+    /// it leaves from is chosen).
+    Relay { ack: Box<Request>, to: NextHop },
+    /// Dropped and counted (see [`ProxyService::acks_dropped`]); why, for the log.
+    Drop(&'static str),
+}
 
 pub struct ProxyService {
     /// Routing rules and our identity (domains, sockets, upstream).
@@ -27,6 +50,8 @@ pub struct ProxyService {
     pub(crate) dialog_store: Arc<dyn DialogStore>,
     /// `[proxy] upstream` resolved at start when it is a host name.
     upstream_resolved: Option<Peer>,
+    /// ACKs that matched no transaction and were not relayed.
+    acks_dropped: AtomicU64,
 }
 
 impl ProxyService {
@@ -42,6 +67,7 @@ impl ProxyService {
             dialogs: Mutex::new(DialogTracker::new(dialog)),
             dialog_store,
             upstream_resolved,
+            acks_dropped: AtomicU64::new(0),
         }
     }
 
@@ -58,6 +84,48 @@ impl ProxyService {
     /// When the next proxy timer (Timer C, the wait after a CANCEL) is due.
     pub fn next_timer(&self) -> Option<Instant> {
         lock(&self.forwarding).timers.next()
+    }
+
+    /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx goes on
+    /// statelessly by its Route or Request-URI (§16.11), and only when the dialog tracker
+    /// expects it. Anyone can put our Route on an ACK: relaying it unauthenticated to
+    /// whatever its Request-URI names would make us a reflector. Everything else is dropped
+    /// and counted.
+    pub fn on_stray_ack(&self, mut ack: Request, now_ms: u64) -> AckStep {
+        let step = if Proxy::check_max_forwards(&ack).is_err() {
+            AckStep::Drop("Max-Forwards exhausted")
+        } else if !self.rules.preprocess_routes(&mut ack) {
+            // Not routed through us (see proxy_request): absorbed, never relayed.
+            AckStep::Drop("no Route of ours")
+        } else if !self.expects_ack(&ack, now_ms) {
+            AckStep::Drop("no confirmed dialog of ours")
+        } else {
+            match next_hop_uri(&ack) {
+                Err(_) => AckStep::Drop("no next hop"),
+                Ok(uri) => {
+                    let to = match uri_addr(&uri) {
+                        Some((proto, addr)) => match self.flow_towards(&ack) {
+                            Some(flow) => NextHop::Flow(flow),
+                            None => NextHop::Addr(proto, addr),
+                        },
+                        None => NextHop::Resolve(uri),
+                    };
+                    AckStep::Relay {
+                        ack: Box::new(ack),
+                        to,
+                    }
+                }
+            }
+        };
+        if matches!(step, AckStep::Drop(_)) {
+            self.acks_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        step
+    }
+
+    /// How many ACKs [`on_stray_ack`](Self::on_stray_ack) dropped.
+    pub fn acks_dropped(&self) -> u64 {
+        self.acks_dropped.load(Ordering::Relaxed)
     }
 
     /// Whether the tracker expects this end-to-end ACK (see
@@ -100,4 +168,125 @@ fn dialog_id(m: &impl HasHeaders) -> Option<DialogId> {
         from_tag: m.from_hdr().ok()?.tag()?,
         to_tag: m.to_hdr().ok()?.tag()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::dialog::fixtures::{info, key, T0};
+    use crate::sip::{parse_message, HeaderName, Limits, Message};
+
+    fn service() -> ProxyService {
+        let mut cfg = Config::default();
+        cfg.server.domain = "example.com".into();
+        let rules = Proxy::new(
+            &cfg,
+            vec![(Proto::Udp, "192.0.2.10:5060".parse().unwrap())],
+            "example.com".into(),
+        );
+        let store = Arc::new(crate::storage::MemoryStore::new());
+        ProxyService::new(rules, &cfg.dialog, store, None)
+    }
+
+    /// The fixture call (Alice calls Bob), answered by branch `b1` from 192.0.2.9.
+    fn answered(svc: &ProxyService) {
+        let mut t = lock(&svc.dialogs);
+        t.invite(key(), info(), T0).unwrap();
+        t.response(
+            &key(),
+            Some("b1"),
+            200,
+            Some("sip:1002@192.0.2.9:5060"),
+            "udp:192.0.2.9:5060".parse().ok(),
+            T0 + 1,
+        )
+        .unwrap();
+    }
+
+    fn ack(extra: &str, to_tag: &str) -> Request {
+        let text = format!(
+            "ACK sip:1002@198.51.100.66:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKack1\r\n\
+             {extra}From: <sip:1001@example.com>;tag={}\r\n\
+             To: <sip:1002@example.com>;tag={to_tag}\r\n\
+             Call-ID: {}\r\nCSeq: 101 ACK\r\nContent-Length: 0\r\n\r\n",
+            key().from_tag,
+            key().call_id
+        );
+        match parse_message(text.as_bytes(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const OUR_ROUTE: &str = "Max-Forwards: 70\r\nRoute: <sip:192.0.2.10:5060;lr>\r\n";
+
+    #[test]
+    fn rfc3261_16_11_the_ack_of_a_confirmed_dialog_goes_to_the_answering_flow() {
+        let svc = service();
+        answered(&svc);
+        match svc.on_stray_ack(ack(OUR_ROUTE, "b1"), T0 + 2) {
+            AckStep::Relay { ack, to } => {
+                assert_eq!(to, NextHop::Flow("udp:192.0.2.9:5060".parse().unwrap()));
+                assert!(!ack.headers.has(HeaderName::Route), "our Route is removed");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(svc.acks_dropped(), 0);
+    }
+
+    #[test]
+    fn rfc3261_16_11_an_ack_of_no_dialog_of_ours_is_dropped_and_counted() {
+        let svc = service();
+        answered(&svc);
+        let cases = [
+            (ack(OUR_ROUTE, "forged"), "no confirmed dialog of ours"),
+            (ack("Max-Forwards: 70\r\n", "b1"), "no Route of ours"),
+            (
+                ack(
+                    "Max-Forwards: 0\r\nRoute: <sip:192.0.2.10:5060;lr>\r\n",
+                    "b1",
+                ),
+                "Max-Forwards exhausted",
+            ),
+        ];
+        let n = cases.len() as u64;
+        for (a, why) in cases {
+            assert_eq!(svc.on_stray_ack(a, T0 + 2), AckStep::Drop(why));
+        }
+        assert_eq!(svc.acks_dropped(), n);
+    }
+
+    #[test]
+    fn rfc3261_16_11_a_2xx_that_went_through_lets_its_ack_follow_by_request_uri() {
+        let svc = service();
+        // No call tracked (e.g. cancelled as the 2xx crossed): the 2xx is what we know.
+        assert!(matches!(
+            svc.on_stray_ack(ack(OUR_ROUTE, "b9"), T0),
+            AckStep::Drop(_)
+        ));
+        let ok = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKinv1\r\n\
+             From: <sip:1001@example.com>;tag={}\r\nTo: <sip:1002@example.com>;tag=b9\r\n\
+             Call-ID: {}\r\nCSeq: 101 INVITE\r\nContent-Length: 0\r\n\r\n",
+            key().from_tag,
+            key().call_id
+        );
+        let Ok(Message::Response(ok)) = parse_message(ok.as_bytes(), &Limits::default()) else {
+            panic!("bad 200");
+        };
+        svc.note_answered(&ok, T0 + 1);
+        assert_eq!(
+            svc.on_stray_ack(ack(OUR_ROUTE, "b9"), T0 + 2),
+            AckStep::Relay {
+                ack: Box::new({
+                    let mut a = ack(OUR_ROUTE, "b9");
+                    svc.rules.preprocess_routes(&mut a);
+                    a
+                }),
+                to: NextHop::Addr(Proto::Udp, "198.51.100.66:5060".parse().unwrap()),
+            }
+        );
+    }
 }
