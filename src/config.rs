@@ -351,6 +351,9 @@ pub struct StorageConfig {
     /// (NOTIFY CSeq/version, SUBSCRIBE, PUBLISH) skip the interval: a lamp waits for the flush
     /// in progress, not for the interval.
     pub flush_interval_ms: u64,
+    /// Writes that may wait for the disk at once. A request whose write finds this many
+    /// waiting is answered `503 Storage busy` with `Retry-After`, never acknowledged.
+    pub max_queued_writes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -525,6 +528,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             flush_interval_ms: 10,
+            max_queued_writes: crate::storage::DEFAULT_MAX_QUEUED_WRITES,
         }
     }
 }
@@ -819,6 +823,13 @@ impl Config {
                     self.storage.flush_interval_ms
                 ),
                 "use 0 to 100 milliseconds (default 10)",
+            ));
+        }
+        if self.storage.max_queued_writes == 0 {
+            return Err(bad(
+                "storage.max_queued_writes",
+                "0 would refuse every write".into(),
+                "use at least 1 (default 16384)",
             ));
         }
         self.validate_presence(&bad)?;

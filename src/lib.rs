@@ -7,6 +7,7 @@ pub mod config;
 pub mod deadline;
 pub mod dialog;
 pub mod domain;
+pub mod drain;
 pub mod events;
 pub mod ids;
 pub mod presence;

@@ -156,22 +156,26 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("busylamp")
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(serve(cfg))
+            let result = rt.block_on(serve(cfg));
+            // A flush that overran the grace period must not hold the exit.
+            rt.shutdown_timeout(Duration::from_millis(100));
+            result
         }
     }
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let store = SledStore::open(
+    let store = SledStore::open_bounded(
         &cfg.server.data_dir,
         Duration::from_millis(cfg.storage.flush_interval_ms),
+        cfg.storage.max_queued_writes,
     )?;
     let users = UserFile::new(&cfg.server.data_dir);
     let store = Arc::new(store);
     let stores = busylamp::server::Stores {
         bindings: store.clone(),
         presence: store.clone(),
-        dialogs: store,
+        dialogs: store.clone(),
         users: Some(users),
         nonce_key: None,
     };
@@ -183,6 +187,33 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("stopping");
-    handle.shutdown();
-    Ok(())
+    // Stop reading, answer what was read (its writes flushed), write queued sends, close the
+    // sockets; then flush what else is queued (expiry, call records) and close the database.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    if tokio::time::timeout_at(deadline - STORE_CLOSE_SHARE, handle.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "answers still waiting for the disk at shutdown were dropped (not acknowledged)"
+        );
+    }
+    let closing = tokio::task::spawn_blocking(move || store.close());
+    match tokio::time::timeout_at(deadline, closing).await {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => Err(e).context("final flush at shutdown"),
+        Ok(Err(e)) => Err(e).context("final flush at shutdown"),
+        Err(_) => anyhow::bail!(
+            "the final flush did not finish within {} s; writes not acknowledged may be lost",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
 }
+
+/// SIGTERM to exit: systemd's default stop timeout is far longer, but a restart should be quick.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1900);
+/// Of the grace, what the final flush and database close get at least.
+const STORE_CLOSE_SHARE: Duration = Duration::from_millis(500);

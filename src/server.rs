@@ -79,6 +79,8 @@ pub struct Core {
     pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
     /// Messages read from the network (requests and responses, parseable or not).
     received: std::sync::atomic::AtomicU64,
+    /// Requests whose answer waits for their disk write: shutdown lets them finish.
+    answering: crate::drain::Drain,
 }
 
 /// Who hears the answers to one of our client transactions.
@@ -140,7 +142,16 @@ impl ServerHandle {
         self.core.transport.local_addrs()
     }
 
-    pub fn shutdown(self) {
+    /// Stops in order: nothing more is read (UDP receive loops, TCP accept and connection
+    /// readers end), the requests already read and waiting for their disk write are answered,
+    /// queued sends are written, then every socket is closed and the background tasks end.
+    /// The store itself is the caller's to close (it may outlive the server). Bound it with a
+    /// timeout: a stuck disk would hold the answers.
+    pub async fn shutdown(self) {
+        let transport = &self.core.transport;
+        transport.stop_reading().await;
+        self.core.answering.close().await;
+        transport.close().await;
         for t in self.tasks {
             t.abort();
         }
@@ -238,6 +249,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         branch_secret: branch_secret(&cfg.server.data_dir),
         this: std::sync::OnceLock::new(),
         received: Default::default(),
+        answering: Default::default(),
     });
     let _ = core.this.set(Arc::downgrade(&core));
     let sink: Arc<dyn NotifySink> = core.clone();
@@ -410,20 +422,11 @@ impl Core {
         resp
     }
 
-    /// Sends without waiting when the socket can take it; otherwise a task waits for room.
+    /// Sends without waiting (a datagram that finds its socket's buffer full waits in a
+    /// bounded queue; see [`Transport::send`]).
     pub(crate) fn send_now(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) {
-        match self.transport.try_send(peer, bytes) {
-            Ok(None) => {}
-            Ok(Some(bytes)) => {
-                let me = self.clone();
-                let peer = *peer;
-                tokio::spawn(async move {
-                    if let Err(e) = me.transport.send(&peer, bytes).await {
-                        tracing::debug!(%peer, error = %e, "send failed");
-                    }
-                });
-            }
-            Err(e) => tracing::debug!(%peer, error = %e, "send failed"),
+        if let Err(e) = self.transport.send(peer, bytes) {
+            tracing::debug!(%peer, error = %e, "send failed");
         }
     }
 
@@ -504,7 +507,9 @@ impl Core {
             Answer::Now(resp) => self.respond(&key, resp),
             Answer::AfterWrite(pending) => {
                 let me = self.clone();
+                let answering = self.answering.token();
                 tokio::spawn(async move {
+                    let _answering = answering;
                     let written = durable(pending.durable).await;
                     let resp = me.registrar.complete(pending.rest, written);
                     me.respond(&key, resp);
@@ -516,7 +521,9 @@ impl Core {
                 notifies,
             } => {
                 let me = self.clone();
+                let answering = self.answering.token();
                 tokio::spawn(async move {
+                    let _answering = answering;
                     match durable(written).await {
                         Ok(()) => {
                             me.respond(&key, response);
@@ -525,13 +532,22 @@ impl Core {
                         Err(e) => {
                             // Not on disk: not acknowledged. The in-memory change stands;
                             // the client retries and the next write carries it.
-                            tracing::error!(error = %e, "presence state not stored");
+                            let answer = e.answer();
+                            if answer.retry_after.is_some() {
+                                // Busy: the store warns about those itself, once a second.
+                                tracing::debug!(error = %e, "presence state not queued for disk");
+                            } else {
+                                tracing::error!(error = %e, "presence state not stored");
+                            }
                             let mut r = response;
-                            r.status = 500;
-                            r.reason = "Server Internal Error: storage failed".into();
+                            r.status = answer.status;
+                            r.reason = answer.reason.into();
                             r.headers.0.retain(|h| {
                                 !matches!(h.kind, HeaderName::SipEtag | HeaderName::Contact)
                             });
+                            if let Some(secs) = answer.retry_after {
+                                r.headers.push_raw("Retry-After", secs.to_string());
+                            }
                             me.respond(&key, r);
                             // Their NOTIFYs were counted (in flight) but cannot leave: each
                             // subscription retries as after a lost NOTIFY, rather than

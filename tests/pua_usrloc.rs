@@ -252,7 +252,7 @@ async fn at_start_the_published_state_matches_the_stored_bindings() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        s.handle.shutdown();
+        s.handle.shutdown().await;
     }
     // While we were down: 1002's binding expired; 1003's publication was lost (say, it
     // was never written); 1001 is as it was.

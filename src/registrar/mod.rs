@@ -12,7 +12,7 @@ use crate::events::{Event, EventBus};
 use crate::sip::message::default_reason;
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, Uri};
-use crate::storage::{durable, Binding, BindingStore, StorageError};
+use crate::storage::{durable, resolved, settled, Binding, BindingStore, StorageError};
 use bindings::{apply_register, sweep, Change, RegError, RegisterInput};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -160,7 +160,20 @@ impl Registrar {
         for (aor, mut list) in self.store.load_bindings()? {
             let gone = sweep(&mut list, now);
             if !gone.is_empty() {
-                rewrites.push(self.store.save_bindings(&aor, &list));
+                // After a long downtime more AORs may have expired than the bounded write
+                // queue holds: when it is full, wait for what is queued, then go on.
+                let mut write = self.store.save_bindings(&aor, &list);
+                match settled(&mut write) {
+                    Some(Err(StorageError::Busy { .. })) => {
+                        for w in rewrites.drain(..) {
+                            durable(w).await?;
+                        }
+                        write = self.store.save_bindings(&aor, &list);
+                    }
+                    Some(result) => write = resolved(result),
+                    None => {}
+                }
+                rewrites.push(write);
                 self.announce(&aor, &gone);
             }
             live += list.len();
@@ -382,28 +395,48 @@ impl Registrar {
                 e => (e.status(), e.to_string(), vec![]),
             })?;
             let write = if applied.changed {
+                if !applied.bindings.is_empty()
+                    && !shard.contains_key(&aor)
+                    && self.aors.load(Ordering::Relaxed) >= self.cfg.max_aors
+                {
+                    // Bounded even where nobody authenticates (open mode, trusted networks):
+                    // each AOR costs memory and disk.
+                    return Err(fail(
+                        403,
+                        format!(
+                            "Registrar full: {} AORs registered (max_aors)",
+                            self.cfg.max_aors
+                        ),
+                    ));
+                }
+                // Queued before memory changes: a write the store refuses (its queue is full)
+                // leaves the bindings as they were, and the REGISTER is answered 503 with
+                // Retry-After, never acknowledged.
+                let mut write = self.store.save_bindings(&aor, &applied.bindings);
+                match settled(&mut write) {
+                    Some(Err(e)) => {
+                        tracing::debug!(%aor, error = %e, "binding not queued for disk");
+                        let answer = e.answer();
+                        let mut r = req.response(answer.status, answer.reason, Some(to_tag));
+                        if let Some(secs) = answer.retry_after {
+                            r.headers.push_raw("Retry-After", secs.to_string());
+                        }
+                        return Ok(Step::Done(r));
+                    }
+                    Some(Ok(())) => write = resolved(Ok(())),
+                    None => {}
+                }
                 if applied.bindings.is_empty() {
                     if shard.remove(&aor).is_some() {
                         self.aors.fetch_sub(1, Ordering::Relaxed);
                     }
                 } else {
                     if !shard.contains_key(&aor) {
-                        // Bounded even where nobody authenticates (open mode, trusted networks):
-                        // each AOR costs memory and disk.
-                        if self.aors.load(Ordering::Relaxed) >= self.cfg.max_aors {
-                            return Err(fail(
-                                403,
-                                format!(
-                                    "Registrar full: {} AORs registered (max_aors)",
-                                    self.cfg.max_aors
-                                ),
-                            ));
-                        }
                         self.aors.fetch_add(1, Ordering::Relaxed);
                     }
                     shard.insert(aor.clone(), applied.bindings.clone());
                 }
-                Some(self.store.save_bindings(&aor, &applied.bindings))
+                Some(write)
             } else {
                 None
             };

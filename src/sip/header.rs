@@ -252,7 +252,7 @@ impl NameAddr {
             let d = s[..lt].trim();
             // display-name = *(token LWS) / quoted-string. No LWS before '<' is tolerated
             // (RFC 4475 §3.1.1.6 "lwsdisp"); unquoted non-token characters are not (§3.1.2.15
-            // "baddn": a proxy must not forward them, and guessing the quotes is unsafe).
+            // "baddn": a proxy must not forward them, and guessing the quotes is a gamble).
             if !d.split_ascii_whitespace().all(is_token) {
                 return Err(HeaderError::UnquotedDisplayName);
             }

@@ -1,78 +1,144 @@
-//! In-memory store for tests: same traits, writes "durable" at once.
+//! In-memory store for tests: same traits, writes "durable" at once, unless a test stalls the
+//! "disk" ([`MemoryStore::stall_disk`]): writes then wait in the same bounded queue the sled
+//! store uses, are refused with [`StorageError::Busy`] when it is full, and reach the store
+//! only when the test flushes ([`MemoryStore::flush_disk`]). What `load_*` returns is what is
+//! "on disk".
 
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
     decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
     PresenceWrite, PublicationRecord, SubscriptionRecord,
 };
-use super::{Binding, BindingStore, Durable, StorageError};
+use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
+use super::{resolved, Binding, BindingStore, Durable, StorageError};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-#[derive(Default)]
 pub struct MemoryStore {
     bindings: Mutex<BTreeMap<String, Vec<Binding>>>,
     publications: Mutex<BTreeMap<Vec<u8>, PublicationRecord>>,
     subscriptions: Mutex<BTreeMap<Vec<u8>, SubscriptionRecord>>,
     notify_seq: Mutex<BTreeMap<Vec<u8>, (u32, u32)>>,
     dialogs: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// Whether the disk is stalled; held while writing, so writes reach the maps in order.
+    stalled: Mutex<bool>,
+    queue: WriteQueue<QueuedWrite>,
+}
+
+enum Write {
+    Bindings(String, Vec<Binding>),
+    Presence(Vec<PresenceWrite>),
+    Calls(Vec<DialogWrite>),
+}
+
+struct QueuedWrite {
+    write: Write,
+    done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_max_queued_writes(DEFAULT_MAX_QUEUED_WRITES)
+    }
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-}
 
-fn done() -> Durable {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let _ = tx.send(Ok(()));
-    rx
-}
-
-impl BindingStore for MemoryStore {
-    fn load_bindings(&self) -> Result<Vec<(String, Vec<Binding>)>, StorageError> {
-        let map = self
-            .bindings
-            .lock()
-            .map_err(|_| StorageError::Read("poisoned".into()))?;
-        Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    /// A store whose queue holds at most `bound` writes while the disk is stalled.
+    pub fn with_max_queued_writes(bound: usize) -> Self {
+        MemoryStore {
+            bindings: Default::default(),
+            publications: Default::default(),
+            subscriptions: Default::default(),
+            notify_seq: Default::default(),
+            dialogs: Default::default(),
+            stalled: Mutex::new(false),
+            queue: WriteQueue::new(bound),
+        }
     }
 
-    fn save_bindings(&self, aor: &str, bindings: &[Binding]) -> Durable {
-        if let Ok(mut map) = self.bindings.lock() {
-            if bindings.is_empty() {
-                map.remove(aor);
-            } else {
-                map.insert(aor.to_string(), bindings.to_vec());
+    /// From now on writes wait in the queue (a slow or stuck disk) until [`Self::flush_disk`]
+    /// or [`Self::resume_disk`].
+    pub fn stall_disk(&self) {
+        *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// The disk catches up: every queued write is stored, in order, and acknowledged. The disk
+    /// stays stalled for later writes. Returns how many were written.
+    pub fn flush_disk(&self) -> usize {
+        let _stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_queued()
+    }
+
+    /// Flushes what is queued and writes at once again.
+    pub fn resume_disk(&self) -> usize {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        *stalled = false;
+        self.flush_queued()
+    }
+
+    /// The write queue now (how many writes wait, the most ever, how many were refused).
+    pub fn write_queue(&self) -> QueueStats {
+        self.queue.stats()
+    }
+
+    /// Called with `stalled` held.
+    fn flush_queued(&self) -> usize {
+        let mut batch = Vec::new();
+        self.queue.take_now(&mut batch);
+        let n = batch.len();
+        for q in batch {
+            self.apply(q.write);
+            let _ = q.done.send(Ok(()));
+        }
+        self.queue.written(n);
+        n
+    }
+
+    fn submit(&self, write: Write) -> Durable {
+        let stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        if !*stalled {
+            self.apply(write);
+            return resolved(Ok(()));
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        match self.queue.push(QueuedWrite { write, done }) {
+            Ok(()) => rx,
+            Err((_, e)) => resolved(Err(e)),
+        }
+    }
+
+    fn apply(&self, write: Write) {
+        match write {
+            Write::Bindings(aor, bindings) => {
+                let mut map = self.bindings.lock().unwrap_or_else(|p| p.into_inner());
+                if bindings.is_empty() {
+                    map.remove(&aor);
+                } else {
+                    map.insert(aor, bindings);
+                }
+            }
+            Write::Presence(writes) => self.apply_presence(writes),
+            Write::Calls(writes) => {
+                let mut map = self.dialogs.lock().unwrap_or_else(|p| p.into_inner());
+                for w in writes {
+                    match w {
+                        DialogWrite::Put { key, value } => {
+                            map.insert(key, value);
+                        }
+                        DialogWrite::Delete(key) => {
+                            map.remove(&key);
+                        }
+                    }
+                }
             }
         }
-        done()
-    }
-}
-
-impl PresenceStore for MemoryStore {
-    fn load_publications(&self) -> Result<Vec<PublicationRecord>, StorageError> {
-        let map = self
-            .publications
-            .lock()
-            .map_err(|_| StorageError::Read("poisoned".into()))?;
-        Ok(map.values().cloned().collect())
     }
 
-    fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError> {
-        let map = self
-            .subscriptions
-            .lock()
-            .map_err(|_| StorageError::Read("poisoned".into()))?;
-        let seqs = self.notify_seq.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(map
-            .iter()
-            .map(|(k, r)| merge_notify_seq(r.clone(), seqs.get(k).copied()))
-            .collect())
-    }
-
-    fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
+    fn apply_presence(&self, writes: Vec<PresenceWrite>) {
         let mut pubs = self.publications.lock().unwrap_or_else(|p| p.into_inner());
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         let mut seqs = self.notify_seq.lock().unwrap_or_else(|p| p.into_inner());
@@ -102,7 +168,46 @@ impl PresenceStore for MemoryStore {
                 }
             }
         }
-        done()
+    }
+}
+
+impl BindingStore for MemoryStore {
+    fn load_bindings(&self) -> Result<Vec<(String, Vec<Binding>)>, StorageError> {
+        let map = self
+            .bindings
+            .lock()
+            .map_err(|_| StorageError::Read("poisoned".into()))?;
+        Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn save_bindings(&self, aor: &str, bindings: &[Binding]) -> Durable {
+        self.submit(Write::Bindings(aor.to_string(), bindings.to_vec()))
+    }
+}
+
+impl PresenceStore for MemoryStore {
+    fn load_publications(&self) -> Result<Vec<PublicationRecord>, StorageError> {
+        let map = self
+            .publications
+            .lock()
+            .map_err(|_| StorageError::Read("poisoned".into()))?;
+        Ok(map.values().cloned().collect())
+    }
+
+    fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError> {
+        let map = self
+            .subscriptions
+            .lock()
+            .map_err(|_| StorageError::Read("poisoned".into()))?;
+        let seqs = self.notify_seq.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map
+            .iter()
+            .map(|(k, r)| merge_notify_seq(r.clone(), seqs.get(k).copied()))
+            .collect())
+    }
+
+    fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
+        self.submit(Write::Presence(writes))
     }
 }
 
@@ -116,18 +221,7 @@ impl DialogStore for MemoryStore {
     }
 
     fn write_calls(&self, writes: Vec<DialogWrite>) -> Durable {
-        let mut map = self.dialogs.lock().unwrap_or_else(|p| p.into_inner());
-        for w in writes {
-            match w {
-                DialogWrite::Put { key, value } => {
-                    map.insert(key, value);
-                }
-                DialogWrite::Delete(key) => {
-                    map.remove(&key);
-                }
-            }
-        }
-        done()
+        self.submit(Write::Calls(writes))
     }
 }
 
@@ -159,5 +253,38 @@ mod tests {
         m.save_call(&call_key(&key), encode_call(&u.call));
         m.delete_call(&call_key(&key));
         assert!(m.load_calls().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_disk_queues_up_to_the_bound_refuses_beyond_and_stores_on_flush() {
+        use crate::storage::{durable, settled};
+        let m = MemoryStore::with_max_queued_writes(2);
+        m.stall_disk();
+        let a = m.save_bindings("sip:a@x", &[crate::storage::tests::sample("sip:a@h")]);
+        let b = m.save_bindings("sip:b@x", &[crate::storage::tests::sample("sip:b@h")]);
+        let mut c = m.save_bindings("sip:c@x", &[crate::storage::tests::sample("sip:c@h")]);
+        assert!(
+            matches!(
+                settled(&mut c),
+                Some(Err(StorageError::Busy { waiting: 2 }))
+            ),
+            "the third write is refused at once"
+        );
+        assert!(m.load_bindings().unwrap().is_empty(), "nothing on disk yet");
+        assert_eq!(m.write_queue().waiting, 2);
+        assert_eq!(m.flush_disk(), 2);
+        durable(a).await.unwrap();
+        durable(b).await.unwrap();
+        let stored: Vec<String> = m
+            .load_bindings()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(stored, ["sip:a@x", "sip:b@x"]);
+        let s = m.write_queue();
+        assert_eq!((s.waiting, s.high_water, s.refused), (0, 2, 1));
+        m.resume_disk();
+        durable(m.save_bindings("sip:c@x", &[])).await.unwrap();
     }
 }

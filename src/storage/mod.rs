@@ -8,6 +8,7 @@ pub mod codec;
 pub mod dialogs;
 pub mod memory;
 pub mod presence;
+pub mod queue;
 pub mod sled_store;
 pub mod users;
 
@@ -18,6 +19,7 @@ pub use memory::MemoryStore;
 pub use presence::{
     FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, SubState, SubscriptionRecord,
 };
+pub use queue::{QueueStats, DEFAULT_MAX_QUEUED_WRITES};
 pub use sled_store::SledStore;
 pub use users::{UserFile, UserRecord};
 
@@ -33,8 +35,42 @@ pub enum StorageError {
     Decode(#[from] DecodeError),
     #[error("the storage writer has stopped")]
     WriterGone,
+    /// The write queue is full (the disk is slower than the requests): refused at once.
+    #[error("storage busy: {waiting} writes are waiting for the disk")]
+    Busy { waiting: usize },
     #[error("user file {path}: {reason}")]
     UserFile { path: String, reason: String },
+}
+
+/// Seconds a client is asked to wait (`Retry-After`) when the write queue is full.
+pub const BUSY_RETRY_AFTER: u32 = 5;
+
+/// How a request whose change could not be stored is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureAnswer {
+    pub status: u16,
+    pub reason: &'static str,
+    /// Seconds for `Retry-After`, when trying again soon can succeed.
+    pub retry_after: Option<u32>,
+}
+
+impl StorageError {
+    /// A full write queue is `503 Storage busy` with `Retry-After` (the same request succeeds
+    /// once the disk catches up); any other failure is `500` naming it.
+    pub fn answer(&self) -> FailureAnswer {
+        match self {
+            StorageError::Busy { .. } => FailureAnswer {
+                status: 503,
+                reason: "Storage busy",
+                retry_after: Some(BUSY_RETRY_AFTER),
+            },
+            _ => FailureAnswer {
+                status: 500,
+                reason: "Server Internal Error: storage failed",
+                retry_after: None,
+            },
+        }
+    }
 }
 
 /// Resolves once a write is on disk.
@@ -43,6 +79,25 @@ pub type Durable = tokio::sync::oneshot::Receiver<Result<(), StorageError>>;
 /// Waits for a [`Durable`]; a writer that vanished counts as a failed write.
 pub async fn durable(d: Durable) -> Result<(), StorageError> {
     d.await.unwrap_or(Err(StorageError::WriterGone))
+}
+
+/// A [`Durable`] whose outcome is already known.
+pub fn resolved(result: Result<(), StorageError>) -> Durable {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(result);
+    rx
+}
+
+/// The outcome of a write when it is known without waiting (the queue refused it, or the store
+/// wrote at once), `None` while it is still queued. A caller that gets `Some(Ok(()))` holds
+/// a spent `Durable`: pass on [`resolved`] instead.
+pub fn settled(d: &mut Durable) -> Option<Result<(), StorageError>> {
+    use tokio::sync::oneshot::error::TryRecvError;
+    match d.try_recv() {
+        Ok(result) => Some(result),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Closed) => Some(Err(StorageError::WriterGone)),
+    }
 }
 
 /// One contact bound to an address-of-record (RFC 3261 §10.3).
@@ -135,7 +190,7 @@ pub trait BindingStore: Send + Sync {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample(contact: &str) -> Binding {

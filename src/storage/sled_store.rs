@@ -1,15 +1,18 @@
 //! sled-backed store with group commit: one writer thread applies every write queued since its
 //! last flush as one batch, flushes once, then acknowledges them all. Under load many
-//! REGISTERs share one fsync; when idle a write is flushed at once.
+//! REGISTERs share one fsync; when idle a write is flushed at once. The queue is bounded
+//! ([`WriteQueue`]): a write that finds it full is refused at once, never queued unboundedly.
 
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
     decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
     PresenceWrite, PublicationRecord, SubscriptionRecord,
 };
+use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -74,81 +77,11 @@ impl Tree {
 pub struct SledStore {
     db: sled::Db,
     trees: [sled::Tree; TREES.len()],
-    queue: Arc<Queue>,
-}
-
-/// Writes waiting for the writer thread. A plain vector the writer swaps out whole: one lock
-/// per write, no allocation per write (std's mpsc allocates a block every 31 sends), and the
-/// writer takes everything queued in one go, which is what group commit wants.
-struct Queue {
-    state: Mutex<QueueState>,
-    wake: Condvar,
-}
-
-struct QueueState {
-    ops: Vec<WriteOp>,
-    writer_waiting: bool,
-    closed: bool,
-}
-
-impl Queue {
-    fn push(&self, op: WriteOp) -> Result<(), WriteOp> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.closed {
-            return Err(op);
-        }
-        st.ops.push(op);
-        // Only a sleeping writer needs the (syscall) wake-up.
-        let wake = std::mem::take(&mut st.writer_waiting);
-        drop(st);
-        if wake {
-            self.wake.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Blocks until there is work; `None` once closed and drained.
-    fn take(&self, into: &mut Vec<WriteOp>) -> Option<()> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if !st.ops.is_empty() {
-                std::mem::swap(&mut st.ops, into);
-                return Some(());
-            }
-            if st.closed {
-                return None;
-            }
-            st.writer_waiting = true;
-            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Waits until `deadline` or until an urgent write is queued, whichever comes first, and
-    /// takes what was queued meanwhile.
-    fn wait_until(&self, deadline: Instant, into: &mut Vec<WriteOp>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let now = Instant::now();
-            if now >= deadline || st.closed || st.ops.iter().any(WriteOp::urgent) {
-                break;
-            }
-            st.writer_waiting = true;
-            st = self
-                .wake
-                .wait_timeout(st, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        st.writer_waiting = false;
-        std::mem::swap(&mut st.ops, into);
-    }
-
-    fn close(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.closed = true;
-        drop(st);
-        self.wake.notify_all();
-    }
+    queue: Arc<WriteQueue<WriteOp>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    opened: Instant,
+    /// Second (since `opened`, plus one) of the last warning about refused writes.
+    last_refusal_warning: AtomicU64,
 }
 
 impl Drop for SledStore {
@@ -157,11 +90,22 @@ impl Drop for SledStore {
     }
 }
 
-/// Initial capacity of the write queue (it grows under bursts and keeps its size).
+/// Initial capacity of the writer's batch (it grows under bursts and keeps its size).
 const MAX_BATCH: usize = 4096;
 
 impl SledStore {
+    /// Opens with the default bound on writes waiting for the disk.
     pub fn open(dir: &Path, flush_interval: Duration) -> Result<SledStore, StorageError> {
+        Self::open_bounded(dir, flush_interval, DEFAULT_MAX_QUEUED_WRITES)
+    }
+
+    /// Opens with at most `max_queued_writes` writes waiting for the disk; more are refused
+    /// with [`StorageError::Busy`].
+    pub fn open_bounded(
+        dir: &Path,
+        flush_interval: Duration,
+        max_queued_writes: usize,
+    ) -> Result<SledStore, StorageError> {
         let open_err = |reason: String| StorageError::Open {
             path: dir.display().to_string(),
             reason,
@@ -186,30 +130,69 @@ impl SledStore {
             open_tree(Tree::NotifySeq)?,
             open_tree(Tree::Dialogs)?,
         ];
-        let queue = Arc::new(Queue {
-            state: Mutex::new(QueueState {
-                ops: Vec::with_capacity(MAX_BATCH),
-                writer_waiting: false,
-                closed: false,
-            }),
-            wake: Condvar::new(),
-        });
+        let queue = Arc::new(WriteQueue::new(max_queued_writes));
         let wdb = db.clone();
         let wtrees = trees.clone();
         let wqueue = queue.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("busylamp-store".into())
             .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
-        Ok(SledStore { db, trees, queue })
+        Ok(SledStore {
+            db,
+            trees,
+            queue,
+            writer: Mutex::new(Some(writer)),
+            opened: Instant::now(),
+            last_refusal_warning: AtomicU64::new(0),
+        })
     }
 
     fn submit(&self, writes: Writes) -> Durable {
         let (done, rx) = oneshot::channel();
-        if let Err(op) = self.queue.push(WriteOp { writes, done }) {
-            let _ = op.done.send(Err(StorageError::WriterGone));
+        if let Err((op, e)) = self.queue.push(WriteOp { writes, done }) {
+            if matches!(e, StorageError::Busy { .. }) {
+                self.warn_refused(&e);
+            }
+            let _ = op.done.send(Err(e));
         }
         rx
+    }
+
+    /// Warns of refused writes at most once a second (a flood refuses thousands).
+    fn warn_refused(&self, e: &StorageError) {
+        let now = self.opened.elapsed().as_secs() + 1;
+        let last = self.last_refusal_warning.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_refusal_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.queue.stats().refused;
+            tracing::warn!(error = %e, refused, "writes refused (503): the disk is behind");
+        }
+    }
+
+    /// The write queue now: how many writes wait for the disk, the most ever, how many were
+    /// refused.
+    pub fn write_queue(&self) -> QueueStats {
+        self.queue.stats()
+    }
+
+    /// Refuses new writes, flushes every queued one and waits for the writer thread to end
+    /// (for shutdown: a write accepted before this is on disk when it returns). Blocking.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.queue.close();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer {
+            w.join()
+                .map_err(|_| StorageError::Write("the writer thread panicked".into()))?;
+        }
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StorageError::Write(e.to_string()))
     }
 
     /// Bytes the database occupies on disk (for the memory-per-binding report).
@@ -218,7 +201,12 @@ impl SledStore {
     }
 }
 
-fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; TREES.len()], interval: Duration) {
+fn writer_loop(
+    queue: &WriteQueue<WriteOp>,
+    db: sled::Db,
+    trees: [sled::Tree; TREES.len()],
+    interval: Duration,
+) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
     // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
@@ -231,9 +219,7 @@ fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; TREES.len()], in
         let urgent = batch.iter().any(WriteOp::urgent);
         if let (Some(last), false) = (last_flush, urgent) {
             // Writes that come in while we wait share this flush; an urgent one ends the wait.
-            let mut more = Vec::new();
-            queue.wait_until(last + interval, &mut more);
-            batch.append(&mut more);
+            queue.wait_until(last + interval, &mut batch, WriteOp::urgent);
         }
         // One sled batch per tree, applied in queue order within each tree; records of
         // different trees never depend on their relative order.
@@ -272,9 +258,11 @@ fn writer_loop(queue: &Queue, db: sled::Db, trees: [sled::Tree; TREES.len()], in
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "storage flush failed");
         }
+        let n = batch.len();
         for op in batch.drain(..) {
             let _ = op.done.send(result.clone());
         }
+        queue.written(n);
     }
     let _ = db.flush();
 }
@@ -533,6 +521,53 @@ mod tests {
         );
         durable(waiting).await.unwrap();
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn writes_beyond_the_bound_are_refused_until_the_disk_catches_up() {
+        let dir = std::env::temp_dir().join(format!("busylamp-sled-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The flush interval holds registrations back: the queue fills behind it.
+        let s = SledStore::open_bounded(&dir, Duration::from_millis(500), 2).unwrap();
+        durable(s.save_bindings("sip:0@x", &[sample("sip:c@h", 0)]))
+            .await
+            .unwrap();
+        let one = s.save_bindings("sip:1@x", &[sample("sip:c@h", 1)]);
+        let two = s.save_bindings("sip:2@x", &[sample("sip:c@h", 2)]);
+        let mut three = s.save_bindings("sip:3@x", &[sample("sip:c@h", 3)]);
+        match crate::storage::settled(&mut three) {
+            Some(Err(e @ StorageError::Busy { .. })) => {
+                assert_eq!(e.answer().status, 503);
+                assert_eq!(e.answer().reason, "Storage busy");
+                assert!(e.answer().retry_after.is_some());
+            }
+            other => panic!("a third waiting write was not refused: {other:?}"),
+        }
+        durable(one).await.unwrap();
+        durable(two).await.unwrap();
+        // The writer makes room right after acknowledging.
+        let started = Instant::now();
+        while s.write_queue().waiting > 0 && started.elapsed() < Duration::from_secs(5) {
+            tokio::task::yield_now().await;
+        }
+        let q = s.write_queue();
+        assert_eq!((q.waiting, q.high_water, q.refused), (0, 2, 1));
+        durable(s.save_bindings("sip:3@x", &[sample("sip:c@h", 3)]))
+            .await
+            .unwrap();
+        // Queued at close: on disk once close returns.
+        let last = s.save_bindings("sip:4@x", &[sample("sip:c@h", 4)]);
+        s.close().unwrap();
+        durable(last).await.unwrap();
+        assert!(matches!(
+            durable(s.save_bindings("sip:5@x", &[])).await,
+            Err(StorageError::WriterGone)
+        ));
+        drop(s);
+        let s = SledStore::open(&dir, Duration::ZERO).unwrap();
+        assert_eq!(s.load_bindings().unwrap().len(), 5);
+        drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

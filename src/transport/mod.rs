@@ -3,16 +3,17 @@
 //! [`Inbound`] handler and sends bytes where it is told; it parses nothing beyond framing.
 
 use crate::config::{ListenAddr, ListenProto};
+use crate::drain::{Drain, Token};
 use crate::sip::parse::{frame_stream, Frame, Limits};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
@@ -68,6 +69,8 @@ pub enum TransportError {
     Send(SocketAddr, std::io::Error),
     #[error("connection to {0} is gone")]
     ConnectionGone(SocketAddr),
+    #[error("UDP send buffer and queue full: message to {0} dropped")]
+    QueueFull(SocketAddr),
 }
 
 struct Conn {
@@ -75,18 +78,49 @@ struct Conn {
     tx: mpsc::Sender<Arc<[u8]>>,
 }
 
+/// Where the transport is in its life: shutdown first stops reading, then (once the answers
+/// in flight are out) closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Running,
+    /// Nothing more is read or accepted; sends still leave.
+    Draining,
+    /// Queued bytes are written, then every socket and connection is closed.
+    Closed,
+}
+
+/// One UDP socket and the queue of datagrams that found its send buffer full.
+struct UdpSock {
+    local: SocketAddr,
+    sock: Arc<UdpSocket>,
+    /// Datagrams waiting, in order, for the socket's one sender task.
+    backlog: mpsc::Sender<(SocketAddr, Arc<[u8]>)>,
+    /// Datagrams in the backlog or being sent by its task. While any are, a new datagram goes
+    /// behind them rather than overtaking them.
+    queued: Arc<AtomicUsize>,
+}
+
 pub struct Transport {
-    /// UDP sockets with their bound address (looked up once: getsockname is a syscall).
-    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    /// UDP sockets; emptied at close so their ports are free again.
+    udp: RwLock<Vec<UdpSock>>,
+    /// Bound UDP addresses (looked up once: getsockname is a syscall).
+    udp_local: Vec<SocketAddr>,
     tcp_local: Vec<SocketAddr>,
     conns: Mutex<HashMap<u64, Conn>>,
     /// Latest connection per remote address, for reuse by requests we originate.
     by_remote: Mutex<HashMap<SocketAddr, u64>>,
     next_conn: AtomicU64,
     open_conns: AtomicUsize,
+    /// UDP datagrams dropped because the socket buffer and its backlog were full.
+    dropped_sends: AtomicU64,
     limits: Limits,
     idle: Duration,
     max_conns: usize,
+    phase: watch::Sender<Phase>,
+    /// The receive loops, accept loops and connection readers, until they stop reading.
+    readers: Drain,
+    /// The UDP sender tasks and the connections, until they have written what was queued.
+    writers: Drain,
 }
 
 fn bind_err(proto: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) -> TransportError {
@@ -100,44 +134,30 @@ fn bind_err(proto: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) ->
 /// UDP socket buffer size asked of the kernel. A registration storm arrives in bursts; with the
 /// default (~200 KiB) the kernel drops datagrams long before the CPU is busy, and every drop
 /// costs a client retransmission.
-const UDP_BUFFER_BYTES: i32 = 4 * 1024 * 1024;
+const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Raises SO_RCVBUF and SO_SNDBUF (the kernel caps them at net.core.[rw]mem_max; a refusal
 /// only costs throughput, so it is logged, not fatal).
-fn set_udp_buffers(sock: &UdpSocket, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // Linux values of SOL_SOCKET, SO_SNDBUF, SO_RCVBUF.
-    const SOL_SOCKET: i32 = 1;
-    const SO_SNDBUF: i32 = 7;
-    const SO_RCVBUF: i32 = 8;
-    extern "C" {
-        fn setsockopt(
-            fd: i32,
-            level: i32,
-            name: i32,
-            value: *const std::ffi::c_void,
-            len: u32,
-        ) -> i32;
-    }
-    for opt in [SO_RCVBUF, SO_SNDBUF] {
-        // SAFETY: a valid fd owned by `sock`, a pointer to a live i32 and its exact size.
-        let rc = unsafe {
-            setsockopt(
-                sock.as_raw_fd(),
-                SOL_SOCKET,
-                opt,
-                &bytes as *const i32 as *const std::ffi::c_void,
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
-        if rc != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot enlarge the UDP socket buffer");
+fn set_udp_buffers(sock: &UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(sock);
+    let results = [
+        ("receive", sock.set_recv_buffer_size(bytes)),
+        ("send", sock.set_send_buffer_size(bytes)),
+    ];
+    for (buffer, result) in results {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, buffer, "cannot enlarge the UDP socket buffer");
         }
     }
 }
 
 /// Receive tasks per UDP socket.
 const UDP_RECEIVERS: usize = 2;
+
+/// Datagrams queued per UDP socket while its send buffer is full (the kernel buffer already
+/// holds megabytes; this only rides out a short stall). Beyond it a datagram is dropped and
+/// counted, as the network would: SIP retransmits.
+pub const UDP_BACKLOG: usize = 1024;
 
 /// Bytes queued per TCP connection before we stop waiting for a slow reader and drop it.
 const CONN_QUEUE: usize = 256;
@@ -153,6 +173,7 @@ impl Transport {
         let mut udp = Vec::new();
         let mut listeners = Vec::new();
         let mut tcp_local = Vec::new();
+        let writers = Drain::default();
         for a in addrs {
             match a.proto {
                 ListenProto::Udp => {
@@ -161,7 +182,20 @@ impl Transport {
                         .map_err(bind_err("udp", a.addr))?;
                     set_udp_buffers(&s, UDP_BUFFER_BYTES);
                     let local = s.local_addr().map_err(bind_err("udp", a.addr))?;
-                    udp.push((local, Arc::new(s)));
+                    let sock = Arc::new(s);
+                    let (backlog, rx) = mpsc::channel(UDP_BACKLOG);
+                    let queued = Arc::new(AtomicUsize::new(0));
+                    // Started at once: the restart NOTIFYs leave before the receive loops start.
+                    spawn_holding(
+                        writers.token(),
+                        udp_sender(sock.clone(), rx, queued.clone()),
+                    );
+                    udp.push(UdpSock {
+                        local,
+                        sock,
+                        backlog,
+                        queued,
+                    });
                 }
                 ListenProto::Tcp => {
                     let l = TcpListener::bind(a.addr)
@@ -176,15 +210,20 @@ impl Transport {
         }
         Ok((
             Arc::new(Transport {
-                udp,
+                udp_local: udp.iter().map(|u| u.local).collect(),
+                udp: RwLock::new(udp),
                 tcp_local,
                 conns: Mutex::new(HashMap::new()),
                 by_remote: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 open_conns: AtomicUsize::new(0),
+                dropped_sends: AtomicU64::new(0),
                 limits,
                 idle,
                 max_conns,
+                phase: watch::Sender::new(Phase::Running),
+                readers: Drain::default(),
+                writers,
             }),
             listeners,
         ))
@@ -193,7 +232,7 @@ impl Transport {
     /// Addresses actually bound (port 0 resolved), UDP first.
     pub fn local_addrs(&self) -> Vec<(Proto, SocketAddr)> {
         let mut v: Vec<(Proto, SocketAddr)> =
-            self.udp.iter().map(|(a, _)| (Proto::Udp, *a)).collect();
+            self.udp_local.iter().map(|a| (Proto::Udp, *a)).collect();
         v.extend(self.tcp_local.iter().map(|a| (Proto::Tcp, *a)));
         v
     }
@@ -202,22 +241,56 @@ impl Transport {
         self.open_conns.load(Ordering::Relaxed)
     }
 
+    /// UDP datagrams dropped so far because a socket's buffer and backlog were full.
+    pub fn dropped_sends(&self) -> u64 {
+        self.dropped_sends.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams waiting in the UDP backlogs (at most [`UDP_BACKLOG`] per socket).
+    pub fn queued_sends(&self) -> usize {
+        self.udp_read()
+            .iter()
+            .map(|u| u.queued.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn udp_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<UdpSock>> {
+        self.udp.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Starts the receive loops.
     pub fn start(self: &Arc<Self>, listeners: Vec<TcpListener>, inbound: Arc<dyn Inbound>) {
-        for (_, sock) in &self.udp {
+        for u in self.udp_read().iter() {
             // Two receivers per socket keep both cores busy on a UDP storm.
             for _ in 0..UDP_RECEIVERS {
-                let sock = sock.clone();
+                let sock = u.sock.clone();
                 let inbound = inbound.clone();
                 let max = self.limits.max_message;
-                tokio::spawn(async move { udp_loop(sock, inbound, max).await });
+                let phase = self.phase.subscribe();
+                spawn_holding(self.readers.token(), udp_loop(sock, inbound, max, phase));
             }
         }
         for l in listeners {
-            let me = self.clone();
-            let inbound = inbound.clone();
-            tokio::spawn(async move { me.accept_loop(l, inbound).await });
+            let accepting = self.clone().accept_loop(l, inbound.clone());
+            spawn_holding(self.readers.token(), accepting);
         }
+    }
+
+    /// Shutdown, first step: stops reading and accepting, and returns once no receive loop
+    /// is left (every message read has been handed to [`Inbound`]). Sends still leave.
+    pub async fn stop_reading(&self) {
+        self.phase.send_replace(Phase::Draining);
+        self.readers.close().await;
+    }
+
+    /// Shutdown, last step: writes what is queued, then closes every socket and connection
+    /// (their ports can be bound again once this returns).
+    pub async fn close(&self) {
+        self.phase.send_replace(Phase::Closed);
+        // Dropping the backlog senders ends each sender task once its queue is written; the
+        // task holds the last reference to its socket.
+        self.udp.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.writers.close().await;
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, inbound: Arc<dyn Inbound>) {
@@ -225,8 +298,14 @@ impl Transport {
             Ok(a) => a,
             Err(_) => return,
         };
+        let mut phase = self.phase.subscribe();
         loop {
-            let (stream, remote) = match listener.accept().await {
+            let accepted = tokio::select! {
+                biased;
+                _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
+                a = listener.accept() => a,
+            };
+            let (stream, remote) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -268,6 +347,9 @@ impl Transport {
             .insert(remote, id);
         self.open_conns.fetch_add(1, Ordering::Relaxed);
         let (mut rd, mut wr) = stream.into_split();
+        let writing = self.writers.token();
+        let reading = self.readers.token();
+        let mut phase = self.phase.subscribe();
         let writer = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 if wr.write_all(&bytes).await.is_err() {
@@ -277,7 +359,9 @@ impl Transport {
             let _ = wr.shutdown().await;
         });
         let me = self.clone();
-        tokio::spawn(async move {
+        // The token outlives the connection's halves: once shutdown sees it dropped, the
+        // socket is closed.
+        spawn_holding(writing, async move {
             let peer = Peer {
                 proto: Proto::Tcp,
                 remote,
@@ -286,8 +370,17 @@ impl Transport {
             };
             let mut buf: Vec<u8> = Vec::with_capacity(8192);
             let mut chunk = vec![0u8; 16 * 1024];
+            let mut stopped = false;
             'conn: loop {
-                let n = match tokio::time::timeout(me.idle, rd.read(&mut chunk)).await {
+                let read = tokio::select! {
+                    biased;
+                    _ = phase.wait_for(|p| *p >= Phase::Draining) => {
+                        stopped = true;
+                        break;
+                    }
+                    r = tokio::time::timeout(me.idle, rd.read(&mut chunk)) => r,
+                };
+                let n = match read {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
                     Err(_) => {
                         tracing::debug!(%remote, "closing idle tcp connection");
@@ -322,6 +415,12 @@ impl Transport {
                     }
                 }
             }
+            drop(reading);
+            if stopped {
+                // Shutting down: answers to what was read may still have to leave over this
+                // connection; it closes with the others.
+                let _ = phase.wait_for(|p| *p == Phase::Closed).await;
+            }
             me.drop_conn(id, remote);
             drop(tx);
             let _ = writer.await;
@@ -345,36 +444,45 @@ impl Transport {
         }
     }
 
-    fn udp_socket_for(&self, peer: &Peer) -> Result<&Arc<UdpSocket>, TransportError> {
-        self.udp
-            .iter()
-            .find(|(a, _)| *a == peer.local)
-            .or_else(|| {
-                self.udp
-                    .iter()
-                    .find(|(a, _)| a.is_ipv4() == peer.remote.is_ipv4())
-            })
-            .map(|(_, s)| s)
-            .ok_or(TransportError::NoSocket("udp"))
-    }
-
-    /// Sends without waiting: `Ok(None)` when sent or queued, `Ok(Some(bytes))` when the UDP
-    /// socket buffer is full and the caller must fall back to [`Transport::send`].
-    pub fn try_send(
-        &self,
-        peer: &Peer,
-        bytes: Arc<[u8]>,
-    ) -> Result<Option<Arc<[u8]>>, TransportError> {
+    /// Sends without waiting: UDP from the socket the peer talked to (behind the datagrams
+    /// already waiting for room in its send buffer, if any), TCP over its connection (or the
+    /// latest connection from the same address when that one closed). A datagram that finds
+    /// the buffer and the backlog full is dropped and counted ([`Transport::dropped_sends`]).
+    pub fn send(&self, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
         match peer.proto {
             Proto::Udp => {
-                let sock = self.udp_socket_for(peer)?;
-                match sock.try_send_to(&bytes, peer.remote) {
-                    Ok(_) => Ok(None),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Some(bytes)),
-                    Err(e) => Err(TransportError::Send(peer.remote, e)),
+                let udp = self.udp_read();
+                let u = udp_socket_for(&udp, peer)?;
+                if u.queued.load(Ordering::Acquire) == 0 {
+                    match u.sock.try_send_to(&bytes, peer.remote) {
+                        Ok(_) => return Ok(()),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(TransportError::Send(peer.remote, e)),
+                    }
                 }
+                self.enqueue(u, peer.remote, bytes)
             }
-            Proto::Tcp => self.send_tcp(peer, bytes).map(|_| None),
+            Proto::Tcp => self.send_tcp(peer, bytes),
+        }
+    }
+
+    /// Puts a datagram in its socket's backlog, or drops and counts it when the backlog is
+    /// full (or closed by shutdown).
+    fn enqueue(
+        &self,
+        u: &UdpSock,
+        remote: SocketAddr,
+        bytes: Arc<[u8]>,
+    ) -> Result<(), TransportError> {
+        u.queued.fetch_add(1, Ordering::AcqRel);
+        match u.backlog.try_send((remote, bytes)) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                u.queued.fetch_sub(1, Ordering::AcqRel);
+                self.dropped_sends.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, backlog = UDP_BACKLOG, "udp send buffer and backlog full: datagram dropped");
+                Err(TransportError::QueueFull(remote))
+            }
         }
     }
 
@@ -383,7 +491,7 @@ impl Transport {
     /// keep theirs).
     pub fn reaches(&self, peer: &Peer) -> bool {
         match peer.proto {
-            Proto::Udp => self.udp_socket_for(peer).is_ok(),
+            Proto::Udp => udp_socket_for(&self.udp_read(), peer).is_ok(),
             Proto::Tcp => {
                 let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
                 let by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
@@ -412,20 +520,44 @@ impl Transport {
             None => Err(TransportError::ConnectionGone(peer.remote)),
         }
     }
+}
 
-    /// Sends to a peer: UDP from the socket the peer talked to, TCP over its connection
-    /// (or the latest connection from the same address when that one closed).
-    pub async fn send(&self, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
-        match peer.proto {
-            Proto::Udp => self
-                .udp_socket_for(peer)?
-                .send_to(&bytes, peer.remote)
-                .await
-                .map(|_| ())
-                .map_err(|e| TransportError::Send(peer.remote, e)),
-            Proto::Tcp => self.send_tcp(peer, bytes),
+/// The socket the peer talked to, else one of its address family.
+fn udp_socket_for<'a>(udp: &'a [UdpSock], peer: &Peer) -> Result<&'a UdpSock, TransportError> {
+    udp.iter()
+        .find(|u| u.local == peer.local)
+        .or_else(|| {
+            udp.iter()
+                .find(|u| u.local.is_ipv4() == peer.remote.is_ipv4())
+        })
+        .ok_or(TransportError::NoSocket("udp"))
+}
+
+/// The one task per UDP socket that waits for room in its send buffer: writes its backlog in
+/// order, and ends (closing the socket) once the transport is closed and the backlog written.
+async fn udp_sender(
+    sock: Arc<UdpSocket>,
+    mut backlog: mpsc::Receiver<(SocketAddr, Arc<[u8]>)>,
+    queued: Arc<AtomicUsize>,
+) {
+    while let Some((remote, bytes)) = backlog.recv().await {
+        if let Err(e) = sock.send_to(&bytes, remote).await {
+            tracing::debug!(%remote, error = %e, "udp send failed");
         }
+        queued.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Spawns `work` holding `token` until `work` has ended and everything it owned (its sockets
+/// above all) is dropped.
+fn spawn_holding(
+    token: Option<Token>,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        work.await;
+        drop(token);
+    });
 }
 
 /// Receives every framed message.
@@ -441,7 +573,12 @@ pub trait Inbound: Send + Sync + 'static {
     ) -> Option<Vec<u8>>;
 }
 
-async fn udp_loop(sock: Arc<UdpSocket>, inbound: Arc<dyn Inbound>, max: usize) {
+async fn udp_loop(
+    sock: Arc<UdpSocket>,
+    inbound: Arc<dyn Inbound>,
+    max: usize,
+    mut phase: watch::Receiver<Phase>,
+) {
     let local = match sock.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -450,7 +587,12 @@ async fn udp_loop(sock: Arc<UdpSocket>, inbound: Arc<dyn Inbound>, max: usize) {
     // into something that parses.
     let mut buf = vec![0u8; max + 1];
     loop {
-        match sock.recv_from(&mut buf).await {
+        let received = tokio::select! {
+            biased;
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
+            r = sock.recv_from(&mut buf) => r,
+        };
+        match received {
             Ok((n, remote)) => {
                 if buf[..n].iter().all(|&b| b == b'\r' || b == b'\n' || b == 0) {
                     continue; // keep-alive datagram
@@ -470,5 +612,106 @@ async fn udp_loop(sock: Arc<UdpSocket>, inbound: Arc<dyn Inbound>, max: usize) {
                 tracing::trace!(error = %e, "udp recv error");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn one_udp_socket() -> Arc<Transport> {
+        let addr = ListenAddr {
+            proto: ListenProto::Udp,
+            addr: "127.0.0.1:0".parse().unwrap(),
+        };
+        Transport::bind(&[addr], Limits::default(), Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// On a current-thread runtime the sender task cannot run while this test does not
+    /// yield: a socket whose buffer is full, as far as the queue can tell.
+    #[tokio::test]
+    async fn sends_to_a_full_socket_wait_in_one_bounded_queue_without_a_task_each() {
+        let t = one_udp_socket().await;
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        set_udp_buffers(&rx, UDP_BUFFER_BYTES);
+        let peer = Peer {
+            proto: Proto::Udp,
+            remote: rx.local_addr().unwrap(),
+            local: t.local_addrs()[0].1,
+            conn: None,
+        };
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        // The first datagram found the send buffer full (WouldBlock): it waits in the queue,
+        // and every later one goes behind it.
+        {
+            let udp = t.udp_read();
+            t.enqueue(&udp[0], peer.remote, Arc::from(&0u32.to_be_bytes()[..]))
+                .unwrap();
+        }
+        let attempts = 10 * UDP_BACKLOG as u32;
+        let mut refused = 0;
+        for i in 1..attempts {
+            if let Err(e) = t.send(&peer, Arc::from(&i.to_be_bytes()[..])) {
+                assert!(matches!(e, TransportError::QueueFull(_)), "{e}");
+                refused += 1;
+            }
+            assert!(t.queued_sends() <= UDP_BACKLOG, "queue grew past its bound");
+        }
+        assert_eq!(t.queued_sends(), UDP_BACKLOG);
+        assert_eq!(refused, attempts as usize - UDP_BACKLOG);
+        assert_eq!(t.dropped_sends(), refused as u64);
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            tasks,
+            "a task per waiting send"
+        );
+        // Room again: the sender task writes the queue in order and it empties.
+        let mut buf = [0u8; 16];
+        let mut last = None;
+        while last != Some(UDP_BACKLOG as u32 - 1) {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), rx.recv_from(&mut buf))
+                .await
+                .expect("the queue's tail arrives")
+                .unwrap();
+            assert_eq!(n, 4);
+            let v = u32::from_be_bytes(buf[..4].try_into().unwrap());
+            assert!(last.is_none_or(|l| v > l), "{v} after {last:?}");
+            assert!(v < UDP_BACKLOG as u32, "{v} was dropped, yet arrived");
+            last = Some(v);
+        }
+        // The sender task counts a datagram out once sent; let it finish its last one.
+        while t.queued_sends() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(t.queued_sends(), 0);
+        // With the queue empty, a send goes straight to the socket again.
+        t.send(&peer, Arc::from(&7u32.to_be_bytes()[..])).unwrap();
+        let (n, _) = rx.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &7u32.to_be_bytes());
+        assert_eq!(t.queued_sends(), 0);
+    }
+
+    #[test]
+    fn udp_buffers_are_enlarged_through_socket2() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let before = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
+            set_udp_buffers(&s, before * 4);
+            let after = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
+            // Linux caps the request at net.core.rmem_max and doubles it (bookkeeping), so
+            // the buffer grows even where rmem_max is the default.
+            assert!(after > before, "{after} <= {before}");
+        });
     }
 }

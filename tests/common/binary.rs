@@ -91,6 +91,29 @@ trusted = ["127.0.0.0/8"]
         }
     }
 
+    /// SIGTERM to this child's pid (through the `kill` utility), then waits up to `within`
+    /// for it to exit. `None` when it is still running (Drop kills it).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {} failed", c.id());
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait().expect("wait for busylamp") {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();

@@ -36,6 +36,16 @@ name = "1002"
 password = "other"
 "#;
 
+/// No digest: every request from 127.0.0.0/8 is trusted.
+pub const TRUSTED: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.0/8"]
+"#;
+
 pub struct TestServer {
     pub handle: ServerHandle,
     pub udp: SocketAddr,
@@ -361,24 +371,27 @@ pub fn contacts(r: &Response) -> Vec<(String, u32)> {
         })
         .collect()
 }
+/// An OPTIONS from a UA at 127.0.0.1:`port` (a probe: every server answers it).
+pub fn options(port: u16) -> Vec<u8> {
+    let b = branch();
+    wire(&format!(
+        "OPTIONS sip:example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
+        Max-Forwards: 70
+        From: <sip:probe@example.test>;tag=1
+        To: <sip:example.test>
+        Call-ID: probe-{b}
+        CSeq: 1 OPTIONS
+        "
+    ))
+}
+
 /// Whether a server (a real binary starting up) answers OPTIONS within `within`.
 pub async fn answers_options_within(server: SocketAddr, within: Duration) -> bool {
     let c = Udp::new(server).await;
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
-        let msg = wire(&format!(
-            "OPTIONS sip:example.test SIP/2.0
-            Via: SIP/2.0/UDP 127.0.0.1:{};branch={}
-            From: <sip:probe@example.test>;tag=1
-            To: <sip:example.test>
-            Call-ID: ready-{}
-            CSeq: 1 OPTIONS
-            ",
-            c.port(),
-            branch(),
-            branch()
-        ));
-        c.send(&msg).await;
+        c.send(&options(c.port())).await;
         if !c.recv_nothing(200).await {
             return true;
         }
