@@ -6,9 +6,7 @@
 use super::context::{BranchState, Context, Step};
 use super::lock;
 use super::service::{AckStep, NextHop};
-use super::{
-    branch_request, next_hop_uri, response_addr, strip_top_via, uri_addr, Hop, Proxy, Targets,
-};
+use super::{branch_request, next_hop_uri, response_addr, strip_top_via, uri_addr, Hop, Targets};
 use crate::auth::AuthResult;
 use crate::deadline::Deadlines;
 use crate::dialog::{CallKey, Flow, InviteInfo, Party, Update};
@@ -62,9 +60,14 @@ struct Forwarded {
 }
 
 impl Core {
-    fn proxy_answer(self: &Arc<Self>, key: &TxKey, req: &Request, status: u16, reason: &str) {
-        let resp = req.response(status, reason, Some(&self.ids.tag()));
-        self.respond(key, resp);
+    /// Answers a request the proxy refuses: the error's status and reason, and for 420 the
+    /// Unsupported header naming what it does not support.
+    fn proxy_reject(self: &Arc<Self>, key: &TxKey, req: &Request, e: &super::ProxyError) {
+        let mut r = req.response(e.status(), &e.to_string(), Some(&self.ids.tag()));
+        if let super::ProxyError::BadExtension(tags) = e {
+            r.headers.push(HeaderName::Unsupported, tags.join(", "));
+        }
+        self.respond(key, r);
     }
 
     /// RFC 3261 §16.3–§16.6 for a new request the proxy owns.
@@ -81,57 +84,18 @@ impl Core {
             // retransmitting.
             self.respond(&key, req.response(100, "Trying", None));
         }
-        if let Err(e) = Proxy::check_max_forwards(&req) {
-            return self.proxy_answer(&key, &req, e.status(), &e.to_string());
-        }
-        // RFC 3261 §16.6 item 8: the hash covers the request as received, before route
-        // preprocessing and credential removal change it, so a request that comes back with
-        // what we sent it out with (e.g. a shorter Route) is a spiral, not a loop.
-        let loop_hash = self.proxy.rules.loop_hash(&req);
-        let vias = req.vias().unwrap_or_default();
-        if self.proxy.rules.is_loop(&loop_hash, &vias) {
-            let e = super::ProxyError::Loop;
-            return self.proxy_answer(&key, &req, e.status(), &e.to_string());
-        }
-        if let Err(e) = Proxy::check_proxy_require(&req) {
-            let mut r = req.response(e.status(), &e.to_string(), Some(&self.ids.tag()));
-            if let super::ProxyError::BadExtension(tags) = &e {
-                r.headers.push(HeaderName::Unsupported, tags.join(", "));
-            }
-            return self.respond(&key, r);
-        }
+        let loop_hash = match self.proxy.validate(&req) {
+            Ok(h) => h,
+            Err(e) => return self.proxy_reject(&key, &req, &e),
+        };
         let in_dialog = parsed.to.tag().is_some();
-        // Requests in a dialog we set up (the tracker knows its parties) need no credentials.
-        // Anything else, a To tag included, comes from a trusted source or authenticates: a
-        // made-up dialog (any To tag and our Route) would otherwise have us relay any request
-        // anywhere in our name, e.g. an INVITE to the PBX that trusts us.
-        let known_dialog = in_dialog && self.flow_for(&req).is_some();
-        if !known_dialog {
+        if self.proxy.needs_credentials(&req, in_dialog) {
             if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
                 return self.respond(&key, resp);
             }
         }
-        let routed = self.proxy.rules.preprocess_routes(&mut req);
-        if in_dialog && !routed {
-            // We Record-Route every dialog we set up, so its requests carry our Route. One
-            // without it is for a dialog we are not in: relaying it would make us an open
-            // relay for anyone's BYEs (Kamailio's default config answers 404 too).
-            return if req.uri.as_sip().is_some_and(|u| self.proxy.rules.is_us(u)) {
-                self.proxy_answer(&key, &req, 481, "Call/Transaction Does Not Exist")
-            } else {
-                self.proxy_answer(
-                    &key,
-                    &req,
-                    404,
-                    "Not Found: in-dialog request not routed through us",
-                )
-            };
-        }
-        // A Route we would send the request on by must name a SIP URI we can reach.
-        if req.headers.has(HeaderName::Route) {
-            if let Err(e) = next_hop_uri(&req) {
-                return self.proxy_answer(&key, &req, e.status(), &e.to_string());
-            }
+        if let Err(e) = self.proxy.preprocess(&mut req, in_dialog) {
+            return self.proxy_reject(&key, &req, &e);
         }
         let upstream = self.upstream_peer();
         let from_upstream = upstream.is_some_and(|u| u.remote.ip() == peer.remote.ip());
@@ -156,7 +120,7 @@ impl Core {
                 .targets(&req, in_dialog, &bindings, known, from_upstream)
             {
                 Ok(t) => t,
-                Err(e) => return self.proxy_answer(&key, &req, e.status(), &e.to_string()),
+                Err(e) => return self.proxy_reject(&key, &req, &e),
             };
         let groups: Vec<Vec<Hop>> = match targets {
             Targets::Groups(g) => g,
@@ -547,7 +511,7 @@ impl Core {
                 }
                 self.apply_steps(&k, steps);
             }
-            _ => self.proxy_answer(&key, req, 481, "Call/Transaction Does Not Exist"),
+            _ => self.proxy_reject(&key, req, &super::ProxyError::NoSuchDialog),
         }
     }
 

@@ -49,6 +49,12 @@ pub enum ProxyError {
     /// RFC 3261 §16.3 item 2: a Request-URI scheme we cannot route.
     #[error("Unsupported URI Scheme {0}")]
     UnsupportedScheme(String),
+    /// An in-dialog request addressed to us without our Route: no dialog of ours.
+    #[error("Call/Transaction Does Not Exist")]
+    NoSuchDialog,
+    /// An in-dialog request for someone else without our Route: a dialog we are not in.
+    #[error("Not Found: in-dialog request not routed through us")]
+    NotRoutedThroughUs,
 }
 
 impl ProxyError {
@@ -56,7 +62,8 @@ impl ProxyError {
         match self {
             ProxyError::TooManyHops => 483,
             ProxyError::Loop => 482,
-            ProxyError::UnknownUser | ProxyError::NoRoute => 404,
+            ProxyError::UnknownUser | ProxyError::NoRoute | ProxyError::NotRoutedThroughUs => 404,
+            ProxyError::NoSuchDialog => 481,
             ProxyError::NotRegistered => 480,
             ProxyError::BadRoute(_) => 400,
             ProxyError::WrongIdentity => 403,

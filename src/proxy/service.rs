@@ -7,10 +7,10 @@
 //! publishers.
 
 use super::forward::Forwarding;
-use super::{lock, next_hop_uri, uri_addr, Proxy};
+use super::{lock, next_hop_uri, uri_addr, Proxy, ProxyError};
 use crate::config::DialogConfig;
 use crate::dialog::{Call, DialogId, DialogTracker, Flow};
-use crate::sip::{HasHeaders, Request, Response, SipUri};
+use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
 use crate::storage::DialogStore;
 use crate::transport::{Peer, Proto};
 use std::net::SocketAddr;
@@ -84,6 +84,51 @@ impl ProxyService {
     /// When the next proxy timer (Timer C, the wait after a CANCEL) is due.
     pub fn next_timer(&self) -> Option<Instant> {
         lock(&self.forwarding).timers.next()
+    }
+
+    /// RFC 3261 §16.3 items 3-5 for a new request the proxy owns: Max-Forwards, loops,
+    /// Proxy-Require. Returns the loop hash of the request as received (§16.6 item 8: before
+    /// route preprocessing and credential removal change it, so a request that comes back
+    /// with what we sent it out with, e.g. a shorter Route, is a spiral, not a loop).
+    pub fn validate(&self, req: &Request) -> Result<String, ProxyError> {
+        Proxy::check_max_forwards(req)?;
+        let loop_hash = self.rules.loop_hash(req);
+        if self
+            .rules
+            .is_loop(&loop_hash, &req.vias().unwrap_or_default())
+        {
+            return Err(ProxyError::Loop);
+        }
+        Proxy::check_proxy_require(req)?;
+        Ok(loop_hash)
+    }
+
+    /// Whether a request must come from a trusted source or authenticate. Requests in a
+    /// dialog we set up (the tracker knows its parties) need no credentials; anything else, a
+    /// To tag included, does: a made-up dialog (any To tag and our Route) would otherwise have
+    /// us relay any request anywhere in our name, e.g. an INVITE to the PBX that trusts us.
+    pub fn needs_credentials(&self, req: &Request, in_dialog: bool) -> bool {
+        !(in_dialog && self.flow_towards(req).is_some())
+    }
+
+    /// RFC 3261 §16.4 for a request that passed [`validate`](Self::validate) and
+    /// authentication: our Route entries go. We Record-Route every dialog we set up, so its
+    /// requests carry our Route; an in-dialog one without it is for a dialog we are not in,
+    /// and relaying it would make us an open relay for anyone's BYEs (Kamailio's default
+    /// config answers 404 too). A Route we would send the request on by must name a SIP URI.
+    pub fn preprocess(&self, req: &mut Request, in_dialog: bool) -> Result<(), ProxyError> {
+        let routed = self.rules.preprocess_routes(req);
+        if in_dialog && !routed {
+            return Err(if req.uri.as_sip().is_some_and(|u| self.rules.is_us(u)) {
+                ProxyError::NoSuchDialog
+            } else {
+                ProxyError::NotRoutedThroughUs
+            });
+        }
+        if req.headers.has(HeaderName::Route) {
+            next_hop_uri(req)?;
+        }
+        Ok(())
     }
 
     /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx goes on
@@ -175,7 +220,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::dialog::fixtures::{info, key, T0};
-    use crate::sip::{parse_message, HeaderName, Limits, Message};
+    use crate::sip::{parse_message, Limits, Message};
 
     fn service() -> ProxyService {
         let mut cfg = Config::default();
@@ -288,5 +333,82 @@ mod tests {
                 to: NextHop::Addr(Proto::Udp, "198.51.100.66:5060".parse().unwrap()),
             }
         );
+    }
+
+    fn invite(extra: &str) -> Request {
+        let text = format!(
+            "INVITE sip:1002@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKinv1\r\n\
+             {extra}From: <sip:1001@example.com>;tag=f1\r\n\
+             To: <sip:1002@example.com>\r\nCall-ID: v1\r\nCSeq: 1 INVITE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        match parse_message(text.as_bytes(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc3261_16_3_hops_loops_and_proxy_require_are_refused_with_their_status() {
+        let svc = service();
+        let hash = svc.validate(&invite("Max-Forwards: 70\r\n")).unwrap();
+        assert_eq!(hash.len(), 8);
+        let e = svc.validate(&invite("Max-Forwards: 0\r\n")).unwrap_err();
+        assert_eq!((e.status(), e), (483, ProxyError::TooManyHops));
+        let e = svc
+            .validate(&invite("Max-Forwards: 70\r\nProxy-Require: foo\r\n"))
+            .unwrap_err();
+        assert_eq!(e.status(), 420);
+        // The same request back through a Via of ours carrying its hash: a loop.
+        let looped = invite(&format!(
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch={};rport\r\nMax-Forwards: 69\r\n",
+            super::super::branch::forwarded(&1, &hash, 1)
+        ));
+        // (Our Via is below the sender's here; the hash covers neither.)
+        assert_eq!(svc.validate(&looped), Err(ProxyError::Loop));
+        assert_eq!(ProxyError::Loop.status(), 482);
+    }
+
+    #[test]
+    fn rfc3261_16_4_in_dialog_requests_must_come_through_our_route() {
+        let svc = service();
+        let bye = |extra: &str, uri: &str| {
+            let text = format!(
+                "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKbye1\r\n\
+                 Max-Forwards: 70\r\n{extra}From: <sip:1001@example.com>;tag=f1\r\n\
+                 To: <sip:1002@example.com>;tag=t1\r\nCall-ID: d1\r\nCSeq: 2 BYE\r\n\
+                 Content-Length: 0\r\n\r\n"
+            );
+            match parse_message(text.as_bytes(), &Limits::default()) {
+                Ok(Message::Request(r)) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Our Route: preprocessed away, the request goes on.
+        let mut r = bye(OUR_ROUTE, "sip:1002@192.0.2.9");
+        assert_eq!(svc.preprocess(&mut r, true), Ok(()));
+        assert!(!r.headers.has(HeaderName::Route));
+        // Without it: a dialog we are not in (404), or one addressed to us we do not have (481).
+        let e = svc
+            .preprocess(&mut bye("", "sip:1002@192.0.2.9"), true)
+            .unwrap_err();
+        assert_eq!((e.status(), e), (404, ProxyError::NotRoutedThroughUs));
+        let e = svc
+            .preprocess(&mut bye("", "sip:192.0.2.10:5060"), true)
+            .unwrap_err();
+        assert_eq!((e.status(), e), (481, ProxyError::NoSuchDialog));
+        // A Route after ours must be a SIP URI.
+        let mut r = bye(
+            "Route: <sip:192.0.2.10:5060;lr>, <http://x.test/>\r\n",
+            "sip:1002@192.0.2.9",
+        );
+        assert_eq!(svc.preprocess(&mut r, true).unwrap_err().status(), 400);
+        // Credentials: needed unless the tracker knows the dialog.
+        assert!(svc.needs_credentials(&bye(OUR_ROUTE, "sip:1002@192.0.2.9"), true));
+        answered(&svc);
+        let known = ack(OUR_ROUTE, "b1");
+        assert!(!svc.needs_credentials(&known, true));
+        assert!(svc.needs_credentials(&known, false));
     }
 }
