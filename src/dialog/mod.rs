@@ -327,13 +327,11 @@ pub struct DialogTracker {
     by_call_id: HashMap<String, Vec<String>>,
     deadlines: BTreeSet<(u64, CallKey)>,
     /// Ended calls, remembered for [`ENDED_KEEP_MS`] (oldest first).
-    ended: HashMap<CallKey, u64>,
-    ended_order: VecDeque<(u64, CallKey)>,
+    ended: Recent<CallKey>,
     /// Dialogs whose 2xx to an INVITE (initial or re-INVITE) went through the proxy lately,
     /// with when (oldest first): their ACK is expected even when no call here follows them
     /// (cancelled as the 2xx crossed, set up before a restart, tracker full).
-    answered: HashMap<DialogId, u64>,
-    answered_order: VecDeque<(u64, DialogId)>,
+    answered: Recent<DialogId>,
 }
 
 /// Which side sent an in-dialog request, and the dialog it names.
@@ -354,19 +352,17 @@ impl DialogTracker {
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
             deadlines: BTreeSet::new(),
-            ended: HashMap::new(),
-            ended_order: VecDeque::new(),
-            answered: HashMap::new(),
-            answered_order: VecDeque::new(),
+            ended: Recent::default(),
+            answered: Recent::default(),
         }
     }
 
     /// New call (initial INVITE forwarded). None if the call is already known (retransmission,
     /// spiral), ended a moment ago, or the tracker is full (the proxy still routes it).
     pub fn invite(&mut self, key: CallKey, info: InviteInfo, now: u64) -> Option<Update> {
-        self.forget_ended(now);
+        self.ended.forget(now);
         if self.calls.contains_key(&key)
-            || self.ended.contains_key(&key)
+            || self.ended.contains(&key, now)
             || self.calls.len() >= self.limits.max_calls
         {
             return None;
@@ -655,17 +651,7 @@ impl DialogTracker {
     /// went through the proxy: the end-to-end ACK for it is expected for
     /// [`ENDED_KEEP_MS`] (longer than the 2xx is retransmitted, RFC 6026 Timer L).
     pub fn answered(&mut self, id: DialogId, now: u64) {
-        self.forget_answered(now);
-        if self.answered.len() >= ENDED_KEEP {
-            if let Some((_, old)) = self.answered_order.pop_front() {
-                self.answered.remove(&old);
-            }
-        }
-        // A retransmitted 2xx keeps the first time: the window is counted from the answer.
-        if !self.answered.contains_key(&id) {
-            self.answered.insert(id.clone(), now);
-            self.answered_order.push_back((now, id));
-        }
+        self.answered.remember(id, now);
     }
 
     /// Whether the end-to-end ACK `id` names (From and To tags as the ACK carries them) is
@@ -681,22 +667,7 @@ impl DialogTracker {
                     .and_then(|c| c.branch(&f.to_tag))
                     .is_some_and(|b| b.state == DialogState::Confirmed)
             });
-        confirmed
-            || self
-                .answered
-                .get(id)
-                .is_some_and(|at| at.saturating_add(ENDED_KEEP_MS) > now)
-    }
-
-    fn forget_answered(&mut self, now: u64) {
-        while let Some((at, _)) = self.answered_order.front() {
-            if at.saturating_add(ENDED_KEEP_MS) > now {
-                break;
-            }
-            if let Some((_, id)) = self.answered_order.pop_front() {
-                self.answered.remove(&id);
-            }
-        }
+        confirmed || self.answered.contains(id, now)
     }
 
     /// Records the CSeq of an in-dialog request (`from_tag` is the sender's), so a keepalive
@@ -733,7 +704,7 @@ impl DialogTracker {
     /// `max_lifetime` (a phone that lost power never sends BYE), or never answered and older
     /// than `early_timeout` (Timer C lost across a restart).
     pub fn expire(&mut self, now: u64) -> Vec<Update> {
-        self.forget_ended(now);
+        self.ended.forget(now);
         let due: Vec<CallKey> = self
             .deadlines
             .iter()
@@ -773,7 +744,7 @@ impl DialogTracker {
                 }
                 call.state = DialogState::Terminated;
                 call.seq += 1;
-                self.remember_ended(call.key.clone(), now);
+                self.ended.remember(call.key.clone(), now);
                 out.push(Update {
                     write: DialogWrite::Delete(call_key(&call.key)),
                     call,
@@ -905,7 +876,7 @@ impl DialogTracker {
                 self.by_call_id.remove(&key.call_id);
             }
         }
-        self.remember_ended(key.clone(), now);
+        self.ended.remember(key.clone(), now);
         Some(Update {
             write: DialogWrite::Delete(call_key(key)),
             call,
@@ -929,27 +900,62 @@ impl DialogTracker {
             }
         }
     }
+}
 
-    fn remember_ended(&mut self, key: CallKey, now: u64) {
-        if self.ended.len() >= ENDED_KEEP {
-            if let Some((_, old)) = self.ended_order.pop_front() {
-                self.ended.remove(&old);
-            }
-        }
-        if self.ended.insert(key.clone(), now).is_none() {
-            self.ended_order.push_back((now, key));
+/// Keys remembered for [`ENDED_KEEP_MS`] after they were first seen, at most [`ENDED_KEEP`]
+/// of them (the oldest go first).
+#[derive(Debug)]
+struct Recent<K> {
+    since: HashMap<K, u64>,
+    order: VecDeque<(u64, K)>,
+}
+
+impl<K> Default for Recent<K> {
+    fn default() -> Self {
+        Recent {
+            since: HashMap::new(),
+            order: VecDeque::new(),
         }
     }
+}
 
-    fn forget_ended(&mut self, now: u64) {
-        while let Some((at, _)) = self.ended_order.front() {
+impl<K: Clone + Eq + std::hash::Hash> Recent<K> {
+    /// Seen at `now`; seen again, it keeps its first time (the window counts from then).
+    fn remember(&mut self, key: K, now: u64) {
+        self.forget(now);
+        if self.since.contains_key(&key) {
+            return;
+        }
+        if self.since.len() >= ENDED_KEEP {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.since.remove(&old);
+            }
+        }
+        self.since.insert(key.clone(), now);
+        self.order.push_back((now, key));
+    }
+
+    fn contains(&self, key: &K, now: u64) -> bool {
+        self.since
+            .get(key)
+            .is_some_and(|at| at.saturating_add(ENDED_KEEP_MS) > now)
+    }
+
+    /// Forgets what was first seen [`ENDED_KEEP_MS`] or longer before `now`.
+    fn forget(&mut self, now: u64) {
+        while let Some((at, _)) = self.order.front() {
             if at.saturating_add(ENDED_KEEP_MS) > now {
                 break;
             }
-            if let Some((_, key)) = self.ended_order.pop_front() {
-                self.ended.remove(&key);
+            if let Some((_, key)) = self.order.pop_front() {
+                self.since.remove(&key);
             }
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.since.len()
     }
 }
 

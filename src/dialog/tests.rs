@@ -628,7 +628,7 @@ fn ended_calls_are_remembered_for_a_while_only() {
         t.cancel(&k, T0).unwrap();
     }
     assert!(t.ended.len() <= ENDED_KEEP);
-    assert!(t.ended_order.len() <= ENDED_KEEP);
+    assert!(t.ended.order.len() <= ENDED_KEEP);
 }
 
 #[test]
