@@ -185,8 +185,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let events = EventBus::default();
     let clock = Clock::new();
     let registrar = Registrar::new(cfg, store, events.clone(), clock);
-    let presence = Presence::new(cfg, presence_store, clock);
-    presence.set_events(events.clone());
+    let presence = Presence::new(cfg, presence_store, events.clone(), clock);
     let pua = Pua::new(cfg, presence.clone());
     // pua_usrloc hears every binding change from the registrar itself (not the lossy bus);
     // it publishes nothing until the presence state is loaded (`usrloc.start` below).

@@ -110,7 +110,12 @@ async fn memory_per_subscription_is_measured_and_bounded() {
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(SledStore::open(&dir, Duration::from_millis(10)).unwrap());
     let cfg = Config::from_toml("[server]\ndomain = \"example.test\"\n", "t").unwrap();
-    let presence = Presence::new(&cfg, store.clone() as Arc<dyn PresenceStore>, Clock::new());
+    let presence = Presence::new(
+        &cfg,
+        store.clone() as Arc<dyn PresenceStore>,
+        Default::default(),
+        Clock::new(),
+    );
     // Requests are made up front: their memory is not the subscriptions'. They stay alive
     // until after the measurement, so their freeing does not offset it.
     let requests: Arc<Vec<_>> = Arc::new(

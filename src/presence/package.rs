@@ -2,6 +2,7 @@
 //! turns the current publications of one presentity into the document one watcher gets.
 //! Each package is a small module in `packages/`; the presence core knows only this trait.
 
+use crate::sip::body::dialog_info::DialogInfo;
 use crate::sip::body::BodyError;
 
 /// One publication as a package sees it (the core owns ETags, expiry and storage).
@@ -11,7 +12,11 @@ pub struct PublishedBody<'a> {
     /// publishers.
     pub source_id: &'a str,
     pub content_type: &'a str,
+    /// The document as published; empty when the state came typed (`dialogs`).
     pub body: &'a [u8],
+    /// Dialog state an in-process publisher handed in typed (package `dialog`): no XML to
+    /// parse.
+    pub dialogs: Option<&'a DialogInfo>,
     /// Arrival order (higher is newer): ties in aggregation go to the newest.
     pub seq: u64,
 }

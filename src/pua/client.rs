@@ -31,6 +31,7 @@ use crate::server::ClientOutcome;
 use crate::sip::message::{parse_delta_seconds, Parsed};
 use crate::sip::text::Params;
 use crate::sip::{ContactValue, HasHeaders, HeaderName, Headers, Request, Response, SipUri, Uri};
+use crate::storage::PublicationBody;
 use crate::transport::{Peer, Proto};
 use std::collections::HashMap;
 use std::future::Future;
@@ -194,7 +195,7 @@ struct PubKey {
 /// The newest state a publisher asked for.
 struct Want {
     /// `None`: remove the publication.
-    body: Option<Arc<[u8]>>,
+    body: Option<PublicationBody>,
     /// The state is valid until then (the publisher's expires).
     until: Instant,
     generation: u64,
@@ -362,7 +363,14 @@ impl Client {
     /// Sets the state `source` publishes for `presentity` in `pkg` at the remote presence
     /// server, valid for `expires` seconds (0: remove it). Returns at once; the PUBLISH
     /// leaves from the publication's task. Without `presence_server` it does nothing.
-    pub fn publish(&self, presentity: &str, pkg: Pkg, source: &str, body: &[u8], expires: u32) {
+    pub fn publish(
+        &self,
+        presentity: &str,
+        pkg: Pkg,
+        source: &str,
+        body: impl Into<PublicationBody>,
+        expires: u32,
+    ) {
         if self.settings.presence_server.is_none() {
             return;
         }
@@ -372,7 +380,8 @@ impl Client {
             source: source.to_string(),
         };
         let until = Instant::now() + Duration::from_secs(expires.into());
-        let body: Option<Arc<[u8]>> = (expires > 0).then(|| Arc::from(body));
+        // Typed state stays typed until its PUBLISH leaves (rendered in the task).
+        let body: Option<PublicationBody> = (expires > 0).then(|| body.into());
         let mut map = lock(&self.publications);
         if let Some(slot) = map.get(&key) {
             let mut w = lock(&slot.want);
@@ -461,7 +470,7 @@ impl Client {
                 continue;
             };
             let expires = self.remote_expires(&p, until, now);
-            if p.remote_body.as_deref() != Some(&body[..]) {
+            if p.remote_body.as_ref() != Some(body) {
                 // New or changed state (also after a 412): the full body.
                 let body = body.clone();
                 self.send_publish(&key, &mut p, Some(body), expires).await;
@@ -501,7 +510,7 @@ impl Client {
         &self,
         key: &PubKey,
         p: &mut RemotePub,
-        body: Option<Arc<[u8]>>,
+        body: Option<PublicationBody>,
         expires: u32,
     ) -> Sent {
         let Some(sender) = self.sender() else {
@@ -548,7 +557,7 @@ impl Client {
             method: "PUBLISH".into(),
             uri,
             headers: h,
-            body: body.map(|b| b.to_vec()).unwrap_or_default(),
+            body: body.map(|b| b.rendered().into_owned()).unwrap_or_default(),
         };
         let sent_at = Instant::now();
         let outcome = self.exchange(&sender, req, peer, &mut p.cseq).await;
@@ -1148,7 +1157,7 @@ fn ended_by_notifier(reason: Option<String>, retry_after: Option<u32>, s: &Setti
 struct RemotePub {
     etag: Option<String>,
     /// The body the server has (`None`: nothing, or unknown after a 412).
-    remote_body: Option<Arc<[u8]>>,
+    remote_body: Option<PublicationBody>,
     remote_until: Instant,
     refresh_at: Option<Instant>,
     call_id: String,

@@ -1,7 +1,8 @@
 //! pua_dialoginfo: turns a call of the dialog tracker into RFC 4235 dialog-info publications
-//! for the local users in it (BLF lamps). Pure: the caller hands the publications to
-//! [`Presence::publish`](crate::presence::Presence::publish) (package `dialog`) and, if
-//! configured, to a remote presence server.
+//! for the local users in it (BLF lamps). Pure, and no XML is made here: the caller hands
+//! the publications, typed, to [`Pua::publish`](crate::pua::Pua::publish) (package
+//! `dialog`), which gives them to our presence server and, if configured, to a remote
+//! presence server; each renders the document only when a NOTIFY or PUBLISH leaves.
 //!
 //! Per call up to two publications: the caller's side (direction `initiator`, for the
 //! caller's AOR) and the callee's side (direction `recipient`, for the callee's AOR), each
@@ -17,6 +18,7 @@ use crate::dialog::{Branch, Call, DialogState, EndReason};
 use crate::sip::body::dialog_info::{
     self, Dialog, DialogInfo, Direction, DocState, Identity, Param, Participant, StateEvent, Target,
 };
+use std::sync::Arc;
 
 /// One publication to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +27,16 @@ pub struct Publication {
     pub presentity: String,
     /// Stable per call and side: "dlg:<hash>:caller" / "dlg:<hash>:callee".
     pub source_id: String,
-    /// `application/dialog-info+xml`.
-    pub body: Vec<u8>,
+    /// The side's dialog state, typed: the presence server keeps it so and renders
+    /// `application/dialog-info+xml` only when a NOTIFY (or a PUBLISH to a remote presence
+    /// server) leaves. `&publication.body` goes to [`Pua::publish`](crate::pua::Pua::publish)
+    /// as it is.
+    pub body: Arc<DialogInfo>,
     /// Seconds: a call cannot outlive `max_lifetime`; ended calls are cut short by the server.
     pub expires: u32,
 }
 
-/// The media type of [`Publication::body`].
+/// The media type of [`Publication::body`] once rendered.
 pub const CONTENT_TYPE: &str = dialog_info::CONTENT_TYPE;
 
 /// Which end of the call a publication shows.
@@ -77,7 +82,7 @@ pub fn publications(call: &Call, cfg: &DialogInfoConfig, max_lifetime: u64) -> V
         out.push(Publication {
             presentity: aor.to_string(),
             source_id: source_id(call, side),
-            body: document(call, side, aor, cfg).render(false).into_bytes(),
+            body: Arc::new(document(call, side, aor, cfg)),
             expires,
         });
     }

@@ -18,7 +18,7 @@ use crate::presence::event::Pkg;
 use crate::presence::{Presence, PublishError};
 use crate::sip::message::Parsed;
 use crate::sip::Request;
-use crate::storage::Durable;
+use crate::storage::{Durable, PublicationBody};
 use client::{Client, NotifyCallback, SipSender, SubscribeError, Subscription};
 use std::sync::{Arc, Weak};
 
@@ -52,18 +52,21 @@ impl Pua {
     /// `expires` seconds (0 removes it): into our presence server (the returned [`Durable`]
     /// resolves once it is on disk; NOTIFYs go out on their own) and, with `[pua]
     /// presence_server`, by PUBLISH to that server (queued: one PUBLISH in flight per
-    /// publication, the newest state wins, ETag kept, refreshed before expiry).
+    /// publication, the newest state wins, ETag kept, refreshed before expiry). `body` is a
+    /// document's bytes, or typed state (dialog-info from the dialog tracker), which stays
+    /// typed in both and is rendered only when a NOTIFY or the PUBLISH leaves.
     pub fn publish(
         &self,
         presentity: &str,
         pkg: Pkg,
         source_id: &str,
-        body: &[u8],
+        body: impl Into<PublicationBody>,
         expires: u32,
     ) -> Result<Durable, PublishError> {
+        let body = body.into();
         let durable = self
             .presence
-            .publish(presentity, pkg, source_id, body, expires)?;
+            .publish(presentity, pkg, source_id, body.clone(), expires)?;
         self.client
             .publish(presentity, pkg, source_id, body, expires);
         Ok(durable)
@@ -73,14 +76,15 @@ impl Pua {
     /// to the remote presence server (a fresh publication: after a restart the old ETag is
     /// gone). Nothing without `presence_server` or without a current state.
     pub fn republish(&self, presentity: &str, pkg: Pkg, source_id: &str, now_unix: u64) {
-        if let Some((body, expires_at)) = self.presence.publication(presentity, pkg, source_id) {
+        if let Some((body, expires_at)) = self.presence.publication_body(presentity, pkg, source_id)
+        {
             let left = expires_at.saturating_sub(now_unix);
             if left > 0 {
                 self.client.publish(
                     presentity,
                     pkg,
                     source_id,
-                    &body,
+                    body,
                     u32::try_from(left).unwrap_or(u32::MAX),
                 );
             }

@@ -17,7 +17,8 @@ use codec::{Dec, Enc};
 pub use dialogs::{DialogStore, DialogWrite};
 pub use memory::MemoryStore;
 pub use presence::{
-    FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, SubState, SubscriptionRecord,
+    FlowRecord, PresenceStore, PresenceWrite, PublicationBody, PublicationRecord, SubState,
+    SubscriptionRecord,
 };
 pub use queue::{QueueStats, DEFAULT_MAX_QUEUED_WRITES};
 pub use sled_store::SledStore;

@@ -4,6 +4,91 @@
 
 use super::codec::{Dec, DecodeError, Enc};
 use super::{Durable, StorageError};
+use crate::sip::body::dialog_info::{
+    self, Dialog, DialogInfo, DialogState, Direction, DocState, Identity, Param, Participant,
+    StateEvent, Target,
+};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// What a publication holds: a document as it was published (SIP PUBLISH, or an in-process
+/// publisher that hands bytes), or dialog state handed in typed by the dialog tracker's
+/// publisher, rendered to XML only when a NOTIFY or a PUBLISH to a remote server leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicationBody {
+    Document(Arc<[u8]>),
+    /// RFC 4235 dialog state (`application/dialog-info+xml` when rendered).
+    Dialogs(Arc<DialogInfo>),
+}
+
+impl PublicationBody {
+    /// The document as bytes: a published document as it is, typed state rendered.
+    pub fn rendered(&self) -> Cow<'_, [u8]> {
+        match self {
+            PublicationBody::Document(b) => Cow::Borrowed(b),
+            PublicationBody::Dialogs(d) => Cow::Owned(d.render(false).into_bytes()),
+        }
+    }
+
+    /// A publication with no document (a body-less SIP PUBLISH has none to keep).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, PublicationBody::Document(b) if b.is_empty())
+    }
+}
+
+impl Default for PublicationBody {
+    fn default() -> Self {
+        PublicationBody::Document(Arc::from(&[][..]))
+    }
+}
+
+impl From<&[u8]> for PublicationBody {
+    fn from(b: &[u8]) -> Self {
+        PublicationBody::Document(Arc::from(b))
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for PublicationBody {
+    fn from(b: &[u8; N]) -> Self {
+        PublicationBody::Document(Arc::from(&b[..]))
+    }
+}
+
+impl From<&Vec<u8>> for PublicationBody {
+    fn from(b: &Vec<u8>) -> Self {
+        PublicationBody::Document(Arc::from(b.as_slice()))
+    }
+}
+
+impl From<Vec<u8>> for PublicationBody {
+    fn from(b: Vec<u8>) -> Self {
+        PublicationBody::Document(Arc::from(b))
+    }
+}
+
+impl From<DialogInfo> for PublicationBody {
+    fn from(d: DialogInfo) -> Self {
+        PublicationBody::Dialogs(Arc::new(d))
+    }
+}
+
+impl From<Arc<DialogInfo>> for PublicationBody {
+    fn from(d: Arc<DialogInfo>) -> Self {
+        PublicationBody::Dialogs(d)
+    }
+}
+
+impl From<&Arc<DialogInfo>> for PublicationBody {
+    fn from(d: &Arc<DialogInfo>) -> Self {
+        PublicationBody::Dialogs(d.clone())
+    }
+}
+
+impl From<&PublicationBody> for PublicationBody {
+    fn from(b: &PublicationBody) -> Self {
+        b.clone()
+    }
+}
 
 /// One publication of one presentity for one event package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +102,7 @@ pub struct PublicationRecord {
     /// Who publishes: `etag:<first etag>` for SIP PUBLISH, the caller's id in-process.
     pub source_id: String,
     pub content_type: String,
-    pub body: Vec<u8>,
+    pub body: PublicationBody,
     /// Absolute expiry, unix seconds.
     pub expires_at: u64,
     /// Arrival order across all publications (newest wins ties when aggregating).
@@ -111,25 +196,37 @@ pub fn subscription_key(call_id: &str, local_tag: &str, remote_tag: &str) -> Vec
 }
 
 // Distinct version bytes per record kind: a record read from the wrong tree fails to decode.
+/// A publication whose body is a document's bytes (the only kind before typed dialog state;
+/// still written for documents, so older binaries read them).
 const PUBLICATION_V1: u8 = 0x11;
+/// A publication whose body is typed dialog state, encoded field by field (no XML).
+const PUBLICATION_DIALOGS_V2: u8 = 0x12;
 const SUBSCRIPTION_V1: u8 = 0x21;
 
 pub fn encode_publication(p: &PublicationRecord) -> Vec<u8> {
-    let mut e = Enc::new(PUBLICATION_V1);
+    let version = match p.body {
+        PublicationBody::Document(_) => PUBLICATION_V1,
+        PublicationBody::Dialogs(_) => PUBLICATION_DIALOGS_V2,
+    };
+    let mut e = Enc::new(version);
     e.str(&p.presentity)
         .str(&p.event)
         .str(&p.etag)
         .str(&p.source_id)
-        .str(&p.content_type)
-        .bytes(&p.body)
-        .u64(p.expires_at)
-        .u64(p.seq);
+        .str(&p.content_type);
+    match &p.body {
+        PublicationBody::Document(b) => {
+            e.bytes(b);
+        }
+        PublicationBody::Dialogs(d) => encode_dialog_info(&mut e, d),
+    }
+    e.u64(p.expires_at).u64(p.seq);
     e.finish()
 }
 
 pub fn decode_publication(buf: &[u8]) -> Result<PublicationRecord, DecodeError> {
     let mut d = Dec::new(buf)?;
-    if d.version != PUBLICATION_V1 {
+    if d.version != PUBLICATION_V1 && d.version != PUBLICATION_DIALOGS_V2 {
         return Err(DecodeError("unknown publication record version"));
     }
     let p = PublicationRecord {
@@ -138,7 +235,11 @@ pub fn decode_publication(buf: &[u8]) -> Result<PublicationRecord, DecodeError> 
         etag: d.str()?,
         source_id: d.str()?,
         content_type: d.str()?,
-        body: d.bytes()?,
+        body: if d.version == PUBLICATION_V1 {
+            PublicationBody::Document(d.bytes()?.into())
+        } else {
+            PublicationBody::Dialogs(Arc::new(decode_dialog_info(&mut d)?))
+        },
         expires_at: d.u64()?,
         seq: d.u64()?,
     };
@@ -146,6 +247,141 @@ pub fn decode_publication(buf: &[u8]) -> Result<PublicationRecord, DecodeError> 
         return Err(DecodeError("trailing bytes after publication"));
     }
     Ok(p)
+}
+
+fn encode_dialog_info(e: &mut Enc, info: &DialogInfo) {
+    e.str(&info.entity)
+        .u64(u64::from(info.version))
+        .str(info.state.as_str())
+        .u64(info.dialogs.len() as u64);
+    for d in &info.dialogs {
+        e.str(&d.id)
+            .opt_str(d.call_id.as_deref())
+            .opt_str(d.local_tag.as_deref())
+            .opt_str(d.remote_tag.as_deref())
+            .opt_str(d.direction.map(Direction::as_str))
+            .str(d.state.as_str())
+            .opt_str(d.event.map(StateEvent::as_str))
+            .u64(d.code.map_or(0, |c| u64::from(c) + 1))
+            .u64(d.duration.map_or(0, |s| s.saturating_add(1)))
+            .u64(d.line.map_or(0, |l| u64::from(l) + 1));
+        for p in [&d.local, &d.remote] {
+            match &p.identity {
+                None => e.u64(0),
+                Some(i) => e.u64(1).str(&i.uri).opt_str(i.display.as_deref()),
+            };
+            match &p.target {
+                None => {
+                    e.u64(0);
+                }
+                Some(t) => {
+                    e.u64(1).str(&t.uri).u64(t.params.len() as u64);
+                    for param in &t.params {
+                        e.str(&param.name).str(&param.value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A count read from a record, refused when it could not fit in what is left of it.
+fn count(d: &mut Dec<'_>) -> Result<usize, DecodeError> {
+    let n = d.u64()?;
+    if d.is_empty() && n > 0 {
+        return Err(DecodeError("list longer than record"));
+    }
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= 1 << 16)
+        .ok_or(DecodeError("list too long"))
+}
+
+/// An optional number written as 0 (none) or value + 1.
+fn opt_num<T: TryFrom<u64>>(d: &mut Dec<'_>) -> Result<Option<T>, DecodeError> {
+    match d.u64()? {
+        0 => Ok(None),
+        n => T::try_from(n - 1)
+            .map(Some)
+            .map_err(|_| DecodeError("number out of range")),
+    }
+}
+
+fn flag(d: &mut Dec<'_>) -> Result<bool, DecodeError> {
+    match d.u64()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError("bad option tag")),
+    }
+}
+
+fn decode_dialog_info(d: &mut Dec<'_>) -> Result<DialogInfo, DecodeError> {
+    let entity = d.str()?;
+    let version = d.u32()?;
+    let state = DocState::parse(&d.str()?).ok_or(DecodeError("unknown document state"))?;
+    let n = count(d)?;
+    let mut dialogs = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let mut dialog = Dialog::new(d.str()?, DialogState::Terminated);
+        dialog.call_id = d.opt_str()?;
+        dialog.local_tag = d.opt_str()?;
+        dialog.remote_tag = d.opt_str()?;
+        dialog.direction = match d.opt_str()? {
+            None => None,
+            Some(s) => Some(Direction::parse(&s).ok_or(DecodeError("unknown direction"))?),
+        };
+        dialog.state = DialogState::parse(&d.str()?).ok_or(DecodeError("unknown dialog state"))?;
+        dialog.event = match d.opt_str()? {
+            None => None,
+            Some(s) => Some(StateEvent::parse(&s).ok_or(DecodeError("unknown state event"))?),
+        };
+        dialog.code = opt_num(d)?;
+        dialog.duration = opt_num(d)?;
+        dialog.line = opt_num(d)?;
+        let mut participants = [Participant::default(), Participant::default()];
+        for p in &mut participants {
+            if flag(d)? {
+                p.identity = Some(Identity {
+                    uri: d.str()?,
+                    display: d.opt_str()?,
+                });
+            }
+            if flag(d)? {
+                let uri = d.str()?;
+                let n = count(d)?;
+                let params = (0..n)
+                    .map(|_| {
+                        Ok(Param {
+                            name: d.str()?,
+                            value: d.str()?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                p.target = Some(Target { uri, params });
+            }
+        }
+        let [local, remote] = participants;
+        (dialog.local, dialog.remote) = (local, remote);
+        dialogs.push(dialog);
+    }
+    Ok(DialogInfo {
+        entity,
+        version,
+        state,
+        dialogs,
+    })
+}
+
+/// Whether the body is dialog state whose dialogs have all ended (a publication that is
+/// about to be dropped). A document is parsed; typed state is looked at.
+pub fn all_dialogs_terminated(body: &PublicationBody) -> bool {
+    let all = |d: &DialogInfo| {
+        !d.dialogs.is_empty() && d.dialogs.iter().all(|x| x.state == DialogState::Terminated)
+    };
+    match body {
+        PublicationBody::Dialogs(d) => all(d),
+        PublicationBody::Document(b) => dialog_info::parse(b).is_ok_and(|d| all(&d)),
+    }
 }
 
 pub fn encode_subscription(s: &SubscriptionRecord) -> Vec<u8> {
@@ -357,7 +593,7 @@ mod tests {
             etag: "e1".into(),
             source_id: "etag:e0".into(),
             content_type: "application/pidf+xml".into(),
-            body: b"<presence/>".to_vec(),
+            body: b"<presence/>".into(),
             expires_at: 5,
             seq: 9,
         };
@@ -365,5 +601,99 @@ mod tests {
         assert_eq!(decode_publication(&bytes).unwrap(), p);
         assert!(decode_publication(&bytes[..3]).is_err());
         assert!(decode_publication(&encode_subscription(&s)).is_err());
+    }
+
+    fn typed_dialogs() -> DialogInfo {
+        let mut d = Dialog::new("d1", DialogState::Early);
+        d.call_id = Some("c@h".into());
+        d.local_tag = Some("lt".into());
+        d.direction = Some(Direction::Recipient);
+        d.code = Some(486);
+        d.duration = Some(0);
+        d.line = Some(2);
+        d.local = Participant {
+            identity: Some(Identity {
+                uri: "sip:1001@example.com".into(),
+                display: Some("A <&> \"B\"".into()),
+            }),
+            target: Some(Target {
+                uri: "sip:1001@192.0.2.1".into(),
+                params: vec![Param {
+                    name: "+sip.rendering".into(),
+                    value: "no".into(),
+                }],
+            }),
+        };
+        let mut ended = Dialog::new("d2", DialogState::Terminated);
+        ended.event = Some(StateEvent::RemoteBye);
+        ended.remote.target = Some(Target {
+            uri: "sip:x@y".into(),
+            params: Vec::new(),
+        });
+        DialogInfo {
+            entity: "sip:1001@example.com".into(),
+            version: 7,
+            state: DocState::Full,
+            dialogs: vec![d, ended],
+        }
+    }
+
+    #[test]
+    fn typed_dialog_state_round_trips_without_xml() {
+        let p = PublicationRecord {
+            presentity: "sip:1001@example.com".into(),
+            event: "dialog".into(),
+            etag: "e1".into(),
+            source_id: "dlg:1:callee".into(),
+            content_type: dialog_info::CONTENT_TYPE.into(),
+            body: typed_dialogs().into(),
+            expires_at: 5,
+            seq: 9,
+        };
+        let bytes = encode_publication(&p);
+        assert_eq!(bytes[0], PUBLICATION_DIALOGS_V2);
+        assert!(!bytes.windows(7).any(|w| w == b"<dialog"), "no XML on disk");
+        assert_eq!(decode_publication(&bytes).unwrap(), p);
+        for cut in 1..bytes.len() {
+            assert!(decode_publication(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_dialog_info_document_written_before_typed_state_still_reads() {
+        // The only encoding before typed state: version 0x11, the document's bytes. Written
+        // by hand here so a change of `encode_publication` cannot hide a broken reader.
+        let xml = typed_dialogs().render(false);
+        let mut e = Enc::new(0x11);
+        e.str("sip:1001@example.com")
+            .str("dialog")
+            .str("e1")
+            .str("dlg:1:callee")
+            .str(dialog_info::CONTENT_TYPE)
+            .bytes(xml.as_bytes())
+            .u64(5)
+            .u64(9);
+        let p = decode_publication(&e.finish()).unwrap();
+        assert_eq!(p.body, PublicationBody::from(xml.as_bytes()));
+        assert_eq!(p.body.rendered(), xml.as_bytes());
+        assert!(!all_dialogs_terminated(&p.body));
+    }
+
+    #[test]
+    fn typed_state_renders_as_the_document_it_replaces() {
+        let typed: PublicationBody = typed_dialogs().into();
+        assert_eq!(
+            typed.rendered().into_owned(),
+            typed_dialogs().render(false).into_bytes()
+        );
+        let mut all_ended = typed_dialogs();
+        for d in &mut all_ended.dialogs {
+            d.state = DialogState::Terminated;
+        }
+        assert!(all_dialogs_terminated(&all_ended.clone().into()));
+        assert!(all_dialogs_terminated(&PublicationBody::from(
+            all_ended.render(false).as_bytes()
+        )));
+        assert!(!all_dialogs_terminated(&typed));
     }
 }

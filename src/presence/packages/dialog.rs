@@ -8,6 +8,7 @@
 //! sees the transition; the core drops terminated publications later. No dialogs: the
 //! profile's idle document (an empty `<dialog-info>`, or one dummy terminated dialog).
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
@@ -20,17 +21,23 @@ use crate::sip::body::BodyError;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Dialog;
 
-/// The publications, parsed, oldest first (one that no longer parses is left out).
-pub(crate) fn documents(publications: &[PublishedBody<'_>]) -> Vec<DialogInfo> {
+/// The publications oldest first: typed state as it is, documents parsed (one that no longer
+/// parses is left out).
+pub(crate) fn documents<'a>(publications: &[PublishedBody<'a>]) -> Vec<Cow<'a, DialogInfo>> {
     oldest_first(publications, dialog_info::CONTENT_TYPE)
         .into_iter()
-        .filter_map(|p| dialog_info::parse(p.body).ok())
+        .filter_map(|p| match p.dialogs {
+            Some(d) => Some(Cow::Borrowed(d)),
+            None => dialog_info::parse(p.body).ok().map(Cow::Owned),
+        })
         .collect()
 }
 
 /// One dialog per id across `docs` (oldest first): the newest document's wins. Each comes
 /// with its position (document, index in it), and the list is in that order.
-pub(crate) fn aggregate(docs: &[DialogInfo]) -> Vec<((usize, usize), &dialog_info::Dialog)> {
+pub(crate) fn aggregate<'d>(
+    docs: &'d [Cow<'_, DialogInfo>],
+) -> Vec<((usize, usize), &'d dialog_info::Dialog)> {
     let mut winners: HashMap<&str, (usize, usize)> = HashMap::new();
     for (di, doc) in docs.iter().enumerate().rev() {
         for (dj, d) in doc.dialogs.iter().enumerate() {

@@ -102,6 +102,7 @@ pub(crate) mod test_util {
             source_id,
             content_type,
             body: body.as_bytes(),
+            dialogs: None,
             seq,
         }
     }

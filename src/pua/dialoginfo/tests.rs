@@ -8,6 +8,11 @@ use crate::sip::body::dialog_info::parse;
 
 const LIFE: u64 = 14_400;
 
+/// A publication's state as the presence server (or a remote PUBLISH) renders it.
+fn xml(p: &Publication) -> Vec<u8> {
+    p.body.render(false).into_bytes()
+}
+
 fn tracker() -> DialogTracker {
     let mut t = DialogTracker::new(&DialogConfig::default());
     t.invite(key(), info(), T0).unwrap();
@@ -57,7 +62,7 @@ fn side(pubs: &[Publication], presentity: &str) -> String {
         .iter()
         .find(|p| p.presentity == presentity)
         .unwrap_or_else(|| panic!("no publication for {presentity}: {pubs:?}"));
-    String::from_utf8(p.body.clone()).unwrap()
+    String::from_utf8(xml(p)).unwrap()
 }
 
 fn golden(name: &str) -> String {
@@ -144,7 +149,7 @@ fn bodies_pass_the_dialog_package_validation() {
     for call in [ringing(), confirmed_held()] {
         for p in publications(&call, &DialogInfoConfig::default(), LIFE) {
             crate::presence::packages::dialog::Dialog
-                .validate(CONTENT_TYPE, &p.body)
+                .validate(CONTENT_TYPE, &xml(&p))
                 .unwrap();
         }
     }
@@ -155,7 +160,7 @@ fn rfc4235_3_7_1_before_any_to_tag_one_dialog_for_the_call() {
     let mut t = tracker();
     let call = t.get(&key()).unwrap().clone();
     let pubs = publications(&call, &DialogInfoConfig::default(), LIFE);
-    let doc = parse(&pubs[0].body).unwrap();
+    let doc = parse(&xml(&pubs[0])).unwrap();
     assert_eq!(doc.dialogs.len(), 1);
     assert_eq!(doc.dialogs[0].state, DialogState::Trying);
     assert_eq!(doc.dialogs[0].remote_tag, None);
@@ -171,7 +176,7 @@ fn rfc4235_3_7_1_before_any_to_tag_one_dialog_for_the_call() {
         callee_trying: true,
         ..DialogInfoConfig::default()
     };
-    let callee = parse(&publications(&call, &cfg, LIFE)[1].body).unwrap();
+    let callee = parse(&xml(&publications(&call, &cfg, LIFE)[1])).unwrap();
     assert_eq!(callee.dialogs[0].state, DialogState::Proceeding);
     assert_eq!(callee.dialogs[0].local_tag, None);
     assert_eq!(callee.dialogs[0].remote_tag.as_deref(), Some("1928301774"));
@@ -283,7 +288,7 @@ fn source_ids_and_dialog_ids_are_stable_per_call_and_side() {
     assert_ne!(a[0].source_id, a[1].source_id);
     assert!(a[0].source_id.starts_with("dlg:") && a[0].source_id.ends_with(":caller"));
     assert!(a[1].source_id.ends_with(":callee"));
-    let id = |p: &Publication| parse(&p.body).unwrap().dialogs[0].id.clone();
+    let id = |p: &Publication| parse(&xml(p)).unwrap().dialogs[0].id.clone();
     assert_eq!(id(&a[0]), id(&b[0]));
     // A call to oneself: the two sides' dialogs do not share an id.
     assert_ne!(id(&a[0]), id(&a[1]));
@@ -342,7 +347,7 @@ fn pua_dialoginfo_caller_confirmed() {
     // Ended is ended.
     let mut t = tracker();
     let call = t.cancel(&key(), T0 + 1).unwrap().call;
-    let caller = parse(&publications(&call, &cfg, LIFE)[0].body).unwrap();
+    let caller = parse(&xml(&publications(&call, &cfg, LIFE)[0])).unwrap();
     assert_eq!(caller.dialogs[0].state, DialogState::Terminated);
 }
 
@@ -354,8 +359,7 @@ fn include_options_leave_out_call_id_tags_and_participants() {
         include_localremote: false,
         ..Default::default()
     };
-    let body =
-        String::from_utf8(publications(&confirmed_held(), &cfg, LIFE)[0].body.clone()).unwrap();
+    let body = String::from_utf8(xml(&publications(&confirmed_held(), &cfg, LIFE)[0])).unwrap();
     assert!(!body.contains("call-id="), "{body}");
     assert!(
         !body.contains("local-tag=") && !body.contains("remote-tag="),
@@ -376,7 +380,7 @@ fn hostile_party_strings_are_escaped() {
     call.caller.display = Some("A <\"&'> B".into());
     call.key.call_id = "x\"<y>&".into();
     let pubs = publications(&call, &DialogInfoConfig::default(), LIFE);
-    let doc = parse(&pubs[0].body).unwrap();
+    let doc = parse(&xml(&pubs[0])).unwrap();
     assert_eq!(
         doc.dialogs[0]
             .local

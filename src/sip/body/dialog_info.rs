@@ -43,6 +43,15 @@ impl DocState {
             DocState::Partial => "partial",
         }
     }
+
+    /// The state named by [`DocState::as_str`]'s text.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(DocState::Full),
+            "partial" => Some(DocState::Partial),
+            _ => None,
+        }
+    }
 }
 
 /// The `direction` attribute of `<dialog>` (RFC 4235 §4.1.1).
@@ -57,6 +66,15 @@ impl Direction {
         match self {
             Direction::Initiator => "initiator",
             Direction::Recipient => "recipient",
+        }
+    }
+
+    /// The direction named by [`Direction::as_str`]'s text.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "initiator" => Some(Direction::Initiator),
+            "recipient" => Some(Direction::Recipient),
+            _ => None,
         }
     }
 }
@@ -82,7 +100,8 @@ impl DialogState {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// The state named by [`DialogState::as_str`]'s text.
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "trying" => DialogState::Trying,
             "proceeding" => DialogState::Proceeding,
@@ -130,7 +149,8 @@ impl StateEvent {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// The event named by [`StateEvent::as_str`]'s text.
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "cancelled" => StateEvent::Cancelled,
             "rejected" => StateEvent::Rejected,

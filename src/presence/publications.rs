@@ -1,0 +1,328 @@
+//! Publications (RFC 3903): SIP PUBLISH with its ETags, and the in-process publishers'
+//! API (documents or typed dialog state, no ETag round trip).
+
+use super::*;
+
+/// A dialog publication whose dialogs have all ended is kept this long (seconds), long
+/// enough for every watcher to see the terminated state, then the lamp goes idle. Without
+/// it, phones that publish each call anew would pile up ended calls until their expiry.
+pub(super) const TERMINATED_LINGER: u32 = 5;
+/// Whether the body is dialog state whose dialogs have all ended.
+fn all_dialogs_terminated(pkg: Pkg, body: &PublicationBody) -> bool {
+    matches!(pkg, Pkg::Dialog | Pkg::Sla) && crate::storage::presence::all_dialogs_terminated(body)
+}
+
+impl Presence {
+    /// A PUBLISH that passed digest auth (RFC 3903 §6).
+    pub fn publish_sip(
+        &self,
+        req: &Request,
+        parsed: &Parsed,
+        who: Requester<'_>,
+        to_tag: &str,
+    ) -> Reply {
+        match self.publish_sip_inner(req, parsed, who, to_tag) {
+            Ok(r) => r,
+            Err(r) => Reply::Now(r),
+        }
+    }
+
+    pub(super) fn publish_sip_inner(
+        &self,
+        req: &Request,
+        parsed: &Parsed,
+        who: Requester<'_>,
+        to_tag: &str,
+    ) -> Result<Reply, Response> {
+        let fail = |status: u16, reason: &str| Self::error_reply(req, status, reason, to_tag);
+        let ev = parse_event(req.headers.get(HeaderName::Event))
+            .map_err(|e| fail(e.status(), &e.to_string()))?;
+        if !ev.pkg.publishable() {
+            return Err(fail(489, "Bad Event: presence.winfo cannot be published"));
+        }
+        let pkg = package(ev.pkg).ok_or_else(|| fail(489, "Bad Event: package not served"))?;
+        let (target_uri, presentity) = self
+            .presentity_of(req, parsed)
+            .map_err(|(status, reason)| fail(status, &reason))?;
+        if let Requester::User(name) = who {
+            let user = target_uri.user.as_deref().map(crate::sip::text::unescape);
+            if user.as_deref() != Some(name) {
+                return Err(fail(
+                    403,
+                    &format!("Forbidden: user {name} may not publish for {presentity}"),
+                ));
+            }
+        }
+        let expires = self
+            .granted_expires(parsed)
+            .map_err(|min| Self::too_brief(req, min, to_tag))?;
+        let if_match = req
+            .headers
+            .get(HeaderName::SipIfMatch)
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let has_body = !req.body.is_empty();
+        let document = PublicationBody::from(&req.body);
+        let content_type = if has_body {
+            let ct = req
+                .headers
+                .get(HeaderName::ContentType)
+                .ok_or_else(|| fail(400, "Bad Request: body without Content-Type"))?;
+            let media = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            let Some(t) = pkg.publish_types().iter().find(|t| **t == media) else {
+                let mut r = fail(415, "Unsupported Media Type");
+                r.headers
+                    .push(HeaderName::Accept, pkg.publish_types().join(", "));
+                return Err(r);
+            };
+            pkg.validate(t, &req.body)
+                .map_err(|e| fail(400, &e.to_string()))?;
+            Some(*t)
+        } else {
+            None
+        };
+        // An ended call lingers only briefly (see TERMINATED_LINGER).
+        let expires = if expires > 0 && has_body && all_dialogs_terminated(ev.pkg, &document) {
+            expires.min(TERMINATED_LINGER)
+        } else {
+            expires
+        };
+        if if_match.is_none() && !has_body {
+            return Err(fail(400, "Bad Request: initial PUBLISH without a body"));
+        }
+        if if_match.is_none() && expires == 0 {
+            return Err(fail(
+                400,
+                "Bad Request: PUBLISH with Expires 0 needs SIP-If-Match",
+            ));
+        }
+        let res = ResKey {
+            presentity: presentity.clone(),
+            pkg: ev.pkg,
+        };
+        let now = self.clock.now_unix();
+        let mut writes = Vec::new();
+        let mut out = Vec::new();
+        let mut shard = self.shard(&presentity);
+        let new_etag = format!("{:016x}", self.ids.next());
+        // A refresh without a body keeps an ended call's linger.
+        let expires = match if_match {
+            Some(tag) if expires > 0 && !has_body => {
+                let ended = shard.resources.get(&res).is_some_and(|r| {
+                    r.pubs
+                        .iter()
+                        .any(|p| p.rec.etag == tag && all_dialogs_terminated(ev.pkg, &p.rec.body))
+                });
+                if ended {
+                    expires.min(TERMINATED_LINGER)
+                } else {
+                    expires
+                }
+            }
+            _ => expires,
+        };
+        let granted = expires
+            .saturating_sub(self.cfg.expires_offset)
+            .max(if expires == 0 { 0 } else { 1 });
+        let source = match if_match {
+            Some(tag) => {
+                // RFC 3903 §6 step 4: the ETag must name a live publication of this resource.
+                let resource = shard.resources.get_mut(&res);
+                let found = resource.and_then(|r| {
+                    r.pubs
+                        .iter()
+                        .position(|p| p.rec.etag == tag && p.rec.expires_at > now)
+                        .map(|i| (r, i))
+                });
+                let Some((resource, i)) = found else {
+                    return Err(fail(
+                        412,
+                        "Conditional Request Failed: unknown or expired SIP-If-Match",
+                    ));
+                };
+                let p = &mut resource.pubs[i];
+                let source = p.rec.source_id.clone();
+                if expires == 0 {
+                    let key = p.rec.key();
+                    resource.pubs.remove(i);
+                    self.publication_count.fetch_sub(1, Ordering::Relaxed);
+                    self.cancel(&Timer::PublicationExpiry(res.clone(), source.clone()));
+                    writes.push(PresenceWrite::DeletePublication(key));
+                } else {
+                    p.rec.etag = new_etag.clone();
+                    p.rec.expires_at = now + u64::from(expires);
+                    if let (Some(ct), true) = (content_type, has_body) {
+                        p.rec.content_type = ct.into();
+                        p.rec.body = document.clone();
+                        p.rec.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                    }
+                    writes.push(PresenceWrite::publication(&p.rec));
+                    let at = self.at_unix(p.rec.expires_at);
+                    self.schedule(Timer::PublicationExpiry(res.clone(), source.clone()), at);
+                }
+                source
+            }
+            None => {
+                let resource = shard.resources.entry(res.clone()).or_default();
+                if resource.pubs.len() >= self.cfg.max_publications_per_presentity
+                    || !take_place(&self.publication_count, self.cfg.max_publications)
+                {
+                    let mut r = fail(503, "Service Unavailable: too many publications");
+                    r.headers.push_raw("Retry-After", "60");
+                    if resource.is_empty() {
+                        shard.resources.remove(&res);
+                    }
+                    return Err(r);
+                }
+                let source = format!("etag:{new_etag}");
+                let rec = PublicationRecord {
+                    presentity: presentity.to_string(),
+                    event: ev.pkg.key().into(),
+                    etag: new_etag.clone(),
+                    source_id: source.clone(),
+                    content_type: content_type.unwrap_or_default().into(),
+                    body: document,
+                    expires_at: now + u64::from(expires),
+                    seq: self.seq.fetch_add(1, Ordering::Relaxed),
+                };
+                writes.push(PresenceWrite::publication(&rec));
+                let at = self.at_unix(rec.expires_at);
+                resource.pubs.push(Publication { rec });
+                self.schedule(Timer::PublicationExpiry(res.clone(), source.clone()), at);
+                source
+            }
+        };
+        self.changed(&mut shard, &res, Some(&source), &mut writes, &mut out);
+        if shard.resources.get(&res).is_some_and(Resource::is_empty) {
+            shard.resources.remove(&res);
+        }
+        let durable = self.store.write(writes);
+        drop(shard);
+        let mut response = req.response(200, "OK", Some(to_tag));
+        if expires > 0 {
+            response.headers.push(HeaderName::SipEtag, new_etag);
+        }
+        response
+            .headers
+            .push(HeaderName::Expires, granted.to_string());
+        response.headers.push(HeaderName::AllowEvents, ALLOW_EVENTS);
+        Ok(Reply::AfterWrite {
+            response,
+            durable,
+            notifies: out,
+        })
+    }
+
+    /// The in-process publisher API (pua_usrloc, pua_dialoginfo, BLA): sets the state
+    /// `source_id` publishes for `presentity` (a canonical AOR) in `pkg`, for `expires`
+    /// seconds; 0 removes it. No ETag round trip: the source id names the publication.
+    /// Resolves once the state is on disk; NOTIFYs go out on their own.
+    pub fn publish(
+        &self,
+        presentity: &str,
+        pkg: Pkg,
+        source_id: &str,
+        body: impl Into<PublicationBody>,
+        expires: u32,
+    ) -> Result<Durable, PublishError> {
+        if !pkg.publishable() {
+            return Err(PublishError::NotPublishable(pkg.key()));
+        }
+        let package = package(pkg).ok_or(PublishError::NotPublishable(pkg.key()))?;
+        let content_type = package.publish_types()[0];
+        let body = body.into();
+        if expires > 0 {
+            match &body {
+                PublicationBody::Document(b) => package.validate(content_type, b)?,
+                // Typed dialog state is valid by construction, for the dialog packages only.
+                PublicationBody::Dialogs(_) if matches!(pkg, Pkg::Dialog | Pkg::Sla) => {}
+                PublicationBody::Dialogs(_) => return Err(PublishError::NotPublishable(pkg.key())),
+            }
+        }
+        let expires = if expires > 0 && all_dialogs_terminated(pkg, &body) {
+            expires.min(TERMINATED_LINGER)
+        } else {
+            expires
+        };
+        let presentity: Arc<str> = presentity.into();
+        let res = ResKey {
+            presentity: presentity.clone(),
+            pkg,
+        };
+        let now = self.clock.now_unix();
+        let mut writes = Vec::new();
+        let mut out = Vec::new();
+        let mut shard = self.shard(&presentity);
+        let resource = shard.resources.entry(res.clone()).or_default();
+        let existing = resource
+            .pubs
+            .iter()
+            .position(|p| p.rec.source_id == source_id);
+        match (existing, expires) {
+            (Some(i), 0) => {
+                let key = resource.pubs[i].rec.key();
+                resource.pubs.remove(i);
+                self.publication_count.fetch_sub(1, Ordering::Relaxed);
+                self.cancel(&Timer::PublicationExpiry(res.clone(), source_id.into()));
+                writes.push(PresenceWrite::DeletePublication(key));
+            }
+            (None, 0) => {
+                if resource.is_empty() {
+                    shard.resources.remove(&res);
+                }
+                drop(shard);
+                return Ok(self.store.write(writes));
+            }
+            (found, _) => {
+                if found.is_none()
+                    && (resource.pubs.len() >= self.cfg.max_publications_per_presentity
+                        || !take_place(&self.publication_count, self.cfg.max_publications))
+                {
+                    if resource.is_empty() {
+                        shard.resources.remove(&res);
+                    }
+                    return Err(PublishError::Full);
+                }
+                let rec = PublicationRecord {
+                    presentity: presentity.to_string(),
+                    event: pkg.key().into(),
+                    etag: format!("{:016x}", self.ids.next()),
+                    source_id: source_id.into(),
+                    content_type: content_type.into(),
+                    body,
+                    expires_at: now + u64::from(expires),
+                    seq: self.seq.fetch_add(1, Ordering::Relaxed),
+                };
+                writes.push(PresenceWrite::publication(&rec));
+                let at = self.at_unix(rec.expires_at);
+                match found {
+                    Some(i) => resource.pubs[i] = Publication { rec },
+                    // Its place was taken with the check above.
+                    None => resource.pubs.push(Publication { rec }),
+                }
+                self.schedule(Timer::PublicationExpiry(res.clone(), source_id.into()), at);
+            }
+        }
+        self.changed(&mut shard, &res, Some(source_id), &mut writes, &mut out);
+        let durable = self.store.write(writes);
+        drop(shard);
+        // NOTIFYs must not wait for the caller to await: they wait for their own write.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let after = {
+            let (tx2, rx2) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let r = crate::storage::durable(durable).await;
+                let _ = tx.send(r.clone());
+                let _ = tx2.send(r);
+            });
+            rx2
+        };
+        self.send(out, Some(after));
+        Ok(rx)
+    }
+}

@@ -1,0 +1,115 @@
+//! Restore after a start: publications and subscriptions reloaded from storage, what expired
+//! while down removed, every watcher a fresh NOTIFY whose CSeq and version continue.
+
+use super::*;
+
+impl Presence {
+    /// Reloads publications and subscriptions after a start (RFC 6665 §4.2.2 does not say
+    /// what a restarted notifier owes; we owe every watcher the current state): what expired
+    /// while we were down is removed (its watchers get `terminated;reason=timeout`), every
+    /// other watcher a fresh full NOTIFY whose CSeq and version continue from before.
+    pub fn load(&self) -> Result<(usize, usize), StorageError> {
+        let now = self.clock.now_unix();
+        let mut writes = Vec::new();
+        let mut out = Vec::new();
+        let mut pubs = 0;
+        for rec in self.store.load_publications()? {
+            let Some(pkg) = Pkg::from_key(&rec.event) else {
+                writes.push(PresenceWrite::DeletePublication(rec.key()));
+                continue;
+            };
+            if rec.expires_at <= now {
+                writes.push(PresenceWrite::DeletePublication(rec.key()));
+                continue;
+            }
+            let presentity: Arc<str> = rec.presentity.as_str().into();
+            let res = ResKey {
+                presentity: presentity.clone(),
+                pkg,
+            };
+            self.seq.fetch_max(rec.seq + 1, Ordering::Relaxed);
+            self.schedule(
+                Timer::PublicationExpiry(res.clone(), rec.source_id.clone()),
+                self.at_unix(rec.expires_at),
+            );
+            let mut shard = self.shard(&presentity);
+            shard
+                .resources
+                .entry(res)
+                .or_default()
+                .pubs
+                .push(Publication { rec });
+            pubs += 1;
+        }
+        self.publication_count.store(pubs, Ordering::Relaxed);
+        let mut subs = 0;
+        let mut loaded: Vec<(ResKey, Arc<[u8]>)> = Vec::new();
+        for rec in self.store.load_subscriptions()? {
+            let Some(pkg) = Pkg::from_key(&rec.event) else {
+                writes.push(PresenceWrite::DeleteSubscription(rec.key()));
+                continue;
+            };
+            let Some(route) = notify_route(&rec) else {
+                writes.push(PresenceWrite::DeleteSubscription(rec.key()));
+                continue;
+            };
+            let presentity: Arc<str> = rec.presentity.as_str().into();
+            let res = ResKey {
+                presentity: presentity.clone(),
+                pkg,
+            };
+            let key: Arc<[u8]> = rec.key().into();
+            let profile = self.profile_for(rec.user_agent.as_deref());
+            let expired = rec.expires_at <= now;
+            let mut sub = Sub::new(rec, key.clone(), route, profile);
+            if expired {
+                writes.push(PresenceWrite::DeleteSubscription(key.to_vec()));
+                out.push(self.next_notify(
+                    &res,
+                    &mut sub,
+                    SubscriptionState::Terminated { reason: "timeout" },
+                    None,
+                    &mut writes,
+                    Persist::No,
+                ));
+                continue;
+            }
+            self.schedule(
+                Timer::SubscriptionExpiry(res.clone(), key.clone()),
+                self.at_unix(sub.rec.expires_at),
+            );
+            self.dialog_index(&key).insert(key.clone(), res.clone());
+            let mut shard = self.shard(&presentity);
+            shard
+                .resources
+                .entry(res.clone())
+                .or_default()
+                .subs
+                .insert(key.clone(), sub);
+            loaded.push((res, key));
+            subs += 1;
+        }
+        self.subscription_count.store(subs, Ordering::Relaxed);
+        for (res, key) in loaded {
+            let mut shard = self.shard(&res.presentity);
+            if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Sequence)
+            {
+                out.push(n);
+            }
+        }
+        // The documents as they are now are what every watcher just got.
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<ResKey> = shard.resources.keys().cloned().collect();
+            for k in keys {
+                let hash = shard.resources.get(&k).map(|r| self.doc_hash(&k, r));
+                if let (Some(h), Some(r)) = (hash, shard.resources.get_mut(&k)) {
+                    r.doc_hash = h;
+                }
+            }
+        }
+        let durable = self.store.write(writes);
+        self.send(out, Some(durable));
+        Ok((pubs, subs))
+    }
+}

@@ -1,0 +1,173 @@
+//! NOTIFY routing: where a subscription's NOTIFYs go (RFC 3261 §12.2.1.1: the route set's
+//! first hop, else the remote target; RFC 3581 behind NAT: the address the SUBSCRIBE came
+//! from), worked out once per subscription and refresh. Pure: records in, addresses out.
+
+use crate::sip::Uri;
+use crate::storage::{FlowRecord, SubscriptionRecord};
+use crate::transport::{Peer, Proto};
+use std::net::SocketAddr;
+
+pub(super) fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Udp => "udp",
+        Proto::Tcp => "tcp",
+    }
+}
+
+pub(super) fn flow_of(peer: &Peer) -> FlowRecord {
+    FlowRecord {
+        proto: proto_name(peer.proto).into(),
+        remote: peer.remote.to_string(),
+        local: peer.local.to_string(),
+    }
+}
+
+/// Where NOTIFYs of a subscription go: the first Route if the dialog has one, else the
+/// watcher's Contact when it is the address the SUBSCRIBE came from, else (a phone behind
+/// NAT, whose Contact is a private address) the address the SUBSCRIBE came from.
+pub(super) fn notify_target(rec: &SubscriptionRecord) -> Option<Peer> {
+    let proto = if rec.flow.proto == "tcp" {
+        Proto::Tcp
+    } else {
+        Proto::Udp
+    };
+    let remote: SocketAddr = rec.flow.remote.parse().ok()?;
+    let local: SocketAddr = rec.flow.local.parse().ok()?;
+    let hop = |uri: &str| -> Option<SocketAddr> {
+        let u = Uri::parse(uri).ok()?;
+        let s = u.as_sip()?;
+        let ip = s.host.ip()?;
+        Some(SocketAddr::new(ip, s.port.unwrap_or(5060)))
+    };
+    let first_route = rec.route_set.first().and_then(|r| {
+        let r = r.trim();
+        let inner = r
+            .strip_prefix('<')
+            .and_then(|x| x.split('>').next())
+            .unwrap_or(r);
+        hop(inner)
+    });
+    let to = match first_route {
+        Some(a) => a,
+        None => match hop(&rec.remote_target) {
+            Some(a) if a.ip() == remote.ip() && proto == Proto::Udp => a,
+            _ => remote,
+        },
+    };
+    Some(Peer {
+        proto,
+        remote: to,
+        local,
+        conn: None,
+    })
+}
+
+/// Where a subscription's NOTIFYs go: the next hop, the Request-URI (remote target) and our
+/// Via `host:port` (from our Contact).
+#[derive(Debug, Clone)]
+pub(super) struct NotifyRoute {
+    pub(super) to: Peer,
+    pub(super) request_uri: Uri,
+    pub(super) via_sent_by: String,
+}
+
+pub(super) fn notify_route(rec: &SubscriptionRecord) -> Option<NotifyRoute> {
+    Some(NotifyRoute {
+        to: notify_target(rec)?,
+        request_uri: Uri::parse(&rec.remote_target).ok()?,
+        via_sent_by: sent_by(&rec.contact),
+    })
+}
+
+/// `host:port` of a SIP URI (our Contact), for the Via of our NOTIFYs.
+pub(super) fn sent_by(contact: &str) -> String {
+    match Uri::parse(contact) {
+        Ok(Uri::Sip(s)) => match s.port {
+            Some(p) => format!("{}:{p}", s.host),
+            None => s.host.to_string(),
+        },
+        _ => contact.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::SubState;
+
+    fn rec(remote_target: &str, route_set: &[&str], proto: &str, from: &str) -> SubscriptionRecord {
+        SubscriptionRecord {
+            presentity: "sip:1001@example.com".into(),
+            event: "dialog".into(),
+            event_id: None,
+            watcher: "sip:1002@example.com".into(),
+            watcher_header: "<sip:1002@example.com>".into(),
+            presentity_header: "<sip:1001@example.com>".into(),
+            call_id: "c".into(),
+            local_tag: "l".into(),
+            remote_tag: "r".into(),
+            remote_target: remote_target.into(),
+            route_set: route_set.iter().map(|s| s.to_string()).collect(),
+            local_cseq: 0,
+            remote_cseq: 1,
+            version: 0,
+            expires_at: 0,
+            state: SubState::Active,
+            accept: Vec::new(),
+            flow: FlowRecord {
+                proto: proto.into(),
+                remote: from.into(),
+                local: "192.0.2.1:5060".into(),
+            },
+            user_agent: None,
+            contact: "sip:192.0.2.1:5060;transport=tcp".into(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn rfc3261_12_2_1_1_the_route_sets_first_hop_comes_first() {
+        let r = rec(
+            "sip:1002@192.0.2.7:5062",
+            &["<sip:192.0.2.50:5070;lr>", "<sip:192.0.2.51;lr>"],
+            "udp",
+            "192.0.2.50:5070",
+        );
+        let route = notify_route(&r).unwrap();
+        assert_eq!(route.to.remote, "192.0.2.50:5070".parse().unwrap());
+        assert_eq!(route.request_uri.to_string(), "sip:1002@192.0.2.7:5062");
+        assert_eq!(route.via_sent_by, "192.0.2.1:5060");
+    }
+
+    #[test]
+    fn rfc3261_12_2_1_1_the_remote_target_when_it_is_where_the_subscribe_came_from() {
+        let r = rec("sip:1002@192.0.2.7:5062", &[], "udp", "192.0.2.7:5999");
+        assert_eq!(
+            notify_target(&r).unwrap().remote,
+            "192.0.2.7:5062".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn rfc3581_behind_nat_or_over_tcp_the_address_the_subscribe_came_from() {
+        // A private Contact: the NOTIFY goes where the SUBSCRIBE came from.
+        let r = rec("sip:1002@10.0.0.7:5062", &[], "udp", "198.51.100.9:40000");
+        assert_eq!(
+            notify_target(&r).unwrap().remote,
+            "198.51.100.9:40000".parse().unwrap()
+        );
+        // TCP: back over the subscriber's connection's address.
+        let r = rec("sip:1002@192.0.2.7:5062", &[], "tcp", "192.0.2.7:41000");
+        let to = notify_target(&r).unwrap();
+        assert_eq!(
+            (to.proto, to.remote),
+            (Proto::Tcp, "192.0.2.7:41000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_flow_that_does_not_parse_has_no_route() {
+        let r = rec("sip:1002@192.0.2.7", &[], "udp", "not an address");
+        assert!(notify_route(&r).is_none());
+    }
+}
