@@ -224,7 +224,7 @@ mod tests {
 
     fn service() -> ProxyService {
         let mut cfg = Config::default();
-        cfg.server.domain = "example.com".into();
+        cfg.server.domain = crate::sip::uri::Host::Name("example.com".into());
         let rules = Proxy::new(
             &cfg,
             vec![(Proto::Udp, "192.0.2.10:5060".parse().unwrap())],
