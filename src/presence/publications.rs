@@ -214,7 +214,7 @@ impl Presence {
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: out,
+            notifies: self.rendered(out),
         })
     }
 

@@ -17,7 +17,7 @@ impl Presence {
         reason: &'static str,
         send_final: bool,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<OutNotify>,
+        out: &mut Vec<Reserved>,
     ) {
         let presence_key = ResKey {
             presentity: res.presentity.clone(),
@@ -75,11 +75,11 @@ impl Presence {
         sub: &mut Sub,
         reason: &'static str,
         winfo: Option<&Resource>,
-    ) -> OutNotify {
+    ) -> Reserved {
         // RFC 6665 §4.2.2: the final NOTIFY carries the state when there is one to give;
         // not after a rejection.
         let body = if reason == "rejected" {
-            None
+            Body::None
         } else {
             sub.winfo_full = true;
             self.body_for(res, resource, sub, winfo)
@@ -101,7 +101,7 @@ impl Presence {
         shard: &mut Shard,
         sub: &SubRef,
         outcome: Outcome,
-    ) -> Option<OutNotify> {
+    ) -> Option<Reserved> {
         let mut resource = shard.resources.remove(&sub.res)?;
         let out = resource.closing.remove(&sub.key).and_then(|mut c| {
             if matches!(outcome, Outcome::Rejected(_)) {
@@ -342,7 +342,7 @@ impl Presence {
             return Ok(Reply::AfterWrite {
                 response,
                 durable: self.store.write(writes),
-                notifies: out,
+                notifies: self.rendered(out),
             });
         }
         let expiry_at = self.at_unix(sub.rec.expires_at);
@@ -366,9 +366,8 @@ impl Presence {
         }
         if fresh_resource {
             // A new resource: what the watcher just got is the idle document.
-            let hash = self.doc_hash(&res, &Resource::default());
             if let Some(r) = shard.resources.get_mut(&res) {
-                r.doc_hash = hash;
+                r.fanned_out = Some(self.snapshot(&res, &Resource::default()));
             }
         }
         self.emit_subscription(SubscriptionChange::Created, ev.pkg, &sub.rec);
@@ -388,7 +387,7 @@ impl Presence {
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: out,
+            notifies: self.rendered(out),
         })
     }
 
@@ -556,7 +555,7 @@ impl Presence {
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: out,
+            notifies: self.rendered(out),
         })
     }
 
