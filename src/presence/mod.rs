@@ -20,6 +20,7 @@
 //! building, winfo), `routing` (where NOTIFYs go), `render` (the render cache), `timers`
 //! and `restore` (reload after a start); [`package`] and [`packages`] render documents.
 
+mod decide;
 mod delivery;
 pub mod event;
 mod fanout;
@@ -477,11 +478,12 @@ impl Presence {
     /// The Expires a SUBSCRIBE or PUBLISH asked for, checked against min/max (RFC 6665
     /// §4.2.1.1, RFC 3903 §6 step 6): `Err` is the 423.
     fn granted_expires(&self, parsed: &Parsed) -> Result<u32, u32> {
-        let asked = parsed.expires.unwrap_or(self.cfg.default_expires);
-        if asked != 0 && asked < self.cfg.min_expires {
-            return Err(self.cfg.min_expires);
-        }
-        Ok(asked.min(self.cfg.max_expires))
+        decide::granted_expires(
+            parsed.expires,
+            self.cfg.default_expires,
+            self.cfg.min_expires,
+            self.cfg.max_expires,
+        )
     }
 
     fn too_brief(req: &Request, min: u32, to_tag: &str) -> Response {
