@@ -2,6 +2,8 @@
 //! socket: plain values in, a decision (or the refusal and its SIP answer) out. The request
 //! handlers in `subscriptions` and `publications` parse, look up and carry these out.
 
+use super::event::Pkg;
+
 /// The Expires a SUBSCRIBE or PUBLISH asked for (`None`: the header was absent) against the
 /// configured default, minimum and maximum (RFC 6665 §4.2.1.1, RFC 3903 §6 step 6): shortened
 /// to the maximum; `Err(min)` is the 423 with its Min-Expires. 0 (unsubscribe, remove) is
@@ -83,6 +85,75 @@ pub(super) fn find_etag<'a>(
         .ok_or(PublishRefused::UnknownEtag)
 }
 
+/// One side of a subscription dialog, as the in-dialog SUBSCRIBE decision needs it: the stored
+/// subscription's, or the request's (`cseq` its CSeq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DialogSide<'a> {
+    pub(super) watcher: &'a str,
+    pub(super) pkg: Pkg,
+    pub(super) event_id: Option<&'a str>,
+    pub(super) cseq: u32,
+}
+
+/// What a SUBSCRIBE inside an existing subscription dialog does (RFC 6665 §4.1.2.2, §4.2.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum InDialog {
+    /// Expires > 0: the subscription lives until `expires_at` and the watcher is owed a
+    /// NOTIFY of the current state (RFC 6665 §4.2.1.2).
+    Refresh { expires_at: u64 },
+    /// Expires 0: the subscription ends with a final NOTIFY carrying the state (§4.2.1.4).
+    Unsubscribe,
+}
+
+/// An in-dialog SUBSCRIBE refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum InDialogRefused {
+    /// The dialog identifiers are not secret (a proxy sees them): only the watcher that made
+    /// the subscription may refresh or end it.
+    #[error("Forbidden: this subscription belongs to {0}")]
+    NotTheWatcher(String),
+    /// RFC 6665 §4.1.2.2: a refresh names the same package and id.
+    #[error("Bad Event: this dialog's subscription is for another event package or id")]
+    OtherEvent,
+    /// RFC 3261 §12.2.2: a CSeq at or below the last one is out of order.
+    #[error("Server Internal Error: CSeq out of order")]
+    CSeqOutOfOrder,
+}
+
+impl InDialogRefused {
+    pub(super) fn status(&self) -> u16 {
+        match self {
+            InDialogRefused::NotTheWatcher(_) => 403,
+            InDialogRefused::OtherEvent => 489,
+            InDialogRefused::CSeqOutOfOrder => 500,
+        }
+    }
+}
+
+/// An in-dialog SUBSCRIBE against the stored subscription, with its granted Expires at `now`.
+pub(super) fn in_dialog(
+    stored: DialogSide<'_>,
+    asked: DialogSide<'_>,
+    expires: u32,
+    now: u64,
+) -> Result<InDialog, InDialogRefused> {
+    if stored.watcher != asked.watcher {
+        return Err(InDialogRefused::NotTheWatcher(stored.watcher.to_string()));
+    }
+    if stored.pkg != asked.pkg || stored.event_id != asked.event_id {
+        return Err(InDialogRefused::OtherEvent);
+    }
+    if asked.cseq <= stored.cseq {
+        return Err(InDialogRefused::CSeqOutOfOrder);
+    }
+    Ok(match expires {
+        0 => InDialog::Unsubscribe,
+        e => InDialog::Refresh {
+            expires_at: now + u64::from(e),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +220,65 @@ mod tests {
             Err(PublishRefused::UnknownEtag)
         );
         assert_eq!(find_etag("e1", 0, []), Err(PublishRefused::UnknownEtag));
+    }
+
+    fn side(
+        watcher: &'static str,
+        pkg: Pkg,
+        event_id: Option<&'static str>,
+        cseq: u32,
+    ) -> DialogSide<'static> {
+        DialogSide {
+            watcher,
+            pkg,
+            event_id,
+            cseq,
+        }
+    }
+
+    #[test]
+    fn rfc6665_4_2_1_2_a_refresh_extends_and_owes_the_state() {
+        let stored = side("sip:1002@example.com", Pkg::Dialog, None, 1);
+        let asked = side("sip:1002@example.com", Pkg::Dialog, None, 2);
+        assert_eq!(
+            in_dialog(stored, asked, 600, 1000),
+            Ok(InDialog::Refresh { expires_at: 1600 })
+        );
+    }
+
+    #[test]
+    fn rfc6665_4_2_1_4_expires_0_unsubscribes() {
+        let stored = side("sip:1002@example.com", Pkg::Presence, Some("7"), 4);
+        let asked = side("sip:1002@example.com", Pkg::Presence, Some("7"), 5);
+        assert_eq!(in_dialog(stored, asked, 0, 1000), Ok(InDialog::Unsubscribe));
+    }
+
+    #[test]
+    fn rfc6665_4_1_2_2_a_refresh_for_another_package_or_id_is_489() {
+        let stored = side("sip:1002@example.com", Pkg::Dialog, Some("1"), 1);
+        for asked in [
+            side("sip:1002@example.com", Pkg::Presence, Some("1"), 2),
+            side("sip:1002@example.com", Pkg::Dialog, Some("2"), 2),
+            side("sip:1002@example.com", Pkg::Dialog, None, 2),
+        ] {
+            let e = in_dialog(stored, asked, 600, 0).unwrap_err();
+            assert_eq!((e.status(), e), (489, InDialogRefused::OtherEvent));
+        }
+    }
+
+    #[test]
+    fn rfc3261_12_2_2_an_old_cseq_is_refused_and_only_the_watcher_may_refresh() {
+        let stored = side("sip:1002@example.com", Pkg::Dialog, None, 5);
+        let old = side("sip:1002@example.com", Pkg::Dialog, None, 5);
+        let e = in_dialog(stored, old, 600, 0).unwrap_err();
+        assert_eq!((e.status(), e), (500, InDialogRefused::CSeqOutOfOrder));
+        // Someone who saw the dialog identifiers, with a higher CSeq.
+        let other = side("sip:eve@example.com", Pkg::Dialog, None, 6);
+        let e = in_dialog(stored, other, 0, 0).unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert_eq!(
+            e.to_string(),
+            "Forbidden: this subscription belongs to sip:1002@example.com"
+        );
     }
 }

@@ -461,33 +461,26 @@ impl Presence {
         let mut shard = self.shard(&res.presentity);
         let mut writes = Vec::new();
         let mut out = Vec::new();
-        {
+        let decision = {
             let sub = shard
                 .resources
                 .get_mut(&res)
                 .and_then(|r| r.subs.get_mut(&key))
                 .ok_or_else(gone)?;
-            // The dialog identifiers are not secret (a proxy sees them): only the watcher
-            // that made the subscription may refresh or end it.
-            if sub.rec.watcher != watcher {
-                return Err(fail(
-                    403,
-                    &format!(
-                        "Forbidden: this subscription belongs to {}",
-                        sub.rec.watcher
-                    ),
-                ));
-            }
-            if res.pkg != ev.pkg || sub.rec.event_id != ev.id {
-                return Err(fail(
-                    489,
-                    "Bad Event: this dialog's subscription is for another event package or id",
-                ));
-            }
-            // RFC 3261 §12.2.2: a CSeq at or below the last one is out of order.
-            if parsed.cseq.seq <= sub.rec.remote_cseq {
-                return Err(fail(500, "Server Internal Error: CSeq out of order"));
-            }
+            let stored = decide::DialogSide {
+                watcher: &sub.rec.watcher,
+                pkg: res.pkg,
+                event_id: sub.rec.event_id.as_deref(),
+                cseq: sub.rec.remote_cseq,
+            };
+            let asked = decide::DialogSide {
+                watcher,
+                pkg: ev.pkg,
+                event_id: ev.id.as_deref(),
+                cseq: parsed.cseq.seq,
+            };
+            let decision = decide::in_dialog(stored, asked, expires, now)
+                .map_err(|e| fail(e.status(), &e.to_string()))?;
             sub.rec.remote_cseq = parsed.cseq.seq;
             if let Some(c) = contact {
                 sub.rec.remote_target = c;
@@ -496,7 +489,8 @@ impl Presence {
             if let Some(r) = notify_route(&sub.rec) {
                 sub.route = r;
             }
-        }
+            decision
+        };
         let mut response = req.response(200, "OK", Some(local_tag));
         response
             .headers
@@ -506,19 +500,7 @@ impl Presence {
             .headers
             .push(HeaderName::Contact, format!("<{contact_of}>"));
         response.headers.push(HeaderName::AllowEvents, ALLOW_EVENTS);
-        if expires == 0 {
-            // RFC 6665 §4.2.1.4: unsubscribing gets a final NOTIFY with the state.
-            self.terminate(
-                &mut shard,
-                &res,
-                &key,
-                "timeout",
-                true,
-                &mut writes,
-                &mut out,
-            );
-        } else {
-            let expires_at = now + u64::from(expires);
+        if let decide::InDialog::Refresh { expires_at } = decision {
             let send_now = {
                 let sub = shard
                     .resources
@@ -549,6 +531,17 @@ impl Presence {
                     out.push(n);
                 }
             }
+        } else {
+            // RFC 6665 §4.2.1.4: unsubscribing gets a final NOTIFY with the state.
+            self.terminate(
+                &mut shard,
+                &res,
+                &key,
+                "timeout",
+                true,
+                &mut writes,
+                &mut out,
+            );
         }
         let durable = self.store.write(writes);
         drop(shard);
