@@ -13,20 +13,16 @@ pub struct Domains {
 
 impl Domains {
     pub fn new(cfg: &Config) -> Domains {
-        let mut hosts = vec![];
-        for d in std::iter::once(&cfg.server.domain).chain(cfg.server.aliases.iter()) {
-            if let Ok(h) = Host::parse(d) {
-                hosts.push(h);
-            }
-        }
-        for l in cfg.listen_addrs() {
+        let mut hosts = vec![cfg.server.domain.clone()];
+        hosts.extend(cfg.server.aliases.iter().cloned());
+        for l in &cfg.server.listen {
             if !l.addr.ip().is_unspecified() {
                 hosts.push(Host::from(l.addr.ip()));
             }
         }
         Domains {
             hosts,
-            primary: cfg.server.domain.to_ascii_lowercase(),
+            primary: cfg.server.domain.to_string().to_ascii_lowercase(),
         }
     }
 
@@ -56,8 +52,8 @@ mod tests {
     #[test]
     fn aliases_and_ports_name_the_same_presentity() {
         let mut cfg = Config::default();
-        cfg.server.domain = "Example.COM".into();
-        cfg.server.aliases = vec!["192.0.2.10".into()];
+        cfg.server.domain = Host::Name("Example.COM".into());
+        cfg.server.aliases = vec![Host::parse("192.0.2.10").unwrap()];
         let d = Domains::new(&cfg);
         let uri = |s: &str| crate::sip::Uri::parse(s).unwrap().as_sip().unwrap().clone();
         assert_eq!(

@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                     {
                         anyhow::bail!("{name:?} is not a usable SIP user name (no ':', '@', quotes or spaces)");
                     }
-                    let realm = cfg.realm().to_string();
+                    let realm = cfg.realm();
                     file.add(UserRecord {
                         ha1_md5: Some(digest::ha1(Algorithm::Md5, &name, &realm, &password)),
                         ha1_sha256: Some(digest::ha1(Algorithm::Sha256, &name, &realm, &password)),

@@ -185,6 +185,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         users: user_file,
         nonce_key,
     } = stores;
+    let user_file = user_file.map(Arc::new);
     let limits = Limits {
         max_message: cfg.server.max_message_size,
         max_headers: cfg.server.max_headers,
@@ -202,7 +203,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let live = registrar.load().await?;
     tracing::info!(bindings = live, "bindings loaded");
     let (transport, listeners) = Transport::bind(
-        &cfg.listen_addrs(),
+        &cfg.server.listen,
         limits,
         Duration::from_secs(cfg.server.tcp_idle_timeout),
         cfg.server.max_tcp_connections,
@@ -218,7 +219,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let core = Arc::new(Core {
         limits,
         transport: transport.clone(),
-        auth: Authenticator::new(cfg, key, user_file),
+        auth: Authenticator::new(cfg, key, user_file.clone()),
         registrar: registrar.clone(),
         presence: presence.clone(),
         pua: pua.clone(),
@@ -272,6 +273,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
+    // Users from the user file are read here and by a watcher, never on the receive path.
+    if let Some(file) = user_file {
+        tasks.push(file.watch(crate::storage::users::RECHECK).await);
+    }
     // Presence state is loaded before anything is read from the network: a refresh or an
     // If-Match PUBLISH that waited while we were down must find its subscription or
     // publication, not get 481/412. The sockets are bound, so the restart NOTIFYs can leave;
@@ -1052,9 +1057,9 @@ fn branch_secret(data_dir: &std::path::Path) -> u64 {
 
 /// The host of `[presence] server_address` when set, else the domain.
 fn advertised_host(cfg: &Config) -> String {
-    match crate::sip::Uri::parse(&cfg.presence.server_address) {
-        Ok(crate::sip::Uri::Sip(u)) => u.host.to_string(),
-        _ => cfg.server.domain.clone(),
+    match &cfg.presence.server_address {
+        Some(u) => u.host.to_string(),
+        None => cfg.server.domain.to_string(),
     }
 }
 

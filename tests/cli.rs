@@ -1,6 +1,8 @@
 //! The command line: check-config names the bad key and the fix; users add/list/remove keep
 //! only HA1s; serve refuses a database it cannot open with a message naming the path.
 
+mod common;
+
 use std::process::Command;
 
 fn busylamp() -> Command {
@@ -9,13 +11,7 @@ fn busylamp() -> Command {
 
 #[test]
 fn check_config_accepts_the_valid_fixtures_the_profiles_and_the_packaged_config() {
-    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir("fixtures/config/valid")
-        .unwrap()
-        .chain(std::fs::read_dir("profiles").unwrap())
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    paths.push("packaging/busylamp.toml".into());
+    let paths = common::shipped_configs();
     assert!(paths.len() >= 5);
     for path in paths {
         let out = busylamp().arg("check-config").arg(&path).output().unwrap();
@@ -54,9 +50,16 @@ fn check_config_names_the_key_of_each_invalid_fixture() {
             err.contains(&path.display().to_string()),
             "names the file: {err}"
         );
+        // Every bad value, whether refused while reading (type, enum, URI, address) or by
+        // validation afterwards, gets the key path and a fix.
+        assert!(
+            err.contains("key `") && err.contains("; fix: "),
+            "{}: names the key and the fix: {err}",
+            path.display()
+        );
         n += 1;
     }
-    assert!(n >= 8);
+    assert!(n >= 20);
     let out = busylamp()
         .arg("check-config")
         .arg("fixtures/config/none.toml")

@@ -4,14 +4,14 @@
 
 pub mod nonce;
 
-use crate::config::{AuthMode, Cidr, Config};
+use crate::config::{AuthMode, Config};
 use crate::sip::digest::{self, Algorithm, Challenge};
 use crate::sip::{HeaderName, Request};
 use crate::storage::UserFile;
 use nonce::{NonceCheck, NonceCounts, NonceKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What authentication decided about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,12 +50,12 @@ pub struct Authenticator {
     mode: AuthMode,
     realm: String,
     algorithms: Vec<Algorithm>,
-    trusted: Vec<Cidr>,
+    trusted: Vec<ipnet::IpNet>,
     nonce_ttl: u64,
     key: NonceKey,
     counts: Mutex<NonceCounts>,
     config_users: HashMap<String, Ha1s>,
-    user_file: Option<UserFile>,
+    user_file: Option<Arc<UserFile>>,
 }
 
 /// Nonces tracked for nonce-count replay protection; beyond this the oldest are forgotten
@@ -63,8 +63,8 @@ pub struct Authenticator {
 const NONCE_TRACKING: usize = 200_000;
 
 impl Authenticator {
-    pub fn new(cfg: &Config, key: NonceKey, user_file: Option<UserFile>) -> Authenticator {
-        let realm = cfg.realm().to_string();
+    pub fn new(cfg: &Config, key: NonceKey, user_file: Option<Arc<UserFile>>) -> Authenticator {
+        let realm = cfg.realm();
         let config_users = cfg
             .users
             .iter()
@@ -93,13 +93,8 @@ impl Authenticator {
             .collect();
         Authenticator {
             mode: cfg.auth.mode,
-            algorithms: cfg
-                .auth
-                .algorithms
-                .iter()
-                .filter_map(|a| Algorithm::from_name(a))
-                .collect(),
-            trusted: cfg.trusted_networks(),
+            algorithms: cfg.auth.algorithms.clone(),
+            trusted: cfg.auth.trusted.clone(),
             nonce_ttl: cfg.auth.nonce_ttl,
             key,
             counts: Mutex::new(NonceCounts::new(NONCE_TRACKING, cfg.auth.nonce_ttl)),
@@ -114,7 +109,7 @@ impl Authenticator {
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|c| c.contains(ip))
+        crate::config::in_networks(&self.trusted, ip)
     }
 
     /// A user with credentials here (config or user file): a local user even when no phone of
@@ -259,9 +254,12 @@ mod tests {
 
     fn auth(algs: &[&str]) -> Authenticator {
         let mut cfg = Config::default();
-        cfg.server.domain = "example.test".into();
-        cfg.auth.algorithms = algs.iter().map(|s| s.to_string()).collect();
-        cfg.auth.trusted = vec!["10.0.0.0/8".into()];
+        cfg.server.domain = crate::sip::Host::Name("example.test".into());
+        cfg.auth.algorithms = algs
+            .iter()
+            .map(|s| Algorithm::from_name(s).unwrap())
+            .collect();
+        cfg.auth.trusted = vec!["10.0.0.0/8".parse().unwrap()];
         cfg.users = vec![
             UserConfig {
                 name: "1001".into(),

@@ -2,10 +2,10 @@
 //! the config's rules) and which documents a watcher takes (RFC 6665 §3.1.3 Accept). Pure:
 //! plain values in, a decision out.
 
-use crate::config::{Policy, PresenceConfig};
+use crate::config::{Policy, PresenceConfig, RulePattern};
 use crate::domain::Domains;
 use crate::presence::event::Pkg;
-use crate::sip::{HeaderName, Request, Uri};
+use crate::sip::{HeaderName, Request};
 
 /// One side of an authorization rule, parsed once from the config.
 #[derive(Debug, Clone)]
@@ -18,17 +18,13 @@ pub(super) enum Pattern {
 }
 
 impl Pattern {
-    pub(super) fn parse(pattern: &str, domains: &Domains) -> Pattern {
-        if pattern == "*" {
-            return Pattern::Any;
-        }
-        if let Some(d) = pattern.strip_prefix("*@") {
-            return Pattern::Domain(d.to_ascii_lowercase());
-        }
-        match Uri::parse(pattern) {
-            Ok(Uri::Sip(s)) => Pattern::Aor(domains.canonical_user(&s).unwrap_or_else(|| s.aor())),
-            // Config validation refuses anything else; match nothing rather than everything.
-            _ => Pattern::Aor(String::new()),
+    pub(super) fn new(pattern: &RulePattern, domains: &Domains) -> Pattern {
+        match pattern {
+            RulePattern::Any => Pattern::Any,
+            RulePattern::Domain(d) => Pattern::Domain(d.to_ascii_lowercase()),
+            RulePattern::Uri(s) => {
+                Pattern::Aor(domains.canonical_user(s).unwrap_or_else(|| s.aor()))
+            }
         }
     }
 
@@ -88,8 +84,8 @@ impl Policies {
                 .rules
                 .iter()
                 .map(|r| Rule {
-                    presentity: Pattern::parse(&r.presentity, domains),
-                    watcher: Pattern::parse(&r.watcher, domains),
+                    presentity: Pattern::new(&r.presentity, domains),
+                    watcher: Pattern::new(&r.watcher, domains),
                     action: r.action,
                 })
                 .collect(),

@@ -416,8 +416,8 @@ impl Presence {
 
     /// Our Contact in a new subscription dialog.
     pub(super) fn our_contact(&self, req: &Request, peer: &Peer) -> String {
-        if !self.cfg.server_address.is_empty() {
-            return self.cfg.server_address.clone();
+        if let Some(u) = &self.cfg.server_address {
+            return u.to_string();
         }
         let host = if peer.local.ip().is_unspecified() {
             match req.uri.as_sip() {

@@ -92,14 +92,10 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(cfg: &Config, local: Vec<(Proto, SocketAddr)>, advertised_host: String) -> Proxy {
-        let upstream = match Uri::parse(&cfg.proxy.upstream) {
-            Ok(Uri::Sip(u)) => Some(u),
-            _ => None,
-        };
         Proxy {
             cfg: cfg.proxy.clone(),
             domains: Domains::new(cfg),
-            upstream,
+            upstream: cfg.proxy.upstream.clone(),
             local,
             advertised_host,
             loop_key: Default::default(),
@@ -516,7 +512,7 @@ mod tests {
 
     fn proxy() -> Proxy {
         let mut cfg = Config::default();
-        cfg.server.domain = "example.com".into();
+        cfg.server.domain = crate::sip::Host::Name("example.com".into());
         Proxy::new(
             &cfg,
             vec![
@@ -696,8 +692,8 @@ Content-Length: 0\n\n";
     #[test]
     fn rfc3261_16_5_upstream_gets_foreign_and_unknown_but_never_its_own_requests_back() {
         let mut cfg = Config::default();
-        cfg.server.domain = "example.com".into();
-        cfg.proxy.upstream = "sip:192.0.2.5:5060".into();
+        cfg.server.domain = crate::sip::Host::Name("example.com".into());
+        cfg.proxy.upstream = Uri::parse("sip:192.0.2.5:5060").unwrap().as_sip().cloned();
         let p = Proxy::new(
             &cfg,
             vec![(Proto::Udp, "192.0.2.10:5060".parse().unwrap())],

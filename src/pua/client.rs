@@ -74,10 +74,7 @@ impl Settings {
     pub fn from_config(cfg: &Config) -> Settings {
         let p = &cfg.pua;
         Settings {
-            presence_server: match Uri::parse(&p.presence_server) {
-                Ok(Uri::Sip(u)) => Some(u),
-                _ => None,
-            },
+            presence_server: p.presence_server.clone(),
             credentials: (!p.username.is_empty()).then(|| (p.username.clone(), p.password.clone())),
             publish_expires: p.publish_expires,
             refresh_margin: p.refresh_margin,

@@ -117,13 +117,7 @@ impl Usrloc {
             pua,
             clock,
             enabled: cfg.pua.usrloc.enabled,
-            users: cfg
-                .pua
-                .usrloc
-                .users
-                .iter()
-                .filter_map(|u| UserPattern::parse(u))
-                .collect(),
+            users: cfg.pua.usrloc.users.clone(),
             closed_expires: cfg.pua.publish_expires,
             ready: AtomicBool::new(false),
             extend: Mutex::new(Deadlines::new()),

@@ -1,15 +1,18 @@
 //! The user store behind `busylamp users add|remove|list`: a small text file in the data
 //! directory holding only HA1 hashes (`name:realm:md5-ha1:sha256-ha1`, like Apache's
 //! htdigest). A file rather than the sled database because the server holds sled's lock while
-//! it runs, and an admin must be able to add a phone without stopping it; the server notices
-//! the change by the file's modification time.
+//! it runs, and an admin must be able to add a phone without stopping it.
+//!
+//! The server keeps the users in memory: [`UserFile::get`] (the receive path) never touches
+//! the disk. A watcher task ([`UserFile::watch`]) looks at the file's modification time every
+//! [`RECHECK`] on a blocking thread and swaps in the new table when it changed.
 
 use super::StorageError;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
@@ -21,27 +24,36 @@ pub struct UserRecord {
 
 pub struct UserFile {
     path: PathBuf,
-    cache: RwLock<Cache>,
+    table: RwLock<Arc<Table>>,
+    /// How many times the table changed (a reload found a different file).
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
-struct Cache {
-    mtime: Option<SystemTime>,
-    checked: Option<Instant>,
+/// The users as last read, with what identified that version of the file.
+#[derive(Default)]
+struct Table {
+    version: Option<FileVersion>,
     users: HashMap<String, UserRecord>,
 }
 
-/// How often a lookup may stat the file for changes.
-const RECHECK: Duration = Duration::from_secs(1);
+/// Modification time, size and inode: `busylamp users` replaces the file by a rename, so a
+/// change within one timestamp tick still shows as a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    mtime: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+/// How often the watcher looks at the file for changes.
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 impl UserFile {
     pub fn new(data_dir: &Path) -> UserFile {
         UserFile {
             path: data_dir.join("users"),
-            cache: RwLock::new(Cache {
-                mtime: None,
-                checked: None,
-                users: HashMap::new(),
-            }),
+            table: RwLock::new(Arc::default()),
+            reloads: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -126,39 +138,79 @@ impl UserFile {
         Ok(true)
     }
 
-    /// Looks a user up, re-reading the file when it changed (checked at most once a second).
+    /// Looks a user up in memory (the table the watcher keeps current): no file I/O, so a
+    /// slow, missing or unreadable file never delays or breaks a request.
     pub fn get(&self, name: &str) -> Option<UserRecord> {
-        let now = Instant::now();
-        let fresh = self
-            .cache
-            .read()
-            .ok()
-            .and_then(|c| c.checked)
-            .is_some_and(|t| now.duration_since(t) < RECHECK);
-        if !fresh {
-            self.refresh(now);
-        }
-        self.cache.read().ok()?.users.get(name).cloned()
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner()).clone();
+        table.users.get(name).cloned()
     }
 
-    fn refresh(&self, now: Instant) {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        let Ok(mut c) = self.cache.write() else {
-            return;
-        };
-        c.checked = Some(now);
-        if c.mtime == mtime && mtime.is_some() {
-            return;
-        }
-        match self.read_all() {
-            Ok(users) => {
-                c.users = users.into_iter().map(|u| (u.name.clone(), u)).collect();
-                c.mtime = mtime;
+    /// Re-reads the file if it changed since the last read; returns whether the table
+    /// changed. Blocking file I/O: call it off the receive path. A missing file means no
+    /// users (as `busylamp users list` shows); an unreadable or malformed one keeps the users
+    /// read before.
+    pub fn reload(&self) -> bool {
+        let version = match std::fs::metadata(&self.path) {
+            Ok(m) if m.is_file() => Some(FileVersion {
+                mtime: m.modified().ok(),
+                len: m.len(),
+                inode: std::os::unix::fs::MetadataExt::ino(&m),
+            }),
+            Ok(_) => {
+                tracing::error!(path = %self.path.display(), "the user file is not a regular file; keeping the previous user list");
+                return false;
             }
-            Err(e) => tracing::error!(error = %e, "keeping the previous user list"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "keeping the previous user list");
+                return false;
+            }
+        };
+        let current = self.table.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if current.version == version {
+            return false;
         }
+        let users = match self.read_all() {
+            Ok(users) => users,
+            Err(e) => {
+                tracing::error!(error = %e, "keeping the previous user list");
+                return false;
+            }
+        };
+        let table = Table {
+            version,
+            users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+        };
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.reloads.send_modify(|n| *n += 1);
+        tracing::info!(path = %self.path.display(), "user file (re)loaded");
+        true
+    }
+
+    /// Loads the file now (on a blocking thread), then keeps the table current: a task that
+    /// reloads every `every`, each time on a blocking thread.
+    pub async fn watch(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let file = self.clone();
+        let _ = tokio::task::spawn_blocking(move || file.reload()).await;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let file = self.clone();
+                if tokio::task::spawn_blocking(move || file.reload())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Changes each time a reload swapped in a new table.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 }
 
@@ -186,14 +238,95 @@ mod tests {
         })
         .unwrap();
         assert_eq!(f.read_all().unwrap().len(), 2);
-        // A fresh handle sees it (a running server re-reads on change).
+        // A fresh handle sees it once it has read the file (a running server's watcher does).
         let g = UserFile::new(&dir);
+        assert!(g.reload());
         assert_eq!(g.get("1001"), Some(rec));
         assert!(f.remove("1001").unwrap());
         assert!(!f.remove("1001").unwrap());
         assert_eq!(f.read_all().unwrap().len(), 1);
         std::fs::write(f.path(), "junk\n").unwrap();
         assert!(f.read_all().unwrap_err().to_string().contains("line 1"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("busylamp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn user(name: &str) -> UserRecord {
+        UserRecord {
+            name: name.into(),
+            realm: "example.test".into(),
+            ha1_md5: Some("b".repeat(32)),
+            ha1_sha256: None,
+        }
+    }
+
+    #[test]
+    fn lookups_read_memory_only_so_a_missing_or_unreadable_file_does_not_break_known_users() {
+        let dir = fresh_dir("users-memory");
+        let admin = UserFile::new(&dir);
+        admin.add(user("1001")).unwrap();
+        let served = UserFile::new(&dir);
+        assert!(served.reload());
+        assert!(served.get("1001").is_some());
+        // The file goes away: lookups still answer from memory (no stat, no read).
+        std::fs::remove_file(served.path()).unwrap();
+        assert_eq!(served.get("1001"), Some(user("1001")));
+        // Unreadable (a directory where the file was): lookups still answer, and a reload
+        // keeps the users it had.
+        std::fs::create_dir(served.path()).unwrap();
+        assert_eq!(served.get("1001"), Some(user("1001")));
+        assert!(!served.reload());
+        assert_eq!(served.get("1001"), Some(user("1001")));
+        std::fs::remove_dir(served.path()).unwrap();
+        // A malformed file keeps them too; a missing one (after a reload) means no users.
+        std::fs::write(served.path(), "junk\n").unwrap();
+        assert!(!served.reload());
+        assert!(served.get("1001").is_some());
+        std::fs::remove_file(served.path()).unwrap();
+        assert!(served.reload());
+        assert!(served.get("1001").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_added_to_the_file_is_known_after_the_watcher_reloads() {
+        let dir = fresh_dir("users-watch");
+        let admin = UserFile::new(&dir);
+        admin.add(user("1001")).unwrap();
+        let served = Arc::new(UserFile::new(&dir));
+        let mut reloads = served.reloads();
+        let watcher = served.clone().watch(RECHECK).await;
+        // Loaded before `watch` returns: the server answers its first request with it.
+        assert!(served.get("1001").is_some());
+        assert_eq!(*reloads.borrow_and_update(), 1);
+
+        admin.add(user("1002")).unwrap();
+        // Until the watcher's next look, lookups see the table in memory, not the file.
+        assert!(served.get("1002").is_none());
+        tokio::time::timeout(2 * RECHECK, reloads.changed())
+            .await
+            .expect("reloaded within one interval")
+            .unwrap();
+        assert_eq!(served.get("1002"), Some(user("1002")));
+        assert!(served.get("1001").is_some());
+
+        // An unchanged file is not read again.
+        tokio::time::sleep(5 * RECHECK).await;
+        assert!(!reloads.has_changed().unwrap());
+
+        admin.remove("1001").unwrap();
+        tokio::time::timeout(2 * RECHECK, reloads.changed())
+            .await
+            .expect("reloaded within one interval")
+            .unwrap();
+        assert!(served.get("1001").is_none());
+        watcher.abort();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

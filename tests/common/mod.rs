@@ -61,13 +61,22 @@ pub async fn server(config_toml: &str) -> TestServer {
 }
 
 pub async fn server_with_store(cfg: Config, store: Arc<MemoryStore>) -> TestServer {
+    server_with_users(cfg, store, None).await
+}
+
+/// As [`server_with_store`], with users from a user file as well as from the config.
+pub async fn server_with_users(
+    cfg: Config,
+    store: Arc<MemoryStore>,
+    users: Option<busylamp::storage::UserFile>,
+) -> TestServer {
     let handle = start(
         &cfg,
         Stores {
             bindings: store.clone() as Arc<dyn BindingStore>,
             presence: store.clone() as Arc<dyn busylamp::storage::PresenceStore>,
             dialogs: store.clone() as Arc<dyn busylamp::storage::DialogStore>,
-            users: None,
+            users,
             nonce_key: Some(NONCE_KEY),
         },
     )
@@ -80,6 +89,19 @@ pub async fn server_with_store(cfg: Config, store: Arc<MemoryStore>) -> TestServ
         store,
         cfg,
     }
+}
+
+/// Every config we ship: the valid fixtures, the profiles and the packaged config.
+pub fn shipped_configs() -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir("fixtures/config/valid")
+        .unwrap()
+        .chain(std::fs::read_dir("profiles").unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.push("packaging/busylamp.toml".into());
+    paths.sort();
+    paths
 }
 
 /// Turns a readable multi-line literal into wire form: LF → CRLF, Content-Length fixed.

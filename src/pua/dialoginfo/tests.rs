@@ -306,15 +306,15 @@ fn only_local_enabled_allowed_users_publish() {
             .collect::<Vec<_>>()
     };
     assert_eq!(who(&cfg, &call).len(), 2);
-    cfg.users = vec!["1001".into()];
+    cfg.users = vec!["1001".parse().unwrap()];
     assert_eq!(who(&cfg, &call), ["sip:1001@example.com"]);
-    cfg.users = vec!["100*".into()];
+    cfg.users = vec!["100*".parse().unwrap()];
     assert_eq!(who(&cfg, &call).len(), 2);
-    cfg.users = vec!["sip:1002@EXAMPLE.com".into()];
+    cfg.users = vec!["sip:1002@EXAMPLE.com".parse().unwrap()];
     assert_eq!(who(&cfg, &call), ["sip:1002@example.com"]);
-    cfg.users = vec!["20*".into(), "1003".into()];
+    cfg.users = vec!["20*".parse().unwrap(), "1003".parse().unwrap()];
     assert!(who(&cfg, &call).is_empty());
-    cfg.users = vec!["*".into()];
+    cfg.users = vec!["*".parse().unwrap()];
     cfg.caller = false;
     assert_eq!(who(&cfg, &call), ["sip:1002@example.com"]);
     cfg.caller = true;
