@@ -3,6 +3,8 @@
 //! handlers in `subscriptions` and `publications` parse, look up and carry these out.
 
 use super::event::Pkg;
+use super::Outcome;
+use std::time::Duration;
 
 /// The Expires a SUBSCRIBE or PUBLISH asked for (`None`: the header was absent) against the
 /// configured default, minimum and maximum (RFC 6665 §4.2.1.1, RFC 3903 §6 step 6): shortened
@@ -154,6 +156,46 @@ pub(super) fn in_dialog(
     })
 }
 
+/// What a subscription does after its NOTIFY was answered (RFC 6665 §4.2.2, RFC 5057 §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterAnswer {
+    /// 2xx: the failures are forgotten; a change owed meanwhile leaves now.
+    Delivered,
+    /// A failure the profile keeps the subscription through (408, timeout, 5xx, ...): the
+    /// state is owed again and retried after this delay, the `failures`th in a row.
+    Retry { failures: u32, after: Duration },
+    /// The watcher ended it (481 and the like), or the profile does not keep subscriptions
+    /// on failures: it ends, with no final NOTIFY (the watcher would not take one).
+    End,
+}
+
+/// Longest wait before a NOTIFY is retried.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// The answer to a NOTIFY of a subscription that had failed `failures` times in a row before
+/// it, under a profile that keeps subscriptions on failures (`keep_on_timeout`) and retries
+/// first after `retry_ms`, doubling per failure up to a minute.
+pub(super) fn after_answer(
+    outcome: Outcome,
+    failures: u32,
+    keep_on_timeout: bool,
+    retry_ms: u64,
+) -> AfterAnswer {
+    match outcome {
+        Outcome::Delivered => AfterAnswer::Delivered,
+        Outcome::Failed(_) if keep_on_timeout => {
+            let failures = failures.saturating_add(1);
+            let shift = (failures - 1).min(10);
+            AfterAnswer::Retry {
+                failures,
+                after: Duration::from_millis(retry_ms.saturating_mul(1 << shift))
+                    .min(MAX_RETRY_DELAY),
+            }
+        }
+        Outcome::Failed(_) | Outcome::Rejected(_) => AfterAnswer::End,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +322,52 @@ mod tests {
             e.to_string(),
             "Forbidden: this subscription belongs to sip:1002@example.com"
         );
+    }
+
+    #[test]
+    fn rfc6665_4_2_2_a_failed_notify_is_retried_with_backoff_when_the_profile_keeps_it() {
+        assert_eq!(
+            after_answer(Outcome::Delivered, 3, true, 2000),
+            AfterAnswer::Delivered
+        );
+        let retry = |failures| after_answer(Outcome::Failed(408), failures, true, 2000);
+        assert_eq!(
+            retry(0),
+            AfterAnswer::Retry {
+                failures: 1,
+                after: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(
+            retry(1),
+            AfterAnswer::Retry {
+                failures: 2,
+                after: Duration::from_secs(4)
+            }
+        );
+        // Doubling stops at a minute, and the count does not overflow.
+        assert_eq!(
+            retry(20),
+            AfterAnswer::Retry {
+                failures: 21,
+                after: Duration::from_secs(60)
+            }
+        );
+        assert!(matches!(retry(u32::MAX), AfterAnswer::Retry { .. }));
+        assert_eq!(
+            after_answer(Outcome::Failed(408), 0, false, 2000),
+            AfterAnswer::End,
+            "a profile that does not keep subscriptions on timeout ends it"
+        );
+    }
+
+    #[test]
+    fn rfc5057_5_1_an_answer_that_ends_the_usage_ends_the_subscription() {
+        for keep in [true, false] {
+            assert_eq!(
+                after_answer(Outcome::Rejected(481), 0, keep, 2000),
+                AfterAnswer::End
+            );
+        }
     }
 }

@@ -659,8 +659,13 @@ impl Presence {
         else {
             return;
         };
-        match outcome {
-            Outcome::Delivered => {
+        match decide::after_answer(
+            outcome,
+            s.failures,
+            s.profile.keep_on_timeout,
+            s.profile.retry_ms,
+        ) {
+            decide::AfterAnswer::Delivered => {
                 s.failures = 0;
                 if s.delivery.delivered() {
                     if let Some(n) = self.notify_one(
@@ -674,21 +679,18 @@ impl Presence {
                     }
                 }
             }
-            Outcome::Failed(status) if s.profile.keep_on_timeout => {
-                s.failures = s.failures.saturating_add(1);
+            decide::AfterAnswer::Retry { failures, after } => {
+                s.failures = failures;
                 s.delivery.failed();
                 s.winfo_full = true;
-                let shift = (s.failures - 1).min(10);
-                let delay = Duration::from_millis(s.profile.retry_ms.saturating_mul(1 << shift))
-                    .min(Duration::from_secs(60));
-                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, status, failures = s.failures, "NOTIFY failed; retrying");
+                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, failures, "NOTIFY failed; retrying");
                 self.schedule(
                     Timer::Retry(sub.res.clone(), sub.key.clone()),
-                    self.now() + delay,
+                    self.now() + after,
                 );
             }
-            Outcome::Failed(status) | Outcome::Rejected(status) => {
-                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, status, "NOTIFY refused; ending the subscription");
+            decide::AfterAnswer::End => {
+                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, "NOTIFY refused; ending the subscription");
                 self.terminate(
                     &mut shard,
                     &sub.res,
