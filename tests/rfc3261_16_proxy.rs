@@ -868,3 +868,119 @@ async fn rfc3261_22_3_in_dialog_requests_of_unknown_dialogs_are_challenged_no_re
     bob.reply(&bye, 200, "b").await;
     assert_eq!(alice.final_of("BYE").await.status, 200);
 }
+
+/// An ACK as an attacker writes it: our Route on top, a To tag, and a Request-URI naming the
+/// socket it wants us to send to.
+fn forged_ack(
+    server: std::net::SocketAddr,
+    from: u16,
+    target: &str,
+    call_id: &str,
+    tags: (&str, &str),
+) -> Vec<u8> {
+    common::wire(&format!(
+        "ACK {target} SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{from};branch={b};rport
+        Max-Forwards: 70
+        Route: <sip:{server};lr>
+        From: <sip:1001@example.test>;tag={f}
+        To: <sip:1002@example.test>;tag={t}
+        Call-ID: {call_id}
+        CSeq: 1 ACK
+        ",
+        b = common::branch(),
+        f = tags.0,
+        t = tags.1,
+    ))
+}
+
+#[tokio::test]
+async fn rfc3261_16_11_an_ack_of_no_dialog_we_know_is_dropped_never_relayed() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "desk").await;
+    // A call in progress, ringing: an early dialog, no 2xx yet.
+    let invite = alice.invite("1002", "ack-known").await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b").await;
+    while alice.ua.any_response().await.status != 180 {}
+
+    // The attacker never registered; the victim is any socket of its choosing.
+    let attacker = common::Udp::new(s.udp).await;
+    let victim = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("sip:victim@{}", victim.local_addr().unwrap());
+    let core = &s.handle.core;
+    let (received, dropped) = (core.messages_received(), core.acks_dropped());
+    let forged = [
+        // No dialog at all behind it.
+        forged_ack(s.udp, attacker.port(), &target, "made-up", ("x", "y")),
+        // The Call-ID and From tag of the real call, a made-up To tag.
+        forged_ack(
+            s.udp,
+            attacker.port(),
+            &target,
+            "ack-known",
+            ("from-ack-known", "forged"),
+        ),
+        // The real call's early dialog, exactly: nothing was answered, no ACK is due.
+        forged_ack(
+            s.udp,
+            attacker.port(),
+            &target,
+            "ack-known",
+            ("from-ack-known", "b"),
+        ),
+    ];
+    for ack in &forged {
+        attacker.send(ack).await;
+    }
+    // A later answer on the same socket: the ACKs before it were read and handled.
+    let options = common::wire(&format!(
+        "OPTIONS sip:{} SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{};branch={}
+        Max-Forwards: 70
+        From: <sip:probe@example.test>;tag=p
+        To: <sip:{}>
+        Call-ID: after-acks
+        CSeq: 1 OPTIONS
+        ",
+        s.udp,
+        attacker.port(),
+        common::branch(),
+        s.udp
+    ));
+    assert_eq!(attacker.request(&options).await.status, 200);
+    assert_eq!(
+        core.messages_received() - received,
+        forged.len() as u64 + 1,
+        "every forged ACK reached the server"
+    );
+    let mut buf = [0u8; 4096];
+    let got = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        victim.recv_from(&mut buf),
+    )
+    .await;
+    assert!(
+        got.is_err(),
+        "relayed to the victim: {}",
+        String::from_utf8_lossy(&buf[..got.map(|r| r.unwrap().0).unwrap_or(0)])
+    );
+    assert_eq!(
+        core.acks_dropped() - dropped,
+        forged.len() as u64,
+        "every forged ACK was dropped and counted"
+    );
+    assert!(attacker.recv_nothing(100).await, "an ACK is never answered");
+
+    // Once answered, the real caller's ACK for the 2xx still reaches the callee (by the
+    // dialog's flow), and is not counted.
+    bob.reply(&at, 200, "b").await;
+    let ok = alice.final_of("INVITE").await;
+    assert_eq!(ok.status, 200);
+    let mut leg = Phone::caller_leg(&invite, &ok);
+    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
+    let ack = bob.next_of("ACK").await;
+    assert_eq!(ack.uri.to_string(), bob.contact());
+    assert_eq!(core.acks_dropped() - dropped, forged.len() as u64);
+}
