@@ -4,6 +4,8 @@
 
 use super::event::Pkg;
 use super::Outcome;
+use crate::config::Policy;
+use crate::storage::SubState;
 use std::time::Duration;
 
 /// The Expires a SUBSCRIBE or PUBLISH asked for (`None`: the header was absent) against the
@@ -85,6 +87,41 @@ pub(super) fn find_etag<'a>(
         .into_iter()
         .position(|(etag, expires_at)| etag == tag && expires_at > now)
         .ok_or(PublishRefused::UnknownEtag)
+}
+
+/// A new SUBSCRIBE (no To tag) as the policy for its watcher allows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NewSubscription {
+    /// `Active`, or `Pending` until the presentity decides (RFC 3857, RFC 3856 §6.6.2: a
+    /// pending NOTIFY carries no state).
+    pub(super) state: SubState,
+    /// Expires 0: a fetch (RFC 6665 §4.4.3): one NOTIFY with the state, terminated, nothing
+    /// kept (so it takes no place in the tables).
+    pub(super) fetch: bool,
+}
+
+/// RFC 6665 §4.2.1 with the authorization policy's verdict for this watcher; `None` is the
+/// 403 of a blocked watcher.
+pub(super) fn new_subscription(policy: Policy, expires: u32) -> Option<NewSubscription> {
+    let state = match policy {
+        Policy::Allow => SubState::Active,
+        Policy::Confirm => SubState::Pending,
+        Policy::Block => return None,
+    };
+    Some(NewSubscription {
+        state,
+        fetch: expires == 0,
+    })
+}
+
+/// A subscription's expiry timer fired at `now` (RFC 6665 §4.2.2 "timeout"): it ends, or, when
+/// a refresh moved `expires_at` meanwhile, waits until then.
+pub(super) fn expired(expires_at: u64, now: u64) -> Result<(), u64> {
+    if expires_at > now {
+        Err(expires_at)
+    } else {
+        Ok(())
+    }
 }
 
 /// One side of a subscription dialog, as the in-dialog SUBSCRIBE decision needs it: the stored
@@ -369,5 +406,39 @@ mod tests {
                 AfterAnswer::End
             );
         }
+    }
+
+    #[test]
+    fn rfc6665_4_2_1_and_rfc3857_a_new_subscription_is_active_pending_or_refused() {
+        let new = |policy, expires| new_subscription(policy, expires);
+        assert_eq!(
+            new(Policy::Allow, 600),
+            Some(NewSubscription {
+                state: SubState::Active,
+                fetch: false
+            })
+        );
+        assert_eq!(new(Policy::Confirm, 600).unwrap().state, SubState::Pending);
+        assert_eq!(new(Policy::Block, 600), None);
+        assert_eq!(
+            new(Policy::Block, 0),
+            None,
+            "a blocked watcher may not fetch"
+        );
+    }
+
+    #[test]
+    fn rfc6665_4_4_3_expires_0_is_a_fetch() {
+        let f = new_subscription(Policy::Allow, 0).unwrap();
+        assert!(f.fetch);
+        assert!(new_subscription(Policy::Confirm, 0).unwrap().fetch);
+    }
+
+    #[test]
+    fn rfc6665_4_2_2_timeout_only_once_the_subscription_is_due() {
+        assert_eq!(expired(1000, 1000), Ok(()));
+        assert_eq!(expired(1000, 1001), Ok(()));
+        // A refresh moved it after the timer was set.
+        assert_eq!(expired(1600, 1000), Err(1600));
     }
 }

@@ -14,7 +14,9 @@
 //! after a restart, even a `kill -9`, they continue from where they were.
 //!
 //! Here: the shared state (shards of resources, each with its publications and
-//! subscriptions) and the snapshots. Around it: `policy` (authorization, Accept),
+//! subscriptions) and the snapshots. Around it: `decide` (the SUBSCRIBE, PUBLISH and NOTIFY
+//! answer decisions as pure functions over plain values), `delivery` (one NOTIFY in flight,
+//! pure), `policy` (authorization, Accept),
 //! `subscriptions` (SUBSCRIBE, authorization decisions, NOTIFY outcomes, termination),
 //! `publications` (PUBLISH and the in-process API), `fanout` (changes to watchers, NOTIFY
 //! building, winfo), `routing` (where NOTIFYs go), `render` (the render cache), `timers`

@@ -221,21 +221,19 @@ impl Presence {
             r.headers.push(HeaderName::Accept, notify_types.join(", "));
             return Err(r);
         }
-        let state = match self.policies.decide(
+        let policy = self.policies.decide(
             ev.pkg,
             &presentity,
             &watcher,
             self.domains.serves(&watcher_uri.host),
-        ) {
-            Policy::Allow => SubState::Active,
-            Policy::Confirm => SubState::Pending,
-            Policy::Block => {
-                return Err(fail(
-                    403,
-                    &format!("Forbidden: {watcher} may not watch {presentity}"),
-                ))
-            }
+        );
+        let Some(new) = decide::new_subscription(policy, expires) else {
+            return Err(fail(
+                403,
+                &format!("Forbidden: {watcher} may not watch {presentity}"),
+            ));
         };
+        let state = new.state;
         let our_contact = self.our_contact(req, &peer);
         let user_agent = req.headers.get(HeaderName::UserAgent).map(str::to_string);
         let profile = self.profile_for(user_agent.as_deref());
@@ -280,7 +278,7 @@ impl Presence {
         let mut shard = self.shard(&presentity);
         let fresh_resource = !shard.resources.contains_key(&res);
         let watchers = shard.resources.get(&res).map_or(0, |r| r.subs.len());
-        if expires > 0 && watchers >= self.cfg.max_watchers_per_presentity {
+        if !new.fetch && watchers >= self.cfg.max_watchers_per_presentity {
             let mut r = fail(
                 503,
                 "Service Unavailable: too many watchers of this presentity",
@@ -290,7 +288,7 @@ impl Presence {
         }
         // The place is taken here, under the shard lock, and the subscription inserted below
         // without another way out.
-        if expires > 0 && !take_place(&self.subscription_count, self.cfg.max_subscriptions) {
+        if !new.fetch && !take_place(&self.subscription_count, self.cfg.max_subscriptions) {
             let mut r = fail(503, "Service Unavailable: subscription table is full");
             r.headers.push_raw("Retry-After", "60");
             return Err(r);
@@ -316,7 +314,7 @@ impl Presence {
             .headers
             .push(HeaderName::Contact, format!("<{our_contact}>"));
         response.headers.push(HeaderName::AllowEvents, ALLOW_EVENTS);
-        if expires == 0 {
+        if new.fetch {
             // A fetch (RFC 6665 §4.4.3): one NOTIFY with the state, terminated; nothing kept.
             let winfo = (ev.pkg == Pkg::Winfo).then(|| {
                 shard.resources.get(&ResKey {
