@@ -12,7 +12,7 @@ use crate::pua::client::SipSender;
 use crate::pua::usrloc::Usrloc;
 use crate::pua::Pua;
 use crate::registrar::{Identity, Pending, Registrar, Step};
-use crate::router::{self, Route};
+use crate::router::{self, Local, Route};
 use crate::sip::message::{has_tag_param, Parsed};
 use crate::sip::parse::{parse_message, Limits, ParseError, ParseFailure};
 use crate::sip::{HasHeaders, HeaderName, Headers, Message, Request, Response, Via};
@@ -40,8 +40,6 @@ pub enum StartError {
 /// How a request is answered.
 enum Answer {
     Now(Response),
-    /// ACK: never answered.
-    Nothing,
     /// A REGISTER whose change must be on disk first.
     AfterWrite(Pending),
     /// A SUBSCRIBE or PUBLISH: answer once `durable` resolves, then send the NOTIFYs.
@@ -72,14 +70,8 @@ pub struct Core {
     pub(crate) timers_changed: Notify,
     /// Host for our Via/Record-Route/Contact when a socket is bound to a wildcard address.
     pub(crate) advertised_host: String,
-    pub(crate) proxy: crate::proxy::Proxy,
-    pub(crate) forwarding: Mutex<crate::proxy::forward::Forwarding>,
-    /// `[proxy] upstream` resolved at start when it is a host name.
-    pub(crate) upstream_resolved: Mutex<Option<Peer>>,
-    /// Calls through the proxy (one lock: every change of a call is published under it, so a
-    /// call's lamps change in order).
-    pub(crate) dialogs: Mutex<crate::dialog::DialogTracker>,
-    pub(crate) dialog_store: Arc<dyn crate::storage::DialogStore>,
+    /// The proxy and what it owns: forwarding contexts, the dialog tracker and its store.
+    pub(crate) proxy: crate::proxy::ProxyService,
     pub(crate) dialoginfo: crate::config::DialogInfoConfig,
     pub(crate) max_lifetime: u64,
     pub(crate) events: EventBus,
@@ -229,6 +221,19 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         Some(k) => NonceKey::new(k),
         None => NonceKey::random().map_err(StartError::Random)?,
     };
+    let rules = crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg));
+    let upstream_resolved = match rules.upstream.clone() {
+        Some(u) if crate::proxy::uri_addr(&u).is_none() => {
+            let found = resolve(&transport, &u).await;
+            if found.is_none() {
+                tracing::warn!(upstream = %u, "cannot resolve [proxy] upstream; calls to the PBX fail with 503 until restart");
+            }
+            found
+        }
+        _ => None,
+    };
+    let proxy =
+        crate::proxy::ProxyService::new(rules, &cfg.dialog, dialog_store, upstream_resolved);
     let core = Arc::new(Core {
         limits,
         transport: transport.clone(),
@@ -250,11 +255,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         owners: Mutex::new(HashMap::new()),
         timers_changed: Notify::new(),
         advertised_host: advertised_host(cfg),
-        proxy: crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg)),
-        forwarding: Mutex::new(Default::default()),
-        upstream_resolved: Mutex::new(None),
-        dialogs: Mutex::new(crate::dialog::DialogTracker::new(&cfg.dialog)),
-        dialog_store,
+        proxy,
         dialoginfo: cfg.pua.dialoginfo.clone(),
         max_lifetime: cfg.dialog.max_lifetime,
         events: events.clone(),
@@ -264,21 +265,6 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         answering: Default::default(),
     });
     let _ = core.this.set(Arc::downgrade(&core));
-    if let Some(u) = core.proxy.upstream.clone() {
-        if crate::proxy::uri_addr(&u).is_none() {
-            match core.resolve(&u).await {
-                Some(p) => {
-                    *core
-                        .upstream_resolved
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(p)
-                }
-                None => {
-                    tracing::warn!(upstream = %u, "cannot resolve [proxy] upstream; calls to the PBX fail with 503 until restart")
-                }
-            }
-        }
-    }
     let sink: Arc<dyn NotifySink> = core.clone();
     presence.set_sink(Arc::downgrade(&sink));
     let sender: Arc<dyn SipSender> = core.clone();
@@ -356,6 +342,12 @@ impl Core {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// ACKs that matched no transaction and were dropped instead of relayed (no Route of
+    /// ours, or no confirmed dialog the tracker knows).
+    pub fn acks_dropped(&self) -> u64 {
+        self.proxy.acks_dropped()
+    }
+
     /// What the server holds for messages in flight: once every call has ended and the
     /// transaction timers have run, all of it is zero (nothing leaks).
     pub fn in_flight(&self) -> InFlight {
@@ -367,11 +359,7 @@ impl Core {
                 .len(),
             client_transactions: self.clients.lock().unwrap_or_else(|p| p.into_inner()).len(),
             client_owners: self.owners.lock().unwrap_or_else(|p| p.into_inner()).len(),
-            forwarded: self
-                .forwarding
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len(),
+            forwarded: self.proxy.forwarded(),
         }
     }
 
@@ -526,15 +514,14 @@ impl Core {
                 return;
             }
         };
-        if req.method == "CANCEL" {
-            return self.proxy_cancel(key, &req);
-        }
-        if self.is_proxied(&req, &parsed) {
-            return self.proxy_request(key, req, &parsed, peer);
-        }
-        match self.dispatch(&req, &parsed, peer) {
+        let in_dialog = parsed.to.tag().is_some();
+        let local = match router::route(&req, in_dialog, |u| self.proxy.rules.is_us(u)) {
+            Route::Cancel => return self.proxy_cancel(key, &req),
+            Route::Proxy => return self.proxy_request(key, req, &parsed, peer),
+            Route::Local(local) => local,
+        };
+        match self.dispatch(local, &req, &parsed, peer) {
             Answer::Now(resp) => self.respond(&key, resp),
-            Answer::Nothing => {}
             Answer::AfterWrite(pending) => {
                 let me = self.clone();
                 let answering = self.answering.token();
@@ -712,42 +699,12 @@ impl Core {
     /// address). Host names are looked up (the system resolver: /etc/hosts, DNS A/AAAA; no
     /// SRV/NAPTR). `None` when nothing usable is found.
     pub async fn resolve(&self, uri: &crate::sip::SipUri) -> Option<Peer> {
-        let proto = match uri.params.get("transport") {
-            Some(Some(t)) if t.eq_ignore_ascii_case("tcp") => Proto::Tcp,
-            _ => Proto::Udp,
-        };
-        let port = uri.port.unwrap_or(5060);
-        let host = uri.host.to_string();
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let remote = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .ok()?
-                .next()?,
-        };
-        Some(self.peer_to(proto, remote))
+        resolve(&self.transport, uri).await
     }
 
     /// A destination over our socket of `proto` that suits `remote` (same address family).
     pub fn peer_to(&self, proto: Proto, remote: SocketAddr) -> Peer {
-        let local = self
-            .transport
-            .local_addrs()
-            .into_iter()
-            .filter(|(p, _)| *p == proto)
-            .map(|(_, a)| a)
-            .find(|a| a.is_ipv4() == remote.is_ipv4())
-            .unwrap_or_else(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
-        Peer {
-            proto,
-            remote,
-            local,
-            conn: None,
-        }
+        peer_to(&self.transport, proto, remote)
     }
 
     /// `host:port` others reach us at through our socket `local`: the socket address, or,
@@ -761,11 +718,10 @@ impl Core {
 
     /// A top Via for a new request of ours towards `to`, with a fresh branch.
     pub fn via_for(&self, to: &Peer) -> String {
-        format!(
-            "SIP/2.0/{} {};branch={};rport",
-            to.proto.via_name(),
-            self.advertised(to.local),
-            self.branch_key.mint(self.ids.next())
+        crate::proxy::branch::via(
+            to.proto,
+            &self.advertised(to.local),
+            &crate::proxy::branch::mint(&self.branch_key, self.ids.next()),
         )
     }
 
@@ -781,18 +737,17 @@ impl Core {
         }
     }
 
-    fn dispatch(&self, req: &Request, parsed: &Parsed, peer: Peer) -> Answer {
+    fn dispatch(&self, local: Local, req: &Request, parsed: &Parsed, peer: Peer) -> Answer {
         let tag = self.ids.tag();
-        match router::route(req) {
-            Route::Reply(status, reason, extra) => {
+        match local {
+            Local::Reply(status, reason, extra) => {
                 let mut r = req.response(status, &reason, Some(&tag));
                 for (h, v) in extra {
                     r.headers.push(h, v);
                 }
                 Answer::Now(r)
             }
-            Route::Ack => Answer::Nothing,
-            Route::Options => {
+            Local::Options => {
                 let mut r = req.response(200, "OK", Some(&tag));
                 r.headers.push(HeaderName::Allow, router::ALLOW);
                 r.headers.push(
@@ -804,15 +759,10 @@ impl Core {
                     .push(HeaderName::Supported, router::SUPPORTED.join(", "));
                 Answer::Now(r)
             }
-            // No INVITE server transactions exist yet (the proxy will own them), so a CANCEL
-            // can match nothing: RFC 3261 §9.2.
-            Route::Cancel => {
-                Answer::Now(req.response(481, "Call/Transaction Does Not Exist", Some(&tag)))
-            }
-            Route::Register => self.register(req, parsed, peer, &tag),
-            Route::Subscribe | Route::Publish => self.presence_request(req, parsed, peer, &tag),
+            Local::Register => self.register(req, parsed, peer, &tag),
+            Local::Subscribe | Local::Publish => self.presence_request(req, parsed, peer, &tag),
             // A NOTIFY for one of the presence client's subscriptions (481 otherwise).
-            Route::Notify => {
+            Local::Notify => {
                 let (status, reason) = self.pua.on_notify(req, parsed);
                 Answer::Now(req.response(status, reason, Some(&tag)))
             }
@@ -909,11 +859,7 @@ impl Core {
                 .lock()
                 .map(|c| c.next_deadline())
                 .unwrap_or(None);
-            let proxy_next = self
-                .forwarding
-                .lock()
-                .map(|f| f.timers.next())
-                .unwrap_or(None);
+            let proxy_next = self.proxy.next_timer();
             let next = [server_next, client_next, proxy_next]
                 .into_iter()
                 .flatten()
@@ -1088,5 +1034,44 @@ fn reply_target(resp: &Response, peer: Peer) -> Peer {
             ..peer
         },
         _ => peer,
+    }
+}
+
+/// See [`Core::resolve`].
+async fn resolve(transport: &Transport, uri: &crate::sip::SipUri) -> Option<Peer> {
+    let proto = match uri.params.get("transport") {
+        Some(Some(t)) if t.eq_ignore_ascii_case("tcp") => Proto::Tcp,
+        _ => Proto::Udp,
+    };
+    let port = uri.port.unwrap_or(5060);
+    let host = uri.host.to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let remote = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()?
+            .next()?,
+    };
+    Some(peer_to(transport, proto, remote))
+}
+
+/// A destination over our socket of `proto` that suits `remote` (same address family).
+fn peer_to(transport: &Transport, proto: Proto, remote: SocketAddr) -> Peer {
+    let local = transport
+        .local_addrs()
+        .into_iter()
+        .filter(|(p, _)| *p == proto)
+        .map(|(_, a)| a)
+        .find(|a| a.is_ipv4() == remote.is_ipv4())
+        .unwrap_or_else(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
+    Peer {
+        proto,
+        remote,
+        local,
+        conn: None,
     }
 }

@@ -32,7 +32,7 @@ pub fn info() -> InviteInfo {
             target: None,
         },
         request_uri: "sip:1002@example.com".into(),
-        caller_flow: "udp:192.0.2.7:5060".into(),
+        caller_flow: "udp:192.0.2.7:5060".parse().unwrap(),
         cseq: 101,
     }
 }

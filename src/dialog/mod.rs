@@ -18,10 +18,12 @@
 pub mod sdp;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
 
 use crate::config::DialogConfig;
 pub use crate::sip::body::dialog_info::DialogState;
 use crate::storage::dialogs::{call_key, encode_call, DialogWrite};
+use crate::transport::{Peer, Proto};
 
 /// How many ended calls are remembered, and for how long (ms): long enough for any late
 /// response or retransmitted INVITE (64·T1) to find the call ended instead of new.
@@ -31,6 +33,64 @@ pub const ENDED_KEEP_MS: u64 = 64_000;
 pub const MAX_BRANCHES: usize = 64;
 /// Most to-tags of ended branches remembered per call (so their late 1xx cannot revive them).
 const MAX_DEAD_TAGS: usize = 64;
+
+/// Where a party's requests come from, and so where in-dialog requests to it go: the
+/// transport and the remote address (behind NAT: the address the request really came from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub proto: Proto,
+    pub remote: SocketAddr,
+}
+
+impl Flow {
+    /// The flow a message arrived over.
+    pub fn of(peer: &Peer) -> Flow {
+        Flow {
+            proto: peer.proto,
+            remote: peer.remote,
+        }
+    }
+}
+
+/// `udp:192.0.2.7:5060`, `tcp:[2001:db8::1]:5061` (as a registration's `source` is written).
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            Proto::Udp => "udp",
+            Proto::Tcp => "tcp",
+        };
+        write!(f, "{proto}:{}", self.remote)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a flow (udp:ADDRESS:PORT or tcp:ADDRESS:PORT): {0:?}")]
+pub struct BadFlow(pub String);
+
+impl std::str::FromStr for Flow {
+    type Err = BadFlow;
+
+    fn from_str(s: &str) -> Result<Flow, BadFlow> {
+        let bad = || BadFlow(s.chars().take(64).collect());
+        let (proto, addr) = s.split_once(':').ok_or_else(bad)?;
+        let proto = match proto {
+            "udp" => Proto::Udp,
+            "tcp" => Proto::Tcp,
+            _ => return Err(bad()),
+        };
+        let remote = addr.parse().map_err(|_| bad())?;
+        Ok(Flow { proto, remote })
+    }
+}
+
+/// One dialog as the requests of one side name it (RFC 3261 §12: Call-ID, the sender's tag
+/// in From, the other's in To).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DialogId {
+    pub call_id: String,
+    pub from_tag: String,
+    pub to_tag: String,
+}
 
 /// One call: one initial INVITE (Call-ID and From-tag; RFC 3261 §12.1 without the to-tag,
 /// which each branch adds).
@@ -60,8 +120,8 @@ pub struct InviteInfo {
     pub caller: Party,
     pub callee: Party,
     pub request_uri: String,
-    /// Where the INVITE came from, e.g. "udp:192.0.2.7:5060".
-    pub caller_flow: String,
+    /// Where the INVITE came from.
+    pub caller_flow: Flow,
     pub cseq: u32,
 }
 
@@ -95,8 +155,8 @@ pub struct Branch {
     pub state: DialogState,
     /// The callee's Contact on this branch.
     pub target: Option<String>,
-    /// Where this branch's responses came from (the callee's flow), e.g. "udp:192.0.2.9:5060".
-    pub flow: Option<String>,
+    /// Where this branch's responses came from (the callee's flow).
+    pub flow: Option<Flow>,
     /// The last status this branch answered (180, 183, 200).
     pub code: u16,
     pub created_ms: u64,
@@ -124,7 +184,7 @@ pub struct Call {
     pub callee: Party,
     pub request_uri: String,
     /// Where the caller's requests come from (and where in-dialog requests to it go).
-    pub caller_flow: String,
+    pub caller_flow: Flow,
     /// The highest CSeq from the caller in this call (the INVITE's, then later requests').
     pub caller_cseq: u32,
     /// The call's state: terminated once ended; else confirmed when a dialog is, early when
@@ -177,8 +237,8 @@ impl Call {
     }
 
     /// The winning branch's flow (where in-dialog requests to the callee go).
-    pub fn callee_flow(&self) -> Option<&str> {
-        self.winner()?.flow.as_deref()
+    pub fn callee_flow(&self) -> Option<Flow> {
+        self.winner()?.flow
     }
 
     fn dead(&self, to_tag: &str) -> bool {
@@ -267,8 +327,11 @@ pub struct DialogTracker {
     by_call_id: HashMap<String, Vec<String>>,
     deadlines: BTreeSet<(u64, CallKey)>,
     /// Ended calls, remembered for [`ENDED_KEEP_MS`] (oldest first).
-    ended: HashMap<CallKey, u64>,
-    ended_order: VecDeque<(u64, CallKey)>,
+    ended: Recent<CallKey>,
+    /// Dialogs whose 2xx to an INVITE (initial or re-INVITE) went through the proxy lately,
+    /// with when (oldest first): their ACK is expected even when no call here follows them
+    /// (cancelled as the 2xx crossed, set up before a restart, tracker full).
+    answered: Recent<DialogId>,
 }
 
 /// Which side sent an in-dialog request, and the dialog it names.
@@ -289,17 +352,17 @@ impl DialogTracker {
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
             deadlines: BTreeSet::new(),
-            ended: HashMap::new(),
-            ended_order: VecDeque::new(),
+            ended: Recent::default(),
+            answered: Recent::default(),
         }
     }
 
     /// New call (initial INVITE forwarded). None if the call is already known (retransmission,
     /// spiral), ended a moment ago, or the tracker is full (the proxy still routes it).
     pub fn invite(&mut self, key: CallKey, info: InviteInfo, now: u64) -> Option<Update> {
-        self.forget_ended(now);
+        self.ended.forget(now);
         if self.calls.contains_key(&key)
-            || self.ended.contains_key(&key)
+            || self.ended.contains(&key, now)
             || self.calls.len() >= self.limits.max_calls
         {
             return None;
@@ -358,7 +421,7 @@ impl DialogTracker {
         to_tag: Option<&str>,
         status: u16,
         contact: Option<&str>,
-        flow: Option<&str>,
+        flow: Option<Flow>,
         now: u64,
     ) -> Option<Update> {
         if !(101..=699).contains(&status) {
@@ -393,7 +456,7 @@ impl DialogTracker {
                         }
                     }
                     if b.flow.is_none() && flow.is_some() {
-                        b.flow = flow.map(str::to_string);
+                        b.flow = flow;
                     }
                     return changed;
                 }
@@ -404,7 +467,7 @@ impl DialogTracker {
                     to_tag: tag.to_string(),
                     state: DialogState::Early,
                     target: contact.map(str::to_string),
-                    flow: flow.map(str::to_string),
+                    flow,
                     code: status,
                     created_ms: now,
                     confirmed_ms: None,
@@ -427,8 +490,8 @@ impl DialogTracker {
                         if let Some(uri) = contact {
                             b.target = Some(uri.to_string());
                         }
-                        if let Some(f) = flow {
-                            b.flow = Some(f.to_string());
+                        if flow.is_some() {
+                            b.flow = flow;
                         }
                     }
                     None => {
@@ -439,7 +502,7 @@ impl DialogTracker {
                             to_tag: tag.to_string(),
                             state: DialogState::Confirmed,
                             target: contact.map(str::to_string),
-                            flow: flow.map(str::to_string),
+                            flow,
                             code: status,
                             created_ms: now,
                             confirmed_ms: Some(now),
@@ -572,21 +635,44 @@ impl DialogTracker {
         self.end_branch(&f.key, &f.to_tag, reason, now)
     }
 
-    /// Records the CSeq of an in-dialog request (`from_tag` is the sender's), so a keepalive
-    /// probe after a restart can send a higher one. Returns the record write when it rose;
-    /// not a visible change (no publication).
     /// Where an in-dialog request from the party with `from_tag` goes: the other party's
     /// flow (the caller's source, or the answering branch's), for phones behind NAT or on TCP.
-    pub fn flow_towards(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<String> {
+    pub fn flow_towards(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<Flow> {
         let f = self.find(call_id, from_tag, to_tag)?;
         let call = self.calls.get(&f.key)?;
         if f.by_caller {
-            call.branch(&f.to_tag)?.flow.clone()
+            call.branch(&f.to_tag)?.flow
         } else {
-            Some(call.caller_flow.clone())
+            Some(call.caller_flow)
         }
     }
 
+    /// A 2xx to an INVITE of dialog `id` (its From and To tags as the response carries them)
+    /// went through the proxy: the end-to-end ACK for it is expected for
+    /// [`ENDED_KEEP_MS`] (longer than the 2xx is retransmitted, RFC 6026 Timer L).
+    pub fn answered(&mut self, id: DialogId, now: u64) {
+        self.answered.remember(id, now);
+    }
+
+    /// Whether the end-to-end ACK `id` names (From and To tags as the ACK carries them) is
+    /// one the proxy relays (RFC 3261 §16.11): the ACK of a confirmed dialog of a call in
+    /// progress (a re-INVITE's, or the answer's), or of a 2xx that went through lately
+    /// ([`answered`](Self::answered)). Any other ACK is no business of ours.
+    pub fn expects_ack(&self, id: &DialogId, now: u64) -> bool {
+        let confirmed = self
+            .find(&id.call_id, &id.from_tag, &id.to_tag)
+            .is_some_and(|f| {
+                self.calls
+                    .get(&f.key)
+                    .and_then(|c| c.branch(&f.to_tag))
+                    .is_some_and(|b| b.state == DialogState::Confirmed)
+            });
+        confirmed || self.answered.contains(id, now)
+    }
+
+    /// Records the CSeq of an in-dialog request (`from_tag` is the sender's), so a keepalive
+    /// probe after a restart can send a higher one. Returns the record write when it rose;
+    /// not a visible change (no publication).
     pub fn note_cseq(
         &mut self,
         call_id: &str,
@@ -618,7 +704,7 @@ impl DialogTracker {
     /// `max_lifetime` (a phone that lost power never sends BYE), or never answered and older
     /// than `early_timeout` (Timer C lost across a restart).
     pub fn expire(&mut self, now: u64) -> Vec<Update> {
-        self.forget_ended(now);
+        self.ended.forget(now);
         let due: Vec<CallKey> = self
             .deadlines
             .iter()
@@ -658,7 +744,7 @@ impl DialogTracker {
                 }
                 call.state = DialogState::Terminated;
                 call.seq += 1;
-                self.remember_ended(call.key.clone(), now);
+                self.ended.remember(call.key.clone(), now);
                 out.push(Update {
                     write: DialogWrite::Delete(call_key(&call.key)),
                     call,
@@ -790,7 +876,7 @@ impl DialogTracker {
                 self.by_call_id.remove(&key.call_id);
             }
         }
-        self.remember_ended(key.clone(), now);
+        self.ended.remember(key.clone(), now);
         Some(Update {
             write: DialogWrite::Delete(call_key(key)),
             call,
@@ -814,27 +900,62 @@ impl DialogTracker {
             }
         }
     }
+}
 
-    fn remember_ended(&mut self, key: CallKey, now: u64) {
-        if self.ended.len() >= ENDED_KEEP {
-            if let Some((_, old)) = self.ended_order.pop_front() {
-                self.ended.remove(&old);
-            }
-        }
-        if self.ended.insert(key.clone(), now).is_none() {
-            self.ended_order.push_back((now, key));
+/// Keys remembered for [`ENDED_KEEP_MS`] after they were first seen, at most [`ENDED_KEEP`]
+/// of them (the oldest go first).
+#[derive(Debug)]
+struct Recent<K> {
+    since: HashMap<K, u64>,
+    order: VecDeque<(u64, K)>,
+}
+
+impl<K> Default for Recent<K> {
+    fn default() -> Self {
+        Recent {
+            since: HashMap::new(),
+            order: VecDeque::new(),
         }
     }
+}
 
-    fn forget_ended(&mut self, now: u64) {
-        while let Some((at, _)) = self.ended_order.front() {
+impl<K: Clone + Eq + std::hash::Hash> Recent<K> {
+    /// Seen at `now`; seen again, it keeps its first time (the window counts from then).
+    fn remember(&mut self, key: K, now: u64) {
+        self.forget(now);
+        if self.since.contains_key(&key) {
+            return;
+        }
+        if self.since.len() >= ENDED_KEEP {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.since.remove(&old);
+            }
+        }
+        self.since.insert(key.clone(), now);
+        self.order.push_back((now, key));
+    }
+
+    fn contains(&self, key: &K, now: u64) -> bool {
+        self.since
+            .get(key)
+            .is_some_and(|at| at.saturating_add(ENDED_KEEP_MS) > now)
+    }
+
+    /// Forgets what was first seen [`ENDED_KEEP_MS`] or longer before `now`.
+    fn forget(&mut self, now: u64) {
+        while let Some((at, _)) = self.order.front() {
             if at.saturating_add(ENDED_KEEP_MS) > now {
                 break;
             }
-            if let Some((_, key)) = self.ended_order.pop_front() {
-                self.ended.remove(&key);
+            if let Some((_, key)) = self.order.pop_front() {
+                self.since.remove(&key);
             }
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.since.len()
     }
 }
 

@@ -21,7 +21,7 @@ fn ring(t: &mut DialogTracker, tag: &str, at: u64) -> Option<Update> {
         Some(tag),
         180,
         Some(&format!("sip:1002@192.0.2.{}:5060", tag.len())),
-        Some("udp:192.0.2.9:5060"),
+        "udp:192.0.2.9:5060".parse().ok(),
         at,
     )
 }
@@ -32,7 +32,7 @@ fn answer(t: &mut DialogTracker, tag: &str, at: u64) -> Option<Update> {
         Some(tag),
         200,
         Some("sip:1002@192.0.2.9:5060"),
-        Some("udp:192.0.2.9:5060"),
+        "udp:192.0.2.9:5060".parse().ok(),
         at,
     )
 }
@@ -73,7 +73,10 @@ fn rfc4235_3_7_1_ring_answer_hold_unhold_bye() {
         u.call.callee.target.as_deref(),
         Some("sip:1002@192.0.2.9:5060")
     );
-    assert_eq!(u.call.callee_flow(), Some("udp:192.0.2.9:5060"));
+    assert_eq!(
+        u.call.callee_flow().map(|f| f.to_string()).as_deref(),
+        Some("udp:192.0.2.9:5060")
+    );
     assert_eq!(t.confirmed().len(), 1);
     // The caller holds (re-INVITE sendonly), then resumes.
     let u = t
@@ -315,7 +318,7 @@ fn rfc3261_21_6_2_busy() {
             Some("b1"),
             486,
             None,
-            Some("udp:192.0.2.9:5060"),
+            "udp:192.0.2.9:5060".parse().ok(),
             T0 + 2,
         )
         .unwrap();
@@ -625,7 +628,7 @@ fn ended_calls_are_remembered_for_a_while_only() {
         t.cancel(&k, T0).unwrap();
     }
     assert!(t.ended.len() <= ENDED_KEEP);
-    assert!(t.ended_order.len() <= ENDED_KEEP);
+    assert!(t.ended.order.len() <= ENDED_KEEP);
 }
 
 #[test]
@@ -718,4 +721,64 @@ fn restore_keeps_a_recent_ringing_call_until_early_timeout() {
 
 fn ring_k(t: &mut DialogTracker, k: &CallKey, at: u64) -> Update {
     t.response(k, Some("t"), 180, None, None, at).unwrap()
+}
+
+fn dialog(from_tag: &str, to_tag: &str) -> DialogId {
+    DialogId {
+        call_id: key().call_id,
+        from_tag: from_tag.into(),
+        to_tag: to_tag.into(),
+    }
+}
+
+#[test]
+fn rfc3261_16_11_an_ack_is_expected_only_for_a_confirmed_or_just_answered_dialog() {
+    let mut t = started();
+    let caller = key().from_tag;
+    // Ringing: an early dialog has no ACK of its own (the ACK of a non-2xx is hop by hop).
+    ring(&mut t, "b1", T0 + 10).unwrap();
+    assert!(!t.expects_ack(&dialog(&caller, "b1"), T0 + 11));
+    // Answered: the caller's ACK, and the callee's for its own re-INVITE (tags swapped).
+    answer(&mut t, "b1", T0 + 20).unwrap();
+    assert!(t.expects_ack(&dialog(&caller, "b1"), T0 + 21));
+    assert!(t.expects_ack(&dialog("b1", &caller), T0 + 21));
+    // Another to-tag, another Call-ID: no dialog of ours.
+    assert!(!t.expects_ack(&dialog(&caller, "forged"), T0 + 21));
+    let mut other = dialog(&caller, "b1");
+    other.call_id = "made-up".into();
+    assert!(!t.expects_ack(&other, T0 + 21));
+}
+
+#[test]
+fn rfc3261_9_1_a_2xx_that_crossed_the_cancel_still_gets_its_ack_for_a_while() {
+    let mut t = started();
+    let caller = key().from_tag;
+    ring(&mut t, "b1", T0 + 10).unwrap();
+    // The caller cancels: the call ends in the tracker; then the callee's 2xx passes.
+    t.cancel(&key(), T0 + 20).unwrap();
+    assert!(answer(&mut t, "b1", T0 + 30).is_none());
+    assert!(!t.expects_ack(&dialog(&caller, "b1"), T0 + 31));
+    t.answered(dialog(&caller, "b1"), T0 + 30);
+    assert!(t.expects_ack(&dialog(&caller, "b1"), T0 + 31));
+    // Exactly as the 2xx named it: not with the tags swapped, and not for ever.
+    assert!(!t.expects_ack(&dialog("b1", &caller), T0 + 31));
+    assert!(!t.expects_ack(&dialog(&caller, "b1"), T0 + 30 + ENDED_KEEP_MS));
+    // Forgotten once old, whoever asks next.
+    t.answered(dialog("x", "y"), T0 + 30 + ENDED_KEEP_MS);
+    assert_eq!(t.answered.len(), 1);
+}
+
+#[test]
+fn flows_read_back_as_written() {
+    for text in ["udp:192.0.2.7:5060", "tcp:[2001:db8::1]:5061"] {
+        let f: Flow = text.parse().unwrap();
+        assert_eq!(f.to_string(), text);
+    }
+    assert_eq!(
+        "tcp:[::1]:5061".parse::<Flow>().unwrap().remote,
+        "[::1]:5061".parse().unwrap()
+    );
+    for bad in ["sctp:1.2.3.4:5", "udp:host.example:5060", "udp", ""] {
+        assert!(bad.parse::<Flow>().is_err(), "{bad}");
+    }
 }

@@ -4,12 +4,12 @@
 //! stray 2xx retransmissions are forwarded statelessly (RFC 3261 §16.7, §16.10, §16.11).
 
 use super::context::{BranchState, Context, Step};
-use super::{
-    branch_request, next_hop_uri, response_addr, strip_top_via, uri_addr, Hop, Proxy, Targets,
-};
+use super::lock;
+use super::service::{AckStep, NextHop};
+use super::{branch_request, next_hop_uri, response_addr, strip_top_via, uri_addr, Hop, Targets};
 use crate::auth::AuthResult;
 use crate::deadline::Deadlines;
-use crate::dialog::{CallKey, InviteInfo, Party, Update};
+use crate::dialog::{CallKey, Flow, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
@@ -59,43 +59,15 @@ struct Forwarded {
     call: Option<CallKey>,
 }
 
-/// Where responses to a request go back (`response_addr` of the Via below ours), as bound
-/// into our branch: a branch seen on one call cannot aim a forged response anywhere else.
-fn back_hop(via: Option<&crate::sip::Via>) -> String {
-    via.and_then(response_addr)
-        .map(|(proto, addr)| format!("{}/{addr}", proto.via_name()))
-        .unwrap_or_default()
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Core {
-    /// Whether the proxy, rather than a service of ours, owns a request.
-    pub(crate) fn is_proxied(&self, req: &Request, parsed: &Parsed) -> bool {
-        let in_dialog = parsed.to.tag().is_some();
-        match req.method.as_str() {
-            "INVITE" | "BYE" | "UPDATE" | "INFO" | "PRACK" | "MESSAGE" | "REFER" => true,
-            // In-dialog OPTIONS/NOTIFY between phones, record-routed through us: addressed to
-            // a phone's contact. The NOTIFYs of our own subscriptions (the presence client) are
-            // addressed to our Contact, whatever Route they carry.
-            "OPTIONS" | "NOTIFY" => {
-                in_dialog
-                    && req.headers.has(HeaderName::Route)
-                    && !req.uri.as_sip().is_some_and(|u| {
-                        let mut host_only = u.clone();
-                        host_only.user = None;
-                        self.proxy.is_us(&host_only)
-                    })
-            }
-            _ => false,
+    /// Answers a request the proxy refuses: the error's status and reason, and for 420 the
+    /// Unsupported header naming what it does not support.
+    fn proxy_reject(self: &Arc<Self>, key: &TxKey, req: &Request, e: &super::ProxyError) {
+        let mut r = req.response(e.status(), &e.to_string(), Some(&self.ids.tag()));
+        if let super::ProxyError::BadExtension(tags) = e {
+            r.headers.push(HeaderName::Unsupported, tags.join(", "));
         }
-    }
-
-    fn proxy_answer(self: &Arc<Self>, key: &TxKey, req: &Request, status: u16, reason: &str) {
-        let resp = req.response(status, reason, Some(&self.ids.tag()));
-        self.respond(key, resp);
+        self.respond(key, r);
     }
 
     /// RFC 3261 §16.3–§16.6 for a new request the proxy owns.
@@ -112,64 +84,25 @@ impl Core {
             // retransmitting.
             self.respond(&key, req.response(100, "Trying", None));
         }
-        if let Err(e) = Proxy::check_max_forwards(&req) {
-            return self.proxy_answer(&key, &req, e.status(), &e.to_string());
-        }
-        // RFC 3261 §16.6 item 8: the hash covers the request as received, before route
-        // preprocessing and credential removal change it, so a request that comes back with
-        // what we sent it out with (e.g. a shorter Route) is a spiral, not a loop.
-        let loop_hash = self.proxy.loop_hash(&req);
-        let vias = req.vias().unwrap_or_default();
-        if self.proxy.is_loop(&loop_hash, &vias) {
-            let e = super::ProxyError::Loop;
-            return self.proxy_answer(&key, &req, e.status(), &e.to_string());
-        }
-        if let Err(e) = Proxy::check_proxy_require(&req) {
-            let mut r = req.response(e.status(), &e.to_string(), Some(&self.ids.tag()));
-            if let super::ProxyError::BadExtension(tags) = &e {
-                r.headers.push(HeaderName::Unsupported, tags.join(", "));
-            }
-            return self.respond(&key, r);
-        }
+        let loop_hash = match self.proxy.validate(&req) {
+            Ok(h) => h,
+            Err(e) => return self.proxy_reject(&key, &req, &e),
+        };
         let in_dialog = parsed.to.tag().is_some();
-        // Requests in a dialog we set up (the tracker knows its parties) need no credentials.
-        // Anything else, a To tag included, comes from a trusted source or authenticates: a
-        // made-up dialog (any To tag and our Route) would otherwise have us relay any request
-        // anywhere in our name, e.g. an INVITE to the PBX that trusts us.
-        let known_dialog = in_dialog && self.flow_for(&req).is_some();
-        if !known_dialog {
+        if self.proxy.needs_credentials(&req, in_dialog) {
             if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
                 return self.respond(&key, resp);
             }
         }
-        let routed = self.proxy.preprocess_routes(&mut req);
-        if in_dialog && !routed {
-            // We Record-Route every dialog we set up, so its requests carry our Route. One
-            // without it is for a dialog we are not in: relaying it would make us an open
-            // relay for anyone's BYEs (Kamailio's default config answers 404 too).
-            return if req.uri.as_sip().is_some_and(|u| self.proxy.is_us(u)) {
-                self.proxy_answer(&key, &req, 481, "Call/Transaction Does Not Exist")
-            } else {
-                self.proxy_answer(
-                    &key,
-                    &req,
-                    404,
-                    "Not Found: in-dialog request not routed through us",
-                )
-            };
-        }
-        // A Route we would send the request on by must name a SIP URI we can reach.
-        if req.headers.has(HeaderName::Route) {
-            if let Err(e) = next_hop_uri(&req) {
-                return self.proxy_answer(&key, &req, e.status(), &e.to_string());
-            }
+        if let Err(e) = self.proxy.preprocess(&mut req, in_dialog) {
+            return self.proxy_reject(&key, &req, &e);
         }
         let upstream = self.upstream_peer();
         let from_upstream = upstream.is_some_and(|u| u.remote.ip() == peer.remote.ip());
         // Who the Request-URI names matters only for a request routed by it (not in a
         // dialog, no Route left): BYEs and re-INVITEs skip the binding and user lookups.
         let by_request_uri = !in_dialog && !req.headers.has(HeaderName::Route);
-        let bindings = match self.proxy.local_aor(&req.uri) {
+        let bindings = match self.proxy.rules.local_aor(&req.uri) {
             Some(aor) if by_request_uri => self.registrar.lookup(&aor),
             _ => Vec::new(),
         };
@@ -180,19 +113,21 @@ impl Core {
                 .as_sip()
                 .and_then(|u| u.user.as_deref())
                 .is_some_and(|u| self.auth.knows(&crate::sip::text::unescape(u)));
-        let targets = match self
-            .proxy
-            .targets(&req, in_dialog, &bindings, known, from_upstream)
-        {
-            Ok(t) => t,
-            Err(e) => return self.proxy_answer(&key, &req, e.status(), &e.to_string()),
-        };
+        let targets =
+            match self
+                .proxy
+                .rules
+                .targets(&req, in_dialog, &bindings, known, from_upstream)
+            {
+                Ok(t) => t,
+                Err(e) => return self.proxy_reject(&key, &req, &e),
+            };
         let groups: Vec<Vec<Hop>> = match targets {
             Targets::Groups(g) => g,
             Targets::Upstream => vec![vec![Hop {
                 uri: req.uri.clone(),
                 route: vec![],
-                flow: upstream,
+                flow: upstream.as_ref().map(Flow::of),
             }]],
             // In-dialog without another proxy's Route: the other party's flow, as the call
             // came in (NAT, TCP); else by Route or Request-URI.
@@ -200,7 +135,7 @@ impl Core {
                 uri: req.uri.clone(),
                 route: vec![],
                 flow: if in_dialog && !req.headers.has(HeaderName::Route) {
-                    self.flow_for(&req)
+                    self.flow_for(&req).as_ref().map(Flow::of)
                 } else {
                     None
                 },
@@ -227,7 +162,9 @@ impl Core {
             loop_hash,
             call,
         };
-        lock(&self.forwarding).contexts.insert(key.clone(), fwd);
+        lock(&self.proxy.forwarding)
+            .contexts
+            .insert(key.clone(), fwd);
         self.start_group(&key);
     }
 
@@ -279,20 +216,18 @@ impl Core {
     /// The PBX's address, when `[proxy] upstream` names an IP address or a name resolved at
     /// start.
     pub(crate) fn upstream_peer(&self) -> Option<Peer> {
-        let u = self.proxy.upstream.as_ref()?;
+        let u = self.proxy.rules.upstream.as_ref()?;
         if let Some((proto, addr)) = uri_addr(u) {
             return Some(self.peer_to(proto, addr));
         }
-        *lock(&self.upstream_resolved)
+        self.proxy.upstream_resolved()
     }
 
     /// Where a hop goes: its flow, else its first Route, else the request's Route or
     /// Request-URI. `Err(uri)` when that names a host that must be resolved first.
     fn hop_peer(&self, request: &Request, hop: &Hop) -> Result<Peer, Option<Box<SipUri>>> {
         if let Some(f) = hop.flow {
-            let mut p = self.peer_to(f.proto, f.remote);
-            p.conn = f.conn;
-            return Ok(p);
+            return Ok(self.peer_to(f.proto, f.remote));
         }
         let uri = match hop.route.first() {
             Some(r) => match crate::sip::NameAddr::parse(r).ok().map(|n| n.uri) {
@@ -319,7 +254,7 @@ impl Core {
         let mut pending = Vec::new();
         let mut failed = Vec::new();
         {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             let Some(f) = fw.contexts.get_mut(key) else {
                 return;
             };
@@ -373,24 +308,25 @@ impl Core {
         }
         let now = tokio::time::Instant::now().into_std();
         let sent = {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             let Some(f) = fw.contexts.get_mut(key) else {
                 return;
             };
-            let via = format!(
-                "SIP/2.0/{} {};branch={}L{}{};rport",
-                peer.proto.via_name(),
-                self.advertised(peer.local),
-                crate::sip::header::BRANCH_MAGIC,
-                f.loop_hash,
-                self.branch_key.mint_tail(
+            let via = super::branch::via(
+                peer.proto,
+                &self.advertised(peer.local),
+                &super::branch::forwarded(
+                    &self.branch_key,
+                    &f.loop_hash,
                     self.ids.next(),
-                    back_hop(f.request.top_via().ok().as_ref()).as_bytes()
+                    &super::branch::back_hop(f.request.top_via().ok().as_ref()),
                 ),
             );
             let rr = if f.record_route {
                 let ftag = f.request.from_hdr().ok().and_then(|h| h.tag());
-                self.proxy.record_route(&f.inbound, &peer, ftag.as_deref())
+                self.proxy
+                    .rules
+                    .record_route(&f.inbound, &peer, ftag.as_deref())
             } else {
                 Vec::new()
             };
@@ -411,7 +347,7 @@ impl Core {
                     );
                     f.branches[i] = Some((ckey, peer));
                     if invite {
-                        let c = Duration::from_secs(self.proxy.cfg.timer_c);
+                        let c = Duration::from_secs(self.proxy.rules.cfg.timer_c);
                         fw.timers
                             .schedule((key.clone(), i, BranchTimer::C), now + c);
                     }
@@ -432,7 +368,7 @@ impl Core {
     /// Branch `i` ended without a response from the next hop: it counts as this status.
     fn fail_branch(self: &Arc<Self>, key: &TxKey, i: usize, status: u16, reason: &str) {
         let steps = {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             let Some(f) = fw.contexts.get_mut(key) else {
                 return;
             };
@@ -445,9 +381,10 @@ impl Core {
     /// A response on a branch (RFC 3261 §16.7).
     pub(crate) fn proxy_response(self: &Arc<Self>, server: TxKey, i: usize, mut resp: Response) {
         strip_top_via(&mut resp);
+        self.proxy.note_answered(&resp, self.clock.now_unix_ms());
         let now = tokio::time::Instant::now().into_std();
         let steps = {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             let Forwarding { contexts, timers } = &mut *fw;
             let Some(f) = contexts.get_mut(&server) else {
                 drop(fw);
@@ -463,12 +400,12 @@ impl Core {
                     .get(i)
                     .cloned()
                     .flatten()
-                    .map(|(_, p)| p.to_string());
-                self.track_response(call, &resp, flow.as_deref());
+                    .map(|(_, p)| Flow::of(&p));
+                self.track_response(call, &resp, flow);
             }
             if f.ctx.invite {
                 if (101..200).contains(&resp.status) {
-                    let c = Duration::from_secs(self.proxy.cfg.timer_c);
+                    let c = Duration::from_secs(self.proxy.rules.cfg.timer_c);
                     timers.schedule((server.clone(), i, BranchTimer::C), now + c);
                 } else if resp.status >= 200 {
                     timers.cancel(&(server.clone(), i, BranchTimer::C));
@@ -485,13 +422,13 @@ impl Core {
             match step {
                 Step::Forward(resp) => {
                     if resp.status >= 300 {
-                        let call = lock(&self.forwarding)
+                        let call = lock(&self.proxy.forwarding)
                             .contexts
                             .get(key)
                             .and_then(|f| f.call.clone());
                         if let Some(call) = call {
                             let now = self.clock.now_unix_ms();
-                            let u = lock(&self.dialogs).failed(&call, resp.status, now);
+                            let u = lock(&self.proxy.dialogs).failed(&call, resp.status, now);
                             self.publish_calls(u);
                         }
                     }
@@ -526,7 +463,7 @@ impl Core {
     fn cancel_branch(self: &Arc<Self>, key: &TxKey, i: usize) {
         let now = tokio::time::Instant::now().into_std();
         let target = {
-            let fw = lock(&self.forwarding);
+            let fw = lock(&self.proxy.forwarding);
             fw.contexts
                 .get(key)
                 .and_then(|f| f.branches.get(i).cloned().flatten())
@@ -549,7 +486,7 @@ impl Core {
             }
             Err(e) => tracing::debug!(error = %e, "CANCEL not sent"),
         }
-        lock(&self.forwarding).timers.schedule(
+        lock(&self.proxy.forwarding).timers.schedule(
             (key.clone(), i, BranchTimer::AfterCancel),
             now + AFTER_CANCEL,
         );
@@ -561,87 +498,70 @@ impl Core {
     pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request) {
         let invite = lock(&self.transactions).find_invite_for_cancel(req);
         let steps = invite.as_ref().and_then(|k| {
-            let mut fw = lock(&self.forwarding);
+            let mut fw = lock(&self.proxy.forwarding);
             fw.contexts.get_mut(k).map(|f| f.ctx.cancel())
         });
         match (invite, steps) {
             (Some(k), Some(steps)) => {
                 self.respond(&key, req.response(200, "OK", Some(&self.ids.tag())));
-                let call = lock(&self.forwarding)
+                let call = lock(&self.proxy.forwarding)
                     .contexts
                     .get(&k)
                     .and_then(|f| f.call.clone());
                 if let Some(call) = call {
                     let now = self.clock.now_unix_ms();
-                    let mut dialogs = lock(&self.dialogs);
+                    let mut dialogs = lock(&self.proxy.dialogs);
                     let u = dialogs.cancel(&call, now);
                     self.publish_calls_locked(u);
                 }
                 self.apply_steps(&k, steps);
             }
-            _ => self.proxy_answer(&key, req, 481, "Call/Transaction Does Not Exist"),
+            _ => self.proxy_reject(&key, req, &super::ProxyError::NoSuchDialog),
         }
     }
 
     /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx (§16.11),
     /// forwarded statelessly by its Route or Request-URI. Retransmissions get the same branch.
-    pub(crate) fn proxy_ack(self: &Arc<Self>, mut req: Request, peer: Peer) {
-        if Proxy::check_max_forwards(&req).is_err() {
-            return;
-        }
-        if !self.proxy.preprocess_routes(&mut req) {
-            // Not routed through us (see proxy_request): absorbed, never relayed.
-            tracing::debug!(%peer, "ACK without our Route: absorbed");
-            return;
-        }
-        let Ok(uri) = next_hop_uri(&req) else {
-            return;
+    pub(crate) fn proxy_ack(self: &Arc<Self>, req: Request, peer: Peer) {
+        let (ack, next) = match self.proxy.on_stray_ack(req, self.clock.now_unix_ms()) {
+            AckStep::Drop(why) => {
+                tracing::debug!(%peer, why, "stray ACK dropped");
+                return;
+            }
+            AckStep::Relay { ack, to } => (*ack, to),
         };
-        let me = self.clone();
-        let send = move |me: Arc<Core>, to: Peer, req: Request| {
+        let send = move |me: &Arc<Core>, to: Peer, req: Request| {
             let top = req
                 .top_via()
                 .ok()
                 .and_then(|v| v.branch())
                 .unwrap_or_default();
-            let branch = me.branch_key.derive(top.as_bytes());
-            let via = format!(
-                "SIP/2.0/{} {};branch={}L{}{};rport",
-                to.proto.via_name(),
-                me.advertised(to.local),
-                crate::sip::header::BRANCH_MAGIC,
-                me.proxy.loop_hash(&req),
-                branch
+            let via = super::branch::via(
+                to.proto,
+                &me.advertised(to.local),
+                &super::branch::relayed_ack(&me.branch_key, &me.proxy.rules.loop_hash(&req), &top),
             );
             let out = branch_request(&req, None, via, &[]);
             me.send_now(&to, out.to_shared());
         };
-        match uri_addr(&uri) {
-            Some((proto, addr)) => {
-                let to = self
-                    .flow_for(&req)
-                    .unwrap_or_else(|| self.peer_to(proto, addr));
-                send(me, to, req)
-            }
-            None => {
+        match next {
+            NextHop::Flow(f) => send(self, self.peer_to(f.proto, f.remote), ack),
+            NextHop::Addr(proto, addr) => send(self, self.peer_to(proto, addr), ack),
+            NextHop::Resolve(uri) => {
+                let me = self.clone();
                 tokio::spawn(async move {
                     if let Some(to) = me.resolve(&uri).await {
-                        send(me.clone(), to, req);
+                        send(&me, to, ack);
                     }
                 });
             }
         }
     }
 
-    /// For an in-dialog request of a tracked call: the flow of the party it goes to (where
-    /// its INVITE or answer came from), so phones behind NAT and on TCP are reached.
+    /// For an in-dialog request of a tracked call: where the party it goes to is reached.
     fn flow_for(&self, req: &Request) -> Option<Peer> {
-        let call_id = req.call_id().ok()?;
-        let from = req.from_hdr().ok()?.tag()?;
-        let to = req.to_hdr().ok()?.tag()?;
-        let flow = lock(&self.dialogs).flow_towards(call_id, &from, &to)?;
-        let p = super::parse_flow(&flow)?;
-        Some(self.peer_to(p.proto, p.remote))
+        let flow = self.proxy.flow_towards(req)?;
+        Some(self.peer_to(flow.proto, flow.remote))
     }
 
     /// A new call: the dialog tracker follows it and its lamps light (`trying`).
@@ -653,13 +573,14 @@ impl Core {
         };
         let callee_aor = self
             .proxy
+            .rules
             .local_aor(&req.uri)
-            .or_else(|| self.proxy.local_aor(&parsed.to.uri));
+            .or_else(|| self.proxy.rules.local_aor(&parsed.to.uri));
         let info = InviteInfo {
             caller: Party {
                 uri: parsed.from.uri.to_string(),
                 display: parsed.from.display.clone().filter(|d| !d.is_empty()),
-                aor: self.proxy.local_aor(&parsed.from.uri),
+                aor: self.proxy.rules.local_aor(&parsed.from.uri),
                 target: parsed.contacts.first().and_then(|c| match c {
                     crate::sip::header::ContactValue::Addr(a) => Some(a.uri.to_string()),
                     _ => None,
@@ -672,11 +593,11 @@ impl Core {
                 target: None,
             },
             request_uri: req.uri.to_string(),
-            caller_flow: peer.to_string(),
+            caller_flow: Flow::of(peer),
             cseq: parsed.cseq.seq,
         };
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.dialogs);
+        let mut dialogs = lock(&self.proxy.dialogs);
         let u = dialogs.invite(key.clone(), info, now);
         self.publish_calls_locked(u);
         Some(key)
@@ -691,7 +612,7 @@ impl Core {
             return;
         };
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.dialogs);
+        let mut dialogs = lock(&self.proxy.dialogs);
         let u = match req.method.as_str() {
             "BYE" => dialogs.bye(call_id, &from, &to, now),
             "INVITE" | "UPDATE" if !req.body.is_empty() => {
@@ -700,13 +621,13 @@ impl Core {
             _ => None,
         };
         if let Some(w) = dialogs.note_cseq(call_id, &from, &to, parsed.cseq.seq) {
-            drop(self.dialog_store.apply_call(w));
+            drop(self.proxy.dialog_store.apply_call(w));
         }
         self.publish_calls_locked(u);
     }
 
     /// A response to a tracked INVITE as it passes (our Via already removed).
-    fn track_response(&self, call: &CallKey, resp: &Response, flow: Option<&str>) {
+    fn track_response(&self, call: &CallKey, resp: &Response, flow: Option<Flow>) {
         let to_tag = resp.to_hdr().ok().and_then(|t| t.tag());
         let contact = resp
             .contacts()
@@ -717,7 +638,7 @@ impl Core {
                 _ => None,
             });
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.dialogs);
+        let mut dialogs = lock(&self.proxy.dialogs);
         let u = dialogs.response(
             call,
             to_tag.as_deref(),
@@ -735,7 +656,7 @@ impl Core {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = self.clock.now_unix_ms();
-            let mut dialogs = lock(&self.dialogs);
+            let mut dialogs = lock(&self.proxy.dialogs);
             if dialogs.next_deadline().is_some_and(|d| d <= now) {
                 let ups = dialogs.expire(now);
                 self.publish_calls_locked(ups);
@@ -746,10 +667,10 @@ impl Core {
     /// After a restart: stored calls come back; those that cannot still be alive are
     /// published terminated (lamps dark). Returns the calls to probe.
     pub(crate) fn restore_calls(&self) -> Result<usize, crate::storage::StorageError> {
-        let calls = self.dialog_store.load_calls()?;
+        let calls = self.proxy.dialog_store.load_calls()?;
         let n = calls.len();
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.dialogs);
+        let mut dialogs = lock(&self.proxy.dialogs);
         let ups = dialogs.restore(calls, now);
         let ended = ups.len();
         self.publish_calls_locked(ups);
@@ -762,7 +683,7 @@ impl Core {
     /// not pass) gets 481 or no answer, and its lamps go dark. Any other answer (200, 500 for
     /// an old CSeq, 405...) means the dialog is alive.
     pub(crate) fn probe_calls(self: &Arc<Self>) {
-        let calls = lock(&self.dialogs).confirmed();
+        let calls = lock(&self.proxy.dialogs).confirmed();
         for call in calls {
             let Some(winner) = call.winner().cloned() else {
                 continue;
@@ -777,23 +698,21 @@ impl Core {
             let legs = [
                 (
                     call.caller.target.clone(),
-                    Some(call.caller_flow.clone()),
+                    Some(call.caller_flow),
                     format!("{callee_id};tag={}", winner.to_tag),
                     format!("{caller_id};tag={}", key.from_tag),
                     winner.callee_cseq.unwrap_or(1),
                 ),
                 (
                     winner.target.clone(),
-                    winner.flow.clone(),
+                    winner.flow,
                     format!("{caller_id};tag={}", key.from_tag),
                     format!("{callee_id};tag={}", winner.to_tag),
                     call.caller_cseq,
                 ),
             ];
             for (target, flow, from, to, cseq) in legs {
-                let (Some(target), Some(flow)) =
-                    (target, flow.as_deref().and_then(super::parse_flow))
-                else {
+                let (Some(target), Some(flow)) = (target, flow) else {
                     continue;
                 };
                 let Ok(uri) = crate::sip::Uri::parse(&target) else {
@@ -825,7 +744,7 @@ impl Core {
                     if gone {
                         tracing::info!(call_id = %key.call_id, "call ended while we were down: its lamps go dark");
                         let now = me.clock.now_unix_ms();
-                        let mut dialogs = lock(&me.dialogs);
+                        let mut dialogs = lock(&me.proxy.dialogs);
                         let u = dialogs.end(&key, crate::dialog::EndReason::Error, now);
                         me.publish_calls_locked(u);
                     }
@@ -836,7 +755,7 @@ impl Core {
 
     /// The calls in progress (a snapshot for the dashboard and the control API).
     pub fn calls(&self) -> Vec<crate::dialog::Call> {
-        lock(&self.dialogs).calls().cloned().collect()
+        self.proxy.calls()
     }
 
     /// A response to an INVITE whose transaction we no longer hold (we restarted while it
@@ -855,13 +774,13 @@ impl Core {
             call_id: call_id.to_string(),
             from_tag,
         };
-        if lock(&self.dialogs).get(&key).is_none() {
+        if lock(&self.proxy.dialogs).get(&key).is_none() {
             return;
         }
         self.track_response(&key, resp, None);
         if resp.status >= 300 {
             let now = self.clock.now_unix_ms();
-            let mut dialogs = lock(&self.dialogs);
+            let mut dialogs = lock(&self.proxy.dialogs);
             let u = dialogs.failed(&key, resp.status, now);
             self.publish_calls_locked(u);
         }
@@ -869,7 +788,7 @@ impl Core {
 
     /// Takes the tracker lock and publishes.
     fn publish_calls(&self, u: Option<Update>) {
-        let _dialogs = lock(&self.dialogs);
+        let _dialogs = lock(&self.proxy.dialogs);
         self.publish_calls_locked(u);
     }
 
@@ -880,7 +799,7 @@ impl Core {
         for u in updates {
             // Not awaited: a call in progress does not wait for the disk; the record only
             // serves a restart.
-            drop(self.dialog_store.apply_call(u.write));
+            drop(self.proxy.dialog_store.apply_call(u.write));
             self.events.publish(crate::events::Event::Call {
                 call_id: u.call.key.call_id.clone(),
                 caller: u.call.caller.uri.clone(),
@@ -926,19 +845,17 @@ impl Core {
         let Ok(via) = resp.top_via() else {
             return false;
         };
-        // Our branches: the magic cookie, `L`, the 8-digit loop hash, then a tail minted for
-        // the hop below our Via (a real branch with another Via below is not ours).
+        // Minted for the hop below our Via: a real branch with another Via below is not ours.
         let below = resp
             .headers
             .list(HeaderName::Via)
             .get(1)
             .and_then(|v| crate::sip::Via::parse(v).ok());
-        let back = back_hop(below.as_ref());
-        let minted = via.branch().is_some_and(|b| {
-            b.get(crate::sip::header::BRANCH_MAGIC.len() + 9..)
-                .is_some_and(|tail| self.branch_key.is_ours(tail, back.as_bytes()))
-        });
-        let ours = self.proxy.is_our_via(&via) && minted;
+        let back = super::branch::back_hop(below.as_ref());
+        let minted = via
+            .branch()
+            .is_some_and(|b| super::branch::is_forwarded(&self.branch_key, &b, &back));
+        let ours = self.proxy.rules.is_our_via(&via) && minted;
         if ours {
             // Only responses to our own branches may move a call's lamp.
             self.track_stray(&resp);
@@ -949,6 +866,7 @@ impl Core {
             return false;
         }
         strip_top_via(&mut resp);
+        self.proxy.note_answered(&resp, self.clock.now_unix_ms());
         self.forward_stateless(resp);
         true
     }
@@ -960,30 +878,29 @@ impl Core {
 
     /// Timer C and the wait after a CANCEL.
     pub(crate) fn proxy_timers(self: &Arc<Self>, now: Instant) {
-        let due = lock(&self.forwarding).timers.pop_due(now);
+        let due = lock(&self.proxy.forwarding).timers.pop_due(now);
         for (key, i, kind) in due {
             match kind {
                 BranchTimer::C => {
-                    let proceeding =
-                        lock(&self.forwarding)
-                            .contexts
-                            .get_mut(&key)
-                            .is_some_and(|f| {
-                                let b = &mut f.ctx.branches[i];
-                                if b.state == BranchState::Proceeding && !b.cancel_sent {
-                                    b.cancel_sent = true;
-                                    true
-                                } else {
-                                    false
-                                }
-                            });
+                    let proceeding = lock(&self.proxy.forwarding)
+                        .contexts
+                        .get_mut(&key)
+                        .is_some_and(|f| {
+                            let b = &mut f.ctx.branches[i];
+                            if b.state == BranchState::Proceeding && !b.cancel_sent {
+                                b.cancel_sent = true;
+                                true
+                            } else {
+                                false
+                            }
+                        });
                     if proceeding {
                         tracing::debug!("Timer C fired: cancelling a branch that rings too long");
                         self.cancel_branch(&key, i);
                     }
                 }
                 BranchTimer::AfterCancel => {
-                    let ckey = lock(&self.forwarding)
+                    let ckey = lock(&self.proxy.forwarding)
                         .contexts
                         .get(&key)
                         .and_then(|f| f.branches.get(i).cloned().flatten())
@@ -1000,7 +917,7 @@ impl Core {
 
     /// A server transaction ended: its response context goes with it.
     pub(crate) fn proxy_forget(&self, key: &TxKey) {
-        let mut fw = lock(&self.forwarding);
+        let mut fw = lock(&self.proxy.forwarding);
         if let Some(f) = fw.contexts.remove(key) {
             for (i, _) in f.branches.iter().enumerate() {
                 fw.timers.cancel(&(key.clone(), i, BranchTimer::C));

@@ -5,16 +5,25 @@
 //! Pure code: no sockets, no clock. The server core owns the transactions and drives the
 //! [`context::Context`] of each forwarded request with what arrives.
 
+pub mod branch;
 pub mod context;
 pub mod forward;
+pub mod service;
+
+pub use service::ProxyService;
 
 use crate::config::{Config, ProxyConfig, Unregistered};
+use crate::dialog::Flow;
 use crate::domain::Domains;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, SipUri, Uri, Via};
 use crate::storage::Binding;
 use crate::transport::{Peer, Proto};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
+
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Errors of the proxy layer, each with the status it is answered with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +49,12 @@ pub enum ProxyError {
     /// RFC 3261 §16.3 item 2: a Request-URI scheme we cannot route.
     #[error("Unsupported URI Scheme {0}")]
     UnsupportedScheme(String),
+    /// An in-dialog request addressed to us without our Route: no dialog of ours.
+    #[error("Call/Transaction Does Not Exist")]
+    NoSuchDialog,
+    /// An in-dialog request for someone else without our Route: a dialog we are not in.
+    #[error("Not Found: in-dialog request not routed through us")]
+    NotRoutedThroughUs,
 }
 
 impl ProxyError {
@@ -47,7 +62,8 @@ impl ProxyError {
         match self {
             ProxyError::TooManyHops => 483,
             ProxyError::Loop => 482,
-            ProxyError::UnknownUser | ProxyError::NoRoute => 404,
+            ProxyError::UnknownUser | ProxyError::NoRoute | ProxyError::NotRoutedThroughUs => 404,
+            ProxyError::NoSuchDialog => 481,
             ProxyError::NotRegistered => 480,
             ProxyError::BadRoute(_) => 400,
             ProxyError::WrongIdentity => 403,
@@ -64,7 +80,7 @@ impl ProxyError {
 pub struct Hop {
     pub uri: Uri,
     pub route: Vec<String>,
-    pub flow: Option<Peer>,
+    pub flow: Option<Flow>,
 }
 
 /// What to do with a request the proxy owns.
@@ -204,17 +220,19 @@ impl Proxy {
     /// as received) is `hash` already went through us unchanged (a spiral changes the
     /// Request-URI or Route, and so the hash).
     pub fn is_loop(&self, hash: &str, vias: &[Via]) -> bool {
-        let prefix = format!("{}L{hash}", crate::sip::header::BRANCH_MAGIC);
-        vias.iter()
-            .any(|v| v.branch().is_some_and(|b| b.starts_with(&prefix)) && self.is_our_via(v))
+        vias.iter().any(|v| {
+            v.branch()
+                .is_some_and(|b| branch::loop_hash_of(&b) == Some(hash))
+                && self.is_our_via(v)
+        })
     }
 
     /// Whether a Via was put there by this proxy: a branch of the form we give forwarded
     /// requests (`z9hG4bKL`...) and the sent-by of one of our sockets (RFC 3261 §18.1.2: a
     /// response whose top Via is not ours is discarded).
     pub fn is_our_via(&self, via: &Via) -> bool {
-        let ours = format!("{}L", crate::sip::header::BRANCH_MAGIC);
-        via.branch().is_some_and(|b| b.starts_with(&ours))
+        via.branch()
+            .is_some_and(|b| branch::has_forwarded_prefix(&b))
             && self
                 .local
                 .iter()
@@ -328,7 +346,7 @@ impl Proxy {
             let hop = Hop {
                 uri,
                 route: b.path.clone(),
-                flow: parse_flow(&b.source),
+                flow: b.source.parse().ok(),
             };
             match groups.last_mut() {
                 Some((q, g)) if *q == b.q => g.push(hop),
@@ -426,23 +444,6 @@ pub fn next_hop_uri(req: &Request) -> Result<SipUri, ProxyError> {
             "{from}: cannot route to a {scheme}: URI"
         ))),
     }
-}
-
-/// A registration's `source` ("udp:192.0.2.7:5060") as a destination.
-pub fn parse_flow(source: &str) -> Option<Peer> {
-    let (proto, addr) = source.split_once(':')?;
-    let proto = match proto {
-        "udp" => Proto::Udp,
-        "tcp" => Proto::Tcp,
-        _ => return None,
-    };
-    let remote: SocketAddr = addr.parse().ok()?;
-    Some(Peer {
-        proto,
-        remote,
-        local: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
-        conn: None,
-    })
 }
 
 /// The transport and address a SIP URI names, when its host is an IP address (host names
@@ -791,10 +792,5 @@ Content-Length: 0\n\n";
             response_addr(&v),
             Some((Proto::Udp, "198.51.100.1:1024".parse().unwrap()))
         );
-        assert_eq!(
-            parse_flow("tcp:[::1]:5061").unwrap().remote,
-            "[::1]:5061".parse().unwrap()
-        );
-        assert_eq!(parse_flow("sctp:1.2.3.4:5"), None);
     }
 }

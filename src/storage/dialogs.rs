@@ -152,7 +152,7 @@ pub fn encode_call(c: &Call) -> Vec<u8> {
     enc_party(&mut e, &c.caller);
     enc_party(&mut e, &c.callee);
     e.str(&c.request_uri)
-        .str(&c.caller_flow)
+        .str(&c.caller_flow.to_string())
         .u64(u64::from(c.caller_cseq))
         .u64(state_code(c.state));
     opt_u64(&mut e, c.code.map(u64::from));
@@ -167,7 +167,7 @@ pub fn encode_call(c: &Call) -> Vec<u8> {
         e.str(&b.to_tag)
             .u64(state_code(b.state))
             .opt_str(b.target.as_deref())
-            .opt_str(b.flow.as_deref())
+            .opt_str(b.flow.map(|f| f.to_string()).as_deref())
             .u64(u64::from(b.code))
             .u64(b.created_ms);
         opt_u64(&mut e, b.confirmed_ms);
@@ -191,7 +191,10 @@ pub fn decode_call(buf: &[u8]) -> Result<Call, DecodeError> {
     let caller = dec_party(&mut d)?;
     let callee = dec_party(&mut d)?;
     let request_uri = d.str()?;
-    let caller_flow = d.str()?;
+    let caller_flow = d
+        .str()?
+        .parse()
+        .map_err(|_| DecodeError("bad caller flow"))?;
     let caller_cseq = d.u32()?;
     let state = state_of(d.u64()?)?;
     let code = dec_opt_u64(&mut d)?
@@ -213,7 +216,11 @@ pub fn decode_call(buf: &[u8]) -> Result<Call, DecodeError> {
             to_tag: d.str()?,
             state: state_of(d.u64()?)?,
             target: d.opt_str()?,
-            flow: d.opt_str()?,
+            flow: d
+                .opt_str()?
+                .map(|f| f.parse())
+                .transpose()
+                .map_err(|_| DecodeError("bad branch flow"))?,
             code: dec_u16(&mut d)?,
             created_ms: d.u64()?,
             confirmed_ms: dec_opt_u64(&mut d)?,
@@ -271,7 +278,7 @@ mod tests {
                 target: None,
             },
             request_uri: "sip:1002@example.com".into(),
-            caller_flow: "udp:192.0.2.7:5060".into(),
+            caller_flow: "udp:192.0.2.7:5060".parse().unwrap(),
             caller_cseq: 101,
             state: DialogState::Confirmed,
             code: None,
@@ -285,7 +292,7 @@ mod tests {
                 to_tag: "a6c85cf".into(),
                 state: DialogState::Confirmed,
                 target: Some("sip:1002@192.0.2.9:5060".into()),
-                flow: Some("udp:192.0.2.9:5060".into()),
+                flow: "udp:192.0.2.9:5060".parse().ok(),
                 code: 200,
                 created_ms: 1_700_000_001_000,
                 confirmed_ms: Some(1_700_000_004_000),

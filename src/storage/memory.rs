@@ -243,7 +243,7 @@ mod tests {
             caller: Party::default(),
             callee: Party::default(),
             request_uri: "sip:x@y".into(),
-            caller_flow: "udp:192.0.2.1:5060".into(),
+            caller_flow: "udp:192.0.2.1:5060".parse().unwrap(),
             cseq: 1,
         };
         let u = t.invite(key.clone(), info, 0).unwrap();

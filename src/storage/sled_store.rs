@@ -448,7 +448,7 @@ mod tests {
             },
             callee: Party::default(),
             request_uri: "sip:1002@example.com".into(),
-            caller_flow: "udp:192.0.2.7:5060".into(),
+            caller_flow: "udp:192.0.2.7:5060".parse().unwrap(),
             cseq: 1,
         };
         let key = |i: u32| CallKey {

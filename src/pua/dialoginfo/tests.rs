@@ -26,7 +26,7 @@ fn ringing() -> Call {
         Some("a6c85cf"),
         180,
         Some("sip:1002@192.0.2.9:5060"),
-        Some("udp:192.0.2.9:5060"),
+        "udp:192.0.2.9:5060".parse().ok(),
         T0 + 100,
     )
     .unwrap()
@@ -41,7 +41,7 @@ fn confirmed_held() -> Call {
         Some("a6c85cf"),
         200,
         Some("sip:1002@192.0.2.9:5060"),
-        Some("udp:192.0.2.9:5060"),
+        "udp:192.0.2.9:5060".parse().ok(),
         T0 + 4000,
     )
     .unwrap();

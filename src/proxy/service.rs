@@ -1,0 +1,419 @@
+//! The proxy service: everything the proxy owns, in one place. Its routing rules and identity
+//! ([`Proxy`]), the response context of every request it forwards with their timers, the
+//! dialog tracker and the tracker's store, and the PBX's address resolved at start.
+//!
+//! The server core reaches the proxy's state only through this value; it sends what the
+//! proxy decides, runs its client transactions and hands the tracker's updates to the
+//! publishers.
+
+use super::forward::Forwarding;
+use super::{lock, next_hop_uri, uri_addr, Proxy, ProxyError};
+use crate::config::DialogConfig;
+use crate::dialog::{Call, DialogId, DialogTracker, Flow};
+use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
+use crate::storage::DialogStore;
+use crate::transport::{Peer, Proto};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Where a relayed request goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    /// The flow of the dialog's other party (phones behind NAT, on TCP).
+    Flow(Flow),
+    /// The address the top Route or the Request-URI names.
+    Addr(Proto, SocketAddr),
+    /// A host name: resolve it first.
+    Resolve(SipUri),
+}
+
+/// What becomes of an ACK that no transaction absorbed (RFC 3261 §16.11).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AckStep {
+    /// Relay it statelessly (our Route entries removed; our Via goes on top once the socket
+    /// it leaves from is chosen).
+    Relay { ack: Box<Request>, to: NextHop },
+    /// Dropped and counted (see [`ProxyService::acks_dropped`]); why, for the log.
+    Drop(&'static str),
+}
+
+pub struct ProxyService {
+    /// Routing rules and our identity (domains, sockets, upstream).
+    pub rules: Proxy,
+    /// Requests being forwarded statefully: response contexts and their timers.
+    pub(crate) forwarding: Mutex<Forwarding>,
+    /// Calls through the proxy (one lock: every change of a call is published under it, so a
+    /// call's lamps change in order).
+    pub(crate) dialogs: Mutex<DialogTracker>,
+    pub(crate) dialog_store: Arc<dyn DialogStore>,
+    /// `[proxy] upstream` resolved at start when it is a host name.
+    upstream_resolved: Option<Peer>,
+    /// ACKs that matched no transaction and were not relayed.
+    acks_dropped: AtomicU64,
+}
+
+impl ProxyService {
+    pub fn new(
+        rules: Proxy,
+        dialog: &DialogConfig,
+        dialog_store: Arc<dyn DialogStore>,
+        upstream_resolved: Option<Peer>,
+    ) -> ProxyService {
+        ProxyService {
+            rules,
+            forwarding: Mutex::new(Forwarding::default()),
+            dialogs: Mutex::new(DialogTracker::new(dialog)),
+            dialog_store,
+            upstream_resolved,
+            acks_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// The PBX's address found at start for a host name in `[proxy] upstream`.
+    pub fn upstream_resolved(&self) -> Option<Peer> {
+        self.upstream_resolved
+    }
+
+    /// Requests being forwarded statefully (response contexts held).
+    pub fn forwarded(&self) -> usize {
+        lock(&self.forwarding).len()
+    }
+
+    /// When the next proxy timer (Timer C, the wait after a CANCEL) is due.
+    pub fn next_timer(&self) -> Option<Instant> {
+        lock(&self.forwarding).timers.next()
+    }
+
+    /// RFC 3261 §16.3 items 3-5 for a new request the proxy owns: Max-Forwards, loops,
+    /// Proxy-Require. Returns the loop hash of the request as received (§16.6 item 8: before
+    /// route preprocessing and credential removal change it, so a request that comes back
+    /// with what we sent it out with, e.g. a shorter Route, is a spiral, not a loop).
+    pub fn validate(&self, req: &Request) -> Result<String, ProxyError> {
+        Proxy::check_max_forwards(req)?;
+        let loop_hash = self.rules.loop_hash(req);
+        if self
+            .rules
+            .is_loop(&loop_hash, &req.vias().unwrap_or_default())
+        {
+            return Err(ProxyError::Loop);
+        }
+        Proxy::check_proxy_require(req)?;
+        Ok(loop_hash)
+    }
+
+    /// Whether a request must come from a trusted source or authenticate. Requests in a
+    /// dialog we set up (the tracker knows its parties) need no credentials; anything else, a
+    /// To tag included, does: a made-up dialog (any To tag and our Route) would otherwise have
+    /// us relay any request anywhere in our name, e.g. an INVITE to the PBX that trusts us.
+    pub fn needs_credentials(&self, req: &Request, in_dialog: bool) -> bool {
+        !(in_dialog && self.flow_towards(req).is_some())
+    }
+
+    /// RFC 3261 §16.4 for a request that passed [`validate`](Self::validate) and
+    /// authentication: our Route entries go. We Record-Route every dialog we set up, so its
+    /// requests carry our Route; an in-dialog one without it is for a dialog we are not in,
+    /// and relaying it would make us an open relay for anyone's BYEs (Kamailio's default
+    /// config answers 404 too). A Route we would send the request on by must name a SIP URI.
+    pub fn preprocess(&self, req: &mut Request, in_dialog: bool) -> Result<(), ProxyError> {
+        let routed = self.rules.preprocess_routes(req);
+        if in_dialog && !routed {
+            return Err(if req.uri.as_sip().is_some_and(|u| self.rules.is_us(u)) {
+                ProxyError::NoSuchDialog
+            } else {
+                ProxyError::NotRoutedThroughUs
+            });
+        }
+        if req.headers.has(HeaderName::Route) {
+            next_hop_uri(req)?;
+        }
+        Ok(())
+    }
+
+    /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx goes on
+    /// statelessly by its Route or Request-URI (§16.11), and only when the dialog tracker
+    /// expects it. Anyone can put our Route on an ACK: relaying it unauthenticated to
+    /// whatever its Request-URI names would make us a reflector. Everything else is dropped
+    /// and counted.
+    pub fn on_stray_ack(&self, mut ack: Request, now_ms: u64) -> AckStep {
+        let step = if Proxy::check_max_forwards(&ack).is_err() {
+            AckStep::Drop("Max-Forwards exhausted")
+        } else if !self.rules.preprocess_routes(&mut ack) {
+            // Not routed through us (see proxy_request): absorbed, never relayed.
+            AckStep::Drop("no Route of ours")
+        } else if !self.expects_ack(&ack, now_ms) {
+            AckStep::Drop("no confirmed dialog of ours")
+        } else {
+            match next_hop_uri(&ack) {
+                Err(_) => AckStep::Drop("no next hop"),
+                Ok(uri) => {
+                    let to = match uri_addr(&uri) {
+                        Some((proto, addr)) => match self.flow_towards(&ack) {
+                            Some(flow) => NextHop::Flow(flow),
+                            None => NextHop::Addr(proto, addr),
+                        },
+                        None => NextHop::Resolve(uri),
+                    };
+                    AckStep::Relay {
+                        ack: Box::new(ack),
+                        to,
+                    }
+                }
+            }
+        };
+        if matches!(step, AckStep::Drop(_)) {
+            self.acks_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        step
+    }
+
+    /// How many ACKs [`on_stray_ack`](Self::on_stray_ack) dropped.
+    pub fn acks_dropped(&self) -> u64 {
+        self.acks_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the tracker expects this end-to-end ACK (see
+    /// [`DialogTracker::expects_ack`]) at `now_ms` (unix milliseconds).
+    pub fn expects_ack(&self, ack: &Request, now_ms: u64) -> bool {
+        let Some(id) = dialog_id(ack) else {
+            return false;
+        };
+        lock(&self.dialogs).expects_ack(&id, now_ms)
+    }
+
+    /// A response goes upstream: when it is a 2xx to an INVITE, its ACK will follow (see
+    /// [`DialogTracker::answered`]).
+    pub fn note_answered(&self, resp: &Response, now_ms: u64) {
+        if !(200..300).contains(&resp.status) || !resp.cseq().is_ok_and(|c| c.method == "INVITE") {
+            return;
+        }
+        if let Some(id) = dialog_id(resp) {
+            lock(&self.dialogs).answered(id, now_ms);
+        }
+    }
+
+    /// For an in-dialog request of a tracked call: the flow of the party it goes to (where
+    /// its INVITE or answer came from), so phones behind NAT and on TCP are reached.
+    pub fn flow_towards(&self, req: &Request) -> Option<Flow> {
+        let id = dialog_id(req)?;
+        lock(&self.dialogs).flow_towards(&id.call_id, &id.from_tag, &id.to_tag)
+    }
+
+    /// The calls in progress (a snapshot).
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.dialogs).calls().cloned().collect()
+    }
+}
+
+/// The dialog a message names by its Call-ID, From tag and To tag, when it has all three.
+fn dialog_id(m: &impl HasHeaders) -> Option<DialogId> {
+    Some(DialogId {
+        call_id: m.call_id().ok()?.to_string(),
+        from_tag: m.from_hdr().ok()?.tag()?,
+        to_tag: m.to_hdr().ok()?.tag()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::dialog::fixtures::{info, key, T0};
+    use crate::sip::{parse_message, Limits, Message};
+
+    fn service() -> ProxyService {
+        let mut cfg = Config::default();
+        cfg.server.domain = crate::sip::uri::Host::Name("example.com".into());
+        let rules = Proxy::new(
+            &cfg,
+            vec![(Proto::Udp, "192.0.2.10:5060".parse().unwrap())],
+            "example.com".into(),
+        );
+        let store = Arc::new(crate::storage::MemoryStore::new());
+        ProxyService::new(rules, &cfg.dialog, store, None)
+    }
+
+    /// The fixture call (Alice calls Bob), answered by branch `b1` from 192.0.2.9.
+    fn answered(svc: &ProxyService) {
+        let mut t = lock(&svc.dialogs);
+        t.invite(key(), info(), T0).unwrap();
+        t.response(
+            &key(),
+            Some("b1"),
+            200,
+            Some("sip:1002@192.0.2.9:5060"),
+            "udp:192.0.2.9:5060".parse().ok(),
+            T0 + 1,
+        )
+        .unwrap();
+    }
+
+    fn ack(extra: &str, to_tag: &str) -> Request {
+        let text = format!(
+            "ACK sip:1002@198.51.100.66:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKack1\r\n\
+             {extra}From: <sip:1001@example.com>;tag={}\r\n\
+             To: <sip:1002@example.com>;tag={to_tag}\r\n\
+             Call-ID: {}\r\nCSeq: 101 ACK\r\nContent-Length: 0\r\n\r\n",
+            key().from_tag,
+            key().call_id
+        );
+        match parse_message(text.as_bytes(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const OUR_ROUTE: &str = "Max-Forwards: 70\r\nRoute: <sip:192.0.2.10:5060;lr>\r\n";
+
+    #[test]
+    fn rfc3261_16_11_the_ack_of_a_confirmed_dialog_goes_to_the_answering_flow() {
+        let svc = service();
+        answered(&svc);
+        match svc.on_stray_ack(ack(OUR_ROUTE, "b1"), T0 + 2) {
+            AckStep::Relay { ack, to } => {
+                assert_eq!(to, NextHop::Flow("udp:192.0.2.9:5060".parse().unwrap()));
+                assert!(!ack.headers.has(HeaderName::Route), "our Route is removed");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(svc.acks_dropped(), 0);
+    }
+
+    #[test]
+    fn rfc3261_16_11_an_ack_of_no_dialog_of_ours_is_dropped_and_counted() {
+        let svc = service();
+        answered(&svc);
+        let cases = [
+            (ack(OUR_ROUTE, "forged"), "no confirmed dialog of ours"),
+            (ack("Max-Forwards: 70\r\n", "b1"), "no Route of ours"),
+            (
+                ack(
+                    "Max-Forwards: 0\r\nRoute: <sip:192.0.2.10:5060;lr>\r\n",
+                    "b1",
+                ),
+                "Max-Forwards exhausted",
+            ),
+        ];
+        let n = cases.len() as u64;
+        for (a, why) in cases {
+            assert_eq!(svc.on_stray_ack(a, T0 + 2), AckStep::Drop(why));
+        }
+        assert_eq!(svc.acks_dropped(), n);
+    }
+
+    #[test]
+    fn rfc3261_16_11_a_2xx_that_went_through_lets_its_ack_follow_by_request_uri() {
+        let svc = service();
+        // No call tracked (e.g. cancelled as the 2xx crossed): the 2xx is what we know.
+        assert!(matches!(
+            svc.on_stray_ack(ack(OUR_ROUTE, "b9"), T0),
+            AckStep::Drop(_)
+        ));
+        let ok = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKinv1\r\n\
+             From: <sip:1001@example.com>;tag={}\r\nTo: <sip:1002@example.com>;tag=b9\r\n\
+             Call-ID: {}\r\nCSeq: 101 INVITE\r\nContent-Length: 0\r\n\r\n",
+            key().from_tag,
+            key().call_id
+        );
+        let Ok(Message::Response(ok)) = parse_message(ok.as_bytes(), &Limits::default()) else {
+            panic!("bad 200");
+        };
+        svc.note_answered(&ok, T0 + 1);
+        assert_eq!(
+            svc.on_stray_ack(ack(OUR_ROUTE, "b9"), T0 + 2),
+            AckStep::Relay {
+                ack: Box::new({
+                    let mut a = ack(OUR_ROUTE, "b9");
+                    svc.rules.preprocess_routes(&mut a);
+                    a
+                }),
+                to: NextHop::Addr(Proto::Udp, "198.51.100.66:5060".parse().unwrap()),
+            }
+        );
+    }
+
+    fn invite(extra: &str) -> Request {
+        let text = format!(
+            "INVITE sip:1002@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKinv1\r\n\
+             {extra}From: <sip:1001@example.com>;tag=f1\r\n\
+             To: <sip:1002@example.com>\r\nCall-ID: v1\r\nCSeq: 1 INVITE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        match parse_message(text.as_bytes(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc3261_16_3_hops_loops_and_proxy_require_are_refused_with_their_status() {
+        let svc = service();
+        let hash = svc.validate(&invite("Max-Forwards: 70\r\n")).unwrap();
+        assert_eq!(hash.len(), 8);
+        let e = svc.validate(&invite("Max-Forwards: 0\r\n")).unwrap_err();
+        assert_eq!((e.status(), e), (483, ProxyError::TooManyHops));
+        let e = svc
+            .validate(&invite("Max-Forwards: 70\r\nProxy-Require: foo\r\n"))
+            .unwrap_err();
+        assert_eq!(e.status(), 420);
+        // The same request back through a Via of ours carrying its hash: a loop.
+        let looped = invite(&format!(
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch={};rport\r\nMax-Forwards: 69\r\n",
+            super::super::branch::forwarded(
+                &crate::transaction::BranchKey::new([1; 32]),
+                &hash,
+                1,
+                ""
+            )
+        ));
+        // (Our Via is below the sender's here; the hash covers neither.)
+        assert_eq!(svc.validate(&looped), Err(ProxyError::Loop));
+        assert_eq!(ProxyError::Loop.status(), 482);
+    }
+
+    #[test]
+    fn rfc3261_16_4_in_dialog_requests_must_come_through_our_route() {
+        let svc = service();
+        let bye = |extra: &str, uri: &str| {
+            let text = format!(
+                "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKbye1\r\n\
+                 Max-Forwards: 70\r\n{extra}From: <sip:1001@example.com>;tag=f1\r\n\
+                 To: <sip:1002@example.com>;tag=t1\r\nCall-ID: d1\r\nCSeq: 2 BYE\r\n\
+                 Content-Length: 0\r\n\r\n"
+            );
+            match parse_message(text.as_bytes(), &Limits::default()) {
+                Ok(Message::Request(r)) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Our Route: preprocessed away, the request goes on.
+        let mut r = bye(OUR_ROUTE, "sip:1002@192.0.2.9");
+        assert_eq!(svc.preprocess(&mut r, true), Ok(()));
+        assert!(!r.headers.has(HeaderName::Route));
+        // Without it: a dialog we are not in (404), or one addressed to us we do not have (481).
+        let e = svc
+            .preprocess(&mut bye("", "sip:1002@192.0.2.9"), true)
+            .unwrap_err();
+        assert_eq!((e.status(), e), (404, ProxyError::NotRoutedThroughUs));
+        let e = svc
+            .preprocess(&mut bye("", "sip:192.0.2.10:5060"), true)
+            .unwrap_err();
+        assert_eq!((e.status(), e), (481, ProxyError::NoSuchDialog));
+        // A Route after ours must be a SIP URI.
+        let mut r = bye(
+            "Route: <sip:192.0.2.10:5060;lr>, <http://x.test/>\r\n",
+            "sip:1002@192.0.2.9",
+        );
+        assert_eq!(svc.preprocess(&mut r, true).unwrap_err().status(), 400);
+        // Credentials: needed unless the tracker knows the dialog.
+        assert!(svc.needs_credentials(&bye(OUR_ROUTE, "sip:1002@192.0.2.9"), true));
+        answered(&svc);
+        let known = ack(OUR_ROUTE, "b1");
+        assert!(!svc.needs_credentials(&known, true));
+        assert!(svc.needs_credentials(&known, false));
+    }
+}
