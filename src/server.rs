@@ -444,7 +444,7 @@ impl Core {
         self.timers_changed.notify_one();
     }
 
-    fn now(&self) -> std::time::Instant {
+    pub(crate) fn now(&self) -> std::time::Instant {
         tokio::time::Instant::now().into_std()
     }
 

@@ -6,7 +6,7 @@
 //! proxy decides, runs its client transactions and hands the tracker's updates to the
 //! publishers.
 
-use super::forward::Forwarding;
+use super::forwarding::Forwarding;
 use super::{lock, next_hop_uri, uri_addr, Proxy, ProxyError};
 use crate::config::DialogConfig;
 use crate::dialog::{Call, DialogId, DialogTracker, Flow};
@@ -83,7 +83,7 @@ impl ProxyService {
 
     /// When the next proxy timer (Timer C, the wait after a CANCEL) is due.
     pub fn next_timer(&self) -> Option<Instant> {
-        lock(&self.forwarding).timers.next()
+        lock(&self.forwarding).next_timer()
     }
 
     /// RFC 3261 §16.3 items 3-5 for a new request the proxy owns: Max-Forwards, loops,
