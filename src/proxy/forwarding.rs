@@ -499,3 +499,333 @@ fn cancel_branch(fw: &mut Forwarding, server: &TxKey, i: usize, now: Instant) ->
         },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialog::fixtures::key;
+    use crate::proxy::service::tests::service;
+    use crate::sip::{parse_message, Limits, Message, Uri};
+    use crate::transport::Proto;
+
+    const TIMER_C: Duration = Duration::from_secs(180);
+
+    fn peer(remote: &str) -> Peer {
+        Peer {
+            proto: Proto::Udp,
+            remote: remote.parse().unwrap(),
+            local: "192.0.2.10:5060".parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    fn invite() -> Request {
+        let text = "INVITE sip:1002@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKcaller1\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:1001@example.com>;tag=ft1\r\n\
+             To: <sip:1002@example.com>\r\n\
+             Call-ID: fwd-test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        match parse_message(text.as_bytes(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn hop(addr: &str) -> Hop {
+        Hop {
+            uri: Uri::parse(&format!("sip:1002@{addr}")).unwrap(),
+            route: vec![],
+            flow: None,
+        }
+    }
+
+    fn client_key(branch: usize) -> TxKey {
+        let mut req = invite();
+        req.headers.set(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbranch{branch}"),
+        );
+        TxKey::server(&req, None).unwrap()
+    }
+
+    /// An INVITE forked to `hops` (one q group), every branch sent; returns the server key.
+    fn forked(svc: &ProxyService, hops: &[&str], now: Instant) -> TxKey {
+        let server = TxKey::server(&invite(), None).unwrap();
+        let group = hops.iter().map(|a| hop(a)).collect();
+        let fwd = Forwarded::new(
+            invite(),
+            peer("192.0.2.7:5060"),
+            vec![group],
+            true,
+            "lh".into(),
+            Some(key()),
+        );
+        for a in svc.forward(&server, fwd) {
+            let ProxyAction::Route {
+                branch, hop, to, ..
+            } = a
+            else {
+                panic!("{a:?}");
+            };
+            let NextHop::Addr(_, addr) = to else {
+                panic!("{to:?}");
+            };
+            let p = peer(&addr.to_string());
+            assert_eq!(svc.send_branch(&server, branch, &hop, p).len(), 1);
+            svc.branch_sent(&server, branch, client_key(branch), p, now);
+        }
+        server
+    }
+
+    fn response(status: u16, to_tag: &str) -> Response {
+        invite().response(status, "Reason", Some(to_tag))
+    }
+
+    fn responded(actions: &[ProxyAction]) -> Vec<u16> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                ProxyAction::Respond { response, .. } => Some(response.status),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cancelled(actions: &[ProxyAction]) -> Vec<TxKey> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                ProxyAction::Cancel { client, .. } => Some(client.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rfc3261_16_6_each_target_gets_a_branch_with_max_forwards_less_one_record_route_and_timer_c()
+    {
+        let svc = service();
+        let now = Instant::now();
+        let server = TxKey::server(&invite(), None).unwrap();
+        let fwd = Forwarded::new(
+            invite(),
+            peer("192.0.2.7:5060"),
+            vec![vec![hop("192.0.2.21:5060"), hop("192.0.2.22:5060")]],
+            true,
+            "lh".into(),
+            None,
+        );
+        let actions = svc.forward(&server, fwd);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        let ProxyAction::Route {
+            branch, ref hop, ..
+        } = actions[1]
+        else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(branch, 1);
+        let p = peer("192.0.2.22:5060");
+        let sent = svc.send_branch(&server, branch, hop, p);
+        let [ProxyAction::SendBranch {
+            request,
+            peer: to,
+            loop_hash,
+            ..
+        }] = &sent[..]
+        else {
+            panic!("{sent:?}");
+        };
+        assert_eq!(*to, p);
+        assert_eq!(loop_hash, "lh");
+        assert_eq!(request.uri.to_string(), "sip:1002@192.0.2.22:5060");
+        assert_eq!(request.max_forwards().unwrap(), Some(69));
+        assert!(request.headers.has(HeaderName::RecordRoute));
+        assert_eq!(
+            request.headers.list(HeaderName::Via).len(),
+            1,
+            "our Via goes on when the socket is known"
+        );
+        let timers = svc.branch_sent(&server, branch, client_key(1), p, now);
+        assert!(matches!(
+            timers[..],
+            [ProxyAction::TimerSet { timer: BranchTimer::C, at, .. }] if at == now + TIMER_C
+        ));
+        assert_eq!(svc.next_timer(), Some(now + TIMER_C));
+    }
+
+    #[test]
+    fn rfc3261_16_6_a_target_we_cannot_send_to_fails_its_branch_with_404() {
+        let svc = service();
+        let server = TxKey::server(&invite(), None).unwrap();
+        let tel = Hop {
+            uri: Uri::parse("tel:+15551234").unwrap(),
+            route: vec![],
+            flow: None,
+        };
+        let fwd = Forwarded::new(
+            invite(),
+            peer("192.0.2.7:5060"),
+            vec![vec![tel]],
+            true,
+            "lh".into(),
+            None,
+        );
+        let actions = svc.forward(&server, fwd);
+        assert!(
+            matches!(
+                actions[..],
+                [ProxyAction::FailBranch {
+                    branch: 0,
+                    status: 404,
+                    ..
+                }]
+            ),
+            "{actions:?}"
+        );
+        let answer = svc.fail_branch(&server, 0, 404, "Not Found", "t", Instant::now());
+        assert_eq!(responded(&answer), vec![404]);
+    }
+
+    #[test]
+    fn rfc3261_16_7_a_2xx_goes_upstream_at_once_and_the_other_branches_are_cancelled() {
+        let svc = service();
+        let now = Instant::now();
+        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        let ringing = svc.on_response(&server, 1, response(180, "b"), now);
+        assert_eq!(responded(&ringing), vec![180]);
+        assert!(ringing.iter().any(|a| matches!(
+            a,
+            ProxyAction::Track(CallChange::Response { status: 180, .. })
+        )));
+        let answered = svc.on_response(&server, 0, response(200, "a"), now);
+        assert_eq!(responded(&answered), vec![200], "{answered:?}");
+        let c = cancelled(&answered);
+        assert!(c == [client_key(1)], "{answered:?}");
+        // Another fork's 2xx still goes on (RFC 6026); a late 487 does not.
+        assert_eq!(
+            responded(&svc.on_response(&server, 1, response(487, "b"), now)),
+            Vec::<u16>::new()
+        );
+        assert_eq!(
+            responded(&svc.on_response(&server, 0, response(200, "a"), now)),
+            vec![200]
+        );
+    }
+
+    #[test]
+    fn rfc3261_16_7_a_6xx_cancels_the_others_and_is_the_answer() {
+        let svc = service();
+        let now = Instant::now();
+        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        svc.on_response(&server, 0, response(180, "a"), now);
+        let declined = svc.on_response(&server, 1, response(603, "b"), now);
+        assert_eq!(responded(&declined), Vec::<u16>::new(), "{declined:?}");
+        let c = cancelled(&declined);
+        assert!(c == [client_key(0)], "{declined:?}");
+        let done = svc.on_response(&server, 0, response(487, "a"), now);
+        assert_eq!(responded(&done), vec![603]);
+        assert!(done.iter().any(|a| matches!(
+            a,
+            ProxyAction::Track(CallChange::Failed { status: 603, .. })
+        )));
+    }
+
+    #[test]
+    fn rfc3261_16_7_the_best_response_waits_for_every_branch_and_503_goes_as_500() {
+        let svc = service();
+        let now = Instant::now();
+        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        assert!(responded(&svc.on_response(&server, 0, response(503, "a"), now)).is_empty());
+        let done = svc.on_response(&server, 1, response(486, "b"), now);
+        assert_eq!(responded(&done), vec![486]);
+
+        let svc = service();
+        let server = forked(&svc, &["192.0.2.21:5060"], now);
+        let done = svc.on_response(&server, 0, response(503, "a"), now);
+        assert_eq!(responded(&done), vec![500]);
+        assert_eq!(svc.next_timer(), None, "a final response stops Timer C");
+    }
+
+    #[test]
+    fn rfc3261_16_8_timer_c_cancels_a_ringing_branch_then_it_counts_as_408() {
+        let svc = service();
+        let t0 = Instant::now();
+        let server = forked(&svc, &["192.0.2.21:5060"], t0);
+        let t1 = t0 + Duration::from_secs(10);
+        svc.on_response(&server, 0, response(180, "a"), t1);
+        assert_eq!(
+            svc.next_timer(),
+            Some(t1 + TIMER_C),
+            "a provisional restarts Timer C"
+        );
+        assert!(svc.on_timers(t0 + TIMER_C).is_empty());
+        let fired = svc.on_timers(t1 + TIMER_C);
+        let c = cancelled(&fired);
+        assert!(c == [client_key(0)], "{fired:?}");
+        let after = t1 + TIMER_C + AFTER_CANCEL;
+        assert_eq!(svc.next_timer(), Some(after));
+        let gave_up = svc.on_timers(after);
+        assert!(
+            matches!(
+                gave_up[..],
+                [
+                    ProxyAction::TerminateClient(_),
+                    ProxyAction::FailBranch { status: 408, .. }
+                ]
+            ),
+            "{gave_up:?}"
+        );
+        let answer = svc.fail_branch(&server, 0, 408, "Request Timeout", "t", after);
+        assert_eq!(responded(&answer), vec![408]);
+    }
+
+    #[test]
+    fn rfc3261_9_1_16_10_cancel_waits_for_a_provisional_before_cancelling_a_branch() {
+        let svc = service();
+        let now = Instant::now();
+        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        svc.on_response(&server, 0, response(180, "a"), now);
+        let actions = svc.on_cancel(&server, now).expect("an INVITE we forward");
+        assert!(matches!(
+            actions[0],
+            ProxyAction::Track(CallChange::Cancelled { .. })
+        ));
+        let c = cancelled(&actions);
+        assert!(c == [client_key(0)], "only the ringing branch: {actions:?}");
+        // The silent branch is cancelled on its first provisional (§9.1).
+        let ringing = svc.on_response(&server, 1, response(180, "b"), now);
+        let c = cancelled(&ringing);
+        assert!(c == [client_key(1)], "{ringing:?}");
+        svc.on_response(&server, 0, response(487, "a"), now);
+        let done = svc.on_response(&server, 1, response(487, "b"), now);
+        assert_eq!(responded(&done), vec![487]);
+        let other = TxKey::server(&response_request(), None).unwrap();
+        assert!(svc.on_cancel(&other, now).is_none(), "no such INVITE");
+    }
+
+    fn response_request() -> Request {
+        let mut r = invite();
+        r.headers.set(
+            HeaderName::Via,
+            "SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKother",
+        );
+        r
+    }
+
+    #[test]
+    fn rfc3261_16_7_a_2xx_after_the_context_is_gone_goes_statelessly() {
+        let svc = service();
+        let now = Instant::now();
+        let server = forked(&svc, &["192.0.2.21:5060"], now);
+        svc.forget(&server);
+        assert_eq!(svc.next_timer(), None);
+        assert!(matches!(
+            svc.on_response(&server, 0, response(200, "a"), now)[..],
+            [ProxyAction::ForwardStateless(_)]
+        ));
+        assert!(svc
+            .on_response(&server, 0, response(486, "a"), now)
+            .is_empty());
+    }
+}

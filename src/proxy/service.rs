@@ -216,13 +216,14 @@ fn dialog_id(m: &impl HasHeaders) -> Option<DialogId> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
     use crate::dialog::fixtures::{info, key, T0};
     use crate::sip::{parse_message, Limits, Message};
 
-    fn service() -> ProxyService {
+    /// A service for example.com on 192.0.2.10:5060, its store in memory.
+    pub(crate) fn service() -> ProxyService {
         let mut cfg = Config::default();
         cfg.server.domain = crate::sip::uri::Host::Name("example.com".into());
         let rules = Proxy::new(
