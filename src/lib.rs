@@ -1,5 +1,6 @@
 //! busylamp: SIP registrar, edge proxy and presence server for desk phones, in one process.
-//! See DESIGN.md (shared) for the data flow; each module owns one thing.
+//! The data flow and the module map (what each module owns) are in the README's
+//! "Architecture" section; each module owns one thing.
 
 pub mod auth;
 pub mod clock;

@@ -1,36 +1,53 @@
-//! Property tests without extra crates: a deterministic xorshift PRNG generates valid SIP
-//! requests and responses (random methods, URIs with IPv6 hosts and parameters, display names
-//! needing quotes and escapes, compact header names, multi-value Vias/Contacts split over lines
-//! or commas, folded lines, extension headers, bodies containing CRLFs). Each must parse,
+//! Property tests (proptest) of the codec: a generator builds valid SIP requests and
+//! responses (random methods, URIs with IPv6 hosts and parameters, display names needing
+//! quotes and escapes, compact header names, multi-value Vias/Contacts split over lines or
+//! commas, folded lines, extension headers, bodies containing CRLFs). Each must parse,
 //! validate, expose what was generated, and survive print → parse unchanged. A mutation test
 //! then corrupts fixtures and generated messages and checks the parser never panics and that
-//! whatever still parses reprints to an equal message.
+//! whatever still parses reprints to an equal message. A failing case shrinks to a simpler
+//! one; the seed is fixed unless `PROPTEST_RNG_SEED` names another.
+
+mod common;
 
 use busylamp::sip::{
     frame_stream, parse_message, ContactValue, HasHeaders, HeaderName, Host, Limits, Message,
 };
+use common::mutate;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// xorshift64* — deterministic, so a failure names the seed that reproduces it.
-struct Rng(u64);
+/// The generator's choices, drawn by proptest (as Hypothesis does): each draw takes the next
+/// number, 0 once they run out. Shrinking moves the numbers towards 0, which means the first
+/// alternative, the shortest string, no optional part: a failure shrinks to a plain message.
+struct Choices {
+    drawn: Vec<u64>,
+    at: usize,
+}
 
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+/// Enough choices for the largest message the generator builds.
+const CHOICES: usize = 1024;
+
+fn choices() -> impl Strategy<Value = Vec<u64>> {
+    prop::collection::vec(any::<u64>(), CHOICES)
+}
+
+impl Choices {
+    fn new(drawn: Vec<u64>) -> Choices {
+        Choices { drawn, at: 0 }
     }
     fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        let v = self.drawn.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        v
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+    /// True `percent` times in 100; a choice of 0 says no.
     fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
+        self.below(100) >= 100 - percent
     }
     fn pick<'a, T: ?Sized>(&mut self, items: &[&'a T]) -> &'a T {
         items[self.below(items.len())]
@@ -43,12 +60,26 @@ impl Rng {
     }
 }
 
+/// `cases` cases from a fixed seed (or `PROPTEST_RNG_SEED`), no regression files.
+fn config(cases: u32) -> Config {
+    let mut c = Config {
+        cases,
+        failure_persistence: None,
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+        ..Config::default()
+    };
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        c.rng_seed = RngSeed::Fixed(0x5eed);
+    }
+    c
+}
+
 const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 const TOKEN: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~";
 const USER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()&=+$,;?/";
 
-fn token(rng: &mut Rng, max: usize) -> String {
-    rng.string_from(TOKEN, 1, max)
+fn token(choices: &mut Choices, max: usize) -> String {
+    choices.string_from(TOKEN, 1, max)
 }
 
 /// What the generator put into a message, to check against what the parser reads back.
@@ -65,19 +96,19 @@ struct Expect {
 type Part = Box<dyn FnOnce(&mut Gen, &mut String, &mut Expect)>;
 
 struct Gen {
-    rng: Rng,
+    choices: Choices,
 }
 
 impl Gen {
     fn host(&mut self) -> (String, Host) {
-        match self.rng.below(3) {
+        match self.choices.below(3) {
             0 => {
-                let labels = 1 + self.rng.below(3);
+                let labels = 1 + self.choices.below(3);
                 let mut name: Vec<String> = (0..labels)
-                    .map(|_| self.rng.string_from(ALNUM, 1, 10))
+                    .map(|_| self.choices.string_from(ALNUM, 1, 10))
                     .collect();
                 name.push(
-                    self.rng
+                    self.choices
                         .pick(&["com", "net", "example", "test"])
                         .to_string(),
                 );
@@ -85,16 +116,16 @@ impl Gen {
                 (n.clone(), Host::Name(n))
             }
             1 => {
-                let a = Ipv4Addr::from(self.rng.next() as u32);
+                let a = Ipv4Addr::from(self.choices.next() as u32);
                 (a.to_string(), Host::V4(a))
             }
             _ => {
                 let mut segs = [0u16; 8];
                 for s in segs.iter_mut() {
-                    *s = if self.rng.chance(40) {
+                    *s = if self.choices.chance(40) {
                         0
                     } else {
-                        self.rng.next() as u16
+                        self.choices.next() as u16
                     };
                 }
                 let a = Ipv6Addr::from(segs);
@@ -105,33 +136,37 @@ impl Gen {
 
     /// A SIP URI; `rich` allows user-part oddities, parameters and (for name-addr) headers.
     fn uri(&mut self, rich: bool, headers: bool) -> String {
-        let mut s = String::from(if self.rng.chance(15) { "sips:" } else { "sip:" });
-        if self.rng.chance(80) {
+        let mut s = String::from(if self.choices.chance(15) {
+            "sips:"
+        } else {
+            "sip:"
+        });
+        if self.choices.chance(80) {
             let user = if rich {
-                let mut u = self.rng.string_from(USER, 1, 12);
-                if self.rng.chance(30) {
+                let mut u = self.choices.string_from(USER, 1, 12);
+                if self.choices.chance(30) {
                     u.push_str("%4a");
                 }
                 u
             } else {
-                self.rng.string_from(ALNUM, 1, 12)
+                self.choices.string_from(ALNUM, 1, 12)
             };
             s.push_str(&user);
-            if rich && self.rng.chance(10) {
+            if rich && self.choices.chance(10) {
                 s.push(':');
-                s.push_str(&self.rng.string_from(ALNUM, 0, 6));
+                s.push_str(&self.choices.string_from(ALNUM, 0, 6));
             }
             s.push('@');
         }
         s.push_str(&self.host().0);
-        if self.rng.chance(40) {
-            s.push_str(&format!(":{}", self.rng.below(65536)));
+        if self.choices.chance(40) {
+            s.push_str(&format!(":{}", self.choices.below(65536)));
         }
         if rich {
-            for _ in 0..self.rng.below(4) {
-                match self.rng.below(4) {
+            for _ in 0..self.choices.below(4) {
+                match self.choices.below(4) {
                     0 => s.push_str(";lr"),
-                    1 => s.push_str(self.rng.pick(&[
+                    1 => s.push_str(self.choices.pick(&[
                         ";transport=udp",
                         ";transport=TCP",
                         ";transport=ws",
@@ -139,15 +174,15 @@ impl Gen {
                     2 => s.push_str(&format!(";maddr={}", self.host().0)),
                     _ => s.push_str(&format!(
                         ";{}={}",
-                        token(&mut self.rng, 8),
-                        token(&mut self.rng, 8)
+                        token(&mut self.choices, 8),
+                        token(&mut self.choices, 8)
                     )),
                 }
             }
-            if headers && self.rng.chance(20) {
+            if headers && self.choices.chance(20) {
                 s.push_str(&format!(
                     "?subject={}&priority=urgent",
-                    self.rng.string_from(ALNUM, 1, 8)
+                    self.choices.string_from(ALNUM, 1, 8)
                 ));
             }
         }
@@ -156,11 +191,11 @@ impl Gen {
 
     /// (wire form, decoded display name)
     fn display(&mut self) -> (String, Option<String>) {
-        match self.rng.below(4) {
+        match self.choices.below(4) {
             0 => (String::new(), None),
             1 => {
-                let words: Vec<String> = (0..1 + self.rng.below(3))
-                    .map(|_| token(&mut self.rng, 8))
+                let words: Vec<String> = (0..1 + self.choices.below(3))
+                    .map(|_| token(&mut self.choices, 8))
                     .collect();
                 let d = words.join(" ");
                 (format!("{d} "), Some(d))
@@ -170,12 +205,12 @@ impl Gen {
                     "a", "B", " ", ",", ";", "<", ">", "@", ":", "é", "\"", "\\", "Doe", "x y",
                     "\t",
                 ];
-                let n = 1 + self.rng.below(8);
+                let n = 1 + self.choices.below(8);
                 let mut wire = String::from("\"");
                 let mut plain = String::new();
                 for _ in 0..n {
-                    let p = self.rng.pick(&pieces);
-                    if p == "\"" || p == "\\" || (p != "\t" && self.rng.chance(5)) {
+                    let p = self.choices.pick(&pieces);
+                    if p == "\"" || p == "\\" || (p != "\t" && self.choices.chance(5)) {
                         // quoted-pair; any char may be escaped
                         for c in p.chars() {
                             wire.push('\\');
@@ -187,7 +222,7 @@ impl Gen {
                     plain.push_str(p);
                 }
                 wire.push('"');
-                let space = if self.rng.chance(50) { " " } else { "" };
+                let space = if self.choices.chance(50) { " " } else { "" };
                 (format!("{wire}{space}"), Some(plain))
             }
         }
@@ -195,33 +230,33 @@ impl Gen {
 
     /// name-addr or (plain URI) addr-spec, with header params.
     fn address(&mut self, tag: bool) -> (String, Option<String>) {
-        let (mut s, display) = if self.rng.chance(75) {
+        let (mut s, display) = if self.choices.chance(75) {
             let (d, plain) = self.display();
             (format!("{d}<{}>", self.uri(true, true)), plain)
         } else {
             (self.uri(false, false), None)
         };
         if tag {
-            s.push_str(&format!(";tag={}", token(&mut self.rng, 12)));
+            s.push_str(&format!(";tag={}", token(&mut self.choices, 12)));
         }
-        if self.rng.chance(20) {
-            s.push_str(&format!(" ; {}", token(&mut self.rng, 6)));
+        if self.choices.chance(20) {
+            s.push_str(&format!(" ; {}", token(&mut self.choices, 6)));
         }
         (s, display)
     }
 
     fn name(&mut self, long: &'static str, compact: &'static str) -> String {
-        let n = if !compact.is_empty() && self.rng.chance(40) {
+        let n = if !compact.is_empty() && self.choices.chance(40) {
             compact
         } else {
             long
         };
-        let mut n = if self.rng.chance(20) {
+        let mut n = if self.choices.chance(20) {
             n.to_ascii_uppercase()
         } else {
             n.to_string()
         };
-        if self.rng.chance(10) {
+        if self.choices.chance(10) {
             n.push(' ');
         }
         n
@@ -230,40 +265,42 @@ impl Gen {
     /// A header line (or lines), possibly folded at one of its spaces.
     fn line(&mut self, out: &mut String, name: &str, value: &str) {
         let mut value = value.to_string();
-        if self.rng.chance(25) {
+        if self.choices.chance(25) {
             // Fold at a single space between two non-blank characters.
             let b = value.as_bytes();
             let spaces: Vec<usize> = (1..b.len().saturating_sub(1))
                 .filter(|&i| b[i] == b' ' && b[i - 1] > b' ' && b[i + 1] > b' ')
                 .collect();
             if !spaces.is_empty() {
-                let at = spaces[self.rng.below(spaces.len())];
-                let fold = self.rng.pick(&["\r\n ", "\r\n\t", "\r\n    "]);
+                let at = spaces[self.choices.below(spaces.len())];
+                let fold = self.choices.pick(&["\r\n ", "\r\n\t", "\r\n    "]);
                 value.replace_range(at..at + 1, fold);
             }
         }
-        let sep = self.rng.pick(&[": ", ":", " :  ", ":\t"]);
+        let sep = self.choices.pick(&[": ", ":", " :  ", ":\t"]);
         out.push_str(&format!("{name}{sep}{value}\r\n"));
     }
 
     fn via(&mut self) -> String {
-        let slash = self.rng.pick(&["/", " / ", "/"]);
-        let transport = self.rng.pick(&["UDP", "TCP", "TLS", "WS", "udp", "SCTP"]);
+        let slash = self.choices.pick(&["/", " / ", "/"]);
+        let transport = self
+            .choices
+            .pick(&["UDP", "TCP", "TLS", "WS", "udp", "SCTP"]);
         let mut v = format!("SIP{slash}2.0{slash}{transport} {}", self.host().0);
-        if self.rng.chance(40) {
-            v.push_str(&format!(":{}", 1 + self.rng.below(65535)));
+        if self.choices.chance(40) {
+            v.push_str(&format!(":{}", 1 + self.choices.below(65535)));
         }
         v.push_str(&format!(
             ";branch=z9hG4bK{}",
-            self.rng.string_from(ALNUM, 1, 16)
+            self.choices.string_from(ALNUM, 1, 16)
         ));
-        if self.rng.chance(30) {
+        if self.choices.chance(30) {
             v.push_str(";rport");
         }
-        if self.rng.chance(20) {
+        if self.choices.chance(20) {
             v.push_str(&format!(
                 ";received={}",
-                Ipv4Addr::from(self.rng.next() as u32)
+                Ipv4Addr::from(self.choices.next() as u32)
             ));
         }
         v
@@ -279,8 +316,8 @@ impl Gen {
     ) {
         let mut i = 0;
         while i < values.len() {
-            let take = 1 + self.rng.below(values.len() - i);
-            let sep = self.rng.pick(&[", ", ",", " , ", ",\r\n "]);
+            let take = 1 + self.choices.below(values.len() - i);
+            let sep = self.choices.pick(&[", ", ",", " , ", ",\r\n "]);
             let joined = values[i..i + take].join(sep);
             let name = self.name(long, compact);
             self.line(out, &name, &joined);
@@ -289,15 +326,15 @@ impl Gen {
     }
 
     fn body(&mut self) -> Vec<u8> {
-        match self.rng.below(4) {
+        match self.choices.below(4) {
             0 => Vec::new(),
             1 => b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
                 .to_vec(),
-            _ => (0..self.rng.below(120))
-                .map(|_| match self.rng.below(10) {
+            _ => (0..self.choices.below(120))
+                .map(|_| match self.choices.below(10) {
                     0 => b'\r',
                     1 => b'\n',
-                    _ => self.rng.next() as u8,
+                    _ => self.choices.next() as u8,
                 })
                 .collect(),
         }
@@ -305,7 +342,7 @@ impl Gen {
 
     fn common(&mut self, out: &mut String, method: &str, e: &mut Expect) {
         let mut parts: Vec<Part> = Vec::new();
-        let vias: Vec<String> = (0..1 + self.rng.below(4)).map(|_| self.via()).collect();
+        let vias: Vec<String> = (0..1 + self.choices.below(4)).map(|_| self.via()).collect();
         e.vias = vias.len();
         parts.push(Box::new(move |g, o, _| g.list(o, "Via", "v", &vias)));
         let m = method.to_string();
@@ -316,33 +353,33 @@ impl Gen {
             g.line(o, &n, &from);
         }));
         parts.push(Box::new(move |g, o, _| {
-            let tagged = g.rng.chance(30);
+            let tagged = g.choices.chance(30);
             let (to, _) = g.address(tagged);
             let n = g.name("To", "t");
             g.line(o, &n, &to);
         }));
         parts.push(Box::new(move |g, o, e| {
-            let id = format!("{}@{}", g.rng.string_from(ALNUM, 4, 20), g.host().0);
+            let id = format!("{}@{}", g.choices.string_from(ALNUM, 4, 20), g.host().0);
             e.call_id = id.clone();
             let n = g.name("Call-ID", "i");
             g.line(o, &n, &id);
         }));
         parts.push(Box::new(move |g, o, _| {
-            let zeros = if g.rng.chance(10) { "00" } else { "" };
-            let v = format!("{zeros}{} {m}", g.rng.below(1 << 31));
+            let zeros = if g.choices.chance(10) { "00" } else { "" };
+            let v = format!("{zeros}{} {m}", g.choices.below(1 << 31));
             let n = g.name("CSeq", "");
             g.line(o, &n, &v);
         }));
-        if self.rng.chance(60) {
-            let contacts: Vec<String> = (0..1 + self.rng.below(3))
+        if self.choices.chance(60) {
+            let contacts: Vec<String> = (0..1 + self.choices.below(3))
                 .map(|_| {
                     let (d, _) = self.display();
                     let mut c = format!("{d}<{}>", self.uri(true, true));
-                    if self.rng.chance(50) {
+                    if self.choices.chance(50) {
                         c.push_str(&format!(
                             ";expires={};q=0.{}",
-                            self.rng.below(7200),
-                            self.rng.below(10)
+                            self.choices.below(7200),
+                            self.choices.below(10)
                         ));
                     }
                     c
@@ -353,10 +390,10 @@ impl Gen {
                 g.list(o, "Contact", "m", &contacts)
             }));
         }
-        for _ in 0..self.rng.below(4) {
+        for _ in 0..self.choices.below(4) {
             parts.push(Box::new(|g, o, _| {
-                let name = format!("X-{}", token(&mut g.rng, 10));
-                let value = g.rng.string_from(b"abc XYZ019;,=\"<>@:/\\.-_", 1, 30);
+                let name = format!("X-{}", token(&mut g.choices, 10));
+                let value = g.choices.string_from(b"abc XYZ019;,=\"<>@:/\\.-_", 1, 30);
                 let value = value.trim().to_string();
                 let value = if value.is_empty() {
                     "v".to_string()
@@ -366,14 +403,16 @@ impl Gen {
                 g.line(o, &name, &value);
             }));
         }
-        if self.rng.chance(30) {
+        if self.choices.chance(30) {
             parts.push(Box::new(|g, o, _| {
                 let n = g.name("Subject", "s");
-                let words: Vec<String> = (0..self_words(g)).map(|_| token(&mut g.rng, 6)).collect();
+                let words: Vec<String> = (0..self_words(g))
+                    .map(|_| token(&mut g.choices, 6))
+                    .collect();
                 g.line(o, &n, &words.join(" "));
             }));
         }
-        if self.rng.chance(30) {
+        if self.choices.chance(30) {
             parts.push(Box::new(|g, o, _| {
                 let n = g.name("Supported", "k");
                 g.line(o, &n, "replaces, timer, path");
@@ -382,15 +421,15 @@ impl Gen {
         // Header order is free (RFC 3261 §7.3.1) except among same-named headers, which the
         // list closures keep together.
         while !parts.is_empty() {
-            let i = self.rng.below(parts.len());
+            let i = self.choices.below(parts.len());
             let f = parts.swap_remove(i);
             f(self, out, e);
         }
     }
 
     fn request(&mut self) -> (Vec<u8>, Expect) {
-        let method = if self.rng.chance(85) {
-            self.rng
+        let method = if self.choices.chance(85) {
+            self.choices
                 .pick(&[
                     "INVITE",
                     "REGISTER",
@@ -405,7 +444,7 @@ impl Gen {
                 ])
                 .to_string()
         } else {
-            token(&mut self.rng, 12)
+            token(&mut self.choices, 12)
         };
         let mut e = Expect {
             method: Some(method.clone()),
@@ -419,26 +458,26 @@ impl Gen {
         self.common(&mut s, &method, &mut e);
         let mf = format!(
             "{}{}",
-            if self.rng.chance(10) { "0" } else { "" },
-            self.rng.below(256)
+            if self.choices.chance(10) { "0" } else { "" },
+            self.choices.below(256)
         );
         let n = self.name("Max-Forwards", "");
         self.line(&mut s, &n, &mf);
-        if self.rng.chance(20) {
+        if self.choices.chance(20) {
             let n = self.name("Expires", "");
-            let v = self.rng.below(100_000).to_string();
+            let v = self.choices.below(100_000).to_string();
             self.line(&mut s, &n, &v);
         }
         (self.finish(s, &e.body), e)
     }
 
     fn response(&mut self) -> (Vec<u8>, Expect) {
-        let status = 100 + self.rng.below(600);
+        let status = 100 + self.choices.below(600);
         let reason = self
-            .rng
+            .choices
             .pick(&["OK", "", "Not Found", "Très bien", "a  b\tc", "Ringing"]);
         let method = self
-            .rng
+            .choices
             .pick(&["INVITE", "REGISTER", "OPTIONS"])
             .to_string();
         let mut e = Expect {
@@ -455,7 +494,7 @@ impl Gen {
     }
 
     fn finish(&mut self, mut s: String, body: &[u8]) -> Vec<u8> {
-        let zeros = if self.rng.chance(10) { "0" } else { "" };
+        let zeros = if self.choices.chance(10) { "0" } else { "" };
         let n = self.name("Content-Length", "l");
         self.line(&mut s, &n, &format!("{zeros}{}", body.len()));
         s.push_str("\r\n");
@@ -466,7 +505,7 @@ impl Gen {
 }
 
 fn self_words(g: &mut Gen) -> usize {
-    1 + g.rng.below(5)
+    1 + g.choices.below(5)
 }
 
 /// What print → parse must give back: the same message, plus the Content-Length the printer
@@ -501,9 +540,9 @@ fn check_reprint(m: &Message, limits: &Limits, what: &dyn Fn() -> String) {
     }
 }
 
-fn check_generated(bytes: &[u8], e: &Expect, seed: u64) {
+fn check_generated(bytes: &[u8], e: &Expect) {
     let limits = Limits::default();
-    let what = || format!("seed {seed}:\n{}", String::from_utf8_lossy(bytes));
+    let what = || format!("generated:\n{}", String::from_utf8_lossy(bytes));
     let m = parse_message(bytes, &limits).unwrap_or_else(|f| panic!("{f:?} {}", what()));
     match &m {
         Message::Request(r) => {
@@ -542,25 +581,19 @@ fn check_generated(bytes: &[u8], e: &Expect, seed: u64) {
     );
 }
 
-#[test]
-fn generated_requests_parse_validate_and_roundtrip() {
-    for seed in 0..6_000u64 {
-        let mut g = Gen {
-            rng: Rng::new(seed),
-        };
-        let (bytes, e) = g.request();
-        check_generated(&bytes, &e, seed);
-    }
-}
+proptest! {
+    #![proptest_config(config(6_000))]
 
-#[test]
-fn generated_responses_parse_and_roundtrip() {
-    for seed in 0..6_000u64 {
-        let mut g = Gen {
-            rng: Rng::new(seed ^ 0xA5A5_0000),
-        };
-        let (bytes, e) = g.response();
-        check_generated(&bytes, &e, seed);
+    #[test]
+    fn generated_requests_parse_validate_and_roundtrip(drawn in choices()) {
+        let (bytes, e) = Gen { choices: Choices::new(drawn) }.request();
+        check_generated(&bytes, &e);
+    }
+
+    #[test]
+    fn generated_responses_parse_and_roundtrip(drawn in choices()) {
+        let (bytes, e) = Gen { choices: Choices::new(drawn) }.response();
+        check_generated(&bytes, &e);
     }
 }
 
@@ -578,53 +611,15 @@ fn fixtures() -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn mutate(rng: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {
-    const INTERESTING: &[u8] = b"\r\n:;,\"<>\\ \t%@?[]/=0\x00\xff\xc3";
-    for _ in 0..1 + rng.below(4) {
-        let len = b.len();
-        match rng.below(7) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                b[i] ^= 1 << rng.below(8);
-            }
-            1 if len > 0 => {
-                let i = rng.below(len);
-                b[i] = INTERESTING[rng.below(INTERESTING.len())];
-            }
-            2 => {
-                let i = rng.below(len + 1);
-                b.insert(i, INTERESTING[rng.below(INTERESTING.len())]);
-            }
-            3 if len > 0 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(16));
-                b.drain(i..i + n);
-            }
-            4 => b.truncate(rng.below(len + 1)),
-            5 if len > 0 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(40));
-                let chunk: Vec<u8> = b[i..i + n].to_vec();
-                let at = rng.below(len + 1);
-                b.splice(at..at, chunk);
-            }
-            _ => {
-                let i = rng.below(len + 1);
-                b.splice(i..i, b"\r\n ".iter().copied());
-            }
-        }
-    }
-    b
-}
-
 #[test]
 fn mutated_messages_never_panic_and_reprint_equal() {
     let mut corpus = fixtures();
-    for seed in 0..300u64 {
+    let mut runner = mutate::fixed_runner(1_000_000);
+    for n in 0..300 {
         let mut g = Gen {
-            rng: Rng::new(seed + 1_000_000),
+            choices: Choices::new(mutate::draw(&mut runner, &choices())),
         };
-        corpus.push(if seed % 2 == 0 {
+        corpus.push(if n % 2 == 0 {
             g.request().0
         } else {
             g.response().0
@@ -636,14 +631,14 @@ fn mutated_messages_never_panic_and_reprint_equal() {
         max_headers: 20,
         max_line: 200,
     };
-    let mut rng = Rng::new(42);
-    let mut parsed = 0;
+    let parsed = std::cell::Cell::new(0usize);
     let cases = 24_000;
-    for case in 0..cases {
-        let base = corpus[rng.below(corpus.len())].clone();
-        let bytes = mutate(&mut rng, base);
-        let l = if case % 5 == 0 { &tight } else { &limits };
-        let result = std::panic::catch_unwind(|| {
+    // A mutant: a message of the corpus, up to 4 edits, and the tight limits one time in 5.
+    let mutant = (any::<Index>(), mutate::edits(4), prop::bool::weighted(0.2));
+    TestRunner::new(config(cases))
+        .run(&mutant, |(base, edits, is_tight)| {
+            let bytes = mutate::apply(base.get::<Vec<u8>>(&corpus), &edits);
+            let l = if is_tight { &tight } else { &limits };
             let _ = frame_stream(&bytes, l);
             match parse_message(&bytes, l) {
                 Ok(m) => {
@@ -658,28 +653,22 @@ fn mutated_messages_never_panic_and_reprint_equal() {
                         Message::Response(r) => touch(r),
                     }
                     check_reprint(&m, l, &|| {
-                        format!("mutation case {case}:\n{}", String::from_utf8_lossy(&bytes))
+                        format!("mutant:\n{}", String::from_utf8_lossy(&bytes))
                     });
-                    true
+                    parsed.set(parsed.get() + 1);
                 }
                 Err(f) => {
                     let _ = (f.error.status(), f.error.to_string());
-                    false
                 }
             }
-        });
-        match result {
-            Ok(ok) => parsed += ok as usize,
-            Err(_) => panic!(
-                "mutation case {case} panicked on {:?}",
-                String::from_utf8_lossy(&bytes)
-            ),
-        }
-    }
+            Ok::<(), TestCaseError>(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     // The corpus is mostly valid, so a fair share of mutants must still parse, which keeps
     // the reprint check meaningful.
+    let parsed = parsed.get();
     assert!(
-        parsed > cases / 10,
+        parsed > cases as usize / 10,
         "only {parsed} of {cases} mutants parsed"
     );
 }

@@ -125,7 +125,8 @@ async fn rfc3903_initial_refresh_modify_remove() {
     assert_eq!(r.body, doc("b"));
     ok(&f, &r, from, "e3", 300).await;
 
-    // The same state again: nothing to send.
+    // The same state again: nothing to send (the removal's PUBLISH below, not a duplicate,
+    // is the next request: the publication's task handled this one).
     publish(&s, &doc("b"), 3600);
     assert!(
         f.request_within(1000).await.is_none(),
@@ -138,12 +139,16 @@ async fn rfc3903_initial_refresh_modify_remove() {
     assert_eq!(hdr(&r, HeaderName::Expires), "0");
     assert_eq!(hdr(&r, HeaderName::SipIfMatch), "e3");
     assert!(r.body.is_empty());
+    let mark = s.mark();
     f.answer(&r, from, 200, Some("srv"), &[("Expires", "0".into())])
         .await;
-    assert!(
-        f.request_within(4_000_000).await.is_none(),
-        "nothing after the removal, not even a refresh"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { f.request_within(4_000_000).await.is_none() },
+        "nothing after the removal, not even a refresh",
+    )
+    .await;
     assert_eq!(s.handle.core.pua.client().remote_publications(), 0);
 }
 
@@ -217,6 +222,7 @@ async fn a_401_is_answered_once_with_credentials_sha256_preferred() {
     ));
 
     // A second 401 is not answered again: the publication backs off.
+    let mark = s.mark();
     f.answer(
         &r2,
         from,
@@ -225,10 +231,13 @@ async fn a_401_is_answered_once_with_credentials_sha256_preferred() {
         &[("WWW-Authenticate", sha.into())],
     )
     .await;
-    assert!(
-        f.request_within(1000).await.is_none(),
-        "no third attempt at once"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { f.request_within(1000).await.is_none() },
+        "no third attempt at once",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -238,7 +247,8 @@ async fn one_publish_in_flight_and_the_newest_state_wins() {
     publish(&s, &doc("1"), 600);
     let (r1, from) = next_publish(&mut f, 5000).await;
     assert_eq!(r1.body, doc("1"));
-    // Changes arrive while the first PUBLISH is unanswered.
+    // Changes arrive while the first PUBLISH is unanswered (handled: the next PUBLISH carries
+    // the last of them).
     for i in 2..=6 {
         publish(&s, &doc(&i.to_string()), 600);
         tokio::task::yield_now().await;
@@ -251,8 +261,15 @@ async fn one_publish_in_flight_and_the_newest_state_wins() {
     let (r, from) = next_publish(&mut f, 5000).await;
     assert_eq!(r.body, doc("6"), "only the newest state");
     assert_eq!(hdr(&r, HeaderName::SipIfMatch), "e1");
+    let mark = s.mark();
     ok(&f, &r, from, "e2", 300).await;
-    assert!(f.request_within(500).await.is_none(), "and only once");
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { f.request_within(500).await.is_none() },
+        "and only once",
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

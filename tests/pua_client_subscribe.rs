@@ -252,6 +252,7 @@ async fn rfc6665_subscribe_notify_refresh_contact_change_and_unsubscribe() {
         &format!("sip:moved@127.0.0.1:{fport}"),
         "",
     );
+    let mark = s.mark();
     assert_eq!(send_notify(&mut f, s.udp, &n).await, 200);
     loop {
         match event(&mut events).await {
@@ -263,10 +264,13 @@ async fn rfc6665_subscribe_notify_refresh_contact_change_and_unsubscribe() {
             SubscriptionEvent::Notify { .. } => {}
         }
     }
-    assert!(
-        f.request_within(4_000_000).await.is_none(),
-        "nothing after unsubscribing"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { f.request_within(4_000_000).await.is_none() },
+        "nothing after unsubscribing",
+    )
+    .await;
     assert_eq!(s.handle.core.pua.client().subscription_dialogs(), 0);
     // The dialog is gone: its NOTIFYs now get 481.
     let n = notify(f.port(), &r, 4, "active", "sip:x@127.0.0.1:9", "");
@@ -369,16 +373,20 @@ async fn a_timeout_makes_a_new_subscription_after_backoff_and_rejected_gives_up(
         "sip:notifier@127.0.0.1:9",
         "",
     );
+    let mark = s.mark();
     assert_eq!(send_notify(&mut f, s.udp, &n).await, 200);
     let _notify = event(&mut events).await;
     match event(&mut events).await {
         SubscriptionEvent::Ended { retry_in, .. } => assert_eq!(retry_in, None),
         other => panic!("{other:?}"),
     }
-    assert!(
-        f.request_within(4_000_000).await.is_none(),
-        "rejected: no new subscription"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { f.request_within(4_000_000).await.is_none() },
+        "rejected: no new subscription",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -113,6 +113,7 @@ async fn register_two_contacts_open_two_tuples_then_one_then_closed() {
     let kept_id = t[0].0.clone();
 
     // A refresh that changes nothing in the document sends no NOTIFY.
+    let mark = s.mark();
     assert_eq!(
         reg(
             &c,
@@ -123,7 +124,8 @@ async fn register_two_contacts_open_two_tuples_then_one_then_closed() {
         .await,
         200
     );
-    assert!(w.no_notify(300).await, "unchanged document: no NOTIFY");
+    s.assert_processed_then_silent(mark, 1, w.no_notify(300), "unchanged document: no NOTIFY")
+        .await;
 
     // One contact removed: one tuple, the same id as before.
     assert_eq!(
@@ -194,6 +196,7 @@ async fn only_the_configured_users_publish() {
     let mut w20 = watcher(&s, "2002").await;
     let mut w21 = watcher(&s, "2001").await;
     let c = Udp::new(s.udp).await;
+    let mark = s.mark();
     assert_eq!(reg(&c, "2002", 1, "<sip:2002@127.0.0.1:5073>").await, 200);
     assert_eq!(reg(&c, "1001", 1, "<sip:1001@127.0.0.1:5071>").await, 200);
     assert_eq!(reg(&c, "2001", 1, "<sip:2001@127.0.0.1:5074>").await, 200);
@@ -201,7 +204,13 @@ async fn only_the_configured_users_publish() {
         .await;
     w21.notify_until(|b| b.contains("<basic>open</basic>"))
         .await;
-    assert!(w20.no_notify(300).await, "2002 is not in pua.usrloc.users");
+    s.assert_processed_then_silent(
+        mark,
+        3,
+        w20.no_notify(300),
+        "2002 is not in pua.usrloc.users",
+    )
+    .await;
     assert!(s
         .handle
         .core
@@ -216,11 +225,14 @@ async fn disabled_publishes_nothing() {
     let s = server(&cfg).await;
     let mut w = watcher(&s, "1001").await;
     let c = Udp::new(s.udp).await;
+    let mark = s.mark();
     assert_eq!(reg(&c, "1001", 1, "<sip:1001@127.0.0.1:5071>").await, 200);
-    assert!(w.no_notify(300).await);
+    s.assert_processed_then_silent(mark, 1, w.no_notify(300), "disabled, yet published")
+        .await;
 }
 
-#[tokio::test]
+// On the paused clock: the waits below pass only once the server has nothing left to do.
+#[tokio::test(start_paused = true)]
 async fn at_start_the_published_state_matches_the_stored_bindings() {
     let cfg = Config::from_toml(CONFIG, "t").unwrap();
     let store = Arc::new(MemoryStore::new());

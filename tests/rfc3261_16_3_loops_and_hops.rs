@@ -35,7 +35,9 @@ async fn send_invite(phone: &mut Phone, uri: &str, call_id: &str, extra: &str) {
     phone.ua.send(msg.as_bytes()).await;
 }
 
-/// Waits until the server's message count stops growing (within 5 s) and returns it.
+/// Waits until the server's message count stops growing (within 5 s) and returns it. On the
+/// paused clock (the tests that call it) a 100 ms step passes only once the server and the
+/// peers have nothing left to do, so "unchanged over a step" means quiet, without sleeping.
 async fn settled(s: &TestServer) -> u64 {
     let mut last = s.handle.core.messages_received();
     for _ in 0..50 {
@@ -49,7 +51,7 @@ async fn settled(s: &TestServer) -> u64 {
     panic!("the server keeps receiving messages: a storm ({last} so far)");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rfc3261_16_3_a_binding_to_our_own_address_behind_a_reflector_ends_in_482_or_483() {
     let s = server(CALLS).await;
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
@@ -126,7 +128,7 @@ async fn rfc3261_16_3_a_request_routed_back_to_us_by_its_own_route_is_a_spiral_n
     assert_eq!(alice.final_for("spiral-1").await.status, 486);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rfc3261_16_4_route_entries_naming_us_again_and_again_are_all_consumed_in_one_pass() {
     let s = server(CALLS).await;
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
@@ -155,7 +157,7 @@ async fn rfc3261_16_4_route_entries_naming_us_again_and_again_are_all_consumed_i
     assert!(settled(&s).await - before < 10);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rfc3261_16_3_a_request_uri_that_resolves_to_us_is_a_loop_482() {
     let s = server(CALLS).await;
     let mut alice = Phone::registered(s.udp, "1001", "a").await;
@@ -219,6 +221,7 @@ async fn rfc3261_18_1_2_a_2xx_whose_top_via_is_not_ours_is_dropped_never_reflect
     // Looks like one of our branches (the `z9hG4bKL` prefix) but the sent-by is not us:
     // forwarding it would let anyone bounce responses off the proxy to any address.
     // And with our sent-by but a branch we never minted (a well-formed guess).
+    let mark = s.mark();
     for (sent_by, branch) in [
         ("192.0.2.99:5060".to_string(), "z9hG4bKL0123abcd"),
         (
@@ -233,6 +236,8 @@ async fn rfc3261_18_1_2_a_2xx_whose_top_via_is_not_ours_is_dropped_never_reflect
         );
         attacker.send_to(resp.as_bytes(), s.udp).await.unwrap();
     }
+    // The server read and handled all three before the victim's socket is checked.
+    common::processed_since(&s.handle.core, mark, 3).await;
     let mut buf = [0u8; 4096];
     let got = tokio::time::timeout(Duration::from_millis(500), victim.recv_from(&mut buf)).await;
     assert!(

@@ -17,7 +17,7 @@ async fn office() -> (TestServer, Phone, Phone, Phone) {
 
 #[tokio::test]
 async fn rfc3261_16_6_invite_forks_to_both_contacts_first_2xx_wins_loser_cancelled() {
-    let (_s, mut alice, mut bob1, mut bob2) = office().await;
+    let (s, mut alice, mut bob1, mut bob2) = office().await;
     let invite = alice.invite("1002", "fork-1").await;
     let trying = alice.ua.any_response().await;
     assert_eq!(trying.status, 100);
@@ -52,15 +52,19 @@ async fn rfc3261_16_6_invite_forks_to_both_contacts_first_2xx_wins_loser_cancell
     // The loser gets CANCEL, answers 200 to it and 487 to the INVITE.
     let cancel = bob1.ua.next_request().await;
     assert_eq!(cancel.method, "CANCEL");
+    let mark = s.mark();
     bob1.reply(&cancel, 200, "b1").await;
     bob1.reply(&at1, 487, "b1").await;
     // The proxy ACKs the 487 itself (hop by hop).
     let ack = bob1.ua.next_request().await;
     assert_eq!(ack.method, "ACK");
-    assert!(
-        alice.ua.no_notify(300).await,
-        "no more requests reach the caller"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        2,
+        alice.ua.no_notify(300),
+        "no more requests reach the caller",
+    )
+    .await;
 
     // End-to-end ACK and BYE go through our Record-Route to the winner.
     let mut leg = Phone::caller_leg(&invite, &ok);
@@ -196,6 +200,7 @@ async fn rfc3261_22_3_calls_from_phones_are_challenged_407_and_must_be_their_own
     bob.register().await;
     let mut alice = Phone::new(s.udp, "1001", "a").await;
 
+    let mark = s.mark();
     let invite = alice.invite("1002", "auth-1").await;
     let r = alice.ua.response().await;
     assert_eq!(r.status, 407);
@@ -204,10 +209,13 @@ async fn rfc3261_22_3_calls_from_phones_are_challenged_407_and_must_be_their_own
         .get(HeaderName::ProxyAuthenticate)
         .expect("Proxy-Authenticate")
         .to_string();
-    assert!(
-        bob.ua.next_request_within(200).await.is_none(),
-        "nothing forwarded unauthenticated"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { bob.ua.next_request_within(200).await.is_none() },
+        "nothing forwarded unauthenticated",
+    )
+    .await;
 
     // The retry with credentials (new CSeq and branch) goes through, without them.
     let port = alice.ua.port();
@@ -290,7 +298,7 @@ async fn rfc3261_16_5_unknown_numbers_go_to_the_pbx_and_pbx_calls_reach_phones()
 
 #[tokio::test]
 async fn rfc3261_16_4_in_dialog_requests_not_routed_through_us_are_not_relayed() {
-    let (_s, mut alice, mut bob1, _bob2) = office().await;
+    let (s, mut alice, mut bob1, _bob2) = office().await;
     // A BYE "in a dialog" (To tag) aimed at Bob's phone, without our Route: an open-relay
     // attempt. 404, and nothing reaches Bob.
     let mut leg = common::phone::Leg {
@@ -301,12 +309,19 @@ async fn rfc3261_16_4_in_dialog_requests_not_routed_through_us_are_not_relayed()
         route: vec![],
         cseq: 1,
     };
+    let mark = s.mark();
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
     let r = alice.ua.response().await;
     assert_eq!(r.status, 404, "{}", r.reason);
-    assert!(bob1.ua.next_request_within(300).await.is_none());
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { bob1.ua.next_request_within(300).await.is_none() },
+        "the BYE was relayed to the phone",
+    )
+    .await;
     // Addressed to us without Route: no such dialog here.
-    leg.remote_target = format!("sip:{}", _s.udp);
+    leg.remote_target = format!("sip:{}", s.udp);
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
     assert_eq!(alice.ua.response().await.status, 481);
 }
@@ -402,17 +417,28 @@ async fn serial_office() -> (TestServer, Phone, Phone, Phone) {
 
 #[tokio::test]
 async fn rfc3261_16_6_serial_forking_the_lower_q_rings_only_after_the_higher_failed() {
-    let (_s, mut alice, mut desk, mut soft) = serial_office().await;
+    let (s, mut alice, mut desk, mut soft) = serial_office().await;
+    let mark = s.mark();
     let invite = alice.invite("1002", "serial-1").await;
     let at_desk = desk.next_of("INVITE").await;
-    assert!(
-        soft.ua.next_request_within(300).await.is_none(),
-        "the q=0.5 phone waits while the q=1.0 phone rings"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { soft.ua.next_request_within(300).await.is_none() },
+        "the q=0.5 phone waits while the q=1.0 phone rings",
+    )
+    .await;
+    let mark = s.mark();
     desk.reply(&at_desk, 180, "d").await;
     assert_eq!(alice.ua.any_response().await.status, 100);
     assert_eq!(alice.ua.any_response().await.status, 180);
-    assert!(soft.ua.next_request_within(300).await.is_none());
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { soft.ua.next_request_within(300).await.is_none() },
+        "the q=0.5 phone rang after a 180 of the q=1.0 phone",
+    )
+    .await;
     desk.reply(&at_desk, 486, "d").await;
     // Hop-by-hop ACK for the desk phone's 486, then the softphone rings.
     assert_eq!(desk.next_of("ACK").await.method, "ACK");
@@ -442,16 +468,20 @@ async fn rfc3261_16_6_serial_forking_the_lower_q_rings_only_after_the_higher_fai
 
 #[tokio::test]
 async fn rfc3261_16_7_a_6xx_from_the_first_group_ends_the_search() {
-    let (_s, mut alice, mut desk, mut soft) = serial_office().await;
+    let (s, mut alice, mut desk, mut soft) = serial_office().await;
     alice.invite("1002", "serial-603").await;
     let at_desk = desk.next_of("INVITE").await;
+    let mark = s.mark();
     desk.reply(&at_desk, 603, "d").await;
     let r = alice.final_of("INVITE").await;
     assert_eq!(r.status, 603);
-    assert!(
-        soft.ua.next_request_within(500).await.is_none(),
-        "after a 6xx the next group never rings"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { soft.ua.next_request_within(500).await.is_none() },
+        "after a 6xx the next group never rings",
+    )
+    .await;
 }
 
 /// Seconds of (paused) time since `t0`.
@@ -515,10 +545,18 @@ async fn rfc3261_16_8_timer_c_is_reset_by_each_provisional() {
     let mut bob = Phone::registered(s.udp, "1002", "desk").await;
     alice.invite("1002", "timer-c-reset").await;
     let at = bob.next_of("INVITE").await;
+    let mut mark = s.mark();
     bob.reply(&at, 180, "b").await;
     // A PBX queue announcing progress every 100 s keeps the branch alive.
     for _ in 0..3 {
-        assert!(bob.ua.next_request_within(100_000).await.is_none());
+        s.assert_processed_then_silent(
+            mark,
+            1,
+            async { bob.ua.next_request_within(100_000).await.is_none() },
+            "Timer C fired although a provisional reset it",
+        )
+        .await;
+        mark = s.mark();
         bob.reply(&at, 183, "b").await;
     }
     let t0 = tokio::time::Instant::now();
@@ -650,8 +688,15 @@ async fn rfc6026_a_2xx_after_the_transactions_ended_is_forwarded_statelessly() {
     alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
     assert_eq!(bob.next_of("ACK").await.method, "ACK");
     // A non-2xx without a transaction is dropped (RFC 3261 §16.7 item 3... §18.1.2).
+    let mark = s.mark();
     bob.reply(&at, 486, "b").await;
-    assert!(alice.ua.any_response_within(1_000).await.is_none());
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { alice.ua.any_response_within(1_000).await.is_none() },
+        "a non-2xx without a transaction was forwarded",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -667,6 +712,7 @@ async fn rfc3261_16_12_in_dialog_request_of_a_call_we_never_saw_is_forwarded_by_
         route: vec![format!("<sip:{};lr>", s.udp)],
         cseq: 1,
     };
+    let mark = s.mark();
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
     let bye = bob1.next_of("BYE").await;
     assert_eq!(bye.uri.to_string(), bob1.contact());
@@ -674,7 +720,13 @@ async fn rfc3261_16_12_in_dialog_request_of_a_call_we_never_saw_is_forwarded_by_
     assert!(!bye.headers.has(HeaderName::RecordRoute));
     bob1.reply(&bye, 200, "y").await;
     assert_eq!(alice.final_of("BYE").await.status, 200);
-    assert!(bob2.ua.next_request_within(200).await.is_none());
+    s.assert_processed_then_silent(
+        mark,
+        2,
+        async { bob2.ua.next_request_within(200).await.is_none() },
+        "the BYE also reached the other phone",
+    )
+    .await;
     // Addressed to us, without our Route: no dialog of ours, 481.
     leg.route.clear();
     leg.remote_target = format!("sip:{}", s.udp);
@@ -774,12 +826,14 @@ async fn rfc3261_9_1_a_2xx_crossing_the_callers_cancel_still_reaches_it_and_the_
     let mut leg = Phone::caller_leg(&invite, &ok);
     alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
     assert_eq!(bob.next_of("ACK").await.method, "ACK");
+    let mark = s.mark();
     alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
     let bye = bob.next_of("BYE").await;
     bob.reply(&bye, 200, "b").await;
     assert_eq!(alice.final_of("BYE").await.status, 200);
     lamp.dark().await;
-    assert!(lamp.stays_dark(500).await);
+    s.assert_processed_then_silent(mark, 2, lamp.stays_dark(500), "the lamp lit again")
+        .await;
 }
 
 #[tokio::test]
@@ -791,9 +845,16 @@ async fn rfc3261_9_1_a_cancel_waits_for_the_branchs_first_provisional() {
     let at = bob.next_of("INVITE").await;
     // The caller gives up before the phone said anything: the CANCEL is answered at once,
     // but held back from the phone until it sends a provisional (§9.1).
+    let mark = s.mark();
     alice.ua.send(&Phone::cancel(&invite)).await;
     assert_eq!(alice.final_of("CANCEL").await.status, 200);
-    assert!(bob.ua.next_request_within(300).await.is_none());
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { bob.ua.next_request_within(300).await.is_none() },
+        "the CANCEL reached the phone before its first provisional",
+    )
+    .await;
     bob.reply(&at, 180, "b").await;
     let c = bob.next_of("CANCEL").await;
     bob.reply(&c, 200, "b").await;
@@ -818,6 +879,7 @@ async fn rfc3261_22_3_in_dialog_requests_of_unknown_dialogs_are_challenged_no_re
         route: vec![format!("<sip:{};lr>", s.udp)],
         cseq: 1,
     };
+    let mark = s.mark();
     for method in ["INVITE", "BYE", "MESSAGE"] {
         mallory
             .ua
@@ -826,10 +888,13 @@ async fn rfc3261_22_3_in_dialog_requests_of_unknown_dialogs_are_challenged_no_re
         let r = mallory.final_of(method).await;
         assert_eq!(r.status, 407, "{method}: {} {}", r.status, r.reason);
     }
-    assert!(
-        pbx.ua.next_request_within(300).await.is_none(),
-        "nothing reaches the PBX"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        3,
+        async { pbx.ua.next_request_within(300).await.is_none() },
+        "nothing reaches the PBX",
+    )
+    .await;
 
     // A dialog we set up needs no further credentials: Alice (challenged) calls Bob, then
     // hangs up without Proxy-Authorization.

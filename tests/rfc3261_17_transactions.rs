@@ -80,8 +80,10 @@ async fn s9_2_cancel_matching_nothing_is_481_and_a_stray_ack_is_absorbed() {
         p = c.port(),
         b = branch()
     ));
+    let mark = s.mark();
     c.send(&ack).await;
-    assert!(c.recv_nothing(200).await, "ACK is never answered");
+    s.assert_processed_then_silent(mark, 1, c.recv_nothing(200), "ACK is never answered")
+        .await;
 }
 
 #[tokio::test]

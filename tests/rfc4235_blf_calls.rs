@@ -11,7 +11,7 @@ use common::watcher::Watcher;
 use common::{server, TestServer};
 
 struct Office {
-    _s: TestServer,
+    s: TestServer,
     alice: Phone,
     bob1: Phone,
     bob2: Phone,
@@ -25,7 +25,7 @@ async fn office() -> Office {
     let bob2 = Phone::registered(s.udp, "1002", "soft").await;
     let lamp = Watcher::new(s.udp, "1002").await;
     Office {
-        _s: s,
+        s,
         alice,
         bob1,
         bob2,
@@ -36,14 +36,18 @@ async fn office() -> Office {
 #[tokio::test]
 async fn rfc4235_ringing_answered_held_hung_up_lamp_follows_and_ends_dark() {
     let mut o = office().await;
+    let mark = o.s.mark();
     let invite = o.alice.invite("1002", "blf-1").await;
     let at1 = o.bob1.ua.next_request().await;
     let at2 = o.bob2.ua.next_request().await;
     // Nothing rings yet: the callee's lamp stays dark (pua.dialoginfo.callee_trying = false).
-    assert!(
-        o.lamp.ua.no_notify(200).await,
-        "no lamp change before a phone rings"
-    );
+    o.s.assert_processed_then_silent(
+        mark,
+        1,
+        o.lamp.ua.no_notify(200),
+        "no lamp change before a phone rings",
+    )
+    .await;
 
     o.bob1.reply(&at1, 180, "b1").await;
     o.bob2.reply(&at2, 180, "b2").await;
@@ -139,11 +143,13 @@ async fn rfc4235_cancelled_call_lamp_dark() {
     o.lamp.dark().await;
     // The phones' 487s change nothing more for the lamp.
     let c = o.bob1.ua.next_request().await;
+    let mark = o.s.mark();
     o.bob1.reply(&c, 200, "b1").await;
     o.bob1.reply(&at1, 487, "b1").await;
     o.bob2.reply(&at2, 487, "b2").await;
     // Only the terminated → idle step may follow (the linger ends).
-    assert!(o.lamp.stays_dark(300).await);
+    o.s.assert_processed_then_silent(mark, 3, o.lamp.stays_dark(300), "the lamp lit again")
+        .await;
 }
 
 #[tokio::test]
@@ -153,13 +159,17 @@ async fn rfc4235_busy_everywhere_lamp_dark() {
     o.alice.invite("1002", "blf-busy").await;
     let at1 = o.bob1.ua.next_request().await;
     let at2 = o.bob2.ua.next_request().await;
+    let mark = o.s.mark();
     o.bob1.reply(&at1, 486, "b1").await;
     o.bob2.reply(&at2, 486, "b2").await;
     assert_eq!(o.alice.ua.response().await.status, 486);
-    assert!(
-        o.lamp.ua.no_notify(300).await,
-        "a call refused before ringing lights nothing"
-    );
+    o.s.assert_processed_then_silent(
+        mark,
+        2,
+        o.lamp.ua.no_notify(300),
+        "a call refused before ringing lights nothing",
+    )
+    .await;
     // One phone rings, then both refuse: early, then dark.
     o.alice.invite("1002", "blf-busy-2").await;
     let mut invites = Vec::new();
@@ -218,11 +228,13 @@ async fn rfc4235_reordered_and_duplicated_responses_never_relight_the_lamp() {
         }
     }
     o.lamp.dark().await;
+    let mark = o.s.mark();
     o.bob2.reply(&at2, 180, "b2").await;
     o.bob2.reply(&at2, 200, "b2").await;
     o.bob1.reply(&at1, 180, "b1").await;
     // Nothing may light the lamp again.
-    assert!(o.lamp.stays_dark(300).await, "lamp relit");
+    o.s.assert_processed_then_silent(mark, 3, o.lamp.stays_dark(300), "lamp relit")
+        .await;
 }
 
 #[tokio::test(start_paused = true)]

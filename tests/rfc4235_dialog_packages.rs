@@ -191,6 +191,7 @@ async fn sla_change_is_not_echoed_to_the_phone_that_made_it() {
         )
         .unwrap();
     busylamp::storage::durable(d).await.unwrap();
+    // The other member's NOTIFY shows the change was handled.
     let n = b.notify().await;
     assert!(body(&n).contains("x-line-id"), "{}", body(&n));
     assert!(a.no_notify(150).await, "the sender got its own change back");

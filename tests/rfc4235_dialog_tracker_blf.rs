@@ -109,7 +109,8 @@ async fn rfc4235_lamps_follow_a_tracked_call_ring_answer_hold_bye_idle() {
         .unwrap();
     publish(&p, &u).await;
     let doc = |w: String| parse(w.as_bytes()).unwrap();
-    // The caller's side shows the call at once; the callee's lamp waits for a ringing phone.
+    // The caller's side shows the call at once (so the publication was handled); the
+    // callee's lamp waits for a ringing phone.
     caller_w.notify().await;
     assert!(callee_w.no_notify(100).await);
 

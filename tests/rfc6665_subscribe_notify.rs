@@ -381,14 +381,10 @@ async fn rfc6665_4_2_2_a_481_to_notify_ends_the_subscription() {
         .await;
     let tag = tag_of(header(&r, HeaderName::To));
     let n = w.notify_unanswered().await;
+    let mark = s.mark();
     w.answer(&n, 481).await;
-    // Give the server a moment to process the 481 (a refresh then finds nothing).
-    for _ in 0..50 {
-        if s.handle.core.presence.subscription_count() == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Once the server handled the 481, a refresh finds nothing.
+    processed_since(&s.handle.core, mark, 1).await;
     assert_eq!(s.handle.core.presence.subscription_count(), 0);
     let r = w
         .request(&subscribe(
@@ -439,13 +435,9 @@ async fn rfc6665_4_2_2_notify_timeout_is_retried_and_keeps_the_subscription() {
     assert_eq!(version_of(&body(&retry)), version_of(&body(&first)) + 1);
     let subs = s.handle.core.presence.subscriptions();
     assert_eq!(subs[0].failures, 1, "the failure is visible in the state");
+    let mark = s.mark();
     w.answer(&retry, 200).await;
-    for _ in 0..100 {
-        if s.handle.core.presence.subscriptions()[0].failures == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    processed_since(&s.handle.core, mark, 1).await;
     assert_eq!(s.handle.core.presence.subscription_count(), 1);
     assert_eq!(s.handle.core.presence.subscriptions()[0].failures, 0);
 }
@@ -626,13 +618,9 @@ async fn rfc5057_an_answer_about_one_notify_keeps_the_subscription_but_489_ends_
     let retry = w.notify_unanswered_within(120_000).await;
     assert_eq!(cseq_of(&retry), cseq_of(&n) + 1);
     // 489: the watcher does not know the package after all. The subscription ends.
+    let mark = s.mark();
     w.answer(&retry, 489).await;
-    for _ in 0..100 {
-        if s.handle.core.presence.subscription_count() == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    processed_since(&s.handle.core, mark, 1).await;
     assert_eq!(s.handle.core.presence.subscription_count(), 0);
 }
 

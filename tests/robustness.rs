@@ -4,7 +4,10 @@
 
 mod common;
 use busylamp::sip::{HasHeaders, HeaderName};
+use common::mutate::{self, fixed_runner};
 use common::*;
+use proptest::prelude::*;
+use proptest::sample::Index;
 
 const TRUSTED: &str = r#"
 [server]
@@ -15,17 +18,9 @@ max_message_size = 4096
 trusted = ["127.0.0.0/8"]
 "#;
 
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// A mutant: which seed message, and up to 8 edits of it.
+fn mutant() -> impl Strategy<Value = (Index, Vec<mutate::Edit>)> {
+    (any::<Index>(), mutate::edits(8))
 }
 
 /// A counter of panics in any thread from now on (a panic in a receive task would not fail
@@ -42,34 +37,6 @@ fn count_panics() -> &'static std::sync::atomic::AtomicUsize {
         }));
     });
     &PANICS
-}
-
-fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
-    let mut m = base.to_vec();
-    for _ in 0..1 + rng.below(8) {
-        if m.is_empty() {
-            break;
-        }
-        let i = rng.below(m.len());
-        match rng.below(6) {
-            0 => m[i] = rng.next() as u8,
-            1 => {
-                m.remove(i);
-            }
-            2 => {
-                let specials = b"\r\n:;,<>\"\\\0 %[]";
-                m.insert(i, specials[rng.below(specials.len())])
-            }
-            3 => m.truncate(i),
-            4 => {
-                let j = rng.below(m.len());
-                let chunk: Vec<u8> = m[i.min(j)..i.max(j)].to_vec();
-                m.splice(i..i, chunk);
-            }
-            _ => m[i] = m[i].to_ascii_uppercase(),
-        }
-    }
-    m
 }
 
 fn options(port: u16, branch: &str) -> Vec<u8> {
@@ -116,11 +83,14 @@ async fn a_storm_of_malformed_datagrams_leaves_the_server_answering_and_state_in
         std::fs::read("fixtures/captures/polycom-vvx350-5.9.5-register-digest-cseq2.sip").unwrap(),
         std::fs::read("fixtures/captures/polycom-vvx350-5.9.5-register-401-response.sip").unwrap(),
     ];
-    let mut rng = XorShift(0x5eed_1234_abcd_ef01);
-    // Bounded: 6,000 datagrams, ~60 ms of pacing in all.
+    let mut runner = fixed_runner(0x5eed_1234_abcd_ef01);
+    let mark = s.mark();
+    let mut counted = 0;
+    // Bounded: 6,000 datagrams; every 50 the server must have read all sent so far (no
+    // receive buffer overflows, no pacing by the clock).
     for i in 0..6000 {
-        let base = &seeds[rng.below(seeds.len())];
-        let mut m = mutate(&mut rng, base);
+        let (seed, edits) = mutate::draw(&mut runner, &mutant());
+        let mut m = mutate::apply(&seeds[seed.index(seeds.len())], &edits);
         if i % 500 == 0 {
             m = vec![b'A'; 5000]; // over max_message_size
         }
@@ -132,11 +102,12 @@ async fn a_storm_of_malformed_datagrams_leaves_the_server_answering_and_state_in
             continue;
         }
         let _ = junk.send_to(&m, s.udp).await;
-        if i % 100 == 0 {
-            tokio::task::yield_now().await;
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        counted += u64::from(counts_as_message(&m));
+        if i % 50 == 0 {
+            processed_since(&s.handle.core, mark, counted).await;
         }
     }
+    processed_since(&s.handle.core, mark, counted).await;
     let r = c.request(&options(c.port(), &branch())).await;
     assert_eq!(r.status, 200, "{}", r.reason);
     assert_eq!(
@@ -192,8 +163,10 @@ async fn malformed_requests_get_400_with_a_reason_naming_the_problem() {
         );
     }
     // Garbage without the headers to address an answer is dropped, silently.
+    let mark = s.mark();
     c.send(b"\x00\x01garbage\r\n\r\n").await;
-    assert!(c.recv_nothing(200).await);
+    s.assert_processed_then_silent(mark, 1, c.recv_nothing(200), "garbage was answered")
+        .await;
 }
 
 #[tokio::test]
@@ -243,6 +216,7 @@ async fn rfc3261_17_a_malformed_ack_is_never_answered() {
         "ACK sip:1001@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{p};branch={}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>;tag=2\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
         branch()
     );
+    let mark = s.mark();
     c.send(no_call_id.as_bytes()).await;
     // Fails parsing (two spaces in the request line), but its headers could address an answer.
     let bad_line = format!(
@@ -250,7 +224,13 @@ async fn rfc3261_17_a_malformed_ack_is_never_answered() {
         branch()
     );
     c.send(bad_line.as_bytes()).await;
-    assert!(c.recv_nothing(300).await, "an ACK must never be answered");
+    s.assert_processed_then_silent(
+        mark,
+        2,
+        c.recv_nothing(300),
+        "an ACK must never be answered",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -366,16 +346,20 @@ async fn a_storm_of_malformed_presence_requests_leaves_presence_state_intact() {
 
     let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let seeds = presence_seeds(junk.local_addr().unwrap().port());
-    let mut rng = XorShift(0xfeed_5eed_0123_4567);
-    // Bounded: 4,000 datagrams with a little pacing.
+    let mut runner = fixed_runner(0xfeed_5eed_0123_4567);
+    let mark = s.mark();
+    let mut counted = 0;
+    // Bounded: 4,000 datagrams, paced by the server's count of messages read.
     for i in 0..4000 {
-        let seed = &seeds[rng.below(seeds.len())];
-        let m = mutate(&mut rng, seed);
+        let (seed, edits) = mutate::draw(&mut runner, &mutant());
+        let m = mutate::apply(&seeds[seed.index(seeds.len())], &edits);
         let _ = junk.send_to(&m, s.udp).await;
-        if i % 100 == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        counted += u64::from(counts_as_message(&m));
+        if i % 50 == 0 {
+            processed_since(&s.handle.core, mark, counted).await;
         }
     }
+    processed_since(&s.handle.core, mark, counted).await;
     let r = w.request(&options(w.port(), &branch())).await;
     assert_eq!(r.status, 200, "{}", r.reason);
     // The watcher's subscription is still there, and the kept publication is still part of
@@ -532,6 +516,8 @@ async fn rfc3261_16_3_malformed_proxied_requests_get_a_4xx_naming_the_problem() 
             "Does Not Exist",
         ),
     ];
+    let mark = s.mark();
+    let sent = cases.len() as u64 + 1;
     for (call_id, msg, status, needle) in cases {
         alice.ua.send(msg.as_bytes()).await;
         let r = loop {
@@ -556,10 +542,13 @@ async fn rfc3261_16_3_malformed_proxied_requests_get_a_4xx_naming_the_problem() 
     let r = alice.ua.response().await;
     assert_eq!(r.status, 420, "{}", r.reason);
     assert_eq!(r.headers.get(HeaderName::Unsupported), Some("x-teleport"));
-    assert!(
-        bob.ua.next_request_within(300).await.is_none(),
-        "nothing malformed reaches the phone"
-    );
+    s.assert_processed_then_silent(
+        mark,
+        sent,
+        async { bob.ua.next_request_within(300).await.is_none() },
+        "nothing malformed reaches the phone",
+    )
+    .await;
 }
 
 /// Whether the server, handling `m`, could only ever send to loopback addresses: every
@@ -631,10 +620,12 @@ fn answerable_branch(m: &[u8], port: u16) -> Option<String> {
     if lines.first().is_none_or(|l| l.len() > 8 * 1024) {
         return None;
     }
-    // Fields: a line and its continuation lines.
+    // Fields: a line and its continuation lines. A fold before the colon breaks the field
+    // (RFC 3261 §7.3.1: values may be folded; HCOLON allows no line break), marked by a NUL.
     let mut fields: Vec<Vec<u8>> = Vec::new();
     for line in &lines[1..] {
         match (line.first(), fields.last_mut()) {
+            (Some(b' ' | b'\t'), Some(last)) if !last.contains(&b':') => last.push(0),
             (Some(b' ' | b'\t'), Some(last)) => {
                 last.push(b' ');
                 last.extend_from_slice(line);
@@ -780,12 +771,12 @@ async fn a_storm_of_mutated_call_messages_leaves_calls_working_and_the_lamp_dark
         Box::new(move || bytes.clone())
     };
     let fixed = |bytes: Vec<u8>| -> Seed { Box::new(move || bytes.clone()) };
-    let mut rng = XorShift(0x0ca1_1ed5_7012_3456);
+    let mut runner = fixed_runner(0x0ca1_1ed5_7012_3456);
     let mut storm = |seeds: &[Seed], n: usize| {
         let mut out = Vec::new();
         for _ in 0..n {
-            let seed = &seeds[rng.below(seeds.len())];
-            let m = mutate(&mut rng, &seed());
+            let (seed, edits) = mutate::draw(&mut runner, &mutant());
+            let m = mutate::apply(&seeds[seed.index(seeds.len())](), &edits);
             // Never a mutant that could make the server leave loopback, and never another
             // fork's 2xx (the caller here would not hang it up).
             if stays_on_loopback(&m) && !answers_as_another_fork(&m, "b") {

@@ -11,16 +11,17 @@ pub(super) const MAX_WINFO_CHANGES: usize = 256;
 
 impl Presence {
     /// Builds the next NOTIFY of `sub`: counts its CSeq (and version, when it has a body),
-    /// queues the record write into `writes`. `body` is the document, already rendered.
+    /// queues the record write into `writes`. `body` is the document to render once the
+    /// shard lock is released.
     pub(super) fn next_notify(
         &self,
         res: &ResKey,
         sub: &mut Sub,
         state: SubscriptionState,
-        body: Option<Rendered>,
+        body: Body,
         writes: &mut Vec<PresenceWrite>,
         persist: Persist,
-    ) -> OutNotify {
+    ) -> Reserved {
         sub.rec.local_cseq = sub.rec.local_cseq.wrapping_add(1).max(1);
         if body.is_some() {
             sub.rec.version = sub.rec.version.wrapping_add(1);
@@ -40,18 +41,21 @@ impl Presence {
                 transport: sub.route.to.proto.via_name(),
                 branch: &branch,
                 state,
-                body: body.as_ref(),
+                body: None,
                 server_header: &self.server_header,
             },
         );
         sub.delivery.sent();
-        OutNotify {
-            sub: SubRef {
-                res: res.clone(),
-                key: sub.key.clone(),
+        Reserved {
+            notify: OutNotify {
+                sub: SubRef {
+                    res: res.clone(),
+                    key: sub.key.clone(),
+                },
+                request,
+                to: sub.route.to,
             },
-            request,
-            to: sub.route.to,
+            body,
         }
     }
 
@@ -63,17 +67,17 @@ impl Presence {
         }
     }
 
-    /// The current document for one watcher (`None` while pending: RFC 3856 §6.6.2, a pending
-    /// NOTIFY reveals nothing).
+    /// The current document for one watcher, to render after the shard lock is released
+    /// (none while pending: RFC 3856 §6.6.2, a pending NOTIFY reveals nothing).
     pub(super) fn body_for(
         &self,
         res: &ResKey,
         resource: &Resource,
         sub: &mut Sub,
         winfo: Option<&Resource>,
-    ) -> Option<Rendered> {
+    ) -> Body {
         if sub.rec.state == SubState::Pending {
-            return None;
+            return Body::None;
         }
         // The version this NOTIFY carries is the one before next_notify counts it.
         let version = sub.rec.version;
@@ -86,25 +90,23 @@ impl Presence {
             };
             sub.winfo_changes.clear();
             sub.winfo_full = false;
-            return Some(Rendered {
-                content_type: "application/watcherinfo+xml",
-                body: watcherinfo::render(&watcherinfo::WatcherInfo {
-                    version,
-                    full,
-                    resource: res.presentity.to_string(),
-                    package: "presence".into(),
-                    watchers,
-                })
-                .into_bytes(),
+            return Body::Winfo(watcherinfo::WatcherInfo {
+                version,
+                full,
+                resource: res.presentity.to_string(),
+                package: "presence".into(),
+                watchers,
             });
         }
-        self.render_for(
-            res,
-            resource,
-            &sub.rec.accept,
+        if package(res.pkg).is_none() {
+            return Body::None;
+        }
+        Body::Document {
+            snapshot: self.snapshot(res, resource),
+            accept: sub.rec.accept.clone(),
+            options: Self::options_of(&sub.profile),
             version,
-            Self::options_of(&sub.profile),
-        )
+        }
     }
 
     pub(super) fn winfo_entry(
@@ -149,7 +151,7 @@ impl Presence {
         presentity: &Arc<str>,
         entry: watcherinfo::Watcher,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<OutNotify>,
+        out: &mut Vec<Reserved>,
     ) {
         let wkey = ResKey {
             presentity: presentity.clone(),
@@ -195,7 +197,7 @@ impl Presence {
         res: &ResKey,
         source: Option<&str>,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<OutNotify>,
+        out: &mut Vec<Reserved>,
     ) {
         self.emit(Event::Publication {
             presentity: res.presentity.to_string(),
@@ -230,7 +232,7 @@ impl Presence {
         shard: &mut Shard,
         res: &ResKey,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<OutNotify>,
+        out: &mut Vec<Reserved>,
     ) {
         let now_unix = self.clock.now_unix();
         let Some(mut resource) = shard.resources.remove(res) else {
@@ -238,43 +240,41 @@ impl Presence {
         };
         resource.flush_scheduled = false;
         let source = resource.pending_source.take().flatten();
-        let hash = self.doc_hash(res, &resource);
-        if hash == resource.doc_hash {
+        // Nothing is rendered here (the shard is locked): the document is unchanged when the
+        // publications are.
+        let snapshot = self.snapshot(res, &resource);
+        if resource
+            .fanned_out
+            .as_ref()
+            .is_some_and(|last| last.same_document(&snapshot))
+        {
             shard.resources.insert(res.clone(), resource);
             return;
         }
-        resource.doc_hash = hash;
+        resource.fanned_out = Some(snapshot.clone());
         resource.last_fanout = Some(self.now());
         // One rendering per (accept, options) with a sentinel version, the version put in
-        // per watcher (render_for's cache): a fan-out to 1,000 watchers renders once.
-        let keys: Vec<Arc<[u8]>> = resource.subs.keys().cloned().collect();
-        for k in keys {
-            let (accept, options, version) = {
-                let Some(sub) = resource.subs.get_mut(&k) else {
-                    continue;
-                };
-                if sub.rec.state != SubState::Active {
-                    continue;
-                }
-                // dialog;sla: the phone that made the change is not told of it.
-                if res.pkg == Pkg::Sla && source.as_deref() == Some(sub.rec.watcher.as_str()) {
-                    continue;
-                }
-                if !sub.delivery.changed() {
-                    continue;
-                }
-                (
-                    sub.rec.accept.clone(),
-                    Self::options_of(&sub.profile),
-                    sub.rec.version,
-                )
-            };
-            let doc = self.render_for(res, &resource, &accept, version, options);
-            let Some(sub) = resource.subs.get_mut(&k) else {
+        // per watcher (render_for's cache): a fan-out to 1,000 watchers renders once, after
+        // the lock is released.
+        for sub in resource.subs.values_mut() {
+            if sub.rec.state != SubState::Active {
                 continue;
+            }
+            // dialog;sla: the phone that made the change is not told of it.
+            if res.pkg == Pkg::Sla && source.as_deref() == Some(sub.rec.watcher.as_str()) {
+                continue;
+            }
+            if !sub.delivery.changed() {
+                continue;
+            }
+            let body = Body::Document {
+                snapshot: snapshot.clone(),
+                accept: sub.rec.accept.clone(),
+                options: Self::options_of(&sub.profile),
+                version: sub.rec.version,
             };
             let state = self.state_of(sub, now_unix);
-            out.push(self.next_notify(res, sub, state, doc, writes, Persist::Sequence));
+            out.push(self.next_notify(res, sub, state, body, writes, Persist::Sequence));
         }
         shard.resources.insert(res.clone(), resource);
     }
@@ -287,7 +287,7 @@ impl Presence {
         key: &Arc<[u8]>,
         writes: &mut Vec<PresenceWrite>,
         persist: Persist,
-    ) -> Option<OutNotify> {
+    ) -> Option<Reserved> {
         let now_unix = self.clock.now_unix();
         let presence_key = ResKey {
             presentity: res.presentity.clone(),

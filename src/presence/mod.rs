@@ -6,17 +6,23 @@
 //! held without `.await`. A subscription has at most one NOTIFY in flight; a change meanwhile
 //! is sent, as the newest state, when that NOTIFY is answered. So NOTIFYs of one subscription
 //! leave in CSeq order and a lamp can never end on an older state than the last one published.
+//! No XML is rendered under the lock: a NOTIFY is decided there (CSeq, version, its place in
+//! the subscription's order, a snapshot of the publications) and its body rendered after the
+//! lock is released (`render`).
 //!
 //! Every NOTIFY's CSeq and version are written (group commit) before the NOTIFY leaves, so
 //! after a restart, even a `kill -9`, they continue from where they were.
 //!
 //! Here: the shared state (shards of resources, each with its publications and
-//! subscriptions) and the snapshots. Around it: `policy` (authorization, Accept),
+//! subscriptions) and the snapshots. Around it: `decide` (the SUBSCRIBE, PUBLISH and NOTIFY
+//! answer decisions as pure functions over plain values), `delivery` (one NOTIFY in flight,
+//! pure), `policy` (authorization, Accept),
 //! `subscriptions` (SUBSCRIBE, authorization decisions, NOTIFY outcomes, termination),
 //! `publications` (PUBLISH and the in-process API), `fanout` (changes to watchers, NOTIFY
 //! building, winfo), `routing` (where NOTIFYs go), `render` (the render cache), `timers`
 //! and `restore` (reload after a start); [`package`] and [`packages`] render documents.
 
+mod decide;
 mod delivery;
 pub mod event;
 mod fanout;
@@ -51,7 +57,7 @@ use event::{parse_event, EventError, Pkg, ALLOW_EVENTS};
 use notify::{NotifyParts, SubscriptionState};
 use package::{EventPackage, PublishedBody, RenderOptions, Rendered, WatcherView};
 use policy::{accept_list, accepts, Policies};
-use render::RenderCache;
+use render::{Body, RenderCache};
 use routing::{flow_of, notify_route, NotifyRoute};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -86,6 +92,14 @@ pub struct OutNotify {
     pub sub: SubRef,
     pub request: Request,
     pub to: Peer,
+}
+
+/// A NOTIFY decided under the shard lock (its CSeq and version counted, its place in the
+/// subscription's order taken), its body still to render once the lock is released.
+#[derive(Debug)]
+struct Reserved {
+    notify: OutNotify,
+    body: render::Body,
 }
 
 /// How a NOTIFY ended, as far as the subscription cares (RFC 6665 §4.2.2).
@@ -213,17 +227,21 @@ struct Resource {
     subs: HashMap<Arc<[u8]>, Sub>,
     /// Ended subscriptions whose final NOTIFY waits for the one in flight.
     closing: HashMap<Arc<[u8]>, Closing>,
-    /// Hash of the document last fanned out (default view): an unchanged document is not
-    /// re-sent.
-    doc_hash: u64,
+    /// The publications last fanned out: an unchanged document is not re-sent. `None` when
+    /// unknown (always send).
+    fanned_out: Option<Arc<render::Snapshot>>,
     last_fanout: Option<Instant>,
     flush_scheduled: bool,
     /// The only source whose changes wait in the coalescing window (`dialog;sla` echo
     /// suppression); `None` when several did or none.
     pending_source: Option<Option<String>>,
-    /// Documents rendered from the current publications (see [`Presence::render_for`]).
-    /// A `RefCell`: the resource is only reached under its shard's lock.
-    rendered: std::cell::RefCell<RenderCache>,
+    /// The current publications as last handed out for rendering (see
+    /// [`Presence::snapshot`]). A `RefCell`: the resource is only reached under its shard's
+    /// lock.
+    snapshot: std::cell::RefCell<Option<Arc<render::Snapshot>>>,
+    /// Documents rendered from its snapshots, shared with the renderers (which run with no
+    /// shard lock held).
+    rendered: Arc<Mutex<RenderCache>>,
 }
 
 impl Sub {
@@ -258,7 +276,7 @@ impl Resource {
     /// left on the in-between state).
     fn sent_current(&mut self) {
         if self.flush_scheduled {
-            self.doc_hash = 0;
+            self.fanned_out = None;
         }
     }
 }
@@ -427,10 +445,26 @@ impl Presence {
         tokio::time::Instant::now().into_std()
     }
 
-    fn send(&self, notifies: Vec<OutNotify>, after: Option<Durable>) {
-        if notifies.is_empty() {
+    /// Renders the bodies of NOTIFYs decided under a shard lock. Called after the lock is
+    /// released: rendering never holds up the presentity's other changes, and the NOTIFYs'
+    /// order was fixed when they were decided (one in flight per subscription).
+    fn rendered(&self, reserved: Vec<Reserved>) -> Vec<OutNotify> {
+        reserved
+            .into_iter()
+            .map(|Reserved { mut notify, body }| {
+                if let Some(doc) = self.render_body(body) {
+                    notify::attach_body(&mut notify.request, doc);
+                }
+                notify
+            })
+            .collect()
+    }
+
+    fn send(&self, reserved: Vec<Reserved>, after: Option<Durable>) {
+        if reserved.is_empty() {
             return;
         }
+        let notifies = self.rendered(reserved);
         match self.sink.get().and_then(Weak::upgrade) {
             Some(s) => s.send_notifies(notifies, after),
             None => tracing::debug!(count = notifies.len(), "no NOTIFY sink; dropping"),
@@ -446,11 +480,12 @@ impl Presence {
     /// The Expires a SUBSCRIBE or PUBLISH asked for, checked against min/max (RFC 6665
     /// §4.2.1.1, RFC 3903 §6 step 6): `Err` is the 423.
     fn granted_expires(&self, parsed: &Parsed) -> Result<u32, u32> {
-        let asked = parsed.expires.unwrap_or(self.cfg.default_expires);
-        if asked != 0 && asked < self.cfg.min_expires {
-            return Err(self.cfg.min_expires);
-        }
-        Ok(asked.min(self.cfg.max_expires))
+        decide::granted_expires(
+            parsed.expires,
+            self.cfg.default_expires,
+            self.cfg.min_expires,
+            self.cfg.max_expires,
+        )
     }
 
     fn too_brief(req: &Request, min: u32, to_tag: &str) -> Response {

@@ -72,19 +72,25 @@ pub fn build(sub: &SubscriptionRecord, pkg: Pkg, parts: &NotifyParts<'_>) -> Req
     );
     headers.push(HeaderName::SubscriptionState, parts.state.header());
     headers.push(HeaderName::UserAgent, parts.server_header);
-    let body = match parts.body {
-        Some(r) => {
-            headers.push(HeaderName::ContentType, r.content_type);
-            r.body.clone()
-        }
-        None => Vec::new(),
-    };
-    Request {
+    let mut request = Request {
         method: "NOTIFY".into(),
         uri: parts.request_uri.clone(),
         headers,
-        body,
+        body: Vec::new(),
+    };
+    if let Some(r) = parts.body {
+        attach_body(&mut request, r.clone());
     }
+    request
+}
+
+/// Puts the rendered document into a NOTIFY built without one (its Content-Type last, as
+/// [`build`] places it).
+pub fn attach_body(request: &mut Request, body: Rendered) {
+    request
+        .headers
+        .push(HeaderName::ContentType, body.content_type);
+    request.body = body.body;
 }
 
 /// The header value without its `tag` parameter (what we store of From and To).

@@ -1,6 +1,7 @@
 //! Publications (RFC 3903): SIP PUBLISH with its ETags, and the in-process publishers'
 //! API (documents or typed dialog state, no ETag round trip).
 
+use super::decide::{find_etag, publish_ask, PublishAsk, PublishRefused};
 use super::*;
 
 /// A dialog publication whose dialogs have all ended is kept this long (seconds), long
@@ -92,15 +93,8 @@ impl Presence {
         } else {
             expires
         };
-        if if_match.is_none() && !has_body {
-            return Err(fail(400, "Bad Request: initial PUBLISH without a body"));
-        }
-        if if_match.is_none() && expires == 0 {
-            return Err(fail(
-                400,
-                "Bad Request: PUBLISH with Expires 0 needs SIP-If-Match",
-            ));
-        }
+        let refused = |e: PublishRefused| fail(e.status(), &e.to_string());
+        let ask = publish_ask(if_match, has_body, expires).map_err(refused)?;
         let res = ResKey {
             presentity: presentity.clone(),
             pkg: ev.pkg,
@@ -111,8 +105,8 @@ impl Presence {
         let mut shard = self.shard(&presentity);
         let new_etag = format!("{:016x}", self.ids.next());
         // A refresh without a body keeps an ended call's linger.
-        let expires = match if_match {
-            Some(tag) if expires > 0 && !has_body => {
+        let expires = match ask {
+            PublishAsk::Refresh(tag) => {
                 let ended = shard.resources.get(&res).is_some_and(|r| {
                     r.pubs
                         .iter()
@@ -129,21 +123,19 @@ impl Presence {
         let granted = expires
             .saturating_sub(self.cfg.expires_offset)
             .max(if expires == 0 { 0 } else { 1 });
-        let source = match if_match {
-            Some(tag) => {
+        let source = match ask {
+            PublishAsk::Refresh(tag) | PublishAsk::Modify(tag) | PublishAsk::Remove(tag) => {
                 // RFC 3903 §6 step 4: the ETag must name a live publication of this resource.
                 let resource = shard.resources.get_mut(&res);
                 let found = resource.and_then(|r| {
-                    r.pubs
+                    let etags = r
+                        .pubs
                         .iter()
-                        .position(|p| p.rec.etag == tag && p.rec.expires_at > now)
-                        .map(|i| (r, i))
+                        .map(|p| (p.rec.etag.as_str(), p.rec.expires_at));
+                    find_etag(tag, now, etags).ok().map(|i| (r, i))
                 });
                 let Some((resource, i)) = found else {
-                    return Err(fail(
-                        412,
-                        "Conditional Request Failed: unknown or expired SIP-If-Match",
-                    ));
+                    return Err(refused(PublishRefused::UnknownEtag));
                 };
                 let p = &mut resource.pubs[i];
                 let source = p.rec.source_id.clone();
@@ -167,7 +159,7 @@ impl Presence {
                 }
                 source
             }
-            None => {
+            PublishAsk::Initial => {
                 let resource = shard.resources.entry(res.clone()).or_default();
                 if resource.pubs.len() >= self.cfg.max_publications_per_presentity
                     || !take_place(&self.publication_count, self.cfg.max_publications)
@@ -214,7 +206,7 @@ impl Presence {
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: out,
+            notifies: self.rendered(out),
         })
     }
 

@@ -1,6 +1,9 @@
-//! The render cache: each document is rendered once per change of a resource's publications
-//! and per view (Accept, vendor options), with a sentinel version that each watcher's NOTIFY
-//! replaces, so a fan-out to 1,000 watchers renders once.
+//! Rendering outside the shard lock, and the render cache. Under the lock a NOTIFY gets a
+//! [`Body`]: a [`Snapshot`] of the publications (one per change, with a higher generation
+//! each time) and the watcher's view; the XML is rendered after the lock is released. Each
+//! document is rendered once per generation and view (Accept, vendor options), with a
+//! sentinel version that each watcher's NOTIFY replaces, so a fan-out to 1,000 watchers
+//! renders once.
 
 use super::*;
 
@@ -12,25 +15,84 @@ pub(super) fn versioned(pkg: Pkg) -> bool {
     matches!(pkg, Pkg::Dialog | Pkg::Sla | Pkg::Winfo)
 }
 
-/// Rendered documents per (Accept, render options), version left as the sentinel, valid while
-/// the publications are those whose arrival numbers hash to `pubs_key`: every change of a
-/// publication gives it a new number, so a changed set never matches an old key.
+/// Rendered documents per (Accept, render options), version left as the sentinel, for one
+/// generation of a resource's publications. Shared between the shard (which hands out
+/// [`Snapshot`]s) and the renderers, which run after the shard lock is released: its own lock
+/// is held for a look-up or an insert, never while rendering. A render of an older
+/// generation is never stored over a newer one, so a stale render cannot be used for a newer
+/// state.
 #[derive(Debug, Default)]
 pub(super) struct RenderCache {
-    pubs_key: u64,
+    generation: u64,
     docs: HashMap<(Vec<String>, RenderOptions), Option<Rendered>>,
 }
 
 /// Most distinct (Accept, options) views cached per resource (each is one document).
 pub(super) const MAX_CACHED_VIEWS: usize = 16;
 
-pub(super) fn pubs_key(pubs: &[Publication]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ pubs.len() as u64;
-    for p in pubs {
-        h ^= p.rec.seq;
-        h = h.wrapping_mul(0x0100_0000_01b3).rotate_left(17);
+/// One state of a resource's publications, taken under the shard lock and rendered after it
+/// is released. `generation` is new (and higher) for every change of the publications.
+#[derive(Debug)]
+pub(super) struct Snapshot {
+    res: ResKey,
+    generation: u64,
+    pub(super) pubs: Vec<Publication>,
+    cache: Arc<Mutex<RenderCache>>,
+}
+
+impl Snapshot {
+    /// Whether `pubs` are the publications this snapshot was taken of (each change of a
+    /// publication gives it a new arrival number).
+    fn is_of(&self, pubs: &[Publication]) -> bool {
+        self.pubs.len() == pubs.len()
+            && self
+                .pubs
+                .iter()
+                .zip(pubs)
+                .all(|(a, b)| a.rec.seq == b.rec.seq)
     }
-    h
+
+    /// Whether every view renders the same document from both: the same bodies from the same
+    /// sources, in the same order of arrival (the packages compose by arrival order, not by
+    /// the arrival numbers themselves). A refresh that changes nothing is not re-sent.
+    pub(super) fn same_document(&self, other: &Snapshot) -> bool {
+        fn by_arrival(pubs: &[Publication]) -> Vec<&PublicationRecord> {
+            let mut v: Vec<_> = pubs.iter().map(|p| &p.rec).collect();
+            v.sort_by_key(|r| r.seq);
+            v
+        }
+        self.pubs.len() == other.pubs.len()
+            && by_arrival(&self.pubs)
+                .into_iter()
+                .zip(by_arrival(&other.pubs))
+                .all(|(a, b)| {
+                    a.source_id == b.source_id
+                        && a.content_type == b.content_type
+                        && a.body == b.body
+                })
+    }
+}
+
+/// A NOTIFY body as decided under the shard lock, rendered after it is released.
+#[derive(Debug)]
+pub(super) enum Body {
+    /// Pending, or a final NOTIFY after a rejection: no body.
+    None,
+    /// The resource's document for this watcher's view, with its version.
+    Document {
+        snapshot: Arc<Snapshot>,
+        accept: Vec<String>,
+        options: RenderOptions,
+        version: u32,
+    },
+    /// A watcher-info document (RFC 3858), its watchers already listed.
+    Winfo(watcherinfo::WatcherInfo),
+}
+
+impl Body {
+    pub(super) fn is_some(&self) -> bool {
+        !matches!(self, Body::None)
+    }
 }
 
 /// Replaces the one sentinel version attribute value in a document rendered for a whole
@@ -49,41 +111,81 @@ pub(super) fn with_version(doc: &Rendered, version: u32) -> Rendered {
     }
 }
 
+fn lock(cache: &Mutex<RenderCache>) -> MutexGuard<'_, RenderCache> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Presence {
-    /// The document for one view (Accept, options) at `version`. Rendered once per change of
-    /// the publications and view, then reused: a fan-out, and each NOTIFY owed after a
-    /// watcher's answer, substitute the version into the cached document instead of parsing
-    /// every publication again.
+    /// The publications of `resource` as they are now, for rendering after the shard lock is
+    /// released: the same snapshot (and generation) until they change.
+    pub(super) fn snapshot(&self, res: &ResKey, resource: &Resource) -> Arc<Snapshot> {
+        let mut memo = resource.snapshot.borrow_mut();
+        if let Some(s) = memo.as_ref().filter(|s| s.is_of(&resource.pubs)) {
+            return s.clone();
+        }
+        let s = Arc::new(Snapshot {
+            res: res.clone(),
+            // From the one counter every publication change draws from: a later state of a
+            // resource always has a higher generation.
+            generation: self.seq.fetch_add(1, Ordering::Relaxed),
+            pubs: resource.pubs.clone(),
+            cache: resource.rendered.clone(),
+        });
+        *memo = Some(s.clone());
+        s
+    }
+
+    /// Renders a NOTIFY body decided under the lock. Called with no shard lock held.
+    pub(super) fn render_body(&self, body: Body) -> Option<Rendered> {
+        match body {
+            Body::None => None,
+            Body::Document {
+                snapshot,
+                accept,
+                options,
+                version,
+            } => self.render_for(&snapshot, &accept, version, options),
+            Body::Winfo(info) => Some(Rendered {
+                content_type: "application/watcherinfo+xml",
+                body: watcherinfo::render(&info).into_bytes(),
+            }),
+        }
+    }
+
+    /// The document for one view (Accept, options) at `version`. Rendered once per
+    /// generation and view, then reused: a fan-out, and each NOTIFY owed after a watcher's
+    /// answer, substitute the version into the cached document instead of parsing every
+    /// publication again.
     pub(super) fn render_for(
         &self,
-        res: &ResKey,
-        resource: &Resource,
+        snapshot: &Snapshot,
         accept: &[String],
         version: u32,
         options: RenderOptions,
     ) -> Option<Rendered> {
-        let key = pubs_key(&resource.pubs);
         let view = (accept.to_vec(), options);
         let cached = {
-            let mut cache = resource.rendered.borrow_mut();
-            if cache.pubs_key != key {
-                cache.pubs_key = key;
-                cache.docs.clear();
-            }
-            cache.docs.get(&view).cloned()
+            let cache = lock(&snapshot.cache);
+            (cache.generation == snapshot.generation)
+                .then(|| cache.docs.get(&view).cloned())
+                .flatten()
         };
         let doc = match cached {
             Some(d) => d,
             None => {
-                let d = self.render_uncached(res, resource, accept, VERSION_SENTINEL, options);
-                let mut cache = resource.rendered.borrow_mut();
-                if cache.docs.len() < MAX_CACHED_VIEWS {
+                let d = self.render_uncached(snapshot, accept, VERSION_SENTINEL, options);
+                let mut cache = lock(&snapshot.cache);
+                if cache.generation < snapshot.generation {
+                    cache.generation = snapshot.generation;
+                    cache.docs.clear();
+                }
+                if cache.generation == snapshot.generation && cache.docs.len() < MAX_CACHED_VIEWS {
                     cache.docs.insert(view, d.clone());
                 }
                 d
             }
         }?;
-        Some(if versioned(res.pkg) {
+        Some(if versioned(snapshot.res.pkg) {
             with_version(&doc, version)
         } else {
             doc
@@ -92,14 +194,13 @@ impl Presence {
 
     pub(super) fn render_uncached(
         &self,
-        res: &ResKey,
-        resource: &Resource,
+        snapshot: &Snapshot,
         accept: &[String],
         version: u32,
         options: RenderOptions,
     ) -> Option<Rendered> {
-        let pkg = package(res.pkg)?;
-        let bodies: Vec<PublishedBody<'_>> = resource
+        let pkg = package(snapshot.res.pkg)?;
+        let bodies: Vec<PublishedBody<'_>> = snapshot
             .pubs
             .iter()
             .map(|p| PublishedBody {
@@ -117,7 +218,7 @@ impl Presence {
             })
             .collect();
         Some(pkg.render(
-            &res.presentity,
+            &snapshot.res.presentity,
             &bodies,
             &WatcherView {
                 accept,
@@ -125,13 +226,6 @@ impl Presence {
                 options,
             },
         ))
-    }
-
-    pub(super) fn doc_hash(&self, res: &ResKey, resource: &Resource) -> u64 {
-        match self.render_for(res, resource, &[], 0, RenderOptions::default()) {
-            Some(r) => hash_of(&r.body),
-            None => 0,
-        }
     }
 
     pub(super) fn options_of(profile: &VendorProfile) -> RenderOptions {
@@ -166,23 +260,101 @@ mod tests {
         assert!(!versioned(Pkg::Presence) && !versioned(Pkg::MessageSummary));
     }
 
-    #[test]
-    fn a_changed_publication_changes_the_cache_key() {
-        let p = |seq| Publication {
+    fn publication(source: &str, body: &str, seq: u64) -> Publication {
+        Publication {
             rec: PublicationRecord {
                 presentity: "sip:1001@example.com".into(),
                 event: "presence".into(),
-                etag: "e".into(),
-                source_id: "s".into(),
+                etag: format!("e{seq}"),
+                source_id: source.into(),
                 content_type: "application/pidf+xml".into(),
-                body: PublicationBody::default(),
-                expires_at: 0,
+                body: body.as_bytes().into(),
+                expires_at: seq,
                 seq,
             },
+        }
+    }
+
+    fn presence() -> Arc<Presence> {
+        let cfg =
+            crate::config::Config::from_toml("[server]\ndomain = \"example.com\"\n", "test.toml")
+                .unwrap();
+        Presence::new(
+            &cfg,
+            Arc::new(crate::storage::MemoryStore::new()),
+            Default::default(),
+            Clock::new(),
+        )
+    }
+
+    fn res() -> ResKey {
+        ResKey {
+            presentity: "sip:1001@example.com".into(),
+            pkg: Pkg::Presence,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_kept_until_the_publications_change_and_then_is_newer() {
+        let p = presence();
+        let mut r = Resource::default();
+        r.pubs.push(publication("a", "one", 1));
+        let first = p.snapshot(&res(), &r);
+        assert!(Arc::ptr_eq(&first, &p.snapshot(&res(), &r)), "unchanged");
+        r.pubs[0] = publication("a", "two", 2);
+        let second = p.snapshot(&res(), &r);
+        assert!(second.generation > first.generation);
+        assert!(!second.same_document(&first));
+    }
+
+    #[test]
+    fn rfc3903_4_a_refresh_that_changes_nothing_is_the_same_document() {
+        // A refresh gives the publication a new arrival number, its ETag and expiry change.
+        let before = [publication("a", "one", 1), publication("b", "two", 2)];
+        let after = [publication("a", "one", 3), publication("b", "two", 2)];
+        let snap = |pubs: &[Publication]| Snapshot {
+            res: res(),
+            generation: 0,
+            pubs: pubs.to_vec(),
+            cache: Default::default(),
         };
-        assert_eq!(pubs_key(&[p(1), p(2)]), pubs_key(&[p(1), p(2)]));
-        assert_ne!(pubs_key(&[p(1), p(2)]), pubs_key(&[p(1), p(3)]));
-        assert_ne!(pubs_key(&[p(1)]), pubs_key(&[p(1), p(2)]));
-        assert_ne!(pubs_key(&[]), pubs_key(&[p(1)]));
+        // a now arrived after b: the packages compose by arrival (newest wins), so that is
+        // another document.
+        assert!(!snap(&before).same_document(&snap(&after)));
+        let refreshed = [publication("a", "one", 3), publication("b", "two", 4)];
+        assert!(snap(&before).same_document(&snap(&refreshed)));
+        assert!(!snap(&before).same_document(&snap(&before[..1])));
+        let other = [publication("a", "one", 1), publication("b", "three", 2)];
+        assert!(!snap(&before).same_document(&snap(&other)));
+    }
+
+    #[test]
+    fn a_render_of_an_older_state_is_never_used_for_a_newer_one() {
+        let p = presence();
+        let mut r = Resource::default();
+        let pidf = |basic: &str| {
+            format!(
+                "<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+                 entity=\"sip:1001@example.com\"><tuple id=\"t\"><status><basic>{basic}\
+                 </basic></status></tuple></presence>"
+            )
+        };
+        r.pubs.push(publication("a", &pidf("closed"), 1));
+        let old = p.snapshot(&res(), &r);
+        r.pubs[0] = publication("a", &pidf("open"), 2);
+        let new = p.snapshot(&res(), &r);
+        let view = |s: &Snapshot| p.render_for(s, &[], 0, RenderOptions::default()).unwrap();
+        // The newer state rendered first, then a late render of the older one: the older
+        // does not replace the newer in the cache.
+        let new_doc = view(&new);
+        let old_doc = view(&old);
+        assert_ne!(new_doc.body, old_doc.body);
+        assert_eq!(view(&new).body, new_doc.body);
+        assert_eq!(lock(&new.cache).generation, new.generation);
+        assert_eq!(
+            view(&old).body,
+            old_doc.body,
+            "rendered again, not the newer"
+        );
     }
 }

@@ -68,7 +68,7 @@ impl Presence {
                     &res,
                     &mut sub,
                     SubscriptionState::Terminated { reason: "timeout" },
-                    None,
+                    Body::None,
                     &mut writes,
                     Persist::No,
                 ));
@@ -102,9 +102,8 @@ impl Presence {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let keys: Vec<ResKey> = shard.resources.keys().cloned().collect();
             for k in keys {
-                let hash = shard.resources.get(&k).map(|r| self.doc_hash(&k, r));
-                if let (Some(h), Some(r)) = (hash, shard.resources.get_mut(&k)) {
-                    r.doc_hash = h;
+                if let Some(r) = shard.resources.get_mut(&k) {
+                    r.fanned_out = Some(self.snapshot(&k, r));
                 }
             }
         }

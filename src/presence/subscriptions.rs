@@ -17,7 +17,7 @@ impl Presence {
         reason: &'static str,
         send_final: bool,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<OutNotify>,
+        out: &mut Vec<Reserved>,
     ) {
         let presence_key = ResKey {
             presentity: res.presentity.clone(),
@@ -75,11 +75,11 @@ impl Presence {
         sub: &mut Sub,
         reason: &'static str,
         winfo: Option<&Resource>,
-    ) -> OutNotify {
+    ) -> Reserved {
         // RFC 6665 §4.2.2: the final NOTIFY carries the state when there is one to give;
         // not after a rejection.
         let body = if reason == "rejected" {
-            None
+            Body::None
         } else {
             sub.winfo_full = true;
             self.body_for(res, resource, sub, winfo)
@@ -101,7 +101,7 @@ impl Presence {
         shard: &mut Shard,
         sub: &SubRef,
         outcome: Outcome,
-    ) -> Option<OutNotify> {
+    ) -> Option<Reserved> {
         let mut resource = shard.resources.remove(&sub.res)?;
         let out = resource.closing.remove(&sub.key).and_then(|mut c| {
             if matches!(outcome, Outcome::Rejected(_)) {
@@ -221,21 +221,19 @@ impl Presence {
             r.headers.push(HeaderName::Accept, notify_types.join(", "));
             return Err(r);
         }
-        let state = match self.policies.decide(
+        let policy = self.policies.decide(
             ev.pkg,
             &presentity,
             &watcher,
             self.domains.serves(&watcher_uri.host),
-        ) {
-            Policy::Allow => SubState::Active,
-            Policy::Confirm => SubState::Pending,
-            Policy::Block => {
-                return Err(fail(
-                    403,
-                    &format!("Forbidden: {watcher} may not watch {presentity}"),
-                ))
-            }
+        );
+        let Some(new) = decide::new_subscription(policy, expires) else {
+            return Err(fail(
+                403,
+                &format!("Forbidden: {watcher} may not watch {presentity}"),
+            ));
         };
+        let state = new.state;
         let our_contact = self.our_contact(req, &peer);
         let user_agent = req.headers.get(HeaderName::UserAgent).map(str::to_string);
         let profile = self.profile_for(user_agent.as_deref());
@@ -280,7 +278,7 @@ impl Presence {
         let mut shard = self.shard(&presentity);
         let fresh_resource = !shard.resources.contains_key(&res);
         let watchers = shard.resources.get(&res).map_or(0, |r| r.subs.len());
-        if expires > 0 && watchers >= self.cfg.max_watchers_per_presentity {
+        if !new.fetch && watchers >= self.cfg.max_watchers_per_presentity {
             let mut r = fail(
                 503,
                 "Service Unavailable: too many watchers of this presentity",
@@ -290,7 +288,7 @@ impl Presence {
         }
         // The place is taken here, under the shard lock, and the subscription inserted below
         // without another way out.
-        if expires > 0 && !take_place(&self.subscription_count, self.cfg.max_subscriptions) {
+        if !new.fetch && !take_place(&self.subscription_count, self.cfg.max_subscriptions) {
             let mut r = fail(503, "Service Unavailable: subscription table is full");
             r.headers.push_raw("Retry-After", "60");
             return Err(r);
@@ -316,7 +314,7 @@ impl Presence {
             .headers
             .push(HeaderName::Contact, format!("<{our_contact}>"));
         response.headers.push(HeaderName::AllowEvents, ALLOW_EVENTS);
-        if expires == 0 {
+        if new.fetch {
             // A fetch (RFC 6665 §4.4.3): one NOTIFY with the state, terminated; nothing kept.
             let winfo = (ev.pkg == Pkg::Winfo).then(|| {
                 shard.resources.get(&ResKey {
@@ -342,7 +340,7 @@ impl Presence {
             return Ok(Reply::AfterWrite {
                 response,
                 durable: self.store.write(writes),
-                notifies: out,
+                notifies: self.rendered(out),
             });
         }
         let expiry_at = self.at_unix(sub.rec.expires_at);
@@ -366,9 +364,8 @@ impl Presence {
         }
         if fresh_resource {
             // A new resource: what the watcher just got is the idle document.
-            let hash = self.doc_hash(&res, &Resource::default());
             if let Some(r) = shard.resources.get_mut(&res) {
-                r.doc_hash = hash;
+                r.fanned_out = Some(self.snapshot(&res, &Resource::default()));
             }
         }
         self.emit_subscription(SubscriptionChange::Created, ev.pkg, &sub.rec);
@@ -388,7 +385,7 @@ impl Presence {
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: out,
+            notifies: self.rendered(out),
         })
     }
 
@@ -462,33 +459,26 @@ impl Presence {
         let mut shard = self.shard(&res.presentity);
         let mut writes = Vec::new();
         let mut out = Vec::new();
-        {
+        let decision = {
             let sub = shard
                 .resources
                 .get_mut(&res)
                 .and_then(|r| r.subs.get_mut(&key))
                 .ok_or_else(gone)?;
-            // The dialog identifiers are not secret (a proxy sees them): only the watcher
-            // that made the subscription may refresh or end it.
-            if sub.rec.watcher != watcher {
-                return Err(fail(
-                    403,
-                    &format!(
-                        "Forbidden: this subscription belongs to {}",
-                        sub.rec.watcher
-                    ),
-                ));
-            }
-            if res.pkg != ev.pkg || sub.rec.event_id != ev.id {
-                return Err(fail(
-                    489,
-                    "Bad Event: this dialog's subscription is for another event package or id",
-                ));
-            }
-            // RFC 3261 §12.2.2: a CSeq at or below the last one is out of order.
-            if parsed.cseq.seq <= sub.rec.remote_cseq {
-                return Err(fail(500, "Server Internal Error: CSeq out of order"));
-            }
+            let stored = decide::DialogSide {
+                watcher: &sub.rec.watcher,
+                pkg: res.pkg,
+                event_id: sub.rec.event_id.as_deref(),
+                cseq: sub.rec.remote_cseq,
+            };
+            let asked = decide::DialogSide {
+                watcher,
+                pkg: ev.pkg,
+                event_id: ev.id.as_deref(),
+                cseq: parsed.cseq.seq,
+            };
+            let decision = decide::in_dialog(stored, asked, expires, now)
+                .map_err(|e| fail(e.status(), &e.to_string()))?;
             sub.rec.remote_cseq = parsed.cseq.seq;
             if let Some(c) = contact {
                 sub.rec.remote_target = c;
@@ -497,7 +487,8 @@ impl Presence {
             if let Some(r) = notify_route(&sub.rec) {
                 sub.route = r;
             }
-        }
+            decision
+        };
         let mut response = req.response(200, "OK", Some(local_tag));
         response
             .headers
@@ -507,19 +498,7 @@ impl Presence {
             .headers
             .push(HeaderName::Contact, format!("<{contact_of}>"));
         response.headers.push(HeaderName::AllowEvents, ALLOW_EVENTS);
-        if expires == 0 {
-            // RFC 6665 §4.2.1.4: unsubscribing gets a final NOTIFY with the state.
-            self.terminate(
-                &mut shard,
-                &res,
-                &key,
-                "timeout",
-                true,
-                &mut writes,
-                &mut out,
-            );
-        } else {
-            let expires_at = now + u64::from(expires);
+        if let decide::InDialog::Refresh { expires_at } = decision {
             let send_now = {
                 let sub = shard
                     .resources
@@ -550,13 +529,24 @@ impl Presence {
                     out.push(n);
                 }
             }
+        } else {
+            // RFC 6665 §4.2.1.4: unsubscribing gets a final NOTIFY with the state.
+            self.terminate(
+                &mut shard,
+                &res,
+                &key,
+                "timeout",
+                true,
+                &mut writes,
+                &mut out,
+            );
         }
         let durable = self.store.write(writes);
         drop(shard);
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: out,
+            notifies: self.rendered(out),
         })
     }
 
@@ -667,8 +657,13 @@ impl Presence {
         else {
             return;
         };
-        match outcome {
-            Outcome::Delivered => {
+        match decide::after_answer(
+            outcome,
+            s.failures,
+            s.profile.keep_on_timeout,
+            s.profile.retry_ms,
+        ) {
+            decide::AfterAnswer::Delivered => {
                 s.failures = 0;
                 if s.delivery.delivered() {
                     if let Some(n) = self.notify_one(
@@ -682,21 +677,18 @@ impl Presence {
                     }
                 }
             }
-            Outcome::Failed(status) if s.profile.keep_on_timeout => {
-                s.failures = s.failures.saturating_add(1);
+            decide::AfterAnswer::Retry { failures, after } => {
+                s.failures = failures;
                 s.delivery.failed();
                 s.winfo_full = true;
-                let shift = (s.failures - 1).min(10);
-                let delay = Duration::from_millis(s.profile.retry_ms.saturating_mul(1 << shift))
-                    .min(Duration::from_secs(60));
-                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, status, failures = s.failures, "NOTIFY failed; retrying");
+                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, failures, "NOTIFY failed; retrying");
                 self.schedule(
                     Timer::Retry(sub.res.clone(), sub.key.clone()),
-                    self.now() + delay,
+                    self.now() + after,
                 );
             }
-            Outcome::Failed(status) | Outcome::Rejected(status) => {
-                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, status, "NOTIFY refused; ending the subscription");
+            decide::AfterAnswer::End => {
+                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, "NOTIFY refused; ending the subscription");
                 self.terminate(
                     &mut shard,
                     &sub.res,

@@ -81,11 +81,11 @@ impl Presence {
                     .get(&res)
                     .and_then(|r| r.subs.get(&key))
                     .map(|s| s.rec.expires_at);
-                match expires_at {
-                    Some(at) if at > now => {
+                match expires_at.map(|at| decide::expired(at, now)) {
+                    Some(Err(at)) => {
                         self.schedule(Timer::SubscriptionExpiry(res, key), self.at_unix(at));
                     }
-                    Some(_) => self.terminate(
+                    Some(Ok(())) => self.terminate(
                         &mut shard,
                         &res,
                         &key,

@@ -91,6 +91,63 @@ pub async fn server_with_users(
     }
 }
 
+impl TestServer {
+    /// The server's count of messages read from the network. Take it just before sending
+    /// the input of a check that something does NOT happen, for
+    /// [`TestServer::assert_processed_then_silent`].
+    pub fn mark(&self) -> u64 {
+        self.handle.core.messages_received()
+    }
+
+    /// Asserts that the server read at least `n` messages since `mark` and handled them, and
+    /// only then that `silent` (a check that nothing arrived within some time: `no_notify`,
+    /// `recv_nothing`, `next_request_within(..).is_none()`) holds. Without the first half a
+    /// check that nothing came back passes against a dead server, or before the server ever
+    /// saw the input.
+    pub async fn assert_processed_then_silent(
+        &self,
+        mark: u64,
+        n: u64,
+        silent: impl std::future::Future<Output = bool>,
+        what: &str,
+    ) {
+        processed_since(&self.handle.core, mark, n).await;
+        assert!(silent.await, "{what}");
+    }
+}
+
+/// Waits (at most 5,000 polls, 1 ms apart once the first ones found nothing) until `core` has
+/// read at least `n` messages since `mark`; panics otherwise. The receive loops hand each
+/// message to the core inline (no task per message) and the tests run on one thread, so a
+/// message that was counted has also been handled once this task runs again.
+pub async fn processed_since(core: &busylamp::server::Core, mark: u64, n: u64) {
+    assert_eq!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread,
+        "a count of messages read proves them handled only on a one-thread runtime"
+    );
+    for poll in 0..5_000 {
+        if core.messages_received() >= mark + n {
+            return;
+        }
+        if poll < 100 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    panic!(
+        "the server read {} of the {n} messages sent to it: it never handled the input",
+        core.messages_received() - mark
+    );
+}
+
+/// Whether the server counts a datagram as a message read (`messages_received`): keep-alives
+/// (nothing but CR, LF and NUL, or nothing at all) are skipped unread.
+pub fn counts_as_message(datagram: &[u8]) -> bool {
+    datagram.iter().any(|&b| !matches!(b, b'\r' | b'\n' | 0))
+}
+
 /// Every config we ship: the valid fixtures, the profiles and the packaged config.
 pub fn shipped_configs() -> Vec<std::path::PathBuf> {
     let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir("fixtures/config/valid")
@@ -422,6 +479,7 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
 }
 
 pub mod binary;
+pub mod mutate;
 pub mod peer;
 pub mod phone;
 pub mod ua;

@@ -1,0 +1,8 @@
+//! message-summary bodies (RFC 3842): no panic on any input;
+//! whatever parses survives printing (see ../checks.rs).
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::message_summary(data));
