@@ -204,7 +204,6 @@ impl Core {
                 }
                 ProxyAction::ForwardStateless(resp) => self.forward_stateless(resp),
                 ProxyAction::TimerSet { .. } => self.timers_changed.notify_one(),
-                ProxyAction::Track(change) => self.track(change),
             }
         }
     }
@@ -289,9 +288,16 @@ impl Core {
 
     /// Branch `i` ended without a response from the next hop: it counts as this status.
     fn fail_branch(self: &Arc<Self>, key: &TxKey, i: usize, status: u16, reason: &str) {
-        let actions = self
-            .proxy
-            .fail_branch(key, i, status, reason, &self.ids.tag(), self.now());
+        let actions = self.proxy.fail_branch(
+            key,
+            i,
+            status,
+            reason,
+            &self.ids.tag(),
+            self.now(),
+            self.clock.now_unix_ms(),
+            &mut |u| self.publish_calls_locked(u),
+        );
         self.run_proxy_actions(actions);
     }
 
@@ -299,7 +305,14 @@ impl Core {
     pub(crate) fn proxy_response(self: &Arc<Self>, server: TxKey, i: usize, mut resp: Response) {
         strip_top_via(&mut resp);
         self.proxy.note_answered(&resp, self.clock.now_unix_ms());
-        let actions = self.proxy.on_response(&server, i, resp, self.now());
+        let actions = self.proxy.on_response(
+            &server,
+            i,
+            resp,
+            self.now(),
+            self.clock.now_unix_ms(),
+            &mut |u| self.publish_calls_locked(u),
+        );
         self.run_proxy_actions(actions);
     }
 
@@ -342,39 +355,15 @@ impl Core {
     /// the INVITE it matches is cancelled; their 487 goes upstream as the INVITE's answer.
     pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request) {
         let invite = lock(&self.transactions).find_invite_for_cancel(req);
-        match invite.and_then(|k| self.proxy.on_cancel(&k, self.now())) {
+        let now_ms = self.clock.now_unix_ms();
+        let mut publish = |u| self.publish_calls_locked(u);
+        match invite.and_then(|k| self.proxy.on_cancel(&k, self.now(), now_ms, &mut publish)) {
             Some(actions) => {
                 self.respond(&key, req.response(200, "OK", Some(&self.ids.tag())));
                 self.run_proxy_actions(actions);
             }
             None => self.proxy_reject(&key, req, &super::ProxyError::NoSuchDialog),
         }
-    }
-
-    /// A change of a tracked call: the tracker hears it and the call's lamps follow (under
-    /// the tracker lock, so one call's changes are published in the order they happened).
-    fn track(&self, change: CallChange) {
-        let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.proxy.dialogs);
-        let u = match change {
-            CallChange::Response {
-                call,
-                status,
-                to_tag,
-                contact,
-                flow,
-            } => dialogs.response(
-                &call,
-                to_tag.as_deref(),
-                status,
-                contact.as_deref(),
-                flow,
-                now,
-            ),
-            CallChange::Failed { call, status } => dialogs.failed(&call, status, now),
-            CallChange::Cancelled { call } => dialogs.cancel(&call, now),
-        };
-        self.publish_calls_locked(u);
     }
 
     /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx (§16.11),
@@ -458,7 +447,7 @@ impl Core {
             cseq: parsed.cseq.seq,
         };
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.proxy.dialogs);
+        let mut dialogs = self.proxy.dialogs();
         let u = dialogs.invite(key.clone(), info, now);
         self.publish_calls_locked(u);
         Some(key)
@@ -473,7 +462,7 @@ impl Core {
             return;
         };
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.proxy.dialogs);
+        let mut dialogs = self.proxy.dialogs();
         let u = match req.method.as_str() {
             "BYE" => dialogs.bye(call_id, &from, &to, now),
             "INVITE" | "UPDATE" if !req.body.is_empty() => {
@@ -493,7 +482,7 @@ impl Core {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = self.clock.now_unix_ms();
-            let mut dialogs = lock(&self.proxy.dialogs);
+            let mut dialogs = self.proxy.dialogs();
             if dialogs.next_deadline().is_some_and(|d| d <= now) {
                 let ups = dialogs.expire(now);
                 self.publish_calls_locked(ups);
@@ -507,7 +496,7 @@ impl Core {
         let calls = self.proxy.dialog_store.load_calls()?;
         let n = calls.len();
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.proxy.dialogs);
+        let mut dialogs = self.proxy.dialogs();
         let ups = dialogs.restore(calls, now);
         let ended = ups.len();
         self.publish_calls_locked(ups);
@@ -520,7 +509,7 @@ impl Core {
     /// not pass) gets 481 or no answer, and its lamps go dark. Any other answer (200, 500 for
     /// an old CSeq, 405...) means the dialog is alive.
     pub(crate) fn probe_calls(self: &Arc<Self>) {
-        let calls = lock(&self.proxy.dialogs).confirmed();
+        let calls = self.proxy.dialogs().confirmed();
         for call in calls {
             let Some(winner) = call.winner().cloned() else {
                 continue;
@@ -581,7 +570,7 @@ impl Core {
                     if gone {
                         tracing::info!(call_id = %key.call_id, "call ended while we were down: its lamps go dark");
                         let now = me.clock.now_unix_ms();
-                        let mut dialogs = lock(&me.proxy.dialogs);
+                        let mut dialogs = me.proxy.dialogs();
                         let u = dialogs.end(&key, crate::dialog::EndReason::Error, now);
                         me.publish_calls_locked(u);
                     }
@@ -611,20 +600,21 @@ impl Core {
             call_id: call_id.to_string(),
             from_tag,
         };
-        if lock(&self.proxy.dialogs).get(&key).is_none() {
+        let now = self.clock.now_unix_ms();
+        let mut dialogs = self.proxy.dialogs();
+        if dialogs.get(&key).is_none() {
             return;
         }
-        self.track(CallChange::response(&key, resp, None));
+        let u = CallChange::response(&key, resp, None).apply(&mut dialogs, now);
+        self.publish_calls_locked(u);
         if resp.status >= 300 {
-            let now = self.clock.now_unix_ms();
-            let mut dialogs = lock(&self.proxy.dialogs);
             let u = dialogs.failed(&key, resp.status, now);
             self.publish_calls_locked(u);
         }
     }
 
     /// Stores a call change and publishes its dialog-info for the caller's and callee's
-    /// lamps (pua_dialoginfo). Called with the tracker lock held, so the changes of one call
+    /// lamps (pua_dialoginfo). Called with the proxy's lock held (see `ProxyService::dialogs`), so the changes of one call
     /// reach the presence server in the order they happened.
     pub(crate) fn publish_calls_locked(&self, updates: impl IntoIterator<Item = Update>) {
         for u in updates {

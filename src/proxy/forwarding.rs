@@ -3,12 +3,17 @@
 //! the clock) changes the response contexts and their timers and returns the
 //! [`ProxyAction`]s the server core carries out in order (see `Core::run_proxy_actions`).
 //! Nothing here touches a socket, a client transaction or the clock.
+//!
+//! A response or CANCEL of a call the dialog tracker follows changes the call in the same
+//! critical section as its response context; the call's [`Update`] goes to the caller's
+//! `publish` before the lock is released, so a call's lamps change in the order its messages
+//! were handled.
 
 use super::context::{BranchState, Context, Step};
-use super::service::{NextHop, ProxyService};
-use super::{forwarded_request, lock, next_hop_uri, uri_addr, Hop};
+use super::service::{NextHop, ProxyService, ProxyState};
+use super::{forwarded_request, next_hop_uri, uri_addr, Hop};
 use crate::deadline::Deadlines;
-use crate::dialog::{CallKey, Flow};
+use crate::dialog::{CallKey, DialogTracker, Flow, Update};
 use crate::sip::{HasHeaders, HeaderName, Request, Response};
 use crate::transaction::TxKey;
 use crate::transport::Peer;
@@ -73,9 +78,10 @@ pub enum ProxyAction {
         timer: BranchTimer,
         at: Instant,
     },
-    /// A call the dialog tracker follows changed: apply it and publish the call's lamps.
-    Track(CallChange),
 }
+
+/// Receives the changes of tracked calls, under the proxy's lock, in the order they happen.
+pub type Publish<'a> = &'a mut dyn FnMut(Option<Update>);
 
 /// A change of a tracked call seen by the forwarding logic.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +101,28 @@ pub enum CallChange {
 }
 
 impl CallChange {
+    /// The tracker hears the change (at `now_ms`, unix milliseconds).
+    pub fn apply(self, dialogs: &mut DialogTracker, now_ms: u64) -> Option<Update> {
+        match self {
+            CallChange::Response {
+                call,
+                status,
+                to_tag,
+                contact,
+                flow,
+            } => dialogs.response(
+                &call,
+                to_tag.as_deref(),
+                status,
+                contact.as_deref(),
+                flow,
+                now_ms,
+            ),
+            CallChange::Failed { call, status } => dialogs.failed(&call, status, now_ms),
+            CallChange::Cancelled { call } => dialogs.cancel(&call, now_ms),
+        }
+    }
+
     /// A response to the INVITE of `call`, with what the tracker reads from it.
     pub fn response(call: &CallKey, resp: &Response, flow: Option<Flow>) -> CallChange {
         CallChange::Response {
@@ -206,9 +234,9 @@ impl ProxyService {
     /// RFC 3261 §16.6: a request to forward statefully under server transaction `server`;
     /// its first q group starts.
     pub fn forward(&self, server: &TxKey, fwd: Forwarded) -> Vec<ProxyAction> {
-        let mut fw = lock(&self.forwarding);
+        let fw = &mut self.state().forwarding;
         fw.contexts.insert(server.clone(), fwd);
-        start_group(&mut fw, server)
+        start_group(fw, server)
     }
 
     /// Branch `branch` of `server` leaves through our socket `peer`: the request to send
@@ -220,8 +248,8 @@ impl ProxyService {
         hop: &Hop,
         peer: Peer,
     ) -> Vec<ProxyAction> {
-        let fw = lock(&self.forwarding);
-        let Some(f) = fw.contexts.get(server) else {
+        let st = self.state();
+        let Some(f) = st.forwarding.contexts.get(server) else {
             return Vec::new();
         };
         let rr = if f.record_route {
@@ -249,8 +277,8 @@ impl ProxyService {
         peer: Peer,
         now: Instant,
     ) -> Vec<ProxyAction> {
-        let mut fw = lock(&self.forwarding);
-        let Forwarding { contexts, timers } = &mut *fw;
+        let mut st = self.state();
+        let Forwarding { contexts, timers } = &mut st.forwarding;
         let Some(f) = contexts.get_mut(server) else {
             return Vec::new();
         };
@@ -277,6 +305,7 @@ impl ProxyService {
 
     /// Branch `branch` ended without a response from the next hop: it counts as a response
     /// with this status (`tag` its To tag).
+    #[allow(clippy::too_many_arguments)]
     pub fn fail_branch(
         &self,
         server: &TxKey,
@@ -285,14 +314,16 @@ impl ProxyService {
         reason: &str,
         tag: &str,
         now: Instant,
+        now_ms: u64,
+        publish: Publish<'_>,
     ) -> Vec<ProxyAction> {
-        let mut fw = lock(&self.forwarding);
-        let Some(f) = fw.contexts.get_mut(server) else {
+        let mut st = self.state();
+        let Some(f) = st.forwarding.contexts.get_mut(server) else {
             return Vec::new();
         };
         let synthetic = f.request.response(status, reason, Some(tag));
         let steps = f.ctx.on_timeout(branch, synthetic);
-        apply_steps(&mut fw, server, steps, now)
+        apply_steps(&mut st, server, steps, now, now_ms, publish)
     }
 
     /// A response on branch `branch` of `server`, our Via removed (§16.7).
@@ -302,9 +333,12 @@ impl ProxyService {
         branch: usize,
         resp: Response,
         now: Instant,
+        now_ms: u64,
+        publish: Publish<'_>,
     ) -> Vec<ProxyAction> {
-        let mut fw = lock(&self.forwarding);
-        let Forwarding { contexts, timers } = &mut *fw;
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let Forwarding { contexts, timers } = &mut st.forwarding;
         let Some(f) = contexts.get_mut(server) else {
             // The context is gone (after Timer L): a 2xx still goes upstream.
             return if (200..300).contains(&resp.status) {
@@ -321,7 +355,7 @@ impl ProxyService {
                 .cloned()
                 .flatten()
                 .map(|(_, p)| Flow::of(&p));
-            actions.push(ProxyAction::Track(CallChange::response(call, &resp, flow)));
+            publish(CallChange::response(call, &resp, flow).apply(&mut st.dialogs, now_ms));
         }
         if f.ctx.invite {
             if (101..200).contains(&resp.status) {
@@ -340,28 +374,33 @@ impl ProxyService {
             }
         }
         let steps = f.ctx.on_response(branch, resp);
-        actions.extend(apply_steps(&mut fw, server, steps, now));
+        actions.extend(apply_steps(st, server, steps, now, now_ms, publish));
         actions
     }
 
     /// CANCEL from upstream for the INVITE of server transaction `invite` (§16.10): every
     /// pending branch is cancelled, no new ones start. `None` when we forward no such INVITE.
-    pub fn on_cancel(&self, invite: &TxKey, now: Instant) -> Option<Vec<ProxyAction>> {
-        let mut fw = lock(&self.forwarding);
-        let f = fw.contexts.get_mut(invite)?;
+    pub fn on_cancel(
+        &self,
+        invite: &TxKey,
+        now: Instant,
+        now_ms: u64,
+        publish: Publish<'_>,
+    ) -> Option<Vec<ProxyAction>> {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let f = st.forwarding.contexts.get_mut(invite)?;
         let steps = f.ctx.cancel();
-        let mut actions = Vec::new();
         if let Some(call) = f.call.clone() {
-            actions.push(ProxyAction::Track(CallChange::Cancelled { call }));
+            publish(CallChange::Cancelled { call }.apply(&mut st.dialogs, now_ms));
         }
-        actions.extend(apply_steps(&mut fw, invite, steps, now));
-        Some(actions)
+        Some(apply_steps(st, invite, steps, now, now_ms, publish))
     }
 
     /// Timer C (a branch that rings too long is cancelled) and the wait after a CANCEL (the
     /// branch counts as 408).
     pub fn on_timers(&self, now: Instant) -> Vec<ProxyAction> {
-        let mut fw = lock(&self.forwarding);
+        let fw = &mut self.state().forwarding;
         let due = fw.timers.pop_due(now);
         let mut actions = Vec::new();
         for (key, i, kind) in due {
@@ -376,7 +415,7 @@ impl ProxyService {
                     });
                     if proceeding {
                         tracing::debug!("Timer C fired: cancelling a branch that rings too long");
-                        actions.extend(cancel_branch(&mut fw, &key, i, now));
+                        actions.extend(cancel_branch(fw, &key, i, now));
                     }
                 }
                 BranchTimer::AfterCancel => {
@@ -402,7 +441,7 @@ impl ProxyService {
 
     /// A server transaction ended: its response context and timers go with it.
     pub fn forget(&self, server: &TxKey) {
-        let mut fw = lock(&self.forwarding);
+        let fw = &mut self.state().forwarding;
         if let Some(f) = fw.contexts.remove(server) {
             for i in 0..f.branches.len() {
                 fw.timers.cancel(&(server.clone(), i, BranchTimer::C));
@@ -445,13 +484,19 @@ fn start_group(fw: &mut Forwarding, server: &TxKey) -> Vec<ProxyAction> {
     actions
 }
 
-/// What the response context decided, as actions.
+/// What the response context decided, as actions; a failed call's change is published.
 fn apply_steps(
-    fw: &mut Forwarding,
+    st: &mut ProxyState,
     server: &TxKey,
     steps: Vec<Step>,
     now: Instant,
+    now_ms: u64,
+    publish: Publish<'_>,
 ) -> Vec<ProxyAction> {
+    let ProxyState {
+        forwarding: fw,
+        dialogs,
+    } = st;
     let mut actions = Vec::new();
     for step in steps {
         match step {
@@ -459,10 +504,11 @@ fn apply_steps(
                 if response.status >= 300 {
                     let call = fw.contexts.get(server).and_then(|f| f.call.clone());
                     if let Some(call) = call {
-                        actions.push(ProxyAction::Track(CallChange::Failed {
+                        let failed = CallChange::Failed {
                             call,
                             status: response.status,
-                        }));
+                        };
+                        publish(failed.apply(dialogs, now_ms));
                     }
                 }
                 actions.push(ProxyAction::Respond {
@@ -503,7 +549,8 @@ fn cancel_branch(fw: &mut Forwarding, server: &TxKey, i: usize, now: Instant) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dialog::fixtures::key;
+    use crate::dialog::fixtures::{info, key, T0};
+    use crate::dialog::DialogState;
     use crate::proxy::service::tests::service;
     use crate::sip::{parse_message, Limits, Message, Uri};
     use crate::transport::Proto;
@@ -552,6 +599,7 @@ mod tests {
     /// An INVITE forked to `hops` (one q group), every branch sent; returns the server key.
     fn forked(svc: &ProxyService, hops: &[&str], now: Instant) -> TxKey {
         let server = TxKey::server(&invite(), None).unwrap();
+        svc.dialogs().invite(key(), info(), T0).unwrap();
         let group = hops.iter().map(|a| hop(a)).collect();
         let fwd = Forwarded::new(
             invite(),
@@ -576,6 +624,66 @@ mod tests {
             svc.branch_sent(&server, branch, client_key(branch), p, now);
         }
         server
+    }
+
+    /// The call states the service published, in order.
+    type Published = Vec<DialogState>;
+
+    fn on_response(
+        svc: &ProxyService,
+        server: &TxKey,
+        branch: usize,
+        resp: Response,
+        now: Instant,
+    ) -> Vec<ProxyAction> {
+        on_response_published(svc, server, branch, resp, now).0
+    }
+
+    fn on_response_published(
+        svc: &ProxyService,
+        server: &TxKey,
+        branch: usize,
+        resp: Response,
+        now: Instant,
+    ) -> (Vec<ProxyAction>, Published) {
+        let mut published = Vec::new();
+        let actions = svc.on_response(server, branch, resp, now, T0 + 1, &mut |u| {
+            published.extend(u.map(|u| u.call.state))
+        });
+        (actions, published)
+    }
+
+    fn on_cancel(
+        svc: &ProxyService,
+        server: &TxKey,
+        now: Instant,
+    ) -> Option<(Vec<ProxyAction>, Published)> {
+        let mut published = Vec::new();
+        let actions = svc.on_cancel(server, now, T0 + 1, &mut |u| {
+            published.extend(u.map(|u| u.call.state))
+        })?;
+        Some((actions, published))
+    }
+
+    fn fail_branch(
+        svc: &ProxyService,
+        server: &TxKey,
+        branch: usize,
+        status: u16,
+        reason: &str,
+        tag: &str,
+        now: Instant,
+    ) -> Vec<ProxyAction> {
+        svc.fail_branch(
+            server,
+            branch,
+            status,
+            reason,
+            tag,
+            now,
+            T0 + 1,
+            &mut |_| {},
+        )
     }
 
     fn response(status: u16, to_tag: &str) -> Response {
@@ -683,7 +791,7 @@ mod tests {
             ),
             "{actions:?}"
         );
-        let answer = svc.fail_branch(&server, 0, 404, "Not Found", "t", Instant::now());
+        let answer = fail_branch(&svc, &server, 0, 404, "Not Found", "t", Instant::now());
         assert_eq!(responded(&answer), vec![404]);
     }
 
@@ -692,23 +800,20 @@ mod tests {
         let svc = service();
         let now = Instant::now();
         let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
-        let ringing = svc.on_response(&server, 1, response(180, "b"), now);
+        let (ringing, published) = on_response_published(&svc, &server, 1, response(180, "b"), now);
         assert_eq!(responded(&ringing), vec![180]);
-        assert!(ringing.iter().any(|a| matches!(
-            a,
-            ProxyAction::Track(CallChange::Response { status: 180, .. })
-        )));
-        let answered = svc.on_response(&server, 0, response(200, "a"), now);
+        assert_eq!(published, vec![DialogState::Early], "the lamps ring");
+        let answered = on_response(&svc, &server, 0, response(200, "a"), now);
         assert_eq!(responded(&answered), vec![200], "{answered:?}");
         let c = cancelled(&answered);
         assert!(c == [client_key(1)], "{answered:?}");
         // Another fork's 2xx still goes on (RFC 6026); a late 487 does not.
         assert_eq!(
-            responded(&svc.on_response(&server, 1, response(487, "b"), now)),
+            responded(&on_response(&svc, &server, 1, response(487, "b"), now)),
             Vec::<u16>::new()
         );
         assert_eq!(
-            responded(&svc.on_response(&server, 0, response(200, "a"), now)),
+            responded(&on_response(&svc, &server, 0, response(200, "a"), now)),
             vec![200]
         );
     }
@@ -718,17 +823,18 @@ mod tests {
         let svc = service();
         let now = Instant::now();
         let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
-        svc.on_response(&server, 0, response(180, "a"), now);
-        let declined = svc.on_response(&server, 1, response(603, "b"), now);
+        on_response(&svc, &server, 0, response(180, "a"), now);
+        let declined = on_response(&svc, &server, 1, response(603, "b"), now);
         assert_eq!(responded(&declined), Vec::<u16>::new(), "{declined:?}");
         let c = cancelled(&declined);
         assert!(c == [client_key(0)], "{declined:?}");
-        let done = svc.on_response(&server, 0, response(487, "a"), now);
+        let (done, published) = on_response_published(&svc, &server, 0, response(487, "a"), now);
         assert_eq!(responded(&done), vec![603]);
-        assert!(done.iter().any(|a| matches!(
-            a,
-            ProxyAction::Track(CallChange::Failed { status: 603, .. })
-        )));
+        assert_eq!(
+            published.last(),
+            Some(&DialogState::Terminated),
+            "the call failed, after the 487 was heard: {published:?}"
+        );
     }
 
     #[test]
@@ -736,13 +842,13 @@ mod tests {
         let svc = service();
         let now = Instant::now();
         let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
-        assert!(responded(&svc.on_response(&server, 0, response(503, "a"), now)).is_empty());
-        let done = svc.on_response(&server, 1, response(486, "b"), now);
+        assert!(responded(&on_response(&svc, &server, 0, response(503, "a"), now)).is_empty());
+        let done = on_response(&svc, &server, 1, response(486, "b"), now);
         assert_eq!(responded(&done), vec![486]);
 
         let svc = service();
         let server = forked(&svc, &["192.0.2.21:5060"], now);
-        let done = svc.on_response(&server, 0, response(503, "a"), now);
+        let done = on_response(&svc, &server, 0, response(503, "a"), now);
         assert_eq!(responded(&done), vec![500]);
         assert_eq!(svc.next_timer(), None, "a final response stops Timer C");
     }
@@ -753,7 +859,7 @@ mod tests {
         let t0 = Instant::now();
         let server = forked(&svc, &["192.0.2.21:5060"], t0);
         let t1 = t0 + Duration::from_secs(10);
-        svc.on_response(&server, 0, response(180, "a"), t1);
+        on_response(&svc, &server, 0, response(180, "a"), t1);
         assert_eq!(
             svc.next_timer(),
             Some(t1 + TIMER_C),
@@ -776,7 +882,7 @@ mod tests {
             ),
             "{gave_up:?}"
         );
-        let answer = svc.fail_branch(&server, 0, 408, "Request Timeout", "t", after);
+        let answer = fail_branch(&svc, &server, 0, 408, "Request Timeout", "t", after);
         assert_eq!(responded(&answer), vec![408]);
     }
 
@@ -785,23 +891,24 @@ mod tests {
         let svc = service();
         let now = Instant::now();
         let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
-        svc.on_response(&server, 0, response(180, "a"), now);
-        let actions = svc.on_cancel(&server, now).expect("an INVITE we forward");
-        assert!(matches!(
-            actions[0],
-            ProxyAction::Track(CallChange::Cancelled { .. })
-        ));
+        on_response(&svc, &server, 0, response(180, "a"), now);
+        let (actions, published) = on_cancel(&svc, &server, now).expect("an INVITE we forward");
+        assert_eq!(
+            published,
+            vec![DialogState::Terminated],
+            "the lamps go dark"
+        );
         let c = cancelled(&actions);
         assert!(c == [client_key(0)], "only the ringing branch: {actions:?}");
         // The silent branch is cancelled on its first provisional (§9.1).
-        let ringing = svc.on_response(&server, 1, response(180, "b"), now);
+        let ringing = on_response(&svc, &server, 1, response(180, "b"), now);
         let c = cancelled(&ringing);
         assert!(c == [client_key(1)], "{ringing:?}");
-        svc.on_response(&server, 0, response(487, "a"), now);
-        let done = svc.on_response(&server, 1, response(487, "b"), now);
+        on_response(&svc, &server, 0, response(487, "a"), now);
+        let done = on_response(&svc, &server, 1, response(487, "b"), now);
         assert_eq!(responded(&done), vec![487]);
         let other = TxKey::server(&response_request(), None).unwrap();
-        assert!(svc.on_cancel(&other, now).is_none(), "no such INVITE");
+        assert!(on_cancel(&svc, &other, now).is_none(), "no such INVITE");
     }
 
     fn response_request() -> Request {
@@ -821,11 +928,9 @@ mod tests {
         svc.forget(&server);
         assert_eq!(svc.next_timer(), None);
         assert!(matches!(
-            svc.on_response(&server, 0, response(200, "a"), now)[..],
+            on_response(&svc, &server, 0, response(200, "a"), now)[..],
             [ProxyAction::ForwardStateless(_)]
         ));
-        assert!(svc
-            .on_response(&server, 0, response(486, "a"), now)
-            .is_empty());
+        assert!(on_response(&svc, &server, 0, response(486, "a"), now).is_empty());
     }
 }
