@@ -614,8 +614,9 @@ impl Core {
     }
 
     /// Stores a call change and publishes its dialog-info for the caller's and callee's
-    /// lamps (pua_dialoginfo). Called with the proxy's lock held (see `ProxyService::dialogs`), so the changes of one call
-    /// reach the presence server in the order they happened.
+    /// lamps (pua_dialoginfo). Called with the proxy's lock held (see
+    /// `ProxyService::dialogs`), so the changes of one call reach the presence server in the
+    /// order they happened.
     pub(crate) fn publish_calls_locked(&self, updates: impl IntoIterator<Item = Update>) {
         for u in updates {
             // Not awaited: a call in progress does not wait for the disk; the record only
