@@ -665,25 +665,12 @@ mod tests {
         Some((actions, published))
     }
 
-    fn fail_branch(
-        svc: &ProxyService,
-        server: &TxKey,
-        branch: usize,
-        status: u16,
-        reason: &str,
-        tag: &str,
-        now: Instant,
-    ) -> Vec<ProxyAction> {
-        svc.fail_branch(
-            server,
-            branch,
-            status,
-            reason,
-            tag,
-            now,
-            T0 + 1,
-            &mut |_| {},
-        )
+    /// An INVITE forked to two phones, both branches sent at `now`.
+    fn forked_to_two() -> (ProxyService, Instant, TxKey) {
+        let svc = service();
+        let now = Instant::now();
+        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        (svc, now, server)
     }
 
     fn response(status: u16, to_tag: &str) -> Response {
@@ -791,15 +778,22 @@ mod tests {
             ),
             "{actions:?}"
         );
-        let answer = fail_branch(&svc, &server, 0, 404, "Not Found", "t", Instant::now());
+        let answer = svc.fail_branch(
+            &server,
+            0,
+            404,
+            "Not Found",
+            "t",
+            Instant::now(),
+            T0,
+            &mut |_| {},
+        );
         assert_eq!(responded(&answer), vec![404]);
     }
 
     #[test]
     fn rfc3261_16_7_a_2xx_goes_upstream_at_once_and_the_other_branches_are_cancelled() {
-        let svc = service();
-        let now = Instant::now();
-        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        let (svc, now, server) = forked_to_two();
         let (ringing, published) = on_response_published(&svc, &server, 1, response(180, "b"), now);
         assert_eq!(responded(&ringing), vec![180]);
         assert_eq!(published, vec![DialogState::Early], "the lamps ring");
@@ -820,9 +814,7 @@ mod tests {
 
     #[test]
     fn rfc3261_16_7_a_6xx_cancels_the_others_and_is_the_answer() {
-        let svc = service();
-        let now = Instant::now();
-        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        let (svc, now, server) = forked_to_two();
         on_response(&svc, &server, 0, response(180, "a"), now);
         let declined = on_response(&svc, &server, 1, response(603, "b"), now);
         assert_eq!(responded(&declined), Vec::<u16>::new(), "{declined:?}");
@@ -839,9 +831,7 @@ mod tests {
 
     #[test]
     fn rfc3261_16_7_the_best_response_waits_for_every_branch_and_503_goes_as_500() {
-        let svc = service();
-        let now = Instant::now();
-        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        let (svc, now, server) = forked_to_two();
         assert!(responded(&on_response(&svc, &server, 0, response(503, "a"), now)).is_empty());
         let done = on_response(&svc, &server, 1, response(486, "b"), now);
         assert_eq!(responded(&done), vec![486]);
@@ -882,15 +872,22 @@ mod tests {
             ),
             "{gave_up:?}"
         );
-        let answer = fail_branch(&svc, &server, 0, 408, "Request Timeout", "t", after);
+        let answer = svc.fail_branch(
+            &server,
+            0,
+            408,
+            "Request Timeout",
+            "t",
+            after,
+            T0,
+            &mut |_| {},
+        );
         assert_eq!(responded(&answer), vec![408]);
     }
 
     #[test]
     fn rfc3261_9_1_16_10_cancel_waits_for_a_provisional_before_cancelling_a_branch() {
-        let svc = service();
-        let now = Instant::now();
-        let server = forked(&svc, &["192.0.2.21:5060", "192.0.2.22:5060"], now);
+        let (svc, now, server) = forked_to_two();
         on_response(&svc, &server, 0, response(180, "a"), now);
         let (actions, published) = on_cancel(&svc, &server, now).expect("an INVITE we forward");
         assert_eq!(
