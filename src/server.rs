@@ -77,7 +77,9 @@ pub struct Core {
     pub(crate) events: EventBus,
     /// Mints and checks our Via branches (kept in `data_dir/branch.key`).
     pub(crate) branch_key: crate::transaction::BranchKey,
-    pub(crate) this: std::sync::OnceLock<std::sync::Weak<Core>>,
+    /// NOTIFYs whose state is on disk go out through the task started with the core (see
+    /// [`NotifySink::send_notifies`]): the presence server holds the core only as a sink.
+    stored_notifies: tokio::sync::mpsc::UnboundedSender<StoredNotifies>,
     /// Messages read from the network (requests and responses, parseable or not).
     received: std::sync::atomic::AtomicU64,
     /// Requests whose answer waits for their disk write: shutdown lets them finish.
@@ -234,6 +236,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     };
     let proxy =
         crate::proxy::ProxyService::new(rules, &cfg.dialog, dialog_store, upstream_resolved);
+    let (stored_notifies, stored_rx) = tokio::sync::mpsc::unbounded_channel();
     let core = Arc::new(Core {
         limits,
         transport: transport.clone(),
@@ -260,16 +263,16 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         max_lifetime: cfg.dialog.max_lifetime,
         events: events.clone(),
         branch_key,
-        this: std::sync::OnceLock::new(),
+        stored_notifies,
         received: Default::default(),
         answering: Default::default(),
     });
-    let _ = core.this.set(Arc::downgrade(&core));
     let sink: Arc<dyn NotifySink> = core.clone();
     presence.set_sink(Arc::downgrade(&sink));
     let sender: Arc<dyn SipSender> = core.clone();
     pua.set_sender(Arc::downgrade(&sender));
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
+    tasks.push(tokio::spawn(core.clone().run_stored_notifies(stored_rx)));
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
     // Users from the user file are read here and by a watcher, never on the receive path.
@@ -363,10 +366,6 @@ impl Core {
         }
     }
 
-    fn me(&self) -> Option<Arc<Core>> {
-        self.this.get().and_then(std::sync::Weak::upgrade)
-    }
-
     /// Answers a request we could not parse, when enough of it was read to address an answer
     /// (RFC 3261 §8.2 says 400; RFC 4475 expects it). Otherwise the bytes are dropped.
     fn answer_unparseable(self: &Arc<Self>, failure: ParseFailure, peer: Peer) {
@@ -441,13 +440,13 @@ impl Core {
 
     /// Sends without waiting (a datagram that finds its socket's buffer full waits in a
     /// bounded queue; see [`Transport::send`]).
-    pub(crate) fn send_now(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) {
+    pub(crate) fn send_now(&self, peer: &Peer, bytes: Arc<[u8]>) {
         if let Err(e) = self.transport.send(peer, bytes) {
             tracing::debug!(%peer, error = %e, "send failed");
         }
     }
 
-    pub(crate) fn run_actions(self: &Arc<Self>, actions: Vec<Action<Peer>>) {
+    pub(crate) fn run_actions(&self, actions: Vec<Action<Peer>>) {
         for a in actions {
             match a {
                 Action::Send { to, bytes } => self.send_now(&to, bytes),
@@ -457,7 +456,7 @@ impl Core {
         self.timers_changed.notify_one();
     }
 
-    fn now(&self) -> std::time::Instant {
+    pub(crate) fn now(&self) -> std::time::Instant {
         tokio::time::Instant::now().into_std()
     }
 
@@ -628,7 +627,7 @@ impl Core {
     }
 
     /// Starts a client transaction per NOTIFY.
-    fn send_notifies_now(self: &Arc<Self>, notifies: Vec<OutNotify>) {
+    fn send_notifies_now(&self, notifies: Vec<OutNotify>) {
         if notifies.is_empty() {
             return;
         }
@@ -666,7 +665,7 @@ impl Core {
     /// where its outcome arrives. The request must carry a top Via with a fresh branch
     /// ([`Core::via_for`]), CSeq, Call-ID, From, To and Max-Forwards.
     pub fn send_request(
-        self: &Arc<Self>,
+        &self,
         req: Request,
         to: Peer,
     ) -> tokio::sync::oneshot::Receiver<ClientOutcome> {
@@ -923,14 +922,7 @@ impl Core {
 
 impl SipSender for Core {
     fn send(&self, req: Request, to: Peer) -> tokio::sync::oneshot::Receiver<ClientOutcome> {
-        match self.me() {
-            Some(me) => me.send_request(req, to),
-            None => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let _ = tx.send(ClientOutcome::NotSent("the server is stopping".into()));
-                rx
-            }
-        }
+        self.send_request(req, to)
     }
 
     fn resolve(
@@ -951,27 +943,44 @@ impl SipSender for Core {
 
 impl NotifySink for Core {
     fn send_notifies(&self, notifies: Vec<OutNotify>, after: Option<Durable>) {
-        // The sink is reached through the presence server, which only has `&self`; the core
-        // lives in an Arc, which the timer and response paths already hold.
-        let Some(me) = self.me() else {
-            return;
-        };
         match after {
-            None => me.send_notifies_now(notifies),
+            None => self.send_notifies_now(notifies),
             Some(d) => {
+                let stored = self.stored_notifies.clone();
                 tokio::spawn(async move {
-                    match durable(d).await {
-                        Ok(()) => me.send_notifies_now(notifies),
-                        Err(e) => {
-                            // CSeq and version not on disk: sending could repeat them after a
-                            // restart. Retry later instead.
-                            tracing::error!(error = %e, "NOTIFY state not stored; retrying");
-                            for n in notifies {
-                                me.presence.notify_outcome(&n.sub, Outcome::Failed(500));
-                            }
-                        }
-                    }
+                    let written = durable(d).await;
+                    // Closed only when the server stops: nothing is sent then.
+                    let _ = stored.send(StoredNotifies { notifies, written });
                 });
+            }
+        }
+    }
+}
+
+/// NOTIFYs that waited for their state to reach the disk, and how the write ended.
+struct StoredNotifies {
+    notifies: Vec<OutNotify>,
+    written: Result<(), StorageError>,
+}
+
+impl Core {
+    /// Sends the NOTIFYs whose state was written (one message per finished write, so the
+    /// queue holds no more than the writes in flight).
+    async fn run_stored_notifies(
+        self: Arc<Self>,
+        mut stored: tokio::sync::mpsc::UnboundedReceiver<StoredNotifies>,
+    ) {
+        while let Some(StoredNotifies { notifies, written }) = stored.recv().await {
+            match written {
+                Ok(()) => self.send_notifies_now(notifies),
+                Err(e) => {
+                    // CSeq and version not on disk: sending could repeat them after a
+                    // restart. Retry later instead.
+                    tracing::error!(error = %e, "NOTIFY state not stored; retrying");
+                    for n in notifies {
+                        self.presence.notify_outcome(&n.sub, Outcome::Failed(500));
+                    }
+                }
             }
         }
     }

@@ -3,61 +3,19 @@
 //! request's server transaction; CANCEL cancels the pending branches; an ACK for a 2xx and
 //! stray 2xx retransmissions are forwarded statelessly (RFC 3261 §16.7, §16.10, §16.11).
 
-use super::context::{BranchState, Context, Step};
+use super::forwarding::{CallChange, Forwarded, ProxyAction};
 use super::lock;
 use super::service::{AckStep, NextHop};
-use super::{branch_request, next_hop_uri, response_addr, strip_top_via, uri_addr, Hop, Targets};
+use super::{branch_request, response_addr, strip_top_via, uri_addr, Hop, Targets};
 use crate::auth::AuthResult;
-use crate::deadline::Deadlines;
 use crate::dialog::{CallKey, Flow, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
-use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
+use crate::sip::{HasHeaders, HeaderName, Request, Response};
 use crate::transaction::TxKey;
 use crate::transport::Peer;
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long a cancelled branch may take to send its final response before the proxy treats
-/// it as finished (RFC 3261 §16.10: 64*T1).
-const AFTER_CANCEL: Duration = Duration::from_secs(32);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum BranchTimer {
-    /// RFC 3261 §16.6 item 11.
-    C,
-    /// No final response after our CANCEL.
-    AfterCancel,
-}
-
-/// Every request the proxy is forwarding statefully.
-#[derive(Default)]
-pub(crate) struct Forwarding {
-    contexts: HashMap<TxKey, Forwarded>,
-    pub(crate) timers: Deadlines<(TxKey, usize, BranchTimer)>,
-}
-
-impl Forwarding {
-    /// Response contexts held.
-    pub(crate) fn len(&self) -> usize {
-        self.contexts.len()
-    }
-}
-
-struct Forwarded {
-    ctx: Context,
-    /// The request as it arrived (our stamps on its Via) after route preprocessing.
-    request: Request,
-    inbound: Peer,
-    groups: VecDeque<Vec<Hop>>,
-    /// Client transaction and destination per branch (`None` while a host name resolves).
-    branches: Vec<Option<(TxKey, Peer)>>,
-    record_route: bool,
-    loop_hash: String,
-    /// The call this INVITE started, when the dialog tracker follows it.
-    call: Option<CallKey>,
-}
 
 impl Core {
     /// Answers a request the proxy refuses: the error's status and reason, and for 420 the
@@ -152,20 +110,9 @@ impl Core {
             self.track_in_dialog(&req, parsed);
             None
         };
-        let fwd = Forwarded {
-            ctx: Context::new(invite, groups.len().saturating_sub(1)),
-            request: req,
-            inbound: peer,
-            groups: groups.into(),
-            branches: Vec::new(),
-            record_route,
-            loop_hash,
-            call,
-        };
-        lock(&self.proxy.forwarding)
-            .contexts
-            .insert(key.clone(), fwd);
-        self.start_group(&key);
+        let fwd = Forwarded::new(req, peer, groups, record_route, loop_hash, call);
+        let actions = self.proxy.forward(&key, fwd);
+        self.run_proxy_actions(actions);
     }
 
     /// Digest for calls from phones (RFC 3261 §22.3: 407 with Proxy-Authenticate); trusted
@@ -223,78 +170,82 @@ impl Core {
         self.proxy.upstream_resolved()
     }
 
-    /// Where a hop goes: its flow, else its first Route, else the request's Route or
-    /// Request-URI. `Err(uri)` when that names a host that must be resolved first.
-    fn hop_peer(&self, request: &Request, hop: &Hop) -> Result<Peer, Option<Box<SipUri>>> {
-        if let Some(f) = hop.flow {
-            return Ok(self.peer_to(f.proto, f.remote));
-        }
-        let uri = match hop.route.first() {
-            Some(r) => match crate::sip::NameAddr::parse(r).ok().map(|n| n.uri) {
-                Some(crate::sip::Uri::Sip(u)) => u,
-                _ => return Err(None),
-            },
-            // The request's own Route (another proxy after us), else the hop's Request-URI.
-            None => match request.headers.list(HeaderName::Route).first() {
-                Some(_) => next_hop_uri(request).map_err(|_| None)?,
-                None => match &hop.uri {
-                    crate::sip::Uri::Sip(u) => u.clone(),
-                    _ => return Err(None),
-                },
-            },
-        };
-        match uri_addr(&uri) {
-            Some((proto, addr)) => Ok(self.peer_to(proto, addr)),
-            None => Err(Some(Box::new(uri))),
+    /// Carries out what the proxy service decided, in order (the one place the proxy's
+    /// decisions touch transactions, sockets and the resolver).
+    pub(crate) fn run_proxy_actions(self: &Arc<Self>, actions: Vec<ProxyAction>) {
+        for action in actions {
+            match action {
+                ProxyAction::Route {
+                    server,
+                    branch,
+                    hop,
+                    to,
+                } => self.route_branch(server, branch, hop, to),
+                ProxyAction::SendBranch {
+                    server,
+                    branch,
+                    request,
+                    peer,
+                    loop_hash,
+                } => self.send_branch(&server, branch, *request, peer, &loop_hash),
+                ProxyAction::FailBranch {
+                    server,
+                    branch,
+                    status,
+                    reason,
+                } => self.fail_branch(&server, branch, status, reason),
+                ProxyAction::Cancel { client, peer } => self.send_cancel(&client, peer),
+                ProxyAction::TerminateClient(k) => {
+                    lock(&self.clients).terminate(&k);
+                    lock(&self.owners).remove(&k);
+                }
+                ProxyAction::Respond { server, response } => {
+                    self.forward_response(&server, response)
+                }
+                ProxyAction::ForwardStateless(resp) => self.forward_stateless(resp),
+                ProxyAction::TimerSet { .. } => self.timers_changed.notify_one(),
+            }
         }
     }
 
-    /// Starts the branches of the next q group.
-    fn start_group(self: &Arc<Self>, key: &TxKey) {
-        let mut pending = Vec::new();
-        let mut failed = Vec::new();
-        {
-            let mut fw = lock(&self.proxy.forwarding);
-            let Some(f) = fw.contexts.get_mut(key) else {
-                return;
-            };
-            let Some(group) = f.groups.pop_front() else {
-                return;
-            };
-            for hop in group {
-                let i = f.ctx.add_branch();
-                f.branches.push(None);
-                match self.hop_peer(&f.request, &hop) {
-                    Ok(peer) => pending.push((i, hop, peer)),
-                    Err(Some(uri)) => {
-                        let me = self.clone();
-                        let key = key.clone();
-                        tokio::spawn(async move {
-                            match me.resolve(&uri).await {
-                                Some(peer) => me.send_branch(&key, i, hop, peer),
-                                None => me.fail_branch(
-                                    &key,
-                                    i,
-                                    503,
-                                    "Service Unavailable: cannot resolve the next hop",
-                                ),
-                            }
-                        });
+    /// Our socket towards a branch's next hop (a host name resolved first), then the branch
+    /// request.
+    fn route_branch(self: &Arc<Self>, server: TxKey, branch: usize, hop: Hop, to: NextHop) {
+        let peer = match to {
+            NextHop::Flow(f) => self.peer_to(f.proto, f.remote),
+            NextHop::Addr(proto, addr) => self.peer_to(proto, addr),
+            NextHop::Resolve(uri) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    match me.resolve(&uri).await {
+                        Some(peer) => {
+                            let actions = me.proxy.send_branch(&server, branch, &hop, peer);
+                            me.run_proxy_actions(actions);
+                        }
+                        None => me.fail_branch(
+                            &server,
+                            branch,
+                            503,
+                            "Service Unavailable: cannot resolve the next hop",
+                        ),
                     }
-                    Err(None) => failed.push(i),
-                }
+                });
+                return;
             }
-        }
-        for (i, hop, peer) in pending {
-            self.send_branch(key, i, hop, peer);
-        }
-        for i in failed {
-            self.fail_branch(key, i, 404, "Not Found: no route for this request");
-        }
+        };
+        let actions = self.proxy.send_branch(&server, branch, &hop, peer);
+        self.run_proxy_actions(actions);
     }
 
     /// Sends branch `i` of `key` to `peer` through a new client transaction.
-    fn send_branch(self: &Arc<Self>, key: &TxKey, i: usize, hop: Hop, peer: Peer) {
+    fn send_branch(
+        self: &Arc<Self>,
+        key: &TxKey,
+        i: usize,
+        mut out: Request,
+        peer: Peer,
+        loop_hash: &str,
+    ) {
         if !self.transport.reaches(&peer) {
             // RFC 3261 §16.9 counts a transport error as a 503 from that branch; we answer it
             // as 480 instead: the phone is not reachable now (its TCP connection closed and we
@@ -306,58 +257,33 @@ impl Core {
                 "Temporarily Unavailable: the phone's connection is closed",
             );
         }
-        let now = tokio::time::Instant::now().into_std();
-        let sent = {
-            let mut fw = lock(&self.proxy.forwarding);
-            let Some(f) = fw.contexts.get_mut(key) else {
-                return;
-            };
-            let via = super::branch::via(
-                peer.proto,
-                &self.advertised(peer.local),
-                &super::branch::forwarded(
-                    &self.branch_key,
-                    &f.loop_hash,
-                    self.ids.next(),
-                    &super::branch::back_hop(f.request.top_via().ok().as_ref()),
-                ),
-            );
-            let rr = if f.record_route {
-                let ftag = f.request.from_hdr().ok().and_then(|h| h.tag());
-                self.proxy
-                    .rules
-                    .record_route(&f.inbound, &peer, ftag.as_deref())
-            } else {
-                Vec::new()
-            };
-            let out = branch_request(&f.request, Some(&hop), via, &rr);
-            let invite = f.ctx.invite;
-            let result = {
-                let mut c = lock(&self.clients);
-                c.send(out, peer, peer.proto.reliable(), now)
-            };
-            match result {
-                Ok((ckey, actions)) => {
-                    lock(&self.owners).insert(
-                        ckey.clone(),
-                        Owner::Branch {
-                            server: key.clone(),
-                            branch: i,
-                        },
-                    );
-                    f.branches[i] = Some((ckey, peer));
-                    if invite {
-                        let c = Duration::from_secs(self.proxy.rules.cfg.timer_c);
-                        fw.timers
-                            .schedule((key.clone(), i, BranchTimer::C), now + c);
-                    }
-                    Ok(actions)
-                }
-                Err(e) => Err(e),
+        let now = self.now();
+        let via = super::branch::via(
+            peer.proto,
+            &self.advertised(peer.local),
+            &super::branch::forwarded(
+                &self.branch_key,
+                loop_hash,
+                self.ids.next(),
+                &super::branch::back_hop(out.top_via().ok().as_ref()),
+            ),
+        );
+        out.headers.prepend(HeaderName::Via, via);
+        let result = lock(&self.clients).send(out, peer, peer.proto.reliable(), now);
+        match result {
+            Ok((ckey, actions)) => {
+                // Recorded before anything leaves, so the first response finds its branch.
+                let more = self.proxy.branch_sent(key, i, ckey.clone(), peer, now);
+                lock(&self.owners).insert(
+                    ckey,
+                    Owner::Branch {
+                        server: key.clone(),
+                        branch: i,
+                    },
+                );
+                self.run_actions(actions);
+                self.run_proxy_actions(more);
             }
-        };
-        match sent {
-            Ok(actions) => self.run_actions(actions),
             Err(e) => {
                 tracing::warn!(error = %e, "branch not sent");
                 self.fail_branch(key, i, 503, "Service Unavailable: too many transactions");
@@ -367,77 +293,32 @@ impl Core {
 
     /// Branch `i` ended without a response from the next hop: it counts as this status.
     fn fail_branch(self: &Arc<Self>, key: &TxKey, i: usize, status: u16, reason: &str) {
-        let steps = {
-            let mut fw = lock(&self.proxy.forwarding);
-            let Some(f) = fw.contexts.get_mut(key) else {
-                return;
-            };
-            let synthetic = f.request.response(status, reason, Some(&self.ids.tag()));
-            f.ctx.on_timeout(i, synthetic)
-        };
-        self.apply_steps(key, steps);
+        let actions = self.proxy.fail_branch(
+            key,
+            i,
+            status,
+            reason,
+            &self.ids.tag(),
+            self.now(),
+            self.clock.now_unix_ms(),
+            &mut |u| self.publish_calls_locked(u),
+        );
+        self.run_proxy_actions(actions);
     }
 
     /// A response on a branch (RFC 3261 §16.7).
     pub(crate) fn proxy_response(self: &Arc<Self>, server: TxKey, i: usize, mut resp: Response) {
         strip_top_via(&mut resp);
         self.proxy.note_answered(&resp, self.clock.now_unix_ms());
-        let now = tokio::time::Instant::now().into_std();
-        let steps = {
-            let mut fw = lock(&self.proxy.forwarding);
-            let Forwarding { contexts, timers } = &mut *fw;
-            let Some(f) = contexts.get_mut(&server) else {
-                drop(fw);
-                // The context is gone (after Timer L): a 2xx still goes upstream.
-                if (200..300).contains(&resp.status) {
-                    self.forward_stateless(resp);
-                }
-                return;
-            };
-            if let Some(call) = &f.call {
-                let flow = f
-                    .branches
-                    .get(i)
-                    .cloned()
-                    .flatten()
-                    .map(|(_, p)| Flow::of(&p));
-                self.track_response(call, &resp, flow);
-            }
-            if f.ctx.invite {
-                if (101..200).contains(&resp.status) {
-                    let c = Duration::from_secs(self.proxy.rules.cfg.timer_c);
-                    timers.schedule((server.clone(), i, BranchTimer::C), now + c);
-                } else if resp.status >= 200 {
-                    timers.cancel(&(server.clone(), i, BranchTimer::C));
-                    timers.cancel(&(server.clone(), i, BranchTimer::AfterCancel));
-                }
-            }
-            f.ctx.on_response(i, resp)
-        };
-        self.apply_steps(&server, steps);
-    }
-
-    fn apply_steps(self: &Arc<Self>, key: &TxKey, steps: Vec<Step>) {
-        for step in steps {
-            match step {
-                Step::Forward(resp) => {
-                    if resp.status >= 300 {
-                        let call = lock(&self.proxy.forwarding)
-                            .contexts
-                            .get(key)
-                            .and_then(|f| f.call.clone());
-                        if let Some(call) = call {
-                            let now = self.clock.now_unix_ms();
-                            let u = lock(&self.proxy.dialogs).failed(&call, resp.status, now);
-                            self.publish_calls(u);
-                        }
-                    }
-                    self.forward_response(key, resp)
-                }
-                Step::Cancel(i) => self.cancel_branch(key, i),
-                Step::NextGroup => self.start_group(key),
-            }
-        }
+        let actions = self.proxy.on_response(
+            &server,
+            i,
+            resp,
+            self.now(),
+            self.clock.now_unix_ms(),
+            &mut |u| self.publish_calls_locked(u),
+        );
+        self.run_proxy_actions(actions);
     }
 
     /// A response goes upstream through the request's server transaction, untouched (no
@@ -445,7 +326,7 @@ impl Core {
     fn forward_response(self: &Arc<Self>, key: &TxKey, resp: Response) {
         let actions = {
             let mut tx = lock(&self.transactions);
-            tx.respond(key, &resp, tokio::time::Instant::now().into_std())
+            tx.respond(key, &resp, self.now())
         };
         match actions {
             Ok(a) => self.run_actions(a),
@@ -459,26 +340,13 @@ impl Core {
         }
     }
 
-    /// Sends a CANCEL for branch `i` (§16.10) as its own client transaction.
-    fn cancel_branch(self: &Arc<Self>, key: &TxKey, i: usize) {
-        let now = tokio::time::Instant::now().into_std();
-        let target = {
-            let fw = lock(&self.proxy.forwarding);
-            fw.contexts
-                .get(key)
-                .and_then(|f| f.branches.get(i).cloned().flatten())
-        };
-        let Some((ckey, peer)) = target else {
+    /// Sends a CANCEL for a branch's client transaction (§16.10) as its own client
+    /// transaction.
+    fn send_cancel(self: &Arc<Self>, client: &TxKey, peer: Peer) {
+        let Some(cancel) = lock(&self.clients).cancel_request(client) else {
             return;
         };
-        let cancel = lock(&self.clients).cancel_request(&ckey);
-        let Some(cancel) = cancel else {
-            return;
-        };
-        let sent = {
-            let mut c = lock(&self.clients);
-            c.send(cancel, peer, peer.proto.reliable(), now)
-        };
+        let sent = lock(&self.clients).send(cancel, peer, peer.proto.reliable(), self.now());
         match sent {
             Ok((k, actions)) => {
                 lock(&self.owners).insert(k, Owner::Cancel);
@@ -486,37 +354,20 @@ impl Core {
             }
             Err(e) => tracing::debug!(error = %e, "CANCEL not sent"),
         }
-        lock(&self.proxy.forwarding).timers.schedule(
-            (key.clone(), i, BranchTimer::AfterCancel),
-            now + AFTER_CANCEL,
-        );
-        self.timers_changed.notify_one();
     }
 
     /// CANCEL from upstream (RFC 3261 §16.10): 200 for the CANCEL, then every pending branch of
     /// the INVITE it matches is cancelled; their 487 goes upstream as the INVITE's answer.
     pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request) {
         let invite = lock(&self.transactions).find_invite_for_cancel(req);
-        let steps = invite.as_ref().and_then(|k| {
-            let mut fw = lock(&self.proxy.forwarding);
-            fw.contexts.get_mut(k).map(|f| f.ctx.cancel())
-        });
-        match (invite, steps) {
-            (Some(k), Some(steps)) => {
+        let now_ms = self.clock.now_unix_ms();
+        let mut publish = |u| self.publish_calls_locked(u);
+        match invite.and_then(|k| self.proxy.on_cancel(&k, self.now(), now_ms, &mut publish)) {
+            Some(actions) => {
                 self.respond(&key, req.response(200, "OK", Some(&self.ids.tag())));
-                let call = lock(&self.proxy.forwarding)
-                    .contexts
-                    .get(&k)
-                    .and_then(|f| f.call.clone());
-                if let Some(call) = call {
-                    let now = self.clock.now_unix_ms();
-                    let mut dialogs = lock(&self.proxy.dialogs);
-                    let u = dialogs.cancel(&call, now);
-                    self.publish_calls_locked(u);
-                }
-                self.apply_steps(&k, steps);
+                self.run_proxy_actions(actions);
             }
-            _ => self.proxy_reject(&key, req, &super::ProxyError::NoSuchDialog),
+            None => self.proxy_reject(&key, req, &super::ProxyError::NoSuchDialog),
         }
     }
 
@@ -597,7 +448,7 @@ impl Core {
             cseq: parsed.cseq.seq,
         };
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.proxy.dialogs);
+        let mut dialogs = self.proxy.dialogs();
         let u = dialogs.invite(key.clone(), info, now);
         self.publish_calls_locked(u);
         Some(key)
@@ -612,7 +463,7 @@ impl Core {
             return;
         };
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.proxy.dialogs);
+        let mut dialogs = self.proxy.dialogs();
         let u = match req.method.as_str() {
             "BYE" => dialogs.bye(call_id, &from, &to, now),
             "INVITE" | "UPDATE" if !req.body.is_empty() => {
@@ -626,37 +477,13 @@ impl Core {
         self.publish_calls_locked(u);
     }
 
-    /// A response to a tracked INVITE as it passes (our Via already removed).
-    fn track_response(&self, call: &CallKey, resp: &Response, flow: Option<Flow>) {
-        let to_tag = resp.to_hdr().ok().and_then(|t| t.tag());
-        let contact = resp
-            .contacts()
-            .ok()
-            .and_then(|c| c.into_iter().next())
-            .and_then(|c| match c {
-                crate::sip::header::ContactValue::Addr(a) => Some(a.uri.to_string()),
-                _ => None,
-            });
-        let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.proxy.dialogs);
-        let u = dialogs.response(
-            call,
-            to_tag.as_deref(),
-            resp.status,
-            contact.as_deref(),
-            flow,
-            now,
-        );
-        self.publish_calls_locked(u);
-    }
-
     /// Ends calls past their lifetime (no BYE within `dialog.max_lifetime`, or ringing past
     /// `dialog.early_timeout`): their lamps go dark.
     pub(crate) async fn run_dialog_timers(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = self.clock.now_unix_ms();
-            let mut dialogs = lock(&self.proxy.dialogs);
+            let mut dialogs = self.proxy.dialogs();
             if dialogs.next_deadline().is_some_and(|d| d <= now) {
                 let ups = dialogs.expire(now);
                 self.publish_calls_locked(ups);
@@ -670,7 +497,7 @@ impl Core {
         let calls = self.proxy.dialog_store.load_calls()?;
         let n = calls.len();
         let now = self.clock.now_unix_ms();
-        let mut dialogs = lock(&self.proxy.dialogs);
+        let mut dialogs = self.proxy.dialogs();
         let ups = dialogs.restore(calls, now);
         let ended = ups.len();
         self.publish_calls_locked(ups);
@@ -683,7 +510,7 @@ impl Core {
     /// not pass) gets 481 or no answer, and its lamps go dark. Any other answer (200, 500 for
     /// an old CSeq, 405...) means the dialog is alive.
     pub(crate) fn probe_calls(self: &Arc<Self>) {
-        let calls = lock(&self.proxy.dialogs).confirmed();
+        let calls = self.proxy.dialogs().confirmed();
         for call in calls {
             let Some(winner) = call.winner().cloned() else {
                 continue;
@@ -744,7 +571,7 @@ impl Core {
                     if gone {
                         tracing::info!(call_id = %key.call_id, "call ended while we were down: its lamps go dark");
                         let now = me.clock.now_unix_ms();
-                        let mut dialogs = lock(&me.proxy.dialogs);
+                        let mut dialogs = me.proxy.dialogs();
                         let u = dialogs.end(&key, crate::dialog::EndReason::Error, now);
                         me.publish_calls_locked(u);
                     }
@@ -774,27 +601,23 @@ impl Core {
             call_id: call_id.to_string(),
             from_tag,
         };
-        if lock(&self.proxy.dialogs).get(&key).is_none() {
+        let now = self.clock.now_unix_ms();
+        let mut dialogs = self.proxy.dialogs();
+        if dialogs.get(&key).is_none() {
             return;
         }
-        self.track_response(&key, resp, None);
+        let u = CallChange::response(&key, resp, None).apply(&mut dialogs, now);
+        self.publish_calls_locked(u);
         if resp.status >= 300 {
-            let now = self.clock.now_unix_ms();
-            let mut dialogs = lock(&self.proxy.dialogs);
             let u = dialogs.failed(&key, resp.status, now);
             self.publish_calls_locked(u);
         }
     }
 
-    /// Takes the tracker lock and publishes.
-    fn publish_calls(&self, u: Option<Update>) {
-        let _dialogs = lock(&self.proxy.dialogs);
-        self.publish_calls_locked(u);
-    }
-
     /// Stores a call change and publishes its dialog-info for the caller's and callee's
-    /// lamps (pua_dialoginfo). Called with the tracker lock held, so the changes of one call
-    /// reach the presence server in the order they happened.
+    /// lamps (pua_dialoginfo). Called with the proxy's lock held (see
+    /// `ProxyService::dialogs`), so the changes of one call reach the presence server in the
+    /// order they happened.
     pub(crate) fn publish_calls_locked(&self, updates: impl IntoIterator<Item = Update>) {
         for u in updates {
             // Not awaited: a call in progress does not wait for the disk; the record only
@@ -878,52 +701,12 @@ impl Core {
 
     /// Timer C and the wait after a CANCEL.
     pub(crate) fn proxy_timers(self: &Arc<Self>, now: Instant) {
-        let due = lock(&self.proxy.forwarding).timers.pop_due(now);
-        for (key, i, kind) in due {
-            match kind {
-                BranchTimer::C => {
-                    let proceeding = lock(&self.proxy.forwarding)
-                        .contexts
-                        .get_mut(&key)
-                        .is_some_and(|f| {
-                            let b = &mut f.ctx.branches[i];
-                            if b.state == BranchState::Proceeding && !b.cancel_sent {
-                                b.cancel_sent = true;
-                                true
-                            } else {
-                                false
-                            }
-                        });
-                    if proceeding {
-                        tracing::debug!("Timer C fired: cancelling a branch that rings too long");
-                        self.cancel_branch(&key, i);
-                    }
-                }
-                BranchTimer::AfterCancel => {
-                    let ckey = lock(&self.proxy.forwarding)
-                        .contexts
-                        .get(&key)
-                        .and_then(|f| f.branches.get(i).cloned().flatten())
-                        .map(|(k, _)| k);
-                    if let Some(k) = ckey {
-                        lock(&self.clients).terminate(&k);
-                        lock(&self.owners).remove(&k);
-                    }
-                    self.fail_branch(&key, i, 408, "Request Timeout");
-                }
-            }
-        }
+        let actions = self.proxy.on_timers(now);
+        self.run_proxy_actions(actions);
     }
 
     /// A server transaction ended: its response context goes with it.
     pub(crate) fn proxy_forget(&self, key: &TxKey) {
-        let mut fw = lock(&self.proxy.forwarding);
-        if let Some(f) = fw.contexts.remove(key) {
-            for (i, _) in f.branches.iter().enumerate() {
-                fw.timers.cancel(&(key.clone(), i, BranchTimer::C));
-                fw.timers
-                    .cancel(&(key.clone(), i, BranchTimer::AfterCancel));
-            }
-        }
+        self.proxy.forget(key);
     }
 }

@@ -8,6 +8,7 @@
 pub mod branch;
 pub mod context;
 pub mod forward;
+pub mod forwarding;
 pub mod service;
 
 pub use service::ProxyService;
@@ -393,6 +394,14 @@ pub fn branch_request(
     via: String,
     record_route: &[String],
 ) -> Request {
+    let mut out = forwarded_request(req, hop, record_route);
+    out.headers.prepend(HeaderName::Via, via);
+    out
+}
+
+/// [`branch_request`] without its Via: the hop's Request-URI and Route, Max-Forwards one
+/// less, our Record-Route on top. The Via goes on once the socket it leaves from is known.
+pub fn forwarded_request(req: &Request, hop: Option<&Hop>, record_route: &[String]) -> Request {
     let mut out = req.clone();
     if let Some(h) = hop {
         out.uri = h.uri.clone();
@@ -417,7 +426,6 @@ pub fn branch_request(
     for rr in record_route.iter().rev() {
         out.headers.prepend(HeaderName::RecordRoute, rr.clone());
     }
-    out.headers.prepend(HeaderName::Via, via);
     out
 }
 

@@ -6,7 +6,7 @@
 //! proxy decides, runs its client transactions and hands the tracker's updates to the
 //! publishers.
 
-use super::forward::Forwarding;
+use super::forwarding::Forwarding;
 use super::{lock, next_hop_uri, uri_addr, Proxy, ProxyError};
 use crate::config::DialogConfig;
 use crate::dialog::{Call, DialogId, DialogTracker, Flow};
@@ -15,7 +15,7 @@ use crate::storage::DialogStore;
 use crate::transport::{Peer, Proto};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// Where a relayed request goes next.
@@ -39,14 +39,37 @@ pub enum AckStep {
     Drop(&'static str),
 }
 
+/// What the proxy keeps behind its one lock.
+pub(crate) struct ProxyState {
+    /// Requests being forwarded statefully: response contexts and their timers.
+    pub(crate) forwarding: Forwarding,
+    /// Calls through the proxy.
+    pub(crate) dialogs: DialogTracker,
+}
+
+/// The dialog tracker, its lock held (every change of a call is published while it is).
+pub(crate) struct Dialogs<'a>(MutexGuard<'a, ProxyState>);
+
+impl std::ops::Deref for Dialogs<'_> {
+    type Target = DialogTracker;
+    fn deref(&self) -> &DialogTracker {
+        &self.0.dialogs
+    }
+}
+
+impl std::ops::DerefMut for Dialogs<'_> {
+    fn deref_mut(&mut self) -> &mut DialogTracker {
+        &mut self.0.dialogs
+    }
+}
+
 pub struct ProxyService {
     /// Routing rules and our identity (domains, sockets, upstream).
     pub rules: Proxy,
-    /// Requests being forwarded statefully: response contexts and their timers.
-    pub(crate) forwarding: Mutex<Forwarding>,
-    /// Calls through the proxy (one lock: every change of a call is published under it, so a
-    /// call's lamps change in order).
-    pub(crate) dialogs: Mutex<DialogTracker>,
+    /// The response contexts with their timers and the dialog tracker, behind one lock: a
+    /// response changes its context and its call together, and every change of a call is
+    /// published under it, so a call's lamps change in the order its messages were handled.
+    state: Mutex<ProxyState>,
     pub(crate) dialog_store: Arc<dyn DialogStore>,
     /// `[proxy] upstream` resolved at start when it is a host name.
     upstream_resolved: Option<Peer>,
@@ -63,12 +86,24 @@ impl ProxyService {
     ) -> ProxyService {
         ProxyService {
             rules,
-            forwarding: Mutex::new(Forwarding::default()),
-            dialogs: Mutex::new(DialogTracker::new(dialog)),
+            state: Mutex::new(ProxyState {
+                forwarding: Forwarding::default(),
+                dialogs: DialogTracker::new(dialog),
+            }),
             dialog_store,
             upstream_resolved,
             acks_dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Everything behind the proxy's lock.
+    pub(crate) fn state(&self) -> MutexGuard<'_, ProxyState> {
+        lock(&self.state)
+    }
+
+    /// The dialog tracker, under the proxy's lock.
+    pub(crate) fn dialogs(&self) -> Dialogs<'_> {
+        Dialogs(lock(&self.state))
     }
 
     /// The PBX's address found at start for a host name in `[proxy] upstream`.
@@ -78,12 +113,12 @@ impl ProxyService {
 
     /// Requests being forwarded statefully (response contexts held).
     pub fn forwarded(&self) -> usize {
-        lock(&self.forwarding).len()
+        lock(&self.state).forwarding.len()
     }
 
     /// When the next proxy timer (Timer C, the wait after a CANCEL) is due.
     pub fn next_timer(&self) -> Option<Instant> {
-        lock(&self.forwarding).timers.next()
+        lock(&self.state).forwarding.next_timer()
     }
 
     /// RFC 3261 §16.3 items 3-5 for a new request the proxy owns: Max-Forwards, loops,
@@ -179,7 +214,7 @@ impl ProxyService {
         let Some(id) = dialog_id(ack) else {
             return false;
         };
-        lock(&self.dialogs).expects_ack(&id, now_ms)
+        self.dialogs().expects_ack(&id, now_ms)
     }
 
     /// A response goes upstream: when it is a 2xx to an INVITE, its ACK will follow (see
@@ -189,7 +224,7 @@ impl ProxyService {
             return;
         }
         if let Some(id) = dialog_id(resp) {
-            lock(&self.dialogs).answered(id, now_ms);
+            self.dialogs().answered(id, now_ms);
         }
     }
 
@@ -197,12 +232,13 @@ impl ProxyService {
     /// its INVITE or answer came from), so phones behind NAT and on TCP are reached.
     pub fn flow_towards(&self, req: &Request) -> Option<Flow> {
         let id = dialog_id(req)?;
-        lock(&self.dialogs).flow_towards(&id.call_id, &id.from_tag, &id.to_tag)
+        self.dialogs()
+            .flow_towards(&id.call_id, &id.from_tag, &id.to_tag)
     }
 
     /// The calls in progress (a snapshot).
     pub fn calls(&self) -> Vec<Call> {
-        lock(&self.dialogs).calls().cloned().collect()
+        self.dialogs().calls().cloned().collect()
     }
 }
 
@@ -216,13 +252,14 @@ fn dialog_id(m: &impl HasHeaders) -> Option<DialogId> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
     use crate::dialog::fixtures::{info, key, T0};
     use crate::sip::{parse_message, Limits, Message};
 
-    fn service() -> ProxyService {
+    /// A service for example.com on 192.0.2.10:5060, its store in memory.
+    pub(crate) fn service() -> ProxyService {
         let mut cfg = Config::default();
         cfg.server.domain = crate::sip::uri::Host::Name("example.com".into());
         let rules = Proxy::new(
@@ -236,7 +273,7 @@ mod tests {
 
     /// The fixture call (Alice calls Bob), answered by branch `b1` from 192.0.2.9.
     fn answered(svc: &ProxyService) {
-        let mut t = lock(&svc.dialogs);
+        let mut t = svc.dialogs();
         t.invite(key(), info(), T0).unwrap();
         t.response(
             &key(),
