@@ -193,7 +193,6 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let ids = || Ids::new().map_err(StartError::Random);
     let events = EventBus::default();
     let clock = Clock::new();
-    let registrar = Registrar::new(cfg, store, events.clone(), clock);
     let presence = Presence::new(
         cfg,
         presence_store,
@@ -206,7 +205,8 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     // pua_usrloc hears every binding change from the registrar itself (not the lossy bus);
     // it publishes nothing until the presence state is loaded (`usrloc.start` below).
     let usrloc = Usrloc::new(cfg, pua.clone(), clock);
-    registrar.set_observer(usrloc.clone());
+    let observer: Arc<dyn crate::registrar::BindingObserver> = usrloc.clone();
+    let registrar = Registrar::with_observer(cfg, store, events.clone(), clock, Some(observer));
     let live = registrar.load().await?;
     tracing::info!(bindings = live, "bindings loaded");
     let (transport, listeners) = Transport::bind(

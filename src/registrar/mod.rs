@@ -73,7 +73,7 @@ pub struct Registrar {
     expiry_changed: Notify,
     /// AORs with at least one binding (kept with the shard maps, read without locking them).
     aors: AtomicUsize,
-    observer: std::sync::OnceLock<Arc<dyn BindingObserver>>,
+    observer: Option<Arc<dyn BindingObserver>>,
 }
 
 fn shard_of(aor: &str) -> usize {
@@ -89,6 +89,17 @@ impl Registrar {
         events: EventBus,
         clock: Clock,
     ) -> Arc<Registrar> {
+        Registrar::with_observer(cfg, store, events, clock, None)
+    }
+
+    /// A registrar that tells `observer` (pua_usrloc) every change of an AOR's bindings.
+    pub fn with_observer(
+        cfg: &Config,
+        store: Arc<dyn BindingStore>,
+        events: EventBus,
+        clock: Clock,
+        observer: Option<Arc<dyn BindingObserver>>,
+    ) -> Arc<Registrar> {
         let domains = Domains::new(cfg);
         Arc::new(Registrar {
             cfg: cfg.registrar.clone(),
@@ -100,18 +111,13 @@ impl Registrar {
             expiry: Mutex::new(Deadlines::new()),
             expiry_changed: Notify::new(),
             aors: AtomicUsize::new(0),
-            observer: std::sync::OnceLock::new(),
+            observer,
         })
-    }
-
-    /// Installs the observer of binding changes (once; later calls are ignored).
-    pub fn set_observer(&self, observer: Arc<dyn BindingObserver>) {
-        let _ = self.observer.set(observer);
     }
 
     /// Tells the observer the current bindings of `aor` (none: an empty slice).
     pub fn observe(&self, aor: &str) {
-        let Some(observer) = self.observer.get() else {
+        let Some(observer) = &self.observer else {
             return;
         };
         let now = self.clock.now_unix();
@@ -135,7 +141,7 @@ impl Registrar {
     /// Tells the observer the current bindings of every AOR that has some (at start, once
     /// the observer's side is loaded).
     pub fn observe_all(&self) {
-        if self.observer.get().is_none() {
+        if self.observer.is_none() {
             return;
         }
         for i in 0..SHARDS {
