@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::config::{AuthMode, Config};
 use crate::events::EventBus;
 use crate::ids::Ids;
-use crate::presence::{NotifySink, OutNotify, Outcome, Presence, Reply, Requester, SubRef};
+use crate::presence::{NotifyBatch, OutNotify, Outcome, Presence, Reply, Requester, SubRef};
 use crate::pua::client::SipSender;
 use crate::pua::usrloc::Usrloc;
 use crate::pua::Pua;
@@ -78,7 +78,7 @@ pub struct Core {
     /// Mints and checks our Via branches (kept in `data_dir/branch.key`).
     pub(crate) branch_key: crate::transaction::BranchKey,
     /// NOTIFYs whose state is on disk go out through the task started with the core (see
-    /// [`NotifySink::send_notifies`]): the presence server holds the core only as a sink.
+    /// [`Core::send_notifies`]).
     stored_notifies: tokio::sync::mpsc::UnboundedSender<StoredNotifies>,
     /// Messages read from the network (requests and responses, parseable or not).
     received: std::sync::atomic::AtomicU64,
@@ -193,13 +193,17 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let ids = || Ids::new().map_err(StartError::Random);
     let events = EventBus::default();
     let clock = Clock::new();
-    let presence = Presence::new(
+    // The presence server is built before the core that sends its NOTIFYs: it gets the
+    // sending half of the outbox, the core's task the receiving half.
+    let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+    let presence = Presence::with_outbox(
         cfg,
         presence_store,
         events.clone(),
         clock,
         ids()?,
         branch_key.clone(),
+        Some(outbox),
     );
     let pua = Pua::new(cfg, presence.clone(), ids()?);
     // pua_usrloc hears every binding change from the registrar itself (not the lossy bus);
@@ -267,12 +271,11 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         received: Default::default(),
         answering: Default::default(),
     });
-    let sink: Arc<dyn NotifySink> = core.clone();
-    presence.set_sink(Arc::downgrade(&sink));
     let sender: Arc<dyn SipSender> = core.clone();
     pua.set_sender(Arc::downgrade(&sender));
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_stored_notifies(stored_rx)));
+    tasks.push(tokio::spawn(core.clone().run_outbox(outbox_rx)));
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
     // Users from the user file are read here and by a watcher, never on the receive path.
@@ -941,7 +944,18 @@ impl SipSender for Core {
     }
 }
 
-impl NotifySink for Core {
+impl Core {
+    /// Sends the presence server's NOTIFYs in the order it decided them.
+    async fn run_outbox(
+        self: Arc<Self>,
+        mut outbox: tokio::sync::mpsc::UnboundedReceiver<NotifyBatch>,
+    ) {
+        while let Some(NotifyBatch { notifies, after }) = outbox.recv().await {
+            self.send_notifies(notifies, after);
+        }
+    }
+
+    /// Sends each NOTIFY once `after` (the write of its CSeq and version) is on disk.
     fn send_notifies(&self, notifies: Vec<OutNotify>, after: Option<Durable>) {
         match after {
             None => self.send_notifies_now(notifies),

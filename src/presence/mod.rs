@@ -63,7 +63,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use timers::Timer;
 use tokio::sync::Notify;
@@ -130,12 +130,17 @@ impl Outcome {
     }
 }
 
-/// Where NOTIFYs leave: the server core, which owns the client transactions.
-pub trait NotifySink: Send + Sync {
-    /// Sends each NOTIFY once `after` (the write of its CSeq and version) is on disk, and
-    /// reports each outcome to [`Presence::notify_outcome`].
-    fn send_notifies(&self, notifies: Vec<OutNotify>, after: Option<Durable>);
+/// NOTIFYs the presence server decided, in order: the server core (built later, it owns the
+/// client transactions) sends each once `after` (the write of its CSeq and version) is on
+/// disk, and reports each outcome to [`Presence::notify_outcome`].
+pub struct NotifyBatch {
+    pub notifies: Vec<OutNotify>,
+    pub after: Option<Durable>,
 }
+
+/// Where NOTIFYs leave: one message per decided batch, received by one task of the core, so
+/// batches leave in the order they were decided.
+pub type NotifyOutbox = tokio::sync::mpsc::UnboundedSender<NotifyBatch>;
 
 /// What the presence server decided about a request.
 pub enum Reply {
@@ -303,7 +308,8 @@ pub struct Presence {
     subscription_count: AtomicUsize,
     publication_count: AtomicUsize,
     seq: AtomicU64,
-    sink: OnceLock<Weak<dyn NotifySink>>,
+    /// `None`: NOTIFYs are dropped (tests of the presence state alone).
+    outbox: Option<NotifyOutbox>,
     events: EventBus,
     default_profile: Arc<VendorProfile>,
     profiles: Vec<Arc<VendorProfile>>,
@@ -341,6 +347,19 @@ impl Presence {
         ids: Ids,
         branches: crate::transaction::BranchKey,
     ) -> Arc<Presence> {
+        Presence::with_outbox(cfg, store, events, clock, ids, branches, None)
+    }
+
+    /// A presence server whose NOTIFYs go into `outbox`.
+    pub fn with_outbox(
+        cfg: &Config,
+        store: Arc<dyn PresenceStore>,
+        events: EventBus,
+        clock: Clock,
+        ids: Ids,
+        branches: crate::transaction::BranchKey,
+        outbox: Option<NotifyOutbox>,
+    ) -> Arc<Presence> {
         let profiles: Vec<Arc<VendorProfile>> = cfg
             .presence
             .profiles
@@ -371,7 +390,7 @@ impl Presence {
             subscription_count: AtomicUsize::new(0),
             publication_count: AtomicUsize::new(0),
             seq: AtomicU64::new(1),
-            sink: OnceLock::new(),
+            outbox,
             events,
             default_profile,
             profiles,
@@ -389,11 +408,6 @@ impl Presence {
             event: pkg.key(),
             watcher: rec.watcher.clone(),
         });
-    }
-
-    /// Where NOTIFYs go; set once by the server core after it is built.
-    pub fn set_sink(&self, sink: Weak<dyn NotifySink>) {
-        let _ = self.sink.set(sink);
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -470,9 +484,13 @@ impl Presence {
             return;
         }
         let notifies = self.rendered(reserved);
-        match self.sink.get().and_then(Weak::upgrade) {
-            Some(s) => s.send_notifies(notifies, after),
-            None => tracing::debug!(count = notifies.len(), "no NOTIFY sink; dropping"),
+        let count = notifies.len();
+        let sent = match &self.outbox {
+            Some(outbox) => outbox.send(NotifyBatch { notifies, after }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            tracing::debug!(count, "no NOTIFY outbox (server stopped); dropping");
         }
     }
 
