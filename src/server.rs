@@ -205,7 +205,15 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         branch_key.clone(),
         Some(outbox),
     );
-    let pua = Pua::new(cfg, presence.clone(), ids()?);
+    // The presence client's requests go to the core (built below) over a channel.
+    let (sip_calls, sip_calls_rx) = tokio::sync::mpsc::unbounded_channel();
+    let link = Arc::new(CoreLink {
+        calls: sip_calls,
+        branch_key: branch_key.clone(),
+        ids: ids()?,
+        advertised_host: advertised_host(cfg),
+    });
+    let pua = Pua::new(cfg, presence.clone(), ids()?, link);
     // pua_usrloc hears every binding change from the registrar itself (not the lossy bus);
     // it publishes nothing until the presence state is loaded (`usrloc.start` below).
     let usrloc = Usrloc::new(cfg, pua.clone(), clock);
@@ -271,11 +279,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         received: Default::default(),
         answering: Default::default(),
     });
-    let sender: Arc<dyn SipSender> = core.clone();
-    pua.set_sender(Arc::downgrade(&sender));
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_stored_notifies(stored_rx)));
     tasks.push(tokio::spawn(core.clone().run_outbox(outbox_rx)));
+    tasks.push(tokio::spawn(core.clone().run_sip_calls(sip_calls_rx)));
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
     // Users from the user file are read here and by a watcher, never on the receive path.
@@ -673,27 +680,36 @@ impl Core {
         to: Peer,
     ) -> tokio::sync::oneshot::Receiver<ClientOutcome> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send_request_answering(req, to, tx);
+        rx
+    }
+
+    /// [`Core::send_request`], the outcome going to `answer`.
+    fn send_request_answering(
+        &self,
+        req: Request,
+        to: Peer,
+        answer: tokio::sync::oneshot::Sender<ClientOutcome>,
+    ) {
         let sent = {
             let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            c.send(req, to, to.proto.reliable(), self.now())
-                .map(|(key, actions)| {
+            match c.send(req, to, to.proto.reliable(), self.now()) {
+                Ok((key, actions)) => {
                     self.owners
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(key, Owner::Waiter(tx));
-                    actions
-                })
+                        .insert(key, Owner::Waiter(answer));
+                    Ok(actions)
+                }
+                Err(e) => Err((e, answer)),
+            }
         };
         match sent {
             Ok(actions) => self.run_actions(actions),
-            Err(e) => {
-                // `tx` moved into the closure only on success; report through a fresh pair.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let _ = tx.send(ClientOutcome::NotSent(e.to_string()));
-                return rx;
+            Err((e, answer)) => {
+                let _ = answer.send(ClientOutcome::NotSent(e.to_string()));
             }
         }
-        rx
     }
 
     /// Where to send a request for `uri` when no connection is known: its `maddr`/host and
@@ -712,19 +728,12 @@ impl Core {
     /// `host:port` others reach us at through our socket `local`: the socket address, or,
     /// for a wildcard socket, the host of `[presence] server_address` / the domain.
     pub fn advertised(&self, local: SocketAddr) -> String {
-        if !local.ip().is_unspecified() {
-            return local.to_string();
-        }
-        format!("{}:{}", self.advertised_host, local.port())
+        advertised_at(&self.advertised_host, local)
     }
 
     /// A top Via for a new request of ours towards `to`, with a fresh branch.
     pub fn via_for(&self, to: &Peer) -> String {
-        crate::proxy::branch::via(
-            to.proto,
-            &self.advertised(to.local),
-            &crate::proxy::branch::mint(&self.branch_key, self.ids.next()),
-        )
+        via_for(&self.branch_key, &self.ids, &self.advertised_host, to)
     }
 
     pub(crate) fn respond(self: &Arc<Self>, key: &TxKey, resp: Response) {
@@ -923,24 +932,73 @@ impl Core {
     }
 }
 
-impl SipSender for Core {
+/// What the presence client asks of the server core, which is built after it.
+enum SipCall {
+    Send {
+        req: Request,
+        to: Peer,
+        answer: tokio::sync::oneshot::Sender<ClientOutcome>,
+    },
+    Resolve {
+        uri: crate::sip::SipUri,
+        answer: tokio::sync::oneshot::Sender<Option<Peer>>,
+    },
+}
+
+/// The presence client's way to the network. Vias and our address are made here (they need
+/// only the branch key and the advertised host); requests and look-ups go over a channel to
+/// one task of the core, in the order they were made.
+struct CoreLink {
+    calls: tokio::sync::mpsc::UnboundedSender<SipCall>,
+    branch_key: crate::transaction::BranchKey,
+    ids: Ids,
+    advertised_host: String,
+}
+
+impl SipSender for CoreLink {
     fn send(&self, req: Request, to: Peer) -> tokio::sync::oneshot::Receiver<ClientOutcome> {
-        self.send_request(req, to)
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        // Closed only when the server stops: `answer` is dropped, the client sees it stopped.
+        let _ = self.calls.send(SipCall::Send { req, to, answer });
+        rx
     }
 
     fn resolve(
         &self,
         uri: crate::sip::SipUri,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Peer>> + Send + '_>> {
-        Box::pin(async move { Core::resolve(self, &uri).await })
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        let _ = self.calls.send(SipCall::Resolve { uri, answer });
+        Box::pin(async move { rx.await.ok().flatten() })
     }
 
     fn via_for(&self, to: &Peer) -> String {
-        Core::via_for(self, to)
+        via_for(&self.branch_key, &self.ids, &self.advertised_host, to)
     }
 
     fn advertised(&self, to: &Peer) -> String {
-        Core::advertised(self, to.local)
+        advertised_at(&self.advertised_host, to.local)
+    }
+}
+
+impl Core {
+    /// Carries out the presence client's requests in the order it made them.
+    async fn run_sip_calls(
+        self: Arc<Self>,
+        mut calls: tokio::sync::mpsc::UnboundedReceiver<SipCall>,
+    ) {
+        while let Some(call) = calls.recv().await {
+            match call {
+                SipCall::Send { req, to, answer } => self.send_request_answering(req, to, answer),
+                SipCall::Resolve { uri, answer } => {
+                    // A name lookup may take a while: the requests behind it do not wait.
+                    let transport = self.transport.clone();
+                    tokio::spawn(async move {
+                        let _ = answer.send(resolve(&transport, &uri).await);
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -998,6 +1056,23 @@ impl Core {
             }
         }
     }
+}
+
+/// [`Core::advertised`]: `local`, or `host` and its port when `local` is a wildcard.
+fn advertised_at(host: &str, local: SocketAddr) -> String {
+    if !local.ip().is_unspecified() {
+        return local.to_string();
+    }
+    format!("{}:{}", host, local.port())
+}
+
+/// [`Core::via_for`]: a top Via towards `to` with a branch minted from `ids`.
+fn via_for(key: &crate::transaction::BranchKey, ids: &Ids, host: &str, to: &Peer) -> String {
+    crate::proxy::branch::via(
+        to.proto,
+        &advertised_at(host, to.local),
+        &crate::proxy::branch::mint(key, ids.next()),
+    )
 }
 
 /// The host of `[presence] server_address` when set, else the domain.

@@ -36,7 +36,7 @@ use crate::transport::{Peer, Proto};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -205,7 +205,7 @@ struct PubSlot {
 
 pub struct Client {
     settings: Settings,
-    sender: OnceLock<Weak<dyn SipSender>>,
+    sender: Arc<dyn SipSender>,
     ids: Ids,
     publications: Mutex<HashMap<PubKey, Arc<PubSlot>>>,
     /// Our subscription dialogs by (Call-ID, our tag).
@@ -249,10 +249,11 @@ fn accept_for(event: &str) -> Option<&'static str> {
 }
 
 impl Client {
-    pub fn new(settings: Settings, ids: Ids) -> Arc<Client> {
+    /// `sender` reaches the network (the server core, built later, through a channel).
+    pub fn new(settings: Settings, ids: Ids, sender: Arc<dyn SipSender>) -> Arc<Client> {
         Arc::new_cyclic(|this| Client {
             settings,
-            sender: OnceLock::new(),
+            sender,
             ids,
             publications: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
@@ -260,17 +261,8 @@ impl Client {
         })
     }
 
-    /// Connects the client to the network (once; the server core after it is built).
-    pub fn set_sender(&self, sender: Weak<dyn SipSender>) {
-        let _ = self.sender.set(sender);
-    }
-
     pub fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    fn sender(&self) -> Option<Arc<dyn SipSender>> {
-        self.sender.get().and_then(Weak::upgrade)
     }
 
     /// Publications with a task running (PUBLISH in flight, waiting to refresh or retry).
@@ -510,9 +502,7 @@ impl Client {
         body: Option<PublicationBody>,
         expires: u32,
     ) -> Sent {
-        let Some(sender) = self.sender() else {
-            return self.publish_failed(p, "no server core".into());
-        };
+        let sender = &self.sender;
         let Some(server) = self.settings.presence_server.clone() else {
             return Sent::Gone;
         };
@@ -557,7 +547,7 @@ impl Client {
             body: body.map(|b| b.rendered().into_owned()).unwrap_or_default(),
         };
         let sent_at = Instant::now();
-        let outcome = self.exchange(&sender, req, peer, &mut p.cseq).await;
+        let outcome = self.exchange(sender, req, peer, &mut p.cseq).await;
         let resp = match outcome {
             ClientOutcome::Final(r) => r,
             ClientOutcome::Timeout => {
@@ -989,9 +979,7 @@ impl Client {
     /// Sends a SUBSCRIBE: the initial one (`initial`) or one in the dialog (a refresh, or
     /// an unsubscribe with `expires` 0).
     async fn send_subscribe(&self, sub: &Arc<SubShared>, expires: u32, initial: bool) -> Answer {
-        let Some(sender) = self.sender() else {
-            return Answer::Failed("no server core".into());
-        };
+        let sender = &self.sender;
         // The request from the dialog state as it is now.
         let (mut req, next_hop, mut cseq) = {
             let mut inner = lock(&sub.inner);
@@ -1060,7 +1048,7 @@ impl Client {
             HeaderName::Contact,
             format!("<sip:{user}{at}{}{transport}>", sender.advertised(&peer)),
         );
-        let outcome = self.exchange(&sender, req, peer, &mut cseq).await;
+        let outcome = self.exchange(sender, req, peer, &mut cseq).await;
         if let Some(d) = lock(&sub.inner).dialog.as_mut() {
             d.local_cseq = d.local_cseq.max(cseq);
         }
@@ -1342,9 +1330,8 @@ mod tests {
                 ..settings()
             },
             Ids::new().expect("OS RNG"),
+            mock.clone(),
         );
-        let sender: Arc<dyn SipSender> = mock.clone();
-        client.set_sender(Arc::downgrade(&sender));
         let aor = "sip:1001@example.test";
         client.publish(aor, Pkg::Presence, "s", b"<a/>", 600);
         mock.wait_for(1).await;

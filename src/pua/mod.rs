@@ -20,7 +20,7 @@ use crate::sip::message::Parsed;
 use crate::sip::Request;
 use crate::storage::{Durable, PublicationBody};
 use client::{Client, NotifyCallback, SipSender, SubscribeError, Subscription};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 pub struct Pua {
     presence: Arc<Presence>,
@@ -29,16 +29,17 @@ pub struct Pua {
 
 impl Pua {
     /// `ids` makes the SIP client's Call-IDs, tags and client nonces.
-    pub fn new(cfg: &Config, presence: Arc<Presence>, ids: crate::ids::Ids) -> Arc<Pua> {
+    /// `sender` reaches the network (PUBLISH and SUBSCRIBE to a remote server).
+    pub fn new(
+        cfg: &Config,
+        presence: Arc<Presence>,
+        ids: crate::ids::Ids,
+        sender: Arc<dyn SipSender>,
+    ) -> Arc<Pua> {
         Arc::new(Pua {
             presence,
-            client: Client::new(client::Settings::from_config(cfg), ids),
+            client: Client::new(client::Settings::from_config(cfg), ids, sender),
         })
-    }
-
-    /// Connects the SIP client to the network (the server core, once it exists).
-    pub fn set_sender(&self, sender: Weak<dyn SipSender>) {
-        self.client.set_sender(sender);
     }
 
     pub fn presence(&self) -> &Arc<Presence> {
