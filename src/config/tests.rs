@@ -1,0 +1,378 @@
+//! Config parsing and validation: typed values, and every refused value named with its key,
+//! its line and a fix.
+
+use super::*;
+
+#[test]
+fn defaults_are_valid_and_secure() {
+    let c = Config::default();
+    c.validate("default").unwrap();
+    assert_eq!(c.auth.mode, AuthMode::Digest);
+    assert!(c.auth.trusted.is_empty());
+}
+
+#[test]
+fn issue_example_parses() {
+    let c = Config::from_toml(
+        r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:5070", "tcp:127.0.0.1:5070"]
+data_dir = "/var/lib/busylamp"
+[registrar]
+min_expires = 60
+max_expires = 3600
+default_expires = 3600
+[[users]]
+name = "1001"
+password = "secret"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.server.listen.len(), 2);
+    assert_eq!(c.realm(), "example.test");
+}
+
+#[test]
+fn unknown_and_bad_keys_are_named() {
+    let e = Config::from_toml("[server]\ndomian = \"x\"\n", "t.toml").unwrap_err();
+    assert!(e.to_string().contains("domian"), "{e}");
+    let e = Config::from_toml(
+        "[registrar]\nmin_expires = 100\nmax_expires = 50\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("registrar.max_expires"), "{e}");
+    let e = Config::from_toml("[server]\nlisten = [\"sctp:1.2.3.4:5\"]\n", "t.toml").unwrap_err();
+    assert!(e.to_string().contains("server.listen"), "{e}");
+    let e = Config::from_toml("[auth]\ntrusted = [\"10.0.0.0/33\"]\n", "t.toml").unwrap_err();
+    assert!(e.to_string().contains("auth.trusted"), "{e}");
+    let e = Config::from_toml("[[users]]\nname = \"a\"\n", "t.toml").unwrap_err();
+    assert!(e.to_string().contains("users[0]"), "{e}");
+}
+
+/// The networks of `auth.trusted`, read from a config.
+fn trusted(list: &str) -> Vec<IpNet> {
+    Config::from_toml(&format!("[auth]\ntrusted = [{list}]\n"), "t.toml")
+        .unwrap()
+        .auth
+        .trusted
+}
+
+#[test]
+fn trusted_networks_match_v4_v6_and_mapped() {
+    let n = trusted("\"10.0.0.0/8\"");
+    assert!(in_networks(&n, "10.2.3.4".parse().unwrap()));
+    assert!(in_networks(&n, "::ffff:10.2.3.4".parse().unwrap()));
+    assert!(!in_networks(&n, "11.0.0.1".parse().unwrap()));
+    let n = trusted("\"2001:db8::/32\"");
+    assert!(in_networks(&n, "2001:db8:1::1".parse().unwrap()));
+    assert!(!in_networks(&n, "2001:db9::1".parse().unwrap()));
+    // An address alone is a network of one.
+    let n = trusted("\"127.0.0.1\"");
+    assert!(in_networks(&n, "127.0.0.1".parse().unwrap()));
+    assert!(!in_networks(&n, "127.0.0.2".parse().unwrap()));
+    assert!(in_networks(
+        &trusted("\"0.0.0.0/0\""),
+        "8.8.8.8".parse().unwrap()
+    ));
+    // Host bits in the network address do not narrow it.
+    assert!(in_networks(
+        &trusted("\"10.1.2.3/8\""),
+        "10.9.9.9".parse().unwrap()
+    ));
+    assert_eq!(trusted("\" 10.0.0.0 / 8 \"").len(), 1);
+    for bad in [
+        "10.0.0.0/33",
+        "10.0.0.0/",
+        "2001:db8::/129",
+        "10.0.0",
+        "example.com",
+        "",
+    ] {
+        let e = Config::from_toml(
+            &format!("[auth]\ntrusted = [\"10.0.0.0/8\", {bad:?}]\n"),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("key `auth.trusted[1]`") && e.contains("fix:"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn values_are_typed_when_read() {
+    let c = Config::from_toml(
+        r#"
+[server]
+aliases = ["192.0.2.10", "pbx.example.com"]
+listen = ["UDP:[::1]:5060", "tcp:127.0.0.1:5070"]
+[auth]
+algorithms = ["md5", "SHA-256"]
+[proxy]
+upstream = "sip:192.0.2.5:5062;transport=tcp"
+[presence]
+server_address = "sip:192.0.2.10:5060"
+[[presence.rules]]
+presentity = "sip:1001@example.com"
+watcher = "*@example.com"
+action = "block"
+[pua]
+presence_server = "sip:presence.example.com"
+[pua.usrloc]
+users = ["10*", "*"]
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.server.aliases,
+        [
+            Host::V4("192.0.2.10".parse().unwrap()),
+            Host::Name("pbx.example.com".into())
+        ]
+    );
+    assert_eq!(
+        c.server
+            .listen
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>(),
+        ["udp:[::1]:5060", "tcp:127.0.0.1:5070"]
+    );
+    assert_eq!(c.auth.algorithms, [Algorithm::Md5, Algorithm::Sha256]);
+    let up = c.proxy.upstream.unwrap();
+    assert_eq!(
+        (up.host.to_string(), up.port),
+        ("192.0.2.5".into(), Some(5062))
+    );
+    assert_eq!(c.presence.server_address.unwrap().port, Some(5060));
+    assert_eq!(
+        c.presence.rules[0].watcher,
+        RulePattern::Domain("example.com".into())
+    );
+    assert!(matches!(
+        c.presence.rules[0].presentity,
+        RulePattern::Uri(_)
+    ));
+    assert!(c.pua.presence_server.is_some());
+    assert_eq!(
+        c.pua.usrloc.users,
+        [UserPattern::Prefix("10".into()), UserPattern::Any]
+    );
+    // Empty URIs mean "none".
+    let c = Config::from_toml(
+        "[proxy]\nupstream = \"\"\n[presence]\nserver_address = \"\"\n[pua]\npresence_server = \"\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.proxy.upstream.is_none() && c.presence.server_address.is_none());
+    assert!(c.pua.presence_server.is_none());
+}
+
+#[test]
+fn every_refused_value_names_its_key_its_line_and_a_fix() {
+    for (toml, key, line) in [
+        ("[server]\ndomain = \"\"\n", "server.domain", 2),
+        ("[server]\ndomain = \"pbx example\"\n", "server.domain", 2),
+        (
+            "[server]\nlisten = [\"udp:0.0.0.0:5060\", \"sctp:1.2.3.4:5\"]\n",
+            "server.listen[1]",
+            2,
+        ),
+        ("[server]\naliases = [\"a b\"]\n", "server.aliases[0]", 2),
+        (
+            "[auth]\nalgorithms = [\"SHA-512-256\"]\n",
+            "auth.algorithms[0]",
+            2,
+        ),
+        ("[auth]\nmode = \"none\"\n", "auth.mode", 2),
+        (
+            "\n[registrar]\nmin_expires = \"sixty\"\n",
+            "registrar.min_expires",
+            3,
+        ),
+        (
+            "[registrar]\nmin_expires = -1\n",
+            "registrar.min_expires",
+            2,
+        ),
+        ("[pua.usrloc]\nenabled = \"yes\"\n", "pua.usrloc.enabled", 2),
+        (
+            "[server]\nlisten = \"udp:0.0.0.0:5060\"\n",
+            "server.listen",
+            2,
+        ),
+        ("server = 5\n", "server", 1),
+        (
+            "[proxy]\nupstream = \"sip:1001@pbx\"\n",
+            "proxy.upstream",
+            2,
+        ),
+        ("[proxy]\nupstream = \"pbx:5060\"\n", "proxy.upstream", 2),
+        (
+            "[presence]\nserver_address = \"192.0.2.10\"\n",
+            "presence.server_address",
+            2,
+        ),
+        (
+            "[presence]\nsame_domain = \"maybe\"\n",
+            "presence.same_domain",
+            2,
+        ),
+        (
+            "[[presence.rules]]\npresentity = \"*\"\nwatcher = \"nobody\"\naction = \"allow\"\n",
+            "presence.rules[0].watcher",
+            3,
+        ),
+        (
+            "[[presence.rules]]\npresentity = \"1001\"\nwatcher = \"*\"\naction = \"allow\"\n",
+            "presence.rules[0].presentity",
+            2,
+        ),
+        (
+            "[[presence.rules]]\npresentity = \"*\"\naction = \"allow\"\n",
+            "presence.rules[0].watcher",
+            1,
+        ),
+        (
+            "[[presence.profiles]]\nname = \"x\"\ndialog_idle = \"dark\"\n",
+            "presence.profiles[0].dialog_idle",
+            3,
+        ),
+        ("[auth]\nmode = 1\n", "auth.mode", 2),
+        (
+            "[pua.dialoginfo]\nusers = [\"1001\", \"1*0\"]\n",
+            "pua.dialoginfo.users[1]",
+            2,
+        ),
+        ("[server]\ndomian = \"x\"\n", "server.domian", 2),
+        ("[servre]\ndomain = \"x\"\n", "servre", 1),
+        (
+            "pua = { usrloc = { users = [\"a b\"] } }\n",
+            "pua.usrloc.users[0]",
+            1,
+        ),
+    ] {
+        let e = Config::from_toml(toml, "t.toml").unwrap_err();
+        let ConfigError::Invalid {
+            path, key: k, fix, ..
+        } = &e
+        else {
+            panic!("{toml}: not an invalid value: {e}");
+        };
+        assert_eq!(
+            (k.as_str(), path.as_str()),
+            (key, format!("t.toml:{line}").as_str()),
+            "{toml}: {e}"
+        );
+        assert!(!fix.is_empty(), "{e}");
+    }
+    // Not TOML at all: TOML's own message, with the line.
+    let e = Config::from_toml("[server\n", "t.toml").unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+    assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn pua_keys_have_defaults_and_bad_values_are_named_with_a_fix() {
+    let c = Config::default();
+    assert_eq!(c.pua.publish_expires, 3600);
+    assert_eq!(c.pua.usrloc.users, [UserPattern::Any]);
+    assert!(c.pua.usrloc.enabled);
+    for (toml, key) in [
+        (
+            "[pua]\npresence_server = \"sips:x\"\n",
+            "pua.presence_server",
+        ),
+        (
+            "[pua]\npresence_server = \"sip:1001@x\"\n",
+            "pua.presence_server",
+        ),
+        ("[pua]\npassword = \"p\"\n", "pua.password"),
+        ("[pua]\nusername = \"a\\\"b\"\n", "pua.username"),
+        ("[pua]\npublish_expires = 10\n", "pua.publish_expires"),
+        ("[pua]\nrefresh_margin = 0\n", "pua.refresh_margin"),
+        ("[pua]\nmin_refresh = 0\n", "pua.min_refresh"),
+        ("[pua]\nretry_min = 0\n", "pua.retry_min"),
+        ("[pua]\nretry_min = 10\nretry_max = 5\n", "pua.retry_max"),
+        ("[pua.usrloc]\nusers = []\n", "pua.usrloc.users"),
+        ("[pua.usrloc]\nusers = [\"a b\"]\n", "pua.usrloc.users"),
+    ] {
+        let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains("fix:"), "{toml}: {e}");
+    }
+    Config::from_toml(
+        "[pua]\npresence_server = \"sip:192.0.2.1:5060;transport=tcp\"\nusername = \"u\"\npassword = \"p\"\n[pua.usrloc]\nusers = [\"*\", \"10*\", \"1001\", \"sip:1001@example.com\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+}
+
+#[test]
+fn dialog_and_dialoginfo_defaults_and_validation() {
+    let c = Config::default();
+    assert_eq!(c.dialog.max_lifetime, 14_400);
+    assert_eq!(c.dialog.early_timeout, 212);
+    assert_eq!(c.dialog.max_calls, 100_000);
+    let di = &c.pua.dialoginfo;
+    assert!(di.enabled && di.caller && di.callee);
+    assert!(di.include_callid && di.include_tags && di.include_localremote);
+    assert!(!di.caller_confirmed);
+    assert_eq!(di.users, [UserPattern::Any]);
+    for (toml, key) in [
+        ("[dialog]\nmax_lifetime = 10\n", "dialog.max_lifetime"),
+        ("[dialog]\nmax_lifetime = 99999999\n", "dialog.max_lifetime"),
+        ("[dialog]\nearly_timeout = 180\n", "dialog.early_timeout"),
+        ("[dialog]\nearly_timeout = 7200\n", "dialog.early_timeout"),
+        ("[dialog]\nmax_calls = 0\n", "dialog.max_calls"),
+        ("[pua.dialoginfo]\nusers = []\n", "pua.dialoginfo.users"),
+        (
+            "[pua.dialoginfo]\nusers = [\"\"]\n",
+            "pua.dialoginfo.users[0]",
+        ),
+        (
+            "[pua.dialoginfo]\nusers = [\"*1\"]\n",
+            "pua.dialoginfo.users[0]",
+        ),
+        (
+            "[pua.dialoginfo]\nusers = [\"sip:example.com\"]\n",
+            "pua.dialoginfo.users[0]",
+        ),
+    ] {
+        let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+        assert!(e.contains(&format!("key `{key}`")), "{toml}: {e}");
+        assert!(e.contains("fix:"), "{e}");
+    }
+    // Disabled with no users is fine.
+    Config::from_toml("[pua.dialoginfo]\nenabled = false\nusers = []\n", "t.toml").unwrap();
+    // A longer Timer C needs a longer early_timeout.
+    Config::from_toml(
+        "[proxy]\ntimer_c = 300\n[dialog]\nearly_timeout = 332\n",
+        "t.toml",
+    )
+    .unwrap();
+}
+
+#[test]
+fn dialoginfo_users_patterns() {
+    let cfg = |users: &[&str]| DialogInfoConfig {
+        users: users.iter().filter_map(|u| u.parse().ok()).collect(),
+        ..Default::default()
+    };
+    let aor = "sip:1001@example.com";
+    assert!(cfg(&["*"]).allows(aor));
+    assert!(cfg(&["1001"]).allows(aor));
+    assert!(!cfg(&["100"]).allows(aor));
+    assert!(cfg(&["10*"]).allows(aor));
+    assert!(!cfg(&["11*"]).allows(aor));
+    assert!(cfg(&["sip:1001@EXAMPLE.COM"]).allows(aor));
+    assert!(!cfg(&["sip:1001@other.com"]).allows(aor));
+    assert!(!cfg(&["SIP:1001@example.com"]).allows("sip:1002@example.com"));
+    assert!(cfg(&["2000", "1001"]).allows(aor));
+    assert!(!cfg(&[]).allows(aor));
+}
