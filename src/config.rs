@@ -384,6 +384,20 @@ pub enum AuthMode {
     Open,
 }
 
+/// What a source in `[auth] trusted` is trusted for: each purpose is named on its own.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustedFor {
+    /// Calls (and other requests the proxy relays) to and from the PBX.
+    Calls,
+    /// REGISTER for any user's AOR.
+    Register,
+    /// SUBSCRIBE as any user.
+    Subscribe,
+    /// PUBLISH for any presentity.
+    Publish,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -397,6 +411,8 @@ pub struct AuthConfig {
     /// address alone is a network of one).
     #[serde(deserialize_with = "values::trusted")]
     pub trusted: Vec<IpNet>,
+    /// What a source in `trusted` is not challenged for.
+    pub trusted_for: Vec<TrustedFor>,
     /// Seconds a nonce stays valid before the client gets `stale=true`.
     pub nonce_ttl: u64,
 }
@@ -614,6 +630,12 @@ impl Default for AuthConfig {
             realm: String::new(),
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
             trusted: Vec::new(),
+            trusted_for: vec![
+                TrustedFor::Calls,
+                TrustedFor::Register,
+                TrustedFor::Subscribe,
+                TrustedFor::Publish,
+            ],
             nonce_ttl: 300,
         }
     }
