@@ -407,11 +407,14 @@ pub struct AuthConfig {
     /// Challenges offered, most preferred first (RFC 8760 §2.4): "SHA-256", "MD5".
     #[serde(deserialize_with = "values::algorithms")]
     pub algorithms: Vec<Algorithm>,
-    /// Source networks that are not challenged, e.g. the PBX: "10.0.0.0/8", "192.0.2.7" (an
-    /// address alone is a network of one).
+    /// Source networks that are not challenged for what `trusted_for` names, e.g. the PBX:
+    /// "10.0.0.0/8", "192.0.2.7" (an address alone is a network of one).
     #[serde(deserialize_with = "values::trusted")]
     pub trusted: Vec<IpNet>,
-    /// What a source in `trusted` is not challenged for.
+    /// What a source in `trusted` is not challenged for: "calls" (default; requests the proxy
+    /// relays to and from the PBX), "register", "subscribe", "publish". The last three let any
+    /// host in those networks (a UDP source address is easily spoofed) register or subscribe
+    /// as any user: `serve` and `check-config` warn about each.
     pub trusted_for: Vec<TrustedFor>,
     /// Seconds a nonce stays valid before the client gets `stale=true`.
     pub nonce_ttl: u64,
@@ -630,12 +633,7 @@ impl Default for AuthConfig {
             realm: String::new(),
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
             trusted: Vec::new(),
-            trusted_for: vec![
-                TrustedFor::Calls,
-                TrustedFor::Register,
-                TrustedFor::Subscribe,
-                TrustedFor::Publish,
-            ],
+            trusted_for: vec![TrustedFor::Calls],
             nonce_ttl: 300,
         }
     }
@@ -1178,6 +1176,30 @@ impl Config {
         }
     }
 
+    /// What a valid config still allows that an operator should know about, one line each:
+    /// `serve` logs them and `check-config` prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        let a = &self.auth;
+        if a.mode == AuthMode::Open || a.trusted.is_empty() {
+            return Vec::new();
+        }
+        let networks: Vec<String> = a.trusted.iter().map(|n| n.to_string()).collect();
+        let networks = networks.join(", ");
+        [
+            (TrustedFor::Register, "register", "register as any user (and remove their phones' bindings)"),
+            (TrustedFor::Subscribe, "subscribe", "subscribe as any user (BLF, voicemail, watcher lists)"),
+            (TrustedFor::Publish, "publish", "publish any user's presence"),
+        ]
+        .into_iter()
+        .filter(|(purpose, _, _)| a.trusted_for.contains(purpose))
+        .map(|(_, name, what)| {
+            format!(
+                "*** auth.trusted_for names \"{name}\": any host in auth.trusted ({networks}) may {what} without a password, and a UDP source address is easily spoofed. Remove \"{name}\" unless that host truly needs it. ***"
+            )
+        })
+        .collect()
+    }
+
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, problem: String, fix: &str| ConfigError::Invalid {
             path: path.to_string(),
@@ -1287,6 +1309,13 @@ impl Config {
                 "auth.algorithms",
                 "is empty".into(),
                 "list \"SHA-256\", \"MD5\" or both",
+            ));
+        }
+        if a.trusted_for.is_empty() && !a.trusted.is_empty() {
+            return Err(bad(
+                "auth.trusted_for",
+                "is empty, so auth.trusted would trust its networks for nothing".into(),
+                "use [\"calls\"] (the PBX's calls skip the challenge), or empty auth.trusted",
             ));
         }
         if a.nonce_ttl < 10 {

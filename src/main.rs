@@ -72,6 +72,9 @@ fn main() -> anyhow::Result<()> {
                     cfg.users.len(),
                     cfg.auth.mode
                 );
+                for warning in cfg.warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 Ok(())
             }
             Err(e) => {

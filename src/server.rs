@@ -4,7 +4,7 @@
 use crate::auth::nonce::NonceKey;
 use crate::auth::{AuthResult, Authenticator};
 use crate::clock::Clock;
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, TrustedFor};
 use crate::events::EventBus;
 use crate::ids::Ids;
 use crate::presence::{NotifyBatch, OutNotify, Outcome, Presence, Reply, Requester, SubRef};
@@ -230,6 +230,9 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     .await?;
     if cfg.auth.mode == AuthMode::Open {
         tracing::warn!("*** OPEN MODE: [auth] mode = \"open\" — REGISTER is accepted from anyone without a password. Use only on a closed lab network. ***");
+    }
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
     }
     let key = match nonce_key {
         Some(k) => NonceKey::new(k),
@@ -781,20 +784,24 @@ impl Core {
     }
 
     /// Digest auth (RFC 3261 §22, RFC 7616) for REGISTER, SUBSCRIBE and PUBLISH: `Ok(None)`
-    /// for a trusted source or open mode, `Ok(Some(user))` when the credentials check out,
-    /// else the 401 (challenges offered for `challenged_user`), 403 or 400 to send.
+    /// for a source trusted for `purpose` or open mode, `Ok(Some(user))` when the credentials
+    /// check out, else the 401 (challenges offered for `challenged_user`), 403 or 400 to send.
     fn authenticate(
         &self,
         req: &Request,
         challenged_user: Option<&str>,
         peer: Peer,
+        purpose: TrustedFor,
         tag: &str,
     ) -> Result<Option<String>, Response> {
         let now = self.clock.now_unix();
-        match self
-            .auth
-            .check(req, HeaderName::Authorization, peer.remote.ip(), now)
-        {
+        match self.auth.check(
+            req,
+            HeaderName::Authorization,
+            peer.remote.ip(),
+            purpose,
+            now,
+        ) {
             AuthResult::Skipped => Ok(None),
             AuthResult::Authenticated { username } => Ok(Some(username)),
             AuthResult::Challenge { stale } => {
@@ -814,7 +821,13 @@ impl Core {
     fn presence_request(&self, req: &Request, parsed: &Parsed, peer: Peer, tag: &str) -> Answer {
         // The watcher or publisher is the From user.
         let challenged = parsed.from.uri.as_sip().and_then(|u| u.user.as_deref());
-        let user = match self.authenticate(req, challenged, peer, tag) {
+        // SUBSCRIBE of every package (presence, dialog, message-summary, winfo) alike.
+        let purpose = if req.method == "SUBSCRIBE" {
+            TrustedFor::Subscribe
+        } else {
+            TrustedFor::Publish
+        };
+        let user = match self.authenticate(req, challenged, peer, purpose, tag) {
             Ok(user) => user,
             Err(r) => return Answer::Now(r),
         };
@@ -844,7 +857,8 @@ impl Core {
     fn register(&self, req: &Request, parsed: &Parsed, peer: Peer, tag: &str) -> Answer {
         // The AOR being registered is the To user.
         let challenged = parsed.to.uri.as_sip().and_then(|u| u.user.as_deref());
-        let who = match self.authenticate(req, challenged, peer, tag) {
+        // `Contact: *` as well: removing bindings is registering.
+        let who = match self.authenticate(req, challenged, peer, TrustedFor::Register, tag) {
             Ok(Some(user)) => Identity::User(user),
             Ok(None) => Identity::Unchecked,
             Err(r) => return Answer::Now(r),

@@ -68,6 +68,55 @@ fn check_config_names_the_key_of_each_invalid_fixture() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
 
+/// A config that trusts a network for REGISTER, SUBSCRIBE or PUBLISH is valid, but
+/// check-config says on its own line, for each, what any host there may then do.
+#[test]
+fn check_config_warns_once_per_purpose_a_trusted_network_skips_digest_for() {
+    let dir = std::env::temp_dir().join(format!("busylamp-cli-trusted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, trusted_for: &str| {
+        let cfg = dir.join(name);
+        std::fs::write(
+            &cfg,
+            format!("[auth]\ntrusted = [\"192.0.2.20\"]\ntrusted_for = {trusted_for}\n"),
+        )
+        .unwrap();
+        let out = busylamp().arg("check-config").arg(&cfg).output().unwrap();
+        assert!(out.status.success(), "{name}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = check(
+        "all.toml",
+        r#"["calls", "register", "subscribe", "publish"]"#,
+    );
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 3, "{err}");
+    for (line, purpose) in warnings.iter().zip(["register", "subscribe", "publish"]) {
+        assert!(
+            line.contains(&format!("auth.trusted_for names \"{purpose}\""))
+                && line.contains("192.0.2.20"),
+            "{line}"
+        );
+    }
+    assert_eq!(check("calls.toml", r#"["calls"]"#), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve` logs the same warnings at start.
+#[tokio::test]
+async fn serve_warns_of_each_purpose_a_trusted_network_skips_digest_for() {
+    // The harness's binary config trusts loopback for everything.
+    let server = common::binary::Busylamp::new("trusted-warnings", "");
+    server.wait_ready().await;
+    let log = server.log_text();
+    for purpose in ["register", "subscribe", "publish"] {
+        assert!(
+            log.contains(&format!("auth.trusted_for names \"{purpose}\"")),
+            "{purpose}: {log}"
+        );
+    }
+}
+
 #[test]
 fn users_add_list_remove_store_only_ha1() {
     let dir = std::env::temp_dir().join(format!("busylamp-cli-users-{}", std::process::id()));

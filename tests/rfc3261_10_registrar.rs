@@ -19,6 +19,7 @@ default_expires = 1800
 max_contacts = 3
 [auth]
 trusted = ["127.0.0.0/8", "::1"]
+trusted_for = ["calls", "register", "subscribe", "publish"]
 "#;
 
 #[tokio::test]

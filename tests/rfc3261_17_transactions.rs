@@ -12,6 +12,7 @@ domain = "example.test"
 listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
 [auth]
 trusted = ["127.0.0.0/8"]
+trusted_for = ["calls", "register", "subscribe", "publish"]
 "#;
 
 #[tokio::test]

@@ -17,6 +17,7 @@ listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
 data_dir = "/nonexistent-unused-by-memory-store"
 [auth]
 trusted = ["127.0.0.0/8"]
+trusted_for = ["calls", "register", "subscribe", "publish"]
 [presence]
 coalesce_ms = 0
 "#;

@@ -16,6 +16,7 @@ listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
 max_message_size = 4096
 [auth]
 trusted = ["127.0.0.0/8"]
+trusted_for = ["calls", "register", "subscribe", "publish"]
 "#;
 
 /// A mutant: which seed message, and up to 8 edits of it.

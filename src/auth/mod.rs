@@ -1,10 +1,11 @@
 //! Digest authentication of requests (RFC 3261 §22, RFC 7616, RFC 8760): challenges with
 //! stateless nonces, verification against HA1s from the config and the user file, nonce-count
-//! replay protection, trusted source networks and the explicit open mode.
+//! replay protection, trusted source networks (each trusted only for the purposes
+//! `[auth] trusted_for` names) and the explicit open mode.
 
 pub mod nonce;
 
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, TrustedFor};
 use crate::sip::digest::{self, Algorithm, Challenge};
 use crate::sip::{HeaderName, Request, Uri};
 use crate::storage::UserFile;
@@ -19,7 +20,8 @@ pub const DIGEST_URI_MISMATCH: &str = "Digest uri does not match Request-URI";
 /// What authentication decided about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthResult {
-    /// The source is trusted, or the server runs in open mode: nobody was identified.
+    /// The source is trusted for this purpose, or the server runs in open mode: nobody was
+    /// identified.
     Skipped,
     Authenticated {
         username: String,
@@ -54,6 +56,7 @@ pub struct Authenticator {
     realm: String,
     algorithms: Vec<Algorithm>,
     trusted: Vec<ipnet::IpNet>,
+    trusted_for: Vec<TrustedFor>,
     nonce_ttl: u64,
     key: NonceKey,
     counts: Mutex<NonceCounts>,
@@ -98,6 +101,7 @@ impl Authenticator {
             mode: cfg.auth.mode,
             algorithms: cfg.auth.algorithms.clone(),
             trusted: cfg.auth.trusted.clone(),
+            trusted_for: cfg.auth.trusted_for.clone(),
             nonce_ttl: cfg.auth.nonce_ttl,
             key,
             counts: Mutex::new(NonceCounts::new(NONCE_TRACKING, cfg.auth.nonce_ttl)),
@@ -111,8 +115,11 @@ impl Authenticator {
         &self.realm
     }
 
-    pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        crate::config::in_networks(&self.trusted, ip)
+    /// Whether `ip` is in `[auth] trusted` and `[auth] trusted_for` names `purpose`. A trusted
+    /// PBX is trusted for calls; a REGISTER, SUBSCRIBE or PUBLISH from its address (which
+    /// anyone can put on a UDP datagram) is challenged like anyone's unless named too.
+    pub fn is_trusted(&self, ip: IpAddr, purpose: TrustedFor) -> bool {
+        self.trusted_for.contains(&purpose) && crate::config::in_networks(&self.trusted, ip)
     }
 
     /// A user with credentials here (config or user file): a local user even when no phone of
@@ -121,9 +128,9 @@ impl Authenticator {
         self.lookup(name).is_some()
     }
 
-    /// Whether requests from `source` are challenged at all.
-    pub fn challenges_source(&self, source: IpAddr) -> bool {
-        self.mode != AuthMode::Open && !self.is_trusted(source)
+    /// Whether requests for `purpose` from `source` are challenged at all.
+    pub fn challenges_source(&self, source: IpAddr, purpose: TrustedFor) -> bool {
+        self.mode != AuthMode::Open && !self.is_trusted(source, purpose)
     }
 
     fn lookup(&self, name: &str) -> Option<Ha1s> {
@@ -141,15 +148,17 @@ impl Authenticator {
     }
 
     /// Checks the credentials of `req` in `header` (Authorization for a registrar or notifier,
-    /// Proxy-Authorization for a proxy).
+    /// Proxy-Authorization for a proxy), made for `purpose`: a source trusted for another
+    /// purpose only is challenged.
     pub fn check(
         &self,
         req: &Request,
         header: HeaderName,
         source: IpAddr,
+        purpose: TrustedFor,
         now_unix: u64,
     ) -> AuthResult {
-        if self.mode == AuthMode::Open || self.is_trusted(source) {
+        if !self.challenges_source(source, purpose) {
             return AuthResult::Skipped;
         }
         let mut creds = None;
@@ -329,6 +338,7 @@ mod tests {
     }
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const REG: TrustedFor = TrustedFor::Register;
 
     /// Valid credentials (right password, fresh nonce) computed for `digest_uri`, on a
     /// REGISTER whose Request-URI is `sip:example.test`.
@@ -370,7 +380,7 @@ mod tests {
         ] {
             let r = register_with_digest_uri(&a, other, 1);
             assert_eq!(
-                a.check(&r, HeaderName::Authorization, SRC, 1000),
+                a.check(&r, HeaderName::Authorization, SRC, REG, 1000),
                 AuthResult::BadRequest(DIGEST_URI_MISMATCH.into()),
                 "{other:?}"
             );
@@ -388,7 +398,7 @@ mod tests {
         {
             let r = register_with_digest_uri(&a, same, nc as u32 + 1);
             assert_eq!(
-                a.check(&r, HeaderName::Authorization, SRC, 1000),
+                a.check(&r, HeaderName::Authorization, SRC, REG, 1000),
                 AuthResult::Authenticated {
                     username: "1001".into()
                 },
@@ -404,7 +414,7 @@ mod tests {
         for (alg, nc) in [(Algorithm::Sha256, 1), (Algorithm::Md5, 2)] {
             let r = register(Some(answer(&a, "1001", "secret", alg, &nonce, nc)));
             assert_eq!(
-                a.check(&r, HeaderName::Authorization, SRC, 1001),
+                a.check(&r, HeaderName::Authorization, SRC, REG, 1001),
                 AuthResult::Authenticated {
                     username: "1001".into()
                 }
@@ -420,7 +430,7 @@ mod tests {
             2,
         )));
         assert_eq!(
-            a.check(&r, HeaderName::Authorization, SRC, 1002),
+            a.check(&r, HeaderName::Authorization, SRC, REG, 1002),
             AuthResult::Challenge { stale: true }
         );
     }
@@ -431,7 +441,7 @@ mod tests {
         let nonce = a.key.issue(1000);
         let r = register(Some(answer(&a, "1001", "wrong", Algorithm::Md5, &nonce, 1)));
         assert!(matches!(
-            a.check(&r, HeaderName::Authorization, SRC, 1000),
+            a.check(&r, HeaderName::Authorization, SRC, REG, 1000),
             AuthResult::Forbidden(_)
         ));
         let r = register(Some(answer(
@@ -443,23 +453,54 @@ mod tests {
             1,
         )));
         assert_eq!(
-            a.check(&r, HeaderName::Authorization, SRC, 1000 + 301),
+            a.check(&r, HeaderName::Authorization, SRC, REG, 1000 + 301),
             AuthResult::Challenge { stale: true }
         );
         let r = register(Some("Digest username=\"x\"".into()));
         assert!(matches!(
-            a.check(&r, HeaderName::Authorization, SRC, 1000),
+            a.check(&r, HeaderName::Authorization, SRC, REG, 1000),
             AuthResult::BadRequest(_)
         ));
         assert_eq!(
-            a.check(&register(None), HeaderName::Authorization, SRC, 1),
+            a.check(&register(None), HeaderName::Authorization, SRC, REG, 1),
             AuthResult::Challenge { stale: false }
         );
+    }
+
+    #[test]
+    fn a_trusted_source_is_trusted_only_for_the_purposes_trusted_for_names() {
+        use TrustedFor::*;
         let ten: IpAddr = "10.1.2.3".parse().unwrap();
+        // The default: calls only.
+        let a = auth(&["MD5"]);
+        let req = register(None);
         assert_eq!(
-            a.check(&register(None), HeaderName::Authorization, ten, 1),
+            a.check(&req, HeaderName::ProxyAuthorization, ten, Calls, 1),
             AuthResult::Skipped
         );
+        for purpose in [Register, Subscribe, Publish] {
+            assert_eq!(
+                a.check(&req, HeaderName::Authorization, ten, purpose, 1),
+                AuthResult::Challenge { stale: false },
+                "{purpose:?}"
+            );
+            assert!(a.challenges_source(ten, purpose));
+        }
+        // Outside the trusted networks nothing is skipped.
+        assert!(a.challenges_source(SRC, Calls));
+        // Each purpose named on its own.
+        let mut cfg = Config::default();
+        cfg.auth.trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        cfg.auth.trusted_for = vec![Calls, Register];
+        let a = Authenticator::new(&cfg, NonceKey::new([7; 32]), None);
+        assert!(a.is_trusted(ten, Calls) && a.is_trusted(ten, Register));
+        assert!(!a.is_trusted(ten, Subscribe) && !a.is_trusted(ten, Publish));
+        assert!(!a.is_trusted(SRC, Register));
+        // Open mode challenges nobody, whatever trusted_for says.
+        cfg.auth.mode = AuthMode::Open;
+        cfg.auth.trusted_for = vec![Calls];
+        let a = Authenticator::new(&cfg, NonceKey::new([7; 32]), None);
+        assert!(!a.challenges_source(SRC, Publish));
     }
 
     #[test]

@@ -9,6 +9,56 @@ fn defaults_are_valid_and_secure() {
     c.validate("default").unwrap();
     assert_eq!(c.auth.mode, AuthMode::Digest);
     assert!(c.auth.trusted.is_empty());
+    assert_eq!(c.auth.trusted_for, vec![TrustedFor::Calls]);
+    assert!(c.warnings().is_empty());
+}
+
+#[test]
+fn trusted_for_defaults_to_calls_warns_per_purpose_and_is_never_empty_with_trusted() {
+    let c = Config::from_toml("[auth]\ntrusted = [\"192.0.2.20\"]\n", "t.toml").unwrap();
+    assert_eq!(c.auth.trusted_for, vec![TrustedFor::Calls]);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = Config::from_toml(
+        "[auth]\ntrusted = [\"192.0.2.20\", \"10.0.0.0/8\"]\n\
+         trusted_for = [\"calls\", \"register\", \"subscribe\", \"publish\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 3, "{w:?}");
+    for (line, name) in w.iter().zip(["register", "subscribe", "publish"]) {
+        assert!(
+            line.contains(&format!("auth.trusted_for names \"{name}\""))
+                && line.contains("192.0.2.20/32, 10.0.0.0/8")
+                && line.contains("spoofed"),
+            "{line}"
+        );
+    }
+    // Without trusted networks, or in open mode (nobody is challenged), nothing to warn of.
+    let c = Config::from_toml("[auth]\ntrusted_for = [\"register\"]\n", "t.toml").unwrap();
+    assert!(c.warnings().is_empty());
+    let c = Config::from_toml(
+        "[auth]\nmode = \"open\"\ntrusted = [\"10.0.0.0/8\"]\ntrusted_for = [\"register\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.warnings().is_empty());
+    // Trusted for nothing is a mistake, named with its fix.
+    let e = Config::from_toml(
+        "[auth]\ntrusted = [\"10.0.0.0/8\"]\ntrusted_for = []\n",
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("auth.trusted_for") && e.contains("[\"calls\"]"),
+        "{e}"
+    );
+    Config::from_toml("[auth]\ntrusted_for = []\n", "t.toml").unwrap();
+    let e = Config::from_toml("[auth]\ntrusted_for = [\"everything\"]\n", "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("auth.trusted_for"), "{e}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use super::lock;
 use super::service::{AckStep, NextHop};
 use super::{branch_request, response_addr, strip_top_via, uri_addr, Hop, Targets};
 use crate::auth::AuthResult;
+use crate::config::TrustedFor;
 use crate::dialog::{CallKey, Flow, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
@@ -115,8 +116,8 @@ impl Core {
         self.run_proxy_actions(actions);
     }
 
-    /// Digest for calls from phones (RFC 3261 §22.3: 407 with Proxy-Authenticate); trusted
-    /// sources (the PBX) and open mode pass. The caller must call as itself.
+    /// Digest for calls from phones (RFC 3261 §22.3: 407 with Proxy-Authenticate); sources
+    /// trusted for calls (the PBX) and open mode pass. The caller must call as itself.
     fn proxy_authenticate(
         &self,
         req: &mut Request,
@@ -126,10 +127,13 @@ impl Core {
         let tag = self.ids.tag();
         let now = self.clock.now_unix();
         let challenged = parsed.from.uri.as_sip().and_then(|u| u.user.as_deref());
-        match self
-            .auth
-            .check(req, HeaderName::ProxyAuthorization, peer.remote.ip(), now)
-        {
+        match self.auth.check(
+            req,
+            HeaderName::ProxyAuthorization,
+            peer.remote.ip(),
+            TrustedFor::Calls,
+            now,
+        ) {
             AuthResult::Skipped => Ok(()),
             AuthResult::Authenticated { username } => {
                 let from_user = challenged.map(|u| crate::sip::text::unescape(u).into_owned());

@@ -82,8 +82,9 @@
 #
 # Caveats printed with the results: sipp (caller, callee UAS and watchers:
 # three processes) shares the 2 cores with the server; UDP only; no
-# authentication (busylamp [auth] trusted = ["127.0.0.0/8"], Kamailio
-# without auth_check); Kamailio keeps everything in memory (usrloc, dialog,
+# authentication (busylamp [auth] trusted = ["127.0.0.0/8"] for calls,
+# register, subscribe and publish (trusted_for), Kamailio without
+# auth_check); Kamailio keeps everything in memory (usrloc, dialog,
 # pua, presence), busylamp writes bindings, subscriptions and NOTIFY
 # CSeq/versions to its sled database.  A watcher sipp answers at most a few
 # thousand NOTIFYs/s: at W = 10 and three lamp changes per call, that bounds
@@ -460,7 +461,8 @@ fi
 # ------------------------------------------------------------- busylamp
 if [[ -n "$BIN" ]]; then
     port="$(bl_free_port)"
-    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/busylamp-data" 0 '["MD5"]' digest '["127.0.0.0/8"]'
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/busylamp-data" 0 '["MD5"]' digest '["127.0.0.0/8"]' \
+        '["calls", "register", "subscribe", "publish"]'
     bl_presence_toml "sip:$BL_HOST:$port" >>"$WORK/busylamp.toml" # [presence], [proxy] keys: tests/interop/lib.sh
     bl_proxy_toml >>"$WORK/busylamp.toml"
     bl_log "starting busylamp ($BIN) on udp+tcp $BL_HOST:$port"

@@ -46,6 +46,7 @@ data_dir = "{}"
 log = "warn"
 [auth]
 trusted = ["127.0.0.0/8"]
+trusted_for = ["calls", "register", "subscribe", "publish"]
 {extra_config}
 "#,
                 dir.join("data").display()

@@ -36,7 +36,8 @@ name = "1002"
 password = "other"
 "#;
 
-/// No digest: every request from 127.0.0.0/8 is trusted.
+/// No digest: every request from 127.0.0.0/8 is trusted, for REGISTER, SUBSCRIBE and PUBLISH
+/// too (named in `trusted_for`; the default trusts a source for calls only).
 pub const TRUSTED: &str = r#"
 [server]
 domain = "example.test"
@@ -44,6 +45,7 @@ listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
 data_dir = "/nonexistent-unused-by-memory-store"
 [auth]
 trusted = ["127.0.0.0/8"]
+trusted_for = ["calls", "register", "subscribe", "publish"]
 "#;
 
 pub struct TestServer {

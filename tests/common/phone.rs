@@ -28,8 +28,9 @@ pub struct Leg {
     pub cseq: u32,
 }
 
-/// An office whose phones (on 127.0.0.0/8, trusted) call each other without digest: users
-/// 1001, 1002 and 1003; presence changes are notified at once.
+/// An office whose phones (on 127.0.0.0/8, trusted for calls, REGISTER, SUBSCRIBE and
+/// PUBLISH) call each other without digest: users 1001, 1002 and 1003; presence changes are
+/// notified at once.
 pub const CALLS: &str = r#"
 [server]
 domain = "example.test"
@@ -37,6 +38,7 @@ listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
 data_dir = "/nonexistent-unused-by-memory-store"
 [auth]
 trusted = ["127.0.0.0/8"]
+trusted_for = ["calls", "register", "subscribe", "publish"]
 [presence]
 coalesce_ms = 0
 [[users]]
@@ -114,7 +116,7 @@ impl Phone {
         )
     }
 
-    /// Registers this phone's contact (the server must trust 127.0.0.1).
+    /// Registers this phone's contact (the server must trust 127.0.0.1 for `register`).
     pub async fn register(&mut self) {
         let contact = format!("<{}>", self.contact());
         self.register_contact(&contact).await;
@@ -125,24 +127,59 @@ impl Phone {
     pub async fn register_contact(&mut self, contact: &str) {
         let r = self
             .ua
-            .request(&wire(&format!(
-                "REGISTER sip:example.test SIP/2.0
-                Via: {via}
-                Max-Forwards: 70
-                From: <sip:{u}@example.test>;tag=r{n}
-                To: <sip:{u}@example.test>
-                Call-ID: reg-{u}-{n}
-                CSeq: 1 REGISTER
-                Contact: {c}
-                Expires: 3600
-                ",
-                via = self.via(),
-                u = self.user,
-                n = self.name,
-                c = contact
-            )))
+            .request(&self.register_request(contact, 1, ""))
             .await;
         assert_eq!(r.status, 200, "REGISTER of {}: {}", self.user, r.reason);
+    }
+
+    /// Registers this phone's contact the way a phone does where the server challenges:
+    /// REGISTER, `401`, the same REGISTER with digest credentials for `password`.
+    pub async fn register_with_password(&mut self, password: &str) {
+        let contact = format!("<{}>", self.contact());
+        let r = self
+            .ua
+            .request(&self.register_request(&contact, 1, ""))
+            .await;
+        assert_eq!(r.status, 401, "REGISTER of {}: {}", self.user, r.reason);
+        let challenge = r
+            .headers
+            .get(HeaderName::WwwAuthenticate)
+            .expect("WWW-Authenticate");
+        let auth = super::authorization(
+            challenge,
+            &self.user,
+            password,
+            "REGISTER",
+            "sip:example.test",
+            1,
+        );
+        let r = self
+            .ua
+            .request(&self.register_request(&contact, 2, &format!("Authorization: {auth}")))
+            .await;
+        assert_eq!(r.status, 200, "REGISTER of {}: {}", self.user, r.reason);
+    }
+
+    /// A REGISTER of `contact` for this phone's user from its address (`extra`: more header
+    /// lines).
+    pub fn register_request(&self, contact: &str, cseq: u32, extra: &str) -> Vec<u8> {
+        wire(&format!(
+            "REGISTER sip:example.test SIP/2.0
+            Via: {via}
+            Max-Forwards: 70
+            From: <sip:{u}@example.test>;tag=r{n}
+            To: <sip:{u}@example.test>
+            Call-ID: reg-{u}-{n}
+            CSeq: {cseq} REGISTER
+            Contact: {c}
+            Expires: 3600
+            {extra}
+            ",
+            via = self.via(),
+            u = self.user,
+            n = self.name,
+            c = contact
+        ))
     }
 
     /// Sends an INVITE to `to_user` and returns the caller's leg (without the remote tag

@@ -17,8 +17,10 @@
 #   INTEROP_BARESIP   auto the optional baresip check (see below)
 #
 # Authentication: none for these phones.  busylamp runs with [auth] trusted =
-# ["127.0.0.0/8"] (requests from loopback are never challenged, the way an
-# office trusts its PBX's network) and Kamailio without auth_check.  Digest
+# ["127.0.0.0/8"] and trusted_for naming all four purposes (calls, register,
+# subscribe, publish: requests from loopback are never challenged; busylamp
+# logs a warning for each of the last three) and Kamailio without
+# auth_check.  Digest
 # for REGISTER, SUBSCRIBE and PUBLISH is proven by run.sh and presence.sh;
 # this test is about routing calls and the lamps they light.
 #
@@ -127,7 +129,8 @@ busylamp)
         bl_fail "busylamp binary missing"
         finish || exit 1
     fi
-    bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" 0 '["MD5"]' digest '["127.0.0.0/8"]'
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" 0 '["MD5"]' digest '["127.0.0.0/8"]' \
+        '["calls", "register", "subscribe", "publish"]'
     bl_presence_toml "sip:$BL_HOST:$PORT" >>"$WORK/busylamp.toml"
     bl_proxy_toml >>"$WORK/busylamp.toml"
     bl_log "starting $BIN serve --config $WORK/busylamp.toml (udp+tcp $BL_HOST:$PORT)"

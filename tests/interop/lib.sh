@@ -103,14 +103,17 @@ bl_gen_csv() {
     }' > "$1"
 }
 
-# bl_gen_busylamp_config FILE PORT DATA_DIR N [ALGORITHMS_TOML] [AUTH_MODE] [TRUSTED_TOML]
+# bl_gen_busylamp_config FILE PORT DATA_DIR N [ALGORITHMS_TOML] [AUTH_MODE] [TRUSTED_TOML] [TRUSTED_FOR_TOML]
 # AUTH_MODE: digest (default) or open (nobody is challenged; N may be 0).
-# TRUSTED_TOML: [auth] trusted, default [] (e.g. '["127.0.0.0/8"]': loopback
-# phones are never challenged, as tests/bench/calls.sh and
-# tests/interop/call.sh run it).
+# TRUSTED_TOML: [auth] trusted, default [] (e.g. '["127.0.0.0/8"]').
+# TRUSTED_FOR_TOML: [auth] trusted_for, default '["calls"]' (busylamp's
+# default: a trusted source's REGISTER/SUBSCRIBE/PUBLISH are challenged).
+# tests/bench/calls.sh and tests/interop/call.sh pass '["127.0.0.0/8"]' and
+# all four purposes: loopback phones are then never challenged (busylamp
+# logs a warning per purpose, as it should).
 # Callers append further sections (e.g. [presence]) to FILE themselves.
 bl_gen_busylamp_config() {
-    local file="$1" port="$2" data="$3" n="$4" algs="${5:-[\"MD5\"]}" mode="${6:-digest}" trusted="${7:-[]}" w
+    local file="$1" port="$2" data="$3" n="$4" algs="${5:-[\"MD5\"]}" mode="${6:-digest}" trusted="${7:-[]}" trusted_for="${8:-[\"calls\"]}" w
     w=$(bl_user_width "$n")
     {
         cat <<EOF
@@ -131,6 +134,7 @@ mode = "$mode"
 # Debian 12's sipp 3.6.1 cannot answer SHA-256 (see register_digest.xml)
 algorithms = $algs
 trusted = $trusted
+trusted_for = $trusted_for
 EOF
         awk -v n="$n" -v w="$w" 'BEGIN {
             for (i = 1; i <= n; i++)
