@@ -13,33 +13,19 @@
 mod common;
 
 use busylamp::sip::HeaderName;
-use common::phone::Phone;
+use common::phone::{Phone, CALLS};
 use common::ua::Ua;
 use common::{contacts, register, register_authed, server, wire, TestServer, Udp};
 
-/// Users 1001/secret and 1002/other; all of 127.0.0.0/8 trusted, for what `trusted_for`
-/// names (nothing: the default); the PBX at 127.0.0.3:`pbx_port`.
+/// The office of the call tests ([`CALLS`]: users 1001/secret, 1002/other and 1003, all of
+/// 127.0.0.0/8 in `[auth] trusted`) trusted only for what the `trusted_for` line says ("": the
+/// default), and its PBX at 127.0.0.3:`pbx_port`.
 fn config(pbx_port: u16, trusted_for: &str) -> String {
+    const FOR_EVERYTHING: &str = r#"trusted_for = ["calls", "register", "subscribe", "publish"]"#;
+    assert!(CALLS.contains(FOR_EVERYTHING), "CALLS changed: {CALLS}");
     format!(
-        r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-memory-store"
-[auth]
-trusted = ["127.0.0.0/8"]
-{trusted_for}
-[proxy]
-upstream = "sip:127.0.0.3:{pbx_port}"
-[presence]
-coalesce_ms = 0
-[[users]]
-name = "1001"
-password = "secret"
-[[users]]
-name = "1002"
-password = "other"
-"#
+        "{}\n[proxy]\nupstream = \"sip:127.0.0.3:{pbx_port}\"\n",
+        CALLS.replace(FOR_EVERYTHING, trusted_for)
     )
 }
 
