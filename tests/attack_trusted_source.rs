@@ -267,3 +267,30 @@ async fn trusted_for_register_lets_a_trusted_address_register_and_nothing_more()
     let r = trusted.request(&publish_as(trusted.port(), "1002")).await;
     assert_challenged(&r, "PUBLISH, not named in trusted_for");
 }
+
+/// `calls` is a purpose like the others: a trusted address whose `trusted_for` leaves it out
+/// gets `407` for an INVITE, and nothing reaches the phone.
+#[tokio::test(start_paused = true)]
+async fn a_trusted_address_not_trusted_for_calls_is_challenged_for_its_invite() {
+    let pbx = Ua::bind("127.0.0.3", "127.0.0.1:9".parse().unwrap()).await;
+    let s = server(&config(pbx.port(), r#"trusted_for = ["register"]"#)).await;
+    let mut phone = Phone::new(s.udp, "1002", "desk").await;
+    phone.register().await;
+    let mut pbx = Phone {
+        ua: pbx,
+        user: "pbx".into(),
+        name: "pbx".into(),
+    };
+    pbx.ua.server = s.udp;
+    let mark = s.mark();
+    pbx.invite("1002", "not-for-calls-1").await;
+    let r = pbx.final_of("INVITE").await;
+    assert_eq!(r.status, 407, "{}", r.reason);
+    s.assert_processed_then_silent(
+        mark,
+        1,
+        async { phone.ua.next_request_within(300).await.is_none() },
+        "nothing reaches the phone",
+    )
+    .await;
+}
