@@ -679,6 +679,11 @@ impl Core {
         self.proxy.calls()
     }
 
+    /// Calls the authenticated `user` originates now (`[proxy] max_calls_per_user`).
+    pub fn calls_originated_by(&self, user: &str) -> usize {
+        self.proxy.calls_of(user)
+    }
+
     /// A response to an INVITE whose transaction we no longer hold (we restarted while it
     /// rang): the tracker still hears it, so a call answered or refused after a restart
     /// shows as such instead of ringing until `early_timeout`.

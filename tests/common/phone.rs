@@ -145,9 +145,54 @@ impl Phone {
         assert_eq!(r.status, 200, "REGISTER of {}: {}", self.user, r.reason);
     }
 
+    /// Registers this phone's contact with digest (RFC 3261 §22.4), for a server that does
+    /// not trust its address.
+    pub async fn register_with_password(&mut self, password: &str) {
+        let (user, name, contact) = (self.user.clone(), self.name.clone(), self.contact());
+        let register = |via: String, cseq: u32, auth: &str| {
+            wire(&format!(
+                "REGISTER sip:example.test SIP/2.0
+                Via: {via}
+                Max-Forwards: 70
+                From: <sip:{u}@example.test>;tag=r{n}
+                To: <sip:{u}@example.test>
+                Call-ID: reg-{u}-{n}
+                CSeq: {cseq} REGISTER
+                Contact: <{c}>
+                Expires: 3600
+                {auth}
+                ",
+                u = user,
+                n = name,
+                c = contact,
+            ))
+        };
+        let r = self.ua.request(&register(self.via(), 1, "")).await;
+        assert_eq!(r.status, 401, "REGISTER of {}: {}", self.user, r.reason);
+        let auth = super::authorization(
+            r.headers.get(HeaderName::WwwAuthenticate).unwrap(),
+            &self.user,
+            password,
+            "REGISTER",
+            "sip:example.test",
+            1,
+        );
+        let r = self
+            .ua
+            .request(&register(self.via(), 2, &format!("Authorization: {auth}")))
+            .await;
+        assert_eq!(r.status, 200, "REGISTER of {}: {}", self.user, r.reason);
+    }
+
     /// Sends an INVITE to `to_user` and returns the caller's leg (without the remote tag
     /// and target yet: see [`Phone::established`]).
     pub async fn invite(&mut self, to_user: &str, call_id: &str) -> Request {
+        self.invite_with(to_user, call_id, "").await
+    }
+
+    /// [`Phone::invite`] with extra header lines (`"Name: value\n"` each).
+    pub async fn invite_with(&mut self, to_user: &str, call_id: &str, extra: &str) -> Request {
+        let extra = extra.trim_end();
         let text = format!(
             "INVITE sip:{to}@example.test SIP/2.0
             Via: {via}
@@ -157,6 +202,7 @@ impl Phone {
             Call-ID: {call_id}
             CSeq: 1 INVITE
             Contact: <{c}>
+            {extra}
             Content-Type: application/sdp
             ",
             to = to_user,
@@ -178,6 +224,35 @@ impl Phone {
             Ok(busylamp::sip::Message::Request(r)) => r,
             other => panic!("bad INVITE built: {other:?}"),
         }
+    }
+
+    /// Answers the proxy's 407 to `invite` (RFC 3261 §22.3): the same INVITE again with a
+    /// new branch, the next CSeq and `Proxy-Authorization` for this phone's user. Returns
+    /// the INVITE sent (the one a dialog is built from).
+    pub async fn authenticate(&mut self, invite: &Request, password: &str) -> Request {
+        let r = self.final_of("INVITE").await;
+        assert_eq!(
+            r.status, 407,
+            "challenge expected: {} {}",
+            r.status, r.reason
+        );
+        let auth = super::authorization(
+            r.headers.get(HeaderName::ProxyAuthenticate).unwrap(),
+            &self.user,
+            password,
+            "INVITE",
+            &invite.uri.to_string(),
+            1,
+        );
+        let mut again = invite.clone();
+        let cseq = invite.cseq().unwrap().seq + 1;
+        again
+            .headers
+            .set(HeaderName::CSeq, format!("{cseq} INVITE"));
+        again.headers.set(HeaderName::Via, self.via());
+        again.headers.push(HeaderName::ProxyAuthorization, auth);
+        self.ua.send(&again.to_bytes()).await;
+        again
     }
 
     /// The next request of `method` that reaches this phone (others skipped).
