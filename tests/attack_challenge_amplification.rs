@@ -143,12 +143,6 @@ async fn a_phone_still_completes_the_challenge_and_the_call() {
     bob.reply(&at, 200, "b").await;
     let ok = alice.final_of("INVITE").await;
     assert_eq!(ok.status, 200);
-    let mut leg = Phone::caller_leg(&sent, &ok);
-    leg.cseq = sent.cseq().unwrap().seq;
-    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
-    bob.next_of("ACK").await;
-    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
-    let bye = bob.next_of("BYE").await;
-    bob.reply(&bye, 200, "b").await;
-    assert_eq!(alice.final_of("BYE").await.status, 200);
+    let mut leg = alice.ack(&mut bob, &sent, &ok).await;
+    alice.hang_up(&mut bob, &mut leg, "b").await;
 }

@@ -84,6 +84,21 @@ async fn rfc3325_forged_identity_headers_are_replaced_by_the_authenticated_users
     }
     pbx.reply(&at_pbx, 486, "p").await;
     assert_eq!(alice.final_of("INVITE").await.status, 486);
+
+    // RFC 3325 §7: `Privacy: id` keeps the identity from untrusted hops only; the PBX is
+    // inside the trust domain and still learns who calls (it applies the privacy outside).
+    let invite = alice
+        .invite_with("5551234", "forged-2", &format!("Privacy: id\n{FORGED}"))
+        .await;
+    alice.authenticate(&invite, "secret").await;
+    let at_pbx = pbx.next_of("INVITE").await;
+    assert_eq!(
+        named(&at_pbx, "P-Asserted-Identity"),
+        ["\"1001 a\" <sip:1001@example.test>"]
+    );
+    assert_eq!(named(&at_pbx, "Privacy"), ["id"]);
+    pbx.reply(&at_pbx, 486, "p").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 486);
 }
 
 #[tokio::test]

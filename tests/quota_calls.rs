@@ -99,14 +99,8 @@ async fn an_answered_call_counts_until_it_is_hung_up() {
     bob.reply(&at, 200, "b").await;
     let ok = alice.final_of("INVITE").await;
     assert_eq!(ok.status, 200);
-    let mut leg = Phone::caller_leg(&sent, &ok);
-    leg.cseq = sent.cseq().unwrap().seq;
-    alice.ua.send(&alice.in_dialog(&mut leg, "ACK", None)).await;
-    bob.next_of("ACK").await;
+    let mut leg = alice.ack(&mut bob, &sent, &ok).await;
     assert_eq!(s.handle.core.calls_originated_by("1001"), 1);
-    alice.ua.send(&alice.in_dialog(&mut leg, "BYE", None)).await;
-    let bye = bob.next_of("BYE").await;
-    bob.reply(&bye, 200, "b").await;
-    assert_eq!(alice.final_of("BYE").await.status, 200);
+    alice.hang_up(&mut bob, &mut leg, "b").await;
     assert_eq!(s.handle.core.calls_originated_by("1001"), 0);
 }

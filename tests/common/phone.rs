@@ -255,6 +255,24 @@ impl Phone {
         again
     }
 
+    /// The caller's ACK for the 2xx `ok` to `invite` (the INVITE as sent, its CSeq too),
+    /// seen reaching `callee`; returns the caller's leg for what follows.
+    pub async fn ack(&mut self, callee: &mut Phone, invite: &Request, ok: &Response) -> Leg {
+        let mut leg = Phone::caller_leg(invite, ok);
+        leg.cseq = invite.cseq().unwrap().seq;
+        self.ua.send(&self.in_dialog(&mut leg, "ACK", None)).await;
+        callee.next_of("ACK").await;
+        leg
+    }
+
+    /// A BYE from this phone on `leg`, answered `200` by `callee` (its To tag `tag`).
+    pub async fn hang_up(&mut self, callee: &mut Phone, leg: &mut Leg, tag: &str) {
+        self.ua.send(&self.in_dialog(leg, "BYE", None)).await;
+        let bye = callee.next_of("BYE").await;
+        callee.reply(&bye, 200, tag).await;
+        assert_eq!(self.final_of("BYE").await.status, 200);
+    }
+
     /// The next request of `method` that reaches this phone (others skipped).
     pub async fn next_of(&mut self, method: &str) -> Request {
         self.next_of_within(method, 5000).await
