@@ -90,6 +90,9 @@ pub struct ProxyConfig {
     pub timer_c: u64,
     /// Most branches one request is forked to.
     pub max_branches: usize,
+    /// Most calls one authenticated user originates at once (ringing or answered); a new
+    /// INVITE beyond it gets 403. Calls from trusted sources (the PBX) are not counted.
+    pub max_calls_per_user: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -106,6 +109,7 @@ impl Default for ProxyConfig {
             unregistered: Unregistered::Reject,
             timer_c: 180,
             max_branches: 16,
+            max_calls_per_user: 20,
         }
     }
 }
@@ -1419,6 +1423,13 @@ impl Config {
                 "proxy.max_branches",
                 format!("{} is outside 1..=64", p.max_branches),
                 "use a number between 1 and 64, e.g. 16",
+            ));
+        }
+        if p.max_calls_per_user == 0 {
+            return Err(bad(
+                "proxy.max_calls_per_user",
+                "is 0: no phone could make a call".into(),
+                "use at least 1, e.g. 20",
             ));
         }
         self.validate_dialog(bad)

@@ -26,6 +26,11 @@ impl Domains {
         }
     }
 
+    /// `server.domain`, lowercased.
+    pub fn primary(&self) -> &str {
+        &self.primary
+    }
+
     pub fn serves(&self, host: &Host) -> bool {
         self.hosts.iter().any(|d| d.matches(host))
     }

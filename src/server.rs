@@ -445,7 +445,7 @@ impl Core {
         self.send_now(target, self.finish(resp).to_shared());
     }
 
-    fn finish(&self, mut resp: Response) -> Response {
+    pub(crate) fn finish(&self, mut resp: Response) -> Response {
         resp.headers
             .push(HeaderName::Server, self.server_header.clone());
         resp

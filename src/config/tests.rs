@@ -426,3 +426,15 @@ fn dialoginfo_users_patterns() {
     assert!(cfg(&["2000", "1001"]).allows(aor));
     assert!(!cfg(&[]).allows(aor));
 }
+
+#[test]
+fn proxy_max_calls_per_user_defaults_to_20_and_is_at_least_one() {
+    assert_eq!(Config::default().proxy.max_calls_per_user, 20);
+    let c = Config::from_toml("[proxy]\nmax_calls_per_user = 3\n", "t.toml").unwrap();
+    assert_eq!(c.proxy.max_calls_per_user, 3);
+    let e = Config::from_toml("[proxy]\nmax_calls_per_user = 0\n", "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("key `proxy.max_calls_per_user`"), "{e}");
+    assert!(e.contains("fix:"), "{e}");
+}

@@ -6,7 +6,7 @@
 use super::forwarding::{CallChange, Forwarded, ProxyAction};
 use super::lock;
 use super::service::{AckStep, NextHop};
-use super::{branch_request, response_addr, strip_top_via, uri_addr, Hop, Targets};
+use super::{branch_request, identity, response_addr, strip_top_via, uri_addr, Hop, Targets};
 use crate::auth::AuthResult;
 use crate::config::TrustedFor;
 use crate::dialog::{CallKey, Flow, InviteInfo, Party, Update};
@@ -26,7 +26,33 @@ impl Core {
         if let super::ProxyError::BadExtension(tags) = e {
             r.headers.push(HeaderName::Unsupported, tags.join(", "));
         }
-        self.respond(key, r);
+        self.refuse(key, req, r);
+    }
+
+    /// A final answer to a request the proxy does not forward. Out of a dialog it leaves
+    /// statelessly, as Kamailio's `sl_send_reply`: the server transaction is dropped, so
+    /// nothing is retransmitted to a source that may be spoofed (a 407 to an INVITE would
+    /// otherwise go out 11 times), and a retransmitted request is answered again, once per
+    /// copy. Its ACK names our fresh To tag, a dialog nobody has: `on_stray_ack` drops it. In
+    /// a dialog the transaction answers and absorbs the ACK, which would otherwise match the
+    /// dialog and be relayed.
+    fn refuse(self: &Arc<Self>, key: &TxKey, req: &Request, resp: Response) {
+        let in_dialog = req
+            .headers
+            .get(HeaderName::To)
+            .is_some_and(crate::sip::message::has_tag_param);
+        if in_dialog {
+            return self.respond(key, resp);
+        }
+        let reply_to = {
+            let mut tx = lock(&self.transactions);
+            let to = tx.reply_to(key).copied();
+            tx.terminate(key);
+            to
+        };
+        if let Some(to) = reply_to {
+            self.send_now(&to, self.finish(resp).to_shared());
+        }
     }
 
     /// RFC 3261 §16.3–§16.6 for a new request the proxy owns.
@@ -38,21 +64,21 @@ impl Core {
         peer: Peer,
     ) {
         let invite = req.method == "INVITE";
-        if invite {
-            // §16.2 / §16.7: a stateful proxy answers 100 at once so the caller stops
-            // retransmitting.
-            self.respond(&key, req.response(100, "Trying", None));
-        }
         let loop_hash = match self.proxy.validate(&req) {
             Ok(h) => h,
             Err(e) => return self.proxy_reject(&key, &req, &e),
         };
         let in_dialog = parsed.to.tag().is_some();
+        // The user the credentials proved (none from a trusted source, in open mode, or in a
+        // dialog we set up).
+        let mut caller = None;
         if self.proxy.needs_credentials(&req, in_dialog) {
-            if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
-                return self.respond(&key, resp);
+            match self.proxy_authenticate(&mut req, parsed, peer) {
+                Ok(user) => caller = user,
+                Err(resp) => return self.refuse(&key, &req, resp),
             }
         }
+        self.rewrite_identity(&mut req, parsed, &peer, caller.as_deref());
         if let Err(e) = self.proxy.preprocess(&mut req, in_dialog) {
             return self.proxy_reject(&key, &req, &e);
         }
@@ -106,24 +132,34 @@ impl Core {
                 "INVITE" | "SUBSCRIBE" | "REFER" | "NOTIFY"
             );
         let call = if invite && !in_dialog {
-            self.track_invite(&req, parsed, &peer)
+            match self.track_invite(&req, parsed, &peer, caller.as_deref()) {
+                Ok(call) => call,
+                Err(e) => return self.proxy_reject(&key, &req, &e),
+            }
         } else {
             self.track_in_dialog(&req, parsed);
             None
         };
+        if invite {
+            // §16.2 / §16.7: a stateful proxy answers 100 at once so the caller stops
+            // retransmitting; only once the request is going on: a refusal is the only
+            // answer (one datagram per request received, see `refuse`).
+            self.respond(&key, req.response(100, "Trying", None));
+        }
         let fwd = Forwarded::new(req, peer, groups, record_route, loop_hash, call);
         let actions = self.proxy.forward(&key, fwd);
         self.run_proxy_actions(actions);
     }
 
     /// Digest for calls from phones (RFC 3261 §22.3: 407 with Proxy-Authenticate); sources
-    /// trusted for calls (the PBX) and open mode pass. The caller must call as itself.
+    /// trusted for calls (the PBX) and open mode pass (`Ok(None)`). The caller must call as
+    /// itself, from one of our domains: `Ok(Some(user))`.
     fn proxy_authenticate(
         &self,
         req: &mut Request,
         parsed: &Parsed,
         peer: Peer,
-    ) -> Result<(), Response> {
+    ) -> Result<Option<String>, Response> {
         let tag = self.ids.tag();
         let now = self.clock.now_unix();
         let challenged = parsed.from.uri.as_sip().and_then(|u| u.user.as_deref());
@@ -134,11 +170,11 @@ impl Core {
             TrustedFor::Calls,
             now,
         ) {
-            AuthResult::Skipped => Ok(()),
+            AuthResult::Skipped => Ok(None),
             AuthResult::Authenticated { username } => {
-                let from_user = challenged.map(|u| crate::sip::text::unescape(u).into_owned());
-                if from_user.as_deref() != Some(username.as_str()) {
-                    let e = super::ProxyError::WrongIdentity;
+                let rules = &self.proxy.rules;
+                if let Err(e) = identity::check_caller(&parsed.from, &username, |h| rules.serves(h))
+                {
                     return Err(req.response(e.status(), &e.to_string(), Some(&tag)));
                 }
                 // Our credentials end here (RFC 3261 §22.3: the proxy that consumes them
@@ -150,7 +186,7 @@ impl Core {
                             .map(|c| c.realm != realm)
                             .unwrap_or(true)
                 });
-                Ok(())
+                Ok(Some(username))
             }
             AuthResult::Challenge { stale } => {
                 let mut r = req.response(407, "Proxy Authentication Required", Some(&tag));
@@ -162,6 +198,42 @@ impl Core {
             AuthResult::Forbidden(reason) => Err(req.response(403, reason, Some(&tag))),
             AuthResult::BadRequest(reason) => Err(req.response(400, &reason, Some(&tag))),
         }
+    }
+
+    /// RFC 3325 at the edge of the trust domain: a request from a source trusted for calls
+    /// (the PBX) keeps its identity headers; from anyone else they go, and a request of an
+    /// authenticated `caller` carries the one identity it proved, its From's display name
+    /// shown with it.
+    fn rewrite_identity(
+        &self,
+        req: &mut Request,
+        parsed: &Parsed,
+        peer: &Peer,
+        caller: Option<&str>,
+    ) {
+        let rules = &self.proxy.rules;
+        if rules.trusted_for_calls(peer.remote.ip()) {
+            return;
+        }
+        match caller {
+            Some(user) => identity::assert_identity(
+                &mut req.headers,
+                identity::asserted_identity(parsed.from.display.as_deref(), user, rules.domain()),
+            ),
+            None => {
+                identity::strip_identity(&mut req.headers);
+            }
+        }
+    }
+
+    /// Whether `peer` is inside the trust domain for calls: the upstream PBX, or an address
+    /// trusted for calls. A request to anyone else leaves it (RFC 3325 §7: `Privacy: id`
+    /// hides the asserted identity).
+    fn in_trust_domain(&self, peer: &Peer) -> bool {
+        self.proxy.rules.trusted_for_calls(peer.remote.ip())
+            || self
+                .upstream_peer()
+                .is_some_and(|u| u.remote == peer.remote)
     }
 
     /// The PBX's address, when `[proxy] upstream` names an IP address or a name resolved at
@@ -260,6 +332,9 @@ impl Core {
                 480,
                 "Temporarily Unavailable: the phone's connection is closed",
             );
+        }
+        if !self.in_trust_domain(&peer) {
+            identity::leave_trust_domain(&mut out.headers);
         }
         let now = self.now();
         let via = super::branch::via(
@@ -419,11 +494,24 @@ impl Core {
         Some(self.peer_to(flow.proto, flow.remote))
     }
 
-    /// A new call: the dialog tracker follows it and its lamps light (`trying`).
-    fn track_invite(&self, req: &Request, parsed: &Parsed, peer: &Peer) -> Option<CallKey> {
-        let from_tag = parsed.from.tag()?;
+    /// A new call: the dialog tracker follows it and its lamps light (`trying`). A call of
+    /// an authenticated `caller` counts against its `[proxy] max_calls_per_user` (refused
+    /// beyond it) until the tracker ends it; such a call must have a From tag to be tracked.
+    fn track_invite(
+        &self,
+        req: &Request,
+        parsed: &Parsed,
+        peer: &Peer,
+        caller: Option<&str>,
+    ) -> Result<Option<CallKey>, super::ProxyError> {
+        let (Some(from_tag), Ok(call_id)) = (parsed.from.tag(), req.call_id()) else {
+            return match caller {
+                Some(_) => Err(super::ProxyError::NoFromTag),
+                None => Ok(None),
+            };
+        };
         let key = CallKey {
-            call_id: req.call_id().ok()?.to_string(),
+            call_id: call_id.to_string(),
             from_tag,
         };
         let callee_aor = self
@@ -453,9 +541,15 @@ impl Core {
         };
         let now = self.clock.now_unix_ms();
         let mut dialogs = self.proxy.dialogs();
+        if let Some(user) = caller {
+            self.proxy.admit_call(&dialogs, user)?;
+        }
         let u = dialogs.invite(key.clone(), info, now);
+        if let (Some(user), Some(_)) = (caller, &u) {
+            self.proxy.count_call(&dialogs, user, key.clone());
+        }
         self.publish_calls_locked(u);
-        Some(key)
+        Ok(Some(key))
     }
 
     /// In-dialog requests the tracker cares about: BYE ends the dialog at once (the lamp goes
@@ -589,6 +683,11 @@ impl Core {
         self.proxy.calls()
     }
 
+    /// Calls the authenticated `user` originates now (`[proxy] max_calls_per_user`).
+    pub fn calls_originated_by(&self, user: &str) -> usize {
+        self.proxy.calls_of(user)
+    }
+
     /// A response to an INVITE whose transaction we no longer hold (we restarted while it
     /// rang): the tracker still hears it, so a call answered or refused after a restart
     /// shows as such instead of ringing until `early_timeout`.
@@ -624,6 +723,7 @@ impl Core {
     /// order they happened.
     pub(crate) fn publish_calls_locked(&self, updates: impl IntoIterator<Item = Update>) {
         for u in updates {
+            self.proxy.call_changed(&u.call);
             // Not awaited: a call in progress does not wait for the disk; the record only
             // serves a restart.
             drop(self.proxy.dialog_store.apply_call(u.write));

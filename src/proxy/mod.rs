@@ -6,14 +6,16 @@
 //! [`context::Context`] of each forwarded request with what arrives.
 
 pub mod branch;
+pub mod calls_per_user;
 pub mod context;
 pub mod forward;
 pub mod forwarding;
+pub mod identity;
 pub mod service;
 
 pub use service::ProxyService;
 
-use crate::config::{Config, ProxyConfig, Unregistered};
+use crate::config::{Config, ProxyConfig, TrustedFor, Unregistered};
 use crate::dialog::Flow;
 use crate::domain::Domains;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, SipUri, Uri, Via};
@@ -43,6 +45,16 @@ pub enum ProxyError {
     BadRoute(String),
     #[error("Forbidden: calls may only be made as the authenticated user")]
     WrongIdentity,
+    /// RFC 3325 §9.1: a user's own call names another domain in its From.
+    #[error("Forbidden: From domain is not ours")]
+    ForeignFromDomain,
+    /// `[proxy] max_calls_per_user`: the authenticated user already originates that many.
+    #[error("Too many calls for this user (proxy.max_calls_per_user)")]
+    TooManyCalls,
+    /// RFC 3261 §8.1.1.3: a user's new call without a From tag (the call could not be
+    /// tracked, nor counted against the user's calls).
+    #[error("Bad Request: From tag missing")]
+    NoFromTag,
     /// RFC 3261 §16.3 item 5: Proxy-Require names extensions we do not support (listed in
     /// the answer's Unsupported header).
     #[error("Bad Extension: Proxy-Require {}", .0.join(", "))]
@@ -67,7 +79,10 @@ impl ProxyError {
             ProxyError::NoSuchDialog => 481,
             ProxyError::NotRegistered => 480,
             ProxyError::BadRoute(_) => 400,
-            ProxyError::WrongIdentity => 403,
+            ProxyError::WrongIdentity
+            | ProxyError::ForeignFromDomain
+            | ProxyError::TooManyCalls => 403,
+            ProxyError::NoFromTag => 400,
             ProxyError::BadExtension(_) => 420,
             ProxyError::UnsupportedScheme(_) => 416,
         }
@@ -105,6 +120,9 @@ pub struct Proxy {
     advertised_host: String,
     /// Keyed hash for loop detection, random per process.
     loop_key: std::collections::hash_map::RandomState,
+    /// `[auth] trusted` when it is trusted for calls (`[auth] trusted_for`): the sources whose
+    /// identity headers pass, and the hops (with the upstream PBX) they are kept for.
+    trusted_for_calls: Vec<ipnet::IpNet>,
 }
 
 impl Proxy {
@@ -116,7 +134,19 @@ impl Proxy {
             local,
             advertised_host,
             loop_key: Default::default(),
+            trusted_for_calls: if cfg.auth.trusted_for.contains(&TrustedFor::Calls) {
+                cfg.auth.trusted.clone()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// Whether `ip` is inside the trust domain for calls (RFC 3325 §2.3): a source in
+    /// `[auth] trusted` trusted for calls. Its identity headers pass; a request sent to it
+    /// keeps its asserted identity whatever Privacy says.
+    pub fn trusted_for_calls(&self, ip: std::net::IpAddr) -> bool {
+        crate::config::in_networks(&self.trusted_for_calls, ip)
     }
 
     /// `host:port` of our socket `local` as others reach it.
@@ -160,6 +190,11 @@ impl Proxy {
     /// Whether a host is one of our SIP domains.
     pub fn serves(&self, host: &Host) -> bool {
         self.domains.serves(host)
+    }
+
+    /// Our SIP domain (`server.domain`): the host of the identities we assert.
+    pub fn domain(&self) -> &str {
+        self.domains.primary()
     }
 
     /// The canonical AOR of a local user's URI.

@@ -6,10 +6,11 @@
 //! proxy decides, runs its client transactions and hands the tracker's updates to the
 //! publishers.
 
+use super::calls_per_user::CallsPerUser;
 use super::forwarding::Forwarding;
 use super::{lock, next_hop_uri, uri_addr, Proxy, ProxyError};
 use crate::config::DialogConfig;
-use crate::dialog::{Call, DialogId, DialogTracker, Flow};
+use crate::dialog::{Call, CallKey, DialogId, DialogTracker, Flow};
 use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
 use crate::storage::DialogStore;
 use crate::transport::{Peer, Proto};
@@ -75,6 +76,9 @@ pub struct ProxyService {
     upstream_resolved: Option<Peer>,
     /// ACKs that matched no transaction and were not relayed.
     acks_dropped: AtomicU64,
+    /// Calls each authenticated user originates (`[proxy] max_calls_per_user`). Locked only
+    /// while the proxy's lock is held, or alone: never the other way round.
+    calls_per_user: Mutex<CallsPerUser>,
 }
 
 impl ProxyService {
@@ -93,7 +97,37 @@ impl ProxyService {
             dialog_store,
             upstream_resolved,
             acks_dropped: AtomicU64::new(0),
+            calls_per_user: Mutex::new(CallsPerUser::default()),
         }
+    }
+
+    /// `[proxy] max_calls_per_user` for a new call of the authenticated `user`, with the
+    /// tracker's lock held (`_dialogs`), so that checking and counting are one step:
+    /// [`TooManyCalls`](ProxyError::TooManyCalls) when the user already originates that many.
+    pub(crate) fn admit_call(&self, _dialogs: &Dialogs<'_>, user: &str) -> Result<(), ProxyError> {
+        if lock(&self.calls_per_user).admits(user, self.rules.cfg.max_calls_per_user) {
+            Ok(())
+        } else {
+            Err(ProxyError::TooManyCalls)
+        }
+    }
+
+    /// Call `key`, just tracked (with the tracker's lock still held), is `user`'s.
+    pub(crate) fn count_call(&self, _dialogs: &Dialogs<'_>, user: &str, key: CallKey) {
+        lock(&self.calls_per_user).add(user, key);
+    }
+
+    /// Every change of a call passes here (with the tracker's lock held): an ended call no
+    /// longer counts against its caller.
+    pub(crate) fn call_changed(&self, call: &Call) {
+        if call.is_terminated() {
+            lock(&self.calls_per_user).release(&call.key);
+        }
+    }
+
+    /// Calls the authenticated `user` originates now (ringing or answered).
+    pub fn calls_of(&self, user: &str) -> usize {
+        lock(&self.calls_per_user).count(user)
     }
 
     /// Everything behind the proxy's lock.

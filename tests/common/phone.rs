@@ -185,6 +185,12 @@ impl Phone {
     /// Sends an INVITE to `to_user` and returns the caller's leg (without the remote tag
     /// and target yet: see [`Phone::established`]).
     pub async fn invite(&mut self, to_user: &str, call_id: &str) -> Request {
+        self.invite_with(to_user, call_id, "").await
+    }
+
+    /// [`Phone::invite`] with extra header lines (`"Name: value\n"` each).
+    pub async fn invite_with(&mut self, to_user: &str, call_id: &str, extra: &str) -> Request {
+        let extra = extra.trim_end();
         let text = format!(
             "INVITE sip:{to}@example.test SIP/2.0
             Via: {via}
@@ -194,6 +200,7 @@ impl Phone {
             Call-ID: {call_id}
             CSeq: 1 INVITE
             Contact: <{c}>
+            {extra}
             Content-Type: application/sdp
             ",
             to = to_user,
@@ -215,6 +222,53 @@ impl Phone {
             Ok(busylamp::sip::Message::Request(r)) => r,
             other => panic!("bad INVITE built: {other:?}"),
         }
+    }
+
+    /// Answers the proxy's 407 to `invite` (RFC 3261 §22.3): the same INVITE again with a
+    /// new branch, the next CSeq and `Proxy-Authorization` for this phone's user. Returns
+    /// the INVITE sent (the one a dialog is built from).
+    pub async fn authenticate(&mut self, invite: &Request, password: &str) -> Request {
+        let r = self.final_of("INVITE").await;
+        assert_eq!(
+            r.status, 407,
+            "challenge expected: {} {}",
+            r.status, r.reason
+        );
+        let auth = super::authorization(
+            r.headers.get(HeaderName::ProxyAuthenticate).unwrap(),
+            &self.user,
+            password,
+            "INVITE",
+            &invite.uri.to_string(),
+            1,
+        );
+        let mut again = invite.clone();
+        let cseq = invite.cseq().unwrap().seq + 1;
+        again
+            .headers
+            .set(HeaderName::CSeq, format!("{cseq} INVITE"));
+        again.headers.set(HeaderName::Via, self.via());
+        again.headers.push(HeaderName::ProxyAuthorization, auth);
+        self.ua.send(&again.to_bytes()).await;
+        again
+    }
+
+    /// The caller's ACK for the 2xx `ok` to `invite` (the INVITE as sent, its CSeq too),
+    /// seen reaching `callee`; returns the caller's leg for what follows.
+    pub async fn ack(&mut self, callee: &mut Phone, invite: &Request, ok: &Response) -> Leg {
+        let mut leg = Phone::caller_leg(invite, ok);
+        leg.cseq = invite.cseq().unwrap().seq;
+        self.ua.send(&self.in_dialog(&mut leg, "ACK", None)).await;
+        callee.next_of("ACK").await;
+        leg
+    }
+
+    /// A BYE from this phone on `leg`, answered `200` by `callee` (its To tag `tag`).
+    pub async fn hang_up(&mut self, callee: &mut Phone, leg: &mut Leg, tag: &str) {
+        self.ua.send(&self.in_dialog(leg, "BYE", None)).await;
+        let bye = callee.next_of("BYE").await;
+        callee.reply(&bye, 200, tag).await;
+        assert_eq!(self.final_of("BYE").await.status, 200);
     }
 
     /// The next request of `method` that reaches this phone (others skipped).
