@@ -100,6 +100,26 @@ pub fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// When the message left unfinished in a TCP buffer began (its deadline counts from there),
+/// after a read at `read_at`: `None` when nothing is left (keep-alives are consumed as they
+/// come, so they never start one); the earlier start while the same message goes on; this
+/// read when a new message began in it (nothing was buffered, or a message was framed).
+fn message_start(
+    began: Option<tokio::time::Instant>,
+    was_partial: bool,
+    framed_message: bool,
+    partial_left: bool,
+    read_at: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    if !partial_left {
+        None
+    } else if was_partial && !framed_message {
+        began.or(Some(read_at))
+    } else {
+        Some(read_at)
+    }
+}
+
 struct Conn {
     remote: SocketAddr,
     tx: mpsc::Sender<Arc<[u8]>>,
@@ -507,14 +527,13 @@ impl Transport {
                         }
                     }
                 }
-                message_began = if buf.is_empty() {
-                    None
-                } else if continuing && !framed_message {
-                    message_began
-                } else {
-                    // A new message began with this read.
-                    Some(read_at)
-                };
+                message_began = message_start(
+                    message_began,
+                    continuing,
+                    framed_message,
+                    !buf.is_empty(),
+                    read_at,
+                );
             }
             drop(reading);
             if stopped {
@@ -804,6 +823,24 @@ mod tests {
         let (n, _) = rx.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], &7u32.to_be_bytes());
         assert_eq!(t.queued_sends(), 0);
+    }
+
+    /// RFC 3261 §18.3 frames a stream by Content-Length; a message's deadline runs from its
+    /// own first byte, whatever came before it on the connection.
+    #[test]
+    fn rfc3261_18_3_a_message_deadline_starts_at_its_first_byte() {
+        let t0 = tokio::time::Instant::now();
+        let t1 = t0 + Duration::from_secs(3);
+        // The first bytes of a message: its clock starts.
+        assert_eq!(message_start(None, false, false, true, t0), Some(t0));
+        // More bytes of the same message do not move it.
+        assert_eq!(message_start(Some(t0), true, false, true, t1), Some(t0));
+        // The message completed and nothing is left: no deadline.
+        assert_eq!(message_start(Some(t0), true, true, false, t1), None);
+        // It completed and the next one began in the same read (pipelining): a new clock.
+        assert_eq!(message_start(Some(t0), true, true, true, t1), Some(t1));
+        // Keep-alives only (consumed, nothing left): none.
+        assert_eq!(message_start(None, false, false, false, t1), None);
     }
 
     #[test]
