@@ -360,10 +360,17 @@ pub struct ServerConfig {
     pub tcp_idle_timeout: u64,
     /// Most TCP connections open at once; more are refused.
     pub max_tcp_connections: usize,
+    /// Most TCP connections open at once from one source (an IPv4 address, an IPv6 /64);
+    /// more from it are closed at once, so one host cannot hold every slot.
+    pub max_tcp_connections_per_source: usize,
+    /// Seconds a TCP peer has to finish a message (headers and body) once its first byte
+    /// arrived; then the connection is closed. CRLF keep-alives are not message bytes.
+    pub tcp_message_timeout: u64,
     /// Most SIP transactions held at once (each ~1 KB). When full, the oldest completed
     /// non-INVITE transactions are ended early; only if none is left are requests answered 503.
     pub max_transactions: usize,
-    /// Value of our Server / User-Agent header.
+    /// Value of our Server / User-Agent header; empty: no such header. No version by
+    /// default (it tells an attacker which flaws to try).
     pub server_header: String,
     /// Log filter (tracing EnvFilter syntax), overridden by RUST_LOG.
     pub log: String,
@@ -379,6 +386,10 @@ pub struct RegistrarConfig {
     /// Most addresses-of-record with bindings; further new AORs get 403. Bounds memory and
     /// disk where registrations are not authenticated (open mode, trusted networks).
     pub max_aors: usize,
+    /// Most bindings one user holds across all the AORs it registers (every port, alias
+    /// and scheme of `sip:USER@domain`); a new binding beyond it gets 403. The user is the
+    /// AOR's user part (the authenticated user may register no other).
+    pub max_bindings_per_user: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -611,8 +622,10 @@ impl Default for ServerConfig {
             max_headers: 128,
             tcp_idle_timeout: 600,
             max_tcp_connections: 10_000,
+            max_tcp_connections_per_source: 16,
+            tcp_message_timeout: 10,
             max_transactions: 200_000,
-            server_header: concat!("busylamp/", env!("CARGO_PKG_VERSION")).into(),
+            server_header: "busylamp".into(),
             log: "info".into(),
         }
     }
@@ -626,6 +639,7 @@ impl Default for RegistrarConfig {
             default_expires: 3600,
             max_contacts: 10,
             max_aors: 100_000,
+            max_bindings_per_user: 10,
         }
     }
 }
@@ -1254,6 +1268,20 @@ impl Config {
                 "use a positive number, e.g. 10000",
             ));
         }
+        if s.max_tcp_connections_per_source == 0 {
+            return Err(bad(
+                "server.max_tcp_connections_per_source",
+                "is 0".into(),
+                "use a positive number, e.g. 16 (more if many phones share one address)",
+            ));
+        }
+        if s.tcp_message_timeout == 0 {
+            return Err(bad(
+                "server.tcp_message_timeout",
+                "is 0".into(),
+                "use a number of seconds, e.g. 10",
+            ));
+        }
         if !(1000..=10_000_000).contains(&s.max_transactions) {
             return Err(bad(
                 "server.max_transactions",
@@ -1305,6 +1333,13 @@ impl Config {
                 "registrar.max_aors",
                 "is 0".into(),
                 "use a positive number, e.g. 100000",
+            ));
+        }
+        if r.max_bindings_per_user == 0 {
+            return Err(bad(
+                "registrar.max_bindings_per_user",
+                "is 0".into(),
+                "use a positive number, e.g. 10",
             ));
         }
         let a = &self.auth;

@@ -132,6 +132,11 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// The sockets and their counters (connections open, refused, timed out).
+    pub fn transport(&self) -> &Transport {
+        &self.core.transport
+    }
+
     pub fn local_addr(&self, proto: Proto) -> Option<SocketAddr> {
         self.core
             .transport
@@ -224,8 +229,12 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let (transport, listeners) = Transport::bind(
         &cfg.server.listen,
         limits,
-        Duration::from_secs(cfg.server.tcp_idle_timeout),
-        cfg.server.max_tcp_connections,
+        crate::transport::TcpLimits {
+            idle: Duration::from_secs(cfg.server.tcp_idle_timeout),
+            max_conns: cfg.server.max_tcp_connections,
+            max_per_source: cfg.server.max_tcp_connections_per_source,
+            message_timeout: Duration::from_secs(cfg.server.tcp_message_timeout),
+        },
     )
     .await?;
     if cfg.auth.mode == AuthMode::Open {
@@ -446,8 +455,11 @@ impl Core {
     }
 
     pub(crate) fn finish(&self, mut resp: Response) -> Response {
-        resp.headers
-            .push(HeaderName::Server, self.server_header.clone());
+        // `server.server_header = ""`: no Server header at all.
+        if !self.server_header.is_empty() {
+            resp.headers
+                .push(HeaderName::Server, self.server_header.clone());
+        }
         resp
     }
 

@@ -224,6 +224,52 @@ users = ["10*", "*"]
     assert!(c.pua.presence_server.is_none());
 }
 
+/// Issue 10: per-user bindings, per-source TCP connections, a deadline per TCP message,
+/// and no version in our Server header unless the admin writes one.
+#[test]
+fn per_user_and_per_source_limits_and_the_server_header() {
+    let c = Config::default();
+    assert_eq!(c.registrar.max_bindings_per_user, 10);
+    assert_eq!(c.server.max_tcp_connections_per_source, 16);
+    assert_eq!(c.server.tcp_message_timeout, 10);
+    assert_eq!(c.server.server_header, "busylamp");
+    let c = Config::from_toml(
+        "[server]\nmax_tcp_connections_per_source = 64\ntcp_message_timeout = 3\nserver_header = \"\"\n[registrar]\nmax_bindings_per_user = 2\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.server.max_tcp_connections_per_source,
+            c.server.tcp_message_timeout,
+            c.server.server_header.as_str(),
+            c.registrar.max_bindings_per_user
+        ),
+        (64, 3, "", 2)
+    );
+    for (toml, key) in [
+        (
+            "[server]\nmax_tcp_connections_per_source = 0\n",
+            "server.max_tcp_connections_per_source",
+        ),
+        (
+            "[server]\ntcp_message_timeout = 0\n",
+            "server.tcp_message_timeout",
+        ),
+        (
+            "[registrar]\nmax_bindings_per_user = 0\n",
+            "registrar.max_bindings_per_user",
+        ),
+    ] {
+        let e = Config::from_toml(toml, "t.toml").unwrap_err();
+        let ConfigError::Invalid { key: k, fix, .. } = &e else {
+            panic!("{toml}: not an invalid value: {e}");
+        };
+        assert_eq!(k, key, "{e}");
+        assert!(!fix.is_empty(), "{e}");
+    }
+}
+
 #[test]
 fn every_refused_value_names_its_key_its_line_and_a_fix() {
     for (toml, key, line) in [

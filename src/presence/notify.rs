@@ -71,7 +71,9 @@ pub fn build(sub: &SubscriptionRecord, pkg: Pkg, parts: &NotifyParts<'_>) -> Req
         EventHeader::value(pkg, sub.event_id.as_deref()),
     );
     headers.push(HeaderName::SubscriptionState, parts.state.header());
-    headers.push(HeaderName::UserAgent, parts.server_header);
+    if !parts.server_header.is_empty() {
+        headers.push(HeaderName::UserAgent, parts.server_header);
+    }
     let mut request = Request {
         method: "NOTIFY".into(),
         uri: parts.request_uri.clone(),

@@ -85,6 +85,13 @@ impl Settings {
         }
     }
 
+    /// Our User-Agent header, unless `server.server_header` is empty.
+    fn add_user_agent(&self, h: &mut Headers) {
+        if !self.user_agent.is_empty() {
+            h.push(HeaderName::UserAgent, self.user_agent.clone());
+        }
+    }
+
     /// When to refresh something the server granted for `granted` seconds: `refresh_margin`
     /// before it ends, at most half of it early, never sooner than `min_refresh`.
     fn refresh_after(&self, granted: u32) -> Duration {
@@ -535,7 +542,7 @@ impl Client {
         if let Some(etag) = &if_match {
             h.push(HeaderName::SipIfMatch, etag.clone());
         }
-        h.push(HeaderName::UserAgent, self.settings.user_agent.clone());
+        self.settings.add_user_agent(&mut h);
         let sent_body = body.clone();
         if body.is_some() {
             h.push(HeaderName::ContentType, content_type_of(key.pkg));
@@ -1018,7 +1025,7 @@ impl Client {
             if let Some(a) = accept_for(&sub.event) {
                 h.push(HeaderName::Accept, a);
             }
-            h.push(HeaderName::UserAgent, self.settings.user_agent.clone());
+            self.settings.add_user_agent(&mut h);
             let req = Request {
                 method: "SUBSCRIBE".into(),
                 uri: if initial {

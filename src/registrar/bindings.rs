@@ -22,13 +22,16 @@ pub enum RegError {
     OutOfOrder { got: u32, have: u32 },
     #[error("Too many contacts for this AOR (max {0})")]
     TooManyContacts(usize),
+    /// Across all of the user's AORs (see [`super::quota`]).
+    #[error("Too many bindings for this user (registrar.max_bindings_per_user)")]
+    TooManyUserBindings(usize),
 }
 
 impl RegError {
     pub fn status(&self) -> u16 {
         match self {
             RegError::TooBrief { .. } => 423,
-            RegError::TooManyContacts(_) => 403,
+            RegError::TooManyContacts(_) | RegError::TooManyUserBindings(_) => 403,
             _ => 400,
         }
     }
@@ -309,6 +312,7 @@ mod tests {
             default_expires: 1800,
             max_contacts: 3,
             max_aors: 100,
+            max_bindings_per_user: 10,
         }
     }
 

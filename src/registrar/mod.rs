@@ -3,6 +3,7 @@
 //! durable. Expiry runs on the deadline service; every change is announced on the event bus.
 
 pub mod bindings;
+pub mod quota;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -14,6 +15,7 @@ use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, Uri};
 use crate::storage::{durable, resolved, settled, Binding, BindingStore, StorageError};
 use bindings::{apply_register, sweep, Change, RegError, RegisterInput};
+use quota::{user_of_aor, PerUser};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -73,6 +75,9 @@ pub struct Registrar {
     expiry_changed: Notify,
     /// AORs with at least one binding (kept with the shard maps, read without locking them).
     aors: AtomicUsize,
+    /// Bindings per user across its AORs, changed with the shard maps (locked inside an
+    /// AOR's shard lock, never the other way round).
+    per_user: Mutex<PerUser>,
     observer: Option<Arc<dyn BindingObserver>>,
 }
 
@@ -111,6 +116,7 @@ impl Registrar {
             expiry: Mutex::new(Deadlines::new()),
             expiry_changed: Notify::new(),
             aors: AtomicUsize::new(0),
+            per_user: Mutex::new(PerUser::default()),
             observer,
         })
     }
@@ -186,7 +192,10 @@ impl Registrar {
             let dropped = !gone.is_empty();
             if !list.is_empty() {
                 self.schedule(&aor, &list);
-                self.lock(&aor).insert(aor.clone(), list);
+                let mut shard = self.lock(&aor);
+                self.per_user().set(user_of_aor(&aor), 0, list.len());
+                shard.insert(aor.clone(), list);
+                drop(shard);
                 self.aors.fetch_add(1, Ordering::Relaxed);
             }
             if dropped {
@@ -205,6 +214,15 @@ impl Registrar {
         self.shards[shard_of(aor)]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn per_user(&self) -> std::sync::MutexGuard<'_, PerUser> {
+        self.per_user.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bindings `user` holds across all its AORs (`registrar.max_bindings_per_user`).
+    pub fn bindings_of_user(&self, user: &str) -> usize {
+        self.per_user().count(user)
     }
 
     fn schedule(&self, aor: &str, list: &[Binding]) {
@@ -401,16 +419,25 @@ impl Registrar {
                 e => (e.status(), e.to_string(), vec![]),
             })?;
             let write = if applied.changed {
+                // Across every AOR of the user (ports, aliases, schemes): one user cannot
+                // take the room of everybody else's AORs.
+                let user = user_of_aor(&aor);
+                let before = shard.get(&aor).map_or(0, Vec::len);
+                let after = applied.bindings.len();
+                self.per_user()
+                    .admit(user, before, after, self.cfg.max_bindings_per_user)
+                    .map_err(|e| fail(e.status(), e.to_string()))?;
                 if !applied.bindings.is_empty()
                     && !shard.contains_key(&aor)
                     && self.aors.load(Ordering::Relaxed) >= self.cfg.max_aors
                 {
                     // Bounded even where nobody authenticates (open mode, trusted networks):
                     // each AOR costs memory and disk.
+                    self.per_user().set(user, after, before);
                     return Err(fail(
                         403,
                         format!(
-                            "Registrar full: {} AORs registered (max_aors)",
+                            "Registrar full: {} AORs registered (registrar.max_aors)",
                             self.cfg.max_aors
                         ),
                     ));
@@ -421,6 +448,7 @@ impl Registrar {
                 let mut write = self.store.save_bindings(&aor, &applied.bindings);
                 match settled(&mut write) {
                     Some(Err(e)) => {
+                        self.per_user().set(user, after, before);
                         tracing::debug!(%aor, error = %e, "binding not queued for disk");
                         let answer = e.answer();
                         let mut r = req.response(answer.status, answer.reason, Some(to_tag));
@@ -515,8 +543,11 @@ impl Registrar {
                     let Some(list) = shard.get_mut(&aor) else {
                         continue;
                     };
+                    let before = list.len();
                     let gone = sweep(list, now);
                     let remaining = list.clone();
+                    self.per_user()
+                        .set(user_of_aor(&aor), before, remaining.len());
                     if remaining.is_empty() && shard.remove(&aor).is_some() {
                         self.aors.fetch_sub(1, Ordering::Relaxed);
                     }

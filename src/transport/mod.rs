@@ -7,7 +7,7 @@ use crate::drain::{Drain, Token};
 use crate::sip::parse::{frame_stream, Frame, Limits};
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -73,6 +73,53 @@ pub enum TransportError {
     QueueFull(SocketAddr),
 }
 
+/// How TCP connections are bounded (`[server]` keys of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// A connection that reads nothing for this long is closed (`tcp_idle_timeout`).
+    pub idle: Duration,
+    /// Connections open at once (`max_tcp_connections`).
+    pub max_conns: usize,
+    /// Connections open at once from one source ([`source_of`];
+    /// `max_tcp_connections_per_source`).
+    pub max_per_source: usize,
+    /// Time to finish a message once its first byte arrived (`tcp_message_timeout`).
+    pub message_timeout: Duration,
+}
+
+/// The source a TCP connection counts for in `max_tcp_connections_per_source`: the IPv4
+/// address, or the /64 of an IPv6 address (one host usually holds a whole /64, so counting
+/// single IPv6 addresses would bound nothing). IPv4-mapped IPv6 counts as IPv4.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// When the message left unfinished in a TCP buffer began (its deadline counts from there),
+/// after a read at `read_at`: `None` when nothing is left (keep-alives are consumed as they
+/// come, so they never start one); the earlier start while the same message goes on; this
+/// read when a new message began in it (nothing was buffered, or a message was framed).
+fn message_start(
+    began: Option<tokio::time::Instant>,
+    was_partial: bool,
+    framed_message: bool,
+    partial_left: bool,
+    read_at: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    if !partial_left {
+        None
+    } else if was_partial && !framed_message {
+        began.or(Some(read_at))
+    } else {
+        Some(read_at)
+    }
+}
+
 struct Conn {
     remote: SocketAddr,
     tx: mpsc::Sender<Arc<[u8]>>,
@@ -111,11 +158,16 @@ pub struct Transport {
     by_remote: Mutex<HashMap<SocketAddr, u64>>,
     next_conn: AtomicU64,
     open_conns: AtomicUsize,
+    /// Open connections per source ([`source_of`]); sources with none are not kept.
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections closed at once because their source held `max_per_source` already.
+    refused_per_source: AtomicU64,
+    /// Connections closed because a message was not finished within `message_timeout`.
+    message_timeouts: AtomicU64,
     /// UDP datagrams dropped because the socket buffer and its backlog were full.
     dropped_sends: AtomicU64,
     limits: Limits,
-    idle: Duration,
-    max_conns: usize,
+    tcp: TcpLimits,
     phase: watch::Sender<Phase>,
     /// The receive loops, accept loops and connection readers, until they stop reading.
     readers: Drain,
@@ -167,8 +219,7 @@ impl Transport {
     pub async fn bind(
         addrs: &[ListenAddr],
         limits: Limits,
-        idle: Duration,
-        max_conns: usize,
+        tcp: TcpLimits,
     ) -> Result<(Arc<Transport>, Vec<TcpListener>), TransportError> {
         let mut udp = Vec::new();
         let mut listeners = Vec::new();
@@ -217,10 +268,12 @@ impl Transport {
                 by_remote: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 open_conns: AtomicUsize::new(0),
+                per_source: Mutex::new(HashMap::new()),
+                refused_per_source: AtomicU64::new(0),
+                message_timeouts: AtomicU64::new(0),
                 dropped_sends: AtomicU64::new(0),
                 limits,
-                idle,
-                max_conns,
+                tcp,
                 phase: watch::Sender::new(Phase::Running),
                 readers: Drain::default(),
                 writers,
@@ -239,6 +292,18 @@ impl Transport {
 
     pub fn open_connections(&self) -> usize {
         self.open_conns.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections closed at once so far because their source held
+    /// `max_tcp_connections_per_source` connections already.
+    pub fn refused_per_source(&self) -> u64 {
+        self.refused_per_source.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections closed so far because a message was not finished within
+    /// `tcp_message_timeout` of its first byte.
+    pub fn message_timeouts(&self) -> u64 {
+        self.message_timeouts.load(Ordering::Relaxed)
     }
 
     /// UDP datagrams dropped so far because a socket's buffer and backlog were full.
@@ -314,14 +379,43 @@ impl Transport {
                     continue;
                 }
             };
-            if self.open_conns.load(Ordering::Relaxed) >= self.max_conns {
-                tracing::warn!(%remote, limit = self.max_conns, "refusing tcp connection: limit reached");
+            if self.open_conns.load(Ordering::Relaxed) >= self.tcp.max_conns {
+                tracing::warn!(%remote, limit = self.tcp.max_conns, "refusing tcp connection: limit reached");
+                drop(stream);
+                continue;
+            }
+            if !self.admit_source(remote) {
+                // Debug, not warn: the log must not grow at the rate a host can connect.
+                self.refused_per_source.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, limit = self.tcp.max_per_source, "refusing tcp connection: per-source limit reached (server.max_tcp_connections_per_source)");
                 drop(stream);
                 continue;
             }
             let _ = stream.set_nodelay(true);
             self.clone()
                 .run_conn(stream, remote, local, inbound.clone());
+        }
+    }
+
+    /// Counts one more connection from `remote`'s source, unless it has `max_per_source`.
+    fn admit_source(&self, remote: SocketAddr) -> bool {
+        let mut per = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let open = per.entry(source_of(remote.ip())).or_insert(0);
+        if *open >= self.tcp.max_per_source {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    fn release_source(&self, remote: SocketAddr) {
+        let source = source_of(remote.ip());
+        let mut per = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = per.get_mut(&source) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                per.remove(&source);
+            }
         }
     }
 
@@ -371,23 +465,41 @@ impl Transport {
             let mut buf: Vec<u8> = Vec::with_capacity(8192);
             let mut chunk = vec![0u8; 16 * 1024];
             let mut stopped = false;
+            // When the first byte of the message now in `buf` arrived; `None` while `buf`
+            // holds no message bytes (keep-alives are consumed as they come).
+            let mut message_began: Option<tokio::time::Instant> = None;
             'conn: loop {
+                let idle_until = tokio::time::Instant::now() + me.tcp.idle;
+                let finish_by = message_began.map(|t| t + me.tcp.message_timeout);
                 let read = tokio::select! {
                     biased;
                     _ = phase.wait_for(|p| *p >= Phase::Draining) => {
                         stopped = true;
                         break;
                     }
-                    r = tokio::time::timeout(me.idle, rd.read(&mut chunk)) => r,
+                    r = tokio::time::timeout_at(
+                        finish_by.map_or(idle_until, |f| f.min(idle_until)),
+                        rd.read(&mut chunk),
+                    ) => r,
                 };
                 let n = match read {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Err(_) if finish_by.is_some_and(|f| f <= tokio::time::Instant::now()) => {
+                        // A peer that trickles a message holds a slot as long as it likes
+                        // unless the whole message has a deadline.
+                        me.message_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%remote, "closing tcp connection: message not finished in time (server.tcp_message_timeout)");
+                        break;
+                    }
                     Err(_) => {
                         tracing::debug!(%remote, "closing idle tcp connection");
                         break;
                     }
                     Ok(Ok(n)) => n,
                 };
+                let read_at = tokio::time::Instant::now();
+                let continuing = !buf.is_empty();
+                let mut framed_message = false;
                 buf.extend_from_slice(&chunk[..n]);
                 loop {
                     match frame_stream(&buf, &me.limits) {
@@ -400,6 +512,7 @@ impl Transport {
                         }
                         Ok(Frame::Message(len)) => {
                             let msg: Vec<u8> = buf.drain(..len).collect();
+                            framed_message = true;
                             inbound.clone().on_message(msg, peer);
                         }
                         Err(e) => {
@@ -414,6 +527,13 @@ impl Transport {
                         }
                     }
                 }
+                message_began = message_start(
+                    message_began,
+                    continuing,
+                    framed_message,
+                    !buf.is_empty(),
+                    read_at,
+                );
             }
             drop(reading);
             if stopped {
@@ -437,6 +557,7 @@ impl Transport {
             .is_some()
         {
             self.open_conns.fetch_sub(1, Ordering::Relaxed);
+            self.release_source(remote);
         }
         let mut by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
         if by.get(&remote) == Some(&id) {
@@ -624,7 +745,13 @@ mod tests {
             proto: ListenProto::Udp,
             addr: "127.0.0.1:0".parse().unwrap(),
         };
-        Transport::bind(&[addr], Limits::default(), Duration::from_secs(60), 10)
+        let tcp = TcpLimits {
+            idle: Duration::from_secs(60),
+            max_conns: 10,
+            max_per_source: 10,
+            message_timeout: Duration::from_secs(10),
+        };
+        Transport::bind(&[addr], Limits::default(), tcp)
             .await
             .unwrap()
             .0
@@ -696,6 +823,47 @@ mod tests {
         let (n, _) = rx.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], &7u32.to_be_bytes());
         assert_eq!(t.queued_sends(), 0);
+    }
+
+    /// RFC 3261 §18.3 frames a stream by Content-Length; a message's deadline runs from its
+    /// own first byte, whatever came before it on the connection.
+    #[test]
+    fn rfc3261_18_3_a_message_deadline_starts_at_its_first_byte() {
+        let t0 = tokio::time::Instant::now();
+        let t1 = t0 + Duration::from_secs(3);
+        // The first bytes of a message: its clock starts.
+        assert_eq!(message_start(None, false, false, true, t0), Some(t0));
+        // More bytes of the same message do not move it.
+        assert_eq!(message_start(Some(t0), true, false, true, t1), Some(t0));
+        // The message completed and nothing is left: no deadline.
+        assert_eq!(message_start(Some(t0), true, true, false, t1), None);
+        // It completed and the next one began in the same read (pipelining): a new clock.
+        assert_eq!(message_start(Some(t0), true, true, true, t1), Some(t1));
+        // Keep-alives only (consumed, nothing left): none.
+        assert_eq!(message_start(None, false, false, false, t1), None);
+    }
+
+    #[test]
+    fn tcp_sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(source_of(ip("192.0.2.7")), source_of(ip("192.0.2.8")));
+        // One host's /64: every interface id counts for the same source.
+        assert_eq!(source_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_ne!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:3::1"))
+        );
+        // IPv4-mapped: the IPv4 address, not the /64 of every mapped address.
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(
+            source_of(ip("::ffff:192.0.2.7")),
+            source_of(ip("::ffff:192.0.2.8"))
+        );
     }
 
     #[test]

@@ -261,6 +261,45 @@ impl Tcp {
         }
     }
 
+    /// A connection from another host: `ip` is a loopback address such as 127.0.0.2.
+    pub async fn connect_from(ip: &str, server: SocketAddr) -> Tcp {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        Tcp {
+            stream: sock.connect(server).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a CRLF keep-alive (RFC 5626 §4.4.1) and reads the pong, proving the connection
+    /// is open and served. False if the server closed it.
+    pub async fn ping(&mut self) -> bool {
+        if self.stream.write_all(b"\r\n\r\n").await.is_err() {
+            return false;
+        }
+        let mut pong = [0u8; 2];
+        match tokio::time::timeout(Duration::from_secs(5), self.stream.read_exact(&mut pong)).await
+        {
+            Ok(Ok(_)) => &pong == b"\r\n",
+            Ok(Err(_)) => false,
+            Err(_) => panic!("no pong and no close within 5 s"),
+        }
+    }
+
+    /// Whether the server closes the connection within `ms` (reads end, or are reset),
+    /// skipping anything it sends first.
+    pub async fn closed_within(&mut self, ms: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }
