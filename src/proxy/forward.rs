@@ -8,7 +8,7 @@ use super::lock;
 use super::service::{AckStep, NextHop};
 use super::{branch_request, response_addr, strip_top_via, uri_addr, Hop, Targets};
 use crate::auth::AuthResult;
-use crate::dialog::{CallKey, Flow, InviteInfo, Party, Update};
+use crate::dialog::{CallKey, DialogSender, Flow, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Request, Response};
@@ -47,12 +47,30 @@ impl Core {
             Err(e) => return self.proxy_reject(&key, &req, &e),
         };
         let in_dialog = parsed.to.tag().is_some();
-        if self.proxy.needs_credentials(&req, in_dialog) {
-            if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
-                return self.respond(&key, resp);
+        // In a dialog we know, its parties need no credentials; anyone else proves by digest
+        // to be the party it claims to be (the ids of a call are no secret: BLF shows them).
+        let sender = in_dialog.then(|| self.proxy.dialog_sender(&req)).flatten();
+        match &sender {
+            Some(s) if self.from_dialog_party(s, &peer) => {}
+            Some(s) => match self.proxy_authenticate(&mut req, parsed, peer) {
+                Err(resp) => return self.respond(&key, resp),
+                Ok(Some(user)) if s.is_user(&user) => {}
+                Ok(_) => return self.proxy_reject(&key, &req, &super::ProxyError::NotDialogParty),
+            },
+            None => {
+                if let Err(resp) = self.proxy_authenticate(&mut req, parsed, peer) {
+                    return self.respond(&key, resp);
+                }
             }
         }
         if let Err(e) = self.proxy.preprocess(&mut req, in_dialog) {
+            return self.proxy_reject(&key, &req, &e);
+        }
+        let trusted = self.proxy.rules.trusted_for_calls(peer.remote.ip());
+        if let Err(e) = self
+            .proxy
+            .check_routes(&req, sender.as_ref(), in_dialog, trusted)
+        {
             return self.proxy_reject(&key, &req, &e);
         }
         let upstream = self.upstream_peer();
@@ -115,14 +133,36 @@ impl Core {
         self.run_proxy_actions(actions);
     }
 
+    /// Whether a request of a dialog we know, arriving from `peer`, comes from the party
+    /// `sender` it claims to be (see [`DialogSender::sent_from`]): the flow the dialog was
+    /// set up over, a flow that party's phones are registered from, or for the PBX's side a
+    /// source trusted for calls.
+    fn from_dialog_party(&self, sender: &DialogSender, peer: &Peer) -> bool {
+        let source = Flow::of(peer);
+        let trusted = |ip| self.proxy.rules.trusted_for_calls(ip);
+        if sender.sent_from(source, &[], trusted) {
+            return true;
+        }
+        let registered: Vec<Flow> = sender
+            .aor
+            .as_deref()
+            .map(|aor| self.registrar.lookup(aor))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| b.source.parse().ok())
+            .collect();
+        sender.sent_from(source, &registered, trusted)
+    }
+
     /// Digest for calls from phones (RFC 3261 §22.3: 407 with Proxy-Authenticate); trusted
-    /// sources (the PBX) and open mode pass. The caller must call as itself.
+    /// sources (the PBX) and open mode pass (`None`: nobody identified). The caller must
+    /// call as itself; the authenticated user is returned.
     fn proxy_authenticate(
         &self,
         req: &mut Request,
         parsed: &Parsed,
         peer: Peer,
-    ) -> Result<(), Response> {
+    ) -> Result<Option<String>, Response> {
         let tag = self.ids.tag();
         let now = self.clock.now_unix();
         let challenged = parsed.from.uri.as_sip().and_then(|u| u.user.as_deref());
@@ -130,7 +170,7 @@ impl Core {
             .auth
             .check(req, HeaderName::ProxyAuthorization, peer.remote.ip(), now)
         {
-            AuthResult::Skipped => Ok(()),
+            AuthResult::Skipped => Ok(None),
             AuthResult::Authenticated { username } => {
                 let from_user = challenged.map(|u| crate::sip::text::unescape(u).into_owned());
                 if from_user.as_deref() != Some(username.as_str()) {
@@ -146,7 +186,7 @@ impl Core {
                             .map(|c| c.realm != realm)
                             .unwrap_or(true)
                 });
-                Ok(())
+                Ok(Some(username))
             }
             AuthResult::Challenge { stale } => {
                 let mut r = req.response(407, "Proxy Authentication Required", Some(&tag));
@@ -358,11 +398,17 @@ impl Core {
 
     /// CANCEL from upstream (RFC 3261 §16.10): 200 for the CANCEL, then every pending branch of
     /// the INVITE it matches is cancelled; their 487 goes upstream as the INVITE's answer.
-    pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request) {
+    /// A CANCEL from another flow than its INVITE's cancels nothing: 481 (see
+    /// `ProxyService::on_cancel`).
+    pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request, peer: Peer) {
         let invite = lock(&self.transactions).find_invite_for_cancel(req);
         let now_ms = self.clock.now_unix_ms();
         let mut publish = |u| self.publish_calls_locked(u);
-        match invite.and_then(|k| self.proxy.on_cancel(&k, self.now(), now_ms, &mut publish)) {
+        let from = Flow::of(&peer);
+        match invite.and_then(|k| {
+            self.proxy
+                .on_cancel(&k, from, self.now(), now_ms, &mut publish)
+        }) {
             Some(actions) => {
                 self.respond(&key, req.response(200, "OK", Some(&self.ids.tag())));
                 self.run_proxy_actions(actions);
@@ -374,7 +420,9 @@ impl Core {
     /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx (§16.11),
     /// forwarded statelessly by its Route or Request-URI. Retransmissions get the same branch.
     pub(crate) fn proxy_ack(self: &Arc<Self>, req: Request, peer: Peer) {
-        let (ack, next) = match self.proxy.on_stray_ack(req, self.clock.now_unix_ms()) {
+        let now_ms = self.clock.now_unix_ms();
+        let from_party = |s: &DialogSender| self.from_dialog_party(s, &peer);
+        let (ack, next) = match self.proxy.on_stray_ack(req, now_ms, from_party) {
             AckStep::Drop(why) => {
                 tracing::debug!(%peer, why, "stray ACK dropped");
                 return;

@@ -13,7 +13,7 @@ pub mod service;
 
 pub use service::ProxyService;
 
-use crate::config::{Config, ProxyConfig, Unregistered};
+use crate::config::{Config, ProxyConfig, TrustedFor, Unregistered};
 use crate::dialog::Flow;
 use crate::domain::Domains;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, SipUri, Uri, Via};
@@ -56,6 +56,17 @@ pub enum ProxyError {
     /// An in-dialog request for someone else without our Route: a dialog we are not in.
     #[error("Not Found: in-dialog request not routed through us")]
     NotRoutedThroughUs,
+    /// A request in a dialog we know, from someone who authenticated as another user than
+    /// the party it claims to be (or could not be identified: a trusted source for a side
+    /// that is not the PBX).
+    #[error("Forbidden: Not a party of this dialog")]
+    NotDialogParty,
+    /// An in-dialog request naming a Route its dialog's route set does not have.
+    #[error("Forbidden: Route not in this dialog's route set: {0}")]
+    RouteNotInDialog(String),
+    /// An initial request from a phone with Route entries other than ours.
+    #[error("Forbidden: Route entries other than ours are not accepted from phones (the proxy routes calls)")]
+    PreloadedRoute,
 }
 
 impl ProxyError {
@@ -67,7 +78,10 @@ impl ProxyError {
             ProxyError::NoSuchDialog => 481,
             ProxyError::NotRegistered => 480,
             ProxyError::BadRoute(_) => 400,
-            ProxyError::WrongIdentity => 403,
+            ProxyError::WrongIdentity
+            | ProxyError::NotDialogParty
+            | ProxyError::RouteNotInDialog(_)
+            | ProxyError::PreloadedRoute => 403,
             ProxyError::BadExtension(_) => 420,
             ProxyError::UnsupportedScheme(_) => 416,
         }
@@ -105,6 +119,8 @@ pub struct Proxy {
     advertised_host: String,
     /// Keyed hash for loop detection, random per process.
     loop_key: std::collections::hash_map::RandomState,
+    /// `[auth] trusted` when `[auth] trusted_for` has `calls` (else none): the PBX.
+    trusted_calls: Vec<ipnet::IpNet>,
 }
 
 impl Proxy {
@@ -116,7 +132,18 @@ impl Proxy {
             local,
             advertised_host,
             loop_key: Default::default(),
+            trusted_calls: if cfg.auth.trusted_for.contains(&TrustedFor::Calls) {
+                cfg.auth.trusted.clone()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// Whether `ip` is a source trusted for calls (`[auth] trusted`, `trusted_for` with
+    /// `calls`): the PBX.
+    pub fn trusted_for_calls(&self, ip: std::net::IpAddr) -> bool {
+        crate::config::in_networks(&self.trusted_calls, ip)
     }
 
     /// `host:port` of our socket `local` as others reach it.
@@ -483,6 +510,17 @@ pub fn response_addr(via: &Via) -> Option<(Proto, SocketAddr)> {
         _ => via.port.unwrap_or(5060),
     };
     Some((proto, SocketAddr::new(ip, port)))
+}
+
+/// The first of `routes` (Route values of a request, ours removed) that is not an entry of
+/// the dialog's `route_set` (RFC 3261 §12.2.1.1, URIs compared by §19.1.4), if any.
+pub fn route_outside<'a>(routes: &[&'a str], route_set: &[String]) -> Option<&'a str> {
+    let uri = |v: &str| crate::sip::NameAddr::parse(v).ok().map(|na| na.uri);
+    let set: Vec<Uri> = route_set.iter().filter_map(|r| uri(r)).collect();
+    routes.iter().copied().find(|r| match uri(r) {
+        Some(u) => !set.iter().any(|s| s.equivalent(&u)),
+        None => true,
+    })
 }
 
 /// Replaces all values of a list header by `values`, at the first one's place.
