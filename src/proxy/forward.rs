@@ -51,7 +51,7 @@ impl Core {
         // to be the party it claims to be (the ids of a call are no secret: BLF shows them).
         let sender = in_dialog.then(|| self.proxy.dialog_sender(&req)).flatten();
         match &sender {
-            Some(s) if self.from_dialog_party(s, &peer) => {}
+            Some(s) if self.sent_by_dialog_party(s, &peer) => {}
             Some(s) => match self.proxy_authenticate(&mut req, parsed, peer) {
                 Err(resp) => return self.respond(&key, resp),
                 Ok(Some(user)) if s.is_user(&user) => {}
@@ -137,7 +137,7 @@ impl Core {
     /// `sender` it claims to be (see [`DialogSender::sent_from`]): the flow the dialog was
     /// set up over, a flow that party's phones are registered from, or for the PBX's side a
     /// source trusted for calls.
-    fn from_dialog_party(&self, sender: &DialogSender, peer: &Peer) -> bool {
+    fn sent_by_dialog_party(&self, sender: &DialogSender, peer: &Peer) -> bool {
         let source = Flow::of(peer);
         let trusted = |ip| self.proxy.rules.trusted_for_calls(ip);
         if sender.sent_from(source, &[], trusted) {
@@ -421,7 +421,7 @@ impl Core {
     /// forwarded statelessly by its Route or Request-URI. Retransmissions get the same branch.
     pub(crate) fn proxy_ack(self: &Arc<Self>, req: Request, peer: Peer) {
         let now_ms = self.clock.now_unix_ms();
-        let from_party = |s: &DialogSender| self.from_dialog_party(s, &peer);
+        let from_party = |s: &DialogSender| self.sent_by_dialog_party(s, &peer);
         let (ack, next) = match self.proxy.on_stray_ack(req, now_ms, from_party) {
             AckStep::Drop(why) => {
                 tracing::debug!(%peer, why, "stray ACK dropped");
