@@ -150,18 +150,16 @@ fn ack_for(invite: &Request, resp: &Response) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `bytes` (a request `p` sends) answered 407, then sent again with digest credentials of
-/// `user` (new branch, next CSeq): the final response to the retry, and the retry.
-async fn with_digest_as(p: &mut Phone, bytes: &[u8], user: &str) -> (Response, Request) {
-    let first = parse_request(bytes);
-    let r = send_for_final(p, bytes).await;
+/// `first` (a request `p` sent) again after its `407` answer `r`: the `407` ACKed when
+/// `first` is an INVITE, then a new branch, the next CSeq and digest credentials of `user`.
+async fn retried_with_digest(p: &mut Phone, first: &Request, r: &Response, user: &str) -> Request {
     assert_eq!(
         r.status, 407,
         "challenge expected: {} {}",
         r.status, r.reason
     );
     if first.method == "INVITE" {
-        p.ua.send(&ack_for(&first, &r)).await;
+        p.ua.send(&ack_for(first, r)).await;
     }
     let auth = common::authorization(
         r.headers.get(HeaderName::ProxyAuthenticate).unwrap(),
@@ -178,33 +176,25 @@ async fn with_digest_as(p: &mut Phone, bytes: &[u8], user: &str) -> (Response, R
         .set(HeaderName::CSeq, format!("{seq} {}", first.method));
     again.headers.set(HeaderName::Via, p.via());
     again.headers.push(HeaderName::ProxyAuthorization, auth);
-    let bytes = again.to_bytes();
-    (send_for_final(p, &bytes).await, again)
+    again
 }
 
-/// `p`'s INVITE to `to`, challenged and sent again with its digest; the INVITE it sent last
-/// (what the call is built from). `extra` header lines go after Max-Forwards.
+/// `bytes` (a request `p` sends) answered 407, then sent again with digest credentials of
+/// `user`: the final response to the retry, and the retry.
+async fn with_digest_as(p: &mut Phone, bytes: &[u8], user: &str) -> (Response, Request) {
+    let first = parse_request(bytes);
+    let r = send_for_final(p, bytes).await;
+    let again = retried_with_digest(p, &first, &r, user).await;
+    (send_for_final(p, &again.to_bytes()).await, again)
+}
+
+/// `p`'s INVITE to `to`, challenged and sent again with its digest (and header lines
+/// `extra` after Max-Forwards): the INVITE it sent last, which the call is built from.
 async fn invite_with_digest(p: &mut Phone, to: &str, call_id: &str, extra: &str) -> Request {
     let first = p.invite(to, call_id).await;
     let r = p.final_of("INVITE").await;
-    assert_eq!(
-        r.status, 407,
-        "challenge expected: {} {}",
-        r.status, r.reason
-    );
-    p.ua.send(&ack_for(&first, &r)).await;
-    let auth = common::authorization(
-        r.headers.get(HeaderName::ProxyAuthenticate).unwrap(),
-        &p.user,
-        password(&p.user),
-        "INVITE",
-        &first.uri.to_string(),
-        1,
-    );
-    let mut again = first.clone();
-    again.headers.set(HeaderName::CSeq, "2 INVITE");
-    again.headers.set(HeaderName::Via, p.via());
-    again.headers.push(HeaderName::ProxyAuthorization, auth);
+    let user = p.user.clone();
+    let again = retried_with_digest(p, &first, &r, &user).await;
     let bytes = with_header(&again.to_bytes(), extra);
     p.ua.send(&bytes).await;
     parse_request(&bytes)
@@ -233,19 +223,31 @@ async fn final_of_call(p: &mut Phone, call_id: &str) -> Response {
     }
 }
 
+/// `caller` calls `to` with digest and `callee` answers with To tag `tag`: (the caller's
+/// leg, the callee's leg), the ACK delivered.
+async fn answered_by(
+    caller: &mut Phone,
+    callee: &mut Phone,
+    to: &str,
+    call_id: &str,
+    tag: &str,
+) -> (Leg, Leg) {
+    let invite = invite_with_digest(caller, to, call_id, "").await;
+    let at = callee.next_of("INVITE").await;
+    callee.reply(&at, 200, tag).await;
+    let ok = final_of_call(caller, call_id).await;
+    assert_eq!(ok.status, 200);
+    let mut caller_leg = Phone::caller_leg(&invite, &ok);
+    caller_leg.cseq = 2;
+    let ack = caller.in_dialog(&mut caller_leg, "ACK", None);
+    caller.ua.send(&ack).await;
+    callee.next_of("ACK").await;
+    (caller_leg, Phone::callee_leg(&at, tag))
+}
+
 /// Alice calls bob with digest and bob answers: (alice's leg, bob's leg), ACK delivered.
 async fn answered(o: &mut Office, call_id: &str) -> (Leg, Leg) {
-    let invite = invite_with_digest(&mut o.alice, "1002", call_id, "").await;
-    let at = o.bob.next_of("INVITE").await;
-    o.bob.reply(&at, 200, "b").await;
-    let ok = final_of_call(&mut o.alice, call_id).await;
-    assert_eq!(ok.status, 200);
-    let mut caller = Phone::caller_leg(&invite, &ok);
-    caller.cseq = 2;
-    let ack = o.alice.in_dialog(&mut caller, "ACK", None);
-    o.alice.ua.send(&ack).await;
-    o.bob.next_of("ACK").await;
-    (caller, Phone::callee_leg(&at, "b"))
+    answered_by(&mut o.alice, &mut o.bob, "1002", call_id, "b").await
 }
 
 /// Alice calls bob with digest and bob rings with a to-tag: the INVITE alice sent, the one
@@ -287,11 +289,13 @@ fn outsider_requests(from: &Phone, leg: &Leg, pbx: &Phone) -> Vec<Vec<u8>> {
     out
 }
 
-/// Sends each request from `from`; each is refused with a challenge (407) or 403.
-async fn all_refused(from: &mut Phone, requests: &[Vec<u8>]) {
+/// Sends each request from the outsider; each is refused with a challenge (407) or 403,
+/// and once the server has processed them neither phone nor the PBX has received anything.
+async fn refused_and_unheard(o: &mut Office, requests: &[Vec<u8>]) {
+    let mark = o.s.mark();
     for bytes in requests {
         let req = parse_request(bytes);
-        let r = send_for_final(from, bytes).await;
+        let r = send_for_final(&mut o.mallory, bytes).await;
         assert!(
             r.status == 407 || r.status == 403,
             "{} from an outsider: {} {}",
@@ -300,9 +304,16 @@ async fn all_refused(from: &mut Phone, requests: &[Vec<u8>]) {
             r.reason
         );
         if req.method == "INVITE" {
-            from.ua.send(&ack_for(&req, &r)).await;
+            o.mallory.ua.send(&ack_for(&req, &r)).await;
         }
     }
+    o.s.assert_processed_then_silent(
+        mark,
+        requests.len() as u64,
+        silent(&mut [&mut o.alice, &mut o.bob, &mut o.pbx]),
+        "a request of the outsider reached a phone or the PBX",
+    )
+    .await;
 }
 
 /// Nobody in `phones` receives a request within 300 ms.
@@ -323,16 +334,7 @@ async fn an_outsider_with_a_calls_ids_cannot_reinvite_refer_message_route_or_bye
     // As either party: the caller's side, then the callee's.
     for leg in [&caller, &callee] {
         let requests = outsider_requests(&o.mallory, leg, &o.pbx);
-        let mark = o.s.mark();
-        all_refused(&mut o.mallory, &requests).await;
-        let n = requests.len() as u64;
-        o.s.assert_processed_then_silent(
-            mark,
-            n,
-            silent(&mut [&mut o.alice, &mut o.bob, &mut o.pbx]),
-            "a request of the outsider reached a phone or the PBX",
-        )
-        .await;
+        refused_and_unheard(&mut o, &requests).await;
     }
     // The call is intact: its parties still talk.
     let mut leg = caller.clone();
@@ -346,29 +348,11 @@ async fn an_outsider_with_a_calls_ids_cannot_reinvite_refer_message_route_or_bye
 async fn an_outsider_with_the_ids_of_a_call_with_the_pbx_is_challenged_and_nobody_hears_it() {
     let mut o = office().await;
     // Alice calls out: the PBX answers.
-    let invite = invite_with_digest(&mut o.alice, "5551234", "pbx-hijack-1", "").await;
-    let at = o.pbx.next_of("INVITE").await;
-    o.pbx.reply(&at, 200, "p").await;
-    let ok = final_of_call(&mut o.alice, "pbx-hijack-1").await;
-    assert_eq!(ok.status, 200);
-    let mut caller = Phone::caller_leg(&invite, &ok);
-    caller.cseq = 2;
-    let ack = o.alice.in_dialog(&mut caller, "ACK", None);
-    o.alice.ua.send(&ack).await;
-    o.pbx.next_of("ACK").await;
-    let callee = Phone::callee_leg(&at, "p");
+    let (caller, callee) =
+        answered_by(&mut o.alice, &mut o.pbx, "5551234", "pbx-hijack-1", "p").await;
     for leg in [&caller, &callee] {
         let requests = outsider_requests(&o.mallory, leg, &o.pbx);
-        let mark = o.s.mark();
-        all_refused(&mut o.mallory, &requests).await;
-        let n = requests.len() as u64;
-        o.s.assert_processed_then_silent(
-            mark,
-            n,
-            silent(&mut [&mut o.alice, &mut o.bob, &mut o.pbx]),
-            "a request of the outsider reached a phone or the PBX",
-        )
-        .await;
+        refused_and_unheard(&mut o, &requests).await;
     }
     // The end-to-end ACK of the confirmed dialog from the outsider: dropped and counted.
     let core = &o.s.handle.core;
@@ -402,16 +386,7 @@ async fn an_outsider_cannot_act_in_the_early_dialog_nor_cancel_the_call() {
             m.in_dialog(&mut leg, "INFO", None),
             m.in_dialog(&mut leg, "BYE", None),
         ];
-        let mark = o.s.mark();
-        all_refused(&mut o.mallory, &requests).await;
-        let n = requests.len() as u64;
-        o.s.assert_processed_then_silent(
-            mark,
-            n,
-            silent(&mut [&mut o.alice, &mut o.bob, &mut o.pbx]),
-            "a request of the outsider reached a phone or the PBX",
-        )
-        .await;
+        refused_and_unheard(&mut o, &requests).await;
     }
     // The caller's CANCEL, sent by the outsider (RFC 3261 §9.1: it copies the INVITE's Via,
     // as someone who saw the INVITE would): it cancels nothing. Its 481 goes where the Via

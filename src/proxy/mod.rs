@@ -829,6 +829,41 @@ Content-Length: 0\n\n";
     }
 
     #[test]
+    fn rfc3261_12_2_1_1_a_route_outside_the_dialogs_route_set_is_named() {
+        let set = vec![
+            "<sip:192.0.2.10:5060;lr;r2=on>".to_string(),
+            "\"edge\" <sip:Edge.Example.com;lr>".to_string(),
+        ];
+        // Entries of the set, in any order or spelling of the same URI (§19.1.4).
+        assert_eq!(route_outside(&[], &set), None);
+        assert_eq!(
+            route_outside(
+                &[
+                    "<sip:edge.example.com;lr>",
+                    "<sip:192.0.2.10:5060;lr;r2=on>"
+                ],
+                &set
+            ),
+            None
+        );
+        // Anything else is named, the first one first; an unparsable entry too.
+        assert_eq!(
+            route_outside(&["<sip:edge.example.com;lr>", "<sip:pbx.test;lr>"], &set),
+            Some("<sip:pbx.test;lr>")
+        );
+        assert_eq!(
+            route_outside(&["<sip:192.0.2.10:5070;lr>"], &set),
+            Some("<sip:192.0.2.10:5070;lr>")
+        );
+        assert_eq!(route_outside(&["not a uri"], &set), Some("not a uri"));
+        // An empty route set (no Record-Route at all) admits no Route.
+        assert_eq!(
+            route_outside(&["<sip:edge.example.com;lr>"], &[]),
+            Some("<sip:edge.example.com;lr>")
+        );
+    }
+
+    #[test]
     fn rfc3261_18_2_2_stateless_response_goes_to_received_and_rport() {
         let v = Via::parse(
             "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKx;received=198.51.100.1;rport=1024",

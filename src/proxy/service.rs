@@ -165,7 +165,10 @@ impl ProxyService {
         let routes = req.headers.list(HeaderName::Route);
         match sender {
             Some(s) => match super::route_outside(&routes, &s.route_set) {
-                Some(r) => Err(ProxyError::RouteNotInDialog(r.chars().take(100).collect())),
+                // Named in the reason phrase: printable characters only, and not all of them.
+                Some(r) => Err(ProxyError::RouteNotInDialog(
+                    r.chars().filter(|c| !c.is_control()).take(100).collect(),
+                )),
                 None => Ok(()),
             },
             None if !in_dialog && !trusted && !routes.is_empty() => Err(ProxyError::PreloadedRoute),
