@@ -66,7 +66,7 @@ impl Core {
         if let Err(e) = self.proxy.preprocess(&mut req, in_dialog) {
             return self.proxy_reject(&key, &req, &e);
         }
-        let trusted = self.proxy.rules.trusted_for_calls(peer.remote.ip());
+        let trusted = self.trusted_for_calls(peer.remote.ip());
         if let Err(e) = self
             .proxy
             .check_routes(&req, sender.as_ref(), in_dialog, trusted)
@@ -133,13 +133,19 @@ impl Core {
         self.run_proxy_actions(actions);
     }
 
+    /// Whether `ip` is a source trusted for calls (`[auth] trusted`, `trusted_for` with
+    /// `calls`): the PBX. The one place the in-dialog and Route checks ask.
+    fn trusted_for_calls(&self, ip: std::net::IpAddr) -> bool {
+        self.auth.is_trusted(ip)
+    }
+
     /// Whether a request of a dialog we know, arriving from `peer`, comes from the party
     /// `sender` it claims to be (see [`DialogSender::sent_from`]): the flow the dialog was
     /// set up over, a flow that party's phones are registered from, or for the PBX's side a
     /// source trusted for calls.
     fn sent_by_dialog_party(&self, sender: &DialogSender, peer: &Peer) -> bool {
         let source = Flow::of(peer);
-        let trusted = |ip| self.proxy.rules.trusted_for_calls(ip);
+        let trusted = |ip| self.trusted_for_calls(ip);
         if sender.sent_from(source, &[], trusted) {
             return true;
         }

@@ -13,7 +13,7 @@ pub mod service;
 
 pub use service::ProxyService;
 
-use crate::config::{Config, ProxyConfig, TrustedFor, Unregistered};
+use crate::config::{Config, ProxyConfig, Unregistered};
 use crate::dialog::Flow;
 use crate::domain::Domains;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, SipUri, Uri, Via};
@@ -119,8 +119,6 @@ pub struct Proxy {
     advertised_host: String,
     /// Keyed hash for loop detection, random per process.
     loop_key: std::collections::hash_map::RandomState,
-    /// `[auth] trusted` when `[auth] trusted_for` has `calls` (else none): the PBX.
-    trusted_calls: Vec<ipnet::IpNet>,
 }
 
 impl Proxy {
@@ -132,18 +130,7 @@ impl Proxy {
             local,
             advertised_host,
             loop_key: Default::default(),
-            trusted_calls: if cfg.auth.trusted_for.contains(&TrustedFor::Calls) {
-                cfg.auth.trusted.clone()
-            } else {
-                Vec::new()
-            },
         }
-    }
-
-    /// Whether `ip` is a source trusted for calls (`[auth] trusted`, `trusted_for` with
-    /// `calls`): the PBX.
-    pub fn trusted_for_calls(&self, ip: std::net::IpAddr) -> bool {
-        crate::config::in_networks(&self.trusted_calls, ip)
     }
 
     /// `host:port` of our socket `local` as others reach it.
