@@ -540,7 +540,7 @@ impl Core {
         };
         let in_dialog = parsed.to.tag().is_some();
         let local = match router::route(&req, in_dialog, |u| self.proxy.rules.is_us(u)) {
-            Route::Cancel => return self.proxy_cancel(key, &req),
+            Route::Cancel => return self.proxy_cancel(key, &req, peer),
             Route::Proxy => return self.proxy_request(key, req, &parsed, peer),
             Route::Local(local) => local,
         };

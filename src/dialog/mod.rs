@@ -18,7 +18,7 @@
 pub mod sdp;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::DialogConfig;
 pub use crate::sip::body::dialog_info::DialogState;
@@ -33,6 +33,9 @@ pub const ENDED_KEEP_MS: u64 = 64_000;
 pub const MAX_BRANCHES: usize = 64;
 /// Most to-tags of ended branches remembered per call (so their late 1xx cannot revive them).
 const MAX_DEAD_TAGS: usize = 64;
+/// Most Record-Route entries kept as one dialog's route set; an entry past them is not in
+/// the route set (a request naming it is refused, never relayed).
+pub const MAX_ROUTE_SET: usize = 16;
 
 /// Where a party's requests come from, and so where in-dialog requests to it go: the
 /// transport and the remote address (behind NAT: the address the request really came from).
@@ -168,6 +171,10 @@ pub struct Branch {
     /// The highest CSeq seen in a request from the callee in this dialog (see
     /// [`DialogTracker::note_cseq`]).
     pub callee_cseq: Option<u32>,
+    /// The dialog's route set as this branch's answer recorded it (its Record-Route values,
+    /// ours included; RFC 3261 §12.1: the 2xx's replaces an early one's). In-dialog requests
+    /// may name no other Route.
+    pub route_set: Vec<String>,
 }
 
 impl Branch {
@@ -334,6 +341,59 @@ pub struct DialogTracker {
     answered: Recent<DialogId>,
 }
 
+/// One end of a dialog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Caller,
+    Callee,
+}
+
+/// The party an in-dialog request claims to be from (its From tag names the side), as the
+/// tracker recorded it when the dialog was set up (see [`DialogTracker::sender`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialogSender {
+    pub side: Side,
+    /// The flow that side set the dialog up over: the caller's INVITE came from it, the
+    /// callee's answers came back over it.
+    pub flow: Option<Flow>,
+    /// That side's canonical local AOR, when it is a user of ours.
+    pub aor: Option<String>,
+    /// The dialog's route set (the Record-Route values of the answer, ours included).
+    pub route_set: Vec<String>,
+}
+
+impl DialogSender {
+    /// Whether a request that arrived over `source` comes from this party (RFC 3261 §12.2:
+    /// only the dialog's parties send requests in it; a proxy that relays requests from
+    /// anyone who knows the Call-ID and tags lets them hijack the call):
+    /// - the flow the dialog was set up over on this side;
+    /// - a flow a phone of this party's AOR is registered from (`registered`: it re-registered
+    ///   from a new port or connection since);
+    /// - for a side that is the PBX (its flow is a source trusted for calls, `trusted`), any
+    ///   source trusted for calls (a PBX answers and sends from more than one address).
+    pub fn sent_from(
+        &self,
+        source: Flow,
+        registered: &[Flow],
+        trusted: impl Fn(IpAddr) -> bool,
+    ) -> bool {
+        self.flow == Some(source)
+            || registered.contains(&source)
+            || (trusted(source.remote.ip()) && self.flow.is_some_and(|f| trusted(f.remote.ip())))
+    }
+
+    /// Whether `username`, authenticated by digest, is this party: the user of its AOR (the
+    /// From user of the caller, the To user of the callee). A side without a local AOR (the
+    /// PBX, a foreign caller) has no user here.
+    pub fn is_user(&self, username: &str) -> bool {
+        self.aor
+            .as_deref()
+            .and_then(|aor| aor.strip_prefix("sip:"))
+            .and_then(|a| a.rsplit_once('@'))
+            .is_some_and(|(user, _)| user == username)
+    }
+}
+
 /// Which side sent an in-dialog request, and the dialog it names.
 struct Found {
     key: CallKey,
@@ -424,6 +484,23 @@ impl DialogTracker {
         flow: Option<Flow>,
         now: u64,
     ) -> Option<Update> {
+        self.response_routed(key, to_tag, status, contact, flow, &[], now)
+    }
+
+    /// [`response`](Self::response) with the answer's Record-Route values: the route set of
+    /// the dialog it creates or confirms (at most [`MAX_ROUTE_SET`] entries kept).
+    #[allow(clippy::too_many_arguments)]
+    pub fn response_routed(
+        &mut self,
+        key: &CallKey,
+        to_tag: Option<&str>,
+        status: u16,
+        contact: Option<&str>,
+        flow: Option<Flow>,
+        route_set: &[String],
+        now: u64,
+    ) -> Option<Update> {
+        let route_set = &route_set[..route_set.len().min(MAX_ROUTE_SET)];
         if !(101..=699).contains(&status) {
             return None;
         }
@@ -458,6 +535,9 @@ impl DialogTracker {
                     if b.flow.is_none() && flow.is_some() {
                         b.flow = flow;
                     }
+                    if b.route_set.is_empty() {
+                        b.route_set = route_set.to_vec();
+                    }
                     return changed;
                 }
                 if c.branches.len() >= MAX_BRANCHES {
@@ -474,6 +554,7 @@ impl DialogTracker {
                     caller_held: false,
                     callee_held: false,
                     callee_cseq: None,
+                    route_set: route_set.to_vec(),
                 });
                 true
             }
@@ -493,6 +574,7 @@ impl DialogTracker {
                         if flow.is_some() {
                             b.flow = flow;
                         }
+                        b.route_set = route_set.to_vec();
                     }
                     None => {
                         if c.branches.len() >= MAX_BRANCHES && !c.drop_unanswered() {
@@ -509,6 +591,7 @@ impl DialogTracker {
                             caller_held: false,
                             callee_held: false,
                             callee_cseq: None,
+                            route_set: route_set.to_vec(),
                         });
                     }
                 }
@@ -645,6 +728,30 @@ impl DialogTracker {
         } else {
             Some(call.caller_flow)
         }
+    }
+
+    /// The party that an in-dialog request claims to come from (its From tag names the
+    /// side), as the tracker recorded it, when the request names a live dialog (early or
+    /// confirmed) of a call in progress.
+    pub fn sender(&self, id: &DialogId) -> Option<DialogSender> {
+        let f = self.find(&id.call_id, &id.from_tag, &id.to_tag)?;
+        let call = self.calls.get(&f.key)?;
+        let branch = call.branch(&f.to_tag).filter(|b| b.live())?;
+        Some(if f.by_caller {
+            DialogSender {
+                side: Side::Caller,
+                flow: Some(call.caller_flow),
+                aor: call.caller.aor.clone(),
+                route_set: branch.route_set.clone(),
+            }
+        } else {
+            DialogSender {
+                side: Side::Callee,
+                flow: branch.flow,
+                aor: call.callee.aor.clone(),
+                route_set: branch.route_set.clone(),
+            }
+        })
     }
 
     /// A 2xx to an INVITE of dialog `id` (its From and To tags as the response carries them)

@@ -782,3 +782,94 @@ fn flows_read_back_as_written() {
         assert!(bad.parse::<Flow>().is_err(), "{bad}");
     }
 }
+
+fn id(from_tag: &str, to_tag: &str) -> DialogId {
+    DialogId {
+        call_id: key().call_id,
+        from_tag: from_tag.into(),
+        to_tag: to_tag.into(),
+    }
+}
+
+#[test]
+fn rfc3261_12_2_the_sender_of_an_in_dialog_request_is_the_side_its_from_tag_names() {
+    let mut t = started();
+    let caller = key().from_tag;
+    // Before any answer with a to-tag there is no dialog to send in.
+    assert_eq!(t.sender(&id(&caller, "b1")), None);
+    // The early dialog (RFC 3261 §12.1: a 1xx with a to-tag) already has its parties.
+    t.response_routed(
+        &key(),
+        Some("b1"),
+        180,
+        None,
+        "udp:192.0.2.9:5060".parse().ok(),
+        &["<sip:192.0.2.10;lr>".into()],
+        T0 + 1,
+    )
+    .unwrap();
+    let s = t.sender(&id(&caller, "b1")).expect("the caller");
+    assert_eq!(s.side, Side::Caller);
+    assert_eq!(s.flow, Some(info().caller_flow));
+    assert_eq!(s.aor.as_deref(), Some("sip:1001@example.com"));
+    assert_eq!(s.route_set, vec!["<sip:192.0.2.10;lr>".to_string()]);
+    let s = t.sender(&id("b1", &caller)).expect("the callee");
+    assert_eq!(s.side, Side::Callee);
+    assert_eq!(s.flow, "udp:192.0.2.9:5060".parse().ok());
+    assert_eq!(s.aor.as_deref(), Some("sip:1002@example.com"));
+    // A made-up to-tag names no dialog.
+    assert_eq!(t.sender(&id(&caller, "forged")), None);
+    // The 2xx's route set replaces the early one's (§12.1.2), at most MAX_ROUTE_SET kept.
+    let long: Vec<String> = (0..40).map(|i| format!("<sip:p{i}.test;lr>")).collect();
+    t.response_routed(&key(), Some("b1"), 200, None, None, &long, T0 + 2)
+        .unwrap();
+    let s = t.sender(&id(&caller, "b1")).unwrap();
+    assert_eq!(s.route_set, long[..MAX_ROUTE_SET].to_vec());
+    // Once the dialog ends, nobody sends in it.
+    t.bye(&key().call_id, &caller, "b1", T0 + 3).unwrap();
+    assert_eq!(t.sender(&id(&caller, "b1")), None);
+}
+
+#[test]
+fn rfc3261_12_2_a_party_sends_from_its_flow_a_registered_flow_or_as_the_trusted_pbx() {
+    let flow = |s: &str| s.parse::<Flow>().unwrap();
+    let phone = DialogSender {
+        side: Side::Caller,
+        flow: Some(flow("udp:192.0.2.7:5060")),
+        aor: Some("sip:1001@example.com".into()),
+        route_set: vec![],
+    };
+    let pbx_ip = |ip: IpAddr| ip == "192.0.2.5".parse::<IpAddr>().unwrap();
+    let none = |_: IpAddr| false;
+    // The flow the dialog was set up over.
+    assert!(phone.sent_from(flow("udp:192.0.2.7:5060"), &[], none));
+    // Another port, host or transport is someone else...
+    for other in [
+        "udp:192.0.2.7:5062",
+        "udp:192.0.2.66:5060",
+        "tcp:192.0.2.7:5060",
+    ] {
+        assert!(!phone.sent_from(flow(other), &[], none), "{other}");
+    }
+    // ...unless this party's phone registered from there since (a new port after a reboot).
+    assert!(phone.sent_from(
+        flow("udp:192.0.2.7:5062"),
+        &[flow("udp:192.0.2.7:5062")],
+        none
+    ));
+    // The trusted PBX speaks for a side only when that side is the PBX.
+    assert!(!phone.sent_from(flow("udp:192.0.2.5:5060"), &[], pbx_ip));
+    let pbx = DialogSender {
+        side: Side::Callee,
+        flow: Some(flow("udp:192.0.2.5:5060")),
+        aor: None,
+        route_set: vec![],
+    };
+    assert!(pbx.sent_from(flow("tcp:192.0.2.5:41000"), &[], pbx_ip));
+    assert!(!pbx.sent_from(flow("udp:192.0.2.66:5060"), &[], pbx_ip));
+    // After a digest, the user must be the party's: its AOR's user; the PBX has none.
+    assert!(phone.is_user("1001"));
+    assert!(!phone.is_user("1003"));
+    assert!(!phone.is_user("1001@example.com"));
+    assert!(!pbx.is_user("1001"));
+}

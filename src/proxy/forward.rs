@@ -9,7 +9,7 @@ use super::service::{AckStep, NextHop};
 use super::{branch_request, identity, response_addr, strip_top_via, uri_addr, Hop, Targets};
 use crate::auth::AuthResult;
 use crate::config::TrustedFor;
-use crate::dialog::{CallKey, Flow, InviteInfo, Party, Update};
+use crate::dialog::{CallKey, DialogSender, Flow, InviteInfo, Party, Update};
 use crate::server::{Core, Owner};
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Request, Response};
@@ -69,17 +69,33 @@ impl Core {
             Err(e) => return self.proxy_reject(&key, &req, &e),
         };
         let in_dialog = parsed.to.tag().is_some();
-        // The user the credentials proved (none from a trusted source, in open mode, or in a
-        // dialog we set up).
+        // In a dialog we know, its parties need no credentials; anyone else proves by digest
+        // to be the party it claims to be (the ids of a call are no secret: BLF shows them).
+        // `caller`: the user the credentials proved (none from a trusted source, in open
+        // mode, or from a party of a dialog we set up).
+        let sender = in_dialog.then(|| self.proxy.dialog_sender(&req)).flatten();
         let mut caller = None;
-        if self.proxy.needs_credentials(&req, in_dialog) {
-            match self.proxy_authenticate(&mut req, parsed, peer) {
+        match &sender {
+            Some(s) if self.sent_by_dialog_party(s, &peer) => {}
+            Some(s) => match self.proxy_authenticate(&mut req, parsed, peer) {
+                Err(resp) => return self.refuse(&key, &req, resp),
+                Ok(Some(user)) if s.is_user(&user) => caller = Some(user),
+                Ok(_) => return self.proxy_reject(&key, &req, &super::ProxyError::NotDialogParty),
+            },
+            None => match self.proxy_authenticate(&mut req, parsed, peer) {
                 Ok(user) => caller = user,
                 Err(resp) => return self.refuse(&key, &req, resp),
-            }
+            },
         }
         self.rewrite_identity(&mut req, parsed, &peer, caller.as_deref());
         if let Err(e) = self.proxy.preprocess(&mut req, in_dialog) {
+            return self.proxy_reject(&key, &req, &e);
+        }
+        let trusted = self.trusted_for_calls(peer.remote.ip());
+        if let Err(e) = self
+            .proxy
+            .check_routes(&req, sender.as_ref(), in_dialog, trusted)
+        {
             return self.proxy_reject(&key, &req, &e);
         }
         let upstream = self.upstream_peer();
@@ -149,6 +165,33 @@ impl Core {
         let fwd = Forwarded::new(req, peer, groups, record_route, loop_hash, call);
         let actions = self.proxy.forward(&key, fwd);
         self.run_proxy_actions(actions);
+    }
+
+    /// Whether `ip` is a source trusted for calls (`[auth] trusted`, `trusted_for` with
+    /// `calls`): the PBX. The one place the in-dialog and Route checks ask.
+    fn trusted_for_calls(&self, ip: std::net::IpAddr) -> bool {
+        self.auth.is_trusted(ip, TrustedFor::Calls)
+    }
+
+    /// Whether a request of a dialog we know, arriving from `peer`, comes from the party
+    /// `sender` it claims to be (see [`DialogSender::sent_from`]): the flow the dialog was
+    /// set up over, a flow that party's phones are registered from, or for the PBX's side a
+    /// source trusted for calls.
+    fn sent_by_dialog_party(&self, sender: &DialogSender, peer: &Peer) -> bool {
+        let source = Flow::of(peer);
+        let trusted = |ip| self.trusted_for_calls(ip);
+        if sender.sent_from(source, &[], trusted) {
+            return true;
+        }
+        let registered: Vec<Flow> = sender
+            .aor
+            .as_deref()
+            .map(|aor| self.registrar.lookup(aor))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| b.source.parse().ok())
+            .collect();
+        sender.sent_from(source, &registered, trusted)
     }
 
     /// Digest for calls from phones (RFC 3261 §22.3: 407 with Proxy-Authenticate); sources
@@ -437,11 +480,17 @@ impl Core {
 
     /// CANCEL from upstream (RFC 3261 §16.10): 200 for the CANCEL, then every pending branch of
     /// the INVITE it matches is cancelled; their 487 goes upstream as the INVITE's answer.
-    pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request) {
+    /// A CANCEL from another flow than its INVITE's cancels nothing: 481 (see
+    /// `ProxyService::on_cancel`).
+    pub(crate) fn proxy_cancel(self: &Arc<Self>, key: TxKey, req: &Request, peer: Peer) {
         let invite = lock(&self.transactions).find_invite_for_cancel(req);
         let now_ms = self.clock.now_unix_ms();
         let mut publish = |u| self.publish_calls_locked(u);
-        match invite.and_then(|k| self.proxy.on_cancel(&k, self.now(), now_ms, &mut publish)) {
+        let from = Flow::of(&peer);
+        match invite.and_then(|k| {
+            self.proxy
+                .on_cancel(&k, from, self.now(), now_ms, &mut publish)
+        }) {
             Some(actions) => {
                 self.respond(&key, req.response(200, "OK", Some(&self.ids.tag())));
                 self.run_proxy_actions(actions);
@@ -453,7 +502,9 @@ impl Core {
     /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx (§16.11),
     /// forwarded statelessly by its Route or Request-URI. Retransmissions get the same branch.
     pub(crate) fn proxy_ack(self: &Arc<Self>, req: Request, peer: Peer) {
-        let (ack, next) = match self.proxy.on_stray_ack(req, self.clock.now_unix_ms()) {
+        let now_ms = self.clock.now_unix_ms();
+        let from_party = |s: &DialogSender| self.sent_by_dialog_party(s, &peer);
+        let (ack, next) = match self.proxy.on_stray_ack(req, now_ms, from_party) {
             AckStep::Drop(why) => {
                 tracing::debug!(%peer, why, "stray ACK dropped");
                 return;

@@ -93,6 +93,8 @@ pub enum CallChange {
         to_tag: Option<String>,
         contact: Option<String>,
         flow: Option<Flow>,
+        /// Its Record-Route values: the route set of the dialog it sets up.
+        route_set: Vec<String>,
     },
     /// Its INVITE got this final non-2xx answer upstream.
     Failed { call: CallKey, status: u16 },
@@ -110,12 +112,14 @@ impl CallChange {
                 to_tag,
                 contact,
                 flow,
-            } => dialogs.response(
+                route_set,
+            } => dialogs.response_routed(
                 &call,
                 to_tag.as_deref(),
                 status,
                 contact.as_deref(),
                 flow,
+                &route_set,
                 now_ms,
             ),
             CallChange::Failed { call, status } => dialogs.failed(&call, status, now_ms),
@@ -138,6 +142,13 @@ impl CallChange {
                     _ => None,
                 }),
             flow,
+            route_set: resp
+                .headers
+                .list(HeaderName::RecordRoute)
+                .into_iter()
+                .take(crate::dialog::MAX_ROUTE_SET)
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
@@ -379,17 +390,26 @@ impl ProxyService {
     }
 
     /// CANCEL from upstream for the INVITE of server transaction `invite` (§16.10): every
-    /// pending branch is cancelled, no new ones start. `None` when we forward no such INVITE.
+    /// pending branch is cancelled, no new ones start. `None` when we forward no such INVITE,
+    /// or when the CANCEL did not come over the flow the INVITE came from: a CANCEL is the
+    /// caller's alone (§9.1: it is built from the INVITE, and only the INVITE's sender has
+    /// it), and anyone who knows a call's ids could otherwise stop it ringing. Such a
+    /// CANCEL matches nothing of ours and is answered 481 (§9.2).
     pub fn on_cancel(
         &self,
         invite: &TxKey,
+        from: Flow,
         now: Instant,
         now_ms: u64,
         publish: Publish<'_>,
     ) -> Option<Vec<ProxyAction>> {
         let mut guard = self.state();
         let st = &mut *guard;
-        let f = st.forwarding.contexts.get_mut(invite)?;
+        let f = st
+            .forwarding
+            .contexts
+            .get_mut(invite)
+            .filter(|f| Flow::of(&f.inbound) == from)?;
         let steps = f.ctx.cancel();
         if let Some(call) = f.call.clone() {
             publish(CallChange::Cancelled { call }.apply(&mut st.dialogs, now_ms));
@@ -659,7 +679,8 @@ mod tests {
         now: Instant,
     ) -> Option<(Vec<ProxyAction>, Published)> {
         let mut published = Vec::new();
-        let actions = svc.on_cancel(server, now, T0 + 1, &mut |u| {
+        let caller = Flow::of(&peer("192.0.2.7:5060"));
+        let actions = svc.on_cancel(server, caller, now, T0 + 1, &mut |u| {
             published.extend(u.map(|u| u.call.state))
         })?;
         Some((actions, published))
@@ -883,6 +904,29 @@ mod tests {
             &mut |_| {},
         );
         assert_eq!(responded(&answer), vec![408]);
+    }
+
+    #[test]
+    fn rfc3261_9_2_16_10_a_cancel_from_another_flow_than_the_invites_matches_nothing() {
+        let (svc, now, server) = forked_to_two();
+        on_response(&svc, &server, 0, response(180, "a"), now);
+        for other in ["192.0.2.66:5060", "192.0.2.7:5062"] {
+            let from = Flow::of(&peer(other));
+            assert!(
+                svc.on_cancel(&server, from, now, T0 + 1, &mut |_| {})
+                    .is_none(),
+                "a CANCEL from {other} is answered 481"
+            );
+        }
+        let tcp = Flow {
+            proto: Proto::Tcp,
+            ..Flow::of(&peer("192.0.2.7:5060"))
+        };
+        assert!(svc
+            .on_cancel(&server, tcp, now, T0 + 1, &mut |_| {})
+            .is_none());
+        let (actions, _) = on_cancel(&svc, &server, now).expect("the caller's CANCEL");
+        assert_eq!(cancelled(&actions), [client_key(0)]);
     }
 
     #[test]

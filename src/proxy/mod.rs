@@ -68,6 +68,17 @@ pub enum ProxyError {
     /// An in-dialog request for someone else without our Route: a dialog we are not in.
     #[error("Not Found: in-dialog request not routed through us")]
     NotRoutedThroughUs,
+    /// A request in a dialog we know, from someone who authenticated as another user than
+    /// the party it claims to be (or could not be identified: a trusted source for a side
+    /// that is not the PBX).
+    #[error("Forbidden: Not a party of this dialog")]
+    NotDialogParty,
+    /// An in-dialog request naming a Route its dialog's route set does not have.
+    #[error("Forbidden: Route not in this dialog's route set: {0}")]
+    RouteNotInDialog(String),
+    /// An initial request from a phone with Route entries other than ours.
+    #[error("Forbidden: Route entries other than ours are not accepted from phones (the proxy routes calls)")]
+    PreloadedRoute,
 }
 
 impl ProxyError {
@@ -81,7 +92,10 @@ impl ProxyError {
             ProxyError::BadRoute(_) => 400,
             ProxyError::WrongIdentity
             | ProxyError::ForeignFromDomain
-            | ProxyError::TooManyCalls => 403,
+            | ProxyError::TooManyCalls
+            | ProxyError::NotDialogParty
+            | ProxyError::RouteNotInDialog(_)
+            | ProxyError::PreloadedRoute => 403,
             ProxyError::NoFromTag => 400,
             ProxyError::BadExtension(_) => 420,
             ProxyError::UnsupportedScheme(_) => 416,
@@ -520,6 +534,17 @@ pub fn response_addr(via: &Via) -> Option<(Proto, SocketAddr)> {
     Some((proto, SocketAddr::new(ip, port)))
 }
 
+/// The first of `routes` (Route values of a request, ours removed) that is not an entry of
+/// the dialog's `route_set` (RFC 3261 §12.2.1.1, URIs compared by §19.1.4), if any.
+pub fn route_outside<'a>(routes: &[&'a str], route_set: &[String]) -> Option<&'a str> {
+    let uri = |v: &str| crate::sip::NameAddr::parse(v).ok().map(|na| na.uri);
+    let set: Vec<Uri> = route_set.iter().filter_map(|r| uri(r)).collect();
+    routes.iter().copied().find(|r| match uri(r) {
+        Some(u) => !set.iter().any(|s| s.equivalent(&u)),
+        None => true,
+    })
+}
+
 /// Replaces all values of a list header by `values`, at the first one's place.
 fn set_list(req: &mut Request, kind: HeaderName, values: &[String]) {
     if values.is_empty() {
@@ -823,6 +848,41 @@ Content-Length: 0\n\n";
                 .as_sip()
                 .unwrap()
         ));
+    }
+
+    #[test]
+    fn rfc3261_12_2_1_1_a_route_outside_the_dialogs_route_set_is_named() {
+        let set = vec![
+            "<sip:192.0.2.10:5060;lr;r2=on>".to_string(),
+            "\"edge\" <sip:Edge.Example.com;lr>".to_string(),
+        ];
+        // Entries of the set, in any order or spelling of the same URI (§19.1.4).
+        assert_eq!(route_outside(&[], &set), None);
+        assert_eq!(
+            route_outside(
+                &[
+                    "<sip:edge.example.com;lr>",
+                    "<sip:192.0.2.10:5060;lr;r2=on>"
+                ],
+                &set
+            ),
+            None
+        );
+        // Anything else is named, the first one first; an unparsable entry too.
+        assert_eq!(
+            route_outside(&["<sip:edge.example.com;lr>", "<sip:pbx.test;lr>"], &set),
+            Some("<sip:pbx.test;lr>")
+        );
+        assert_eq!(
+            route_outside(&["<sip:192.0.2.10:5070;lr>"], &set),
+            Some("<sip:192.0.2.10:5070;lr>")
+        );
+        assert_eq!(route_outside(&["not a uri"], &set), Some("not a uri"));
+        // An empty route set (no Record-Route at all) admits no Route.
+        assert_eq!(
+            route_outside(&["<sip:edge.example.com;lr>"], &[]),
+            Some("<sip:edge.example.com;lr>")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::calls_per_user::CallsPerUser;
 use super::forwarding::Forwarding;
 use super::{lock, next_hop_uri, uri_addr, Proxy, ProxyError};
 use crate::config::DialogConfig;
-use crate::dialog::{Call, CallKey, DialogId, DialogTracker, Flow};
+use crate::dialog::{Call, CallKey, DialogId, DialogSender, DialogTracker, Flow};
 use crate::sip::{HasHeaders, HeaderName, Request, Response, SipUri};
 use crate::storage::DialogStore;
 use crate::transport::{Peer, Proto};
@@ -172,12 +172,42 @@ impl ProxyService {
         Ok(loop_hash)
     }
 
-    /// Whether a request must come from a trusted source or authenticate. Requests in a
-    /// dialog we set up (the tracker knows its parties) need no credentials; anything else, a
-    /// To tag included, does: a made-up dialog (any To tag and our Route) would otherwise have
-    /// us relay any request anywhere in our name, e.g. an INVITE to the PBX that trusts us.
-    pub fn needs_credentials(&self, req: &Request, in_dialog: bool) -> bool {
-        !(in_dialog && self.flow_towards(req).is_some())
+    /// The party an in-dialog request claims to come from, when it names a live dialog (early
+    /// or confirmed) of a call the tracker follows. Only that party may send in the dialog
+    /// without credentials (see [`DialogSender::sent_from`]); a request of a dialog we do
+    /// not know must come from a trusted source or authenticate like a new one: a made-up
+    /// dialog (any To tag and our Route) would otherwise have us relay any request anywhere
+    /// in our name, e.g. an INVITE to the PBX that trusts us.
+    pub fn dialog_sender(&self, req: &Request) -> Option<DialogSender> {
+        self.dialogs().sender(&dialog_id(req)?)
+    }
+
+    /// The Route entries left on a request after [`preprocess`](Self::preprocess) (ours
+    /// removed): in a dialog we know only entries of its route set (RFC 3261 §12.2.1.1: the
+    /// route set is fixed when the dialog is set up; an entry a sender adds would have us
+    /// carry its request, with our Via, wherever it names), for an initial request none
+    /// unless it came from a source trusted for calls (`trusted`): the proxy decides where a
+    /// phone's calls go; the PBX may preload a route (RFC 3261 §8.1.2). In-dialog requests of
+    /// dialogs we do not know keep their Route (they authenticated, and go where they say).
+    pub fn check_routes(
+        &self,
+        req: &Request,
+        sender: Option<&DialogSender>,
+        in_dialog: bool,
+        trusted: bool,
+    ) -> Result<(), ProxyError> {
+        let routes = req.headers.list(HeaderName::Route);
+        match sender {
+            Some(s) => match super::route_outside(&routes, &s.route_set) {
+                // Named in the reason phrase: printable characters only, and not all of them.
+                Some(r) => Err(ProxyError::RouteNotInDialog(
+                    r.chars().filter(|c| !c.is_control()).take(100).collect(),
+                )),
+                None => Ok(()),
+            },
+            None if !in_dialog && !trusted && !routes.is_empty() => Err(ProxyError::PreloadedRoute),
+            None => Ok(()),
+        }
     }
 
     /// RFC 3261 §16.4 for a request that passed [`validate`](Self::validate) and
@@ -203,9 +233,17 @@ impl ProxyService {
     /// An ACK that no transaction of ours absorbed: the end-to-end ACK for a 2xx goes on
     /// statelessly by its Route or Request-URI (§16.11), and only when the dialog tracker
     /// expects it. Anyone can put our Route on an ACK: relaying it unauthenticated to
-    /// whatever its Request-URI names would make us a reflector. Everything else is dropped
-    /// and counted.
-    pub fn on_stray_ack(&self, mut ack: Request, now_ms: u64) -> AckStep {
+    /// whatever its Request-URI names would make us a reflector. The ACK of a dialog the
+    /// tracker follows must come from its party (`from_party`, see
+    /// [`dialog_sender`](Self::dialog_sender)) and name no Route outside its route set (an
+    /// ACK cannot be challenged). Everything else is dropped and counted.
+    pub fn on_stray_ack(
+        &self,
+        mut ack: Request,
+        now_ms: u64,
+        from_party: impl FnOnce(&DialogSender) -> bool,
+    ) -> AckStep {
+        let sender = self.dialog_sender(&ack);
         let step = if Proxy::check_max_forwards(&ack).is_err() {
             AckStep::Drop("Max-Forwards exhausted")
         } else if !self.rules.preprocess_routes(&mut ack) {
@@ -213,6 +251,13 @@ impl ProxyService {
             AckStep::Drop("no Route of ours")
         } else if !self.expects_ack(&ack, now_ms) {
             AckStep::Drop("no confirmed dialog of ours")
+        } else if sender.as_ref().is_some_and(|s| !from_party(s)) {
+            AckStep::Drop("not from a party of its dialog")
+        } else if self
+            .check_routes(&ack, sender.as_ref(), true, false)
+            .is_err()
+        {
+            AckStep::Drop("a Route outside its dialog's route set")
         } else {
             match next_hop_uri(&ack) {
                 Err(_) => AckStep::Drop("no next hop"),
@@ -342,7 +387,7 @@ pub(crate) mod tests {
     fn rfc3261_16_11_the_ack_of_a_confirmed_dialog_goes_to_the_answering_flow() {
         let svc = service();
         answered(&svc);
-        match svc.on_stray_ack(ack(OUR_ROUTE, "b1"), T0 + 2) {
+        match svc.on_stray_ack(ack(OUR_ROUTE, "b1"), T0 + 2, |_| true) {
             AckStep::Relay { ack, to } => {
                 assert_eq!(to, NextHop::Flow("udp:192.0.2.9:5060".parse().unwrap()));
                 assert!(!ack.headers.has(HeaderName::Route), "our Route is removed");
@@ -369,7 +414,7 @@ pub(crate) mod tests {
         ];
         let n = cases.len() as u64;
         for (a, why) in cases {
-            assert_eq!(svc.on_stray_ack(a, T0 + 2), AckStep::Drop(why));
+            assert_eq!(svc.on_stray_ack(a, T0 + 2, |_| true), AckStep::Drop(why));
         }
         assert_eq!(svc.acks_dropped(), n);
     }
@@ -379,7 +424,7 @@ pub(crate) mod tests {
         let svc = service();
         // No call tracked (e.g. cancelled as the 2xx crossed): the 2xx is what we know.
         assert!(matches!(
-            svc.on_stray_ack(ack(OUR_ROUTE, "b9"), T0),
+            svc.on_stray_ack(ack(OUR_ROUTE, "b9"), T0, |_| true),
             AckStep::Drop(_)
         ));
         let ok = format!(
@@ -394,7 +439,7 @@ pub(crate) mod tests {
         };
         svc.note_answered(&ok, T0 + 1);
         assert_eq!(
-            svc.on_stray_ack(ack(OUR_ROUTE, "b9"), T0 + 2),
+            svc.on_stray_ack(ack(OUR_ROUTE, "b9"), T0 + 2, |_| true),
             AckStep::Relay {
                 ack: Box::new({
                     let mut a = ack(OUR_ROUTE, "b9");
@@ -480,11 +525,114 @@ pub(crate) mod tests {
             "sip:1002@192.0.2.9",
         );
         assert_eq!(svc.preprocess(&mut r, true).unwrap_err().status(), 400);
-        // Credentials: needed unless the tracker knows the dialog.
-        assert!(svc.needs_credentials(&bye(OUR_ROUTE, "sip:1002@192.0.2.9"), true));
+        // Credentials: needed unless the tracker knows the dialog, and then only its party
+        // goes without (the sender the From tag names).
+        assert_eq!(
+            svc.dialog_sender(&bye(OUR_ROUTE, "sip:1002@192.0.2.9")),
+            None
+        );
         answered(&svc);
-        let known = ack(OUR_ROUTE, "b1");
-        assert!(!svc.needs_credentials(&known, true));
-        assert!(svc.needs_credentials(&known, false));
+        let sender = svc.dialog_sender(&ack(OUR_ROUTE, "b1")).expect("known");
+        assert_eq!(sender.side, crate::dialog::Side::Caller);
+        assert_eq!(sender.flow, "udp:192.0.2.7:5060".parse().ok());
+    }
+
+    /// The fixture call answered with a Record-Route naming us and a proxy beyond us.
+    fn answered_through_pbx(svc: &ProxyService) {
+        let mut t = svc.dialogs();
+        t.invite(key(), info(), T0).unwrap();
+        t.response_routed(
+            &key(),
+            Some("b1"),
+            200,
+            Some("sip:1002@192.0.2.9:5060"),
+            "udp:192.0.2.9:5060".parse().ok(),
+            &[
+                "<sip:pbx.example.net;lr>".into(),
+                "<sip:192.0.2.10:5060;lr>".into(),
+            ],
+            T0 + 1,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn rfc3261_12_2_1_1_only_the_dialogs_route_set_is_followed() {
+        let svc = service();
+        answered_through_pbx(&svc);
+        let sender = svc.dialog_sender(&ack(OUR_ROUTE, "b1")).expect("known");
+        let routed = |route: &str| {
+            let mut r = ack(&format!("Max-Forwards: 70\r\n{route}"), "b1");
+            svc.rules.preprocess_routes(&mut r);
+            r
+        };
+        // Its own route set, in whatever spelling of the same URI: followed.
+        let ok = routed("Route: <sip:192.0.2.10:5060;lr>, <sip:PBX.example.net;lr>\r\n");
+        assert_eq!(svc.check_routes(&ok, Some(&sender), true, false), Ok(()));
+        assert_eq!(
+            svc.check_routes(&routed(OUR_ROUTE), Some(&sender), true, false),
+            Ok(())
+        );
+        // An entry the dialog does not have: refused, whoever sends it (the PBX too).
+        let evil = routed("Route: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.66;lr>\r\n");
+        let e = svc
+            .check_routes(&evil, Some(&sender), true, true)
+            .unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert!(
+            e.to_string().contains("not in this dialog's route set"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("192.0.2.66"), "{e}");
+        // A dialog we do not know: today's rules (authenticated, routed as it says).
+        assert_eq!(svc.check_routes(&evil, None, true, false), Ok(()));
+    }
+
+    #[test]
+    fn rfc3261_16_4_phones_may_not_preload_a_route_the_trusted_pbx_may() {
+        let svc = service();
+        let mut preloaded =
+            invite("Max-Forwards: 70\r\nRoute: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.5;lr>\r\n");
+        svc.rules.preprocess_routes(&mut preloaded);
+        let e = svc
+            .check_routes(&preloaded, None, false, false)
+            .unwrap_err();
+        assert_eq!((e.status(), &e), (403, &ProxyError::PreloadedRoute));
+        assert!(
+            e.to_string().contains("Route entries other than ours"),
+            "{e}"
+        );
+        assert_eq!(svc.check_routes(&preloaded, None, false, true), Ok(()));
+        // Only our own Route: nothing left, nothing to refuse.
+        let mut ours = invite(OUR_ROUTE);
+        svc.rules.preprocess_routes(&mut ours);
+        assert_eq!(svc.check_routes(&ours, None, false, false), Ok(()));
+    }
+
+    #[test]
+    fn rfc3261_16_11_an_ack_from_no_party_or_off_the_route_set_is_dropped_and_counted() {
+        let svc = service();
+        answered_through_pbx(&svc);
+        assert_eq!(
+            svc.on_stray_ack(ack(OUR_ROUTE, "b1"), T0 + 2, |_| false),
+            AckStep::Drop("not from a party of its dialog")
+        );
+        let off_route = ack(
+            "Max-Forwards: 70\r\nRoute: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.66;lr>\r\n",
+            "b1",
+        );
+        assert_eq!(
+            svc.on_stray_ack(off_route, T0 + 2, |_| true),
+            AckStep::Drop("a Route outside its dialog's route set")
+        );
+        assert_eq!(svc.acks_dropped(), 2);
+        // The party's, by the route set: relayed.
+        let mut seen = None;
+        let step = svc.on_stray_ack(ack(OUR_ROUTE, "b1"), T0 + 2, |s| {
+            seen = Some(s.side);
+            true
+        });
+        assert!(matches!(step, AckStep::Relay { .. }), "{step:?}");
+        assert_eq!(seen, Some(crate::dialog::Side::Caller));
     }
 }

@@ -46,6 +46,8 @@ pub fn call_key(key: &CallKey) -> Vec<u8> {
 }
 
 const CALL_V1: u8 = 1;
+/// V1 and each branch's route set after the sequence number.
+const CALL_V2: u8 = 2;
 /// Bounds a corrupt record cannot make us allocate past.
 const MAX_RECORD_BRANCHES: u64 = 1024;
 
@@ -147,7 +149,7 @@ fn dec_party(d: &mut Dec<'_>) -> Result<Party, DecodeError> {
 }
 
 pub fn encode_call(c: &Call) -> Vec<u8> {
-    let mut e = Enc::new(CALL_V1);
+    let mut e = Enc::new(CALL_V2);
     e.str(&c.key.call_id).str(&c.key.from_tag);
     enc_party(&mut e, &c.caller);
     enc_party(&mut e, &c.callee);
@@ -176,12 +178,15 @@ pub fn encode_call(c: &Call) -> Vec<u8> {
         opt_u64(&mut e, b.callee_cseq.map(u64::from));
     }
     e.strs(&c.dead_tags).u64(c.seq);
+    for b in &c.branches {
+        e.strs(&b.route_set);
+    }
     e.finish()
 }
 
 pub fn decode_call(buf: &[u8]) -> Result<Call, DecodeError> {
     let mut d = Dec::new(buf)?;
-    if d.version != CALL_V1 {
+    if d.version != CALL_V1 && d.version != CALL_V2 {
         return Err(DecodeError("unknown call record version"));
     }
     let key = CallKey {
@@ -227,10 +232,16 @@ pub fn decode_call(buf: &[u8]) -> Result<Call, DecodeError> {
             caller_held: dec_bool(&mut d)?,
             callee_held: dec_bool(&mut d)?,
             callee_cseq: dec_opt_u32(&mut d)?,
+            route_set: Vec::new(),
         });
     }
     let dead_tags = d.strs()?;
     let seq = d.u64()?;
+    if d.version == CALL_V2 {
+        for b in &mut branches {
+            b.route_set = d.strs()?;
+        }
+    }
     if !d.is_empty() {
         return Err(DecodeError("trailing bytes after call record"));
     }
@@ -299,6 +310,10 @@ mod tests {
                 caller_held: true,
                 callee_held: false,
                 callee_cseq: Some(7),
+                route_set: vec![
+                    "<sip:192.0.2.10:5060;lr>".into(),
+                    "<sip:pbx.example.com;lr>".into(),
+                ],
             }],
             dead_tags: vec!["x1".into()],
             seq: 5,
@@ -323,6 +338,27 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_record_decodes_with_empty_route_sets() {
+        // Written before route sets were recorded: V1 is V2 without the trailing route sets.
+        let mut c = sample();
+        let mut v1 = encode_call(&Call {
+            branches: c
+                .branches
+                .iter()
+                .map(|b| Branch {
+                    route_set: vec![],
+                    ..b.clone()
+                })
+                .collect(),
+            ..c.clone()
+        });
+        assert_eq!(v1.pop(), Some(0), "an empty route set is one zero count");
+        v1[0] = CALL_V1;
+        c.branches[0].route_set.clear();
+        assert_eq!(decode_call(&v1).unwrap(), c);
+    }
+
+    #[test]
     fn corrupt_call_records_are_errors_not_panics() {
         let bytes = encode_call(&sample());
         for cut in 0..bytes.len() {
@@ -331,9 +367,9 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode_call(&longer).is_err());
-        let mut v2 = bytes.clone();
-        v2[0] = 2;
-        assert!(decode_call(&v2).unwrap_err().0.contains("version"));
+        let mut v3 = bytes.clone();
+        v3[0] = 3;
+        assert!(decode_call(&v3).unwrap_err().0.contains("version"));
         // Every single-byte corruption: an error or some call, never a panic.
         for i in 0..bytes.len() {
             for x in [0x00, 0x7f, 0x80, 0xff] {
