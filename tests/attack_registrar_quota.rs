@@ -235,7 +235,7 @@ async fn the_per_user_count_survives_a_restart_and_frees_on_removal() {
 #[tokio::test]
 async fn trusted_registrations_are_bounded_per_aor_user_part() {
     let s = server(&format!(
-        "{TRUSTED}trusted_for = [\"calls\", \"register\", \"subscribe\", \"publish\"]\n[registrar]\nmax_bindings_per_user = 2\n"
+        "{TRUSTED}[registrar]\nmax_bindings_per_user = 2\n"
     ))
     .await;
     let c = Udp::new(s.udp).await;
