@@ -19,6 +19,16 @@ data_dir = "/nonexistent-unused-by-memory-store"
 trusted = ["127.0.0.0/8"]
 [presence]
 coalesce_ms = 0
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
+[[users]]
+name = "1003"
+password = "pw1003"
 "#;
 
 fn subscribe(port: u16, presentity: &str, call_id: &str) -> Vec<u8> {
