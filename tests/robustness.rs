@@ -16,6 +16,13 @@ listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
 max_message_size = 4096
 [auth]
 trusted = ["127.0.0.0/8"]
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
 "#;
 
 /// A mutant: which seed message, and up to 8 edits of it.
