@@ -102,7 +102,6 @@ impl Authed {
     pub async fn publish(&mut self, call_id: &str) -> Response {
         let uri = format!("sip:{}@example.test", self.user);
         let port = self.ua.port();
-        let user = self.user.clone();
         let body = format!(
             "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"{uri}\"><tuple id=\"t\"><status><basic>open</basic></status></tuple></presence>"
         );
