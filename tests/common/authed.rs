@@ -77,16 +77,18 @@ impl Authed {
         let uri = format!("sip:{presentity}@example.test");
         let port = self.ua.port();
         let user = self.user.clone();
+        let via = self.ua.transport();
+        let param = if via == "TCP" { ";transport=tcp" } else { "" };
         self.request("SUBSCRIBE", &uri.clone(), |auth| {
             wire(&format!(
                 "SUBSCRIBE {uri} SIP/2.0
-                Via: SIP/2.0/UDP 127.0.0.1:{port};branch={b}
+                Via: SIP/2.0/{via} 127.0.0.1:{port};branch={b}
                 Max-Forwards: 70
                 From: <sip:{user}@example.test>;tag=t-{call_id}
                 To: <{uri}>
                 Call-ID: {call_id}
                 CSeq: 1 SUBSCRIBE
-                Contact: <sip:{user}@127.0.0.1:{port}>
+                Contact: <sip:{user}@127.0.0.1:{port}{param}>
                 Event: {event}
                 Expires: 3600
                 {extra}
