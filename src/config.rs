@@ -1613,7 +1613,10 @@ impl Config {
                 "presence.max_subscriptions_per_user",
                 p.max_subscriptions_per_user,
             ),
-            ("presence.max_publications_per_user", p.max_publications_per_user),
+            (
+                "presence.max_publications_per_user",
+                p.max_publications_per_user,
+            ),
             (
                 "presence.max_failing_watchers_per_user",
                 p.max_failing_watchers_per_user,

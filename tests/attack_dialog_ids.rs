@@ -116,7 +116,11 @@ fn has_ids(doc: &str) -> bool {
 
 #[tokio::test]
 async fn by_default_only_watchers_of_our_domain_get_the_dialog_ids() {
-    let s = server_with_store(config("mode = \"open\"", None), Arc::new(MemoryStore::new())).await;
+    let s = server_with_store(
+        config("mode = \"open\"", None),
+        Arc::new(MemoryStore::new()),
+    )
+    .await;
     let mut colleague = blf(&s, "sip:1001@example.test", "ids-colleague").await;
     let mut outsider = blf(&s, "sip:eve@evil.test", "ids-outsider").await;
     publish(&s);

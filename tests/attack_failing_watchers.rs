@@ -108,10 +108,7 @@ async fn watchers_that_answer_nothing_cannot_pin_the_transaction_table_nor_after
     // (1002's phone of the first call is still registered, and silent: call 1003 now)
     a_call_gets_through(&s, "1002", "1003", "call-after-restart").await;
     let in_flight = s.handle.core.in_flight();
-    assert!(
-        in_flight.client_transactions <= held + 4,
-        "{in_flight:?}"
-    );
+    assert!(in_flight.client_transactions <= held + 4, "{in_flight:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -179,7 +176,13 @@ async fn one_notify_in_flight_per_subscription_and_failing_watchers_are_bounded_
     assert!(s.handle.core.in_flight().client_transactions <= MAX_FAILING + 1);
     // The colleague's lamp still follows.
     presence
-        .publish("sip:1002@example.test", Pkg::Dialog, "call", b"".to_vec(), 0)
+        .publish(
+            "sip:1002@example.test",
+            Pkg::Dialog,
+            "call",
+            b"".to_vec(),
+            0,
+        )
         .unwrap();
     colleague
         .ua

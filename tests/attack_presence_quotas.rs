@@ -73,7 +73,11 @@ async fn one_user_at_its_subscription_quota_is_refused_403_while_a_colleague_sti
         );
     }
     let presence = &s.handle.core.presence;
-    assert_eq!(presence.subscription_count(), QUOTA, "the refused hold nothing");
+    assert_eq!(
+        presence.subscription_count(),
+        QUOTA,
+        "the refused hold nothing"
+    );
     // Another user still gets the same presentity's watcher slots.
     let mut colleague = Authed::new(s.udp, "1003", "third").await;
     let r = colleague.subscribe("1002", "dialog", "colleague", "").await;
@@ -122,7 +126,9 @@ async fn one_user_at_its_subscription_quota_is_refused_403_while_a_colleague_sti
         QUOTA
     );
     let mut mallory = Authed::new(s.udp, "1001", "secret").await;
-    let r = mallory.subscribe("1002", "dialog", "after-restart", "").await;
+    let r = mallory
+        .subscribe("1002", "dialog", "after-restart", "")
+        .await;
     assert_eq!(r.status, 403, "still at its quota: {}", r.reason);
     let mut other = Authed::new(s.udp, "1002", "other").await;
     let r = other.subscribe("1001", "dialog", "other-after", "").await;

@@ -440,9 +440,7 @@ impl Presence {
             DialogIdsTo::Everyone => true,
             DialogIdsTo::Nobody => false,
             DialogIdsTo::SameDomain => match crate::sip::Uri::parse(watcher) {
-                Ok(crate::sip::Uri::Sip(u)) => {
-                    u.user.is_some() && self.domains.serves(&u.host)
-                }
+                Ok(crate::sip::Uri::Sip(u)) => u.user.is_some() && self.domains.serves(&u.host),
                 _ => false,
             },
         }

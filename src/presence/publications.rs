@@ -164,8 +164,7 @@ impl Presence {
                 // Per presentity, per publisher (see `quota`), in total: each place checked
                 // and taken in one step, under the shard lock; a later refusal gives back
                 // the places taken before it.
-                let refusal = if resource.pubs.len() >= self.cfg.max_publications_per_presentity
-                {
+                let refusal = if resource.pubs.len() >= self.cfg.max_publications_per_presentity {
                     Some(fail(503, "Service Unavailable: too many publications"))
                 } else if !self.quotas.take(&presentity, Quota::Publications) {
                     Some(fail(403, &Quota::Publications.refusal(&presentity)))

@@ -157,10 +157,7 @@ impl Quotas {
     /// See [`Usage::failed`].
     pub(super) fn failed(&self, user: &str, sub: &SubRef) -> Option<SubRef> {
         let max = self.max_failing;
-        self.lock()
-            .entry(user.into())
-            .or_default()
-            .failed(sub, max)
+        self.lock().entry(user.into()).or_default().failed(sub, max)
     }
 
     pub(super) fn recovered(&self, user: &str, sub: &SubRef) {
@@ -169,12 +166,10 @@ impl Quotas {
 
     /// How many of `user`'s places are taken.
     pub(super) fn used(&self, user: &str, q: Quota) -> usize {
-        self.lock()
-            .get(user)
-            .map_or(0, |u| match q {
-                Quota::Subscriptions => u.subscriptions,
-                Quota::Publications => u.publications,
-            })
+        self.lock().get(user).map_or(0, |u| match q {
+            Quota::Subscriptions => u.subscriptions,
+            Quota::Publications => u.publications,
+        })
     }
 
     /// How many of `user`'s subscriptions are failing.
@@ -236,7 +231,11 @@ mod tests {
         assert_eq!(u.failed(&sub(1), 2), None, "failing again is still one");
         assert_eq!(u.failed(&sub(3), 2), Some(sub(1)), "the oldest goes");
         u.recovered(&sub(2));
-        assert_eq!(u.failed(&sub(4), 2), None, "a delivered NOTIFY frees its place");
+        assert_eq!(
+            u.failed(&sub(4), 2),
+            None,
+            "a delivered NOTIFY frees its place"
+        );
         assert_eq!(u.failed(&sub(5), 2), Some(sub(3)));
     }
 

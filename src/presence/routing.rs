@@ -3,9 +3,9 @@
 //! from), worked out once per subscription and refresh. Pure: records in, addresses out.
 
 use crate::sip::Uri;
-use ipnet::IpNet;
 use crate::storage::{FlowRecord, SubscriptionRecord};
 use crate::transport::{Peer, Proto};
+use ipnet::IpNet;
 use std::net::SocketAddr;
 
 pub(super) fn proto_name(p: Proto) -> &'static str {

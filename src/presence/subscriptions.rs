@@ -251,10 +251,7 @@ impl Presence {
             .presentity_of(req, parsed)
             .map_err(|(status, reason)| fail(status, &reason))?;
         if !self.exists(&presentity, directory) {
-            return Err(fail(
-                404,
-                &format!("Not Found: no such user {presentity}"),
-            ));
+            return Err(fail(404, &format!("Not Found: no such user {presentity}")));
         }
         let accept = accept_list(req);
         let notify_types: &[&str] = match ev.pkg {

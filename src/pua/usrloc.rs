@@ -378,8 +378,14 @@ mod tests {
             1,
         );
         let closed_old = closed_document("sip:1001@example.test", Some(old.as_bytes()));
-        assert!(old.contains("192.0.2.2") && !closed_old.contains("192.0.2."), "{closed_old}");
-        assert_eq!(pidf::parse(closed_old.as_bytes()).unwrap().tuples().count(), 2);
+        assert!(
+            old.contains("192.0.2.2") && !closed_old.contains("192.0.2."),
+            "{closed_old}"
+        );
+        assert_eq!(
+            pidf::parse(closed_old.as_bytes()).unwrap().tuples().count(),
+            2
+        );
         let closed = closed_document("sip:1001@example.test", Some(doc.as_bytes()));
         let parsed = pidf::parse(closed.as_bytes()).unwrap();
         let ids: Vec<(String, Option<Basic>)> = parsed
