@@ -86,9 +86,9 @@ pub(crate) fn render_dialogs(
             .collect();
         dialogs = shown.iter().collect();
     }
-    // Only watchers allowed to pick up get the dialog identifiers.
+    // Only watchers allowed to pick up (or, BLA, to join) get the dialog identifiers.
     let anonymous: Vec<dialog_info::Dialog>;
-    if watcher.options.without_dialog_ids && !sla {
+    if watcher.options.without_dialog_ids {
         anonymous = dialogs
             .iter()
             .map(|d| dialog_info::Dialog {
