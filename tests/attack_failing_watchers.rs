@@ -166,9 +166,9 @@ async fn one_notify_in_flight_per_subscription_and_failing_watchers_are_bounded_
 
     // Timer F: every one of them failed. Beyond the bound, the ones failing longest end.
     tokio::time::sleep(Duration::from_secs(40)).await;
-    let (subs, _, failing) = presence.user_usage("sip:1001@example.test");
+    let usage = presence.user_usage("sip:1001@example.test");
     assert_eq!(
-        (subs, failing),
+        (usage.subscriptions, usage.failing),
         (MAX_FAILING, MAX_FAILING),
         "presence.max_failing_watchers_per_user bounds what a user's failing watchers hold"
     );

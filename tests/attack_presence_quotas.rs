@@ -122,7 +122,11 @@ async fn one_user_at_its_subscription_quota_is_refused_403_while_a_colleague_sti
     s.handle.shutdown().await;
     let s = server_with_store(config(), store).await;
     assert_eq!(
-        s.handle.core.presence.user_usage("sip:1001@example.test").0,
+        s.handle
+            .core
+            .presence
+            .user_usage("sip:1001@example.test")
+            .subscriptions,
         QUOTA
     );
     let mut mallory = Authed::new(s.udp, "1001", "secret").await;
@@ -149,7 +153,7 @@ async fn a_subscribe_for_a_user_nobody_knows_is_404_and_holds_nothing() {
     assert_eq!(s.handle.core.presence.subscription_count(), 0);
     assert_eq!(
         s.handle.core.presence.user_usage("sip:1001@example.test"),
-        (0, 0, 0)
+        Default::default()
     );
     // A user of the server, registered or not, exists.
     let r = mallory.subscribe("1003", "presence", "real", "").await;

@@ -165,7 +165,7 @@ pub enum Requester<'a> {
 
 /// Who exists besides what the presence server holds itself (publications): the server core
 /// knows the users with credentials and the AORs with bindings. A SUBSCRIBE for a presentity
-/// that exists nowhere gets `404` (RFC 3265/6665 §4.2.1.1's "no such user").
+/// that exists nowhere gets `404` (RFC 3261 §21.4.5: the user does not exist at the domain).
 pub trait Directory {
     /// Whether `presentity` (a canonical AOR, `sip:1001@example.com`) is a user or has
     /// bindings.
@@ -179,6 +179,16 @@ impl Directory for Everyone {
     fn exists(&self, _: &str) -> bool {
         true
     }
+}
+
+/// What one user holds against its quotas (`presence.max_*_per_user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserUsage {
+    pub subscriptions: usize,
+    /// SIP publications.
+    pub publications: usize,
+    /// Subscriptions whose last NOTIFY failed.
+    pub failing: usize,
 }
 
 /// An in-process publication failed.
@@ -446,14 +456,13 @@ impl Presence {
         }
     }
 
-    /// How many subscriptions and SIP publications `user` holds, and how many of its
-    /// subscriptions are failing (for the control API and tests).
-    pub fn user_usage(&self, user: &str) -> (usize, usize, usize) {
-        (
-            self.quotas.used(user, Quota::Subscriptions),
-            self.quotas.used(user, Quota::Publications),
-            self.quotas.failing(user),
-        )
+    /// What `user` (a watcher's or publisher's AOR, see [`quota`]) holds against its quotas.
+    pub fn user_usage(&self, user: &str) -> UserUsage {
+        UserUsage {
+            subscriptions: self.quotas.used(user, Quota::Subscriptions),
+            publications: self.quotas.used(user, Quota::Publications),
+            failing: self.quotas.failing(user),
+        }
     }
 
     /// Whose publication quota a publication counts in: a SIP publication's presentity
