@@ -476,6 +476,20 @@ pub struct PresenceConfig {
     /// Most publications held in total, and per presentity and package.
     pub max_publications: usize,
     pub max_publications_per_presentity: usize,
+    /// Most subscriptions one user holds (keyed by the authenticated user; unauthenticated,
+    /// in open mode or from a source trusted for subscribe, by the From AOR): more get 403.
+    pub max_subscriptions_per_user: usize,
+    /// Most SIP publications one user holds (keyed by the presentity published for, which
+    /// for an authenticated user is its own AOR): more get 403.
+    pub max_publications_per_user: usize,
+    /// Most subscriptions of one user whose NOTIFYs are failing (timeouts, 408, 5xx) at
+    /// once: beyond it the one failing longest is ended, so a watcher that answers nothing
+    /// cannot hold more than this many retrying transactions.
+    pub max_failing_watchers_per_user: usize,
+    /// Who gets the `call-id`, `local-tag` and `remote-tag` of dialogs in dialog-info
+    /// NOTIFYs (what directed call pickup needs): "same_domain" (watchers that are users of
+    /// our domain), "everyone" or "nobody"; the others get the dialogs without them.
+    pub dialog_ids_to: DialogIdsTo,
     /// Authorization of watchers in our own domain(s): "allow", "confirm" or "block".
     pub same_domain: Policy,
     /// Authorization of watchers from other domains.
@@ -509,6 +523,16 @@ impl RulePattern {
             _ => None,
         }
     }
+}
+
+/// Which watchers see the dialog identifiers (`call-id`, tags) in dialog-info NOTIFYs.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DialogIdsTo {
+    /// Watchers that are users of our domain (authenticated as such, where auth is on).
+    SameDomain,
+    Everyone,
+    Nobody,
 }
 
 /// What to do with a watcher (RFC 5025 sub-handling, simplified).
@@ -583,6 +607,10 @@ impl Default for PresenceConfig {
             max_watchers_per_presentity: 10_000,
             max_publications: 200_000,
             max_publications_per_presentity: 64,
+            max_subscriptions_per_user: 200,
+            max_publications_per_user: 64,
+            max_failing_watchers_per_user: 32,
+            dialog_ids_to: DialogIdsTo::SameDomain,
             same_domain: Policy::Allow,
             other_domains: Policy::Confirm,
             rules: Vec::new(),
@@ -1655,6 +1683,18 @@ impl Config {
             (
                 "presence.max_publications_per_presentity",
                 p.max_publications_per_presentity,
+            ),
+            (
+                "presence.max_subscriptions_per_user",
+                p.max_subscriptions_per_user,
+            ),
+            (
+                "presence.max_publications_per_user",
+                p.max_publications_per_user,
+            ),
+            (
+                "presence.max_failing_watchers_per_user",
+                p.max_failing_watchers_per_user,
             ),
         ] {
             if v == 0 {

@@ -848,7 +848,12 @@ impl Core {
             None => Requester::Unchecked,
         };
         let reply = if req.method == "SUBSCRIBE" {
-            self.presence.subscribe(req, parsed, peer, who, tag)
+            let known = Known {
+                auth: &self.auth,
+                registrar: &self.registrar,
+            };
+            self.presence
+                .subscribe_in(req, parsed, peer, who, tag, &known)
         } else {
             self.presence.publish_sip(req, parsed, who, tag)
         };
@@ -955,6 +960,23 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+/// Who exists for the presence server: a user with credentials, or an AOR with bindings
+/// (a SUBSCRIBE for anyone else gets `404`).
+struct Known<'a> {
+    auth: &'a Authenticator,
+    registrar: &'a Registrar,
+}
+
+impl crate::presence::Directory for Known<'_> {
+    fn exists(&self, presentity: &str) -> bool {
+        let user = presentity
+            .strip_prefix("sip:")
+            .and_then(|r| r.rsplit_once('@'))
+            .map(|(u, _)| u);
+        user.is_some_and(|u| self.auth.knows(u)) || !self.registrar.lookup(presentity).is_empty()
     }
 }
 

@@ -306,6 +306,13 @@ fn last_of(inbox: &Shared, call_id: &str) -> Option<Seen> {
         .and_then(|v| v.iter().max_by_key(|s| s.cseq).cloned())
 }
 
+/// The presentities watched are users of the server (a SUBSCRIBE for anyone else is `404`).
+fn presentity_users() -> String {
+    (0..PRESENTITIES)
+        .map(|i| format!("[[users]]\nname = \"{}\"\npassword = \"pw\"\n", 2000 + i))
+        .collect()
+}
+
 fn make_subs(n: usize, expires: u32) -> Vec<Sub> {
     (0..n)
         .map(|i| Sub {
@@ -328,7 +335,7 @@ fn make_subs(n: usize, expires: u32) -> Vec<Sub> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_watcher_continues_cseq_and_version_after_kill_9() {
     let started = Instant::now();
-    let mut server = Busylamp::new("thousand", "[presence]\n");
+    let mut server = Busylamp::new("thousand", &format!("[presence]\n{}", presentity_users()));
     server.wait_ready().await;
     let addr = server.addr;
     let inbox: Shared = Arc::default();
@@ -581,7 +588,10 @@ async fn every_watcher_continues_cseq_and_version_after_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_that_expired_while_down_ends_with_timeout() {
     const SHORT: u32 = 3;
-    let mut server = Busylamp::new("expiry", &format!("[presence]\nmin_expires = {SHORT}"));
+    let mut server = Busylamp::new(
+        "expiry",
+        &format!("[presence]\nmin_expires = {SHORT}\n{}", presentity_users()),
+    );
     server.wait_ready().await;
     let addr = server.addr;
     let inbox: Shared = Arc::default();

@@ -22,6 +22,16 @@ other_domains = "confirm"
 presentity = "sip:1001@example.test"
 watcher = "sip:mallory@evil.test"
 action = "block"
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
+[[users]]
+name = "1003"
+password = "pw1003"
 "#;
 
 fn subscribe(port: u16, watcher: &str, presentity: &str, event: &str, call_id: &str) -> Vec<u8> {

@@ -26,6 +26,25 @@ dialog_idle = "dummy-terminated"
 name = "single"
 user_agent = "SinglePhone"
 dialog_single = true
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
+[[users]]
+name = "1003"
+password = "pw1003"
+[[users]]
+name = "593"
+password = "pw593"
+[[users]]
+name = "line1"
+password = "pwline1"
+[[users]]
+name = "103"
+password = "pw103"
 "#;
 
 fn subscribe(

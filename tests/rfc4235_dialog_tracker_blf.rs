@@ -26,6 +26,16 @@ coalesce_ms = 0
 name = "blink-free"
 user_agent = "BlinkFree"
 caller_confirmed = true
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
+[[users]]
+name = "1003"
+password = "pw1003"
 "#;
 
 fn subscribe(port: u16, presentity: &str, call_id: &str, ua: &str) -> Vec<u8> {

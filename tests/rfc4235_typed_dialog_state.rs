@@ -20,6 +20,16 @@ trusted = ["127.0.0.0/8"]
 trusted_for = ["calls", "register", "subscribe", "publish"]
 [presence]
 coalesce_ms = 0
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
+[[users]]
+name = "1003"
+password = "pw1003"
 "#;
 
 fn subscribe(port: u16, presentity: &str, call_id: &str) -> Vec<u8> {

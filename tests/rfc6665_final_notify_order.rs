@@ -26,6 +26,16 @@ min_expires = 60
 max_expires = 3600
 coalesce_ms = 0
 other_domains = "confirm"
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
+[[users]]
+name = "1003"
+password = "pw1003"
 "#;
 
 fn subscribe(

@@ -19,6 +19,16 @@ trusted_for = ["calls", "register", "subscribe", "publish"]
 min_expires = 60
 max_expires = 3600
 coalesce_ms = 0
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
+[[users]]
+name = "1003"
+password = "pw1003"
 "#;
 
 #[allow(clippy::too_many_arguments)]

@@ -17,6 +17,13 @@ max_message_size = 4096
 [auth]
 trusted = ["127.0.0.0/8"]
 trusted_for = ["calls", "register", "subscribe", "publish"]
+# The presentities watched: a SUBSCRIBE for a user nobody knows is 404.
+[[users]]
+name = "1001"
+password = "pw1001"
+[[users]]
+name = "1002"
+password = "pw1002"
 "#;
 
 /// A mutant: which seed message, and up to 8 edits of it.

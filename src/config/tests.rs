@@ -484,3 +484,47 @@ fn proxy_max_calls_per_user_defaults_to_20_and_is_at_least_one() {
     assert!(e.contains("key `proxy.max_calls_per_user`"), "{e}");
     assert!(e.contains("fix:"), "{e}");
 }
+
+#[test]
+fn presence_per_user_quotas_and_dialog_ids_have_defaults_and_are_checked() {
+    let c = Config::default();
+    assert_eq!(c.presence.max_subscriptions_per_user, 200);
+    assert_eq!(c.presence.max_publications_per_user, 64);
+    assert_eq!(c.presence.max_failing_watchers_per_user, 32);
+    assert_eq!(c.presence.dialog_ids_to, DialogIdsTo::SameDomain);
+    let c = Config::from_toml(
+        "[presence]\nmax_subscriptions_per_user = 5\nmax_publications_per_user = 3\nmax_failing_watchers_per_user = 2\ndialog_ids_to = \"nobody\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.presence.max_subscriptions_per_user,
+            c.presence.max_publications_per_user,
+            c.presence.max_failing_watchers_per_user,
+            c.presence.dialog_ids_to
+        ),
+        (5, 3, 2, DialogIdsTo::Nobody)
+    );
+    for v in ["everyone", "same_domain"] {
+        Config::from_toml(&format!("[presence]\ndialog_ids_to = \"{v}\"\n"), "t.toml").unwrap();
+    }
+    for (toml, key) in [
+        (
+            "[presence]\nmax_subscriptions_per_user = 0\n",
+            "presence.max_subscriptions_per_user",
+        ),
+        (
+            "[presence]\nmax_publications_per_user = 0\n",
+            "presence.max_publications_per_user",
+        ),
+        (
+            "[presence]\nmax_failing_watchers_per_user = 0\n",
+            "presence.max_failing_watchers_per_user",
+        ),
+        ("[presence]\ndialog_ids_to = \"some\"\n", "dialog_ids_to"),
+    ] {
+        let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+        assert!(e.contains(key), "{toml}: {e}");
+    }
+}

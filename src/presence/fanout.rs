@@ -104,7 +104,7 @@ impl Presence {
         Body::Document {
             snapshot: self.snapshot(res, resource),
             accept: sub.rec.accept.clone(),
-            options: Self::options_of(&sub.profile),
+            options: Self::options_of(sub),
             version,
         }
     }
@@ -270,7 +270,7 @@ impl Presence {
             let body = Body::Document {
                 snapshot: snapshot.clone(),
                 accept: sub.rec.accept.clone(),
-                options: Self::options_of(&sub.profile),
+                options: Self::options_of(sub),
                 version: sub.rec.version,
             };
             let state = self.state_of(sub, now_unix);

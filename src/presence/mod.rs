@@ -31,6 +31,7 @@ pub mod package;
 pub mod packages;
 mod policy;
 mod publications;
+mod quota;
 mod render;
 mod restore;
 mod routing;
@@ -38,7 +39,7 @@ mod subscriptions;
 mod timers;
 
 use crate::clock::Clock;
-use crate::config::{Config, Policy, PresenceConfig, VendorProfile};
+use crate::config::{AuthMode, Config, DialogIdsTo, Policy, PresenceConfig, VendorProfile};
 use crate::deadline::Deadlines;
 use crate::domain::Domains;
 use crate::events::{Event, EventBus, SubscriptionChange};
@@ -57,6 +58,7 @@ use event::{parse_event, EventError, Pkg, ALLOW_EVENTS};
 use notify::{NotifyParts, SubscriptionState};
 use package::{EventPackage, PublishedBody, RenderOptions, Rendered, WatcherView};
 use policy::{accept_list, accepts, Policies};
+use quota::{Quota, Quotas};
 use render::{Body, RenderCache};
 use routing::{flow_of, notify_route, NotifyRoute};
 use std::collections::hash_map::DefaultHasher;
@@ -161,6 +163,34 @@ pub enum Requester<'a> {
     User(&'a str),
 }
 
+/// Who exists besides what the presence server holds itself (publications): the server core
+/// knows the users with credentials and the AORs with bindings. A SUBSCRIBE for a presentity
+/// that exists nowhere gets `404` (RFC 3261 §21.4.5: the user does not exist at the domain).
+pub trait Directory {
+    /// Whether `presentity` (a canonical AOR, `sip:1001@example.com`) is a user or has
+    /// bindings.
+    fn exists(&self, presentity: &str) -> bool;
+}
+
+/// A directory that holds everyone: for callers that decided existence themselves.
+pub struct Everyone;
+
+impl Directory for Everyone {
+    fn exists(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// What one user holds against its quotas (`presence.max_*_per_user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserUsage {
+    pub subscriptions: usize,
+    /// SIP publications.
+    pub publications: usize,
+    /// Subscriptions whose last NOTIFY failed.
+    pub failing: usize,
+}
+
 /// An in-process publication failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
@@ -212,6 +242,9 @@ struct Sub {
     profile: Arc<VendorProfile>,
     delivery: Delivery,
     failures: u32,
+    /// Whether its dialog-info NOTIFYs carry the dialogs' `call-id` and tags
+    /// (`presence.dialog_ids_to`).
+    dialog_ids: bool,
     /// winfo only: watchers changed since the last NOTIFY (sent as a partial document).
     winfo_changes: Vec<watcherinfo::Watcher>,
     /// winfo only: the next NOTIFY must be a full document.
@@ -256,6 +289,7 @@ impl Sub {
         key: Arc<[u8]>,
         route: NotifyRoute,
         profile: Arc<VendorProfile>,
+        dialog_ids: bool,
     ) -> Sub {
         Sub {
             rec,
@@ -264,6 +298,7 @@ impl Sub {
             profile,
             delivery: Delivery::default(),
             failures: 0,
+            dialog_ids,
             winfo_changes: Vec::new(),
             winfo_full: true,
         }
@@ -314,6 +349,12 @@ pub struct Presence {
     default_profile: Arc<VendorProfile>,
     profiles: Vec<Arc<VendorProfile>>,
     policies: Policies,
+    quotas: Quotas,
+    /// `[auth] mode = "open"`: nobody is identified, every user of our domain exists.
+    open_mode: bool,
+    /// `[auth] trusted`: proxies a NOTIFY may be routed through (the first hop of a route set
+    /// the watcher chose is followed only to these).
+    trusted: Vec<ipnet::IpNet>,
 }
 
 /// Takes one of `cap` places in `count`, checked and taken in one atomic step (a check, then
@@ -394,7 +435,50 @@ impl Presence {
             events,
             default_profile,
             profiles,
+            quotas: Quotas::new(&cfg.presence),
+            open_mode: cfg.auth.mode == AuthMode::Open,
+            trusted: cfg.auth.trusted.clone(),
         })
+    }
+
+    /// Whether a watcher (its canonical AOR when it is one of our users) gets the dialog
+    /// identifiers in dialog-info NOTIFYs. "same_domain": a user of our domain; an
+    /// authenticated watcher is always its own AOR (checked at SUBSCRIBE), so this holds for
+    /// the subscription's life and after a restart.
+    fn dialog_ids_for(&self, watcher: &str) -> bool {
+        match self.cfg.dialog_ids_to {
+            DialogIdsTo::Everyone => true,
+            DialogIdsTo::Nobody => false,
+            DialogIdsTo::SameDomain => match crate::sip::Uri::parse(watcher) {
+                Ok(crate::sip::Uri::Sip(u)) => u.user.is_some() && self.domains.serves(&u.host),
+                _ => false,
+            },
+        }
+    }
+
+    /// What `user` (a watcher's or publisher's AOR, see [`quota`]) holds against its quotas.
+    pub fn user_usage(&self, user: &str) -> UserUsage {
+        UserUsage {
+            subscriptions: self.quotas.used(user, Quota::Subscriptions),
+            publications: self.quotas.used(user, Quota::Publications),
+            failing: self.quotas.failing(user),
+        }
+    }
+
+    /// Whose publication quota a publication counts in: a SIP publication's presentity
+    /// (see [`quota`]); in-process publications count for nobody.
+    fn publisher_of(rec: &PublicationRecord) -> Option<&str> {
+        rec.source_id
+            .starts_with("etag:")
+            .then_some(rec.presentity.as_str())
+    }
+
+    /// A publication is gone: its publisher's place is free again.
+    fn publication_gone(&self, rec: &PublicationRecord) {
+        self.publication_count.fetch_sub(1, Ordering::Relaxed);
+        if let Some(user) = Self::publisher_of(rec) {
+            self.quotas.release(user, Quota::Publications);
+        }
     }
 
     fn emit(&self, event: Event) {

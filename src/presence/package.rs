@@ -41,6 +41,10 @@ pub struct RenderOptions {
     /// BLF: outgoing dialogs (direction initiator) still trying, proceeding or early are shown
     /// `confirmed` (pua_dialoginfo's `caller_confirmed`, per watcher).
     pub caller_confirmed: bool,
+    /// BLF and BLA: the dialogs without `call-id`, `local-tag` and `remote-tag` (what directed call
+    /// pickup needs, and what would let a watcher act inside the call), for watchers
+    /// `presence.dialog_ids_to` does not give them to.
+    pub without_dialog_ids: bool,
 }
 
 /// What the watcher is and which document it is about to get.

@@ -141,8 +141,8 @@ impl Presence {
                 let source = p.rec.source_id.clone();
                 if expires == 0 {
                     let key = p.rec.key();
-                    resource.pubs.remove(i);
-                    self.publication_count.fetch_sub(1, Ordering::Relaxed);
+                    let gone = resource.pubs.remove(i);
+                    self.publication_gone(&gone.rec);
                     self.cancel(&Timer::PublicationExpiry(res.clone(), source.clone()));
                     writes.push(PresenceWrite::DeletePublication(key));
                 } else {
@@ -161,11 +161,23 @@ impl Presence {
             }
             PublishAsk::Initial => {
                 let resource = shard.resources.entry(res.clone()).or_default();
-                if resource.pubs.len() >= self.cfg.max_publications_per_presentity
-                    || !take_place(&self.publication_count, self.cfg.max_publications)
-                {
-                    let mut r = fail(503, "Service Unavailable: too many publications");
-                    r.headers.push_raw("Retry-After", "60");
+                // Per presentity, per publisher (see `quota`), in total: each place checked
+                // and taken in one step, under the shard lock; a later refusal gives back
+                // the places taken before it.
+                let refusal = if resource.pubs.len() >= self.cfg.max_publications_per_presentity {
+                    Some(fail(503, "Service Unavailable: too many publications"))
+                } else if !self.quotas.take(&presentity, Quota::Publications) {
+                    Some(fail(403, &Quota::Publications.refusal(&presentity)))
+                } else if !take_place(&self.publication_count, self.cfg.max_publications) {
+                    self.quotas.release(&presentity, Quota::Publications);
+                    Some(fail(503, "Service Unavailable: too many publications"))
+                } else {
+                    None
+                };
+                if let Some(mut r) = refusal {
+                    if r.status == 503 {
+                        r.headers.push_raw("Retry-After", "60");
+                    }
                     if resource.is_empty() {
                         shard.resources.remove(&res);
                     }
@@ -258,8 +270,8 @@ impl Presence {
         match (existing, expires) {
             (Some(i), 0) => {
                 let key = resource.pubs[i].rec.key();
-                resource.pubs.remove(i);
-                self.publication_count.fetch_sub(1, Ordering::Relaxed);
+                let gone = resource.pubs.remove(i);
+                self.publication_gone(&gone.rec);
                 self.cancel(&Timer::PublicationExpiry(res.clone(), source_id.into()));
                 writes.push(PresenceWrite::DeletePublication(key));
             }

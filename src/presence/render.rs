@@ -228,8 +228,10 @@ impl Presence {
         ))
     }
 
-    pub(super) fn options_of(profile: &VendorProfile) -> RenderOptions {
+    pub(super) fn options_of(sub: &Sub) -> RenderOptions {
+        let profile = &sub.profile;
         RenderOptions {
+            without_dialog_ids: !sub.dialog_ids,
             dialog_idle: profile.dialog_idle,
             dialog_single: profile.dialog_single,
             caller_confirmed: profile.caller_confirmed,

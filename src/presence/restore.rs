@@ -13,6 +13,8 @@ impl Presence {
         let mut writes = Vec::new();
         let mut out = Vec::new();
         let mut pubs = 0;
+        // The per-user counts are rebuilt from the records kept.
+        self.quotas.clear();
         for rec in self.store.load_publications()? {
             let Some(pkg) = Pkg::from_key(&rec.event) else {
                 writes.push(PresenceWrite::DeletePublication(rec.key()));
@@ -28,6 +30,9 @@ impl Presence {
                 pkg,
             };
             self.seq.fetch_max(rec.seq + 1, Ordering::Relaxed);
+            if let Some(user) = Self::publisher_of(&rec) {
+                self.quotas.add(user, Quota::Publications);
+            }
             self.schedule(
                 Timer::PublicationExpiry(res.clone(), rec.source_id.clone()),
                 self.at_unix(rec.expires_at),
@@ -49,7 +54,7 @@ impl Presence {
                 writes.push(PresenceWrite::DeleteSubscription(rec.key()));
                 continue;
             };
-            let Some(route) = notify_route(&rec) else {
+            let Some(route) = notify_route(&rec, &self.trusted) else {
                 writes.push(PresenceWrite::DeleteSubscription(rec.key()));
                 continue;
             };
@@ -61,7 +66,8 @@ impl Presence {
             let key: Arc<[u8]> = rec.key().into();
             let profile = self.profile_for(rec.user_agent.as_deref());
             let expired = rec.expires_at <= now;
-            let mut sub = Sub::new(rec, key.clone(), route, profile);
+            let dialog_ids = self.dialog_ids_for(&rec.watcher);
+            let mut sub = Sub::new(rec, key.clone(), route, profile, dialog_ids);
             if expired {
                 writes.push(PresenceWrite::DeleteSubscription(key.to_vec()));
                 out.push(self.next_notify(
@@ -79,6 +85,7 @@ impl Presence {
                 self.at_unix(sub.rec.expires_at),
             );
             self.dialog_index(&key).insert(key.clone(), res.clone());
+            self.quotas.add(&sub.rec.watcher, Quota::Subscriptions);
             let mut shard = self.shard(&presentity);
             shard
                 .resources

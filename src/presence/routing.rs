@@ -5,6 +5,7 @@
 use crate::sip::Uri;
 use crate::storage::{FlowRecord, SubscriptionRecord};
 use crate::transport::{Peer, Proto};
+use ipnet::IpNet;
 use std::net::SocketAddr;
 
 pub(super) fn proto_name(p: Proto) -> &'static str {
@@ -22,10 +23,13 @@ pub(super) fn flow_of(peer: &Peer) -> FlowRecord {
     }
 }
 
-/// Where NOTIFYs of a subscription go: the first Route if the dialog has one, else the
-/// watcher's Contact when it is the address the SUBSCRIBE came from, else (a phone behind
-/// NAT, whose Contact is a private address) the address the SUBSCRIBE came from.
-pub(super) fn notify_target(rec: &SubscriptionRecord) -> Option<Peer> {
+/// Where NOTIFYs of a subscription go: the flow the SUBSCRIBE came from, whatever its
+/// Record-Route or Contact name, so that nobody can point our NOTIFYs at a third party
+/// (amplification, issue 10 finding 4). Two exceptions: the first Route of the dialog when it
+/// is a proxy in `trusted` (`[auth] trusted`) or the very address of the flow; else, over UDP,
+/// the watcher's Contact port when the Contact is the host the SUBSCRIBE came from (a phone
+/// that sends from one port and listens on another).
+pub(super) fn notify_target(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Option<Peer> {
     let proto = if rec.flow.proto == "tcp" {
         Proto::Tcp
     } else {
@@ -48,7 +52,9 @@ pub(super) fn notify_target(rec: &SubscriptionRecord) -> Option<Peer> {
         hop(inner)
     });
     let to = match first_route {
-        Some(a) => a,
+        Some(a) if a == remote || crate::config::in_networks(trusted, a.ip()) => a,
+        // A route set the watcher chose, through nobody we trust: back over the flow.
+        Some(_) => remote,
         None => match hop(&rec.remote_target) {
             Some(a) if a.ip() == remote.ip() && proto == Proto::Udp => a,
             _ => remote,
@@ -71,9 +77,9 @@ pub(super) struct NotifyRoute {
     pub(super) via_sent_by: String,
 }
 
-pub(super) fn notify_route(rec: &SubscriptionRecord) -> Option<NotifyRoute> {
+pub(super) fn notify_route(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Option<NotifyRoute> {
     Some(NotifyRoute {
-        to: notify_target(rec)?,
+        to: notify_target(rec, trusted)?,
         request_uri: Uri::parse(&rec.remote_target).ok()?,
         via_sent_by: sent_by(&rec.contact),
     })
@@ -133,7 +139,7 @@ mod tests {
             "udp",
             "192.0.2.50:5070",
         );
-        let route = notify_route(&r).unwrap();
+        let route = notify_route(&r, &[]).unwrap();
         assert_eq!(route.to.remote, "192.0.2.50:5070".parse().unwrap());
         assert_eq!(route.request_uri.to_string(), "sip:1002@192.0.2.7:5062");
         assert_eq!(route.via_sent_by, "192.0.2.1:5060");
@@ -143,7 +149,7 @@ mod tests {
     fn rfc3261_12_2_1_1_the_remote_target_when_it_is_where_the_subscribe_came_from() {
         let r = rec("sip:1002@192.0.2.7:5062", &[], "udp", "192.0.2.7:5999");
         assert_eq!(
-            notify_target(&r).unwrap().remote,
+            notify_target(&r, &[]).unwrap().remote,
             "192.0.2.7:5062".parse().unwrap()
         );
     }
@@ -153,12 +159,12 @@ mod tests {
         // A private Contact: the NOTIFY goes where the SUBSCRIBE came from.
         let r = rec("sip:1002@10.0.0.7:5062", &[], "udp", "198.51.100.9:40000");
         assert_eq!(
-            notify_target(&r).unwrap().remote,
+            notify_target(&r, &[]).unwrap().remote,
             "198.51.100.9:40000".parse().unwrap()
         );
         // TCP: back over the subscriber's connection's address.
         let r = rec("sip:1002@192.0.2.7:5062", &[], "tcp", "192.0.2.7:41000");
-        let to = notify_target(&r).unwrap();
+        let to = notify_target(&r, &[]).unwrap();
         assert_eq!(
             (to.proto, to.remote),
             (Proto::Tcp, "192.0.2.7:41000".parse().unwrap())
@@ -166,8 +172,71 @@ mod tests {
     }
 
     #[test]
+    fn rfc3261_12_2_1_1_a_route_set_the_watcher_chose_is_not_followed_to_a_third_party() {
+        // Record-Route names a victim; the SUBSCRIBE came from elsewhere: back to the flow.
+        let r = rec(
+            "sip:1002@192.0.2.7:5062",
+            &["<sip:203.0.113.66:5060;lr>"],
+            "udp",
+            "192.0.2.7:5999",
+        );
+        let route = notify_route(&r, &[]).unwrap();
+        assert_eq!(route.to.remote, "192.0.2.7:5999".parse().unwrap());
+        assert_eq!(route.request_uri.to_string(), "sip:1002@192.0.2.7:5062");
+        // Not even another port of the flow's own host.
+        let r = rec(
+            "sip:1002@192.0.2.7:5062",
+            &["<sip:192.0.2.7:5070;lr>"],
+            "udp",
+            "192.0.2.7:5999",
+        );
+        assert_eq!(
+            notify_target(&r, &[]).unwrap().remote,
+            "192.0.2.7:5999".parse().unwrap()
+        );
+        // Over TCP likewise: the connection it came over.
+        let r = rec(
+            "sip:1002@192.0.2.7:5062",
+            &["<sip:203.0.113.66;lr>"],
+            "tcp",
+            "192.0.2.7:41000",
+        );
+        let to = notify_target(&r, &[]).unwrap();
+        assert_eq!(
+            (to.proto, to.remote),
+            (Proto::Tcp, "192.0.2.7:41000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn rfc3261_12_2_1_1_a_trusted_proxy_as_first_hop_is_followed() {
+        let trusted: Vec<IpNet> = vec!["192.0.2.50/32".parse().unwrap()];
+        let r = rec(
+            "sip:1002@192.0.2.7:5062",
+            &["<sip:192.0.2.50:5070;lr>"],
+            "udp",
+            "192.0.2.7:5999",
+        );
+        assert_eq!(
+            notify_target(&r, &trusted).unwrap().remote,
+            "192.0.2.50:5070".parse().unwrap()
+        );
+        // Another proxy than the trusted one: the flow.
+        let r = rec(
+            "sip:1002@192.0.2.7:5062",
+            &["<sip:192.0.2.51:5070;lr>"],
+            "udp",
+            "192.0.2.7:5999",
+        );
+        assert_eq!(
+            notify_target(&r, &trusted).unwrap().remote,
+            "192.0.2.7:5999".parse().unwrap()
+        );
+    }
+
+    #[test]
     fn a_flow_that_does_not_parse_has_no_route() {
         let r = rec("sip:1002@192.0.2.7", &[], "udp", "not an address");
-        assert!(notify_route(&r).is_none());
+        assert!(notify_route(&r, &[]).is_none());
     }
 }

@@ -31,6 +31,14 @@ impl Presence {
             return;
         };
         self.subscription_count.fetch_sub(1, Ordering::Relaxed);
+        self.quotas.release(&sub.rec.watcher, Quota::Subscriptions);
+        self.quotas.recovered(
+            &sub.rec.watcher,
+            &SubRef {
+                res: res.clone(),
+                key: key.clone(),
+            },
+        );
         self.emit_subscription(SubscriptionChange::Terminated(reason), res.pkg, &sub.rec);
         self.dialog_index(key).remove(key);
         self.cancel(&Timer::SubscriptionExpiry(res.clone(), key.clone()));
@@ -126,7 +134,8 @@ impl Presence {
 
     // ---------------------------------------------------------------------------- SUBSCRIBE
 
-    /// A SUBSCRIBE that passed digest auth (RFC 6665 §4.2.1).
+    /// A SUBSCRIBE that passed digest auth (RFC 6665 §4.2.1), for a caller that decided
+    /// itself that the presentity exists (every user of our domain does here).
     pub fn subscribe(
         &self,
         req: &Request,
@@ -135,10 +144,42 @@ impl Presence {
         who: Requester<'_>,
         to_tag: &str,
     ) -> Reply {
-        match self.subscribe_inner(req, parsed, peer, who, to_tag) {
+        self.subscribe_in(req, parsed, peer, who, to_tag, &Everyone)
+    }
+
+    /// A SUBSCRIBE that passed digest auth (RFC 6665 §4.2.1); a new subscription to a
+    /// presentity that exists neither in `directory` nor here (a publication) gets `404`.
+    pub fn subscribe_in(
+        &self,
+        req: &Request,
+        parsed: &Parsed,
+        peer: Peer,
+        who: Requester<'_>,
+        to_tag: &str,
+        directory: &dyn Directory,
+    ) -> Reply {
+        match self.subscribe_inner(req, parsed, peer, who, to_tag, directory) {
             Ok(r) => r,
             Err(r) => Reply::Now(r),
         }
+    }
+
+    /// Whether a presentity exists: open mode (nobody to check against), the directory
+    /// (users, bindings), or a publication of it in any package.
+    fn exists(&self, presentity: &Arc<str>, directory: &dyn Directory) -> bool {
+        if self.open_mode || directory.exists(presentity) {
+            return true;
+        }
+        let shard = self.shard(presentity);
+        Pkg::ALL.into_iter().any(|pkg| {
+            shard
+                .resources
+                .get(&ResKey {
+                    presentity: presentity.clone(),
+                    pkg,
+                })
+                .is_some_and(|r| !r.pubs.is_empty())
+        })
     }
 
     pub(super) fn subscribe_inner(
@@ -148,6 +189,7 @@ impl Presence {
         peer: Peer,
         who: Requester<'_>,
         to_tag: &str,
+        directory: &dyn Directory,
     ) -> Result<Reply, Response> {
         let fail = |status: u16, reason: &str| Self::error_reply(req, status, reason, to_tag);
         let ev = parse_event(req.headers.get(HeaderName::Event))
@@ -208,6 +250,9 @@ impl Presence {
         let (_, presentity) = self
             .presentity_of(req, parsed)
             .map_err(|(status, reason)| fail(status, &reason))?;
+        if !self.exists(&presentity, directory) {
+            return Err(fail(404, &format!("Not Found: no such user {presentity}")));
+        }
         let accept = accept_list(req);
         let notify_types: &[&str] = match ev.pkg {
             Pkg::Winfo => &["application/watcherinfo+xml"],
@@ -266,13 +311,14 @@ impl Presence {
             created_at: now,
         };
         let key: Arc<[u8]> = rec.key().into();
-        let route = notify_route(&rec)
+        let route = notify_route(&rec, &self.trusted)
             .ok_or_else(|| fail(500, "Server Internal Error: no route to the watcher"))?;
         let res = ResKey {
             presentity: presentity.clone(),
             pkg: ev.pkg,
         };
-        let mut sub = Sub::new(rec, key.clone(), route, profile);
+        let dialog_ids = self.dialog_ids_for(&rec.watcher);
+        let mut sub = Sub::new(rec, key.clone(), route, profile, dialog_ids);
         let mut writes = Vec::new();
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
@@ -286,9 +332,15 @@ impl Presence {
             r.headers.push_raw("Retry-After", "60");
             return Err(r);
         }
-        // The place is taken here, under the shard lock, and the subscription inserted below
-        // without another way out.
+        // The places (the watcher's own, then one in the table) are taken here, under the
+        // shard lock, and the subscription inserted below without another way out. One
+        // watcher's quota is far below a presentity's watcher cap: a user that fills its
+        // quota leaves the presentity's other watchers their places.
+        if !new.fetch && !self.quotas.take(&watcher, Quota::Subscriptions) {
+            return Err(fail(403, &Quota::Subscriptions.refusal(&watcher)));
+        }
         if !new.fetch && !take_place(&self.subscription_count, self.cfg.max_subscriptions) {
+            self.quotas.release(&watcher, Quota::Subscriptions);
             let mut r = fail(503, "Service Unavailable: subscription table is full");
             r.headers.push_raw("Retry-After", "60");
             return Err(r);
@@ -484,7 +536,7 @@ impl Presence {
                 sub.rec.remote_target = c;
             }
             sub.rec.flow = flow_of(&peer);
-            if let Some(r) = notify_route(&sub.rec) {
+            if let Some(r) = notify_route(&sub.rec, &self.trusted) {
                 sub.route = r;
             }
             decision
@@ -507,6 +559,13 @@ impl Presence {
                     .ok_or_else(gone)?;
                 sub.rec.expires_at = expires_at;
                 sub.failures = 0;
+                self.quotas.recovered(
+                    &sub.rec.watcher,
+                    &SubRef {
+                        res: res.clone(),
+                        key: key.clone(),
+                    },
+                );
                 sub.winfo_full = true;
                 self.emit_subscription(SubscriptionChange::Refreshed, res.pkg, &sub.rec);
                 let send_now = sub.delivery.changed();
@@ -657,6 +716,9 @@ impl Presence {
         else {
             return;
         };
+        // Beyond the watcher's failing subscriptions, the one failing longest, to end once
+        // this shard's lock is released (it may be another presentity's).
+        let mut give_up = None;
         match decide::after_answer(
             outcome,
             s.failures,
@@ -664,6 +726,9 @@ impl Presence {
             s.profile.retry_ms,
         ) {
             decide::AfterAnswer::Delivered => {
+                if s.failures > 0 {
+                    self.quotas.recovered(&s.rec.watcher, sub);
+                }
                 s.failures = 0;
                 if s.delivery.delivered() {
                     if let Some(n) = self.notify_one(
@@ -681,6 +746,7 @@ impl Presence {
                 s.failures = failures;
                 s.delivery.failed();
                 s.winfo_full = true;
+                give_up = self.quotas.failed(&s.rec.watcher, sub);
                 tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, failures, "NOTIFY failed; retrying");
                 self.schedule(
                     Timer::Retry(sub.res.clone(), sub.key.clone()),
@@ -700,6 +766,38 @@ impl Presence {
                 );
             }
         }
+        let durable = (!writes.is_empty()).then(|| self.store.write(writes));
+        drop(shard);
+        self.send(out, durable);
+        if let Some(oldest) = give_up {
+            self.give_up(&oldest);
+        }
+    }
+
+    /// Ends a subscription whose watcher has too many failing
+    /// (`presence.max_failing_watchers_per_user`): no final NOTIFY (it would be one more
+    /// transaction to a watcher that answers nothing); a refresh gets 481 and the watcher
+    /// subscribes again.
+    fn give_up(&self, sub: &SubRef) {
+        let mut shard = self.shard(&sub.res.presentity);
+        let mut writes = Vec::new();
+        let mut out = Vec::new();
+        if let Some(s) = shard
+            .resources
+            .get(&sub.res)
+            .and_then(|r| r.subs.get(&sub.key))
+        {
+            tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, "too many failing subscriptions of this watcher (presence.max_failing_watchers_per_user); ending the one failing longest");
+        }
+        self.terminate(
+            &mut shard,
+            &sub.res,
+            &sub.key,
+            "giveup",
+            false,
+            &mut writes,
+            &mut out,
+        );
         let durable = (!writes.is_empty()).then(|| self.store.write(writes));
         drop(shard);
         self.send(out, durable);

@@ -68,8 +68,8 @@ impl Presence {
                     res.pkg.key(),
                     &source,
                 )));
-                resource.pubs.remove(i);
-                self.publication_count.fetch_sub(1, Ordering::Relaxed);
+                let gone = resource.pubs.remove(i);
+                self.publication_gone(&gone.rec);
                 self.changed(&mut shard, &res, None, &mut writes, &mut out);
                 if shard.resources.get(&res).is_some_and(Resource::is_empty) {
                     shard.resources.remove(&res);

@@ -1,5 +1,6 @@
 //! Presence from registrations (the job of Kamailio's `pua_usrloc`): an AOR with bindings
-//! is `open`, with one `<tuple>` per contact; an AOR whose last binding went is `closed`.
+//! is `open`, with one `<tuple>` per phone (no `<contact>`: watchers never see a phone's
+//! address); an AOR whose last binding went is `closed`.
 //!
 //! The registrar calls [`Usrloc`] directly ([`BindingObserver`]) after every change of an
 //! AOR's bindings, with the current set, in order (not through the event bus, which may
@@ -39,16 +40,28 @@ pub const MARGIN: u64 = 10;
 pub use crate::config::UserPattern;
 
 /// The stable tuple id of a binding: `ul` and 12 hex digits of a hash of its instance id
-/// (RFC 5626) or, without one, its contact URI.
+/// (RFC 5626) or, without one, its REGISTER Call-ID and contact URI. Never of the contact
+/// alone: watchers see the id, and a hash of `sip:1001@192.168.1.23:5060` is undone by
+/// trying the few likely addresses; the Call-ID (random, kept by a phone for its boot cycle,
+/// RFC 3261 §10.2.4) makes it unguessable.
 pub fn tuple_id(b: &Binding) -> String {
-    let key = b.instance.as_deref().unwrap_or(&b.contact);
     use md5::Digest;
-    let h = md5::Md5::digest(key.as_bytes());
-    format!("ul{}", &hex::encode(h)[..12])
+    let mut h = md5::Md5::new();
+    match &b.instance {
+        Some(instance) => h.update(instance.as_bytes()),
+        None => {
+            h.update(b.call_id.as_bytes());
+            h.update([0]);
+            h.update(b.contact.as_bytes());
+        }
+    }
+    format!("ul{}", &hex::encode(h.finalize())[..12])
 }
 
 /// The `open` document for these bindings (at least one): one tuple per phone, highest
-/// q first; two bindings of one instance (RFC 5626 flows) are one tuple.
+/// q first; two bindings of one instance (RFC 5626 flows) are one tuple. No `<contact>`:
+/// every watcher gets this document, and a phone's address (IP and port) is nobody's
+/// business but the registrar's (issue 10 finding 8).
 pub fn open_document(aor: &str, bindings: &[Binding]) -> String {
     let mut by_id: BTreeMap<String, &Binding> = BTreeMap::new();
     for b in bindings {
@@ -65,7 +78,7 @@ pub fn open_document(aor: &str, bindings: &[Binding]) -> String {
         .map(|(id, b)| TupleSpec {
             id,
             basic: Basic::Open,
-            contact: Some(b.contact.clone()),
+            contact: None,
             priority: Some(b.q),
         })
         .collect();
@@ -74,7 +87,7 @@ pub fn open_document(aor: &str, bindings: &[Binding]) -> String {
 }
 
 /// The `closed` document that follows `previous` (what was published): each of its tuples,
-/// same id and contact, now `closed`, so that a server merging publications by tuple id
+/// same id (without a contact, whatever an older version published), now `closed`, so that a server merging publications by tuple id
 /// (ours does; a remote one may still hold an older publication of ours after a restart)
 /// cannot keep showing an old `open` tuple. Without a previous document: one closed tuple.
 pub fn closed_document(aor: &str, previous: Option<&[u8]>) -> String {
@@ -85,7 +98,7 @@ pub fn closed_document(aor: &str, previous: Option<&[u8]>) -> String {
                 .map(|t| TupleSpec {
                     id: t.id().to_string(),
                     basic: Basic::Closed,
-                    contact: t.contact(),
+                    contact: None,
                     priority: None,
                 })
                 .collect()
@@ -333,18 +346,46 @@ mod tests {
             .collect();
         assert_eq!(tuples.len(), 2);
         // Highest q first.
-        assert_eq!(tuples[0].1.as_deref(), Some("sip:1001@192.0.2.2:5060"));
         assert_eq!(tuples[0].0, tuple_id(&b));
+        // No phone's address in what watchers get.
+        assert!(tuples.iter().all(|t| t.1.is_none()), "{doc}");
+        assert!(!doc.contains("192.0.2."), "{doc}");
         // The same phone re-registering from another address keeps its tuple id.
         let moved = binding("sip:1001@192.0.2.9:5060", 1000, Some("<urn:uuid:b>"));
         assert_eq!(tuple_id(&moved), tuple_id(&b));
         assert_ne!(tuple_id(&a), tuple_id(&b));
+        // Without an instance id the id is not a hash of the contact alone (which a watcher
+        // could undo by trying addresses): the REGISTER's Call-ID goes into it.
+        let mut other_boot = a.clone();
+        other_boot.call_id = "d".into();
+        assert_ne!(tuple_id(&other_boot), tuple_id(&a));
+        use md5::Digest;
+        let contact_only = format!(
+            "ul{}",
+            &hex::encode(md5::Md5::digest(a.contact.as_bytes()))[..12]
+        );
+        assert_ne!(tuple_id(&a), contact_only);
         // Order of the bindings does not matter.
         assert_eq!(
             doc,
             open_document("sip:1001@example.test", &[b.clone(), a.clone()])
         );
-        // Closed keeps the tuple ids and contacts, each closed.
+        // Closed keeps the tuple ids, each closed; contacts an older version published are
+        // not carried over.
+        let old = doc.replacen(
+            "</status>",
+            "</status><contact>sip:1001@192.0.2.2:5060</contact>",
+            1,
+        );
+        let closed_old = closed_document("sip:1001@example.test", Some(old.as_bytes()));
+        assert!(
+            old.contains("192.0.2.2") && !closed_old.contains("192.0.2."),
+            "{closed_old}"
+        );
+        assert_eq!(
+            pidf::parse(closed_old.as_bytes()).unwrap().tuples().count(),
+            2
+        );
         let closed = closed_document("sip:1001@example.test", Some(doc.as_bytes()));
         let parsed = pidf::parse(closed.as_bytes()).unwrap();
         let ids: Vec<(String, Option<Basic>)> = parsed

@@ -519,6 +519,7 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
     false
 }
 
+pub mod authed;
 pub mod binary;
 pub mod mutate;
 pub mod peer;

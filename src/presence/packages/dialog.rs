@@ -86,6 +86,20 @@ pub(crate) fn render_dialogs(
             .collect();
         dialogs = shown.iter().collect();
     }
+    // Only watchers allowed to pick up (or, BLA, to join) get the dialog identifiers.
+    let anonymous: Vec<dialog_info::Dialog>;
+    if watcher.options.without_dialog_ids {
+        anonymous = dialogs
+            .iter()
+            .map(|d| dialog_info::Dialog {
+                call_id: None,
+                local_tag: None,
+                remote_tag: None,
+                ..(*d).clone()
+            })
+            .collect();
+        dialogs = anonymous.iter().collect();
+    }
     let dummy = dialog_info::Dialog::dummy_terminated();
     if dialogs.is_empty() && watcher.options.dialog_idle == DialogIdle::DummyTerminated {
         dialogs.push(&dummy);
@@ -366,5 +380,37 @@ mod tests {
         let pubs = [publication("out", CT, &ended, 1)];
         let doc = dialog_info::parse(render(&pubs, 1, opts).as_bytes()).unwrap();
         assert_eq!(doc.dialogs[0].state, DialogState::Terminated);
+    }
+
+    #[test]
+    fn rfc4235_4_1_dialog_ids_only_for_watchers_allowed_to_pick_up() {
+        let pubs = [publication("call-1", CT, EARLY, 1)];
+        let with = render(&pubs, 1, RenderOptions::default());
+        assert!(
+            with.contains("call-id=\"a84b4c76e66710@192.0.2.5\"")
+                && with.contains("local-tag=\"1928301774\"")
+                && with.contains("remote-tag=\"a6c85cf\""),
+            "{with}"
+        );
+        let opts = RenderOptions {
+            without_dialog_ids: true,
+            ..Default::default()
+        };
+        let without = render(&pubs, 1, opts);
+        assert!(
+            !without.contains("call-id=")
+                && !without.contains("local-tag=")
+                && !without.contains("remote-tag="),
+            "{without}"
+        );
+        // The lamp itself is the same: the dialog, its state, direction and parties.
+        let doc = dialog_info::parse(without.as_bytes()).unwrap();
+        assert_eq!(doc.dialogs.len(), 1);
+        let d = &doc.dialogs[0];
+        assert_eq!(
+            (d.id.as_str(), d.state, d.direction),
+            ("call-1", DialogState::Early, Some(Direction::Recipient))
+        );
+        assert!(d.remote.identity.is_some());
     }
 }

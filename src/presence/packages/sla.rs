@@ -142,4 +142,28 @@ mod tests {
         assert!(!out.contains("<dialog "), "{out}");
         assert!(out.contains("version=\"3\" state=\"full\" entity=\"sip:line1@example.com\""));
     }
+
+    #[test]
+    fn draft_anil_sipping_bla_ids_only_for_watchers_allowed_to_join() {
+        let pubs = [publication("sip:202@example.com", CT, HELD_PVALUE, 1)];
+        let with = render(&pubs, 1, RenderOptions::default());
+        assert!(with.contains("call-id=\"9f2c@192.0.2.11\""), "{with}");
+        let without = render(
+            &pubs,
+            1,
+            RenderOptions {
+                without_dialog_ids: true,
+                ..Default::default()
+            },
+        );
+        assert!(
+            !without.contains("call-id=")
+                && !without.contains("local-tag=")
+                && !without.contains("remote-tag="),
+            "{without}"
+        );
+        // The appearance and its state stay.
+        let back = dialog_info::parse(without.as_bytes()).unwrap();
+        assert_eq!(back.dialogs[0].line, Some(1));
+    }
 }
