@@ -11,6 +11,7 @@ pub mod domain;
 pub mod drain;
 pub mod events;
 pub mod ids;
+pub mod logs;
 pub mod presence;
 pub mod proxy;
 pub mod pua;

@@ -297,6 +297,8 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     tasks.push(tokio::spawn(core.clone().run_sip_calls(sip_calls_rx)));
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
+    tasks.push(tokio::spawn(presence.clone().run_log_summary()));
+    tasks.push(tokio::spawn(core.clone().run_log_throttle()));
     // Users from the user file are read here and by a watcher, never on the receive path.
     if let Some(file) = user_file {
         tasks.push(file.watch(crate::storage::users::RECHECK).await);
@@ -399,7 +401,12 @@ impl Core {
     /// The answer to an unparseable request and where it goes, when one can be addressed.
     fn unparseable_answer(&self, failure: ParseFailure, peer: Peer) -> Option<(Peer, Vec<u8>)> {
         let Some(headers) = failure.salvage else {
-            tracing::debug!(%peer, error = %failure.error, "dropping unparseable message");
+            if self
+                .transport
+                .log_allowed("unparseable message", peer.remote.ip())
+            {
+                tracing::debug!(%peer, error = %failure.error, "dropping unparseable message");
+            }
             return None;
         };
         let needed = [
@@ -410,7 +417,12 @@ impl Core {
             HeaderName::CSeq,
         ];
         if needed.iter().any(|h| !headers.has(*h)) {
-            tracing::debug!(%peer, error = %failure.error, "dropping unparseable request without the headers to answer it");
+            if self
+                .transport
+                .log_allowed("unparseable message", peer.remote.ip())
+            {
+                tracing::debug!(%peer, error = %failure.error, "dropping unparseable request without the headers to answer it");
+            }
             return None;
         }
         // RFC 3261 §17: an ACK is never answered, however broken.
@@ -451,6 +463,7 @@ impl Core {
             tracing::debug!(peer = %target, status = resp.status, reason = %resp.reason, "not answering an ACK");
             return;
         }
+        crate::logs::answer_sent(&resp, target, None, self.now());
         self.send_now(target, self.finish(resp).to_shared());
     }
 
@@ -488,6 +501,7 @@ impl Core {
     /// One request, handled in the receive path: everything up to the answer is synchronous
     /// CPU work; only a REGISTER waiting for its disk write continues in a task of its own.
     fn on_request(self: &Arc<Self>, mut req: Request, peer: Peer) {
+        crate::logs::request_received(&req, &peer);
         let parsed = match req.validate() {
             Ok(p) => p,
             Err(e) => {
@@ -753,14 +767,28 @@ impl Core {
 
     pub(crate) fn respond(self: &Arc<Self>, key: &TxKey, resp: Response) {
         let resp = self.finish(resp);
-        let actions = {
-            let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
-            tx.respond(key, &resp, self.now())
-        };
-        match actions {
+        match self.answer_through(key, &resp) {
             Ok(a) => self.run_actions(a),
             Err(e) => tracing::debug!(error = %e, "response not sent"),
         }
+    }
+
+    /// Every answer to a request of ours leaves through here or
+    /// [`Core::answer_outside_transaction`] (or, refused statelessly by the proxy, through
+    /// `refuse`): the place where final answers are logged, with the time they took.
+    pub(crate) fn answer_through(
+        &self,
+        key: &TxKey,
+        resp: &Response,
+    ) -> Result<Vec<Action<Peer>>, crate::transaction::TxError> {
+        let now = self.now();
+        let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
+        let received = tx.received_at(key);
+        let actions = tx.respond(key, resp, now)?;
+        if let Some(Action::Send { to, .. }) = actions.first() {
+            crate::logs::answer_sent(resp, to, received, now);
+        }
+        Ok(actions)
     }
 
     fn dispatch(&self, local: Local, req: &Request, parsed: &Parsed, peer: Peer) -> Answer {
@@ -886,6 +914,17 @@ impl Core {
         {
             Step::Done(r) => Answer::Now(r),
             Step::Pending(p) => Answer::AfterWrite(p),
+        }
+    }
+
+    /// Writes the summaries of throttled log lines whose window ended
+    /// ([`crate::logs::Throttle::flush`]); runs for the server's lifetime.
+    async fn run_log_throttle(self: Arc<Self>) {
+        let mut every = tokio::time::interval(crate::logs::Throttle::WINDOW);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.transport.log_throttle.flush(self.now());
         }
     }
 

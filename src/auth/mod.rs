@@ -6,6 +6,7 @@
 pub mod nonce;
 
 use crate::config::{AuthMode, Config, TrustedFor};
+use crate::logs::AuthFailure;
 use crate::sip::digest::{self, Algorithm, Challenge};
 use crate::sip::{HeaderName, Request, Uri};
 use crate::storage::UserFile;
@@ -161,6 +162,8 @@ impl Authenticator {
         if !self.challenges_source(source, purpose) {
             return AuthResult::Skipped;
         }
+        let failed =
+            |user: &str, reason| crate::logs::auth_failed(source, user, &req.method, reason);
         let mut creds = None;
         for value in req.headers.all(header) {
             match digest::parse_credentials(value) {
@@ -170,10 +173,11 @@ impl Authenticator {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    failed(&username_in(value), AuthFailure::BadCredentials);
                     return AuthResult::BadRequest(format!(
                         "Bad {} header: {e}",
                         header.canonical()
-                    ))
+                    ));
                 }
             }
         }
@@ -184,6 +188,7 @@ impl Authenticator {
         // that uri must be this request's (equal per RFC 3261 §19.1.4); otherwise credentials
         // captured for one request could be replayed against another target.
         if !Uri::parse(&creds.uri).is_ok_and(|u| u.equivalent(&req.uri)) {
+            failed(&creds.username, AuthFailure::DigestUriMismatch);
             return AuthResult::BadRequest(DIGEST_URI_MISMATCH.to_string());
         }
         let alg = match creds.algorithm.as_deref() {
@@ -203,9 +208,14 @@ impl Authenticator {
         let issued = match self.key.check(&creds.nonce, now_unix, self.nonce_ttl) {
             NonceCheck::Fresh { issued_secs } => issued_secs,
             NonceCheck::Stale => return AuthResult::Challenge { stale: true },
-            NonceCheck::Invalid => return AuthResult::Challenge { stale: false },
+            NonceCheck::Invalid => {
+                // Also every phone's nonce from before our restart: not a failure.
+                tracing::debug!(%source, user = ?creds.username, "nonce not ours or damaged: challenged again");
+                return AuthResult::Challenge { stale: false };
+            }
         };
         let Some(ha1) = self.lookup(&creds.username) else {
+            failed(&creds.username, AuthFailure::UnknownUser);
             return AuthResult::Forbidden("Wrong password or unknown user");
         };
         let Some(ha1) = ha1.for_alg(alg) else {
@@ -213,6 +223,7 @@ impl Authenticator {
             return AuthResult::Challenge { stale: false };
         };
         if !digest::verify(alg, ha1, &req.method, &creds) {
+            failed(&creds.username, AuthFailure::WrongPassword);
             return AuthResult::Forbidden("Wrong password or unknown user");
         }
         // Without qop there is no nc: the nonce is then good for one request.
@@ -223,7 +234,9 @@ impl Authenticator {
             .map(|mut c| c.accept(&creds.nonce, nc, issued, now_unix))
             .unwrap_or(false);
         if !accepted {
-            // A replayed nonce-count: make the client start over with a fresh nonce.
+            // A replayed nonce-count: make the client start over with a fresh nonce. Not
+            // logged as a failure: the password was right (a retransmission or a replay).
+            tracing::debug!(%source, user = ?creds.username, "nonce-count replayed: challenged again");
             return AuthResult::Challenge { stale: true };
         }
         AuthResult::Authenticated {
@@ -260,6 +273,27 @@ impl Authenticator {
                 .to_header_value()
             })
             .collect()
+    }
+}
+
+/// The `username` of a credentials header that does not parse, for the log (empty when none
+/// can be found).
+fn username_in(value: &str) -> String {
+    let Some(i) = value.find("username") else {
+        return String::new();
+    };
+    let rest = value[i + "username".len()..].trim_start();
+    let Some(rest) = rest.strip_prefix('=') else {
+        return String::new();
+    };
+    let rest = rest.trim_start();
+    match rest.strip_prefix('"') {
+        Some(q) => q.split('"').next().unwrap_or("").to_string(),
+        None => rest
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .next()
+            .unwrap_or("")
+            .to_string(),
     }
 }
 

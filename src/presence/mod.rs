@@ -355,6 +355,8 @@ pub struct Presence {
     /// `[auth] trusted`: proxies a NOTIFY may be routed through (the first hop of a route set
     /// the watcher chose is followed only to these).
     trusted: Vec<ipnet::IpNet>,
+    /// Failing NOTIFYs, summed up at `info` once per interval ([`Presence::run_log_summary`]).
+    notify_failures: crate::logs::NotifyFailures,
 }
 
 /// Takes one of `cap` places in `count`, checked and taken in one atomic step (a check, then
@@ -438,7 +440,19 @@ impl Presence {
             quotas: Quotas::new(&cfg.presence),
             open_mode: cfg.auth.mode == AuthMode::Open,
             trusted: cfg.auth.trusted.clone(),
+            notify_failures: Default::default(),
         })
+    }
+
+    /// Writes the summary of failing NOTIFYs once per
+    /// [`crate::logs::NOTIFY_SUMMARY_INTERVAL`]; runs for the server's lifetime.
+    pub async fn run_log_summary(self: Arc<Self>) {
+        let mut every = tokio::time::interval(crate::logs::NOTIFY_SUMMARY_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.notify_failures.summarise();
+        }
     }
 
     /// Whether a watcher (its canonical AOR when it is one of our users) gets the dialog

@@ -747,14 +747,16 @@ impl Presence {
                 s.delivery.failed();
                 s.winfo_full = true;
                 give_up = self.quotas.failed(&s.rec.watcher, sub);
-                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, failures, "NOTIFY failed; retrying");
+                self.notify_failures.retried();
+                tracing::debug!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, failures, "NOTIFY failed; retrying");
                 self.schedule(
                     Timer::Retry(sub.res.clone(), sub.key.clone()),
                     self.now() + after,
                 );
             }
             decide::AfterAnswer::End => {
-                tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, "NOTIFY refused; ending the subscription");
+                self.notify_failures.refused();
+                tracing::debug!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, "NOTIFY refused; ending the subscription");
                 self.terminate(
                     &mut shard,
                     &sub.res,
@@ -787,7 +789,8 @@ impl Presence {
             .get(&sub.res)
             .and_then(|r| r.subs.get(&sub.key))
         {
-            tracing::info!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, "too many failing subscriptions of this watcher (presence.max_failing_watchers_per_user); ending the one failing longest");
+            self.notify_failures.given_up();
+            tracing::debug!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, "too many failing subscriptions of this watcher (presence.max_failing_watchers_per_user); ending the one failing longest");
         }
         self.terminate(
             &mut shard,

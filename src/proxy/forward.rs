@@ -47,10 +47,12 @@ impl Core {
         let reply_to = {
             let mut tx = lock(&self.transactions);
             let to = tx.reply_to(key).copied();
+            let received = tx.received_at(key);
             tx.terminate(key);
-            to
+            to.map(|to| (to, received))
         };
-        if let Some(to) = reply_to {
+        if let Some((to, received)) = reply_to {
+            crate::logs::answer_sent(&resp, &to, received, self.now());
             self.send_now(&to, self.finish(resp).to_shared());
         }
     }
@@ -446,11 +448,7 @@ impl Core {
     /// A response goes upstream through the request's server transaction, untouched (no
     /// Server header of ours); a 2xx whose transaction is gone goes statelessly.
     fn forward_response(self: &Arc<Self>, key: &TxKey, resp: Response) {
-        let actions = {
-            let mut tx = lock(&self.transactions);
-            tx.respond(key, &resp, self.now())
-        };
-        match actions {
+        match self.answer_through(key, &resp) {
             Ok(a) => self.run_actions(a),
             Err(e) => {
                 if (200..300).contains(&resp.status) {

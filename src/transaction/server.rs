@@ -97,6 +97,8 @@ struct ServerTx<A> {
     g: Duration,
     /// To tag of the non-2xx final, for RFC 2543 ACK matching.
     final_to_tag: Option<String>,
+    /// When the request arrived (for the time an answer took, in the log).
+    received: Instant,
 }
 
 /// All server transactions of one element. `A` is the caller's opaque reply address (e.g. a
@@ -187,7 +189,8 @@ impl<A: Clone> ServerTransactions<A> {
         reliable: bool,
         now: Instant,
     ) -> ServerInput<A> {
-        // Request arrival starts no timer in Figures 7 and 8; `now` is used by the ACK.
+        // Request arrival starts no timer in Figures 7 and 8; `now` is used by the ACK and
+        // kept as the arrival time.
         let key = match TxKey::server_with_via(req, top_via, None) {
             Ok(k) => k,
             Err(e) => return ServerInput::Malformed(e),
@@ -223,6 +226,7 @@ impl<A: Clone> ServerTransactions<A> {
                     last: None,
                     g: self.cfg.g(),
                     final_to_tag: None,
+                    received: now,
                 });
                 ServerInput::New(key)
             }
@@ -381,6 +385,11 @@ impl<A: Clone> ServerTransactions<A> {
     }
 
     /// The address responses of `key` go to.
+    /// When the request of transaction `key` arrived.
+    pub fn received_at(&self, key: &TxKey) -> Option<Instant> {
+        self.txs.get(key).map(|t| t.received)
+    }
+
     pub fn reply_to(&self, key: &TxKey) -> Option<&A> {
         self.txs.get(key).map(|t| &t.reply_to)
     }

@@ -173,6 +173,8 @@ pub struct Transport {
     readers: Drain,
     /// The UDP sender tasks and the connections, until they have written what was queued.
     writers: Drain,
+    /// Lines a peer can repeat at will (here and in the server core) are throttled per source.
+    pub(crate) log_throttle: crate::logs::Throttle,
 }
 
 fn bind_err(proto: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) -> TransportError {
@@ -277,6 +279,7 @@ impl Transport {
                 phase: watch::Sender::new(Phase::Running),
                 readers: Drain::default(),
                 writers,
+                log_throttle: Default::default(),
             }),
             listeners,
         ))
@@ -380,14 +383,18 @@ impl Transport {
                 }
             };
             if self.open_conns.load(Ordering::Relaxed) >= self.tcp.max_conns {
-                tracing::warn!(%remote, limit = self.tcp.max_conns, "refusing tcp connection: limit reached");
+                if self.log_allowed("tcp connection limit", remote.ip()) {
+                    tracing::warn!(%remote, limit = self.tcp.max_conns, "refusing tcp connection: limit reached");
+                }
                 drop(stream);
                 continue;
             }
             if !self.admit_source(remote) {
                 // Debug, not warn: the log must not grow at the rate a host can connect.
                 self.refused_per_source.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%remote, limit = self.tcp.max_per_source, "refusing tcp connection: per-source limit reached (server.max_tcp_connections_per_source)");
+                if self.log_allowed("tcp per-source limit", remote.ip()) {
+                    tracing::debug!(%remote, limit = self.tcp.max_per_source, "refusing tcp connection: per-source limit reached (server.max_tcp_connections_per_source)");
+                }
                 drop(stream);
                 continue;
             }
@@ -395,6 +402,12 @@ impl Transport {
             self.clone()
                 .run_conn(stream, remote, local, inbound.clone());
         }
+    }
+
+    /// Whether a line of `kind` about `source` may be written now ([`crate::logs::Throttle`]).
+    pub(crate) fn log_allowed(&self, kind: &'static str, source: IpAddr) -> bool {
+        self.log_throttle
+            .allow(kind, source, tokio::time::Instant::now().into_std())
     }
 
     /// Counts one more connection from `remote`'s source, unless it has `max_per_source`.
@@ -488,7 +501,9 @@ impl Transport {
                         // A peer that trickles a message holds a slot as long as it likes
                         // unless the whole message has a deadline.
                         me.message_timeouts.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%remote, "closing tcp connection: message not finished in time (server.tcp_message_timeout)");
+                        if me.log_allowed("tcp message timeout", remote.ip()) {
+                            tracing::debug!(%remote, "closing tcp connection: message not finished in time (server.tcp_message_timeout)");
+                        }
                         break;
                     }
                     Err(_) => {
@@ -518,7 +533,9 @@ impl Transport {
                         Err(e) => {
                             // The stream cannot be framed any more: answer if we can, then
                             // close (RFC 3261 §18.3).
-                            tracing::info!(%remote, error = %e, "closing unframeable tcp stream");
+                            if me.log_allowed("unframeable tcp stream", remote.ip()) {
+                                tracing::info!(%remote, error = %e, "closing unframeable tcp stream");
+                            }
                             let msg = std::mem::take(&mut buf);
                             if let Some(answer) = inbound.clone().on_unframeable(msg, peer, e) {
                                 let _ = tx.send(Arc::from(answer)).await;
@@ -601,7 +618,9 @@ impl Transport {
             Err(_) => {
                 u.queued.fetch_sub(1, Ordering::AcqRel);
                 self.dropped_sends.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%remote, backlog = UDP_BACKLOG, "udp send buffer and backlog full: datagram dropped");
+                if self.log_allowed("udp send dropped", remote.ip()) {
+                    tracing::debug!(%remote, backlog = UDP_BACKLOG, "udp send buffer and backlog full: datagram dropped");
+                }
                 Err(TransportError::QueueFull(remote))
             }
         }
