@@ -96,7 +96,7 @@ pub fn answer_sent(resp: &Response, to: &Peer, received: Option<Instant>, now: I
         return;
     }
     tracing::debug!(
-        method = resp
+        method = %resp
             .headers
             .get(HeaderName::CSeq)
             .and_then(|c| c.split_ascii_whitespace().nth(1))
