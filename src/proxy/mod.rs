@@ -213,7 +213,7 @@ impl Proxy {
 
     /// The canonical AOR of a local user's URI.
     pub fn local_aor(&self, uri: &Uri) -> Option<String> {
-        uri.as_sip().and_then(|u| self.domains.canonical_user(u))
+        uri.as_sip().and_then(|u| self.domains.local_aor(u))
     }
 
     /// RFC 3261 §16.3 item 3: Max-Forwards of zero ends here with 483 (OPTIONS addressed to
