@@ -54,11 +54,7 @@ impl Domains {
     /// - any other host (or another port, which may be another service on our address) keeps
     ///   its host, lowercased, and its port unless it is the default: see [`SipUri::aor`].
     pub fn aor(&self, uri: &SipUri) -> String {
-        let default_port = if uri.secure { 5061 } else { 5060 };
-        let our_port = uri
-            .port
-            .is_none_or(|p| p == default_port || self.ports.contains(&p));
-        if our_port && self.serves(&uri.host) {
+        if self.at_our_port(uri) && self.serves(&uri.host) {
             let mut s = String::from("sip:");
             if let Some(user) = &uri.user {
                 s.push_str(&crate::sip::text::unescape(user));
@@ -71,18 +67,36 @@ impl Domains {
         }
     }
 
-    /// The canonical AOR ([`Domains::aor`]) of a user of ours: a URI with a user part whose
-    /// host we serve; `None` for a foreign or user-less URI.
+    /// Whether `uri` names no port, the scheme's default port (5060, 5061 for `sips:`) or one
+    /// of our listen ports: at a host of ours, such a URI names us; at another port it names
+    /// something else on the same host.
+    pub fn at_our_port(&self, uri: &SipUri) -> bool {
+        let default_port = if uri.secure { 5061 } else { 5060 };
+        uri.port
+            .is_none_or(|p| p == default_port || self.ports.contains(&p))
+    }
+
+    /// The canonical form of a stored AOR key (written before there was one canonical form:
+    /// `sip:6333@192.0.2.10:5060`, `sips:`, an alias); a key that is no SIP URI is kept.
+    pub fn aor_of_key(&self, key: &str) -> String {
+        match crate::sip::Uri::parse(key) {
+            Ok(crate::sip::Uri::Sip(u)) => self.aor(&u),
+            _ => key.to_string(),
+        }
+    }
+
+    /// The canonical AOR ([`Domains::aor`], `sip:user@domain`) of a user of ours: a URI with
+    /// a user part at a host we serve and a port of ours; `None` for a foreign or user-less
+    /// URI, or another port on our host (not us).
     pub fn local_aor(&self, uri: &SipUri) -> Option<String> {
         let user = uri.user.as_deref().filter(|u| !u.is_empty());
-        (user.is_some() && self.serves(&uri.host)).then(|| self.aor(uri))
+        (user.is_some() && self.serves(&uri.host) && self.at_our_port(uri)).then(|| self.aor(uri))
     }
 
     /// Whether `uri` is an AOR of the local user `name` (an authenticated user's own AOR):
     /// its user part, unescaped and compared case-sensitively, is `name`, at a host we serve.
     pub fn is_aor_of(&self, uri: &SipUri, name: &str) -> bool {
-        self.local_aor(uri)
-            .is_some_and(|aor| user_of_aor(&aor) == name)
+        self.serves(&uri.host) && user_of_aor(&self.aor(uri)) == name
     }
 }
 
@@ -184,14 +198,13 @@ listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5070", "udp:0.0.0.0:5080"]
             d.local_aor(&uri("sip:1001@192.0.2.10:5060;transport=udp")),
             Some("sip:1001@example.com".into())
         );
-        assert_eq!(
-            d.local_aor(&uri("sip:1001@example.com:7001")),
-            Some("sip:1001@example.com:7001".into())
-        );
+        assert_eq!(d.local_aor(&uri("sip:1001@example.com:7001")), None);
         assert_eq!(d.local_aor(&uri("sip:1001@elsewhere.test")), None);
         assert_eq!(d.local_aor(&uri("sip:example.com")), None);
         assert!(d.is_aor_of(&uri("sip:%31001@PBX.local:5060"), "1001"));
         assert!(!d.is_aor_of(&uri("sip:1001@elsewhere.test"), "1001"));
         assert!(!d.is_aor_of(&uri("sip:10011@example.com"), "1001"));
+        // Another port is another AOR, but still the user's own (the quota counts it).
+        assert!(d.is_aor_of(&uri("sip:1001@example.com:7001"), "1001"));
     }
 }

@@ -356,7 +356,13 @@ impl Proxy {
                 Err(ProxyError::UnsupportedScheme(req.uri.scheme().to_string()))
             };
         };
-        let local = self.serves(&uri.host) && uri.user.is_some();
+        let ours = self.serves(&uri.host) && uri.user.is_some();
+        // A user at another port on our host is not ours to look up (`Domains::local_aor`):
+        // whatever listens there (a phone's contact, another service).
+        if ours && !self.domains.at_our_port(uri) {
+            return Ok(Targets::Onward);
+        }
+        let local = ours;
         if !local {
             if self.is_us(uri) || self.serves(&uri.host) {
                 return Err(ProxyError::NoRoute);

@@ -172,10 +172,7 @@ impl Registrar {
         let now = self.clock.now_unix();
         let mut merged: HashMap<String, (Vec<Binding>, Vec<String>)> = HashMap::new();
         for (key, list) in self.store.load_bindings()? {
-            let canonical = match Uri::parse(&key) {
-                Ok(Uri::Sip(u)) => self.domains.aor(&u),
-                _ => key.clone(),
-            };
+            let canonical = self.domains.aor_of_key(&key);
             let (set, old_keys) = merged.entry(canonical.clone()).or_default();
             if canonical != key {
                 old_keys.push(key);
