@@ -9,6 +9,7 @@ use busylamp::sip::body::dialog_info::DialogState;
 use busylamp::sip::{HasHeaders, HeaderName, Request};
 use busylamp::storage::{durable, Binding, BindingStore, MemoryStore};
 use common::phone::{contact_uri, Phone, SDP};
+use common::ua::Ua;
 use common::watcher::Watcher;
 use common::*;
 use std::sync::Arc;
@@ -355,4 +356,80 @@ async fn bindings_stored_under_old_aor_spellings_are_merged_at_start() {
         3
     );
     assert_eq!(s.handle.core.registrar.bindings_of_user("6333"), 5);
+}
+
+/// Presence records stored before the AOR was canonical (usrloc published for
+/// `sip:6333@<alias>:5060`, a BLF key subscribed to `sips:6333@PBX.local` as
+/// `sip:1001@<alias>:5060`) move to the canonical AORs at start: the publication's key
+/// changes, the subscription (keyed by its dialog) is rewritten in place.
+#[tokio::test]
+async fn presence_records_stored_under_old_aor_spellings_move_at_start() {
+    use busylamp::storage::presence::{
+        FlowRecord, PresenceStore, PresenceWrite, PublicationRecord, SubState, SubscriptionRecord,
+    };
+    let expires_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let store = Arc::new(MemoryStore::new());
+    let watcher = Ua::new("127.0.0.1:9".parse().unwrap()).await;
+    let publication = PublicationRecord {
+        presentity: format!("sip:6333@{ALIAS}:5060"),
+        event: "presence".into(),
+        etag: "e1".into(),
+        source_id: "etag:e0".into(),
+        content_type: "application/pidf+xml".into(),
+        body: b"<presence/>".as_slice().into(),
+        expires_at,
+        seq: 1,
+    };
+    let subscription = SubscriptionRecord {
+        presentity: "sips:6333@PBX.local".into(),
+        event: "dialog".into(),
+        event_id: None,
+        watcher: format!("sip:1001@{ALIAS}:5060"),
+        watcher_header: "<sip:1001@example.test>".into(),
+        presentity_header: "<sip:6333@example.test>".into(),
+        call_id: "old-blf".into(),
+        local_tag: "bl1".into(),
+        remote_tag: "w1".into(),
+        remote_target: format!("sip:1001@127.0.0.1:{}", watcher.port()),
+        route_set: vec![],
+        local_cseq: 4,
+        remote_cseq: 1,
+        version: 3,
+        expires_at,
+        state: SubState::Active,
+        accept: vec!["application/dialog-info+xml".into()],
+        flow: FlowRecord {
+            proto: "udp".into(),
+            remote: format!("127.0.0.1:{}", watcher.port()),
+            local: "127.0.0.1:5060".into(),
+        },
+        user_agent: None,
+        contact: "sip:127.0.0.1:5060".into(),
+        created_at: 1,
+    };
+    durable(store.write(vec![
+        PresenceWrite::publication(&publication),
+        PresenceWrite::subscription(&subscription),
+    ]))
+    .await
+    .unwrap();
+    let cfg = busylamp::config::Config::from_toml(OFFICE, "t.toml").unwrap();
+    let s = server_with_store(cfg, store.clone()).await;
+    let pubs = store.load_publications().unwrap();
+    assert_eq!(pubs.len(), 1, "moved, not copied: {pubs:?}");
+    assert_eq!(pubs[0].presentity, "sip:6333@example.test");
+    assert_eq!(pubs[0].key(), {
+        let mut moved = publication.clone();
+        moved.presentity = "sip:6333@example.test".into();
+        moved.key()
+    });
+    let subs = store.load_subscriptions().unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].presentity, "sip:6333@example.test");
+    assert_eq!(subs[0].watcher, "sip:1001@example.test");
+    s.handle.shutdown().await;
 }
