@@ -58,6 +58,12 @@ fn dlink_register(phone: &Phone, cseq: u32, contact: Option<&str>, extra: &str) 
     ))
 }
 
+/// 6333's Authorization answering the `401` `r` to a REGISTER sent to `request_uri`.
+fn answer_6333(r: &busylamp::sip::Response, request_uri: &str) -> String {
+    let challenge = r.headers.get(HeaderName::WwwAuthenticate).unwrap();
+    authorization(challenge, "6333", "dlink", "REGISTER", request_uri, 1)
+}
+
 /// REGISTER, `401`, REGISTER with digest for the Request-URI `sip:<alias>:5060`: the `200`.
 async fn dlink_registers(phone: &mut Phone, first_cseq: u32, contact: Option<&str>) -> Vec<String> {
     let r = phone
@@ -65,14 +71,7 @@ async fn dlink_registers(phone: &mut Phone, first_cseq: u32, contact: Option<&st
         .request(&dlink_register(phone, first_cseq, contact, ""))
         .await;
     assert_eq!(r.status, 401, "{}", r.reason);
-    let auth = authorization(
-        r.headers.get(HeaderName::WwwAuthenticate).unwrap(),
-        "6333",
-        "dlink",
-        "REGISTER",
-        &format!("sip:{ALIAS}:5060"),
-        1,
-    );
+    let auth = answer_6333(&r, &format!("sip:{ALIAS}:5060"));
     let r = phone
         .ua
         .request(&dlink_register(
@@ -142,36 +141,29 @@ async fn a_dlink_registered_under_an_alias_is_called_queried_and_lit_by_domain()
     );
     assert_eq!(reg.aor_count(), 1, "no AOR under the alias");
 
-    // A call to the domain rings the phone, and the BLF key of 6333@domain sees it.
-    call(&mut alice, "sip:6333@example.test", "to-domain").await;
-    let invite = rings_then_busy(&mut alice, &mut dlink, "to-domain").await;
-    assert_eq!(
-        invite.uri.to_string(),
-        dlink.contact(),
-        "sent to the contact"
-    );
-    let ringing = lamp.until(Some(DialogState::Early)).await;
-    assert!(
-        ringing
-            .dialogs
-            .iter()
-            .any(|d| d.state == DialogState::Early && d.call_id.as_deref() == Some("to-domain")),
-        "{ringing:?}"
-    );
-    lamp.dark().await;
-
-    // So does a call to the alias with the port, as the phone itself names its AOR.
-    call(&mut alice, &format!("sip:6333@{ALIAS}:5060"), "to-alias").await;
-    rings_then_busy(&mut alice, &mut dlink, "to-alias").await;
-    let ringing = lamp.until(Some(DialogState::Early)).await;
-    assert!(
-        ringing
-            .dialogs
-            .iter()
-            .any(|d| d.state == DialogState::Early && d.call_id.as_deref() == Some("to-alias")),
-        "{ringing:?}"
-    );
-    lamp.dark().await;
+    // A call to the domain rings the phone, and the BLF key of 6333@domain sees it; so does
+    // a call to the alias with the port, as the phone itself names its AOR.
+    for (target, call_id) in [
+        ("sip:6333@example.test".to_string(), "to-domain"),
+        (format!("sip:6333@{ALIAS}:5060"), "to-alias"),
+    ] {
+        call(&mut alice, &target, call_id).await;
+        let invite = rings_then_busy(&mut alice, &mut dlink, call_id).await;
+        assert_eq!(
+            invite.uri.to_string(),
+            dlink.contact(),
+            "sent to the contact"
+        );
+        let ringing = lamp.until(Some(DialogState::Early)).await;
+        assert!(
+            ringing
+                .dialogs
+                .iter()
+                .any(|d| d.state == DialogState::Early && d.call_id.as_deref() == Some(call_id)),
+            "{target}: {ringing:?}"
+        );
+        lamp.dark().await;
+    }
 
     // A REGISTER query (no Contact) under the domain lists the phone's contact.
     let mut query = Phone::new(s.udp, "6333", "query").await;
@@ -180,14 +172,7 @@ async fn a_dlink_registered_under_an_alias_is_called_queried_and_lit_by_domain()
         .request(&query.register_request("<sip:x@127.0.0.1>", 1, ""))
         .await;
     assert_eq!(r.status, 401, "{}", r.reason);
-    let auth = authorization(
-        r.headers.get(HeaderName::WwwAuthenticate).unwrap(),
-        "6333",
-        "dlink",
-        "REGISTER",
-        "sip:example.test",
-        1,
-    );
+    let auth = answer_6333(&r, "sip:example.test");
     let text = String::from_utf8(query.register_request(
         "<sip:x@127.0.0.1>",
         2,
