@@ -272,7 +272,8 @@ pub enum UserPattern {
     User(String),
     /// `10*`: users starting with `10`.
     Prefix(String),
-    /// `sip:1001@example.com`: that AOR (canonical form).
+    /// `sip:1001@example.com`: that AOR (canonical form, [`crate::domain::Domains::aor`],
+    /// once the config is read: an alias names the user of the domain).
     Aor(String),
 }
 
@@ -288,7 +289,8 @@ impl UserPattern {
         if s == "*" {
             return Some(UserPattern::Any);
         }
-        if s.len() > 4 && s[..4].eq_ignore_ascii_case("sip:") {
+        let scheme = |p: &str| s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+        if scheme("sip:") || scheme("sips:") {
             return match crate::sip::Uri::parse(s) {
                 Ok(crate::sip::Uri::Sip(u)) if u.user.is_some() && !s.contains('*') => {
                     Some(UserPattern::Aor(u.aor()))
@@ -312,7 +314,7 @@ impl UserPattern {
             UserPattern::Any => true,
             UserPattern::User(name) => user.is_some_and(|u| u == name.as_str()),
             UserPattern::Prefix(p) => user.is_some_and(|u| u.starts_with(p.as_str())),
-            UserPattern::Aor(a) => a.eq_ignore_ascii_case(aor),
+            UserPattern::Aor(a) => a == aor,
         }
     }
 
@@ -1200,9 +1202,25 @@ mod locate {
 
 impl Config {
     pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| locate::config_error(text, path, &e))?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| locate::config_error(text, path, &e))?;
         cfg.validate(path)?;
+        cfg.canonical_user_patterns();
         Ok(cfg)
+    }
+
+    /// Writes the AORs of the `users` lists in canonical form, now that the domains are known,
+    /// so that they compare equal to the AORs the registrar keys by.
+    fn canonical_user_patterns(&mut self) {
+        let domains = crate::domain::Domains::new(self);
+        let lists = [&mut self.pua.usrloc.users, &mut self.pua.dialoginfo.users];
+        for pattern in lists.into_iter().flatten() {
+            if let UserPattern::Aor(aor) = pattern {
+                if let Ok(crate::sip::Uri::Sip(u)) = crate::sip::Uri::parse(aor) {
+                    *aor = domains.aor(&u);
+                }
+            }
+        }
     }
 
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {

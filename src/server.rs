@@ -972,11 +972,8 @@ struct Known<'a> {
 
 impl crate::presence::Directory for Known<'_> {
     fn exists(&self, presentity: &str) -> bool {
-        let user = presentity
-            .strip_prefix("sip:")
-            .and_then(|r| r.rsplit_once('@'))
-            .map(|(u, _)| u);
-        user.is_some_and(|u| self.auth.knows(u)) || !self.registrar.lookup(presentity).is_empty()
+        let user = crate::domain::user_of_aor(presentity);
+        (!user.is_empty() && self.auth.knows(user)) || !self.registrar.lookup(presentity).is_empty()
     }
 }
 

@@ -454,6 +454,32 @@ fn dialog_and_dialoginfo_defaults_and_validation() {
     .unwrap();
 }
 
+/// Issue 11 item 1: an AOR in a `users` list written with an alias, a port or `sips:` names
+/// the canonical AOR the registrar keys by.
+#[test]
+fn user_pattern_aors_are_canonical_after_reading() {
+    let cfg = Config::from_toml(
+        r#"
+[server]
+domain = "example.com"
+aliases = ["192.0.2.10", "pbx.local"]
+[pua.usrloc]
+users = ["sip:1001@192.0.2.10:5060"]
+[pua.dialoginfo]
+users = ["sips:1002@PBX.LOCAL", "sip:1003@elsewhere.test:5060"]
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.pua.usrloc.users,
+        [UserPattern::Aor("sip:1001@example.com".into())]
+    );
+    assert!(cfg.pua.dialoginfo.allows("sip:1002@example.com"));
+    assert!(cfg.pua.dialoginfo.allows("sip:1003@elsewhere.test"));
+    assert!(!cfg.pua.dialoginfo.allows("sip:1001@example.com"));
+}
+
 #[test]
 fn dialoginfo_users_patterns() {
     let cfg = |users: &[&str]| DialogInfoConfig {
