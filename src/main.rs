@@ -46,9 +46,9 @@ enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
-    /// Write the man page (roff) to standard output.
+    /// Write the man pages (busylamp.1, busylamp-users.1, ...) into a directory.
     #[command(hide = true)]
-    Man,
+    Man { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -114,12 +114,10 @@ fn config_name(path: &Option<PathBuf>) -> String {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Man => {
+        Command::Man { dir } => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .context("writing the man page")?;
-            Ok(())
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))
         }
         Command::CheckConfig { file } => {
             let Some(file) = config_path(file) else {
