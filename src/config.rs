@@ -59,6 +59,13 @@ impl BadValue {
     }
 }
 
+/// A user both in the users file and in `[[users]]` of `config`: the config's entry wins.
+pub fn shadowed_user_warning(name: &str, config: &str) -> String {
+    format!(
+        "user {name} is also defined in [[users]] of {config}, whose password wins: the users file's entry is ignored. Remove one of them"
+    )
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -1262,6 +1269,35 @@ impl Config {
             )
         })
         .collect()
+    }
+
+    /// The warnings about users, given the users file's records (`serve` logs them after
+    /// loading the file, `check-config` prints them): no user at all in digest mode (every
+    /// REGISTER fails), a file user the config's `[[users]]` shadows, a file user stored for
+    /// another realm (it can never log in).
+    pub fn user_warnings(&self, file_users: &[crate::storage::UserRecord]) -> Vec<String> {
+        if self.auth.mode == AuthMode::Open {
+            return Vec::new();
+        }
+        let realm = self.realm();
+        let mut out = Vec::new();
+        let usable = file_users.iter().filter(|u| u.realm == realm).count();
+        if self.users.is_empty() && usable == 0 {
+            out.push(format!(
+                "no users: every REGISTER will be refused. Add one with `busylamp users add NAME` (for this config: `busylamp users --config FILE add NAME`), realm {realm}"
+            ));
+        }
+        for u in file_users {
+            if self.users.iter().any(|c| c.name == u.name) {
+                out.push(shadowed_user_warning(&u.name, "the config"));
+            } else if u.realm != realm {
+                out.push(format!(
+                    "user {} in the users file was stored for realm {:?}, not this config's {realm:?}: it cannot log in (403). Add it again with this config: `busylamp users --config FILE add {}`",
+                    u.name, u.realm, u.name
+                ));
+            }
+        }
+        out
     }
 
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {

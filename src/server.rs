@@ -298,8 +298,12 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
     // Users from the user file are read here and by a watcher, never on the receive path.
-    if let Some(file) = user_file {
-        tasks.push(file.watch(crate::storage::users::RECHECK).await);
+    if let Some(file) = &user_file {
+        tasks.push(file.clone().watch(crate::storage::users::RECHECK).await);
+    }
+    let file_users = user_file.as_ref().map(|f| f.loaded()).unwrap_or_default();
+    for warning in cfg.user_warnings(&file_users) {
+        tracing::warn!("{warning}");
     }
     // Presence state is loaded before anything is read from the network: a refresh or an
     // If-Match PUBLISH that waited while we were down must find its subscription or
