@@ -818,7 +818,7 @@ impl Core {
             AuthResult::Authenticated { username } => Ok(Some(username)),
             AuthResult::Challenge { stale } => {
                 let mut r = req.response(401, "Unauthorized", Some(tag));
-                for c in self.auth.challenges(stale, now, challenged_user) {
+                for c in self.auth.challenges(req, stale, now, challenged_user) {
                     r.headers.push(HeaderName::WwwAuthenticate, c);
                 }
                 Err(r)

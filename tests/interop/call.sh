@@ -129,7 +129,7 @@ busylamp)
         bl_fail "busylamp binary missing"
         finish || exit 1
     fi
-    bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" 0 '["MD5"]' digest '["127.0.0.0/8"]' \
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" 0 '' digest '["127.0.0.0/8"]' \
         '["calls", "register", "subscribe", "publish"]'
     bl_presence_toml "sip:$BL_HOST:$PORT" >>"$WORK/busylamp.toml"
     bl_proxy_toml >>"$WORK/busylamp.toml"
