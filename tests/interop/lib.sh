@@ -110,8 +110,9 @@ bl_gen_csv() {
 # TRUSTED_TOML: [auth] trusted, default [] (e.g. '["127.0.0.0/8"]').
 # TRUSTED_FOR_TOML: [auth] trusted_for, default '["calls"]' (busylamp's
 # default: a trusted source's REGISTER/SUBSCRIBE/PUBLISH are challenged).
-# tests/bench/calls.sh and tests/interop/call.sh pass '["127.0.0.0/8"]' and
-# all four purposes: loopback phones are then never challenged (busylamp
+# tests/bench/calls.sh passes '["127.0.0.0/8"]' and tests/interop/call.sh
+# '["127.0.0.1/32"]' (its baresip phones on 127.0.0.2 are challenged) and
+# all four purposes: those phones are then never challenged (busylamp
 # logs a warning per purpose, as it should).
 # Callers append further sections (e.g. [presence]) to FILE themselves.
 bl_gen_busylamp_config() {
