@@ -96,18 +96,7 @@ async fn rfc3261_21_5_14_a_content_length_beyond_any_limit_is_513() {
 async fn rfc3863_4_1_1_kamailio_publish_with_a_scheme_less_entity_is_200_and_notified() {
     let s = server(TRUSTED).await;
     // The presentity must exist (a SUBSCRIBE for an unknown user is 404): register it.
-    let phone = Udp::new(s.udp).await;
-    let r = phone
-        .request(&register(
-            "1001",
-            phone.port(),
-            "reg-1001",
-            1,
-            &format!("Contact: <sip:1001@127.0.0.1:{}>", phone.port()),
-        ))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.reason);
-
+    let _phone = common::phone::Phone::registered(s.udp, "1001", "p").await;
     let mut w = Ua::new(s.udp).await;
     let sub = wire(&format!(
         "SUBSCRIBE sip:1001@example.test SIP/2.0
