@@ -106,6 +106,36 @@ fn check_config_warns_once_per_purpose_a_trusted_network_skips_digest_for() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 11: SHA-256 offered to every phone locks out the phones that read only the first
+/// challenge or know MD5 only: check-config says so with the fix; per profile it is quiet.
+#[test]
+fn check_config_warns_when_sha256_is_offered_to_every_phone() {
+    let dir = std::env::temp_dir().join(format!("busylamp-cli-sha256-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, toml: &str| {
+        let cfg = dir.join(name);
+        std::fs::write(&cfg, toml).unwrap();
+        let out = busylamp().arg("check-config").arg(&cfg).output().unwrap();
+        assert!(out.status.success(), "{name}");
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("warning:") && l.contains("SHA-256"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let w = check("all.toml", "[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\n");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("auth.algorithms offers SHA-256 to every phone")
+            && w[0].contains("[[auth.profiles]]"),
+        "{w:?}"
+    );
+    let profile = "[[auth.profiles]]\nname = \"linphone\"\nuser_agent = \"Linphone\"\nalgorithms = [\"SHA-256\", \"MD5\"]\n";
+    assert!(check("profile.toml", profile).is_empty());
+    assert!(check("default.toml", "").is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `serve` logs the same warnings at start.
 #[tokio::test]
 async fn serve_warns_of_each_purpose_a_trusted_network_skips_digest_for() {
