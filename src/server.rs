@@ -334,6 +334,37 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
 }
 
 impl Inbound for Core {
+    fn on_unreachable(self: Arc<Self>, peer: Peer) {
+        let failed = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fail_unreachable(|to| to.proto == peer.proto && to.remote == peer.remote);
+        for key in failed {
+            let owner = self
+                .owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            // RFC 3261 §8.1.3.1: a transport error counts as a 503 from the next hop.
+            match owner {
+                Some(Owner::Notify(sub)) => {
+                    self.presence.notify_outcome(&sub, Outcome::Failed(503))
+                }
+                Some(Owner::Waiter(w)) => {
+                    let _ = w.send(ClientOutcome::NotSent(format!(
+                        "cannot open a connection to {peer}"
+                    )));
+                }
+                Some(Owner::Branch { server, branch }) => {
+                    self.proxy_branch_unreachable(&server, branch)
+                }
+                Some(Owner::Cancel) | None => {}
+            }
+            self.proxy_forget(&key);
+        }
+    }
+
     fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer) {
         self.received
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
