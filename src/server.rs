@@ -82,6 +82,10 @@ pub struct Core {
     stored_notifies: tokio::sync::mpsc::UnboundedSender<StoredNotifies>,
     /// Messages read from the network (requests and responses, parseable or not).
     received: std::sync::atomic::AtomicU64,
+    /// `[server] rate_limit_per_source`: tokens of new SUBSCRIBEs and REGISTERs per source.
+    rate_limit: Mutex<crate::ratelimit::RateLimiter>,
+    /// Requests answered 503 by that limit.
+    rate_limited: std::sync::atomic::AtomicU64,
     /// Requests whose answer waits for their disk write: shutdown lets them finish.
     answering: crate::drain::Drain,
 }
@@ -289,6 +293,11 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         branch_key,
         stored_notifies,
         received: Default::default(),
+        rate_limit: Mutex::new(crate::ratelimit::RateLimiter::new(
+            cfg.server.rate_limit_per_source,
+            cfg.server.rate_limit_burst,
+        )),
+        rate_limited: Default::default(),
         answering: Default::default(),
     });
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
@@ -396,6 +405,44 @@ impl Core {
     /// that keeps growing).
     pub fn messages_received(&self) -> u64 {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// New SUBSCRIBEs and REGISTERs answered 503 so far by `[server] rate_limit_per_source`.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `[server] rate_limit_per_source`: a REGISTER or a SUBSCRIBE outside a dialog (a new
+    /// subscription) from a source that spent its tokens gets `503` with `Retry-After`.
+    /// Refreshes inside a subscription dialog are not counted: the per-user quota bounds
+    /// the subscriptions, and refusing a refresh would darken a working lamp. Sources
+    /// trusted for that request's purpose (`[auth] trusted_for`) are not limited.
+    fn over_rate_limit(&self, req: &Request, in_dialog: bool, peer: &Peer) -> Option<Response> {
+        let purpose = match req.method.as_str() {
+            "REGISTER" => crate::config::TrustedFor::Register,
+            "SUBSCRIBE" if !in_dialog => crate::config::TrustedFor::Subscribe,
+            _ => return None,
+        };
+        if self.auth.is_trusted(peer.remote.ip(), purpose) {
+            return None;
+        }
+        let checked = self
+            .rate_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(peer.remote.ip(), self.now());
+        let refused = checked.err()?;
+        self.rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%peer, method = %req.method, "rate limited (server.rate_limit_per_source)");
+        let mut resp = req.response(
+            503,
+            "Service Unavailable: too many new SUBSCRIBE and REGISTER requests from this address (server.rate_limit_per_source)",
+            Some(&self.ids.tag()),
+        );
+        resp.headers
+            .push_raw("Retry-After", &refused.retry_after.to_string());
+        Some(resp)
     }
 
     /// ACKs that matched no transaction and were dropped instead of relayed (no Route of
@@ -575,6 +622,9 @@ impl Core {
             Route::Proxy => return self.proxy_request(key, req, &parsed, peer),
             Route::Local(local) => local,
         };
+        if let Some(resp) = self.over_rate_limit(&req, in_dialog, &peer) {
+            return self.respond(&key, resp);
+        }
         match self.dispatch(local, &req, &parsed, peer) {
             Answer::Now(resp) => self.respond(&key, resp),
             Answer::AfterWrite(pending) => {

@@ -174,8 +174,9 @@ pub struct Transport {
     /// The UDP sender tasks and the connections, until they have written what was queued.
     writers: Drain,
     /// Where messages read from connections we open go; set by [`Transport::start`] (a
-    /// connection opened before that, by a restart NOTIFY, waits for it).
-    inbound: watch::Sender<Option<Arc<dyn Inbound>>>,
+    /// connection opened before that, by a restart NOTIFY, waits for it). Weak: the handler
+    /// (the server core) owns this transport.
+    inbound: watch::Sender<Option<std::sync::Weak<dyn Inbound>>>,
     /// Connections we opened to a TCP peer whose own connection was gone.
     connects: AtomicU64,
     /// Of those, the ones that could not be established (refused, unreachable, timed out).
@@ -349,7 +350,7 @@ impl Transport {
 
     /// Starts the receive loops.
     pub fn start(self: &Arc<Self>, listeners: Vec<TcpListener>, inbound: Arc<dyn Inbound>) {
-        self.inbound.send_replace(Some(inbound.clone()));
+        self.inbound.send_replace(Some(Arc::downgrade(&inbound)));
         for u in self.udp_read().iter() {
             // Two receivers per socket keep both cores busy on a UDP storm.
             for _ in 0..UDP_RECEIVERS {
@@ -499,6 +500,7 @@ impl Transport {
         let (id, tx, rx) = self.add_conn(remote);
         let me = self.clone();
         let mut inbound = self.inbound.subscribe();
+        let mut phase = self.phase.subscribe();
         tokio::spawn(async move {
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await;
             let stream = match connected {
@@ -508,9 +510,11 @@ impl Transport {
             };
             let _ = stream.set_nodelay(true);
             // Before start (restart NOTIFYs): what the peer answers waits for the handler.
-            let handler = match inbound.wait_for(|i| i.is_some()).await {
-                Ok(i) => i.clone(),
-                Err(_) => None,
+            let handler = tokio::select! {
+                i = inbound.wait_for(|i| i.is_some()) => {
+                    i.ok().and_then(|i| i.as_ref().and_then(|w| w.upgrade()))
+                }
+                _ = phase.wait_for(|p| *p >= Phase::Draining) => None,
             };
             let Some(handler) = handler else {
                 return me.connect_failed(id, remote, local, "transport stopped");
@@ -526,7 +530,7 @@ impl Transport {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%remote, error = why, "cannot open a tcp connection to the peer");
         self.drop_conn(id, remote);
-        let handler = self.inbound.borrow().clone();
+        let handler = self.inbound.borrow().as_ref().and_then(|w| w.upgrade());
         if let Some(handler) = handler {
             handler.on_unreachable(Peer {
                 proto: Proto::Tcp,
