@@ -441,7 +441,7 @@ impl Core {
             Some(&self.ids.tag()),
         );
         resp.headers
-            .push_raw("Retry-After", &refused.retry_after.to_string());
+            .push_raw("Retry-After", refused.retry_after.to_string());
         Some(resp)
     }
 
