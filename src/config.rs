@@ -82,6 +82,9 @@ pub struct ProxyConfig {
     /// 480.
     #[serde(deserialize_with = "values::upstream")]
     pub upstream: Option<SipUri>,
+    /// Seconds the addresses found for an `upstream` host name are kept at most (the DNS
+    /// TTL when shorter); it is looked up again sooner when its address stops answering.
+    pub upstream_refresh: u64,
     /// Local users without a binding here: "reject" (480 Temporarily Unavailable) or
     /// "upstream" (the PBX may reach them some other way).
     pub unregistered: Unregistered,
@@ -106,6 +109,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             upstream: None,
+            upstream_refresh: 300,
             unregistered: Unregistered::Reject,
             timer_c: 180,
             max_branches: 16,
@@ -1488,6 +1492,13 @@ impl Config {
         bad: &dyn Fn(&str, String, &str) -> ConfigError,
     ) -> Result<(), ConfigError> {
         let p = &self.proxy;
+        if p.upstream_refresh == 0 {
+            return Err(bad(
+                "proxy.upstream_refresh",
+                "is 0".into(),
+                "use seconds, e.g. 300 (the DNS TTL still applies when shorter)",
+            ));
+        }
         if p.unregistered == Unregistered::Upstream && p.upstream.is_none() {
             return Err(bad(
                 "proxy.unregistered",

@@ -86,6 +86,8 @@ pub struct Core {
     rate_limit: Mutex<crate::ratelimit::RateLimiter>,
     /// Requests answered 503 by that limit.
     rate_limited: std::sync::atomic::AtomicU64,
+    /// `[proxy] upstream` when it is a host name: looked up again by TTL and on failure.
+    pub(crate) upstream_dns: Option<Arc<crate::proxy::upstream::UpstreamDns>>,
     /// Requests whose answer waits for their disk write: shutdown lets them finish.
     answering: crate::drain::Drain,
 }
@@ -252,15 +254,33 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         None => NonceKey::random().map_err(StartError::Random)?,
     };
     let rules = crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg));
-    let upstream_resolved = match rules.upstream.clone() {
+    let upstream_dns = match rules.upstream.clone() {
         Some(u) if crate::proxy::uri_addr(&u).is_none() => {
-            let found = resolve(&transport, &u).await;
-            if found.is_none() {
-                tracing::warn!(upstream = %u, "cannot resolve [proxy] upstream; calls to the PBX fail with 503 until restart");
-            }
-            found
+            let resolver: Box<dyn crate::proxy::upstream::SipResolver> =
+                match crate::proxy::upstream::HickoryResolver::from_system() {
+                    Ok(r) => Box::new(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the system's DNS configuration; [proxy] upstream is looked up without SRV");
+                        Box::new(crate::proxy::upstream::GetAddrInfo)
+                    }
+                };
+            Some(Arc::new(crate::proxy::upstream::UpstreamDns::new(
+                u,
+                resolver,
+                Duration::from_secs(cfg.proxy.upstream_refresh),
+            )))
         }
         _ => None,
+    };
+    let upstream_resolved = match &upstream_dns {
+        Some(dns) => dns
+            .lookup(
+                || tokio::time::Instant::now().into_std(),
+                |p, a| can_send(&transport, p, a),
+            )
+            .await
+            .map(|(proto, addr)| peer_to(&transport, proto, addr)),
+        None => None,
     };
     let proxy =
         crate::proxy::ProxyService::new(rules, &cfg.dialog, dialog_store, upstream_resolved);
@@ -298,6 +318,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
             cfg.server.rate_limit_burst,
         )),
         rate_limited: Default::default(),
+        upstream_dns: upstream_dns.clone(),
         answering: Default::default(),
     });
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
@@ -306,6 +327,9 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     tasks.push(tokio::spawn(core.clone().run_sip_calls(sip_calls_rx)));
     tasks.push(tokio::spawn(core.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_timers()));
+    if let Some(dns) = upstream_dns {
+        tasks.push(tokio::spawn(core.clone().run_upstream_refresh(dns)));
+    }
     // Users from the user file are read here and by a watcher, never on the receive path.
     if let Some(file) = user_file {
         tasks.push(file.watch(crate::storage::users::RECHECK).await);
@@ -344,6 +368,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
 
 impl Inbound for Core {
     fn on_unreachable(self: Arc<Self>, peer: Peer) {
+        self.upstream_failed(&peer);
         let failed = self
             .clients
             .lock()
@@ -405,6 +430,32 @@ impl Core {
     /// that keeps growing).
     pub fn messages_received(&self) -> u64 {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Looks `[proxy] upstream` up again whenever its answer expires or its address in use
+    /// stopped answering ([`Core::upstream_failed`]).
+    async fn run_upstream_refresh(self: Arc<Self>, dns: Arc<crate::proxy::upstream::UpstreamDns>) {
+        loop {
+            dns.due(|| self.now()).await;
+            let found = dns
+                .lookup(|| self.now(), |p, a| can_send(&self.transport, p, a))
+                .await;
+            self.proxy
+                .set_upstream_resolved(found.map(|(proto, addr)| self.peer_to(proto, addr)));
+        }
+    }
+
+    /// `peer` stopped answering (a transaction to it timed out, or no connection to it could
+    /// be opened): when it is the upstream's address in use, the next address is used and
+    /// the name is looked up again.
+    pub(crate) fn upstream_failed(&self, peer: &Peer) {
+        let Some(dns) = &self.upstream_dns else {
+            return;
+        };
+        if let Some((proto, addr)) = dns.failed(peer.remote, self.now()) {
+            self.proxy
+                .set_upstream_resolved(Some(self.peer_to(proto, addr)));
+        }
     }
 
     /// New SUBSCRIBEs and REGISTERs answered 503 so far by `[server] rate_limit_per_source`.
@@ -1284,6 +1335,14 @@ async fn resolve(transport: &Transport, uri: &crate::sip::SipUri) -> Option<Peer
             .next()?,
     };
     Some(peer_to(transport, proto, remote))
+}
+
+/// Whether we have a socket of `proto` in `remote`'s address family.
+fn can_send(transport: &Transport, proto: Proto, remote: &SocketAddr) -> bool {
+    transport
+        .local_addrs()
+        .iter()
+        .any(|(p, a)| *p == proto && a.is_ipv4() == remote.is_ipv4())
 }
 
 /// A destination over our socket of `proto` that suits `remote` (same address family).

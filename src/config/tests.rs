@@ -562,3 +562,15 @@ fn per_source_rate_limit_keys() {
         assert!(e.contains(key), "{toml}: {e}");
     }
 }
+
+/// Issue 11, item 6: how long the addresses of an upstream host name are kept at most.
+#[test]
+fn upstream_refresh_key() {
+    assert_eq!(Config::default().proxy.upstream_refresh, 300);
+    let c = Config::from_toml("[proxy]\nupstream_refresh = 30\n", "t.toml").unwrap();
+    assert_eq!(c.proxy.upstream_refresh, 30);
+    let e = Config::from_toml("[proxy]\nupstream_refresh = 0\n", "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("proxy.upstream_refresh"), "{e}");
+}

@@ -853,6 +853,9 @@ impl Core {
 
     /// A branch's client transaction timed out (Timer B or F): 408 for it.
     pub(crate) fn proxy_branch_timeout(self: &Arc<Self>, server: &TxKey, i: usize) {
+        if let Some(peer) = self.proxy.branch_peer(server, i) {
+            self.upstream_failed(&peer);
+        }
         self.fail_branch(server, i, 408, "Request Timeout");
     }
 
