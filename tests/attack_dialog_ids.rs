@@ -51,7 +51,7 @@ fn ringing() -> String {
 <dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="sip:1002@example.test">
   <dialog id="call-1" call-id="{CALL_ID}" local-tag="1928301774" remote-tag="a6c85cf" direction="recipient">
     <state>early</state>
-    <remote><identity>sip:1001@example.test</identity></remote>
+    <remote><identity>sip:1001@example.test</identity><target uri="sip:1001@192.0.2.20:5062"/></remote>
   </dialog>
 </dialog-info>
 "#
@@ -126,8 +126,13 @@ async fn by_default_only_watchers_of_our_domain_get_the_dialog_ids() {
     publish(&s);
     let doc = call_document(&mut colleague).await;
     assert!(has_ids(&doc), "a user of our domain may pick up: {doc}");
+    assert!(
+        doc.contains("192.0.2.20:5062"),
+        "with the caller's target: {doc}"
+    );
     let doc = call_document(&mut outsider).await;
     assert!(!has_ids(&doc), "an outsider sees the lamp only: {doc}");
+    assert!(!doc.contains("192.0.2.20"), "nor a phone's address: {doc}");
     assert!(doc.contains("<state>early</state>"), "{doc}");
 }
 

@@ -122,6 +122,9 @@ bl_gen_busylamp_config() {
 domain = "$BL_DOMAIN"
 listen = ["udp:$BL_HOST:$port", "tcp:$BL_HOST:$port"]
 data_dir = "$data"
+# every load generator here is one host (127.0.0.1): sipp -t tn opens a
+# connection per user, which the per-source limit (default 16) is there to stop
+max_tcp_connections_per_source = 10000
 
 [registrar]
 min_expires = 60

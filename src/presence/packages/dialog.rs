@@ -86,7 +86,8 @@ pub(crate) fn render_dialogs(
             .collect();
         dialogs = shown.iter().collect();
     }
-    // Only watchers allowed to pick up (or, BLA, to join) get the dialog identifiers.
+    // Only watchers allowed to pick up (or, BLA, to join) get the dialog identifiers, and
+    // the parties' targets: a target is a phone's Contact, its IP and port.
     let anonymous: Vec<dialog_info::Dialog>;
     if watcher.options.without_dialog_ids {
         anonymous = dialogs
@@ -95,6 +96,8 @@ pub(crate) fn render_dialogs(
                 call_id: None,
                 local_tag: None,
                 remote_tag: None,
+                local: without_contact(&d.local),
+                remote: without_contact(&d.remote),
                 ..(*d).clone()
             })
             .collect();
@@ -153,6 +156,26 @@ impl EventPackage for Dialog {
         watcher: &WatcherView<'_>,
     ) -> Rendered {
         render_dialogs(presentity, publications, watcher, false)
+    }
+}
+
+/// A participant as a watcher not allowed to pick up sees it: no target naming a phone's
+/// address. A target that only says the party holds (`+sip.rendering=no`, RFC 4235
+/// §4.1.6.2) keeps saying so on the party's identity URI.
+fn without_contact(p: &dialog_info::Participant) -> dialog_info::Participant {
+    let target = p
+        .target
+        .as_ref()
+        .filter(|t| !t.params.is_empty())
+        .and_then(|t| {
+            p.identity.as_ref().map(|id| dialog_info::Target {
+                uri: id.uri.clone(),
+                params: t.params.clone(),
+            })
+        });
+    dialog_info::Participant {
+        identity: p.identity.clone(),
+        target,
     }
 }
 
@@ -400,7 +423,8 @@ mod tests {
         assert!(
             !without.contains("call-id=")
                 && !without.contains("local-tag=")
-                && !without.contains("remote-tag="),
+                && !without.contains("remote-tag=")
+                && !without.contains("<target"),
             "{without}"
         );
         // The lamp itself is the same: the dialog, its state, direction and parties.
@@ -412,5 +436,26 @@ mod tests {
             ("call-1", DialogState::Early, Some(Direction::Recipient))
         );
         assert!(d.remote.identity.is_some());
+        assert!(
+            with.contains("<target uri=\"sip:100@192.0.2.20:5060\""),
+            "{with}"
+        );
+    }
+
+    #[test]
+    fn rfc4235_4_1_6_2_a_watcher_without_ids_still_sees_hold_but_no_phone_address() {
+        let pubs = [publication("call-2", CT, CONFIRMED_HELD, 1)];
+        let opts = RenderOptions {
+            without_dialog_ids: true,
+            ..Default::default()
+        };
+        let without = render(&pubs, 1, opts);
+        assert!(!without.contains("192.0.2."), "{without}");
+        let doc = dialog_info::parse(without.as_bytes()).unwrap();
+        let d = &doc.dialogs[0];
+        let held = d.local.target.as_ref().expect("the hold stays visible");
+        assert_eq!(held.uri, "sip:201@example.com");
+        assert_eq!(held.params[0].name, "+sip.rendering");
+        assert!(d.remote.target.is_none());
     }
 }
