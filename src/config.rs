@@ -59,6 +59,13 @@ impl BadValue {
     }
 }
 
+/// A user both in the users file and in `[[users]]` of `config`: the config's entry wins.
+pub fn shadowed_user_warning(name: &str, config: &str) -> String {
+    format!(
+        "user {name} is also defined in [[users]] of {config}, whose password wins: the users file's entry is ignored. Remove one of them"
+    )
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -276,7 +283,8 @@ pub enum UserPattern {
     User(String),
     /// `10*`: users starting with `10`.
     Prefix(String),
-    /// `sip:1001@example.com`: that AOR (canonical form).
+    /// `sip:1001@example.com`: that AOR (canonical form, [`crate::domain::Domains::aor`],
+    /// once the config is read: an alias names the user of the domain).
     Aor(String),
 }
 
@@ -292,7 +300,8 @@ impl UserPattern {
         if s == "*" {
             return Some(UserPattern::Any);
         }
-        if s.len() > 4 && s[..4].eq_ignore_ascii_case("sip:") {
+        let scheme = |p: &str| s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+        if scheme("sip:") || scheme("sips:") {
             return match crate::sip::Uri::parse(s) {
                 Ok(crate::sip::Uri::Sip(u)) if u.user.is_some() && !s.contains('*') => {
                     Some(UserPattern::Aor(u.aor()))
@@ -316,7 +325,7 @@ impl UserPattern {
             UserPattern::Any => true,
             UserPattern::User(name) => user.is_some_and(|u| u == name.as_str()),
             UserPattern::Prefix(p) => user.is_some_and(|u| u.starts_with(p.as_str())),
-            UserPattern::Aor(a) => a.eq_ignore_ascii_case(aor),
+            UserPattern::Aor(a) => a == aor,
         }
     }
 
@@ -431,9 +440,14 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     /// Digest realm; empty means the server domain.
     pub realm: String,
-    /// Challenges offered, most preferred first (RFC 8760 §2.4): "SHA-256", "MD5".
+    /// Challenges offered to every phone, most preferred first (RFC 8760 §2.4): "MD5"
+    /// (default), "SHA-256". One challenge: many phones read only the first, or know MD5 only
+    /// (baresip 1.0 gives up on any SHA-256 challenge); offer SHA-256 per `profiles`.
     #[serde(deserialize_with = "values::algorithms")]
     pub algorithms: Vec<Algorithm>,
+    /// Challenges for phones chosen by User-Agent (`[[auth.profiles]]`); the first match
+    /// wins, other phones get `algorithms`.
+    pub profiles: Vec<AuthProfile>,
     /// Source networks that are not challenged for what `trusted_for` names, e.g. the PBX:
     /// "10.0.0.0/8", "192.0.2.7" (an address alone is a network of one).
     #[serde(deserialize_with = "values::trusted")]
@@ -445,6 +459,33 @@ pub struct AuthConfig {
     pub trusted_for: Vec<TrustedFor>,
     /// Seconds a nonce stays valid before the client gets `stale=true`.
     pub nonce_ttl: u64,
+}
+
+/// The digest challenges offered to the phones whose User-Agent contains `user_agent`, e.g.
+/// SHA-256 first for a phone known to answer it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthProfile {
+    pub name: String,
+    /// Substring of the request's User-Agent that selects this profile (not empty).
+    pub user_agent: String,
+    /// Challenges offered to those phones, most preferred first: "SHA-256", "MD5".
+    #[serde(deserialize_with = "values::algorithms")]
+    pub algorithms: Vec<Algorithm>,
+}
+
+impl AuthConfig {
+    /// The challenges offered to a request with this User-Agent: the first profile whose
+    /// `user_agent` it contains, else `algorithms`.
+    pub fn algorithms_for(&self, user_agent: Option<&str>) -> &[Algorithm] {
+        user_agent
+            .and_then(|ua| {
+                self.profiles
+                    .iter()
+                    .find(|p| !p.user_agent.is_empty() && ua.contains(p.user_agent.as_str()))
+            })
+            .map_or(&self.algorithms, |p| &p.algorithms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -691,7 +732,8 @@ impl Default for AuthConfig {
         AuthConfig {
             mode: AuthMode::Digest,
             realm: String::new(),
-            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            algorithms: vec![Algorithm::Md5],
+            profiles: Vec::new(),
             trusted: Vec::new(),
             trusted_for: vec![TrustedFor::Calls],
             nonce_ttl: 300,
@@ -1214,9 +1256,25 @@ mod locate {
 
 impl Config {
     pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| locate::config_error(text, path, &e))?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| locate::config_error(text, path, &e))?;
         cfg.validate(path)?;
+        cfg.canonical_user_patterns();
         Ok(cfg)
+    }
+
+    /// Writes the AORs of the `users` lists in canonical form, now that the domains are known,
+    /// so that they compare equal to the AORs the registrar keys by.
+    fn canonical_user_patterns(&mut self) {
+        let domains = crate::domain::Domains::new(self);
+        let lists = [&mut self.pua.usrloc.users, &mut self.pua.dialoginfo.users];
+        for pattern in lists.into_iter().flatten() {
+            if let UserPattern::Aor(aor) = pattern {
+                if let Ok(crate::sip::Uri::Sip(u)) = crate::sip::Uri::parse(aor) {
+                    *aor = domains.aor(&u);
+                }
+            }
+        }
     }
 
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
@@ -1240,12 +1298,22 @@ impl Config {
     /// `serve` logs them and `check-config` prints them.
     pub fn warnings(&self) -> Vec<String> {
         let a = &self.auth;
-        if a.mode == AuthMode::Open || a.trusted.is_empty() {
+        if a.mode == AuthMode::Open {
             return Vec::new();
+        }
+        let mut warnings = Vec::new();
+        if a.algorithms.contains(&Algorithm::Sha256) {
+            warnings.push(
+                "*** auth.algorithms offers SHA-256 to every phone: phones that know MD5 only, or read only the first challenge, cannot register (baresip 1.0 gives up on any SHA-256 challenge). Set auth.algorithms = [\"MD5\"] and offer SHA-256 to the phones known to answer it with [[auth.profiles]] (user_agent, algorithms = [\"SHA-256\", \"MD5\"]). ***"
+                    .to_string(),
+            );
+        }
+        if a.trusted.is_empty() {
+            return warnings;
         }
         let networks: Vec<String> = a.trusted.iter().map(|n| n.to_string()).collect();
         let networks = networks.join(", ");
-        [
+        warnings.extend([
             (TrustedFor::Register, "register", "register as any user (and remove their phones' bindings)"),
             (TrustedFor::Subscribe, "subscribe", "subscribe as any user (BLF, voicemail, watcher lists)"),
             (TrustedFor::Publish, "publish", "publish any user's presence"),
@@ -1256,8 +1324,37 @@ impl Config {
             format!(
                 "*** auth.trusted_for names \"{name}\": any host in auth.trusted ({networks}) may {what} without a password, and a UDP source address is easily spoofed. Remove \"{name}\" unless that host truly needs it. ***"
             )
-        })
-        .collect()
+        }));
+        warnings
+    }
+
+    /// The warnings about users, given the users file's records (`serve` logs them after
+    /// loading the file, `check-config` prints them): no user at all in digest mode (every
+    /// REGISTER fails), a file user the config's `[[users]]` shadows, a file user stored for
+    /// another realm (it can never log in).
+    pub fn user_warnings(&self, file_users: &[crate::storage::UserRecord]) -> Vec<String> {
+        if self.auth.mode == AuthMode::Open {
+            return Vec::new();
+        }
+        let realm = self.realm();
+        let mut out = Vec::new();
+        let usable = file_users.iter().filter(|u| u.realm == realm).count();
+        if self.users.is_empty() && usable == 0 {
+            out.push(format!(
+                "no users: every REGISTER will be refused. Add one with `busylamp users add NAME` (for this config: `busylamp users --config FILE add NAME`), realm {realm}"
+            ));
+        }
+        for u in file_users {
+            if self.users.iter().any(|c| c.name == u.name) {
+                out.push(shadowed_user_warning(&u.name, "the config"));
+            } else if u.realm != realm {
+                out.push(format!(
+                    "user {} in the users file was stored for realm {:?}, not this config's {realm:?}: it cannot log in (403). Add it again with this config: `busylamp users --config FILE add {}`",
+                    u.name, u.realm, u.name
+                ));
+            }
+        }
+        out
     }
 
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
@@ -1405,6 +1502,31 @@ impl Config {
                 "is empty".into(),
                 "list \"SHA-256\", \"MD5\" or both",
             ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in a.profiles.iter().enumerate() {
+            let key = |k: &str| format!("auth.profiles[{i}].{k}");
+            if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                return Err(bad(
+                    &key("name"),
+                    format!("{:?} is empty or used twice", p.name),
+                    "give every profile its own name, e.g. \"linphone\"",
+                ));
+            }
+            if p.user_agent.is_empty() {
+                return Err(bad(
+                    &key("user_agent"),
+                    "is empty, so the profile matches no phone".into(),
+                    "name a part of the phones' User-Agent, e.g. \"Linphone\"",
+                ));
+            }
+            if p.algorithms.is_empty() {
+                return Err(bad(
+                    &key("algorithms"),
+                    "is empty".into(),
+                    "list \"SHA-256\", \"MD5\" or both",
+                ));
+            }
         }
         if a.trusted_for.is_empty() && !a.trusted.is_empty() {
             return Err(bad(

@@ -13,7 +13,10 @@ use std::time::Duration;
 #[command(
     name = "busylamp",
     version,
-    about = "SIP registrar, edge proxy and presence server for desk phones"
+    about = "SIP registrar, edge proxy and presence server for desk phones",
+    after_help = "Without --config, every command reads /etc/busylamp/busylamp.toml when it exists \
+(the .deb's config), else the built-in defaults; the environment variable BUSYLAMP_CONFIG \
+names another such default file."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,34 +25,75 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (embedded defaults without --config).
+    /// Run the server.
     Serve {
+        /// Config file [default: /etc/busylamp/busylamp.toml when it exists, else built-in defaults].
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a config file and say what is wrong with it.
-    CheckConfig { file: PathBuf },
-    /// Manage the users kept in the data directory (only HA1 hashes are stored).
+    /// Check a config file and say what is wrong with it; count the users it and the users
+    /// file give.
+    CheckConfig {
+        /// Config file [default: /etc/busylamp/busylamp.toml].
+        file: Option<PathBuf>,
+    },
+    /// Manage the users kept in the data directory (only HA1 hashes are stored). Run it with
+    /// the server's config (its realm and data directory): the default is the .deb's.
     Users {
-        #[arg(long, short)]
+        /// Config file [default: /etc/busylamp/busylamp.toml when it exists, else built-in defaults].
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// Write the man pages (busylamp.1, busylamp-users.1, ...) into a directory.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
 enum UsersAction {
     /// Add or replace a user. The password is read from --password or from standard input.
     Add {
+        /// The SIP user name (the phone's auth user), e.g. 1001.
         name: String,
+        /// The password (visible in the process list: prefer one line on standard input).
         #[arg(long)]
         password: Option<String>,
     },
+    /// Remove a user from the users file.
     Remove {
+        /// The SIP user name.
         name: String,
     },
+    /// List the users of the users file: name, realm, hash algorithms.
     List,
+}
+
+/// The config the .deb installs; commands read it when no --config is given and it exists.
+const PACKAGED_CONFIG: &str = "/etc/busylamp/busylamp.toml";
+/// Names another default config file in place of [`PACKAGED_CONFIG`] (tests, other layouts).
+const DEFAULT_CONFIG_ENV: &str = "BUSYLAMP_CONFIG";
+
+/// The config file a command reads: the one given, else the default one when it exists
+/// (`None`: built-in defaults).
+fn config_path(given: Option<PathBuf>) -> Option<PathBuf> {
+    if given.is_some() {
+        return given;
+    }
+    let default = std::env::var_os(DEFAULT_CONFIG_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG));
+    if default.exists() {
+        return Some(default);
+    }
+    if std::env::var_os(DEFAULT_CONFIG_ENV).is_some() {
+        eprintln!(
+            "warning: {DEFAULT_CONFIG_ENV} names {}, which does not exist: using the built-in defaults",
+            default.display()
+        );
+    }
+    None
 }
 
 fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
@@ -59,30 +103,61 @@ fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
+/// How a command names the config it used, for its messages.
+fn config_name(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => p.display().to_string(),
+        None => "the built-in defaults".to_string(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(cfg) => {
-                println!(
-                    "{}: OK (domain {}, {} listen address(es), {} user(s), auth {:?})",
-                    file.display(),
-                    cfg.server.domain,
-                    cfg.server.listen.len(),
-                    cfg.users.len(),
-                    cfg.auth.mode
-                );
-                for warning in cfg.warnings() {
-                    eprintln!("warning: {warning}");
-                }
-                Ok(())
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))
+        }
+        Command::CheckConfig { file } => {
+            let Some(file) = config_path(file) else {
+                eprintln!("error: no config file given and {PACKAGED_CONFIG} does not exist");
                 std::process::exit(2);
+            };
+            match Config::load(&file) {
+                Ok(cfg) => {
+                    let users = UserFile::new(&cfg.server.data_dir);
+                    let file_users = users.read_all().unwrap_or_else(|e| {
+                        eprintln!("warning: {e}");
+                        Vec::new()
+                    });
+                    println!(
+                        "{}: OK (domain {}, {} listen address(es), {} user(s) in the config, {} in {}, auth {:?})",
+                        file.display(),
+                        cfg.server.domain,
+                        cfg.server.listen.len(),
+                        cfg.users.len(),
+                        file_users.len(),
+                        users.path().display(),
+                        cfg.auth.mode
+                    );
+                    for warning in cfg
+                        .warnings()
+                        .into_iter()
+                        .chain(cfg.user_warnings(&file_users))
+                    {
+                        eprintln!("warning: {warning}");
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2);
+                }
             }
-        },
+        }
         Command::Users { config, action } => {
+            let config = config_path(config);
             let cfg = load_config(&config)?;
             let file = UserFile::new(&cfg.server.data_dir);
             match action {
@@ -116,13 +191,27 @@ fn main() -> anyhow::Result<()> {
                         realm: realm.clone(),
                     })?;
                     println!(
-                        "user {name} stored for realm {realm} in {}",
-                        file.path().display()
+                        "user {name} stored for realm {realm} in {} (config: {})",
+                        file.path().display(),
+                        config_name(&config)
                     );
+                    if cfg.users.iter().any(|u| u.name == name) {
+                        eprintln!(
+                            "warning: {}",
+                            busylamp::config::shadowed_user_warning(&name, &config_name(&config))
+                        );
+                    }
                 }
                 UsersAction::Remove { name } => {
+                    let in_config = cfg.users.iter().any(|u| u.name == name);
+                    if in_config {
+                        eprintln!(
+                            "warning: user {name} is also defined in [[users]] of {}: it stays a user until removed there",
+                            config_name(&config)
+                        );
+                    }
                     if file.remove(&name)? {
-                        println!("user {name} removed");
+                        println!("user {name} removed from {}", file.path().display());
                     } else {
                         eprintln!("no user {name} in {}", file.path().display());
                         std::process::exit(1);
@@ -145,6 +234,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => {
+            let config = config_path(config);
             let cfg = load_config(&config)?;
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.server.log));
@@ -159,7 +249,7 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("busylamp")
                 .build()
                 .context("starting the async runtime")?;
-            let result = rt.block_on(serve(cfg));
+            let result = rt.block_on(serve(cfg, config));
             // A flush that overran the grace period must not hold the exit.
             rt.shutdown_timeout(Duration::from_millis(100));
             result
@@ -167,7 +257,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, config: Option<PathBuf>) -> anyhow::Result<()> {
     let store = SledStore::open_bounded(
         &cfg.server.data_dir,
         Duration::from_millis(cfg.storage.flush_interval_ms),
@@ -183,6 +273,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         nonce_key: None,
     };
     let handle = busylamp::server::start(&cfg, stores).await?;
+    tracing::info!(config = %config_name(&config), "configuration read");
     tracing::info!(domain = %cfg.server.domain, data_dir = %cfg.server.data_dir.display(), "busylamp ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -331,8 +331,12 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         tasks.push(tokio::spawn(core.clone().run_upstream_refresh(dns)));
     }
     // Users from the user file are read here and by a watcher, never on the receive path.
-    if let Some(file) = user_file {
-        tasks.push(file.watch(crate::storage::users::RECHECK).await);
+    if let Some(file) = &user_file {
+        tasks.push(file.clone().watch(crate::storage::users::RECHECK).await);
+    }
+    let file_users = user_file.as_ref().map(|f| f.loaded()).unwrap_or_default();
+    for warning in cfg.user_warnings(&file_users) {
+        tracing::warn!("{warning}");
     }
     // Presence state is loaded before anything is read from the network: a refresh or an
     // If-Match PUBLISH that waited while we were down must find its subscription or
@@ -562,12 +566,13 @@ impl Core {
                 out.0.push(h);
             }
         }
-        let resp = Response {
+        let mut resp = Response {
             status: failure.error.status(),
             reason: crate::sip::message::sanitize_reason(&failure.error.to_string()),
             headers: out,
             body: Vec::new(),
         };
+        stamp_answer_via(&mut resp, &peer);
         let target = reply_target(&resp, peer);
         Some((target, self.finish(resp).to_bytes()))
     }
@@ -620,13 +625,14 @@ impl Core {
         let parsed = match req.validate() {
             Ok(p) => p,
             Err(e) => {
-                let resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
+                let mut resp = req.response(400, &e.to_string(), Some(&self.ids.tag()));
+                stamp_answer_via(&mut resp, &peer);
                 let target = reply_target(&resp, peer);
                 self.answer_outside_transaction(&req.method, &target, resp);
                 return;
             }
         };
-        stamp_via(&mut req, &parsed.top_via, &peer);
+        stamp_via(&mut req.headers, &parsed.top_via, &peer);
         let reply_to = reply_target_for_request(&parsed.top_via, peer);
         let input = {
             let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
@@ -950,7 +956,7 @@ impl Core {
             AuthResult::Authenticated { username } => Ok(Some(username)),
             AuthResult::Challenge { stale } => {
                 let mut r = req.response(401, "Unauthorized", Some(tag));
-                for c in self.auth.challenges(stale, now, challenged_user) {
+                for c in self.auth.challenges(req, stale, now, challenged_user) {
                     r.headers.push(HeaderName::WwwAuthenticate, c);
                 }
                 Err(r)
@@ -1104,11 +1110,8 @@ struct Known<'a> {
 
 impl crate::presence::Directory for Known<'_> {
     fn exists(&self, presentity: &str) -> bool {
-        let user = presentity
-            .strip_prefix("sip:")
-            .and_then(|r| r.rsplit_once('@'))
-            .map(|(u, _)| u);
-        user.is_some_and(|u| self.auth.knows(u)) || !self.registrar.lookup(presentity).is_empty()
+        let user = crate::domain::user_of_aor(presentity);
+        (!user.is_empty() && self.auth.knows(user)) || !self.registrar.lookup(presentity).is_empty()
     }
 }
 
@@ -1263,15 +1266,16 @@ fn advertised_host(cfg: &Config) -> String {
     }
 }
 
-/// RFC 3261 §18.2.1 and RFC 3581 §4: record where the request really came from in its top Via,
-/// so responses find their way back through NAT. `top` is the parsed top Via.
-fn stamp_via(req: &mut Request, top: &Via, peer: &Peer) {
+/// RFC 3261 §18.2.1 and RFC 3581 §4: record where the request really came from in its top Via
+/// (in a request's `headers`, or in an answer made from them), so responses find their way back
+/// through NAT. `top` is the parsed top Via.
+fn stamp_via(headers: &mut Headers, top: &Via, peer: &Peer) {
     let ip = peer.remote.ip();
     let wants_rport = top.params.has("rport");
     if top.host.ip() == Some(ip) && !wants_rport {
         return;
     }
-    let Some(i) = req.headers.0.iter().position(|h| h.kind == HeaderName::Via) else {
+    let Some(i) = headers.0.iter().position(|h| h.kind == HeaderName::Via) else {
         return;
     };
     let mut via = top.clone();
@@ -1280,13 +1284,22 @@ fn stamp_via(req: &mut Request, top: &Via, peer: &Peer) {
         via.params
             .set("rport", Some(peer.remote.port().to_string()));
     }
-    let parts = crate::sip::text::split_commas(&req.headers.0[i].value);
+    let parts = crate::sip::text::split_commas(&headers.0[i].value);
     let mut value = via.to_string();
     for rest in parts.iter().skip(1) {
         value.push_str(", ");
         value.push_str(rest);
     }
-    req.headers.0[i].value = value;
+    headers.0[i].value = value;
+}
+
+/// RFC 3581 §4 for an answer made without a valid request (unparseable or invalid): every
+/// response carries `received`/`rport` when the request asked, the 400s too, as long as the
+/// top Via itself can be read.
+fn stamp_answer_via(resp: &mut Response, peer: &Peer) {
+    if let Ok(top) = resp.top_via() {
+        stamp_via(&mut resp.headers, &top, peer);
+    }
 }
 
 /// Where responses to this request go (RFC 3261 §18.2.2, RFC 3581 §4): over the same TCP

@@ -78,7 +78,11 @@ fn check_config_warns_once_per_purpose_a_trusted_network_skips_digest_for() {
         let cfg = dir.join(name);
         std::fs::write(
             &cfg,
-            format!("[auth]\ntrusted = [\"192.0.2.20\"]\ntrusted_for = {trusted_for}\n"),
+            // One user and a data dir of its own: the only warnings are about trust.
+            format!(
+                "[server]\ndata_dir = \"{}\"\n[auth]\ntrusted = [\"192.0.2.20\"]\ntrusted_for = {trusted_for}\n[[users]]\nname = \"1001\"\npassword = \"pw\"\n",
+                dir.display()
+            ),
         )
         .unwrap();
         let out = busylamp().arg("check-config").arg(&cfg).output().unwrap();
@@ -99,6 +103,36 @@ fn check_config_warns_once_per_purpose_a_trusted_network_skips_digest_for() {
         );
     }
     assert_eq!(check("calls.toml", r#"["calls"]"#), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 11: SHA-256 offered to every phone locks out the phones that read only the first
+/// challenge or know MD5 only: check-config says so with the fix; per profile it is quiet.
+#[test]
+fn check_config_warns_when_sha256_is_offered_to_every_phone() {
+    let dir = std::env::temp_dir().join(format!("busylamp-cli-sha256-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, toml: &str| {
+        let cfg = dir.join(name);
+        std::fs::write(&cfg, toml).unwrap();
+        let out = busylamp().arg("check-config").arg(&cfg).output().unwrap();
+        assert!(out.status.success(), "{name}");
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("warning:") && l.contains("SHA-256"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let w = check("all.toml", "[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\n");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("auth.algorithms offers SHA-256 to every phone")
+            && w[0].contains("[[auth.profiles]]"),
+        "{w:?}"
+    );
+    let profile = "[[auth.profiles]]\nname = \"linphone\"\nuser_agent = \"Linphone\"\nalgorithms = [\"SHA-256\", \"MD5\"]\n";
+    assert!(check("profile.toml", profile).is_empty());
+    assert!(check("default.toml", "").is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -220,5 +254,229 @@ fn serve_with_an_unusable_data_dir_stops_with_the_path_and_the_fix() {
         err.contains(&blocker.display().to_string()) && err.contains("writable"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh temp dir with a config whose data dir is inside it (`extra` appended).
+fn config_in_temp_dir(name: &str, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("busylamp-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("busylamp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndomain = \"example.test\"\ndata_dir = \"{}\"\n{extra}",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    (dir, cfg)
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A digest config without any user refuses every REGISTER: check-config says so with the
+/// fix, and stops saying so once `users add` gave the users file one (counted too).
+#[test]
+fn check_config_warns_of_no_users_with_the_fix_and_counts_the_users_file() {
+    let (dir, cfg) = config_in_temp_dir("no-users", "");
+    let (ok, out, err) = run(busylamp().arg("check-config").arg(&cfg));
+    assert!(ok, "{err}");
+    assert!(out.contains("0 user(s) in the config, 0 in"), "{out}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("no users") && warnings[0].contains("busylamp users add"),
+        "{err}"
+    );
+    let (ok, _, err) = run(busylamp()
+        .args(["users", "add", "1001", "--password", "pw", "--config"])
+        .arg(&cfg));
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(busylamp().arg("check-config").arg(&cfg));
+    assert!(ok, "{err}");
+    assert!(out.contains("0 user(s) in the config, 1 in"), "{out}");
+    assert_eq!(err, "", "no warning once the users file has a user");
+    // A user stored for another realm (added without this config) cannot log in: said too.
+    let (ok, _, err) = run(busylamp().arg("check-config").arg({
+        std::fs::write(
+            &cfg,
+            std::fs::read_to_string(&cfg)
+                .unwrap()
+                .replace("example.test", "other.test"),
+        )
+        .unwrap();
+        &cfg
+    }));
+    assert!(ok);
+    assert!(
+        err.contains("no users")
+            && err.contains("user 1001 in the users file was stored for realm \"example.test\""),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve` logs the no-users warning at start; a user the config's `[[users]]` shadows is
+/// named at `users add` and, once per shadowed user, at the next start.
+#[tokio::test]
+async fn serve_warns_of_no_users_and_of_each_user_the_config_shadows() {
+    let mut server = common::binary::Busylamp::new("no-users", "");
+    server.wait_ready().await;
+    let log = server.log_text();
+    assert!(
+        log.contains("no users: every REGISTER will be refused")
+            && log.contains("busylamp users add"),
+        "{log}"
+    );
+    server.kill9();
+
+    let mut server = common::binary::Busylamp::new(
+        "shadowed",
+        "[[users]]\nname = \"1001\"\npassword = \"pw\"\n",
+    );
+    server.wait_ready().await;
+    assert!(
+        !server.log_text().contains("no users"),
+        "{}",
+        server.log_text()
+    );
+    server.kill9();
+    let users = |name: &str| {
+        run(busylamp()
+            .args(["users", "add", name, "--password", "other", "--config"])
+            .arg(server.config_path()))
+    };
+    let (ok, _, err) = users("1001");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("user 1001 is also defined in [[users]] of")
+            && err.contains("the users file's entry is ignored"),
+        "{err}"
+    );
+    let (ok, _, err) = users("1002");
+    assert!(ok && err.is_empty(), "{err}");
+    server.start();
+    server.wait_ready().await;
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("is also defined in [[users]]").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("user 1001 is also defined"), "{log}");
+}
+
+/// Without --config, admin commands read the packaged config (here: BUSYLAMP_CONFIG names
+/// it), so `users add` stores the user for that config's realm in its data directory.
+#[test]
+fn admin_commands_without_config_read_the_default_config() {
+    let (dir, cfg) = config_in_temp_dir("default-config", "");
+    let (ok, out, err) = run(busylamp().env("BUSYLAMP_CONFIG", &cfg).args([
+        "users",
+        "add",
+        "1001",
+        "--password",
+        "pw",
+    ]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("realm example.test") && out.contains(&cfg.display().to_string()),
+        "{out}"
+    );
+    let stored = std::fs::read_to_string(dir.join("data/users")).unwrap();
+    assert!(stored.contains("1001:example.test:"), "{stored}");
+    let (ok, out, _) = run(busylamp()
+        .env("BUSYLAMP_CONFIG", &cfg)
+        .args(["users", "list"]));
+    assert!(ok && out.contains("1001\texample.test"), "{out}");
+    let (ok, out, err) = run(busylamp().env("BUSYLAMP_CONFIG", &cfg).arg("check-config"));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&cfg.display().to_string()) && out.contains("1 in"),
+        "{out}"
+    );
+    // A default that does not exist: said, and check-config has nothing to check.
+    let missing = dir.join("missing.toml");
+    let (ok, _, err) = run(busylamp()
+        .env("BUSYLAMP_CONFIG", &missing)
+        .arg("check-config"));
+    assert!(!ok);
+    assert!(err.contains("does not exist"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every admin command and option says what it is for, and the man page is generated from
+/// the same text.
+#[test]
+fn users_commands_and_config_have_help_texts() {
+    let (ok, out, _) = run(busylamp().args(["users", "--help"]));
+    assert!(ok);
+    for line in ["add ", "remove ", "list ", "--config"] {
+        let described = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(line) || l.contains(&format!(" {line}")))
+            .unwrap_or_else(|| panic!("{line} in {out}"));
+        assert!(
+            described.split_whitespace().count() > 2,
+            "{line} has a help text: {out}"
+        );
+    }
+    let (ok, out, _) = run(busylamp().args(["users", "add", "--help"]));
+    assert!(
+        ok && out.contains("SIP user name") && out.contains("standard input"),
+        "{out}"
+    );
+    let (ok, out, _) = run(busylamp().args(["serve", "--help"]));
+    assert!(ok && out.contains("/etc/busylamp/busylamp.toml"), "{out}");
+}
+
+/// The man pages the .deb ships (packaging/man) are what `busylamp man` makes of the same
+/// help texts: regenerate them with `cargo run -- man packaging/man` when this fails.
+#[test]
+fn the_packaged_man_pages_are_generated_from_the_current_help_texts() {
+    let dir = std::env::temp_dir().join(format!("busylamp-cli-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ok, _, err) = run(busylamp().arg("man").arg(&dir));
+    assert!(ok, "{err}");
+    let pages = |d: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".1"))
+            .collect();
+        names.sort();
+        names
+    };
+    let fresh = pages(&dir);
+    for page in [
+        "busylamp.1",
+        "busylamp-check-config.1",
+        "busylamp-users-add.1",
+    ] {
+        assert!(fresh.contains(&page.to_string()), "{fresh:?}");
+    }
+    let shipped = std::path::Path::new("packaging/man");
+    assert_eq!(
+        fresh,
+        pages(shipped),
+        "run `cargo run -- man packaging/man`"
+    );
+    for name in &fresh {
+        assert_eq!(
+            std::fs::read_to_string(dir.join(name)).unwrap(),
+            std::fs::read_to_string(shipped.join(name)).unwrap(),
+            "packaging/man/{name} is stale: run `cargo run -- man packaging/man`"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

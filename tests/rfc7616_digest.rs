@@ -14,29 +14,52 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-#[tokio::test]
-async fn rfc8760_401_offers_sha256_then_md5_with_qop_auth() {
-    let s = server(BASE_CONFIG).await;
+/// BASE_CONFIG with SHA-256 offered to every phone, first (RFC 8760 §2.4 order).
+fn sha256_for_all() -> String {
+    format!("{BASE_CONFIG}[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\n")
+}
+
+/// BASE_CONFIG offering SHA-256 first to Linphone only (`[[auth.profiles]]`).
+fn sha256_for_linphone() -> String {
+    format!(
+        "{BASE_CONFIG}[[auth.profiles]]\nname = \"linphone\"\nuser_agent = \"Linphone\"\nalgorithms = [\"SHA-256\", \"MD5\"]\n"
+    )
+}
+
+/// A REGISTER of 1001 from a phone whose User-Agent is `ua`.
+fn register_from(ua: &str, c: &Udp, cseq: u32, extra: &str) -> Vec<u8> {
+    let r = register("1001", c.port(), "c-ua", cseq, extra);
+    String::from_utf8(r)
+        .unwrap()
+        .replace("User-Agent: busylamp-test", &format!("User-Agent: {ua}"))
+        .into_bytes()
+}
+
+async fn challenges_to(s: &TestServer, ua: &str) -> Vec<String> {
     let c = Udp::new(s.udp).await;
     let r = c
-        .request(&register(
-            "1001",
-            c.port(),
-            "c",
-            1,
-            "Contact: <sip:a@127.0.0.1:1>",
-        ))
+        .request(&register_from(ua, &c, 1, "Contact: <sip:a@127.0.0.1:1>"))
         .await;
     assert_eq!(r.status, 401);
-    let ch: Vec<&str> = r.headers.all(HeaderName::WwwAuthenticate).collect();
-    assert_eq!(ch.len(), 2);
+    r.headers
+        .all(HeaderName::WwwAuthenticate)
+        .map(String::from)
+        .collect()
+}
+
+/// Issue 11: the default is one MD5 challenge (baresip 1.0 gives up on two; many desk phones
+/// read only the first or know MD5 only).
+#[tokio::test]
+async fn rfc8760_401_offers_one_md5_challenge_by_default_with_qop_auth() {
+    let s = server(BASE_CONFIG).await;
+    let ch = challenges_to(&s, "busylamp-test").await;
+    assert_eq!(ch.len(), 1, "{ch:?}");
     assert!(
-        ch[0].contains("algorithm=SHA-256") && ch[0].contains("realm=\"example.test\""),
+        ch[0].contains("algorithm=MD5") && ch[0].contains("realm=\"example.test\""),
         "{}",
         ch[0]
     );
-    assert!(ch[1].contains("algorithm=MD5"), "{}", ch[1]);
-    assert!(ch.iter().all(|c| c.contains("qop=\"auth\"")));
+    assert!(ch[0].contains("qop=\"auth\""));
     assert!(s
         .handle
         .core
@@ -46,8 +69,47 @@ async fn rfc8760_401_offers_sha256_then_md5_with_qop_auth() {
 }
 
 #[tokio::test]
+async fn rfc8760_401_offers_sha256_then_md5_when_configured_for_all() {
+    let s = server(&sha256_for_all()).await;
+    let ch = challenges_to(&s, "busylamp-test").await;
+    assert_eq!(ch.len(), 2);
+    assert!(ch[0].contains("algorithm=SHA-256"), "{}", ch[0]);
+    assert!(ch[1].contains("algorithm=MD5"), "{}", ch[1]);
+    assert!(ch.iter().all(|c| c.contains("qop=\"auth\"")));
+}
+
+/// Issue 11: `[[auth.profiles]]` offers SHA-256 first to the User-Agents it names, which then
+/// register with it; other phones get the one MD5 challenge.
+#[tokio::test]
+async fn rfc8760_profile_offers_sha256_by_user_agent_and_it_registers() {
+    let s = server(&sha256_for_linphone()).await;
+    let ch = challenges_to(&s, "baresip v1.0.0 (x86_64/linux)").await;
+    assert_eq!(ch.len(), 1, "{ch:?}");
+    assert!(ch[0].contains("algorithm=MD5"));
+    let ua = "Linphone/5.1.2 (belle-sip/5.1.0)";
+    let ch = challenges_to(&s, ua).await;
+    assert_eq!(ch.len(), 2, "{ch:?}");
+    assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"));
+    let c = Udp::new(s.udp).await;
+    let auth = authorization(&ch[0], "1001", "secret", "REGISTER", "sip:example.test", 1);
+    assert!(auth.contains("algorithm=SHA-256"), "{auth}");
+    let extra = format!("Contact: <sip:a@127.0.0.1:1>\n        Authorization: {auth}");
+    let r = c.request(&register_from(ua, &c, 2, &extra)).await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    assert_eq!(
+        s.handle
+            .core
+            .registrar
+            .lookup("sip:1001@example.test")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn rfc7616_sha256_and_md5_answers_register() {
-    let s = server(BASE_CONFIG).await;
+    // SHA-256 offered first, so register_authed (first challenge) answers SHA-256.
+    let s = server(&sha256_for_all()).await;
     let c = Udp::new(s.udp).await;
     let r = register_authed(
         &c,

@@ -5,7 +5,7 @@
 
 pub mod nonce;
 
-use crate::config::{AuthMode, Config, TrustedFor};
+use crate::config::{AuthConfig, AuthMode, Config, TrustedFor};
 use crate::sip::digest::{self, Algorithm, Challenge};
 use crate::sip::{HeaderName, Request, Uri};
 use crate::storage::UserFile;
@@ -54,7 +54,8 @@ impl Ha1s {
 pub struct Authenticator {
     mode: AuthMode,
     realm: String,
-    algorithms: Vec<Algorithm>,
+    /// `algorithms` and the per-User-Agent `profiles` that choose the challenges.
+    challenges: AuthConfig,
     trusted: Vec<ipnet::IpNet>,
     trusted_for: Vec<TrustedFor>,
     nonce_ttl: u64,
@@ -99,7 +100,7 @@ impl Authenticator {
             .collect();
         Authenticator {
             mode: cfg.auth.mode,
-            algorithms: cfg.auth.algorithms.clone(),
+            challenges: cfg.auth.clone(),
             trusted: cfg.auth.trusted.clone(),
             trusted_for: cfg.auth.trusted_for.clone(),
             nonce_ttl: cfg.auth.nonce_ttl,
@@ -113,6 +114,13 @@ impl Authenticator {
 
     pub fn realm(&self) -> &str {
         &self.realm
+    }
+
+    /// The algorithms offered to (and so accepted from) `req`'s phone: its User-Agent's
+    /// `[[auth.profiles]]` entry, else `auth.algorithms`.
+    fn algorithms_for(&self, req: &Request) -> &[Algorithm] {
+        self.challenges
+            .algorithms_for(req.headers.get(HeaderName::UserAgent))
     }
 
     /// Whether `ip` is in `[auth] trusted` and `[auth] trusted_for` names `purpose`. A trusted
@@ -189,7 +197,7 @@ impl Authenticator {
         let alg = match creds.algorithm.as_deref() {
             None => Algorithm::Md5,
             Some(a) => match Algorithm::from_name(a) {
-                Some(a) if self.algorithms.contains(&a) => a,
+                Some(a) if self.algorithms_for(req).contains(&a) => a,
                 _ => return AuthResult::Challenge { stale: false },
             },
         };
@@ -231,20 +239,26 @@ impl Authenticator {
         }
     }
 
-    /// WWW-Authenticate / Proxy-Authenticate values, most preferred algorithm first
-    /// (RFC 8760 §2.4). When the user named in the request is known, only the algorithms we
-    /// hold an HA1 for are offered.
-    pub fn challenges(&self, stale: bool, now_unix: u64, user_hint: Option<&str>) -> Vec<String> {
+    /// WWW-Authenticate / Proxy-Authenticate values for `req`, most preferred algorithm
+    /// first (RFC 8760 §2.4), as its User-Agent's profile says. When the user named in the
+    /// request is known, only the algorithms we hold an HA1 for are offered.
+    pub fn challenges(
+        &self,
+        req: &Request,
+        stale: bool,
+        now_unix: u64,
+        user_hint: Option<&str>,
+    ) -> Vec<String> {
         let nonce = self.key.issue(now_unix);
         let known = user_hint.and_then(|u| self.lookup(u));
-        let mut offered: Vec<Algorithm> = self
-            .algorithms
+        let algorithms = self.algorithms_for(req);
+        let mut offered: Vec<Algorithm> = algorithms
             .iter()
             .copied()
             .filter(|a| known.as_ref().is_none_or(|h| h.for_alg(*a).is_some()))
             .collect();
         if offered.is_empty() {
-            offered = self.algorithms.clone();
+            offered = algorithms.to_vec();
         }
         offered
             .into_iter()
@@ -506,12 +520,75 @@ mod tests {
     #[test]
     fn challenges_offer_only_algorithms_the_user_can_answer() {
         let a = auth(&["SHA-256", "MD5"]);
-        let c = a.challenges(false, 5, Some("1001"));
+        let req = register(None);
+        let c = a.challenges(&req, false, 5, Some("1001"));
         assert_eq!(c.len(), 2);
         assert!(c[0].contains("algorithm=SHA-256") && c[1].contains("algorithm=MD5"));
         assert!(c[0].contains("qop=\"auth\""));
-        let c = a.challenges(true, 5, Some("md5only"));
+        let c = a.challenges(&req, true, 5, Some("md5only"));
         assert_eq!(c.len(), 1);
         assert!(c[0].contains("MD5") && c[0].contains("stale=true"));
+    }
+
+    fn with_user_agent(mut req: Request, ua: &str) -> Request {
+        req.headers.push(HeaderName::UserAgent, ua.to_string());
+        req
+    }
+
+    /// Issue 11: one MD5 challenge by default (phones that read only the first challenge, or
+    /// know MD5 only, can register); SHA-256 first for the User-Agents a profile names.
+    #[test]
+    fn rfc8760_default_is_one_md5_challenge_and_profiles_offer_sha256_by_user_agent() {
+        let a = Authenticator::new(&Config::default(), NonceKey::new([7; 32]), None);
+        let c = a.challenges(&register(None), false, 5, None);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].contains("algorithm=MD5"), "{c:?}");
+
+        let mut cfg = Config::default();
+        cfg.server.domain = crate::sip::Host::Name("example.test".into());
+        cfg.users = vec![UserConfig {
+            name: "1001".into(),
+            password: Some("secret".into()),
+            ..Default::default()
+        }];
+        cfg.auth.profiles = vec![crate::config::AuthProfile {
+            name: "linphone".into(),
+            user_agent: "Linphone".into(),
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+        }];
+        let a = Authenticator::new(&cfg, NonceKey::new([7; 32]), None);
+        let linphone = with_user_agent(register(None), "Linphone/5.1.2 (belle-sip/5.1.0)");
+        let c = a.challenges(&linphone, false, 5, Some("1001"));
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].contains("algorithm=SHA-256") && c[1].contains("algorithm=MD5"));
+        let baresip = with_user_agent(register(None), "baresip v1.0.0 (x86_64/linux)");
+        let c = a.challenges(&baresip, false, 5, Some("1001"));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].contains("algorithm=MD5"));
+
+        // What is offered is what is accepted: SHA-256 credentials from the profile's phone
+        // pass; from a phone that was offered MD5 only, they get a fresh (MD5) challenge.
+        let nonce = a.key.issue(1000);
+        let sha = answer(&a, "1001", "secret", Algorithm::Sha256, &nonce, 1);
+        let r = with_user_agent(register(Some(sha.clone())), "Linphone/5.1.2");
+        assert_eq!(
+            a.check(&r, HeaderName::Authorization, SRC, REG, 1001),
+            AuthResult::Authenticated {
+                username: "1001".into()
+            }
+        );
+        let r = with_user_agent(register(Some(sha)), "baresip v1.0.0");
+        assert_eq!(
+            a.check(&r, HeaderName::Authorization, SRC, REG, 1001),
+            AuthResult::Challenge { stale: false }
+        );
+        let md5 = answer(&a, "1001", "secret", Algorithm::Md5, &nonce, 2);
+        let r = with_user_agent(register(Some(md5)), "baresip v1.0.0");
+        assert_eq!(
+            a.check(&r, HeaderName::Authorization, SRC, REG, 1001),
+            AuthResult::Authenticated {
+                username: "1001".into()
+            }
+        );
     }
 }

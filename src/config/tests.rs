@@ -454,6 +454,32 @@ fn dialog_and_dialoginfo_defaults_and_validation() {
     .unwrap();
 }
 
+/// Issue 11 item 1: an AOR in a `users` list written with an alias, a port or `sips:` names
+/// the canonical AOR the registrar keys by.
+#[test]
+fn user_pattern_aors_are_canonical_after_reading() {
+    let cfg = Config::from_toml(
+        r#"
+[server]
+domain = "example.com"
+aliases = ["192.0.2.10", "pbx.local"]
+[pua.usrloc]
+users = ["sip:1001@192.0.2.10:5060"]
+[pua.dialoginfo]
+users = ["sips:1002@PBX.LOCAL", "sip:1003@elsewhere.test:5060"]
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.pua.usrloc.users,
+        [UserPattern::Aor("sip:1001@example.com".into())]
+    );
+    assert!(cfg.pua.dialoginfo.allows("sip:1002@example.com"));
+    assert!(cfg.pua.dialoginfo.allows("sip:1003@elsewhere.test"));
+    assert!(!cfg.pua.dialoginfo.allows("sip:1001@example.com"));
+}
+
 #[test]
 fn dialoginfo_users_patterns() {
     let cfg = |users: &[&str]| DialogInfoConfig {
@@ -573,4 +599,71 @@ fn upstream_refresh_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("proxy.upstream_refresh"), "{e}");
+}
+
+/// Issue 11: one MD5 challenge by default; SHA-256 per `[[auth.profiles]]` (User-Agent);
+/// SHA-256 offered to everyone is allowed but warned about, with the fix.
+#[test]
+fn auth_offers_md5_by_default_sha256_per_profile_and_warns_when_offered_to_all() {
+    let c = Config::default();
+    assert_eq!(c.auth.algorithms, [Algorithm::Md5]);
+    assert!(c.auth.profiles.is_empty());
+    let c = Config::from_toml(
+        "[[auth.profiles]]\nname = \"linphone\"\nuser_agent = \"Linphone\"\nalgorithms = [\"SHA-256\", \"MD5\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    assert_eq!(
+        c.auth
+            .algorithms_for(Some("Linphone/5.1.2 (belle-sip/5.1.0)")),
+        [Algorithm::Sha256, Algorithm::Md5]
+    );
+    assert_eq!(
+        c.auth.algorithms_for(Some("baresip v1.0.0")),
+        [Algorithm::Md5]
+    );
+    assert_eq!(c.auth.algorithms_for(None), [Algorithm::Md5]);
+
+    let c = Config::from_toml("[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\n", "t.toml").unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("auth.algorithms offers SHA-256 to every phone")
+            && w[0].contains("MD5 only")
+            && w[0].contains("[[auth.profiles]]"),
+        "{w:?}"
+    );
+    // Nobody is challenged in open mode: nothing to warn of.
+    let c = Config::from_toml(
+        "[auth]\nmode = \"open\"\nalgorithms = [\"SHA-256\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.warnings().is_empty());
+
+    for (toml, key) in [
+        (
+            "[[auth.profiles]]\nuser_agent = \"X\"\nalgorithms = [\"MD5\"]\n",
+            "auth.profiles[0].name",
+        ),
+        (
+            "[[auth.profiles]]\nname = \"x\"\nalgorithms = [\"MD5\"]\n",
+            "auth.profiles[0].user_agent",
+        ),
+        (
+            "[[auth.profiles]]\nname = \"x\"\nuser_agent = \"X\"\n",
+            "auth.profiles[0].algorithms",
+        ),
+        (
+            "[[auth.profiles]]\nname = \"x\"\nuser_agent = \"X\"\nalgorithms = [\"SHA-512\"]\n",
+            "auth.profiles[0].algorithms[0]",
+        ),
+    ] {
+        let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("key `{key}`")) && e.contains("fix:"),
+            "{toml}: {e}"
+        );
+    }
 }

@@ -388,9 +388,7 @@ impl DialogSender {
     pub fn is_user(&self, username: &str) -> bool {
         self.aor
             .as_deref()
-            .and_then(|aor| aor.strip_prefix("sip:"))
-            .and_then(|a| a.rsplit_once('@'))
-            .is_some_and(|(user, _)| user == username)
+            .is_some_and(|aor| !username.is_empty() && crate::domain::user_of_aor(aor) == username)
     }
 }
 

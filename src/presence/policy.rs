@@ -22,9 +22,7 @@ impl Pattern {
         match pattern {
             RulePattern::Any => Pattern::Any,
             RulePattern::Domain(d) => Pattern::Domain(d.to_ascii_lowercase()),
-            RulePattern::Uri(s) => {
-                Pattern::Aor(domains.canonical_user(s).unwrap_or_else(|| s.aor()))
-            }
+            RulePattern::Uri(s) => Pattern::Aor(domains.aor(s)),
         }
     }
 

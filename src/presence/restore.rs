@@ -15,7 +15,7 @@ impl Presence {
         let mut pubs = 0;
         // The per-user counts are rebuilt from the records kept.
         self.quotas.clear();
-        for rec in self.store.load_publications()? {
+        for rec in self.canonical_publications(&mut writes)? {
             let Some(pkg) = Pkg::from_key(&rec.event) else {
                 writes.push(PresenceWrite::DeletePublication(rec.key()));
                 continue;
@@ -49,7 +49,15 @@ impl Presence {
         self.publication_count.store(pubs, Ordering::Relaxed);
         let mut subs = 0;
         let mut loaded: Vec<(ResKey, Arc<[u8]>)> = Vec::new();
-        for rec in self.store.load_subscriptions()? {
+        for mut rec in self.store.load_subscriptions()? {
+            // Stored before the AOR was canonical: the record moves with its dialog key.
+            let presentity = self.domains.aor_of_key(&rec.presentity);
+            let watcher = self.domains.aor_of_key(&rec.watcher);
+            if (&presentity, &watcher) != (&rec.presentity, &rec.watcher) {
+                rec.presentity = presentity;
+                rec.watcher = watcher;
+                writes.push(PresenceWrite::subscription(&rec));
+            }
             let Some(pkg) = Pkg::from_key(&rec.event) else {
                 writes.push(PresenceWrite::DeleteSubscription(rec.key()));
                 continue;
@@ -117,5 +125,41 @@ impl Presence {
         let durable = self.store.write(writes);
         self.send(out, Some(durable));
         Ok((pubs, subs))
+    }
+
+    /// The stored publications, those stored under another spelling of their presentity's
+    /// AOR (before one canonical form existed) moved to the canonical one: the old record is
+    /// deleted, and where the move meets a publication of the same source, the one that
+    /// lasts longer stays.
+    fn canonical_publications(
+        &self,
+        writes: &mut Vec<PresenceWrite>,
+    ) -> Result<Vec<PublicationRecord>, StorageError> {
+        let mut kept: HashMap<Vec<u8>, PublicationRecord> = HashMap::new();
+        let mut moved = std::collections::HashSet::new();
+        for mut rec in self.store.load_publications()? {
+            let presentity = self.domains.aor_of_key(&rec.presentity);
+            if presentity != rec.presentity {
+                writes.push(PresenceWrite::DeletePublication(rec.key()));
+                rec.presentity = presentity;
+                moved.insert(rec.key());
+            }
+            match kept.entry(rec.key()) {
+                std::collections::hash_map::Entry::Occupied(e)
+                    if e.get().expires_at >= rec.expires_at => {}
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.insert(rec);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(rec);
+                }
+            }
+        }
+        for (key, rec) in &kept {
+            if moved.contains(key) {
+                writes.push(PresenceWrite::publication(rec));
+            }
+        }
+        Ok(kept.into_values().collect())
     }
 }

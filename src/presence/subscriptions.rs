@@ -207,13 +207,9 @@ impl Presence {
             .uri
             .as_sip()
             .ok_or_else(|| fail(416, "Unsupported URI Scheme in From"))?;
-        let watcher = self
-            .domains
-            .canonical_user(watcher_uri)
-            .unwrap_or_else(|| watcher_uri.aor());
+        let watcher = self.domains.aor(watcher_uri);
         if let Requester::User(name) = who {
-            let user = watcher_uri.user.as_deref().map(crate::sip::text::unescape);
-            if user.as_deref() != Some(name) || !self.domains.serves(&watcher_uri.host) {
+            if !self.domains.is_aor_of(watcher_uri, name) {
                 return Err(fail(
                     403,
                     &format!("Forbidden: user {name} may not subscribe as {watcher}"),
@@ -455,7 +451,7 @@ impl Presence {
             .filter(|u| u.user.is_some())
             .or_else(|| parsed.to.uri.as_sip())
             .ok_or((416, "Unsupported URI Scheme in To".to_string()))?;
-        let presentity = self.domains.canonical_user(uri).ok_or_else(|| {
+        let presentity = self.domains.local_aor(uri).ok_or_else(|| {
             (
                 404,
                 format!("Not Found: {} is not a user of this domain", uri.aor()),

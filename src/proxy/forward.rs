@@ -233,7 +233,7 @@ impl Core {
             }
             AuthResult::Challenge { stale } => {
                 let mut r = req.response(407, "Proxy Authentication Required", Some(&tag));
-                for c in self.auth.challenges(stale, now, challenged) {
+                for c in self.auth.challenges(req, stale, now, challenged) {
                     r.headers.push(HeaderName::ProxyAuthenticate, c);
                 }
                 Err(r)

@@ -214,7 +214,7 @@ impl Proxy {
 
     /// The canonical AOR of a local user's URI.
     pub fn local_aor(&self, uri: &Uri) -> Option<String> {
-        uri.as_sip().and_then(|u| self.domains.canonical_user(u))
+        uri.as_sip().and_then(|u| self.domains.local_aor(u))
     }
 
     /// RFC 3261 §16.3 item 3: Max-Forwards of zero ends here with 483 (OPTIONS addressed to
@@ -357,7 +357,13 @@ impl Proxy {
                 Err(ProxyError::UnsupportedScheme(req.uri.scheme().to_string()))
             };
         };
-        let local = self.serves(&uri.host) && uri.user.is_some();
+        let ours = self.serves(&uri.host) && uri.user.is_some();
+        // A user at another port on our host is not ours to look up (`Domains::local_aor`):
+        // whatever listens there (a phone's contact, another service).
+        if ours && !self.domains.at_our_port(uri) {
+            return Ok(Targets::Onward);
+        }
+        let local = ours;
         if !local {
             if self.is_us(uri) || self.serves(&uri.host) {
                 return Err(ProxyError::NoRoute);

@@ -164,28 +164,36 @@ impl Registrar {
     }
 
     /// Loads the stored bindings, drops the ones that expired while we were down (announcing
-    /// them) and schedules the rest. Returns the number of live bindings.
+    /// them) and schedules the rest. Sets stored under another spelling of an AOR (before one
+    /// canonical form existed: `sip:6333@192.0.2.10:5060`, `sips:`, an alias, upper case) are
+    /// merged into the canonical AOR ([`Domains::aor`]) and moved there on disk. Returns the
+    /// number of live bindings.
     pub async fn load(&self) -> Result<usize, StorageError> {
         let now = self.clock.now_unix();
+        let mut merged: HashMap<String, (Vec<Binding>, Vec<String>)> = HashMap::new();
+        for (key, list) in self.store.load_bindings()? {
+            let canonical = self.domains.aor_of_key(&key);
+            let (set, old_keys) = merged.entry(canonical.clone()).or_default();
+            if canonical != key {
+                old_keys.push(key);
+            }
+            merge_bindings(set, list);
+        }
         let mut live = 0;
-        let mut rewrites = Vec::new();
-        for (aor, mut list) in self.store.load_bindings()? {
+        let mut writes = Vec::new();
+        for (aor, (mut list, old_keys)) in merged {
             let gone = sweep(&mut list, now);
-            if !gone.is_empty() {
-                // After a long downtime more AORs may have expired than the bounded write
-                // queue holds: when it is full, wait for what is queued, then go on.
-                let mut write = self.store.save_bindings(&aor, &list);
-                match settled(&mut write) {
-                    Some(Err(StorageError::Busy { .. })) => {
-                        for w in rewrites.drain(..) {
-                            durable(w).await?;
-                        }
-                        write = self.store.save_bindings(&aor, &list);
-                    }
-                    Some(result) => write = resolved(result),
-                    None => {}
+            if !gone.is_empty() || !old_keys.is_empty() {
+                // The canonical set first: a crash between the writes loses nothing.
+                self.write_at_start(&mut writes, &aor, &list).await?;
+            }
+            if !old_keys.is_empty() {
+                tracing::info!(%aor, from = ?old_keys, "bindings moved to their canonical AOR");
+                for old in &old_keys {
+                    self.write_at_start(&mut writes, old, &[]).await?;
                 }
-                rewrites.push(write);
+            }
+            if !gone.is_empty() {
                 self.announce(&aor, &gone);
             }
             live += list.len();
@@ -202,10 +210,33 @@ impl Registrar {
                 self.observe(&aor);
             }
         }
-        for w in rewrites {
+        for w in writes {
             durable(w).await?;
         }
         Ok(live)
+    }
+
+    /// Queues a write made at start. After a long downtime more AORs may have expired than
+    /// the bounded write queue holds: when it is full, waits for what is queued, then retries.
+    async fn write_at_start(
+        &self,
+        queued: &mut Vec<crate::storage::Durable>,
+        aor: &str,
+        list: &[Binding],
+    ) -> Result<(), StorageError> {
+        let mut write = self.store.save_bindings(aor, list);
+        match settled(&mut write) {
+            Some(Err(StorageError::Busy { .. })) => {
+                for w in queued.drain(..) {
+                    durable(w).await?;
+                }
+                write = self.store.save_bindings(aor, list);
+            }
+            Some(result) => write = resolved(result),
+            None => {}
+        }
+        queued.push(write);
+        Ok(())
     }
 
     fn lock(&self, aor: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Binding>>> {
@@ -381,11 +412,10 @@ impl Registrar {
                 format!("Domain {} is not served here", to_uri.host),
             ));
         }
-        let aor = to_uri.aor();
+        let aor = self.domains.aor(to_uri);
         // Step 4: an authenticated user may register only its own AOR.
         if let Identity::User(name) = who {
-            let user = crate::sip::text::unescape(to_uri.user.as_deref().unwrap_or(""));
-            if user != name.as_str() {
+            if !self.domains.is_aor_of(to_uri, name) {
                 return Err(fail(403, format!("User {name} may not register {aor}")));
             }
         }
@@ -566,6 +596,25 @@ impl Registrar {
                     self.observe(&aor);
                 }
             }
+        }
+    }
+}
+
+/// Adds the bindings of another spelling of an AOR to its set: a contact both hold (the same
+/// instance, or equivalent URIs) keeps the binding that lasts longer.
+fn merge_bindings(set: &mut Vec<Binding>, more: Vec<Binding>) {
+    for b in more {
+        let same = |a: &Binding| match (&a.instance, &b.instance) {
+            (Some(x), Some(y)) => x == y && a.reg_id == b.reg_id,
+            _ => match (Uri::parse(&a.contact), Uri::parse(&b.contact)) {
+                (Ok(x), Ok(y)) => x.equivalent(&y),
+                _ => a.contact == b.contact,
+            },
+        };
+        match set.iter_mut().find(|a| same(a)) {
+            Some(a) if a.expires_at < b.expires_at => *a = b,
+            Some(_) => {}
+            None => set.push(b),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Bindings per user across all of the user's AORs (`registrar.max_bindings_per_user`).
 //!
-//! RFC 3261 §10.3 counts bindings per AOR, and every port, alias and scheme of
-//! `sip:USER@domain` is an AOR of its own: without a count across them one user could fill
+//! RFC 3261 §10.3 counts bindings per AOR. Aliases, our addresses, `sips:` and the default
+//! port fold into one canonical AOR ([`crate::domain::Domains::aor`]), but every other port
+//! of `sip:USER@domain` is an AOR of its own: without a count across them one user could fill
 //! `registrar.max_aors` for everybody. The user is the AOR's user part (unescaped, as in the
 //! AOR key): for a digest-authenticated REGISTER that is the authenticated user (the
 //! registrar refuses any other user part), for a trusted or open-mode one it is the user
@@ -10,16 +11,7 @@
 use super::bindings::RegError;
 use std::collections::HashMap;
 
-/// The user an AOR key (`sip:USER@host[:port]`, as [`crate::sip::SipUri::aor`] writes it)
-/// counts for. The user part may itself hold an `@` (escaped on the wire); the host never
-/// does, so the last `@` ends the user.
-pub fn user_of_aor(aor: &str) -> &str {
-    let rest = aor
-        .strip_prefix("sips:")
-        .or_else(|| aor.strip_prefix("sip:"))
-        .unwrap_or(aor);
-    rest.rsplit_once('@').map(|(user, _)| user).unwrap_or("")
-}
+pub use crate::domain::user_of_aor;
 
 /// Live bindings per user. Users with none are not kept, so the map is bounded by the
 /// bindings themselves.

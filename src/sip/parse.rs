@@ -169,6 +169,11 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseFailur
     }
     let available = &buf[body_start..];
     let body = match content_length(&headers) {
+        // RFC 3261 §21.5.14: a message declared longer than we accept is 513, whatever
+        // arrived of it.
+        Ok(Some(cl)) if body_start.saturating_add(cl) > limits.max_message => {
+            return Err(fail(ParseError::TooLarge(limits.max_message), headers))
+        }
         Ok(Some(cl)) if cl > available.len() => {
             return Err(fail(
                 ParseError::BodyTruncated {
@@ -269,7 +274,7 @@ pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Frame, ParseError> {
     }
     settle(&mut pending)?;
     let cl = cl.ok_or(ParseError::StreamWithoutContentLength)?;
-    let total = body_start + cl;
+    let total = body_start.saturating_add(cl);
     if total > limits.max_message {
         return Err(ParseError::TooLarge(limits.max_message));
     }
@@ -457,11 +462,14 @@ fn value_octets_ok(v: &[u8]) -> bool {
     })
 }
 
+/// A Content-Length value (RFC 3261 §20.14: `1*DIGIT`). A number too big for `usize` is still
+/// a number: it saturates, so the caller answers 513 (beyond any limit), not 400.
 fn parse_cl_value(v: &str) -> Result<usize, ParseError> {
-    if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ParseError::BadContentLength);
     }
-    v.parse().map_err(|_| ParseError::BadContentLength)
+    // All digits: the only way `parse` fails is overflow.
+    Ok(v.parse().unwrap_or(usize::MAX))
 }
 
 fn content_length(headers: &Headers) -> Result<Option<usize>, ParseError> {
@@ -675,5 +683,39 @@ mod tests {
         assert!(parse_message(bad.as_bytes(), &Limits::default()).is_err());
         let bad = "SIP/2.0 099 Low\r\n\r\n";
         assert!(parse_message(bad.as_bytes(), &Limits::default()).is_err());
+    }
+
+    /// Issue 11, RFC 3261 §20.14 / §21.5.14: a Content-Length is `1*DIGIT`; one beyond what we
+    /// accept (also beyond u64) is a message too large (513), not a malformed number (400),
+    /// on a datagram and on a stream. A value that is no number stays 400.
+    #[test]
+    fn rfc3261_21_5_14_huge_content_length_is_513_not_a_bad_number() {
+        let msg = |cl: &str| {
+            format!(
+                "MESSAGE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: {cl}\r\n\r\nhi"
+            )
+        };
+        let limits = Limits::default();
+        for cl in [
+            "1000000000000",
+            "18446744073709551616",
+            "99999999999999999999999999999999",
+            "70000",
+        ] {
+            let e = parse_message(msg(cl).as_bytes(), &limits).unwrap_err();
+            assert_eq!(e.error, ParseError::TooLarge(limits.max_message), "{cl}");
+            assert_eq!(e.error.status(), 513, "{cl}");
+            assert!(e.salvage.is_some_and(|h| h.has(HeaderName::Via)), "{cl}");
+            assert_eq!(
+                frame_stream(msg(cl).as_bytes(), &limits),
+                Err(ParseError::TooLarge(limits.max_message)),
+                "{cl}"
+            );
+        }
+        for cl in ["-1", "1e3", "0x10", ""] {
+            let e = parse_message(msg(cl).as_bytes(), &limits).unwrap_err();
+            assert_eq!(e.error, ParseError::BadContentLength, "{cl:?}");
+            assert_eq!(e.error.status(), 400);
+        }
     }
 }

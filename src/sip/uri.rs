@@ -351,10 +351,12 @@ impl SipUri {
         hdrs(&self.headers) == hdrs(&other.headers)
     }
 
-    /// Address-of-record form (RFC 3261 §10.3 step 5): scheme, unescaped user, lowercased host
-    /// and port; parameters and headers dropped.
+    /// Address-of-record form (RFC 3261 §10.3 step 5) of a URI outside our domains: `sip:`
+    /// for `sips:` too, unescaped user, lowercased host, the port unless it is the scheme's
+    /// default (5060, 5061 for `sips:`); parameters and headers dropped. The AOR of any URI,
+    /// ours included, is [`crate::domain::Domains::aor`], which builds on this.
     pub fn aor(&self) -> String {
-        let mut s = String::from(if self.secure { "sips:" } else { "sip:" });
+        let mut s = String::from("sip:");
         if let Some(u) = &self.user {
             s.push_str(&unescape(u));
             s.push('@');
@@ -363,7 +365,8 @@ impl SipUri {
             Host::Name(n) => s.push_str(&n.to_ascii_lowercase()),
             h => s.push_str(&h.to_string()),
         }
-        if let Some(p) = self.port {
+        let default_port = if self.secure { 5061 } else { 5060 };
+        if let Some(p) = self.port.filter(|&p| p != default_port) {
             s.push(':');
             s.push_str(&p.to_string());
         }
@@ -550,5 +553,13 @@ mod tests {
             "sip:1001@example.test"
         );
         assert_eq!(sip("sip:1001@[::1]:5070").aor(), "sip:1001@[::1]:5070");
+        assert_eq!(
+            sip("sips:1001@Example.TEST:5061").aor(),
+            "sip:1001@example.test"
+        );
+        assert_eq!(
+            sip("sip:1001@example.test:5061").aor(),
+            "sip:1001@example.test:5061"
+        );
     }
 }

@@ -95,12 +95,39 @@ impl UserFile {
         Ok(out)
     }
 
+    /// Writes the file (by a rename, so a reader sees the old or the new one) mode 0600: it
+    /// holds password hashes. Owned by the owner of the data directory: `sudo busylamp users
+    /// add` must leave a file the service user (who owns its data directory) can read.
     fn write_all(&self, users: &[UserRecord]) -> Result<(), StorageError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
-        }
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
         let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| self.err(e))?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| self.err(e))?;
+        // The umask can only take bits away, but say it outright.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| self.err(e))?;
+        let owner = std::fs::metadata(dir).map_err(|e| self.err(e))?;
+        let mine = f.metadata().map_err(|e| self.err(e))?;
+        if (mine.uid(), mine.gid()) != (owner.uid(), owner.gid()) {
+            if let Err(e) = std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid())) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(self.err(format!(
+                    "cannot give it to the owner of {} (uid {}), who must read it: {e}; run this as root or as that user",
+                    dir.display(),
+                    owner.uid()
+                )));
+            }
+        }
         let mut text = String::from(
             "# busylamp users: name:realm:md5-ha1:sha256-ha1 (managed by `busylamp users`)\n",
         );
@@ -143,6 +170,12 @@ impl UserFile {
     pub fn get(&self, name: &str) -> Option<UserRecord> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner()).clone();
         table.users.get(name).cloned()
+    }
+
+    /// The users as last read (by [`reload`](Self::reload) or the watcher).
+    pub fn loaded(&self) -> Vec<UserRecord> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner()).clone();
+        table.users.values().cloned().collect()
     }
 
     /// Re-reads the file if it changed since the last read; returns whether the table
@@ -291,6 +324,34 @@ mod tests {
         std::fs::remove_file(served.path()).unwrap();
         assert!(served.reload());
         assert!(served.get("1001").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// HA1s are password equivalents: the file is 0600 whatever the umask, also when it
+    /// replaces a file of another mode, and (run as root) it belongs to the data directory's
+    /// owner, the service user, rather than to root who ran `sudo busylamp users add`.
+    #[test]
+    fn the_users_file_is_written_0600_and_owned_by_the_data_directorys_owner() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = fresh_dir("users-mode");
+        let f = UserFile::new(&dir);
+        std::fs::write(f.path(), "").unwrap();
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        f.add(user("1001")).unwrap();
+        let meta = std::fs::metadata(f.path()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        if meta.uid() == 0 {
+            // As root: a data directory of another user gets a file that user can read.
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+            f.add(user("1002")).unwrap();
+            let meta = std::fs::metadata(f.path()).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(
+            f.read_all().unwrap().len(),
+            1 + usize::from(meta.uid() == 0)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -461,7 +461,7 @@ fi
 # ------------------------------------------------------------- busylamp
 if [[ -n "$BIN" ]]; then
     port="$(bl_free_port)"
-    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/busylamp-data" 0 '["MD5"]' digest '["127.0.0.0/8"]' \
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/busylamp-data" 0 '' digest '["127.0.0.0/8"]' \
         '["calls", "register", "subscribe", "publish"]'
     bl_presence_toml "sip:$BL_HOST:$port" >>"$WORK/busylamp.toml" # [presence], [proxy] keys: tests/interop/lib.sh
     bl_proxy_toml >>"$WORK/busylamp.toml"

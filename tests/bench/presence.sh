@@ -455,7 +455,7 @@ fi
 # ------------------------------------------------------------- busylamp
 if [[ -n "$BIN" ]]; then
     port="$(bl_free_port)"
-    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/busylamp-data" 0 '["MD5"]' open
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/busylamp-data" 0 '' open
     bl_presence_toml >>"$WORK/busylamp.toml" # [presence] keys: tests/interop/lib.sh
     bl_log "starting busylamp ($BIN) on udp+tcp $BL_HOST:$port"
     bl_start_busylamp "$BIN" "$WORK/busylamp.toml" "$WORK/busylamp.log"

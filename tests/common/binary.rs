@@ -143,6 +143,11 @@ trusted_for = ["calls", "register", "subscribe", "publish"]
         }
     }
 
+    /// The config file it runs with (for the admin commands a test runs beside it).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     pub fn log_text(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();

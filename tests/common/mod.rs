@@ -451,7 +451,7 @@ pub fn authorization_with(
     )
 }
 
-/// REGISTERs `user` with digest auth (first challenge offered, i.e. SHA-256 by default) and
+/// REGISTERs `user` with digest auth (first challenge offered: MD5 by default) and
 /// returns the final response.
 pub async fn register_authed(
     c: &Udp,

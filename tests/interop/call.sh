@@ -16,11 +16,12 @@
 #   INTEROP_TIMEOUT   60   seconds, sipp -timeout for each run
 #   INTEROP_BARESIP   auto the optional baresip check (see below)
 #
-# Authentication: none for these phones.  busylamp runs with [auth] trusted =
-# ["127.0.0.0/8"] and trusted_for naming all four purposes (calls, register,
-# subscribe, publish: requests from loopback are never challenged; busylamp
+# Authentication: none for the sipp phones.  busylamp runs with [auth] trusted =
+# ["127.0.0.1/32"] and trusted_for naming all four purposes (calls, register,
+# subscribe, publish: requests from 127.0.0.1 are never challenged; busylamp
 # logs a warning for each of the last three) and Kamailio without
-# auth_check.  Digest
+# auth_check.  The baresip phones run on 127.0.0.2, outside auth.trusted: they
+# are challenged with busylamp's default algorithms (one MD5 challenge).  Digest
 # for REGISTER, SUBSCRIBE and PUBLISH is proven by run.sh and presence.sh;
 # this test is about routing calls and the lamps they light.
 #
@@ -47,10 +48,13 @@
 #
 # baresip (optional, INTEROP_BARESIP: auto = when installed, 1 = apt-get
 # install baresip-core if missing, 0 = skip): two headless baresip 1.0
-# softphones (no UI module, stdin /dev/null, SIP trace, each ended by its own
-# -t and by timeout(1)): "dave" registers and PUBLISHes his presence (open),
-# then "erin" registers and SUBSCRIBEs to dave's presence (Event: presence)
-# and must get a NOTIFY with <basic>open</basic>.  One more check.
+# softphones on 127.0.0.2 (no UI module, stdin /dev/null, SIP trace, each
+# ended by its own -t and by timeout(1)), answering busylamp's default digest
+# challenge (baresip 1.0 gives up on a SHA-256 one): "dave" registers and
+# PUBLISHes his presence (open), then "erin" registers, SUBSCRIBEs to dave's
+# presence (Event: presence) and must get a NOTIFY with <basic>open</basic>,
+# and calls dave (INVITE, 407, INVITE with credentials), who answers
+# (answermode=auto) with 200.  One more check.
 # Last line: "interop: N passed, M failed".  Exit 0 only if all passed.
 #
 # --against-kamailio: the watcher check fails now and then, for a Kamailio
@@ -129,10 +133,13 @@ busylamp)
         bl_fail "busylamp binary missing"
         finish || exit 1
     fi
-    bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" 0 '["MD5"]' digest '["127.0.0.0/8"]' \
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$PORT" "$WORK/data" 0 '' digest '["127.0.0.1/32"]' \
         '["calls", "register", "subscribe", "publish"]'
     bl_presence_toml "sip:$BL_HOST:$PORT" >>"$WORK/busylamp.toml"
     bl_proxy_toml >>"$WORK/busylamp.toml"
+    # the baresip phones (127.0.0.2, not trusted) register, publish, subscribe and call
+    # with digest
+    printf '\n[[users]]\nname = "%s"\npassword = "pw%s"\n' dave dave erin erin >>"$WORK/busylamp.toml"
     bl_log "starting $BIN serve --config $WORK/busylamp.toml (udp+tcp $BL_HOST:$PORT)"
     bl_start_busylamp "$BIN" "$WORK/busylamp.toml" "$SERVER_LOG"
     ;;
@@ -276,11 +283,14 @@ server_alive
 # and bounded by timeout(1), in the background; sets BG_PID
 baresip_run() {
     local tag="$1" user="$2" pubint="$3" secs="$4" contact="${5:-}" dir="$WORK/baresip-$1" bport
-    bport="$(bl_free_port "$PORT" "$PA" "$PB" "$PW")"
+    shift 5 || shift $#
+    # baresip also binds the next port (TLS): keep each phone's pair apart
+    bport="$(bl_free_port "$PORT" "$PA" "$PB" "$PW" "${BARESIP_PORTS[@]}")"
+    BARESIP_PORTS+=("$bport" $((bport + 1)) $((bport - 1)))
     mkdir -p "$dir"
     cat >"$dir/config" <<EOF
 poll_method epoll
-sip_listen $BL_HOST:$bport
+sip_listen $BARESIP_HOST:$bport
 module_path /usr/lib/baresip/modules
 module g711.so
 module_app account.so
@@ -290,14 +300,14 @@ module_app presence.so
 audio_player nothing
 audio_source nothing
 EOF
-    printf '<sip:%s@%s;transport=udp>;auth_pass=none;outbound="sip:%s:%s";regint=600;pubint=%s\n' \
-        "$user" "$BL_DOMAIN" "$BL_HOST" "$PORT" "$pubint" >"$dir/accounts"
+    printf '<sip:%s@%s;transport=udp>;auth_pass=pw%s;outbound="sip:%s:%s";regint=600;pubint=%s;answermode=auto\n' \
+        "$user" "$BL_DOMAIN" "$user" "$BL_HOST" "$PORT" "$pubint" >"$dir/accounts"
     if [[ -n "$contact" ]]; then
         printf '"%s" <sip:%s@%s>;presence=p2p\n' "$contact" "$contact" "$BL_DOMAIN" >"$dir/contacts"
     else
         : >"$dir/contacts"
     fi
-    (cd "$dir" && exec timeout $((secs + 10)) baresip -f "$dir" -t "$secs" -s </dev/null) >"$WORK/baresip-$tag.log" 2>&1 &
+    (cd "$dir" && exec timeout $((secs + 10)) baresip -f "$dir" -t "$secs" -s "$@" </dev/null) >"$WORK/baresip-$tag.log" 2>&1 &
     BG_PID=$!
     BG_PIDS+=("$BG_PID")
 }
@@ -316,9 +326,11 @@ baresip_seen() {
         END { exit !ok }'
 }
 BARESIP="${INTEROP_BARESIP:-auto}"
+BARESIP_HOST=127.0.0.2 # outside [auth] trusted: challenged like any phone
+BARESIP_PORTS=()
 if [[ "$BARESIP" == 1 ]] && ! command -v baresip >/dev/null; then bl_apt_install baresip-core; fi
 if [[ "$BARESIP" != 0 ]] && command -v baresip >/dev/null; then
-    bl_log "baresip: dave registers and publishes 'open'; erin registers and subscribes to dave's presence"
+    bl_log "baresip: dave registers and publishes 'open'; erin registers, subscribes to dave's presence and calls him"
     baresip_run dave dave 600 12
     DAVE=$BG_PID
     deadline=$((SECONDS + 8))
@@ -327,7 +339,7 @@ if [[ "$BARESIP" != 0 ]] && command -v baresip >/dev/null; then
         sleep 0.2
     done
     sleep 1 # dave's PUBLISH
-    baresip_run erin erin 0 5 dave
+    baresip_run erin erin 0 6 dave -e "/dial dave@$BL_DOMAIN"
     ERIN=$BG_PID
     wait "$ERIN" || true
     wait "$DAVE" || true
@@ -338,8 +350,10 @@ if [[ "$BARESIP" != 0 ]] && command -v baresip >/dev/null; then
     grep -q "erin@$BL_DOMAIN: {0/UDP/v4} 200 OK" "$WORK/baresip-erin.log" || why+=("erin not registered")
     baresip_seen "$WORK/baresip-erin.log" "SIP/2.0 200" SUBSCRIBE || why+=("erin's SUBSCRIBE not answered 200")
     baresip_seen "$WORK/baresip-erin.log" "NOTIFY " NOTIFY '<basic>open</basic>' || why+=("erin got no NOTIFY with dave's <basic>open</basic>")
+    baresip_seen "$WORK/baresip-dave.log" "INVITE sip:dave" INVITE || why+=("erin's call did not reach dave")
+    baresip_seen "$WORK/baresip-erin.log" "SIP/2.0 200" INVITE || why+=("erin's call was not answered 200")
     if ((${#why[@]} == 0)); then
-        bl_pass "baresip: $(baresip -h 2>&1 | head -1 | cut -d' ' -f1,2) registers and PUBLISHes open, a second one registers, SUBSCRIBEs and gets NOTIFY <basic>open</basic>"
+        bl_pass "baresip: $(baresip -h 2>&1 | head -1 | cut -d' ' -f1,2) with digest (default challenge) registers and PUBLISHes open, a second one registers, SUBSCRIBEs, gets NOTIFY <basic>open</basic> and calls the first, who answers 200"
     else
         bl_fail "baresip: $(IFS=';'; echo "${why[*]}") (logs $WORK/baresip-*.log)"
     fi

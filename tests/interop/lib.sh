@@ -104,16 +104,19 @@ bl_gen_csv() {
 }
 
 # bl_gen_busylamp_config FILE PORT DATA_DIR N [ALGORITHMS_TOML] [AUTH_MODE] [TRUSTED_TOML] [TRUSTED_FOR_TOML]
+# ALGORITHMS_TOML: [auth] algorithms, default "" = busylamp's default (one
+# MD5 challenge, what Debian 12's sipp 3.6.1 and baresip 1.0 can answer).
 # AUTH_MODE: digest (default) or open (nobody is challenged; N may be 0).
 # TRUSTED_TOML: [auth] trusted, default [] (e.g. '["127.0.0.0/8"]').
 # TRUSTED_FOR_TOML: [auth] trusted_for, default '["calls"]' (busylamp's
 # default: a trusted source's REGISTER/SUBSCRIBE/PUBLISH are challenged).
-# tests/bench/calls.sh and tests/interop/call.sh pass '["127.0.0.0/8"]' and
-# all four purposes: loopback phones are then never challenged (busylamp
+# tests/bench/calls.sh passes '["127.0.0.0/8"]' and tests/interop/call.sh
+# '["127.0.0.1/32"]' (its baresip phones on 127.0.0.2 are challenged) and
+# all four purposes: those phones are then never challenged (busylamp
 # logs a warning per purpose, as it should).
 # Callers append further sections (e.g. [presence]) to FILE themselves.
 bl_gen_busylamp_config() {
-    local file="$1" port="$2" data="$3" n="$4" algs="${5:-[\"MD5\"]}" mode="${6:-digest}" trusted="${7:-[]}" trusted_for="${8:-[\"calls\"]}" w
+    local file="$1" port="$2" data="$3" n="$4" algs="${5:-}" mode="${6:-digest}" trusted="${7:-[]}" trusted_for="${8:-[\"calls\"]}" w
     w=$(bl_user_width "$n")
     {
         cat <<EOF
@@ -137,8 +140,7 @@ max_contacts = 10
 
 [auth]
 mode = "$mode"
-# Debian 12's sipp 3.6.1 cannot answer SHA-256 (see register_digest.xml)
-algorithms = $algs
+${algs:+algorithms = $algs}
 trusted = $trusted
 trusted_for = $trusted_for
 EOF

@@ -139,12 +139,18 @@ pub fn parse(body: &[u8]) -> Result<Pidf, BodyError> {
             "PIDF <presence> has no entity attribute",
         ));
     }
-    if !entity.contains(':') {
+    // RFC 3863 §4.1.1 wants a URI; Kamailio's own PUBLISH writes `user1@127.0.0.1` (and
+    // Kamailio accepts it): an `user@host` without a scheme is read as `sip:`.
+    let sip_entity = if has_uri_scheme(entity) {
+        None
+    } else if entity.contains('@') {
+        Some(format!("sip:{entity}"))
+    } else {
         return Err(BodyError::invalid(format!(
             "PIDF entity '{}' is not a URI",
             quote(entity)
         )));
-    }
+    };
     let mut tuple_ids: HashSet<&str> = HashSet::new();
     let mut dm_ids: HashSet<(&str, &str)> = HashSet::new();
     for child in root.elements() {
@@ -170,7 +176,28 @@ pub fn parse(body: &[u8]) -> Result<Pidf, BodyError> {
             }
         }
     }
+    let mut root = root;
+    if let Some(uri) = sip_entity {
+        if let Some(a) = root
+            .attrs
+            .iter_mut()
+            .find(|a| a.name.ns.is_none() && a.name.local == "entity")
+        {
+            a.value = uri;
+        }
+    }
     Ok(Pidf { root })
+}
+
+/// Whether `s` starts with a URI scheme and its colon (RFC 3986 §3.1:
+/// `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"`); `user@host:5060` does not.
+fn has_uri_scheme(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// Checks a `<tuple>` (RFC 3863 §4.1.3-§4.1.5) and returns its id.
@@ -796,5 +823,28 @@ mod tests {
             assert_eq!(priority_text(q), t);
             assert!(valid_priority(t));
         }
+    }
+
+    /// Issue 11: RFC 3863 §4.1.1 wants a URI, but Kamailio's own PUBLISH writes the entity
+    /// without a scheme (and Kamailio accepts it): `user@host` is read as `sip:user@host`.
+    #[test]
+    fn rfc3863_4_1_1_scheme_less_entity_is_read_as_sip() {
+        let body = |e: &str| {
+            format!(
+                "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='{e}'><tuple id='t'><status><basic>open</basic></status></tuple></presence>"
+            )
+        };
+        for (written, read) in [
+            ("user1@127.0.0.1", "sip:user1@127.0.0.1"),
+            ("user1@127.0.0.1:5060", "sip:user1@127.0.0.1:5060"),
+            ("sip:user1@127.0.0.1", "sip:user1@127.0.0.1"),
+            ("pres:user1@example.test", "pres:user1@example.test"),
+            ("SIPS:user1@example.test", "SIPS:user1@example.test"),
+        ] {
+            assert_eq!(doc(&body(written)).entity(), read, "{written}");
+        }
+        // Still refused: no scheme and no user@host.
+        assert!(err(&body("user1")).contains("is not a URI"));
+        assert!(err(&body("1x:y")).contains("is not a URI"));
     }
 }
