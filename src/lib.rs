@@ -14,6 +14,7 @@ pub mod ids;
 pub mod presence;
 pub mod proxy;
 pub mod pua;
+pub mod ratelimit;
 pub mod registrar;
 pub mod router;
 pub mod server;
