@@ -89,6 +89,9 @@ pub struct ProxyConfig {
     /// 480.
     #[serde(deserialize_with = "values::upstream")]
     pub upstream: Option<SipUri>,
+    /// Seconds the addresses found for an `upstream` host name are kept at most (the DNS
+    /// TTL when shorter); it is looked up again sooner when its address stops answering.
+    pub upstream_refresh: u64,
     /// Local users without a binding here: "reject" (480 Temporarily Unavailable) or
     /// "upstream" (the PBX may reach them some other way).
     pub unregistered: Unregistered,
@@ -113,6 +116,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             upstream: None,
+            upstream_refresh: 300,
             unregistered: Unregistered::Reject,
             timer_c: 180,
             max_branches: 16,
@@ -375,6 +379,14 @@ pub struct ServerConfig {
     /// Seconds a TCP peer has to finish a message (headers and body) once its first byte
     /// arrived; then the connection is closed. CRLF keep-alives are not message bytes.
     pub tcp_message_timeout: u64,
+    /// New SUBSCRIBEs and REGISTERs per second from one source (an IPv4 address, an IPv6
+    /// /64) once its burst is spent; beyond it `503` with `Retry-After`. `0` turns it off.
+    /// Sources trusted for REGISTER/SUBSCRIBE (`[auth] trusted_for`) are not limited.
+    /// Refreshes inside an existing subscription dialog do not count.
+    pub rate_limit_per_source: f64,
+    /// New SUBSCRIBEs and REGISTERs one source may send at once after a quiet time (a phone
+    /// booting: one REGISTER and a SUBSCRIBE per BLF key).
+    pub rate_limit_burst: u32,
     /// Most SIP transactions held at once (each ~1 KB). When full, the oldest completed
     /// non-INVITE transactions are ended early; only if none is left are requests answered 503.
     pub max_transactions: usize,
@@ -693,6 +705,8 @@ impl Default for ServerConfig {
             max_tcp_connections: 10_000,
             max_tcp_connections_per_source: 16,
             tcp_message_timeout: 10,
+            rate_limit_per_source: 50.0,
+            rate_limit_burst: 500,
             max_transactions: 200_000,
             server_header: "busylamp".into(),
             log: "info".into(),
@@ -1400,6 +1414,20 @@ impl Config {
                 "use a positive number, e.g. 16 (more if many phones share one address)",
             ));
         }
+        if !s.rate_limit_per_source.is_finite() || s.rate_limit_per_source < 0.0 {
+            return Err(bad(
+                "server.rate_limit_per_source",
+                format!("is {}", s.rate_limit_per_source),
+                "use requests per second, e.g. 50, or 0 to turn the limit off",
+            ));
+        }
+        if s.rate_limit_burst == 0 {
+            return Err(bad(
+                "server.rate_limit_burst",
+                "is 0".into(),
+                "use a positive number, e.g. 500 (a phone booting sends one SUBSCRIBE per BLF key)",
+            ));
+        }
         if s.tcp_message_timeout == 0 {
             return Err(bad(
                 "server.tcp_message_timeout",
@@ -1586,6 +1614,13 @@ impl Config {
         bad: &dyn Fn(&str, String, &str) -> ConfigError,
     ) -> Result<(), ConfigError> {
         let p = &self.proxy;
+        if p.upstream_refresh == 0 {
+            return Err(bad(
+                "proxy.upstream_refresh",
+                "is 0".into(),
+                "use seconds, e.g. 300 (the DNS TTL still applies when shorter)",
+            ));
+        }
         if p.unregistered == Unregistered::Upstream && p.upstream.is_none() {
             return Err(bad(
                 "proxy.unregistered",

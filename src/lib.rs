@@ -15,6 +15,7 @@ pub mod logs;
 pub mod presence;
 pub mod proxy;
 pub mod pua;
+pub mod ratelimit;
 pub mod registrar;
 pub mod router;
 pub mod server;

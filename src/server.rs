@@ -82,6 +82,12 @@ pub struct Core {
     stored_notifies: tokio::sync::mpsc::UnboundedSender<StoredNotifies>,
     /// Messages read from the network (requests and responses, parseable or not).
     received: std::sync::atomic::AtomicU64,
+    /// `[server] rate_limit_per_source`: tokens of new SUBSCRIBEs and REGISTERs per source.
+    rate_limit: Mutex<crate::ratelimit::RateLimiter>,
+    /// Requests answered 503 by that limit.
+    rate_limited: std::sync::atomic::AtomicU64,
+    /// `[proxy] upstream` when it is a host name: looked up again by TTL and on failure.
+    pub(crate) upstream_dns: Option<Arc<crate::proxy::upstream::UpstreamDns>>,
     /// Requests whose answer waits for their disk write: shutdown lets them finish.
     answering: crate::drain::Drain,
 }
@@ -248,15 +254,33 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         None => NonceKey::random().map_err(StartError::Random)?,
     };
     let rules = crate::proxy::Proxy::new(cfg, transport.local_addrs(), advertised_host(cfg));
-    let upstream_resolved = match rules.upstream.clone() {
+    let upstream_dns = match rules.upstream.clone() {
         Some(u) if crate::proxy::uri_addr(&u).is_none() => {
-            let found = resolve(&transport, &u).await;
-            if found.is_none() {
-                tracing::warn!(upstream = %u, "cannot resolve [proxy] upstream; calls to the PBX fail with 503 until restart");
-            }
-            found
+            let resolver: Box<dyn crate::proxy::upstream::SipResolver> =
+                match crate::proxy::upstream::HickoryResolver::from_system() {
+                    Ok(r) => Box::new(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the system's DNS configuration; [proxy] upstream is looked up without SRV");
+                        Box::new(crate::proxy::upstream::GetAddrInfo)
+                    }
+                };
+            Some(Arc::new(crate::proxy::upstream::UpstreamDns::new(
+                u,
+                resolver,
+                Duration::from_secs(cfg.proxy.upstream_refresh),
+            )))
         }
         _ => None,
+    };
+    let upstream_resolved = match &upstream_dns {
+        Some(dns) => dns
+            .lookup(
+                || tokio::time::Instant::now().into_std(),
+                |p, a| can_send(&transport, p, a),
+            )
+            .await
+            .map(|(proto, addr)| peer_to(&transport, proto, addr)),
+        None => None,
     };
     let proxy =
         crate::proxy::ProxyService::new(rules, &cfg.dialog, dialog_store, upstream_resolved);
@@ -289,6 +313,12 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         branch_key,
         stored_notifies,
         received: Default::default(),
+        rate_limit: Mutex::new(crate::ratelimit::RateLimiter::new(
+            cfg.server.rate_limit_per_source,
+            cfg.server.rate_limit_burst,
+        )),
+        rate_limited: Default::default(),
+        upstream_dns: upstream_dns.clone(),
         answering: Default::default(),
     });
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
@@ -299,6 +329,9 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     tasks.push(tokio::spawn(presence.clone().run_timers()));
     tasks.push(tokio::spawn(presence.clone().run_log_summary()));
     tasks.push(tokio::spawn(core.clone().run_log_throttle()));
+    if let Some(dns) = upstream_dns {
+        tasks.push(tokio::spawn(core.clone().run_upstream_refresh(dns)));
+    }
     // Users from the user file are read here and by a watcher, never on the receive path.
     if let Some(file) = &user_file {
         tasks.push(file.clone().watch(crate::storage::users::RECHECK).await);
@@ -340,6 +373,38 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
 }
 
 impl Inbound for Core {
+    fn on_unreachable(self: Arc<Self>, peer: Peer) {
+        self.upstream_failed(&peer);
+        let failed = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fail_unreachable(|to| to.proto == peer.proto && to.remote == peer.remote);
+        for key in failed {
+            let owner = self
+                .owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            // RFC 3261 §8.1.3.1: a transport error counts as a 503 from the next hop.
+            match owner {
+                Some(Owner::Notify(sub)) => {
+                    self.presence.notify_outcome(&sub, Outcome::Failed(503))
+                }
+                Some(Owner::Waiter(w)) => {
+                    let _ = w.send(ClientOutcome::NotSent(format!(
+                        "cannot open a connection to {peer}"
+                    )));
+                }
+                Some(Owner::Branch { server, branch }) => {
+                    self.proxy_branch_unreachable(&server, branch)
+                }
+                Some(Owner::Cancel) | None => {}
+            }
+            self.proxy_forget(&key);
+        }
+    }
+
     fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer) {
         self.received
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -371,6 +436,70 @@ impl Core {
     /// that keeps growing).
     pub fn messages_received(&self) -> u64 {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Looks `[proxy] upstream` up again whenever its answer expires or its address in use
+    /// stopped answering ([`Core::upstream_failed`]).
+    async fn run_upstream_refresh(self: Arc<Self>, dns: Arc<crate::proxy::upstream::UpstreamDns>) {
+        loop {
+            dns.due(|| self.now()).await;
+            let found = dns
+                .lookup(|| self.now(), |p, a| can_send(&self.transport, p, a))
+                .await;
+            self.proxy
+                .set_upstream_resolved(found.map(|(proto, addr)| self.peer_to(proto, addr)));
+        }
+    }
+
+    /// `peer` stopped answering (a transaction to it timed out, or no connection to it could
+    /// be opened): when it is the upstream's address in use, the next address is used and
+    /// the name is looked up again.
+    pub(crate) fn upstream_failed(&self, peer: &Peer) {
+        let Some(dns) = &self.upstream_dns else {
+            return;
+        };
+        if let Some((proto, addr)) = dns.failed(peer.remote, self.now()) {
+            self.proxy
+                .set_upstream_resolved(Some(self.peer_to(proto, addr)));
+        }
+    }
+
+    /// New SUBSCRIBEs and REGISTERs answered 503 so far by `[server] rate_limit_per_source`.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `[server] rate_limit_per_source`: a REGISTER or a SUBSCRIBE outside a dialog (a new
+    /// subscription) from a source that spent its tokens gets `503` with `Retry-After`.
+    /// Refreshes inside a subscription dialog are not counted: the per-user quota bounds
+    /// the subscriptions, and refusing a refresh would darken a working lamp. Sources
+    /// trusted for that request's purpose (`[auth] trusted_for`) are not limited.
+    fn over_rate_limit(&self, req: &Request, in_dialog: bool, peer: &Peer) -> Option<Response> {
+        let purpose = match req.method.as_str() {
+            "REGISTER" => crate::config::TrustedFor::Register,
+            "SUBSCRIBE" if !in_dialog => crate::config::TrustedFor::Subscribe,
+            _ => return None,
+        };
+        if self.auth.is_trusted(peer.remote.ip(), purpose) {
+            return None;
+        }
+        let checked = self
+            .rate_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(peer.remote.ip(), self.now());
+        let refused = checked.err()?;
+        self.rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%peer, method = %req.method, "rate limited (server.rate_limit_per_source)");
+        let mut resp = req.response(
+            503,
+            "Service Unavailable: too many new SUBSCRIBE and REGISTER requests from this address (server.rate_limit_per_source)",
+            Some(&self.ids.tag()),
+        );
+        resp.headers
+            .push_raw("Retry-After", refused.retry_after.to_string());
+        Some(resp)
     }
 
     /// ACKs that matched no transaction and were dropped instead of relayed (no Route of
@@ -564,6 +693,9 @@ impl Core {
             Route::Proxy => return self.proxy_request(key, req, &parsed, peer),
             Route::Local(local) => local,
         };
+        if let Some(resp) = self.over_rate_limit(&req, in_dialog, &peer) {
+            return self.respond(&key, resp);
+        }
         match self.dispatch(local, &req, &parsed, peer) {
             Answer::Now(resp) => self.respond(&key, resp),
             Answer::AfterWrite(pending) => {
@@ -1257,6 +1389,14 @@ async fn resolve(transport: &Transport, uri: &crate::sip::SipUri) -> Option<Peer
             .next()?,
     };
     Some(peer_to(transport, proto, remote))
+}
+
+/// Whether we have a socket of `proto` in `remote`'s address family.
+fn can_send(transport: &Transport, proto: Proto, remote: &SocketAddr) -> bool {
+    transport
+        .local_addrs()
+        .iter()
+        .any(|(p, a)| *p == proto && a.is_ipv4() == remote.is_ipv4())
 }
 
 /// A destination over our socket of `proto` that suits `remote` (same address family).

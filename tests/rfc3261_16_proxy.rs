@@ -756,8 +756,8 @@ async fn rfc3261_16_9_a_phone_whose_tcp_connection_closed_fails_its_branch_at_on
     gone.register().await;
     drop(gone);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    // Its binding outlives the connection; we cannot open one towards a phone, so the branch
-    // fails at once (§16.9 would say 503; we answer 480: the phone is not reachable now),
+    // Its binding outlives the connection; the connection we open to its address is refused
+    // (nothing listens there), so the branch fails at once (§16.9 would say 503; we answer 480: the phone is not reachable now),
     // not after Timer B.
     let t0 = tokio::time::Instant::now();
     alice.invite("1002", "tcp-gone").await;

@@ -555,6 +555,52 @@ fn presence_per_user_quotas_and_dialog_ids_have_defaults_and_are_checked() {
     }
 }
 
+/// Issue 11, item 7: the per-source rate limit for new SUBSCRIBEs and REGISTERs.
+#[test]
+fn per_source_rate_limit_keys() {
+    let c = Config::default();
+    assert_eq!(c.server.rate_limit_per_source, 50.0);
+    assert_eq!(c.server.rate_limit_burst, 500);
+    let c = Config::from_toml(
+        "[server]\nrate_limit_per_source = 0\nrate_limit_burst = 20\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.server.rate_limit_per_source, 0.0);
+    assert_eq!(c.server.rate_limit_burst, 20);
+    let c = Config::from_toml("[server]\nrate_limit_per_source = 2.5\n", "t.toml").unwrap();
+    assert_eq!(c.server.rate_limit_per_source, 2.5);
+    for (toml, key) in [
+        (
+            "[server]\nrate_limit_per_source = -1\n",
+            "server.rate_limit_per_source",
+        ),
+        (
+            "[server]\nrate_limit_per_source = nan\n",
+            "server.rate_limit_per_source",
+        ),
+        (
+            "[server]\nrate_limit_burst = 0\n",
+            "server.rate_limit_burst",
+        ),
+    ] {
+        let e = Config::from_toml(toml, "t.toml").unwrap_err().to_string();
+        assert!(e.contains(key), "{toml}: {e}");
+    }
+}
+
+/// Issue 11, item 6: how long the addresses of an upstream host name are kept at most.
+#[test]
+fn upstream_refresh_key() {
+    assert_eq!(Config::default().proxy.upstream_refresh, 300);
+    let c = Config::from_toml("[proxy]\nupstream_refresh = 30\n", "t.toml").unwrap();
+    assert_eq!(c.proxy.upstream_refresh, 30);
+    let e = Config::from_toml("[proxy]\nupstream_refresh = 0\n", "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("proxy.upstream_refresh"), "{e}");
+}
+
 /// Issue 11: one MD5 challenge by default; SHA-256 per `[[auth.profiles]]` (User-Agent);
 /// SHA-256 offered to everyone is allowed but warned about, with the fix.
 #[test]

@@ -369,13 +369,15 @@ impl Core {
     ) {
         if !self.transport.reaches(&peer) {
             // RFC 3261 §16.9 counts a transport error as a 503 from that branch; we answer it
-            // as 480 instead: the phone is not reachable now (its TCP connection closed and we
-            // cannot open one to it), and a 503 would reach the caller as 500.
+            // as 480 instead: the phone is not reachable now (its TCP connection closed and no
+            // new one may be opened: server.max_tcp_connections or the per-source limit), and
+            // a 503 would reach the caller as 500. A closed connection alone is no reason:
+            // the transport opens a new one to the flow's address (RFC 3261 §18.1.1).
             return self.fail_branch(
                 key,
                 i,
                 480,
-                "Temporarily Unavailable: the phone's connection is closed",
+                "Temporarily Unavailable: the phone's connection is closed and the connection limit is reached",
             );
         }
         if !self.in_trust_domain(&peer) {
@@ -849,7 +851,21 @@ impl Core {
 
     /// A branch's client transaction timed out (Timer B or F): 408 for it.
     pub(crate) fn proxy_branch_timeout(self: &Arc<Self>, server: &TxKey, i: usize) {
+        if let Some(peer) = self.proxy.branch_peer(server, i) {
+            self.upstream_failed(&peer);
+        }
         self.fail_branch(server, i, 408, "Request Timeout");
+    }
+
+    /// No connection to the branch's phone could be opened: 480, as when none may be opened
+    /// (see `send_branch`), at once rather than after Timer B.
+    pub(crate) fn proxy_branch_unreachable(self: &Arc<Self>, server: &TxKey, i: usize) {
+        self.fail_branch(
+            server,
+            i,
+            480,
+            "Temporarily Unavailable: cannot open a connection to the phone",
+        );
     }
 
     /// Timer C and the wait after a CANCEL.

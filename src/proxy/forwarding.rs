@@ -278,6 +278,13 @@ impl ProxyService {
         }]
     }
 
+    /// Where branch `branch` of `server` went, once sent.
+    pub fn branch_peer(&self, server: &TxKey, branch: usize) -> Option<Peer> {
+        let st = self.state();
+        let f = st.forwarding.contexts.get(server)?;
+        f.branches.get(branch)?.as_ref().map(|(_, p)| *p)
+    }
+
     /// The branch went out as client transaction `client`: Timer C starts for an INVITE
     /// (§16.6 item 11).
     pub fn branch_sent(

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod forwarding;
 pub mod identity;
 pub mod service;
+pub mod upstream;
 
 pub use service::ProxyService;
 

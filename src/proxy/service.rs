@@ -72,8 +72,9 @@ pub struct ProxyService {
     /// published under it, so a call's lamps change in the order its messages were handled.
     state: Mutex<ProxyState>,
     pub(crate) dialog_store: Arc<dyn DialogStore>,
-    /// `[proxy] upstream` resolved at start when it is a host name.
-    upstream_resolved: Option<Peer>,
+    /// `[proxy] upstream` found for a host name (at start, then refreshed: see
+    /// [`super::upstream`]).
+    upstream_resolved: Mutex<Option<Peer>>,
     /// ACKs that matched no transaction and were not relayed.
     acks_dropped: AtomicU64,
     /// Calls each authenticated user originates (`[proxy] max_calls_per_user`). Locked only
@@ -95,7 +96,7 @@ impl ProxyService {
                 dialogs: DialogTracker::new(dialog),
             }),
             dialog_store,
-            upstream_resolved,
+            upstream_resolved: Mutex::new(upstream_resolved),
             acks_dropped: AtomicU64::new(0),
             calls_per_user: Mutex::new(CallsPerUser::default()),
         }
@@ -140,9 +141,14 @@ impl ProxyService {
         Dialogs(lock(&self.state))
     }
 
-    /// The PBX's address found at start for a host name in `[proxy] upstream`.
+    /// The PBX's address found for a host name in `[proxy] upstream`.
     pub fn upstream_resolved(&self) -> Option<Peer> {
-        self.upstream_resolved
+        *lock(&self.upstream_resolved)
+    }
+
+    /// The upstream host name was looked up again (or its address in use stopped answering).
+    pub fn set_upstream_resolved(&self, peer: Option<Peer>) {
+        *lock(&self.upstream_resolved) = peer;
     }
 
     /// Requests being forwarded statefully (response contexts held).

@@ -344,6 +344,28 @@ impl<A: Clone> ClientTransactions<A> {
         derived_request(tx.request.as_ref()?, "CANCEL", None)
     }
 
+    /// RFC 3261 §17.1.4: the transport could not reach a destination (a connection to it
+    /// could not be opened). Every transaction towards a destination `unreachable` holds
+    /// that still waits for a final response ends at once, without Timer B/F; their keys
+    /// are returned so the TU hears of it (as a 503, §8.1.3.1).
+    pub fn fail_unreachable(&mut self, unreachable: impl Fn(&A) -> bool) -> Vec<TxKey> {
+        let failed: Vec<TxKey> = self
+            .txs
+            .iter()
+            .filter(|(_, tx)| {
+                matches!(
+                    tx.state,
+                    ClientState::Calling | ClientState::Trying | ClientState::Proceeding
+                ) && unreachable(&tx.to)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &failed {
+            self.remove(k);
+        }
+        failed
+    }
+
     /// Drops a transaction at once (TU abandoning it, or a transport error, RFC 3261 §17.1.4).
     /// No action is produced for it. `true` when it existed.
     pub fn terminate(&mut self, key: &TxKey) -> bool {

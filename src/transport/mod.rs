@@ -175,7 +175,19 @@ pub struct Transport {
     writers: Drain,
     /// Lines a peer can repeat at will (here and in the server core) are throttled per source.
     pub(crate) log_throttle: crate::logs::Throttle,
+    /// Where messages read from connections we open go; set by [`Transport::start`] (a
+    /// connection opened before that, by a restart NOTIFY, waits for it). Weak: the handler
+    /// (the server core) owns this transport.
+    inbound: watch::Sender<Option<std::sync::Weak<dyn Inbound>>>,
+    /// Connections we opened to a TCP peer whose own connection was gone.
+    connects: AtomicU64,
+    /// Of those, the ones that could not be established (refused, unreachable, timed out).
+    connect_failures: AtomicU64,
 }
+
+/// How long opening a connection to a peer may take (RFC 3261 §18.1.1 leaves it to us; the
+/// transaction's own timer covers the rest).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
 fn bind_err(proto: &'static str, addr: SocketAddr) -> impl Fn(std::io::Error) -> TransportError {
     move |source| TransportError::Bind {
@@ -280,6 +292,9 @@ impl Transport {
                 readers: Drain::default(),
                 writers,
                 log_throttle: Default::default(),
+                inbound: watch::Sender::new(None),
+                connects: AtomicU64::new(0),
+                connect_failures: AtomicU64::new(0),
             }),
             listeners,
         ))
@@ -326,8 +341,19 @@ impl Transport {
         self.udp.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// TCP connections we opened so far because the peer's own connection was gone.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Of [`Transport::connects`], the ones that could not be established.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
     /// Starts the receive loops.
     pub fn start(self: &Arc<Self>, listeners: Vec<TcpListener>, inbound: Arc<dyn Inbound>) {
+        self.inbound.send_replace(Some(Arc::downgrade(&inbound)));
         for u in self.udp_read().iter() {
             // Two receivers per socket keep both cores busy on a UDP storm.
             for _ in 0..UDP_RECEIVERS {
@@ -439,8 +465,20 @@ impl Transport {
         local: SocketAddr,
         inbound: Arc<dyn Inbound>,
     ) -> u64 {
+        let (id, tx, rx) = self.add_conn(remote);
+        self.drive_conn(id, stream, remote, local, inbound, tx, rx);
+        id
+    }
+
+    /// Counts a connection to `remote` (its source already admitted) and makes it the one
+    /// later sends to `remote` use; what is sent waits in its queue until it is driven.
+    #[allow(clippy::type_complexity)]
+    fn add_conn(
+        &self,
+        remote: SocketAddr,
+    ) -> (u64, mpsc::Sender<Arc<[u8]>>, mpsc::Receiver<Arc<[u8]>>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(CONN_QUEUE);
+        let (tx, rx) = mpsc::channel::<Arc<[u8]>>(CONN_QUEUE);
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Conn {
@@ -453,6 +491,83 @@ impl Transport {
             .unwrap_or_else(|p| p.into_inner())
             .insert(remote, id);
         self.open_conns.fetch_add(1, Ordering::Relaxed);
+        (id, tx, rx)
+    }
+
+    /// RFC 3261 §18.1.1 / §18.2.2: the connection to a TCP peer is gone (it closed, or we
+    /// restarted), so we open one to its address, within `max_tcp_connections` and the
+    /// per-source limit. Returns the new connection's id (sends to `remote` queue on it at
+    /// once), or `None` when no connection may be opened now. A connection that cannot be
+    /// established is dropped with what was queued on it; the transaction's timer reports it.
+    fn open_conn(self: &Arc<Self>, remote: SocketAddr, local: SocketAddr) -> Option<u64> {
+        if *self.phase.borrow() != Phase::Running
+            || self.open_conns.load(Ordering::Relaxed) >= self.tcp.max_conns
+        {
+            return None;
+        }
+        if !self.admit_source(remote) {
+            self.refused_per_source.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        let (id, tx, rx) = self.add_conn(remote);
+        let me = self.clone();
+        let mut inbound = self.inbound.subscribe();
+        let mut phase = self.phase.subscribe();
+        tokio::spawn(async move {
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await;
+            let stream = match connected {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return me.connect_failed(id, remote, local, &e.to_string()),
+                Err(_) => return me.connect_failed(id, remote, local, "timed out"),
+            };
+            let _ = stream.set_nodelay(true);
+            // Before start (restart NOTIFYs): what the peer answers waits for the handler.
+            let handler = tokio::select! {
+                i = inbound.wait_for(|i| i.is_some()) => {
+                    i.ok().and_then(|i| i.as_ref().and_then(|w| w.upgrade()))
+                }
+                _ = phase.wait_for(|p| *p >= Phase::Draining) => None,
+            };
+            let Some(handler) = handler else {
+                return me.connect_failed(id, remote, local, "transport stopped");
+            };
+            tracing::debug!(%remote, "opened a tcp connection to a peer whose own was gone");
+            me.clone()
+                .drive_conn(id, stream, remote, local, handler, tx, rx);
+        });
+        Some(id)
+    }
+
+    fn connect_failed(&self, id: u64, remote: SocketAddr, local: SocketAddr, why: &str) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%remote, error = why, "cannot open a tcp connection to the peer");
+        self.drop_conn(id, remote);
+        let handler = self.inbound.borrow().as_ref().and_then(|w| w.upgrade());
+        if let Some(handler) = handler {
+            handler.on_unreachable(Peer {
+                proto: Proto::Tcp,
+                remote,
+                local,
+                conn: None,
+            });
+        }
+    }
+
+    /// Reads and writes connection `id` until it closes. `local` is the address its
+    /// messages are reported as received on (our listening socket for connections we opened,
+    /// so what we advertise from them is a port that accepts connections).
+    #[allow(clippy::too_many_arguments)]
+    fn drive_conn(
+        self: Arc<Self>,
+        id: u64,
+        stream: TcpStream,
+        remote: SocketAddr,
+        local: SocketAddr,
+        inbound: Arc<dyn Inbound>,
+        tx: mpsc::Sender<Arc<[u8]>>,
+        mut rx: mpsc::Receiver<Arc<[u8]>>,
+    ) {
         let (mut rd, mut wr) = stream.into_split();
         let writing = self.writers.token();
         let reading = self.readers.token();
@@ -562,7 +677,6 @@ impl Transport {
             drop(tx);
             let _ = writer.await;
         });
-        id
     }
 
     fn drop_conn(&self, id: u64, remote: SocketAddr) {
@@ -584,9 +698,10 @@ impl Transport {
 
     /// Sends without waiting: UDP from the socket the peer talked to (behind the datagrams
     /// already waiting for room in its send buffer, if any), TCP over its connection (or the
-    /// latest connection from the same address when that one closed). A datagram that finds
+    /// latest connection from the same address when that one closed, or a new one we open to
+    /// that address when none is left: [`Transport::open_conn`]). A datagram that finds
     /// the buffer and the backlog full is dropped and counted ([`Transport::dropped_sends`]).
-    pub fn send(&self, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
+    pub fn send(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
         match peer.proto {
             Proto::Udp => {
                 let udp = self.udp_read();
@@ -627,38 +742,68 @@ impl Transport {
     }
 
     /// Whether a message to `peer` can leave: over UDP with a socket of its family; over TCP
-    /// only while a connection to it is open (we never connect out, RFC 5626 style: phones
-    /// keep theirs).
+    /// while a connection to it is open, or while we may open one to its address (RFC 3261
+    /// §18.1.1: the phone's connection closed, or we restarted).
     pub fn reaches(&self, peer: &Peer) -> bool {
         match peer.proto {
             Proto::Udp => udp_socket_for(&self.udp_read(), peer).is_ok(),
-            Proto::Tcp => {
-                let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-                let by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
-                peer.conn
-                    .and_then(|id| conns.get(&id))
-                    .or_else(|| by.get(&peer.remote).and_then(|id| conns.get(id)))
-                    .is_some_and(|c| c.remote == peer.remote && !c.tx.is_closed())
-            }
+            Proto::Tcp => self.tcp_sender(peer).is_some() || self.may_connect(peer.remote),
         }
     }
 
-    fn send_tcp(&self, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
-        let tx = {
-            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            let by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
-            peer.conn
-                .and_then(|id| conns.get(&id))
-                .or_else(|| by.get(&peer.remote).and_then(|id| conns.get(id)))
-                .filter(|c| c.remote == peer.remote)
-                .map(|c| c.tx.clone())
+    /// Whether a connection to `remote` could be opened now: running, below
+    /// `max_tcp_connections` and below the per-source limit for `remote`.
+    fn may_connect(&self, remote: SocketAddr) -> bool {
+        *self.phase.borrow() == Phase::Running
+            && self.open_conns.load(Ordering::Relaxed) < self.tcp.max_conns
+            && self
+                .per_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&source_of(remote.ip()))
+                .is_none_or(|open| *open < self.tcp.max_per_source)
+    }
+
+    /// The queue of the open connection to `peer`: its own, else the latest to its address.
+    fn tcp_sender(&self, peer: &Peer) -> Option<mpsc::Sender<Arc<[u8]>>> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let by = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
+        let usable = |c: &&Conn| c.remote == peer.remote && !c.tx.is_closed();
+        peer.conn
+            .and_then(|id| conns.get(&id))
+            .filter(usable)
+            .or_else(|| {
+                by.get(&peer.remote)
+                    .and_then(|id| conns.get(id))
+                    .filter(usable)
+            })
+            .map(|c| c.tx.clone())
+    }
+
+    fn send_tcp(self: &Arc<Self>, peer: &Peer, bytes: Arc<[u8]>) -> Result<(), TransportError> {
+        let tx = match self.tcp_sender(peer) {
+            Some(tx) => tx,
+            None => {
+                let local = self.listening_tcp(peer);
+                self.open_conn(peer.remote, local)
+                    .and_then(|_| self.tcp_sender(peer))
+                    .ok_or(TransportError::ConnectionGone(peer.remote))?
+            }
         };
-        match tx {
-            Some(tx) => tx
-                .try_send(bytes)
-                .map_err(|_| TransportError::ConnectionGone(peer.remote)),
-            None => Err(TransportError::ConnectionGone(peer.remote)),
+        tx.try_send(bytes)
+            .map_err(|_| TransportError::ConnectionGone(peer.remote))
+    }
+
+    /// Our listening TCP address that suits `peer` (its own local address when it is one).
+    fn listening_tcp(&self, peer: &Peer) -> SocketAddr {
+        if self.tcp_local.contains(&peer.local) {
+            return peer.local;
         }
+        self.tcp_local
+            .iter()
+            .find(|a| a.is_ipv4() == peer.remote.is_ipv4())
+            .copied()
+            .unwrap_or(peer.local)
     }
 }
 
@@ -711,6 +856,9 @@ pub trait Inbound: Send + Sync + 'static {
         peer: Peer,
         error: crate::sip::ParseError,
     ) -> Option<Vec<u8>>;
+    /// A connection to `peer` could not be opened: what was sent to it is lost (RFC 3261
+    /// §17.1.4 transport error).
+    fn on_unreachable(self: Arc<Self>, _peer: Peer) {}
 }
 
 async fn udp_loop(

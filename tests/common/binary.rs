@@ -17,6 +17,16 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// A port number free on 127.0.0.1 for both UDP and TCP.
+pub fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let port = free_udp_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// The real binary on a temp data dir; killed and the dir removed on every path (Drop).
 pub struct Busylamp {
     child: Option<Child>,
@@ -29,11 +39,29 @@ pub struct Busylamp {
 impl Busylamp {
     /// `extra_config` is TOML appended after `[server]` and `[auth]` (sections of its own).
     pub fn new(name: &str, extra_config: &str) -> Busylamp {
+        Busylamp::listening(name, extra_config, false)
+    }
+
+    /// As [`Busylamp::new`], listening on TCP as well, at the same port number as UDP.
+    pub fn with_tcp(name: &str, extra_config: &str) -> Busylamp {
+        Busylamp::listening(name, extra_config, true)
+    }
+
+    fn listening(name: &str, extra_config: &str, tcp: bool) -> Busylamp {
         let dir =
             std::env::temp_dir().join(format!("busylamp-kill9-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_udp_port();
+        let port = if tcp {
+            free_udp_and_tcp_port()
+        } else {
+            free_udp_port()
+        };
+        let listen = if tcp {
+            format!("\"udp:127.0.0.1:{port}\", \"tcp:127.0.0.1:{port}\"")
+        } else {
+            format!("\"udp:127.0.0.1:{port}\"")
+        };
         let config = dir.join("busylamp.toml");
         std::fs::write(
             &config,
@@ -41,7 +69,7 @@ impl Busylamp {
                 r#"
 [server]
 domain = "example.test"
-listen = ["udp:127.0.0.1:{port}"]
+listen = [{listen}]
 data_dir = "{}"
 log = "warn"
 [auth]

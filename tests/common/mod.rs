@@ -254,6 +254,13 @@ impl Tcp {
         self.stream.local_addr().unwrap().port()
     }
 
+    pub fn over(stream: TcpStream) -> Tcp {
+        Tcp {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub async fn connect(server: SocketAddr) -> Tcp {
         Tcp {
             stream: TcpStream::connect(server).await.unwrap(),

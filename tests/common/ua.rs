@@ -41,6 +41,47 @@ impl Ua {
         Ua::with(Link::Tcp(Box::new(Tcp::connect(server).await)), server)
     }
 
+    /// A TCP UA as many desk phones are: it listens on one port and connects to the server
+    /// from that same port (SO_REUSEPORT), so the address of its flow accepts connections.
+    pub async fn tcp_listening(server: SocketAddr) -> (Ua, tokio::net::TcpListener) {
+        let listening = tokio::net::TcpSocket::new_v4().unwrap();
+        listening.set_reuseport(true).unwrap();
+        listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = listening.local_addr().unwrap();
+        let listener = listening.listen(16).unwrap();
+        let connecting = tokio::net::TcpSocket::new_v4().unwrap();
+        connecting.set_reuseport(true).unwrap();
+        connecting.bind(at).unwrap();
+        let stream = connecting.connect(server).await.unwrap();
+        (
+            Ua::with(Link::Tcp(Box::new(Tcp::over(stream))), server),
+            listener,
+        )
+    }
+
+    /// Closes this UA's TCP connection and returns once the server closed its side too.
+    pub async fn close_tcp(&mut self) {
+        let Link::Tcp(t) = &mut self.link else {
+            panic!("a UDP user agent has no connection")
+        };
+        tokio::io::AsyncWriteExt::shutdown(&mut t.stream)
+            .await
+            .unwrap();
+        assert!(
+            t.closed_within(5000).await,
+            "the server kept the connection"
+        );
+    }
+
+    /// Takes the next connection made to `listener` (by the server) as this UA's link.
+    pub async fn accept_tcp(&mut self, listener: &tokio::net::TcpListener) {
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the server opens a connection within 5 s")
+            .unwrap();
+        self.link = Link::Tcp(Box::new(Tcp::over(stream)));
+    }
+
     fn with(link: Link, server: SocketAddr) -> Ua {
         Ua {
             link,

@@ -128,6 +128,9 @@ data_dir = "$data"
 # every load generator here is one host (127.0.0.1): sipp -t tn opens a
 # connection per user, which the per-source limit (default 16) is there to stop
 max_tcp_connections_per_source = 10000
+# and sends REGISTER/SUBSCRIBE storms, which the per-source rate limit (default
+# 50/s, burst 500) is there to stop: off (Kamailio has none either)
+rate_limit_per_source = 0
 
 [registrar]
 min_expires = 60
