@@ -9,9 +9,15 @@ use busylamp::sip::HeaderName;
 use common::*;
 
 /// Digest users 1001 and 1002 (from BASE_CONFIG); `max_aors` below the attacker's 500
-/// variants, so that without a per-user limit the registrar fills up.
+/// variants, so that without a per-user limit the registrar fills up. The per-source rate
+/// limit is off: the quota must hold on its own (attacker and victim share 127.0.0.1 here).
 fn config() -> String {
-    BASE_CONFIG.replace("max_contacts = 5", "max_contacts = 5\nmax_aors = 400")
+    BASE_CONFIG
+        .replace("max_contacts = 5", "max_contacts = 5\nmax_aors = 400")
+        .replace(
+            "domain = \"example.test\"",
+            "domain = \"example.test\"\nrate_limit_per_source = 0",
+        )
 }
 
 /// A challenge for REGISTER, answered many times with increasing nonce counts (RFC 7616
