@@ -727,6 +727,30 @@ impl Default for RegistrarConfig {
     }
 }
 
+/// Who is trusted for what (`[auth] trusted` and `[auth] trusted_for`): the one rule the
+/// authenticator and the proxy both ask.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trust {
+    networks: Vec<IpNet>,
+    purposes: Vec<TrustedFor>,
+}
+
+impl Trust {
+    /// Whether `ip` is in a trusted network and `purpose` is one it is trusted for.
+    pub fn trusts(&self, ip: IpAddr, purpose: TrustedFor) -> bool {
+        self.purposes.contains(&purpose) && in_networks(&self.networks, ip)
+    }
+}
+
+impl AuthConfig {
+    pub fn trust(&self) -> Trust {
+        Trust {
+            networks: self.trusted.clone(),
+            purposes: self.trusted_for.clone(),
+        }
+    }
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {

@@ -12,32 +12,10 @@ use busylamp::sip::{HasHeaders, Request};
 use common::phone::Phone;
 use common::TestServer;
 
-fn config(pbx_port: u16) -> String {
-    format!(
-        r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-memory-store"
-[auth]
-trusted = ["127.0.0.3"]
-trusted_for = ["calls"]
-[proxy]
-upstream = "sip:127.0.0.3:{pbx_port}"
-[[users]]
-name = "1001"
-password = "secret"
-[[users]]
-name = "1002"
-password = "other"
-"#
-    )
-}
-
 /// The server, the PBX (on 127.0.0.3) and 1001's phone (127.0.0.1, challenged).
 async fn office() -> (TestServer, Phone, Phone) {
     let mut pbx = Phone::new_at("127.0.0.3", "127.0.0.1:9".parse().unwrap(), "pbx", "pbx").await;
-    let s = common::server(&config(pbx.ua.port())).await;
+    let s = common::server(&common::phone::office_config(pbx.ua.port())).await;
     pbx.ua.server = s.udp;
     let alice = Phone::new(s.udp, "1001", "a").await;
     (s, pbx, alice)

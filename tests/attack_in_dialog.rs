@@ -16,32 +16,6 @@ use busylamp::sip::{HasHeaders, HeaderName, Request, Response};
 use common::phone::{Leg, Phone};
 use common::{server, TestServer};
 
-/// Phones on 127.0.0.1 are challenged; the PBX on 127.0.0.3 is trusted for calls.
-fn office_config(pbx_port: u16) -> String {
-    format!(
-        r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-memory-store"
-[auth]
-trusted = ["127.0.0.3"]
-trusted_for = ["calls"]
-[proxy]
-upstream = "sip:127.0.0.3:{pbx_port}"
-[[users]]
-name = "1001"
-password = "secret"
-[[users]]
-name = "1002"
-password = "other"
-[[users]]
-name = "1003"
-password = "third"
-"#
-    )
-}
-
 fn password(user: &str) -> &'static str {
     match user {
         "1001" => "secret",
@@ -66,7 +40,7 @@ struct Office {
 /// A server, the PBX, and alice (1001) and bob (1002) registered with digest.
 async fn office() -> Office {
     let mut pbx = Phone::new_at("127.0.0.3", "127.0.0.1:9".parse().unwrap(), "pbx", "pbx").await;
-    let s = server(&office_config(pbx.ua.port())).await;
+    let s = server(&common::phone::office_config(pbx.ua.port())).await;
     pbx.ua.server = s.udp;
     let mut alice = Phone::new(s.udp, "1001", "a").await;
     register_with_digest(&mut alice).await;

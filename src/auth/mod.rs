@@ -57,8 +57,7 @@ pub struct Authenticator {
     realm: String,
     /// `algorithms` and the per-User-Agent `profiles` that choose the challenges.
     challenges: AuthConfig,
-    trusted: Vec<ipnet::IpNet>,
-    trusted_for: Vec<TrustedFor>,
+    trust: crate::config::Trust,
     nonce_ttl: u64,
     key: NonceKey,
     counts: Mutex<NonceCounts>,
@@ -102,8 +101,7 @@ impl Authenticator {
         Authenticator {
             mode: cfg.auth.mode,
             challenges: cfg.auth.clone(),
-            trusted: cfg.auth.trusted.clone(),
-            trusted_for: cfg.auth.trusted_for.clone(),
+            trust: cfg.auth.trust(),
             nonce_ttl: cfg.auth.nonce_ttl,
             key,
             counts: Mutex::new(NonceCounts::new(NONCE_TRACKING, cfg.auth.nonce_ttl)),
@@ -128,7 +126,7 @@ impl Authenticator {
     /// PBX is trusted for calls; a REGISTER, SUBSCRIBE or PUBLISH from its address (which
     /// anyone can put on a UDP datagram) is challenged like anyone's unless named too.
     pub fn is_trusted(&self, ip: IpAddr, purpose: TrustedFor) -> bool {
-        self.trusted_for.contains(&purpose) && crate::config::in_networks(&self.trusted, ip)
+        self.trust.trusts(ip, purpose)
     }
 
     /// A user with credentials here (config or user file): a local user even when no phone of

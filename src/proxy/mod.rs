@@ -135,9 +135,9 @@ pub struct Proxy {
     advertised_host: String,
     /// Keyed hash for loop detection, random per process.
     loop_key: std::collections::hash_map::RandomState,
-    /// `[auth] trusted` when it is trusted for calls (`[auth] trusted_for`): the sources whose
-    /// identity headers pass, and the hops (with the upstream PBX) they are kept for.
-    trusted_for_calls: Vec<ipnet::IpNet>,
+    /// `[auth] trusted` and what for: sources trusted for calls are the ones whose identity
+    /// headers pass, and the hops (with the upstream PBX) they are kept for.
+    trust: crate::config::Trust,
 }
 
 impl Proxy {
@@ -149,11 +149,7 @@ impl Proxy {
             local,
             advertised_host,
             loop_key: Default::default(),
-            trusted_for_calls: if cfg.auth.trusted_for.contains(&TrustedFor::Calls) {
-                cfg.auth.trusted.clone()
-            } else {
-                Vec::new()
-            },
+            trust: cfg.auth.trust(),
         }
     }
 
@@ -161,7 +157,7 @@ impl Proxy {
     /// `[auth] trusted` trusted for calls. Its identity headers pass; a request sent to it
     /// keeps its asserted identity whatever Privacy says.
     pub fn trusted_for_calls(&self, ip: std::net::IpAddr) -> bool {
-        crate::config::in_networks(&self.trusted_for_calls, ip)
+        self.trust.trusts(ip, TrustedFor::Calls)
     }
 
     /// `host:port` of our socket `local` as others reach it.

@@ -419,6 +419,33 @@ impl Phone {
 }
 
 /// The URI inside a Contact value.
+/// An office: phones 1001, 1002, 1003 (passwords secret, other, third) on 127.0.0.1 are
+/// challenged; the PBX on 127.0.0.3 at `pbx_port` is the upstream, trusted for calls only.
+pub fn office_config(pbx_port: u16) -> String {
+    format!(
+        r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.3"]
+trusted_for = ["calls"]
+[proxy]
+upstream = "sip:127.0.0.3:{pbx_port}"
+[[users]]
+name = "1001"
+password = "secret"
+[[users]]
+name = "1002"
+password = "other"
+[[users]]
+name = "1003"
+password = "third"
+"#
+    )
+}
+
 pub fn contact_uri(v: &str) -> String {
     match (v.find('<'), v.find('>')) {
         (Some(a), Some(b)) => v[a + 1..b].to_string(),
