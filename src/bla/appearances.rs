@@ -720,6 +720,42 @@ mod tests {
         assert_eq!(line.holder(0), Some(A));
     }
 
+    /// The scenario of issue 12's end-to-end test, on the table alone.
+    #[test]
+    fn issue_12_scenario_seize_conflict_answer_hold_pickup_hangup_expiry() {
+        use AppearanceState::*;
+        let mut line = Line::new(AOR, 2);
+        let call = |state: &str, held: bool| partial(&[polycom_dialog("a", state, Some(0), held)]);
+        assert!(line.apply(A, &seize("a", 0), 100).unwrap().changed);
+        assert_eq!(
+            line.apply(B, &seize("b", 0), 101),
+            Err(Refusal::Taken { appearance: 0 })
+        );
+        assert!(line.apply(B, &seize("b", 1), 102).unwrap().seized);
+        line.apply(A, &call("early", false), 103).unwrap();
+        line.apply(A, &call("confirmed", false), 104).unwrap();
+        assert_eq!(states(&line)[0], (Active, Some(A)));
+        assert!(!line.has_seize(A));
+        line.apply(A, &call("confirmed", true), 105).unwrap();
+        assert_eq!(states(&line)[0], (Held, Some(A)));
+        let picked = partial(&[polycom_dialog("c", "confirmed", Some(0), false)]);
+        assert_eq!(line.apply(C, &picked, 106).unwrap().others, vec![A]);
+        // The pickup replaced A's dialog: A says so.
+        line.apply(A, &call("terminated", false), 107).unwrap();
+        assert_eq!(states(&line)[0], (Active, Some(C)));
+        let hangup = partial(&[polycom_dialog("c", "terminated", Some(0), false)]);
+        line.apply(C, &hangup, 108).unwrap();
+        assert_eq!(states(&line)[0], (Free, None));
+        // A calls again on 0; its registration expires mid-call: released.
+        line.apply(A, &call("confirmed", false), 109).unwrap();
+        assert!(line.release_phone(A));
+        assert_eq!(states(&line), vec![(Free, None), (Seized, Some(B))]);
+        // B's seize never became a call.
+        assert_eq!(line.expire_seizes(132, 30), vec![B]);
+        assert_eq!(states(&line), vec![(Free, None), (Free, None)]);
+        assert!(line.phones().is_empty());
+    }
+
     #[test]
     fn two_phones_seizing_the_same_free_appearance_first_apply_wins() {
         let mut line = Line::new(AOR, 2);
@@ -813,10 +849,7 @@ mod tests {
         assert!(applied.changed && !applied.seized);
         assert!(line.shown(A).is_empty() && line.phones().is_empty());
         // The NOTIFY version is not checked (Polycom sends 0 every time).
-        assert_eq!(
-            line.apply(A, &seize("again", 0), 106).unwrap().changed,
-            true
-        );
+        assert!(line.apply(A, &seize("again", 0), 106).unwrap().changed);
     }
 
     #[test]
@@ -1270,7 +1303,18 @@ mod tests {
                         .collect();
                     prop_assert!(live.len() <= 1, "appearance {} live on {:?} after {:?}", k, live, op);
                 }
+                // Stronger, on the table itself: one holder per appearance.
+                for k in 0..line.appearances() {
+                    let holders = line
+                        .phones
+                        .values()
+                        .filter(|e| e.dialogs.iter().any(|d| d.holds() == Some(k)))
+                        .count();
+                    prop_assert!(holders <= 1, "appearance {} held by {} phones after {:?}", k, holders, op);
+                }
                 for p in phones {
+                    prop_assert!(line.phones.get(p).is_none_or(|e| !e.dialogs.is_empty()
+                        && e.dialogs.len() <= MAX_DIALOGS_PER_PHONE));
                     for d in line.shown(p) {
                         prop_assert!(d.line.is_some_and(|k| k < 2));
                         let prefix = format!("{}-", p);
