@@ -198,13 +198,7 @@ pub struct PhoneInfo {
 }
 
 pub fn state_name(s: AppearanceState) -> &'static str {
-    match s {
-        AppearanceState::Free => "free",
-        AppearanceState::Seized => "seized",
-        AppearanceState::Ringing => "ringing",
-        AppearanceState::Active => "active",
-        AppearanceState::Held => "held",
-    }
+    s.as_str()
 }
 
 /// One member phone of a line: where it registered from and our subscription to it.
@@ -331,8 +325,8 @@ impl Bla {
             self.bindings_changed(&l.aor, &bindings);
         }
         // Restored phones that are not registered any more will never confirm.
-        let mut st = lock(&self.state);
-        let st = &mut *st;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         for (aor, table) in st.tables.iter_mut() {
             let members = st.members.get(aor);
             for phone in table.unconfirmed() {
@@ -376,8 +370,8 @@ impl Bla {
     }
 
     fn on_timer(&self, now: u64) {
-        let mut st = lock(&self.state);
-        let st = &mut *st;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         let reconcile_over = st.reconcile_at.is_some_and(|at| at <= now);
         if reconcile_over {
             st.reconcile_at = None;
@@ -496,8 +490,8 @@ impl Bla {
             return NotifyAnswer::ok();
         };
         let name = phone_name(phone);
-        let mut st = lock(&self.state);
-        let st = &mut *st;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         let current = st
             .members
             .get(aor)
@@ -542,6 +536,16 @@ impl Bla {
                     if applied.changed {
                         durable = self.publish_phone(aor, table, &name);
                     }
+                    // A held call picked up here, or a restored appearance taken over: the
+                    // other phone's view changed too.
+                    for other in &applied.others {
+                        if let Some(d) = self.publish_phone(aor, table, other) {
+                            durable = Some(match durable.take() {
+                                Some(mine) => both(mine, d),
+                                None => d,
+                            });
+                        }
+                    }
                 }
                 Err(refusal) => {
                     let (status, reason) = refusal.status();
@@ -553,7 +557,7 @@ impl Bla {
         let after = table.snapshot();
         self.announce(aor, &before, &after);
         self.adjust_expires(table, st.members.get_mut(aor));
-        drop(st);
+        drop(guard);
         self.wake.notify_one();
         NotifyAnswer {
             durable,
@@ -566,8 +570,8 @@ impl Bla {
     /// of stale appearances).
     fn on_phone_ended(&self, aor: &str, phone: u64, generation: u64, reason: &str) {
         let name = phone_name(phone);
-        let mut st = lock(&self.state);
-        let st = &mut *st;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         // The end of an older subscription to a phone that moved: the new one speaks for it.
         if st
             .members
@@ -583,7 +587,7 @@ impl Bla {
         let before = table.snapshot();
         self.release(aor, table, &name, reason);
         self.announce(aor, &before, &table.snapshot());
-        drop(st);
+        drop(guard);
         self.wake.notify_one();
     }
 
@@ -748,11 +752,11 @@ impl BindingObserver for Bla {
             }
         }
         let mut starts = Vec::new();
-        let mut st = lock(&self.state);
-        if !st.started {
+        let mut guard = lock(&self.state);
+        if !guard.started {
             return;
         }
-        let st = &mut *st;
+        let st = &mut *guard;
         let members = st.members.entry(aor.to_string()).or_default();
         // Phones that went.
         let gone: Vec<u64> = members
@@ -807,7 +811,7 @@ impl BindingObserver for Bla {
             self.announce(aor, &before, &table.snapshot());
             self.adjust_expires(table, st.members.get_mut(aor));
         }
-        drop(st);
+        drop(guard);
         for (key, generation, old) in starts {
             match old {
                 None => self.start_subscription(aor, key, generation),
