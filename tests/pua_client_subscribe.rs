@@ -493,7 +493,7 @@ async fn pinned_flow_other_to_judge_and_set_expires() {
         judge: Some(Arc::new(move |e: &SubscriptionEvent| {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match e {
-                SubscriptionEvent::Notify { body, .. } if body.starts_with(b"taken") => {
+                SubscriptionEvent::Notify { body, .. } if body.trim_ascii() == b"taken" => {
                     NotifyAnswer::new(409, "Conflict: appearance 0 is in use")
                 }
                 _ => NotifyAnswer::ok(),
