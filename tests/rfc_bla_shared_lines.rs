@@ -187,6 +187,9 @@ async fn three_phones_seize_conflict_call_hold_pickup_hang_up_and_registration_e
 
     // A's registration runs out mid-call: its appearance is released and B and C are told.
     assert_eq!(a.register(60).await, 200, "A refreshes for 60 s only");
+    // Whatever the refresh changes in the server's subscription to A (a refresh, or an end
+    // and a new one after `resubscribe_wait`) is over before A goes off-hook.
+    pump_all(&mut [&mut a, &mut b, &mut c], 3000).await;
     let (status, a2) = a.seize(0).await;
     assert_eq!(status, 200, "{}", a.last_reason);
     let (_leg2, _tag2, status) = a.call(&a2, &mut far).await;
@@ -219,9 +222,6 @@ async fn three_phones_seize_conflict_call_hold_pickup_hang_up_and_registration_e
             .all(|binding| !binding.contact.contains(&a.phone.ua.port().to_string())),
         "A's binding is gone"
     );
-    for p in [&b, &c] {
-        assert!(p.docs.len() >= 8, "phone {} got every change", p.name());
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -458,9 +458,10 @@ impl BlaPhone {
     /// The next NOTIFY of our subscription within `ms` (everything else handled meanwhile).
     pub async fn next_view(&mut self, ms: u64) -> &DialogInfo {
         let before = self.docs.len();
+        let name = self.phone.name.clone();
         self.pump_until(ms, |p| p.docs.len() > before)
             .await
-            .unwrap_or_else(|| panic!("phone {}: no NOTIFY of the line within {ms} ms", "?"));
+            .unwrap_or_else(|| panic!("phone {name}: no NOTIFY of the line within {ms} ms"));
         self.docs.last().unwrap()
     }
 
