@@ -252,7 +252,14 @@ impl Presence {
             .ok_or_else(|| fail(416, "Unsupported URI Scheme in From"))?;
         let watcher = self.domains.aor(watcher_uri);
         if let Requester::User(name) = who {
-            if !self.domains.is_aor_of(watcher_uri, name) {
+            // A member phone of a shared line subscribes as the line (its From is the line's
+            // AOR) with its user's own credentials.
+            let line_member = || {
+                directory
+                    .shared_line_users(&watcher)
+                    .is_some_and(|users| users.iter().any(|u| u == name))
+            };
+            if !self.domains.is_aor_of(watcher_uri, name) && !line_member() {
                 return Err(fail(
                     403,
                     &format!("Forbidden: user {name} may not subscribe as {watcher}"),
