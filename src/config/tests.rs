@@ -888,8 +888,44 @@ aor = "3000"
     assert_eq!(about(&w, "line 3000"), 0, "{w:?}");
     assert_eq!(about(&w, "bla.lines[2].members[0]: user 1003"), 1, "{w:?}");
     assert_eq!(about(&w, "bla.lines[2]: nobody"), 1, "{w:?}");
+    // No user at all: the one "no users" warning, not one per member.
+    let mut nobody = c.clone();
+    nobody.users.clear();
+    let w = nobody.user_warnings(&[]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("no users"), "{w:?}");
     // Open mode challenges nobody: nothing to warn of.
     let mut open = c.clone();
     open.auth.mode = AuthMode::Open;
     assert!(open.user_warnings(&[]).is_empty());
+}
+
+/// More members than the registrar lets one AOR hold: valid, but the phones beyond are
+/// refused, so check-config says so (in open mode too: the limits hold there as well).
+#[test]
+fn bla_warns_when_a_line_has_more_members_than_the_registrar_lets_it_register() {
+    let members = |n: usize| {
+        let names: Vec<String> = (0..n).map(|i| format!("\"{}\"", 1001 + i)).collect();
+        format!(
+            "[registrar]\nmax_contacts = 4\n[[bla.lines]]\naor = \"2000\"\nmembers = [{}]\n",
+            names.join(", ")
+        )
+    };
+    let c = Config::from_toml(&members(4), "t.toml").unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = Config::from_toml(&members(5), "t.toml").unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("bla.lines[0].members lists 5 users")
+            && w[0].contains("at most 4")
+            && w[0].contains("registrar.max_contacts"),
+        "{w:?}"
+    );
+    let c = Config::from_toml(
+        &format!("[auth]\nmode = \"open\"\n{}", members(5)),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.warnings().len(), 1);
 }
