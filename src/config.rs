@@ -956,7 +956,9 @@ impl Config {
         }
         let known = |name: &str| {
             self.users.iter().any(|c| c.name == name)
-                || file_users.iter().any(|u| u.name == name && u.realm == realm)
+                || file_users
+                    .iter()
+                    .any(|u| u.name == name && u.realm == realm)
         };
         // With no user at all the warning above says it all: no line can be registered.
         if !self.users.is_empty() || usable > 0 {

@@ -70,7 +70,11 @@ async fn register_as(c: &Udp, user: &str, to: &str, call_id: &str) -> Response {
         text.replace(&own, &format!("To: <{to}>")).into_bytes()
     };
     let r = c.request(&build(1, "")).await;
-    assert_eq!(r.status, 401, "challenge expected: {} {}", r.status, r.reason);
+    assert_eq!(
+        r.status, 401,
+        "challenge expected: {} {}",
+        r.status, r.reason
+    );
     let challenge = r.headers.get(HeaderName::WwwAuthenticate).unwrap();
     let auth = authorization(
         challenge,
@@ -80,7 +84,8 @@ async fn register_as(c: &Udp, user: &str, to: &str, call_id: &str) -> Response {
         "sip:example.test",
         1,
     );
-    c.request(&build(2, &format!("Authorization: {auth}"))).await
+    c.request(&build(2, &format!("Authorization: {auth}")))
+        .await
 }
 
 #[tokio::test]

@@ -354,7 +354,10 @@ fn check_config_names_shared_line_members_nobody_can_log_in_as() {
     assert!(ok, "{err}");
     let (ok, _, err) = run(busylamp().arg("check-config").arg(&cfg));
     assert!(ok, "{err}");
-    assert_eq!(err, "", "every member can log in (the line's own user 2000 need not)");
+    assert_eq!(
+        err, "",
+        "every member can log in (the line's own user 2000 need not)"
+    );
 
     // Five members, four contacts per AOR: valid, but the fifth phone would be refused.
     std::fs::write(

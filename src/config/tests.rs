@@ -747,8 +747,16 @@ bla_subscribe = false
 fn bla_refuses_bad_lines_naming_the_key() {
     let head = "[server]\ndomain = \"example.com\"\naliases = [\"pbx.local\"]\n";
     for (toml, key, says) in [
-        ("[[bla.lines]]\naor = \"\"\n", "bla.lines[0].aor", "user name"),
-        ("[[bla.lines]]\naor = \"a b\"\n", "bla.lines[0].aor", "user name"),
+        (
+            "[[bla.lines]]\naor = \"\"\n",
+            "bla.lines[0].aor",
+            "user name",
+        ),
+        (
+            "[[bla.lines]]\naor = \"a b\"\n",
+            "bla.lines[0].aor",
+            "user name",
+        ),
         (
             "[[bla.lines]]\naor = \"sip:2000@elsewhere.test\"\n",
             "bla.lines[0].aor",
@@ -795,17 +803,37 @@ fn bla_refuses_bad_lines_naming_the_key() {
             "control",
         ),
         ("[bla]\nseize_timeout = 0\n", "bla.seize_timeout", "5..=600"),
-        ("[bla]\nseized_expires = 5\n", "bla.seized_expires", "10..=3600"),
-        ("[bla]\nsubscribe_margin = 4000\n", "bla.subscribe_margin", "0..=3600"),
-        ("[bla]\nresubscribe_wait = 60\n", "bla.resubscribe_wait", "unwatched"),
-        ("[bla]\nreconcile_timeout = 0\n", "bla.reconcile_timeout", "1..=3600"),
+        (
+            "[bla]\nseized_expires = 5\n",
+            "bla.seized_expires",
+            "10..=3600",
+        ),
+        (
+            "[bla]\nsubscribe_margin = 4000\n",
+            "bla.subscribe_margin",
+            "0..=3600",
+        ),
+        (
+            "[bla]\nresubscribe_wait = 60\n",
+            "bla.resubscribe_wait",
+            "unwatched",
+        ),
+        (
+            "[bla]\nreconcile_timeout = 0\n",
+            "bla.reconcile_timeout",
+            "1..=3600",
+        ),
         // Refused while reading: the locator names the key and the line.
         (
             "[[bla.lines]]\naor = \"2000\"\nmembrs = [\"1001\"]\n",
             "bla.lines[0].membrs",
             "unknown field",
         ),
-        ("[[bla.lines]]\nlabel = \"x\"\n", "bla.lines[0].aor", "missing"),
+        (
+            "[[bla.lines]]\nlabel = \"x\"\n",
+            "bla.lines[0].aor",
+            "missing",
+        ),
         (
             "[[bla.lines]]\naor = 2000\n",
             "bla.lines[0].aor",

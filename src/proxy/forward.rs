@@ -83,9 +83,9 @@ impl Core {
                 Err(resp) => return self.refuse(&key, &req, resp),
                 Ok(Some(user))
                     if s.is_user(&user)
-                        || s.aor.as_deref().is_some_and(|aor| {
-                            self.proxy.rules.shared_line_member(aor, &user)
-                        }) =>
+                        || s.aor
+                            .as_deref()
+                            .is_some_and(|aor| self.proxy.rules.shared_line_member(aor, &user)) =>
                 {
                     caller = Some(user)
                 }

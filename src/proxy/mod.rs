@@ -633,8 +633,16 @@ mod tests {
             "sips:2000@192.0.2.10:5061",
             "sip:%32000@EXAMPLE.com;user=phone",
         ] {
-            assert_eq!(p.shared_line_user(&uri(from), "1001").as_deref(), Some("2000"), "{from}");
-            assert_eq!(p.shared_line_user(&uri(from), "2000").as_deref(), Some("2000"), "{from}");
+            assert_eq!(
+                p.shared_line_user(&uri(from), "1001").as_deref(),
+                Some("2000"),
+                "{from}"
+            );
+            assert_eq!(
+                p.shared_line_user(&uri(from), "2000").as_deref(),
+                Some("2000"),
+                "{from}"
+            );
             assert_eq!(p.shared_line_user(&uri(from), "1002"), None, "{from}");
         }
         for from in [
