@@ -897,10 +897,10 @@ impl Config {
     /// `serve` logs them and `check-config` prints them.
     pub fn warnings(&self) -> Vec<String> {
         let a = &self.auth;
+        let mut warnings = self.bla_capacity_warnings();
         if a.mode == AuthMode::Open {
-            return Vec::new();
+            return warnings;
         }
-        let mut warnings = Vec::new();
         if a.algorithms.contains(&Algorithm::Sha256) {
             warnings.push(
                 "*** auth.algorithms offers SHA-256 to every phone: phones that know MD5 only, or read only the first challenge, cannot register (baresip 1.0 gives up on any SHA-256 challenge). Set auth.algorithms = [\"MD5\"] and offer SHA-256 to the phones known to answer it with [[auth.profiles]] (user_agent, algorithms = [\"SHA-256\", \"MD5\"]). ***"
@@ -930,7 +930,8 @@ impl Config {
     /// The warnings about users, given the users file's records (`serve` logs them after
     /// loading the file, `check-config` prints them): no user at all in digest mode (every
     /// REGISTER fails), a file user the config's `[[users]]` shadows, a file user stored for
-    /// another realm (it can never log in).
+    /// another realm (it can never log in), a shared line's member or line nobody can log in
+    /// as.
     pub fn user_warnings(&self, file_users: &[crate::storage::UserRecord]) -> Vec<String> {
         if self.auth.mode == AuthMode::Open {
             return Vec::new();
@@ -955,9 +956,14 @@ impl Config {
         }
         let known = |name: &str| {
             self.users.iter().any(|c| c.name == name)
-                || file_users.iter().any(|u| u.name == name && u.realm == realm)
+                || file_users
+                    .iter()
+                    .any(|u| u.name == name && u.realm == realm)
         };
-        out.extend(self.bla_user_warnings(&known));
+        // With no user at all the warning above says it all: no line can be registered.
+        if !self.users.is_empty() || usable > 0 {
+            out.extend(self.bla_user_warnings(&known));
+        }
         out
     }
 

@@ -257,6 +257,30 @@ impl Config {
         Ok(())
     }
 
+    /// Shared lines with more members than one AOR may hold bindings: every member's phone
+    /// registers the line's AOR, and the registrar refuses those beyond
+    /// `registrar.max_contacts` (per AOR) or `registrar.max_bindings_per_user` (counted for
+    /// the line's user).
+    pub(super) fn bla_capacity_warnings(&self) -> Vec<String> {
+        let r = &self.registrar;
+        let room = r.max_contacts.min(r.max_bindings_per_user);
+        self.bla
+            .lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.members.len() > room)
+            .map(|(i, line)| {
+                format!(
+                    "bla.lines[{i}].members lists {} users, but line {} holds at most {room} registered phones (registrar.max_contacts {}, registrar.max_bindings_per_user {}): the phones beyond are refused. Raise both to at least the number of phones that share the line",
+                    line.members.len(),
+                    line.aor,
+                    r.max_contacts,
+                    r.max_bindings_per_user
+                )
+            })
+            .collect()
+    }
+
     /// The shared lines' users that cannot log in, given the usable users (`[[users]]` and
     /// the users file's for our realm): a member that is nobody, a line nobody may register.
     pub(super) fn bla_user_warnings(&self, known: &dyn Fn(&str) -> bool) -> Vec<String> {

@@ -747,8 +747,16 @@ bla_subscribe = false
 fn bla_refuses_bad_lines_naming_the_key() {
     let head = "[server]\ndomain = \"example.com\"\naliases = [\"pbx.local\"]\n";
     for (toml, key, says) in [
-        ("[[bla.lines]]\naor = \"\"\n", "bla.lines[0].aor", "user name"),
-        ("[[bla.lines]]\naor = \"a b\"\n", "bla.lines[0].aor", "user name"),
+        (
+            "[[bla.lines]]\naor = \"\"\n",
+            "bla.lines[0].aor",
+            "user name",
+        ),
+        (
+            "[[bla.lines]]\naor = \"a b\"\n",
+            "bla.lines[0].aor",
+            "user name",
+        ),
         (
             "[[bla.lines]]\naor = \"sip:2000@elsewhere.test\"\n",
             "bla.lines[0].aor",
@@ -795,17 +803,37 @@ fn bla_refuses_bad_lines_naming_the_key() {
             "control",
         ),
         ("[bla]\nseize_timeout = 0\n", "bla.seize_timeout", "5..=600"),
-        ("[bla]\nseized_expires = 5\n", "bla.seized_expires", "10..=3600"),
-        ("[bla]\nsubscribe_margin = 4000\n", "bla.subscribe_margin", "0..=3600"),
-        ("[bla]\nresubscribe_wait = 60\n", "bla.resubscribe_wait", "unwatched"),
-        ("[bla]\nreconcile_timeout = 0\n", "bla.reconcile_timeout", "1..=3600"),
+        (
+            "[bla]\nseized_expires = 5\n",
+            "bla.seized_expires",
+            "10..=3600",
+        ),
+        (
+            "[bla]\nsubscribe_margin = 4000\n",
+            "bla.subscribe_margin",
+            "0..=3600",
+        ),
+        (
+            "[bla]\nresubscribe_wait = 60\n",
+            "bla.resubscribe_wait",
+            "unwatched",
+        ),
+        (
+            "[bla]\nreconcile_timeout = 0\n",
+            "bla.reconcile_timeout",
+            "1..=3600",
+        ),
         // Refused while reading: the locator names the key and the line.
         (
             "[[bla.lines]]\naor = \"2000\"\nmembrs = [\"1001\"]\n",
             "bla.lines[0].membrs",
             "unknown field",
         ),
-        ("[[bla.lines]]\nlabel = \"x\"\n", "bla.lines[0].aor", "missing"),
+        (
+            "[[bla.lines]]\nlabel = \"x\"\n",
+            "bla.lines[0].aor",
+            "missing",
+        ),
         (
             "[[bla.lines]]\naor = 2000\n",
             "bla.lines[0].aor",
@@ -888,8 +916,44 @@ aor = "3000"
     assert_eq!(about(&w, "line 3000"), 0, "{w:?}");
     assert_eq!(about(&w, "bla.lines[2].members[0]: user 1003"), 1, "{w:?}");
     assert_eq!(about(&w, "bla.lines[2]: nobody"), 1, "{w:?}");
+    // No user at all: the one "no users" warning, not one per member.
+    let mut nobody = c.clone();
+    nobody.users.clear();
+    let w = nobody.user_warnings(&[]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("no users"), "{w:?}");
     // Open mode challenges nobody: nothing to warn of.
     let mut open = c.clone();
     open.auth.mode = AuthMode::Open;
     assert!(open.user_warnings(&[]).is_empty());
+}
+
+/// More members than the registrar lets one AOR hold: valid, but the phones beyond are
+/// refused, so check-config says so (in open mode too: the limits hold there as well).
+#[test]
+fn bla_warns_when_a_line_has_more_members_than_the_registrar_lets_it_register() {
+    let members = |n: usize| {
+        let names: Vec<String> = (0..n).map(|i| format!("\"{}\"", 1001 + i)).collect();
+        format!(
+            "[registrar]\nmax_contacts = 4\n[[bla.lines]]\naor = \"2000\"\nmembers = [{}]\n",
+            names.join(", ")
+        )
+    };
+    let c = Config::from_toml(&members(4), "t.toml").unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = Config::from_toml(&members(5), "t.toml").unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("bla.lines[0].members lists 5 users")
+            && w[0].contains("at most 4")
+            && w[0].contains("registrar.max_contacts"),
+        "{w:?}"
+    );
+    let c = Config::from_toml(
+        &format!("[auth]\nmode = \"open\"\n{}", members(5)),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.warnings().len(), 1);
 }
