@@ -51,6 +51,10 @@ pub const EVENT: &str = "dialog;sla";
 /// call.
 const PUBLICATION_EXPIRES: u32 = 7 * 86_400;
 
+/// Seconds our SUBSCRIBE's Expires may differ from what it should be before it is refreshed
+/// with the new value.
+const ADJUST_SLACK: u32 = 30;
+
 /// The key of a member phone: its contact's `host:port`, hashed. The same phone is found from
 /// our subscription's target (the contact it registered) and from the Contact of its own
 /// `dialog;sla` SUBSCRIBE, so each watcher can be spared its own dialogs.
@@ -456,7 +460,9 @@ impl Bla {
         for (key, m) in members.iter_mut() {
             let Some(sub) = &m.sub else { continue };
             let want = self.expires_for(m.expires_at, now, table.has_seize(&phone_name(*key)));
-            if want != m.asked {
+            // A REGISTER refresh moves the binding's expiry by a second or two: not worth a
+            // SUBSCRIBE. A seize taken or given up, or a binding made much longer, is.
+            if want.abs_diff(m.asked) > ADJUST_SLACK {
                 sub.set_expires(want);
                 m.asked = want;
             }
@@ -467,7 +473,7 @@ impl Bla {
         let left = u32::try_from(binding_expires_at.saturating_sub(now)).unwrap_or(u32::MAX);
         let normal = left.saturating_add(self.settings.subscribe_margin).max(60);
         if seized {
-            normal.min(self.settings.seized_expires.max(60))
+            normal.min(self.settings.seized_expires)
         } else {
             normal
         }
