@@ -70,8 +70,10 @@ async fn a_seize_that_never_becomes_a_call_is_released_and_refreshes_are_shorter
 
     let (status, _) = a.seize(0).await;
     assert_eq!(status, 200);
-    b.sees("A seizing 0", |v| holds(v, 0, "A", DialogState::Trying, false))
-        .await;
+    b.sees("A seizing 0", |v| {
+        holds(v, 0, "A", DialogState::Trying, false)
+    })
+    .await;
     // The dashboard's view and the bus.
     let lines = s.handle.core.bla.lines();
     assert_eq!(lines.len(), 1);
@@ -125,7 +127,11 @@ async fn a_seize_that_never_becomes_a_call_is_released_and_refreshes_are_shorter
     a.pump_until(3000, |p| p.refreshes.len() >= 2)
         .await
         .expect("a second refresh");
-    assert!(expires_of(&a.refreshes[1]) > 120, "{}", expires_of(&a.refreshes[1]));
+    assert!(
+        expires_of(&a.refreshes[1]) > 120,
+        "{}",
+        expires_of(&a.refreshes[1])
+    );
 }
 
 /// Polycom keeps one `dialog;sla` subscription: when it re-registers from another flow
@@ -144,7 +150,11 @@ async fn a_phone_on_a_new_flow_gets_its_old_subscription_ended_first() {
         .request(&register("2000", moved.port(), "rebind-1", 1, &extra))
         .await;
     assert_eq!(r.status, 401);
-    let ch = r.headers.get(HeaderName::WwwAuthenticate).unwrap().to_string();
+    let ch = r
+        .headers
+        .get(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_string();
     let auth = authorization(&ch, "2000", "line-pw", "REGISTER", "sip:example.test", 1);
     let r = moved
         .request(&register(
@@ -181,9 +191,14 @@ async fn after_a_restart_an_appearance_nobody_confirms_is_released() {
     let mut b = member(&s, "B", "1001", "pw1001").await;
     let (status, id) = a.seize(0).await;
     assert_eq!(status, 200);
-    assert_eq!(a.update(&id, |c| c.state = DialogState::Confirmed).await, 200);
-    b.sees("A talking on 0", |v| holds(v, 0, "A", DialogState::Confirmed, false))
-        .await;
+    assert_eq!(
+        a.update(&id, |c| c.state = DialogState::Confirmed).await,
+        200
+    );
+    b.sees("A talking on 0", |v| {
+        holds(v, 0, "A", DialogState::Confirmed, false)
+    })
+    .await;
     let (udp, tcp) = (s.udp, s.tcp);
     s.handle.shutdown().await;
 
@@ -202,8 +217,10 @@ async fn after_a_restart_an_appearance_nobody_confirms_is_released() {
     assert_eq!(s.handle.core.bla.lines()[0].appearances[0].state, "active");
     // B's own dialog;sla subscription survived the restart; it sees A's appearance go
     // once the reconciliation gives up on A.
-    b.sees_within("A's unconfirmed appearance released", 25_000, |v| free(v, 0))
-        .await;
+    b.sees_within("A's unconfirmed appearance released", 25_000, |v| {
+        free(v, 0)
+    })
+    .await;
     assert_eq!(s.handle.core.bla.lines()[0].appearances[0].state, "free");
     drop(a);
 }

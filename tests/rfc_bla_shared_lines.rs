@@ -69,7 +69,9 @@ async fn member(s: &TestServer, name: &str, user: &str, password: &str) -> BlaPh
     p.registered().await;
     let sub = p.accept_sla_subscribe().await;
     assert_eq!(
-        sub.headers.get(HeaderName::Event).map(str::to_ascii_lowercase),
+        sub.headers
+            .get(HeaderName::Event)
+            .map(str::to_ascii_lowercase),
         Some("dialog;sla".into())
     );
     assert_eq!(sub.uri.to_string(), p.phone.contact(), "to the contact");
@@ -114,7 +116,11 @@ async fn three_phones_seize_conflict_call_hold_pickup_hang_up_and_registration_e
 
     // B seizes 0 too: 409, nothing changes; B seizes 1: 200.
     let (status, _) = b.seize(0).await;
-    assert_eq!(status, 409, "seize of a taken appearance: {}", b.last_reason);
+    assert_eq!(
+        status, 409,
+        "seize of a taken appearance: {}",
+        b.last_reason
+    );
     assert!(
         b.last_reason.to_ascii_lowercase().contains("appearance"),
         "the reason names the appearance: {}",
@@ -209,9 +215,12 @@ async fn three_phones_seize_conflict_call_hold_pickup_hang_up_and_registration_e
         );
     }
     // ...and past it, 0 is free for B and C.
-    all_see(&mut [&mut a, &mut b, &mut c], "A's appearance released", 30_000, |v| {
-        free(v, 0)
-    })
+    all_see(
+        &mut [&mut a, &mut b, &mut c],
+        "A's appearance released",
+        30_000,
+        |v| free(v, 0),
+    )
     .await;
     assert!(
         s.handle
@@ -346,9 +355,7 @@ async fn the_resource_falls_back_to_contact_user_at_from_domain() {
     b.registered().await;
     b.accept_sla_subscribe().await;
     assert!(b.phone.contact().starts_with("sip:2000@"));
-    let status = b
-        .subscribe_sla("sip:1001@example.test", "1001")
-        .await;
+    let status = b.subscribe_sla("sip:1001@example.test", "1001").await;
     assert_eq!(status, 200);
     assert_eq!(b.docs[0].entity, LINE, "the line's document");
     assert!(

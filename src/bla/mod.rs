@@ -334,8 +334,7 @@ impl Bla {
         for (aor, table) in st.tables.iter_mut() {
             let members = st.members.get(aor);
             for phone in table.unconfirmed() {
-                let registered = members
-                    .is_some_and(|m| m.keys().any(|k| phone_name(*k) == phone));
+                let registered = members.is_some_and(|m| m.keys().any(|k| phone_name(*k) == phone));
                 if !registered {
                     self.release(aor, table, &phone, "not registered after restart");
                 }
@@ -419,7 +418,10 @@ impl Bla {
                 state: DocState::Full,
                 dialogs: shown,
             };
-            (PublicationBody::Dialogs(Arc::new(info)), PUBLICATION_EXPIRES)
+            (
+                PublicationBody::Dialogs(Arc::new(info)),
+                PUBLICATION_EXPIRES,
+            )
         };
         let mut writes = Vec::new();
         for pkg in [Pkg::Sla, Pkg::Dialog] {
@@ -528,13 +530,19 @@ impl Bla {
             if !ct_main.eq_ignore_ascii_case(dialog_info::CONTENT_TYPE) {
                 return NotifyAnswer::new(
                     415,
-                    format!("Unsupported Media Type: dialog;sla needs {}", dialog_info::CONTENT_TYPE),
+                    format!(
+                        "Unsupported Media Type: dialog;sla needs {}",
+                        dialog_info::CONTENT_TYPE
+                    ),
                 );
             }
             let doc = match dialog_info::parse(body) {
                 Ok(d) => d,
                 Err(e) => {
-                    return NotifyAnswer::new(400, format!("Bad Request: {}", one_line(&e.to_string())))
+                    return NotifyAnswer::new(
+                        400,
+                        format!("Bad Request: {}", one_line(&e.to_string())),
+                    )
                 }
             };
             match table.apply(&name, &doc, self.clock.now_unix()) {

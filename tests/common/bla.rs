@@ -274,7 +274,12 @@ impl BlaPhone {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let r = match self.phone.ua.any_response_within(left.as_millis() as u64).await {
+            let r = match self
+                .phone
+                .ua
+                .any_response_within(left.as_millis() as u64)
+                .await
+            {
                 Some(r) => r,
                 None => panic!(
                     "phone {}: no final response to {call_id} CSeq {cseq} within {ms} ms",
@@ -577,7 +582,9 @@ impl BlaPhone {
             .await;
         self.refreshes.push(r);
         if expires == 0 {
-            let status = self.send_notify(DocState::Full, &[], "terminated;reason=timeout").await;
+            let status = self
+                .send_notify(DocState::Full, &[], "terminated;reason=timeout")
+                .await;
             self.auto_notify_status.push(status);
             self.sla = None;
         } else {
@@ -813,9 +820,7 @@ impl BlaPhone {
 
     /// Our dialog `id` ended: reported `terminated` (partial) and forgotten; the status.
     pub async fn end(&mut self, id: &str) -> u16 {
-        let status = self
-            .update(id, |c| c.state = DialogState::Terminated)
-            .await;
+        let status = self.update(id, |c| c.state = DialogState::Terminated).await;
         self.mine.remove(id);
         status
     }
@@ -950,7 +955,13 @@ pub fn on(view: &BTreeMap<String, Shown>, k: u32) -> Vec<&Shown> {
 
 /// Appearance `k` of `view` is held by phone `name` in `state` (and `held`), and by no one
 /// else.
-pub fn holds(view: &BTreeMap<String, Shown>, k: u32, name: &str, state: DialogState, held: bool) -> bool {
+pub fn holds(
+    view: &BTreeMap<String, Shown>,
+    k: u32,
+    name: &str,
+    state: DialogState,
+    held: bool,
+) -> bool {
     let d = on(view, k);
     d.len() == 1 && d[0].of(name) && d[0].state == state && d[0].held == held
 }
