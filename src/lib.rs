@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bla;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod deadline;
 pub mod dialog;
 pub mod domain;
