@@ -277,7 +277,8 @@ run_scenario() {
 # judge SYS: what the watcher was shown; pass/fail for busylamp
 judge() {
     local sys="$1" n active sawA sawB last free=no okruns=1 k v
-    n=$(wc -l <"$WORK/$sys-notifies.txt" 2>/dev/null || echo 0)
+    [[ -f "$WORK/$sys-notifies.txt" ]] || : >"$WORK/$sys-notifies.txt"
+    n=$(wc -l <"$WORK/$sys-notifies.txt")
     active="$(grep '^active' "$WORK/$sys-notifies.txt" 2>/dev/null || true)"
     sawA=no; sawB=no
     grep -q "seize-A=trying@$APPEARANCE" <<<"$active" && sawA=yes
@@ -379,8 +380,8 @@ fi
 col() { local v="${R[$1]:-}"; echo "${v:--}"; }
 echo
 echo "== shared line \"$LINE\", appearance $APPEARANCE: two phones seize it (UDP, sipp $( { sipp -v 2>&1 || true; } | grep -m1 -o 'v[0-9.]*'))"
-printf '%-34s %-44s %s\n' "step" "busylamp" "kamailio $(kamailio -v 2>/dev/null | head -1 | grep -o '[0-9]\.[0-9.]*' || true) (pua_bla)"
-row() { printf '%-34s %-44s %s\n' "$1" "$([[ $DO_BL == 1 ]] && col "busylamp:$2" || echo 'not run')" "$([[ $DO_KAM == 1 ]] && col "kamailio:$2" || echo "${KAM_NOTE:-not run}")"; }
+printf '%-36s %-44s %s\n' "step" "busylamp" "kamailio $(kamailio -v 2>/dev/null | head -1 | grep -o '[0-9]\.[0-9.]*' || true) (pua_bla)"
+row() { printf '%-36s %-44s %s\n' "$1" "$([[ $DO_BL == 1 ]] && col "busylamp:$2" || echo 'not run')" "$([[ $DO_KAM == 1 ]] && col "kamailio:$2" || echo "${KAM_NOTE:-not run}")"; }
 row "A seizes 0" seizeA
 row "B seizes 0 while A holds it" seizeB
 row "watcher shown A's seize" sawA
@@ -409,7 +410,7 @@ if ((DO_BL)); then
     if ((${#why[@]} == 0)); then
         bl_pass "busylamp: A's seize 200, B's seize of the held appearance 409, the watcher shown A's seize only and the line free after the hang-up; 5 sipp runs clean"
     else
-        bl_fail "busylamp: $(IFS=';'; echo "${why[*]}")"
+        bl_fail "busylamp: $(printf '%s; ' "${why[@]}" | sed 's/; $//')"
     fi
 fi
 if ((DO_KAM)); then
