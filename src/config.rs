@@ -77,6 +77,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub dialog: DialogConfig,
     pub pua: PuaConfig,
+    pub bla: BlaConfig,
     pub users: Vec<UserConfig>,
 }
 
@@ -631,6 +632,10 @@ pub struct VendorProfile {
     /// BLF: show outgoing calls (direction initiator) that still ring as `confirmed`, for
     /// phones that would otherwise blink the lamp as if the call were incoming.
     pub caller_confirmed: bool,
+    /// Shared lines: contacts registered to a `[[bla.lines]]` AOR by a phone whose
+    /// User-Agent selects this profile get our `dialog;sla` SUBSCRIBE (false: a phone that
+    /// registers the line but does not speak BLA, and would answer it with an error).
+    pub bla_subscribe: bool,
 }
 
 impl Default for VendorProfile {
@@ -643,6 +648,7 @@ impl Default for VendorProfile {
             keep_on_timeout: true,
             retry_ms: 2000,
             caller_confirmed: false,
+            bla_subscribe: true,
         }
     }
 }
@@ -843,6 +849,10 @@ mod values;
 /// error's position) and a fix.
 mod locate;
 
+/// `[bla]`: shared lines, their checks and who may register and call from them.
+mod bla;
+pub use bla::{BlaConfig, BlaLine, MAX_APPEARANCES};
+
 impl Config {
     pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
         let mut cfg: Config =
@@ -887,10 +897,10 @@ impl Config {
     /// `serve` logs them and `check-config` prints them.
     pub fn warnings(&self) -> Vec<String> {
         let a = &self.auth;
+        let mut warnings = self.bla_capacity_warnings();
         if a.mode == AuthMode::Open {
-            return Vec::new();
+            return warnings;
         }
-        let mut warnings = Vec::new();
         if a.algorithms.contains(&Algorithm::Sha256) {
             warnings.push(
                 "*** auth.algorithms offers SHA-256 to every phone: phones that know MD5 only, or read only the first challenge, cannot register (baresip 1.0 gives up on any SHA-256 challenge). Set auth.algorithms = [\"MD5\"] and offer SHA-256 to the phones known to answer it with [[auth.profiles]] (user_agent, algorithms = [\"SHA-256\", \"MD5\"]). ***"
@@ -920,7 +930,8 @@ impl Config {
     /// The warnings about users, given the users file's records (`serve` logs them after
     /// loading the file, `check-config` prints them): no user at all in digest mode (every
     /// REGISTER fails), a file user the config's `[[users]]` shadows, a file user stored for
-    /// another realm (it can never log in).
+    /// another realm (it can never log in), a shared line's member or line nobody can log in
+    /// as.
     pub fn user_warnings(&self, file_users: &[crate::storage::UserRecord]) -> Vec<String> {
         if self.auth.mode == AuthMode::Open {
             return Vec::new();
@@ -942,6 +953,16 @@ impl Config {
                     u.name, u.realm, u.name
                 ));
             }
+        }
+        let known = |name: &str| {
+            self.users.iter().any(|c| c.name == name)
+                || file_users
+                    .iter()
+                    .any(|u| u.name == name && u.realm == realm)
+        };
+        // With no user at all the warning above says it all: no line can be registered.
+        if !self.users.is_empty() || usable > 0 {
+            out.extend(self.bla_user_warnings(&known));
         }
         out
     }
@@ -1151,16 +1172,11 @@ impl Config {
         self.validate_presence(&bad)?;
         self.validate_proxy(&bad)?;
         self.validate_pua(&bad)?;
+        self.validate_bla(&bad)?;
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
-            if u.name.is_empty()
-                || u.name.len() > 128
-                || !u
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !matches!(b, b':' | b'@' | b'"'))
-            {
+            if !bla::usable_user_name(&u.name) {
                 return Err(bad(
                     &format!("{key}.name"),
                     format!("{:?} is not a usable SIP user name", u.name),

@@ -47,6 +47,14 @@ pub enum Event {
         callee: String,
         state: &'static str,
     },
+    /// An appearance of a shared line changed: `state` is `free`, `seized`, `ringing`,
+    /// `active` or `held`; `phone` the member phone holding it.
+    Appearance {
+        line: String,
+        appearance: u32,
+        state: &'static str,
+        phone: Option<String>,
+    },
     /// The state of a presentity changed (a publication came, changed, expired or went).
     Publication {
         presentity: String,

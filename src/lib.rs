@@ -3,6 +3,7 @@
 //! "Architecture" section; each module owns one thing.
 
 pub mod auth;
+pub mod bla;
 pub mod clock;
 pub mod config;
 pub mod deadline;

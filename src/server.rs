@@ -59,6 +59,8 @@ pub struct Core {
     /// The presence user agent: in-process publishers go through `pua.publish(...)`; its
     /// SIP client PUBLISHes to a remote presence server and SUBSCRIBEs at notifiers.
     pub pua: Arc<Pua>,
+    /// Shared lines: member phones' subscriptions and the appearance tables.
+    pub bla: Arc<crate::bla::Bla>,
     pub(crate) clock: Clock,
     pub(crate) ids: Ids,
     pub(crate) server_header: String,
@@ -228,7 +230,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     // pua_usrloc hears every binding change from the registrar itself (not the lossy bus);
     // it publishes nothing until the presence state is loaded (`usrloc.start` below).
     let usrloc = Usrloc::new(cfg, pua.clone(), clock);
-    let observer: Arc<dyn crate::registrar::BindingObserver> = usrloc.clone();
+    // Shared lines (pua_bla) hear the same changes: their member phones' subscriptions.
+    let bla = crate::bla::Bla::new(cfg, pua.clone(), clock, events.clone());
+    let observer: Arc<dyn crate::registrar::BindingObserver> =
+        Arc::new(crate::bla::Observers(vec![usrloc.clone(), bla.clone()]));
     let registrar = Registrar::with_observer(cfg, store, events.clone(), clock, Some(observer));
     let live = registrar.load().await?;
     tracing::info!(bindings = live, "bindings loaded");
@@ -292,6 +297,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         registrar: registrar.clone(),
         presence: presence.clone(),
         pua: pua.clone(),
+        bla: bla.clone(),
         clock,
         ids: ids()?,
         server_header: cfg.server.server_header.clone(),
@@ -351,6 +357,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     tasks.push(tokio::spawn(
         usrloc.clone().run_extensions(Arc::downgrade(&registrar)),
     ));
+    // Shared lines: the appearance table from the loaded publications, then every
+    // registered member phone subscribed again (they answer with their full state).
+    bla.start(&registrar);
+    tasks.push(tokio::spawn(bla.clone().run_timers()));
     // Calls after presence: a call that ended while we were down publishes `terminated`
     // over the lamp state just loaded.
     let live_calls = core.restore_calls()?;
@@ -957,8 +967,17 @@ impl Core {
             Local::Subscribe | Local::Publish => self.presence_request(req, parsed, peer, &tag),
             // A NOTIFY for one of the presence client's subscriptions (481 otherwise).
             Local::Notify => {
-                let (status, reason) = self.pua.on_notify(req, parsed);
-                Answer::Now(req.response(status, reason, Some(&tag)))
+                let answer = self.pua.on_notify(req, parsed);
+                let response = req.response(answer.status, &answer.reason, Some(&tag));
+                match answer.durable {
+                    // A shared line's appearance table changed: on disk before the 200.
+                    Some(durable) => Answer::Presence {
+                        response,
+                        durable,
+                        notifies: Vec::new(),
+                    },
+                    None => Answer::Now(response),
+                }
             }
         }
     }
@@ -1019,6 +1038,7 @@ impl Core {
             let known = Known {
                 auth: &self.auth,
                 registrar: &self.registrar,
+                bla: &self.bla,
             };
             self.presence
                 .subscribe_in(req, parsed, peer, who, tag, &known)
@@ -1147,12 +1167,19 @@ impl Core {
 struct Known<'a> {
     auth: &'a Authenticator,
     registrar: &'a Registrar,
+    bla: &'a crate::bla::Bla,
 }
 
 impl crate::presence::Directory for Known<'_> {
     fn exists(&self, presentity: &str) -> bool {
         let user = crate::domain::user_of_aor(presentity);
-        (!user.is_empty() && self.auth.knows(user)) || !self.registrar.lookup(presentity).is_empty()
+        (!user.is_empty() && self.auth.knows(user))
+            || !self.registrar.lookup(presentity).is_empty()
+            || self.bla.is_line(presentity)
+    }
+
+    fn shared_line_users(&self, aor: &str) -> Option<Vec<String>> {
+        self.bla.line_users(aor)
     }
 }
 

@@ -325,6 +325,58 @@ fn check_config_warns_of_no_users_with_the_fix_and_counts_the_users_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 12: a shared line's member that is nobody is named by its key with the fix, and
+/// stops being named once `users add` stored it in the users file; a member list the
+/// registrar cannot hold is named too.
+#[test]
+fn check_config_names_shared_line_members_nobody_can_log_in_as() {
+    let (dir, cfg) = config_in_temp_dir(
+        "bla-members",
+        "[[bla.lines]]\naor = \"2000\"\nlabel = \"Main line\"\nmembers = [\"1001\", \"1002\"]\n",
+    );
+    let (ok, _, err) = run(busylamp()
+        .args(["users", "add", "1001", "--password", "pw", "--config"])
+        .arg(&cfg));
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(busylamp().arg("check-config").arg(&cfg));
+    assert!(ok, "{err}");
+    assert!(out.contains("OK"), "{out}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("bla.lines[0].members[1]: user 1002")
+            && warnings[0].contains("busylamp users --config FILE add 1002"),
+        "{err}"
+    );
+    let (ok, _, err) = run(busylamp()
+        .args(["users", "add", "1002", "--password", "pw", "--config"])
+        .arg(&cfg));
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(busylamp().arg("check-config").arg(&cfg));
+    assert!(ok, "{err}");
+    assert_eq!(
+        err, "",
+        "every member can log in (the line's own user 2000 need not)"
+    );
+
+    // Five members, four contacts per AOR: valid, but the fifth phone would be refused.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            "members = [\"1001\", \"1002\"]",
+            "members = [\"1001\", \"1002\", \"1003\", \"1004\", \"1005\"]\n[registrar]\nmax_contacts = 4",
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = run(busylamp().arg("check-config").arg(&cfg));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("bla.lines[0].members lists 5 users") && err.contains("at most 4"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `serve` logs the no-users warning at start; a user the config's `[[users]]` shadows is
 /// named at `users add` and, once per shadowed user, at the next start.
 #[tokio::test]

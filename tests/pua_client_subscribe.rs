@@ -472,3 +472,87 @@ async fn a_notify_before_the_200_establishes_the_dialog() {
         "the NOTIFY's Contact is the remote target"
     );
 }
+
+/// The options a shared line's subscription to a member phone needs (pua_bla): the
+/// Request-URI is the phone's contact, To the line; every request, the refresh too, goes to
+/// the flow the phone registered from, whatever its Contact says (a private address behind
+/// NAT); a judge answers each NOTIFY (409 for a taken appearance); `set_expires` refreshes at
+/// once with the new Expires.
+#[tokio::test(start_paused = true)]
+async fn pinned_flow_other_to_judge_and_set_expires() {
+    use busylamp::pua::client::{NotifyAnswer, SubscribeOptions};
+    let mut f = FakePeer::new().await;
+    let s = server(CONFIG).await;
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let judged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = judged.clone();
+    let options = SubscribeOptions {
+        to: Some("sip:2000@example.test".into()),
+        outbound: Some(format!("sip:127.0.0.1:{}", f.port())),
+        pinned: true,
+        judge: Some(Arc::new(move |e: &SubscriptionEvent| {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match e {
+                SubscriptionEvent::Notify { body, .. } if body.trim_ascii() == b"taken" => {
+                    NotifyAnswer::new(409, "Conflict: appearance 0 is in use")
+                }
+                _ => NotifyAnswer::ok(),
+            }
+        })),
+    };
+    // The contact is a TEST-NET address nobody answers at: only the pinned flow works.
+    let sub = s
+        .handle
+        .core
+        .pua
+        .subscribe_with(
+            "sip:2000@192.0.2.99:5060",
+            "dialog;sla",
+            "sip:2000@example.test",
+            600,
+            options,
+            Arc::new(move |e: &SubscriptionEvent| {
+                let _ = tx.send(e.clone());
+            }),
+        )
+        .expect("subscribed");
+    let (r, from) = next_subscribe(&mut f, 5000).await;
+    assert_eq!(r.uri.to_string(), "sip:2000@192.0.2.99:5060");
+    assert!(hdr(&r, HeaderName::To).contains("<sip:2000@example.test>"));
+    assert!(hdr(&r, HeaderName::From).contains("<sip:2000@example.test>"));
+    assert_eq!(hdr(&r, HeaderName::Event), "dialog;sla");
+    assert_eq!(hdr(&r, HeaderName::Expires), "600");
+    f.answer(&r, from, 200, Some("n1"), &[("Expires", "600".into())])
+        .await;
+    let server_addr = from;
+    let bytes = |cseq: u32, body: &str| {
+        String::from_utf8(notify(
+            f.port(),
+            &r,
+            cseq,
+            "active;expires=600",
+            "sip:2000@192.0.2.99:5060",
+            body,
+        ))
+        .unwrap()
+        .replace("Event: presence", "Event: dialog;sla")
+        .into_bytes()
+    };
+    let (ok, taken) = (bytes(1, "free"), bytes(2, "taken"));
+    assert_eq!(send_notify(&mut f, server_addr, &ok).await, 200);
+    assert_eq!(send_notify(&mut f, server_addr, &taken).await, 409);
+    assert_eq!(judged.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The judge replaces the callback for NOTIFYs: the callback heard none.
+    assert!(events.try_recv().is_err());
+    // A shorter Expires: the refresh leaves at once, still over the pinned flow.
+    sub.set_expires(120);
+    let (r2, _) = next_subscribe(&mut f, 1000).await;
+    assert_eq!(hdr(&r2, HeaderName::Expires), "120");
+    assert_eq!(hdr(&r2, HeaderName::CallId), hdr(&r, HeaderName::CallId));
+    assert_eq!(r2.uri.to_string(), "sip:2000@192.0.2.99:5060");
+    f.answer(&r2, from, 200, Some("n1"), &[("Expires", "120".into())])
+        .await;
+    sub.unsubscribe();
+    let (r3, _) = next_subscribe(&mut f, 5000).await;
+    assert_eq!(hdr(&r3, HeaderName::Expires), "0");
+}

@@ -667,3 +667,293 @@ fn auth_offers_md5_by_default_sha256_per_profile_and_warns_when_offered_to_all()
         );
     }
 }
+
+/// Issue 12: `[bla]` and `[[bla.lines]]` as BLA12.md fixes them: defaults, the canonical AOR
+/// of a line, and who may register and call from it.
+#[test]
+fn bla_lines_read_with_defaults_and_answer_who_may_use_them() {
+    let c = Config::default();
+    assert_eq!(c.bla, BlaConfig::default());
+    assert!(c.bla.lines.is_empty());
+    assert_eq!(
+        (
+            c.bla.seize_timeout,
+            c.bla.subscribe_margin,
+            c.bla.seized_expires,
+            c.bla.resubscribe_wait,
+            c.bla.reconcile_timeout
+        ),
+        (30, 30, 120, 2, 32)
+    );
+    assert!(VendorProfile::default().bla_subscribe);
+
+    let c = Config::from_toml(
+        r#"
+[server]
+domain = "Example.COM"
+aliases = ["192.0.2.10"]
+listen = ["udp:0.0.0.0:5070"]
+[bla]
+seize_timeout = 20
+[[bla.lines]]
+aor = "2000"
+label = "Main line"
+members = ["1001", "1002"]
+[[bla.lines]]
+aor = "sips:%32001@192.0.2.10:5070;transport=tcp"
+appearances = 4
+[[presence.profiles]]
+name = "cisco"
+user_agent = "Cisco"
+bla_subscribe = false
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let d = crate::domain::Domains::new(&c);
+    assert_eq!(c.bla.seize_timeout, 20);
+    assert_eq!(c.bla.seized_expires, 120);
+    assert!(!c.presence.profiles[0].bla_subscribe);
+    let main = &c.bla.lines[0];
+    assert_eq!(main.label.as_deref(), Some("Main line"));
+    assert_eq!(main.appearances, 2, "default");
+    assert_eq!(main.canonical_aor(&d), "sip:2000@example.com");
+    assert_eq!(main.user(), "2000");
+    let boss = &c.bla.lines[1];
+    assert_eq!(boss.canonical_aor(&d), "sip:2001@example.com");
+    assert_eq!(boss.user(), "2001", "unescaped");
+    assert_eq!(boss.appearances, 4);
+    assert!(boss.members.is_empty() && boss.label.is_none());
+
+    // Lookup by canonical AOR, the registrar's and the proxy's key.
+    assert_eq!(c.bla.line(&d, "sip:2000@example.com"), Some(main));
+    assert_eq!(c.bla.line(&d, "sip:2001@example.com"), Some(boss));
+    assert_eq!(c.bla.line(&d, "sip:1001@example.com"), None);
+    assert_eq!(c.bla.line(&d, "sip:2000@elsewhere.test"), None);
+    assert_eq!(c.bla.line(&d, "2000"), None, "only canonical AORs");
+
+    // The line's own user and its members; nobody else, case-sensitively.
+    assert!(main.may_register("2000"));
+    assert!(main.may_register("1001") && main.may_register("1002"));
+    assert!(!main.may_register("1003"));
+    assert!(!main.may_register(""));
+    assert!(!main.may_register("20000"));
+    assert!(boss.may_register("2001") && !boss.may_register("1001"));
+}
+
+/// Every wrong `[bla]` value is refused naming its key and a fix; a later line naming the
+/// same line as an earlier one (any spelling of its AOR) is refused too.
+#[test]
+fn bla_refuses_bad_lines_naming_the_key() {
+    let head = "[server]\ndomain = \"example.com\"\naliases = [\"pbx.local\"]\n";
+    for (toml, key, says) in [
+        (
+            "[[bla.lines]]\naor = \"\"\n",
+            "bla.lines[0].aor",
+            "user name",
+        ),
+        (
+            "[[bla.lines]]\naor = \"a b\"\n",
+            "bla.lines[0].aor",
+            "user name",
+        ),
+        (
+            "[[bla.lines]]\naor = \"sip:2000@elsewhere.test\"\n",
+            "bla.lines[0].aor",
+            "not at our domain",
+        ),
+        (
+            "[[bla.lines]]\naor = \"sip:2000@example.com:7001\"\n",
+            "bla.lines[0].aor",
+            "not at our domain",
+        ),
+        (
+            "[[bla.lines]]\naor = \"sip:example.com\"\n",
+            "bla.lines[0].aor",
+            "with a user",
+        ),
+        (
+            "[[bla.lines]]\naor = \"2000\"\n[[bla.lines]]\naor = \"sip:2000@PBX.local:5060\"\n",
+            "bla.lines[1].aor",
+            "is also bla.lines[0].aor",
+        ),
+        (
+            "[[bla.lines]]\naor = \"2000\"\nappearances = 0\n",
+            "bla.lines[0].appearances",
+            "outside 1..=64",
+        ),
+        (
+            "[[bla.lines]]\naor = \"2000\"\nappearances = 65\n",
+            "bla.lines[0].appearances",
+            "outside 1..=64",
+        ),
+        (
+            "[[bla.lines]]\naor = \"2000\"\nmembers = [\"1001\", \"sip:1002@example.com\"]\n",
+            "bla.lines[0].members[1]",
+            "user name",
+        ),
+        (
+            "[[bla.lines]]\naor = \"2000\"\nmembers = [\"1001\", \"1001\"]\n",
+            "bla.lines[0].members[1]",
+            "twice",
+        ),
+        (
+            "[[bla.lines]]\naor = \"2000\"\nlabel = \"a\\nb\"\n",
+            "bla.lines[0].label",
+            "control",
+        ),
+        ("[bla]\nseize_timeout = 0\n", "bla.seize_timeout", "5..=600"),
+        (
+            "[bla]\nseized_expires = 5\n",
+            "bla.seized_expires",
+            "10..=3600",
+        ),
+        (
+            "[bla]\nsubscribe_margin = 4000\n",
+            "bla.subscribe_margin",
+            "0..=3600",
+        ),
+        (
+            "[bla]\nresubscribe_wait = 60\n",
+            "bla.resubscribe_wait",
+            "unwatched",
+        ),
+        (
+            "[bla]\nreconcile_timeout = 0\n",
+            "bla.reconcile_timeout",
+            "1..=3600",
+        ),
+        // Refused while reading: the locator names the key and the line.
+        (
+            "[[bla.lines]]\naor = \"2000\"\nmembrs = [\"1001\"]\n",
+            "bla.lines[0].membrs",
+            "unknown field",
+        ),
+        (
+            "[[bla.lines]]\nlabel = \"x\"\n",
+            "bla.lines[0].aor",
+            "missing",
+        ),
+        (
+            "[[bla.lines]]\naor = 2000\n",
+            "bla.lines[0].aor",
+            "invalid type",
+        ),
+        ("[bla]\nline = []\n", "bla.line", "unknown field"),
+        (
+            "[[presence.profiles]]\nname = \"x\"\nbla_subscribe = \"yes\"\n",
+            "presence.profiles[0].bla_subscribe",
+            "invalid type",
+        ),
+    ] {
+        let e = Config::from_toml(&format!("{head}{toml}"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("key `{key}`")) && e.contains(says) && e.contains("; fix: "),
+            "{toml}: {e}"
+        );
+    }
+}
+
+/// A member or a line user that is nobody (neither in `[[users]]` nor in the users file for
+/// our realm) is warned about, naming the key and the fix; users from the file count.
+#[test]
+fn bla_warns_of_members_and_lines_nobody_can_log_in_as() {
+    let c = Config::from_toml(
+        r#"
+[server]
+domain = "example.com"
+[[users]]
+name = "1001"
+password = "x"
+[[bla.lines]]
+aor = "2000"
+members = ["1001", "1002"]
+[[bla.lines]]
+aor = "2001"
+[[bla.lines]]
+aor = "2002"
+members = ["1003"]
+[[bla.lines]]
+aor = "3000"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let file = |name: &str, realm: &str| crate::storage::UserRecord {
+        name: name.into(),
+        realm: realm.into(),
+        ha1_md5: Some("0".repeat(32)),
+        ha1_sha256: None,
+    };
+    let w = c.user_warnings(&[]);
+    let about = |w: &[String], s: &str| w.iter().filter(|l| l.contains(s)).count();
+    // 1002 and 1003 are nobody; 2001 and 2002 (whose member is nobody) cannot be registered,
+    // nor 3000.
+    assert_eq!(about(&w, "bla.lines[0].members[1]: user 1002"), 1, "{w:?}");
+    assert_eq!(about(&w, "bla.lines[0]: nobody"), 0, "1001 may: {w:?}");
+    assert_eq!(about(&w, "bla.lines[1]: nobody may register line 2001"), 1);
+    assert_eq!(about(&w, "bla.lines[2].members[0]: user 1003"), 1);
+    assert_eq!(about(&w, "bla.lines[2]: nobody may register line 2002"), 1);
+    assert_eq!(about(&w, "bla.lines[3]: nobody"), 1);
+    assert!(
+        w.iter()
+            .filter(|l| l.starts_with("bla."))
+            .all(|l| l.contains("busylamp users --config FILE add")),
+        "{w:?}"
+    );
+    assert_eq!(w.len(), 5, "{w:?}");
+    // Users from the users file count when stored for our realm.
+    let w = c.user_warnings(&[
+        file("1002", "example.com"),
+        file("2001", "example.com"),
+        file("1003", "other.test"),
+        file("3000", "example.com"),
+    ]);
+    assert_eq!(about(&w, "user 1002"), 0, "{w:?}");
+    assert_eq!(about(&w, "line 2001"), 0, "{w:?}");
+    assert_eq!(about(&w, "line 3000"), 0, "{w:?}");
+    assert_eq!(about(&w, "bla.lines[2].members[0]: user 1003"), 1, "{w:?}");
+    assert_eq!(about(&w, "bla.lines[2]: nobody"), 1, "{w:?}");
+    // No user at all: the one "no users" warning, not one per member.
+    let mut nobody = c.clone();
+    nobody.users.clear();
+    let w = nobody.user_warnings(&[]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("no users"), "{w:?}");
+    // Open mode challenges nobody: nothing to warn of.
+    let mut open = c.clone();
+    open.auth.mode = AuthMode::Open;
+    assert!(open.user_warnings(&[]).is_empty());
+}
+
+/// More members than the registrar lets one AOR hold: valid, but the phones beyond are
+/// refused, so check-config says so (in open mode too: the limits hold there as well).
+#[test]
+fn bla_warns_when_a_line_has_more_members_than_the_registrar_lets_it_register() {
+    let members = |n: usize| {
+        let names: Vec<String> = (0..n).map(|i| format!("\"{}\"", 1001 + i)).collect();
+        format!(
+            "[registrar]\nmax_contacts = 4\n[[bla.lines]]\naor = \"2000\"\nmembers = [{}]\n",
+            names.join(", ")
+        )
+    };
+    let c = Config::from_toml(&members(4), "t.toml").unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = Config::from_toml(&members(5), "t.toml").unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("bla.lines[0].members lists 5 users")
+            && w[0].contains("at most 4")
+            && w[0].contains("registrar.max_contacts"),
+        "{w:?}"
+    );
+    let c = Config::from_toml(
+        &format!("[auth]\nmode = \"open\"\n{}", members(5)),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.warnings().len(), 1);
+}

@@ -157,6 +157,7 @@ pub enum Reply {
 }
 
 /// Who sent a SUBSCRIBE or PUBLISH, as digest auth established it.
+#[derive(Debug, Clone, Copy)]
 pub enum Requester<'a> {
     /// Trusted source or open mode.
     Unchecked,
@@ -170,6 +171,12 @@ pub trait Directory {
     /// Whether `presentity` (a canonical AOR, `sip:1001@example.com`) is a user or has
     /// bindings.
     fn exists(&self, presentity: &str) -> bool;
+
+    /// `dialog;sla`: when `aor` is a configured shared line, the users who may watch it
+    /// (its own user and its members); `None` for anything else.
+    fn shared_line_users(&self, _aor: &str) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// A directory that holds everyone: for callers that decided existence themselves.
@@ -526,7 +533,7 @@ impl Presence {
         self.dialogs[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn profile_for(&self, user_agent: Option<&str>) -> Arc<VendorProfile> {
+    pub fn profile_for(&self, user_agent: Option<&str>) -> Arc<VendorProfile> {
         if let Some(ua) = user_agent {
             if let Some(p) = self
                 .profiles
@@ -650,6 +657,25 @@ impl Presence {
             .iter()
             .find(|p| p.rec.source_id == source_id)
             .map(|p| (p.rec.body.clone(), p.rec.expires_at))
+    }
+
+    /// Every live publication of `presentity` in `pkg`: (source id, body).
+    pub fn publications_of(&self, presentity: &str, pkg: Pkg) -> Vec<(String, PublicationBody)> {
+        let shard = self.shard(presentity);
+        let res = ResKey {
+            presentity: presentity.into(),
+            pkg,
+        };
+        shard
+            .resources
+            .get(&res)
+            .map(|r| {
+                r.pubs
+                    .iter()
+                    .map(|p| (p.rec.source_id.clone(), p.rec.body.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The presentities `source_id` has a publication for in `pkg`.

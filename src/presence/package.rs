@@ -45,6 +45,10 @@ pub struct RenderOptions {
     /// pickup needs, and what would let a watcher act inside the call), for watchers
     /// `presence.dialog_ids_to` does not give them to.
     pub without_dialog_ids: bool,
+    /// `dialog;sla`: the watcher is this member phone of the shared line
+    /// ([`crate::bla::phone_of`]); its own dialogs are not sent back to it as if they were
+    /// another phone's.
+    pub own_phone: Option<u64>,
 }
 
 /// What the watcher is and which document it is about to get.

@@ -200,9 +200,12 @@ impl Presence {
         options: RenderOptions,
     ) -> Option<Rendered> {
         let pkg = package(snapshot.res.pkg)?;
+        // A member phone of a shared line does not get its own dialogs back.
+        let own_source = options.own_phone.map(crate::bla::source_id);
         let bodies: Vec<PublishedBody<'_>> = snapshot
             .pubs
             .iter()
+            .filter(|p| own_source.as_deref() != Some(p.rec.source_id.as_str()))
             .map(|p| PublishedBody {
                 source_id: &p.rec.source_id,
                 content_type: &p.rec.content_type,
@@ -235,6 +238,11 @@ impl Presence {
             dialog_idle: profile.dialog_idle,
             dialog_single: profile.dialog_single,
             caller_confirmed: profile.caller_confirmed,
+            own_phone: if sub.rec.event == Pkg::Sla.key() {
+                crate::bla::phone_of(&sub.rec.remote_target)
+            } else {
+                None
+            },
         }
     }
 }

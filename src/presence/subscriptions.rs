@@ -182,6 +182,49 @@ impl Presence {
         })
     }
 
+    /// `dialog;sla` (draft-anil-sipping-bla-03): the shared line a member phone's SUBSCRIBE
+    /// is for. The Request-URI when it names a line; else, as Kamailio and OpenSIPS do
+    /// (Polycom puts its own address there), the Contact user at the From domain when that
+    /// is a line. Only the line's user and its members may watch it (`403` for others); a
+    /// SUBSCRIBE that names no line is an ordinary `dialog;sla` subscription.
+    fn shared_line_of(
+        &self,
+        presentity: Arc<str>,
+        parsed: &Parsed,
+        who: &Requester<'_>,
+        directory: &dyn Directory,
+    ) -> Result<Arc<str>, (u16, String)> {
+        let fallback = || -> Option<String> {
+            let from = parsed.from.uri.as_sip()?;
+            let contact = match parsed.contacts.first()? {
+                ContactValue::Addr(a) => a.uri.as_sip()?.clone(),
+                ContactValue::Star => return None,
+            };
+            let mut uri = from.clone();
+            uri.user = contact.user.clone();
+            uri.port = None;
+            uri.params = Default::default();
+            uri.headers = None;
+            Some(self.domains.aor(&uri))
+        };
+        let (line, users) = match directory.shared_line_users(&presentity) {
+            Some(users) => (presentity, users),
+            None => match fallback().and_then(|f| Some((directory.shared_line_users(&f)?, f))) {
+                Some((users, f)) => (Arc::from(f.as_str()), users),
+                None => return Ok(presentity),
+            },
+        };
+        if let Requester::User(name) = who {
+            if !users.iter().any(|u| u == name) {
+                return Err((
+                    403,
+                    format!("Forbidden: {name} is not a member of the shared line {line}"),
+                ));
+            }
+        }
+        Ok(line)
+    }
+
     pub(super) fn subscribe_inner(
         &self,
         req: &Request,
@@ -209,7 +252,14 @@ impl Presence {
             .ok_or_else(|| fail(416, "Unsupported URI Scheme in From"))?;
         let watcher = self.domains.aor(watcher_uri);
         if let Requester::User(name) = who {
-            if !self.domains.is_aor_of(watcher_uri, name) {
+            // A member phone of a shared line subscribes as the line (its From is the line's
+            // AOR) with its user's own credentials.
+            let line_member = || {
+                directory
+                    .shared_line_users(&watcher)
+                    .is_some_and(|users| users.iter().any(|u| u == name))
+            };
+            if !self.domains.is_aor_of(watcher_uri, name) && !line_member() {
                 return Err(fail(
                     403,
                     &format!("Forbidden: user {name} may not subscribe as {watcher}"),
@@ -243,9 +293,14 @@ impl Presence {
             );
         }
         let contact = contact.ok_or_else(|| fail(400, "Bad Request: SUBSCRIBE without Contact"))?;
-        let (_, presentity) = self
+        let (_, mut presentity) = self
             .presentity_of(req, parsed)
             .map_err(|(status, reason)| fail(status, &reason))?;
+        if ev.pkg == Pkg::Sla {
+            presentity = self
+                .shared_line_of(presentity, parsed, &who, directory)
+                .map_err(|(status, reason)| fail(status, &reason))?;
+        }
         if !self.exists(&presentity, directory) {
             return Err(fail(404, &format!("Not Found: no such user {presentity}")));
         }

@@ -81,7 +81,14 @@ impl Core {
             Some(s) if self.sent_by_dialog_party(s, &peer) => {}
             Some(s) => match self.proxy_authenticate(&mut req, parsed, peer) {
                 Err(resp) => return self.refuse(&key, &req, resp),
-                Ok(Some(user)) if s.is_user(&user) => caller = Some(user),
+                Ok(Some(user))
+                    if s.is_user(&user)
+                        || s.aor
+                            .as_deref()
+                            .is_some_and(|aor| self.proxy.rules.shared_line_member(aor, &user)) =>
+                {
+                    caller = Some(user)
+                }
                 Ok(_) => return self.proxy_reject(&key, &req, &super::ProxyError::NotDialogParty),
             },
             None => match self.proxy_authenticate(&mut req, parsed, peer) {
@@ -218,9 +225,15 @@ impl Core {
             AuthResult::Skipped => Ok(None),
             AuthResult::Authenticated { username } => {
                 let rules = &self.proxy.rules;
+                // A member of a shared line may call as the line (its phone registered it).
                 if let Err(e) = identity::check_caller(&parsed.from, &username, |h| rules.serves(h))
                 {
-                    return Err(req.response(e.status(), &e.to_string(), Some(&tag)));
+                    if rules
+                        .shared_line_user(&parsed.from.uri, &username)
+                        .is_none()
+                    {
+                        return Err(req.response(e.status(), &e.to_string(), Some(&tag)));
+                    }
                 }
                 // Our credentials end here (RFC 3261 §22.3: the proxy that consumes them
                 // removes them); others' go on.
@@ -261,10 +274,20 @@ impl Core {
             return;
         }
         match caller {
-            Some(user) => identity::assert_identity(
-                &mut req.headers,
-                identity::asserted_identity(parsed.from.display.as_deref(), user, rules.domain()),
-            ),
+            Some(user) => {
+                // A member calling from a shared line is asserted as the line: the PBX bills
+                // and shows the line, as when the line's own credentials were used.
+                let line = rules.shared_line_user(&parsed.from.uri, user);
+                let asserted = line.as_deref().unwrap_or(user);
+                identity::assert_identity(
+                    &mut req.headers,
+                    identity::asserted_identity(
+                        parsed.from.display.as_deref(),
+                        asserted,
+                        rules.domain(),
+                    ),
+                )
+            }
             None => {
                 identity::strip_identity(&mut req.headers);
             }

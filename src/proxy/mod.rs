@@ -138,6 +138,8 @@ pub struct Proxy {
     /// `[auth] trusted` and what for: sources trusted for calls are the ones whose identity
     /// headers pass, and the hops (with the upstream PBX) they are kept for.
     trust: crate::config::Trust,
+    /// `[[bla.lines]]`: shared lines whose members call as the line.
+    bla: crate::config::BlaConfig,
 }
 
 impl Proxy {
@@ -150,7 +152,26 @@ impl Proxy {
             advertised_host,
             loop_key: Default::default(),
             trust: cfg.auth.trust(),
+            bla: cfg.bla.clone(),
         }
+    }
+
+    /// The user of the shared line a caller authenticated as `user` calls from: `uri` (its
+    /// From) is a `[[bla.lines]]` AOR whose own user or member `user` is. `None` for any
+    /// other From, and for a user that is neither: RFC 3325 §9.1, we assert only what the
+    /// credentials prove, and a member's credentials prove it may use the line.
+    pub fn shared_line_user(&self, uri: &Uri, user: &str) -> Option<String> {
+        let aor = self.local_aor(uri)?;
+        self.shared_line_member(&aor, user)
+            .then(|| crate::domain::user_of_aor(&aor).to_string())
+    }
+
+    /// Whether the canonical local AOR `aor` is a shared line `user` may use (register, call
+    /// from, act for in its dialogs).
+    pub fn shared_line_member(&self, aor: &str, user: &str) -> bool {
+        self.bla
+            .line(&self.domains, aor)
+            .is_some_and(|l| l.may_register(user))
     }
 
     /// Whether `ip` is inside the trust domain for calls (RFC 3325 §2.3): a source in
@@ -593,6 +614,47 @@ mod tests {
             ],
             "example.com".into(),
         )
+    }
+
+    /// Issue 12: a member calls as its shared line; nobody else does, and nothing but a
+    /// local line AOR is one.
+    #[test]
+    fn shared_line_user_is_the_line_for_its_members_only() {
+        let cfg = Config::from_toml(
+            "[server]\ndomain = \"example.com\"\naliases = [\"192.0.2.10\"]\n\
+             [[bla.lines]]\naor = \"2000\"\nmembers = [\"1001\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let p = Proxy::new(&cfg, vec![], "example.com".into());
+        let uri = |s: &str| Uri::parse(s).unwrap();
+        for from in [
+            "sip:2000@example.com",
+            "sips:2000@192.0.2.10:5061",
+            "sip:%32000@EXAMPLE.com;user=phone",
+        ] {
+            assert_eq!(
+                p.shared_line_user(&uri(from), "1001").as_deref(),
+                Some("2000"),
+                "{from}"
+            );
+            assert_eq!(
+                p.shared_line_user(&uri(from), "2000").as_deref(),
+                Some("2000"),
+                "{from}"
+            );
+            assert_eq!(p.shared_line_user(&uri(from), "1002"), None, "{from}");
+        }
+        for from in [
+            "sip:2000@elsewhere.test",
+            "sip:2000@example.com:7001",
+            "sip:1001@example.com",
+            "tel:2000",
+        ] {
+            assert_eq!(p.shared_line_user(&uri(from), "1001"), None, "{from}");
+        }
+        assert!(p.shared_line_member("sip:2000@example.com", "1001"));
+        assert!(!p.shared_line_member("sip:2000@example.com", ""));
     }
 
     const INVITE: &str = "INVITE sip:1002@example.com SIP/2.0\n\

@@ -36,6 +36,7 @@ use crate::transport::{Peer, Proto};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -175,6 +176,49 @@ pub enum SubscriptionEvent {
 /// subscription's task: it must not block.
 pub type NotifyCallback = Arc<dyn Fn(&SubscriptionEvent) + Send + Sync>;
 
+/// Decides the answer to a NOTIFY of the subscription (a shared line answers `409` to a
+/// seize of a taken appearance). Called instead of the [`NotifyCallback`] for NOTIFYs, from
+/// the receive path: it must not block.
+pub type NotifyJudge = Arc<dyn Fn(&SubscriptionEvent) -> NotifyAnswer + Send + Sync>;
+
+/// The answer to a NOTIFY: its status and reason phrase, and, when the NOTIFY changed
+/// state that must be on disk before the answer leaves, the write to wait for.
+pub struct NotifyAnswer {
+    pub status: u16,
+    pub reason: std::borrow::Cow<'static, str>,
+    pub durable: Option<crate::storage::Durable>,
+}
+
+impl NotifyAnswer {
+    pub fn new(status: u16, reason: impl Into<std::borrow::Cow<'static, str>>) -> NotifyAnswer {
+        NotifyAnswer {
+            status,
+            reason: reason.into(),
+            durable: None,
+        }
+    }
+
+    pub fn ok() -> NotifyAnswer {
+        NotifyAnswer::new(200, "OK")
+    }
+}
+
+/// What a subscription needs beyond target, event, watcher and expires.
+#[derive(Clone, Default)]
+pub struct SubscribeOptions {
+    /// The To URI when it is not the target (BLA: To = From = the shared line, the
+    /// Request-URI the member phone's contact).
+    pub to: Option<String>,
+    /// A `sip:` URI to send the requests outside the dialog to (a proxy, or a phone's
+    /// flow), instead of the target.
+    pub outbound: Option<String>,
+    /// Every request, in the dialog too, goes to `outbound`: a phone's registered flow (its
+    /// Contact may be a private address behind NAT, reachable only over that flow).
+    pub pinned: bool,
+    /// Decides each NOTIFY's answer; without it, every NOTIFY of ours gets `200`.
+    pub judge: Option<NotifyJudge>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
     #[error("target {0:?} is not a sip: URI")]
@@ -183,6 +227,8 @@ pub enum SubscribeError {
     BadWatcher(String),
     #[error("outbound proxy {0:?} is not a sip: URI")]
     BadOutbound(String),
+    #[error("To {0:?} is not a sip: URI")]
+    BadTo(String),
     #[error("event {0:?} is not an event package token")]
     BadEvent(String),
 }
@@ -645,6 +691,30 @@ impl Client {
         outbound: Option<&str>,
         on_event: NotifyCallback,
     ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_with(
+            target,
+            event,
+            watcher,
+            expires,
+            SubscribeOptions {
+                outbound: outbound.map(str::to_string),
+                ..Default::default()
+            },
+            on_event,
+        )
+    }
+
+    /// [`Client::subscribe`] with [`SubscribeOptions`].
+    pub fn subscribe_with(
+        &self,
+        target: &str,
+        event: &str,
+        watcher: &str,
+        expires: u32,
+        options: SubscribeOptions,
+        on_event: NotifyCallback,
+    ) -> Result<Subscription, SubscribeError> {
+        let outbound = options.outbound.as_deref();
         let target_uri = match Uri::parse(target) {
             Ok(u @ Uri::Sip(_)) => u,
             _ => return Err(SubscribeError::BadTarget(target.into())),
@@ -660,16 +730,26 @@ impl Client {
                 _ => return Err(SubscribeError::BadOutbound(o.into())),
             },
         };
+        let to = match options.to.as_deref() {
+            None => target_uri.clone(),
+            Some(t) => match Uri::parse(t) {
+                Ok(u @ Uri::Sip(_)) => u,
+                _ => return Err(SubscribeError::BadTo(t.into())),
+            },
+        };
         let token = event.split(';').next().unwrap_or("").trim();
         if !crate::sip::text::is_token(token) || event.bytes().any(|b| b < b' ') {
             return Err(SubscribeError::BadEvent(event.into()));
         }
         let shared = Arc::new(SubShared {
             target: target_uri,
+            to,
             event: event.trim().to_string(),
             watcher: watcher_uri,
-            expires,
+            expires: AtomicU32::new(expires),
+            pinned: options.pinned && outbound.is_some(),
             outbound,
+            judge: options.judge,
             on_event,
             inner: Mutex::new(SubInner::default()),
             wake: Notify::new(),
@@ -682,18 +762,46 @@ impl Client {
 
     /// A NOTIFY that reached us: `200` for one of our subscriptions (its body goes to the
     /// subscriber), `481` otherwise. Returns the status and reason to answer with.
-    pub fn on_notify(&self, req: &Request, parsed: &Parsed) -> (u16, &'static str) {
+    pub fn on_notify(&self, req: &Request, parsed: &Parsed) -> NotifyAnswer {
+        match self.notify_dialog(req, parsed) {
+            Err((status, reason)) => NotifyAnswer::new(status, reason),
+            Ok((sub, state)) => {
+                let event = SubscriptionEvent::Notify {
+                    state,
+                    content_type: req.headers.get(HeaderName::ContentType).map(str::to_string),
+                    body: req.body.clone(),
+                };
+                let answer = match &sub.judge {
+                    Some(judge) => judge(&event),
+                    None => {
+                        (sub.on_event)(&event);
+                        NotifyAnswer::ok()
+                    }
+                };
+                sub.wake.notify_one();
+                answer
+            }
+        }
+    }
+
+    /// The subscription a NOTIFY belongs to (its dialog state updated) and what its
+    /// Subscription-State says, or the error answer.
+    fn notify_dialog(
+        &self,
+        req: &Request,
+        parsed: &Parsed,
+    ) -> Result<(Arc<SubShared>, SubState), (u16, &'static str)> {
         let Ok(call_id) = req.call_id() else {
-            return (400, "Bad Request");
+            return Err((400, "Bad Request: no Call-ID"));
         };
         let Some(our_tag) = parsed.to.tag() else {
-            return (481, "Subscription Does Not Exist");
+            return Err((481, "Subscription Does Not Exist"));
         };
         let sub = lock(&self.dialogs)
             .get(&(call_id.to_string(), our_tag))
             .cloned();
         let Some(sub) = sub else {
-            return (481, "Subscription Does Not Exist");
+            return Err((481, "Subscription Does Not Exist"));
         };
         // RFC 6665 §4.1.3 / §8.2.1: the NOTIFY must be for the package we subscribed to.
         let token = |v: &str| {
@@ -705,25 +813,25 @@ impl Client {
         };
         let event = req.headers.get(HeaderName::Event).map(token);
         if event.as_deref() != Some(token(&sub.event).as_str()) {
-            return (481, "Subscription Does Not Exist");
+            return Err((481, "Subscription Does Not Exist"));
         }
         let state = req
             .headers
             .get(HeaderName::SubscriptionState)
             .and_then(SubState::parse);
         let Some(state) = state else {
-            return (400, "Bad Request: missing or malformed Subscription-State");
+            return Err((400, "Bad Request: missing or malformed Subscription-State"));
         };
         {
             let mut inner = lock(&sub.inner);
             let Some(d) = inner.dialog.as_mut().filter(|d| d.call_id == call_id) else {
-                return (481, "Subscription Does Not Exist");
+                return Err((481, "Subscription Does Not Exist"));
             };
             let their_tag = parsed.from.tag();
             match (&d.remote_tag, &their_tag) {
                 (Some(a), Some(b)) if a != b => {
                     // A second dialog forked from our SUBSCRIBE: we keep one.
-                    return (481, "Subscription Does Not Exist");
+                    return Err((481, "Subscription Does Not Exist"));
                 }
                 (None, Some(_)) => {
                     // The NOTIFY came before the 200 (RFC 6665 §4.1.2.4): it makes the
@@ -739,7 +847,7 @@ impl Client {
                 _ => {}
             }
             if d.remote_cseq.is_some_and(|c| parsed.cseq.seq < c) {
-                return (500, "Server Internal Error: CSeq out of order");
+                return Err((500, "Server Internal Error: CSeq out of order"));
             }
             d.remote_cseq = Some(parsed.cseq.seq);
             // The notifier's Contact is the remote target from now on (pua_update_contact).
@@ -761,13 +869,7 @@ impl Client {
                 _ => {}
             }
         }
-        sub.wake.notify_one();
-        (sub.on_event)(&SubscriptionEvent::Notify {
-            state,
-            content_type: req.headers.get(HeaderName::ContentType).map(str::to_string),
-            body: req.body.clone(),
-        });
-        (200, "OK")
+        Ok((sub, state))
     }
 
     fn register_dialog(&self, sub: &Arc<SubShared>, call_id: &str, tag: &str) {
@@ -815,7 +917,7 @@ impl Client {
                 inner.notified_expiry = None;
             }
             self.register_dialog(&sub, &call_id, &tag);
-            let expires = sub.expires.max(min_expires);
+            let expires = sub.expires.load(Ordering::Relaxed).max(min_expires);
             let mut lasted = false;
             let ended = match self.send_subscribe(&sub, expires, true).await {
                 Answer::Ok(granted) => {
@@ -920,7 +1022,14 @@ impl Client {
         failures: &mut u32,
     ) -> End {
         let mut refresh_at = Instant::now() + self.settings.refresh_after(granted);
+        // What the last SUBSCRIBE asked for: a change (`set_expires`) refreshes at once.
+        let mut asked = sub.expires.load(Ordering::Relaxed);
         loop {
+            let want = sub.expires.load(Ordering::Relaxed);
+            if want != asked {
+                asked = want;
+                refresh_at = Instant::now();
+            }
             // What the NOTIFYs said meanwhile.
             let (stop, terminated, notified) = {
                 let mut inner = lock(&sub.inner);
@@ -955,7 +1064,7 @@ impl Client {
                 wait(&sub.wake, Some(refresh_at)).await;
                 continue;
             }
-            let expires = sub.expires.max(*min_expires);
+            let expires = sub.expires.load(Ordering::Relaxed).max(*min_expires);
             match self.send_subscribe(sub, expires, false).await {
                 Answer::Ok(granted) => {
                     *failures = 0;
@@ -995,6 +1104,7 @@ impl Client {
             };
             d.local_cseq += 1;
             let next_hop = match d.route_set.first() {
+                _ if sub.pinned => sub.outbound.clone(),
                 Some(r) => crate::sip::NameAddr::parse(r)
                     .ok()
                     .and_then(|na| na.uri.as_sip().cloned()),
@@ -1014,8 +1124,8 @@ impl Client {
                 format!("<{}>;tag={}", Uri::Sip(sub.watcher.clone()), d.local_tag),
             );
             let to = match &d.remote_tag {
-                Some(t) => format!("<{}>;tag={t}", sub.target),
-                None => format!("<{}>", sub.target),
+                Some(t) => format!("<{}>;tag={t}", sub.to),
+                None => format!("<{}>", sub.to),
             };
             h.push(HeaderName::To, to);
             h.push(HeaderName::CallId, d.call_id.clone());
@@ -1215,10 +1325,16 @@ struct SubInner {
 
 struct SubShared {
     target: Uri,
+    /// The To URI (the target unless the subscriber said otherwise).
+    to: Uri,
     event: String,
     watcher: SipUri,
-    expires: u32,
+    /// Asked for in every SUBSCRIBE; [`Subscription::set_expires`] changes it.
+    expires: AtomicU32,
     outbound: Option<SipUri>,
+    /// Every request goes to `outbound`.
+    pinned: bool,
+    judge: Option<NotifyJudge>,
     on_event: NotifyCallback,
     inner: Mutex<SubInner>,
     wake: Notify,
@@ -1237,6 +1353,16 @@ impl Subscription {
     pub fn unsubscribe(&self) {
         lock(&self.shared.inner).stop = true;
         self.shared.wake.notify_one();
+    }
+
+    /// Asks for `expires` seconds from now on: the subscription is refreshed at once with
+    /// it when it differs from what the last SUBSCRIBE asked (a shared line refreshes more
+    /// often while a phone holds a seized appearance).
+    pub fn set_expires(&self, expires: u32) {
+        let before = self.shared.expires.swap(expires, Ordering::Relaxed);
+        if before != expires {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// The current dialog's Call-ID, when one exists.

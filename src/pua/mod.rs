@@ -19,7 +19,9 @@ use crate::presence::{Presence, PublishError};
 use crate::sip::message::Parsed;
 use crate::sip::Request;
 use crate::storage::{Durable, PublicationBody};
-use client::{Client, NotifyCallback, SipSender, SubscribeError, Subscription};
+use client::{
+    Client, NotifyAnswer, NotifyCallback, SipSender, SubscribeError, SubscribeOptions, Subscription,
+};
 use std::sync::Arc;
 
 pub struct Pua {
@@ -124,9 +126,24 @@ impl Pua {
             .subscribe(target, event, watcher, expires, Some(outbound), on_event)
     }
 
-    /// A NOTIFY reached us: the status and reason to answer (200 for our subscriptions,
-    /// 481 for anything else).
-    pub fn on_notify(&self, req: &Request, parsed: &Parsed) -> (u16, &'static str) {
+    /// [`Pua::subscribe`] with [`SubscribeOptions`] (another To, requests pinned to a
+    /// flow, a judge for each NOTIFY's answer).
+    pub fn subscribe_with(
+        &self,
+        target: &str,
+        event: &str,
+        watcher: &str,
+        expires: u32,
+        options: SubscribeOptions,
+        on_event: NotifyCallback,
+    ) -> Result<Subscription, SubscribeError> {
+        self.client
+            .subscribe_with(target, event, watcher, expires, options, on_event)
+    }
+
+    /// A NOTIFY reached us: what to answer (200 for our subscriptions unless their judge
+    /// says otherwise, 481 for anything else).
+    pub fn on_notify(&self, req: &Request, parsed: &Parsed) -> NotifyAnswer {
         self.client.on_notify(req, parsed)
     }
 }

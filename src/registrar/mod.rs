@@ -67,6 +67,8 @@ pub struct PendingRegister {
 pub struct Registrar {
     cfg: crate::config::RegistrarConfig,
     domains: Domains,
+    /// `[[bla.lines]]`: shared lines their members may register.
+    bla: crate::config::BlaConfig,
     shards: Vec<Mutex<HashMap<String, Vec<Binding>>>>,
     store: Arc<dyn BindingStore>,
     events: EventBus,
@@ -109,6 +111,7 @@ impl Registrar {
         Arc::new(Registrar {
             cfg: cfg.registrar.clone(),
             domains,
+            bla: cfg.bla.clone(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             store,
             events,
@@ -413,9 +416,15 @@ impl Registrar {
             ));
         }
         let aor = self.domains.aor(to_uri);
-        // Step 4: an authenticated user may register only its own AOR.
+        // Step 4: an authenticated user may register only its own AOR, or a shared line
+        // (`[[bla.lines]]`) it is the user or a member of.
         if let Identity::User(name) = who {
-            if !self.domains.is_aor_of(to_uri, name) {
+            let shared_line = || {
+                self.bla
+                    .line(&self.domains, &aor)
+                    .is_some_and(|l| l.may_register(name))
+            };
+            if !self.domains.is_aor_of(to_uri, name) && !shared_line() {
                 return Err(fail(403, format!("User {name} may not register {aor}")));
             }
         }

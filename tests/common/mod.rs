@@ -528,6 +528,7 @@ pub async fn answers_options_within(server: SocketAddr, within: Duration) -> boo
 
 pub mod authed;
 pub mod binary;
+pub mod bla;
 pub mod mutate;
 pub mod peer;
 pub mod phone;
