@@ -35,7 +35,9 @@ Measurement, ROUNDS rounds (plus WARMUP rounds not counted), each P waves:
   wave ends when the other phones see the appearance free again (release
   latency, the same way) or WAIT_MS passed.
   Also counted: seizes not answered 200 (refused), NOTIFYs that show a
-  phone its own seize (echo), NOTIFYs answered, server retransmissions.
+  phone its own seize (echo), NOTIFYs answered, NOTIFYs that show a phone
+  the same live dialogs as its previous one (unchanged), server
+  retransmissions.
 
 Output (stdout): "SETUP ..." then one line per round
   ROUND round=R seizes=N expected=E seen=S missing=M p50_ms=.. p99_ms=..
@@ -188,6 +190,7 @@ class Phone(asyncio.DatagramProtocol):
         self.held = None  # (dialog id, appearance, state) this phone shows, or None
         self.watch_ready = asyncio.get_running_loop().create_future()
         self.seen_notify_keys = set()
+        self.last_shown = None
         self.name = f"{line}#{index}"
 
     # ---- transport
@@ -426,7 +429,13 @@ class Phone(asyncio.DatagramProtocol):
         self.drv.stats["notifies"] += 1
         if not self.watch_ready.done():
             self.watch_ready.set_result(True)
-        self.drv.observe(self, dialogs_in(msg.body), t)
+        dialogs = dialogs_in(msg.body)
+        # the live dialogs shown, to count NOTIFYs that show this phone nothing new
+        shown = frozenset((d, st, ap) for d, st, ap in dialogs if st and st != "terminated")
+        if shown == self.last_shown:
+            self.drv.stats["unchanged"] += 1
+        self.last_shown = shown
+        self.drv.observe(self, dialogs, t)
 
 
 class Driver:
@@ -438,7 +447,7 @@ class Driver:
         self.ua = a.ua
         self.lines = {}  # line user -> [Phone]
         self.stats = dict(bad=0, client_retrans=0, server_retrans=0, stray_notify=0,
-                          notifies=0, resubscribed=0)
+                          notifies=0, unchanged=0, resubscribed=0)
         # watches: (watcher phone, dialog id, kind) -> t0 ns; kind "seize": wait for
         # state trying shown; "release": wait for it gone
         self.waiting = {}
