@@ -49,7 +49,7 @@ Usage: bla_seize.py --server 127.0.0.1:PORT [--domain example.test]
          [--lines 20] [--phones 4] [--appearances 2] [--rounds 5]
          [--warmup 1] [--spacing-ms 10] [--wait-ms 2000]
          [--line-prefix bl] [--password-prefix pw] [--budget-s 300]
-         [--release partial|full]
+         [--release partial|full] [--trace FILE]
   Line i (1-based) is user f"{prefix}{i:03d}", password f"pw{user}".
 Loopback only; every wait is bounded (WAIT_MS per wave, BUDGET_S overall).
 """
@@ -435,6 +435,9 @@ class Phone(asyncio.DatagramProtocol):
         if shown == self.last_shown:
             self.drv.stats["unchanged"] += 1
         self.last_shown = shown
+        if self.drv.trace:
+            self.drv.trace.write(f"{t / 1e6:.3f} {self.name} CSeq {msg.cseq} "
+                                 f"{' '.join(f'{d}={st}@{ap}' for d, st, ap in dialogs) or '-'}\n")
         self.drv.observe(self, dialogs, t)
 
 
@@ -453,6 +456,7 @@ class Driver:
         self.waiting = {}
         self.samples = {"seize": [], "release": []}
         self.echoes = 0
+        self.trace = open(a.trace, "w") if a.trace else None
 
     def password(self, user):
         return f"{self.a.password_prefix}{user}"
@@ -592,6 +596,8 @@ class Driver:
                 tot["seizes"] += seizes
                 tot["missing"] += self.missing["seize"]
                 tot["echoes"] += self.echoes - echo0
+        for p in (p for ps in self.lines.values() for p in ps):
+            p.transport.close()
         s = sorted(tot["seize"])
         print(f"TOTAL seizes={tot['seizes']} seen={len(s)} missing={tot['missing']} "
               f"p50_ms={fmt(pct(s, 50))} p99_ms={fmt(pct(s, 99))} max_ms={fmt(s[-1] if s else None)} "
@@ -614,6 +620,7 @@ def main():
     ap.add_argument("--password-prefix", default="pw")
     ap.add_argument("--ua", default="PolycomVVX-VVX_410-UA/5.9.5.0614 (busylamp-bench)")
     ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--trace", help="write every NOTIFY a phone's subscription receives to this file")
     ap.add_argument("--release", choices=("partial", "full"), default="partial",
                     help="hang up with a partial NOTIFY showing the dialog terminated (Polycom), "
                     "or with a full document without it")
@@ -626,6 +633,9 @@ def main():
     except (RuntimeError, asyncio.TimeoutError) as e:
         print(f"FAILED {e}", flush=True)
         sys.exit(1)
+    finally:
+        if drv.trace:
+            drv.trace.close()
 
 
 if __name__ == "__main__":
