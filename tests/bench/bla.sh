@@ -181,6 +181,7 @@ if ((DO_BL)); then
         RES[busylamp:status]="missing (set BUSYLAMP or build with cargo build --release)"
     fi
 fi
+echo "machine load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box shows in p99)"
 echo "load:     $LINES lines x $PHONES phones, $APPEARANCES appearances; $WARMUP warm-up + $ROUNDS rounds of $PHONES waves; seizes ${SPACING_MS} ms apart; UDP; server on CPU $SERVER_CPU, driver on CPU $DRIVER_CPU"
 echo
 
@@ -262,4 +263,5 @@ echo "       server pinned to CPU $SERVER_CPU, driver to CPU $DRIVER_CPU (taskse
 echo "       busylamp: digest auth, arbitration (409), appearance table and subscription state written to sled before"
 echo "       the 200 and the NOTIFYs; kamailio: no auth, no arbitration (last writer wins), 1 worker, presentity in sqlite,"
 echo "       its phones hang up with a $KAM_RELEASE document (busylamp's: partial, the dialog terminated; see BENCH_KAM_RELEASE)."
+echo "machine load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "total time: ${SECONDS}s"
