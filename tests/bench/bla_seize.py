@@ -56,6 +56,7 @@ Loopback only; every wait is bounded (WAIT_MS per wave, BUDGET_S overall).
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import re
 import secrets
@@ -562,6 +563,10 @@ class Driver:
 
     async def run(self):
         await self.setup()
+        # no garbage-collector pauses inside the measurement (a bounded run:
+        # what it allocates meanwhile is small)
+        gc.collect()
+        gc.disable()
         t_end = time.monotonic() + self.a.budget_s
         tot = {"seize": [], "release": [], "answers": [], "refused": 0, "seizes": 0, "missing": 0, "echoes": 0}
         for rnd in range(1, self.a.warmup + self.a.rounds + 1):
@@ -596,6 +601,7 @@ class Driver:
                 tot["seizes"] += seizes
                 tot["missing"] += self.missing["seize"]
                 tot["echoes"] += self.echoes - echo0
+        gc.enable()
         for p in (p for ps in self.lines.values() for p in ps):
             p.transport.close()
         s = sorted(tot["seize"])
