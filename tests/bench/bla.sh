@@ -290,5 +290,8 @@ echo "       busylamp: digest auth, arbitration (409), appearance table and subs
 echo "       the 200 and the NOTIFYs; kamailio: no auth, no arbitration (last writer wins), 1 worker, presentity in sqlite"
 echo "       (${KAM_DB_DIR:-the work directory}),"
 echo "       its phones hang up with a $KAM_RELEASE document (busylamp's: partial, the dialog terminated; see BENCH_KAM_RELEASE)."
+echo "       total: missing = NOTIFYs that never showed a phone the seize; echoes = NOTIFYs showing a phone its own seize;"
+echo "       unchanged = NOTIFYs showing a phone the same live dialogs as its previous one (nothing new for it);"
+echo "       client_retrans = the driver's requests sent again (no answer within 500 ms)."
 echo "machine load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "total time: ${SECONDS}s"
