@@ -25,6 +25,12 @@
 #                              its threads/processes) ...
 #   BENCH_DRIVER_CPU=1         ... the driver on this one
 #   BENCH_TARGET_P99_MS=10     the target the result is held against
+#   BENCH_BL_DATA_DIR=         where busylamp's data_dir lives (default: the
+#                              work directory, on disk; /dev/shm shows what
+#                              the disk costs busylamp's tail)
+#   BENCH_KAM_DB_DIR=/dev/shm  where Kamailio's sqlite presentity table lives
+#                              (tmpfs: no fsync per PUBLISH; "" = the work
+#                              directory, on disk like busylamp's sled)
 #   BENCH_KAM_RELEASE=full     how Kamailio's phones hang up: full (a full
 #                              document without the dialog) or partial (the
 #                              dialog terminated, as busylamp's phones and a
@@ -65,7 +71,8 @@
 #   kamailio: no auth; no arbitration (pua_bla turns each NOTIFY into a
 #     PUBLISH to itself through pua's outbound_proxy, the presence server
 #     keeps the last body: last writer wins); presentity in sqlite, one UDP
-#     worker (two workers hit "database is locked" on the presentity table);
+#     worker (two workers hit "database is locked" on the presentity table),
+#     that table on tmpfs (BENCH_KAM_DB_DIR);
 #     the sender gets an empty document (Sender header).
 #
 # Loopback only; the driver is bounded (BENCH_WAIT_MS per wave, a budget in
@@ -107,6 +114,10 @@ SERVER_CPU="${BENCH_SERVER_CPU:-0}"
 DRIVER_CPU="${BENCH_DRIVER_CPU:-1}"
 TARGET="${BENCH_TARGET_P99_MS:-10}"
 KAM_RELEASE="${BENCH_KAM_RELEASE:-full}"
+KAM_DB_DIR="${BENCH_KAM_DB_DIR-/dev/shm}"
+KAM_DB_TMP=""
+BL_DATA_DIR="${BENCH_BL_DATA_DIR:-}"
+BL_DATA_TMP=""
 DRIVER_BUDGET=300
 PREFIX=bl
 
@@ -121,6 +132,8 @@ WORK="$(mktemp -d -t busylamp-bla-bench.XXXXXX)"
 cleanup() {
     local rc=$?
     bl_stop_all_servers
+    [[ -z "$KAM_DB_TMP" ]] || rm -rf "$KAM_DB_TMP"
+    [[ -z "$BL_DATA_TMP" ]] || rm -rf "$BL_DATA_TMP"
     if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
     return "$rc"
 }
@@ -181,13 +194,19 @@ if ((DO_BL)); then
         RES[busylamp:status]="missing (set BUSYLAMP or build with cargo build --release)"
     fi
 fi
+echo "machine load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box shows in p99)"
 echo "load:     $LINES lines x $PHONES phones, $APPEARANCES appearances; $WARMUP warm-up + $ROUNDS rounds of $PHONES waves; seizes ${SPACING_MS} ms apart; UDP; server on CPU $SERVER_CPU, driver on CPU $DRIVER_CPU"
 echo
 
 # ------------------------------------------------------------- busylamp
 if [[ -n "$BIN" ]]; then
     port="$(bl_free_port)"
-    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/busylamp-data" 0
+    BL_DATA="$WORK/busylamp-data"
+    if [[ -n "$BL_DATA_DIR" ]]; then
+        BL_DATA_TMP="$(mktemp -d "$BL_DATA_DIR/busylamp-bla-bench.XXXXXX")"
+        BL_DATA="$BL_DATA_TMP/data"
+    fi
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$BL_DATA" 0
     bl_presence_toml "sip:$BL_HOST:$port" >>"$WORK/busylamp.toml"
     awk -v n="$LINES" -v p="$PREFIX" -v a="$APPEARANCES" 'BEGIN {
         for (i = 1; i <= n; i++) { u = sprintf("%s%03d", p, i); printf "\n[[users]]\nname = \"%s\"\npassword = \"pw%s\"\n", u, u }
@@ -210,9 +229,17 @@ fi
 # ------------------------------------------------------------- Kamailio
 if ((DO_KAM)); then
     port="$(bl_free_port)"
-    bl_gen_kam_presence_sqlite "$WORK/kam.sqlite" 0
-    bl_log "starting kamailio (registrar + pua_bla + presence, 1 worker) on udp+tcp $BL_HOST:$port"
-    bl_start_kamailio "$WORK" "$port" 1 "sqlite:///$WORK/kam.sqlite" "$WORK/kamailio.log" \
+    # the presentity table in memory when possible (Kamailio's other state is
+    # in memory anyway): no fsync per PUBLISH, so the disk the other work on
+    # the box uses does not show in Kamailio's figures
+    KAM_DB="$WORK/kam.sqlite"
+    if [[ -n "$KAM_DB_DIR" && -d "$KAM_DB_DIR" && -w "$KAM_DB_DIR" ]]; then
+        KAM_DB_TMP="$(mktemp -d "$KAM_DB_DIR/busylamp-bla-bench.XXXXXX")"
+        KAM_DB="$KAM_DB_TMP/kam.sqlite"
+    fi
+    bl_gen_kam_presence_sqlite "$KAM_DB" 0
+    bl_log "starting kamailio (registrar + pua_bla + presence, 1 worker, presentity in $KAM_DB) on udp+tcp $BL_HOST:$port"
+    bl_start_kamailio "$WORK" "$port" 1 "sqlite:///$KAM_DB" "$WORK/kamailio.log" \
         -A "SELF=\"sip:$BL_HOST:$port\"" -A "BLA_ADDRESS=\"sip:bla@$BL_HOST:$port\"" \
         -A "SERVER_ADDRESS=\"sip:$BL_HOST:$port\"" -A "LINE_RE=\"^sip:$PREFIX[0-9]+@\""
     if bl_wait_ready "$BL_SERVER_PID" "$port" 30; then
@@ -259,7 +286,12 @@ done
 echo
 echo "notes: one driver process plays every phone (its timestamps: sendto of the seize, receipt of the NOTIFY);"
 echo "       server pinned to CPU $SERVER_CPU, driver to CPU $DRIVER_CPU (taskset); UDP on loopback;"
-echo "       busylamp: digest auth, arbitration (409), appearance table and subscription state written to sled before"
-echo "       the 200 and the NOTIFYs; kamailio: no auth, no arbitration (last writer wins), 1 worker, presentity in sqlite,"
+echo "       busylamp: digest auth, arbitration (409), appearance table and subscription state written to sled (${BL_DATA_DIR:-the work directory, $(df -P "$WORK" | awk 'NR == 2 { print $1 }')}) before"
+echo "       the 200 and the NOTIFYs; kamailio: no auth, no arbitration (last writer wins), 1 worker, presentity in sqlite"
+echo "       (${KAM_DB_DIR:-the work directory}),"
 echo "       its phones hang up with a $KAM_RELEASE document (busylamp's: partial, the dialog terminated; see BENCH_KAM_RELEASE)."
+echo "       total: missing = NOTIFYs that never showed a phone the seize; echoes = NOTIFYs showing a phone its own seize;"
+echo "       unchanged = NOTIFYs showing a phone the same live dialogs as its previous one (nothing new for it);"
+echo "       client_retrans = the driver's requests sent again (no answer within 500 ms)."
+echo "machine load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "total time: ${SECONDS}s"

@@ -35,7 +35,9 @@ Measurement, ROUNDS rounds (plus WARMUP rounds not counted), each P waves:
   wave ends when the other phones see the appearance free again (release
   latency, the same way) or WAIT_MS passed.
   Also counted: seizes not answered 200 (refused), NOTIFYs that show a
-  phone its own seize (echo), NOTIFYs answered, server retransmissions.
+  phone its own seize (echo), NOTIFYs answered, NOTIFYs that show a phone
+  the same live dialogs as its previous one (unchanged), server
+  retransmissions.
 
 Output (stdout): "SETUP ..." then one line per round
   ROUND round=R seizes=N expected=E seen=S missing=M p50_ms=.. p99_ms=..
@@ -47,13 +49,14 @@ Usage: bla_seize.py --server 127.0.0.1:PORT [--domain example.test]
          [--lines 20] [--phones 4] [--appearances 2] [--rounds 5]
          [--warmup 1] [--spacing-ms 10] [--wait-ms 2000]
          [--line-prefix bl] [--password-prefix pw] [--budget-s 300]
-         [--release partial|full]
+         [--release partial|full] [--trace FILE]
   Line i (1-based) is user f"{prefix}{i:03d}", password f"pw{user}".
 Loopback only; every wait is bounded (WAIT_MS per wave, BUDGET_S overall).
 """
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import re
 import secrets
@@ -188,6 +191,7 @@ class Phone(asyncio.DatagramProtocol):
         self.held = None  # (dialog id, appearance, state) this phone shows, or None
         self.watch_ready = asyncio.get_running_loop().create_future()
         self.seen_notify_keys = set()
+        self.last_shown = None
         self.name = f"{line}#{index}"
 
     # ---- transport
@@ -426,7 +430,16 @@ class Phone(asyncio.DatagramProtocol):
         self.drv.stats["notifies"] += 1
         if not self.watch_ready.done():
             self.watch_ready.set_result(True)
-        self.drv.observe(self, dialogs_in(msg.body), t)
+        dialogs = dialogs_in(msg.body)
+        # the live dialogs shown, to count NOTIFYs that show this phone nothing new
+        shown = frozenset((d, st, ap) for d, st, ap in dialogs if st and st != "terminated")
+        if shown == self.last_shown:
+            self.drv.stats["unchanged"] += 1
+        self.last_shown = shown
+        if self.drv.trace:
+            self.drv.trace.write(f"{t / 1e6:.3f} {self.name} CSeq {msg.cseq} "
+                                 f"{' '.join(f'{d}={st}@{ap}' for d, st, ap in dialogs) or '-'}\n")
+        self.drv.observe(self, dialogs, t)
 
 
 class Driver:
@@ -438,12 +451,13 @@ class Driver:
         self.ua = a.ua
         self.lines = {}  # line user -> [Phone]
         self.stats = dict(bad=0, client_retrans=0, server_retrans=0, stray_notify=0,
-                          notifies=0, resubscribed=0)
+                          notifies=0, unchanged=0, resubscribed=0)
         # watches: (watcher phone, dialog id, kind) -> t0 ns; kind "seize": wait for
         # state trying shown; "release": wait for it gone
         self.waiting = {}
         self.samples = {"seize": [], "release": []}
         self.echoes = 0
+        self.trace = open(a.trace, "w") if a.trace else None
 
     def password(self, user):
         return f"{self.a.password_prefix}{user}"
@@ -549,6 +563,10 @@ class Driver:
 
     async def run(self):
         await self.setup()
+        # no garbage-collector pauses inside the measurement (a bounded run:
+        # what it allocates meanwhile is small)
+        gc.collect()
+        gc.disable()
         t_end = time.monotonic() + self.a.budget_s
         tot = {"seize": [], "release": [], "answers": [], "refused": 0, "seizes": 0, "missing": 0, "echoes": 0}
         for rnd in range(1, self.a.warmup + self.a.rounds + 1):
@@ -583,6 +601,9 @@ class Driver:
                 tot["seizes"] += seizes
                 tot["missing"] += self.missing["seize"]
                 tot["echoes"] += self.echoes - echo0
+        gc.enable()
+        for p in (p for ps in self.lines.values() for p in ps):
+            p.transport.close()
         s = sorted(tot["seize"])
         print(f"TOTAL seizes={tot['seizes']} seen={len(s)} missing={tot['missing']} "
               f"p50_ms={fmt(pct(s, 50))} p99_ms={fmt(pct(s, 99))} max_ms={fmt(s[-1] if s else None)} "
@@ -605,6 +626,7 @@ def main():
     ap.add_argument("--password-prefix", default="pw")
     ap.add_argument("--ua", default="PolycomVVX-VVX_410-UA/5.9.5.0614 (busylamp-bench)")
     ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--trace", help="write every NOTIFY a phone's subscription receives to this file")
     ap.add_argument("--release", choices=("partial", "full"), default="partial",
                     help="hang up with a partial NOTIFY showing the dialog terminated (Polycom), "
                     "or with a full document without it")
@@ -617,6 +639,9 @@ def main():
     except (RuntimeError, asyncio.TimeoutError) as e:
         print(f"FAILED {e}", flush=True)
         sys.exit(1)
+    finally:
+        if drv.trace:
+            drv.trace.close()
 
 
 if __name__ == "__main__":

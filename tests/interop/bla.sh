@@ -380,8 +380,8 @@ fi
 col() { local v="${R[$1]:-}"; echo "${v:--}"; }
 echo
 echo "== shared line \"$LINE\", appearance $APPEARANCE: two phones seize it (UDP, sipp $( { sipp -v 2>&1 || true; } | grep -m1 -o 'v[0-9.]*'))"
-printf '%-36s %-44s %s\n' "step" "busylamp" "kamailio $(kamailio -v 2>/dev/null | head -1 | grep -o '[0-9]\.[0-9.]*' || true) (pua_bla)"
-row() { printf '%-36s %-44s %s\n' "$1" "$([[ $DO_BL == 1 ]] && col "busylamp:$2" || echo 'not run')" "$([[ $DO_KAM == 1 ]] && col "kamailio:$2" || echo "${KAM_NOTE:-not run}")"; }
+printf '%-36s %-54s %s\n' "step" "busylamp" "kamailio $(kamailio -v 2>/dev/null | head -1 | grep -o '[0-9]\.[0-9.]*' || true) (pua_bla)"
+row() { printf '%-36s %-54s %s\n' "$1" "$([[ $DO_BL == 1 ]] && col "busylamp:$2" || echo 'not run')" "$([[ $DO_KAM == 1 ]] && col "kamailio:$2" || echo "${KAM_NOTE:-not run}")"; }
 row "A seizes 0" seizeA
 row "B seizes 0 while A holds it" seizeB
 row "watcher shown A's seize" sawA
