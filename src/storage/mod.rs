@@ -17,8 +17,8 @@ use codec::{Dec, Enc};
 pub use dialogs::{DialogStore, DialogWrite};
 pub use memory::MemoryStore;
 pub use presence::{
-    FlowRecord, PresenceStore, PresenceWrite, PublicationBody, PublicationRecord, SubState,
-    SubscriptionRecord,
+    FlowRecord, PresenceStore, PresenceWrite, PublicationBody, PublicationRecord, RuleAction,
+    RuleRecord, SubState, SubscriptionRecord,
 };
 pub use queue::{QueueStats, DEFAULT_MAX_QUEUED_WRITES};
 pub use sled_store::SledStore;

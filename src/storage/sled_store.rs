@@ -5,8 +5,8 @@
 
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
-    decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
-    PresenceWrite, PublicationRecord, SubscriptionRecord,
+    decode_notify_seq, decode_publication, decode_rule, decode_subscription, merge_notify_seq,
+    PresenceStore, PresenceWrite, PublicationRecord, RuleRecord, SubscriptionRecord,
 };
 use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
@@ -48,14 +48,16 @@ enum Tree {
     Subscriptions,
     NotifySeq,
     Dialogs,
+    Rules,
 }
 
-const TREES: [Tree; 5] = [
+const TREES: [Tree; 6] = [
     Tree::Bindings,
     Tree::Publications,
     Tree::Subscriptions,
     Tree::NotifySeq,
     Tree::Dialogs,
+    Tree::Rules,
 ];
 
 impl Tree {
@@ -66,6 +68,7 @@ impl Tree {
             Tree::Subscriptions => "subscriptions",
             Tree::NotifySeq => "notify_seq",
             Tree::Dialogs => "dialogs",
+            Tree::Rules => "presence_rules",
         }
     }
 
@@ -129,6 +132,7 @@ impl SledStore {
             open_tree(Tree::Subscriptions)?,
             open_tree(Tree::NotifySeq)?,
             open_tree(Tree::Dialogs)?,
+            open_tree(Tree::Rules)?,
         ];
         let queue = Arc::new(WriteQueue::new(max_queued_writes));
         let wdb = db.clone();
@@ -336,6 +340,10 @@ impl PresenceStore for SledStore {
         Ok(out)
     }
 
+    fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError> {
+        self.load_tree(Tree::Rules, decode_rule)
+    }
+
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
         let mut list = Vec::with_capacity(writes.len());
         for w in writes {
@@ -352,6 +360,8 @@ impl PresenceStore for SledStore {
                     (Tree::Subscriptions, k, None)
                 }
                 PresenceWrite::NotifySeq { key, value } => (Tree::NotifySeq, key, Some(value)),
+                PresenceWrite::PutRule { key, value } => (Tree::Rules, key, Some(value)),
+                PresenceWrite::DeleteRule(k) => (Tree::Rules, k, None),
             };
             list.push(item);
         }
