@@ -49,6 +49,25 @@ impl Presence {
         }
     }
 
+    /// Whether `uri` names a host (and port) of ours: a presentity this server holds.
+    pub fn serves_uri(&self, uri: &str) -> bool {
+        match crate::sip::Uri::parse(uri.trim()) {
+            Ok(crate::sip::Uri::Sip(u)) => self.domains.local_aor(&u).is_some(),
+            _ => false,
+        }
+    }
+
+    /// What the store tells of its writes.
+    pub fn store_stats(&self) -> Option<crate::storage::StoreStats> {
+        self.store.stats()
+    }
+
+    /// A fresh random id for things the admin names later (rules, publications of the
+    /// control API): 64 random bits in hex.
+    pub fn new_id(&self) -> String {
+        format!("{:016x}", self.ids.next())
+    }
+
     /// The standing decision about `watcher` watching `presentity` in `pkg`, if a rule makes
     /// one. A rule for one package wins over a rule for every package.
     pub(super) fn standing_decision(
@@ -89,7 +108,7 @@ impl Presence {
     ) -> Result<(RuleRecord, Durable, usize), RuleError> {
         let event = pkg.map(|p| p.key().to_string());
         let rule = RuleRecord {
-            id: self.ids.unique(),
+            id: self.new_id(),
             presentity: presentity.to_string(),
             watcher: watcher.to_string(),
             event: event.clone(),
@@ -130,7 +149,9 @@ impl Presence {
             .position(|r| r.id == id)
             .ok_or_else(|| RuleError::NotFound(id.to_string()))?;
         let gone = rules.remove(i);
-        Ok(self.store.write(vec![PresenceWrite::DeleteRule(gone.key())]))
+        Ok(self
+            .store
+            .write(vec![PresenceWrite::DeleteRule(gone.key())]))
     }
 
     /// The standing rules, oldest first.

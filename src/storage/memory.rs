@@ -217,6 +217,16 @@ impl PresenceStore for MemoryStore {
             .collect())
     }
 
+    fn stats(&self) -> Option<super::StoreStats> {
+        let q = self.queue.stats();
+        Some(super::StoreStats {
+            flush_ms_last: None,
+            flush_ms_max: None,
+            queued: q.waiting,
+            refused: q.refused,
+        })
+    }
+
     fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError> {
         let map = self
             .rules

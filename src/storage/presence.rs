@@ -643,6 +643,10 @@ pub trait PresenceStore: Send + Sync {
     fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError>;
     /// The standing authorization rules.
     fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError>;
+    /// What the store can tell about its writes (the control API's `status`).
+    fn stats(&self) -> Option<super::StoreStats> {
+        None
+    }
     /// Queues the writes in order; the result resolves once all of them are on disk. Writes
     /// queued earlier are never applied after writes queued later.
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable;
@@ -698,7 +702,10 @@ mod tests {
             assert!(decode_rule(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert!(decode_rule(&encode_subscription(&sample_subscription())).is_err());
-        let any = RuleRecord { event: None, ..r.clone() };
+        let any = RuleRecord {
+            event: None,
+            ..r.clone()
+        };
         assert_eq!(decode_rule(&encode_rule(&any)).unwrap(), any);
         assert!(any.covers("sip:1001@example.com", "sip:eve@other.test", "dialog"));
         assert!(!r.covers("sip:1001@example.com", "sip:eve@other.test", "dialog"));

@@ -85,6 +85,16 @@ pub struct SledStore {
     opened: Instant,
     /// Second (since `opened`, plus one) of the last warning about refused writes.
     last_refusal_warning: AtomicU64,
+    /// How long the writer's flushes take (the control API's `status`).
+    flushes: Arc<FlushTimes>,
+}
+
+/// Durations of the writer's flushes (apply + fsync), microseconds.
+#[derive(Default)]
+struct FlushTimes {
+    last_us: AtomicU64,
+    max_us: AtomicU64,
+    count: AtomicU64,
 }
 
 impl Drop for SledStore {
@@ -138,9 +148,11 @@ impl SledStore {
         let wdb = db.clone();
         let wtrees = trees.clone();
         let wqueue = queue.clone();
+        let flushes = Arc::new(FlushTimes::default());
+        let wflushes = flushes.clone();
         let writer = std::thread::Builder::new()
             .name("busylamp-store".into())
-            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval))
+            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval, &wflushes))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(SledStore {
             db,
@@ -149,6 +161,7 @@ impl SledStore {
             writer: Mutex::new(Some(writer)),
             opened: Instant::now(),
             last_refusal_warning: AtomicU64::new(0),
+            flushes,
         })
     }
 
@@ -210,6 +223,7 @@ fn writer_loop(
     db: sled::Db,
     trees: [sled::Tree; TREES.len()],
     interval: Duration,
+    flushes: &FlushTimes,
 ) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
@@ -259,6 +273,12 @@ fn writer_loop(
                 .map(|_| ())
                 .map_err(|e| StorageError::Write(e.to_string()))
         });
+        if let Some(started) = last_flush {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            flushes.last_us.store(us, Ordering::Relaxed);
+            flushes.max_us.fetch_max(us, Ordering::Relaxed);
+            flushes.count.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "storage flush failed");
         }
@@ -342,6 +362,18 @@ impl PresenceStore for SledStore {
 
     fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError> {
         self.load_tree(Tree::Rules, decode_rule)
+    }
+
+    fn stats(&self) -> Option<super::StoreStats> {
+        let q = self.queue.stats();
+        let flushed = self.flushes.count.load(Ordering::Relaxed) > 0;
+        let ms = |a: &AtomicU64| flushed.then(|| a.load(Ordering::Relaxed) as f64 / 1000.0);
+        Some(super::StoreStats {
+            flush_ms_last: ms(&self.flushes.last_us),
+            flush_ms_max: ms(&self.flushes.max_us),
+            queued: q.waiting,
+            refused: q.refused,
+        })
     }
 
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
