@@ -470,8 +470,10 @@ impl Api {
                         crate::storage::SubState::Pending => "pending",
                     },
                     "expires": s.expires_at,
+                    // The last NOTIFY's: its CSeq, and the version its body carried (the
+                    // record holds the next one; `null` before a body was sent).
                     "cseq": s.local_cseq,
-                    "version": s.version,
+                    "version": s.version.checked_sub(1),
                     "failures": s.failures,
                     "user_agent": s.user_agent,
                     "last_answer": s.last_answer,
