@@ -131,6 +131,20 @@ async fn status_and_registrations_show_a_register_with_its_contact() {
     assert_eq!(st["counts"]["bindings"], 1);
     assert_eq!(st["listen"].as_array().unwrap().len(), 2, "{st}");
     assert!(st["storage"]["queued"].is_u64(), "{st}");
+
+    // What a `follow` stream starts with: the same lists, whole.
+    let api = Api::new(s.handle.core.clone());
+    let snap = busylamp::control::Methods::snapshot(&*api);
+    assert_eq!(snap["status"]["counts"]["aors"], 1);
+    assert_eq!(snap["registrations"][0]["aor"], "sip:1001@example.test");
+    for list in ["calls", "subscriptions", "lines"] {
+        assert!(snap[list].is_array(), "{list}: {snap}");
+    }
+    // And through the trait (as the socket calls it).
+    let st = busylamp::control::Methods::call(&*api, "status", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(st["api"], 1);
 }
 
 #[tokio::test]
@@ -630,4 +644,58 @@ async fn bad_params_are_refused_naming_the_field() {
     assert_eq!(code, REFUSED, "{msg}");
     let (code, _) = call_err(&s, "frobnicate", json!({})).await;
     assert_eq!(code, busylamp::control::rpc::METHOD_NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_rule_for_every_package_leaves_the_mailbox_closed_unless_it_names_it() {
+    let s = server(&confirm_config()).await;
+    const EVE: &str = "sip:eve@other.test";
+    call(
+        &s,
+        "approve",
+        json!({"presentity": "sip:1001@example.test", "watcher": EVE}),
+    )
+    .await;
+    let mut ua = Ua::new(s.udp).await;
+    let r = ua
+        .request(&subscribe_bytes(
+            &ua,
+            EVE,
+            "1001",
+            "dialog",
+            "eve-all-1",
+            600,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "a rule for every package covers dialog");
+    assert!(sub_state(&ua.notify().await).starts_with("active"));
+    let r = ua
+        .request(&subscribe_bytes(
+            &ua,
+            EVE,
+            "1001",
+            "message-summary",
+            "eve-all-2",
+            600,
+        ))
+        .await;
+    assert_eq!(r.status, 403, "the mailbox stays the owner's: {}", r.reason);
+    call(
+        &s,
+        "approve",
+        json!({"presentity": "sip:1001@example.test", "watcher": EVE, "event": "message-summary"}),
+    )
+    .await;
+    let r = ua
+        .request(&subscribe_bytes(
+            &ua,
+            EVE,
+            "1001",
+            "message-summary",
+            "eve-all-3",
+            600,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "named: {}", r.reason);
+    assert_eq!(call(&s, "rules", json!({})).await["total"], 2);
 }

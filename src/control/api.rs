@@ -23,6 +23,8 @@ const MAX_STRING: usize = 1024;
 pub const MAX_BODY: usize = 60 * 1024;
 /// The longest expiry a method takes, seconds.
 const MAX_EXPIRES: u32 = 86_400;
+/// The longest (and the default) expiry of `message_summary`: a year.
+const MAX_MWI_EXPIRES: u32 = 365 * 86_400;
 
 pub struct Api {
     core: Arc<Core>,
@@ -488,7 +490,9 @@ impl Api {
                 "presentity": a.target,
                 "package": a.event,
                 "state": a.state,
-                "expires": a.expires,
+                // The notifier's grant is the client's to keep: the interval asked for.
+                "expires": null,
+                "interval": a.expires,
                 "notifies": a.notifies,
                 "content_type": a.content_type,
                 "last_body_len": a.last_body_len,
@@ -779,9 +783,10 @@ impl Api {
                     .ok_or_else(|| bad("account", format!("{a:?} is not a sip: URI")))?,
             ),
         };
+        // A mailbox's state holds until the voicemail system changes it: a year unless told.
         let expires = p
-            .opt_u32("expires", 0..=MAX_EXPIRES, "a number of seconds")?
-            .unwrap_or(MAX_EXPIRES);
+            .opt_u32("expires", 0..=MAX_MWI_EXPIRES, "a number of seconds")?
+            .unwrap_or(MAX_MWI_EXPIRES);
         let summaries = if new.is_some() || old.is_some() || urgent.is_some() {
             vec![Summary {
                 class: MessageClass::Voice,

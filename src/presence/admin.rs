@@ -69,7 +69,8 @@ impl Presence {
     }
 
     /// The standing decision about `watcher` watching `presentity` in `pkg`, if a rule makes
-    /// one. A rule for one package wins over a rule for every package.
+    /// one. A rule for one package wins over a rule for every package; a mailbox
+    /// (message-summary) is only opened to others by a rule that names it.
     pub(super) fn standing_decision(
         &self,
         presentity: &str,
@@ -84,6 +85,7 @@ impl Presence {
             rules
                 .iter()
                 .filter(|r| r.covers(presentity, watcher, pkg.key()))
+                .filter(|r| r.event.is_some() || pkg != Pkg::MessageSummary)
         };
         covering()
             .find(|r| r.event.is_some())
