@@ -699,3 +699,23 @@ async fn a_rule_for_every_package_leaves_the_mailbox_closed_unless_it_names_it()
     assert_eq!(r.status, 200, "named: {}", r.reason);
     assert_eq!(call(&s, "rules", json!({})).await["total"], 2);
 }
+
+#[tokio::test]
+async fn a_rule_the_disk_refuses_is_refused_and_not_kept() {
+    let cfg = Config::from_toml(&confirm_config(), "t.toml").unwrap();
+    let store = Arc::new(MemoryStore::with_max_queued_writes(1));
+    let s = server_with_store(cfg, store.clone()).await;
+    store.stall_disk();
+    // The one place in the queue is taken: the rule's write is refused at once.
+    let _queued = busylamp::storage::PresenceStore::write(&*store, Vec::new());
+    let (code, msg) = call_err(
+        &s,
+        "approve",
+        json!({"presentity": "sip:1001@example.test", "watcher": "sip:eve@other.test"}),
+    )
+    .await;
+    assert_eq!(code, REFUSED, "{msg}");
+    assert!(msg.contains("storage busy"), "{msg}");
+    store.resume_disk();
+    assert_eq!(call(&s, "rules", json!({})).await["total"], 0);
+}

@@ -832,7 +832,12 @@ impl Api {
             .presence
             .add_rule(&presentity, &watcher, pkg, action)
             .map_err(|e| RpcError::new(rpc::REFUSED, e.to_string()))?;
-        stored(durable).await?;
+        if let Err(e) = stored(durable).await {
+            // Not on disk: not kept either (a rule that vanishes at the next restart would
+            // be worse than none). What it changed at once stays changed.
+            let _ = self.core.presence.remove_rule(&rule.id);
+            return Err(e);
+        }
         let mut v = rule_json(&rule);
         v["changed"] = json!(changed);
         Ok(v)
