@@ -719,3 +719,56 @@ async fn a_rule_the_disk_refuses_is_refused_and_not_kept() {
     store.resume_disk();
     assert_eq!(call(&s, "rules", json!({})).await["total"], 0);
 }
+
+/// One call over the control socket at `path`, on a blocking thread (the client blocks; the
+/// server runs on this test's runtime).
+async fn over_socket(
+    path: &std::path::Path,
+    method: &'static str,
+    params: Value,
+) -> Result<Value, busylamp::control::client::CallError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut c = busylamp::control::client::Client::connect(&path).expect("connect");
+        c.set_timeout(Some(Duration::from_secs(10)));
+        c.call(method, params)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn over_the_real_socket_lists_agree_publish_reaches_a_watcher_and_errors_name_the_field() {
+    let dir = std::env::temp_dir().join(format!("busylamp-ctlapi-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.sock");
+    let config = format!("{CALLS}\n[control]\nsocket = \"{}\"\n", path.display());
+    let s = server(&config).await;
+    assert_eq!(s.handle.control_socket(), Some(path.as_path()));
+    let _phone = Phone::registered(s.udp, "1001", "desk").await;
+    let regs = over_socket(&path, "registrations", json!({"filter": "1001"}))
+        .await
+        .unwrap();
+    assert_eq!(regs["items"][0]["aor"], "sip:1001@example.test", "{regs}");
+
+    let mut lamp = Watcher::new(s.udp, "1002").await;
+    over_socket(
+        &path,
+        "publish",
+        json!({"presentity": "sip:1002@example.test", "event": "dialog", "body": DIALOG_DOC}),
+    )
+    .await
+    .unwrap();
+    lamp.until(Some(DialogState::Confirmed)).await;
+
+    match over_socket(&path, "registrations", json!({"limit": "ten"})).await {
+        Err(busylamp::control::client::CallError::Rpc(e)) => {
+            assert_eq!(e.code, INVALID_PARAMS);
+            assert!(e.message.starts_with("params.limit:"), "{}", e.message);
+        }
+        other => panic!("a bad limit answered {other:?}"),
+    }
+    s.handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
