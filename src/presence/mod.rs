@@ -22,6 +22,7 @@
 //! building, winfo), `routing` (where NOTIFYs go), `render` (the render cache), `timers`
 //! and `restore` (reload after a start); [`package`] and [`packages`] render documents.
 
+mod admin;
 mod decide;
 mod delivery;
 pub mod event;
@@ -37,6 +38,8 @@ mod restore;
 mod routing;
 mod subscriptions;
 mod timers;
+
+pub use admin::{PresentityInfo, PublicationInfo, RuleError, MAX_RULES};
 
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, DialogIdsTo, Policy, PresenceConfig, VendorProfile};
@@ -222,6 +225,8 @@ pub struct SubscriptionInfo {
     /// NOTIFYs that failed in a row (408, timeout, 5xx) and are being retried.
     pub failures: u32,
     pub user_agent: Option<String>,
+    /// The status of the last NOTIFY's answer (408 for no answer), `None` before any.
+    pub last_answer: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +254,8 @@ struct Sub {
     profile: Arc<VendorProfile>,
     delivery: Delivery,
     failures: u32,
+    /// The status of the last NOTIFY's answer, for the control API.
+    last_answer: Option<u16>,
     /// Whether its dialog-info NOTIFYs carry the dialogs' `call-id` and tags
     /// (`presence.dialog_ids_to`).
     dialog_ids: bool,
@@ -305,6 +312,7 @@ impl Sub {
             profile,
             delivery: Delivery::default(),
             failures: 0,
+            last_answer: None,
             dialog_ids,
             winfo_changes: Vec::new(),
             winfo_full: true,
@@ -364,6 +372,8 @@ pub struct Presence {
     trusted: Vec<ipnet::IpNet>,
     /// Failing NOTIFYs, summed up at `info` once per interval ([`Presence::run_log_summary`]).
     notify_failures: crate::logs::NotifyFailures,
+    /// The admin's standing authorization rules (see [`admin`]), loaded with the state.
+    standing: Mutex<Vec<crate::storage::RuleRecord>>,
 }
 
 /// Takes one of `cap` places in `count`, checked and taken in one atomic step (a check, then
@@ -448,6 +458,7 @@ impl Presence {
             open_mode: cfg.auth.mode == AuthMode::Open,
             trusted: cfg.auth.trusted.clone(),
             notify_failures: Default::default(),
+            standing: Mutex::new(Vec::new()),
         })
     }
 
@@ -709,6 +720,7 @@ impl Presence {
                         version: s.rec.version,
                         failures: s.failures,
                         user_agent: s.rec.user_agent.clone(),
+                        last_answer: s.last_answer,
                     });
                 }
             }

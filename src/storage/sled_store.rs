@@ -5,8 +5,8 @@
 
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
-    decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
-    PresenceWrite, PublicationRecord, SubscriptionRecord,
+    decode_notify_seq, decode_publication, decode_rule, decode_subscription, merge_notify_seq,
+    PresenceStore, PresenceWrite, PublicationRecord, RuleRecord, SubscriptionRecord,
 };
 use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
@@ -48,14 +48,16 @@ enum Tree {
     Subscriptions,
     NotifySeq,
     Dialogs,
+    Rules,
 }
 
-const TREES: [Tree; 5] = [
+const TREES: [Tree; 6] = [
     Tree::Bindings,
     Tree::Publications,
     Tree::Subscriptions,
     Tree::NotifySeq,
     Tree::Dialogs,
+    Tree::Rules,
 ];
 
 impl Tree {
@@ -66,6 +68,7 @@ impl Tree {
             Tree::Subscriptions => "subscriptions",
             Tree::NotifySeq => "notify_seq",
             Tree::Dialogs => "dialogs",
+            Tree::Rules => "presence_rules",
         }
     }
 
@@ -82,6 +85,16 @@ pub struct SledStore {
     opened: Instant,
     /// Second (since `opened`, plus one) of the last warning about refused writes.
     last_refusal_warning: AtomicU64,
+    /// How long the writer's flushes take (the control API's `status`).
+    flushes: Arc<FlushTimes>,
+}
+
+/// Durations of the writer's flushes (apply + fsync), microseconds.
+#[derive(Default)]
+struct FlushTimes {
+    last_us: AtomicU64,
+    max_us: AtomicU64,
+    count: AtomicU64,
 }
 
 impl Drop for SledStore {
@@ -129,14 +142,17 @@ impl SledStore {
             open_tree(Tree::Subscriptions)?,
             open_tree(Tree::NotifySeq)?,
             open_tree(Tree::Dialogs)?,
+            open_tree(Tree::Rules)?,
         ];
         let queue = Arc::new(WriteQueue::new(max_queued_writes));
         let wdb = db.clone();
         let wtrees = trees.clone();
         let wqueue = queue.clone();
+        let flushes = Arc::new(FlushTimes::default());
+        let wflushes = flushes.clone();
         let writer = std::thread::Builder::new()
             .name("busylamp-store".into())
-            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval))
+            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval, &wflushes))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(SledStore {
             db,
@@ -145,6 +161,7 @@ impl SledStore {
             writer: Mutex::new(Some(writer)),
             opened: Instant::now(),
             last_refusal_warning: AtomicU64::new(0),
+            flushes,
         })
     }
 
@@ -206,6 +223,7 @@ fn writer_loop(
     db: sled::Db,
     trees: [sled::Tree; TREES.len()],
     interval: Duration,
+    flushes: &FlushTimes,
 ) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
@@ -255,6 +273,12 @@ fn writer_loop(
                 .map(|_| ())
                 .map_err(|e| StorageError::Write(e.to_string()))
         });
+        if let Some(started) = last_flush {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            flushes.last_us.store(us, Ordering::Relaxed);
+            flushes.max_us.fetch_max(us, Ordering::Relaxed);
+            flushes.count.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "storage flush failed");
         }
@@ -336,6 +360,22 @@ impl PresenceStore for SledStore {
         Ok(out)
     }
 
+    fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError> {
+        self.load_tree(Tree::Rules, decode_rule)
+    }
+
+    fn stats(&self) -> Option<super::StoreStats> {
+        let q = self.queue.stats();
+        let flushed = self.flushes.count.load(Ordering::Relaxed) > 0;
+        let ms = |a: &AtomicU64| flushed.then(|| a.load(Ordering::Relaxed) as f64 / 1000.0);
+        Some(super::StoreStats {
+            flush_ms_last: ms(&self.flushes.last_us),
+            flush_ms_max: ms(&self.flushes.max_us),
+            queued: q.waiting,
+            refused: q.refused,
+        })
+    }
+
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
         let mut list = Vec::with_capacity(writes.len());
         for w in writes {
@@ -352,6 +392,8 @@ impl PresenceStore for SledStore {
                     (Tree::Subscriptions, k, None)
                 }
                 PresenceWrite::NotifySeq { key, value } => (Tree::NotifySeq, key, Some(value)),
+                PresenceWrite::PutRule { key, value } => (Tree::Rules, key, Some(value)),
+                PresenceWrite::DeleteRule(k) => (Tree::Rules, k, None),
             };
             list.push(item);
         }
