@@ -401,6 +401,9 @@ impl Session {
             Err(refusal) => return self.out.answer(refusal.line()),
         };
         let result = match req.method.as_str() {
+            "follow" | "unfollow" if !no_params(&req.params) => Err(RpcError::invalid_params(
+                format!("{} takes no params", req.method),
+            )),
             "follow" => return self.follow(req.id),
             "unfollow" => {
                 let was_following = self.follow.take().is_some();
@@ -439,6 +442,11 @@ impl Session {
         let tx = self.out.tx.clone();
         self.follow = Some(AbortOnDrop(tokio::spawn(follow::run(methods, bus, tx))));
     }
+}
+
+/// Whether `params` is absent or an empty object.
+fn no_params(params: &serde_json::Value) -> bool {
+    params.is_null() || params.as_object().is_some_and(|o| o.is_empty())
 }
 
 /// Writes queued lines until the queue closes; a write that makes no progress for `stall`
