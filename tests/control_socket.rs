@@ -75,9 +75,12 @@ impl Conn {
         match tokio::time::timeout(within, self.rd.read_line(&mut line)).await {
             Err(_) => Err(()),
             Ok(Err(_)) | Ok(Ok(0)) => Ok(None),
-            Ok(Ok(_)) => Ok(Some(
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}")),
-            )),
+            // Closed in the middle of a line: the end of the connection.
+            Ok(Ok(_)) if !line.ends_with('\n') => Ok(None),
+            Ok(Ok(_)) => Ok(Some(serde_json::from_str(&line).unwrap_or_else(|e| {
+                let head: String = line.chars().take(200).collect();
+                panic!("{e}: {head:?}")
+            }))),
         }
     }
 
@@ -393,8 +396,9 @@ async fn follow_delivers_a_change_within_50_ms_of_a_register() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Methods of a fixed state, for the socket's own behaviour.
-struct Fixed;
+/// Methods of a fixed state, for the socket's own behaviour; its snapshot has this many
+/// bytes of padding.
+struct Fixed(usize);
 
 impl Methods for Fixed {
     fn call(&self, method: &str, _params: Value) -> Answer {
@@ -405,7 +409,7 @@ impl Methods for Fixed {
         Box::pin(async move { r })
     }
     fn snapshot(&self) -> Value {
-        json!({"status": {"api": 1}})
+        json!({"status": {"api": 1}, "padding": "x".repeat(self.0)})
     }
 }
 
@@ -423,7 +427,7 @@ async fn a_follower_the_bus_left_behind_gets_resync_and_a_fresh_snapshot() {
     let dir = temp_dir("lag");
     let path = dir.join("c.sock");
     let bus = EventBus::new(8);
-    let server = control::start(&path, None, Limits::default(), Arc::new(Fixed), bus.clone()).unwrap();
+    let server = control::start(&path, None, Limits::default(), Arc::new(Fixed(0)), bus.clone()).unwrap();
     let mut f = Conn::connect(&path).await;
     assert_eq!(f.call(1, "follow", Value::Null).await["result"]["following"], true);
     assert_eq!(f.line().await.unwrap()["params"]["seq"], 0);
@@ -497,11 +501,11 @@ async fn a_stale_socket_is_replaced_a_live_one_or_another_file_is_an_error_namin
     // Left by a server that died: nobody listens.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let first = control::start(&path, None, Limits::default(), Arc::new(Fixed), EventBus::new(8))
+    let first = control::start(&path, None, Limits::default(), Arc::new(Fixed(0)), EventBus::new(8))
         .expect("the stale socket is replaced");
     Conn::connect(&path).await.status(1).await;
     // Another server on the same path while the first answers.
-    let err = control::start(&path, None, Limits::default(), Arc::new(Fixed), EventBus::new(8))
+    let err = control::start(&path, None, Limits::default(), Arc::new(Fixed(0)), EventBus::new(8))
         .err()
         .expect("a live socket is not taken over");
     assert!(matches!(err, ControlError::Live(_)), "{err}");
@@ -511,7 +515,7 @@ async fn a_stale_socket_is_replaced_a_live_one_or_another_file_is_an_error_namin
     // A file that is not a socket is never removed.
     let file = dir.join("notes");
     std::fs::write(&file, "keep me").unwrap();
-    let err = control::start(&file, None, Limits::default(), Arc::new(Fixed), EventBus::new(8))
+    let err = control::start(&file, None, Limits::default(), Arc::new(Fixed(0)), EventBus::new(8))
         .err()
         .unwrap();
     assert!(matches!(err, ControlError::NotASocket(_)), "{err}");
@@ -537,5 +541,45 @@ async fn a_stale_socket_is_replaced_a_live_one_or_another_file_is_an_error_namin
     .err()
     .expect("no start on a path that is not a socket");
     assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that never reads, on a socket whose writes stall: dropped once a write made no
+/// progress for `write_timeout` (paused clock: the timeout passes without waiting for it).
+#[tokio::test(start_paused = true)]
+async fn a_client_whose_writes_stall_is_disconnected() {
+    let dir = temp_dir("stall");
+    let path = dir.join("c.sock");
+    let bus = EventBus::new(64);
+    let limits = Limits {
+        queue: 2,
+        write_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    // Every resync sends 64 KB: a few fill the socket buffer.
+    let server =
+        control::start(&path, None, limits, Arc::new(Fixed(64 * 1024)), bus.clone()).unwrap();
+    let mut f = Conn::connect(&path).await;
+    assert_eq!(f.call(1, "follow", Value::Null).await["result"]["following"], true);
+    assert_eq!(f.line().await.unwrap()["method"], "snapshot");
+    // Far more than the socket buffer holds, while the client reads nothing.
+    for batch in 0..200 {
+        for i in 0..50 {
+            bus.publish(appearance(batch * 50 + i));
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut other = Conn::connect(&path).await;
+    other.status(1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // What the socket buffer held, then the end (without it, `line` would find nothing to
+    // read and panic): the server dropped the connection and kept no backlog.
+    let mut lines = 0;
+    while f.line().await.is_some() {
+        lines += 1;
+        assert!(lines < 10_000, "the server kept everything for a client that did not read");
+    }
+    other.status(2).await;
+    server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
