@@ -18,7 +18,13 @@ use std::time::Duration;
     about = "SIP registrar, edge proxy and presence server for desk phones",
     after_help = "Without --config, every command reads /etc/busylamp/busylamp.toml when it exists \
 (the .deb's config), else the built-in defaults; the environment variable BUSYLAMP_CONFIG \
-names another such default file."
+names another such default file.
+
+The control commands (status, registrations, calls, watchers, lines, publish, subscribe, approve, \
+ctl) ask the running server over its control socket ([control] socket, default \
+DATA_DIR/control.sock, mode 0660: run them as root, as the service user or as a member of its \
+group). Exit codes: 0 done; 1 the server answered an error (its message on standard error); 2 \
+usage; 3 the server cannot be reached (not running, permission denied, not a socket)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -734,3 +734,24 @@ fn control_commands_say_why_the_server_cannot_be_reached() {
     let _ = std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The control commands keep their names and flags (scripts use them), each says what it is
+/// for, and the help gives the exit codes.
+#[test]
+fn control_commands_have_help_texts_and_the_exit_codes() {
+    let (ok, out, _) = run(busylamp().arg("--help"));
+    assert!(ok);
+    for command in ["status", "registrations", "calls", "watchers", "lines", "publish", "subscribe", "approve", "ctl"] {
+        let described = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("{command} in {out}"));
+        assert!(described.split_whitespace().count() > 3, "{command}: {out}");
+        let (ok, help, _) = run(busylamp().args([command, "--help"]));
+        assert!(ok, "{command}");
+        for flag in ["--config", "--socket", "--json"] {
+            assert!(help.contains(flag), "{command} {flag}: {help}");
+        }
+    }
+    assert!(out.contains("3 the server cannot be reached") && out.contains("1 the server answered an error"), "{out}");
+}
