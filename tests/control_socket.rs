@@ -583,3 +583,30 @@ async fn a_client_whose_writes_stall_is_disconnected() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that sends requests and never reads the answers: its queue fills and it is
+/// disconnected; the server and another client go on.
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let (s, path, dir) = server_with_socket("noread", "").await;
+    let mut other = Conn::connect(&path).await;
+    let mut greedy = Conn::connect(&path).await;
+    let req = format!("{}\n", json!({"jsonrpc": "2.0", "id": 1, "method": "lines"}));
+    // Up to 100,000 requests (~5 MB), far beyond what the socket buffers and the queue hold;
+    // a write fails once the server has dropped the connection.
+    let mut sent = 0;
+    for _ in 0..100_000 {
+        match tokio::time::timeout(Duration::from_secs(5), greedy.wr.write_all(req.as_bytes())).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) => break,
+            Err(_) => panic!("the server stopped reading without closing: {sent} requests sent"),
+        }
+    }
+    assert!(sent < 100_000, "all 100,000 requests were taken from a client that read nothing");
+    assert!(greedy.closed_within(Duration::from_secs(5)).await);
+    other.status(1).await;
+    let ua = Udp::new(s.udp).await;
+    assert_eq!(ua.request(&options(ua.port())).await.status, 200);
+    s.handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
