@@ -131,6 +131,20 @@ async fn status_and_registrations_show_a_register_with_its_contact() {
     assert_eq!(st["counts"]["bindings"], 1);
     assert_eq!(st["listen"].as_array().unwrap().len(), 2, "{st}");
     assert!(st["storage"]["queued"].is_u64(), "{st}");
+
+    // What a `follow` stream starts with: the same lists, whole.
+    let api = Api::new(s.handle.core.clone());
+    let snap = busylamp::control::Methods::snapshot(&*api);
+    assert_eq!(snap["status"]["counts"]["aors"], 1);
+    assert_eq!(snap["registrations"][0]["aor"], "sip:1001@example.test");
+    for list in ["calls", "subscriptions", "lines"] {
+        assert!(snap[list].is_array(), "{list}: {snap}");
+    }
+    // And through the trait (as the socket calls it).
+    let st = busylamp::control::Methods::call(&*api, "status", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(st["api"], 1);
 }
 
 #[tokio::test]
@@ -630,4 +644,131 @@ async fn bad_params_are_refused_naming_the_field() {
     assert_eq!(code, REFUSED, "{msg}");
     let (code, _) = call_err(&s, "frobnicate", json!({})).await;
     assert_eq!(code, busylamp::control::rpc::METHOD_NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_rule_for_every_package_leaves_the_mailbox_closed_unless_it_names_it() {
+    let s = server(&confirm_config()).await;
+    const EVE: &str = "sip:eve@other.test";
+    call(
+        &s,
+        "approve",
+        json!({"presentity": "sip:1001@example.test", "watcher": EVE}),
+    )
+    .await;
+    let mut ua = Ua::new(s.udp).await;
+    let r = ua
+        .request(&subscribe_bytes(
+            &ua,
+            EVE,
+            "1001",
+            "dialog",
+            "eve-all-1",
+            600,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "a rule for every package covers dialog");
+    assert!(sub_state(&ua.notify().await).starts_with("active"));
+    let r = ua
+        .request(&subscribe_bytes(
+            &ua,
+            EVE,
+            "1001",
+            "message-summary",
+            "eve-all-2",
+            600,
+        ))
+        .await;
+    assert_eq!(r.status, 403, "the mailbox stays the owner's: {}", r.reason);
+    call(
+        &s,
+        "approve",
+        json!({"presentity": "sip:1001@example.test", "watcher": EVE, "event": "message-summary"}),
+    )
+    .await;
+    let r = ua
+        .request(&subscribe_bytes(
+            &ua,
+            EVE,
+            "1001",
+            "message-summary",
+            "eve-all-3",
+            600,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "named: {}", r.reason);
+    assert_eq!(call(&s, "rules", json!({})).await["total"], 2);
+}
+
+#[tokio::test]
+async fn a_rule_the_disk_refuses_is_refused_and_not_kept() {
+    let cfg = Config::from_toml(&confirm_config(), "t.toml").unwrap();
+    let store = Arc::new(MemoryStore::with_max_queued_writes(1));
+    let s = server_with_store(cfg, store.clone()).await;
+    store.stall_disk();
+    // The one place in the queue is taken: the rule's write is refused at once.
+    let _queued = busylamp::storage::PresenceStore::write(&*store, Vec::new());
+    let (code, msg) = call_err(
+        &s,
+        "approve",
+        json!({"presentity": "sip:1001@example.test", "watcher": "sip:eve@other.test"}),
+    )
+    .await;
+    assert_eq!(code, REFUSED, "{msg}");
+    assert!(msg.contains("storage busy"), "{msg}");
+    store.resume_disk();
+    assert_eq!(call(&s, "rules", json!({})).await["total"], 0);
+}
+
+/// One call over the control socket at `path`, on a blocking thread (the client blocks; the
+/// server runs on this test's runtime).
+async fn over_socket(
+    path: &std::path::Path,
+    method: &'static str,
+    params: Value,
+) -> Result<Value, busylamp::control::client::CallError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut c = busylamp::control::client::Client::connect(&path).expect("connect");
+        c.set_timeout(Some(Duration::from_secs(10)));
+        c.call(method, params)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn over_the_real_socket_lists_agree_publish_reaches_a_watcher_and_errors_name_the_field() {
+    let dir = std::env::temp_dir().join(format!("busylamp-ctlapi-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.sock");
+    let config = format!("{CALLS}\n[control]\nsocket = \"{}\"\n", path.display());
+    let s = server(&config).await;
+    assert_eq!(s.handle.control_socket(), Some(path.as_path()));
+    let _phone = Phone::registered(s.udp, "1001", "desk").await;
+    let regs = over_socket(&path, "registrations", json!({"filter": "1001"}))
+        .await
+        .unwrap();
+    assert_eq!(regs["items"][0]["aor"], "sip:1001@example.test", "{regs}");
+
+    let mut lamp = Watcher::new(s.udp, "1002").await;
+    over_socket(
+        &path,
+        "publish",
+        json!({"presentity": "sip:1002@example.test", "event": "dialog", "body": DIALOG_DOC}),
+    )
+    .await
+    .unwrap();
+    lamp.until(Some(DialogState::Confirmed)).await;
+
+    match over_socket(&path, "registrations", json!({"limit": "ten"})).await {
+        Err(busylamp::control::client::CallError::Rpc(e)) => {
+            assert_eq!(e.code, INVALID_PARAMS);
+            assert!(e.message.starts_with("params.limit:"), "{}", e.message);
+        }
+        other => panic!("a bad limit answered {other:?}"),
+    }
+    s.handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

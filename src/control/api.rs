@@ -23,6 +23,8 @@ const MAX_STRING: usize = 1024;
 pub const MAX_BODY: usize = 60 * 1024;
 /// The longest expiry a method takes, seconds.
 const MAX_EXPIRES: u32 = 86_400;
+/// The longest (and the default) expiry of `message_summary`: a year.
+const MAX_MWI_EXPIRES: u32 = 365 * 86_400;
 
 pub struct Api {
     core: Arc<Core>,
@@ -78,7 +80,7 @@ impl<'a> Params<'a> {
 
     fn str(&self, name: &str) -> Result<&'a str, RpcError> {
         match self.opt_str(name)? {
-            Some(s) if !s.trim().is_empty() => Ok(s),
+            Some(s) if !s.trim().is_empty() => Ok(s.trim()),
             Some(_) => Err(bad(name, "must not be empty")),
             None => Err(bad(name, "required")),
         }
@@ -308,24 +310,12 @@ impl Api {
 
     fn status(&self) -> Value {
         let core = &self.core;
-        let subs = core.presence.subscriptions();
-        let mut by_package: Map<String, Value> = Map::new();
-        let (mut active, mut pending) = (0u64, 0u64);
-        for s in &subs {
-            let n = by_package
-                .entry(s.event.to_string())
-                .or_insert(Value::from(0u64));
-            *n = Value::from(n.as_u64().unwrap_or(0) + 1);
-            match s.state {
-                crate::storage::SubState::Active => active += 1,
-                crate::storage::SubState::Pending => pending += 1,
-            }
-        }
-        let presentities: std::collections::HashSet<String> = core
-            .presence
-            .presentities()
-            .into_iter()
-            .map(|p| p.presentity)
+        let counts = core.presence.counts();
+        let by_package: Map<String, Value> = counts
+            .by_package
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.to_string(), json!(n)))
             .collect();
         let listen: Vec<String> = core
             .transport
@@ -343,13 +333,14 @@ impl Api {
                 "aors": core.registrar.aor_count(),
                 "bindings": core.registrar.binding_count(),
                 "calls": core.proxy.calls().iter().filter(|c| !c.is_terminated()).count(),
-                "presentities": presentities.len(),
+                "presentities": counts.presentities,
                 "publications": core.presence.publication_count(),
                 "subscriptions": {
-                    "total": subs.len(),
+                    "total": counts.active + counts.pending,
                     "by_package": by_package,
-                    "by_state": { "active": active, "pending": pending },
+                    "by_state": { "active": counts.active, "pending": counts.pending },
                 },
+                "lamps": counts.lamps,
                 "api_subscriptions": core.pua.admin().list().len(),
                 "rules": core.presence.rules().len(),
                 "shared_lines": core.bla.lines().len(),
@@ -488,7 +479,9 @@ impl Api {
                 "presentity": a.target,
                 "package": a.event,
                 "state": a.state,
-                "expires": a.expires,
+                // The notifier's grant is the client's to keep: the interval asked for.
+                "expires": null,
+                "interval": a.expires,
                 "notifies": a.notifies,
                 "content_type": a.content_type,
                 "last_body_len": a.last_body_len,
@@ -779,9 +772,10 @@ impl Api {
                     .ok_or_else(|| bad("account", format!("{a:?} is not a sip: URI")))?,
             ),
         };
+        // A mailbox's state holds until the voicemail system changes it: a year unless told.
         let expires = p
-            .opt_u32("expires", 0..=MAX_EXPIRES, "a number of seconds")?
-            .unwrap_or(MAX_EXPIRES);
+            .opt_u32("expires", 0..=MAX_MWI_EXPIRES, "a number of seconds")?
+            .unwrap_or(MAX_MWI_EXPIRES);
         let summaries = if new.is_some() || old.is_some() || urgent.is_some() {
             vec![Summary {
                 class: MessageClass::Voice,
@@ -838,7 +832,12 @@ impl Api {
             .presence
             .add_rule(&presentity, &watcher, pkg, action)
             .map_err(|e| RpcError::new(rpc::REFUSED, e.to_string()))?;
-        stored(durable).await?;
+        if let Err(e) = stored(durable).await {
+            // Not on disk: not kept either (a rule that vanishes at the next restart would
+            // be worse than none). What it changed at once stays changed.
+            let _ = self.core.presence.remove_rule(&rule.id);
+            return Err(e);
+        }
         let mut v = rule_json(&rule);
         v["changed"] = json!(changed);
         Ok(v)
@@ -905,7 +904,12 @@ impl Api {
                 format!("{name:?} is not a usable SIP user name (no ':', '@', quotes or spaces)"),
             ));
         }
-        let password = p.str("password")?.to_string();
+        // As given: spaces may be part of a password.
+        let password = match p.opt_str("password")? {
+            Some(pw) if !pw.is_empty() => pw.to_string(),
+            Some(_) => return Err(bad("password", "must not be empty")),
+            None => return Err(bad("password", "required")),
+        };
         let file = self.user_file()?;
         let realm = self.core.auth.realm().to_string();
         let rec = {

@@ -303,7 +303,10 @@ mod tests {
         assert_eq!(snap["params"]["seq"], 1);
         bus.publish(appearance(7));
         let v = parse(&rx.recv().await.unwrap());
-        assert_eq!((v["method"].as_str(), v["params"]["seq"].as_u64()), (Some("change"), Some(2)));
+        assert_eq!(
+            (v["method"].as_str(), v["params"]["seq"].as_u64()),
+            (Some("change"), Some(2))
+        );
 
         // Its queue is full: the changes are dropped, and once there is room again it is
         // told to resync.
@@ -322,7 +325,10 @@ mod tests {
         assert_eq!(got[0]["method"], "snapshot");
         assert_eq!(got[1]["params"]["seq"], 1);
         let lines = rx.recv().await.unwrap();
-        assert!(lines.starts_with("{\"jsonrpc\":\"2.0\",\"method\":\"resync\"}\n"), "{lines}");
+        assert!(
+            lines.starts_with("{\"jsonrpc\":\"2.0\",\"method\":\"resync\"}\n"),
+            "{lines}"
+        );
         assert_eq!(parse(lines.lines().nth(1).unwrap())["params"]["seq"], 2);
     }
 }

@@ -30,6 +30,21 @@ pub struct PublicationInfo {
     pub expires_at: u64,
 }
 
+/// Counts of the presence state, taken without copying it (for `status` and metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceCounts {
+    /// Distinct presentities with publications or watchers (any package).
+    pub presentities: usize,
+    /// Subscriptions per package key, every package listed.
+    pub by_package: Vec<(&'static str, usize)>,
+    /// Publications per package key, every package listed.
+    pub publications_by_package: Vec<(&'static str, usize)>,
+    pub active: usize,
+    pub pending: usize,
+    /// Presentities with a `dialog` publication (lamps that can light).
+    pub lamps: usize,
+}
+
 /// A standing rule was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
@@ -69,7 +84,8 @@ impl Presence {
     }
 
     /// The standing decision about `watcher` watching `presentity` in `pkg`, if a rule makes
-    /// one. A rule for one package wins over a rule for every package.
+    /// one. A rule for one package wins over a rule for every package; a mailbox
+    /// (message-summary) is only opened to others by a rule that names it.
     pub(super) fn standing_decision(
         &self,
         presentity: &str,
@@ -84,6 +100,7 @@ impl Presence {
             rules
                 .iter()
                 .filter(|r| r.covers(presentity, watcher, pkg.key()))
+                .filter(|r| r.event.is_some() || pkg != Pkg::MessageSummary)
         };
         covering()
             .find(|r| r.event.is_some())
@@ -207,6 +224,46 @@ impl Presence {
         drop(shard);
         self.send(out, durable);
         owed
+    }
+
+    /// Counts of presentities, subscriptions and publications, one shard locked at a time.
+    pub fn counts(&self) -> PresenceCounts {
+        let mut subs = [0usize; Pkg::ALL.len()];
+        let mut pubs = [0usize; Pkg::ALL.len()];
+        let index = |pkg: Pkg| Pkg::ALL.iter().position(|p| *p == pkg).unwrap_or(0);
+        let mut c = PresenceCounts::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            // Presentities hash to one shard: counting them per shard counts each once.
+            let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            for (k, r) in &shard.resources {
+                if r.pubs.is_empty() && r.subs.is_empty() {
+                    continue;
+                }
+                seen.insert(&k.presentity);
+                subs[index(k.pkg)] += r.subs.len();
+                pubs[index(k.pkg)] += r.pubs.len();
+                if k.pkg == Pkg::Dialog && !r.pubs.is_empty() {
+                    c.lamps += 1;
+                }
+                for s in r.subs.values() {
+                    match s.rec.state {
+                        SubState::Active => c.active += 1,
+                        SubState::Pending => c.pending += 1,
+                    }
+                }
+            }
+            c.presentities += seen.len();
+        }
+        c.by_package = Pkg::ALL
+            .iter()
+            .map(|p| (p.key(), subs[index(*p)]))
+            .collect();
+        c.publications_by_package = Pkg::ALL
+            .iter()
+            .map(|p| (p.key(), pubs[index(*p)]))
+            .collect();
+        c
     }
 
     /// Every presentity with publications or watchers, per package.

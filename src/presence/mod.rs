@@ -39,7 +39,7 @@ mod routing;
 mod subscriptions;
 mod timers;
 
-pub use admin::{PresentityInfo, PublicationInfo, RuleError, MAX_RULES};
+pub use admin::{PresenceCounts, PresentityInfo, PublicationInfo, RuleError, MAX_RULES};
 
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, DialogIdsTo, Policy, PresenceConfig, VendorProfile};

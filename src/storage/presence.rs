@@ -641,8 +641,11 @@ impl PresenceWrite {
 pub trait PresenceStore: Send + Sync {
     fn load_publications(&self) -> Result<Vec<PublicationRecord>, StorageError>;
     fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError>;
-    /// The standing authorization rules.
-    fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError>;
+    /// The standing authorization rules. The default keeps none: for test doubles that
+    /// wrap a store for its publications and subscriptions; both real stores keep them.
+    fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError> {
+        Ok(Vec::new())
+    }
     /// What the store can tell about its writes (the control API's `status`).
     fn stats(&self) -> Option<super::StoreStats> {
         None

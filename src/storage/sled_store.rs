@@ -441,6 +441,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn standing_rules_survive_reopen_deletes_stick_and_the_flush_is_timed() {
+        use crate::storage::{RuleAction, RuleRecord};
+        let dir = std::env::temp_dir().join(format!("busylamp-sled-rules-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rule = |id: &str, action| RuleRecord {
+            id: id.into(),
+            presentity: "sip:1001@example.com".into(),
+            watcher: "sip:eve@other.test".into(),
+            event: None,
+            action,
+            created_at: 1_900_000_000,
+        };
+        {
+            let s = SledStore::open(&dir, Duration::ZERO).unwrap();
+            assert_eq!(
+                s.stats().unwrap().flush_ms_last,
+                None,
+                "nothing flushed yet"
+            );
+            durable(s.write(vec![
+                PresenceWrite::rule(&rule("a", RuleAction::Allow)),
+                PresenceWrite::rule(&rule("b", RuleAction::Block)),
+            ]))
+            .await
+            .unwrap();
+            durable(s.write(vec![PresenceWrite::DeleteRule(b"a".to_vec())]))
+                .await
+                .unwrap();
+            let stats = s.stats().unwrap();
+            assert!(stats.flush_ms_last.is_some() && stats.flush_ms_max >= stats.flush_ms_last);
+        }
+        let mut reopened = None;
+        for _ in 0..100 {
+            match SledStore::open(&dir, Duration::ZERO) {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let s = reopened.expect("reopen");
+        assert_eq!(s.load_rules().unwrap(), vec![rule("b", RuleAction::Block)]);
+        assert!(
+            s.load_publications().unwrap().is_empty(),
+            "a rule is no publication"
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn writes_are_durable_across_reopen_and_deletes_stick() {
         let dir = std::env::temp_dir().join(format!("busylamp-sled-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
