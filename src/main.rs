@@ -507,7 +507,9 @@ mod ctl {
     /// `params` without the members that are `null` (options not given).
     fn object(params: Value) -> Value {
         match params {
-            Value::Object(o) => Value::Object(o.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+            Value::Object(o) => {
+                Value::Object(o.into_iter().filter(|(_, v)| !v.is_null()).collect())
+            }
             other => other,
         }
     }
@@ -515,9 +517,12 @@ mod ctl {
     pub fn run(command: Command) -> i32 {
         let (ctl, method, params, show) = match command {
             Command::Status { ctl } => (ctl, "status".to_string(), Value::Null, Show::Status),
-            Command::Registrations { list, ctl } => {
-                (ctl, "registrations".into(), list.params(), Show::Registrations)
-            }
+            Command::Registrations { list, ctl } => (
+                ctl,
+                "registrations".into(),
+                list.params(),
+                Show::Registrations,
+            ),
             Command::Calls { list, ctl } => (ctl, "calls".into(), list.params(), Show::Calls),
             Command::Watchers { list, ctl } => {
                 (ctl, "subscriptions".into(), list.params(), Show::Watchers)
@@ -535,7 +540,9 @@ mod ctl {
                 let body = match body.as_deref() {
                     Some("-") => {
                         let mut text = String::new();
-                        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                        if let Err(e) =
+                            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        {
                             eprintln!("error: reading the body from standard input: {e}");
                             return USAGE;
                         }
@@ -697,46 +704,78 @@ mod ctl {
     fn render(show: Show, v: &Value, now: u64) -> String {
         match show {
             Show::Status => status(v),
-            Show::Registrations => list(v, &["AOR", "CONTACT", "EXPIRES", "FLOW", "USER-AGENT"], |item| {
-                let contacts = item["contacts"].as_array().cloned().unwrap_or_default();
-                if contacts.is_empty() {
-                    return vec![vec![text(&item["aor"]), "-".into(), "-".into(), "-".into(), "-".into()]];
-                }
-                contacts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        vec![
-                            if i == 0 { text(&item["aor"]) } else { String::new() },
-                            text(&c["contact"]),
-                            until(&c["expires"], now),
-                            text(&c["flow"]),
-                            text(&c["user_agent"]),
-                        ]
-                    })
-                    .collect()
-            }),
-            Show::Calls => list(v, &["CALL-ID", "CALLER", "CALLEE", "STATE", "SINCE", "BRANCHES"], |c| {
-                let branches: Vec<String> = c["branches"]
-                    .as_array()
-                    .map(|b| {
-                        b.iter()
-                            .map(|b| format!("{} {}", text(&b["target"]), text(&b["state"])))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                vec![vec![
-                    text(&c["call_id"]),
-                    text(&c["caller"]),
-                    text(&c["callee"]),
-                    text(&c["state"]),
-                    ago(&c["since"], now),
-                    if branches.is_empty() { "-".into() } else { branches.join(", ") },
-                ]]
-            }),
+            Show::Registrations => list(
+                v,
+                &["AOR", "CONTACT", "EXPIRES", "FLOW", "USER-AGENT"],
+                |item| {
+                    let contacts = item["contacts"].as_array().cloned().unwrap_or_default();
+                    if contacts.is_empty() {
+                        return vec![vec![
+                            text(&item["aor"]),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                        ]];
+                    }
+                    contacts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            vec![
+                                if i == 0 {
+                                    text(&item["aor"])
+                                } else {
+                                    String::new()
+                                },
+                                text(&c["contact"]),
+                                until(&c["expires"], now),
+                                text(&c["flow"]),
+                                text(&c["user_agent"]),
+                            ]
+                        })
+                        .collect()
+                },
+            ),
+            Show::Calls => list(
+                v,
+                &["CALL-ID", "CALLER", "CALLEE", "STATE", "SINCE", "BRANCHES"],
+                |c| {
+                    let branches: Vec<String> = c["branches"]
+                        .as_array()
+                        .map(|b| {
+                            b.iter()
+                                .map(|b| format!("{} {}", text(&b["target"]), text(&b["state"])))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    vec![vec![
+                        text(&c["call_id"]),
+                        text(&c["caller"]),
+                        text(&c["callee"]),
+                        text(&c["state"]),
+                        ago(&c["since"], now),
+                        if branches.is_empty() {
+                            "-".into()
+                        } else {
+                            branches.join(", ")
+                        },
+                    ]]
+                },
+            ),
             Show::Watchers => list(
                 v,
-                &["WATCHER", "PRESENTITY", "PACKAGE", "STATE", "EXPIRES", "CSEQ", "VERSION", "FAILURES", "LAST"],
+                &[
+                    "WATCHER",
+                    "PRESENTITY",
+                    "PACKAGE",
+                    "STATE",
+                    "EXPIRES",
+                    "CSEQ",
+                    "VERSION",
+                    "FAILURES",
+                    "LAST",
+                ],
                 |s| {
                     vec![vec![
                         text(&s["watcher"]),
@@ -751,26 +790,45 @@ mod ctl {
                     ]]
                 },
             ),
-            Show::Lines => list(v, &["LINE", "LABEL", "APPEARANCE", "STATE", "PHONE", "SINCE"], |l| {
-                let apps = l["appearances"].as_array().cloned().unwrap_or_default();
-                if apps.is_empty() {
-                    return vec![vec![text(&l["aor"]), text(&l["label"]), "-".into(), "-".into(), "-".into(), "-".into()]];
-                }
-                apps.iter()
-                    .enumerate()
-                    .map(|(i, a)| {
-                        let first = i == 0;
-                        vec![
-                            if first { text(&l["aor"]) } else { String::new() },
-                            if first { text(&l["label"]) } else { String::new() },
-                            text(&a["index"]),
-                            text(&a["state"]),
-                            text(&a["phone"]),
-                            ago(&a["since"], now),
-                        ]
-                    })
-                    .collect()
-            }),
+            Show::Lines => list(
+                v,
+                &["LINE", "LABEL", "APPEARANCE", "STATE", "PHONE", "SINCE"],
+                |l| {
+                    let apps = l["appearances"].as_array().cloned().unwrap_or_default();
+                    if apps.is_empty() {
+                        return vec![vec![
+                            text(&l["aor"]),
+                            text(&l["label"]),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                        ]];
+                    }
+                    apps.iter()
+                        .enumerate()
+                        .map(|(i, a)| {
+                            let first = i == 0;
+                            vec![
+                                if first {
+                                    text(&l["aor"])
+                                } else {
+                                    String::new()
+                                },
+                                if first {
+                                    text(&l["label"])
+                                } else {
+                                    String::new()
+                                },
+                                text(&a["index"]),
+                                text(&a["state"]),
+                                text(&a["phone"]),
+                                ago(&a["since"], now),
+                            ]
+                        })
+                        .collect()
+                },
+            ),
             Show::Done(what) => match v.get("id") {
                 Some(id) => format!("{what}: id {}", text(id)),
                 None => format!("{what}: {v}"),
@@ -797,7 +855,11 @@ mod ctl {
         for (k, val) in v.as_object().into_iter().flatten() {
             if !matches!(k.as_str(), "version" | "api" | "uptime" | "listen") {
                 // The counts are what people look for: without their prefix.
-                let prefix = if k == "counts" { String::new() } else { k.clone() };
+                let prefix = if k == "counts" {
+                    String::new()
+                } else {
+                    k.clone()
+                };
                 flatten(&prefix, val, &mut flat);
             }
         }
@@ -832,7 +894,10 @@ mod ctl {
         let mut out = table(headers, &all);
         let total = v["total"].as_u64().unwrap_or(items.len() as u64);
         if total != items.len() as u64 {
-            out.push_str(&format!("({} of {total}: see --offset and --limit)\n", items.len()));
+            out.push_str(&format!(
+                "({} of {total}: see --offset and --limit)\n",
+                items.len()
+            ));
         } else if items.is_empty() {
             out.push_str("(none)\n");
         }
@@ -841,7 +906,12 @@ mod ctl {
 
     /// Columns padded to their widest cell, two spaces apart; no padding after the last.
     fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-        let cols = rows.iter().map(Vec::len).chain([headers.len()]).max().unwrap_or(0);
+        let cols = rows
+            .iter()
+            .map(Vec::len)
+            .chain([headers.len()])
+            .max()
+            .unwrap_or(0);
         let mut width = vec![0; cols];
         let head: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
         for row in rows.iter().chain((!head.is_empty()).then_some(&head)) {
@@ -917,17 +987,50 @@ mod ctl {
             ]});
             let t = render(Show::Registrations, &regs, now);
             let lines: Vec<&str> = t.lines().collect();
-            assert!(lines[0].starts_with("AOR") && lines[0].contains("USER-AGENT"), "{t}");
-            assert!(lines[1].contains("sip:1001@example.test") && lines[1].contains("in 1h 0m") && lines[1].ends_with("Yealink"), "{t}");
-            assert!(lines[2].starts_with(' ') && lines[2].contains("in 5s") && lines[2].ends_with('-'), "{t}");
+            assert!(
+                lines[0].starts_with("AOR") && lines[0].contains("USER-AGENT"),
+                "{t}"
+            );
+            assert!(
+                lines[1].contains("sip:1001@example.test")
+                    && lines[1].contains("in 1h 0m")
+                    && lines[1].ends_with("Yealink"),
+                "{t}"
+            );
+            assert!(
+                lines[2].starts_with(' ') && lines[2].contains("in 5s") && lines[2].ends_with('-'),
+                "{t}"
+            );
             assert!(lines[3].contains("1 of 3"), "{t}");
-            assert_eq!(render(Show::Calls, &json!({"total": 0, "items": []}), now).lines().nth(1), Some("(none)"));
-            let s = render(Show::Status, &json!({"api": 1, "version": "0.1.0", "uptime": 65, "listen": ["udp:127.0.0.1:5060"], "counts": {"aors": 2, "subscriptions": {"by_state": {"active": 1}}}}), now);
-            assert!(s.starts_with("busylamp 0.1.0 (control API 1), up 1m 5s\n"), "{s}");
-            for row in [["listen", "udp:127.0.0.1:5060"], ["aors", "2"], ["subscriptions.by_state.active", "1"]] {
-                assert!(s.lines().any(|l| l.split_whitespace().eq(row)), "{row:?}: {s}");
+            assert_eq!(
+                render(Show::Calls, &json!({"total": 0, "items": []}), now)
+                    .lines()
+                    .nth(1),
+                Some("(none)")
+            );
+            let s = render(
+                Show::Status,
+                &json!({"api": 1, "version": "0.1.0", "uptime": 65, "listen": ["udp:127.0.0.1:5060"], "counts": {"aors": 2, "subscriptions": {"by_state": {"active": 1}}}}),
+                now,
+            );
+            assert!(
+                s.starts_with("busylamp 0.1.0 (control API 1), up 1m 5s\n"),
+                "{s}"
+            );
+            for row in [
+                ["listen", "udp:127.0.0.1:5060"],
+                ["aors", "2"],
+                ["subscriptions.by_state.active", "1"],
+            ] {
+                assert!(
+                    s.lines().any(|l| l.split_whitespace().eq(row)),
+                    "{row:?}: {s}"
+                );
             }
-            assert_eq!(render(Show::Done("published"), &json!({"id": "a1"}), now), "published: id a1");
+            assert_eq!(
+                render(Show::Done("published"), &json!({"id": "a1"}), now),
+                "published: id a1"
+            );
             // Not a list: shown as JSON rather than lost.
             assert!(render(Show::Lines, &json!({"x": 1}), now).contains("\"x\": 1"));
         }

@@ -87,7 +87,10 @@ impl Conn {
     async fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
         let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         self.send(req.to_string().as_bytes()).await;
-        let answer = self.line().await.expect("an answer, not a closed connection");
+        let answer = self
+            .line()
+            .await
+            .expect("an answer, not a closed connection");
         assert_eq!(answer["id"], id, "{answer}");
         answer
     }
@@ -134,7 +137,13 @@ async fn status_answers_over_the_real_socket_which_is_0660_and_removed_at_shutdo
     // Methods the api serves answer through the socket too, errors with the field named.
     let answer = c.call(2, "registrations", json!({"limit": 5000})).await;
     assert_eq!(answer["error"]["code"], -32602, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("limit"), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit"),
+        "{answer}"
+    );
     let answer = c.call(3, "no_such_method", json!({})).await;
     assert_eq!(answer["error"]["code"], -32601, "{answer}");
     // A notification gets no answer: the next answer is the next request's.
@@ -187,7 +196,11 @@ async fn several_clients_at_once_each_get_their_answers_in_order_and_extra_clien
         let mut c = Conn::connect(&path).await;
         let req = json!({"jsonrpc": "2.0", "id": 1, "method": "status"});
         c.send(req.to_string().as_bytes()).await;
-        if c.line().await.and_then(|a| a.get("result").cloned()).is_some() {
+        if c.line()
+            .await
+            .and_then(|a| a.get("result").cloned())
+            .is_some()
+        {
             got_in = true;
             break;
         }
@@ -285,17 +298,26 @@ async fn a_thousand_mutated_lines_each_get_an_error_or_an_answer_and_the_server_
         match answers.as_slice() {
             [] => silent += 1, // it became a notification: no answer, by JSON-RPC
             [a] if a["error"]["code"].is_i64() => {
-                assert!(a["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+                assert!(a["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()));
                 errors += 1
             }
             [a] if a.get("result").is_some() => results += 1,
-            more => panic!("{} answers to {:?}: {more:?}", more.len(), String::from_utf8_lossy(line)),
+            more => panic!(
+                "{} answers to {:?}: {more:?}",
+                more.len(),
+                String::from_utf8_lossy(line)
+            ),
         }
         if n % 100 == 0 {
             other.status(n as u64).await;
         }
     }
-    assert!(errors > 500, "{errors} errors, {results} results, {silent} silent");
+    assert!(
+        errors > 500,
+        "{errors} errors, {results} results, {silent} silent"
+    );
     // The server is fine: SIP and the other client are answered.
     other.status(1).await;
     let ua = Udp::new(s.udp).await;
@@ -316,10 +338,16 @@ async fn an_over_long_line_is_answered_and_the_connection_closed() {
     assert_eq!(c.line().await.unwrap()["result"]["api"], 1);
     // One byte more, without its newline even: an error, then the connection is closed.
     let mut long = Conn::connect(&path).await;
-    long.wr.write_all(format!("{fits} ").as_bytes()).await.unwrap();
+    long.wr
+        .write_all(format!("{fits} ").as_bytes())
+        .await
+        .unwrap();
     let a = long.line().await.expect("an error line");
     assert_eq!(a["error"]["code"], -32600, "{a}");
-    assert!(a["error"]["message"].as_str().unwrap().contains("1024"), "{a}");
+    assert!(
+        a["error"]["message"].as_str().unwrap().contains("1024"),
+        "{a}"
+    );
     assert!(long.closed_within(Duration::from_secs(5)).await);
     // Megabytes in one line cost the server no more than the limit.
     let mut huge = Conn::connect(&path).await;
@@ -342,7 +370,10 @@ fn register_1h(ua: &Udp, user: &str, cseq: u32) -> Vec<u8> {
         ua.port(),
         &format!("ctl-{user}-{}", ua.port()),
         cseq,
-        &format!("Contact: <sip:{user}@127.0.0.1:{}>\nExpires: 3600", ua.port()),
+        &format!(
+            "Contact: <sip:{user}@127.0.0.1:{}>\nExpires: 3600",
+            ua.port()
+        ),
     )
 }
 
@@ -427,9 +458,19 @@ async fn a_follower_the_bus_left_behind_gets_resync_and_a_fresh_snapshot() {
     let dir = temp_dir("lag");
     let path = dir.join("c.sock");
     let bus = EventBus::new(8);
-    let server = control::start(&path, None, Limits::default(), Arc::new(Fixed(0)), bus.clone()).unwrap();
+    let server = control::start(
+        &path,
+        None,
+        Limits::default(),
+        Arc::new(Fixed(0)),
+        bus.clone(),
+    )
+    .unwrap();
     let mut f = Conn::connect(&path).await;
-    assert_eq!(f.call(1, "follow", Value::Null).await["result"]["following"], true);
+    assert_eq!(
+        f.call(1, "follow", Value::Null).await["result"]["following"],
+        true
+    );
     assert_eq!(f.line().await.unwrap()["params"]["seq"], 0);
     bus.publish(appearance(0));
     assert_eq!(f.line().await.unwrap()["params"]["seq"], 1);
@@ -445,7 +486,11 @@ async fn a_follower_the_bus_left_behind_gets_resync_and_a_fresh_snapshot() {
     bus.publish(appearance(7));
     let next = f.line().await.unwrap();
     assert_eq!(
-        (next["method"].as_str(), next["params"]["seq"].as_u64(), next["params"]["appearance"].as_u64()),
+        (
+            next["method"].as_str(),
+            next["params"]["seq"].as_u64(),
+            next["params"]["appearance"].as_u64()
+        ),
         (Some("change"), Some(3), Some(7))
     );
     server.stop();
@@ -472,7 +517,10 @@ async fn a_follower_that_never_reads_is_resynced_or_dropped_while_sip_goes_on() 
             other.status(u64::from(cseq)).await;
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(60), "SIP kept its pace");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "SIP kept its pace"
+    );
     // The stuck client, reading at last: the stream it missed is not there; it was either
     // told to resync or dropped.
     let mut lines = 0;
@@ -486,7 +534,10 @@ async fn a_follower_that_never_reads_is_resynced_or_dropped_while_sip_goes_on() 
             }
             Some(_) => lines += 1,
         }
-        assert!(lines < 1500, "all 1500 changes were kept for a client that did not read");
+        assert!(
+            lines < 1500,
+            "all 1500 changes were kept for a client that did not read"
+        );
     };
     eprintln!("the stuck follower was {outcome} after {lines} lines");
     other.status(2).await;
@@ -501,30 +552,48 @@ async fn a_stale_socket_is_replaced_a_live_one_or_another_file_is_an_error_namin
     // Left by a server that died: nobody listens.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let first = control::start(&path, None, Limits::default(), Arc::new(Fixed(0)), EventBus::new(8))
-        .expect("the stale socket is replaced");
+    let first = control::start(
+        &path,
+        None,
+        Limits::default(),
+        Arc::new(Fixed(0)),
+        EventBus::new(8),
+    )
+    .expect("the stale socket is replaced");
     Conn::connect(&path).await.status(1).await;
     // Another server on the same path while the first answers.
-    let err = control::start(&path, None, Limits::default(), Arc::new(Fixed(0)), EventBus::new(8))
-        .err()
-        .expect("a live socket is not taken over");
+    let err = control::start(
+        &path,
+        None,
+        Limits::default(),
+        Arc::new(Fixed(0)),
+        EventBus::new(8),
+    )
+    .err()
+    .expect("a live socket is not taken over");
     assert!(matches!(err, ControlError::Live(_)), "{err}");
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
     Conn::connect(&path).await.status(2).await;
     first.stop();
     // A file that is not a socket is never removed.
     let file = dir.join("notes");
     std::fs::write(&file, "keep me").unwrap();
-    let err = control::start(&file, None, Limits::default(), Arc::new(Fixed(0)), EventBus::new(8))
-        .err()
-        .unwrap();
+    let err = control::start(
+        &file,
+        None,
+        Limits::default(),
+        Arc::new(Fixed(0)),
+        EventBus::new(8),
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, ControlError::NotASocket(_)), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     // Through the server's start: its error names the path.
-    let cfg = format!(
-        "{TRUSTED}\n[control]\nsocket = \"{}\"\n",
-        file.display()
-    );
+    let cfg = format!("{TRUSTED}\n[control]\nsocket = \"{}\"\n", file.display());
     let cfg = busylamp::config::Config::from_toml(&cfg, "t.toml").unwrap();
     let store = Arc::new(busylamp::storage::MemoryStore::new());
     let err = busylamp::server::start(
@@ -540,7 +609,10 @@ async fn a_stale_socket_is_replaced_a_live_one_or_another_file_is_an_error_namin
     .await
     .err()
     .expect("no start on a path that is not a socket");
-    assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -560,7 +632,10 @@ async fn a_client_whose_writes_stall_is_disconnected() {
     let server =
         control::start(&path, None, limits, Arc::new(Fixed(64 * 1024)), bus.clone()).unwrap();
     let mut f = Conn::connect(&path).await;
-    assert_eq!(f.call(1, "follow", Value::Null).await["result"]["following"], true);
+    assert_eq!(
+        f.call(1, "follow", Value::Null).await["result"]["following"],
+        true
+    );
     assert_eq!(f.line().await.unwrap()["method"], "snapshot");
     // Far more than the socket buffer holds, while the client reads nothing.
     for batch in 0..200 {
@@ -577,7 +652,10 @@ async fn a_client_whose_writes_stall_is_disconnected() {
     let mut lines = 0;
     while f.line().await.is_some() {
         lines += 1;
-        assert!(lines < 10_000, "the server kept everything for a client that did not read");
+        assert!(
+            lines < 10_000,
+            "the server kept everything for a client that did not read"
+        );
     }
     other.status(2).await;
     server.stop();
@@ -591,18 +669,26 @@ async fn a_client_that_never_reads_its_answers_is_disconnected() {
     let (s, path, dir) = server_with_socket("noread", "").await;
     let mut other = Conn::connect(&path).await;
     let mut greedy = Conn::connect(&path).await;
-    let req = format!("{}\n", json!({"jsonrpc": "2.0", "id": 1, "method": "lines"}));
+    let req = format!(
+        "{}\n",
+        json!({"jsonrpc": "2.0", "id": 1, "method": "lines"})
+    );
     // Up to 100,000 requests (~5 MB), far beyond what the socket buffers and the queue hold;
     // a write fails once the server has dropped the connection.
     let mut sent = 0;
     for _ in 0..100_000 {
-        match tokio::time::timeout(Duration::from_secs(5), greedy.wr.write_all(req.as_bytes())).await {
+        match tokio::time::timeout(Duration::from_secs(5), greedy.wr.write_all(req.as_bytes()))
+            .await
+        {
             Ok(Ok(())) => sent += 1,
             Ok(Err(_)) => break,
             Err(_) => panic!("the server stopped reading without closing: {sent} requests sent"),
         }
     }
-    assert!(sent < 100_000, "all 100,000 requests were taken from a client that read nothing");
+    assert!(
+        sent < 100_000,
+        "all 100,000 requests were taken from a client that read nothing"
+    );
     assert!(greedy.closed_within(Duration::from_secs(5)).await);
     other.status(1).await;
     let ua = Udp::new(s.udp).await;
