@@ -775,7 +775,10 @@ mod ctl {
                     "VERSION",
                     "FAILURES",
                     "LAST",
+                    "KIND",
                 ],
+                // KIND: `watcher` (a SUBSCRIBE we serve) or `api` (one our presence client
+                // made for `busylamp subscribe`).
                 |s| {
                     vec![vec![
                         text(&s["watcher"]),
@@ -787,6 +790,7 @@ mod ctl {
                         text(&s["version"]),
                         text(&s["failures"]),
                         text(&s["last_answer"]),
+                        text(&s["kind"]),
                     ]]
                 },
             ),
