@@ -696,3 +696,32 @@ async fn a_client_that_never_reads_its_answers_is_disconnected() {
     s.handle.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The socket gets the data directory's group (the .deb's `busylamp` group reaches it), when
+/// this process may give it (root here; otherwise the check is skipped).
+#[tokio::test]
+async fn the_socket_gets_the_group_of_the_data_directory() {
+    let dir = temp_dir("group");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let other_gid = 65534; // nogroup
+    if std::os::unix::fs::chown(&data, None, Some(other_gid)).is_err() {
+        eprintln!("skipped: this process may not change a directory's group");
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let path = dir.join("c.sock");
+    let server = control::start(
+        &path,
+        Some(&data),
+        Limits::default(),
+        Arc::new(Fixed(0)),
+        EventBus::new(8),
+    )
+    .unwrap();
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert_eq!(meta.gid(), other_gid);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
