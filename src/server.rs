@@ -35,7 +35,7 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("cannot read random bytes from the operating system (for keys, tags and ids): {0}")]
     Random(getrandom::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Control(#[from] crate::control::server::ControlError),
 }
 

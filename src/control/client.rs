@@ -107,7 +107,7 @@ impl Client {
             .map_err(|e| self.broken(format!("cannot send the request: {e}")))?;
         loop {
             match self.read()? {
-                Reply::Answer { id: got, result } if got == Value::from(id) => {
+                Reply::Answer { id: got, result } if got == id => {
                     return result.map_err(CallError::Rpc)
                 }
                 Reply::Answer { id: got, result } => {

@@ -32,6 +32,9 @@ pub(super) async fn run(
             tokio::select! {
                 permit = tx.reserve() => {
                     let Ok(permit) = permit else { return };
+                    if !skip_backlog(&mut bus) {
+                        return;
+                    }
                     seq += 1;
                     let mut lines = rpc::notification_line("resync", None);
                     lines.push_str(&snapshot_line(seq, methods.snapshot()));
@@ -57,6 +60,23 @@ pub(super) async fn run(
         }
     }
 }
+
+/// Drops the events already waiting for this reader: the snapshot taken next holds them.
+/// Bounded, since publishers go on meanwhile. `false` when the bus is closed.
+fn skip_backlog(bus: &mut broadcast::Receiver<Event>) -> bool {
+    use tokio::sync::broadcast::error::TryRecvError;
+    for _ in 0..MAX_SKIPPED {
+        match bus.try_recv() {
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Closed) => return false,
+        }
+    }
+    true
+}
+
+/// Most events [`skip_backlog`] drops in one go (the bus holds 4096 per reader).
+const MAX_SKIPPED: usize = 10_000;
 
 /// The `snapshot` notification: `seq` and the members of `state` (an object; anything else
 /// is given as `state`).
