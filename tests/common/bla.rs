@@ -762,7 +762,8 @@ impl BlaPhone {
     pub fn new_call(&mut self, k: Option<u32>) -> LineCall {
         self.next_id += 1;
         let id = format!("{}-{}", self.phone.name, self.next_id);
-        let call_id = format!("{id}-{}@127.0.0.1", self.phone.ua.port());
+        // No `@`: Phone::invite makes its From tag of the Call-ID, and a tag is a token.
+        let call_id = format!("{id}-{}-call", self.phone.ua.port());
         LineCall {
             local_tag: format!("from-{call_id}"),
             id,
@@ -846,7 +847,20 @@ impl BlaPhone {
     pub async fn call(&mut self, id: &str, callee: &mut Phone) -> (Leg, String, u16) {
         let c = self.mine[id].clone();
         let invite = self.phone.invite(&callee.user, &c.call_id).await;
-        let incoming = callee.next_of("INVITE").await;
+        let incoming = match callee.ua.next_request_within(5000).await {
+            Some(r) if r.method == "INVITE" => r,
+            other => {
+                let r = self.response_to(&c.call_id, 1, 5000).await;
+                panic!(
+                    "phone {}'s INVITE to {} did not reach it ({:?} did): the proxy answered {} {}",
+                    self.phone.name,
+                    callee.user,
+                    other.map(|r| r.method),
+                    r.status,
+                    r.reason
+                );
+            }
+        };
         let tag = format!("callee-{}", c.id);
         callee.reply(&incoming, 180, &tag).await;
         self.update(id, |c| c.state = DialogState::Proceeding).await;
