@@ -114,6 +114,11 @@ pub struct BlaPhone {
     pub refreshes: Vec<Request>,
     /// The status of each NOTIFY we sent by ourselves (after a SUBSCRIBE), in order.
     pub auto_notify_status: Vec<u16>,
+    /// The status of the first NOTIFY of each subscription in `subscribes`.
+    pub subscribe_answers: Vec<u16>,
+    /// What happened in the server's subscription to us, one line each (SUBSCRIBEs
+    /// received, NOTIFYs sent and their answers), for failure messages.
+    pub log: Vec<String>,
     /// Our answer to each request the server sent, by (Via branch, method): a
     /// retransmission gets it again.
     answered: HashMap<(String, String), Vec<u8>>,
@@ -193,6 +198,8 @@ impl BlaPhone {
             subscribes: Vec::new(),
             refreshes: Vec::new(),
             auto_notify_status: Vec::new(),
+            subscribe_answers: Vec::new(),
+            log: Vec::new(),
             answered: HashMap::new(),
             seen: HashSet::new(),
             calls: VecDeque::new(),
@@ -506,7 +513,7 @@ impl BlaPhone {
             .await
             .unwrap_or_else(|| panic!("phone {name}: the server did not SUBSCRIBE within {ms} ms"));
         let r = self.subscribes[count].clone();
-        (r, *self.auto_notify_status.last().unwrap())
+        (r, self.subscribe_answers[count])
     }
 
     /// Waits for the server's first `dialog;sla` SUBSCRIBE; asserts our first NOTIFY got
@@ -532,6 +539,11 @@ impl BlaPhone {
             self.answer(&r, 489, None, &[]).await;
             return;
         }
+        self.log.push(format!(
+            "SUBSCRIBE {} Call-ID {call_id} CSeq {} Expires {expires}",
+            if to_tag.is_empty() { "new" } else { "in-dialog" },
+            cseq_of(&r)
+        ));
         if to_tag.is_empty() {
             let n = self.subscribes.len();
             let local_tag = format!("sla{}{n}", self.phone.name);
@@ -568,6 +580,7 @@ impl BlaPhone {
             self.subscribes.push(r);
             let status = self.notify_full().await;
             self.auto_notify_status.push(status);
+            self.subscribe_answers.push(status);
             return;
         }
         let ours = self
@@ -575,6 +588,7 @@ impl BlaPhone {
             .as_ref()
             .is_some_and(|s| s.call_id == call_id && s.local_tag == to_tag);
         if !ours {
+            self.log.push("  a dialog we do not know: 481".into());
             self.answer(&r, 481, None, &[]).await;
             return;
         }
@@ -742,6 +756,14 @@ impl BlaPhone {
         let (bytes, cseq) = self.notify_request(&body, sub);
         self.notify_raw(&bytes).await;
         let r = self.notify_status(cseq).await;
+        self.log.push(format!(
+            "  NOTIFY {} ({} dialogs) CSeq {cseq} in {}: {} {}",
+            state.as_str(),
+            calls.len(),
+            self.sla.as_ref().map(|s| s.call_id.as_str()).unwrap_or("?"),
+            r.status,
+            r.reason
+        ));
         self.last_reason = r.reason.clone();
         r.status
     }
