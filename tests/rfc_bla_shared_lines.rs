@@ -107,12 +107,18 @@ async fn three_phones_seize_conflict_call_hold_pickup_hang_up_and_registration_e
     .await;
 
     // A seizes appearance 0: B and C see it, A does not get it back.
+    let a_docs = a.docs.len();
     let (status, a0) = a.seize(0).await;
     assert_eq!(status, 200, "seize of a free appearance: {}", a.last_reason);
     for p in [&mut b, &mut c] {
         p.sees("A seizing 0", |v| holds(v, 0, "A", Trying, false))
             .await;
     }
+
+    // The change went out (B and C have it): A was not NOTIFYed of its own seize at all,
+    // since its document leaves its own dialogs out and did not change.
+    a.pump_for(1000).await;
+    assert_eq!(a.docs.len(), a_docs, "A got a NOTIFY for its own seize");
 
     // B seizes 0 too: 409, nothing changes; B seizes 1: 200.
     let (status, _) = b.seize(0).await;
