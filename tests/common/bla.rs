@@ -541,7 +541,11 @@ impl BlaPhone {
         }
         self.log.push(format!(
             "SUBSCRIBE {} Call-ID {call_id} CSeq {} Expires {expires}",
-            if to_tag.is_empty() { "new" } else { "in-dialog" },
+            if to_tag.is_empty() {
+                "new"
+            } else {
+                "in-dialog"
+            },
             cseq_of(&r)
         ));
         if to_tag.is_empty() {
@@ -928,6 +932,40 @@ impl BlaPhone {
         let ok = self.response_to(&leg.call_id, leg.cseq, 5000).await;
         assert_eq!(ok.status, 200, "BYE: {}", ok.reason);
         self.end(id).await
+    }
+}
+
+impl BlaPhone {
+    /// Rings for the INVITE `invite` the proxy forked to us: `180` with our To tag, and an
+    /// `early` dialog (direction recipient, as in the Polycom capture) on appearance `k`
+    /// reported. The dialog id, our tag and the NOTIFY's status.
+    pub async fn ring(&mut self, invite: &Request, k: u32) -> (String, String, u16) {
+        let mut c = self.new_call(Some(k));
+        let tag = format!("ring-{}", c.id);
+        self.phone.reply(invite, 180, &tag).await;
+        c.call_id = invite.call_id().unwrap().to_string();
+        c.local_tag = tag.clone();
+        c.remote_tag = Some(tag_of(invite.headers.get(HeaderName::From).unwrap()));
+        c.initiator = false;
+        c.state = DialogState::Early;
+        c.remote = Some(
+            busylamp::sip::NameAddr::parse(invite.headers.get(HeaderName::From).unwrap())
+                .unwrap()
+                .uri
+                .to_string(),
+        );
+        let id = c.id.clone();
+        self.mine.insert(id.clone(), c);
+        let status = self.report(&id).await;
+        (id, tag, status)
+    }
+
+    /// The INVITE we rang for (our `180` had To tag `tag`) was answered elsewhere: the
+    /// proxy's CANCEL gets `200`, the INVITE `487`.
+    pub async fn cancelled(&mut self, invite: &Request, tag: &str) {
+        let cancel = self.next_call("CANCEL", 5000).await;
+        self.phone.reply(&cancel, 200, tag).await;
+        self.phone.reply(invite, 487, tag).await;
     }
 }
 
