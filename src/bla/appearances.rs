@@ -274,12 +274,9 @@ impl Line {
             let mut on_k = new.iter().filter(|n| n.holds() == Some(k));
             let first = on_k.next().and_then(|n| n.dialog.call_id.as_deref());
             let ringing_call = first.filter(|c| {
-                new.iter()
-                    .filter(|n| n.holds() == Some(k))
-                    .all(|n| {
-                        n.dialog.state != DialogState::Trying
-                            && n.dialog.call_id.as_deref() == Some(*c)
-                    })
+                new.iter().filter(|n| n.holds() == Some(k)).all(|n| {
+                    n.dialog.state != DialogState::Trying && n.dialog.call_id.as_deref() == Some(*c)
+                })
             });
             for (other, dialogs) in self.phones.iter().filter(|(p, _)| p.as_str() != phone) {
                 for kept in dialogs.dialogs.iter().filter(|d| d.holds() == Some(k)) {
@@ -988,7 +985,12 @@ mod tests {
         line.apply(A, &ring("early"), 100).unwrap();
         line.apply(B, &ring("early"), 100).unwrap();
         assert_eq!(states(&line)[0].0, AppearanceState::Ringing);
-        refused(&mut line, C, &seize("c1", 0), Refusal::Taken { appearance: 0 });
+        refused(
+            &mut line,
+            C,
+            &seize("c1", 0),
+            Refusal::Taken { appearance: 0 },
+        );
         // Another call on that appearance is refused too.
         let other = partial(&[polycom_dialog("in2", "early", Some(0), false)]);
         refused(&mut line, C, &other, Refusal::Taken { appearance: 0 });
