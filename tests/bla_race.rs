@@ -11,27 +11,8 @@ use common::bla::*;
 use common::*;
 use std::time::Duration;
 
-const CONFIG: &str = r#"
-[server]
-domain = "example.test"
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-data_dir = "/nonexistent-unused-by-memory-store"
-[auth]
-trusted = ["127.0.0.0/8"]
-trusted_for = ["calls"]
-[presence]
-coalesce_ms = 0
-[[bla.lines]]
-aor = "2000"
-appearances = 2
-members = ["1001"]
-[[users]]
-name = "2000"
-password = "line-pw"
-[[users]]
-name = "1001"
-password = "pw1001"
-"#;
+/// Line 2000 with two appearances, its own user and member 1001.
+const CONFIG: &str = LINE_2000_TWO_USERS;
 
 const ROUNDS: usize = 1_000;
 

@@ -28,6 +28,30 @@ use std::time::Duration;
 pub const POLYCOM_UA: &str = "PolycomVVX-VVX_350-UA/5.9.5.0614";
 pub const DOMAIN: &str = "example.test";
 
+/// A server config with shared line 2000 (2 appearances), its own user `2000`/`line-pw` and
+/// member `1001`/`pw1001`; calls trusted from loopback, NOTIFYs not coalesced.
+pub const LINE_2000_TWO_USERS: &str = r#"
+[server]
+domain = "example.test"
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+data_dir = "/nonexistent-unused-by-memory-store"
+[auth]
+trusted = ["127.0.0.0/8"]
+trusted_for = ["calls"]
+[presence]
+coalesce_ms = 0
+[[bla.lines]]
+aor = "2000"
+appearances = 2
+members = ["1001"]
+[[users]]
+name = "2000"
+password = "line-pw"
+[[users]]
+name = "1001"
+password = "pw1001"
+"#;
+
 /// One of this phone's own dialogs on the line, as it reports it in its NOTIFYs.
 #[derive(Debug, Clone)]
 pub struct LineCall {
