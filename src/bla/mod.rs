@@ -570,13 +570,44 @@ impl Bla {
         }
         let after = table.snapshot();
         self.announce(aor, &before, &after);
-        self.adjust_expires(table, st.members.get_mut(aor));
+        let durable = match durable {
+            None => {
+                self.adjust_expires(table, st.members.get_mut(aor));
+                None
+            }
+            // A seize shortens our subscription (a refresh SUBSCRIBE): it follows the `200`
+            // to the seize rather than crossing it (a phone reading both at once, as sipp
+            // does, sees the SUBSCRIBE first otherwise).
+            Some(written) => Some(self.then_adjust(aor, written)),
+        };
         drop(guard);
         self.wake.notify_one();
         NotifyAnswer {
             durable,
             ..NotifyAnswer::ok()
         }
+    }
+
+    /// The write the answer waits for, passed on; our subscriptions' Expires on line `aor`
+    /// adjusted once it is done and the answer on its way.
+    fn then_adjust(&self, aor: &str, written: Durable) -> Durable {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let weak = self.this.clone();
+        let aor = aor.to_string();
+        tokio::spawn(async move {
+            let _ = tx.send(crate::storage::durable(written).await);
+            // The server's task sends the answer as soon as it hears of the write.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            let Some(bla) = weak.upgrade() else { return };
+            let mut guard = lock(&bla.state);
+            let st = &mut *guard;
+            if let Some(table) = st.tables.get(&aor) {
+                bla.adjust_expires(table, st.members.get_mut(&aor));
+            }
+        });
+        rx
     }
 
     /// Our subscription to a phone ended (or could not be made): it releases what the phone
