@@ -3,6 +3,7 @@
 //! snapshots and the event bus (DESIGN.md: thin events, pulled snapshots).
 
 pub mod api;
+pub mod metrics;
 pub mod rpc;
 
 use rpc::RpcError;

@@ -224,6 +224,51 @@ pub struct SubscriptionInfo {
     pub user_agent: Option<String>,
 }
 
+/// NOTIFYs sent and how the failed ones ended, since start (the metrics endpoint's
+/// `busylamp_notifies_total`). Bumped on the SIP path: atomics, no lock.
+#[derive(Debug, Default)]
+pub struct NotifyCounts {
+    sent: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A reading of [`NotifyCounts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NotifyTotals {
+    /// NOTIFY requests sent (each a new client transaction; retransmissions not counted).
+    pub sent: u64,
+    /// NOTIFYs that got no 2xx (timeout, transport error, 408, 5xx, 401...) whose
+    /// subscription stays: the state is sent again later.
+    pub retried: u64,
+    /// NOTIFYs refused for good (481 and kin, RFC 5057): their subscription ended.
+    pub failed: u64,
+}
+
+impl NotifyCounts {
+    /// A NOTIFY left (the server core started its client transaction).
+    pub fn count_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> NotifyTotals {
+        NotifyTotals {
+            sent: self.sent.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Subscriptions and publications per package, and the lamps: presentities with dialog
+/// state (a `dialog` publication). Counted at once over every shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PackageCounts {
+    /// (package key, subscriptions, publications) for each of [`Pkg::ALL`].
+    pub by_package: Vec<(&'static str, usize, usize)>,
+    pub lamps: usize,
+}
+
 #[derive(Debug, Clone)]
 struct Publication {
     rec: PublicationRecord,
@@ -364,6 +409,8 @@ pub struct Presence {
     trusted: Vec<ipnet::IpNet>,
     /// Failing NOTIFYs, summed up at `info` once per interval ([`Presence::run_log_summary`]).
     notify_failures: crate::logs::NotifyFailures,
+    /// NOTIFYs sent, retried and failed since start, for the metrics endpoint.
+    notify_counts: NotifyCounts,
 }
 
 /// Takes one of `cap` places in `count`, checked and taken in one atomic step (a check, then
@@ -448,6 +495,7 @@ impl Presence {
             open_mode: cfg.auth.mode == AuthMode::Open,
             trusted: cfg.auth.trusted.clone(),
             notify_failures: Default::default(),
+            notify_counts: Default::default(),
         })
     }
 
@@ -690,6 +738,38 @@ impl Presence {
             }
         }
         v
+    }
+
+    /// NOTIFYs sent, retried and failed since start (the server core counts the sent ones).
+    pub fn notify_counts(&self) -> &NotifyCounts {
+        &self.notify_counts
+    }
+
+    /// Subscriptions and publications per package and the lamps, for the metrics endpoint
+    /// (one short lock per shard; nothing is copied).
+    pub fn package_counts(&self) -> PackageCounts {
+        let mut subs = [0usize; Pkg::ALL.len()];
+        let mut pubs = [0usize; Pkg::ALL.len()];
+        let mut lamps = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, r) in &shard.resources {
+                let i = Pkg::ALL.iter().position(|p| *p == k.pkg).unwrap_or(0);
+                subs[i] += r.subs.len();
+                pubs[i] += r.pubs.len();
+                if k.pkg == Pkg::Dialog && !r.pubs.is_empty() {
+                    lamps += 1;
+                }
+            }
+        }
+        PackageCounts {
+            by_package: Pkg::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.key(), subs[i], pubs[i]))
+                .collect(),
+            lamps,
+        }
     }
 
     /// Every subscription, for the dashboard and the control API.

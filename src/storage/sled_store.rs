@@ -8,6 +8,7 @@ use super::presence::{
     decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
     PresenceWrite, PublicationRecord, SubscriptionRecord,
 };
+use super::flush_times::FlushTimes;
 use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
@@ -82,6 +83,8 @@ pub struct SledStore {
     opened: Instant,
     /// Second (since `opened`, plus one) of the last warning about refused writes.
     last_refusal_warning: AtomicU64,
+    /// How long each flush of the writer took.
+    flush_times: Arc<FlushTimes>,
 }
 
 impl Drop for SledStore {
@@ -134,9 +137,11 @@ impl SledStore {
         let wdb = db.clone();
         let wtrees = trees.clone();
         let wqueue = queue.clone();
+        let flush_times = Arc::new(FlushTimes::default());
+        let wtimes = flush_times.clone();
         let writer = std::thread::Builder::new()
             .name("busylamp-store".into())
-            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval))
+            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval, &wtimes))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(SledStore {
             db,
@@ -145,6 +150,7 @@ impl SledStore {
             writer: Mutex::new(Some(writer)),
             opened: Instant::now(),
             last_refusal_warning: AtomicU64::new(0),
+            flush_times,
         })
     }
 
@@ -206,6 +212,7 @@ fn writer_loop(
     db: sled::Db,
     trees: [sled::Tree; TREES.len()],
     interval: Duration,
+    flush_times: &FlushTimes,
 ) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
@@ -241,7 +248,8 @@ fn writer_loop(
                 }
             }
         }
-        last_flush = Some(Instant::now());
+        let flush_started = Instant::now();
+        last_flush = Some(flush_started);
         let mut result = Ok(());
         for t in TREES {
             if let Some(b) = batches[t.index()].take() {
@@ -255,6 +263,7 @@ fn writer_loop(
                 .map(|_| ())
                 .map_err(|e| StorageError::Write(e.to_string()))
         });
+        flush_times.record(flush_started.elapsed());
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "storage flush failed");
         }
@@ -281,6 +290,10 @@ impl BindingStore for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn flush_times(&self) -> Option<Arc<FlushTimes>> {
+        Some(self.flush_times.clone())
     }
 
     fn save_bindings(&self, aor: &str, bindings: &[Binding]) -> Durable {
