@@ -78,6 +78,7 @@ pub struct Config {
     pub dialog: DialogConfig,
     pub pua: PuaConfig,
     pub bla: BlaConfig,
+    pub control: ControlConfig,
     pub users: Vec<UserConfig>,
 }
 
@@ -853,6 +854,10 @@ mod locate;
 mod bla;
 pub use bla::{BlaConfig, BlaLine, MAX_APPEARANCES};
 
+/// `[control]`: the control socket and the metrics endpoint.
+mod control;
+pub use control::{ControlConfig, DEFAULT_CONTROL_SOCKET, MAX_SOCKET_PATH};
+
 impl Config {
     pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
         let mut cfg: Config =
@@ -1173,6 +1178,7 @@ impl Config {
         self.validate_proxy(&bad)?;
         self.validate_pua(&bad)?;
         self.validate_bla(&bad)?;
+        self.validate_control(&bad)?;
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");

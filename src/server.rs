@@ -37,6 +37,8 @@ pub enum StartError {
     Random(getrandom::Error),
     #[error("cannot listen for metrics on {addr} ([control] metrics): {reason}")]
     Metrics { addr: SocketAddr, reason: String },
+    #[error("{0}")]
+    Control(#[from] crate::control::server::ControlError),
 }
 
 /// How a request is answered.
@@ -145,6 +147,8 @@ pub struct ServerHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Where the metrics endpoint listens (`[control] metrics`), when it does.
     metrics: Option<SocketAddr>,
+    /// The control socket; `None` when it was not started (see [`start_control`]).
+    control: Option<crate::control::server::ControlServer>,
 }
 
 impl ServerHandle {
@@ -171,12 +175,21 @@ impl ServerHandle {
         self.metrics
     }
 
+    /// The control socket's path, when it runs.
+    pub fn control_socket(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(|c| c.path())
+    }
+
     /// Stops in order: nothing more is read (UDP receive loops, TCP accept and connection
     /// readers end), the requests already read and waiting for their disk write are answered,
     /// queued sends are written, then every socket is closed and the background tasks end.
     /// The store itself is the caller's to close (it may outlive the server). Bound it with a
     /// timeout: a stuck disk would hold the answers.
     pub async fn shutdown(self) {
+        // The admin side first: nothing more is asked of a server that is stopping.
+        if let Some(control) = self.control {
+            control.stop();
+        }
         let transport = &self.core.transport;
         transport.stop_reading().await;
         self.core.answering.close().await;
@@ -263,17 +276,16 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     )
     .await?;
     // Bound with the SIP sockets, before any task starts: a taken port stops the start.
-    let metrics_listener = match cfg.control.metrics {
-        Some(addr) => Some(
-            crate::control::metrics::bind(addr)
-                .await
-                .map_err(|e| StartError::Metrics {
+    let metrics_listener =
+        match cfg.control.metrics {
+            Some(addr) => Some(crate::control::metrics::bind(addr).await.map_err(|e| {
+                StartError::Metrics {
                     addr,
                     reason: e.to_string(),
-                })?,
-        ),
-        None => None,
-    };
+                }
+            })?),
+            None => None,
+        };
     if cfg.auth.mode == AuthMode::Open {
         tracing::warn!("*** OPEN MODE: [auth] mode = \"open\" — REGISTER is accepted from anyone without a password. Use only on a closed lab network. ***");
     }
@@ -393,6 +405,10 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     // over the lamp state just loaded.
     let live_calls = core.restore_calls()?;
     tasks.push(tokio::spawn(core.clone().run_dialog_timers()));
+    // The control socket once the core and its state are complete, before the first SIP
+    // message is read: a socket that cannot be created (another server answers on it) stops
+    // the start before this server has handled anything.
+    let control = start_control(cfg, &core, &events)?;
     transport.start(listeners, core.clone());
     if live_calls > 0 {
         core.probe_calls();
@@ -417,7 +433,32 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         events,
         tasks,
         metrics,
+        control,
     })
+}
+
+/// Starts the control socket at `[control] socket`, or `control.sock` in the data directory.
+/// Without a data directory (the in-memory store of tests) and no socket named, there is no
+/// place for it: `None`.
+fn start_control(
+    cfg: &Config,
+    core: &Arc<Core>,
+    events: &EventBus,
+) -> Result<Option<crate::control::server::ControlServer>, StartError> {
+    let data_dir = &cfg.server.data_dir;
+    if cfg.control.socket.as_os_str().is_empty() && !data_dir.is_dir() {
+        tracing::debug!(data_dir = %data_dir.display(), "no data directory: no control socket");
+        return Ok(None);
+    }
+    let methods: Arc<dyn crate::control::Methods> = crate::control::api::Api::new(core.clone());
+    let control = crate::control::server::start(
+        &cfg.control_socket(),
+        Some(data_dir.as_path()).filter(|d| d.is_dir()),
+        crate::control::server::Limits::from_config(&cfg.control),
+        methods,
+        events.clone(),
+    )?;
+    Ok(Some(control))
 }
 
 impl Inbound for Core {

@@ -3,8 +3,11 @@
 //! snapshots and the event bus (DESIGN.md: thin events, pulled snapshots).
 
 pub mod api;
+pub mod client;
+pub mod follow;
 pub mod metrics;
 pub mod rpc;
+pub mod server;
 
 use rpc::RpcError;
 use serde_json::Value;
