@@ -174,7 +174,11 @@ impl Collector for Scrape {
                 None,
                 MetricType::Counter,
             )?;
-            for (result, n) in [("sent", t.sent), ("retried", t.retried), ("failed", t.failed)] {
+            for (result, n) in [
+                ("sent", t.sent),
+                ("retried", t.retried),
+                ("failed", t.failed),
+            ] {
                 m.encode_family(&[("result", result)])?
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
@@ -248,7 +252,12 @@ impl Collector for Scrape {
                 None,
                 MetricType::Histogram,
             )?
-            .encode_histogram::<NoLabelSet>(s.sum.as_secs_f64(), s.count, &s.buckets, None)?;
+            .encode_histogram::<NoLabelSet>(
+                s.sum.as_secs_f64(),
+                s.count,
+                &s.buckets,
+                None,
+            )?;
         }
         Ok(())
     }
@@ -330,8 +339,10 @@ fn answer<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n");
-        r.headers_mut()
-            .insert(hyper::header::ALLOW, "GET, HEAD".parse().expect("a header value"));
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            "GET, HEAD".parse().expect("a header value"),
+        );
         return r;
     }
     let mut r = Response::new(Full::new(Bytes::from(encode(registry))));
@@ -383,6 +394,9 @@ mod tests {
     fn the_last_slot_is_699() {
         let c = RequestCounters::default();
         c.answered("other", 699);
-        assert_eq!(c.each_answered().collect::<Vec<_>>(), vec![("other", 699, 1)]);
+        assert_eq!(
+            c.each_answered().collect::<Vec<_>>(),
+            vec![("other", 699, 1)]
+        );
     }
 }

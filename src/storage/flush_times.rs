@@ -88,6 +88,9 @@ mod tests {
         assert_eq!(s.buckets.iter().map(|b| b.1).sum::<u64>(), 4);
         assert_eq!(s.last, Duration::from_secs(9));
         assert_eq!(s.max, Duration::from_secs(9));
-        assert_eq!(s.sum, Duration::from_micros(300 + 30_000 + 2_000 + 9_000_000));
+        assert_eq!(
+            s.sum,
+            Duration::from_micros(300 + 30_000 + 2_000 + 9_000_000)
+        );
     }
 }
