@@ -96,9 +96,11 @@ fn listening_ports() -> BTreeSet<u16> {
 /// the body.
 async fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    c.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut raw))
         .await
@@ -107,14 +109,21 @@ async fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_string(), headers.to_ascii_lowercase(), body.to_string())
+    (
+        status.to_string(),
+        headers.to_ascii_lowercase(),
+        body.to_string(),
+    )
 }
 
 /// The samples of a scrape: `name{labels}` → value (HELP and TYPE lines left out).
 async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let (status, headers, body) = get(addr, "/metrics").await;
     assert!(status.contains(" 200 "), "{status}");
-    assert!(headers.contains("content-type: text/plain; version=0.0.4"), "{headers}");
+    assert!(
+        headers.contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
     body.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
@@ -180,7 +189,10 @@ async fn metrics_follow_registrations_subscriptions_notifies_and_a_call() {
     let m = scrape(addr).await;
     assert_eq!(value(&m, "busylamp_bindings"), 2.0);
     assert_eq!(
-        value(&m, "busylamp_requests_total{method=\"REGISTER\",status=\"200\"}"),
+        value(
+            &m,
+            "busylamp_requests_total{method=\"REGISTER\",status=\"200\"}"
+        ),
         2.0
     );
     assert_eq!(
@@ -213,11 +225,17 @@ async fn metrics_follow_registrations_subscriptions_notifies_and_a_call() {
     processed_since(&core, mark, 1).await;
     let m = scrape(addr).await;
     assert_eq!(
-        value(&m, "busylamp_requests_total{method=\"SUBSCRIBE\",status=\"200\"}"),
+        value(
+            &m,
+            "busylamp_requests_total{method=\"SUBSCRIBE\",status=\"200\"}"
+        ),
         3.0
     );
     assert_eq!(value(&m, "busylamp_notifies_total{result=\"sent\"}"), 3.0);
-    assert_eq!(value(&m, "busylamp_notifies_total{result=\"retried\"}"), 1.0);
+    assert_eq!(
+        value(&m, "busylamp_notifies_total{result=\"retried\"}"),
+        1.0
+    );
     assert_eq!(value(&m, "busylamp_notifies_total{result=\"failed\"}"), 1.0);
     // The refused one is gone; the failing one stays (its state is sent again later).
     assert_eq!(value(&m, "busylamp_subscriptions{package=\"dialog\"}"), 2.0);
@@ -231,19 +249,27 @@ async fn metrics_follow_registrations_subscriptions_notifies_and_a_call() {
     let ok = alice.final_of("INVITE").await;
     assert_eq!(ok.status, 200);
     let mut leg = alice.ack(&mut bob, &invite, &ok).await;
-    lamp.until(Some(busylamp::sip::body::dialog_info::DialogState::Confirmed))
-        .await;
+    lamp.until(Some(
+        busylamp::sip::body::dialog_info::DialogState::Confirmed,
+    ))
+    .await;
     let m = scrape(addr).await;
     assert_eq!(value(&m, "busylamp_calls"), 1.0);
     assert!(value(&m, "busylamp_lamps") >= 1.0, "{m:?}");
     assert!(value(&m, "busylamp_publications{package=\"dialog\"}") >= 1.0);
     assert_eq!(
-        value(&m, "busylamp_requests_total{method=\"INVITE\",status=\"200\"}"),
+        value(
+            &m,
+            "busylamp_requests_total{method=\"INVITE\",status=\"200\"}"
+        ),
         1.0
     );
     // Provisional answers are not counted: a request counts once, with its final status.
     assert_eq!(
-        value(&m, "busylamp_requests_total{method=\"INVITE\",status=\"180\"}"),
+        value(
+            &m,
+            "busylamp_requests_total{method=\"INVITE\",status=\"180\"}"
+        ),
         0.0
     );
     assert_eq!(
@@ -264,9 +290,11 @@ async fn metrics_follow_registrations_subscriptions_notifies_and_a_call() {
     let (status, _, _) = get(addr, "/").await;
     assert!(status.contains(" 404 "), "{status}");
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    c.write_all(
+        b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut raw = String::new();
     c.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
@@ -331,6 +359,9 @@ async fn a_taken_metrics_port_stops_the_start_naming_the_key() {
         Ok(_) => panic!("started on a taken port"),
         Err(e) => e.to_string(),
     };
-    assert!(e.contains("[control] metrics") && e.contains(&port.to_string()), "{e}");
+    assert!(
+        e.contains("[control] metrics") && e.contains(&port.to_string()),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

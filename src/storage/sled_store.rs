@@ -4,11 +4,11 @@
 //! ([`WriteQueue`]): a write that finds it full is refused at once, never queued unboundedly.
 
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
+use super::flush_times::FlushTimes;
 use super::presence::{
     decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
     PresenceWrite, PublicationRecord, SubscriptionRecord,
 };
-use super::flush_times::FlushTimes;
 use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
