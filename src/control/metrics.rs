@@ -267,6 +267,8 @@ impl Collector for Scrape {
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Connections open at once; more are closed at once (a scraper needs one).
 const MAX_CONNECTIONS: usize = 16;
+/// A request head must arrive within this once it has begun (a trickling client is cut).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection is closed after this, whatever it does (a scraper reconnects; a client that
 /// trickles bytes cannot hold a slot).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
@@ -322,6 +324,8 @@ pub async fn serve(listener: tokio::net::TcpListener, core: Arc<Core>) {
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(MAX_REQUEST_HEAD)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
