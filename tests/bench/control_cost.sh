@@ -10,7 +10,9 @@
 # weighs on both sides alike).  Per round: server CPU per call from /proc
 # (utime + stime of the busylamp process, all threads) over the completed
 # calls, and calls/s.  Reported: the median of each side and their
-# difference.
+# difference, and the median of the differences within each pair (the two
+# rounds of a pair run back to back, so a drift of the machine between pairs
+# cancels out there).
 #
 # The follow client is a small Python program (written to the work directory)
 # that sends {"method":"follow"} and reads and parses every line as fast as
@@ -219,6 +221,7 @@ watcher_failed() { # failed subscriptions and unexpected messages so far (see ca
 # round SIDE I: one closed-loop round; SIDE is off or on (the follow client).
 # Appends to US_off/US_on and RATE_off/RATE_on when the round is clean.
 US_off=(); US_on=(); RATE_off=(); RATE_on=(); SHOWN=(); FOLLOWED=()
+declare -A PAIR_US=() # "I:off" / "I:on" -> us per call of that clean round
 round() {
     local side="$1" i="$2" tag="$2-$1" fpid="" t0 t1 w0 w1 us rate tmo counts
     tmo=$(($(remaining) - 30))
@@ -248,6 +251,7 @@ round() {
         us=$(awk -v t="$((t1 - t0))" -v n="$BL_SIPP_OK" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", t / hz / n * 1e6 }')
         rate=$(awk -v n="$BL_SIPP_OK" -v e="$BL_SIPP_ELAPSED" 'BEGIN { printf "%.0f", n / e }')
         if [[ "$side" == on ]]; then US_on+=("$us"); RATE_on+=("$rate"); else US_off+=("$us"); RATE_off+=("$rate"); fi
+        PAIR_US[$i:$side]="$us"
         SHOWN+=("$tag: $us us/call, $rate calls/s")
         bl_log "round $tag: $us us CPU per call, $rate calls/s, retrans $BL_SIPP_RETRANS ${counts:+; follow $counts}"
     else
@@ -275,6 +279,15 @@ printf '%-40s %14s %14s %10s\n' "server CPU us per call" "${m_off:-n/a}" "${m_on
 r_off="$(bl_median "${RATE_off[@]}")"
 r_on="$(bl_median "${RATE_on[@]}")"
 printf '%-40s %14s %14s %10s\n' "calls/s (closed loop, $CONC in flight)" "${r_off:-n/a}" "${r_on:-n/a}" "$(diff_pct "$r_off" "$r_on")"
+PAIR_PCT=()
+for i in $(seq 1 "$PAIRS"); do
+    [[ -n "${PAIR_US[$i:off]:-}" && -n "${PAIR_US[$i:on]:-}" ]] || continue
+    PAIR_PCT+=("$(awk -v a="${PAIR_US[$i:off]}" -v b="${PAIR_US[$i:on]}" 'BEGIN { printf "%.1f", (b - a) / a * 100 }')")
+done
+m_pair="$(bl_median "${PAIR_PCT[@]}")"
+printf '%-40s %14s %14s %10s
+' "CPU per call, median of pair differences" "" "" "${m_pair:+$(printf '%+.1f %%' "$m_pair")}"
+echo "pair differences (with - without, % of without): ${PAIR_PCT[*]:-none}"
 echo "clean rounds: ${#US_off[@]}/$PAIRS without, ${#US_on[@]}/$PAIRS with"
 echo
 echo "rounds (in the order run):"
