@@ -37,7 +37,7 @@ pub enum StartError {
     Random(getrandom::Error),
     #[error("cannot listen for metrics on {addr} ([control] metrics): {reason}")]
     Metrics { addr: SocketAddr, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Control(#[from] crate::control::server::ControlError),
 }
 

@@ -532,3 +532,346 @@ fn the_packaged_man_pages_are_generated_from_the_current_help_texts() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A control command against `server` (its config), with `args` after the command name.
+fn ctl(
+    server: &common::binary::Busylamp,
+    command: &str,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let out = busylamp()
+        .arg(command)
+        .args(args)
+        .arg("--config")
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The control commands against a running `busylamp serve`: tables for people, `--json` for
+/// scripts, exit 1 with the server's message for an error it answers, 2 for usage.
+#[tokio::test]
+async fn control_commands_ask_the_running_server() {
+    let server = common::binary::Busylamp::new("ctl-cli", "");
+    server.wait_ready().await;
+    let ua = common::Udp::new(server.addr).await;
+    let contact = format!("Contact: <sip:1001@127.0.0.1:{}>\nExpires: 600", ua.port());
+    let r = ua
+        .request(&common::register("1001", ua.port(), "cli-reg", 1, &contact))
+        .await;
+    assert_eq!(r.status, 200);
+
+    let (code, out, err) = ctl(&server, "status", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("busylamp 0.1.0 (control API 1), up "),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["bindings", "1"])),
+        "{out}"
+    );
+    let (code, out, err) = ctl(&server, "status", &["--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(status["api"], 1);
+    assert_eq!(status["counts"]["aors"], 1, "{status}");
+
+    let (code, out, err) = ctl(&server, "registrations", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("AOR "), "{out}");
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with("sip:1001@example.test")
+            && row.contains("in ")
+            && row.contains("busylamp-test"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(&server, "registrations", &["--json", "--filter", "1001"]);
+    assert_eq!(code, Some(0));
+    let regs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(regs["total"], 1, "{regs}");
+    assert_eq!(regs["items"][0]["aor"], "sip:1001@example.test", "{regs}");
+    assert!(
+        regs["items"][0]["contacts"][0]["contact"]
+            .as_str()
+            .unwrap()
+            .contains("1001@127.0.0.1"),
+        "{regs}"
+    );
+    let (code, out, _) = ctl(&server, "registrations", &["--filter", "nobody"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("(none)"), "{out}");
+
+    for command in ["calls", "watchers", "lines"] {
+        let (code, out, err) = ctl(&server, command, &[]);
+        assert_eq!(code, Some(0), "{command}: {err}");
+        assert!(out.contains("(none)"), "{command}: {out}");
+        let (code, out, err) = ctl(&server, command, &["--json"]);
+        assert_eq!(code, Some(0), "{command}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["total"], 0, "{command}: {v}");
+    }
+
+    // The pua_mi job and a standing rule.
+    let pidf = r#"<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:1001@example.test"><tuple id="t"><status><basic>open</basic></status></tuple></presence>"#;
+    let (code, out, err) = ctl(
+        &server,
+        "publish",
+        &["sip:1001@example.test", "--body", pidf, "--expires", "600"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("published: id "), "{out}");
+    let (code, out, err) = ctl(
+        &server,
+        "approve",
+        &[
+            "sip:1002@example.test",
+            "sip:1001@example.test",
+            "--event",
+            "presence",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("approved"), "{out}");
+    let (code, out, err) = ctl(&server, "ctl", &["rules"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rules: serde_json::Value = serde_json::from_str(&out).expect("ctl prints JSON");
+    assert!(
+        rules.to_string().contains("sip:1002@example.test"),
+        "{rules}"
+    );
+    let (code, out, err) = ctl(&server, "ctl", &["presentities", r#"{"filter":"1001"}"#]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("sip:1001@example.test"), "{out}");
+
+    // A subscription of the presence client shows among the watchers.
+    let (code, out, err) = ctl(
+        &server,
+        "subscribe",
+        &[
+            "sip:1002@example.test",
+            "sip:1001@example.test",
+            "--expires",
+            "600",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("subscribed: id "), "{out}");
+    let id = out.trim().rsplit(' ').next().unwrap().to_string();
+    let (code, out, err) = ctl(
+        &server,
+        "ctl",
+        &[
+            "unsubscribe",
+            &format!("{{\"id\":{}}}", serde_json::json!(id)),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // A bad publish: the server's message, exit 1.
+    let (code, _, err) = ctl(
+        &server,
+        "publish",
+        &["sip:1001@example.test", "--body", "<not-pidf"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("-32602"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(&server, "ctl", &["no_such_method"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no_such_method"), "{err}");
+    // Usage: exit 2.
+    let (code, _, err) = ctl(&server, "ctl", &["status", "[1]"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = ctl(&server, "ctl", &["status", "{"]);
+    assert_eq!(code, Some(2), "{err}");
+    let out = busylamp().args(["status", "--bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // `ctl follow` prints the stream, one JSON line per notification.
+    let mut follow = busylamp()
+        .args(["ctl", "follow", "--config"])
+        .arg(server.config_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let snap: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(snap["method"], "snapshot", "{line}");
+    assert_eq!(
+        snap["params"]["registrations"][0]["aor"], "sip:1001@example.test",
+        "{line}"
+    );
+    let r = ua
+        .request(&common::register("1001", ua.port(), "cli-reg", 2, &contact))
+        .await;
+    assert_eq!(r.status, 200);
+    let change = loop {
+        line.clear();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["params"]["kind"] == "registration" {
+            break v;
+        }
+    };
+    assert_eq!(change["method"], "change");
+    assert_eq!(change["params"]["change"], "refreshed", "{change}");
+    follow.kill().unwrap();
+    let _ = follow.wait();
+}
+
+/// No server: exit 3 and a message that says it is not running and names the socket; the
+/// same for a socket left by a server that died, a path that is no socket, and one the user
+/// may not open.
+#[test]
+fn control_commands_say_why_the_server_cannot_be_reached() {
+    let (dir, cfg) = config_in_temp_dir("ctl-down", "");
+    let socket = dir.join("data/control.sock");
+    let (code, out, err) = {
+        let out = busylamp()
+            .args(["status", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(
+        err.contains("not running") && err.contains(&socket.display().to_string()),
+        "{err}"
+    );
+    // Without --config, the default config (BUSYLAMP_CONFIG here) names the socket.
+    let out = busylamp()
+        .env("BUSYLAMP_CONFIG", &cfg)
+        .arg("watchers")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&socket.display().to_string()));
+
+    let run_socket = |path: &std::path::Path| {
+        let out = busylamp()
+            .args(["registrations", "--socket"])
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let (code, err) = run_socket(&socket);
+    assert_eq!(code, Some(3));
+    assert!(
+        err.contains("not running") && err.contains("nothing answers"),
+        "{err}"
+    );
+    let (code, err) = run_socket(&cfg);
+    assert_eq!(code, Some(3));
+    assert!(
+        err.contains("is not a socket") && err.contains(&cfg.display().to_string()),
+        "{err}"
+    );
+
+    // Permission denied: a live socket the user may not open. Root opens anything, so as
+    // root the command runs as nobody (setpriv); otherwise the socket's directory is closed.
+    let closed = dir.join("closed");
+    std::fs::create_dir_all(&closed).unwrap();
+    let live = closed.join("c.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let out = if root {
+        std::fs::set_permissions(&live, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+            .unwrap();
+        match Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_busylamp"))
+            .args(["status", "--socket"])
+            .arg(&live)
+            .output()
+        {
+            Ok(out) => Some(out),
+            Err(e) => {
+                eprintln!("skipped the permission case: no setpriv ({e})");
+                None
+            }
+        }
+    } else {
+        std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
+        Some(
+            busylamp()
+                .args(["status", "--socket"])
+                .arg(&live)
+                .output()
+                .unwrap(),
+        )
+    };
+    if let Some(out) = out {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains("permission denied on") && err.contains(&live.display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("group"), "says what to do: {err}");
+    }
+    let _ = std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The control commands keep their names and flags (scripts use them), each says what it is
+/// for, and the help gives the exit codes.
+#[test]
+fn control_commands_have_help_texts_and_the_exit_codes() {
+    let (ok, out, _) = run(busylamp().arg("--help"));
+    assert!(ok);
+    for command in [
+        "status",
+        "registrations",
+        "calls",
+        "watchers",
+        "lines",
+        "publish",
+        "subscribe",
+        "approve",
+        "ctl",
+    ] {
+        let described = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("{command} in {out}"));
+        assert!(described.split_whitespace().count() > 3, "{command}: {out}");
+        let (ok, help, _) = run(busylamp().args([command, "--help"]));
+        assert!(ok, "{command}");
+        for flag in ["--config", "--socket", "--json"] {
+            assert!(help.contains(flag), "{command} {flag}: {help}");
+        }
+    }
+    assert!(
+        out.contains("3 the server cannot be reached")
+            && out.contains("1 the server answered an error"),
+        "{out}"
+    );
+}

@@ -70,6 +70,23 @@ pub struct Authenticator {
 const NONCE_TRACKING: usize = 200_000;
 
 impl Authenticator {
+    /// The users file the server reads users from, when it has one.
+    pub fn user_file(&self) -> Option<&Arc<UserFile>> {
+        self.user_file.as_ref()
+    }
+
+    /// Whether `name` is a user of the config's `[[users]]` (the users file cannot remove it).
+    pub fn is_config_user(&self, name: &str) -> bool {
+        self.config_users.contains_key(name)
+    }
+
+    /// The users of the config's `[[users]]`, sorted.
+    pub fn config_user_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.config_users.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     pub fn new(cfg: &Config, key: NonceKey, user_file: Option<Arc<UserFile>>) -> Authenticator {
         let realm = cfg.realm();
         let config_users = cfg

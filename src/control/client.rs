@@ -75,10 +75,9 @@ impl Client {
                 source: e,
             },
         })?;
-        let writer = stream.try_clone().map_err(|source| ConnectError::Other {
-            path: p(),
-            source,
-        })?;
+        let writer = stream
+            .try_clone()
+            .map_err(|source| ConnectError::Other { path: p(), source })?;
         Ok(Client {
             path: p(),
             reader: BufReader::new(stream),
@@ -108,7 +107,7 @@ impl Client {
             .map_err(|e| self.broken(format!("cannot send the request: {e}")))?;
         loop {
             match self.read()? {
-                Reply::Answer { id: got, result } if got == Value::from(id) => {
+                Reply::Answer { id: got, result } if got == id => {
                     return result.map_err(CallError::Rpc)
                 }
                 Reply::Answer { id: got, result } => {
@@ -143,15 +142,15 @@ impl Client {
             .take(MAX_REPLY as u64 + 1)
             .read_until(b'\n', &mut line);
         let n = read.map_err(|e| {
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) {
-                    self.broken("the server did not answer in time".into())
-                } else {
-                    self.broken(format!("reading the answer: {e}"))
-                }
-            })?;
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                self.broken("the server did not answer in time".into())
+            } else {
+                self.broken(format!("reading the answer: {e}"))
+            }
+        })?;
         if n == 0 {
             return Err(self.broken("the server closed the connection".into()));
         }
@@ -224,7 +223,10 @@ mod tests {
         let missing = dir.join("control.sock");
         let e = Client::connect(&missing).err().unwrap();
         assert!(matches!(e, ConnectError::NoSocket(_)), "{e}");
-        assert!(e.to_string().contains("not running") && e.to_string().contains(&missing.display().to_string()));
+        assert!(
+            e.to_string().contains("not running")
+                && e.to_string().contains(&missing.display().to_string())
+        );
 
         let file = dir.join("file");
         std::fs::write(&file, "x").unwrap();

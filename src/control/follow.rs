@@ -32,6 +32,9 @@ pub(super) async fn run(
             tokio::select! {
                 permit = tx.reserve() => {
                     let Ok(permit) = permit else { return };
+                    if !skip_backlog(&mut bus) {
+                        return;
+                    }
                     seq += 1;
                     let mut lines = rpc::notification_line("resync", None);
                     lines.push_str(&snapshot_line(seq, methods.snapshot()));
@@ -57,6 +60,23 @@ pub(super) async fn run(
         }
     }
 }
+
+/// Drops the events already waiting for this reader: the snapshot taken next holds them.
+/// Bounded, since publishers go on meanwhile. `false` when the bus is closed.
+fn skip_backlog(bus: &mut broadcast::Receiver<Event>) -> bool {
+    use tokio::sync::broadcast::error::TryRecvError;
+    for _ in 0..MAX_SKIPPED {
+        match bus.try_recv() {
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Closed) => return false,
+        }
+    }
+    true
+}
+
+/// Most events [`skip_backlog`] drops in one go (the bus holds 4096 per reader).
+const MAX_SKIPPED: usize = 10_000;
 
 /// The `snapshot` notification: `seq` and the members of `state` (an object; anything else
 /// is given as `state`).
@@ -283,7 +303,10 @@ mod tests {
         assert_eq!(snap["params"]["seq"], 1);
         bus.publish(appearance(7));
         let v = parse(&rx.recv().await.unwrap());
-        assert_eq!((v["method"].as_str(), v["params"]["seq"].as_u64()), (Some("change"), Some(2)));
+        assert_eq!(
+            (v["method"].as_str(), v["params"]["seq"].as_u64()),
+            (Some("change"), Some(2))
+        );
 
         // Its queue is full: the changes are dropped, and once there is room again it is
         // told to resync.
@@ -302,7 +325,10 @@ mod tests {
         assert_eq!(got[0]["method"], "snapshot");
         assert_eq!(got[1]["params"]["seq"], 1);
         let lines = rx.recv().await.unwrap();
-        assert!(lines.starts_with("{\"jsonrpc\":\"2.0\",\"method\":\"resync\"}\n"), "{lines}");
+        assert!(
+            lines.starts_with("{\"jsonrpc\":\"2.0\",\"method\":\"resync\"}\n"),
+            "{lines}"
+        );
         assert_eq!(parse(lines.lines().nth(1).unwrap())["params"]["seq"], 2);
     }
 }

@@ -183,7 +183,7 @@ impl Collector for Scrape {
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }
-        let packages = core.presence.package_counts();
+        let counts = core.presence.counts();
         {
             let mut m = enc.encode_descriptor(
                 "busylamp_subscriptions",
@@ -191,7 +191,7 @@ impl Collector for Scrape {
                 None,
                 MetricType::Gauge,
             )?;
-            for (package, subs, _) in &packages.by_package {
+            for (package, subs) in &counts.by_package {
                 m.encode_family(&[("package", *package)])?
                     .encode_gauge(subs)?;
             }
@@ -203,7 +203,7 @@ impl Collector for Scrape {
                 None,
                 MetricType::Gauge,
             )?;
-            for (package, _, pubs) in &packages.by_package {
+            for (package, pubs) in &counts.publications_by_package {
                 m.encode_family(&[("package", *package)])?
                     .encode_gauge(pubs)?;
             }
@@ -222,7 +222,7 @@ impl Collector for Scrape {
             (
                 "busylamp_lamps",
                 "Presentities with dialog state (a dialog publication): the lamps watchers see",
-                packages.lamps,
+                counts.lamps,
             ),
         ];
         for (name, help, value) in gauges {

@@ -179,10 +179,7 @@ pub fn parse_line(line: &[u8]) -> Result<Incoming, Refusal> {
     let method = match obj.get("method") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(Value::String(_)) => {
-            return Err(refuse(
-                INVALID_REQUEST,
-                "field \"method\" is empty".into(),
-            ))
+            return Err(refuse(INVALID_REQUEST, "field \"method\" is empty".into()))
         }
         Some(other) => {
             return Err(refuse(
@@ -190,7 +187,12 @@ pub fn parse_line(line: &[u8]) -> Result<Incoming, Refusal> {
                 format!("field \"method\" must be a string, not {}", kind_of(other)),
             ))
         }
-        None => return Err(refuse(INVALID_REQUEST, "field \"method\" is missing".into())),
+        None => {
+            return Err(refuse(
+                INVALID_REQUEST,
+                "field \"method\" is missing".into(),
+            ))
+        }
     };
     let params = match obj.get("params") {
         None | Some(Value::Null) => Value::Null,
@@ -295,7 +297,10 @@ pub fn parse_reply(line: &[u8]) -> Result<Reply, String> {
     }
     match o.remove("error") {
         Some(Value::Object(e)) => {
-            let code = e.get("code").and_then(Value::as_i64).unwrap_or(INTERNAL_ERROR);
+            let code = e
+                .get("code")
+                .and_then(Value::as_i64)
+                .unwrap_or(INTERNAL_ERROR);
             let message = e
                 .get("message")
                 .and_then(Value::as_str)
@@ -343,7 +348,11 @@ mod tests {
         let n = parse_line(br#"{"jsonrpc":"2.0","method":"status"}"#).unwrap();
         assert!(n.is_notification());
         let n = parse_line(br#"{"jsonrpc":"2.0","method":"status","id":null}"#).unwrap();
-        assert_eq!(n.id, Some(Value::Null), "an id of null is a request, not a notification");
+        assert_eq!(
+            n.id,
+            Some(Value::Null),
+            "an id of null is a request, not a notification"
+        );
     }
 
     #[test]
@@ -371,8 +380,18 @@ mod tests {
                 json!(1),
                 "\"jsonrpc\"",
             ),
-            (r#"{"id":1,"method":"status"}"#, INVALID_REQUEST, json!(1), "\"jsonrpc\" is missing"),
-            (r#"{"jsonrpc":"2.0","id":1}"#, INVALID_REQUEST, json!(1), "\"method\" is missing"),
+            (
+                r#"{"id":1,"method":"status"}"#,
+                INVALID_REQUEST,
+                json!(1),
+                "\"jsonrpc\" is missing",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1}"#,
+                INVALID_REQUEST,
+                json!(1),
+                "\"method\" is missing",
+            ),
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":3}"#,
                 INVALID_REQUEST,
@@ -401,7 +420,11 @@ mod tests {
             let r = refused(line);
             assert_eq!(r.error.code, code, "{line}: {r:?}");
             assert_eq!(r.id, id, "{line}");
-            assert!(r.error.message.contains(words), "{line}: {}", r.error.message);
+            assert!(
+                r.error.message.contains(words),
+                "{line}: {}",
+                r.error.message
+            );
         }
         let r = parse_line(b"{\"a\":\"\xff\"}").unwrap_err();
         assert_eq!(r.error.code, PARSE_ERROR);
@@ -442,10 +465,14 @@ mod tests {
         let r = parse_line(l.trim_end().as_bytes()).unwrap();
         assert_eq!(r.id, Some(json!(9)));
         assert_eq!(r.params, json!({"limit": 1}));
-        assert!(parse_line(request_line(1, "status", &Value::Null).trim_end().as_bytes())
-            .unwrap()
-            .params
-            .is_null());
+        assert!(parse_line(
+            request_line(1, "status", &Value::Null)
+                .trim_end()
+                .as_bytes()
+        )
+        .unwrap()
+        .params
+        .is_null());
     }
 
     #[test]

@@ -141,8 +141,8 @@ impl ControlServer {
     pub fn stop(self) {
         self.accept.abort();
         let _ = self.shutdown.send(true);
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| (m.dev(), m.ino()) == self.inode);
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.inode);
         if ours {
             if let Err(e) = std::fs::remove_file(&self.path) {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the control socket");
@@ -324,14 +324,14 @@ async fn serve_client(
     let end = tokio::select! {
         end = session.read_loop(rd) => end,
         _ = dead.notified() => End::Dead,
-        _ = shutdown.wait_for(|stop| *stop) => End::Shutdown,
+        _ = stopped(&mut shutdown) => End::Shutdown,
     };
     let end = match end {
         // A client that closed its sending side after `follow` (`socat` with a pipe) still
         // reads: the stream goes on until it closes for good (a write fails) or we stop.
         End::Eof if session.follow.is_some() => tokio::select! {
             _ = dead.notified() => End::Dead,
-            _ = shutdown.wait_for(|stop| *stop) => End::Shutdown,
+            _ = stopped(&mut shutdown) => End::Shutdown,
         },
         other => other,
     };
@@ -341,6 +341,14 @@ async fn serve_client(
         // closed, or when a write stalls.
         drop(session);
         let _ = (&mut writer.0).await;
+    }
+}
+
+/// Resolves when [`ControlServer::stop`] was called. A server dropped without `stop` keeps
+/// its clients, as a dropped [`crate::server::ServerHandle`] keeps its tasks.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -401,6 +409,9 @@ impl Session {
             Err(refusal) => return self.out.answer(refusal.line()),
         };
         let result = match req.method.as_str() {
+            "follow" | "unfollow" if !no_params(&req.params) => Err(RpcError::invalid_params(
+                format!("{} takes no params", req.method),
+            )),
             "follow" => return self.follow(req.id),
             "unfollow" => {
                 let was_following = self.follow.take().is_some();
@@ -439,6 +450,11 @@ impl Session {
         let tx = self.out.tx.clone();
         self.follow = Some(AbortOnDrop(tokio::spawn(follow::run(methods, bus, tx))));
     }
+}
+
+/// Whether `params` is absent or an empty object.
+fn no_params(params: &serde_json::Value) -> bool {
+    params.is_null() || params.as_object().is_some_and(|o| o.is_empty())
 }
 
 /// Writes queued lines until the queue closes; a write that makes no progress for `stall`

@@ -22,6 +22,7 @@
 //! building, winfo), `routing` (where NOTIFYs go), `render` (the render cache), `timers`
 //! and `restore` (reload after a start); [`package`] and [`packages`] render documents.
 
+mod admin;
 mod decide;
 mod delivery;
 pub mod event;
@@ -37,6 +38,8 @@ mod restore;
 mod routing;
 mod subscriptions;
 mod timers;
+
+pub use admin::{PresenceCounts, PresentityInfo, PublicationInfo, RuleError, MAX_RULES};
 
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, DialogIdsTo, Policy, PresenceConfig, VendorProfile};
@@ -222,6 +225,8 @@ pub struct SubscriptionInfo {
     /// NOTIFYs that failed in a row (408, timeout, 5xx) and are being retried.
     pub failures: u32,
     pub user_agent: Option<String>,
+    /// The status of the last NOTIFY's answer (408 for no answer), `None` before any.
+    pub last_answer: Option<u16>,
 }
 
 /// NOTIFYs sent and how the failed ones ended, since start (the metrics endpoint's
@@ -260,15 +265,6 @@ impl NotifyCounts {
     }
 }
 
-/// Subscriptions and publications per package, and the lamps: presentities with dialog
-/// state (a `dialog` publication). Counted at once over every shard.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PackageCounts {
-    /// (package key, subscriptions, publications) for each of [`Pkg::ALL`].
-    pub by_package: Vec<(&'static str, usize, usize)>,
-    pub lamps: usize,
-}
-
 #[derive(Debug, Clone)]
 struct Publication {
     rec: PublicationRecord,
@@ -294,6 +290,8 @@ struct Sub {
     profile: Arc<VendorProfile>,
     delivery: Delivery,
     failures: u32,
+    /// The status of the last NOTIFY's answer, for the control API.
+    last_answer: Option<u16>,
     /// Whether its dialog-info NOTIFYs carry the dialogs' `call-id` and tags
     /// (`presence.dialog_ids_to`).
     dialog_ids: bool,
@@ -350,6 +348,7 @@ impl Sub {
             profile,
             delivery: Delivery::default(),
             failures: 0,
+            last_answer: None,
             dialog_ids,
             winfo_changes: Vec::new(),
             winfo_full: true,
@@ -411,6 +410,8 @@ pub struct Presence {
     notify_failures: crate::logs::NotifyFailures,
     /// NOTIFYs sent, retried and failed since start, for the metrics endpoint.
     notify_counts: NotifyCounts,
+    /// The admin's standing authorization rules (see [`admin`]), loaded with the state.
+    standing: Mutex<Vec<crate::storage::RuleRecord>>,
 }
 
 /// Takes one of `cap` places in `count`, checked and taken in one atomic step (a check, then
@@ -496,6 +497,7 @@ impl Presence {
             trusted: cfg.auth.trusted.clone(),
             notify_failures: Default::default(),
             notify_counts: Default::default(),
+            standing: Mutex::new(Vec::new()),
         })
     }
 
@@ -745,33 +747,6 @@ impl Presence {
         &self.notify_counts
     }
 
-    /// Subscriptions and publications per package and the lamps, for the metrics endpoint
-    /// (one short lock per shard; nothing is copied).
-    pub fn package_counts(&self) -> PackageCounts {
-        let mut subs = [0usize; Pkg::ALL.len()];
-        let mut pubs = [0usize; Pkg::ALL.len()];
-        let mut lamps = 0;
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (k, r) in &shard.resources {
-                let i = Pkg::ALL.iter().position(|p| *p == k.pkg).unwrap_or(0);
-                subs[i] += r.subs.len();
-                pubs[i] += r.pubs.len();
-                if k.pkg == Pkg::Dialog && !r.pubs.is_empty() {
-                    lamps += 1;
-                }
-            }
-        }
-        PackageCounts {
-            by_package: Pkg::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.key(), subs[i], pubs[i]))
-                .collect(),
-            lamps,
-        }
-    }
-
     /// Every subscription, for the dashboard and the control API.
     pub fn subscriptions(&self) -> Vec<SubscriptionInfo> {
         let mut v = Vec::new();
@@ -789,6 +764,7 @@ impl Presence {
                         version: s.rec.version,
                         failures: s.failures,
                         user_agent: s.rec.user_agent.clone(),
+                        last_answer: s.last_answer,
                     });
                 }
             }

@@ -15,6 +15,7 @@ impl Presence {
         let mut pubs = 0;
         // The per-user counts are rebuilt from the records kept.
         self.quotas.clear();
+        *self.standing.lock().unwrap_or_else(|p| p.into_inner()) = self.store.load_rules()?;
         for rec in self.canonical_publications(&mut writes)? {
             let Some(pkg) = Pkg::from_key(&rec.event) else {
                 writes.push(PresenceWrite::DeletePublication(rec.key()));

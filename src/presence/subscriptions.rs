@@ -317,12 +317,17 @@ impl Presence {
             r.headers.push(HeaderName::Accept, notify_types.join(", "));
             return Err(r);
         }
-        let policy = self.policies.decide(
-            ev.pkg,
-            &presentity,
-            &watcher,
-            self.domains.serves(&watcher_uri.host),
-        );
+        // The admin's standing decision about this watcher comes first.
+        let policy = self
+            .standing_decision(&presentity, &watcher, ev.pkg)
+            .unwrap_or_else(|| {
+                self.policies.decide(
+                    ev.pkg,
+                    &presentity,
+                    &watcher,
+                    self.domains.serves(&watcher_uri.host),
+                )
+            });
         let Some(new) = decide::new_subscription(policy, expires) else {
             return Err(fail(
                 403,
@@ -666,6 +671,17 @@ impl Presence {
     /// `Allow` activates its pending subscriptions with a full NOTIFY, `Block` ends them with
     /// `terminated;reason=rejected`. Returns how many subscriptions changed.
     pub fn authorize(&self, presentity: &str, watcher: &str, decision: Policy) -> usize {
+        self.authorize_in(presentity, watcher, None, decision)
+    }
+
+    /// [`Presence::authorize`] for the subscriptions in `pkg` only (`None`: every package).
+    pub fn authorize_in(
+        &self,
+        presentity: &str,
+        watcher: &str,
+        pkg: Option<Pkg>,
+        decision: Policy,
+    ) -> usize {
         let mut shard = self.shard(presentity);
         let mut writes = Vec::new();
         let mut out = Vec::new();
@@ -673,7 +689,11 @@ impl Presence {
         let keys: Vec<(ResKey, Arc<[u8]>)> = shard
             .resources
             .iter()
-            .filter(|(k, _)| &*k.presentity == presentity && k.pkg != Pkg::Winfo)
+            .filter(|(k, _)| {
+                &*k.presentity == presentity
+                    && k.pkg != Pkg::Winfo
+                    && pkg.is_none_or(|p| p == k.pkg)
+            })
             .flat_map(|(k, r)| {
                 r.subs
                     .iter()
@@ -767,6 +787,10 @@ impl Presence {
         else {
             return;
         };
+        s.last_answer = Some(match outcome {
+            Outcome::Delivered => 200,
+            Outcome::Failed(status) | Outcome::Rejected(status) => status,
+        });
         // Beyond the watcher's failing subscriptions, the one failing longest, to end once
         // this shard's lock is released (it may be another presentity's).
         let mut give_up = None;

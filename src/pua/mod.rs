@@ -9,6 +9,7 @@
 //! the order the states happened (each publisher serializes its own), and the remote side
 //! keeps that order.
 
+pub mod admin;
 pub mod client;
 pub mod dialoginfo;
 pub mod usrloc;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 pub struct Pua {
     presence: Arc<Presence>,
     client: Arc<Client>,
+    /// The control API's own subscriptions (made with [`Pua::subscribe`]).
+    admin: admin::AdminSubscriptions,
 }
 
 impl Pua {
@@ -41,6 +44,7 @@ impl Pua {
         Arc::new(Pua {
             presence,
             client: Client::new(client::Settings::from_config(cfg), ids, sender),
+            admin: Default::default(),
         })
     }
 
@@ -50,6 +54,11 @@ impl Pua {
 
     pub fn client(&self) -> &Arc<Client> {
         &self.client
+    }
+
+    /// The control API's subscriptions.
+    pub fn admin(&self) -> &admin::AdminSubscriptions {
+        &self.admin
     }
 
     /// Sets the state `source_id` publishes for `presentity` (a canonical AOR) in `pkg` for

@@ -291,6 +291,28 @@ impl Registrar {
             .unwrap_or_default()
     }
 
+    /// Every AOR with its current bindings (expired ones left out), sorted by AOR: for the
+    /// control API. One shard locked at a time.
+    pub fn snapshot(&self) -> Vec<(String, Vec<Binding>)> {
+        let now = self.clock.now_unix();
+        let mut v = Vec::new();
+        for shard in &self.shards {
+            let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (aor, list) in map.iter() {
+                let live: Vec<Binding> = list
+                    .iter()
+                    .filter(|b| b.expires_at > now)
+                    .cloned()
+                    .collect();
+                if !live.is_empty() {
+                    v.push((aor.clone(), live));
+                }
+            }
+        }
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     pub fn binding_count(&self) -> usize {
         self.shards
             .iter()

@@ -6,8 +6,8 @@
 
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::presence::{
-    decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
-    PresenceWrite, PublicationRecord, SubscriptionRecord,
+    decode_notify_seq, decode_publication, decode_rule, decode_subscription, merge_notify_seq,
+    PresenceStore, PresenceWrite, PublicationRecord, RuleRecord, SubscriptionRecord,
 };
 use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
 use super::{resolved, Binding, BindingStore, Durable, StorageError};
@@ -19,6 +19,7 @@ pub struct MemoryStore {
     publications: Mutex<BTreeMap<Vec<u8>, PublicationRecord>>,
     subscriptions: Mutex<BTreeMap<Vec<u8>, SubscriptionRecord>>,
     notify_seq: Mutex<BTreeMap<Vec<u8>, (u32, u32)>>,
+    rules: Mutex<BTreeMap<Vec<u8>, RuleRecord>>,
     dialogs: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     /// Whether the disk is stalled; held while writing, so writes reach the maps in order.
     stalled: Mutex<bool>,
@@ -54,6 +55,7 @@ impl MemoryStore {
             publications: Default::default(),
             subscriptions: Default::default(),
             notify_seq: Default::default(),
+            rules: Default::default(),
             dialogs: Default::default(),
             stalled: Mutex::new(false),
             queue: WriteQueue::new(bound),
@@ -142,6 +144,7 @@ impl MemoryStore {
         let mut pubs = self.publications.lock().unwrap_or_else(|p| p.into_inner());
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         let mut seqs = self.notify_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         for w in writes {
             match w {
                 PresenceWrite::PutPublication { key, value } => {
@@ -165,6 +168,14 @@ impl MemoryStore {
                     if let Ok(v) = decode_notify_seq(&value) {
                         seqs.insert(key, v);
                     }
+                }
+                PresenceWrite::PutRule { key, value } => {
+                    if let Ok(r) = decode_rule(&value) {
+                        rules.insert(key, r);
+                    }
+                }
+                PresenceWrite::DeleteRule(k) => {
+                    rules.remove(&k);
                 }
             }
         }
@@ -204,6 +215,24 @@ impl PresenceStore for MemoryStore {
             .iter()
             .map(|(k, r)| merge_notify_seq(r.clone(), seqs.get(k).copied()))
             .collect())
+    }
+
+    fn stats(&self) -> Option<super::StoreStats> {
+        let q = self.queue.stats();
+        Some(super::StoreStats {
+            flush_ms_last: None,
+            flush_ms_max: None,
+            queued: q.waiting,
+            refused: q.refused,
+        })
+    }
+
+    fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError> {
+        let map = self
+            .rules
+            .lock()
+            .map_err(|_| StorageError::Read("poisoned".into()))?;
+        Ok(map.values().cloned().collect())
     }
 
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {

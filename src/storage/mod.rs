@@ -18,8 +18,8 @@ use codec::{Dec, Enc};
 pub use dialogs::{DialogStore, DialogWrite};
 pub use memory::MemoryStore;
 pub use presence::{
-    FlowRecord, PresenceStore, PresenceWrite, PublicationBody, PublicationRecord, SubState,
-    SubscriptionRecord,
+    FlowRecord, PresenceStore, PresenceWrite, PublicationBody, PublicationRecord, RuleAction,
+    RuleRecord, SubState, SubscriptionRecord,
 };
 pub use queue::{QueueStats, DEFAULT_MAX_QUEUED_WRITES};
 pub use sled_store::SledStore;
@@ -42,6 +42,18 @@ pub enum StorageError {
     Busy { waiting: usize },
     #[error("user file {path}: {reason}")]
     UserFile { path: String, reason: String },
+}
+
+/// What a store tells of its writes: flush durations (apply and fsync of one group commit,
+/// milliseconds; `None` before the first or for a store without a disk) and its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StoreStats {
+    pub flush_ms_last: Option<f64>,
+    pub flush_ms_max: Option<f64>,
+    /// Writes waiting for the disk now.
+    pub queued: usize,
+    /// Writes refused since the start because the queue was full.
+    pub refused: u64,
 }
 
 /// Seconds a client is asked to wait (`Retry-After`) when the write queue is full.

@@ -490,6 +490,92 @@ pub fn merge_notify_seq(
     rec
 }
 
+/// What a standing authorization rule decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    Allow,
+    Block,
+}
+
+impl RuleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Allow => "allow",
+            RuleAction::Block => "block",
+        }
+    }
+}
+
+/// A standing authorization decision of the admin (the control API's `approve`/`block`):
+/// every later SUBSCRIBE of `watcher` to `presentity` (in `event`, or in every package but
+/// winfo when `None`) is decided by it, before the config's rules and domain policies. Kept
+/// durably: it outlives the subscriptions it was made for, and restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    /// Names the rule for `rule_remove`.
+    pub id: String,
+    /// Canonical AORs.
+    pub presentity: String,
+    pub watcher: String,
+    /// Package key (`presence`, `dialog`...); `None`: every package.
+    pub event: Option<String>,
+    pub action: RuleAction,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+impl RuleRecord {
+    pub fn key(&self) -> Vec<u8> {
+        self.id.as_bytes().to_vec()
+    }
+
+    /// Whether the rule decides a SUBSCRIBE of `watcher` to `presentity` in `event`.
+    pub fn covers(&self, presentity: &str, watcher: &str, event: &str) -> bool {
+        self.presentity == presentity
+            && self.watcher == watcher
+            && self.event.as_deref().is_none_or(|e| e == event)
+    }
+}
+
+const RULE_V1: u8 = 0x41;
+
+pub fn encode_rule(r: &RuleRecord) -> Vec<u8> {
+    let mut e = Enc::new(RULE_V1);
+    e.str(&r.id)
+        .str(&r.presentity)
+        .str(&r.watcher)
+        .opt_str(r.event.as_deref())
+        .u64(match r.action {
+            RuleAction::Allow => 0,
+            RuleAction::Block => 1,
+        })
+        .u64(r.created_at);
+    e.finish()
+}
+
+pub fn decode_rule(buf: &[u8]) -> Result<RuleRecord, DecodeError> {
+    let mut d = Dec::new(buf)?;
+    if d.version != RULE_V1 {
+        return Err(DecodeError("unknown rule record version"));
+    }
+    let r = RuleRecord {
+        id: d.str()?,
+        presentity: d.str()?,
+        watcher: d.str()?,
+        event: d.opt_str()?,
+        action: match d.u64()? {
+            0 => RuleAction::Allow,
+            1 => RuleAction::Block,
+            _ => return Err(DecodeError("unknown rule action")),
+        },
+        created_at: d.u64()?,
+    };
+    if !d.is_empty() {
+        return Err(DecodeError("trailing bytes after rule"));
+    }
+    Ok(r)
+}
+
 /// One change to presence state; a list of them is written as one unit. Records are
 /// encoded when the write is made (one allocation, under the caller's lock, instead of a
 /// clone of every field: a fan-out writes one NOTIFY sequence per watcher).
@@ -514,6 +600,12 @@ pub enum PresenceWrite {
         key: Vec<u8>,
         value: Vec<u8>,
     },
+    /// Key from [`RuleRecord::key`], value from [`encode_rule`].
+    PutRule {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DeleteRule(Vec<u8>),
 }
 
 impl PresenceWrite {
@@ -531,6 +623,13 @@ impl PresenceWrite {
         }
     }
 
+    pub fn rule(r: &RuleRecord) -> PresenceWrite {
+        PresenceWrite::PutRule {
+            key: r.key(),
+            value: encode_rule(r),
+        }
+    }
+
     pub fn subscription(s: &SubscriptionRecord) -> PresenceWrite {
         PresenceWrite::PutSubscription {
             key: s.key(),
@@ -542,6 +641,15 @@ impl PresenceWrite {
 pub trait PresenceStore: Send + Sync {
     fn load_publications(&self) -> Result<Vec<PublicationRecord>, StorageError>;
     fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError>;
+    /// The standing authorization rules. The default keeps none: for test doubles that
+    /// wrap a store for its publications and subscriptions; both real stores keep them.
+    fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError> {
+        Ok(Vec::new())
+    }
+    /// What the store can tell about its writes (the control API's `status`).
+    fn stats(&self) -> Option<super::StoreStats> {
+        None
+    }
     /// Queues the writes in order; the result resolves once all of them are on disk. Writes
     /// queued earlier are never applied after writes queued later.
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable;
@@ -579,6 +687,31 @@ mod tests {
             contact: "sip:192.0.2.1:5060".into(),
             created_at: 1_899_990_000,
         }
+    }
+
+    #[test]
+    fn rule_records_round_trip_and_other_kinds_do_not_decode_as_rules() {
+        let r = RuleRecord {
+            id: "r1".into(),
+            presentity: "sip:1001@example.com".into(),
+            watcher: "sip:eve@other.test".into(),
+            event: Some("presence".into()),
+            action: RuleAction::Block,
+            created_at: 1_900_000_000,
+        };
+        let bytes = encode_rule(&r);
+        assert_eq!(decode_rule(&bytes).unwrap(), r);
+        for cut in 1..bytes.len() {
+            assert!(decode_rule(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_rule(&encode_subscription(&sample_subscription())).is_err());
+        let any = RuleRecord {
+            event: None,
+            ..r.clone()
+        };
+        assert_eq!(decode_rule(&encode_rule(&any)).unwrap(), any);
+        assert!(any.covers("sip:1001@example.com", "sip:eve@other.test", "dialog"));
+        assert!(!r.covers("sip:1001@example.com", "sip:eve@other.test", "dialog"));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::flush_times::FlushTimes;
 use super::presence::{
-    decode_notify_seq, decode_publication, decode_subscription, merge_notify_seq, PresenceStore,
-    PresenceWrite, PublicationRecord, SubscriptionRecord,
+    decode_notify_seq, decode_publication, decode_rule, decode_subscription, merge_notify_seq,
+    PresenceStore, PresenceWrite, PublicationRecord, RuleRecord, SubscriptionRecord,
 };
 use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
@@ -49,14 +49,16 @@ enum Tree {
     Subscriptions,
     NotifySeq,
     Dialogs,
+    Rules,
 }
 
-const TREES: [Tree; 5] = [
+const TREES: [Tree; 6] = [
     Tree::Bindings,
     Tree::Publications,
     Tree::Subscriptions,
     Tree::NotifySeq,
     Tree::Dialogs,
+    Tree::Rules,
 ];
 
 impl Tree {
@@ -67,6 +69,7 @@ impl Tree {
             Tree::Subscriptions => "subscriptions",
             Tree::NotifySeq => "notify_seq",
             Tree::Dialogs => "dialogs",
+            Tree::Rules => "presence_rules",
         }
     }
 
@@ -132,6 +135,7 @@ impl SledStore {
             open_tree(Tree::Subscriptions)?,
             open_tree(Tree::NotifySeq)?,
             open_tree(Tree::Dialogs)?,
+            open_tree(Tree::Rules)?,
         ];
         let queue = Arc::new(WriteQueue::new(max_queued_writes));
         let wdb = db.clone();
@@ -349,6 +353,22 @@ impl PresenceStore for SledStore {
         Ok(out)
     }
 
+    fn load_rules(&self) -> Result<Vec<RuleRecord>, StorageError> {
+        self.load_tree(Tree::Rules, decode_rule)
+    }
+
+    fn stats(&self) -> Option<super::StoreStats> {
+        let q = self.queue.stats();
+        let f = self.flush_times.snapshot();
+        let ms = |d: Duration| (f.count > 0).then(|| d.as_secs_f64() * 1000.0);
+        Some(super::StoreStats {
+            flush_ms_last: ms(f.last),
+            flush_ms_max: ms(f.max),
+            queued: q.waiting,
+            refused: q.refused,
+        })
+    }
+
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
         let mut list = Vec::with_capacity(writes.len());
         for w in writes {
@@ -365,6 +385,8 @@ impl PresenceStore for SledStore {
                     (Tree::Subscriptions, k, None)
                 }
                 PresenceWrite::NotifySeq { key, value } => (Tree::NotifySeq, key, Some(value)),
+                PresenceWrite::PutRule { key, value } => (Tree::Rules, key, Some(value)),
+                PresenceWrite::DeleteRule(k) => (Tree::Rules, k, None),
             };
             list.push(item);
         }
@@ -409,6 +431,58 @@ mod tests {
             source: "udp:127.0.0.1:1".into(),
             registered_at: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn standing_rules_survive_reopen_deletes_stick_and_the_flush_is_timed() {
+        use crate::storage::{RuleAction, RuleRecord};
+        let dir = std::env::temp_dir().join(format!("busylamp-sled-rules-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rule = |id: &str, action| RuleRecord {
+            id: id.into(),
+            presentity: "sip:1001@example.com".into(),
+            watcher: "sip:eve@other.test".into(),
+            event: None,
+            action,
+            created_at: 1_900_000_000,
+        };
+        {
+            let s = SledStore::open(&dir, Duration::ZERO).unwrap();
+            assert_eq!(
+                s.stats().unwrap().flush_ms_last,
+                None,
+                "nothing flushed yet"
+            );
+            durable(s.write(vec![
+                PresenceWrite::rule(&rule("a", RuleAction::Allow)),
+                PresenceWrite::rule(&rule("b", RuleAction::Block)),
+            ]))
+            .await
+            .unwrap();
+            durable(s.write(vec![PresenceWrite::DeleteRule(b"a".to_vec())]))
+                .await
+                .unwrap();
+            let stats = s.stats().unwrap();
+            assert!(stats.flush_ms_last.is_some() && stats.flush_ms_max >= stats.flush_ms_last);
+        }
+        let mut reopened = None;
+        for _ in 0..100 {
+            match SledStore::open(&dir, Duration::ZERO) {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let s = reopened.expect("reopen");
+        assert_eq!(s.load_rules().unwrap(), vec![rule("b", RuleAction::Block)]);
+        assert!(
+            s.load_publications().unwrap().is_empty(),
+            "a rule is no publication"
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
