@@ -360,7 +360,7 @@ impl PresenceStore for SledStore {
     fn stats(&self) -> Option<super::StoreStats> {
         let q = self.queue.stats();
         let f = self.flush_times.snapshot();
-        let ms = |d: Duration| (f.count > 0).then(|| d.as_secs_f64() * 1000.0);
+        let ms = |d: Duration| (f.count > 0).then_some(d.as_secs_f64() * 1000.0);
         Some(super::StoreStats {
             flush_ms_last: ms(f.last),
             flush_ms_max: ms(f.max),
