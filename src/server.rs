@@ -851,33 +851,32 @@ impl Core {
     /// A response to one of our requests (a NOTIFY): RFC 3261 §17.1.3 matching, then the
     /// subscription hears how its NOTIFY ended. Anything else is stray (§18.1.2: dropped).
     fn on_response(self: &Arc<Self>, resp: Response, peer: Peer) {
-        let input = {
+        // Who waits for the answer is looked up (and, for a final answer, taken) while the
+        // transaction table is still locked: over TCP a final answer ends the transaction at
+        // once (Timers K and D are zero), and the timer task's `Terminated`, which forgets
+        // the owner, must not slip in between and lose the answer.
+        let (input, branch, owner) = {
             let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            c.on_response(&resp, self.now())
+            let input = c.on_response(&resp, self.now());
+            let (mut branch, mut owner) = (None, None);
+            if let ClientInput::Deliver { key, .. } = &input {
+                let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+                match owners.get(key) {
+                    Some(Owner::Branch { server, branch: b }) => {
+                        branch = Some((server.clone(), *b))
+                    }
+                    Some(_) if resp.status >= 200 => owner = owners.remove(key),
+                    _ => {}
+                }
+            }
+            (input, branch, owner)
         };
         match input {
-            ClientInput::Deliver { key, actions } => {
+            ClientInput::Deliver { actions, .. } => {
                 self.run_actions(actions);
-                let branch = match self
-                    .owners
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&key)
-                {
-                    Some(Owner::Branch { server, branch }) => Some((server.clone(), *branch)),
-                    _ => None,
-                };
                 if let Some((server, branch)) = branch {
                     return self.proxy_response(server, branch, resp);
                 }
-                if resp.status < 200 {
-                    return;
-                }
-                let owner = self
-                    .owners
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
                 match owner {
                     Some(Owner::Notify(sub)) => self
                         .presence

@@ -103,6 +103,7 @@ async fn a_300_character_contact_user_and_fields_over_the_limits() {
     assert!(text.contains(&long_user));
     a.notify_raw(text.as_bytes()).await;
     let r = a.notify_status(cseq).await;
+    eprintln!("300-character Contact user: {} {}", r.status, r.reason);
     assert!(
         r.status == 200 || (400..500).contains(&r.status),
         "{} {}",

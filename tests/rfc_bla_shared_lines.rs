@@ -107,12 +107,18 @@ async fn three_phones_seize_conflict_call_hold_pickup_hang_up_and_registration_e
     .await;
 
     // A seizes appearance 0: B and C see it, A does not get it back.
+    let a_docs = a.docs.len();
     let (status, a0) = a.seize(0).await;
     assert_eq!(status, 200, "seize of a free appearance: {}", a.last_reason);
     for p in [&mut b, &mut c] {
         p.sees("A seizing 0", |v| holds(v, 0, "A", Trying, false))
             .await;
     }
+
+    // The change went out (B and C have it): A was not NOTIFYed of its own seize at all,
+    // since its document leaves its own dialogs out and did not change.
+    a.pump_for(1000).await;
+    assert_eq!(a.docs.len(), a_docs, "A got a NOTIFY for its own seize");
 
     // B seizes 0 too: 409, nothing changes; B seizes 1: 200.
     let (status, _) = b.seize(0).await;
@@ -392,4 +398,67 @@ async fn blf_watchers_of_the_line_see_it_busy_while_an_appearance_is_in_use() {
     blf.ua
         .notify_until(|b| !b.contains("<state>confirmed</state>"))
         .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_to_the_line_rings_every_phone_and_the_one_that_answers_takes_the_appearance() {
+    let s = server(CONFIG).await;
+    let mut far = far_end(&s).await;
+    let mut a = member(&s, "A", "2000", "line-pw").await;
+    let mut b = member(&s, "B", "1001", "pw1001").await;
+    let mut c = member(&s, "C", "1002", "pw1002").await;
+
+    // 1005 calls the line: the proxy forks to the three registered phones.
+    let invite = far.invite("2000", "incoming-1").await;
+    let ia = a.next_call("INVITE", 5000).await;
+    let ib = b.next_call("INVITE", 5000).await;
+    let ic = c.next_call("INVITE", 5000).await;
+    // Every phone rings; B reports its early dialog on appearance 0 (as in the Polycom
+    // capture: direction recipient): A and C see it.
+    a.phone.reply(&ia, 180, "ring-A").await;
+    c.phone.reply(&ic, 180, "ring-C").await;
+    let (id, tag, status) = b.ring(&ib, 0).await;
+    assert_eq!(status, 200, "{}", b.last_reason);
+    for p in [&mut a, &mut c] {
+        p.sees("0 ringing at B", |v| {
+            holds(v, 0, "B", DialogState::Early, false)
+        })
+        .await;
+        assert_eq!(
+            p.on(0)[0].remote_identity.as_deref(),
+            Some("sip:1005@example.test")
+        );
+    }
+    // B answers: the caller gets the 200 and ACKs it; A and C are cancelled.
+    b.phone.reply(&ib, 200, &tag).await;
+    let ok = far.final_of("INVITE").await;
+    assert_eq!(ok.status, 200, "{}", ok.reason);
+    let mut far_leg = Phone::caller_leg(&invite, &ok);
+    let ack = far.in_dialog(&mut far_leg, "ACK", None);
+    far.ua.send(&ack).await;
+    b.next_call("ACK", 5000).await;
+    assert_eq!(b.update(&id, |d| d.state = Confirmed).await, 200);
+    a.cancelled(&ia, "ring-A").await;
+    c.cancelled(&ic, "ring-C").await;
+    for p in [&mut a, &mut c] {
+        p.sees("B's call confirmed on 0", |v| {
+            holds(v, 0, "B", Confirmed, false)
+        })
+        .await;
+    }
+    // A cannot take 0 now; B hangs up (the caller answers the BYE): 0 is free for everyone.
+    let (status, _) = a.seize(0).await;
+    assert_eq!(status, 409, "{}", a.last_reason);
+    let mut leg = Phone::callee_leg(&ib, &tag);
+    let bye = b.phone.in_dialog(&mut leg, "BYE", None);
+    b.phone.ua.send(&bye).await;
+    let incoming = far.next_of("BYE").await;
+    far.reply(&incoming, 200, "whatever").await;
+    let r = b.response_to(&leg.call_id, leg.cseq, 5000).await;
+    assert_eq!(r.status, 200, "BYE: {}", r.reason);
+    assert_eq!(b.end(&id).await, 200);
+    all_see(&mut [&mut a, &mut b, &mut c], "an idle line", 5000, |v| {
+        v.is_empty()
+    })
+    .await;
 }

@@ -264,6 +264,14 @@ impl Presence {
             if res.pkg == Pkg::Sla && source.as_deref() == Some(sub.rec.watcher.as_str()) {
                 continue;
             }
+            // A shared line's member phone whose own dialogs changed: its document (which
+            // leaves out its own dialogs) is the same as before.
+            if res.pkg == Pkg::Sla
+                && source.is_some()
+                && Self::options_of(sub).own_phone.map(crate::bla::source_id) == source
+            {
+                continue;
+            }
             if !sub.delivery.changed() {
                 continue;
             }

@@ -114,6 +114,11 @@ pub struct BlaPhone {
     pub refreshes: Vec<Request>,
     /// The status of each NOTIFY we sent by ourselves (after a SUBSCRIBE), in order.
     pub auto_notify_status: Vec<u16>,
+    /// The status of the first NOTIFY of each subscription in `subscribes`.
+    pub subscribe_answers: Vec<u16>,
+    /// What happened in the server's subscription to us, one line each (SUBSCRIBEs
+    /// received, NOTIFYs sent and their answers), for failure messages.
+    pub log: Vec<String>,
     /// Our answer to each request the server sent, by (Via branch, method): a
     /// retransmission gets it again.
     answered: HashMap<(String, String), Vec<u8>>,
@@ -193,6 +198,8 @@ impl BlaPhone {
             subscribes: Vec::new(),
             refreshes: Vec::new(),
             auto_notify_status: Vec::new(),
+            subscribe_answers: Vec::new(),
+            log: Vec::new(),
             answered: HashMap::new(),
             seen: HashSet::new(),
             calls: VecDeque::new(),
@@ -506,7 +513,7 @@ impl BlaPhone {
             .await
             .unwrap_or_else(|| panic!("phone {name}: the server did not SUBSCRIBE within {ms} ms"));
         let r = self.subscribes[count].clone();
-        (r, *self.auto_notify_status.last().unwrap())
+        (r, self.subscribe_answers[count])
     }
 
     /// Waits for the server's first `dialog;sla` SUBSCRIBE; asserts our first NOTIFY got
@@ -532,6 +539,15 @@ impl BlaPhone {
             self.answer(&r, 489, None, &[]).await;
             return;
         }
+        self.log.push(format!(
+            "SUBSCRIBE {} Call-ID {call_id} CSeq {} Expires {expires}",
+            if to_tag.is_empty() {
+                "new"
+            } else {
+                "in-dialog"
+            },
+            cseq_of(&r)
+        ));
         if to_tag.is_empty() {
             let n = self.subscribes.len();
             let local_tag = format!("sla{}{n}", self.phone.name);
@@ -568,6 +584,7 @@ impl BlaPhone {
             self.subscribes.push(r);
             let status = self.notify_full().await;
             self.auto_notify_status.push(status);
+            self.subscribe_answers.push(status);
             return;
         }
         let ours = self
@@ -575,6 +592,7 @@ impl BlaPhone {
             .as_ref()
             .is_some_and(|s| s.call_id == call_id && s.local_tag == to_tag);
         if !ours {
+            self.log.push("  a dialog we do not know: 481".into());
             self.answer(&r, 481, None, &[]).await;
             return;
         }
@@ -742,6 +760,14 @@ impl BlaPhone {
         let (bytes, cseq) = self.notify_request(&body, sub);
         self.notify_raw(&bytes).await;
         let r = self.notify_status(cseq).await;
+        self.log.push(format!(
+            "  NOTIFY {} ({} dialogs) CSeq {cseq} in {}: {} {}",
+            state.as_str(),
+            calls.len(),
+            self.sla.as_ref().map(|s| s.call_id.as_str()).unwrap_or("?"),
+            r.status,
+            r.reason
+        ));
         self.last_reason = r.reason.clone();
         r.status
     }
@@ -762,7 +788,8 @@ impl BlaPhone {
     pub fn new_call(&mut self, k: Option<u32>) -> LineCall {
         self.next_id += 1;
         let id = format!("{}-{}", self.phone.name, self.next_id);
-        let call_id = format!("{id}-{}@127.0.0.1", self.phone.ua.port());
+        // No `@`: Phone::invite makes its From tag of the Call-ID, and a tag is a token.
+        let call_id = format!("{id}-{}-call", self.phone.ua.port());
         LineCall {
             local_tag: format!("from-{call_id}"),
             id,
@@ -846,7 +873,20 @@ impl BlaPhone {
     pub async fn call(&mut self, id: &str, callee: &mut Phone) -> (Leg, String, u16) {
         let c = self.mine[id].clone();
         let invite = self.phone.invite(&callee.user, &c.call_id).await;
-        let incoming = callee.next_of("INVITE").await;
+        let incoming = match callee.ua.next_request_within(5000).await {
+            Some(r) if r.method == "INVITE" => r,
+            other => {
+                let r = self.response_to(&c.call_id, 1, 5000).await;
+                panic!(
+                    "phone {}'s INVITE to {} did not reach it ({:?} did): the proxy answered {} {}",
+                    self.phone.name,
+                    callee.user,
+                    other.map(|r| r.method),
+                    r.status,
+                    r.reason
+                );
+            }
+        };
         let tag = format!("callee-{}", c.id);
         callee.reply(&incoming, 180, &tag).await;
         self.update(id, |c| c.state = DialogState::Proceeding).await;
@@ -892,6 +932,40 @@ impl BlaPhone {
         let ok = self.response_to(&leg.call_id, leg.cseq, 5000).await;
         assert_eq!(ok.status, 200, "BYE: {}", ok.reason);
         self.end(id).await
+    }
+}
+
+impl BlaPhone {
+    /// Rings for the INVITE `invite` the proxy forked to us: `180` with our To tag, and an
+    /// `early` dialog (direction recipient, as in the Polycom capture) on appearance `k`
+    /// reported. The dialog id, our tag and the NOTIFY's status.
+    pub async fn ring(&mut self, invite: &Request, k: u32) -> (String, String, u16) {
+        let mut c = self.new_call(Some(k));
+        let tag = format!("ring-{}", c.id);
+        self.phone.reply(invite, 180, &tag).await;
+        c.call_id = invite.call_id().unwrap().to_string();
+        c.local_tag = tag.clone();
+        c.remote_tag = Some(tag_of(invite.headers.get(HeaderName::From).unwrap()));
+        c.initiator = false;
+        c.state = DialogState::Early;
+        c.remote = Some(
+            busylamp::sip::NameAddr::parse(invite.headers.get(HeaderName::From).unwrap())
+                .unwrap()
+                .uri
+                .to_string(),
+        );
+        let id = c.id.clone();
+        self.mine.insert(id.clone(), c);
+        let status = self.report(&id).await;
+        (id, tag, status)
+    }
+
+    /// The INVITE we rang for (our `180` had To tag `tag`) was answered elsewhere: the
+    /// proxy's CANCEL gets `200`, the INVITE `487`.
+    pub async fn cancelled(&mut self, invite: &Request, tag: &str) {
+        let cancel = self.next_call("CANCEL", 5000).await;
+        self.phone.reply(&cancel, 200, tag).await;
+        self.phone.reply(invite, 487, tag).await;
     }
 }
 

@@ -20,9 +20,11 @@
 #   INTEROP_TIMEOUT    120      seconds, sipp -timeout for each run
 #
 # Then tests/interop/presence.sh (PUBLISH/SUBSCRIBE/NOTIFY with digest, its own
-# server) and tests/interop/call.sh (calls through the proxy and the BLF
-# NOTIFYs they cause, its own server) run with the same options and count as
-# one more check each.
+# server), tests/interop/call.sh (calls through the proxy and the BLF
+# NOTIFYs they cause, its own server) and tests/interop/bla.sh (two phones
+# seize one appearance of a shared line: 200 then 409; its own server; the
+# busylamp half only unless --against-kamailio) run with the same options and
+# count as one more check each.
 #
 # Pass: for each transport sipp reports INTEROP_USERS successful and 0 failed
 # calls (and exits 0).  Last line: "interop: N passed, M failed" (N, M =
@@ -139,5 +141,10 @@ done
 
 if bash "$HERE/presence.sh" "$@" >&2; then PASSED=$((PASSED + 1)); RESULTS+=("PASS presence: PUBLISH/SUBSCRIBE/NOTIFY with digest (tests/interop/presence.sh)"); else FAILED=$((FAILED + 1)); RESULTS+=("FAIL presence: tests/interop/presence.sh (its output is above)"); fi
 if bash "$HERE/call.sh" "$@" >&2; then PASSED=$((PASSED + 1)); RESULTS+=("PASS call: calls through the proxy (forked answer, CANCEL, 486) and their BLF NOTIFYs (tests/interop/call.sh)"); else FAILED=$((FAILED + 1)); RESULTS+=("FAIL call: tests/interop/call.sh (its output is above)"); fi
+# shared lines: busylamp only here (bla.sh alone also runs Kamailio's pua_bla
+# for its comparison table); --against-kamailio reaches it as given
+BLA_ARGS=("$@")
+[[ "$MODE" == kamailio ]] || BLA_ARGS+=(--busylamp-only)
+if bash "$HERE/bla.sh" "${BLA_ARGS[@]}" >&2; then PASSED=$((PASSED + 1)); RESULTS+=("PASS bla: two Polycom-like phones seize one appearance of a shared line: 200, then 409 (tests/interop/bla.sh)"); else FAILED=$((FAILED + 1)); RESULTS+=("FAIL bla: tests/interop/bla.sh (its output is above)"); fi
 
 finish
