@@ -35,6 +35,8 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("cannot read random bytes from the operating system (for keys, tags and ids): {0}")]
     Random(getrandom::Error),
+    #[error("cannot listen for metrics on {addr} ([control] metrics): {reason}")]
+    Metrics { addr: SocketAddr, reason: String },
     #[error(transparent)]
     Control(#[from] crate::control::server::ControlError),
 }
@@ -94,6 +96,10 @@ pub struct Core {
     pub(crate) upstream_dns: Option<Arc<crate::proxy::upstream::UpstreamDns>>,
     /// Requests whose answer waits for their disk write: shutdown lets them finish.
     answering: crate::drain::Drain,
+    /// Requests read and answered, by method and status (the metrics endpoint's counters).
+    pub(crate) requests: crate::control::metrics::RequestCounters,
+    /// How long the store's flushes take, when it measures them.
+    pub(crate) flush_times: Option<Arc<crate::storage::flush_times::FlushTimes>>,
 }
 
 /// Who hears the answers to one of our client transactions.
@@ -139,6 +145,8 @@ pub struct ServerHandle {
     pub core: Arc<Core>,
     pub events: EventBus,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the metrics endpoint listens (`[control] metrics`), when it does.
+    metrics: Option<SocketAddr>,
     /// The control socket; `None` when it was not started (see [`start_control`]).
     control: Option<crate::control::server::ControlServer>,
 }
@@ -160,6 +168,11 @@ impl ServerHandle {
 
     pub fn local_addrs(&self) -> Vec<(Proto, SocketAddr)> {
         self.core.transport.local_addrs()
+    }
+
+    /// The metrics endpoint's address (its port when `[control] metrics` asked for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// The control socket's path, when it runs.
@@ -247,6 +260,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
     let bla = crate::bla::Bla::new(cfg, pua.clone(), clock, events.clone());
     let observer: Arc<dyn crate::registrar::BindingObserver> =
         Arc::new(crate::bla::Observers(vec![usrloc.clone(), bla.clone()]));
+    let flush_times = store.flush_times();
     let registrar = Registrar::with_observer(cfg, store, events.clone(), clock, Some(observer));
     let live = registrar.load().await?;
     tracing::info!(bindings = live, "bindings loaded");
@@ -261,6 +275,17 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         },
     )
     .await?;
+    // Bound with the SIP sockets, before any task starts: a taken port stops the start.
+    let metrics_listener =
+        match cfg.control.metrics {
+            Some(addr) => Some(crate::control::metrics::bind(addr).await.map_err(|e| {
+                StartError::Metrics {
+                    addr,
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
     if cfg.auth.mode == AuthMode::Open {
         tracing::warn!("*** OPEN MODE: [auth] mode = \"open\" — REGISTER is accepted from anyone without a password. Use only on a closed lab network. ***");
     }
@@ -339,6 +364,8 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
         rate_limited: Default::default(),
         upstream_dns: upstream_dns.clone(),
         answering: Default::default(),
+        requests: Default::default(),
+        flush_times,
     });
     let mut tasks = vec![tokio::spawn(registrar.clone().run_expiry())];
     tasks.push(tokio::spawn(core.clone().run_stored_notifies(stored_rx)));
@@ -392,10 +419,20 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
             if proto == Proto::Udp { "udp" } else { "tcp" }
         );
     }
+    let metrics = metrics_listener.and_then(|l| l.local_addr().ok().map(|a| (l, a)));
+    let metrics = metrics.map(|(listener, addr)| {
+        tracing::info!("metrics on http://{addr}/metrics");
+        tasks.push(tokio::spawn(crate::control::metrics::serve(
+            listener,
+            core.clone(),
+        )));
+        addr
+    });
     Ok(ServerHandle {
         core,
         events,
         tasks,
+        metrics,
         control,
     })
 }
@@ -638,6 +675,8 @@ impl Core {
         };
         stamp_answer_via(&mut resp, &peer);
         let target = reply_target(&resp, peer);
+        self.requests
+            .answered(cseq_method.unwrap_or(""), resp.status);
         Some((target, self.finish(resp).to_bytes()))
     }
 
@@ -650,6 +689,7 @@ impl Core {
             return;
         }
         crate::logs::answer_sent(&resp, target, None, self.now());
+        self.requests.answered(method, resp.status);
         self.send_now(target, self.finish(resp).to_shared());
     }
 
@@ -688,6 +728,7 @@ impl Core {
     /// CPU work; only a REGISTER waiting for its disk write continues in a task of its own.
     fn on_request(self: &Arc<Self>, mut req: Request, peer: Peer) {
         crate::logs::request_received(&req, &peer);
+        self.requests.received(&req.method);
         let parsed = match req.validate() {
             Ok(p) => p,
             Err(e) => {
@@ -870,6 +911,7 @@ impl Core {
                     Ok((key, actions)) => {
                         owners.insert(key, Owner::Notify(n.sub));
                         sends.extend(actions);
+                        self.presence.notify_counts().count_sent();
                     }
                     Err(e) => {
                         // Per watcher at debug (a restart with thousands of gone TCP
@@ -978,6 +1020,7 @@ impl Core {
         let actions = tx.respond(key, resp, now)?;
         if let Some(Action::Send { to, .. }) = actions.first() {
             crate::logs::answer_sent(resp, to, received, now);
+            self.requests.answered(cseq_method(resp), resp.status);
         }
         Ok(actions)
     }
@@ -1348,6 +1391,14 @@ impl Core {
             }
         }
     }
+}
+
+/// The method an answer's CSeq names (what the metrics count it under); "" when it has none.
+pub(crate) fn cseq_method(resp: &Response) -> &str {
+    resp.headers
+        .get(HeaderName::CSeq)
+        .and_then(|c| c.split_ascii_whitespace().nth(1))
+        .unwrap_or("")
 }
 
 /// [`Core::advertised`]: `local`, or `host` and its port when `local` is a wildcard.

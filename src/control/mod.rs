@@ -5,6 +5,7 @@
 pub mod api;
 pub mod client;
 pub mod follow;
+pub mod metrics;
 pub mod rpc;
 pub mod server;
 

@@ -229,6 +229,42 @@ pub struct SubscriptionInfo {
     pub last_answer: Option<u16>,
 }
 
+/// NOTIFYs sent and how the failed ones ended, since start (the metrics endpoint's
+/// `busylamp_notifies_total`). Bumped on the SIP path: atomics, no lock.
+#[derive(Debug, Default)]
+pub struct NotifyCounts {
+    sent: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A reading of [`NotifyCounts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NotifyTotals {
+    /// NOTIFY requests sent (each a new client transaction; retransmissions not counted).
+    pub sent: u64,
+    /// NOTIFYs that got no 2xx (timeout, transport error, 408, 5xx, 401...) whose
+    /// subscription stays: the state is sent again later.
+    pub retried: u64,
+    /// NOTIFYs refused for good (481 and kin, RFC 5057): their subscription ended.
+    pub failed: u64,
+}
+
+impl NotifyCounts {
+    /// A NOTIFY left (the server core started its client transaction).
+    pub fn count_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> NotifyTotals {
+        NotifyTotals {
+            sent: self.sent.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Publication {
     rec: PublicationRecord,
@@ -372,6 +408,8 @@ pub struct Presence {
     trusted: Vec<ipnet::IpNet>,
     /// Failing NOTIFYs, summed up at `info` once per interval ([`Presence::run_log_summary`]).
     notify_failures: crate::logs::NotifyFailures,
+    /// NOTIFYs sent, retried and failed since start, for the metrics endpoint.
+    notify_counts: NotifyCounts,
     /// The admin's standing authorization rules (see [`admin`]), loaded with the state.
     standing: Mutex<Vec<crate::storage::RuleRecord>>,
 }
@@ -458,6 +496,7 @@ impl Presence {
             open_mode: cfg.auth.mode == AuthMode::Open,
             trusted: cfg.auth.trusted.clone(),
             notify_failures: Default::default(),
+            notify_counts: Default::default(),
             standing: Mutex::new(Vec::new()),
         })
     }
@@ -701,6 +740,11 @@ impl Presence {
             }
         }
         v
+    }
+
+    /// NOTIFYs sent, retried and failed since start (the server core counts the sent ones).
+    pub fn notify_counts(&self) -> &NotifyCounts {
+        &self.notify_counts
     }
 
     /// Every subscription, for the dashboard and the control API.

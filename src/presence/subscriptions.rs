@@ -823,6 +823,7 @@ impl Presence {
                 s.winfo_full = true;
                 give_up = self.quotas.failed(&s.rec.watcher, sub);
                 self.notify_failures.retried();
+                self.notify_counts.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, failures, "NOTIFY failed; retrying");
                 self.schedule(
                     Timer::Retry(sub.res.clone(), sub.key.clone()),
@@ -831,6 +832,7 @@ impl Presence {
             }
             decide::AfterAnswer::End => {
                 self.notify_failures.refused();
+                self.notify_counts.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, "NOTIFY refused; ending the subscription");
                 self.terminate(
                     &mut shard,

@@ -53,6 +53,7 @@ impl Core {
         };
         if let Some((to, received)) = reply_to {
             crate::logs::answer_sent(&resp, &to, received, self.now());
+            self.requests.answered(&req.method, resp.status);
             self.send_now(&to, self.finish(resp).to_shared());
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod dialogs;
+pub mod flush_times;
 pub mod memory;
 pub mod presence;
 pub mod queue;
@@ -200,6 +201,11 @@ pub trait BindingStore: Send + Sync {
     fn load_bindings(&self) -> Result<Vec<(String, Vec<Binding>)>, StorageError>;
     /// Replaces the bindings of `aor` (an empty slice deletes it).
     fn save_bindings(&self, aor: &str, bindings: &[Binding]) -> Durable;
+    /// How long the store's flushes take, when it measures them (the metrics endpoint's
+    /// `busylamp_storage_flush_seconds`).
+    fn flush_times(&self) -> Option<std::sync::Arc<flush_times::FlushTimes>> {
+        None
+    }
 }
 
 #[cfg(test)]

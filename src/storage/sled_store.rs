@@ -4,6 +4,7 @@
 //! ([`WriteQueue`]): a write that finds it full is refused at once, never queued unboundedly.
 
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
+use super::flush_times::FlushTimes;
 use super::presence::{
     decode_notify_seq, decode_publication, decode_rule, decode_subscription, merge_notify_seq,
     PresenceStore, PresenceWrite, PublicationRecord, RuleRecord, SubscriptionRecord,
@@ -85,16 +86,8 @@ pub struct SledStore {
     opened: Instant,
     /// Second (since `opened`, plus one) of the last warning about refused writes.
     last_refusal_warning: AtomicU64,
-    /// How long the writer's flushes take (the control API's `status`).
-    flushes: Arc<FlushTimes>,
-}
-
-/// Durations of the writer's flushes (apply + fsync), microseconds.
-#[derive(Default)]
-struct FlushTimes {
-    last_us: AtomicU64,
-    max_us: AtomicU64,
-    count: AtomicU64,
+    /// How long each flush of the writer took.
+    flush_times: Arc<FlushTimes>,
 }
 
 impl Drop for SledStore {
@@ -148,11 +141,11 @@ impl SledStore {
         let wdb = db.clone();
         let wtrees = trees.clone();
         let wqueue = queue.clone();
-        let flushes = Arc::new(FlushTimes::default());
-        let wflushes = flushes.clone();
+        let flush_times = Arc::new(FlushTimes::default());
+        let wtimes = flush_times.clone();
         let writer = std::thread::Builder::new()
             .name("busylamp-store".into())
-            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval, &wflushes))
+            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval, &wtimes))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(SledStore {
             db,
@@ -161,7 +154,7 @@ impl SledStore {
             writer: Mutex::new(Some(writer)),
             opened: Instant::now(),
             last_refusal_warning: AtomicU64::new(0),
-            flushes,
+            flush_times,
         })
     }
 
@@ -223,7 +216,7 @@ fn writer_loop(
     db: sled::Db,
     trees: [sled::Tree; TREES.len()],
     interval: Duration,
-    flushes: &FlushTimes,
+    flush_times: &FlushTimes,
 ) {
     // Group commit with a minimum interval between flushes: when idle, a write is flushed at
     // once; under load, flushes are at least `interval` apart and each carries every write
@@ -259,7 +252,8 @@ fn writer_loop(
                 }
             }
         }
-        last_flush = Some(Instant::now());
+        let flush_started = Instant::now();
+        last_flush = Some(flush_started);
         let mut result = Ok(());
         for t in TREES {
             if let Some(b) = batches[t.index()].take() {
@@ -273,12 +267,7 @@ fn writer_loop(
                 .map(|_| ())
                 .map_err(|e| StorageError::Write(e.to_string()))
         });
-        if let Some(started) = last_flush {
-            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            flushes.last_us.store(us, Ordering::Relaxed);
-            flushes.max_us.fetch_max(us, Ordering::Relaxed);
-            flushes.count.fetch_add(1, Ordering::Relaxed);
-        }
+        flush_times.record(flush_started.elapsed());
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = batch.len(), "storage flush failed");
         }
@@ -305,6 +294,10 @@ impl BindingStore for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn flush_times(&self) -> Option<Arc<FlushTimes>> {
+        Some(self.flush_times.clone())
     }
 
     fn save_bindings(&self, aor: &str, bindings: &[Binding]) -> Durable {
@@ -366,11 +359,11 @@ impl PresenceStore for SledStore {
 
     fn stats(&self) -> Option<super::StoreStats> {
         let q = self.queue.stats();
-        let flushed = self.flushes.count.load(Ordering::Relaxed) > 0;
-        let ms = |a: &AtomicU64| flushed.then(|| a.load(Ordering::Relaxed) as f64 / 1000.0);
+        let f = self.flush_times.snapshot();
+        let ms = |d: Duration| (f.count > 0).then_some(d.as_secs_f64() * 1000.0);
         Some(super::StoreStats {
-            flush_ms_last: ms(&self.flushes.last_us),
-            flush_ms_max: ms(&self.flushes.max_us),
+            flush_ms_last: ms(f.last),
+            flush_ms_max: ms(f.max),
             queued: q.waiting,
             refused: q.refused,
         })
