@@ -185,6 +185,8 @@ pub struct Model {
     pub change_times: VecDeque<u64>,
     /// Snapshots taken (the first, then one per reconnect or resync).
     pub snapshots: u64,
+    /// The domain most registered AORs are in: the views show its users by user part only.
+    pub domain: String,
 }
 
 /// A URI as the server keys an AOR: no display name, brackets or parameters; scheme and
@@ -426,6 +428,15 @@ impl Model {
             .filter_map(line_of)
             .map(|l| (l.aor.clone(), l))
             .collect();
+        let mut domains: BTreeMap<&str, usize> = BTreeMap::new();
+        for aor in self.registrations.keys() {
+            if let Some((_, host)) = aor.split_once('@') {
+                *domains.entry(host).or_default() += 1;
+            }
+        }
+        if let Some((d, _)) = domains.into_iter().max_by_key(|(_, n)| *n) {
+            self.domain = d.to_string();
+        }
         let mut known: Vec<String> = self.registrations.keys().cloned().collect();
         for c in self.calls.values() {
             known.push(c.caller.clone());
@@ -598,7 +609,9 @@ impl Model {
                     });
                 match change.as_str() {
                     "created" => {
-                        sub.state = text(&p["state"]).unwrap_or_else(|| "active".into());
+                        if let Some(state) = text(&p["state"]) {
+                            sub.state = state;
+                        }
                         sub.reason = None;
                     }
                     "activated" => sub.state = "active".into(),
@@ -759,6 +772,19 @@ impl Model {
         rows
     }
 
+    /// How the views name a URI: the user part alone in the home domain, else without the
+    /// scheme.
+    pub fn name<'a>(&self, uri: &'a str) -> &'a str {
+        let bare = uri
+            .strip_prefix("sip:")
+            .or_else(|| uri.strip_prefix("sips:"))
+            .unwrap_or(uri);
+        match bare.split_once('@') {
+            Some((user, host)) if !self.domain.is_empty() && host == self.domain => user,
+            _ => bare,
+        }
+    }
+
     pub fn uptime(&self, now_ms: u64) -> u64 {
         self.status.uptime + now_ms.saturating_sub(self.status.uptime_at_ms) / 1000
     }
@@ -847,6 +873,9 @@ mod tests {
         assert_eq!(m.lamp("sip:2000@example.test"), Lamp::Idle);
         assert_eq!(m.watcher_count("sip:1002@example.test"), 1);
         assert_eq!(m.watcher_count("sip:1001@example.test"), 0);
+        assert_eq!(m.domain, "example.test");
+        assert_eq!(m.name("sip:1001@example.test"), "1001");
+        assert_eq!(m.name("sip:9@other.test"), "9@other.test");
         // Users first by AOR, the shared line with its two appearances after them.
         let rows = m.line_rows();
         assert_eq!(rows.len(), 5);

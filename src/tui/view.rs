@@ -188,8 +188,24 @@ fn header(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         ),
         Span::raw(format!(" up {} ", duration(m.uptime(now)))),
     ];
+    let rates = if area.width >= 120 {
+        format!(
+            "  │ REGISTER/s {:.1}  calls/s {:.1}  changes/s {:.1}",
+            rate(&m.register_times, now),
+            rate(&m.call_times, now),
+            rate(&m.change_times, now),
+        )
+    } else {
+        format!(
+            "  reg/s {:.1} calls/s {:.1} chg/s {:.1}",
+            rate(&m.register_times, now),
+            rate(&m.call_times, now),
+            rate(&m.change_times, now),
+        )
+    };
     if m.connected {
         first.push(Span::styled(" connected ", Style::default().fg(Color::Green)));
+        first.push(Span::raw(rates));
     } else {
         first.push(Span::styled(
             " reconnecting... ",
@@ -203,16 +219,13 @@ fn header(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         }
     }
     let second = Line::from(format!(
-        " AORs {}  phones {}  calls {}  watchers {} ({} pending)  lines {}  │ REGISTER/s {:.1}  calls/s {:.1}  changes/s {:.1}",
+        " AORs {}  phones {}  calls {}  watchers {} ({} pending)  shared lines {}",
         m.registrations.len(),
         m.binding_count(),
         m.calls.len(),
         m.subscriptions.values().filter(|s| !s.api).count(),
         m.pending_count(),
         m.lines.len(),
-        rate(&m.register_times, now),
-        rate(&m.call_times, now),
-        rate(&m.change_times, now),
     ));
     f.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
 }
@@ -259,10 +272,11 @@ fn footer(f: &mut Frame, area: Rect, ui: &Ui) {
     } else if let Some(msg) = &ui.message {
         Line::from(format!(" {msg}"))
     } else {
-        let mut keys = " q quit  tab/1-4 view  ↑↓ PgUp PgDn Home End  / filter  Enter detail  ? help".to_string();
-        if ui.tab == Tab::Watchers {
-            keys.push_str("  a approve  b block");
-        }
+        let keys = if ui.tab == Tab::Watchers {
+            " q quit  Tab/1-4 views  / filter  Enter detail  a approve  b block  ? help"
+        } else {
+            " q quit  Tab/1-4 views  ↑↓ PgUp/Dn Home/End  / filter  Enter detail  ? help"
+        };
         Line::from(Span::styled(keys, dim()))
     };
     f.render_widget(Paragraph::new(line), area);
@@ -446,98 +460,105 @@ fn lines_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     let h = body_height(area);
     let (offset, end) = window(rows.len(), ui.selected(), h);
     let now_s = ui.now_ms / 1000;
+    // The LINE column (the AOR, the shared line's label) only where there is room.
     let wide = area.width >= 120;
     let shown: Vec<Row> = rows[offset..end]
         .iter()
-        .map(|r| match r {
-            LineRow::User(aor) => {
-                let lamp = m.lamp(aor);
-                let call = m
-                    .calls_of(aor)
-                    .max_by_key(|c| (!c.ringing(), c.since));
-                let (peer, time) = match call {
-                    Some(c) => {
-                        let other = if c.caller == *aor { &c.callee } else { &c.caller };
-                        let start = c.confirmed.unwrap_or(c.since);
-                        (short(other).to_string(), duration(now_s.saturating_sub(start)))
-                    }
-                    None => (String::new(), String::new()),
-                };
-                let mut cells = vec![
-                    Cell::from(user_part(aor).to_string()),
-                    Cell::from(short(aor).to_string()),
-                    lamp_cell(lamp),
-                    phones_cell(m, aor),
-                    Cell::from(peer),
-                    Cell::from(time),
-                    Cell::from(m.watcher_count(aor).to_string()),
-                ];
-                if wide {
-                    cells.push(Cell::from(""));
+        .map(|r| {
+            let (ext, line, lamp, phones, peer, time, watch) = match r {
+                LineRow::User(aor) => {
+                    let call = m.calls_of(aor).max_by_key(|c| (c.ringing(), c.since));
+                    let (peer, time) = match call {
+                        Some(c) => {
+                            let other = if c.caller == *aor { &c.callee } else { &c.caller };
+                            let start = c.confirmed.unwrap_or(c.since);
+                            (
+                                m.name(other).to_string(),
+                                duration(now_s.saturating_sub(start)),
+                            )
+                        }
+                        None => (String::new(), String::new()),
+                    };
+                    (
+                        Cell::from(user_part(aor).to_string()),
+                        Cell::from(short(aor).to_string()),
+                        lamp_cell(m.lamp(aor)),
+                        phones_cell(m, aor),
+                        peer,
+                        time,
+                        m.watcher_count(aor).to_string(),
+                    )
                 }
-                Row::new(cells)
-            }
-            LineRow::Line(l) => {
-                let registered = l.phones.iter().filter(|p| !p.contact.is_empty()).count();
-                let mut cells = vec![
-                    Cell::from(user_part(&l.aor).to_string()),
-                    Cell::from(format!(
-                        "{} [shared]",
-                        l.label.as_deref().unwrap_or(short(&l.aor))
-                    )),
-                    lamp_cell(l.lamp()),
-                    Cell::from(format!("{registered} members")),
-                    Cell::from(""),
-                    Cell::from(""),
-                    Cell::from(m.watcher_count(&l.aor).to_string()),
-                ];
-                if wide {
-                    cells.push(Cell::from(format!("{} appearances", l.appearances.len())));
+                LineRow::Line(l) => {
+                    let registered = l.phones.iter().filter(|p| !p.contact.is_empty()).count();
+                    let label = l.label.as_deref().unwrap_or("");
+                    (
+                        Cell::from(user_part(&l.aor).to_string()),
+                        Cell::from(format!("{label} [shared]")),
+                        lamp_cell(l.lamp()),
+                        Cell::from(if wide {
+                            format!("{registered} member phones")
+                        } else {
+                            format!("[shared] {label}, {registered} phones")
+                        }),
+                        String::new(),
+                        String::new(),
+                        m.watcher_count(&l.aor).to_string(),
+                    )
                 }
-                Row::new(cells)
-            }
-            LineRow::Appearance(_, a) => {
-                let lamp = super::model::Lamp::of_appearance(&a.state);
-                let busy = a.state != "free";
-                let mut cells = vec![
-                    Cell::from(format!(" └ #{}", a.index)),
-                    Cell::from(
-                        a.phone
-                            .as_deref()
-                            .map(|p| format!("  {}", short(p)))
-                            .unwrap_or_default(),
-                    ),
-                    lamp_cell(lamp),
-                    Cell::from(Span::styled(a.state.clone(), dim())),
-                    Cell::from(a.peer.as_deref().map(short).unwrap_or("").to_string()),
-                    Cell::from(if busy && a.since > 0 {
-                        duration(now_s.saturating_sub(a.since))
-                    } else {
-                        String::new()
-                    }),
-                    Cell::from(""),
-                ];
-                if wide {
-                    cells.push(Cell::from(""));
+                LineRow::Appearance(_, a) => {
+                    let busy = a.state != "free";
+                    let phone = a.phone.as_deref().map(|p| m.name(p)).unwrap_or("");
+                    (
+                        Cell::from(format!(" └ #{}", a.index)),
+                        Cell::from(format!("  {phone}")),
+                        lamp_cell(Lamp::of_appearance(&a.state)),
+                        Cell::from(Span::styled(
+                            if wide || phone.is_empty() {
+                                a.state.clone()
+                            } else {
+                                format!("{} on {phone}", a.state)
+                            },
+                            dim(),
+                        )),
+                        a.peer.as_deref().map(|p| m.name(p)).unwrap_or("").to_string(),
+                        if busy && a.since > 0 {
+                            duration(now_s.saturating_sub(a.since))
+                        } else {
+                            String::new()
+                        },
+                        String::new(),
+                    )
                 }
-                Row::new(cells)
+            };
+            let mut cells = vec![ext];
+            if wide {
+                cells.push(line);
             }
+            cells.extend([
+                lamp,
+                phones,
+                Cell::from(peer),
+                Cell::from(time),
+                Cell::from(watch),
+            ]);
+            Row::new(cells)
         })
         .collect();
-    let mut widths = vec![
-        Constraint::Length(8),
-        Constraint::Fill(2),
+    let mut widths = vec![Constraint::Length(8)];
+    let mut head = vec!["EXT"];
+    if wide {
+        widths.push(Constraint::Fill(2));
+        head.push("LINE");
+    }
+    widths.extend([
         Constraint::Length(7),
+        Constraint::Fill(3),
         Constraint::Fill(2),
-        Constraint::Fill(1),
         Constraint::Length(7),
         Constraint::Length(5),
-    ];
-    let mut head = vec!["EXT", "LINE", "LAMP", "PHONES", "OTHER PARTY", "TIME", "WATCH"];
-    if wide {
-        widths.push(Constraint::Length(16));
-        head.push("NOTE");
-    }
+    ]);
+    head.extend(["LAMP", "PHONES", "OTHER PARTY", "TIME", "WATCH"]);
     let sel = ui.selected().min(rows.len().saturating_sub(1));
     table(
         f,
@@ -574,13 +595,13 @@ fn calls_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
             } else {
                 c.branches
                     .iter()
-                    .map(|b| format!("{} {}", short(&b.target), b.state))
+                    .map(|b| format!("{} {}", m.name(&b.target), b.state))
                     .collect::<Vec<_>>()
                     .join(", ")
             };
             Row::new(vec![
-                Cell::from(short(&c.caller).to_string()),
-                Cell::from(short(&c.callee).to_string()),
+                Cell::from(m.name(&c.caller).to_string()),
+                Cell::from(m.name(&c.callee).to_string()),
                 lamp_cell(call_word(c)),
                 Cell::from(c.state.clone()),
                 Cell::from(duration(now_s.saturating_sub(c.since))),
@@ -648,9 +669,9 @@ fn watchers_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
                 s.package.clone()
             };
             Row::new(vec![
-                Cell::from(short(&s.presentity).to_string()),
+                Cell::from(m.name(&s.presentity).to_string()),
                 Cell::from(package),
-                Cell::from(short(&s.watcher).to_string()),
+                Cell::from(m.name(&s.watcher).to_string()),
                 Cell::from(Span::styled(s.state.clone(), state_style)),
                 Cell::from(expires),
                 Cell::from(format!("{}/{}", opt(s.cseq), opt(s.version))),
