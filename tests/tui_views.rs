@@ -174,12 +174,12 @@ fn the_lines_view_shows_every_lamp_word_and_the_appearances() {
 #[test]
 fn the_header_says_reconnecting_when_the_stream_is_lost() {
     let mut m = office();
-    m.disconnected(
-        "the server closed the connection".into(),
-        T - 1000,
-    );
+    m.disconnected("the server closed the connection".into(), T - 1000);
     let text = render(&m, &ui(Tab::Lines), 80, 24);
-    assert!(text.lines().next().unwrap().contains("reconnecting..."), "{text}");
+    assert!(
+        text.lines().next().unwrap().contains("reconnecting..."),
+        "{text}"
+    );
     assert!(text.contains("(stale)"));
     snapshot("reconnecting_80x24", &text);
 }
@@ -197,7 +197,9 @@ fn filter_detail_help_and_confirmation() {
     u.selected[0] = 1; // 1002
     u.detail = true;
     let text = render(&m, &u, 200, 50);
-    assert!(text.contains("phone sip:1002@192.0.2.22:5060 (udp, Polycom VVX 250, expires in 3000s)"));
+    assert!(
+        text.contains("phone sip:1002@192.0.2.22:5060 (udp, Polycom VVX 250, expires in 3000s)")
+    );
     snapshot("lines_detail_200x50", &text);
 
     let text = render(
@@ -220,7 +222,9 @@ fn filter_detail_help_and_confirmation() {
         package: "presence".into(),
     });
     let text = render(&m, &u, 80, 24);
-    assert!(text.contains("Approve 1009@partner.example.net watching 1001@example.com (presence)? y"));
+    assert!(
+        text.contains("Approve 1009@partner.example.net watching 1001@example.com (presence)? y")
+    );
     snapshot("watchers_confirm_80x24", &text);
 }
 
@@ -228,9 +232,11 @@ fn filter_detail_help_and_confirmation() {
 fn only_the_visible_rows_are_drawn_and_the_selection_scrolls_into_view() {
     let mut m = Model::new();
     let regs: Vec<_> = (0..5000)
-        .map(|i| json!({"aor": format!("sip:{}@example.com", 10_000 + i), "contacts": [
+        .map(|i| {
+            json!({"aor": format!("sip:{}@example.com", 10_000 + i), "contacts": [
             {"contact": format!("sip:{}@192.0.2.1:5060", 10_000 + i), "expires": T / 1000 + 60,
-             "user_agent": "phone", "flow": "udp:192.0.2.1:5060"}]}))
+             "user_agent": "phone", "flow": "udp:192.0.2.1:5060"}]})
+        })
         .collect();
     m.apply(
         "snapshot",
@@ -246,5 +252,9 @@ fn only_the_visible_rows_are_drawn_and_the_selection_scrolls_into_view() {
     assert!(text.contains("14999"));
     assert!(!text.contains("14981 "));
     // Generous for a debug build on a busy machine; the release figure is in the README.
-    assert!(started.elapsed().as_millis() < 1000, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_millis() < 1000,
+        "{:?}",
+        started.elapsed()
+    );
 }

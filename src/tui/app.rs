@@ -140,9 +140,7 @@ pub fn on_key(ui: &mut Ui, m: &Model, key: KeyEvent) -> Action {
         KeyCode::PageDown => step(ui, count, page),
         KeyCode::PageUp => step(ui, count, -page),
         KeyCode::Home | KeyCode::Char('g') => ui.selected[ui.tab.index()] = 0,
-        KeyCode::End | KeyCode::Char('G') => {
-            ui.selected[ui.tab.index()] = count.saturating_sub(1)
-        }
+        KeyCode::End | KeyCode::Char('G') => ui.selected[ui.tab.index()] = count.saturating_sub(1),
         KeyCode::Char('/') => ui.editing_filter = true,
         KeyCode::Enter => ui.detail = !ui.detail,
         KeyCode::Char('?') => ui.help = true,
@@ -310,8 +308,7 @@ pub fn run(path: PathBuf) -> i32 {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         if let Some(first) = first {
-            let tail = ui.tab == Tab::Events
-                && ui.selected() + 1 >= view::row_count(&model, &ui);
+            let tail = ui.tab == Tab::Events && ui.selected() + 1 >= view::row_count(&model, &ui);
             // What has come meanwhile, at once (bounded: the screen is redrawn between).
             let more = std::iter::from_fn(|| rx.try_recv().ok()).take(QUEUE);
             for msg in std::iter::once(first).chain(more) {

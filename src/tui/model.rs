@@ -213,7 +213,9 @@ pub fn aor_key(uri: &str) -> String {
 
 /// The user part of a URI (`1001` of `sip:1001@example.com`), else the URI.
 pub fn user_part(uri: &str) -> &str {
-    let s = uri.strip_prefix("sips:").or_else(|| uri.strip_prefix("sip:"));
+    let s = uri
+        .strip_prefix("sips:")
+        .or_else(|| uri.strip_prefix("sip:"));
     match s.and_then(|s| s.split_once('@')) {
         Some((user, _)) => user,
         None => uri,
@@ -374,7 +376,11 @@ impl Model {
         match method {
             "snapshot" => self.snapshot(params, now_ms),
             "change" => self.change(params, now_ms),
-            "resync" => self.log(now_ms, "resync", "fell behind: a fresh snapshot follows".into()),
+            "resync" => self.log(
+                now_ms,
+                "resync",
+                "fell behind: a fresh snapshot follows".into(),
+            ),
             _ => {}
         }
     }
@@ -572,12 +578,10 @@ impl Model {
                         return;
                     }
                 }
-                let prev_logged = self
-                    .events
-                    .iter()
-                    .rev()
-                    .take(8)
-                    .any(|e| e.kind == "call" && e.text.ends_with(&format!("{what} ({call_id})")));
+                let prev_logged =
+                    self.events.iter().rev().take(8).any(|e| {
+                        e.kind == "call" && e.text.ends_with(&format!("{what} ({call_id})"))
+                    });
                 if !prev_logged {
                     self.log(
                         now_ms,
@@ -640,10 +644,13 @@ impl Model {
                 let index = num(&p["appearance"]).unwrap_or(0) as u32;
                 let state = s("state");
                 let phone = text(&p["phone"]);
-                let l = self.lines.entry(line.clone()).or_insert_with(|| SharedLine {
-                    aor: line.clone(),
-                    ..SharedLine::default()
-                });
+                let l = self
+                    .lines
+                    .entry(line.clone())
+                    .or_insert_with(|| SharedLine {
+                        aor: line.clone(),
+                        ..SharedLine::default()
+                    });
                 match l.appearances.iter_mut().find(|a| a.index == index) {
                     Some(a) => {
                         if a.state != state {
@@ -684,11 +691,7 @@ impl Model {
                         Some(src) => format!("by {src}"),
                         None => "expired".into(),
                     };
-                    self.log(
-                        now_ms,
-                        "publication",
-                        format!("{presentity} {event} {by}"),
-                    );
+                    self.log(now_ms, "publication", format!("{presentity} {event} {by}"));
                 }
             }
             _ => {}
@@ -991,7 +994,11 @@ mod tests {
         };
         m.apply("change", &app("seized", json!("sip:1001@example.test")), T);
         assert_eq!(m.lamp(line), Lamp::Talking);
-        m.apply("change", &app("held", json!("sip:1001@example.test")), T + 1000);
+        m.apply(
+            "change",
+            &app("held", json!("sip:1001@example.test")),
+            T + 1000,
+        );
         assert_eq!(m.lamp(line), Lamp::Held);
         assert_eq!(m.lines[line].appearances[0].since, T / 1000 + 1);
         let mut ring = app("ringing", Value::Null);
@@ -1012,7 +1019,11 @@ mod tests {
         m.apply("change", &call("confirmed", 1), T);
         m.disconnected("the server closed the connection".into(), T + 1);
         assert!(!m.connected);
-        assert_eq!(m.lamp("sip:1002@example.test"), Lamp::Talking, "kept, stale");
+        assert_eq!(
+            m.lamp("sip:1002@example.test"),
+            Lamp::Talking,
+            "kept, stale"
+        );
         m.apply("resync", &Value::Null, T + 2);
         let mut fresh = snap();
         fresh["seq"] = json!(7);
@@ -1042,8 +1053,12 @@ mod tests {
     fn the_log_is_bounded() {
         let mut m = loaded();
         for i in 0..(MAX_EVENTS as u64 + 50) {
-            m.apply("change", &json!({"seq": i, "kind": "publication", "presentity": "sip:1@x",
-                    "event": "presence", "source": "api:1"}), T + i);
+            m.apply(
+                "change",
+                &json!({"seq": i, "kind": "publication", "presentity": "sip:1@x",
+                    "event": "presence", "source": "api:1"}),
+                T + i,
+            );
         }
         assert_eq!(m.events.len(), MAX_EVENTS);
     }

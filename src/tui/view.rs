@@ -109,12 +109,7 @@ fn dim() -> Style {
 
 /// `m:ss`, `h:mm:ss` or `Nd hh:mm`.
 pub fn duration(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86_400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     if d > 0 {
         format!("{d}d {h:02}:{m:02}")
     } else if h > 0 {
@@ -150,8 +145,7 @@ pub fn draw(f: &mut Frame, m: &Model, ui: &Ui) {
     tab_bar(f, tabs, ui);
     let (list, detail_area) = if ui.detail {
         if body.width >= 120 {
-            let [a, b] =
-                Layout::horizontal([Constraint::Fill(3), Constraint::Fill(2)]).areas(body);
+            let [a, b] = Layout::horizontal([Constraint::Fill(3), Constraint::Fill(2)]).areas(body);
             (a, Some(b))
         } else {
             let [a, b] = Layout::vertical([Constraint::Fill(1), Constraint::Fill(1)]).areas(body);
@@ -204,7 +198,10 @@ fn header(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         )
     };
     if m.connected {
-        first.push(Span::styled(" connected ", Style::default().fg(Color::Green)));
+        first.push(Span::styled(
+            " connected ",
+            Style::default().fg(Color::Green),
+        ));
         first.push(Span::raw(rates));
     } else {
         first.push(Span::styled(
@@ -235,8 +232,7 @@ fn tab_bar(f: &mut Frame, area: Rect, ui: &Ui) {
     for (i, t) in Tab::ALL.iter().enumerate() {
         let label = format!(" {} {} ", i + 1, t.title());
         let style = if *t == ui.tab {
-            Style::default()
-                .add_modifier(Modifier::REVERSED | Modifier::BOLD)
+            Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD)
         } else {
             Style::default()
         };
@@ -437,7 +433,8 @@ fn title(name: &str, len: usize, offset: usize, end: usize, stale: bool) -> Stri
 fn phones_cell(m: &Model, aor: &str) -> Cell<'static> {
     match m.registrations.get(aor) {
         Some(r) if !r.contacts.is_empty() => {
-            let mut transports: Vec<&str> = r.contacts.iter().map(|c| c.transport.as_str()).collect();
+            let mut transports: Vec<&str> =
+                r.contacts.iter().map(|c| c.transport.as_str()).collect();
             transports.sort_unstable();
             transports.dedup();
             let ua = r
@@ -470,7 +467,11 @@ fn lines_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
                     let call = m.calls_of(aor).max_by_key(|c| (c.ringing(), c.since));
                     let (peer, time) = match call {
                         Some(c) => {
-                            let other = if c.caller == *aor { &c.callee } else { &c.caller };
+                            let other = if c.caller == *aor {
+                                &c.callee
+                            } else {
+                                &c.caller
+                            };
                             let start = c.confirmed.unwrap_or(c.since);
                             (
                                 m.name(other).to_string(),
@@ -521,7 +522,11 @@ fn lines_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
                             },
                             dim(),
                         )),
-                        a.peer.as_deref().map(|p| m.name(p)).unwrap_or("").to_string(),
+                        a.peer
+                            .as_deref()
+                            .map(|p| m.name(p))
+                            .unwrap_or("")
+                            .to_string(),
                         if busy && a.since > 0 {
                             duration(now_s.saturating_sub(a.since))
                         } else {
@@ -623,7 +628,9 @@ fn calls_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     table(
         f,
         area,
-        &["CALLER", "CALLEE", "LAMP", "STATE", "TIME", "BRANCHES", "CALL-ID"],
+        &[
+            "CALLER", "CALLEE", "LAMP", "STATE", "TIME", "BRANCHES", "CALL-ID",
+        ],
         &widths,
         shown,
         (!rows.is_empty()).then(|| sel - offset),
@@ -775,7 +782,10 @@ pub fn detail(m: &Model, ui: &Ui) -> Vec<Line<'static>> {
                     ));
                 }
                 for s in m.subscriptions.values().filter(|s| s.presentity == *aor) {
-                    out.push(format!("watched by {} ({}, {})", s.watcher, s.package, s.state));
+                    out.push(format!(
+                        "watched by {} ({}, {})",
+                        s.watcher, s.package, s.state
+                    ));
                 }
             }
             Some(LineRow::Line(l)) | Some(LineRow::Appearance(l, _)) => {
@@ -798,7 +808,11 @@ pub fn detail(m: &Model, ui: &Ui) -> Vec<Line<'static>> {
                     out.push(format!(
                         "member {} at {} ({}){}",
                         p.phone,
-                        if p.contact.is_empty() { "-" } else { &p.contact },
+                        if p.contact.is_empty() {
+                            "-"
+                        } else {
+                            &p.contact
+                        },
                         p.user_agent.as_deref().unwrap_or("no user agent"),
                         if p.subscribed { "" } else { ", not subscribed" }
                     ));
@@ -823,7 +837,10 @@ pub fn detail(m: &Model, ui: &Ui) -> Vec<Line<'static>> {
         }
         Tab::Watchers => {
             if let Some(s) = filtered_watchers(m, ui).get(sel) {
-                out.push(format!("{} watches {} ({})", s.watcher, s.presentity, s.package));
+                out.push(format!(
+                    "{} watches {} ({})",
+                    s.watcher, s.presentity, s.package
+                ));
                 out.push(format!(
                     "state {}{}",
                     s.state,

@@ -1,0 +1,182 @@
+//! `busylamp tui` end to end: the real server (tests/common/binary.rs) and the real dashboard
+//! in a pseudo-terminal (a tmux session on a tmux server of its own, read with
+//! `capture-pane`). Two scripted phones call through the proxy and the callee's row goes
+//! ringing → talking → idle on the screen; the server is killed and the header says
+//! "reconnecting..."; it restarts and the rows come back; `q` quits and restores the
+//! terminal. Loopback only; every wait is bounded. Skipped (with a message) where tmux is
+//! not installed.
+
+mod common;
+
+use common::binary::Busylamp;
+use common::phone::Phone;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = r#"
+[presence]
+coalesce_ms = 0
+[[users]]
+name = "1001"
+password = "a"
+[[users]]
+name = "1002"
+password = "b"
+"#;
+
+/// A tmux server of our own (`-L`), killed on every path.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn start(name: &str, command: &str) -> Tmux {
+        let t = Tmux {
+            socket: format!("busylamp-{name}-{}", std::process::id()),
+        };
+        let ok = Command::new("tmux")
+            .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
+            .args(["-x", "120", "-y", "30", "-s", "tui", command])
+            .env("TERM", "xterm-256color")
+            .status()
+            .expect("run tmux");
+        assert!(ok.success(), "tmux new-session failed");
+        t
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "tui"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "tui", keys])
+            .status();
+    }
+
+    /// Polls the screen every 20 ms until `ok` holds, for at most `within`; returns how long
+    /// it took.
+    async fn until(&self, what: &str, within: Duration, ok: impl Fn(&str) -> bool) -> Duration {
+        let started = Instant::now();
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "the screen did not show {what} within {within:?}:\n{s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+/// The row of extension `ext` on the Lines view, if shown.
+fn row<'a>(screen: &'a str, ext: &str) -> Option<&'a str> {
+    screen
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(ext))
+}
+
+fn lamp_of(screen: &str, ext: &str) -> Option<&'static str> {
+    let r = row(screen, ext)?;
+    ["ringing", "talking", "held", "idle", "offline"]
+        .into_iter()
+        .find(|w| r.split_whitespace().any(|x| x == *w))
+}
+
+#[tokio::test]
+async fn the_callee_row_rings_talks_and_goes_idle_and_the_dashboard_survives_a_restart() {
+    if !Tmux::available() {
+        println!("SKIPPED: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let mut server = Busylamp::new("tui-e2e", CONFIG);
+    server.wait_ready().await;
+    let mut alice = Phone::registered(server.addr, "1001", "a").await;
+    let mut bob = Phone::registered(server.addr, "1002", "desk").await;
+
+    let command = format!(
+        "{} tui --config {}; echo EXITED $?; sleep 60",
+        env!("CARGO_BIN_EXE_busylamp"),
+        server.config_path().display()
+    );
+    let tmux = Tmux::start("tui-e2e", &command);
+    let long = Duration::from_secs(10);
+    tmux.until("both phones idle", long, |s| {
+        lamp_of(s, "1001") == Some("idle") && lamp_of(s, "1002") == Some("idle")
+    })
+    .await;
+
+    let invite = alice.invite("1002", "tui-e2e-call").await;
+    let at = bob.next_of("INVITE").await;
+    bob.reply(&at, 180, "b1").await;
+    let ringing = tmux
+        .until("1002 ringing", long, |s| {
+            lamp_of(s, "1002") == Some("ringing")
+        })
+        .await;
+    println!("{}", tmux.screen());
+    bob.reply(&at, 200, "b1").await;
+    let talking = tmux
+        .until("1002 talking", long, |s| {
+            lamp_of(s, "1002") == Some("talking")
+        })
+        .await;
+    let ok = alice.final_of("INVITE").await;
+    assert_eq!(ok.status, 200);
+    let mut leg = alice.ack(&mut bob, &invite, &ok).await;
+    alice.hang_up(&mut bob, &mut leg, "b1").await;
+    let idle = tmux
+        .until("1002 idle again", long, |s| {
+            lamp_of(s, "1002") == Some("idle")
+        })
+        .await;
+    // Polled every 20 ms by a test that shares 2 cores with builds: an upper bound.
+    println!("screen after the change: ringing {ringing:?}, talking {talking:?}, idle {idle:?}");
+
+    server.kill9();
+    tmux.until("reconnecting...", long, |s| s.contains("reconnecting..."))
+        .await;
+    println!("{}", tmux.screen());
+    server.start();
+    server.wait_ready().await;
+    tmux.until("the rows after the restart", Duration::from_secs(20), |s| {
+        !s.contains("reconnecting...")
+            && s.contains("connected")
+            && lamp_of(s, "1002") == Some("idle")
+            && lamp_of(s, "1001") == Some("idle")
+    })
+    .await;
+
+    // The Calls view by its number key, then q: the terminal is given back (the shell's line
+    // after the dashboard's exit shows on the normal screen).
+    tmux.keys("2");
+    tmux.until("the Calls view", long, |s| s.contains("Calls: none"))
+        .await;
+    tmux.keys("q");
+    tmux.until("the exit and the normal screen", long, |s| {
+        s.contains("EXITED 0") && !s.contains("Calls: none")
+    })
+    .await;
+}
