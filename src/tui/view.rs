@@ -175,13 +175,13 @@ pub fn draw(f: &mut Frame, m: &Model, ui: &Ui) {
 
 fn header(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     let now = ui.now_ms;
-    let mut first = vec![
-        Span::styled(
-            format!(" busylamp {} ", m.status.version),
-            Style::default().add_modifier(Modifier::BOLD),
-        ),
-        Span::raw(format!(" up {} ", duration(m.uptime(now)))),
-    ];
+    let mut first = vec![Span::styled(
+        format!(" busylamp {} ", m.status.version),
+        Style::default().add_modifier(Modifier::BOLD),
+    )];
+    if m.snapshots > 0 {
+        first.push(Span::raw(format!(" up {} ", duration(m.uptime(now)))));
+    }
     let rates = if area.width >= 120 {
         format!(
             "  │ REGISTER/s {:.1}  calls/s {:.1}  changes/s {:.1}",
