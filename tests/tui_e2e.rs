@@ -3,7 +3,7 @@
 //! `capture-pane`). Two scripted phones call through the proxy and the callee's row goes
 //! ringing → talking → idle on the screen; the server is killed and the header says
 //! "reconnecting..."; it restarts and the rows come back; `q` quits and restores the
-//! terminal. Loopback only; every wait is bounded. Skipped (with a message) where tmux is
+//! terminal. A user that never registered is listed `offline`. Loopback only; every wait is bounded. Skipped (with a message) where tmux is
 //! not installed.
 
 mod common;
@@ -22,6 +22,9 @@ password = "a"
 [[users]]
 name = "1002"
 password = "b"
+[[users]]
+name = "1003"
+password = "c"
 "#;
 
 /// A tmux server of our own (`-L`), killed on every path.
@@ -123,8 +126,11 @@ async fn the_callee_row_rings_talks_and_goes_idle_and_the_dashboard_survives_a_r
     );
     let tmux = Tmux::start("tui-e2e", &command);
     let long = Duration::from_secs(10);
-    tmux.until("both phones idle", long, |s| {
-        lamp_of(s, "1001") == Some("idle") && lamp_of(s, "1002") == Some("idle")
+    // 1003 never registered: listed (from users_list) as offline.
+    tmux.until("both phones idle, 1003 offline", long, |s| {
+        lamp_of(s, "1001") == Some("idle")
+            && lamp_of(s, "1002") == Some("idle")
+            && lamp_of(s, "1003") == Some("offline")
     })
     .await;
 

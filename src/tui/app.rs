@@ -35,6 +35,8 @@ pub enum Msg {
     Answer(String),
     /// Fresh `subscriptions` items, to correct what a thin notice could not say.
     Subscriptions(Value),
+    /// A page of `users_list`: the users that have never registered get rows too.
+    Users(Value),
 }
 
 /// What the loop does after a key.
@@ -208,7 +210,12 @@ fn follow_once(path: &Path, tx: &SyncSender<Msg>) -> Result<(), String> {
 enum Query {
     User(String, Value),
     Subscriptions(String),
+    /// `users_list` from this offset.
+    Users(u64),
 }
+
+/// Users listed at most (10 pages of the API's largest).
+const MAX_USERS: u64 = 10_000;
 
 fn query_thread(path: PathBuf, rx: Receiver<Query>, tx: SyncSender<Msg>) {
     let mut client: Option<Client> = None;
@@ -218,6 +225,10 @@ fn query_thread(path: PathBuf, rx: Receiver<Query>, tx: SyncSender<Msg>) {
             Query::Subscriptions(filter) => (
                 "subscriptions".to_string(),
                 json!({"filter": filter, "limit": 1000}),
+            ),
+            Query::Users(offset) => (
+                "users_list".to_string(),
+                json!({"offset": offset, "limit": 1000}),
             ),
         };
         if client.is_none() {
@@ -245,6 +256,35 @@ fn query_thread(path: PathBuf, rx: Receiver<Query>, tx: SyncSender<Msg>) {
             (Query::User(m, _), Err(e)) => Msg::Answer(format!("{m} failed: {e}")),
             (Query::Subscriptions(_), Ok(v)) => Msg::Subscriptions(v),
             (Query::Subscriptions(_), Err(_)) => continue,
+            (Query::Users(offset), Ok(v)) => {
+                // The following pages at once, on this connection.
+                let next = offset + 1000;
+                if v["total"].as_u64().is_some_and(|t| t > next) && next < MAX_USERS {
+                    if tx.send(Msg::Users(v)).is_err() {
+                        return;
+                    }
+                    let mut o = next;
+                    while let Some(c) = client.as_mut() {
+                        let Ok(v) = c.call("users_list", json!({"offset": o, "limit": 1000}))
+                        else {
+                            break;
+                        };
+                        let last = v["total"].as_u64().is_none_or(|t| t <= o + 1000)
+                            || o + 1000 >= MAX_USERS;
+                        if tx.send(Msg::Users(v)).is_err() {
+                            return;
+                        }
+                        if last {
+                            break;
+                        }
+                        o += 1000;
+                    }
+                    continue;
+                }
+                Msg::Users(v)
+            }
+            // A server without a users file or an older one: the rows come as phones register.
+            (Query::Users(_), Err(_)) => continue,
         };
         if tx.send(msg).is_err() {
             return;
@@ -324,10 +364,14 @@ pub fn run(path: PathBuf) -> i32 {
                             }
                         }
                         model.apply(&method, &params, now);
+                        if method == "snapshot" {
+                            let _ = qtx.try_send(Query::Users(0));
+                        }
                     }
                     Msg::Disconnected(problem) => model.disconnected(problem, now),
                     Msg::Answer(text) => ui.message = Some(text),
                     Msg::Subscriptions(v) => model.merge_subscriptions(&v["items"]),
+                    Msg::Users(v) => model.add_users(&v["items"]),
                     Msg::Input(ev) => {
                         if let TermEvent::Resize(..) = ev {
                             let _ = terminal.autoresize();

@@ -710,6 +710,24 @@ impl Model {
         }
     }
 
+    /// Items of a `users_list` answer: every user gets a row (`offline` until it
+    /// registers), as `sip:NAME@DOMAIN` with the home domain (else the user's realm).
+    pub fn add_users(&mut self, items_: &Value) {
+        for u in items(items_) {
+            let Some(name) = u["name"].as_str() else {
+                continue;
+            };
+            let domain = if self.domain.is_empty() {
+                u["realm"].as_str().unwrap_or("").to_ascii_lowercase()
+            } else {
+                self.domain.clone()
+            };
+            if !domain.is_empty() {
+                self.know(format!("sip:{name}@{domain}"));
+            }
+        }
+    }
+
     /// The lamp of an AOR as its watchers' phones show it.
     pub fn lamp(&self, aor: &str) -> Lamp {
         if let Some(l) = self.lines.get(aor) {
@@ -1037,6 +1055,19 @@ mod tests {
         assert_eq!(m.lamp("sip:1002@example.test"), Lamp::Offline);
         assert_eq!(m.snapshots, 2);
         assert!(m.events.iter().any(|e| e.kind == "resync"));
+    }
+
+    #[test]
+    fn every_user_gets_a_row_offline_until_it_registers() {
+        let mut m = loaded();
+        m.add_users(&json!([{"name": "1001", "realm": "example.test"},
+                            {"name": "1009", "realm": "example.test", "source": "file"}]));
+        assert!(m.known.contains_key("sip:1009@example.test"));
+        assert_eq!(m.lamp("sip:1009@example.test"), Lamp::Offline);
+        assert_eq!(m.lamp("sip:1001@example.test"), Lamp::Idle);
+        let mut empty = Model::new();
+        empty.add_users(&json!([{"name": "7", "realm": "Office.Example"}]));
+        assert!(empty.known.contains_key("sip:7@office.example"));
     }
 
     #[test]
