@@ -2,7 +2,7 @@
 //! in a pseudo-terminal (a tmux session on a tmux server of its own, read with
 //! `capture-pane`). Two scripted phones call through the proxy and the callee's row goes
 //! ringing → talking → idle on the screen; the server is killed and the header says
-//! "reconnecting..."; it restarts and the rows come back; `q` quits and restores the
+//! "reconnecting..."; it restarts and the rows come back; Ctrl-C quits and restores the
 //! terminal. A user that never registered is listed `offline`. Loopback only; every wait is bounded. Skipped (with a message) where tmux is
 //! not installed.
 
@@ -175,12 +175,13 @@ async fn the_callee_row_rings_talks_and_goes_idle_and_the_dashboard_survives_a_r
     })
     .await;
 
-    // The Calls view by its number key, then q: the terminal is given back (the shell's line
-    // after the dashboard's exit shows on the normal screen).
+    // The Calls view by its number key, then Ctrl-C (a key in raw mode; q and Esc take the
+    // same way out): the terminal is given back (the shell's line after the dashboard's exit
+    // shows on the normal screen).
     tmux.keys("2");
     tmux.until("the Calls view", long, |s| s.contains("Calls: none"))
         .await;
-    tmux.keys("q");
+    tmux.keys("C-c");
     tmux.until("the exit and the normal screen", long, |s| {
         s.contains("EXITED 0") && !s.contains("Calls: none")
     })
