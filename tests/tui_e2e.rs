@@ -187,3 +187,19 @@ async fn the_callee_row_rings_talks_and_goes_idle_and_the_dashboard_survives_a_r
     })
     .await;
 }
+
+/// No server: the dashboard says why on the plain terminal and exits 3, as the control
+/// commands do, without touching the terminal's mode.
+#[test]
+fn without_a_server_it_says_why_and_exits_3() {
+    let dir = std::env::temp_dir().join(format!("busylamp-tui-none-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_busylamp"))
+        .arg("tui")
+        .arg("--socket")
+        .arg(dir.join("control.sock"))
+        .output()
+        .expect("run busylamp tui");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("busylamp is not running"), "{err}");
+}
