@@ -474,8 +474,14 @@ impl Model {
     }
 
     fn know(&mut self, aor: String) {
-        // Shared lines have rows of their own.
-        if !aor.is_empty() && !self.lines.contains_key(&aor) {
+        // Shared lines have rows of their own; a party of another domain (a trunk's caller)
+        // gets none unless it registered here.
+        let foreign = !self.domain.is_empty()
+            && aor
+                .split_once('@')
+                .is_some_and(|(_, host)| host != self.domain)
+            && !self.registrations.contains_key(&aor);
+        if !aor.is_empty() && !foreign && !self.lines.contains_key(&aor) {
             self.known.insert(aor, ());
         }
     }
@@ -950,6 +956,12 @@ mod tests {
         m.apply("change", &c, T + 1);
         assert_eq!(m.lamp("sip:1003@example.test"), Lamp::Offline);
         assert!(m.known.contains_key("sip:1003@example.test"));
+        // A caller of another domain gets no row of its own.
+        let mut c = call("early", 3);
+        c["call_id"] = json!("c2");
+        c["caller"] = json!("sip:+15551234567@trunk.example.net");
+        m.apply("change", &c, T + 2);
+        assert!(!m.known.contains_key("sip:+15551234567@trunk.example.net"));
     }
 
     #[test]
