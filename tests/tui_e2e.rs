@@ -10,6 +10,8 @@ mod common;
 
 use common::binary::Busylamp;
 use common::phone::Phone;
+use common::ua::Ua;
+use common::{branch, wire};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -202,4 +204,80 @@ fn without_a_server_it_says_why_and_exits_3() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("busylamp is not running"), "{err}");
+}
+
+/// A watcher of another domain awaits approval (`other_domains = "confirm"`): its row on the
+/// Watchers view says `pending`; `a`, then `y`, approves it through the control socket, the
+/// footer says so and the row turns `active`, and the watcher gets an active NOTIFY.
+#[tokio::test]
+async fn a_pending_watcher_is_approved_from_the_watchers_view() {
+    if !Tmux::available() {
+        println!("SKIPPED: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let server = Busylamp::new(
+        "tui-approve",
+        "[presence]\nother_domains = \"confirm\"\n[[users]]\nname = \"1001\"\npassword = \"a\"\n",
+    );
+    server.wait_ready().await;
+    let command = format!(
+        "{} tui --config {}; echo EXITED $?; sleep 60",
+        env!("CARGO_BIN_EXE_busylamp"),
+        server.config_path().display()
+    );
+    let tmux = Tmux::start("tui-approve", &command);
+    let long = Duration::from_secs(10);
+    tmux.until("the dashboard", long, |s| s.contains("connected"))
+        .await;
+    tmux.keys("3");
+    tmux.until("the Watchers view", long, |s| s.contains("Watchers: none"))
+        .await;
+
+    let mut eve = Ua::new(server.addr).await;
+    let sub = wire(&format!(
+        "SUBSCRIBE sip:1001@example.test SIP/2.0
+        Via: SIP/2.0/UDP 127.0.0.1:{p};branch={br}
+        Max-Forwards: 70
+        From: <sip:eve@other.test>;tag=e-1
+        To: <sip:1001@example.test>
+        Call-ID: tui-approve-1
+        CSeq: 1 SUBSCRIBE
+        Contact: <sip:eve@127.0.0.1:{p}>
+        Event: presence
+        Expires: 600
+        ",
+        p = eve.port(),
+        br = branch()
+    ));
+    assert_eq!(eve.request(&sub).await.status, 200);
+    let first = eve.notify().await;
+    let state = |n: &busylamp::sip::Request| {
+        n.headers
+            .get(busylamp::sip::HeaderName::SubscriptionState)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(state(&first).starts_with("pending"), "{}", state(&first));
+    let eve_row = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("eve@other.test"))
+            .map(str::to_string)
+    };
+    tmux.until("eve pending", long, |s| {
+        eve_row(s).is_some_and(|r| r.contains("pending"))
+    })
+    .await;
+
+    tmux.keys("a");
+    tmux.until("the confirmation", long, |s| {
+        s.contains("Approve eve@other.test watching") && s.contains("y: yes")
+    })
+    .await;
+    tmux.keys("y");
+    tmux.until("approved, eve active", long, |s| {
+        s.contains("approved (rule") && eve_row(s).is_some_and(|r| r.contains("active"))
+    })
+    .await;
+    let next = eve.notify().await;
+    assert!(state(&next).starts_with("active"), "{}", state(&next));
 }
