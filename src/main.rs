@@ -21,7 +21,7 @@ use std::time::Duration;
 names another such default file.
 
 The control commands (status, registrations, calls, watchers, lines, publish, subscribe, approve, \
-ctl) ask the running server over its control socket ([control] socket, default \
+ctl) and the dashboard (tui) ask the running server over its control socket ([control] socket, default \
 DATA_DIR/control.sock, mode 0660: run them as root, as the service user or as a member of its \
 group). Exit codes: 0 done; 1 the server answered an error (its message on standard error); 2 \
 usage; 3 the server cannot be reached (not running, permission denied, not a socket)."
