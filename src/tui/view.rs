@@ -600,7 +600,12 @@ fn calls_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
             } else {
                 c.branches
                     .iter()
-                    .map(|b| format!("{} {}", m.name(&b.target), b.state))
+                    .map(|b| {
+                        // The phone's contact without its parameters: which phone rings.
+                        let phone = m.name(&b.target);
+                        let phone = phone.split(';').next().unwrap_or(phone);
+                        format!("{} {phone}", b.state)
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             };
@@ -616,8 +621,8 @@ fn calls_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         })
         .collect();
     let widths = [
-        Constraint::Fill(2),
-        Constraint::Fill(2),
+        Constraint::Fill(1),
+        Constraint::Fill(1),
         Constraint::Length(7),
         Constraint::Length(10),
         Constraint::Length(7),
@@ -728,7 +733,7 @@ fn events_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
             Row::new(vec![
                 Cell::from(clock(e.at_ms)),
                 Cell::from(e.kind),
-                Cell::from(e.text.clone()),
+                Cell::from(short_text(m, &e.text)),
             ])
         })
         .collect();
@@ -747,6 +752,16 @@ fn events_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         (!rows.is_empty()).then(|| sel - offset),
         title("Events", rows.len(), offset, end, !m.connected),
     );
+}
+
+/// A log line as the views name things: no `sip:`, users of the home domain by user part.
+fn short_text(m: &Model, text: &str) -> String {
+    let t = text.replace("sip:", "");
+    if m.domain.is_empty() {
+        t
+    } else {
+        t.replace(&format!("@{}", m.domain), "")
+    }
 }
 
 /// The detail pane's text for the selected row.
