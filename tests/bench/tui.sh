@@ -42,7 +42,7 @@ trap cleanup EXIT
 cat >"$WORK/fake.py" <<'EOF'
 # A control socket that serves one `follow` per connection: the snapshot, then (when the
 # file "go" appears) one change, whose send time it writes to "sent".
-import json, os, socket, sys, time
+import json, os, socket, sys, threading, time
 path, work, aors, watchers, shared = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 now = int(time.time())
 dom = "example.com"
@@ -66,33 +66,44 @@ change_line = (json.dumps(change) + "\n").encode()
 print(f"snapshot: {len(snap_line)} bytes", flush=True)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind(path)
-s.listen(4)
+s.listen(16)
 go = os.path.join(work, "go")
-while True:
-    c, _ = s.accept()
+
+def serve(c):
     f = c.makefile("rb")
-    first = f.readline()
-    if not first:  # the dashboard's first look: is anyone there?
-        c.close()
-        continue
-    req = json.loads(first)
-    c.sendall((json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {"following": True}}) + "\n").encode())
-    c.sendall(snap_line)
-    for _ in range(6000):  # at most 60 s
+    while True:
+        line = f.readline()
+        if not line:  # gone (or the dashboard's first look: is anyone there?)
+            return
+        req = json.loads(line)
+        if req["method"] != "follow":
+            # users_list, subscriptions: nothing more to add.
+            c.sendall((json.dumps({"jsonrpc": "2.0", "id": req["id"],
+                                   "result": {"total": 0, "items": []}}) + "\n").encode())
+            continue
+        c.sendall((json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {"following": True}}) + "\n").encode())
+        c.sendall(snap_line)
+        for _ in range(6000):  # at most 60 s
+            if os.path.exists(go):
+                break
+            time.sleep(0.001)
         if os.path.exists(go):
-            break
-        time.sleep(0.001)
-    if os.path.exists(go):
-        c.sendall(change_line)
-        with open(os.path.join(work, "sent"), "w") as out:
-            out.write(repr(time.time()))
-        os.remove(go)
-    # Keep the connection until the dashboard leaves.
+            c.sendall(change_line)
+            with open(os.path.join(work, "sent"), "w") as out:
+                out.write(repr(time.time()))
+            os.remove(go)
+
+def guarded(c):
     try:
-        c.recv(1)
+        serve(c)
     except OSError:
         pass
-    c.close()
+    finally:
+        c.close()
+
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=guarded, args=(c,), daemon=True).start()
 EOF
 
 python3 "$WORK/fake.py" "$WORK/control.sock" "$WORK" "$AORS" "$WATCHERS" "$SHARED" >"$WORK/fake.log" 2>&1 &
