@@ -320,7 +320,14 @@ pub fn run(path: PathBuf) -> i32 {
     }
     drop(tx);
 
-    let mut terminal = ratatui::init();
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            ratatui::restore();
+            eprintln!("error: busylamp tui needs a terminal: {e}");
+            return 1;
+        }
+    };
     let _ = execute!(std::io::stdout(), EnableMouseCapture);
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
