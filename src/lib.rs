@@ -25,3 +25,4 @@ pub mod sip;
 pub mod storage;
 pub mod transaction;
 pub mod transport;
+pub mod tui;

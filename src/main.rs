@@ -21,7 +21,7 @@ use std::time::Duration;
 names another such default file.
 
 The control commands (status, registrations, calls, watchers, lines, publish, subscribe, approve, \
-ctl) ask the running server over its control socket ([control] socket, default \
+ctl) and the dashboard (tui) ask the running server over its control socket ([control] socket, default \
 DATA_DIR/control.sock, mode 0660: run them as root, as the service user or as a member of its \
 group). Exit codes: 0 done; 1 the server answered an error (its message on standard error); 2 \
 usage; 3 the server cannot be reached (not running, permission denied, not a socket)."
@@ -155,6 +155,19 @@ enum Command {
         #[command(flatten)]
         ctl: CtlArgs,
     },
+    /// The live dashboard: every line with its lamp (idle, ringing, talking, held, offline),
+    /// the calls, the watchers and a log of changes, pushed by the running server over its
+    /// control socket. Keys: Tab or 1-4 switch views, / filters, Enter details, ? help, q quits.
+    Tui {
+        /// Config file of the server, whose control socket is [control] socket or control.sock
+        /// in its data directory [default: /etc/busylamp/busylamp.toml when it exists, else
+        /// built-in defaults].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The control socket, instead of finding it through the config.
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
+    },
     /// Write the man pages (busylamp.1, busylamp-users.1, ...) into a directory.
     #[command(hide = true)]
     Man { dir: PathBuf },
@@ -257,6 +270,21 @@ fn main() -> anyhow::Result<()> {
             use clap::CommandFactory;
             clap_mangen::generate_to(Cli::command(), &dir)
                 .with_context(|| format!("writing the man pages into {}", dir.display()))
+        }
+        Command::Tui { config, socket } => {
+            let path = match socket {
+                Some(s) => s,
+                None => match load_config(&config_path(config)) {
+                    Ok(cfg) => cfg.control_socket(),
+                    Err(e) => {
+                        eprintln!(
+                            "error: {e}: cannot find the control socket (give it with --socket)"
+                        );
+                        std::process::exit(3);
+                    }
+                },
+            };
+            std::process::exit(busylamp::tui::app::run(path));
         }
         Command::CheckConfig { file } => {
             let Some(file) = config_path(file) else {
@@ -610,6 +638,7 @@ mod ctl {
             Command::Serve { .. }
             | Command::CheckConfig { .. }
             | Command::Users { .. }
+            | Command::Tui { .. }
             | Command::Man { .. } => {
                 eprintln!("error: not a control command");
                 return USAGE;
