@@ -46,6 +46,10 @@ pub enum Event {
         caller: String,
         callee: String,
         state: &'static str,
+        /// A party of a confirmed dialog of the call holds (sendonly/inactive offer).
+        held: bool,
+        /// When the call began (unix seconds).
+        since: u64,
     },
     /// An appearance of a shared line changed: `state` is `free`, `seized`, `ringing`,
     /// `active` or `held`; `phone` the member phone holding it.

@@ -11,7 +11,7 @@ use busylamp::control::rpc::{INVALID_PARAMS, NOT_FOUND, REFUSED};
 use busylamp::sip::body::dialog_info::DialogState;
 use busylamp::sip::{HeaderName, Request, Response};
 use busylamp::storage::{MemoryStore, UserFile};
-use common::phone::{Phone, CALLS};
+use common::phone::{Phone, CALLS, SDP};
 use common::ua::Ua;
 use common::watcher::Watcher;
 use common::*;
@@ -178,6 +178,60 @@ async fn a_call_shows_both_parties_and_its_branch_and_goes_away_after_bye() {
 
     alice.hang_up(&mut bob, &mut leg, "bt").await;
     until(&s, "calls", json!({}), |v| v["total"] == 0).await;
+}
+
+#[tokio::test]
+async fn a_held_call_shows_held_in_calls_and_in_its_change_notice() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "b").await;
+    let invite = alice.invite("1002", "api-hold-1").await;
+    let at_bob = bob.next_of("INVITE").await;
+    bob.reply(&at_bob, 200, "bt").await;
+    let ok = alice.final_of("INVITE").await;
+    let mut leg = alice.ack(&mut bob, &invite, &ok).await;
+    let calls = until(&s, "calls", json!({}), |v| {
+        v["items"][0]["state"] == "confirmed"
+    })
+    .await;
+    assert_eq!(items(&calls)[0]["held"], false, "{calls}");
+
+    let mut bus = s.handle.events.subscribe();
+    let hold = SDP.replace("a=sendrecv", "a=sendonly");
+    alice
+        .ua
+        .send(&alice.in_dialog(&mut leg, "INVITE", Some(&hold)))
+        .await;
+    let reinvite = bob.next_of("INVITE").await;
+    bob.reply(&reinvite, 200, "bt").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 200);
+    let calls = until(&s, "calls", json!({}), |v| v["items"][0]["held"] == true).await;
+    assert_eq!(items(&calls)[0]["state"], "confirmed");
+    // The hold is a change of its own on the bus, and its notice says so.
+    let notice = loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), bus.recv())
+            .await
+            .expect("a call event for the hold")
+            .expect("bus");
+        let n = busylamp::control::follow::change(&e);
+        if n["kind"] == "call" {
+            break n;
+        }
+    };
+    assert_eq!(notice["held"], true, "{notice}");
+    assert_eq!(notice["call_id"], "api-hold-1");
+    assert!(notice["since"].as_u64().unwrap() > 1_000_000_000);
+
+    // Resume: held goes back to false.
+    alice
+        .ua
+        .send(&alice.in_dialog(&mut leg, "INVITE", Some(SDP)))
+        .await;
+    let reinvite = bob.next_of("INVITE").await;
+    bob.reply(&reinvite, 200, "bt").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 200);
+    until(&s, "calls", json!({}), |v| v["items"][0]["held"] == false).await;
+    alice.hang_up(&mut bob, &mut leg, "bt").await;
 }
 
 #[tokio::test]

@@ -405,6 +405,7 @@ impl Api {
                     "caller": c.caller.uri,
                     "callee": c.callee.uri,
                     "state": c.state.as_str(),
+                    "held": c.is_held(),
                     "since": c.created_ms / 1000,
                     "confirmed": c.confirmed_ms.map(|ms| ms / 1000),
                     "caller_flow": c.caller_flow.to_string(),

@@ -144,12 +144,16 @@ pub fn change(event: &Event) -> Value {
             caller,
             callee,
             state,
+            held,
+            since,
         } => json!({
             "kind": "call",
             "call_id": call_id,
             "caller": caller,
             "callee": callee,
             "state": state,
+            "held": held,
+            "since": since,
         }),
         Event::Appearance {
             line,
@@ -226,6 +230,8 @@ mod tests {
                 caller: "sip:1001@example.test".into(),
                 callee: "sip:1002@example.test".into(),
                 state: "confirmed",
+                held: true,
+                since: 1_700_000_000,
             },
             appearance(1),
             Event::Publication {
@@ -254,6 +260,8 @@ mod tests {
         assert_eq!(v["method"], "change");
         assert_eq!(v["params"]["seq"], 5);
         assert_eq!(v["params"]["call_id"], "c1");
+        assert_eq!(v["params"]["held"], true);
+        assert_eq!(v["params"]["since"], 1_700_000_000);
     }
 
     #[test]
