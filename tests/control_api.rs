@@ -131,6 +131,8 @@ async fn status_and_registrations_show_a_register_with_its_contact() {
     assert_eq!(st["counts"]["bindings"], 1);
     assert_eq!(st["listen"].as_array().unwrap().len(), 2, "{st}");
     assert!(st["storage"]["queued"].is_u64(), "{st}");
+    assert_eq!(st["domain"], "example.test", "{st}");
+    assert!(st["notifies"]["sent"].is_u64(), "{st}");
 
     // What a `follow` stream starts with: the same lists, whole.
     let api = Api::new(s.handle.core.clone());
@@ -281,6 +283,8 @@ async fn a_subscription_shows_cseq_version_and_last_answer_after_each_notify() {
         "{st}"
     );
     assert_eq!(st["counts"]["subscriptions"]["by_state"]["active"], 1);
+    // The two NOTIFYs (the first and the refresh) are counted.
+    assert!(st["notifies"]["sent"].as_u64().unwrap() >= 2, "{st}");
 }
 
 const DIALOG_DOC: &str = r#"<?xml version="1.0"?>

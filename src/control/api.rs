@@ -324,11 +324,18 @@ impl Api {
             .map(|(proto, addr)| format!("{}:{addr}", proto_name(proto)))
             .collect();
         let in_flight = core.in_flight();
+        let notifies = core.presence.notify_counts().totals();
         json!({
             "api": rpc::API_VERSION,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime": self.started.elapsed().as_secs(),
+            "domain": core.registrar.domain(),
             "listen": listen,
+            "notifies": {
+                "sent": notifies.sent,
+                "retried": notifies.retried,
+                "failed": notifies.failed,
+            },
             "counts": {
                 "aors": core.registrar.aor_count(),
                 "bindings": core.registrar.binding_count(),

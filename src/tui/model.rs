@@ -440,7 +440,11 @@ impl Model {
                 *domains.entry(host).or_default() += 1;
             }
         }
-        if let Some((d, _)) = domains.into_iter().max_by_key(|(_, n)| *n) {
+        // The server's home domain when it says (`status.domain`); else the one most
+        // registered AORs are in.
+        if let Some(d) = text(&st["domain"]).filter(|d| !d.is_empty()) {
+            self.domain = d;
+        } else if let Some((d, _)) = domains.into_iter().max_by_key(|(_, n)| *n) {
             self.domain = d.to_string();
         }
         let mut known: Vec<String> = self.registrations.keys().cloned().collect();
@@ -565,7 +569,9 @@ impl Model {
                             call_id: call_id.clone(),
                             caller: caller.clone(),
                             callee: callee.clone(),
-                            since: now_s,
+                            // The server's start time when it sends one (a follow that began
+                            // mid-call); the notice's arrival otherwise.
+                            since: p["since"].as_u64().unwrap_or(now_s),
                             ..Call::default()
                         }
                     });
@@ -902,6 +908,12 @@ mod tests {
         assert_eq!(m.watcher_count("sip:1001@example.test"), 0);
         assert_eq!(m.domain, "example.test");
         assert_eq!(m.name("sip:1001@example.test"), "1001");
+        // The status's domain wins over the guess from the registrations.
+        let mut other = snap();
+        other["status"]["domain"] = json!("other.test");
+        let mut m2 = Model::new();
+        m2.apply("snapshot", &other, T);
+        assert_eq!(m2.domain, "other.test");
         assert_eq!(m.name("sip:9@other.test"), "9@other.test");
         // Users first by AOR, the shared line with its two appearances after them.
         let rows = m.line_rows();
@@ -938,6 +950,12 @@ mod tests {
         assert_eq!(m.lamp(callee), Lamp::Idle);
         assert_eq!(m.lamp(caller), Lamp::Idle);
         assert!(m.calls.is_empty());
+
+        // A notice with the server's start time keeps it.
+        let mut with_since = call("confirmed", 6);
+        with_since["since"] = json!(T / 1000 - 30);
+        m.apply("change", &with_since, T + 10_000);
+        assert_eq!(m.calls["c1"].since, T / 1000 - 30);
         let log: Vec<&str> = m.events.iter().map(|e| e.text.as_str()).collect();
         assert!(log.iter().any(|t| t.ends_with("ringing (c1)")), "{log:?}");
         assert!(log.iter().any(|t| t.ends_with("answered (c1)")), "{log:?}");
