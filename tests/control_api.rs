@@ -435,6 +435,14 @@ async fn message_summary_reaches_a_message_summary_watcher() {
         .await;
     let body = String::from_utf8_lossy(&n.body).to_string();
     assert!(body.contains("Voice-Message: 2/1"), "{body}");
+    // The follow snapshot has the mailbox, for the dashboard's MWI column.
+    let api = Api::new(s.handle.core.clone());
+    let snap = busylamp::control::Methods::snapshot(&*api);
+    assert_eq!(
+        snap["mwi"],
+        json!([{"mailbox": "sip:1001@example.test", "waiting": true, "new": 2, "old": 1}]),
+        "{snap}"
+    );
     assert_eq!(
         n.headers.get(HeaderName::ContentType),
         Some("application/simple-message-summary")
