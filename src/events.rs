@@ -65,6 +65,9 @@ pub enum Event {
         event: &'static str,
         /// Who changed it; `None` for an expiry.
         source: Option<String>,
+        /// For `message-summary`: whether messages wait now (any publication says so);
+        /// `None` for the other packages.
+        waiting: Option<bool>,
     },
 }
 

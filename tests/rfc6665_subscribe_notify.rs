@@ -681,6 +681,7 @@ async fn subscriptions_and_publications_are_announced_on_the_event_bus() {
             presentity: "sip:1001@example.test".into(),
             event: "dialog",
             source: Some("call-1".into()),
+            waiting: None,
         }
     );
     w.notify().await;

@@ -69,6 +69,10 @@ fn office() -> Model {
                  "phones": [
                     {"phone": "sip:1001@example.com", "contact": "sip:1001@192.0.2.11:5060", "user_agent": "Yealink", "subscribed": true},
                     {"phone": "sip:1005@example.com", "contact": "sip:1005@192.0.2.15:5060", "user_agent": "Grandstream", "subscribed": true}]}
+            ],
+            "mwi": [
+                {"mailbox": "sip:1001@example.com", "waiting": true, "new": 3, "old": 1},
+                {"mailbox": "sip:1002@example.com", "waiting": false, "new": 0, "old": 4}
             ]
         }),
         T - 60_000,

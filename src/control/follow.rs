@@ -171,12 +171,19 @@ pub fn change(event: &Event) -> Value {
             presentity,
             event,
             source,
-        } => json!({
-            "kind": "publication",
-            "presentity": presentity,
-            "event": event,
-            "source": source,
-        }),
+            waiting,
+        } => {
+            let mut v = json!({
+                "kind": "publication",
+                "presentity": presentity,
+                "event": event,
+                "source": source,
+            });
+            if let Some(w) = waiting {
+                v["waiting"] = json!(w);
+            }
+            v
+        }
     }
 }
 
@@ -238,6 +245,7 @@ mod tests {
                 presentity: "sip:1001@example.test".into(),
                 event: "presence",
                 source: None,
+                waiting: None,
             },
         ];
         let kinds: Vec<Value> = events.iter().map(|e| change(e)["kind"].clone()).collect();

@@ -187,6 +187,17 @@ pub struct Model {
     pub snapshots: u64,
     /// The domain most registered AORs are in: the views show its users by user part only.
     pub domain: String,
+    /// Mailboxes with a message-summary publication, by AOR.
+    pub mwi: BTreeMap<String, Mwi>,
+}
+
+/// A mailbox's message-waiting state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mwi {
+    pub waiting: bool,
+    /// New messages, when the last snapshot said; `None` after a notice changed `waiting`
+    /// (notices carry no counts).
+    pub new: Option<u64>,
 }
 
 /// A URI as the server keys an AOR: no display name, brackets or parameters; scheme and
@@ -427,6 +438,20 @@ impl Model {
                     (s.presentity.clone(), s.package.clone(), s.watcher.clone()),
                     s,
                 )
+            })
+            .collect();
+        self.mwi = items(&p["mwi"])
+            .iter()
+            .filter_map(|v| {
+                let mailbox = aor_key(v["mailbox"].as_str()?);
+                let waiting = v["waiting"].as_bool()?;
+                Some((
+                    mailbox,
+                    Mwi {
+                        waiting,
+                        new: num(&v["new"]),
+                    },
+                ))
             })
             .collect();
         self.lines = items(&p["lines"])
@@ -697,6 +722,14 @@ impl Model {
             "publication" => {
                 let presentity = aor_key(&s("presentity"));
                 let event = s("event");
+                if let (true, Some(waiting)) = (event == "message-summary", p["waiting"].as_bool())
+                {
+                    let mwi = self.mwi.entry(presentity.clone()).or_default();
+                    if mwi.waiting != waiting || !waiting {
+                        mwi.new = (!waiting).then_some(0);
+                    }
+                    mwi.waiting = waiting;
+                }
                 // A phone's own dialog state follows its calls, logged already.
                 if event != "dialog" {
                     let by = match text(&p["source"]) {
@@ -737,6 +770,19 @@ impl Model {
             if !domain.is_empty() {
                 self.know(format!("sip:{name}@{domain}"));
             }
+        }
+    }
+
+    /// The MWI column's word for `aor`: `mwi 3` (3 new), `mwi` (waiting, count unknown), or
+    /// empty (no mailbox, or nothing waits). A word, not a colour, so it reads in monochrome.
+    pub fn mwi_word(&self, aor: &str) -> String {
+        match self.mwi.get(aor) {
+            Some(Mwi {
+                waiting: true,
+                new: Some(n),
+            }) if *n > 0 => format!("mwi {n}"),
+            Some(Mwi { waiting: true, .. }) => "mwi".into(),
+            _ => String::new(),
         }
     }
 
@@ -920,6 +966,29 @@ mod tests {
         assert_eq!(rows.len(), 5);
         assert!(matches!(rows[2], LineRow::Line(_)));
         assert!(matches!(rows[4], LineRow::Appearance(_, a) if a.index == 2));
+    }
+
+    #[test]
+    fn mwi_comes_from_the_snapshot_and_follows_publication_notices() {
+        let mut sn = snap();
+        sn["mwi"] =
+            json!([{"mailbox": "sip:1001@example.test", "waiting": true, "new": 3, "old": 1}]);
+        let mut m = Model::new();
+        m.apply("snapshot", &sn, T);
+        assert_eq!(m.mwi_word("sip:1001@example.test"), "mwi 3");
+        assert_eq!(m.mwi_word("sip:1002@example.test"), "");
+        let notice = |seq: u64, aor: &str, waiting: bool| {
+            json!({"seq": seq, "kind": "publication", "presentity": aor,
+                "event": "message-summary", "source": "api:1", "waiting": waiting})
+        };
+        m.apply("change", &notice(1, "sip:1001@example.test", false), T + 1);
+        assert_eq!(m.mwi_word("sip:1001@example.test"), "");
+        m.apply("change", &notice(2, "sip:1002@example.test", true), T + 2);
+        assert_eq!(
+            m.mwi_word("sip:1002@example.test"),
+            "mwi",
+            "no count in a notice"
+        );
     }
 
     #[test]
