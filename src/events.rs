@@ -59,6 +59,18 @@ pub enum Event {
         state: &'static str,
         phone: Option<String>,
     },
+    /// A NOTIFY to a watcher got no 2xx (a timeout counts as 408). Thin on purpose: one per
+    /// subscription per failure streak (its first failure) plus one when the server gives the
+    /// subscription up, so a storm of dead watchers cannot flood the bus; the `subscriptions`
+    /// list has the running count.
+    NotifyFailed {
+        presentity: String,
+        event: &'static str,
+        watcher: String,
+        status: u16,
+        /// `true`: the subscription ended (refused for good); `false`: it stays, retried.
+        gave_up: bool,
+    },
     /// The state of a presentity changed (a publication came, changed, expired or went).
     Publication {
         presentity: String,

@@ -407,6 +407,56 @@ async fn subscribe_shows_in_the_list_with_its_notifies_and_unsubscribe_ends_it()
     assert_eq!(code, NOT_FOUND);
 }
 
+/// A watcher whose NOTIFYs fail twice in a row (500, then the retry 500 again) makes one
+/// `notify_failed` notice for the streak, not one per NOTIFY; `status` counts the retries.
+#[tokio::test]
+async fn a_failing_watcher_makes_one_notify_failed_notice_per_streak() {
+    let s = server(CALLS).await;
+    let mut ua = Ua::new(s.udp).await;
+    let r = ua
+        .request(&subscribe_bytes(
+            &ua,
+            "sip:1001@example.test",
+            "1001",
+            "message-summary",
+            "mwi-fail-1",
+            600,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    ua.notify().await;
+    let mut bus = s.handle.events.subscribe();
+    call(
+        &s,
+        "message_summary",
+        json!({"mailbox": "sip:1001@example.test", "waiting": true, "new": 1}),
+    )
+    .await;
+    let n = ua.notify_unanswered().await;
+    ua.answer(&n, 500).await;
+    // The retry (after `retry_ms`, 2 s by default) fails too.
+    let n = ua.notify_unanswered_within(10_000).await;
+    ua.answer(&n, 500).await;
+    until(&s, "subscriptions", json!({"filter": "1001"}), |v| {
+        v["items"][0]["failures"] == 2
+    })
+    .await;
+    let mut failed = Vec::new();
+    while let Ok(e) = bus.try_recv() {
+        let n = busylamp::control::follow::change(&e);
+        if n["kind"] == "notify_failed" {
+            failed.push(n);
+        }
+    }
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["watcher"], "sip:1001@example.test");
+    assert_eq!(failed[0]["event"], "message-summary");
+    assert_eq!(failed[0]["status"], 500);
+    assert_eq!(failed[0]["gave_up"], false);
+    let st = call(&s, "status", json!({})).await;
+    assert_eq!(st["notifies"]["retried"], 2, "{st}");
+}
+
 #[tokio::test]
 async fn message_summary_reaches_a_message_summary_watcher() {
     let s = server(CALLS).await;

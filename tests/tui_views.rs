@@ -102,6 +102,12 @@ fn office() -> Model {
         T - 3_000,
     );
     m.apply("change", &reg("expired", 5), T - 2_000);
+    m.apply(
+        "change",
+        &json!({"seq": 6, "kind": "notify_failed", "presentity": "sip:1002@example.com",
+            "event": "dialog", "watcher": "sip:1001@example.com", "status": 408, "gave_up": false}),
+        T - 1_000,
+    );
     m
 }
 

@@ -167,6 +167,20 @@ pub fn change(event: &Event) -> Value {
             "state": state,
             "phone": phone,
         }),
+        Event::NotifyFailed {
+            presentity,
+            event,
+            watcher,
+            status,
+            gave_up,
+        } => json!({
+            "kind": "notify_failed",
+            "presentity": presentity,
+            "event": event,
+            "watcher": watcher,
+            "status": status,
+            "gave_up": gave_up,
+        }),
         Event::Publication {
             presentity,
             event,

@@ -719,6 +719,20 @@ impl Model {
                     format!("{line} #{index} {state}{who}"),
                 );
             }
+            "notify_failed" => {
+                let end = if p["gave_up"].as_bool() == Some(true) {
+                    "subscription ended"
+                } else {
+                    "retrying"
+                };
+                let text = format!(
+                    "NOTIFY {} to {} failed ({}), {end}",
+                    s("event"),
+                    self.name(&aor_key(&s("watcher"))),
+                    num(&p["status"]).map_or("?".into(), |n| n.to_string()),
+                );
+                self.log(now_ms, "notify", text);
+            }
             "publication" => {
                 let presentity = aor_key(&s("presentity"));
                 let event = s("event");
@@ -989,6 +1003,21 @@ mod tests {
             "mwi",
             "no count in a notice"
         );
+    }
+
+    #[test]
+    fn a_notify_failure_is_logged() {
+        let mut m = loaded();
+        m.apply(
+            "change",
+            &json!({"seq": 1, "kind": "notify_failed", "presentity": "sip:1002@example.test",
+                "event": "dialog", "watcher": "sip:1001@example.test", "status": 408,
+                "gave_up": false}),
+            T,
+        );
+        let e = m.events.back().unwrap();
+        assert_eq!(e.kind, "notify");
+        assert_eq!(e.text, "NOTIFY dialog to 1001 failed (408), retrying");
     }
 
     #[test]
