@@ -108,6 +108,9 @@ fn office() -> Model {
             "event": "dialog", "watcher": "sip:1001@example.com", "status": 408, "gave_up": false}),
         T - 1_000,
     );
+    // Two `status` polls 2 s apart, 12 NOTIFYs between: the header shows 6.0 NOTIFY/s.
+    m.notify_sample(&json!({"notifies": {"sent": 100}}), T - 4_000);
+    m.notify_sample(&json!({"notifies": {"sent": 112}}), T - 2_000);
     m
 }
 

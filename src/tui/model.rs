@@ -189,6 +189,8 @@ pub struct Model {
     pub domain: String,
     /// Mailboxes with a message-summary publication, by AOR.
     pub mwi: BTreeMap<String, Mwi>,
+    /// (unix ms, NOTIFYs sent so far) from `status` answers, oldest first, for NOTIFY/s.
+    pub notify_samples: VecDeque<(u64, u64)>,
 }
 
 /// A mailbox's message-waiting state.
@@ -410,6 +412,7 @@ impl Model {
     pub fn snapshot(&mut self, p: &Value, now_ms: u64) {
         let now_s = now_ms / 1000;
         let st = &p["status"];
+        self.notify_sample(st, now_ms);
         self.status = Status {
             version: text(&st["version"]).unwrap_or_default(),
             uptime: num(&st["uptime"]).unwrap_or(0),
@@ -800,6 +803,35 @@ impl Model {
         }
     }
 
+    /// A `status` (a snapshot's, or a polled answer): its NOTIFY counter, for NOTIFY/s.
+    pub fn notify_sample(&mut self, status: &Value, now_ms: u64) {
+        let Some(sent) = num(&status["notifies"]["sent"]) else {
+            return;
+        };
+        // A restarted server counts from zero again: start over.
+        if self.notify_samples.back().is_some_and(|(_, n)| *n > sent) {
+            self.notify_samples.clear();
+        }
+        self.notify_samples.push_back((now_ms, sent));
+        while self
+            .notify_samples
+            .front()
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > RATE_WINDOW_MS)
+        {
+            self.notify_samples.pop_front();
+        }
+    }
+
+    /// NOTIFYs per second over the samples kept (0 until there are two).
+    pub fn notify_rate(&self) -> f64 {
+        match (self.notify_samples.front(), self.notify_samples.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                n1.saturating_sub(*n0) as f64 * 1000.0 / (t1 - t0) as f64
+            }
+            _ => 0.0,
+        }
+    }
+
     /// The lamp of an AOR as its watchers' phones show it.
     pub fn lamp(&self, aor: &str) -> Lamp {
         if let Some(l) = self.lines.get(aor) {
@@ -1003,6 +1035,18 @@ mod tests {
             "mwi",
             "no count in a notice"
         );
+    }
+
+    #[test]
+    fn notify_rate_comes_from_status_samples() {
+        let mut m = Model::new();
+        assert_eq!(m.notify_rate(), 0.0);
+        m.notify_sample(&json!({"notifies": {"sent": 10}}), T);
+        m.notify_sample(&json!({"notifies": {"sent": 30}}), T + 2_000);
+        assert_eq!(m.notify_rate(), 10.0);
+        // A restart (the counter went back): start over.
+        m.notify_sample(&json!({"notifies": {"sent": 1}}), T + 4_000);
+        assert_eq!(m.notify_rate(), 0.0);
     }
 
     #[test]

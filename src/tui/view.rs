@@ -184,17 +184,17 @@ fn header(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     }
     let rates = if area.width >= 120 {
         format!(
-            "  │ REGISTER/s {:.1}  calls/s {:.1}  changes/s {:.1}",
+            "  │ REGISTER/s {:.1}  calls/s {:.1}  NOTIFY/s {:.1}",
             rate(&m.register_times, now),
             rate(&m.call_times, now),
-            rate(&m.change_times, now),
+            m.notify_rate(),
         )
     } else {
         format!(
-            "  reg/s {:.1} calls/s {:.1} chg/s {:.1}",
+            "  reg/s {:.1} calls/s {:.1} ntf/s {:.1}",
             rate(&m.register_times, now),
             rate(&m.call_times, now),
-            rate(&m.change_times, now),
+            m.notify_rate(),
         )
     };
     if m.connected {
