@@ -38,6 +38,8 @@ pub enum Event {
         /// Package key: `presence`, `dialog`, `dialog;sla`, ...
         event: &'static str,
         watcher: String,
+        /// Its state after the change: `active` or `pending` (an ended one: its last).
+        state: &'static str,
     },
     /// A call through the proxy changed state (the dialog tracker's view; `Call::state` of
     /// RFC 4235: trying, proceeding, early, confirmed, terminated).

@@ -123,6 +123,7 @@ pub fn change(event: &Event) -> Value {
             presentity,
             event,
             watcher,
+            state,
         } => {
             let (name, reason) = match change {
                 SubscriptionChange::Created => ("created", None),
@@ -137,6 +138,7 @@ pub fn change(event: &Event) -> Value {
                 "presentity": presentity,
                 "event": event,
                 "watcher": watcher,
+                "state": state,
             })
         }
         Event::Call {
@@ -245,6 +247,7 @@ mod tests {
                 presentity: "sip:1002@example.test".into(),
                 event: "dialog",
                 watcher: "sip:1001@example.test".into(),
+                state: "active",
             },
             Event::Call {
                 call_id: "c1".into(),
@@ -275,6 +278,7 @@ mod tests {
         );
         assert_eq!(change(&events[0])["change"], "expired");
         assert_eq!(change(&events[1])["reason"], "timeout");
+        assert_eq!(change(&events[1])["state"], "active");
         assert_eq!(change(&events[3])["appearance"], 1);
         let l = change_line(5, &events[2]);
         assert_eq!(l.matches('\n').count(), 1);
