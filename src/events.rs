@@ -60,6 +60,8 @@ pub enum Event {
         appearance: u32,
         state: &'static str,
         phone: Option<String>,
+        /// The other party of its call, when known.
+        peer: Option<String>,
     },
     /// A NOTIFY to a watcher got no 2xx (a timeout counts as 408). Thin on purpose: one per
     /// subscription per failure streak (its first failure) plus one when the server gives the

@@ -162,8 +162,10 @@ pub fn change(event: &Event) -> Value {
             appearance,
             state,
             phone,
+            peer,
         } => json!({
             "kind": "appearance",
+            "peer": peer,
             "line": line,
             "appearance": appearance,
             "state": state,
@@ -230,6 +232,7 @@ mod tests {
             appearance: i,
             state: "seized",
             phone: Some("sip:1001@example.test".into()),
+            peer: None,
         }
     }
 
