@@ -38,6 +38,8 @@ pub enum Event {
         /// Package key: `presence`, `dialog`, `dialog;sla`, ...
         event: &'static str,
         watcher: String,
+        /// Its state after the change: `active` or `pending` (an ended one: its last).
+        state: &'static str,
     },
     /// A call through the proxy changed state (the dialog tracker's view; `Call::state` of
     /// RFC 4235: trying, proceeding, early, confirmed, terminated).
@@ -46,6 +48,10 @@ pub enum Event {
         caller: String,
         callee: String,
         state: &'static str,
+        /// A party of a confirmed dialog of the call holds (sendonly/inactive offer).
+        held: bool,
+        /// When the call began (unix seconds).
+        since: u64,
     },
     /// An appearance of a shared line changed: `state` is `free`, `seized`, `ringing`,
     /// `active` or `held`; `phone` the member phone holding it.
@@ -54,6 +60,20 @@ pub enum Event {
         appearance: u32,
         state: &'static str,
         phone: Option<String>,
+        /// The other party of its call, when known.
+        peer: Option<String>,
+    },
+    /// A NOTIFY to a watcher got no 2xx (a timeout counts as 408). Thin on purpose: one per
+    /// subscription per failure streak (its first failure) plus one when the server gives the
+    /// subscription up, so a storm of dead watchers cannot flood the bus; the `subscriptions`
+    /// list has the running count.
+    NotifyFailed {
+        presentity: String,
+        event: &'static str,
+        watcher: String,
+        status: u16,
+        /// `true`: the subscription ended (refused for good); `false`: it stays, retried.
+        gave_up: bool,
     },
     /// The state of a presentity changed (a publication came, changed, expired or went).
     Publication {
@@ -61,6 +81,9 @@ pub enum Event {
         event: &'static str,
         /// Who changed it; `None` for an expiry.
         source: Option<String>,
+        /// For `message-summary`: whether messages wait now (any publication says so);
+        /// `None` for the other packages.
+        waiting: Option<bool>,
     },
 }
 

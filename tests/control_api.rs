@@ -11,7 +11,7 @@ use busylamp::control::rpc::{INVALID_PARAMS, NOT_FOUND, REFUSED};
 use busylamp::sip::body::dialog_info::DialogState;
 use busylamp::sip::{HeaderName, Request, Response};
 use busylamp::storage::{MemoryStore, UserFile};
-use common::phone::{Phone, CALLS};
+use common::phone::{Phone, CALLS, SDP};
 use common::ua::Ua;
 use common::watcher::Watcher;
 use common::*;
@@ -131,6 +131,8 @@ async fn status_and_registrations_show_a_register_with_its_contact() {
     assert_eq!(st["counts"]["bindings"], 1);
     assert_eq!(st["listen"].as_array().unwrap().len(), 2, "{st}");
     assert!(st["storage"]["queued"].is_u64(), "{st}");
+    assert_eq!(st["domain"], "example.test", "{st}");
+    assert!(st["notifies"]["sent"].is_u64(), "{st}");
 
     // What a `follow` stream starts with: the same lists, whole.
     let api = Api::new(s.handle.core.clone());
@@ -181,6 +183,60 @@ async fn a_call_shows_both_parties_and_its_branch_and_goes_away_after_bye() {
 }
 
 #[tokio::test]
+async fn a_held_call_shows_held_in_calls_and_in_its_change_notice() {
+    let s = server(CALLS).await;
+    let mut alice = Phone::registered(s.udp, "1001", "a").await;
+    let mut bob = Phone::registered(s.udp, "1002", "b").await;
+    let invite = alice.invite("1002", "api-hold-1").await;
+    let at_bob = bob.next_of("INVITE").await;
+    bob.reply(&at_bob, 200, "bt").await;
+    let ok = alice.final_of("INVITE").await;
+    let mut leg = alice.ack(&mut bob, &invite, &ok).await;
+    let calls = until(&s, "calls", json!({}), |v| {
+        v["items"][0]["state"] == "confirmed"
+    })
+    .await;
+    assert_eq!(items(&calls)[0]["held"], false, "{calls}");
+
+    let mut bus = s.handle.events.subscribe();
+    let hold = SDP.replace("a=sendrecv", "a=sendonly");
+    alice
+        .ua
+        .send(&alice.in_dialog(&mut leg, "INVITE", Some(&hold)))
+        .await;
+    let reinvite = bob.next_of("INVITE").await;
+    bob.reply(&reinvite, 200, "bt").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 200);
+    let calls = until(&s, "calls", json!({}), |v| v["items"][0]["held"] == true).await;
+    assert_eq!(items(&calls)[0]["state"], "confirmed");
+    // The hold is a change of its own on the bus, and its notice says so.
+    let notice = loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), bus.recv())
+            .await
+            .expect("a call event for the hold")
+            .expect("bus");
+        let n = busylamp::control::follow::change(&e);
+        if n["kind"] == "call" {
+            break n;
+        }
+    };
+    assert_eq!(notice["held"], true, "{notice}");
+    assert_eq!(notice["call_id"], "api-hold-1");
+    assert!(notice["since"].as_u64().unwrap() > 1_000_000_000);
+
+    // Resume: held goes back to false.
+    alice
+        .ua
+        .send(&alice.in_dialog(&mut leg, "INVITE", Some(SDP)))
+        .await;
+    let reinvite = bob.next_of("INVITE").await;
+    bob.reply(&reinvite, 200, "bt").await;
+    assert_eq!(alice.final_of("INVITE").await.status, 200);
+    until(&s, "calls", json!({}), |v| v["items"][0]["held"] == false).await;
+    alice.hang_up(&mut bob, &mut leg, "bt").await;
+}
+
+#[tokio::test]
 async fn a_subscription_shows_cseq_version_and_last_answer_after_each_notify() {
     let s = server(CALLS).await;
     let mut lamp = Watcher::new(s.udp, "1002").await;
@@ -227,6 +283,8 @@ async fn a_subscription_shows_cseq_version_and_last_answer_after_each_notify() {
         "{st}"
     );
     assert_eq!(st["counts"]["subscriptions"]["by_state"]["active"], 1);
+    // The two NOTIFYs (the first and the refresh) are counted.
+    assert!(st["notifies"]["sent"].as_u64().unwrap() >= 2, "{st}");
 }
 
 const DIALOG_DOC: &str = r#"<?xml version="1.0"?>
@@ -349,6 +407,56 @@ async fn subscribe_shows_in_the_list_with_its_notifies_and_unsubscribe_ends_it()
     assert_eq!(code, NOT_FOUND);
 }
 
+/// A watcher whose NOTIFYs fail twice in a row (500, then the retry 500 again) makes one
+/// `notify_failed` notice for the streak, not one per NOTIFY; `status` counts the retries.
+#[tokio::test]
+async fn a_failing_watcher_makes_one_notify_failed_notice_per_streak() {
+    let s = server(CALLS).await;
+    let mut ua = Ua::new(s.udp).await;
+    let r = ua
+        .request(&subscribe_bytes(
+            &ua,
+            "sip:1001@example.test",
+            "1001",
+            "message-summary",
+            "mwi-fail-1",
+            600,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    ua.notify().await;
+    let mut bus = s.handle.events.subscribe();
+    call(
+        &s,
+        "message_summary",
+        json!({"mailbox": "sip:1001@example.test", "waiting": true, "new": 1}),
+    )
+    .await;
+    let n = ua.notify_unanswered().await;
+    ua.answer(&n, 500).await;
+    // The retry (after `retry_ms`, 2 s by default) fails too.
+    let n = ua.notify_unanswered_within(10_000).await;
+    ua.answer(&n, 500).await;
+    until(&s, "subscriptions", json!({"filter": "1001"}), |v| {
+        v["items"][0]["failures"] == 2
+    })
+    .await;
+    let mut failed = Vec::new();
+    while let Ok(e) = bus.try_recv() {
+        let n = busylamp::control::follow::change(&e);
+        if n["kind"] == "notify_failed" {
+            failed.push(n);
+        }
+    }
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["watcher"], "sip:1001@example.test");
+    assert_eq!(failed[0]["event"], "message-summary");
+    assert_eq!(failed[0]["status"], 500);
+    assert_eq!(failed[0]["gave_up"], false);
+    let st = call(&s, "status", json!({})).await;
+    assert_eq!(st["notifies"]["retried"], 2, "{st}");
+}
+
 #[tokio::test]
 async fn message_summary_reaches_a_message_summary_watcher() {
     let s = server(CALLS).await;
@@ -377,6 +485,14 @@ async fn message_summary_reaches_a_message_summary_watcher() {
         .await;
     let body = String::from_utf8_lossy(&n.body).to_string();
     assert!(body.contains("Voice-Message: 2/1"), "{body}");
+    // The follow snapshot has the mailbox, for the dashboard's MWI column.
+    let api = Api::new(s.handle.core.clone());
+    let snap = busylamp::control::Methods::snapshot(&*api);
+    assert_eq!(
+        snap["mwi"],
+        json!([{"mailbox": "sip:1001@example.test", "waiting": true, "new": 2, "old": 1}]),
+        "{snap}"
+    );
     assert_eq!(
         n.headers.get(HeaderName::ContentType),
         Some("application/simple-message-summary")

@@ -450,6 +450,7 @@ fn appearance(i: u32) -> Event {
         appearance: i,
         state: "seized",
         phone: Some("sip:1001@example.test".into()),
+        peer: None,
     }
 }
 

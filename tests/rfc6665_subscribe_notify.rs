@@ -660,6 +660,7 @@ async fn subscriptions_and_publications_are_announced_on_the_event_bus() {
         presentity: "sip:1001@example.test".into(),
         event: "dialog",
         watcher: "sip:1002@example.test".into(),
+        state: "active",
     };
     assert_eq!(bus.recv().await.unwrap(), created);
     let d = s
@@ -681,6 +682,7 @@ async fn subscriptions_and_publications_are_announced_on_the_event_bus() {
             presentity: "sip:1001@example.test".into(),
             event: "dialog",
             source: Some("call-1".into()),
+            waiting: None,
         }
     );
     w.notify().await;
@@ -704,6 +706,7 @@ async fn subscriptions_and_publications_are_announced_on_the_event_bus() {
             presentity: "sip:1001@example.test".into(),
             event: "dialog",
             watcher: "sip:1002@example.test".into(),
+            state: "active",
         }
     );
 }

@@ -69,6 +69,10 @@ fn office() -> Model {
                  "phones": [
                     {"phone": "sip:1001@example.com", "contact": "sip:1001@192.0.2.11:5060", "user_agent": "Yealink", "subscribed": true},
                     {"phone": "sip:1005@example.com", "contact": "sip:1005@192.0.2.15:5060", "user_agent": "Grandstream", "subscribed": true}]}
+            ],
+            "mwi": [
+                {"mailbox": "sip:1001@example.com", "waiting": true, "new": 3, "old": 1},
+                {"mailbox": "sip:1002@example.com", "waiting": false, "new": 0, "old": 4}
             ]
         }),
         T - 60_000,
@@ -98,6 +102,15 @@ fn office() -> Model {
         T - 3_000,
     );
     m.apply("change", &reg("expired", 5), T - 2_000);
+    m.apply(
+        "change",
+        &json!({"seq": 6, "kind": "notify_failed", "presentity": "sip:1002@example.com",
+            "event": "dialog", "watcher": "sip:1001@example.com", "status": 408, "gave_up": false}),
+        T - 1_000,
+    );
+    // Two `status` polls 2 s apart, 12 NOTIFYs between: the header shows 6.0 NOTIFY/s.
+    m.notify_sample(&json!({"notifies": {"sent": 100}}), T - 4_000);
+    m.notify_sample(&json!({"notifies": {"sent": 112}}), T - 2_000);
     m
 }
 

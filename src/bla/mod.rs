@@ -441,7 +441,7 @@ impl Bla {
     fn announce(&self, aor: &str, before: &[Appearance], after: &[Appearance]) {
         for a in after {
             let was = before.iter().find(|b| b.index == a.index);
-            if was.is_some_and(|b| b.state == a.state && b.phone == a.phone) {
+            if was.is_some_and(|b| b.state == a.state && b.phone == a.phone && b.peer == a.peer) {
                 continue;
             }
             self.events.publish(Event::Appearance {
@@ -449,6 +449,7 @@ impl Bla {
                 appearance: a.index,
                 state: state_name(a.state),
                 phone: a.phone.clone(),
+                peer: a.peer.clone(),
             });
         }
     }

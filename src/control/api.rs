@@ -324,11 +324,18 @@ impl Api {
             .map(|(proto, addr)| format!("{}:{addr}", proto_name(proto)))
             .collect();
         let in_flight = core.in_flight();
+        let notifies = core.presence.notify_counts().totals();
         json!({
             "api": rpc::API_VERSION,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime": self.started.elapsed().as_secs(),
+            "domain": core.registrar.domain(),
             "listen": listen,
+            "notifies": {
+                "sent": notifies.sent,
+                "retried": notifies.retried,
+                "failed": notifies.failed,
+            },
             "counts": {
                 "aors": core.registrar.aor_count(),
                 "bindings": core.registrar.binding_count(),
@@ -405,6 +412,7 @@ impl Api {
                     "caller": c.caller.uri,
                     "callee": c.callee.uri,
                     "state": c.state.as_str(),
+                    "held": c.is_held(),
                     "since": c.created_ms / 1000,
                     "confirmed": c.confirmed_ms.map(|ms| ms / 1000),
                     "caller_flow": c.caller_flow.to_string(),
@@ -543,7 +551,42 @@ impl Api {
             "calls": all(self.calls()),
             "subscriptions": all(self.subscriptions()),
             "lines": all(self.lines()),
+            "mwi": all(self.mwi()),
         })
+    }
+
+    /// Each mailbox with a message-summary publication: waiting, and the new/old counts
+    /// summed over the message classes. With several publishers of one mailbox (rare), the
+    /// highest counts win, so the lamp is not dark while one source still says messages wait.
+    fn mwi(&self) -> Vec<Value> {
+        let presence = &self.core.presence;
+        let mut mailboxes: Vec<String> = presence
+            .presentities()
+            .into_iter()
+            .filter(|p| p.event == Pkg::MessageSummary.key())
+            .map(|p| p.presentity)
+            .collect();
+        mailboxes.sort();
+        mailboxes.dedup();
+        mailboxes
+            .into_iter()
+            .filter_map(|mailbox| {
+                let mut found = false;
+                let (mut waiting, mut new, mut old) = (false, 0u64, 0u64);
+                for (_, body) in presence.publications_of(&mailbox, Pkg::MessageSummary) {
+                    let Ok(ms) = crate::sip::body::mwi::parse(&body.rendered()) else {
+                        continue;
+                    };
+                    found = true;
+                    waiting |= ms.waiting;
+                    new = new.max(ms.summaries.iter().map(|s| u64::from(s.new)).sum());
+                    old = old.max(ms.summaries.iter().map(|s| u64::from(s.old)).sum());
+                }
+                found.then(
+                    || json!({"mailbox": mailbox, "waiting": waiting, "new": new, "old": old}),
+                )
+            })
+            .collect()
     }
 
     // ------------------------------------------------------------------------ the pua_mi job

@@ -123,6 +123,7 @@ pub fn change(event: &Event) -> Value {
             presentity,
             event,
             watcher,
+            state,
         } => {
             let (name, reason) = match change {
                 SubscriptionChange::Created => ("created", None),
@@ -137,6 +138,7 @@ pub fn change(event: &Event) -> Value {
                 "presentity": presentity,
                 "event": event,
                 "watcher": watcher,
+                "state": state,
             })
         }
         Event::Call {
@@ -144,35 +146,62 @@ pub fn change(event: &Event) -> Value {
             caller,
             callee,
             state,
+            held,
+            since,
         } => json!({
             "kind": "call",
             "call_id": call_id,
             "caller": caller,
             "callee": callee,
             "state": state,
+            "held": held,
+            "since": since,
         }),
         Event::Appearance {
             line,
             appearance,
             state,
             phone,
+            peer,
         } => json!({
             "kind": "appearance",
+            "peer": peer,
             "line": line,
             "appearance": appearance,
             "state": state,
             "phone": phone,
         }),
+        Event::NotifyFailed {
+            presentity,
+            event,
+            watcher,
+            status,
+            gave_up,
+        } => json!({
+            "kind": "notify_failed",
+            "presentity": presentity,
+            "event": event,
+            "watcher": watcher,
+            "status": status,
+            "gave_up": gave_up,
+        }),
         Event::Publication {
             presentity,
             event,
             source,
-        } => json!({
-            "kind": "publication",
-            "presentity": presentity,
-            "event": event,
-            "source": source,
-        }),
+            waiting,
+        } => {
+            let mut v = json!({
+                "kind": "publication",
+                "presentity": presentity,
+                "event": event,
+                "source": source,
+            });
+            if let Some(w) = waiting {
+                v["waiting"] = json!(w);
+            }
+            v
+        }
     }
 }
 
@@ -203,6 +232,7 @@ mod tests {
             appearance: i,
             state: "seized",
             phone: Some("sip:1001@example.test".into()),
+            peer: None,
         }
     }
 
@@ -220,18 +250,22 @@ mod tests {
                 presentity: "sip:1002@example.test".into(),
                 event: "dialog",
                 watcher: "sip:1001@example.test".into(),
+                state: "active",
             },
             Event::Call {
                 call_id: "c1".into(),
                 caller: "sip:1001@example.test".into(),
                 callee: "sip:1002@example.test".into(),
                 state: "confirmed",
+                held: true,
+                since: 1_700_000_000,
             },
             appearance(1),
             Event::Publication {
                 presentity: "sip:1001@example.test".into(),
                 event: "presence",
                 source: None,
+                waiting: None,
             },
         ];
         let kinds: Vec<Value> = events.iter().map(|e| change(e)["kind"].clone()).collect();
@@ -247,6 +281,7 @@ mod tests {
         );
         assert_eq!(change(&events[0])["change"], "expired");
         assert_eq!(change(&events[1])["reason"], "timeout");
+        assert_eq!(change(&events[1])["state"], "active");
         assert_eq!(change(&events[3])["appearance"], 1);
         let l = change_line(5, &events[2]);
         assert_eq!(l.matches('\n').count(), 1);
@@ -254,6 +289,8 @@ mod tests {
         assert_eq!(v["method"], "change");
         assert_eq!(v["params"]["seq"], 5);
         assert_eq!(v["params"]["call_id"], "c1");
+        assert_eq!(v["params"]["held"], true);
+        assert_eq!(v["params"]["since"], 1_700_000_000);
     }
 
     #[test]

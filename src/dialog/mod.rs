@@ -228,6 +228,13 @@ impl Call {
         self.end.is_some()
     }
 
+    /// A party of a confirmed dialog holds (the dashboard's `held` lamp).
+    pub fn is_held(&self) -> bool {
+        self.branches
+            .iter()
+            .any(|b| b.state == DialogState::Confirmed && (b.caller_held || b.callee_held))
+    }
+
     /// The first confirmed dialog.
     pub fn winner(&self) -> Option<&Branch> {
         self.branches

@@ -199,10 +199,20 @@ impl Presence {
         writes: &mut Vec<PresenceWrite>,
         out: &mut Vec<Reserved>,
     ) {
+        // A mailbox's lamp, for the dashboard: waiting when any of its publications says so
+        // (parsed only for message-summary, whose bodies are a few short lines).
+        let waiting = (res.pkg == Pkg::MessageSummary).then(|| {
+            shard.resources.get(res).is_some_and(|r| {
+                r.pubs.iter().any(|p| {
+                    crate::sip::body::mwi::parse(&p.rec.body.rendered()).is_ok_and(|m| m.waiting)
+                })
+            })
+        });
         self.emit(Event::Publication {
             presentity: res.presentity.to_string(),
             event: res.pkg.key(),
             source: source.map(str::to_string),
+            waiting,
         });
         let now = self.now();
         let window = Duration::from_millis(self.cfg.coalesce_ms);

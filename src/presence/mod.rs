@@ -562,6 +562,10 @@ impl Presence {
             presentity: rec.presentity.clone(),
             event: pkg.key(),
             watcher: rec.watcher.clone(),
+            state: match rec.state {
+                SubState::Active => "active",
+                SubState::Pending => "pending",
+            },
         });
     }
 

@@ -818,6 +818,16 @@ impl Presence {
                 }
             }
             decide::AfterAnswer::Retry { failures, after } => {
+                if s.failures == 0 {
+                    // The first failure of a streak only (see `Event::NotifyFailed`).
+                    self.emit(Event::NotifyFailed {
+                        presentity: s.rec.presentity.clone(),
+                        event: sub.res.pkg.key(),
+                        watcher: s.rec.watcher.clone(),
+                        status: s.last_answer.unwrap_or(408),
+                        gave_up: false,
+                    });
+                }
                 s.failures = failures;
                 s.delivery.failed();
                 s.winfo_full = true;
@@ -831,6 +841,13 @@ impl Presence {
                 );
             }
             decide::AfterAnswer::End => {
+                self.emit(Event::NotifyFailed {
+                    presentity: s.rec.presentity.clone(),
+                    event: sub.res.pkg.key(),
+                    watcher: s.rec.watcher.clone(),
+                    status: s.last_answer.unwrap_or(481),
+                    gave_up: true,
+                });
                 self.notify_failures.refused();
                 self.notify_counts.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(watcher = %s.rec.watcher, presentity = %sub.res.presentity, ?outcome, "NOTIFY refused; ending the subscription");

@@ -807,6 +807,8 @@ impl Core {
                 caller: u.call.caller.uri.clone(),
                 callee: u.call.callee.uri.clone(),
                 state: u.call.state.as_str(),
+                held: u.call.is_held(),
+                since: u.call.created_ms / 1000,
             });
             for p in
                 crate::pua::dialoginfo::publications(&u.call, &self.dialoginfo, self.max_lifetime)

@@ -90,6 +90,11 @@ fn shard_of(aor: &str) -> usize {
 }
 
 impl Registrar {
+    /// The home domain (`[server] domain`), for the control API's `status`.
+    pub fn domain(&self) -> &str {
+        self.domains.primary()
+    }
+
     pub fn new(
         cfg: &Config,
         store: Arc<dyn BindingStore>,

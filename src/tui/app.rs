@@ -24,6 +24,8 @@ const FRAME: Duration = Duration::from_millis(33);
 const QUEUE: usize = 20_000;
 /// Wait between two attempts to reach a server that went away.
 const RETRY: Duration = Duration::from_millis(500);
+/// How often the header's NOTIFY/s is sampled from `status`.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// How long a call (approve, block, a list) may take.
 const CALL_WAIT: Duration = Duration::from_secs(10);
 
@@ -37,6 +39,8 @@ pub enum Msg {
     Subscriptions(Value),
     /// A page of `users_list`: the users that have never registered get rows too.
     Users(Value),
+    /// A `status` answer: its NOTIFY counter feeds the header's NOTIFY/s.
+    Status(Value),
 }
 
 /// What the loop does after a key.
@@ -212,6 +216,8 @@ enum Query {
     Subscriptions(String),
     /// `users_list` from this offset.
     Users(u64),
+    /// `status`, for the header's NOTIFY/s.
+    Status,
 }
 
 /// Users listed at most (10 pages of the API's largest).
@@ -230,6 +236,7 @@ fn query_thread(path: PathBuf, rx: Receiver<Query>, tx: SyncSender<Msg>) {
                 "users_list".to_string(),
                 json!({"offset": offset, "limit": 1000}),
             ),
+            Query::Status => ("status".to_string(), json!({})),
         };
         if client.is_none() {
             client = Client::connect(&path).ok();
@@ -285,6 +292,8 @@ fn query_thread(path: PathBuf, rx: Receiver<Query>, tx: SyncSender<Msg>) {
             }
             // A server without a users file or an older one: the rows come as phones register.
             (Query::Users(_), Err(_)) => continue,
+            (Query::Status, Ok(v)) => Msg::Status(v),
+            (Query::Status, Err(_)) => continue,
         };
         if tx.send(msg).is_err() {
             return;
@@ -343,6 +352,7 @@ pub fn run(path: PathBuf) -> i32 {
     };
     let mut dirty = true;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
+    let mut last_status = Instant::now();
     'main: loop {
         let wait = if dirty {
             FRAME.saturating_sub(last_draw.elapsed())
@@ -379,6 +389,7 @@ pub fn run(path: PathBuf) -> i32 {
                     Msg::Answer(text) => ui.message = Some(text),
                     Msg::Subscriptions(v) => model.merge_subscriptions(&v["items"]),
                     Msg::Users(v) => model.add_users(&v["items"]),
+                    Msg::Status(v) => model.notify_sample(&v, now),
                     Msg::Input(ev) => {
                         if let TermEvent::Resize(..) = ev {
                             let _ = terminal.autoresize();
@@ -403,6 +414,11 @@ pub fn run(path: PathBuf) -> i32 {
         }
         if last_draw.elapsed() >= Duration::from_secs(1) {
             dirty = true; // durations tick
+        }
+        // The NOTIFY counter is not on the bus (one event per NOTIFY would be the flood the
+        // bus avoids): sampled from `status` every STATUS_EVERY.
+        if last_status.elapsed() >= STATUS_EVERY && qtx.try_send(Query::Status).is_ok() {
+            last_status = Instant::now();
         }
         if dirty && last_draw.elapsed() >= FRAME {
             ui.now_ms = now_ms();

@@ -187,6 +187,19 @@ pub struct Model {
     pub snapshots: u64,
     /// The domain most registered AORs are in: the views show its users by user part only.
     pub domain: String,
+    /// Mailboxes with a message-summary publication, by AOR.
+    pub mwi: BTreeMap<String, Mwi>,
+    /// (unix ms, NOTIFYs sent so far) from `status` answers, oldest first, for NOTIFY/s.
+    pub notify_samples: VecDeque<(u64, u64)>,
+}
+
+/// A mailbox's message-waiting state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mwi {
+    pub waiting: bool,
+    /// New messages, when the last snapshot said; `None` after a notice changed `waiting`
+    /// (notices carry no counts).
+    pub new: Option<u64>,
 }
 
 /// A URI as the server keys an AOR: no display name, brackets or parameters; scheme and
@@ -399,6 +412,7 @@ impl Model {
     pub fn snapshot(&mut self, p: &Value, now_ms: u64) {
         let now_s = now_ms / 1000;
         let st = &p["status"];
+        self.notify_sample(st, now_ms);
         self.status = Status {
             version: text(&st["version"]).unwrap_or_default(),
             uptime: num(&st["uptime"]).unwrap_or(0),
@@ -429,6 +443,20 @@ impl Model {
                 )
             })
             .collect();
+        self.mwi = items(&p["mwi"])
+            .iter()
+            .filter_map(|v| {
+                let mailbox = aor_key(v["mailbox"].as_str()?);
+                let waiting = v["waiting"].as_bool()?;
+                Some((
+                    mailbox,
+                    Mwi {
+                        waiting,
+                        new: num(&v["new"]),
+                    },
+                ))
+            })
+            .collect();
         self.lines = items(&p["lines"])
             .iter()
             .filter_map(line_of)
@@ -440,7 +468,11 @@ impl Model {
                 *domains.entry(host).or_default() += 1;
             }
         }
-        if let Some((d, _)) = domains.into_iter().max_by_key(|(_, n)| *n) {
+        // The server's home domain when it says (`status.domain`); else the one most
+        // registered AORs are in.
+        if let Some(d) = text(&st["domain"]).filter(|d| !d.is_empty()) {
+            self.domain = d;
+        } else if let Some((d, _)) = domains.into_iter().max_by_key(|(_, n)| *n) {
             self.domain = d.to_string();
         }
         let mut known: Vec<String> = self.registrations.keys().cloned().collect();
@@ -565,7 +597,9 @@ impl Model {
                             call_id: call_id.clone(),
                             caller: caller.clone(),
                             callee: callee.clone(),
-                            since: now_s,
+                            // The server's start time when it sends one (a follow that began
+                            // mid-call); the notice's arrival otherwise.
+                            since: p["since"].as_u64().unwrap_or(now_s),
                             ..Call::default()
                         }
                     });
@@ -688,9 +722,31 @@ impl Model {
                     format!("{line} #{index} {state}{who}"),
                 );
             }
+            "notify_failed" => {
+                let end = if p["gave_up"].as_bool() == Some(true) {
+                    "subscription ended"
+                } else {
+                    "retrying"
+                };
+                let text = format!(
+                    "NOTIFY {} to {} failed ({}), {end}",
+                    s("event"),
+                    self.name(&aor_key(&s("watcher"))),
+                    num(&p["status"]).map_or("?".into(), |n| n.to_string()),
+                );
+                self.log(now_ms, "notify", text);
+            }
             "publication" => {
                 let presentity = aor_key(&s("presentity"));
                 let event = s("event");
+                if let (true, Some(waiting)) = (event == "message-summary", p["waiting"].as_bool())
+                {
+                    let mwi = self.mwi.entry(presentity.clone()).or_default();
+                    if mwi.waiting != waiting || !waiting {
+                        mwi.new = (!waiting).then_some(0);
+                    }
+                    mwi.waiting = waiting;
+                }
                 // A phone's own dialog state follows its calls, logged already.
                 if event != "dialog" {
                     let by = match text(&p["source"]) {
@@ -731,6 +787,48 @@ impl Model {
             if !domain.is_empty() {
                 self.know(format!("sip:{name}@{domain}"));
             }
+        }
+    }
+
+    /// The MWI column's word for `aor`: `mwi 3` (3 new), `mwi` (waiting, count unknown), or
+    /// empty (no mailbox, or nothing waits). A word, not a colour, so it reads in monochrome.
+    pub fn mwi_word(&self, aor: &str) -> String {
+        match self.mwi.get(aor) {
+            Some(Mwi {
+                waiting: true,
+                new: Some(n),
+            }) if *n > 0 => format!("mwi {n}"),
+            Some(Mwi { waiting: true, .. }) => "mwi".into(),
+            _ => String::new(),
+        }
+    }
+
+    /// A `status` (a snapshot's, or a polled answer): its NOTIFY counter, for NOTIFY/s.
+    pub fn notify_sample(&mut self, status: &Value, now_ms: u64) {
+        let Some(sent) = num(&status["notifies"]["sent"]) else {
+            return;
+        };
+        // A restarted server counts from zero again: start over.
+        if self.notify_samples.back().is_some_and(|(_, n)| *n > sent) {
+            self.notify_samples.clear();
+        }
+        self.notify_samples.push_back((now_ms, sent));
+        while self
+            .notify_samples
+            .front()
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > RATE_WINDOW_MS)
+        {
+            self.notify_samples.pop_front();
+        }
+    }
+
+    /// NOTIFYs per second over the samples kept (0 until there are two).
+    pub fn notify_rate(&self) -> f64 {
+        match (self.notify_samples.front(), self.notify_samples.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                n1.saturating_sub(*n0) as f64 * 1000.0 / (t1 - t0) as f64
+            }
+            _ => 0.0,
         }
     }
 
@@ -902,12 +1000,68 @@ mod tests {
         assert_eq!(m.watcher_count("sip:1001@example.test"), 0);
         assert_eq!(m.domain, "example.test");
         assert_eq!(m.name("sip:1001@example.test"), "1001");
+        // The status's domain wins over the guess from the registrations.
+        let mut other = snap();
+        other["status"]["domain"] = json!("other.test");
+        let mut m2 = Model::new();
+        m2.apply("snapshot", &other, T);
+        assert_eq!(m2.domain, "other.test");
         assert_eq!(m.name("sip:9@other.test"), "9@other.test");
         // Users first by AOR, the shared line with its two appearances after them.
         let rows = m.line_rows();
         assert_eq!(rows.len(), 5);
         assert!(matches!(rows[2], LineRow::Line(_)));
         assert!(matches!(rows[4], LineRow::Appearance(_, a) if a.index == 2));
+    }
+
+    #[test]
+    fn mwi_comes_from_the_snapshot_and_follows_publication_notices() {
+        let mut sn = snap();
+        sn["mwi"] =
+            json!([{"mailbox": "sip:1001@example.test", "waiting": true, "new": 3, "old": 1}]);
+        let mut m = Model::new();
+        m.apply("snapshot", &sn, T);
+        assert_eq!(m.mwi_word("sip:1001@example.test"), "mwi 3");
+        assert_eq!(m.mwi_word("sip:1002@example.test"), "");
+        let notice = |seq: u64, aor: &str, waiting: bool| {
+            json!({"seq": seq, "kind": "publication", "presentity": aor,
+                "event": "message-summary", "source": "api:1", "waiting": waiting})
+        };
+        m.apply("change", &notice(1, "sip:1001@example.test", false), T + 1);
+        assert_eq!(m.mwi_word("sip:1001@example.test"), "");
+        m.apply("change", &notice(2, "sip:1002@example.test", true), T + 2);
+        assert_eq!(
+            m.mwi_word("sip:1002@example.test"),
+            "mwi",
+            "no count in a notice"
+        );
+    }
+
+    #[test]
+    fn notify_rate_comes_from_status_samples() {
+        let mut m = Model::new();
+        assert_eq!(m.notify_rate(), 0.0);
+        m.notify_sample(&json!({"notifies": {"sent": 10}}), T);
+        m.notify_sample(&json!({"notifies": {"sent": 30}}), T + 2_000);
+        assert_eq!(m.notify_rate(), 10.0);
+        // A restart (the counter went back): start over.
+        m.notify_sample(&json!({"notifies": {"sent": 1}}), T + 4_000);
+        assert_eq!(m.notify_rate(), 0.0);
+    }
+
+    #[test]
+    fn a_notify_failure_is_logged() {
+        let mut m = loaded();
+        m.apply(
+            "change",
+            &json!({"seq": 1, "kind": "notify_failed", "presentity": "sip:1002@example.test",
+                "event": "dialog", "watcher": "sip:1001@example.test", "status": 408,
+                "gave_up": false}),
+            T,
+        );
+        let e = m.events.back().unwrap();
+        assert_eq!(e.kind, "notify");
+        assert_eq!(e.text, "NOTIFY dialog to 1001 failed (408), retrying");
     }
 
     #[test]
@@ -938,6 +1092,12 @@ mod tests {
         assert_eq!(m.lamp(callee), Lamp::Idle);
         assert_eq!(m.lamp(caller), Lamp::Idle);
         assert!(m.calls.is_empty());
+
+        // A notice with the server's start time keeps it.
+        let mut with_since = call("confirmed", 6);
+        with_since["since"] = json!(T / 1000 - 30);
+        m.apply("change", &with_since, T + 10_000);
+        assert_eq!(m.calls["c1"].since, T / 1000 - 30);
         let log: Vec<&str> = m.events.iter().map(|e| e.text.as_str()).collect();
         assert!(log.iter().any(|t| t.ends_with("ringing (c1)")), "{log:?}");
         assert!(log.iter().any(|t| t.ends_with("answered (c1)")), "{log:?}");

@@ -184,17 +184,17 @@ fn header(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     }
     let rates = if area.width >= 120 {
         format!(
-            "  │ REGISTER/s {:.1}  calls/s {:.1}  changes/s {:.1}",
+            "  │ REGISTER/s {:.1}  calls/s {:.1}  NOTIFY/s {:.1}",
             rate(&m.register_times, now),
             rate(&m.call_times, now),
-            rate(&m.change_times, now),
+            m.notify_rate(),
         )
     } else {
         format!(
-            "  reg/s {:.1} calls/s {:.1} chg/s {:.1}",
+            "  reg/s {:.1} calls/s {:.1} ntf/s {:.1}",
             rate(&m.register_times, now),
             rate(&m.call_times, now),
-            rate(&m.change_times, now),
+            m.notify_rate(),
         )
     };
     if m.connected {
@@ -462,6 +462,11 @@ fn lines_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
     let shown: Vec<Row> = rows[offset..end]
         .iter()
         .map(|r| {
+            let mwi = match r {
+                LineRow::User(aor) => m.mwi_word(aor),
+                LineRow::Line(l) => m.mwi_word(&l.aor),
+                LineRow::Appearance(..) => String::new(),
+            };
             let (ext, line, lamp, phones, peer, time, watch) = match r {
                 LineRow::User(aor) => {
                     let call = m.calls_of(aor).max_by_key(|c| (c.ringing(), c.since));
@@ -546,6 +551,7 @@ fn lines_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
                 Cell::from(peer),
                 Cell::from(time),
                 Cell::from(watch),
+                Cell::from(mwi),
             ]);
             Row::new(cells)
         })
@@ -562,8 +568,9 @@ fn lines_view(f: &mut Frame, area: Rect, m: &Model, ui: &Ui) {
         Constraint::Fill(2),
         Constraint::Length(7),
         Constraint::Length(5),
+        Constraint::Length(6),
     ]);
-    head.extend(["LAMP", "PHONES", "OTHER PARTY", "TIME", "WATCH"]);
+    head.extend(["LAMP", "PHONES", "OTHER PARTY", "TIME", "WATCH", "MWI"]);
     let sel = ui.selected().min(rows.len().saturating_sub(1));
     table(
         f,
