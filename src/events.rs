@@ -30,6 +30,12 @@ pub enum Event {
         aor: String,
         contact: String,
         user_agent: Option<String>,
+        /// When the binding expires (unix seconds); for an unregistered or expired one, when
+        /// it ended.
+        expires: u64,
+        /// The flow it came over: `udp:192.0.2.1:5060` (transport:address, as the snapshot's
+        /// contacts' `flow`).
+        flow: String,
     },
     /// A presence subscription came, changed or went.
     Subscription {

@@ -70,6 +70,33 @@ impl Tmux {
             .status();
     }
 
+    /// A tmux format of the pane (`#{alternate_on}`, `#{cursor_flag}`...): what the program in
+    /// it has asked of the terminal.
+    fn format(&self, format: &str) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "display", "-p", "-t", "tui", format])
+            .output()
+            .expect("tmux display");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The terminal modes a full-screen program changes: alternate screen, cursor shown, and
+    /// every mouse reporting mode (crossterm's EnableMouseCapture sets 1000, 1002, 1003, 1006
+    /// and 1015).
+    fn modes(&self) -> Modes {
+        let v = self.format(
+            "#{alternate_on} #{cursor_flag} #{mouse_any_flag} #{mouse_all_flag} \
+             #{mouse_button_flag} #{mouse_standard_flag} #{mouse_sgr_flag}",
+        );
+        let f: Vec<bool> = v.split_whitespace().map(|x| x == "1").collect();
+        assert_eq!(f.len(), 7, "tmux display said {v:?}");
+        Modes {
+            alternate: f[0],
+            cursor: f[1],
+            mouse: f[2..].iter().any(|x| *x),
+        }
+    }
+
     /// Polls the screen every 20 ms until `ok` holds, for at most `within`; returns how long
     /// it took.
     async fn until(&self, what: &str, within: Duration, ok: impl Fn(&str) -> bool) -> Duration {
@@ -94,6 +121,14 @@ impl Drop for Tmux {
             .args(["-L", &self.socket, "kill-server"])
             .status();
     }
+}
+
+#[derive(Debug, PartialEq)]
+struct Modes {
+    alternate: bool,
+    cursor: bool,
+    /// Any mouse reporting mode on.
+    mouse: bool,
 }
 
 /// The row of extension `ext` on the Lines view, if shown.
@@ -280,4 +315,68 @@ async fn a_pending_watcher_is_approved_from_the_watchers_view() {
     .await;
     let next = eve.notify().await;
     assert!(state(&next).starts_with("active"), "{}", state(&next));
+}
+
+/// The terminal is given back whichever way the dashboard ends: `q`, Ctrl-C, and a panic
+/// (made by the debug-only test hook `BUSYLAMP_TUI_TEST_PANIC=1`, which panics on `!`; see
+/// src/tui/app.rs). While it runs the pane is on the alternate screen with the cursor hidden
+/// and mouse reporting on (asserted first, so "off" afterwards means something); afterwards
+/// it is on the normal screen, the cursor shows, mouse reporting is off, and for the panic the
+/// message is on the normal screen and the exit status is 101.
+#[tokio::test]
+async fn q_ctrl_c_and_a_panic_all_give_the_terminal_back() {
+    if !Tmux::available() {
+        println!("SKIPPED: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let server = Busylamp::new("tui-restore", CONFIG);
+    server.wait_ready().await;
+    let long = Duration::from_secs(10);
+    for (way, keys, status) in [("q", "q", 0), ("ctrl-c", "C-c", 0), ("panic", "!", 101)] {
+        let command = format!(
+            "echo BEFORE; BUSYLAMP_TUI_TEST_PANIC=1 {} tui --config {}; echo EXITED $?; sleep 60",
+            env!("CARGO_BIN_EXE_busylamp"),
+            server.config_path().display()
+        );
+        let tmux = Tmux::start(&format!("tui-restore-{way}"), &command);
+        tmux.until("the dashboard", long, |s| {
+            s.contains("connected") && lamp_of(s, "1003") == Some("offline")
+        })
+        .await;
+        assert_eq!(
+            tmux.modes(),
+            Modes {
+                alternate: true,
+                cursor: false,
+                mouse: true
+            },
+            "{way}: the dashboard runs full screen"
+        );
+        tmux.keys(keys);
+        let exited = format!("EXITED {status}");
+        tmux.until(&exited, long, |s| s.contains(&exited)).await;
+        let screen = tmux.screen();
+        assert_eq!(
+            tmux.modes(),
+            Modes {
+                alternate: false,
+                cursor: true,
+                mouse: false
+            },
+            "{way}: the terminal is given back:\n{screen}"
+        );
+        // The normal screen: what was printed before the dashboard started is there, and
+        // none of the dashboard is.
+        assert!(screen.contains("BEFORE"), "{way}:\n{screen}");
+        assert!(!screen.contains("1 Lines"), "{way}:\n{screen}");
+        if way == "panic" {
+            assert!(
+                screen.contains("panicked at")
+                    && screen.contains("BUSYLAMP_TUI_TEST_PANIC: the dashboard panics on '!'"),
+                "the panic message on the normal screen:\n{screen}"
+            );
+        } else {
+            assert!(!screen.contains("panicked"), "{way}:\n{screen}");
+        }
+    }
 }

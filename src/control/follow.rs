@@ -106,6 +106,8 @@ pub fn change(event: &Event) -> Value {
             aor,
             contact,
             user_agent,
+            expires,
+            flow,
         } => json!({
             "kind": "registration",
             "change": match change {
@@ -117,6 +119,8 @@ pub fn change(event: &Event) -> Value {
             "aor": aor,
             "contact": contact,
             "user_agent": user_agent,
+            "expires": expires,
+            "flow": flow,
         }),
         Event::Subscription {
             change,
@@ -244,6 +248,8 @@ mod tests {
                 aor: "sip:1001@example.test".into(),
                 contact: "sip:1001@192.0.2.1".into(),
                 user_agent: None,
+                expires: 1_800_000_000,
+                flow: "tcp:192.0.2.1:5061".into(),
             },
             Event::Subscription {
                 change: SubscriptionChange::Terminated("timeout"),
@@ -280,6 +286,9 @@ mod tests {
             ]
         );
         assert_eq!(change(&events[0])["change"], "expired");
+        // The snapshot's contact field names: `expires` (unix seconds), `flow`.
+        assert_eq!(change(&events[0])["expires"], 1_800_000_000);
+        assert_eq!(change(&events[0])["flow"], "tcp:192.0.2.1:5061");
         assert_eq!(change(&events[1])["reason"], "timeout");
         assert_eq!(change(&events[1])["state"], "active");
         assert_eq!(change(&events[3])["appearance"], 1);

@@ -55,6 +55,23 @@ pub struct Change {
     pub change: RegistrationChange,
     pub contact: String,
     pub user_agent: Option<String>,
+    /// When the binding expires (unix seconds, as `Binding::expires_at`); for one that ended
+    /// (unregistered, expired), when it ended.
+    pub expires: u64,
+    /// The flow the binding came over (`udp:192.0.2.1:5060`, as `Binding::source`).
+    pub flow: String,
+}
+
+impl Change {
+    fn of(change: RegistrationChange, b: &Binding, expires: u64) -> Change {
+        Change {
+            change,
+            contact: b.contact.clone(),
+            user_agent: b.user_agent.clone(),
+            expires,
+            flow: b.source.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,11 +89,7 @@ pub fn sweep(bindings: &mut Vec<Binding>, now: u64) -> Vec<Change> {
         if b.expires_at > now {
             return true;
         }
-        gone.push(Change {
-            change: RegistrationChange::Expired,
-            contact: b.contact.clone(),
-            user_agent: b.user_agent.clone(),
-        });
+        gone.push(Change::of(RegistrationChange::Expired, b, b.expires_at));
         false
     });
     gone
@@ -190,11 +203,7 @@ pub fn apply_register(
             }
         }
         for b in bindings.drain(..) {
-            changes.push(Change {
-                change: RegistrationChange::Unregistered,
-                contact: b.contact,
-                user_agent: b.user_agent,
-            });
+            changes.push(Change::of(RegistrationChange::Unregistered, &b, input.now));
             changed = true;
         }
         return Ok(Applied {
@@ -242,11 +251,7 @@ pub fn apply_register(
         if w.expires == 0 {
             if let Some(i) = pos {
                 let b = bindings.remove(i);
-                changes.push(Change {
-                    change: RegistrationChange::Unregistered,
-                    contact: b.contact,
-                    user_agent: b.user_agent,
-                });
+                changes.push(Change::of(RegistrationChange::Unregistered, &b, input.now));
                 changed = true;
             }
             continue;
@@ -283,11 +288,7 @@ pub fn apply_register(
             Some(i) => &bindings[i],
             None => &bindings[bindings.len() - 1],
         };
-        changes.push(Change {
-            change,
-            contact: b.contact.clone(),
-            user_agent: b.user_agent.clone(),
-        });
+        changes.push(Change::of(change, b, b.expires_at));
         changed = true;
     }
     if bindings.len() > cfg.max_contacts {
@@ -413,6 +414,29 @@ mod tests {
         .unwrap();
         assert_eq!(kinds(&r2), vec![RegistrationChange::Unregistered]);
         assert_eq!(r2.bindings.len(), 1);
+    }
+
+    #[test]
+    fn each_change_carries_the_bindings_expiry_and_flow() {
+        let a = apply_register(&[], &input(&["<sip:a@h>"], Some(600), "c", 1, 100), &cfg()).unwrap();
+        let c = &a.changes[0];
+        assert_eq!((c.expires, c.flow.as_str()), (700, "udp:127.0.0.1:1"));
+        let r = apply_register(
+            &a.bindings,
+            &input(&["<sip:a@h>"], Some(900), "c", 2, 200),
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(r.changes[0].expires, 1100, "a refresh: the new expiry");
+        // Removed: when it ended.
+        let u = apply_register(&r.bindings, &input(&["<sip:a@h>"], Some(0), "c", 3, 300), &cfg())
+            .unwrap();
+        assert_eq!(kinds(&u), vec![RegistrationChange::Unregistered]);
+        assert_eq!((u.changes[0].expires, u.changes[0].flow.as_str()), (300, "udp:127.0.0.1:1"));
+        let mut left = r.bindings.clone();
+        let gone = sweep(&mut left, 5000);
+        assert_eq!(gone[0].change, RegistrationChange::Expired);
+        assert_eq!(gone[0].expires, 1100, "expired: when its time was up");
     }
 
     #[test]

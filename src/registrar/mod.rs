@@ -283,6 +283,8 @@ impl Registrar {
                 aor: aor.to_string(),
                 contact: c.contact.clone(),
                 user_agent: c.user_agent.clone(),
+                expires: c.expires,
+                flow: c.flow.clone(),
             });
         }
     }

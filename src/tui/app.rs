@@ -12,6 +12,7 @@ use ratatui::crossterm::event::{
     self, DisableMouseCapture, EnableMouseCapture, Event as TermEvent, KeyCode, KeyEvent,
     KeyEventKind, KeyModifiers, MouseEventKind,
 };
+use ratatui::crossterm::cursor::Show;
 use ratatui::crossterm::execute;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,13 @@ pub enum Action {
     /// Call a method for the user: approve or block.
     Call(String, Value),
 }
+
+/// A test hook, in debug builds only (a release binary has no such variable): with
+/// `BUSYLAMP_TUI_TEST_PANIC=1` in its environment the running dashboard panics when `!` is
+/// pressed, so tests/tui_e2e.rs can check that the panic hook gives the terminal back
+/// (normal screen, cursor shown, mouse reporting off, the message printed, a failing exit).
+#[cfg(debug_assertions)]
+const TEST_PANIC_ENV: &str = "BUSYLAMP_TUI_TEST_PANIC";
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
@@ -340,10 +348,16 @@ pub fn run(path: PathBuf) -> i32 {
     let _ = execute!(std::io::stdout(), EnableMouseCapture);
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let _ = execute!(std::io::stdout(), DisableMouseCapture);
+        // Mouse reporting off and the cursor shown here, not left to the terminal's Drop:
+        // that runs only when the main thread unwinds, after this hook printed the message.
+        let _ = execute!(std::io::stdout(), DisableMouseCapture, Show);
         ratatui::restore();
+        // ratatui's own hook (restore again, harmless), then Rust's: the message on the
+        // normal screen.
         previous(info);
     }));
+    #[cfg(debug_assertions)]
+    let test_panic = std::env::var_os(TEST_PANIC_ENV).is_some_and(|v| v == "1");
 
     let mut model = Model::new();
     let mut ui = Ui {
@@ -391,6 +405,12 @@ pub fn run(path: PathBuf) -> i32 {
                     Msg::Users(v) => model.add_users(&v["items"]),
                     Msg::Status(v) => model.notify_sample(&v, now),
                     Msg::Input(ev) => {
+                        #[cfg(debug_assertions)]
+                        if test_panic
+                            && matches!(ev, TermEvent::Key(k) if k.code == KeyCode::Char('!'))
+                        {
+                            panic!("{TEST_PANIC_ENV}: the dashboard panics on '!' as asked");
+                        }
                         if let TermEvent::Resize(..) = ev {
                             let _ = terminal.autoresize();
                         }

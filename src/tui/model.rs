@@ -3,8 +3,8 @@
 //! milliseconds), so a test replays a stream message by message.
 //!
 //! Change notices are thin (what changed, not the whole record): what a notice does not carry
-//! is derived here (a call's start is when its first notice came; a phone's transport from its
-//! contact) and the next snapshot (after a reconnect or a resync) corrects it.
+//! is derived here (a call's start is when its first notice came) and the next snapshot (after
+//! a reconnect or a resync) corrects it.
 
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
@@ -60,9 +60,12 @@ pub struct Status {
 pub struct Contact {
     pub contact: String,
     pub user_agent: Option<String>,
-    /// `udp`, `tcp`, ...: the flow's, or the contact's `transport` parameter.
+    /// `udp`, `tcp`, ...: the flow's, or (a server that sends no flow) the contact's
+    /// `transport` parameter.
     pub transport: String,
-    /// Unix seconds; `None` when only a change notice told of it.
+    /// The flow the binding came over: `udp:192.0.2.1:5060`.
+    pub flow: Option<String>,
+    /// Unix seconds; `None` when the server did not say.
     pub expires: Option<u64>,
 }
 
@@ -269,6 +272,7 @@ fn contact_of(c: &Value) -> Contact {
     let contact = text(&c["contact"]).unwrap_or_default();
     Contact {
         transport: transport(c["flow"].as_str(), &contact),
+        flow: text(&c["flow"]),
         user_agent: text(&c["user_agent"]),
         expires: num(&c["expires"]),
         contact,
@@ -552,19 +556,23 @@ impl Model {
                 match change.as_str() {
                     "registered" | "refreshed" => {
                         push_time(&mut self.register_times, now_ms);
-                        let ua = text(&p["user_agent"]);
+                        // The notice carries the binding's user agent, expiry and flow (a
+                        // refresh may come over another flow, after a NAT rebinding).
+                        let fresh = contact_of(p);
                         match reg.contacts.iter_mut().find(|c| c.contact == contact) {
                             Some(c) => {
-                                if ua.is_some() {
-                                    c.user_agent = ua;
+                                if fresh.user_agent.is_some() {
+                                    c.user_agent = fresh.user_agent;
+                                }
+                                if fresh.expires.is_some() {
+                                    c.expires = fresh.expires;
+                                }
+                                if fresh.flow.is_some() {
+                                    c.flow = fresh.flow;
+                                    c.transport = fresh.transport;
                                 }
                             }
-                            None => reg.contacts.push(Contact {
-                                transport: transport(p["flow"].as_str(), &contact),
-                                user_agent: ua,
-                                expires: num(&p["expires"]),
-                                contact: contact.clone(),
-                            }),
+                            None => reg.contacts.push(fresh),
                         }
                     }
                     _ => reg.contacts.retain(|c| c.contact != contact),
@@ -1146,6 +1154,46 @@ mod tests {
         assert!(!m.registrations.contains_key(aor));
         assert!(m.events.iter().any(|e| e.text.contains("expired")));
         assert!(rate(&m.register_times, T + 20) > 0.0);
+    }
+
+    #[test]
+    fn a_registration_notice_gives_the_flows_transport_and_the_expiry() {
+        let mut m = loaded();
+        let aor = "sip:1004@example.test";
+        // The contact says nothing of its transport; the flow it came over does.
+        let reg = |change: &str, flow: &str, expires: u64| {
+            json!({"seq": 1, "kind": "registration", "change": change, "aor": aor,
+                   "contact": "sip:1004@192.0.2.4:5060", "user_agent": "Yealink T54W",
+                   "expires": expires, "flow": flow})
+        };
+        m.apply(
+            "change",
+            &reg("registered", "tcp:192.0.2.4:40001", 1_800_003_600),
+            T,
+        );
+        let c = &m.registrations[aor].contacts[0];
+        assert_eq!(c.transport, "tcp");
+        assert_eq!(c.flow.as_deref(), Some("tcp:192.0.2.4:40001"));
+        assert_eq!(c.expires, Some(1_800_003_600));
+        // A refresh over another flow (the phone came back on UDP): both follow it.
+        m.apply(
+            "change",
+            &reg("refreshed", "udp:192.0.2.4:5060", 1_800_007_200),
+            T + 1000,
+        );
+        let c = &m.registrations[aor].contacts[0];
+        assert_eq!(m.registrations[aor].contacts.len(), 1);
+        assert_eq!(c.transport, "udp");
+        assert_eq!(c.flow.as_deref(), Some("udp:192.0.2.4:5060"));
+        assert_eq!(c.expires, Some(1_800_007_200));
+        // A contact in the snapshot is refreshed too.
+        let mut r = reg("refreshed", "tls:192.0.2.1:5061", 1_800_009_000);
+        r["aor"] = json!("sip:1001@example.test");
+        r["contact"] = json!("sip:1001@192.0.2.1:5060");
+        m.apply("change", &r, T + 2000);
+        let c = &m.registrations["sip:1001@example.test"].contacts[0];
+        assert_eq!((c.transport.as_str(), c.expires), ("tls", Some(1_800_009_000)));
+        assert_eq!(c.user_agent.as_deref(), Some("Yealink T54W"));
     }
 
     #[test]

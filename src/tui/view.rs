@@ -787,10 +787,12 @@ pub fn detail(m: &Model, ui: &Ui) -> Vec<Line<'static>> {
                                 .expires
                                 .map(|e| format!(", expires in {}s", e.saturating_sub(now_s)))
                                 .unwrap_or_default();
+                            // The flow (transport:address it registered from) tells a
+                            // NAT'd phone's real address; the bare transport when unknown.
                             out.push(format!(
                                 "phone {} ({}, {}{exp})",
                                 c.contact,
-                                c.transport,
+                                c.flow.as_deref().unwrap_or(&c.transport),
                                 c.user_agent.as_deref().unwrap_or("no user agent")
                             ));
                         }

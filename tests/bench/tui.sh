@@ -1,23 +1,58 @@
 #!/usr/bin/env bash
-# Dashboard benchmark: how long `busylamp tui` takes to show a large site, and how long a
-# change takes to reach the screen.
+# Dashboard benchmark (issue 14: "with 5,000 lines and 10,000 watchers loaded, the dashboard
+# starts in under 1 s and a change shows in under 100 ms"): how long `busylamp tui` takes to
+# show a large site, and how long a real change takes to reach the screen.
 #
-# A stand-in control socket (Python, below) answers `follow` with a snapshot of
-# BENCH_AORS registered users (one phone each), BENCH_WATCHERS dialog watchers and
-# BENCH_SHARED shared lines, as the server's `follow` does; then, once the screen shows the
-# rows, it sends one `change` (the first user's phone rings) and notes when. The dashboard
-# runs in tmux (120x40); the screen is read with capture-pane every 5 ms, so each figure is
-# at most ~5 ms (plus one capture) above the truth. What the server spends building its
-# snapshot is not in these figures (see `busylamp ctl follow` timings in the README).
+# Default: the real thing.  The release server (target/release/busylamp serve; built when
+# missing) runs on 127.0.0.1 with a temp data dir and its control socket, loopback trusted
+# for calls, REGISTER and SUBSCRIBE (no digest), BENCH_USERS users in its config (10000..)
+# and BENCH_SHARED shared lines of 2 appearances ([[bla.lines]] 20000.., nobody registered
+# on them).  tests/bench/tui_load.py (Python asyncio, one UDP socket per phone) registers
+# every user (its Contact on its own socket), makes BENCH_WATCHERS `dialog` (BLF)
+# subscriptions among them and answers every NOTIFY 200.  Then it times:
+#   snapshot  a control client's `follow` -> the snapshot's last byte (BENCH_SNAPSHOTS times)
+#   start     launching `busylamp tui --socket ...` in tmux (120x40) -> every row counted
+#             on the Lines view and phone 10000's row shown
+#   change    phone 10001 sends an INVITE to 10000 through the proxy (10000's socket answers
+#             180 at once) -> 10000's row says `ringing`
+#   end       10000 answers 486 -> its row says `idle` again
+# in BENCH_ROUNDS rounds (a fresh dashboard each) and prints the medians (and the max of
+# the change).  The screen is read with `tmux capture-pane` in a loop: each figure is at
+# most one read (a few ms) above the truth.
 #
-# Usage: tests/bench/tui.sh            (BUSYLAMP=path/to/busylamp to pick the binary;
-#                                       default target/release/busylamp, else target/debug)
-# Environment: BENCH_AORS=5000 BENCH_WATCHERS=10000 BENCH_SHARED=100 BENCH_ROUNDS=5
+# --stand-in: the older, server-less variant: a Python stand-in control socket serves a
+# made-up snapshot of the same size and one change (what the dashboard alone costs).
+#
+# Usage: tests/bench/tui.sh [--stand-in] [--build|--no-build] [--keep]
+# Environment: BUSYLAMP (the binary; default target/release/busylamp), BENCH_USERS=5000
+#   BENCH_WATCHERS=10000 BENCH_SHARED=100 BENCH_ROUNDS=5 BENCH_SNAPSHOTS=5
+#   (--stand-in: BENCH_AORS=BENCH_USERS, default binary release else debug)
 # Targets (issue 14): start < 1 s, change < 100 ms.
+# Loopback only; the loader is bounded (timeout(1), its own budget); the server and tmux
+# are stopped by PID / by their own socket on exit.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$HERE/../.."
 
-AORS=${BENCH_AORS:-5000}
+MODE=real
+BUILD=build
+KEEP=0
+for arg in "$@"; do
+    case "$arg" in
+    --stand-in) MODE=stand-in ;;
+    --build) BUILD=force ;;
+    --no-build) BUILD=never ;;
+    --keep) KEEP=1 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+command -v tmux >/dev/null || { echo "SKIPPED: tmux is not installed"; exit 0; }
+
+# The server-less variant (a stand-in control socket); what it measured before the real one.
+stand_in() {
+
+AORS=${BENCH_AORS:-${BENCH_USERS:-5000}}
 WATCHERS=${BENCH_WATCHERS:-10000}
 SHARED=${BENCH_SHARED:-100}
 ROUNDS=${BENCH_ROUNDS:-5}
@@ -26,7 +61,6 @@ if [ -z "$BIN" ]; then
     if [ -x target/release/busylamp ]; then BIN=target/release/busylamp; else BIN=target/debug/busylamp; fi
 fi
 [ -x "$BIN" ] || { echo "no busylamp binary at $BIN (cargo build first)"; exit 1; }
-command -v tmux >/dev/null || { echo "SKIPPED: tmux is not installed"; exit 0; }
 BIN=$(realpath "$BIN")
 
 WORK=$(mktemp -d /tmp/busylamp-tui-bench.XXXXXX)
@@ -151,3 +185,73 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "median: start $(median "${starts[@]}") ms (target < 1000), change $(median "${changes[@]}") ms (target < 100)"
+}
+
+if [[ "$MODE" == stand-in ]]; then
+    stand_in
+    exit 0
+fi
+
+# shellcheck source=../interop/lib.sh
+source "$HERE/../interop/lib.sh"
+USERS=${BENCH_USERS:-5000}
+WATCHERS=${BENCH_WATCHERS:-10000}
+SHARED=${BENCH_SHARED:-100}
+ROUNDS=${BENCH_ROUNDS:-5}
+SNAPSHOTS=${BENCH_SNAPSHOTS:-5}
+bl_need_tools python3
+BIN="$(bl_resolve_busylamp "$BUILD")" || { echo "no busylamp binary (cargo build --release)"; exit 1; }
+BIN=$(realpath "$BIN")
+# One UDP socket per phone in the loader, the tmux server, the server's files.
+ulimit -n $((USERS + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d /tmp/busylamp-tui-bench.XXXXXX)
+TMUX_SOCK="busylamp-tui-bench-$$"
+cleanup() {
+    local rc=$?
+    tmux -L "$TMUX_SOCK" kill-server 2>/dev/null || true
+    bl_stop_all_servers
+    if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+    return "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port="$(bl_free_port)"
+bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/data" 0 "" digest '["127.0.0.0/8"]' \
+    '["calls", "register", "subscribe"]'
+sed -i "s|^\[server\]|[server]\nlog = \"warn\"|" "$WORK/busylamp.toml"
+bl_presence_toml >>"$WORK/busylamp.toml"
+{
+    printf '\n[control]\nsocket = "%s"\n' "$WORK/control.sock"
+    awk -v n="$USERS" -v s="$SHARED" 'BEGIN {
+        for (i = 0; i < n; i++) printf "\n[[users]]\nname = \"%d\"\npassword = \"pw%d\"\n", 10000 + i, 10000 + i
+        for (i = 0; i < s; i++) printf "\n[[users]]\nname = \"%d\"\npassword = \"pw%d\"\n", 20000 + i, 20000 + i
+        for (i = 0; i < s; i++) printf "\n[[bla.lines]]\naor = \"%d\"\nlabel = \"Line %d\"\nappearances = 2\n", 20000 + i, i
+    }'
+} >>"$WORK/busylamp.toml"
+
+echo "== busylamp tui benchmark (real server) — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "machine:  nproc=$(nproc), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "busylamp: $BIN (git $(git rev-parse --short HEAD 2>/dev/null || echo none); built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ))"
+echo "load:     $USERS users registered (UDP, a socket each), $WATCHERS dialog subscriptions, $SHARED shared lines x 2 appearances"
+bl_start_busylamp "$BIN" "$WORK/busylamp.toml" "$WORK/busylamp.log"
+bl_wait_ready "$BL_SERVER_PID" "$port" 60 || { tail -20 "$WORK/busylamp.log"; exit 1; }
+
+rc=0
+timeout 1200 python3 "$HERE/tui_load.py" --server "127.0.0.1:$port" --socket "$WORK/control.sock" --bin "$BIN" \
+    --users "$USERS" --watchers "$WATCHERS" --rows $((USERS + 3 * SHARED)) --rounds "$ROUNDS" \
+    --snapshots "$SNAPSHOTS" --tmux-socket "$TMUX_SOCK" --budget-s 1100 >"$WORK/load.out" 2>"$WORK/load.err" || rc=$?
+cat "$WORK/load.out"
+if ((rc != 0)); then
+    echo "loader exit $rc:"; tail -40 "$WORK/load.err"; exit 1
+fi
+kill -0 "$BL_SERVER_PID" 2>/dev/null || { echo "the server died (see $WORK/busylamp.log)"; KEEP=1; exit 1; }
+field() { grep '^ROUND' "$WORK/load.out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
+mapfile -t starts < <(field start_ms)
+mapfile -t changes < <(field change_ms)
+mapfile -t ends < <(field end_ms)
+max_change=$(printf '%s\n' "${changes[@]}" | sort -g | tail -1)
+echo "median over $ROUNDS rounds: start $(bl_median -d 0 "${starts[@]}") ms (target < 1000), change $(bl_median "${changes[@]}") ms (max $max_change; target < 100), end $(bl_median "${ends[@]}") ms; snapshot $(grep '^SNAPSHOT' "$WORK/load.out" | sed 's/.*median_ms=//') ms"
+echo "server: RSS $(bl_rss_kb "$BL_SERVER_PID") kB; load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: other builds run meanwhile)"
