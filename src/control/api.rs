@@ -544,15 +544,16 @@ impl Api {
 
     /// Everything a `follow` stream starts with.
     pub fn full_snapshot(&self) -> Value {
-        let all = |items: Vec<Value>| Value::Array(items);
-        json!({
-            "status": self.status(),
-            "registrations": all(self.registrations()),
-            "calls": all(self.calls()),
-            "subscriptions": all(self.subscriptions()),
-            "lines": all(self.lines()),
-            "mwi": all(self.mwi()),
-        })
+        // Built by moving each list in: `json!` would pass them through `to_value`, a deep
+        // copy of megabytes (a third of the snapshot's cost at 5,000 AORs).
+        let mut o = Map::new();
+        o.insert("status".into(), self.status());
+        o.insert("registrations".into(), Value::Array(self.registrations()));
+        o.insert("calls".into(), Value::Array(self.calls()));
+        o.insert("subscriptions".into(), Value::Array(self.subscriptions()));
+        o.insert("lines".into(), Value::Array(self.lines()));
+        o.insert("mwi".into(), Value::Array(self.mwi()));
+        Value::Object(o)
     }
 
     /// Each mailbox with a message-summary publication: waiting, and the new/old counts

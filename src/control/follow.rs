@@ -88,14 +88,14 @@ pub fn snapshot_line(seq: u64, state: Value) -> String {
         }
         other => json!({ "seq": seq, "state": other }),
     };
-    rpc::notification_line("snapshot", Some(&params))
+    rpc::notification_line("snapshot", Some(params))
 }
 
 /// The `change` notification of one event.
 pub fn change_line(seq: u64, event: &Event) -> String {
     let mut params = change(event);
     params["seq"] = json!(seq);
-    rpc::notification_line("change", Some(&params))
+    rpc::notification_line("change", Some(params))
 }
 
 /// An event as the `change` notice's params (without `seq`): `kind` and its fields.

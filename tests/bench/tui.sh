@@ -17,8 +17,11 @@
 #             180 at once) -> 10000's row says `ringing`
 #   end       10000 answers 486 -> its row says `idle` again
 # in BENCH_ROUNDS rounds (a fresh dashboard each) and prints the medians (and the max of
-# the change).  The screen is read with `tmux capture-pane` in a loop: each figure is at
-# most one read (a few ms) above the truth.
+# the change).  "On screen" is when tmux got the dashboard's bytes: a control-mode client
+# (`tmux -C attach`) stamps each `%output` as it arrives, the first one after the cause that
+# holds the text (`of N`, `ringing`, `idle`) ends the figure; `capture-pane` confirms the
+# screen.  The *_poll figures are the same read by polling `capture-pane` (what a script
+# sees; each read costs a few ms, far more on a loaded machine).
 #
 # --stand-in: the older, server-less variant: a Python stand-in control socket serves a
 # made-up snapshot of the same size and one change (what the dashboard alone costs).
@@ -242,16 +245,21 @@ bl_wait_ready "$BL_SERVER_PID" "$port" 60 || { tail -20 "$WORK/busylamp.log"; ex
 rc=0
 timeout 1200 python3 "$HERE/tui_load.py" --server "127.0.0.1:$port" --socket "$WORK/control.sock" --bin "$BIN" \
     --users "$USERS" --watchers "$WATCHERS" --rows $((USERS + 3 * SHARED)) --rounds "$ROUNDS" \
-    --snapshots "$SNAPSHOTS" --tmux-socket "$TMUX_SOCK" --budget-s 1100 >"$WORK/load.out" 2>"$WORK/load.err" || rc=$?
+    --snapshots "$SNAPSHOTS" --tmux-socket "$TMUX_SOCK" --server-pid "$BL_SERVER_PID" --budget-s 1100 >"$WORK/load.out" 2>"$WORK/load.err" || rc=$?
 cat "$WORK/load.out"
 if ((rc != 0)); then
     echo "loader exit $rc:"; tail -40 "$WORK/load.err"; exit 1
 fi
 kill -0 "$BL_SERVER_PID" 2>/dev/null || { echo "the server died (see $WORK/busylamp.log)"; KEEP=1; exit 1; }
-field() { grep '^ROUND' "$WORK/load.out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
+field() { grep "^${2:-ROUND}" "$WORK/load.out" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
 mapfile -t starts < <(field start_ms)
 mapfile -t changes < <(field change_ms)
 mapfile -t ends < <(field end_ms)
+mapfile -t start_polls < <(field start_poll_ms)
+mapfile -t change_polls < <(field change_poll_ms)
+mapfile -t tui_cpus < <(field tui_cpu_at_start_ms)
 max_change=$(printf '%s\n' "${changes[@]}" | sort -g | tail -1)
-echo "median over $ROUNDS rounds: start $(bl_median -d 0 "${starts[@]}") ms (target < 1000), change $(bl_median "${changes[@]}") ms (max $max_change; target < 100), end $(bl_median "${ends[@]}") ms; snapshot $(grep '^SNAPSHOT' "$WORK/load.out" | sed 's/.*median_ms=//') ms"
+echo "median over $ROUNDS rounds: start $(bl_median -d 0 "${starts[@]}") ms (target < 1000), change $(bl_median "${changes[@]}") ms (max $max_change; target < 100), end $(bl_median "${ends[@]}") ms; snapshot $(field median_ms SNAPSHOT) ms ($(field bytes SNAPSHOT) bytes)"
+echo "  polled with capture-pane: start $(bl_median -d 0 "${start_polls[@]}") ms, change $(bl_median "${change_polls[@]}") ms"
+echo "  CPU time (not wall clock; what contention does not inflate): the dashboard until its rows showed $(bl_median -d 0 "${tui_cpus[@]}") ms; the server per snapshot $(field median_cpu_ms SNAPSHOT) ms"
 echo "server: RSS $(bl_rss_kb "$BL_SERVER_PID") kB; load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: other builds run meanwhile)"

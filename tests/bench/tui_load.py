@@ -288,6 +288,56 @@ def control(sock_path, method, params=None, read_notification=False):
     return json.loads(line), took, len(line)
 
 
+class Output:
+    """A tmux control-mode client (`tmux -C attach`) of the session: every byte the program
+    in the pane writes comes as a `%output` line, stamped here as it arrives. That tells when
+    the terminal got a change, without the delay of polling `capture-pane`."""
+
+    def __init__(self, sock):
+        self.proc = subprocess.Popen(["tmux", "-L", sock, "-C", "attach", "-t", "tui"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.lock = threading.Lock()
+        self.chunks = []  # (perf_counter, text)
+        self.ready = threading.Event()
+        threading.Thread(target=self.read, daemon=True).start()
+        if not self.ready.wait(10):
+            sys.exit("tmux control mode did not start")
+
+    def read(self):
+        for raw in self.proc.stdout:
+            t = time.perf_counter()
+            self.ready.set()
+            if raw.startswith(b"%output "):
+                text = raw.split(b" ", 2)[2].rstrip(b"\n").decode("utf-8", "replace")
+                with self.lock:
+                    self.chunks.append((t, text))
+
+    def first(self, needle, after, limit):
+        """When the first output after `after` that completes `needle` arrived."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < limit:
+            with self.lock:
+                recent = [(t, x) for t, x in self.chunks if t >= after]
+            joined, ends = "", []
+            for t, x in recent:
+                joined += x
+                ends.append((len(joined), t))
+            at = joined.find(needle)
+            if at >= 0:
+                end = at + len(needle)
+                return next(t for n, t in ends if n >= end)
+            time.sleep(0.002)
+        sys.exit(f"no output with {needle!r} within {limit}s")
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.kill()  # our own child, by its handle
+        self.proc.wait()
+
+
 class Screen:
     def __init__(self, sock):
         self.sock = sock
@@ -320,6 +370,25 @@ def lamp_of(screen, ext):
     return None
 
 
+def cpu_ms(pid):
+    """CPU time (user + system, every thread) a process has used so far, ms; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def child_of(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+    except OSError:
+        return None
+    return int(kids[0]) if kids else None
+
+
 def median(v):
     v = sorted(v)
     n = len(v)
@@ -338,6 +407,7 @@ def main():
     ap.add_argument("--snapshots", type=int, default=5)
     ap.add_argument("--window", type=int, default=200)
     ap.add_argument("--tmux-socket", required=True)
+    ap.add_argument("--server-pid", type=int, required=True)
     ap.add_argument("--budget-s", type=float, default=900)
     args = ap.parse_args()
     deadline = time.monotonic() + args.budget_s
@@ -362,13 +432,17 @@ def main():
     if regs < args.users or subs < args.watchers:
         sys.exit("set-up failed")
 
-    snaps = []
+    snaps, cpus = [], []
     size = 0
     for _ in range(args.snapshots):
+        before = cpu_ms(args.server_pid)
         v, took, size = control(args.socket, "follow", read_notification=True)
+        cpus.append(cpu_ms(args.server_pid) - before)
         assert v.get("method") == "snapshot", str(v)[:200]
         snaps.append(took * 1000)
-    print(f"SNAPSHOT bytes={size} ms={' '.join(f'{x:.0f}' for x in snaps)} median_ms={median(snaps):.0f}", flush=True)
+        time.sleep(0.2)
+    print(f"SNAPSHOT bytes={size} ms={' '.join(f'{x:.0f}' for x in snaps)} median_ms={median(snaps):.0f} "
+          f"server_cpu_ms={' '.join(f'{x:.0f}' for x in cpus)} median_cpu_ms={median(cpus):.0f}", flush=True)
 
     screen = Screen(args.tmux_socket)
     rows_text = f"of {args.rows}"
@@ -377,17 +451,26 @@ def main():
         if time.monotonic() > deadline:
             sys.exit("budget spent")
         screen.tmux("kill-server")
-        start = time.perf_counter()
+        # The session first runs a placeholder, so the control client is attached before
+        # the dashboard writes its first byte; the window keeps its 120x40 (manual size).
         subprocess.run(["tmux", "-L", args.tmux_socket, "-f", "/dev/null", "new-session", "-d", "-x", "120",
-                        "-y", "40", "-s", "tui", f"{args.bin} tui --socket {args.socket}; sleep 60"],
+                        "-y", "40", "-s", "tui", "sleep 600", ";", "set", "-g", "window-size", "manual"],
                        check=True, env=env)
-        shown, _ = screen.until(lambda s: rows_text in s and lamp_of(s, "10000") == "idle", 30, "the rows")
-        reads0 = screen.reads
+        out = Output(args.tmux_socket)
+        start = time.perf_counter()
+        screen.tmux("respawn-pane", "-k", "-t", "tui", f"{args.bin} tui --socket {args.socket}; sleep 60", check=True)
+        shown_poll, s0 = screen.until(lambda s: rows_text in s and lamp_of(s, "10000") == "idle", 30, "the rows")
+        shown = out.first(rows_text, start, 5)
+        tui = child_of(int(screen.tmux("display", "-p", "-t", "tui", "#{pane_pid}").stdout.strip()))
+        tui_cpu = cpu_ms(tui) if tui else None
+        size = screen.tmux("display", "-p", "-t", "tui", "#{window_width}x#{window_height}").stdout.strip()
+        if size != "120x40":
+            sys.exit(f"the window is {size}, not 120x40")
         call_id = f"tui-bench-{r}-{secrets.token_hex(4)}"
         load.ring_sent = None
         sent, final = in_loop(load, load.call(10001, 10000, call_id), 10)
-        ringing, _ = screen.until(lambda s: lamp_of(s, "10000") == "ringing", 10, "10000 ringing")
-        ring_reads = screen.reads - reads0
+        ringing_poll, _ = screen.until(lambda s: lamp_of(s, "10000") == "ringing", 10, "10000 ringing")
+        ringing = out.first("ringing", sent, 5)
         callee = load.phones[10000]
         busy_at = [None]
 
@@ -396,14 +479,19 @@ def main():
             callee.busy()
 
         load.loop.call_soon_threadsafe(hang_up)
-        idle, _ = screen.until(lambda s: lamp_of(s, "10000") == "idle" and busy_at[0] is not None, 10, "10000 idle")
+        idle_poll, _ = screen.until(lambda s: lamp_of(s, "10000") == "idle" and busy_at[0] is not None, 10,
+                                    "10000 idle")
+        idle = out.first("idle", busy_at[0], 5)
         answer = in_loop(load, wait_for(final, 10), 15)
         if answer is None or answer.status != 486:
             sys.exit(f"the caller got {answer and answer.first!r}, not the 486")
         ring180 = (load.ring_sent - sent) * 1000 if load.ring_sent else float("nan")
         print(f"ROUND round={r} start_ms={(shown - start) * 1000:.0f} change_ms={(ringing - sent) * 1000:.1f} "
-              f"invite_to_180_ms={ring180:.1f} end_ms={(idle - busy_at[0]) * 1000:.1f} screen_reads={ring_reads}",
-              flush=True)
+              f"end_ms={(idle - busy_at[0]) * 1000:.1f} invite_to_180_ms={ring180:.1f} "
+              f"start_poll_ms={(shown_poll - start) * 1000:.0f} change_poll_ms={(ringing_poll - sent) * 1000:.1f} "
+              f"end_poll_ms={(idle_poll - busy_at[0]) * 1000:.1f} "
+              f"tui_cpu_at_start_ms={tui_cpu if tui_cpu is not None else float('nan'):.0f}", flush=True)
+        out.close()
         screen.tmux("kill-server")
         time.sleep(0.5)
     load.loop.call_soon_threadsafe(load.loop.stop)
