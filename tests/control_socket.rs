@@ -413,6 +413,21 @@ async fn follow_delivers_a_change_within_50_ms_of_a_register() {
         assert!(sent.elapsed() <= Duration::from_millis(50));
         assert_eq!(got["params"]["change"], change, "{got}");
         assert_eq!(got["params"]["aor"], "sip:1001@example.test", "{got}");
+        // The binding's flow and expiry (unix seconds), named as the snapshot's contacts.
+        assert_eq!(
+            got["params"]["flow"],
+            format!("udp:127.0.0.1:{}", ua.port()),
+            "{got}"
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let expires = got["params"]["expires"].as_u64().expect("expires");
+        assert!(
+            (now + 3590..=now + 3601).contains(&expires),
+            "{expires} vs now {now}: {got}"
+        );
         assert_eq!(ua.recv().await.status, 200);
     }
     // A second follow on the same connection is refused; unfollow ends the stream.

@@ -3,8 +3,10 @@
 //! `capture-pane`). Two scripted phones call through the proxy and the callee's row goes
 //! ringing → talking → idle on the screen; the server is killed and the header says
 //! "reconnecting..."; it restarts and the rows come back; Ctrl-C quits and restores the
-//! terminal. A user that never registered is listed `offline`. Loopback only; every wait is bounded. Skipped (with a message) where tmux is
-//! not installed.
+//! terminal. A user that never registered is listed `offline`. `q`, Ctrl-C and a panic (a
+//! debug-only test hook) each give the terminal back: normal screen, cursor, mouse reporting
+//! off (read from tmux's pane flags). Loopback only; every wait is bounded. Skipped (with a
+//! message) where tmux is not installed.
 
 mod common;
 

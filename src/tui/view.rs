@@ -787,12 +787,20 @@ pub fn detail(m: &Model, ui: &Ui) -> Vec<Line<'static>> {
                                 .expires
                                 .map(|e| format!(", expires in {}s", e.saturating_sub(now_s)))
                                 .unwrap_or_default();
-                            // The flow (transport:address it registered from) tells a
-                            // NAT'd phone's real address; the bare transport when unknown.
+                            // The address it registered from (its flow) when the contact
+                            // does not say it: a phone behind NAT, a TCP connection's port.
+                            let from = c
+                                .flow
+                                .as_deref()
+                                .and_then(|f| f.split_once(':'))
+                                .map(|(_, addr)| addr)
+                                .filter(|addr| !c.contact.contains(addr))
+                                .map(|addr| format!(" from {addr}"))
+                                .unwrap_or_default();
                             out.push(format!(
-                                "phone {} ({}, {}{exp})",
+                                "phone {} ({}{from}, {}{exp})",
                                 c.contact,
-                                c.flow.as_deref().unwrap_or(&c.transport),
+                                c.transport,
                                 c.user_agent.as_deref().unwrap_or("no user agent")
                             ));
                         }
