@@ -418,7 +418,8 @@ mod tests {
 
     #[test]
     fn each_change_carries_the_bindings_expiry_and_flow() {
-        let a = apply_register(&[], &input(&["<sip:a@h>"], Some(600), "c", 1, 100), &cfg()).unwrap();
+        let a =
+            apply_register(&[], &input(&["<sip:a@h>"], Some(600), "c", 1, 100), &cfg()).unwrap();
         let c = &a.changes[0];
         assert_eq!((c.expires, c.flow.as_str()), (700, "udp:127.0.0.1:1"));
         let r = apply_register(
@@ -429,10 +430,17 @@ mod tests {
         .unwrap();
         assert_eq!(r.changes[0].expires, 1100, "a refresh: the new expiry");
         // Removed: when it ended.
-        let u = apply_register(&r.bindings, &input(&["<sip:a@h>"], Some(0), "c", 3, 300), &cfg())
-            .unwrap();
+        let u = apply_register(
+            &r.bindings,
+            &input(&["<sip:a@h>"], Some(0), "c", 3, 300),
+            &cfg(),
+        )
+        .unwrap();
         assert_eq!(kinds(&u), vec![RegistrationChange::Unregistered]);
-        assert_eq!((u.changes[0].expires, u.changes[0].flow.as_str()), (300, "udp:127.0.0.1:1"));
+        assert_eq!(
+            (u.changes[0].expires, u.changes[0].flow.as_str()),
+            (300, "udp:127.0.0.1:1")
+        );
         let mut left = r.bindings.clone();
         let gone = sweep(&mut left, 5000);
         assert_eq!(gone[0].change, RegistrationChange::Expired);

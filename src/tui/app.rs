@@ -8,11 +8,11 @@
 use super::model::Model;
 use super::view::{self, Confirm, Tab, Ui};
 use crate::control::client::{CallError, Client};
+use ratatui::crossterm::cursor::Show;
 use ratatui::crossterm::event::{
     self, DisableMouseCapture, EnableMouseCapture, Event as TermEvent, KeyCode, KeyEvent,
     KeyEventKind, KeyModifiers, MouseEventKind,
 };
-use ratatui::crossterm::cursor::Show;
 use ratatui::crossterm::execute;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

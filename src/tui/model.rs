@@ -1192,7 +1192,10 @@ mod tests {
         r["contact"] = json!("sip:1001@192.0.2.1:5060");
         m.apply("change", &r, T + 2000);
         let c = &m.registrations["sip:1001@example.test"].contacts[0];
-        assert_eq!((c.transport.as_str(), c.expires), ("tls", Some(1_800_009_000)));
+        assert_eq!(
+            (c.transport.as_str(), c.expires),
+            ("tls", Some(1_800_009_000))
+        );
         assert_eq!(c.user_agent.as_deref(), Some("Yealink T54W"));
     }
 

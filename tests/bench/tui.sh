@@ -19,9 +19,10 @@
 # in BENCH_ROUNDS rounds (a fresh dashboard each) and prints the medians (and the max of
 # the change).  "On screen" is when tmux got the dashboard's bytes: a control-mode client
 # (`tmux -C attach`) stamps each `%output` as it arrives, the first one after the cause that
-# holds the text (`of N`, `ringing`, `idle`) ends the figure; `capture-pane` confirms the
-# screen.  The *_poll figures are the same read by polling `capture-pane` (what a script
-# sees; each read costs a few ms, far more on a loaded machine).
+# holds the text (`of N`, `ringing`, `idle`) ends the figure; `capture-pane` then confirms
+# the screen (polling it instead costs a few ms a read, far more on a loaded machine).
+# Also printed: CPU time (what contention does not inflate) of the dashboard until its rows
+# showed and of the server per snapshot, and INVITE -> the callee's socket got it.
 #
 # --stand-in: the older, server-less variant: a Python stand-in control socket serves a
 # made-up snapshot of the same size and one change (what the dashboard alone costs).
@@ -255,11 +256,10 @@ field() { grep "^${2:-ROUND}" "$WORK/load.out" | tr ' ' '\n' | awk -F= -v k="$1"
 mapfile -t starts < <(field start_ms)
 mapfile -t changes < <(field change_ms)
 mapfile -t ends < <(field end_ms)
-mapfile -t start_polls < <(field start_poll_ms)
-mapfile -t change_polls < <(field change_poll_ms)
+mapfile -t to_180 < <(field invite_to_180_ms)
 mapfile -t tui_cpus < <(field tui_cpu_at_start_ms)
 max_change=$(printf '%s\n' "${changes[@]}" | sort -g | tail -1)
 echo "median over $ROUNDS rounds: start $(bl_median -d 0 "${starts[@]}") ms (target < 1000), change $(bl_median "${changes[@]}") ms (max $max_change; target < 100), end $(bl_median "${ends[@]}") ms; snapshot $(field median_ms SNAPSHOT) ms ($(field bytes SNAPSHOT) bytes)"
-echo "  polled with capture-pane: start $(bl_median -d 0 "${start_polls[@]}") ms, change $(bl_median "${change_polls[@]}") ms"
+echo "  of the change: INVITE -> the callee's socket got it (the proxy, and the loader's own delay) $(bl_median "${to_180[@]}") ms"
 echo "  CPU time (not wall clock; what contention does not inflate): the dashboard until its rows showed $(bl_median -d 0 "${tui_cpus[@]}") ms; the server per snapshot $(field median_cpu_ms SNAPSHOT) ms"
 echo "server: RSS $(bl_rss_kb "$BL_SERVER_PID") kB; load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: other builds run meanwhile)"
