@@ -22,7 +22,8 @@
 # holds the text (`of N`, `ringing`, `idle`) ends the figure; `capture-pane` then confirms
 # the screen (polling it instead costs a few ms a read, far more on a loaded machine).
 # Also printed: CPU time (what contention does not inflate) of the dashboard until its rows
-# showed and of the server per snapshot, and INVITE -> the callee's socket got it.
+# showed and of the server per snapshot; the change split at the moment a second `follow`
+# client gets it (the server's part before, the stream's and the dashboard's after).
 #
 # --stand-in: the older, server-less variant: a Python stand-in control socket serves a
 # made-up snapshot of the same size and one change (what the dashboard alone costs).
@@ -257,9 +258,11 @@ mapfile -t starts < <(field start_ms)
 mapfile -t changes < <(field change_ms)
 mapfile -t ends < <(field end_ms)
 mapfile -t to_180 < <(field invite_to_180_ms)
+mapfile -t to_pub < <(field invite_to_published_ms)
+mapfile -t pub_to_screen < <(field published_to_screen_ms)
 mapfile -t tui_cpus < <(field tui_cpu_at_start_ms)
 max_change=$(printf '%s\n' "${changes[@]}" | sort -g | tail -1)
 echo "median over $ROUNDS rounds: start $(bl_median -d 0 "${starts[@]}") ms (target < 1000), change $(bl_median "${changes[@]}") ms (max $max_change; target < 100), end $(bl_median "${ends[@]}") ms; snapshot $(field median_ms SNAPSHOT) ms ($(field bytes SNAPSHOT) bytes)"
-echo "  of the change: INVITE -> the callee's socket got it (the proxy, and the loader's own delay) $(bl_median "${to_180[@]}") ms"
+echo "  of the change: INVITE -> a second follow client got the change $(bl_median "${to_pub[@]}") ms (INVITE -> the callee's socket got it $(bl_median "${to_180[@]}") ms); that change -> on screen $(bl_median "${pub_to_screen[@]}") ms (max $(printf '%s\n' "${pub_to_screen[@]}" | sort -g | tail -1))"
 echo "  CPU time (not wall clock; what contention does not inflate): the dashboard until its rows showed $(bl_median -d 0 "${tui_cpus[@]}") ms; the server per snapshot $(field median_cpu_ms SNAPSHOT) ms"
 echo "server: RSS $(bl_rss_kb "$BL_SERVER_PID") kB; load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: other builds run meanwhile)"

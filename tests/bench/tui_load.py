@@ -21,8 +21,10 @@ Then:
             dashboard's bytes: a control-mode client (`tmux -C attach`) stamps every
             `%output` as it arrives; the first one after the cause that completes the text
             (`of N`, `ringing`, `idle`) ends the figure, and `capture-pane` then confirms the
-            screen.  invite_to_180 is when the callee's socket got the INVITE (the proxy's
-            part, and this process's own delay).
+            screen.  invite_to_180: the callee's socket got the INVITE (the proxy's part,
+            and this process's own delay); invite_to_published: a second `follow` client
+            got the call's first change; published_to_screen: from then to the screen (the
+            stream and the dashboard's part).
 
 Output: SETUP/SNAPSHOT/ROUND lines (key=value) on stdout; exit 1 on a failed set-up.
 Loopback only; every wait is bounded (--budget-s overall).
@@ -341,6 +343,39 @@ class Output:
         self.proc.wait()
 
 
+class Follower:
+    """A second `follow` client: stamps each call `change` line as it arrives, so the figure
+    can be split into the server's part (the INVITE until the change is published) and the
+    dashboard's (published until on screen)."""
+
+    def __init__(self, sock_path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sock_path)
+        self.sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"follow","params":{}}\n')
+        self.lock = threading.Lock()
+        self.calls = []  # (perf_counter, call_id, state)
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        for line in self.sock.makefile("rb"):
+            t = time.perf_counter()
+            if b'"kind":"call"' not in line:
+                continue
+            p = json.loads(line).get("params", {})
+            with self.lock:
+                self.calls.append((t, p.get("call_id"), p.get("state")))
+
+    def first(self, call_id, states, limit):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < limit:
+            with self.lock:
+                for t, c, st in self.calls:
+                    if c == call_id and st in states:
+                        return t
+            time.sleep(0.002)
+        return None
+
+
 class Screen:
     def __init__(self, sock):
         self.sock = sock
@@ -447,6 +482,7 @@ def main():
     print(f"SNAPSHOT bytes={size} ms={' '.join(f'{x:.0f}' for x in snaps)} median_ms={median(snaps):.0f} "
           f"server_cpu_ms={' '.join(f'{x:.0f}' for x in cpus)} median_cpu_ms={median(cpus):.0f}", flush=True)
 
+    follower = Follower(args.socket)
     screen = Screen(args.tmux_socket)
     rows_text = f"of {args.rows}"
     env = {**os.environ, "TERM": "xterm-256color"}
@@ -494,8 +530,13 @@ def main():
         if answer is None or answer.status != 486:
             sys.exit(f"the caller got {answer and answer.first!r}, not the 486")
         ring180 = (load.ring_sent - sent) * 1000 if load.ring_sent else float("nan")
+        # The dashboard shows trying/proceeding/early alike as ringing.
+        published = follower.first(call_id, ("trying", "proceeding", "early"), 5)
+        pub_ms = (published - sent) * 1000 if published else float("nan")
+        shown_after_pub = (ringing - published) * 1000 if published else float("nan")
         print(f"ROUND round={r} start_ms={(shown - start) * 1000:.0f} change_ms={(ringing - sent) * 1000:.1f} "
               f"end_ms={(idle - busy_at[0]) * 1000:.1f} invite_to_180_ms={ring180:.1f} "
+              f"invite_to_published_ms={pub_ms:.1f} published_to_screen_ms={shown_after_pub:.1f} "
               f"tui_cpu_at_start_ms={tui_cpu if tui_cpu is not None else float('nan'):.0f}", flush=True)
         out.close()
         screen.tmux("kill-server")
