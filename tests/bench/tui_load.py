@@ -447,6 +447,8 @@ def main():
     ap.add_argument("--tmux-socket", required=True)
     ap.add_argument("--server-pid", type=int, required=True)
     ap.add_argument("--budget-s", type=float, default=900)
+    ap.add_argument("--settle-s", type=float, default=0.0,
+                    help="wait this long after the rows show before the call (the dashboard's start-up queries end)")
     args = ap.parse_args()
     deadline = time.monotonic() + args.budget_s
 
@@ -507,6 +509,7 @@ def main():
         size = screen.tmux("display", "-p", "-t", "tui", "#{window_width}x#{window_height}").stdout.strip()
         if size != "120x40":
             sys.exit(f"the window is {size}, not 120x40")
+        time.sleep(args.settle_s)
         call_id = f"tui-bench-{r}-{secrets.token_hex(4)}"
         load.ring_sent = None
         sent, final = in_loop(load, load.call(10001, 10000, call_id), 10)
