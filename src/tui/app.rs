@@ -355,6 +355,11 @@ pub fn run(path: PathBuf) -> i32 {
         // ratatui's own hook (restore again, harmless), then Rust's: the message on the
         // normal screen.
         previous(info);
+        // A panic on another thread (the connection's reader) would leave the main loop
+        // drawing on the terminal just restored: end the process as a main-thread panic does.
+        if std::thread::current().name() != Some("main") {
+            std::process::exit(101);
+        }
     }));
     #[cfg(debug_assertions)]
     let test_panic = std::env::var_os(TEST_PANIC_ENV).is_some_and(|v| v == "1");
