@@ -77,6 +77,8 @@ CALLS="${BENCH_CALLS:-60000}"
 CONC="${BENCH_CONCURRENCY:-200}"
 REPEATS="${BENCH_REPEATS:-3}"
 KAM_CHILDREN="${BENCH_KAM_CHILDREN:-1 2 4}"
+# pinned to one core, Kamailio gets one worker (more only queue on the same core)
+[[ "$BL_PIN" == 1 && -z "${BENCH_KAM_CHILDREN:-}" ]] && KAM_CHILDREN=1
 KAM_DB="${BENCH_KAM_DB:-sqlite}"
 BUDGET="${BENCH_BUDGET:-540}"
 RUN_TIMEOUT=60       # cap for one sipp run's -timeout
@@ -132,6 +134,7 @@ HOSTINFO_CPU="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "== busylamp REGISTER storm benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine:  nproc=$(nproc), kernel $(uname -r), ${HOSTINFO_CPU:-unknown CPU}, $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
 bl_versions
+bl_pin_note
 BIN=""
 BL_STATUS=""
 if ((KAM_ONLY)); then

@@ -14,6 +14,29 @@ BL_DOMAIN="${BL_DOMAIN:-example.test}"
 BL_HOST=127.0.0.1
 BL_SERVER_PIDS=()
 
+# Capacity per core (BENCH_PIN=1): the server under test (busylamp, or Kamailio with all its
+# processes) runs on core BENCH_SERVER_CPU and every load generator, capture and analysis on
+# core BENCH_LOAD_CPU, so that a closed loop saturates the server's core and not the box.
+# Both prefixes are empty otherwise.
+BL_PIN="${BENCH_PIN:-0}"
+BL_SERVER_CPU="${BENCH_SERVER_CPU:-1}"
+BL_LOAD_CPU="${BENCH_LOAD_CPU:-0}"
+BL_SERVER_TASKSET=()
+BL_LOAD_TASKSET=()
+if [[ "$BL_PIN" == 1 ]]; then
+    BL_SERVER_TASKSET=(taskset -c "$BL_SERVER_CPU")
+    BL_LOAD_TASKSET=(taskset -c "$BL_LOAD_CPU")
+fi
+
+# bl_pin_note: one line for a report header saying where things ran.
+bl_pin_note() {
+    if [[ "$BL_PIN" == 1 ]]; then
+        echo "pinned:   server on core $BL_SERVER_CPU (every thread/process), load generators on core $BL_LOAD_CPU (taskset): figures are capacity per core"
+    else
+        echo "pinned:   no (server and load generators share the $(nproc) cores; BENCH_PIN=1 pins them apart)"
+    fi
+}
+
 bl_log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 bl_die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -269,7 +292,7 @@ bl_resolve_busylamp() {
 bl_start_busylamp() {
     local bin="$1" cfg="$2" log="$3"
     shift 3
-    env "$@" "$bin" serve --config "$cfg" >"$log" 2>&1 &
+    "${BL_SERVER_TASKSET[@]}" env "$@" "$bin" serve --config "$cfg" >"$log" 2>&1 &
     BL_SERVER_PID=$!
     BL_SERVER_PIDS+=("$BL_SERVER_PID")
 }
@@ -281,7 +304,7 @@ bl_start_kamailio() {
     local work="$1" port="$2" children="$3" dburl="$4" log="$5"
     shift 5
     mkdir -p "$work/run"
-    kamailio -DD -E -f "$BL_KAM_CFG" -Y "$work/run" -w "$work" -m 256 -M 16 \
+    "${BL_SERVER_TASKSET[@]}" kamailio -DD -E -f "$BL_KAM_CFG" -Y "$work/run" -w "$work" -m 256 -M 16 \
         -l "udp:$BL_HOST:$port" -l "tcp:$BL_HOST:$port" \
         -A "DBURL=\"$dburl\"" -A "REALM=\"$BL_DOMAIN\"" \
         -A "CHILDREN=$children" -A "TCP_CHILDREN=$children" "$@" >"$log" 2>&1 &
@@ -399,7 +422,7 @@ bl_sipp_run() {
     t0=$(date +%s%N)
     BL_SIPP_RC=0
     # run in logdir: sipp drops its own stat/err files into the cwd
-    (cd "$logdir" && exec timeout $((tmo + 30)) sipp "$BL_HOST:$port" \
+    (cd "$logdir" && exec timeout $((tmo + 30)) "${BL_LOAD_TASKSET[@]}" sipp "$BL_HOST:$port" \
         -sf "$scenario" "${inf[@]}" -i "$BL_HOST" -bind_local -t "$transport" \
         -m "$calls" -max_socket 4096 -timeout "${tmo}s" -timeout_error -nostdin \
         -trace_err -error_file "$logdir/sipp-$tag-errors.log" \
