@@ -263,6 +263,12 @@ fn config_name(path: &Option<PathBuf>) -> String {
     }
 }
 
+// The allocator is an experiment measured by the bench scripts (README, Performance): glibc's
+// malloc unless built with `--features mimalloc`.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

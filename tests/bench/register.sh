@@ -3,8 +3,9 @@
 # scenario (tests/interop/register_digest.xml), same users, digest MD5,
 # one after the other.
 #
-# Usage: tests/bench/register.sh [--kamailio-only] [--build|--no-build] [--keep]
+# Usage: tests/bench/register.sh [--kamailio-only|--busylamp-only] [--build|--no-build] [--keep]
 #   --kamailio-only  skip busylamp
+#   --busylamp-only  skip Kamailio (e.g. to profile busylamp alone: BENCH_PERF=DIR)
 #   --build          always `cargo build --release` first; --no-build: never.
 #                    Default: build only if target/release/busylamp is missing
 #                    ($BUSYLAMP, if set, is used as is).  If busylamp is
@@ -59,11 +60,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/../interop/lib.sh"
 
 KAM_ONLY=0
+BL_ONLY=0
 BUILD=build
 KEEP=0
 for arg in "$@"; do
     case "$arg" in
     --kamailio-only) KAM_ONLY=1 ;;
+    --busylamp-only) BL_ONLY=1 ;;
     --build) BUILD=force ;;
     --no-build) BUILD=never ;;
     --keep) KEEP=1 ;;
@@ -268,6 +271,7 @@ start_kam() { # CHILDREN PORT LOG
 BEST_C=""
 BEST_RATE=-1
 set -- $KAM_CHILDREN
+if ((BL_ONLY)); then set --; fi
 if (($# > 1)); then
     for c in "$@"; do
         (($(remaining) > 60)) || { bl_log "budget: stopping children calibration"; break; }
@@ -287,7 +291,9 @@ fi
 [[ -n "$BEST_C" ]] || BEST_C="${1:-2}"
 
 port="$(bl_free_port "$PORT_SIPP")"
-if start_kam "$BEST_C" "$port" "$WORK/kamailio.log"; then
+if ((BL_ONLY)); then
+    bl_log "kamailio skipped (--busylamp-only)"
+elif start_kam "$BEST_C" "$port" "$WORK/kamailio.log"; then
     measure kamailio "children=$BEST_C, $KAM_DB" "$port"
 else
     bl_log "kamailio did not start; see $WORK/kamailio.log"

@@ -13,6 +13,7 @@ BL_KAM_CFG="$BL_TESTS_DIR/bench/kamailio-register.cfg"
 BL_DOMAIN="${BL_DOMAIN:-example.test}"
 BL_HOST=127.0.0.1
 BL_SERVER_PIDS=()
+BL_SERVER_PID=""
 
 # Capacity per core (BENCH_PIN=1): the server under test (busylamp, or Kamailio with all its
 # processes) runs on core BENCH_SERVER_CPU and every load generator, capture and analysis on
@@ -295,6 +296,22 @@ bl_start_busylamp() {
     "${BL_SERVER_TASKSET[@]}" env "$@" "$bin" serve --config "$cfg" >"$log" 2>&1 &
     BL_SERVER_PID=$!
     BL_SERVER_PIDS+=("$BL_SERVER_PID")
+    bl_perf_attach "$BL_SERVER_PID" busylamp
+}
+
+# Profiling (BENCH_PERF=DIR): bl_perf_attach PIDS NAME samples PIDS (comma-separated; every
+# thread; self time,
+# no call graphs, BENCH_PERF_HZ=499 per second) with `perf record` into DIR/NAME-PID.data
+# until PID exits (perf then ends by itself). tests/bench/perf_summary.py groups the samples
+# (allocator, kernel network, syscalls, parsing, storage, ...). perf runs on the load core.
+bl_perf_attach() {
+    local pid="$1" name="$2"
+    [[ -n "${BENCH_PERF:-}" ]] || return 0
+    command -v perf >/dev/null || { bl_log "BENCH_PERF set but perf is not installed (apt-get install linux-perf)"; return 0; }
+    mkdir -p "$BENCH_PERF"
+    "${BL_LOAD_TASKSET[@]}" perf record -q -F "${BENCH_PERF_HZ:-499}" -p "$pid" \
+        -o "$BENCH_PERF/$name-${pid%%,*}.data" >"$BENCH_PERF/$name-${pid%%,*}.log" 2>&1 &
+    bl_log "perf: sampling $name (PID $pid) into $BENCH_PERF/$name-$pid.data"
 }
 
 # bl_start_kamailio WORKDIR PORT CHILDREN DBURL LOG [kamailio args...]:
@@ -310,6 +327,10 @@ bl_start_kamailio() {
         -A "CHILDREN=$children" -A "TCP_CHILDREN=$children" "$@" >"$log" 2>&1 &
     BL_SERVER_PID=$!
     BL_SERVER_PIDS+=("$BL_SERVER_PID")
+    # its workers are forked a moment later: sample the main process's whole tree then
+    if [[ -n "${BENCH_PERF:-}" ]]; then
+        (sleep 2; pids="$(bl_pids_tree "$BL_SERVER_PID")"; bl_perf_attach "${pids// /,}" kamailio) &
+    fi
 }
 
 # bl_pids_tree PID: PID and its direct children (kamailio's workers).
