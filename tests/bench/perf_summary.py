@@ -15,14 +15,21 @@ import subprocess
 import sys
 from collections import defaultdict
 
+# (name, dso pattern, symbol pattern): the first whose patterns both match takes the symbol.
+# Kernel patterns match at the start of the name (after any underscores).
+KERNEL_NET = r"^_*(udp|tcp|ip|inet|sock|skb|net|dev_|loopback|napi|nf_|sys_(send|recv)|sendmsg|recvmsg|csum|dst_|neigh|fib|rt_|lock_sock|release_sock|sk_|copy_|raw_v|move_addr|validate_xmit|process_backlog|do_softirq|handle_softirq)"
+KERNEL_DISK = r"^_*(ext4|jbd2|fsync|blk|bio|vfs_|filemap|page_cache|writeback|iomap|mpage|xfs|do_fsync|nvme|virtblk|virtio|scsi)"
+KERNEL_SCHED = r"^_*(futex|sched|schedule|switch|finish_task_switch|wake|try_to_wake|ttwu|epoll|ep_|do_epoll|syscall|do_syscall|entry_|x64_sys|hrtimer|timerfd|clock|tick|enqueue|dequeue|pick_|update_|select_task|native_|exit_to|prepare_exit|raw_spin|_raw_spin|pv_|restore|irq)"
+KERNEL_MEM = r"^_*(clear_page|handle_mm|do_anonymous|page_|alloc_pages|get_page|mem_cgroup|memcg|get_mem_cgroup|kmem_cache|kmalloc|kfree|do_user_addr_fault|exc_page_fault|rmqueue|free_unref|release_pages|zap_|unmap|mmap|do_madvise|madvise|folio|lru_)"
 CATEGORIES = [
     ("allocator (malloc/free/realloc)", r"libc", r"malloc|free|realloc|calloc|tcache|unlink_chunk|memalign|_int_|arena|sysmalloc|consolidate"),
-    ("allocator (malloc/free/realloc)", r"", r"^(__rust_(alloc|dealloc|realloc)|mi_|_rjem|je_)"),
+    ("allocator (malloc/free/realloc)", r"", r"^(__rust_(alloc|dealloc|realloc)|mi_|_mi_|_rjem|je_)"),
     ("memcpy/memmove/memset/memcmp", r"", r"mem(cpy|move|set|cmp|chr)|__memc|bcmp|strlen"),
-    ("kernel: network (UDP/TCP/IP, sockets)", r"kernel", r"udp|tcp|ip_|ip6|inet|sock|skb|net_|netif|dev_|loopback|napi|nf_|__sys_(send|recv)|sendmsg|recvmsg|sendto|recvfrom|csum|dst_|neigh|fib|raw_|rt_|xfrm|__ip|lock_sock|release_sock|sk_|copy_(to|from)_iter|_copy_|copyout|copyin"),
-    ("kernel: disk (fsync, ext4, page cache)", r"kernel", r"ext4|jbd2|fsync|blk|bio|vfs_|filemap|page_cache|pagecache|writeback|iomap|mpage|xfs|fdatasync|nvme|virtblk|scsi"),
-    ("kernel: scheduling, futex, epoll, syscall entry", r"kernel", r"futex|sched|switch|wake|epoll|ep_|syscall|entry_|hrtimer|timerfd|clock|tick|idle|irq|softirq|rcu|do_sys|__x64|__schedule|enqueue|dequeue|pick_|update_|select_task|ttwu|native_|restore|exit_to|prepare_exit|swapgs|task_|cpu"),
-    ("kernel: other", r"kernel|\[k\]|vmlinux", r""),
+    ("kernel: network (UDP/TCP/IP, sockets)", r"kernel", KERNEL_NET),
+    ("kernel: disk (fsync, ext4, page cache)", r"kernel", KERNEL_DISK),
+    ("kernel: memory (page faults, slab)", r"kernel", KERNEL_MEM),
+    ("kernel: scheduling, wakeups, futex, epoll, syscall entry", r"kernel", KERNEL_SCHED),
+    ("kernel: other", r"kernel", r""),
     ("digest crypto (md5/sha2/hmac)", r"", r"md5|md_5|sha2|sha256|Sha256|Md5|hmac|compress256|digest"),
     ("busylamp: SIP codec (parse/print)", r"", r"busylamp::sip::"),
     ("busylamp: transactions", r"", r"busylamp::transaction::"),
@@ -33,6 +40,7 @@ CATEGORIES = [
     ("busylamp: proxy/dialog", r"", r"busylamp::(proxy|dialog|router)::"),
     ("busylamp: auth", r"", r"busylamp::auth::"),
     ("busylamp: storage (queue, codec)", r"", r"busylamp::storage::"),
+    ("busylamp: timers (deadline)", r"", r"busylamp::deadline::"),
     ("sled", r"", r"sled::|crossbeam_epoch|crossbeam"),
     ("tokio runtime", r"", r"tokio::|mio::"),
     ("hashing, maps", r"", r"hashbrown|core::hash|siphash|SipHasher|std::collections::hash|BTreeMap|btree"),
@@ -41,7 +49,7 @@ CATEGORIES = [
     ("tracing", r"", r"tracing"),
     ("Kamailio core", r"kamailio$", r""),
     ("Kamailio modules", r"\.so$", r""),
-    ("libc other", r"libc", r""),
+    ("libc other (syscall wrappers, clock_gettime, ...)", r"libc", r""),
     ("other", r"", r""),
 ]
 
@@ -49,10 +57,17 @@ LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)$")
 
 
 def report(path):
-    """(samples, [(percent, dso, kernel?, symbol)]) of one perf.data."""
+    """(samples, [(percent, dso, kernel?, symbol)]) of one perf.data, only the processes named
+    in the .pids file beside it (the recording is machine-wide)."""
+    pids = []
+    try:
+        with open(path[: -len(".data")] + ".pids") as f:
+            pids = ["--pid", f.read().strip()]
+    except OSError:
+        pass
     out = subprocess.run(
         ["perf", "report", "-i", path, "--stdio", "--no-children", "--sort", "dso,sym",
-         "--percent-limit", "0"],
+         "--percent-limit", "0"] + pids,
         capture_output=True, text=True, check=False,
     ).stdout
     samples = 0
@@ -97,10 +112,14 @@ def main():
             w = pct / 100.0 * n
             cats[category(dso, kernel, sym)] += w
             syms[(dso if not kernel else "[kernel]", sym)] += w
+    # perf's percentages are of every sample in the (machine-wide) file: the server's share
+    # is what its rows add up to.
+    recorded = total
+    total = sum(cats.values())
     if total == 0:
         print("no samples")
         return 1
-    print(f"samples: {total} in {len(args)} file(s)")
+    print(f"samples: {total:.0f} of the server's processes ({recorded} recorded machine-wide) in {len(args)} file(s)")
     print("share  category")
     for name, w in sorted(cats.items(), key=lambda kv: -kv[1]):
         print(f"{100 * w / total:5.1f}%  {name}")

@@ -299,19 +299,32 @@ bl_start_busylamp() {
     bl_perf_attach "$BL_SERVER_PID" busylamp
 }
 
-# Profiling (BENCH_PERF=DIR): bl_perf_attach PIDS NAME samples PIDS (comma-separated; every
-# thread; self time,
-# no call graphs, BENCH_PERF_HZ=499 per second) with `perf record` into DIR/NAME-PID.data
-# until PID exits (perf then ends by itself). tests/bench/perf_summary.py groups the samples
-# (allocator, kernel network, syscalls, parsing, storage, ...). perf runs on the load core.
+# Profiling (BENCH_PERF=DIR): bl_perf_attach PIDS NAME samples the whole machine with `perf
+# record -a` (self time, no call graphs, BENCH_PERF_HZ=499 per second and core) into
+# DIR/NAME-PID.data, with the server's PIDS (comma-separated) in DIR/NAME-PID.pids: `perf -p`
+# would miss the threads a server starts later, so the report filters by process instead
+# (tests/bench/perf_summary.py groups the samples: allocator, kernel network, syscalls,
+# parsing, storage, ...). bl_stop_server ends the recording after the server.
+declare -A BL_PERF_OF=()
 bl_perf_attach() {
-    local pid="$1" name="$2"
+    local pids="$1" name="$2" first="${1%%,*}"
     [[ -n "${BENCH_PERF:-}" ]] || return 0
     command -v perf >/dev/null || { bl_log "BENCH_PERF set but perf is not installed (apt-get install linux-perf)"; return 0; }
     mkdir -p "$BENCH_PERF"
-    "${BL_LOAD_TASKSET[@]}" perf record -q -F "${BENCH_PERF_HZ:-499}" -p "$pid" \
-        -o "$BENCH_PERF/$name-${pid%%,*}.data" >"$BENCH_PERF/$name-${pid%%,*}.log" 2>&1 &
-    bl_log "perf: sampling $name (PID $pid) into $BENCH_PERF/$name-$pid.data"
+    echo "$pids" >"$BENCH_PERF/$name-$first.pids"
+    "${BL_LOAD_TASKSET[@]}" perf record -q -a -F "${BENCH_PERF_HZ:-499}" ${BENCH_PERF_GRAPH:+-g} \
+        -o "$BENCH_PERF/$name-$first.data" >"$BENCH_PERF/$name-$first.log" 2>&1 &
+    BL_PERF_OF[$first]=$!
+    bl_log "perf: sampling the machine for $name (PIDs $pids) into $BENCH_PERF/$name-$first.data"
+}
+
+# bl_perf_detach PID: ends the recording bl_perf_attach started for server PID.
+bl_perf_detach() {
+    local perf="${BL_PERF_OF[$1]:-}"
+    [[ -n "$perf" ]] || return 0
+    kill -INT "$perf" 2>/dev/null || true
+    wait "$perf" 2>/dev/null || true
+    unset "BL_PERF_OF[$1]"
 }
 
 # bl_start_kamailio WORKDIR PORT CHILDREN DBURL LOG [kamailio args...]:
@@ -329,7 +342,9 @@ bl_start_kamailio() {
     BL_SERVER_PIDS+=("$BL_SERVER_PID")
     # its workers are forked a moment later: sample the main process's whole tree then
     if [[ -n "${BENCH_PERF:-}" ]]; then
-        (sleep 2; pids="$(bl_pids_tree "$BL_SERVER_PID")"; bl_perf_attach "${pids// /,}" kamailio) &
+        sleep 2
+        local pids; pids="$(bl_pids_tree "$BL_SERVER_PID")"
+        bl_perf_attach "${pids// /,}" kamailio
     fi
 }
 
@@ -362,6 +377,7 @@ bl_stop_server() {
         done
     fi
     wait "$pid" 2>/dev/null || true
+    bl_perf_detach "$pid"
     local keep=() p
     for p in "${BL_SERVER_PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
     BL_SERVER_PIDS=("${keep[@]}")
