@@ -200,7 +200,7 @@ MEM_LINES=()
 CALIB=()
 measure() {
     local sys="$1" label="$2" port="$3" pid="$BL_SERVER_PID" pids rss0 rss1 pss0 pss1
-    local rates=() shown=() clean=0 retr=0 drops=0 scpu=() ccpu=() us=() i t0 t1 med open="n/a"
+    local rates=() shown=() clean=0 retr=0 drops=0 scpu=() ccpu=() us=() i t0 t1 x0 x1 med open="n/a"
     pids="$(bl_pids_tree "$pid")"
     rss0="$(bl_rss_kb "$pid")"; pss0="$(bl_pss_kb $pids)"
     bl_log "$sys ($label): prefill, $USERS distinct users (VmRSS before: $rss0 kB)"
@@ -229,9 +229,9 @@ measure() {
     fi
     for i in $(seq 1 "$REPEATS"); do
         kill -0 "$pid" 2>/dev/null || { bl_log "$sys died"; break; }
-        t0="$(bl_cpu_ticks $pids)"
+        t0="$(bl_cpu_ticks $pids)"; x0="$(bl_ctx_switches $pids)"
         run_load "$sys-run$i" "$port" "$CALLS" -users "$CONC"
-        t1="$(bl_cpu_ticks $pids)"
+        t1="$(bl_cpu_ticks $pids)"; x1="$(bl_ctx_switches $pids)"
         ((SKIPPED)) && break
         retr=$((retr + BL_SIPP_RETRANS))
         drops=$((drops + UDP_DROPS))
@@ -244,7 +244,7 @@ measure() {
         else
             shown+=("FAIL($BL_SIPP_OK/$BL_SIPP_FAILED)")
         fi
-        bl_log "$sys run $i: ${RATE} REGISTER/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, server CPU ${scpu[-1]}%, sipp CPU ${SIPP_CPU_PCT}%, retrans $BL_SIPP_RETRANS, UDP rcvbuf drops $UDP_DROPS)"
+        bl_log "$sys run $i: ${RATE} REGISTER/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, server CPU ${scpu[-1]}%, sipp CPU ${SIPP_CPU_PCT}%, retrans $BL_SIPP_RETRANS, UDP rcvbuf drops $UDP_DROPS, context switches per registration $(awk -v x="$((x1 - x0))" -v n="$BL_SIPP_OK" 'BEGIN { printf "%.2f", (n > 0 ? x / n : 0) }'))"
     done
     med="$(bl_median -d 0 "${rates[@]}")"
     if [[ -n "$med" ]] && kill -0 "$pid" 2>/dev/null; then

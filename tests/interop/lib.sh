@@ -420,6 +420,15 @@ bl_wait_ready() {
 
 # ------------------------------------------------------------- measurement
 # CPU ticks (utime+stime, all threads) summed over PIDs.
+# bl_ctx_switches PID...: context switches (voluntary + involuntary) of every live thread of
+# the PIDs. Each is a thread going to sleep or being preempted: per operation, how often the
+# server hands work between its threads (threads that exited meanwhile are not counted).
+bl_ctx_switches() {
+    local p
+    for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { t += $2 } END { print t + 0 }'
+}
+
 bl_cpu_ticks() {
     local t=0 p f
     for p in "$@"; do
