@@ -263,6 +263,13 @@ fn config_name(path: &Option<PathBuf>) -> String {
     }
 }
 
+// mimalloc: 19 % less server CPU per REGISTER than glibc's malloc, which spent most of its
+// time consolidating fastbins (tests/bench/ab.sh; README "Performance"). Default feature;
+// `--no-default-features` builds with glibc's malloc for comparison.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

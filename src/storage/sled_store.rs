@@ -160,7 +160,9 @@ impl SledStore {
 
     fn submit(&self, writes: Writes) -> Durable {
         let (done, rx) = oneshot::channel();
-        if let Err((op, e)) = self.queue.push(WriteOp { writes, done }) {
+        let op = WriteOp { writes, done };
+        let urgent = op.urgent();
+        if let Err((op, e)) = self.queue.push_marked(op, urgent) {
             if matches!(e, StorageError::Busy { .. }) {
                 self.warn_refused(&e);
             }

@@ -135,6 +135,8 @@ HOLD_MS="${BENCH_HOLD_MS:-200}"
 LAMP_RATE="${BENCH_LAMP_RATE:-20}"
 LAMP_CALLS="${BENCH_LAMP_CALLS:-200}"
 KAM_CHILDREN="${BENCH_KAM_CHILDREN:-2}"
+# pinned to one core, Kamailio gets one worker (more only queue on the same core)
+[[ "$BL_PIN" == 1 && -z "${BENCH_KAM_CHILDREN:-}" ]] && KAM_CHILDREN=1
 KAM_SHM_MB="${BENCH_KAM_SHM_MB:-1024}"
 BUDGET="${BENCH_BUDGET:-570}"
 RUN_TIMEOUT=90
@@ -180,6 +182,7 @@ HOSTINFO_CPU="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "== busylamp call + BLF benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine:  nproc=$(nproc), kernel $(uname -r), ${HOSTINFO_CPU:-unknown CPU}, $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
 bl_versions
+bl_pin_note
 BIN=""
 BL_STATUS=""
 if ((!DO_BL)); then
@@ -266,14 +269,14 @@ setup() { # SYS PORT: register the callees, start the UAS and the watchers
         bl_log "$sys: registration failed"; bl_sipp_explain >&2; return 1
     fi
     tmo=$(($(remaining) + 30))
-    (cd "$WORK" && exec timeout $((tmo + 15)) sipp -sf "$SC_UAS" -i "$BL_HOST" -p "$UAS_PORT" -t u1 \
+    (cd "$WORK" && exec timeout $((tmo + 15)) "${BL_LOAD_TASKSET[@]}" sipp -sf "$SC_UAS" -i "$BL_HOST" -p "$UAS_PORT" -t u1 \
         -d "$RING_MS" -default_behaviors all,-bye "${SIPP_COMMON[@]}" -max_socket 4096 \
         -timeout "${tmo}s" -nostdin -trace_err -error_file "$WORK/uas-$sys-errors.log") \
         >"$WORK/uas-$sys.log" 2>&1 &
     UAS_PID=$!; BG_PIDS+=("$UAS_PID")
     WATCH_LOG="$WORK/watch-$sys.log"
     WATCH_ERR="$WORK/watch-$sys-errors.log"
-    (cd "$WORK" && exec timeout $((tmo + WATCH_QUIET_S + 30)) sipp "$BL_HOST:$port" -sf "$SC_WATCH" \
+    (cd "$WORK" && exec timeout $((tmo + WATCH_QUIET_S + 30)) "${BL_LOAD_TASKSET[@]}" sipp "$BL_HOST:$port" -sf "$SC_WATCH" \
         -inf "$WORK/watchers.csv" -i "$BL_HOST" -p "$WPORT" -t u1 -m "$WATCHERS" -r 500 -rp 1000 \
         -default_behaviors all,-bye,-abortunexp "${SIPP_COMMON[@]}" -timeout "$((tmo + WATCH_QUIET_S))s" \
         -nostdin -trace_logs -log_file "$WORK/watch-$sys-logs.log" -trace_err -error_file "$WATCH_ERR") \
@@ -316,7 +319,7 @@ measure_lamp() { # SYS PORT
             bl_log "time budget: skipping lamp round $r for $sys"; break
         fi
         tag="$sys-lamp$r"; pcap="$WORK/$tag.pcap"; out="$WORK/$tag.txt"
-        tcpdump -i lo -n -s 0 -B 65536 -U -Z root -w "$pcap" \
+        "${BL_LOAD_TASKSET[@]}" tcpdump -i lo -n -s 0 -B 65536 -U -Z root -w "$pcap" \
             "udp and ((src port $UAS_PORT and dst port $port) or (src port $port and dst port $WPORT) or (src port $WPORT and dst port $port))" \
             2>"$WORK/$tag.tcpdump" &
         td=$!; BG_PIDS+=("$td")
@@ -332,7 +335,7 @@ measure_lamp() { # SYS PORT
         bl_stop_bg "$td"
         ((CLEAN)) || fails=$((fails + 1))
         retr=$((retr + BL_SIPP_RETRANS))
-        python3 "$LAMP_PY" "$pcap" "$port" "$UAS_PORT" "$WPORT" "$WPC" >"$out" 2>&1 || bl_log "lamp analysis failed: $(tail -3 "$out")"
+        "${BL_LOAD_TASKSET[@]}" python3 "$LAMP_PY" "$pcap" "$port" "$UAS_PORT" "$WPORT" "$WPC" >"$out" 2>&1 || bl_log "lamp analysis failed: $(tail -3 "$out")"
         sed 's/^/    /' "$out" >&2
         line="$(grep '^LAMP' "$out" || true)"
         [[ -n "$line" ]] || continue

@@ -186,13 +186,13 @@ bl_sipp_run register "$port" u1 "$SC_REG" "$WORK/callees.csv" "$CALLEES" "$WORK"
     -p "$UAS_PORT" -r 500 -rp 1000 -l 200 -default_behaviors all,-bye "${SIPP_COMMON[@]}"
 bl_sipp_clean "$CALLEES" || { bl_sipp_explain >&2; bl_die "registration failed"; }
 tmo=$(($(remaining) + 30))
-(cd "$WORK" && exec timeout $((tmo + 15)) sipp -sf "$SC_UAS" -i "$BL_HOST" -p "$UAS_PORT" -t u1 \
+(cd "$WORK" && exec timeout $((tmo + 15)) "${BL_LOAD_TASKSET[@]}" sipp -sf "$SC_UAS" -i "$BL_HOST" -p "$UAS_PORT" -t u1 \
     -d "$RING_MS" -default_behaviors all,-bye "${SIPP_COMMON[@]}" -max_socket 4096 \
     -timeout "${tmo}s" -nostdin -trace_err -error_file "$WORK/uas-errors.log") \
     >"$WORK/uas.log" 2>&1 &
 UAS_PID=$!; BG_PIDS+=("$UAS_PID")
 WATCH_ERR="$WORK/watch-errors.log"
-(cd "$WORK" && exec timeout $((tmo + WATCH_QUIET_S + 30)) sipp "$BL_HOST:$port" -sf "$SC_WATCH" \
+(cd "$WORK" && exec timeout $((tmo + WATCH_QUIET_S + 30)) "${BL_LOAD_TASKSET[@]}" sipp "$BL_HOST:$port" -sf "$SC_WATCH" \
     -inf "$WORK/watchers.csv" -i "$BL_HOST" -p "$WPORT" -t u1 -m "$WATCHERS" -r 500 -rp 1000 \
     -default_behaviors all,-bye,-abortunexp "${SIPP_COMMON[@]}" -timeout "$((tmo + WATCH_QUIET_S))s" \
     -nostdin -trace_logs -log_file "$WORK/watch-logs.log" -trace_err -error_file "$WATCH_ERR") \

@@ -140,6 +140,8 @@ spacing_for() { # W -> ms between two PUBLISHes for W watchers
     echo "${def:-50}"
 }
 KAM_CHILDREN="${BENCH_KAM_CHILDREN:-2}"
+# pinned to one core, Kamailio gets one worker (more only queue on the same core)
+[[ "$BL_PIN" == 1 && -z "${BENCH_KAM_CHILDREN:-}" ]] && KAM_CHILDREN=1
 KAM_SHM_MB="${BENCH_KAM_SHM_MB:-4096}"
 BUDGET="${BENCH_BUDGET:-570}"
 SETTLE="${BENCH_SETTLE:-34}"
@@ -183,6 +185,7 @@ HOSTINFO_CPU="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "== busylamp presence benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine:  nproc=$(nproc), kernel $(uname -r), ${HOSTINFO_CPU:-unknown CPU}, $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
 bl_versions
+bl_pin_note
 BIN=""
 BL_STATUS=""
 if ((!DO_BL)); then
@@ -343,7 +346,7 @@ measure_fanout() { # SYS PORT W
     # capture what the analysis needs and nothing else (the box has 2 cores):
     # everything the server sends (NOTIFYs) and what the publisher sends it
     local pubport; pubport="$(bl_free_port "$port")"
-    tcpdump -i lo -n -s 0 -B 65536 -U -Z root -w "$pcap" \
+    "${BL_LOAD_TASKSET[@]}" tcpdump -i lo -n -s 0 -B 65536 -U -Z root -w "$pcap" \
         "udp and (src port $port or (dst port $port and src port $pubport))" 2>"$WORK/$tag.tcpdump" &
     local td=$!; BG_PIDS+=("$td")
     local deadline=$((SECONDS + 5))
@@ -358,7 +361,7 @@ measure_fanout() { # SYS PORT W
     local wport wtmo=$((need + 20)) d0
     d0="$(bl_udp_rcvbuf_errors)"
     wport="$(bl_free_port "$port" "$pubport")"
-    (cd "$WORK" && exec timeout $((wtmo + 15)) sipp "$BL_HOST:$port" -sf "$SC_WATCH" -inf "$csv" \
+    (cd "$WORK" && exec timeout $((wtmo + 15)) "${BL_LOAD_TASKSET[@]}" sipp "$BL_HOST:$port" -sf "$SC_WATCH" -inf "$csv" \
         -i "$BL_HOST" -p "$wport" -t u1 -m "$w" -r 1000 -rp 1000 -default_behaviors all,-bye,-abortunexp \
         -buff_size "$SIPP_BUF" -timeout "${wtmo}s" -timeout_error -nostdin \
         -trace_logs -log_file "$wlog" -trace_err -error_file "$WORK/watch-$tag-errors.log") \
@@ -393,7 +396,7 @@ measure_fanout() { # SYS PORT W
     local drops=$(($(bl_udp_rcvbuf_errors) - d0))
     bl_sipp_parse "$WORK/sipp-watch-$tag.log"
     local wok="$BL_SIPP_OK" wfail="$BL_SIPP_FAILED" wunexp="$BL_SIPP_UNEXPECTED"
-    python3 "$FANOUT_PY" "$pcap" "$port" "$wport" >"$out" 2>&1 || bl_log "fan-out analysis failed: $(tail -3 "$out")"
+    "${BL_LOAD_TASKSET[@]}" python3 "$FANOUT_PY" "$pcap" "$port" "$wport" >"$out" 2>&1 || bl_log "fan-out analysis failed: $(tail -3 "$out")"
     sed 's/^/    /' "$out" >&2
     local p50s=() p99s=() npss=() ivs=() acks=() firsts=() spreads=() miss=0 deliv=0 expct=0 coal=0 ooo=0 line kv
     while read -r line; do

@@ -3,8 +3,9 @@
 # scenario (tests/interop/register_digest.xml), same users, digest MD5,
 # one after the other.
 #
-# Usage: tests/bench/register.sh [--kamailio-only] [--build|--no-build] [--keep]
+# Usage: tests/bench/register.sh [--kamailio-only|--busylamp-only] [--build|--no-build] [--keep]
 #   --kamailio-only  skip busylamp
+#   --busylamp-only  skip Kamailio (e.g. to profile busylamp alone: BENCH_PERF=DIR)
 #   --build          always `cargo build --release` first; --no-build: never.
 #                    Default: build only if target/release/busylamp is missing
 #                    ($BUSYLAMP, if set, is used as is).  If busylamp is
@@ -22,6 +23,7 @@
 #                         ~5,700/s vs ~12,000/s at 10,000 users here, not a
 #                         fair reference)
 #   BENCH_BUDGET=540      seconds; steps that no longer fit are skipped
+#   BENCH_EXACT_HEAP=1    0 skips the exact heap figure (a release `cargo test`)
 #   BENCH_SETTLE=34       seconds idle after the prefill before the settled memory
 #                         figure (RFC 3261 Timer J is 32 s on UDP)
 #
@@ -59,11 +61,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/../interop/lib.sh"
 
 KAM_ONLY=0
+BL_ONLY=0
 BUILD=build
 KEEP=0
 for arg in "$@"; do
     case "$arg" in
     --kamailio-only) KAM_ONLY=1 ;;
+    --busylamp-only) BL_ONLY=1 ;;
     --build) BUILD=force ;;
     --no-build) BUILD=never ;;
     --keep) KEEP=1 ;;
@@ -77,6 +81,8 @@ CALLS="${BENCH_CALLS:-60000}"
 CONC="${BENCH_CONCURRENCY:-200}"
 REPEATS="${BENCH_REPEATS:-3}"
 KAM_CHILDREN="${BENCH_KAM_CHILDREN:-1 2 4}"
+# pinned to one core, Kamailio gets one worker (more only queue on the same core)
+[[ "$BL_PIN" == 1 && -z "${BENCH_KAM_CHILDREN:-}" ]] && KAM_CHILDREN=1
 KAM_DB="${BENCH_KAM_DB:-sqlite}"
 BUDGET="${BENCH_BUDGET:-540}"
 RUN_TIMEOUT=60       # cap for one sipp run's -timeout
@@ -132,6 +138,7 @@ HOSTINFO_CPU="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 echo "== busylamp REGISTER storm benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine:  nproc=$(nproc), kernel $(uname -r), ${HOSTINFO_CPU:-unknown CPU}, $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
 bl_versions
+bl_pin_note
 BIN=""
 BL_STATUS=""
 if ((KAM_ONLY)); then
@@ -193,7 +200,7 @@ MEM_LINES=()
 CALIB=()
 measure() {
     local sys="$1" label="$2" port="$3" pid="$BL_SERVER_PID" pids rss0 rss1 pss0 pss1
-    local rates=() shown=() clean=0 retr=0 drops=0 scpu=() ccpu=() us=() i t0 t1 med open="n/a"
+    local rates=() shown=() clean=0 retr=0 drops=0 scpu=() ccpu=() us=() i t0 t1 x0 x1 med open="n/a"
     pids="$(bl_pids_tree "$pid")"
     rss0="$(bl_rss_kb "$pid")"; pss0="$(bl_pss_kb $pids)"
     bl_log "$sys ($label): prefill, $USERS distinct users (VmRSS before: $rss0 kB)"
@@ -222,9 +229,9 @@ measure() {
     fi
     for i in $(seq 1 "$REPEATS"); do
         kill -0 "$pid" 2>/dev/null || { bl_log "$sys died"; break; }
-        t0="$(bl_cpu_ticks $pids)"
+        t0="$(bl_cpu_ticks $pids)"; x0="$(bl_ctx_switches $pids)"
         run_load "$sys-run$i" "$port" "$CALLS" -users "$CONC"
-        t1="$(bl_cpu_ticks $pids)"
+        t1="$(bl_cpu_ticks $pids)"; x1="$(bl_ctx_switches $pids)"
         ((SKIPPED)) && break
         retr=$((retr + BL_SIPP_RETRANS))
         drops=$((drops + UDP_DROPS))
@@ -237,7 +244,7 @@ measure() {
         else
             shown+=("FAIL($BL_SIPP_OK/$BL_SIPP_FAILED)")
         fi
-        bl_log "$sys run $i: ${RATE} REGISTER/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, server CPU ${scpu[-1]}%, sipp CPU ${SIPP_CPU_PCT}%, retrans $BL_SIPP_RETRANS, UDP rcvbuf drops $UDP_DROPS)"
+        bl_log "$sys run $i: ${RATE} REGISTER/s (clean=$CLEAN, $BL_SIPP_OK ok, $BL_SIPP_FAILED failed, ${BL_SIPP_ELAPSED}s, server CPU ${scpu[-1]}%, sipp CPU ${SIPP_CPU_PCT}%, retrans $BL_SIPP_RETRANS, UDP rcvbuf drops $UDP_DROPS, context switches per registration $(awk -v x="$((x1 - x0))" -v n="$BL_SIPP_OK" 'BEGIN { printf "%.2f", (n > 0 ? x / n : 0) }'))"
     done
     med="$(bl_median -d 0 "${rates[@]}")"
     if [[ -n "$med" ]] && kill -0 "$pid" 2>/dev/null; then
@@ -265,6 +272,7 @@ start_kam() { # CHILDREN PORT LOG
 BEST_C=""
 BEST_RATE=-1
 set -- $KAM_CHILDREN
+if ((BL_ONLY)); then set --; fi
 if (($# > 1)); then
     for c in "$@"; do
         (($(remaining) > 60)) || { bl_log "budget: stopping children calibration"; break; }
@@ -284,7 +292,9 @@ fi
 [[ -n "$BEST_C" ]] || BEST_C="${1:-2}"
 
 port="$(bl_free_port "$PORT_SIPP")"
-if start_kam "$BEST_C" "$port" "$WORK/kamailio.log"; then
+if ((BL_ONLY)); then
+    bl_log "kamailio skipped (--busylamp-only)"
+elif start_kam "$BEST_C" "$port" "$WORK/kamailio.log"; then
     measure kamailio "children=$BEST_C, $KAM_DB" "$port"
 else
     bl_log "kamailio did not start; see $WORK/kamailio.log"
@@ -351,7 +361,7 @@ if ((${#CALIB[@]})); then echo "kamailio children calibration (1 run each): ${CA
 echo
 echo "memory per binding ($USERS distinct users registered once):"
 for l in "${MEM_LINES[@]}"; do echo "  $l"; done
-if command -v cargo >/dev/null 2>&1; then
+if [[ "${BENCH_EXACT_HEAP:-1}" == 1 ]] && command -v cargo >/dev/null 2>&1; then
     # Exact live heap per binding (counting allocator; RSS growth above includes memory glibc
     # keeps after freeing transactions).
     HEAP_LINE="$(cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" && \

@@ -13,6 +13,30 @@ BL_KAM_CFG="$BL_TESTS_DIR/bench/kamailio-register.cfg"
 BL_DOMAIN="${BL_DOMAIN:-example.test}"
 BL_HOST=127.0.0.1
 BL_SERVER_PIDS=()
+BL_SERVER_PID=""
+
+# Capacity per core (BENCH_PIN=1): the server under test (busylamp, or Kamailio with all its
+# processes) runs on core BENCH_SERVER_CPU and every load generator, capture and analysis on
+# core BENCH_LOAD_CPU, so that a closed loop saturates the server's core and not the box.
+# Both prefixes are empty otherwise.
+BL_PIN="${BENCH_PIN:-0}"
+BL_SERVER_CPU="${BENCH_SERVER_CPU:-1}"
+BL_LOAD_CPU="${BENCH_LOAD_CPU:-0}"
+BL_SERVER_TASKSET=()
+BL_LOAD_TASKSET=()
+if [[ "$BL_PIN" == 1 ]]; then
+    BL_SERVER_TASKSET=(taskset -c "$BL_SERVER_CPU")
+    BL_LOAD_TASKSET=(taskset -c "$BL_LOAD_CPU")
+fi
+
+# bl_pin_note: one line for a report header saying where things ran.
+bl_pin_note() {
+    if [[ "$BL_PIN" == 1 ]]; then
+        echo "pinned:   server on core $BL_SERVER_CPU (every thread/process), load generators on core $BL_LOAD_CPU (taskset): figures are capacity per core"
+    else
+        echo "pinned:   no (server and load generators share the $(nproc) cores; BENCH_PIN=1 pins them apart)"
+    fi
+}
 
 bl_log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 bl_die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
@@ -269,9 +293,38 @@ bl_resolve_busylamp() {
 bl_start_busylamp() {
     local bin="$1" cfg="$2" log="$3"
     shift 3
-    env "$@" "$bin" serve --config "$cfg" >"$log" 2>&1 &
+    "${BL_SERVER_TASKSET[@]}" env "$@" "$bin" serve --config "$cfg" >"$log" 2>&1 &
     BL_SERVER_PID=$!
     BL_SERVER_PIDS+=("$BL_SERVER_PID")
+    bl_perf_attach "$BL_SERVER_PID" busylamp
+}
+
+# Profiling (BENCH_PERF=DIR): bl_perf_attach PIDS NAME samples the whole machine with `perf
+# record -a` (self time, no call graphs, BENCH_PERF_HZ=499 per second and core) into
+# DIR/NAME-PID.data, with the server's PIDS (comma-separated) in DIR/NAME-PID.pids: `perf -p`
+# would miss the threads a server starts later, so the report filters by process instead
+# (tests/bench/perf_summary.py groups the samples: allocator, kernel network, syscalls,
+# parsing, storage, ...). bl_stop_server ends the recording after the server.
+declare -A BL_PERF_OF=()
+bl_perf_attach() {
+    local pids="$1" name="$2" first="${1%%,*}"
+    [[ -n "${BENCH_PERF:-}" ]] || return 0
+    command -v perf >/dev/null || { bl_log "BENCH_PERF set but perf is not installed (apt-get install linux-perf)"; return 0; }
+    mkdir -p "$BENCH_PERF"
+    echo "$pids" >"$BENCH_PERF/$name-$first.pids"
+    "${BL_LOAD_TASKSET[@]}" perf record -q -a -F "${BENCH_PERF_HZ:-499}" ${BENCH_PERF_GRAPH:+-g} \
+        -o "$BENCH_PERF/$name-$first.data" >"$BENCH_PERF/$name-$first.log" 2>&1 &
+    BL_PERF_OF[$first]=$!
+    bl_log "perf: sampling the machine for $name (PIDs $pids) into $BENCH_PERF/$name-$first.data"
+}
+
+# bl_perf_detach PID: ends the recording bl_perf_attach started for server PID.
+bl_perf_detach() {
+    local perf="${BL_PERF_OF[$1]:-}"
+    [[ -n "$perf" ]] || return 0
+    kill -INT "$perf" 2>/dev/null || true
+    wait "$perf" 2>/dev/null || true
+    unset "BL_PERF_OF[$1]"
 }
 
 # bl_start_kamailio WORKDIR PORT CHILDREN DBURL LOG [kamailio args...]:
@@ -281,12 +334,18 @@ bl_start_kamailio() {
     local work="$1" port="$2" children="$3" dburl="$4" log="$5"
     shift 5
     mkdir -p "$work/run"
-    kamailio -DD -E -f "$BL_KAM_CFG" -Y "$work/run" -w "$work" -m 256 -M 16 \
+    "${BL_SERVER_TASKSET[@]}" kamailio -DD -E -f "$BL_KAM_CFG" -Y "$work/run" -w "$work" -m 256 -M 16 \
         -l "udp:$BL_HOST:$port" -l "tcp:$BL_HOST:$port" \
         -A "DBURL=\"$dburl\"" -A "REALM=\"$BL_DOMAIN\"" \
         -A "CHILDREN=$children" -A "TCP_CHILDREN=$children" "$@" >"$log" 2>&1 &
     BL_SERVER_PID=$!
     BL_SERVER_PIDS+=("$BL_SERVER_PID")
+    # its workers are forked a moment later: sample the main process's whole tree then
+    if [[ -n "${BENCH_PERF:-}" ]]; then
+        sleep 2
+        local pids; pids="$(bl_pids_tree "$BL_SERVER_PID")"
+        bl_perf_attach "${pids// /,}" kamailio
+    fi
 }
 
 # bl_pids_tree PID: PID and its direct children (kamailio's workers).
@@ -318,6 +377,7 @@ bl_stop_server() {
         done
     fi
     wait "$pid" 2>/dev/null || true
+    bl_perf_detach "$pid"
     local keep=() p
     for p in "${BL_SERVER_PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
     BL_SERVER_PIDS=("${keep[@]}")
@@ -360,6 +420,15 @@ bl_wait_ready() {
 
 # ------------------------------------------------------------- measurement
 # CPU ticks (utime+stime, all threads) summed over PIDs.
+# bl_ctx_switches PID...: context switches (voluntary + involuntary) of every live thread of
+# the PIDs. Each is a thread going to sleep or being preempted: per operation, how often the
+# server hands work between its threads (threads that exited meanwhile are not counted).
+bl_ctx_switches() {
+    local p
+    for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { t += $2 } END { print t + 0 }'
+}
+
 bl_cpu_ticks() {
     local t=0 p f
     for p in "$@"; do
@@ -399,7 +468,7 @@ bl_sipp_run() {
     t0=$(date +%s%N)
     BL_SIPP_RC=0
     # run in logdir: sipp drops its own stat/err files into the cwd
-    (cd "$logdir" && exec timeout $((tmo + 30)) sipp "$BL_HOST:$port" \
+    (cd "$logdir" && exec timeout $((tmo + 30)) "${BL_LOAD_TASKSET[@]}" sipp "$BL_HOST:$port" \
         -sf "$scenario" "${inf[@]}" -i "$BL_HOST" -bind_local -t "$transport" \
         -m "$calls" -max_socket 4096 -timeout "${tmo}s" -timeout_error -nostdin \
         -trace_err -error_file "$logdir/sipp-$tag-errors.log" \
