@@ -311,7 +311,7 @@ if [[ -n "$BIN" ]]; then
     bl_log "starting busylamp ($BIN) on udp+tcp $BL_HOST:$port"
     bl_start_busylamp "$BIN" "$WORK/busylamp.toml" "$WORK/busylamp.log"
     if bl_wait_ready "$BL_SERVER_PID" "$port" "$(ready_limit)"; then
-        measure busylamp "$(nproc) cores, sled" "$port"
+        measure busylamp "$( [[ "$BL_PIN" == 1 ]] && echo "1 core (pinned)" || echo "$(nproc) cores"), sled" "$port"
         kill -0 "$BL_SERVER_PID" 2>/dev/null || BL_STATUS="died during the benchmark (see $WORK/busylamp.log)"
     else
         BL_STATUS="did not become ready (see $WORK/busylamp.log)"
