@@ -41,7 +41,13 @@ fn publish_call(s: &TestServer, n: u32) {
         s.handle
             .core
             .presence
-            .publish("sip:1002@example.test", Pkg::Dialog, "call", call_state(n), 600)
+            .publish(
+                "sip:1002@example.test",
+                Pkg::Dialog,
+                "call",
+                call_state(n),
+                600,
+            )
             .expect("publish"),
     );
 }

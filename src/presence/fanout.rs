@@ -25,7 +25,9 @@ impl Presence {
         writes: &mut Vec<PresenceWrite>,
         persist: Persist,
     ) -> Reserved {
-        let due = sub.rec.count_notify(body.is_some(), self.cfg.notify_reserve);
+        let due = sub
+            .rec
+            .count_notify(body.is_some(), self.cfg.notify_reserve);
         match persist {
             Persist::No => {}
             Persist::Reservation if due => writes.push(PresenceWrite::reservation(&sub.rec)),

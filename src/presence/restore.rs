@@ -114,7 +114,8 @@ impl Presence {
         self.subscription_count.store(subs, Ordering::Relaxed);
         for (res, key) in loaded {
             let mut shard = self.shard(&res.presentity);
-            if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Reservation)
+            if let Some(n) =
+                self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Reservation)
             {
                 out.push(n);
             }

@@ -107,7 +107,9 @@ impl MemoryStore {
         self.queue.take_now(&mut batch);
         let n = batch.len();
         for q in batch {
-            let _ = q.done.send(Err(StorageError::Write("lost in a crash".into())));
+            let _ = q
+                .done
+                .send(Err(StorageError::Write("lost in a crash".into())));
         }
         self.queue.written(n);
         n
@@ -115,7 +117,10 @@ impl MemoryStore {
 
     /// Presence records handed to the store so far, by kind.
     pub fn presence_writes(&self) -> PresenceWriteCounts {
-        *self.presence_writes.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .presence_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The write queue now (how many writes wait, the most ever, how many were refused).

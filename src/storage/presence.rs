@@ -882,10 +882,16 @@ mod tests {
         }
         let s = sample_subscription();
         let later = merge_notify_seq(s.clone(), Some((2_041, 2_040)));
-        assert_eq!((later.cseq_reserved, later.version_reserved), (2_041, 2_040));
+        assert_eq!(
+            (later.cseq_reserved, later.version_reserved),
+            (2_041, 2_040)
+        );
         // A reservation older than the record (the record was rewritten since) loses.
         let older = merge_notify_seq(s.clone(), Some((500, 400)));
-        assert_eq!((older.cseq_reserved, older.version_reserved), (1_041, 1_040));
+        assert_eq!(
+            (older.cseq_reserved, older.version_reserved),
+            (1_041, 1_040)
+        );
         assert_eq!(merge_notify_seq(s.clone(), None), s);
     }
 
@@ -900,7 +906,11 @@ mod tests {
         let mut sent = vec![(1, 0)];
         for _ in 0..10 {
             let version = s.version;
-            assert!(!s.count_notify(true, 10), "within the range at {}", s.local_cseq);
+            assert!(
+                !s.count_notify(true, 10),
+                "within the range at {}",
+                s.local_cseq
+            );
             sent.push((s.local_cseq, version));
         }
         assert_eq!(sent.last(), Some(&(11, 10)));

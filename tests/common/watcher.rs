@@ -84,7 +84,11 @@ impl Watcher {
             } else {
                 // A restart: above anything before, and the whole state.
                 assert!(doc.version > v, "version {} after {v}", doc.version);
-                assert_eq!(doc.state, DocState::Full, "a jump comes with the full state");
+                assert_eq!(
+                    doc.state,
+                    DocState::Full,
+                    "a jump comes with the full state"
+                );
             }
         }
         self.last_version = Some(doc.version);
