@@ -524,6 +524,10 @@ pub struct PresenceConfig {
     /// Changes to one presentity within this many milliseconds after a NOTIFY fan-out are
     /// sent together as one NOTIFY per watcher; the first change goes out at once.
     pub coalesce_ms: u64,
+    /// NOTIFY CSeqs and versions reserved on disk at a time per subscription: NOTIFYs
+    /// within the range write nothing and wait for no disk; after a restart NOTIFYs continue
+    /// above it. 0: every NOTIFY's CSeq and version are written before it leaves.
+    pub notify_reserve: u32,
     /// Most subscriptions held in total; more get 503.
     pub max_subscriptions: usize,
     /// Most watchers of one presentity and package.
@@ -663,6 +667,7 @@ impl Default for PresenceConfig {
             default_expires: 3600,
             expires_offset: 0,
             coalesce_ms: 10,
+            notify_reserve: crate::storage::presence::NOTIFY_RESERVE,
             max_subscriptions: 200_000,
             max_watchers_per_presentity: 10_000,
             max_publications: 200_000,

@@ -384,6 +384,8 @@ async fn presence_records_stored_under_old_aor_spellings_move_at_start() {
         local_cseq: 4,
         remote_cseq: 1,
         version: 3,
+        cseq_reserved: 4,
+        version_reserved: 3,
         expires_at,
         state: SubState::Active,
         accept: vec!["application/dialog-info+xml".into()],

@@ -10,9 +10,12 @@ use super::*;
 pub(super) const MAX_WINFO_CHANGES: usize = 256;
 
 impl Presence {
-    /// Builds the next NOTIFY of `sub`: counts its CSeq (and version, when it has a body),
-    /// queues the record write into `writes`. `body` is the document to render once the
-    /// shard lock is released.
+    /// Builds the next NOTIFY of `sub`: counts its CSeq (and version, when it has a body)
+    /// and queues into `writes` what must be on disk before it leaves: nothing while both
+    /// stay within the subscription's reserved range, a new reservation when one would pass
+    /// it, or the whole record (`persist`). Whoever sends the NOTIFY waits for `writes` only
+    /// when they hold such a write ([`PresenceWrite::gates_notifies`]). `body` is the
+    /// document to render once the shard lock is released.
     pub(super) fn next_notify(
         &self,
         res: &ResKey,
@@ -22,14 +25,17 @@ impl Presence {
         writes: &mut Vec<PresenceWrite>,
         persist: Persist,
     ) -> Reserved {
-        sub.rec.local_cseq = sub.rec.local_cseq.wrapping_add(1).max(1);
-        if body.is_some() {
-            sub.rec.version = sub.rec.version.wrapping_add(1);
-        }
+        let due = sub
+            .rec
+            .count_notify(body.is_some(), self.cfg.notify_reserve);
         match persist {
             Persist::No => {}
-            Persist::Sequence => writes.push(PresenceWrite::notify_seq(&sub.rec)),
-            Persist::Record => writes.push(PresenceWrite::subscription(&sub.rec)),
+            Persist::Reservation if due => writes.push(PresenceWrite::reservation(&sub.rec)),
+            Persist::Reservation => {}
+            Persist::Record => {
+                sub.rec.reserve_ahead(self.cfg.notify_reserve);
+                writes.push(PresenceWrite::subscription(&sub.rec));
+            }
         }
         let branch = self.branches.mint(self.ids.next());
         let request = notify::build(
@@ -183,7 +189,7 @@ impl Presence {
             let empty = Resource::default();
             let body = self.body_for(&wkey, &empty, sub, presence);
             let state = self.state_of(sub, now);
-            out.push(self.next_notify(&wkey, sub, state, body, writes, Persist::Sequence));
+            out.push(self.next_notify(&wkey, sub, state, body, writes, Persist::Reservation));
         }
         shard.resources.insert(wkey, winfo);
     }
@@ -292,7 +298,7 @@ impl Presence {
                 version: sub.rec.version,
             };
             let state = self.state_of(sub, now_unix);
-            out.push(self.next_notify(res, sub, state, body, writes, Persist::Sequence));
+            out.push(self.next_notify(res, sub, state, body, writes, Persist::Reservation));
         }
         shard.resources.insert(res.clone(), resource);
     }

@@ -10,8 +10,14 @@
 //! the subscription's order, a snapshot of the publications) and its body rendered after the
 //! lock is released (`render`).
 //!
-//! Every NOTIFY's CSeq and version are written (group commit) before the NOTIFY leaves, so
-//! after a restart, even a `kill -9`, they continue from where they were.
+//! A NOTIFY waits for no disk write. What is answered 2xx (SUBSCRIBE, an outside PUBLISH) is
+//! on disk before the answer, but a NOTIFY's CSeq and version are not written one by one:
+//! each subscription reserves a range of them on disk (`presence.notify_reserve`, 1,000 by
+//! default) and NOTIFYs within it write nothing; the one NOTIFY that would pass the range
+//! waits for the next reservation (a dozen bytes). After a restart, even a `kill -9`, every
+//! watcher gets the full state with a CSeq and version above its reserved range, so above any
+//! it got: never backwards, never a repeat (RFC 6665 §4.2.2; RFC 4235 §4.1 lets a watcher take
+//! a version jump with a full document).
 //!
 //! Here: the shared state (shards of resources, each with its publications and
 //! subscriptions) and the snapshots. Around it: `decide` (the SUBSCRIBE, PUBLISH and NOTIFY
@@ -136,8 +142,9 @@ impl Outcome {
 }
 
 /// NOTIFYs the presence server decided, in order: the server core (built later, it owns the
-/// client transactions) sends each once `after` (the write of its CSeq and version) is on
-/// disk, and reports each outcome to [`Presence::notify_outcome`].
+/// client transactions) sends each once `after` is on disk (`None`, the usual case: at once)
+/// and reports each outcome to [`Presence::notify_outcome`]. `after` is a new reservation of
+/// CSeqs and versions, or a subscription's record, that one of the NOTIFYs needs.
 pub struct NotifyBatch {
     pub notifies: Vec<OutNotify>,
     pub after: Option<Durable>,
@@ -273,11 +280,13 @@ struct Publication {
 /// What a NOTIFY writes before it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Persist {
-    /// Nothing: a final NOTIFY of a subscription being deleted.
+    /// Nothing: a final NOTIFY of a subscription being deleted, a fetch.
     No,
-    /// Its CSeq and version only: the rest of the record is unchanged.
-    Sequence,
-    /// The whole record: it changed (new subscription, refresh, authorization).
+    /// Nothing while its CSeq and version are within the subscription's reserved range; a
+    /// new reservation (the ceilings only) when it would pass it.
+    Reservation,
+    /// The whole record, with its ceilings raised: it changed (new subscription, refresh,
+    /// authorization).
     Record,
 }
 
@@ -636,6 +645,19 @@ impl Presence {
                 notify
             })
             .collect()
+    }
+
+    /// Queues `writes`; what the NOTIFYs decided with them wait for: the writes when they
+    /// hold a reservation, a subscription's record or its deletion
+    /// ([`PresenceWrite::gates_notifies`]), else nothing (publications, or no write at all:
+    /// a NOTIFY within its reserved range).
+    fn write_gating(&self, writes: Vec<PresenceWrite>) -> Option<Durable> {
+        if writes.is_empty() {
+            return None;
+        }
+        let gates = writes.iter().any(PresenceWrite::gates_notifies);
+        let durable = self.store.write(writes);
+        gates.then_some(durable)
     }
 
     fn send(&self, reserved: Vec<Reserved>, after: Option<Durable>) {

@@ -125,6 +125,8 @@ mod tests {
             local_cseq: 5,
             remote_cseq: 1,
             version: 4,
+            cseq_reserved: 0,
+            version_reserved: 0,
             expires_at: 0,
             state: SubState::Active,
             accept: vec![],

@@ -205,8 +205,14 @@ impl Presence {
         if shard.resources.get(&res).is_some_and(Resource::is_empty) {
             shard.resources.remove(&res);
         }
-        let durable = self.store.write(writes);
+        // The 200 waits for the publication only; the watchers' NOTIFYs for nothing but the
+        // reservations some of them may be due (queued after it, under the same lock).
+        let (gating, state): (Vec<_>, Vec<_>) =
+            writes.into_iter().partition(PresenceWrite::gates_notifies);
+        let durable = self.store.write(state);
+        let after = (!gating.is_empty()).then(|| self.store.write(gating));
         drop(shard);
+        self.send(out, after);
         let mut response = req.response(200, "OK", Some(to_tag));
         if expires > 0 {
             response.headers.push(HeaderName::SipEtag, new_etag);
@@ -218,14 +224,15 @@ impl Presence {
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: self.rendered(out),
+            notifies: Vec::new(),
         })
     }
 
     /// The in-process publisher API (pua_usrloc, pua_dialoginfo, BLA): sets the state
     /// `source_id` publishes for `presentity` (a canonical AOR) in `pkg`, for `expires`
     /// seconds; 0 removes it. No ETag round trip: the source id names the publication.
-    /// Resolves once the state is on disk; NOTIFYs go out on their own.
+    /// Resolves once the state is on disk; NOTIFYs go out on their own, without waiting for
+    /// it.
     pub fn publish(
         &self,
         presentity: &str,
@@ -313,20 +320,14 @@ impl Presence {
             }
         }
         self.changed(&mut shard, &res, Some(source_id), &mut writes, &mut out);
-        let durable = self.store.write(writes);
+        // The caller waits for the publication; the NOTIFYs (a call's state reaching the
+        // lamps) only for the reservations some watchers may be due.
+        let (gating, state): (Vec<_>, Vec<_>) =
+            writes.into_iter().partition(PresenceWrite::gates_notifies);
+        let durable = self.store.write(state);
+        let after = (!gating.is_empty()).then(|| self.store.write(gating));
         drop(shard);
-        // NOTIFYs must not wait for the caller to await: they wait for their own write.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let after = {
-            let (tx2, rx2) = tokio::sync::oneshot::channel();
-            tokio::spawn(async move {
-                let r = crate::storage::durable(durable).await;
-                let _ = tx.send(r.clone());
-                let _ = tx2.send(r);
-            });
-            rx2
-        };
-        self.send(out, Some(after));
-        Ok(rx)
+        self.send(out, after);
+        Ok(durable)
     }
 }

@@ -1,5 +1,6 @@
 //! Restore after a start: publications and subscriptions reloaded from storage, what expired
-//! while down removed, every watcher a fresh NOTIFY whose CSeq and version continue.
+//! while down removed, every watcher a fresh full-state NOTIFY whose CSeq and version are
+//! above any it got before (above the ranges reserved on disk).
 
 use super::*;
 
@@ -7,7 +8,8 @@ impl Presence {
     /// Reloads publications and subscriptions after a start (RFC 6665 §4.2.2 does not say
     /// what a restarted notifier owes; we owe every watcher the current state): what expired
     /// while we were down is removed (its watchers get `terminated;reason=timeout`), every
-    /// other watcher a fresh full NOTIFY whose CSeq and version continue from before.
+    /// other watcher a fresh full NOTIFY whose CSeq and version are above the ceilings
+    /// reserved before (so above any it got), after a new reservation is on disk.
     pub fn load(&self) -> Result<(usize, usize), StorageError> {
         let now = self.clock.now_unix();
         let mut writes = Vec::new();
@@ -51,6 +53,10 @@ impl Presence {
         let mut subs = 0;
         let mut loaded: Vec<(ResKey, Arc<[u8]>)> = Vec::new();
         for mut rec in self.store.load_subscriptions()? {
+            // Whatever was sent before the stop is within the reserved ceilings: continue
+            // above them (RFC 4235 §4.1: a forward jump, with the full state, is what a
+            // watcher handles; never a CSeq or version it had).
+            rec.resume_above_reserved();
             // Stored before the AOR was canonical: the record moves with its dialog key.
             let presentity = self.domains.aor_of_key(&rec.presentity);
             let watcher = self.domains.aor_of_key(&rec.watcher);
@@ -108,7 +114,8 @@ impl Presence {
         self.subscription_count.store(subs, Ordering::Relaxed);
         for (res, key) in loaded {
             let mut shard = self.shard(&res.presentity);
-            if let Some(n) = self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Sequence)
+            if let Some(n) =
+                self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Reservation)
             {
                 out.push(n);
             }
@@ -123,8 +130,10 @@ impl Presence {
                 }
             }
         }
-        let durable = self.store.write(writes);
-        self.send(out, Some(durable));
+        // Each first NOTIFY is past its subscription's reserved range: it waits for the new
+        // reservation in `writes`.
+        let durable = self.write_gating(writes);
+        self.send(out, durable);
         Ok((pubs, subs))
     }
 

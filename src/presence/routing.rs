@@ -117,6 +117,8 @@ mod tests {
             local_cseq: 0,
             remote_cseq: 1,
             version: 0,
+            cseq_reserved: 0,
+            version_reserved: 0,
             expires_at: 0,
             state: SubState::Active,
             accept: Vec::new(),

@@ -358,6 +358,8 @@ impl Presence {
             local_cseq: 0,
             remote_cseq: parsed.cseq.seq,
             version: 0,
+            cseq_reserved: 0,
+            version_reserved: 0,
             expires_at: now + u64::from(expires),
             state,
             accept,
@@ -757,13 +759,30 @@ impl Presence {
                 Policy::Confirm => {}
             }
         }
-        let durable = self.store.write(writes);
+        let durable = self.write_gating(writes);
         drop(shard);
-        self.send(out, Some(durable));
+        self.send(out, durable);
         changed
     }
 
     // ----------------------------------------------------------------------- NOTIFY outcomes
+
+    /// A NOTIFY could not leave: the write it waited for (a reservation, the record) did not
+    /// reach the disk. The reserved range held in memory is not on disk then, so the next
+    /// NOTIFY reserves again before it leaves; the state is retried as after a lost NOTIFY.
+    pub fn not_stored(&self, sub: &SubRef) {
+        {
+            let mut shard = self.shard(&sub.res.presentity);
+            if let Some(s) = shard
+                .resources
+                .get_mut(&sub.res)
+                .and_then(|r| r.subs.get_mut(&sub.key))
+            {
+                s.rec.cseq_reserved = s.rec.local_cseq;
+            }
+        }
+        self.notify_outcome(sub, Outcome::Failed(500));
+    }
 
     /// What became of a NOTIFY we sent.
     pub fn notify_outcome(&self, sub: &SubRef, outcome: Outcome) {
@@ -811,7 +830,7 @@ impl Presence {
                         &sub.res,
                         &sub.key,
                         &mut writes,
-                        Persist::Sequence,
+                        Persist::Reservation,
                     ) {
                         out.push(n);
                     }
@@ -862,7 +881,7 @@ impl Presence {
                 );
             }
         }
-        let durable = (!writes.is_empty()).then(|| self.store.write(writes));
+        let durable = self.write_gating(writes);
         drop(shard);
         self.send(out, durable);
         if let Some(oldest) = give_up {
@@ -895,7 +914,7 @@ impl Presence {
             &mut writes,
             &mut out,
         );
-        let durable = (!writes.is_empty()).then(|| self.store.write(writes));
+        let durable = self.write_gating(writes);
         drop(shard);
         self.send(out, durable);
     }

@@ -107,14 +107,14 @@ impl Presence {
                 // Only if no change has delivered the state meanwhile.
                 if due {
                     if let Some(n) =
-                        self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Sequence)
+                        self.notify_one(&mut shard, &res, &key, &mut writes, Persist::Reservation)
                     {
                         out.push(n);
                     }
                 }
             }
         }
-        let durable = (!writes.is_empty()).then(|| self.store.write(writes));
+        let durable = self.write_gating(writes);
         drop(shard);
         self.send(out, durable);
     }

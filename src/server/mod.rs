@@ -581,7 +581,7 @@ impl Core {
                             // subscription retries as after a lost NOTIFY, rather than
                             // waiting forever for an answer.
                             for n in notifies {
-                                me.presence.notify_outcome(&n.sub, Outcome::Failed(500));
+                                me.presence.not_stored(&n.sub);
                             }
                         }
                     }
@@ -1090,7 +1090,8 @@ impl Core {
         }
     }
 
-    /// Sends each NOTIFY once `after` (the write of its CSeq and version) is on disk.
+    /// Sends the NOTIFYs at once, or once `after` (a reservation of CSeqs and versions, or a
+    /// subscription's record, one of them needs) is on disk.
     fn send_notifies(&self, notifies: Vec<OutNotify>, after: Option<Durable>) {
         match after {
             None => self.send_notifies_now(notifies),
@@ -1123,11 +1124,11 @@ impl Core {
             match written {
                 Ok(()) => self.send_notifies_now(notifies),
                 Err(e) => {
-                    // CSeq and version not on disk: sending could repeat them after a
-                    // restart. Retry later instead.
-                    tracing::error!(error = %e, "NOTIFY state not stored; retrying");
+                    // The reservation (or record) not on disk: sending could repeat a CSeq
+                    // after a restart. Retry later instead, reserving again.
+                    tracing::error!(error = %e, "NOTIFY reservation not stored; retrying");
                     for n in notifies {
-                        self.presence.notify_outcome(&n.sub, Outcome::Failed(500));
+                        self.presence.not_stored(&n.sub);
                     }
                 }
             }

@@ -24,6 +24,22 @@ pub struct MemoryStore {
     /// Whether the disk is stalled; held while writing, so writes reach the maps in order.
     stalled: Mutex<bool>,
     queue: WriteQueue<QueuedWrite>,
+    /// Presence records handed to [`PresenceStore::write`], by kind.
+    presence_writes: Mutex<PresenceWriteCounts>,
+}
+
+/// How many presence records of each kind were handed to the store (queued or written), for
+/// tests that check what a request costs the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PresenceWriteCounts {
+    /// Publications put or deleted.
+    pub publications: u64,
+    /// Subscription records put or deleted.
+    pub subscriptions: u64,
+    /// Reservations of NOTIFY CSeqs and versions.
+    pub reservations: u64,
+    /// Calls to `write`.
+    pub batches: u64,
 }
 
 enum Write {
@@ -59,6 +75,7 @@ impl MemoryStore {
             dialogs: Default::default(),
             stalled: Mutex::new(false),
             queue: WriteQueue::new(bound),
+            presence_writes: Default::default(),
         }
     }
 
@@ -80,6 +97,30 @@ impl MemoryStore {
         let mut stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
         *stalled = false;
         self.flush_queued()
+    }
+
+    /// A crash: the writes waiting for the stalled disk are lost (their waiters hear of a
+    /// failure). Returns how many.
+    pub fn lose_queued(&self) -> usize {
+        let _stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = Vec::new();
+        self.queue.take_now(&mut batch);
+        let n = batch.len();
+        for q in batch {
+            let _ = q
+                .done
+                .send(Err(StorageError::Write("lost in a crash".into())));
+        }
+        self.queue.written(n);
+        n
+    }
+
+    /// Presence records handed to the store so far, by kind.
+    pub fn presence_writes(&self) -> PresenceWriteCounts {
+        *self
+            .presence_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The write queue now (how many writes wait, the most ever, how many were refused).
@@ -236,6 +277,24 @@ impl PresenceStore for MemoryStore {
     }
 
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
+        {
+            let mut c = self
+                .presence_writes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            c.batches += 1;
+            for w in &writes {
+                match w {
+                    PresenceWrite::PutPublication { .. } | PresenceWrite::DeletePublication(_) => {
+                        c.publications += 1
+                    }
+                    PresenceWrite::PutSubscription { .. }
+                    | PresenceWrite::DeleteSubscription(_) => c.subscriptions += 1,
+                    PresenceWrite::NotifySeq { .. } => c.reservations += 1,
+                    PresenceWrite::PutRule { .. } | PresenceWrite::DeleteRule(_) => {}
+                }
+            }
+        }
         self.submit(Write::Presence(writes))
     }
 }

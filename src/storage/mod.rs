@@ -16,7 +16,7 @@ pub mod users;
 pub use codec::DecodeError;
 use codec::{Dec, Enc};
 pub use dialogs::{DialogStore, DialogWrite};
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, PresenceWriteCounts};
 pub use presence::{
     FlowRecord, PresenceStore, PresenceWrite, PublicationBody, PublicationRecord, RuleAction,
     RuleRecord, SubState, SubscriptionRecord,

@@ -1,6 +1,8 @@
 //! Presence records: publications (RFC 3903) and subscriptions (RFC 6665 dialogs with their
 //! NOTIFY CSeq and body version). Written through the same group commit as bindings, so a
-//! 2xx to PUBLISH or SUBSCRIBE, and every NOTIFY, follows a flush of what it promised.
+//! 2xx to PUBLISH or SUBSCRIBE follows a flush of what it promised. A NOTIFY's CSeq and
+//! version are not written one by one: a subscription reserves ranges of them on disk
+//! ([`SubscriptionRecord::cseq_reserved`]) and after a restart continues above them.
 
 use super::codec::{Dec, DecodeError, Enc};
 use super::{Durable, StorageError};
@@ -126,6 +128,14 @@ pub fn publication_key(presentity: &str, event: &str, source_id: &str) -> Vec<u8
     k
 }
 
+/// CSeqs and versions a subscription reserves on disk at a time (`presence.notify_reserve`).
+/// A NOTIFY within the range leaves without a write, so a lamp never waits for a flush (10-50
+/// ms on a busy disk) and a fan-out to 1,000 watchers writes nothing; one NOTIFY in 1,000
+/// waits for a dozen-byte write. After a crash the CSeq and version jump ahead by at most
+/// this much, which a watcher takes as it takes any new full state (RFC 4235 §4.1: a version
+/// higher than expected with a full document); u32 CSeqs last millions of such jumps.
+pub const NOTIFY_RESERVE: u32 = 1_000;
+
 /// Where a watcher is reached: the transport flow its SUBSCRIBE came in on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowRecord {
@@ -168,6 +178,11 @@ pub struct SubscriptionRecord {
     pub remote_cseq: u32,
     /// Body version the next NOTIFY carries (RFC 4235 §4.1, RFC 3858 §4.2: starts at 0).
     pub version: u32,
+    /// The highest CSeq a NOTIFY may carry under the range reserved on disk: NOTIFYs up to
+    /// it write nothing; after a restart NOTIFYs continue above it (never a repeat).
+    pub cseq_reserved: u32,
+    /// The highest body version a NOTIFY may carry under the range reserved on disk.
+    pub version_reserved: u32,
     pub expires_at: u64,
     pub state: SubState,
     /// Media types of the SUBSCRIBE's Accept, lowercased.
@@ -182,6 +197,41 @@ pub struct SubscriptionRecord {
 impl SubscriptionRecord {
     pub fn key(&self) -> Vec<u8> {
         subscription_key(&self.call_id, &self.local_tag, &self.remote_tag)
+    }
+
+    /// Counts the next NOTIFY: its CSeq, and its body version when it has a body (the
+    /// version it carries is [`Self::version`] before this call). Returns whether it goes
+    /// past the reserved range: the ceilings are then raised `reserve` ahead, and that
+    /// reservation must be on disk before the NOTIFY leaves.
+    pub fn count_notify(&mut self, with_body: bool, reserve: u32) -> bool {
+        self.local_cseq = self.local_cseq.wrapping_add(1).max(1);
+        let mut due = self.local_cseq > self.cseq_reserved;
+        if with_body {
+            due |= self.version > self.version_reserved;
+            self.version = self.version.wrapping_add(1);
+        }
+        if due {
+            self.reserve_ahead(reserve);
+        }
+        due
+    }
+
+    /// Raises the ceilings `reserve` beyond the CSeq and version in use (never lowers them).
+    pub fn reserve_ahead(&mut self, reserve: u32) {
+        self.cseq_reserved = self
+            .cseq_reserved
+            .max(self.local_cseq.saturating_add(reserve));
+        self.version_reserved = self
+            .version_reserved
+            .max(self.version.saturating_add(reserve));
+    }
+
+    /// After a restart: whatever was sent before is at most the ceilings, so the next NOTIFY
+    /// carries CSeq `cseq_reserved + 1` and version `version_reserved + 1`; both are past
+    /// the range, so that NOTIFY reserves a new one first.
+    pub fn resume_above_reserved(&mut self) {
+        self.local_cseq = self.local_cseq.max(self.cseq_reserved);
+        self.version = self.version.max(self.version_reserved.saturating_add(1));
     }
 }
 
@@ -201,7 +251,11 @@ pub fn subscription_key(call_id: &str, local_tag: &str, remote_tag: &str) -> Vec
 const PUBLICATION_V1: u8 = 0x11;
 /// A publication whose body is typed dialog state, encoded field by field (no XML).
 const PUBLICATION_DIALOGS_V2: u8 = 0x12;
+/// A subscription without reserved ceilings: its CSeq and version were exact (each NOTIFY's
+/// were written), so they are its ceilings.
 const SUBSCRIPTION_V1: u8 = 0x21;
+/// A subscription with its reserved ceilings (CSeq, version) after the V1 fields.
+const SUBSCRIPTION_V2: u8 = 0x22;
 
 pub fn encode_publication(p: &PublicationRecord) -> Vec<u8> {
     let version = match p.body {
@@ -385,7 +439,7 @@ pub fn all_dialogs_terminated(body: &PublicationBody) -> bool {
 }
 
 pub fn encode_subscription(s: &SubscriptionRecord) -> Vec<u8> {
-    let mut e = Enc::new(SUBSCRIPTION_V1);
+    let mut e = Enc::new(SUBSCRIPTION_V2);
     e.str(&s.presentity)
         .str(&s.event)
         .opt_str(s.event_id.as_deref())
@@ -411,16 +465,18 @@ pub fn encode_subscription(s: &SubscriptionRecord) -> Vec<u8> {
         .str(&s.flow.local)
         .opt_str(s.user_agent.as_deref())
         .str(&s.contact)
-        .u64(s.created_at);
+        .u64(s.created_at)
+        .u64(u64::from(s.cseq_reserved))
+        .u64(u64::from(s.version_reserved));
     e.finish()
 }
 
 pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError> {
     let mut d = Dec::new(buf)?;
-    if d.version != SUBSCRIPTION_V1 {
+    if d.version != SUBSCRIPTION_V1 && d.version != SUBSCRIPTION_V2 {
         return Err(DecodeError("unknown subscription record version"));
     }
-    let s = SubscriptionRecord {
+    let mut s = SubscriptionRecord {
         presentity: d.str()?,
         event: d.str()?,
         event_id: d.opt_str()?,
@@ -435,6 +491,8 @@ pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError
         local_cseq: d.u32()?,
         remote_cseq: d.u32()?,
         version: d.u32()?,
+        cseq_reserved: 0,
+        version_reserved: 0,
         expires_at: d.u64()?,
         state: match d.u64()? {
             0 => SubState::Active,
@@ -451,23 +509,36 @@ pub fn decode_subscription(buf: &[u8]) -> Result<SubscriptionRecord, DecodeError
         contact: d.str()?,
         created_at: d.u64()?,
     };
+    (s.cseq_reserved, s.version_reserved) = if d.version == SUBSCRIPTION_V1 {
+        (s.local_cseq, s.version)
+    } else {
+        (d.u32()?, d.u32()?)
+    };
     if !d.is_empty() {
         return Err(DecodeError("trailing bytes after subscription"));
     }
     Ok(s)
 }
 
+/// The CSeq and version after one NOTIFY, written on every NOTIFY by older binaries: exact
+/// values, read as ceilings.
 const NOTIFY_SEQ_V1: u8 = 0x31;
+/// A reservation: the ceilings (CSeq, version) of a subscription's reserved range.
+const NOTIFY_RESERVATION_V2: u8 = 0x32;
 
-pub fn encode_notify_seq(local_cseq: u32, version: u32) -> Vec<u8> {
-    let mut e = Enc::new(NOTIFY_SEQ_V1);
-    e.u64(u64::from(local_cseq)).u64(u64::from(version));
+/// A subscription's reserved ceilings, kept apart from its record: a reservation writes a
+/// dozen bytes instead of the whole subscription.
+pub fn encode_notify_seq(cseq_reserved: u32, version_reserved: u32) -> Vec<u8> {
+    let mut e = Enc::new(NOTIFY_RESERVATION_V2);
+    e.u64(u64::from(cseq_reserved))
+        .u64(u64::from(version_reserved));
     e.finish()
 }
 
+/// The ceilings (CSeq, version) of a reservation, or of an older binary's exact sequence.
 pub fn decode_notify_seq(buf: &[u8]) -> Result<(u32, u32), DecodeError> {
     let mut d = Dec::new(buf)?;
-    if d.version != NOTIFY_SEQ_V1 {
+    if d.version != NOTIFY_SEQ_V1 && d.version != NOTIFY_RESERVATION_V2 {
         return Err(DecodeError("unknown notify sequence version"));
     }
     let v = (d.u32()?, d.u32()?);
@@ -477,16 +548,16 @@ pub fn decode_notify_seq(buf: &[u8]) -> Result<(u32, u32), DecodeError> {
     Ok(v)
 }
 
-/// A subscription as loaded: the record, with CSeq and version from its NOTIFY sequence
-/// when that is newer (it is written on every NOTIFY, the record only when it changes).
+/// A subscription as loaded: the record, with ceilings from its separate reservation when
+/// that is higher (a reservation is written alone; the record only when it changes).
+/// Ceilings are never below the CSeq and version stored with them.
 pub fn merge_notify_seq(
     mut rec: SubscriptionRecord,
     seq: Option<(u32, u32)>,
 ) -> SubscriptionRecord {
-    if let Some((cseq, version)) = seq {
-        rec.local_cseq = rec.local_cseq.max(cseq);
-        rec.version = rec.version.max(version);
-    }
+    let (cseq, version) = seq.unwrap_or_default();
+    rec.cseq_reserved = rec.cseq_reserved.max(cseq).max(rec.local_cseq);
+    rec.version_reserved = rec.version_reserved.max(version).max(rec.version);
     rec
 }
 
@@ -578,7 +649,7 @@ pub fn decode_rule(buf: &[u8]) -> Result<RuleRecord, DecodeError> {
 
 /// One change to presence state; a list of them is written as one unit. Records are
 /// encoded when the write is made (one allocation, under the caller's lock, instead of a
-/// clone of every field: a fan-out writes one NOTIFY sequence per watcher).
+/// clone of every field).
 #[derive(Debug, Clone)]
 pub enum PresenceWrite {
     /// Key from [`publication_key`], value from [`encode_publication`].
@@ -594,8 +665,8 @@ pub enum PresenceWrite {
     },
     /// Removes the subscription and its NOTIFY sequence.
     DeleteSubscription(Vec<u8>),
-    /// The CSeq and version of a subscription's latest NOTIFY, kept apart from the record:
-    /// a fan-out writes a dozen bytes per watcher instead of the whole subscription.
+    /// A subscription's reserved ceilings (CSeq, version), kept apart from the record:
+    /// [`encode_notify_seq`]. Written when a NOTIFY would pass the reserved range.
     NotifySeq {
         key: Vec<u8>,
         value: Vec<u8>,
@@ -616,11 +687,21 @@ impl PresenceWrite {
         }
     }
 
-    pub fn notify_seq(s: &SubscriptionRecord) -> PresenceWrite {
+    /// The reservation of `s`: its ceilings.
+    pub fn reservation(s: &SubscriptionRecord) -> PresenceWrite {
         PresenceWrite::NotifySeq {
             key: s.key(),
-            value: encode_notify_seq(s.local_cseq, s.version),
+            value: encode_notify_seq(s.cseq_reserved, s.version_reserved),
         }
+    }
+
+    /// Whether a NOTIFY decided with this write must wait for it: reservations, a
+    /// subscription's record and its deletion. Publications need not (their 2xx waits).
+    pub fn gates_notifies(&self) -> bool {
+        !matches!(
+            self,
+            PresenceWrite::PutPublication { .. } | PresenceWrite::DeletePublication(_)
+        )
     }
 
     pub fn rule(r: &RuleRecord) -> PresenceWrite {
@@ -675,6 +756,8 @@ mod tests {
             local_cseq: 41,
             remote_cseq: 3,
             version: 40,
+            cseq_reserved: 1_041,
+            version_reserved: 1_040,
             expires_at: 1_900_000_000,
             state: SubState::Pending,
             accept: vec!["application/dialog-info+xml".into()],
@@ -734,6 +817,140 @@ mod tests {
         assert_eq!(decode_publication(&bytes).unwrap(), p);
         assert!(decode_publication(&bytes[..3]).is_err());
         assert!(decode_publication(&encode_subscription(&s)).is_err());
+    }
+
+    /// A subscription as the binaries before reservations wrote it (version 0x21, no
+    /// ceilings), by hand: a change of `encode_subscription` cannot hide a broken reader.
+    fn v1_subscription_bytes(s: &SubscriptionRecord) -> Vec<u8> {
+        let mut e = Enc::new(0x21);
+        e.str(&s.presentity)
+            .str(&s.event)
+            .opt_str(s.event_id.as_deref())
+            .str(&s.watcher)
+            .str(&s.watcher_header)
+            .str(&s.presentity_header)
+            .str(&s.call_id)
+            .str(&s.local_tag)
+            .str(&s.remote_tag)
+            .str(&s.remote_target)
+            .strs(&s.route_set)
+            .u64(u64::from(s.local_cseq))
+            .u64(u64::from(s.remote_cseq))
+            .u64(u64::from(s.version))
+            .u64(s.expires_at)
+            .u64(1)
+            .strs(&s.accept)
+            .str(&s.flow.proto)
+            .str(&s.flow.remote)
+            .str(&s.flow.local)
+            .opt_str(s.user_agent.as_deref())
+            .str(&s.contact)
+            .u64(s.created_at);
+        e.finish()
+    }
+
+    #[test]
+    fn a_subscription_written_before_reservations_restores_with_its_exact_values_as_ceilings() {
+        let s = sample_subscription();
+        let old = decode_subscription(&v1_subscription_bytes(&s)).unwrap();
+        assert_eq!(
+            old,
+            SubscriptionRecord {
+                cseq_reserved: 41,
+                version_reserved: 40,
+                ..s.clone()
+            }
+        );
+        // And the NOTIFY sequence those binaries wrote per NOTIFY (0x31: exact values).
+        let mut e = Enc::new(0x31);
+        e.u64(57).u64(50);
+        assert_eq!(decode_notify_seq(&e.finish()).unwrap(), (57, 50));
+        let merged = merge_notify_seq(old, Some((57, 50)));
+        assert_eq!((merged.cseq_reserved, merged.version_reserved), (57, 50));
+        let mut resumed = merged;
+        resumed.resume_above_reserved();
+        assert_eq!((resumed.local_cseq, resumed.version), (57, 51));
+    }
+
+    #[test]
+    fn reservations_round_trip_and_the_higher_ceilings_win_on_load() {
+        let bytes = encode_notify_seq(2_041, 2_040);
+        assert_eq!(bytes[0], NOTIFY_RESERVATION_V2);
+        assert_eq!(decode_notify_seq(&bytes).unwrap(), (2_041, 2_040));
+        for cut in 1..bytes.len() {
+            assert!(decode_notify_seq(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let s = sample_subscription();
+        let later = merge_notify_seq(s.clone(), Some((2_041, 2_040)));
+        assert_eq!(
+            (later.cseq_reserved, later.version_reserved),
+            (2_041, 2_040)
+        );
+        // A reservation older than the record (the record was rewritten since) loses.
+        let older = merge_notify_seq(s.clone(), Some((500, 400)));
+        assert_eq!(
+            (older.cseq_reserved, older.version_reserved),
+            (1_041, 1_040)
+        );
+        assert_eq!(merge_notify_seq(s.clone(), None), s);
+    }
+
+    #[test]
+    fn rfc6665_4_2_2_notifies_within_the_reservation_write_nothing_and_the_next_reserves() {
+        let mut s = sample_subscription();
+        (s.local_cseq, s.version, s.cseq_reserved, s.version_reserved) = (0, 0, 0, 0);
+        // The first NOTIFY is past the (empty) range: it reserves 1..=1+R.
+        assert!(s.count_notify(true, 10));
+        assert_eq!((s.local_cseq, s.version), (1, 1));
+        assert_eq!((s.cseq_reserved, s.version_reserved), (11, 11));
+        let mut sent = vec![(1, 0)];
+        for _ in 0..10 {
+            let version = s.version;
+            assert!(
+                !s.count_notify(true, 10),
+                "within the range at {}",
+                s.local_cseq
+            );
+            sent.push((s.local_cseq, version));
+        }
+        assert_eq!(sent.last(), Some(&(11, 10)));
+        // CSeq 12 is past 11: one reservation, 10 further.
+        let version = s.version;
+        assert!(s.count_notify(true, 10));
+        sent.push((s.local_cseq, version));
+        assert_eq!((s.cseq_reserved, s.version_reserved), (22, 22));
+        // A body-less NOTIFY (pending) counts the CSeq only.
+        assert!(!s.count_notify(false, 10));
+        assert_eq!(s.version, 12);
+        sent.push((s.local_cseq, u32::MAX));
+        // A crash now: what is on disk are the last ceilings; everything sent is at most
+        // them, and the first NOTIFY after the restart is past them and reserves again.
+        let mut restored = s.clone();
+        restored.resume_above_reserved();
+        assert!(sent.iter().all(|&(c, _)| c <= restored.local_cseq));
+        assert!(sent
+            .iter()
+            .filter(|&&(_, v)| v != u32::MAX)
+            .all(|&(_, v)| v < restored.version));
+        let first_version = restored.version;
+        assert!(restored.count_notify(true, 10));
+        assert_eq!((restored.local_cseq, first_version), (23, 23));
+        assert_eq!(
+            (restored.cseq_reserved, restored.version_reserved),
+            (33, 34)
+        );
+    }
+
+    #[test]
+    fn ceilings_never_go_down() {
+        let mut s = sample_subscription();
+        s.reserve_ahead(1);
+        assert_eq!((s.cseq_reserved, s.version_reserved), (1_041, 1_040));
+        s.reserve_ahead(5_000);
+        assert_eq!((s.cseq_reserved, s.version_reserved), (5_041, 5_040));
+        s.local_cseq = u32::MAX - 1;
+        s.reserve_ahead(5_000);
+        assert_eq!(s.cseq_reserved, u32::MAX);
     }
 
     fn typed_dialogs() -> DialogInfo {

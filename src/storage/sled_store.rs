@@ -595,7 +595,7 @@ mod tests {
         durable(store.save_bindings("sip:a@x", &[])).await.unwrap();
         let waiting = store.save_bindings("sip:b@x", &[]);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        // ...and a NOTIFY's CSeq written meanwhile ends that wait: both are flushed now.
+        // ...and a NOTIFY reservation written meanwhile ends that wait: both are flushed now.
         let started = Instant::now();
         durable(store.write(vec![PresenceWrite::NotifySeq {
             key: b"k".to_vec(),

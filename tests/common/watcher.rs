@@ -1,12 +1,14 @@
 //! A BLF key: a `dialog` subscription (RFC 4235) of user 1003 to one presentity, reading the
-//! lamp from the NOTIFYs it answers. Every NOTIFY's `version` must be exactly one more than
-//! the last one's, whatever happens to the call or the server.
+//! lamp from the NOTIFYs it answers. CSeqs and versions never go backwards nor repeat: while
+//! the server runs each NOTIFY's `version` is exactly one more than the last one's; after a
+//! restart (the CSeq jumps ahead: the server continues above what it reserved on disk) the
+//! version may jump too, with a full document (RFC 4235 §4.1).
 
 #![allow(dead_code)]
 
 use super::ua::{cseq_of, Ua};
 use super::{branch, wire};
-use busylamp::sip::body::dialog_info::{parse, DialogInfo, DialogState};
+use busylamp::sip::body::dialog_info::{parse, DialogInfo, DialogState, DocState};
 use busylamp::sip::Request;
 use std::net::SocketAddr;
 
@@ -48,7 +50,13 @@ impl Watcher {
         w
     }
 
-    /// The next NOTIFY's document; its version must be exactly one more than the last.
+    /// The CSeq of the last NOTIFY read.
+    pub fn last_cseq(&self) -> Option<u32> {
+        self.last_cseq
+    }
+
+    /// The next NOTIFY's document; its version must be exactly one more than the last, or,
+    /// after a restart, higher, with the full state.
     pub async fn next(&mut self) -> DialogInfo {
         self.next_within(5000).await.expect("a NOTIFY within 5 s")
     }
@@ -57,19 +65,31 @@ impl Watcher {
     /// Retransmissions (same CSeq: our 200 crossed a Timer E firing, which the paused clock
     /// makes likely) are answered and skipped.
     pub async fn next_within(&mut self, ms: u64) -> Option<DialogInfo> {
-        let n: Request = loop {
+        let (n, previous_cseq): (Request, Option<u32>) = loop {
             let n = self.ua.next_request_within(ms).await?;
             assert_eq!(n.method, "NOTIFY", "the watcher got a {}", n.method);
             self.ua.answer(&n, 200).await;
             let cseq = cseq_of(&n);
             if self.last_cseq != Some(cseq) {
-                self.last_cseq = Some(cseq);
-                break n;
+                if let Some(last) = self.last_cseq {
+                    assert!(cseq > last, "CSeq went backwards: {cseq} after {last}");
+                }
+                break (n, self.last_cseq.replace(cseq));
             }
         };
         let doc = parse(&n.body).expect("dialog-info body");
         if let Some(v) = self.last_version {
-            assert_eq!(doc.version, v + 1, "versions go up by one per NOTIFY");
+            if previous_cseq.is_some_and(|c| cseq_of(&n) == c + 1) {
+                assert_eq!(doc.version, v + 1, "versions go up by one per NOTIFY");
+            } else {
+                // A restart: above anything before, and the whole state.
+                assert!(doc.version > v, "version {} after {v}", doc.version);
+                assert_eq!(
+                    doc.state,
+                    DocState::Full,
+                    "a jump comes with the full state"
+                );
+            }
         }
         self.last_version = Some(doc.version);
         Some(doc)
