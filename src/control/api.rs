@@ -251,6 +251,50 @@ fn rule_json(r: &RuleRecord) -> Value {
     })
 }
 
+/// `status.storage`: the writes (flush times, queue) and the space (what the store holds,
+/// live key plus value bytes per tree, and its size on disk); `null` for a store that tells
+/// neither.
+fn storage_json(
+    stats: Option<crate::storage::StoreStats>,
+    space: Option<Result<crate::storage::StorageSpace, StorageError>>,
+) -> Value {
+    let mut m = Map::new();
+    if let Some(s) = stats {
+        m.insert("flush_ms_last".into(), json!(s.flush_ms_last));
+        m.insert("flush_ms_max".into(), json!(s.flush_ms_max));
+        m.insert("queued".into(), json!(s.queued));
+        m.insert("refused".into(), json!(s.refused));
+    }
+    match space {
+        Some(Ok(sp)) => {
+            let trees: Map<String, Value> = sp
+                .trees
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.to_string(),
+                        json!({ "records": t.records, "bytes": t.bytes }),
+                    )
+                })
+                .collect();
+            m.insert("backend".into(), json!(sp.backend));
+            m.insert("on_disk".into(), json!(sp.on_disk));
+            m.insert("live_bytes".into(), json!(sp.live_bytes));
+            m.insert("records".into(), json!(sp.records));
+            m.insert("trees".into(), Value::Object(trees));
+        }
+        Some(Err(e)) => {
+            m.insert("space_error".into(), json!(e.to_string()));
+        }
+        None => {}
+    }
+    if m.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(m)
+    }
+}
+
 impl Api {
     pub fn new(core: Arc<Core>) -> Arc<Api> {
         Arc::new(Api {
@@ -352,12 +396,7 @@ impl Api {
                 "rules": core.presence.rules().len(),
                 "shared_lines": core.bla.lines().len(),
             },
-            "storage": core.presence.store_stats().map(|s| json!({
-                "flush_ms_last": s.flush_ms_last,
-                "flush_ms_max": s.flush_ms_max,
-                "queued": s.queued,
-                "refused": s.refused,
-            })),
+            "storage": storage_json(core.presence.store_stats(), core.presence.store_space()),
             "transactions": in_flight.server_transactions + in_flight.client_transactions,
         })
     }

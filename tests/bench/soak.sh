@@ -2,12 +2,13 @@
 # Soak: does busylamp's disk use (and RSS, fds, threads) settle under a
 # steady load, at idle and after a restart?  An appliance runs for months.
 #
-# Usage: tests/bench/soak.sh [--keep]
+# Usage: tests/bench/soak.sh [--keep] | --summary=SOAK_TSV
 #   Builds nothing: run `cargo build --release` first (or set BUSYLAMP).
 #   --keep   keep the work directory (server log, sipp logs, the data dir)
 # Environment (defaults):
 #   BUSYLAMP                 busylamp binary (target/release/busylamp)
-#   SOAK_SECONDS=3600        length of the load phase
+#   SOAK_SECONDS=3600        length of the load phase (with the idle phase and
+#                            the restart, the run takes ~SOAK_SECONDS + SOAK_IDLE + 60 s)
 #   SOAK_IDLE=120            idle phase after the load (no calls, no PUBLISH;
 #                            the watchers stay subscribed)
 #   SOAK_RATE=40             calls/s (sipp -r, open loop)
@@ -15,6 +16,9 @@
 #   SOAK_WATCHERS_PER_CALLEE=10  BLF watchers per callee (dialog event)
 #   SOAK_PRESENTITIES=50     presentities whose presence state changes
 #   SOAK_PUBLISH_MS=5000     each changes state (PUBLISH) this often
+#   SOAK_SUB_CHURN=5         new presence subscriptions per second (Expires
+#                            SOAK_SUB_EXPIRES=60, never refreshed: each ends by
+#                            expiry; phones rebooting, watchers coming and going)
 #   SOAK_REREG=600           the callees re-register every this many seconds
 #                            (a new Call-ID each time: their bindings are rewritten)
 #   SOAK_SAMPLE=10           seconds between samples
@@ -30,7 +34,12 @@
 # Event: dialog to them (calls_watch.xml) and answer every NOTIFY; callers
 # make SOAK_RATE calls/s (calls_uac.xml, 200 ms after the ACK the caller hangs
 # up), spread over the callees; P presentities PUBLISH presence
-# (presence_publish.xml, open/closed alternately, every SOAK_PUBLISH_MS).
+# (presence_publish.xml, open/closed alternately, every SOAK_PUBLISH_MS);
+# SOAK_SUB_CHURN subscriptions/s come and go (presence_subscribe.xml, Event:
+# presence, with a short Expires, to the callees, whose presence changes
+# only with their registrations: a subscription record and its NOTIFY
+# counters written and deleted per subscription, new keys all the time; the
+# NOTIFY at expiry goes unanswered, the sipp call having ended).
 # Each call is ~3 dialog-state changes of the callee: W NOTIFYs each, and
 # every NOTIFY's CSeq/version is written to the store, as are the call
 # records, the dialog-info publications and the bindings.
@@ -60,10 +69,56 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../interop/lib.sh
 source "$HERE/../interop/lib.sh"
 
+# summarize TSV: start/end/max of each figure, growth per hour, disk/live,
+# whether the disk use settled (also: tests/bench/soak.sh --summary TSV).
+summarize() {
+    awk -F'\t' '
+    NR == 1 { next }
+    {
+        n++; t[n] = $1; ph[n] = $2
+        for (i = 3; i <= 10; i++) { v[n, i] = $i; if (!(i in mx) || $i + 0 > mx[i]) mx[i] = $i + 0 }
+        if ($2 == "load" || $2 == "load-end") { nl++; lt[nl] = $1; ld[nl] = $7; ll[nl] = $9 }
+        if ($2 == "setup") first = n
+        if ($2 == "load-end") le = n
+        if ($2 == "idle-end") ie = n
+    }
+    function slope(a, b,   i, sx, sy, sxx, sxy, k, x, y) { # least squares, kB/s over samples a..b of the load
+        k = 0; sx = sy = sxx = sxy = 0
+        for (i = a; i <= b; i++) { x = lt[i]; y = ld[i]; k++; sx += x; sy += y; sxx += x * x; sxy += x * y }
+        if (k < 2 || k * sxx - sx * sx == 0) return 0
+        return (k * sxy - sx * sy) / (k * sxx - sx * sx)
+    }
+    function mb(kb) { return sprintf("%.2f", kb / 1024) }
+    function ratio(kb, b) { return b > 0 ? sprintf("%.1f", kb * 1024 / b) : "n/a" }
+    END {
+        names[3] = "calls"; names[4] = "RSS MB"; names[5] = "fds"; names[6] = "threads"; names[7] = "data dir MB (du)"
+        names[8] = "store on_disk MB"; names[9] = "live data MB"; names[10] = "records"
+        printf "%-20s %12s %12s %12s %12s %12s\n", "figure", "start", "load end", "idle end", "after restart", "max"
+        for (i = 3; i <= 10; i++) {
+            s = v[first, i]; e = v[le, i]; d = v[ie, i]; r = v[n, i]; m = mx[i]
+            if (i == 4 || i == 7) { s = mb(s); e = mb(e); d = mb(d); r = mb(r); m = mb(m) }
+            if (i == 8 || i == 9) { s = mb(s / 1024); e = mb(e / 1024); d = mb(d / 1024); r = mb(r / 1024); m = mb(m / 1024) }
+            printf "%-20s %12s %12s %12s %12s %12s\n", names[i], s, e, d, r, m
+        }
+        whole = slope(1, nl) * 3600 / 1024
+        third = nl - int(nl / 3); if (third < 1) third = 1
+        last = slope(third, nl) * 3600 / 1024
+        first3 = slope(1, int(nl / 3) > 1 ? int(nl / 3) : 2) * 3600 / 1024
+        printf "data dir growth over the load: %.1f MB/h (first third %.1f MB/h, last third %.1f MB/h)\n", whole, first3, last
+        printf "disk/live: load end %s, idle end %s, after restart %s (data dir du / storage.live_bytes)\n", \
+            ratio(v[le, 7], v[le, 9]), ratio(v[ie, 7], v[ie, 9]), ratio(v[n, 7], v[n, 9])
+        printf "data dir bytes per call at the load end: %.0f\n", (v[le, 3] > 0 ? v[le, 7] * 1024 / v[le, 3] : 0)
+        rl = (v[le, 9] > 0 ? v[le, 7] * 1024 / v[le, 9] : 0)
+        settled = (last <= 0.25 * (whole > 0 ? whole : 0) || last < 1) ? "yes" : "no"
+        printf "settled: %s (last third slope %.1f MB/h vs whole load %.1f MB/h; settled = last third <= 1/4 of the whole or < 1 MB/h)\n", settled, last, whole
+    }' "$1"
+}
+
 KEEP=0
 for arg in "$@"; do
     case "$arg" in
     --keep) KEEP=1 ;;
+    --summary=*) summarize "${arg#--summary=}"; exit 0 ;;
     -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) bl_die "unknown argument: $arg (see --help)" ;;
     esac
@@ -77,6 +132,8 @@ WPC="${SOAK_WATCHERS_PER_CALLEE:-10}"
 PRESENTITIES="${SOAK_PRESENTITIES:-50}"
 PUBLISH_MS="${SOAK_PUBLISH_MS:-5000}"
 REREG="${SOAK_REREG:-600}"
+SUB_CHURN="${SOAK_SUB_CHURN:-5}"
+SUB_EXPIRES="${SOAK_SUB_EXPIRES:-60}"
 SAMPLE="${SOAK_SAMPLE:-10}"
 RING_MS=200
 HOLD_MS=200
@@ -116,7 +173,7 @@ trap 'exit 143' TERM
     echo "== busylamp soak — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "machine:  nproc=$(nproc), kernel $(uname -r), $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "busylamp: $BIN (git $(git -C "$TOP" rev-parse --short HEAD 2>/dev/null || echo none); built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ))"
-    echo "load:     $RATE calls/s for ${DURATION}s, $CALLEES callees x $WPC BLF watchers, $PRESENTITIES presentities PUBLISHing every ${PUBLISH_MS} ms, re-REGISTER every ${REREG}s; idle ${IDLE}s; then a restart"
+    echo "load:     $RATE calls/s for ${DURATION}s, $CALLEES callees x $WPC BLF watchers, $PRESENTITIES presentities PUBLISHing every ${PUBLISH_MS} ms, $SUB_CHURN subscriptions/s coming and going (Expires $SUB_EXPIRES), re-REGISTER every ${REREG}s; idle ${IDLE}s; then a restart"
     echo "server:   env '${SOAK_ENV:-}' config extra '${SOAK_CONFIG_EXTRA:-}'"
 } | tee "$SUMMARY"
 
@@ -133,6 +190,10 @@ PUBS=$((DURATION * 1000 / PUBLISH_MS / 2 * 2))
 ((PUBS >= 2)) || PUBS=2
 awk -v n="$PRESENTITIES" -v d="$BL_DOMAIN" -v m="$PUBS" -v s="$PUBLISH_MS" 'BEGIN {
     print "SEQUENTIAL"; for (i = 1; i <= n; i++) printf "p%06d;%s;%d;%d\n", i, d, m, s }' >"$WORK/publish.csv"
+
+awk -v d="$BL_DOMAIN" 'BEGIN {
+    print "SEQUENTIAL"; for (i = 1; i <= 1000; i++) printf "x%06d;c%06d;%s\n", i, (i % 100) + 1, d }' >"$WORK/churn.csv"
+sed -e "s/Expires: 3600/Expires: $SUB_EXPIRES/" "$HERE/presence_subscribe.xml" >"$WORK/churn.xml"
 
 # The scenarios of calls.sh, made to last: subscriptions and bindings for the
 # whole soak (Expires), watchers that stay through the idle phase and the
@@ -235,7 +296,16 @@ BG_PIDS+=("$CALLS_PID")
     >"$WORK/publish.log" 2>&1 &
 PUB_PID=$!
 BG_PIDS+=("$PUB_PID")
-bl_log "load: $RATE calls/s for ${DURATION}s (sipp $CALLS_PID), $PRESENTITIES presentities publishing (sipp $PUB_PID)"
+CHURN_PID=""
+if ((SUB_CHURN > 0)); then
+    (cd "$WORK" && exec timeout $((DURATION + 120)) sipp "$BL_HOST:$port" -sf "$WORK/churn.xml" \
+        -inf "$WORK/churn.csv" -i "$BL_HOST" -bind_local -t u1 -m $((SUB_CHURN * DURATION)) -r "$SUB_CHURN" -rp 1000 \
+        -default_behaviors all,-bye "${SIPP_COMMON[@]}" -timeout "$((DURATION + 90))s" -nostdin \
+        -trace_err -error_file "$WORK/churn-errors.log") >"$WORK/churn.log" 2>&1 &
+    CHURN_PID=$!
+    BG_PIDS+=("$CHURN_PID")
+fi
+bl_log "load: $RATE calls/s for ${DURATION}s (sipp $CALLS_PID), $PRESENTITIES presentities publishing (sipp $PUB_PID), $SUB_CHURN subscriptions/s (sipp ${CHURN_PID:-none})"
 next_sample=$((SECONDS + SAMPLE))
 next_rereg=$((SECONDS + REREG))
 rereg=0
@@ -260,6 +330,7 @@ CALLS_FINAL="$BL_SIPP_OK"
 CALLS_FAILED="$BL_SIPP_FAILED"
 CALLS_RETRANS="$BL_SIPP_RETRANS"
 bl_stop_bg "$PUB_PID"
+[[ -z "$CHURN_PID" ]] || bl_stop_bg "$CHURN_PID"
 sample load-end
 
 # ------------------------------------------------------------------ idle
@@ -287,46 +358,7 @@ BINDINGS_AFTER=$(timeout 10 "$BIN" status --json --config "$CFG" | jq '.counts.b
 {
     echo
     echo "calls: $CALLS_FINAL ok, $CALLS_FAILED failed, $CALLS_RETRANS retransmitted requests; re-REGISTERs: $rereg; restart took ${RESTART_MS} ms (stop + start + ready), after it: $SUBS_AFTER subscriptions, $BINDINGS_AFTER bindings"
-    awk -F'\t' -v dur="$DURATION" '
-    NR == 1 { next }
-    {
-        n++; t[n] = $1; ph[n] = $2
-        for (i = 3; i <= 10; i++) { v[n, i] = $i; if (!(i in mx) || $i + 0 > mx[i]) mx[i] = $i + 0 }
-        if ($2 == "load" || $2 == "load-end") { nl++; lt[nl] = $1; ld[nl] = $7; ll[nl] = $9 }
-        if ($2 == "setup") first = n
-        if ($2 == "load-end") le = n
-        if ($2 == "idle-end") ie = n
-    }
-    function slope(a, b,   i, sx, sy, sxx, sxy, k, x, y) { # least squares, kB/s over samples a..b of the load
-        k = 0; sx = sy = sxx = sxy = 0
-        for (i = a; i <= b; i++) { x = lt[i]; y = ld[i]; k++; sx += x; sy += y; sxx += x * x; sxy += x * y }
-        if (k < 2 || k * sxx - sx * sx == 0) return 0
-        return (k * sxy - sx * sy) / (k * sxx - sx * sx)
-    }
-    function mb(kb) { return sprintf("%.2f", kb / 1024) }
-    function ratio(kb, b) { return b > 0 ? sprintf("%.1f", kb * 1024 / b) : "n/a" }
-    END {
-        names[3] = "calls"; names[4] = "RSS MB"; names[5] = "fds"; names[6] = "threads"; names[7] = "data dir MB (du)"
-        names[8] = "store on_disk MB"; names[9] = "live data MB"; names[10] = "records"
-        printf "%-20s %12s %12s %12s %12s %12s\n", "figure", "start", "load end", "idle end", "after restart", "max"
-        for (i = 3; i <= 10; i++) {
-            s = v[first, i]; e = v[le, i]; d = v[ie, i]; r = v[n, i]; m = mx[i]
-            if (i == 4 || i == 7) { s = mb(s); e = mb(e); d = mb(d); r = mb(r); m = mb(m) }
-            if (i == 8 || i == 9) { s = mb(s / 1024); e = mb(e / 1024); d = mb(d / 1024); r = mb(r / 1024); m = mb(m / 1024) }
-            printf "%-20s %12s %12s %12s %12s %12s\n", names[i], s, e, d, r, m
-        }
-        whole = slope(1, nl) * 3600 / 1024
-        third = nl - int(nl / 3); if (third < 1) third = 1
-        last = slope(third, nl) * 3600 / 1024
-        first3 = slope(1, int(nl / 3) > 1 ? int(nl / 3) : 2) * 3600 / 1024
-        printf "data dir growth over the load: %.1f MB/h (first third %.1f MB/h, last third %.1f MB/h)\n", whole, first3, last
-        printf "disk/live: load end %s, idle end %s, after restart %s (data dir du / storage.live_bytes)\n", \
-            ratio(v[le, 7], v[le, 9]), ratio(v[ie, 7], v[ie, 9]), ratio(v[n, 7], v[n, 9])
-        printf "data dir bytes per call at the load end: %.0f\n", (v[le, 3] > 0 ? v[le, 7] * 1024 / v[le, 3] : 0)
-        rl = (v[le, 9] > 0 ? v[le, 7] * 1024 / v[le, 9] : 0)
-        settled = (last <= 0.25 * (whole > 0 ? whole : 0) || last < 1) ? "yes" : "no"
-        printf "settled: %s (last third slope %.1f MB/h vs whole load %.1f MB/h; settled = last third <= 1/4 of the whole or < 1 MB/h)\n", settled, last, whole
-    }' "$TSV"
+    summarize "$TSV"
     echo "samples: $TSV"
     echo "notes: sipp (callers, callee UAS, watchers, publishers) shares the $(nproc) cores with the server, and so do other"
     echo "       jobs on this machine (load average at the end $(cut -d' ' -f1-3 /proc/loadavg)); data dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }')."
