@@ -78,7 +78,9 @@ impl Presence {
     }
 
     /// What the store holds and takes on disk (reads every record: on request only).
-    pub fn store_space(&self) -> Option<Result<crate::storage::StorageSpace, crate::storage::StorageError>> {
+    pub fn store_space(
+        &self,
+    ) -> Option<Result<crate::storage::StorageSpace, crate::storage::StorageError>> {
         self.store.space()
     }
 

@@ -189,7 +189,9 @@ mod tests {
         assert_eq!(store.backend(), "redb");
         let bindings = store.bindings().load_bindings().unwrap();
         assert_eq!(bindings.len(), 50);
-        assert!(bindings.iter().any(|(aor, b)| aor == "sip:7@example.test" && b[0].cseq == 7));
+        assert!(bindings
+            .iter()
+            .any(|(aor, b)| aor == "sip:7@example.test" && b[0].cseq == 7));
         let subs = store.presence().load_subscriptions().unwrap();
         assert_eq!(subs, vec![sample_subscription()]);
         // The sled files are kept aside, not read again.
@@ -197,9 +199,13 @@ mod tests {
         assert!(!dir.join(SLED_DIR).exists());
         assert!(!dir.join(REDB_MIGRATING).exists());
         // A write after the migration, then a restart: no second migration, nothing lost.
-        durable(store.bindings().save_bindings("sip:new@example.test", &[binding(1)]))
-            .await
-            .unwrap();
+        durable(
+            store
+                .bindings()
+                .save_bindings("sip:new@example.test", &[binding(1)]),
+        )
+        .await
+        .unwrap();
         store.close().unwrap();
         drop(store);
         let store = DiskStore::open(&dir, None, Duration::ZERO, 100).unwrap();

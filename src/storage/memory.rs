@@ -236,7 +236,9 @@ impl PresenceStore for MemoryStore {
     }
 
     fn space(&self) -> Option<Result<super::StorageSpace, StorageError>> {
-        use super::presence::{encode_notify_seq, encode_publication, encode_rule, encode_subscription};
+        use super::presence::{
+            encode_notify_seq, encode_publication, encode_rule, encode_subscription,
+        };
         use super::TreeSpace;
         // The records as the disk stores would encode them: the same live bytes.
         fn tree<K: AsRef<[u8]>, V>(

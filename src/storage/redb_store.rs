@@ -219,7 +219,11 @@ impl BindingStore for RedbStore {
         } else {
             Some(encode_bindings(aor, bindings))
         };
-        self.submit(Writes::One((Tree::Bindings, aor.as_bytes().to_vec(), value)))
+        self.submit(Writes::One((
+            Tree::Bindings,
+            aor.as_bytes().to_vec(),
+            value,
+        )))
     }
 }
 
@@ -325,7 +329,10 @@ mod tests {
         assert!(all.iter().all(|(aor, _)| aor != "sip:5@x"));
         assert_eq!(s.load_subscriptions().unwrap().len(), 1);
         let stats = s.stats().unwrap();
-        assert_eq!(stats.flush_ms_last, None, "nothing committed since the reopen");
+        assert_eq!(
+            stats.flush_ms_last, None,
+            "nothing committed since the reopen"
+        );
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -372,7 +379,11 @@ mod tests {
         }]))
         .await
         .unwrap();
-        assert!(started.elapsed() < Duration::from_millis(400), "waited {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "waited {:?}",
+            started.elapsed()
+        );
         durable(waiting).await.unwrap();
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);

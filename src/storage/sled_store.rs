@@ -227,7 +227,11 @@ impl BindingStore for SledStore {
         } else {
             Some(encode_bindings(aor, bindings))
         };
-        self.submit(Writes::One((Tree::Bindings, aor.as_bytes().to_vec(), value)))
+        self.submit(Writes::One((
+            Tree::Bindings,
+            aor.as_bytes().to_vec(),
+            value,
+        )))
     }
 }
 
@@ -567,7 +571,10 @@ mod tests {
             tree("bindings").bytes,
             2 * ("sip:1@x".len() as u64 + value_len)
         );
-        assert_eq!((tree("notify_seq").records, tree("notify_seq").bytes), (1, 13));
+        assert_eq!(
+            (tree("notify_seq").records, tree("notify_seq").bytes),
+            (1, 13)
+        );
         assert_eq!(space.records, 3);
         assert_eq!(space.live_bytes, tree("bindings").bytes + 13);
         assert!(space.on_disk > 0);

@@ -19,8 +19,13 @@
 #   SOAK_SUB_CHURN=5         new presence subscriptions per second (Expires
 #                            SOAK_SUB_EXPIRES=60, never refreshed: each ends by
 #                            expiry; phones rebooting, watchers coming and going)
-#   SOAK_REREG=600           the callees re-register every this many seconds
-#                            (a new Call-ID each time: their bindings are rewritten)
+#   SOAK_REREG=0             the callees re-register every this many seconds
+#                            (a new Call-ID each time: their bindings are
+#                            rewritten); 0: never.  Off by default: the UAS
+#                            holds the callees' port, so the re-REGISTER comes
+#                            from another one, and busylamp then reaches the
+#                            callee over that new flow (the re-registering
+#                            sipp, which has ended): the calls fail with 408.
 #   SOAK_SAMPLE=10           seconds between samples
 #   SOAK_ENV=""              extra environment for the server ("K=V K2=V2")
 #   SOAK_CONFIG_EXTRA=""     TOML appended to the server's config (e.g.
@@ -109,8 +114,11 @@ summarize() {
             ratio(v[le, 7], v[le, 9]), ratio(v[ie, 7], v[ie, 9]), ratio(v[n, 7], v[n, 9])
         printf "data dir bytes per call at the load end: %.0f\n", (v[le, 3] > 0 ? v[le, 7] * 1024 / v[le, 3] : 0)
         rl = (v[le, 9] > 0 ? v[le, 7] * 1024 / v[le, 9] : 0)
-        settled = (last <= 0.25 * (whole > 0 ? whole : 0) || last < 1) ? "yes" : "no"
-        printf "settled: %s (last third slope %.1f MB/h vs whole load %.1f MB/h; settled = last third <= 1/4 of the whole or < 1 MB/h)\n", settled, last, whole
+        # settled: over the last third of the load the data dir grows by at most a tenth
+        # of the live data per hour (at most 0.1 MB/h for less than 1 MB of live data)
+        lim = v[le, 9] / 1048576 / 10; if (lim < 0.1) lim = 0.1
+        settled = (last <= lim) ? "yes" : "no"
+        printf "settled: %s (last third slope %.2f MB/h, whole load %.1f MB/h; settled = last third <= %.2f MB/h, a tenth of the live data per hour)\n", settled, last, whole, lim
     }' "$1"
 }
 
@@ -131,7 +139,7 @@ CALLEES="${SOAK_CALLEES:-100}"
 WPC="${SOAK_WATCHERS_PER_CALLEE:-10}"
 PRESENTITIES="${SOAK_PRESENTITIES:-50}"
 PUBLISH_MS="${SOAK_PUBLISH_MS:-5000}"
-REREG="${SOAK_REREG:-600}"
+REREG="${SOAK_REREG:-0}"
 SUB_CHURN="${SOAK_SUB_CHURN:-5}"
 SUB_EXPIRES="${SOAK_SUB_EXPIRES:-60}"
 SAMPLE="${SOAK_SAMPLE:-10}"
@@ -173,7 +181,7 @@ trap 'exit 143' TERM
     echo "== busylamp soak — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "machine:  nproc=$(nproc), kernel $(uname -r), $(awk '/^MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "busylamp: $BIN (git $(git -C "$TOP" rev-parse --short HEAD 2>/dev/null || echo none); built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ))"
-    echo "load:     $RATE calls/s for ${DURATION}s, $CALLEES callees x $WPC BLF watchers, $PRESENTITIES presentities PUBLISHing every ${PUBLISH_MS} ms, $SUB_CHURN subscriptions/s coming and going (Expires $SUB_EXPIRES), re-REGISTER every ${REREG}s; idle ${IDLE}s; then a restart"
+    echo "load:     $RATE calls/s for ${DURATION}s, $CALLEES callees x $WPC BLF watchers, $PRESENTITIES presentities PUBLISHing every ${PUBLISH_MS} ms, $SUB_CHURN subscriptions/s coming and going (Expires $SUB_EXPIRES), re-REGISTER every ${REREG}s (0: never); idle ${IDLE}s; then a restart"
     echo "server:   env '${SOAK_ENV:-}' config extra '${SOAK_CONFIG_EXTRA:-}'"
 } | tee "$SUMMARY"
 
@@ -310,7 +318,7 @@ next_sample=$((SECONDS + SAMPLE))
 next_rereg=$((SECONDS + REREG))
 rereg=0
 while kill -0 "$CALLS_PID" 2>/dev/null && ((SECONDS - T_LOAD < DURATION + 90)); do
-    if ((SECONDS >= next_rereg && SECONDS - T_LOAD < DURATION)); then
+    if ((REREG > 0 && SECONDS >= next_rereg && SECONDS - T_LOAD < DURATION)); then
         rereg=$((rereg + 1))
         bl_sipp_run "rereg$rereg" "$port" u1 "$WORK/reregister.xml" "$WORK/callees.csv" "$CALLEES" "$WORK" 30 \
             -r 200 -rp 1000 -l 200 -default_behaviors all,-bye "${SIPP_COMMON[@]}"
