@@ -29,7 +29,15 @@ const MAX_MWI_EXPIRES: u32 = 365 * 86_400;
 pub struct Api {
     core: Arc<Core>,
     started: tokio::time::Instant,
+    /// The store's space as last read, and when: reading it walks every record, and a
+    /// dashboard asks for `status` every 2 s.
+    space: Arc<std::sync::Mutex<Option<(std::time::Instant, SpaceReading)>>>,
 }
+
+type SpaceReading = Option<Result<crate::storage::StorageSpace, StorageError>>;
+
+/// How long a reading of the store's space is answered again before the store is read anew.
+const SPACE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A method's params: an object (or none), read field by field.
 struct Params<'a> {
@@ -300,6 +308,7 @@ impl Api {
         Arc::new(Api {
             core,
             started: tokio::time::Instant::now(),
+            space: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -396,9 +405,22 @@ impl Api {
                 "rules": core.presence.rules().len(),
                 "shared_lines": core.bla.lines().len(),
             },
-            "storage": storage_json(core.presence.store_stats(), core.presence.store_space()),
+            "storage": storage_json(core.presence.store_stats(), self.store_space()),
             "transactions": in_flight.server_transactions + in_flight.client_transactions,
         })
+    }
+
+    /// The store's space, read at most every [`SPACE_MAX_AGE`].
+    fn store_space(&self) -> SpaceReading {
+        let mut cached = self.space.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((at, reading)) if at.elapsed() < SPACE_MAX_AGE => reading.clone(),
+            _ => {
+                let reading = self.core.presence.store_space();
+                *cached = Some((std::time::Instant::now(), reading.clone()));
+                reading
+            }
+        }
     }
 
     fn registrations(&self) -> Vec<Value> {
@@ -1066,6 +1088,7 @@ impl Methods for Api {
         let api = Api {
             core: self.core.clone(),
             started: self.started,
+            space: self.space.clone(),
         };
         let method = method.to_string();
         Box::pin(async move { api.call(&method, params).await })
