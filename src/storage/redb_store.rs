@@ -51,7 +51,10 @@ fn read_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 pub struct RedbStore {
-    db: Arc<redb::Database>,
+    /// `None` once closed: the last handle dropped lets redb mark the file cleanly shut
+    /// down, so the next start does not repair it (a repair rebuilds its allocator state and
+    /// grows the file).
+    db: std::sync::RwLock<Option<Arc<redb::Database>>>,
     path: PathBuf,
     writer: GroupCommit,
 }
@@ -91,7 +94,11 @@ impl RedbStore {
         let engine = RedbCommit { db: db.clone() };
         let writer = GroupCommit::start(engine, flush_interval, max_queued_writes)
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
-        Ok(RedbStore { db, path, writer })
+        Ok(RedbStore {
+            db: std::sync::RwLock::new(Some(db)),
+            path,
+            writer,
+        })
     }
 
     fn submit(&self, writes: Writes) -> Durable {
@@ -107,7 +114,19 @@ impl RedbStore {
     /// Refuses new writes, commits every queued one and waits for the writer thread to end
     /// (for shutdown: a write accepted before this is on disk when it returns). Blocking.
     pub fn close(&self) -> Result<(), StorageError> {
-        self.writer.stop()
+        self.writer.stop()?;
+        // The writer's handle went with its thread; this was the last one.
+        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        Ok(())
+    }
+
+    /// The database, unless closed.
+    fn db(&self) -> Result<Arc<redb::Database>, StorageError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StorageError::Read("the database is closed".into()))
     }
 
     /// Bytes the database file occupies.
@@ -121,7 +140,7 @@ impl RedbStore {
         tree: Tree,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let txn = self.db()?.begin_read().map_err(read_err)?;
         let t = txn.open_table(table(tree)).map_err(read_err)?;
         for item in t.iter().map_err(read_err)? {
             let (k, v) = item.map_err(read_err)?;
@@ -233,7 +252,7 @@ impl PresenceStore for RedbStore {
     }
 
     fn load_subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let txn = self.db()?.begin_read().map_err(read_err)?;
         let seqs = txn.open_table(table(Tree::NotifySeq)).map_err(read_err)?;
         let mut out = Vec::new();
         for rec in self.load_tree(Tree::Subscriptions, decode_subscription)? {
@@ -386,6 +405,30 @@ mod tests {
         );
         durable(waiting).await.unwrap();
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn after_close_the_next_open_needs_no_repair() {
+        let dir = temp_dir("clean");
+        let s = RedbStore::open(&dir, Duration::ZERO).unwrap();
+        durable(s.save_bindings("sip:1@x", &[sample("sip:c@h", 1)]))
+            .await
+            .unwrap();
+        s.close().unwrap();
+        assert!(s.load_bindings().is_err(), "closed");
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = repaired.clone();
+        let db = redb::Builder::new()
+            .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::SeqCst))
+            .create(dir.join(REDB_FILE))
+            .unwrap();
+        assert!(
+            !repaired.load(std::sync::atomic::Ordering::SeqCst),
+            "repaired after a clean close"
+        );
+        drop(db);
+        drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
