@@ -502,6 +502,18 @@ pub struct StorageConfig {
     /// Writes that may wait for the disk at once. A request whose write finds this many
     /// waiting is answered `503 Storage busy` with `Retry-After`, never acknowledged.
     pub max_queued_writes: usize,
+    /// The database in the data directory. Unset: redb, except that a data directory holding
+    /// only a sled database (written by an earlier busylamp) is migrated to redb once at
+    /// start (the sled files are kept beside it). "sled" keeps using sled.
+    pub backend: Option<StorageBackend>,
+}
+
+/// The embedded database behind the stores (`[storage] backend`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Redb,
+    Sled,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -782,6 +794,7 @@ impl Default for StorageConfig {
         StorageConfig {
             flush_interval_ms: 10,
             max_queued_writes: crate::storage::DEFAULT_MAX_QUEUED_WRITES,
+            backend: None,
         }
     }
 }

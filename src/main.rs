@@ -5,10 +5,9 @@
 use anyhow::Context;
 use busylamp::config::Config;
 use busylamp::sip::digest::{self, Algorithm};
-use busylamp::storage::{SledStore, UserFile, UserRecord};
+use busylamp::storage::{DiskStore, UserFile, UserRecord};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -433,17 +432,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let store = SledStore::open_bounded(
+    let store = DiskStore::open(
         &cfg.server.data_dir,
+        cfg.storage.backend,
         Duration::from_millis(cfg.storage.flush_interval_ms),
         cfg.storage.max_queued_writes,
     )?;
+    tracing::info!(backend = store.backend(), "database opened");
     let users = UserFile::new(&cfg.server.data_dir);
-    let store = Arc::new(store);
     let stores = busylamp::server::Stores {
-        bindings: store.clone(),
-        presence: store.clone(),
-        dialogs: store.clone(),
+        bindings: store.bindings(),
+        presence: store.presence(),
+        dialogs: store.dialogs(),
         users: Some(users),
         nonce_key: None,
     };

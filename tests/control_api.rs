@@ -131,6 +131,18 @@ async fn status_and_registrations_show_a_register_with_its_contact() {
     assert_eq!(st["counts"]["bindings"], 1);
     assert_eq!(st["listen"].as_array().unwrap().len(), 2, "{st}");
     assert!(st["storage"]["queued"].is_u64(), "{st}");
+    // What the store holds: the one binding record, its key and value bytes counted.
+    let storage = &st["storage"];
+    assert_eq!(storage["backend"], "memory", "{st}");
+    assert_eq!(storage["trees"]["bindings"]["records"], 1, "{st}");
+    let binding_bytes = storage["trees"]["bindings"]["bytes"].as_u64().unwrap();
+    assert!(binding_bytes > "sip:1001@example.test".len() as u64, "{st}");
+    assert!(
+        storage["live_bytes"].as_u64().unwrap() >= binding_bytes,
+        "{st}"
+    );
+    assert!(storage["records"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(storage["on_disk"], 0, "a memory store has no disk: {st}");
     assert_eq!(st["domain"], "example.test", "{st}");
     assert!(st["notifies"]["sent"].is_u64(), "{st}");
 

@@ -287,6 +287,7 @@ fn every_refused_value_names_its_key_its_line_and_a_fix() {
             2,
         ),
         ("[auth]\nmode = \"none\"\n", "auth.mode", 2),
+        ("[storage]\nbackend = \"lmdb\"\n", "storage.backend", 2),
         (
             "\n[registrar]\nmin_expires = \"sixty\"\n",
             "registrar.min_expires",

@@ -29,7 +29,15 @@ const MAX_MWI_EXPIRES: u32 = 365 * 86_400;
 pub struct Api {
     core: Arc<Core>,
     started: tokio::time::Instant,
+    /// The store's space as last read, and when: reading it walks every record, and a
+    /// dashboard asks for `status` every 2 s.
+    space: Arc<std::sync::Mutex<Option<(std::time::Instant, SpaceReading)>>>,
 }
+
+type SpaceReading = Option<Result<crate::storage::StorageSpace, StorageError>>;
+
+/// How long a reading of the store's space is answered again before the store is read anew.
+const SPACE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A method's params: an object (or none), read field by field.
 struct Params<'a> {
@@ -251,11 +259,56 @@ fn rule_json(r: &RuleRecord) -> Value {
     })
 }
 
+/// `status.storage`: the writes (flush times, queue) and the space (what the store holds,
+/// live key plus value bytes per tree, and its size on disk); `null` for a store that tells
+/// neither.
+fn storage_json(
+    stats: Option<crate::storage::StoreStats>,
+    space: Option<Result<crate::storage::StorageSpace, StorageError>>,
+) -> Value {
+    let mut m = Map::new();
+    if let Some(s) = stats {
+        m.insert("flush_ms_last".into(), json!(s.flush_ms_last));
+        m.insert("flush_ms_max".into(), json!(s.flush_ms_max));
+        m.insert("queued".into(), json!(s.queued));
+        m.insert("refused".into(), json!(s.refused));
+    }
+    match space {
+        Some(Ok(sp)) => {
+            let trees: Map<String, Value> = sp
+                .trees
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.to_string(),
+                        json!({ "records": t.records, "bytes": t.bytes }),
+                    )
+                })
+                .collect();
+            m.insert("backend".into(), json!(sp.backend));
+            m.insert("on_disk".into(), json!(sp.on_disk));
+            m.insert("live_bytes".into(), json!(sp.live_bytes));
+            m.insert("records".into(), json!(sp.records));
+            m.insert("trees".into(), Value::Object(trees));
+        }
+        Some(Err(e)) => {
+            m.insert("space_error".into(), json!(e.to_string()));
+        }
+        None => {}
+    }
+    if m.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(m)
+    }
+}
+
 impl Api {
     pub fn new(core: Arc<Core>) -> Arc<Api> {
         Arc::new(Api {
             core,
             started: tokio::time::Instant::now(),
+            space: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -352,14 +405,22 @@ impl Api {
                 "rules": core.presence.rules().len(),
                 "shared_lines": core.bla.lines().len(),
             },
-            "storage": core.presence.store_stats().map(|s| json!({
-                "flush_ms_last": s.flush_ms_last,
-                "flush_ms_max": s.flush_ms_max,
-                "queued": s.queued,
-                "refused": s.refused,
-            })),
+            "storage": storage_json(core.presence.store_stats(), self.store_space()),
             "transactions": in_flight.server_transactions + in_flight.client_transactions,
         })
+    }
+
+    /// The store's space, read at most every [`SPACE_MAX_AGE`].
+    fn store_space(&self) -> SpaceReading {
+        let mut cached = self.space.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((at, reading)) if at.elapsed() < SPACE_MAX_AGE => reading.clone(),
+            _ => {
+                let reading = self.core.presence.store_space();
+                *cached = Some((std::time::Instant::now(), reading.clone()));
+                reading
+            }
+        }
     }
 
     fn registrations(&self) -> Vec<Value> {
@@ -1028,6 +1089,7 @@ impl Methods for Api {
         let api = Api {
             core: self.core.clone(),
             started: self.started,
+            space: self.space.clone(),
         };
         let method = method.to_string();
         Box::pin(async move { api.call(&method, params).await })

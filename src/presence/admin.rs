@@ -77,6 +77,13 @@ impl Presence {
         self.store.stats()
     }
 
+    /// What the store holds and takes on disk (reads every record: on request only).
+    pub fn store_space(
+        &self,
+    ) -> Option<Result<crate::storage::StorageSpace, crate::storage::StorageError>> {
+        self.store.space()
+    }
+
     /// A fresh random id for things the admin names later (rules, publications of the
     /// control API): 64 random bits in hex.
     pub fn new_id(&self) -> String {

@@ -276,6 +276,46 @@ impl PresenceStore for MemoryStore {
         Ok(map.values().cloned().collect())
     }
 
+    fn space(&self) -> Option<Result<super::StorageSpace, StorageError>> {
+        use super::presence::{
+            encode_notify_seq, encode_publication, encode_rule, encode_subscription,
+        };
+        use super::TreeSpace;
+        // The records as the disk stores would encode them: the same live bytes.
+        fn tree<K: AsRef<[u8]>, V>(
+            name: &'static str,
+            map: &Mutex<BTreeMap<K, V>>,
+            encoded_len: impl Fn(&K, &V) -> usize,
+        ) -> TreeSpace {
+            let map = map.lock().unwrap_or_else(|p| p.into_inner());
+            TreeSpace {
+                name,
+                records: map.len() as u64,
+                bytes: map
+                    .iter()
+                    .map(|(k, v)| (k.as_ref().len() + encoded_len(k, v)) as u64)
+                    .sum(),
+            }
+        }
+        let trees = vec![
+            tree("bindings", &self.bindings, |aor, b| {
+                super::encode_bindings(aor, b).len()
+            }),
+            tree("publications", &self.publications, |_, p| {
+                encode_publication(p).len()
+            }),
+            tree("subscriptions", &self.subscriptions, |_, s| {
+                encode_subscription(s).len()
+            }),
+            tree("notify_seq", &self.notify_seq, |_, (c, v)| {
+                encode_notify_seq(*c, *v).len()
+            }),
+            tree("dialogs", &self.dialogs, |_, v| v.len()),
+            tree("presence_rules", &self.rules, |_, r| encode_rule(r).len()),
+        ];
+        Some(Ok(super::StorageSpace::from_trees("memory", 0, trees)))
+    }
+
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
         {
             let mut c = self

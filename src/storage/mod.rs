@@ -1,15 +1,19 @@
-//! Durable state. One trait per record kind; a sled implementation with group commit and an
-//! in-memory one for tests. Nothing above this module sees a sled type.
+//! Durable state. One trait per record kind; disk implementations (redb, sled) sharing one
+//! group commit, and an in-memory one for tests. Nothing above this module sees a database
+//! type.
 //!
 //! A write returns a [`Durable`] that resolves once the record is flushed to disk: the
 //! registrar answers 2xx only after that (acknowledged means durable).
 
 pub mod codec;
 pub mod dialogs;
+pub mod disk;
 pub mod flush_times;
+mod group_commit;
 pub mod memory;
 pub mod presence;
 pub mod queue;
+pub mod redb_store;
 pub mod sled_store;
 pub mod users;
 
@@ -22,6 +26,9 @@ pub use presence::{
     RuleRecord, SubState, SubscriptionRecord,
 };
 pub use queue::{QueueStats, DEFAULT_MAX_QUEUED_WRITES};
+
+pub use disk::DiskStore;
+pub use redb_store::RedbStore;
 pub use sled_store::SledStore;
 pub use users::{UserFile, UserRecord};
 
@@ -54,6 +61,42 @@ pub struct StoreStats {
     pub queued: usize,
     /// Writes refused since the start because the queue was full.
     pub refused: u64,
+}
+
+/// What a store holds and what that takes on disk (the control API's `status.storage`):
+/// computed on request by reading every record once, so cheap at a few thousand records.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StorageSpace {
+    /// Which database: "sled", "redb" or "memory".
+    pub backend: &'static str,
+    /// Bytes the database's files occupy (0 for a store without a disk).
+    pub on_disk: u64,
+    /// Key plus value bytes of every record: what a compact copy of the data would need.
+    pub live_bytes: u64,
+    pub records: u64,
+    /// Per record kind (tree/table), in a fixed order.
+    pub trees: Vec<TreeSpace>,
+}
+
+/// Records and their key plus value bytes in one tree (table) of a store.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TreeSpace {
+    pub name: &'static str,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl StorageSpace {
+    /// Sums the trees into `records` and `live_bytes`.
+    pub fn from_trees(backend: &'static str, on_disk: u64, trees: Vec<TreeSpace>) -> Self {
+        StorageSpace {
+            backend,
+            on_disk,
+            live_bytes: trees.iter().map(|t| t.bytes).sum(),
+            records: trees.iter().map(|t| t.records).sum(),
+            trees,
+        }
+    }
 }
 
 /// Seconds a client is asked to wait (`Retry-After`) when the write queue is full.

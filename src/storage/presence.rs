@@ -731,13 +731,18 @@ pub trait PresenceStore: Send + Sync {
     fn stats(&self) -> Option<super::StoreStats> {
         None
     }
+    /// What the store holds and its size on disk (the control API's `status`); reads every
+    /// record, so only on request. `None` for a store that cannot tell.
+    fn space(&self) -> Option<Result<super::StorageSpace, StorageError>> {
+        None
+    }
     /// Queues the writes in order; the result resolves once all of them are on disk. Writes
     /// queued earlier are never applied after writes queued later.
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable;
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample_subscription() -> SubscriptionRecord {

@@ -1,103 +1,67 @@
-//! sled-backed store with group commit: one writer thread applies every write queued since its
-//! last flush as one batch, flushes once, then acknowledges them all. Under load many
-//! REGISTERs share one fsync; when idle a write is flushed at once. The queue is bounded
-//! ([`WriteQueue`]): a write that finds it full is refused at once, never queued unboundedly.
+//! sled-backed store with group commit ([`GroupCommit`]): the writer applies each group as
+//! one sled batch per tree, then flushes once.
 
 use super::dialogs::{decode_call, DialogStore, DialogWrite};
 use super::flush_times::FlushTimes;
+use super::group_commit::{
+    decode_all, dialog_puts, presence_puts, Commit, GroupCommit, Tree, WriteOp, Writes, TREES,
+};
 use super::presence::{
     decode_notify_seq, decode_publication, decode_rule, decode_subscription, merge_notify_seq,
     PresenceStore, PresenceWrite, PublicationRecord, RuleRecord, SubscriptionRecord,
 };
-use super::queue::{QueueStats, WriteQueue, DEFAULT_MAX_QUEUED_WRITES};
+use super::queue::{QueueStats, DEFAULT_MAX_QUEUED_WRITES};
 use super::{decode_bindings, encode_bindings, Binding, BindingStore, Durable, StorageError};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-
-/// One queued write: a single record (a REGISTER), or several that belong together (a PUBLISH
-/// and the NOTIFY state it causes). The writer applies them in queue order.
-enum Writes {
-    One(Tree, Vec<u8>, Option<Vec<u8>>),
-    Many(Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>),
-}
-
-struct WriteOp {
-    writes: Writes,
-    done: oneshot::Sender<Result<(), StorageError>>,
-}
-
-impl WriteOp {
-    /// Someone is waiting on this write to send a NOTIFY or answer a SUBSCRIBE/PUBLISH: a
-    /// lamp is late by as long as it waits. Registrations (answered in bulk, where the
-    /// minimum flush interval buys throughput) and call records (not waited for) are not.
-    fn urgent(&self) -> bool {
-        let presence = |t: &Tree| !matches!(t, Tree::Bindings | Tree::Dialogs);
-        match &self.writes {
-            Writes::One(t, _, _) => presence(t),
-            Writes::Many(list) => list.iter().any(|(t, _, _)| presence(t)),
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Tree {
-    Bindings,
-    Publications,
-    Subscriptions,
-    NotifySeq,
-    Dialogs,
-    Rules,
-}
-
-const TREES: [Tree; 6] = [
-    Tree::Bindings,
-    Tree::Publications,
-    Tree::Subscriptions,
-    Tree::NotifySeq,
-    Tree::Dialogs,
-    Tree::Rules,
-];
-
-impl Tree {
-    fn name(self) -> &'static str {
-        match self {
-            Tree::Bindings => "bindings",
-            Tree::Publications => "publications",
-            Tree::Subscriptions => "subscriptions",
-            Tree::NotifySeq => "notify_seq",
-            Tree::Dialogs => "dialogs",
-            Tree::Rules => "presence_rules",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+use std::sync::Arc;
+use std::time::Duration;
 
 pub struct SledStore {
     db: sled::Db,
     trees: [sled::Tree; TREES.len()],
-    queue: Arc<WriteQueue<WriteOp>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    opened: Instant,
-    /// Second (since `opened`, plus one) of the last warning about refused writes.
-    last_refusal_warning: AtomicU64,
-    /// How long each flush of the writer took.
-    flush_times: Arc<FlushTimes>,
+    writer: GroupCommit,
 }
 
-impl Drop for SledStore {
-    fn drop(&mut self) {
-        self.queue.close();
+/// sled's settings. The soak (tests/bench/soak.sh) tries others through the environment
+/// (BUSYLAMP_SLED_MODE=low_space|high_throughput, BUSYLAMP_SLED_SEGMENT_SIZE bytes,
+/// BUSYLAMP_SLED_CACHE_MB, BUSYLAMP_SLED_FLUSH_EVERY_MS): a measurement aid, not a setting.
+struct SledTuning {
+    mode: sled::Mode,
+    segment_size: Option<usize>,
+    cache_capacity: u64,
+    flush_every_ms: Option<u64>,
+}
+
+impl SledTuning {
+    fn from_env() -> SledTuning {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let num = |name: &str| var(name).and_then(|v| v.parse::<u64>().ok());
+        let mode = match var("BUSYLAMP_SLED_MODE").as_deref() {
+            Some("low_space") => sled::Mode::LowSpace,
+            _ => sled::Mode::HighThroughput,
+        };
+        let tuning = SledTuning {
+            mode,
+            segment_size: num("BUSYLAMP_SLED_SEGMENT_SIZE").map(|n| n as usize),
+            cache_capacity: num("BUSYLAMP_SLED_CACHE_MB").unwrap_or(64) * 1024 * 1024,
+            flush_every_ms: num("BUSYLAMP_SLED_FLUSH_EVERY_MS"),
+        };
+        if var("BUSYLAMP_SLED_MODE").is_some()
+            || tuning.segment_size.is_some()
+            || tuning.flush_every_ms.is_some()
+            || var("BUSYLAMP_SLED_CACHE_MB").is_some()
+        {
+            tracing::warn!(
+                mode = ?tuning.mode,
+                segment_size = ?tuning.segment_size,
+                cache_capacity = tuning.cache_capacity,
+                flush_every_ms = ?tuning.flush_every_ms,
+                "sled tuning from the environment (a measurement aid)"
+            );
+        }
+        tuning
     }
 }
-
-/// Initial capacity of the writer's batch (it grows under bursts and keeps its size).
-const MAX_BATCH: usize = 4096;
 
 impl SledStore {
     /// Opens with the default bound on writes waiting for the disk.
@@ -117,17 +81,20 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::Config::new()
+        let tuning = SledTuning::from_env();
+        let mut config = sled::Config::new()
             .path(dir.join("db"))
-            .mode(sled::Mode::HighThroughput)
+            .mode(tuning.mode)
             // Our writer is the only one that flushes: one flush per group commit, and an
             // acknowledged write is never waiting on sled's own timer.
-            .flush_every_ms(None)
+            .flush_every_ms(tuning.flush_every_ms)
             // sled's default page cache is 1 GiB; bindings are a few hundred bytes each and
             // all live in the registrar's memory anyway.
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+            .cache_capacity(tuning.cache_capacity);
+        if let Some(seg) = tuning.segment_size {
+            config = config.segment_size(seg);
+        }
+        let db = config.open().map_err(|e| open_err(e.to_string()))?;
         let open_tree = |t: Tree| db.open_tree(t.name()).map_err(|e| open_err(e.to_string()));
         let trees = [
             open_tree(Tree::Bindings)?,
@@ -137,70 +104,29 @@ impl SledStore {
             open_tree(Tree::Dialogs)?,
             open_tree(Tree::Rules)?,
         ];
-        let queue = Arc::new(WriteQueue::new(max_queued_writes));
-        let wdb = db.clone();
-        let wtrees = trees.clone();
-        let wqueue = queue.clone();
-        let flush_times = Arc::new(FlushTimes::default());
-        let wtimes = flush_times.clone();
-        let writer = std::thread::Builder::new()
-            .name("busylamp-store".into())
-            .spawn(move || writer_loop(&wqueue, wdb, wtrees, flush_interval, &wtimes))
+        let engine = SledCommit {
+            db: db.clone(),
+            trees: trees.clone(),
+        };
+        let writer = GroupCommit::start(engine, flush_interval, max_queued_writes)
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
-        Ok(SledStore {
-            db,
-            trees,
-            queue,
-            writer: Mutex::new(Some(writer)),
-            opened: Instant::now(),
-            last_refusal_warning: AtomicU64::new(0),
-            flush_times,
-        })
+        Ok(SledStore { db, trees, writer })
     }
 
     fn submit(&self, writes: Writes) -> Durable {
-        let (done, rx) = oneshot::channel();
-        let op = WriteOp { writes, done };
-        let urgent = op.urgent();
-        if let Err((op, e)) = self.queue.push_marked(op, urgent) {
-            if matches!(e, StorageError::Busy { .. }) {
-                self.warn_refused(&e);
-            }
-            let _ = op.done.send(Err(e));
-        }
-        rx
-    }
-
-    /// Warns of refused writes at most once a second (a flood refuses thousands).
-    fn warn_refused(&self, e: &StorageError) {
-        let now = self.opened.elapsed().as_secs() + 1;
-        let last = self.last_refusal_warning.load(Ordering::Relaxed);
-        if now > last
-            && self
-                .last_refusal_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let refused = self.queue.stats().refused;
-            tracing::warn!(error = %e, refused, "writes refused (503): the disk is behind");
-        }
+        self.writer.submit(writes)
     }
 
     /// The write queue now: how many writes wait for the disk, the most ever, how many were
     /// refused.
     pub fn write_queue(&self) -> QueueStats {
-        self.queue.stats()
+        self.writer.write_queue()
     }
 
     /// Refuses new writes, flushes every queued one and waits for the writer thread to end
     /// (for shutdown: a write accepted before this is on disk when it returns). Blocking.
     pub fn close(&self) -> Result<(), StorageError> {
-        self.queue.close();
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(w) = writer {
-            w.join()
-                .map_err(|_| StorageError::Write("the writer thread panicked".into()))?;
-        }
+        self.writer.stop()?;
         self.db
             .flush()
             .map(|_| ())
@@ -211,95 +137,88 @@ impl SledStore {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+
+    /// Every record of a tree, raw (the migration to redb).
+    pub(crate) fn for_each(
+        &self,
+        tree: Tree,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StorageError> {
+        for item in self.trees[tree.index()].iter() {
+            let (k, v) = item.map_err(|e| StorageError::Read(e.to_string()))?;
+            f(&k, &v);
+        }
+        Ok(())
+    }
+
+    /// Records and key plus value bytes per tree, and the size on disk.
+    pub fn space_now(&self) -> Result<super::StorageSpace, StorageError> {
+        let mut trees = Vec::with_capacity(TREES.len());
+        for t in TREES {
+            let mut space = super::TreeSpace {
+                name: t.name(),
+                ..Default::default()
+            };
+            self.for_each(t, |k, v| {
+                space.records += 1;
+                space.bytes += (k.len() + v.len()) as u64;
+            })?;
+            trees.push(space);
+        }
+        Ok(super::StorageSpace::from_trees(
+            "sled",
+            self.size_on_disk(),
+            trees,
+        ))
+    }
 }
 
-fn writer_loop(
-    queue: &WriteQueue<WriteOp>,
+/// The writer's handles: one sled batch per tree for each group, then one flush.
+struct SledCommit {
     db: sled::Db,
     trees: [sled::Tree; TREES.len()],
-    interval: Duration,
-    flush_times: &FlushTimes,
-) {
-    // Group commit with a minimum interval between flushes: when idle, a write is flushed at
-    // once; under load, flushes are at least `interval` apart and each carries every write
-    // that arrived meanwhile. The fsync per flush is what costs; this bounds their rate.
-    // A batch with an urgent (presence) write is flushed as soon as the previous flush is
-    // done: writes that arrived during that flush still share this one, so the fsync rate
-    // stays bounded by the flush time, and a lamp waits one flush, not the interval.
-    let mut last_flush: Option<Instant> = None;
-    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
-    while queue.take(&mut batch).is_some() {
-        let urgent = batch.iter().any(WriteOp::urgent);
-        if let (Some(last), false) = (last_flush, urgent) {
-            // Writes that come in while we wait share this flush; an urgent one ends the wait.
-            queue.wait_until(last + interval, &mut batch, WriteOp::urgent);
-        }
+}
+
+impl Commit for SledCommit {
+    fn commit(&mut self, group: &[WriteOp]) -> Result<(), StorageError> {
         // One sled batch per tree, applied in queue order within each tree; records of
         // different trees never depend on their relative order.
         let mut batches: [Option<sled::Batch>; TREES.len()] = Default::default();
-        let mut add = |tree: Tree, key: &[u8], value: &Option<Vec<u8>>| {
+        for (tree, key, value) in group.iter().flat_map(WriteOp::puts) {
             let b = batches[tree.index()].get_or_insert_with(sled::Batch::default);
             match value {
-                Some(v) => b.insert(key, v.as_slice()),
-                None => b.remove(key),
-            }
-        };
-        for op in &batch {
-            match &op.writes {
-                Writes::One(tree, key, value) => add(*tree, key, value),
-                Writes::Many(list) => {
-                    for (tree, key, value) in list {
-                        add(*tree, key, value);
-                    }
-                }
+                Some(v) => b.insert(key.as_slice(), v.as_slice()),
+                None => b.remove(key.as_slice()),
             }
         }
-        let flush_started = Instant::now();
-        last_flush = Some(flush_started);
         let mut result = Ok(());
         for t in TREES {
             if let Some(b) = batches[t.index()].take() {
-                if let Err(e) = trees[t.index()].apply_batch(b) {
+                if let Err(e) = self.trees[t.index()].apply_batch(b) {
                     result = Err(StorageError::Write(e.to_string()));
                 }
             }
         }
-        let result = result.and_then(|_| {
-            db.flush()
+        result.and_then(|_| {
+            self.db
+                .flush()
                 .map(|_| ())
                 .map_err(|e| StorageError::Write(e.to_string()))
-        });
-        flush_times.record(flush_started.elapsed());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, writes = batch.len(), "storage flush failed");
-        }
-        let n = batch.len();
-        for op in batch.drain(..) {
-            let _ = op.done.send(result.clone());
-        }
-        queue.written(n);
+        })
     }
-    let _ = db.flush();
+
+    fn finish(&mut self) {
+        let _ = self.db.flush();
+    }
 }
 
 impl BindingStore for SledStore {
     fn load_bindings(&self) -> Result<Vec<(String, Vec<Binding>)>, StorageError> {
-        let mut out = Vec::new();
-        for item in self.trees[Tree::Bindings.index()].iter() {
-            let (key, value) = item.map_err(|e| StorageError::Read(e.to_string()))?;
-            match decode_bindings(&value) {
-                Ok(rec) => out.push(rec),
-                Err(e) => {
-                    // One bad record must not stop the registrar from starting.
-                    tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "skipping corrupt binding record");
-                }
-            }
-        }
-        Ok(out)
+        self.load_tree(Tree::Bindings, decode_bindings)
     }
 
     fn flush_times(&self) -> Option<Arc<FlushTimes>> {
-        Some(self.flush_times.clone())
+        Some(self.writer.flush_times())
     }
 
     fn save_bindings(&self, aor: &str, bindings: &[Binding]) -> Durable {
@@ -308,32 +227,25 @@ impl BindingStore for SledStore {
         } else {
             Some(encode_bindings(aor, bindings))
         };
-        self.submit(Writes::One(Tree::Bindings, aor.as_bytes().to_vec(), value))
+        self.submit(Writes::One((
+            Tree::Bindings,
+            aor.as_bytes().to_vec(),
+            value,
+        )))
     }
 }
 
 impl SledStore {
-    /// Every record of a tree that decodes; corrupt ones are logged and skipped so one bad
-    /// record cannot keep the server from starting.
+    /// Every record of a tree that decodes; corrupt ones are logged and skipped.
     fn load_tree<T>(
         &self,
         tree: Tree,
         decode: impl Fn(&[u8]) -> Result<T, super::DecodeError>,
     ) -> Result<Vec<T>, StorageError> {
-        let mut out = Vec::new();
-        for item in self.trees[tree.index()].iter() {
-            let (key, value) = item.map_err(|e| StorageError::Read(e.to_string()))?;
-            match decode(&value) {
-                Ok(rec) => out.push(rec),
-                Err(e) => tracing::error!(
-                    tree = tree.name(),
-                    key = %String::from_utf8_lossy(&key),
-                    error = %e,
-                    "skipping corrupt record"
-                ),
-            }
-        }
-        Ok(out)
+        let records = self.trees[tree.index()]
+            .iter()
+            .map(|item| item.map_err(|e| StorageError::Read(e.to_string())));
+        decode_all(tree, records, decode)
     }
 }
 
@@ -360,39 +272,15 @@ impl PresenceStore for SledStore {
     }
 
     fn stats(&self) -> Option<super::StoreStats> {
-        let q = self.queue.stats();
-        let f = self.flush_times.snapshot();
-        let ms = |d: Duration| (f.count > 0).then_some(d.as_secs_f64() * 1000.0);
-        Some(super::StoreStats {
-            flush_ms_last: ms(f.last),
-            flush_ms_max: ms(f.max),
-            queued: q.waiting,
-            refused: q.refused,
-        })
+        Some(self.writer.stats())
+    }
+
+    fn space(&self) -> Option<Result<super::StorageSpace, StorageError>> {
+        Some(self.space_now())
     }
 
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
-        let mut list = Vec::with_capacity(writes.len());
-        for w in writes {
-            let item = match w {
-                PresenceWrite::PutPublication { key, value } => {
-                    (Tree::Publications, key, Some(value))
-                }
-                PresenceWrite::DeletePublication(k) => (Tree::Publications, k, None),
-                PresenceWrite::PutSubscription { key, value } => {
-                    (Tree::Subscriptions, key, Some(value))
-                }
-                PresenceWrite::DeleteSubscription(k) => {
-                    list.push((Tree::NotifySeq, k.clone(), None));
-                    (Tree::Subscriptions, k, None)
-                }
-                PresenceWrite::NotifySeq { key, value } => (Tree::NotifySeq, key, Some(value)),
-                PresenceWrite::PutRule { key, value } => (Tree::Rules, key, Some(value)),
-                PresenceWrite::DeleteRule(k) => (Tree::Rules, k, None),
-            };
-            list.push(item);
-        }
-        self.submit(Writes::Many(list))
+        self.submit(presence_puts(writes))
     }
 }
 
@@ -402,14 +290,7 @@ impl DialogStore for SledStore {
     }
 
     fn write_calls(&self, writes: Vec<DialogWrite>) -> Durable {
-        let list = writes
-            .into_iter()
-            .map(|w| match w {
-                DialogWrite::Put { key, value } => (Tree::Dialogs, key, Some(value)),
-                DialogWrite::Delete(key) => (Tree::Dialogs, key, None),
-            })
-            .collect();
-        self.submit(Writes::Many(list))
+        self.submit(dialog_puts(writes))
     }
 }
 
@@ -417,6 +298,7 @@ impl DialogStore for SledStore {
 mod tests {
     use super::*;
     use crate::storage::durable;
+    use std::time::Instant;
 
     fn sample(contact: &str, cseq: u32) -> Binding {
         Binding {
@@ -656,6 +538,46 @@ mod tests {
         drop(s);
         let s = SledStore::open(&dir, Duration::ZERO).unwrap();
         assert_eq!(s.load_bindings().unwrap().len(), 5);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn space_counts_live_key_and_value_bytes_per_tree_and_the_size_on_disk() {
+        let dir = std::env::temp_dir().join(format!("busylamp-sled-space-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = SledStore::open(&dir, Duration::ZERO).unwrap();
+        let b = [sample("sip:c@h", 1)];
+        let value_len = encode_bindings("sip:1@x", &b).len() as u64;
+        for round in 0..3 {
+            // Rewriting the same records leaves the live data as it was.
+            durable(s.save_bindings("sip:1@x", &b)).await.unwrap();
+            durable(s.save_bindings("sip:2@x", &b)).await.unwrap();
+            durable(s.save_bindings(&format!("sip:gone{round}@x"), &[]))
+                .await
+                .unwrap();
+        }
+        durable(s.write(vec![PresenceWrite::NotifySeq {
+            key: b"k".to_vec(),
+            value: vec![0; 12],
+        }]))
+        .await
+        .unwrap();
+        let space = s.space().unwrap().unwrap();
+        assert_eq!(space.backend, "sled");
+        let tree = |name| space.trees.iter().find(|t| t.name == name).unwrap();
+        assert_eq!(tree("bindings").records, 2);
+        assert_eq!(
+            tree("bindings").bytes,
+            2 * ("sip:1@x".len() as u64 + value_len)
+        );
+        assert_eq!(
+            (tree("notify_seq").records, tree("notify_seq").bytes),
+            (1, 13)
+        );
+        assert_eq!(space.records, 3);
+        assert_eq!(space.live_bytes, tree("bindings").bytes + 13);
+        assert!(space.on_disk > 0);
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

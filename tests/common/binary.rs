@@ -62,6 +62,19 @@ impl Busylamp {
         } else {
             format!("\"udp:127.0.0.1:{port}\"")
         };
+        // BUSYLAMP_TEST_BACKEND=sled|redb runs these tests on that database instead of the
+        // default one (`[storage] backend`).
+        let extra_config = match std::env::var("BUSYLAMP_TEST_BACKEND") {
+            Ok(b) if !b.is_empty() => {
+                let key = format!("backend = \"{b}\"");
+                if extra_config.contains("[storage]") {
+                    extra_config.replacen("[storage]", &format!("[storage]\n{key}"), 1)
+                } else {
+                    format!("{extra_config}\n[storage]\n{key}\n")
+                }
+            }
+            _ => extra_config.to_string(),
+        };
         let config = dir.join("busylamp.toml");
         std::fs::write(
             &config,
