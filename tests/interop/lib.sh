@@ -161,7 +161,11 @@ min_expires = 60
 max_expires = 3600
 default_expires = 3600
 max_contacts = 10
-
+${BENCH_STORAGE_BACKEND:+
+# BENCH_STORAGE_BACKEND: the storage backend under test (default: busylamp's own)
+[storage]
+backend = \"$BENCH_STORAGE_BACKEND\"
+}
 [auth]
 mode = "$mode"
 ${algs:+algorithms = $algs}
