@@ -1086,7 +1086,29 @@ impl Core {
         mut outbox: tokio::sync::mpsc::UnboundedReceiver<NotifyBatch>,
     ) {
         while let Some(NotifyBatch { notifies, after }) = outbox.recv().await {
-            self.send_notifies(notifies, after);
+            match after {
+                None => self.send_notifies_paced(notifies).await,
+                after => self.send_notifies(notifies, after),
+            }
+        }
+    }
+
+    /// Sends a batch [`NOTIFY_CHUNK`] NOTIFYs at a time, yielding to the runtime between
+    /// chunks: a fan-out to 1,000 watchers would otherwise hold a worker (and the client
+    /// transactions' lock) for its whole length, with the PUBLISH's own `200` and the
+    /// watchers' answers waiting behind it. The batch's order is kept (one task sends all).
+    async fn send_notifies_paced(&self, notifies: Vec<OutNotify>) {
+        if notifies.len() <= NOTIFY_CHUNK {
+            return self.send_notifies_now(notifies);
+        }
+        let mut rest = notifies.into_iter();
+        loop {
+            let chunk: Vec<OutNotify> = rest.by_ref().take(NOTIFY_CHUNK).collect();
+            if chunk.is_empty() {
+                return;
+            }
+            self.send_notifies_now(chunk);
+            tokio::task::yield_now().await;
         }
     }
 
@@ -1107,6 +1129,11 @@ impl Core {
     }
 }
 
+/// NOTIFYs sent in one go before the outbox yields to other work (see
+/// [`Core::send_notifies_paced`]): small enough that a `200` waits for at most this many sends,
+/// large enough that a yield (a trip through the scheduler) is rare next to the sends.
+const NOTIFY_CHUNK: usize = 64;
+
 /// NOTIFYs that waited for their state to reach the disk, and how the write ended.
 struct StoredNotifies {
     notifies: Vec<OutNotify>,
@@ -1122,7 +1149,7 @@ impl Core {
     ) {
         while let Some(StoredNotifies { notifies, written }) = stored.recv().await {
             match written {
-                Ok(()) => self.send_notifies_now(notifies),
+                Ok(()) => self.send_notifies_paced(notifies).await,
                 Err(e) => {
                     // The reservation (or record) not on disk: sending could repeat a CSeq
                     // after a restart. Retry later instead, reserving again.
