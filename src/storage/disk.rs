@@ -174,7 +174,7 @@ mod tests {
         let sub = sample_subscription();
         durable(s.write(vec![
             PresenceWrite::subscription(&sub),
-            PresenceWrite::notify_seq(&sub),
+            PresenceWrite::reservation(&sub),
         ]))
         .await
         .unwrap();

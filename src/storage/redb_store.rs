@@ -336,7 +336,7 @@ mod tests {
             let sub = crate::storage::presence::tests::sample_subscription();
             durable(s.write(vec![
                 PresenceWrite::subscription(&sub),
-                PresenceWrite::notify_seq(&sub),
+                PresenceWrite::reservation(&sub),
             ]))
             .await
             .unwrap();
