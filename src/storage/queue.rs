@@ -240,7 +240,9 @@ mod tests {
                 let mut batch = Vec::new();
                 let started = Instant::now();
                 // A deadline far away: only an urgent write (odd numbers here) ends the wait.
-                q.wait_until(started + Duration::from_secs(60), &mut batch, |op| op % 2 == 1);
+                q.wait_until(started + Duration::from_secs(60), &mut batch, |op| {
+                    op % 2 == 1
+                });
                 (batch, started.elapsed())
             })
         };
@@ -251,12 +253,23 @@ mod tests {
         for op in [0, 2, 4, 6] {
             q.push_marked(op, false).unwrap();
         }
-        assert_eq!(q.stats().wakeups, 0, "writes that are not urgent wake nobody");
+        assert_eq!(
+            q.stats().wakeups,
+            0,
+            "writes that are not urgent wake nobody"
+        );
         assert!(asleep(&q), "the writer still gathers");
         q.push_marked(7, true).unwrap();
         let (batch, took) = writer.join().unwrap();
-        assert_eq!(batch, vec![0, 2, 4, 6, 7], "the wait takes everything queued meanwhile");
-        assert!(took < Duration::from_secs(30), "ended by the urgent write: {took:?}");
+        assert_eq!(
+            batch,
+            vec![0, 2, 4, 6, 7],
+            "the wait takes everything queued meanwhile"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "ended by the urgent write: {took:?}"
+        );
         assert_eq!(q.stats().wakeups, 1);
     }
 
