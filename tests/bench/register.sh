@@ -311,7 +311,7 @@ if [[ -n "$BIN" ]]; then
     bl_log "starting busylamp ($BIN) on udp+tcp $BL_HOST:$port"
     bl_start_busylamp "$BIN" "$WORK/busylamp.toml" "$WORK/busylamp.log"
     if bl_wait_ready "$BL_SERVER_PID" "$port" "$(ready_limit)"; then
-        measure busylamp "$( [[ "$BL_PIN" == 1 ]] && echo "1 core (pinned)" || echo "$(nproc) cores"), sled" "$port"
+        measure busylamp "$( [[ "$BL_PIN" == 1 ]] && echo "1 core (pinned)" || echo "$(nproc) cores"), ${BENCH_STORAGE_BACKEND:-redb}" "$port"
         kill -0 "$BL_SERVER_PID" 2>/dev/null || BL_STATUS="died during the benchmark (see $WORK/busylamp.log)"
     else
         BL_STATUS="did not become ready (see $WORK/busylamp.log)"
@@ -371,7 +371,7 @@ fi
 echo
 echo "notes: sipp shares the $(nproc) cores with the server (see sipp CPU); UDP only;"
 echo "       kamailio: usrloc db_mode=0 (bindings in memory only), auth_db on $KAM_DB, calculate_ha1;"
-echo "       busylamp: writes each binding to sled (data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }')) before answering;"
+echo "       busylamp: writes each binding to its database (${BENCH_STORAGE_BACKEND:-redb}; data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }')) before answering;"
 echo "       memory/binding = RSS growth / users right after the prefill (includes transaction state still"
 echo "       held for RFC 3261 Timer J, 32 s on UDP) and settled, ${SETTLE}s later (bindings + allocator/cache)."
 echo "       With sipp on the same 2 cores the machine saturates (server + sipp CPU ~ 190 %), so REG/s is"
