@@ -41,7 +41,7 @@ CATEGORIES = [
     ("busylamp: auth", r"", r"busylamp::auth::"),
     ("busylamp: storage (queue, codec)", r"", r"busylamp::storage::"),
     ("busylamp: timers (deadline)", r"", r"busylamp::deadline::"),
-    ("sled", r"", r"sled::|crossbeam_epoch|crossbeam"),
+    ("storage engine (sled, redb)", r"", r"sled::|redb::|crossbeam_epoch|crossbeam"),
     ("tokio runtime", r"", r"tokio::|mio::"),
     ("hashing, maps", r"", r"hashbrown|core::hash|siphash|SipHasher|std::collections::hash|BTreeMap|btree"),
     ("formatting (core::fmt)", r"", r"core::fmt|alloc::fmt|fmt::write|Formatter|to_string"),
