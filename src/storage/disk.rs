@@ -137,39 +137,23 @@ fn migrate_sled_to_redb(dir: &Path) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::presence::tests::sample_subscription;
-    use crate::storage::{durable, Binding, PresenceWrite};
-
-    fn binding(cseq: u32) -> Binding {
-        Binding {
-            contact: "sip:1001@192.0.2.7:5060".into(),
-            params: String::new(),
-            q: 1000,
-            expires_at: 2_000_000_000,
-            call_id: "c".into(),
-            cseq,
-            path: vec![],
-            instance: None,
-            reg_id: None,
-            user_agent: None,
-            source: "udp:192.0.2.7:5060".into(),
-            registered_at: 1,
-        }
-    }
-
     fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("busylamp-disk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+        crate::storage::tests::temp_dir("disk", name)
     }
+    use crate::storage::presence::tests::sample_subscription;
+    use crate::storage::tests::plain_binding;
+    use crate::storage::{durable, PresenceWrite};
 
     /// A site installed with sled: 50 bindings and a subscription with its NOTIFY counters.
     async fn sled_site(dir: &Path) {
         let s = SledStore::open(dir, Duration::ZERO).unwrap();
         for i in 0..50u32 {
-            durable(s.save_bindings(&format!("sip:{i}@example.test"), &[binding(i)]))
-                .await
-                .unwrap();
+            durable(s.save_bindings(
+                &format!("sip:{i}@example.test"),
+                &[plain_binding("sip:1001@192.0.2.7:5060", i)],
+            ))
+            .await
+            .unwrap();
         }
         let sub = sample_subscription();
         durable(s.write(vec![
@@ -199,11 +183,10 @@ mod tests {
         assert!(!dir.join(SLED_DIR).exists());
         assert!(!dir.join(REDB_MIGRATING).exists());
         // A write after the migration, then a restart: no second migration, nothing lost.
-        durable(
-            store
-                .bindings()
-                .save_bindings("sip:new@example.test", &[binding(1)]),
-        )
+        durable(store.bindings().save_bindings(
+            "sip:new@example.test",
+            &[plain_binding("sip:1001@192.0.2.7:5060", 1)],
+        ))
         .await
         .unwrap();
         store.close().unwrap();

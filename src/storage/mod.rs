@@ -255,6 +255,32 @@ pub trait BindingStore: Send + Sync {
 pub(crate) mod tests {
     use super::*;
 
+    /// A binding with only a contact and a CSeq that matter: for the stores' own tests.
+    pub(crate) fn plain_binding(contact: &str, cseq: u32) -> Binding {
+        Binding {
+            contact: contact.into(),
+            params: String::new(),
+            q: 1000,
+            expires_at: 2_000_000_000,
+            call_id: "x".into(),
+            cseq,
+            path: vec![],
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+            source: "udp:127.0.0.1:1".into(),
+            registered_at: 1,
+        }
+    }
+
+    /// An empty directory under the system's temp dir for one test of one store.
+    pub(crate) fn temp_dir(store: &str, name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("busylamp-{store}-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     pub(crate) fn sample(contact: &str) -> Binding {
         Binding {
             contact: contact.into(),

@@ -295,30 +295,11 @@ impl DialogStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::durable;
-
-    fn sample(contact: &str, cseq: u32) -> Binding {
-        Binding {
-            contact: contact.into(),
-            params: String::new(),
-            q: 1000,
-            expires_at: 2_000_000_000,
-            call_id: "x".into(),
-            cseq,
-            path: vec![],
-            instance: None,
-            reg_id: None,
-            user_agent: None,
-            source: "udp:127.0.0.1:1".into(),
-            registered_at: 1,
-        }
-    }
-
     fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("busylamp-redb-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+        crate::storage::tests::temp_dir("redb", name)
     }
+    use crate::storage::durable;
+    use crate::storage::tests::plain_binding as sample;
 
     #[tokio::test]
     async fn writes_are_durable_across_reopen_and_deletes_stick() {

@@ -298,24 +298,8 @@ impl DialogStore for SledStore {
 mod tests {
     use super::*;
     use crate::storage::durable;
+    use crate::storage::tests::plain_binding as sample;
     use std::time::Instant;
-
-    fn sample(contact: &str, cseq: u32) -> Binding {
-        Binding {
-            contact: contact.into(),
-            params: String::new(),
-            q: 1000,
-            expires_at: 2_000_000_000,
-            call_id: "x".into(),
-            cseq,
-            path: vec![],
-            instance: None,
-            reg_id: None,
-            user_agent: None,
-            source: "udp:127.0.0.1:1".into(),
-            registered_at: 1,
-        }
-    }
 
     #[tokio::test]
     async fn standing_rules_survive_reopen_deletes_stick_and_the_flush_is_timed() {
