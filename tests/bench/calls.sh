@@ -86,7 +86,7 @@
 # register, subscribe and publish (trusted_for), Kamailio without
 # auth_check); Kamailio keeps everything in memory (usrloc, dialog,
 # pua, presence), busylamp writes bindings, subscriptions and NOTIFY
-# CSeq/versions to its sled database.  A watcher sipp answers at most a few
+# CSeq/version reservations to its database (redb by default).  A watcher sipp answers at most a few
 # thousand NOTIFYs/s: at W = 10 and three lamp changes per call, that bounds
 # (a) for both servers.
 #
@@ -521,7 +521,7 @@ for n in "${NOTES[@]}"; do echo "  note: $n"; done
 echo
 echo "notes: sipp (callers, callee UAS, watchers) shares the $(nproc) cores with the server; UDP only; no authentication;"
 echo "       kamailio: children=$KAM_CHILDREN, shm ${KAM_SHM_MB} MB, everything in memory, pua PUBLISHes to itself over loopback;"
-echo "       busylamp: bindings, subscriptions and NOTIFY CSeq/versions in sled (data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'));"
+echo "       busylamp: bindings, subscriptions and NOTIFY CSeq/version reservations in ${BENCH_STORAGE_BACKEND:-redb} (data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'));"
 echo "       (b) latency = NOTIFY carrying the call in state early on the wire - the callee's 180 on the wire (loopback capture);"
 echo "       UDP drops = kernel RcvbufErrors over the step, system-wide (other processes on the machine count too)."
 echo "total time: ${SECONDS}s"

@@ -16,7 +16,8 @@
 #   BENCH_SUB_CALLS=20000      subscriptions per closed-loop run (a)
 #   BENCH_SUB_CONCURRENCY=200  subscriptions in flight (sipp -users)
 #   BENCH_MEM_SUBS=10000       subscriptions for the memory figure (c)
-#   BENCH_FANOUT_WATCHERS="100 1000"  watcher counts W for the fan-out (b)
+#   BENCH_FANOUT_WATCHERS="100 1000"  watcher counts W for the fan-out (b); set but
+#                              empty: no fan-out step
 #   BENCH_FANOUT_PUBLISHES=100 PUBLISHes per fan-out round (even)
 #   BENCH_FANOUT_SPACING_MS="100:50 1000:200"  ms between two PUBLISHes, per W
 #                              ("W:ms" items; a bare number applies to every
@@ -87,7 +88,7 @@
 # without auth_check: digest is the interop test's business,
 # tests/interop/presence.sh); Kamailio keeps subscriptions and publications
 # in memory only (subs_db_mode=0, publ_cache=2), busylamp writes them to its
-# sled database.
+# database (redb by default; BENCH_STORAGE_BACKEND=sled for the other).
 #
 # Loopback only; every sipp run is bounded by -m, -timeout and timeout(1);
 # tcpdump, the watcher sipp and the servers are stopped by PID on exit.
@@ -125,7 +126,7 @@ REPEATS="${BENCH_REPEATS:-3}"
 SUB_CALLS="${BENCH_SUB_CALLS:-20000}"
 SUB_CONC="${BENCH_SUB_CONCURRENCY:-200}"
 MEM_SUBS="${BENCH_MEM_SUBS:-10000}"
-FAN_WATCHERS="${BENCH_FANOUT_WATCHERS:-100 1000}"
+FAN_WATCHERS="${BENCH_FANOUT_WATCHERS-100 1000}"
 FAN_PUBS="${BENCH_FANOUT_PUBLISHES:-100}"
 FAN_SPACING="${BENCH_FANOUT_SPACING_MS:-100:50 1000:200}"
 spacing_for() { # W -> ms between two PUBLISHes for W watchers
@@ -515,7 +516,7 @@ for n in "${NOTES[@]}"; do echo "  note: $n"; done
 echo
 echo "notes: sipp shares the $(nproc) cores with the server; UDP only; no authentication;"
 echo "       kamailio: children=$KAM_CHILDREN, shm ${KAM_SHM_MB} MB, subscriptions and publications in memory only (subs_db_mode=0, publ_cache=2);"
-echo "       busylamp: writes subscriptions/publications to sled (data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'));"
+echo "       busylamp: writes subscriptions/publications to ${BENCH_STORAGE_BACKEND:-redb} (data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'));"
 echo "       (b) latency = last watcher's NOTIFY on the wire - PUBLISH on the wire (loopback capture), per PUBLISH;"
 echo "       UDP drops = kernel RcvbufErrors over the step, system-wide (other processes on the machine count too);"
 echo "       memory (c) = growth / $MEM_SUBS after ${SETTLE}s idle. Resident: kamailio PSS over all its processes,"

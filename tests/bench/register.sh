@@ -48,7 +48,7 @@
 # Caveats printed with the results: sipp runs on the same 2 cores as the
 # server (its CPU share is reported), UDP only, Kamailio keeps bindings in
 # memory only (usrloc db_mode=0) while busylamp writes each binding to its
-# sled database before answering.
+# database (redb by default) before answering.
 #
 # Loopback only; every sipp run is bounded by -m, -timeout and timeout(1);
 # servers are stopped by PID on exit.
