@@ -22,6 +22,10 @@
 #   BENCH_KAM_DB=sqlite   or dbtext (db_text scans the whole table per lookup:
 #                         ~5,700/s vs ~12,000/s at 10,000 users here, not a
 #                         fair reference)
+#   BENCH_KAM_USRLOC=memory  or durable: Kamailio's usrloc db_mode=1 (each
+#                         binding written through to the sqlite location
+#                         table, WAL journal, before the 200: durable like
+#                         busylamp) instead of db_mode=0 (memory only)
 #   BENCH_BUDGET=540      seconds; steps that no longer fit are skipped
 #   BENCH_EXACT_HEAP=1    0 skips the exact heap figure (a release `cargo test`)
 #   BENCH_SETTLE=34       seconds idle after the prefill before the settled memory
@@ -84,6 +88,12 @@ KAM_CHILDREN="${BENCH_KAM_CHILDREN:-1 2 4}"
 # pinned to one core, Kamailio gets one worker (more only queue on the same core)
 [[ "$BL_PIN" == 1 && -z "${BENCH_KAM_CHILDREN:-}" ]] && KAM_CHILDREN=1
 KAM_DB="${BENCH_KAM_DB:-sqlite}"
+KAM_USRLOC="${BENCH_KAM_USRLOC:-memory}"
+case "$KAM_USRLOC" in
+memory | durable) ;;
+*) bl_die "BENCH_KAM_USRLOC must be memory or durable" ;;
+esac
+[[ "$KAM_USRLOC" == memory || "$KAM_DB" == sqlite ]] || bl_die "BENCH_KAM_USRLOC=durable needs BENCH_KAM_DB=sqlite"
 BUDGET="${BENCH_BUDGET:-540}"
 RUN_TIMEOUT=60       # cap for one sipp run's -timeout
 SETTLE="${BENCH_SETTLE:-34}"  # seconds idle after the prefill before the settled memory figure
@@ -159,6 +169,12 @@ case "$KAM_DB" in
 sqlite) bl_gen_kam_sqlite "$WORK/kam.sqlite" "$USERS"; KAM_DBURL="sqlite:///$WORK/kam.sqlite"; KAM_DBARGS=(-A WITH_SQLITE) ;;
 dbtext) bl_gen_kam_dbtext "$WORK/kamdb" "$USERS"; KAM_DBURL="text://$WORK/kamdb"; KAM_DBARGS=() ;;
 esac
+
+if [[ "$KAM_USRLOC" == durable ]]; then
+    # Kamailio's own location table schema (Debian kamailio-sqlite-modules).
+    sqlite3 "$WORK/kam.sqlite" </usr/share/kamailio/db_sqlite/usrloc-create.sql
+    KAM_DBARGS+=(-A USRLOC_DURABLE -A "SQLITE_WAL=\"$WORK/kam.sqlite=WAL;\"")
+fi
 
 SIPP_COMMON=(-p "$PORT_SIPP" -buff_size "$SIPP_BUF")
 
@@ -295,7 +311,7 @@ port="$(bl_free_port "$PORT_SIPP")"
 if ((BL_ONLY)); then
     bl_log "kamailio skipped (--busylamp-only)"
 elif start_kam "$BEST_C" "$port" "$WORK/kamailio.log"; then
-    measure kamailio "children=$BEST_C, $KAM_DB" "$port"
+    measure kamailio "children=$BEST_C, $KAM_DB, usrloc $KAM_USRLOC" "$port"
 else
     bl_log "kamailio did not start; see $WORK/kamailio.log"
     tail -n 20 "$WORK/kamailio.log" >&2 || true
@@ -370,7 +386,11 @@ if [[ "${BENCH_EXACT_HEAP:-1}" == 1 ]] && command -v cargo >/dev/null 2>&1; then
 fi
 echo
 echo "notes: sipp shares the $(nproc) cores with the server (see sipp CPU); UDP only;"
-echo "       kamailio: usrloc db_mode=0 (bindings in memory only), auth_db on $KAM_DB, calculate_ha1;"
+if [[ "$KAM_USRLOC" == durable ]]; then
+    echo "       kamailio: usrloc db_mode=1 (each binding written through to sqlite, WAL, before the 200), auth_db on $KAM_DB, calculate_ha1;"
+else
+    echo "       kamailio: usrloc db_mode=0 (bindings in memory only), auth_db on $KAM_DB, calculate_ha1;"
+fi
 echo "       busylamp: writes each binding to its database (${BENCH_STORAGE_BACKEND:-redb}; data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }')) before answering;"
 echo "       memory/binding = RSS growth / users right after the prefill (includes transaction state still"
 echo "       held for RFC 3261 Timer J, 32 s on UDP) and settled, ${SETTLE}s later (bindings + allocator/cache)."
