@@ -15,7 +15,7 @@ impl Presence {
     /// stay within the subscription's reserved range, a new reservation when one would pass
     /// it, or the whole record (`persist`). Whoever sends the NOTIFY waits for `writes` only
     /// when they hold such a write ([`PresenceWrite::gates_notifies`]). `body` is the
-    /// document to render once the shard lock is released.
+    /// document to render once the shard lock is released, with the request.
     pub(super) fn next_notify(
         &self,
         res: &ResKey,
@@ -24,7 +24,7 @@ impl Presence {
         body: Body,
         writes: &mut Vec<PresenceWrite>,
         persist: Persist,
-    ) -> Reserved {
+    ) -> PendingNotify {
         let due = sub
             .rec
             .count_notify(body.is_some(), self.cfg.notify_reserve);
@@ -37,30 +37,21 @@ impl Presence {
                 writes.push(PresenceWrite::subscription(&sub.rec));
             }
         }
-        let branch = self.branches.mint(self.ids.next());
-        let request = notify::build(
-            &sub.rec,
-            res.pkg,
-            &NotifyParts {
-                request_uri: &sub.route.request_uri,
-                via_sent_by: &sub.route.via_sent_by,
-                transport: sub.route.to.proto.via_name(),
-                branch: &branch,
-                state,
-                body: None,
-                server_header: &self.server_header,
-            },
-        );
+        // Only what the NOTIFY's place in the order needs is taken here (its CSeq, counted
+        // above, and the dialog as it is now); its branch, request and body are made by
+        // whoever sends it, with the lock released (`build_notifies`).
+        let head = notify::DialogHead::of(&sub.rec);
         sub.delivery.sent();
-        Reserved {
-            notify: OutNotify {
-                sub: SubRef {
-                    res: res.clone(),
-                    key: sub.key.clone(),
-                },
-                request,
-                to: sub.route.to,
+        PendingNotify {
+            sub: SubRef {
+                res: res.clone(),
+                key: sub.key.clone(),
             },
+            to: sub.route.to,
+            request_uri: sub.route.request_uri.clone(),
+            via_sent_by: sub.route.via_sent_by.clone(),
+            head,
+            state,
             body,
         }
     }
@@ -157,7 +148,7 @@ impl Presence {
         presentity: &Arc<str>,
         entry: watcherinfo::Watcher,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<Reserved>,
+        out: &mut Vec<PendingNotify>,
     ) {
         let wkey = ResKey {
             presentity: presentity.clone(),
@@ -203,7 +194,7 @@ impl Presence {
         res: &ResKey,
         source: Option<&str>,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<Reserved>,
+        out: &mut Vec<PendingNotify>,
     ) {
         // A mailbox's lamp, for the dashboard: waiting when any of its publications says so
         // (parsed only for message-summary, whose bodies are a few short lines).
@@ -248,7 +239,7 @@ impl Presence {
         shard: &mut Shard,
         res: &ResKey,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<Reserved>,
+        out: &mut Vec<PendingNotify>,
     ) {
         let now_unix = self.clock.now_unix();
         let Some(mut resource) = shard.resources.remove(res) else {
@@ -311,7 +302,7 @@ impl Presence {
         key: &Arc<[u8]>,
         writes: &mut Vec<PresenceWrite>,
         persist: Persist,
-    ) -> Option<Reserved> {
+    ) -> Option<PendingNotify> {
         let now_unix = self.clock.now_unix();
         let presence_key = ResKey {
             presentity: res.presentity.clone(),

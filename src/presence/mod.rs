@@ -105,12 +105,28 @@ pub struct OutNotify {
     pub to: Peer,
 }
 
-/// A NOTIFY decided under the shard lock (its CSeq and version counted, its place in the
-/// subscription's order taken), its body still to render once the lock is released.
+/// A NOTIFY decided under the shard lock: its CSeq and version counted, its place in the
+/// subscription's order taken (one in flight), the dialog copied out and its body a snapshot
+/// of the publications. Nothing is built or rendered yet: whoever sends it does that with no
+/// lock held ([`Presence::build_notifies`]), for a fan-out chunk by chunk in the server's
+/// outbox, so that neither the request that caused it nor the presentity's next change waits
+/// for a thousand requests to be built.
 #[derive(Debug)]
-struct Reserved {
-    notify: OutNotify,
+pub struct PendingNotify {
+    sub: SubRef,
+    to: Peer,
+    request_uri: Arc<crate::sip::Uri>,
+    via_sent_by: Arc<str>,
+    head: notify::DialogHead,
+    state: SubscriptionState,
     body: render::Body,
+}
+
+impl PendingNotify {
+    /// The subscription it belongs to (its outcome is reported for it).
+    pub fn sub(&self) -> &SubRef {
+        &self.sub
+    }
 }
 
 /// How a NOTIFY ended, as far as the subscription cares (RFC 6665 §4.2.2).
@@ -142,11 +158,12 @@ impl Outcome {
 }
 
 /// NOTIFYs the presence server decided, in order: the server core (built later, it owns the
-/// client transactions) sends each once `after` is on disk (`None`, the usual case: at once)
-/// and reports each outcome to [`Presence::notify_outcome`]. `after` is a new reservation of
-/// CSeqs and versions, or a subscription's record, that one of the NOTIFYs needs.
+/// client transactions) builds them ([`Presence::build_notifies`]) and sends each once `after`
+/// is on disk (`None`, the usual case: at once) and reports each outcome to
+/// [`Presence::notify_outcome`]. `after` is a new reservation of CSeqs and versions, or a
+/// subscription's record, that one of the NOTIFYs needs.
 pub struct NotifyBatch {
-    pub notifies: Vec<OutNotify>,
+    pub notifies: Vec<PendingNotify>,
     pub after: Option<Durable>,
 }
 
@@ -632,19 +649,39 @@ impl Presence {
         tokio::time::Instant::now().into_std()
     }
 
-    /// Renders the bodies of NOTIFYs decided under a shard lock. Called after the lock is
-    /// released: rendering never holds up the presentity's other changes, and the NOTIFYs'
-    /// order was fixed when they were decided (one in flight per subscription).
-    fn rendered(&self, reserved: Vec<Reserved>) -> Vec<OutNotify> {
-        reserved
-            .into_iter()
-            .map(|Reserved { mut notify, body }| {
-                if let Some(doc) = self.render_body(body) {
-                    notify::attach_body(&mut notify.request, doc);
-                }
-                notify
-            })
-            .collect()
+    /// Builds NOTIFYs decided under a shard lock: their requests, with a fresh branch each,
+    /// and their bodies rendered (once per snapshot and view, see `render`). Called with no
+    /// shard lock held: building never holds up the presentity's other changes, and the
+    /// NOTIFYs' order was fixed when they were decided (one in flight per subscription).
+    pub fn build_notifies(
+        &self,
+        pending: impl IntoIterator<Item = PendingNotify>,
+    ) -> Vec<OutNotify> {
+        pending.into_iter().map(|p| self.build_notify(p)).collect()
+    }
+
+    fn build_notify(&self, p: PendingNotify) -> OutNotify {
+        let pkg = p.sub.res.pkg;
+        let branch = self.branches.mint(self.ids.next());
+        let body = self.render_body(p.body);
+        let request = notify::build_from(
+            p.head,
+            pkg,
+            &NotifyParts {
+                request_uri: &p.request_uri,
+                via_sent_by: &p.via_sent_by,
+                transport: p.to.proto.via_name(),
+                branch: &branch,
+                state: p.state,
+                body: body.as_ref(),
+                server_header: &self.server_header,
+            },
+        );
+        OutNotify {
+            sub: p.sub,
+            request,
+            to: p.to,
+        }
     }
 
     /// Queues `writes`; what the NOTIFYs decided with them wait for: the writes when they
@@ -660,11 +697,12 @@ impl Presence {
         gates.then_some(durable)
     }
 
-    fn send(&self, reserved: Vec<Reserved>, after: Option<Durable>) {
-        if reserved.is_empty() {
+    /// Hands decided NOTIFYs to the outbox, unbuilt: the request path that decided them
+    /// (a PUBLISH's, a call's lamp) goes on at once.
+    fn send(&self, notifies: Vec<PendingNotify>, after: Option<Durable>) {
+        if notifies.is_empty() {
             return;
         }
-        let notifies = self.rendered(reserved);
         let count = notifies.len();
         let sent = match &self.outbox {
             Some(outbox) => outbox.send(NotifyBatch { notifies, after }).is_ok(),

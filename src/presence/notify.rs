@@ -39,10 +39,58 @@ pub struct NotifyParts<'a> {
     pub server_header: &'a str,
 }
 
+/// The subscription dialog's side of one NOTIFY (RFC 3261 §12.2.1.1), copied out of the
+/// subscription under the shard lock with its CSeq counted, so that the request can be built
+/// later, by whoever sends it, with no lock held. Its strings become the header values
+/// ([`build_from`] moves them), so copying them here costs what building would have.
+#[derive(Debug, Clone)]
+pub struct DialogHead {
+    route_set: Vec<String>,
+    /// `From`: the SUBSCRIBE's To with our tag.
+    from: String,
+    /// `To`: the SUBSCRIBE's From with the watcher's tag.
+    to: String,
+    call_id: String,
+    cseq: u32,
+    /// Our Contact, in angle brackets.
+    contact: String,
+    event_id: Option<String>,
+}
+
+impl DialogHead {
+    /// The dialog of `sub` with CSeq `sub.local_cseq` (the caller has already counted it).
+    pub fn of(sub: &SubscriptionRecord) -> DialogHead {
+        DialogHead {
+            route_set: sub.route_set.clone(),
+            from: concat(&[&sub.presentity_header, ";tag=", &sub.local_tag]),
+            to: concat(&[&sub.watcher_header, ";tag=", &sub.remote_tag]),
+            call_id: sub.call_id.clone(),
+            cseq: sub.local_cseq,
+            contact: concat(&["<", &sub.contact, ">"]),
+            event_id: sub.event_id.clone(),
+        }
+    }
+}
+
+/// `parts` joined in one allocation of the right size (this runs under the shard lock, once
+/// per watcher of a fan-out; `format!` grows its buffer as it goes).
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
 /// A NOTIFY in the subscription's dialog with CSeq `sub.local_cseq` (the caller has already
 /// counted it).
 pub fn build(sub: &SubscriptionRecord, pkg: Pkg, parts: &NotifyParts<'_>) -> Request {
-    let mut headers = Headers(Vec::with_capacity(14));
+    build_from(DialogHead::of(sub), pkg, parts)
+}
+
+/// [`build`] from a dialog copied out of its subscription earlier.
+pub fn build_from(head: DialogHead, pkg: Pkg, parts: &NotifyParts<'_>) -> Request {
+    let mut headers = Headers(Vec::with_capacity(12 + head.route_set.len()));
     headers.push(
         HeaderName::Via,
         format!(
@@ -51,24 +99,17 @@ pub fn build(sub: &SubscriptionRecord, pkg: Pkg, parts: &NotifyParts<'_>) -> Req
         ),
     );
     headers.push(HeaderName::MaxForwards, "70");
-    for r in &sub.route_set {
-        headers.push(HeaderName::Route, r.clone());
+    for r in head.route_set {
+        headers.push(HeaderName::Route, r);
     }
-    // Our side of the dialog is the SUBSCRIBE's To with our tag; theirs its From with theirs.
-    headers.push(
-        HeaderName::From,
-        format!("{};tag={}", sub.presentity_header, sub.local_tag),
-    );
-    headers.push(
-        HeaderName::To,
-        format!("{};tag={}", sub.watcher_header, sub.remote_tag),
-    );
-    headers.push(HeaderName::CallId, sub.call_id.clone());
-    headers.push(HeaderName::CSeq, format!("{} NOTIFY", sub.local_cseq));
-    headers.push(HeaderName::Contact, format!("<{}>", sub.contact));
+    headers.push(HeaderName::From, head.from);
+    headers.push(HeaderName::To, head.to);
+    headers.push(HeaderName::CallId, head.call_id);
+    headers.push(HeaderName::CSeq, format!("{} NOTIFY", head.cseq));
+    headers.push(HeaderName::Contact, head.contact);
     headers.push(
         HeaderName::Event,
-        EventHeader::value(pkg, sub.event_id.as_deref()),
+        EventHeader::value(pkg, head.event_id.as_deref()),
     );
     headers.push(HeaderName::SubscriptionState, parts.state.header());
     if !parts.server_header.is_empty() {

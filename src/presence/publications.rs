@@ -201,16 +201,18 @@ impl Presence {
                 source
             }
         };
+        // The 200 waits for the publication only, so it is queued for the disk before the
+        // fan-out is decided: its commit runs while the NOTIFYs are decided. Queued under
+        // the lock, so the presentity's writes reach the disk in the order they were made.
+        let durable = self.store.write(writes);
+        let mut writes = Vec::new();
         self.changed(&mut shard, &res, Some(&source), &mut writes, &mut out);
         if shard.resources.get(&res).is_some_and(Resource::is_empty) {
             shard.resources.remove(&res);
         }
-        // The 200 waits for the publication only; the watchers' NOTIFYs for nothing but the
-        // reservations some of them may be due (queued after it, under the same lock).
-        let (gating, state): (Vec<_>, Vec<_>) =
-            writes.into_iter().partition(PresenceWrite::gates_notifies);
-        let durable = self.store.write(state);
-        let after = (!gating.is_empty()).then(|| self.store.write(gating));
+        // The watchers' NOTIFYs wait for nothing but the reservations some of them may be
+        // due (queued after the publication, under the same lock).
+        let after = self.write_gating(writes);
         drop(shard);
         self.send(out, after);
         let mut response = req.response(200, "OK", Some(to_tag));
@@ -319,13 +321,13 @@ impl Presence {
                 self.schedule(Timer::PublicationExpiry(res.clone(), source_id.into()), at);
             }
         }
-        self.changed(&mut shard, &res, Some(source_id), &mut writes, &mut out);
-        // The caller waits for the publication; the NOTIFYs (a call's state reaching the
+        // The caller waits for the publication, queued (under the lock, in the presentity's
+        // order) before the fan-out is decided; the NOTIFYs (a call's state reaching the
         // lamps) only for the reservations some watchers may be due.
-        let (gating, state): (Vec<_>, Vec<_>) =
-            writes.into_iter().partition(PresenceWrite::gates_notifies);
-        let durable = self.store.write(state);
-        let after = (!gating.is_empty()).then(|| self.store.write(gating));
+        let durable = self.store.write(writes);
+        let mut writes = Vec::new();
+        self.changed(&mut shard, &res, Some(source_id), &mut writes, &mut out);
+        let after = self.write_gating(writes);
         drop(shard);
         self.send(out, after);
         Ok(durable)

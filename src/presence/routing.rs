@@ -7,6 +7,7 @@ use crate::storage::{FlowRecord, SubscriptionRecord};
 use crate::transport::{Peer, Proto};
 use ipnet::IpNet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub(super) fn proto_name(p: Proto) -> &'static str {
     match p {
@@ -69,19 +70,20 @@ pub(super) fn notify_target(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Opti
 }
 
 /// Where a subscription's NOTIFYs go: the next hop, the Request-URI (remote target) and our
-/// Via `host:port` (from our Contact).
+/// Via `host:port` (from our Contact). Shared (`Arc`) with each NOTIFY decided under the shard
+/// lock, which builds its request later: a reference count instead of a copy per NOTIFY.
 #[derive(Debug, Clone)]
 pub(super) struct NotifyRoute {
     pub(super) to: Peer,
-    pub(super) request_uri: Uri,
-    pub(super) via_sent_by: String,
+    pub(super) request_uri: Arc<Uri>,
+    pub(super) via_sent_by: Arc<str>,
 }
 
 pub(super) fn notify_route(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Option<NotifyRoute> {
     Some(NotifyRoute {
         to: notify_target(rec, trusted)?,
-        request_uri: Uri::parse(&rec.remote_target).ok()?,
-        via_sent_by: sent_by(&rec.contact),
+        request_uri: Arc::new(Uri::parse(&rec.remote_target).ok()?),
+        via_sent_by: sent_by(&rec.contact).into(),
     })
 }
 
@@ -144,7 +146,7 @@ mod tests {
         let route = notify_route(&r, &[]).unwrap();
         assert_eq!(route.to.remote, "192.0.2.50:5070".parse().unwrap());
         assert_eq!(route.request_uri.to_string(), "sip:1002@192.0.2.7:5062");
-        assert_eq!(route.via_sent_by, "192.0.2.1:5060");
+        assert_eq!(&*route.via_sent_by, "192.0.2.1:5060");
     }
 
     #[test]

@@ -17,7 +17,7 @@ impl Presence {
         reason: &'static str,
         send_final: bool,
         writes: &mut Vec<PresenceWrite>,
-        out: &mut Vec<Reserved>,
+        out: &mut Vec<PendingNotify>,
     ) {
         let presence_key = ResKey {
             presentity: res.presentity.clone(),
@@ -83,7 +83,7 @@ impl Presence {
         sub: &mut Sub,
         reason: &'static str,
         winfo: Option<&Resource>,
-    ) -> Reserved {
+    ) -> PendingNotify {
         // RFC 6665 §4.2.2: the final NOTIFY carries the state when there is one to give;
         // not after a rejection.
         let body = if reason == "rejected" {
@@ -109,7 +109,7 @@ impl Presence {
         shard: &mut Shard,
         sub: &SubRef,
         outcome: Outcome,
-    ) -> Option<Reserved> {
+    ) -> Option<PendingNotify> {
         let mut resource = shard.resources.remove(&sub.res)?;
         let out = resource.closing.remove(&sub.key).and_then(|mut c| {
             if matches!(outcome, Outcome::Rejected(_)) {
@@ -450,7 +450,7 @@ impl Presence {
             return Ok(Reply::AfterWrite {
                 response,
                 durable: self.store.write(writes),
-                notifies: self.rendered(out),
+                notifies: self.build_notifies(out),
             });
         }
         let expiry_at = self.at_unix(sub.rec.expires_at);
@@ -495,7 +495,7 @@ impl Presence {
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: self.rendered(out),
+            notifies: self.build_notifies(out),
         })
     }
 
@@ -663,7 +663,7 @@ impl Presence {
         Ok(Reply::AfterWrite {
             response,
             durable,
-            notifies: self.rendered(out),
+            notifies: self.build_notifies(out),
         })
     }
 

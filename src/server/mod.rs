@@ -7,7 +7,9 @@ use crate::clock::Clock;
 use crate::config::{AuthMode, Config, TrustedFor};
 use crate::events::EventBus;
 use crate::ids::Ids;
-use crate::presence::{NotifyBatch, OutNotify, Outcome, Presence, Reply, Requester, SubRef};
+use crate::presence::{
+    NotifyBatch, OutNotify, Outcome, PendingNotify, Presence, Reply, Requester, SubRef,
+};
 use crate::pua::client::SipSender;
 use crate::pua::usrloc::Usrloc;
 use crate::pua::Pua;
@@ -1093,17 +1095,24 @@ impl Core {
         }
     }
 
-    /// Sends a batch [`NOTIFY_CHUNK`] NOTIFYs at a time, yielding to the runtime between
-    /// chunks: a fan-out to 1,000 watchers would otherwise hold a worker (and the client
-    /// transactions' lock) for its whole length, with the PUBLISH's own `200` and the
-    /// watchers' answers waiting behind it. The batch's order is kept (one task sends all).
-    async fn send_notifies_paced(&self, notifies: Vec<OutNotify>) {
+    /// Builds and sends a batch [`NOTIFY_CHUNK`] NOTIFYs at a time, yielding to the runtime
+    /// between chunks: a fan-out to 1,000 watchers would otherwise hold a worker (and the
+    /// client transactions' lock) for its whole length, with the PUBLISH's own `200` and the
+    /// watchers' answers waiting behind it. Each chunk is built just before it leaves, so the
+    /// first NOTIFYs are on the wire while the rest are still undecided bytes. The batch's
+    /// order is kept (one task builds and sends all).
+    async fn send_notifies_paced(&self, notifies: Vec<PendingNotify>) {
         if notifies.len() <= NOTIFY_CHUNK {
-            return self.send_notifies_now(notifies);
+            return self.send_notifies_now(self.presence.build_notifies(notifies));
         }
+        // A fan-out lets what is ready go first: the answer to the request that caused it
+        // (a PUBLISH whose write is done) leaves before its NOTIFYs, not after a chunk.
+        tokio::task::yield_now().await;
         let mut rest = notifies.into_iter();
         loop {
-            let chunk: Vec<OutNotify> = rest.by_ref().take(NOTIFY_CHUNK).collect();
+            let chunk = self
+                .presence
+                .build_notifies(rest.by_ref().take(NOTIFY_CHUNK));
             if chunk.is_empty() {
                 return;
             }
@@ -1114,9 +1123,9 @@ impl Core {
 
     /// Sends the NOTIFYs at once, or once `after` (a reservation of CSeqs and versions, or a
     /// subscription's record, one of them needs) is on disk.
-    fn send_notifies(&self, notifies: Vec<OutNotify>, after: Option<Durable>) {
+    fn send_notifies(&self, notifies: Vec<PendingNotify>, after: Option<Durable>) {
         match after {
-            None => self.send_notifies_now(notifies),
+            None => self.send_notifies_now(self.presence.build_notifies(notifies)),
             Some(d) => {
                 let stored = self.stored_notifies.clone();
                 tokio::spawn(async move {
@@ -1136,7 +1145,7 @@ const NOTIFY_CHUNK: usize = 64;
 
 /// NOTIFYs that waited for their state to reach the disk, and how the write ended.
 struct StoredNotifies {
-    notifies: Vec<OutNotify>,
+    notifies: Vec<PendingNotify>,
     written: Result<(), StorageError>,
 }
 
@@ -1155,7 +1164,7 @@ impl Core {
                     // after a restart. Retry later instead, reserving again.
                     tracing::error!(error = %e, "NOTIFY reservation not stored; retrying");
                     for n in notifies {
-                        self.presence.not_stored(&n.sub);
+                        self.presence.not_stored(n.sub());
                     }
                 }
             }
