@@ -314,14 +314,16 @@ struct Sub {
 /// for that answer (or timeout), so it leaves after it, with the next CSeq.
 #[derive(Debug)]
 struct Closing {
-    sub: Sub,
+    sub: Box<Sub>,
     reason: &'static str,
 }
 
 #[derive(Debug, Default)]
 struct Resource {
     pubs: Vec<Publication>,
-    subs: HashMap<Arc<[u8]>, Sub>,
+    /// Boxed: a map's buckets are its capacity, not its length (up to twice as many), and a
+    /// pointer per spare bucket costs far less than a whole subscription.
+    subs: HashMap<Arc<[u8]>, Box<Sub>>,
     /// Ended subscriptions whose final NOTIFY waits for the one in flight.
     closing: HashMap<Arc<[u8]>, Closing>,
     /// The publications last fanned out: an unchanged document is not re-sent. `None` when
@@ -344,13 +346,14 @@ struct Resource {
 impl Sub {
     /// A subscription with nothing in flight or owed; its first NOTIFY is a full document.
     fn new(
-        rec: SubscriptionRecord,
+        mut rec: SubscriptionRecord,
         key: Arc<[u8]>,
         route: NotifyRoute,
         profile: Arc<VendorProfile>,
         dialog_ids: bool,
-    ) -> Sub {
-        Sub {
+    ) -> Box<Sub> {
+        rec.shrink_to_fit();
+        Box::new(Sub {
             rec,
             key,
             route,
@@ -361,7 +364,7 @@ impl Sub {
             dialog_ids,
             winfo_changes: Vec::new(),
             winfo_full: true,
-        }
+        })
     }
 }
 
