@@ -386,7 +386,16 @@ impl Resource {
 
 #[derive(Default)]
 struct Shard {
-    resources: HashMap<ResKey, Resource>,
+    /// Boxed, as a presentity's subscriptions are: with one watcher per presentity (a
+    /// presence buddy list) the spare buckets of a map of whole resources cost more than the
+    /// resources.
+    resources: HashMap<ResKey, Box<Resource>>,
+}
+
+impl Shard {
+    fn resource(&self, key: &ResKey) -> Option<&Resource> {
+        self.resources.get(key).map(|r| &**r)
+    }
 }
 
 pub struct Presence {
