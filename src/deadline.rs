@@ -14,7 +14,7 @@ use std::hash::{BuildHasher, Hash};
 use std::time::Instant;
 
 /// Below this capacity a map keeps what it has: small tables are not worth reallocating.
-const SHRINK_ABOVE: usize = 4096;
+const SHRINK_ABOVE: usize = 256;
 
 /// Gives back most of a map's spare capacity once a burst has drained: a hash table never
 /// shrinks by itself, so 10,000 SUBSCRIBEs in two seconds would leave the transaction and
