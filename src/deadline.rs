@@ -10,8 +10,23 @@
 //! makes equal instants come out in the order they were scheduled.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::time::Instant;
+
+/// Below this capacity a map keeps what it has: small tables are not worth reallocating.
+const SHRINK_ABOVE: usize = 256;
+
+/// Gives back most of a map's spare capacity once a burst has drained: a hash table never
+/// shrinks by itself, so 10,000 SUBSCRIBEs in two seconds would leave the transaction and
+/// timer tables sized for 10,000 (hundreds of bytes per subscription, resident for good).
+/// Shrinks to twice the length when under a quarter is used: the next burst regrows it, and
+/// a shrink follows at least `capacity / 4` removals, so its cost is amortised O(1).
+pub fn shrink_after_burst<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
+    let cap = map.capacity();
+    if cap > SHRINK_ABOVE && map.len() < cap / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Deadlines<K: Eq + Hash + Clone> {
@@ -51,6 +66,7 @@ impl<K: Eq + Hash + Clone> Deadlines<K> {
         match self.by_key.remove(key) {
             Some(slot) => {
                 self.by_time.remove(&slot);
+                shrink_after_burst(&mut self.by_key);
                 true
             }
             None => false,
@@ -83,6 +99,7 @@ impl<K: Eq + Hash + Clone> Deadlines<K> {
             self.by_key.remove(&key);
             out.push(key);
         }
+        shrink_after_burst(&mut self.by_key);
         out
     }
 
@@ -205,5 +222,28 @@ mod tests {
         assert!(times.windows(2).all(|w| w[0] <= w[1]));
         assert!(popped.iter().all(|i| i % 2 == 1));
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_drained_burst_gives_back_its_capacity() {
+        let mut d = Deadlines::new();
+        let t = Instant::now();
+        for i in 0..20_000u32 {
+            d.schedule(i, t);
+        }
+        let grown = d.by_key.capacity();
+        assert!(grown >= 20_000);
+        for i in 0..19_990u32 {
+            d.cancel(&i);
+        }
+        assert!(d.by_key.capacity() < grown / 4, "{}", d.by_key.capacity());
+        assert_eq!(d.len(), 10);
+        assert_eq!(d.pop_due(t).len(), 10);
+        // Small tables keep their capacity: not worth reallocating.
+        let mut small: HashMap<u32, ()> = (0..100).map(|i| (i, ())).collect();
+        small.retain(|&i, _| i < 2);
+        let cap = small.capacity();
+        shrink_after_burst(&mut small);
+        assert_eq!(small.capacity(), cap);
     }
 }

@@ -161,8 +161,10 @@ async fn memory_per_subscription_is_measured_and_bounded() {
         heap_per_sub > 200.0,
         "implausibly small: the measurement is broken"
     );
+    // Measured 2,742 (3,318 before subscriptions and resources were boxed in their maps and
+    // records shrunk to fit).
     assert!(
-        heap_per_sub < 8192.0,
+        heap_per_sub < 3_500.0,
         "a subscription costs {heap_per_sub:.0} bytes of heap"
     );
     drop(requests);

@@ -162,7 +162,7 @@ impl Presence {
         let Some(mut winfo) = shard.resources.remove(&wkey) else {
             return;
         };
-        let presence = shard.resources.get(&pkey);
+        let presence = shard.resource(&pkey);
         for sub in winfo.subs.values_mut() {
             if sub.rec.state != SubState::Active {
                 continue;
@@ -199,7 +199,7 @@ impl Presence {
         // A mailbox's lamp, for the dashboard: waiting when any of its publications says so
         // (parsed only for message-summary, whose bodies are a few short lines).
         let waiting = (res.pkg == Pkg::MessageSummary).then(|| {
-            shard.resources.get(res).is_some_and(|r| {
+            shard.resource(res).is_some_and(|r| {
                 r.pubs.iter().any(|p| {
                     crate::sip::body::mwi::parse(&p.rec.body.rendered()).is_ok_and(|m| m.waiting)
                 })
@@ -310,7 +310,7 @@ impl Presence {
         };
         let mut resource = shard.resources.remove(res)?;
         let winfo = if res.pkg == Pkg::Winfo {
-            shard.resources.get(&presence_key)
+            shard.resource(&presence_key)
         } else {
             None
         };

@@ -331,14 +331,16 @@ struct Sub {
 /// for that answer (or timeout), so it leaves after it, with the next CSeq.
 #[derive(Debug)]
 struct Closing {
-    sub: Sub,
+    sub: Box<Sub>,
     reason: &'static str,
 }
 
 #[derive(Debug, Default)]
 struct Resource {
     pubs: Vec<Publication>,
-    subs: HashMap<Arc<[u8]>, Sub>,
+    /// Boxed: a map's buckets are its capacity, not its length (up to twice as many), and a
+    /// pointer per spare bucket costs far less than a whole subscription.
+    subs: HashMap<Arc<[u8]>, Box<Sub>>,
     /// Ended subscriptions whose final NOTIFY waits for the one in flight.
     closing: HashMap<Arc<[u8]>, Closing>,
     /// The publications last fanned out: an unchanged document is not re-sent. `None` when
@@ -361,13 +363,14 @@ struct Resource {
 impl Sub {
     /// A subscription with nothing in flight or owed; its first NOTIFY is a full document.
     fn new(
-        rec: SubscriptionRecord,
+        mut rec: SubscriptionRecord,
         key: Arc<[u8]>,
         route: NotifyRoute,
         profile: Arc<VendorProfile>,
         dialog_ids: bool,
-    ) -> Sub {
-        Sub {
+    ) -> Box<Sub> {
+        rec.shrink_to_fit();
+        Box::new(Sub {
             rec,
             key,
             route,
@@ -378,7 +381,7 @@ impl Sub {
             dialog_ids,
             winfo_changes: Vec::new(),
             winfo_full: true,
-        }
+        })
     }
 }
 
@@ -400,7 +403,16 @@ impl Resource {
 
 #[derive(Default)]
 struct Shard {
-    resources: HashMap<ResKey, Resource>,
+    /// Boxed, as a presentity's subscriptions are: with one watcher per presentity (a
+    /// presence buddy list) the spare buckets of a map of whole resources cost more than the
+    /// resources.
+    resources: HashMap<ResKey, Box<Resource>>,
+}
+
+impl Shard {
+    fn resource(&self, key: &ResKey) -> Option<&Resource> {
+        self.resources.get(key).map(|r| &**r)
+    }
 }
 
 pub struct Presence {

@@ -107,7 +107,7 @@ impl Presence {
         // A refresh without a body keeps an ended call's linger.
         let expires = match ask {
             PublishAsk::Refresh(tag) => {
-                let ended = shard.resources.get(&res).is_some_and(|r| {
+                let ended = shard.resource(&res).is_some_and(|r| {
                     r.pubs
                         .iter()
                         .any(|p| p.rec.etag == tag && all_dialogs_terminated(ev.pkg, &p.rec.body))
@@ -207,7 +207,7 @@ impl Presence {
         let durable = self.store.write(writes);
         let mut writes = Vec::new();
         self.changed(&mut shard, &res, Some(&source), &mut writes, &mut out);
-        if shard.resources.get(&res).is_some_and(Resource::is_empty) {
+        if shard.resource(&res).is_some_and(Resource::is_empty) {
             shard.resources.remove(&res);
         }
         // The watchers' NOTIFYs wait for nothing but the reservations some of them may be

@@ -38,6 +38,10 @@ pub(super) struct Snapshot {
     generation: u64,
     pub(super) pubs: Vec<Publication>,
     cache: Arc<Mutex<RenderCache>>,
+    /// Whether its renders are kept in the cache: only when more than one watcher can use
+    /// them. A presentity with one watcher (a buddy list) would otherwise keep a copy of the
+    /// document its watcher already got, for as long as the state lasts.
+    shared: bool,
 }
 
 impl Snapshot {
@@ -119,17 +123,25 @@ impl Presence {
     /// The publications of `resource` as they are now, for rendering after the shard lock is
     /// released: the same snapshot (and generation) until they change.
     pub(super) fn snapshot(&self, res: &ResKey, resource: &Resource) -> Arc<Snapshot> {
+        self.snapshot_for(res, resource, resource.subs.len() > 1)
+    }
+
+    /// [`Presence::snapshot`], its renders cached when `shared`.
+    fn snapshot_for(&self, res: &ResKey, resource: &Resource, shared: bool) -> Arc<Snapshot> {
         let mut memo = resource.snapshot.borrow_mut();
-        if let Some(s) = memo.as_ref().filter(|s| s.is_of(&resource.pubs)) {
+        let same = memo.as_ref().filter(|s| s.is_of(&resource.pubs));
+        if let Some(s) = same.filter(|s| s.shared == shared) {
             return s.clone();
         }
         let s = Arc::new(Snapshot {
             res: res.clone(),
             // From the one counter every publication change draws from: a later state of a
-            // resource always has a higher generation.
-            generation: self.seq.fetch_add(1, Ordering::Relaxed),
+            // resource always has a higher generation. The same publications seen by more
+            // (or fewer) watchers keep theirs: the same documents.
+            generation: same.map_or_else(|| self.seq.fetch_add(1, Ordering::Relaxed), |s| s.generation),
             pubs: resource.pubs.clone(),
             cache: resource.rendered.clone(),
+            shared,
         });
         *memo = Some(s.clone());
         s
@@ -179,7 +191,10 @@ impl Presence {
                     cache.generation = snapshot.generation;
                     cache.docs.clear();
                 }
-                if cache.generation == snapshot.generation && cache.docs.len() < MAX_CACHED_VIEWS {
+                if snapshot.shared
+                    && cache.generation == snapshot.generation
+                    && cache.docs.len() < MAX_CACHED_VIEWS
+                {
                     cache.docs.insert(view, d.clone());
                 }
                 d
@@ -329,6 +344,7 @@ mod tests {
             generation: 0,
             pubs: pubs.to_vec(),
             cache: Default::default(),
+            shared: true,
         };
         // a now arrived after b: the packages compose by arrival (newest wins), so that is
         // another document.
@@ -352,9 +368,10 @@ mod tests {
             )
         };
         r.pubs.push(publication("a", &pidf("closed"), 1));
-        let old = p.snapshot(&res(), &r);
+        // As with several watchers: renders are cached.
+        let old = p.snapshot_for(&res(), &r, true);
         r.pubs[0] = publication("a", &pidf("open"), 2);
-        let new = p.snapshot(&res(), &r);
+        let new = p.snapshot_for(&res(), &r, true);
         let view = |s: &Snapshot| p.render_for(s, &[], 0, RenderOptions::default()).unwrap();
         // The newer state rendered first, then a late render of the older one: the older
         // does not replace the newer in the cache.
@@ -368,5 +385,22 @@ mod tests {
             old_doc.body,
             "rendered again, not the newer"
         );
+    }
+
+    #[test]
+    fn a_document_one_watcher_alone_uses_is_not_kept() {
+        let p = presence();
+        let mut r = Resource::default();
+        r.pubs.push(publication("a", "one", 1));
+        let alone = p.snapshot(&res(), &r);
+        assert!(p
+            .render_for(&alone, &[], 0, RenderOptions::default())
+            .is_some());
+        assert!(lock(&alone.cache).docs.is_empty(), "nothing kept");
+        // Several watchers of the same state: the same generation, its render kept.
+        let shared = p.snapshot_for(&res(), &r, true);
+        assert_eq!(shared.generation, alone.generation);
+        p.render_for(&shared, &[], 0, RenderOptions::default());
+        assert_eq!(lock(&shared.cache).docs.len(), 1);
     }
 }

@@ -59,7 +59,7 @@ impl Presence {
                 .insert(key.clone(), Closing { sub, reason });
         } else if send_final {
             let winfo = if res.pkg == Pkg::Winfo {
-                shard.resources.get(&presence_key)
+                shard.resource(&presence_key)
             } else {
                 None
             };
@@ -120,7 +120,7 @@ impl Presence {
                 pkg: Pkg::Presence,
             };
             let winfo = if sub.res.pkg == Pkg::Winfo {
-                shard.resources.get(&presence_key)
+                shard.resource(&presence_key)
             } else {
                 None
             };
@@ -381,7 +381,7 @@ impl Presence {
         let mut out = Vec::new();
         let mut shard = self.shard(&presentity);
         let fresh_resource = !shard.resources.contains_key(&res);
-        let watchers = shard.resources.get(&res).map_or(0, |r| r.subs.len());
+        let watchers = shard.resource(&res).map_or(0, |r| r.subs.len());
         if !new.fetch && watchers >= self.cfg.max_watchers_per_presentity {
             let mut r = fail(
                 503,
@@ -427,12 +427,12 @@ impl Presence {
         if new.fetch {
             // A fetch (RFC 6665 §4.4.3): one NOTIFY with the state, terminated; nothing kept.
             let winfo = (ev.pkg == Pkg::Winfo).then(|| {
-                shard.resources.get(&ResKey {
+                shard.resource(&ResKey {
                     presentity: presentity.clone(),
                     pkg: Pkg::Presence,
                 })
             });
-            let resource = shard.resources.get(&res);
+            let resource = shard.resource(&res);
             let empty = Resource::default();
             let body = self.body_for(&res, resource.unwrap_or(&empty), &mut sub, winfo.flatten());
             out.push(self.next_notify(
@@ -443,7 +443,7 @@ impl Presence {
                 &mut writes,
                 Persist::No,
             ));
-            if shard.resources.get(&res).is_some_and(Resource::is_empty) {
+            if shard.resource(&res).is_some_and(Resource::is_empty) {
                 shard.resources.remove(&res);
             }
             drop(shard);
@@ -459,14 +459,14 @@ impl Presence {
         {
             let presence = (ev.pkg == Pkg::Winfo)
                 .then(|| {
-                    shard.resources.get(&ResKey {
+                    shard.resource(&ResKey {
                         presentity: presentity.clone(),
                         pkg: Pkg::Presence,
                     })
                 })
                 .flatten();
             let empty = Resource::default();
-            let resource = shard.resources.get(&res).unwrap_or(&empty);
+            let resource = shard.resource(&res).unwrap_or(&empty);
             let body = self.body_for(&res, resource, &mut sub, presence);
             let st = self.state_of(&sub, now);
             // A new subscription: the whole record goes to disk before the 200.

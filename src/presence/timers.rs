@@ -71,7 +71,7 @@ impl Presence {
                 let gone = resource.pubs.remove(i);
                 self.publication_gone(&gone.rec);
                 self.changed(&mut shard, &res, None, &mut writes, &mut out);
-                if shard.resources.get(&res).is_some_and(Resource::is_empty) {
+                if shard.resource(&res).is_some_and(Resource::is_empty) {
                     shard.resources.remove(&res);
                 }
             }

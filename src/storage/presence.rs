@@ -199,6 +199,39 @@ impl SubscriptionRecord {
         subscription_key(&self.call_id, &self.local_tag, &self.remote_tag)
     }
 
+    /// Gives back the spare capacity of its strings (headers rendered with `fmt` carry up to
+    /// twice their length): a record lives as long as its subscription, one per lamp.
+    pub fn shrink_to_fit(&mut self) {
+        for s in [
+            &mut self.presentity,
+            &mut self.event,
+            &mut self.watcher,
+            &mut self.watcher_header,
+            &mut self.presentity_header,
+            &mut self.call_id,
+            &mut self.local_tag,
+            &mut self.remote_tag,
+            &mut self.remote_target,
+            &mut self.contact,
+            &mut self.flow.proto,
+            &mut self.flow.remote,
+            &mut self.flow.local,
+        ] {
+            s.shrink_to_fit();
+        }
+        for s in self
+            .route_set
+            .iter_mut()
+            .chain(self.accept.iter_mut())
+            .chain(self.event_id.iter_mut())
+            .chain(self.user_agent.iter_mut())
+        {
+            s.shrink_to_fit();
+        }
+        self.route_set.shrink_to_fit();
+        self.accept.shrink_to_fit();
+    }
+
     /// Counts the next NOTIFY: its CSeq, and its body version when it has a body (the
     /// version it carries is [`Self::version`] before this call). Returns whether it goes
     /// past the reserved range: the ceilings are then raised `reserve` ahead, and that
