@@ -57,7 +57,9 @@ fn shared_seed() -> &'static SharedSeed {
 fn random_u64() -> u64 {
     getrandom::u64().unwrap_or_else(|_| {
         use std::hash::{BuildHasher, Hasher};
-        foldhash::fast::RandomState::default().build_hasher().finish()
+        foldhash::fast::RandomState::default()
+            .build_hasher()
+            .finish()
     })
 }
 
@@ -92,7 +94,10 @@ mod tests {
         assert_eq!(m.get("sip:1002@example.test"), Some(&2));
         assert_eq!(hash_one("z9hG4bK1"), hash_one("z9hG4bK1"));
         assert_ne!(hash_one("z9hG4bK1"), hash_one("z9hG4bK2"));
-        assert_eq!(fixed_hash("sip:1001@example.test"), fixed_hash("sip:1001@example.test"));
+        assert_eq!(
+            fixed_hash("sip:1001@example.test"),
+            fixed_hash("sip:1001@example.test")
+        );
     }
 
     #[test]

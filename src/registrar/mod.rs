@@ -10,13 +10,13 @@ use crate::config::Config;
 use crate::deadline::Deadlines;
 use crate::domain::Domains;
 use crate::events::{Event, EventBus};
+use crate::hashing::FastMap;
 use crate::sip::message::default_reason;
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, Uri};
 use crate::storage::{durable, resolved, settled, Binding, BindingStore, StorageError};
 use bindings::{apply_register, sweep, Change, RegError, RegisterInput};
 use quota::{user_of_aor, PerUser};
-use crate::hashing::FastMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -644,7 +644,11 @@ fn not_stored(mut ok: Response) -> Response {
     ok.headers.0.retain(|h| {
         matches!(
             h.kind,
-            HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
         )
     });
     ok

@@ -542,17 +542,56 @@ mod tests {
     fn every_canonical_name_classifies_to_itself_in_any_case() {
         use HeaderName::*;
         let all = [
-            Via, From, To, CallId, CSeq, Contact, ContentLength, ContentType, ContentEncoding,
-            MaxForwards, Expires, MinExpires, Route, RecordRoute, Path, Event, AllowEvents, Allow,
-            Accept, Supported, Require, ProxyRequire, Unsupported, Subject, ReferTo,
-            Authorization, ProxyAuthorization, WwwAuthenticate, ProxyAuthenticate, UserAgent,
-            Server, Date, Timestamp, SubscriptionState, SipEtag, SipIfMatch,
+            Via,
+            From,
+            To,
+            CallId,
+            CSeq,
+            Contact,
+            ContentLength,
+            ContentType,
+            ContentEncoding,
+            MaxForwards,
+            Expires,
+            MinExpires,
+            Route,
+            RecordRoute,
+            Path,
+            Event,
+            AllowEvents,
+            Allow,
+            Accept,
+            Supported,
+            Require,
+            ProxyRequire,
+            Unsupported,
+            Subject,
+            ReferTo,
+            Authorization,
+            ProxyAuthorization,
+            WwwAuthenticate,
+            ProxyAuthenticate,
+            UserAgent,
+            Server,
+            Date,
+            Timestamp,
+            SubscriptionState,
+            SipEtag,
+            SipIfMatch,
         ];
         for h in all {
             let name = h.canonical();
             assert_eq!(HeaderName::classify(name), h, "{name}");
-            assert_eq!(HeaderName::classify(&name.to_ascii_uppercase()), h, "{name}");
-            assert_eq!(HeaderName::classify(&name.to_ascii_lowercase()), h, "{name}");
+            assert_eq!(
+                HeaderName::classify(&name.to_ascii_uppercase()),
+                h,
+                "{name}"
+            );
+            assert_eq!(
+                HeaderName::classify(&name.to_ascii_lowercase()),
+                h,
+                "{name}"
+            );
         }
         // Near misses and odd input are extension headers, never a panic.
         for other in ["", "-", "Vias", "Fro", "Contact-", "X-Unknown", "ü", "zz"] {

@@ -686,7 +686,10 @@ mod tests {
         let Ok(Message::Request(r)) = parse_message(raw.as_bytes(), &Limits::default()) else {
             panic!("does not parse");
         };
-        assert_eq!(r.headers.get(HeaderName::From), Some("\"Zoë\" <sip:z@x>;tag=1"));
+        assert_eq!(
+            r.headers.get(HeaderName::From),
+            Some("\"Zoë\" <sip:z@x>;tag=1")
+        );
         assert_eq!(r.headers.get(HeaderName::Subject), Some("été çà"));
         assert_eq!(r.headers.get_named("x-u"), Some("ü"));
         let head = b"A: \xc3\xa9\r\nB: 2";

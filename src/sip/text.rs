@@ -275,7 +275,10 @@ mod tests {
     #[test]
     fn unescape_borrows_text_without_escapes() {
         for s in ["", "alice", "transport=udp", "ünïcode", "a+b=c"] {
-            assert!(matches!(unescape(s), std::borrow::Cow::Borrowed(b) if b == s), "{s}");
+            assert!(
+                matches!(unescape(s), std::borrow::Cow::Borrowed(b) if b == s),
+                "{s}"
+            );
         }
         assert_eq!(unescape("%C3%BC"), "ü");
         assert_eq!(unescape("%FF"), "\u{FFFD}");
