@@ -9,6 +9,7 @@
 //! a `HashMap` from key to its slot gives replacement and cancellation. The sequence number
 //! makes equal instants come out in the order they were scheduled.
 
+use crate::hashing::FastMap;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
 use std::time::Instant;
@@ -31,7 +32,7 @@ pub fn shrink_after_burst<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, 
 #[derive(Debug, Clone)]
 pub struct Deadlines<K: Eq + Hash + Clone> {
     by_time: BTreeMap<(Instant, u64), K>,
-    by_key: HashMap<K, (Instant, u64)>,
+    by_key: FastMap<K, (Instant, u64)>,
     seq: u64,
 }
 
@@ -45,7 +46,7 @@ impl<K: Eq + Hash + Clone> Deadlines<K> {
     pub fn new() -> Self {
         Deadlines {
             by_time: BTreeMap::new(),
-            by_key: HashMap::new(),
+            by_key: crate::hashing::map(),
             seq: 0,
         }
     }

@@ -12,6 +12,7 @@ pub mod dialog;
 pub mod domain;
 pub mod drain;
 pub mod events;
+pub mod hashing;
 pub mod ids;
 pub mod logs;
 pub mod presence;

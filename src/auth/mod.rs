@@ -11,7 +11,6 @@ use crate::sip::digest::{self, Algorithm, Challenge};
 use crate::sip::{HeaderName, Request, Uri};
 use crate::storage::UserFile;
 use nonce::{NonceCheck, NonceCounts, NonceKey};
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -61,7 +60,7 @@ pub struct Authenticator {
     nonce_ttl: u64,
     key: NonceKey,
     counts: Mutex<NonceCounts>,
-    config_users: HashMap<String, Ha1s>,
+    config_users: crate::hashing::FastMap<String, Ha1s>,
     user_file: Option<Arc<UserFile>>,
 }
 

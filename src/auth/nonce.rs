@@ -8,7 +8,7 @@
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -175,7 +175,7 @@ impl fmt::Debug for NonceKey {
 pub struct NonceCounts {
     capacity: usize,
     max_age_secs: u64,
-    highest_nc: HashMap<Arc<str>, u32>,
+    highest_nc: crate::hashing::FastMap<Arc<str>, u32>,
     by_age: BinaryHeap<Reverse<(u64, Arc<str>)>>,
     forgotten_through: Option<(u64, Arc<str>)>,
 }
@@ -190,7 +190,7 @@ impl NonceCounts {
             capacity,
             max_age_secs,
             // Grows on demand: a large configured bound costs nothing idle.
-            highest_nc: HashMap::new(),
+            highest_nc: crate::hashing::map(),
             by_age: BinaryHeap::new(),
             forgotten_through: None,
         }

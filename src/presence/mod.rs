@@ -70,9 +70,8 @@ use policy::{accept_list, accepts, Policies};
 use quota::{Quota, Quotas};
 use render::{Body, RenderCache};
 use routing::{flow_of, notify_route, NotifyRoute};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -463,9 +462,7 @@ fn take_place(count: &AtomicUsize, cap: usize) -> bool {
 }
 
 fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
-    let mut h = DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
+    crate::hashing::fixed_hash(v)
 }
 
 fn package(pkg: Pkg) -> Option<&'static dyn EventPackage> {

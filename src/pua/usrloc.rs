@@ -144,6 +144,11 @@ impl Usrloc {
         if !self.enabled {
             return false;
         }
+        // The usual pattern, "*", needs no user part: the AOR is parsed (once per REGISTER)
+        // only for the patterns that do.
+        if self.users.iter().any(|p| matches!(p, UserPattern::Any)) {
+            return true;
+        }
         let uri = match Uri::parse(aor) {
             Ok(Uri::Sip(u)) => Some(u),
             _ => None,

@@ -10,15 +10,14 @@ use crate::config::Config;
 use crate::deadline::Deadlines;
 use crate::domain::Domains;
 use crate::events::{Event, EventBus};
+use crate::hashing::FastMap;
 use crate::sip::message::default_reason;
 use crate::sip::message::Parsed;
 use crate::sip::{HasHeaders, HeaderName, Host, Request, Response, Uri};
 use crate::storage::{durable, resolved, settled, Binding, BindingStore, StorageError};
 use bindings::{apply_register, sweep, Change, RegError, RegisterInput};
 use quota::{user_of_aor, PerUser};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -61,7 +60,6 @@ pub struct PendingRegister {
     bindings: Vec<Binding>,
     changes: Vec<Change>,
     ok: Response,
-    failed: Response,
 }
 
 pub struct Registrar {
@@ -69,7 +67,7 @@ pub struct Registrar {
     domains: Domains,
     /// `[[bla.lines]]`: shared lines their members may register.
     bla: crate::config::BlaConfig,
-    shards: Vec<Mutex<HashMap<String, Vec<Binding>>>>,
+    shards: Vec<Mutex<FastMap<String, Vec<Binding>>>>,
     store: Arc<dyn BindingStore>,
     events: EventBus,
     clock: Clock,
@@ -84,9 +82,7 @@ pub struct Registrar {
 }
 
 fn shard_of(aor: &str) -> usize {
-    let mut h = DefaultHasher::new();
-    aor.hash(&mut h);
-    (h.finish() as usize) % SHARDS
+    (crate::hashing::fixed_hash(aor) as usize) % SHARDS
 }
 
 impl Registrar {
@@ -117,7 +113,9 @@ impl Registrar {
             cfg: cfg.registrar.clone(),
             domains,
             bla: cfg.bla.clone(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(crate::hashing::map()))
+                .collect(),
             store,
             events,
             clock,
@@ -247,7 +245,7 @@ impl Registrar {
         Ok(())
     }
 
-    fn lock(&self, aor: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Binding>>> {
+    fn lock(&self, aor: &str) -> std::sync::MutexGuard<'_, FastMap<String, Vec<Binding>>> {
         // A panic while holding a shard lock cannot leave a half-applied binding set (we
         // replace whole vectors), so a poisoned lock is safe to keep using.
         self.shards[shard_of(aor)]
@@ -396,7 +394,7 @@ impl Registrar {
             }
             Err(e) => {
                 tracing::error!(aor = %p.aor, error = %e, "binding not stored");
-                p.failed
+                not_stored(p.ok)
             }
         }
     }
@@ -573,7 +571,6 @@ impl Registrar {
             Some(durable) => Ok(Step::Pending(Pending {
                 durable,
                 rest: PendingRegister {
-                    failed: req.response(500, "Bindings could not be stored", Some(to_tag)),
                     ok: resp,
                     aor,
                     bindings: applied.bindings,
@@ -638,6 +635,25 @@ impl Registrar {
     }
 }
 
+/// The 500 for a REGISTER whose bindings could not be stored, made from its 200 when the
+/// write fails (not built beside every 200): the headers copied from the request (which
+/// begin the 200, To with our tag), without what the 200 added (Contact, Path, Date).
+fn not_stored(mut ok: Response) -> Response {
+    ok.status = 500;
+    ok.reason = "Bindings could not be stored".into();
+    ok.headers.0.retain(|h| {
+        matches!(
+            h.kind,
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
+        )
+    });
+    ok
+}
+
 /// Adds the bindings of another spelling of an AOR to its set: a contact both hold (the same
 /// instance, or equivalent URIs) keeps the binding that lasts longer.
 fn merge_bindings(set: &mut Vec<Binding>, more: Vec<Binding>) {
@@ -668,6 +684,37 @@ pub fn http_date(unix: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_500_made_from_the_200_is_the_requests_500() {
+        use crate::sip::{HeaderName, Message};
+        let raw = "REGISTER sip:example.test SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa\r\n\
+            Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKb\r\n\
+            Max-Forwards: 70\r\n\
+            From: <sip:1001@example.test>;tag=f1\r\n\
+            To: <sip:1001@example.test>\r\n\
+            Call-ID: c1@192.0.2.1\r\n\
+            CSeq: 2 REGISTER\r\n\
+            Contact: <sip:1001@192.0.2.1:5060>\r\n\
+            Supported: path\r\n\
+            Content-Length: 0\r\n\r\n";
+        let Ok(Message::Request(req)) =
+            crate::sip::parse::parse_message(raw.as_bytes(), &Default::default())
+        else {
+            panic!("test request does not parse");
+        };
+        let mut ok = req.response(200, "OK", Some("t1"));
+        ok.headers
+            .push(HeaderName::Contact, "<sip:1001@192.0.2.1:5060>;expires=60");
+        ok.headers.push(HeaderName::Path, "<sip:p.example.test;lr>");
+        ok.headers.push(HeaderName::Date, super::http_date(0));
+        let failed = super::not_stored(ok);
+        assert_eq!(
+            failed,
+            req.response(500, "Bindings could not be stored", Some("t1"))
+        );
+    }
+
     #[test]
     fn rfc1123_dates() {
         assert_eq!(super::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");

@@ -9,7 +9,7 @@
 //! part the request named.
 
 use super::bindings::RegError;
-use std::collections::HashMap;
+use crate::hashing::FastMap;
 
 pub use crate::domain::user_of_aor;
 
@@ -17,7 +17,7 @@ pub use crate::domain::user_of_aor;
 /// bindings themselves.
 #[derive(Debug, Default)]
 pub struct PerUser {
-    counts: HashMap<String, usize>,
+    counts: FastMap<String, usize>,
 }
 
 impl PerUser {

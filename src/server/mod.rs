@@ -23,7 +23,6 @@ use crate::transaction::{
     Action, ClientInput, ClientTransactions, ServerInput, ServerTransactions, Timers, TxKey,
 };
 use crate::transport::{Inbound, Peer, Proto, Transport, TransportError};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,7 +76,7 @@ pub struct Core {
     /// Our requests (NOTIFYs, the proxy's branches, the presence client's requests) and who
     /// hears their answers.
     pub(crate) clients: Mutex<ClientTransactions<Peer>>,
-    pub(crate) owners: Mutex<HashMap<TxKey, Owner>>,
+    pub(crate) owners: Mutex<crate::hashing::FastMap<TxKey, Owner>>,
     pub(crate) timers_changed: Notify,
     /// Host for our Via/Record-Route/Contact when a socket is bound to a wildcard address.
     pub(crate) advertised_host: String,

@@ -152,7 +152,7 @@ pub async fn start(cfg: &Config, stores: Stores) -> Result<ServerHandle, StartEr
             Timers::default(),
             cfg.server.max_transactions,
         )),
-        owners: Mutex::new(HashMap::new()),
+        owners: Mutex::new(crate::hashing::map()),
         timers_changed: Notify::new(),
         advertised_host: advertised_host(cfg),
         proxy,

@@ -29,7 +29,6 @@ use super::{
 use crate::deadline::Deadlines;
 use crate::sip::header::BRANCH_MAGIC;
 use crate::sip::{HasHeaders, HeaderName, Request, Response};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,7 +79,7 @@ struct ClientTx<A> {
 /// All client transactions of one element. `A` is the caller's opaque destination address.
 #[derive(Debug)]
 pub struct ClientTransactions<A: Clone> {
-    txs: HashMap<TxKey, ClientTx<A>>,
+    txs: crate::hashing::FastMap<TxKey, ClientTx<A>>,
     timers: Deadlines<(TxKey, Timer)>,
     cfg: Timers,
     max: usize,
@@ -95,7 +94,7 @@ impl<A: Clone> Default for ClientTransactions<A> {
 impl<A: Clone> ClientTransactions<A> {
     pub fn new(timers: Timers, max_transactions: usize) -> Self {
         ClientTransactions {
-            txs: HashMap::new(),
+            txs: crate::hashing::map(),
             timers: Deadlines::new(),
             cfg: timers,
             max: max_transactions,

@@ -211,10 +211,7 @@ impl std::hash::Hash for TxKey {
 
 impl TxKey {
     fn new(kind: KeyKind) -> TxKey {
-        use std::hash::BuildHasher;
-        static KEYED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-            std::sync::OnceLock::new();
-        let hash = KEYED.get_or_init(Default::default).hash_one(&kind);
+        let hash = crate::hashing::hash_one(&kind);
         TxKey(Arc::new(KeyInner { hash, kind }))
     }
 }

@@ -34,7 +34,6 @@ use super::{after, Action, Timer, Timers, TxError, TxKey, DEFAULT_MAX_TRANSACTIO
 use crate::deadline::Deadlines;
 use crate::sip::{HasHeaders, MessageError, Request, Response};
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,7 +104,7 @@ struct ServerTx<A> {
 /// transport and peer, or a connection id).
 #[derive(Debug)]
 pub struct ServerTransactions<A: Clone> {
-    txs: HashMap<TxKey, ServerTx<A>>,
+    txs: crate::hashing::FastMap<TxKey, ServerTx<A>>,
     timers: Deadlines<(TxKey, Timer)>,
     cfg: Timers,
     max: usize,
@@ -120,7 +119,7 @@ impl<A: Clone> Default for ServerTransactions<A> {
 impl<A: Clone> ServerTransactions<A> {
     pub fn new(timers: Timers, max_transactions: usize) -> Self {
         ServerTransactions {
-            txs: HashMap::new(),
+            txs: crate::hashing::map(),
             timers: Deadlines::new(),
             cfg: timers,
             max: max_transactions,

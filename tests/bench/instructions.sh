@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Instructions per registration, counted (not sampled): busylamp under valgrind's callgrind.
+#
+# Usage: tests/bench/instructions.sh [BIN] [RUNS=3]     (default BIN: target/release/busylamp)
+# Environment: BENCH_USERS=1000, BENCH_CALLS=2000 registrations per run, BENCH_CONCURRENCY=10,
+#              BENCH_KEEP=DIR keeps each run's callgrind.out (for callgrind_annotate --inclusive),
+#              BENCH_USRLOC=0 turns presence from registrations off.
+#
+# This VM has no hardware counters (`perf stat -e instructions` is "not supported"), and CPU
+# time per registration moves by ±20 % with the neighbours. Callgrind counts every user-space
+# instruction of every thread of the server, whatever the machine is doing: the same build
+# measures within ~1 % run to run. Kernel time (the socket calls, fsync) is not in the count;
+# `tests/bench/threads.sh` measures it.
+#
+# Starts the server under callgrind with instrumentation off, registers every user once, then per
+# run: zero the counters, RUNS closed-loop sipp runs of REGISTER → 401 → REGISTER → 200 (few in
+# flight: under valgrind the server is ~50x slower, and retransmissions would add work), dump,
+# and prints the instructions (Ir) per registration; then the median. The counts include the
+# storage writer (redb's commits): a slower server batches more registrations per commit, so
+# that part is lower than at full speed.
+#
+# Loopback only; sipp runs are bounded by -m, -timeout and timeout(1); the server is stopped by
+# PID on exit.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../interop/lib.sh
+source "$HERE/../interop/lib.sh"
+
+BIN="${1:-$(bl_repo_top)/target/release/busylamp}"
+RUNS="${2:-3}"
+USERS="${BENCH_USERS:-1000}"
+CALLS="${BENCH_CALLS:-2000}"
+CONC="${BENCH_CONCURRENCY:-10}"
+[[ -x "$BIN" ]] || bl_die "no busylamp binary at $BIN (cargo build --release)"
+bl_need_tools sipp valgrind callgrind_control
+
+WORK="$(mktemp -d -t busylamp-instr.XXXXXX)"
+cleanup() { bl_stop_all_servers; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+port="$(bl_free_port)"
+sport="$(bl_free_port "$port")"
+bl_gen_csv "$WORK/users.csv" "$USERS"
+bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/data" "$USERS"
+# BENCH_USRLOC=0: no presence from registrations (what the registration costs without it;
+# sipp's new Call-ID per registration changes the published document every time).
+if [[ "${BENCH_USRLOC:-1}" == 0 ]]; then printf '\n[pua.usrloc]\nenabled = false\n' >>"$WORK/busylamp.toml"; fi
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p" \
+    "$BIN" serve --config "$WORK/busylamp.toml" >"$WORK/busylamp.log" 2>&1 &
+BL_SERVER_PID=$!
+BL_SERVER_PIDS+=("$BL_SERVER_PID")
+pid="$BL_SERVER_PID"
+bl_wait_ready "$pid" "$port" 120 || bl_die "busylamp did not start (see $WORK/busylamp.log)"
+echo "== instructions per registration (callgrind) — $(date -u +%FT%TZ), $BIN"
+bl_sipp_register prefill "$port" u1 "$WORK/users.csv" "$USERS" "$WORK" 300 -p "$sport" -users "$CONC"
+bl_sipp_clean "$USERS" || bl_die "prefill failed: $BL_SIPP_OK of $USERS"
+
+rows=()
+for r in $(seq 1 "$RUNS"); do
+    callgrind_control -z "$pid" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    bl_sipp_register "run$r" "$port" u1 "$WORK/users.csv" "$CALLS" "$WORK" 600 -p "$sport" -users "$CONC"
+    callgrind_control -i off "$pid" >/dev/null
+    rm -f "$WORK"/callgrind.out.*.*
+    callgrind_control -d "run$r" "$pid" >/dev/null
+    out="$(ls -t "$WORK"/callgrind.out.*.* | head -1)"
+    # The sum of every function's own count (the file's "summary" line is not usable after a
+    # zeroing while threads run).
+    ir="$(callgrind_annotate --auto=no --threshold=100 "$out" 2>/dev/null |
+        awk '/file:function/ { go = 1; next } go && $1 ~ /^[0-9,]+$/ { v = $1; gsub(",", "", v); s += v } END { printf "%d\n", s }')"
+    if [[ -n "${BENCH_KEEP:-}" ]]; then mkdir -p "$BENCH_KEEP"; cp "$out" "$BENCH_KEEP/callgrind.out.run$r"; fi
+    if ! bl_sipp_clean "$CALLS"; then
+        bl_log "run $r not clean ($BL_SIPP_OK ok): not counted"
+        continue
+    fi
+    per=$((ir / BL_SIPP_OK))
+    rows+=("$per")
+    # A retransmission (the machine stalled the server) adds a little work: said, not hidden.
+    printf 'run %s: %s registrations, %s instructions, %s per registration (%s retransmissions)\n' \
+        "$r" "$BL_SIPP_OK" "$ir" "$per" "$BL_SIPP_RETRANS"
+done
+((${#rows[@]} > 0)) || bl_die "no clean run"
+printf 'median instructions per registration: %s (runs: %s)\n' "$(bl_median -d 0 "${rows[@]}")" "${rows[*]}"
