@@ -26,6 +26,9 @@
 #                         binding written through to the sqlite location
 #                         table, WAL journal, before the 200: durable like
 #                         busylamp) instead of db_mode=0 (memory only)
+#   BENCH_USRLOC=0        busylamp's presence from registrations ([pua.usrloc]):
+#                         0 off (default: Kamailio's register config publishes
+#                         no presence either, like with like), 1 on
 #   BENCH_BUDGET=540      seconds; steps that no longer fit are skipped
 #   BENCH_EXACT_HEAP=1    0 skips the exact heap figure (a release `cargo test`)
 #   BENCH_SETTLE=34       seconds idle after the prefill before the settled memory
@@ -89,6 +92,8 @@ KAM_CHILDREN="${BENCH_KAM_CHILDREN:-1 2 4}"
 [[ "$BL_PIN" == 1 && -z "${BENCH_KAM_CHILDREN:-}" ]] && KAM_CHILDREN=1
 KAM_DB="${BENCH_KAM_DB:-sqlite}"
 KAM_USRLOC="${BENCH_KAM_USRLOC:-memory}"
+BL_USRLOC="${BENCH_USRLOC:-0}"
+[[ "$BL_USRLOC" == 0 || "$BL_USRLOC" == 1 ]] || bl_die "BENCH_USRLOC must be 0 or 1"
 case "$KAM_USRLOC" in
 memory | durable) ;;
 *) bl_die "BENCH_KAM_USRLOC must be memory or durable" ;;
@@ -324,10 +329,12 @@ bl_stop_server "$BL_SERVER_PID"
 if [[ -n "$BIN" ]]; then
     port="$(bl_free_port "$PORT_SIPP")"
     bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/busylamp-data" "$USERS"
+    # Presence from registrations: off unless asked for (Kamailio's side has none).
+    [[ "$BL_USRLOC" == 1 ]] || printf '\n[pua.usrloc]\nenabled = false\n' >>"$WORK/busylamp.toml"
     bl_log "starting busylamp ($BIN) on udp+tcp $BL_HOST:$port"
     bl_start_busylamp "$BIN" "$WORK/busylamp.toml" "$WORK/busylamp.log"
     if bl_wait_ready "$BL_SERVER_PID" "$port" "$(ready_limit)"; then
-        measure busylamp "$( [[ "$BL_PIN" == 1 ]] && echo "1 core (pinned)" || echo "$(nproc) cores"), ${BENCH_STORAGE_BACKEND:-redb}" "$port"
+        measure busylamp "$( [[ "$BL_PIN" == 1 ]] && echo "1 core (pinned)" || echo "$(nproc) cores"), ${BENCH_STORAGE_BACKEND:-redb}, usrloc $( ((BL_USRLOC)) && echo on || echo off)" "$port"
         kill -0 "$BL_SERVER_PID" 2>/dev/null || BL_STATUS="died during the benchmark (see $WORK/busylamp.log)"
     else
         BL_STATUS="did not become ready (see $WORK/busylamp.log)"
@@ -392,6 +399,7 @@ else
     echo "       kamailio: usrloc db_mode=0 (bindings in memory only), auth_db on $KAM_DB, calculate_ha1;"
 fi
 echo "       busylamp: writes each binding to its database (${BENCH_STORAGE_BACKEND:-redb}; data_dir on $(df -P "$WORK" | awk 'NR == 2 { print $1 }')) before answering;"
+echo "       busylamp: presence from registrations (pua.usrloc) $( ((BL_USRLOC)) && echo "on (Kamailio publishes none: not like with like)" || echo "off, as Kamailio's register config (BENCH_USRLOC=1 turns it on)");"
 echo "       memory/binding = RSS growth / users right after the prefill (includes transaction state still"
 echo "       held for RFC 3261 Timer J, 32 s on UDP) and settled, ${SETTLE}s later (bindings + allocator/cache)."
 echo "       With sipp on the same 2 cores the machine saturates (server + sipp CPU ~ 190 %), so REG/s is"
