@@ -243,12 +243,44 @@ impl Presence {
         body: impl Into<PublicationBody>,
         expires: u32,
     ) -> Result<Durable, PublishError> {
+        self.publish_in_process(presentity, pkg, source_id, body.into(), expires, true)
+    }
+
+    /// As [`Presence::publish`], for a publisher that does not wait for the disk (presence
+    /// from registrations, a call's dialog state): its write joins the next group commit
+    /// instead of forcing one ([`PresenceStore::write_unawaited`]). Its NOTIFYs are the same.
+    pub fn publish_unawaited(
+        &self,
+        presentity: &str,
+        pkg: Pkg,
+        source_id: &str,
+        body: impl Into<PublicationBody>,
+        expires: u32,
+    ) -> Result<Durable, PublishError> {
+        self.publish_in_process(presentity, pkg, source_id, body.into(), expires, false)
+    }
+
+    fn publish_in_process(
+        &self,
+        presentity: &str,
+        pkg: Pkg,
+        source_id: &str,
+        body: PublicationBody,
+        expires: u32,
+        awaited: bool,
+    ) -> Result<Durable, PublishError> {
+        let write = |writes: Vec<PresenceWrite>| {
+            if awaited {
+                self.store.write(writes)
+            } else {
+                self.store.write_unawaited(writes)
+            }
+        };
         if !pkg.publishable() {
             return Err(PublishError::NotPublishable(pkg.key()));
         }
         let package = package(pkg).ok_or(PublishError::NotPublishable(pkg.key()))?;
         let content_type = package.publish_types()[0];
-        let body = body.into();
         if expires > 0 {
             match &body {
                 PublicationBody::Document(b) => package.validate(content_type, b)?,
@@ -289,7 +321,7 @@ impl Presence {
                     shard.resources.remove(&res);
                 }
                 drop(shard);
-                return Ok(self.store.write(writes));
+                return Ok(write(writes));
             }
             (found, _) => {
                 if found.is_none()
@@ -324,7 +356,7 @@ impl Presence {
         // The caller waits for the publication, queued (under the lock, in the presentity's
         // order) before the fan-out is decided; the NOTIFYs (a call's state reaching the
         // lamps) only for the reservations some watchers may be due.
-        let durable = self.store.write(writes);
+        let durable = write(writes);
         let mut writes = Vec::new();
         self.changed(&mut shard, &res, Some(source_id), &mut writes, &mut out);
         let after = self.write_gating(writes);

@@ -813,7 +813,7 @@ impl Core {
             for p in
                 crate::pua::dialoginfo::publications(&u.call, &self.dialoginfo, self.max_lifetime)
             {
-                if let Err(e) = self.pua.publish(
+                if let Err(e) = self.pua.publish_unawaited(
                     &p.presentity,
                     crate::presence::event::Pkg::Dialog,
                     &p.source_id,

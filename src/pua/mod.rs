@@ -85,6 +85,26 @@ impl Pua {
         Ok(durable)
     }
 
+    /// As [`Pua::publish`], for a publisher that waits for nothing (presence from
+    /// registrations, a call's dialog state): the state reaches the disk with the next group
+    /// commit instead of forcing one ([`Presence::publish_unawaited`]); the watchers'
+    /// NOTIFYs and the remote PUBLISH are the same.
+    pub fn publish_unawaited(
+        &self,
+        presentity: &str,
+        pkg: Pkg,
+        source_id: &str,
+        body: impl Into<PublicationBody>,
+        expires: u32,
+    ) -> Result<(), PublishError> {
+        let body = body.into();
+        self.presence
+            .publish_unawaited(presentity, pkg, source_id, body.clone(), expires)?;
+        self.client
+            .publish(presentity, pkg, source_id, body, expires);
+        Ok(())
+    }
+
     /// Sends the state `source_id` currently has in our presence server for `presentity`
     /// to the remote presence server (a fresh publication: after a restart the old ETag is
     /// gone). Nothing without `presence_server` or without a current state.

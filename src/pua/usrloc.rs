@@ -250,7 +250,7 @@ impl Usrloc {
         let expires = u32::try_from(expires).unwrap_or(u32::MAX).max(1);
         match self
             .pua
-            .publish(aor, Pkg::Presence, SOURCE_ID, body.as_bytes(), expires)
+            .publish_unawaited(aor, Pkg::Presence, SOURCE_ID, body.as_bytes(), expires)
         {
             Ok(_) => tracing::debug!(%aor, expires, "usrloc published"),
             Err(e) => tracing::warn!(%aor, error = %e, "usrloc publication failed"),

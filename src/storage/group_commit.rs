@@ -67,18 +67,26 @@ pub(crate) enum Writes {
 pub(crate) struct WriteOp {
     writes: Writes,
     done: oneshot::Sender<Result<(), StorageError>>,
+    /// Decided when it is queued: see [`Writes::urgent`] and [`GroupCommit::submit_unawaited`].
+    urgent: bool,
 }
 
-impl WriteOp {
+impl Writes {
     /// Someone is waiting on this write to send a NOTIFY or answer a SUBSCRIBE/PUBLISH: a
     /// lamp is late by as long as it waits. Registrations (answered in bulk, where the
     /// minimum flush interval buys throughput) and call records (not waited for) are not.
     fn urgent(&self) -> bool {
         let presence = |t: &Tree| !matches!(t, Tree::Bindings | Tree::Dialogs);
-        match &self.writes {
+        match self {
             Writes::One((t, _, _)) => presence(t),
             Writes::Many(list) => list.iter().any(|(t, _, _)| presence(t)),
         }
+    }
+}
+
+impl WriteOp {
+    fn urgent(&self) -> bool {
+        self.urgent
     }
 
     /// Each record of this write, in order.
@@ -141,10 +149,29 @@ impl GroupCommit {
     }
 
     pub(crate) fn submit(&self, writes: Writes) -> Durable {
+        let urgent = writes.urgent();
+        self.queue_op(writes, urgent)
+    }
+
+    /// As [`GroupCommit::submit`], for a write nobody answers or sends after (the state an
+    /// in-process publisher sets: presence from a registration, a call's dialog state): it
+    /// never ends a group commit's wait, and goes with the next commit. Before, each such
+    /// publication ended the wait at once, so under a REGISTER storm with presence from
+    /// registrations on, a commit carried about two registrations instead of a flush
+    /// interval's worth (redb's cost is per commit). A write queued after it (a NOTIFY
+    /// reservation, which is urgent) still takes it along: commits keep the queue's order.
+    pub(crate) fn submit_unawaited(&self, writes: Writes) -> Durable {
+        self.queue_op(writes, false)
+    }
+
+    fn queue_op(&self, writes: Writes, urgent: bool) -> Durable {
         let (done, rx) = oneshot::channel();
-        let op = WriteOp { writes, done };
+        let op = WriteOp {
+            writes,
+            done,
+            urgent,
+        };
         // A write that is not urgent does not wake a writer gathering a group commit.
-        let urgent = op.urgent();
         if let Err((op, e)) = self.queue.push_marked(op, urgent) {
             if matches!(e, StorageError::Busy { .. }) {
                 self.warn_refused(&e);

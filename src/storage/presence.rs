@@ -772,6 +772,13 @@ pub trait PresenceStore: Send + Sync {
     /// Queues the writes in order; the result resolves once all of them are on disk. Writes
     /// queued earlier are never applied after writes queued later.
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable;
+    /// As [`PresenceStore::write`], for state no answer and no NOTIFY waits for (an
+    /// in-process publisher's): a store that gathers writes into group commits may keep it
+    /// for the next one instead of committing at once. Same order, same durability once
+    /// resolved. The default writes it as any other.
+    fn write_unawaited(&self, writes: Vec<PresenceWrite>) -> Durable {
+        self.write(writes)
+    }
 }
 
 #[cfg(test)]

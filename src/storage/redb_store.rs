@@ -280,6 +280,10 @@ impl PresenceStore for RedbStore {
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
         self.submit(presence_puts(writes))
     }
+
+    fn write_unawaited(&self, writes: Vec<PresenceWrite>) -> Durable {
+        self.writer.submit_unawaited(presence_puts(writes))
+    }
 }
 
 impl DialogStore for RedbStore {
@@ -362,6 +366,39 @@ mod tests {
             space.on_disk
         );
         drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_unawaited_presence_write_waits_for_the_next_commit_and_an_urgent_one_takes_it() {
+        // An in-process publisher's state (write_unawaited) does not force a commit of its
+        // own; a write someone waits for, queued after it, commits both at once, in order.
+        let dir = temp_dir("unawaited");
+        let store = RedbStore::open(&dir, Duration::from_millis(800)).unwrap();
+        durable(store.save_bindings("sip:a@x", &[])).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut background = store.write_unawaited(vec![PresenceWrite::NotifySeq {
+            key: b"background".to_vec(),
+            value: vec![0; 12],
+        }]);
+        let early = tokio::time::timeout(Duration::from_millis(250), &mut background).await;
+        assert!(early.is_err(), "committed at once: {early:?}");
+        durable(store.write(vec![PresenceWrite::NotifySeq {
+            key: b"urgent".to_vec(),
+            value: vec![0; 12],
+        }]))
+        .await
+        .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(700),
+            "the urgent write waited for the interval: {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(background.try_recv(), Ok(Ok(()))),
+            "the earlier write went with the urgent one"
+        );
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

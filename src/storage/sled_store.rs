@@ -282,6 +282,10 @@ impl PresenceStore for SledStore {
     fn write(&self, writes: Vec<PresenceWrite>) -> Durable {
         self.submit(presence_puts(writes))
     }
+
+    fn write_unawaited(&self, writes: Vec<PresenceWrite>) -> Durable {
+        self.writer.submit_unawaited(presence_puts(writes))
+    }
 }
 
 impl DialogStore for SledStore {
