@@ -102,7 +102,10 @@ async fn memory_per_subscription_after_a_burst_is_bounded() {
         "server heap per subscription: {during:.0} bytes with the burst's transactions, \
          {settled:.0} bytes once they are gone"
     );
-    assert!(settled > 500.0, "implausibly small: the measurement is broken");
+    assert!(
+        settled > 500.0,
+        "implausibly small: the measurement is broken"
+    );
     // Measured 3,727 (5,667 before the burst's tables shrank and single-watcher documents
     // left the render cache).
     assert!(

@@ -138,7 +138,10 @@ impl Presence {
             // From the one counter every publication change draws from: a later state of a
             // resource always has a higher generation. The same publications seen by more
             // (or fewer) watchers keep theirs: the same documents.
-            generation: same.map_or_else(|| self.seq.fetch_add(1, Ordering::Relaxed), |s| s.generation),
+            generation: same.map_or_else(
+                || self.seq.fetch_add(1, Ordering::Relaxed),
+                |s| s.generation,
+            ),
             pubs: resource.pubs.clone(),
             cache: resource.rendered.clone(),
             shared,
