@@ -10,34 +10,13 @@
 mod common;
 use common::ua::Ua;
 use common::*;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting::Counting = counting::Counting;
 
 const N: usize = 2_000;
 
@@ -88,12 +67,12 @@ async fn memory_per_subscription_after_a_burst_is_bounded() {
     // gone before the baseline.
     subscribe_all(&mut w, 1_000_000..1_000_010).await;
     tokio::time::sleep(Duration::from_secs(40)).await;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
 
     subscribe_all(&mut w, 0..N).await;
-    let burst = LIVE.load(Ordering::Relaxed);
+    let burst = counting::live();
     tokio::time::sleep(Duration::from_secs(40)).await;
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = counting::live();
     assert_eq!(s.handle.core.presence.subscription_count(), N + 10);
 
     let during = (burst - before) as f64 / N as f64;

@@ -11,35 +11,14 @@ use busylamp::registrar::{Identity, Registrar};
 use busylamp::sip::parse::{parse_message, Limits};
 use busylamp::sip::Message;
 use busylamp::storage::{BindingStore, SledStore};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting::Counting = counting::Counting;
 
 const N: usize = 10_000;
 
@@ -88,7 +67,7 @@ async fn memory_per_binding_is_measured_and_bounded() {
         200
     );
     let disk0 = store.size_on_disk();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
 
     let mut set = tokio::task::JoinSet::new();
     for i in 0..N {
@@ -106,7 +85,7 @@ async fn memory_per_binding_is_measured_and_bounded() {
     }
     // Let the writer finish its last flush and drop finished tasks.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = counting::live();
     assert_eq!(reg.binding_count(), N + 1);
 
     let heap_per_binding = (after - before) as f64 / N as f64;

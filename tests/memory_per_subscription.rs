@@ -13,36 +13,15 @@ use busylamp::sip::parse::{parse_message, Limits};
 use busylamp::sip::Message;
 use busylamp::storage::{durable, PresenceStore, SledStore};
 use busylamp::transport::{Peer, Proto};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting::Counting = counting::Counting;
 
 const N: usize = 2_000;
 /// Lamps per presentity: 2,000 watchers of 100 presentities, as on a 100-phone BLF system.
@@ -132,7 +111,7 @@ async fn memory_per_subscription_is_measured_and_bounded() {
         make(&presence, 1_000_000 + i, &req, from).await;
     }
     let disk0 = store.size_on_disk();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
 
     let mut set = tokio::task::JoinSet::new();
     for i in 0..N {
@@ -148,7 +127,7 @@ async fn memory_per_subscription_is_measured_and_bounded() {
     }
     // Let the writer finish its last flush and drop finished tasks.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = counting::live();
     assert_eq!(presence.subscription_count(), N + 8);
 
     let heap_per_sub = (after - before) as f64 / N as f64;
