@@ -9,25 +9,10 @@
 //! a `HashMap` from key to its slot gives replacement and cancellation. The sequence number
 //! makes equal instants come out in the order they were scheduled.
 
-use crate::hashing::FastMap;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash};
+use crate::hashing::{shrink_after_burst, FastMap};
+use std::collections::BTreeMap;
+use std::hash::Hash;
 use std::time::Instant;
-
-/// Below this capacity a map keeps what it has: small tables are not worth reallocating.
-const SHRINK_ABOVE: usize = 256;
-
-/// Gives back most of a map's spare capacity once a burst has drained: a hash table never
-/// shrinks by itself, so 10,000 SUBSCRIBEs in two seconds would leave the transaction and
-/// timer tables sized for 10,000 (hundreds of bytes per subscription, resident for good).
-/// Shrinks to twice the length when under a quarter is used: the next burst regrows it, and
-/// a shrink follows at least `capacity / 4` removals, so its cost is amortised O(1).
-pub fn shrink_after_burst<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
-    let cap = map.capacity();
-    if cap > SHRINK_ABOVE && map.len() < cap / 4 {
-        map.shrink_to(map.len() * 2);
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Deadlines<K: Eq + Hash + Clone> {
@@ -241,7 +226,7 @@ mod tests {
         assert_eq!(d.len(), 10);
         assert_eq!(d.pop_due(t).len(), 10);
         // Small tables keep their capacity: not worth reallocating.
-        let mut small: HashMap<u32, ()> = (0..100).map(|i| (i, ())).collect();
+        let mut small: std::collections::HashMap<u32, ()> = (0..100).map(|i| (i, ())).collect();
         small.retain(|&i, _| i < 2);
         let cap = small.capacity();
         shrink_after_burst(&mut small);

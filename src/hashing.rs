@@ -82,6 +82,23 @@ pub fn fixed_hash<T: std::hash::Hash + ?Sized>(v: &T) -> u64 {
     foldhash::fast::FixedState::default().hash_one(v)
 }
 
+/// Below this capacity a map keeps what it has: small tables are not worth reallocating.
+const SHRINK_ABOVE: usize = 256;
+
+/// Gives back most of a map's spare capacity once a burst has drained: a hash table never
+/// shrinks by itself, so 10,000 SUBSCRIBEs in two seconds would leave the transaction and
+/// timer tables sized for 10,000 (hundreds of bytes per subscription, resident for good).
+/// Shrinks to twice the length when under a quarter is used: the next burst regrows it, and
+/// a shrink follows at least `capacity / 4` removals, so its cost is amortised O(1).
+pub fn shrink_after_burst<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) {
+    let cap = map.capacity();
+    if cap > SHRINK_ABOVE && map.len() < cap / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -383,7 +383,7 @@ impl<A: Clone> ClientTransactions<A> {
         let Some(tx) = self.txs.remove(key) else {
             return false;
         };
-        crate::deadline::shrink_after_burst(&mut self.txs);
+        crate::hashing::shrink_after_burst(&mut self.txs);
         if tx.invite {
             self.cancel_timers(key, &[Timer::A, Timer::B, Timer::D, Timer::M]);
         } else {

@@ -403,7 +403,7 @@ impl<A: Clone> ServerTransactions<A> {
         let Some(tx) = self.txs.remove(key) else {
             return false;
         };
-        crate::deadline::shrink_after_burst(&mut self.txs);
+        crate::hashing::shrink_after_burst(&mut self.txs);
         let timers: &[Timer] = if tx.invite {
             &[Timer::G, Timer::H, Timer::I, Timer::L]
         } else {
