@@ -52,12 +52,7 @@ fn stored_flow(flow: &FlowRecord) -> Option<Peer> {
 /// is a proxy in `trusted` (`[auth] trusted`) or the very address of the flow; else, over UDP,
 /// the watcher's Contact port when the Contact is the host the SUBSCRIBE came from (a phone
 /// that sends from one port and listens on another).
-fn next_hop(
-    rec: &SubscriptionRecord,
-    trusted: &[IpNet],
-    flow: Peer,
-    target: &Uri,
-) -> Option<Peer> {
+fn next_hop(rec: &SubscriptionRecord, trusted: &[IpNet], flow: Peer, target: &Uri) -> Option<Peer> {
     let (proto, remote) = (flow.proto, flow.remote);
     let hop = |u: &Uri| -> Option<SocketAddr> {
         let s = u.as_sip()?;
@@ -209,7 +204,12 @@ mod tests {
                 "udp",
                 "192.0.2.50:5070",
             ),
-            rec("sip:1002@[2001:db8::7]:5062", &[], "udp", "[2001:db8::7]:5070"),
+            rec(
+                "sip:1002@[2001:db8::7]:5062",
+                &[],
+                "udp",
+                "[2001:db8::7]:5070",
+            ),
         ];
         for r in cases {
             let stored = notify_route(&r, &[]).unwrap();

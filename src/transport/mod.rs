@@ -1109,7 +1109,10 @@ mod tests {
         .expect("every datagram delivered");
         let mut got = std::mem::take(&mut *got.0.lock().unwrap());
         assert_eq!(got.len(), all, "keep-alives are not handed over");
-        let at = got.iter().position(|(bytes, _)| bytes.len() > MAX).expect("the oversized one");
+        let at = got
+            .iter()
+            .position(|(bytes, _)| bytes.len() > MAX)
+            .expect("the oversized one");
         let oversized = got.remove(at);
         assert_eq!(oversized.0.len(), MAX + 1, "over the limit, so refused");
         assert_eq!(oversized.1, b.local_addr().unwrap());
