@@ -222,6 +222,8 @@ fn set_udp_buffers(sock: &UdpSocket, bytes: usize) {
 
 /// Receive tasks per UDP socket.
 const UDP_RECEIVERS: usize = 2;
+/// The largest UDP payload there can be (a 16-bit length, header included).
+const MAX_UDP_PAYLOAD: usize = 65_535;
 
 /// Datagrams queued per UDP socket while its send buffer is full (the kernel buffer already
 /// holds megabytes; this only rides out a short stall). Beyond it a datagram is dropped and
@@ -875,8 +877,9 @@ async fn udp_loop(
         Err(_) => return,
     };
     // One byte more than the limit per datagram, so an oversized datagram is seen as such,
-    // not truncated into something that parses.
-    let mut batch = RecvBatch::new(max + 1);
+    // not truncated into something that parses. No UDP datagram is longer than 65,535 bytes:
+    // with a larger limit (up to 1 MiB) a slot that size holds any of them whole.
+    let mut batch = RecvBatch::new((max + 1).min(MAX_UDP_PAYLOAD + 1));
     loop {
         let received = tokio::select! {
             biased;
