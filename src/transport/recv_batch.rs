@@ -21,8 +21,9 @@ pub(super) const RECV_BATCH: usize = 16;
 /// Buffers for up to [`RECV_BATCH`] datagrams of up to `capacity` bytes each, and where each
 /// came from.
 pub(super) struct RecvBatch {
-    /// One buffer, `RECV_BATCH` slots of `capacity` bytes. Allocated zeroed and written only
-    /// as far as datagrams reach, so the pages of a slot never filled are never touched.
+    /// One buffer, `RECV_BATCH` slots of `capacity` bytes, allocated once per receive loop.
+    /// Zeroed (from fresh memory the allocator need not write it) and then written by the
+    /// kernel only as far as datagrams reach.
     bufs: Vec<u8>,
     capacity: usize,
     addrs: Vec<libc::sockaddr_storage>,
