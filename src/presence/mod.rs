@@ -69,7 +69,7 @@ use package::{EventPackage, PublishedBody, RenderOptions, Rendered, WatcherView}
 use policy::{accept_list, accepts, Policies};
 use quota::{Quota, Quotas};
 use render::{Body, RenderCache};
-use routing::{flow_of, notify_route, NotifyRoute};
+use routing::{flow_of, notify_route, notify_route_of, NotifyRoute};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -24,22 +24,37 @@ pub(super) fn flow_of(peer: &Peer) -> FlowRecord {
     }
 }
 
+/// [`next_hop`] of a stored record (tests).
+#[cfg(test)]
+pub(super) fn notify_target(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Option<Peer> {
+    let target = Uri::parse(&rec.remote_target).ok()?;
+    next_hop(rec, trusted, stored_flow(&rec.flow)?, &target)
+}
+
+/// The flow a record names, parsed back (after a restart, or for a record read from disk).
+fn stored_flow(flow: &FlowRecord) -> Option<Peer> {
+    let proto = if flow.proto == "tcp" {
+        Proto::Tcp
+    } else {
+        Proto::Udp
+    };
+    Some(Peer {
+        proto,
+        remote: flow.remote.parse().ok()?,
+        local: flow.local.parse().ok()?,
+        conn: None,
+    })
+}
+
 /// Where NOTIFYs of a subscription go: the flow the SUBSCRIBE came from, whatever its
 /// Record-Route or Contact name, so that nobody can point our NOTIFYs at a third party
 /// (amplification, issue 10 finding 4). Two exceptions: the first Route of the dialog when it
 /// is a proxy in `trusted` (`[auth] trusted`) or the very address of the flow; else, over UDP,
 /// the watcher's Contact port when the Contact is the host the SUBSCRIBE came from (a phone
 /// that sends from one port and listens on another).
-pub(super) fn notify_target(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Option<Peer> {
-    let proto = if rec.flow.proto == "tcp" {
-        Proto::Tcp
-    } else {
-        Proto::Udp
-    };
-    let remote: SocketAddr = rec.flow.remote.parse().ok()?;
-    let local: SocketAddr = rec.flow.local.parse().ok()?;
-    let hop = |uri: &str| -> Option<SocketAddr> {
-        let u = Uri::parse(uri).ok()?;
+fn next_hop(rec: &SubscriptionRecord, trusted: &[IpNet], flow: Peer, target: &Uri) -> Option<Peer> {
+    let (proto, remote) = (flow.proto, flow.remote);
+    let hop = |u: &Uri| -> Option<SocketAddr> {
         let s = u.as_sip()?;
         let ip = s.host.ip()?;
         Some(SocketAddr::new(ip, s.port.unwrap_or(5060)))
@@ -50,13 +65,13 @@ pub(super) fn notify_target(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Opti
             .strip_prefix('<')
             .and_then(|x| x.split('>').next())
             .unwrap_or(r);
-        hop(inner)
+        hop(&Uri::parse(inner).ok()?)
     });
     let to = match first_route {
         Some(a) if a == remote || crate::config::in_networks(trusted, a.ip()) => a,
         // A route set the watcher chose, through nobody we trust: back over the flow.
         Some(_) => remote,
-        None => match hop(&rec.remote_target) {
+        None => match hop(target) {
             Some(a) if a.ip() == remote.ip() && proto == Proto::Udp => a,
             _ => remote,
         },
@@ -64,7 +79,7 @@ pub(super) fn notify_target(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Opti
     Some(Peer {
         proto,
         remote: to,
-        local,
+        local: flow.local,
         conn: None,
     })
 }
@@ -80,10 +95,50 @@ pub(super) struct NotifyRoute {
 }
 
 pub(super) fn notify_route(rec: &SubscriptionRecord, trusted: &[IpNet]) -> Option<NotifyRoute> {
+    let target = Uri::parse(&rec.remote_target).ok()?;
+    let flow = stored_flow(&rec.flow)?;
+    let via_sent_by = sent_by(&rec.contact).into();
+    route_over(rec, trusted, flow, target, via_sent_by)
+}
+
+/// [`notify_route`] for a record made from the SUBSCRIBE just received: the flow is the
+/// request's own `peer`, the remote target its Contact URI (`rec.remote_target` is that URI
+/// printed) and `via_sent_by` our Contact's `host:port`, so nothing is printed to text and
+/// parsed back (it was ~8k instructions of a SUBSCRIBE's ~160k).
+pub(super) fn notify_route_of(
+    rec: &SubscriptionRecord,
+    trusted: &[IpNet],
+    peer: &Peer,
+    target: Uri,
+    via_sent_by: Arc<str>,
+) -> Option<NotifyRoute> {
+    // As stored and parsed back: the text of an IPv6 address has no flow label.
+    let remote = match peer.remote {
+        SocketAddr::V6(mut a) => {
+            a.set_flowinfo(0);
+            SocketAddr::V6(a)
+        }
+        a => a,
+    };
+    let flow = Peer {
+        remote,
+        conn: None,
+        ..*peer
+    };
+    route_over(rec, trusted, flow, target, via_sent_by)
+}
+
+fn route_over(
+    rec: &SubscriptionRecord,
+    trusted: &[IpNet],
+    flow: Peer,
+    target: Uri,
+    via_sent_by: Arc<str>,
+) -> Option<NotifyRoute> {
     Some(NotifyRoute {
-        to: notify_target(rec, trusted)?,
-        request_uri: Arc::new(Uri::parse(&rec.remote_target).ok()?),
-        via_sent_by: sent_by(&rec.contact).into(),
+        to: next_hop(rec, trusted, flow, &target)?,
+        request_uri: Arc::new(target),
+        via_sent_by,
     })
 }
 
@@ -132,6 +187,42 @@ mod tests {
             user_agent: None,
             contact: "sip:192.0.2.1:5060;transport=tcp".into(),
             created_at: 0,
+        }
+    }
+
+    /// A new subscription's route is made from the SUBSCRIBE's own flow and parsed Contact;
+    /// after a restart it is made from the stored text. Both give the same route.
+    #[test]
+    fn a_route_from_the_request_is_the_route_from_its_stored_record() {
+        let cases = [
+            rec("sip:1002@192.0.2.7:5062", &[], "udp", "192.0.2.7:5070"),
+            rec("sip:1002@192.0.2.7:5062", &[], "udp", "192.0.2.8:5070"),
+            rec("sip:1002@192.0.2.7", &[], "tcp", "192.0.2.7:5070"),
+            rec(
+                "sip:1002@192.0.2.7:5062",
+                &["<sip:192.0.2.50:5070;lr>"],
+                "udp",
+                "192.0.2.50:5070",
+            ),
+            rec(
+                "sip:1002@[2001:db8::7]:5062",
+                &[],
+                "udp",
+                "[2001:db8::7]:5070",
+            ),
+        ];
+        for r in cases {
+            let stored = notify_route(&r, &[]).unwrap();
+            let mut peer = stored_flow(&r.flow).unwrap();
+            if let SocketAddr::V6(a) = &mut peer.remote {
+                a.set_flowinfo(7); // what a datagram's source may carry; the text has none
+            }
+            let target = Uri::parse(&r.remote_target).unwrap();
+            let fresh =
+                notify_route_of(&r, &[], &peer, target, sent_by(&r.contact).into()).unwrap();
+            assert_eq!(fresh.to, stored.to, "{}", r.remote_target);
+            assert_eq!(fresh.request_uri, stored.request_uri);
+            assert_eq!(fresh.via_sent_by, stored.via_sent_by);
         }
     }
 

@@ -266,8 +266,8 @@ impl Presence {
                 ));
             }
         }
-        let contact = match parsed.contacts.as_slice() {
-            [ContactValue::Addr(a)] => Some(a.uri.to_string()),
+        let contact_uri = match parsed.contacts.as_slice() {
+            [ContactValue::Addr(a)] => Some(&a.uri),
             [] => None,
             _ => {
                 return Err(fail(
@@ -276,6 +276,7 @@ impl Presence {
                 ))
             }
         };
+        let contact = contact_uri.map(|u| u.to_string());
         let now = self.clock.now_unix();
         if let Some(local_tag) = parsed.to.tag() {
             return self.resubscribe(
@@ -335,7 +336,7 @@ impl Presence {
             ));
         };
         let state = new.state;
-        let our_contact = self.our_contact(req, &peer);
+        let (our_contact, via_sent_by) = self.our_contact(req, &peer);
         let user_agent = req.headers.get(HeaderName::UserAgent).map(str::to_string);
         let profile = self.profile_for(user_agent.as_deref());
         let rec = SubscriptionRecord {
@@ -369,7 +370,9 @@ impl Presence {
             created_at: now,
         };
         let key: Arc<[u8]> = rec.key().into();
-        let route = notify_route(&rec, &self.trusted)
+        let target = contact_uri.cloned();
+        let route = target
+            .and_then(|t| notify_route_of(&rec, &self.trusted, &peer, t, via_sent_by))
             .ok_or_else(|| fail(500, "Server Internal Error: no route to the watcher"))?;
         let res = ResKey {
             presentity: presentity.clone(),
@@ -523,9 +526,13 @@ impl Presence {
     }
 
     /// Our Contact in a new subscription dialog.
-    pub(super) fn our_contact(&self, req: &Request, peer: &Peer) -> String {
+    /// Our Contact in a new subscription's dialog, and its `host:port` (the Via of our
+    /// NOTIFYs, [`routing::sent_by`] of it, without printing and parsing it back).
+    pub(super) fn our_contact(&self, req: &Request, peer: &Peer) -> (String, Arc<str>) {
         if let Some(u) = &self.cfg.server_address {
-            return u.to_string();
+            let c = u.to_string();
+            let sent_by = super::routing::sent_by(&c).into();
+            return (c, sent_by);
         }
         let host = if peer.local.ip().is_unspecified() {
             match req.uri.as_sip() {
@@ -535,11 +542,12 @@ impl Presence {
         } else {
             Host::from(peer.local.ip()).to_string()
         };
-        let mut c = format!("sip:{host}:{}", peer.local.port());
+        let sent_by: Arc<str> = format!("{host}:{}", peer.local.port()).into();
+        let mut c = format!("sip:{sent_by}");
         if peer.proto == Proto::Tcp {
             c.push_str(";transport=tcp");
         }
-        c
+        (c, sent_by)
     }
 
     /// A SUBSCRIBE inside an existing subscription dialog: refresh or unsubscribe.

@@ -15,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
+mod recv_batch;
+use recv_batch::RecvBatch;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
     Udp,
@@ -219,6 +222,8 @@ fn set_udp_buffers(sock: &UdpSocket, bytes: usize) {
 
 /// Receive tasks per UDP socket.
 const UDP_RECEIVERS: usize = 2;
+/// The largest UDP payload there can be (a 16-bit length, header included).
+const MAX_UDP_PAYLOAD: usize = 65_535;
 
 /// Datagrams queued per UDP socket while its send buffer is full (the kernel buffer already
 /// holds megabytes; this only rides out a short stall). Beyond it a datagram is dropped and
@@ -871,29 +876,32 @@ async fn udp_loop(
         Ok(a) => a,
         Err(_) => return,
     };
-    // One byte more than the limit, so an oversized datagram is seen as such, not truncated
-    // into something that parses.
-    let mut buf = vec![0u8; max + 1];
+    // One byte more than the limit per datagram, so an oversized datagram is seen as such,
+    // not truncated into something that parses. No UDP datagram is longer than 65,535 bytes:
+    // with a larger limit (up to 1 MiB) a slot that size holds any of them whole.
+    let mut batch = RecvBatch::new((max + 1).min(MAX_UDP_PAYLOAD + 1));
     loop {
         let received = tokio::select! {
             biased;
             _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
-            r = sock.recv_from(&mut buf) => r,
+            r = sock.async_io(tokio::io::Interest::READABLE, || batch.recv(&*sock)) => r,
         };
         match received {
-            Ok((n, remote)) => {
-                if buf[..n].iter().all(|&b| b == b'\r' || b == b'\n' || b == 0) {
-                    continue; // keep-alive datagram
+            Ok(n) => {
+                for (bytes, remote) in (0..n).filter_map(|i| batch.get(i)) {
+                    if bytes.iter().all(|&b| b == b'\r' || b == b'\n' || b == 0) {
+                        continue; // keep-alive datagram
+                    }
+                    inbound.clone().on_message(
+                        bytes.to_vec(),
+                        Peer {
+                            proto: Proto::Udp,
+                            remote,
+                            local,
+                            conn: None,
+                        },
+                    );
                 }
-                inbound.clone().on_message(
-                    buf[..n].to_vec(),
-                    Peer {
-                        proto: Proto::Udp,
-                        remote,
-                        local,
-                        conn: None,
-                    },
-                );
             }
             Err(e) => {
                 // ICMP port unreachable from an earlier send shows up here on Linux: ignore.
@@ -905,6 +913,7 @@ async fn udp_loop(
 
 #[cfg(test)]
 mod tests {
+    use super::recv_batch::RECV_BATCH;
     use super::*;
 
     async fn one_udp_socket() -> Arc<Transport> {
@@ -1031,6 +1040,88 @@ mod tests {
             source_of(ip("::ffff:192.0.2.7")),
             source_of(ip("::ffff:192.0.2.8"))
         );
+    }
+
+    /// Records what the receive loops hand over.
+    #[derive(Default)]
+    struct Collected(Mutex<Vec<(Vec<u8>, SocketAddr)>>);
+
+    impl Inbound for Collected {
+        fn on_message(self: Arc<Self>, bytes: Vec<u8>, peer: Peer) {
+            self.0.lock().unwrap().push((bytes, peer.remote));
+        }
+        fn on_unframeable(
+            self: Arc<Self>,
+            _: Vec<u8>,
+            _: Peer,
+            _: crate::sip::ParseError,
+        ) -> Option<Vec<u8>> {
+            None
+        }
+    }
+
+    /// recvmmsg reads up to RECV_BATCH datagrams per call: a burst several batches long is
+    /// delivered whole, each datagram with its own bytes and source, keep-alives among them are
+    /// skipped, and an oversized datagram arrives one byte over the limit (the parser then
+    /// refuses it as too large, `tests/robustness.rs`), not cut down to something that parses.
+    #[tokio::test]
+    async fn a_udp_burst_is_read_in_batches_whole_with_keep_alives_skipped() {
+        const MAX: usize = 1000;
+        let addr = ListenAddr {
+            proto: ListenProto::Udp,
+            addr: "127.0.0.1:0".parse().unwrap(),
+        };
+        let tcp = TcpLimits {
+            idle: Duration::from_secs(60),
+            max_conns: 10,
+            max_per_source: 10,
+            message_timeout: Duration::from_secs(10),
+        };
+        let limits = Limits {
+            max_message: MAX,
+            ..Limits::default()
+        };
+        let (t, listeners) = Transport::bind(&[addr], limits, tcp).await.unwrap();
+        let server = t.local_addrs()[0].1;
+        let got = Arc::new(Collected::default());
+        // Two senders, so each datagram's source must come from its own header.
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The whole burst is queued at the socket before any receive loop runs (this runtime
+        // has one thread, and the loops start only when the test awaits).
+        let burst = 5 * RECV_BATCH + 3;
+        let mut expected = Vec::new();
+        for i in 0..burst {
+            let from = if i % 2 == 0 { &a } else { &b };
+            let msg = format!("datagram {i} {}", "x".repeat(i * 7));
+            from.send_to(msg.as_bytes(), server).unwrap();
+            expected.push((msg.into_bytes(), from.local_addr().unwrap()));
+            if i % 5 == 0 {
+                a.send_to(b"\r\n\r\n", server).unwrap(); // keep-alive
+            }
+        }
+        b.send_to(&vec![b'y'; 3 * MAX], server).unwrap();
+        t.start(listeners, got.clone());
+        let all = burst + 1;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while got.0.lock().unwrap().len() < all {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("every datagram delivered");
+        let mut got = std::mem::take(&mut *got.0.lock().unwrap());
+        assert_eq!(got.len(), all, "keep-alives are not handed over");
+        let at = got
+            .iter()
+            .position(|(bytes, _)| bytes.len() > MAX)
+            .expect("the oversized one");
+        let oversized = got.remove(at);
+        assert_eq!(oversized.0.len(), MAX + 1, "over the limit, so refused");
+        assert_eq!(oversized.1, b.local_addr().unwrap());
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 # Instructions per registration, counted (not sampled): busylamp under valgrind's callgrind.
 #
 # Usage: tests/bench/instructions.sh [BIN] [RUNS=3]     (default BIN: target/release/busylamp)
-# Environment: BENCH_USERS=1000, BENCH_CALLS=2000 registrations per run, BENCH_CONCURRENCY=10,
+# Environment: BENCH_OP=register (or subscribe: new subscriptions, presence_subscribe.xml, open
+#              auth, each SUBSCRIBE → 200 + the initial NOTIFY answered 200; no prefill),
+#              BENCH_USERS=1000, BENCH_CALLS=2000 operations per run, BENCH_CONCURRENCY=10,
 #              BENCH_KEEP=DIR keeps each run's callgrind.out (for callgrind_annotate --inclusive),
 #              BENCH_USRLOC=0 turns presence from registrations off.
 #
@@ -41,8 +43,19 @@ trap cleanup EXIT
 
 port="$(bl_free_port)"
 sport="$(bl_free_port "$port")"
-bl_gen_csv "$WORK/users.csv" "$USERS"
-bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/data" "$USERS"
+OP="${BENCH_OP:-register}"
+if [[ "$OP" == subscribe ]]; then
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/data" 0 '' open
+    bl_presence_toml >>"$WORK/busylamp.toml"
+    # a distinct watcher/presentity pair per subscription of every run
+    awk -v n="$((CALLS * RUNS))" -v d="$BL_DOMAIN" 'BEGIN {
+        print "SEQUENTIAL"
+        for (i = 1; i <= n; i++) printf "i%07d;ip%07d;%s\n", i, i, d
+    }' >"$WORK/users.csv"
+else
+    bl_gen_csv "$WORK/users.csv" "$USERS"
+    bl_gen_busylamp_config "$WORK/busylamp.toml" "$port" "$WORK/data" "$USERS"
+fi
 # BENCH_USRLOC=0: no presence from registrations (what the registration costs without it;
 # sipp's new Call-ID per registration changes the published document every time).
 if [[ "${BENCH_USRLOC:-1}" == 0 ]]; then printf '\n[pua.usrloc]\nenabled = false\n' >>"$WORK/busylamp.toml"; fi
@@ -52,16 +65,26 @@ BL_SERVER_PID=$!
 BL_SERVER_PIDS+=("$BL_SERVER_PID")
 pid="$BL_SERVER_PID"
 bl_wait_ready "$pid" "$port" 120 || bl_die "busylamp did not start (see $WORK/busylamp.log)"
-echo "== instructions per registration (callgrind) — $(date -u +%FT%TZ), $BIN"
-bl_sipp_register prefill "$port" u1 "$WORK/users.csv" "$USERS" "$WORK" 300 -p "$sport" -users "$CONC"
-bl_sipp_clean "$USERS" || bl_die "prefill failed: $BL_SIPP_OK of $USERS"
+echo "== instructions per $OP (callgrind) — $(date -u +%FT%TZ), $BIN"
+one_run() { # TAG CALLS
+    if [[ "$OP" == subscribe ]]; then
+        bl_sipp_run "$1" "$port" u1 "$HERE/presence_subscribe.xml" "$WORK/users.csv" "$2" "$WORK" 600 \
+            -default_behaviors all,-bye -p "$sport" -users "$CONC"
+    else
+        bl_sipp_register "$1" "$port" u1 "$WORK/users.csv" "$2" "$WORK" 600 -p "$sport" -users "$CONC"
+    fi
+}
+if [[ "$OP" == register ]]; then
+    one_run prefill "$USERS"
+    bl_sipp_clean "$USERS" || bl_die "prefill failed: $BL_SIPP_OK of $USERS"
+fi
 
 rows=(); writers=(); rests=()
 for r in $(seq 1 "$RUNS"); do
     callgrind_control -z "$pid" >/dev/null
     callgrind_control -i on "$pid" >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    bl_sipp_register "run$r" "$port" u1 "$WORK/users.csv" "$CALLS" "$WORK" 600 -p "$sport" -users "$CONC"
+    one_run "run$r" "$CALLS"
     callgrind_control -i off "$pid" >/dev/null
     rm -f "$WORK"/callgrind.out.*.*
     callgrind_control -d "run$r" "$pid" >/dev/null
@@ -84,9 +107,9 @@ for r in $(seq 1 "$RUNS"); do
     writers+=("$per_writer")
     rests+=("$((per - per_writer))")
     # A retransmission (the machine stalled the server) adds a little work: said, not hidden.
-    printf 'run %s: %s registrations, per registration %s instructions: writer %s, rest %s (%s retransmissions)\n' \
+    printf "run %s: %s ${OP}s, per $OP %s instructions: writer %s, rest %s (%s retransmissions)\n" \
         "$r" "$BL_SIPP_OK" "$per" "$per_writer" "$((per - per_writer))" "$BL_SIPP_RETRANS"
 done
 ((${#rows[@]} > 0)) || bl_die "no clean run"
-printf 'median instructions per registration: %s (writer %s, rest %s)\n' \
+printf "median instructions per $OP: %s (writer %s, rest %s)\n" \
     "$(bl_median -d 0 "${rows[@]}")" "$(bl_median -d 0 "${writers[@]}")" "$(bl_median -d 0 "${rests[@]}")"

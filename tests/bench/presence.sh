@@ -15,7 +15,7 @@
 #   BENCH_REPEATS=3            rounds per figure (median reported)
 #   BENCH_SUB_CALLS=20000      subscriptions per closed-loop run (a)
 #   BENCH_SUB_CONCURRENCY=200  subscriptions in flight (sipp -users)
-#   BENCH_MEM_SUBS=10000       subscriptions for the memory figure (c)
+#   BENCH_MEM_SUBS=10000       subscriptions for the memory figure (c); 0: no (c)
 #   BENCH_FANOUT_WATCHERS="100 1000"  watcher counts W for the fan-out (b); set but
 #                              empty: no fan-out step
 #   BENCH_FANOUT_PUBLISHES=100 PUBLISHes per fan-out round (even)
@@ -430,7 +430,7 @@ measure() { # SYS PORT
     # order: (c), (b), (a): the SUBSCRIBE storm last, so NOTIFY
     # retransmissions it may leave behind (a run that is not clean) cannot
     # load the server during the fan-out
-    measure_memory "$1" "$2"
+    ((MEM_SUBS == 0)) || measure_memory "$1" "$2"
     for w in $FAN_WATCHERS; do
         kill -0 "$BL_SERVER_PID" 2>/dev/null || { bl_log "$1 died"; break; }
         measure_fanout "$1" "$2" "$w"
