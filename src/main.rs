@@ -417,6 +417,9 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            // Before any thread is started: the runtime's threads and the store's writer
+            // inherit the class from this one.
+            busylamp::sched::apply_realtime_priority(cfg.server.realtime_priority);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("busylamp")
