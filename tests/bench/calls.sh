@@ -44,10 +44,12 @@
 #                                  (4 ms at HZ=250) behind it: that, not the server,
 #                                  made (b)'s p99 here (README "Calls and lamps").
 #                                  Needs root or CAP_SYS_NICE.
-#   BENCH_SCHED=0                  1 (with --keep): during (b), record the server core's
-#                                  context switches (perf, sched_switch) and print,
-#                                  per round, what ran on that core while the slow
-#                                  (> 3 ms) early NOTIFYs waited (calls_lamp_sched.py)
+#   BENCH_SCHED=0                  1 (with BENCH_PIN=1): during (b), record the server
+#                                  core's context switches and wake-ups (perf) and
+#                                  print, per round, what ran on that core while the
+#                                  slow (> 3 ms) early NOTIFYs waited, and how long
+#                                  the server was runnable but off its core
+#                                  (calls_lamp_sched.py)
 #
 # Set-up, per system (the server is started once and keeps its state from
 # one step to the next): the C callees REGISTER (calls_register.xml, from the
@@ -336,7 +338,7 @@ sched_start() { # TAG
     SCHED_PID=""
     [[ "$SCHED_TRACE" == 1 && "$BL_PIN" == 1 ]] || return 0
     python3 -c 'import time; print(time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC))' >"$WORK/$1.sched-offset"
-    perf record -q -k mono -e sched:sched_switch -C "$BL_SERVER_CPU" -o "$WORK/$1.sched.data" 2>"$WORK/$1.sched.log" &
+    perf record -q -a -k mono -e sched:sched_switch -e sched:sched_wakeup -o "$WORK/$1.sched.data" 2>"$WORK/$1.sched.log" &
     SCHED_PID=$!; BG_PIDS+=("$SCHED_PID")
     sleep 0.5
 }
@@ -351,9 +353,9 @@ sched_report() { # TAG PCAP PORT: what ran on the server's core while slow lamps
     for p in $(bl_pids_tree "$BL_SERVER_PID"); do
         for t in /proc/"$p"/task/*; do [[ -e "$t" ]] && tids+="${tids:+,}${t##*/}"; done
     done
-    perf script -i "$WORK/$tag.sched.data" -F time,event,trace >"$WORK/$tag.sched.txt" 2>/dev/null || return 0
+    perf script -i "$WORK/$tag.sched.data" -F cpu,time,event,trace >"$WORK/$tag.sched.txt" 2>/dev/null || return 0
     "${BL_LOAD_TASKSET[@]}" python3 "$HERE/calls_lamp_sched.py" "$WORK/$tag.sched.txt" "$(cat "$WORK/$tag.sched-offset")" \
-        "$2" "$3" "$UAS_PORT" "$WPORT" "$tids" 2>&1 | tail -n 25 || true
+        "$2" "$3" "$UAS_PORT" "$WPORT" "$tids" "$BL_SERVER_CPU" 2>&1 | tail -n 25 || true
 }
 
 measure_lamp() { # SYS PORT

@@ -2,20 +2,24 @@
 """What ran on the server's core while a slow lamp waited (calls.sh BENCH_SCHED=1).
 
 Reads the lamp capture of one (b) round (as calls_lamp.py) and `perf script -F
-time,event,trace` of `perf record -k mono -e sched:sched_switch -C CORE` over the
-same round, CORE being the one the server is pinned to (BENCH_PIN=1).  For every
-call whose first early NOTIFY left more than SLOW_MS (3 ms) after the 180, the
-time between the two is split by what the core ran: the server's threads (TIDS),
-other processes (by name), or nothing (idle: the server waited for something it
-awaited, not for its core).
+cpu,time,event,trace` of `perf record -a -k mono -e sched:sched_switch -e
+sched:sched_wakeup` over the same round (every core: a wake-up is recorded on the
+waker's core); CORE is the one the server is pinned to (BENCH_PIN=1).  For every call whose first early NOTIFY left more than
+SLOW_MS (3 ms) after the 180, the time between the two is split by what the core
+ran: the server's threads (TIDS), other processes (by name), or nothing (idle);
+and `waited` is how long a server thread was runnable (woken, or preempted)
+while another process had the core: the time the server lost to its neighbours.
+Other processes running while the server had nothing to do (e.g. a NOTIFY held
+until the watcher answered the previous one) are not `waited`.
 
 Usage: calls_lamp_sched.py SCHED.txt MONO_TO_REAL CAPTURE.pcap PROXY_PORT UAS_PORT
-                           WATCHER_PORT TIDS
+                           WATCHER_PORT TIDS CORE
   MONO_TO_REAL: CLOCK_REALTIME - CLOCK_MONOTONIC in seconds when perf started
   (perf's clock is monotonic, the capture's is the wall clock)
   TIDS: comma-separated thread ids of the server (every process, for Kamailio)
 Output: one line per slow call, then
-  SCHED slow_calls=N server_ms=.. others_ms=.. idle_ms=.. others=NAME:ms,...
+  SCHED slow_calls=N waited_ms=.. server_ms=.. others_ms=.. idle_ms=..
+        others=NAME:ms,...
 """
 
 import re
@@ -27,31 +31,49 @@ from presence_fanout import packets, parse_sip  # noqa: E402
 
 SLOW_MS = 3.0
 SWITCH = re.compile(
-    r"\s*([\d.]+): sched:sched_switch: prev_comm=(.*?) prev_pid=(\d+) .*?==> next_comm=(.*?) next_pid=(\d+)"
+    r"\s*\[(\d+)\]\s+([\d.]+): sched:sched_switch: prev_comm=(.*?) prev_pid=(\d+) .*?==> next_comm=(.*?) next_pid=(\d+)"
 )
 
 
-def runs_of(path, offset):
-    """[(start, end, comm, tid)] of what ran on the core, in wall-clock seconds"""
+WAKEUP = re.compile(r"\s*\[\d+\]\s+([\d.]+): sched:sched_wakeup: comm=(.*?) pid=(\d+) ")
+
+
+def runs_of(path, offset, tids, core):
+    """what ran on the core, [(start, end, comm, tid)], and when a server thread was
+    runnable but off the core, [(start, end)], in wall-clock seconds"""
     out, cur = [], None
+    ready = {}  # server tid -> runnable since
+    waits = []
     with open(path, errors="replace") as f:
         for line in f:
-            m = SWITCH.match(line)
-            if not m:
+            m = WAKEUP.match(line)
+            if m:
+                if m.group(3) in tids:
+                    ready.setdefault(m.group(3), float(m.group(1)) + offset)
                 continue
-            t = float(m.group(1)) + offset
+            m = SWITCH.match(line)
+            if not m or int(m.group(1)) != core:
+                continue
+            t = float(m.group(2)) + offset
             if cur is not None:
                 out.append((cur[0], t, cur[1], cur[2]))
-            cur = (t, m.group(4), m.group(5))
-    return out
+            prev, nxt = m.group(4), m.group(6)
+            # preempted (state R): still runnable
+            if prev in tids and " prev_state=R" in line:
+                ready.setdefault(prev, t)
+            if nxt in ready:
+                waits.append((ready.pop(nxt), t))
+            cur = (t, m.group(5), nxt)
+    return out, waits
 
 
 def main():
-    if len(sys.argv) != 8:
+    if len(sys.argv) != 9:
         raise SystemExit(__doc__)
     sched, offset, pcap = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     pport, uport, wport = (int(a) for a in sys.argv[4:7])
     tids = set(sys.argv[7].split(","))
+    core = int(sys.argv[8])
     t180, subs, entity_of = {}, {}, {}
     for ts, sport, dport, payload in packets(pcap):
         if sport == uport and dport == pport and payload.startswith(b"SIP/2.0 180"):
@@ -73,9 +95,9 @@ def main():
     watchers_of = {}
     for sid, ent in entity_of.items():
         watchers_of.setdefault(ent, []).append(sid)
-    runs = runs_of(sched, offset)
+    runs, waits = runs_of(sched, offset, tids, core)
     t_first = min((t for t, _ in t180.values()), default=0.0)
-    n, tot_server, tot_idle, others = 0, 0.0, 0.0, {}
+    n, tot_server, tot_idle, tot_waited, others = 0, 0.0, 0.0, 0.0, {}
     for cid, (t0, callee) in sorted(t180.items(), key=lambda kv: kv[1][0]):
         hits = []
         for sid in watchers_of.get(callee, []):
@@ -100,16 +122,26 @@ def main():
             else:
                 here[comm] = here.get(comm, 0.0) + d
                 others[comm] = others.get(comm, 0.0) + d
+        # the server runnable while another process had the core (union of intervals)
+        spans = sorted((max(a, t0), min(b, first)) for a, b in waits if b > t0 and a < first)
+        waited, end = 0.0, t0
+        for a, b in spans:
+            if b > end:
+                waited += b - max(a, end)
+                end = b
+        waited = min(waited * 1000.0, sum(here.values()))
         tot_server += server
         tot_idle += idle
+        tot_waited += waited
         shown = ", ".join(f"{k} {v:.1f}" for k, v in sorted(here.items(), key=lambda x: -x[1])[:4])
         print(
             f"  slow call at {t0 - t_first:6.2f} s: first early NOTIFY {(first - t0) * 1000.0:5.1f} ms;"
-            f" core: server {server:.1f}, idle {idle:.1f}, others {sum(here.values()):.1f} ms ({shown or '-'})"
+            f" server waited {waited:.1f} ms for its core; core: server {server:.1f}, idle {idle:.1f},"
+            f" others {sum(here.values()):.1f} ms ({shown or '-'})"
         )
     top = ",".join(f"{k.replace(' ', '_')}:{v:.0f}" for k, v in sorted(others.items(), key=lambda x: -x[1])[:5])
     print(
-        f"SCHED slow_calls={n} server_ms={tot_server:.1f} others_ms={sum(others.values()):.1f}"
+        f"SCHED slow_calls={n} waited_ms={tot_waited:.1f} server_ms={tot_server:.1f} others_ms={sum(others.values()):.1f}"
         f" idle_ms={tot_idle:.1f} others={top or '-'}"
     )
 
