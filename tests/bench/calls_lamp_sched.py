@@ -111,12 +111,14 @@ def main():
         n += 1
         server = idle = 0.0
         here = {}
+        mine = {}  # the server's time by thread name (runtime, store writer)
         for s, e, comm, tid in runs:
             if e <= t0 or s >= first:
                 continue
             d = (min(e, first) - max(s, t0)) * 1000.0
             if tid in tids:
                 server += d
+                mine[comm] = mine.get(comm, 0.0) + d
             elif comm.startswith("swapper"):
                 idle += d
             else:
@@ -136,7 +138,8 @@ def main():
         shown = ", ".join(f"{k} {v:.1f}" for k, v in sorted(here.items(), key=lambda x: -x[1])[:4])
         print(
             f"  slow call at {t0 - t_first:6.2f} s: first early NOTIFY {(first - t0) * 1000.0:5.1f} ms;"
-            f" server waited {waited:.1f} ms for its core; core: server {server:.1f}, idle {idle:.1f},"
+            f" server waited {waited:.1f} ms for its core; core: server {server:.1f}"
+            f" ({', '.join(f'{k} {v:.1f}' for k, v in sorted(mine.items(), key=lambda x: -x[1]))}), idle {idle:.1f},"
             f" others {sum(here.values()):.1f} ms ({shown or '-'})"
         )
     top = ",".join(f"{k.replace(' ', '_')}:{v:.0f}" for k, v in sorted(others.items(), key=lambda x: -x[1])[:5])
