@@ -397,6 +397,11 @@ pub struct ServerConfig {
     pub server_header: String,
     /// Log filter (tracing EnvFilter syntax), overridden by RUST_LOG.
     pub log: String,
+    /// `0`: the server's threads run in the normal (time-shared) class. `1`–`99`: in the
+    /// round-robin real-time class at this priority (`crate::sched`), so that on a machine
+    /// whose cores also run CPU-bound work a woken thread does not wait for a scheduler tick
+    /// (up to 4 ms) behind it before a lamp's NOTIFYs leave.
+    pub realtime_priority: u8,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -734,6 +739,7 @@ impl Default for ServerConfig {
             max_transactions: 200_000,
             server_header: "busylamp".into(),
             log: "info".into(),
+            realtime_priority: 0,
         }
     }
 }
@@ -1073,6 +1079,13 @@ impl Config {
                 "server.max_transactions",
                 format!("{} is out of range", s.max_transactions),
                 "use a number from 1000 to 10000000 (default 200000)",
+            ));
+        }
+        if s.realtime_priority > 99 {
+            return Err(bad(
+                "server.realtime_priority",
+                format!("{} is out of range", s.realtime_priority),
+                "use 0 (off) or a real-time priority from 1 to 99, e.g. 10",
             ));
         }
         if s.server_header.chars().any(|c| c.is_control()) {

@@ -21,6 +21,7 @@ pub mod pua;
 pub mod ratelimit;
 pub mod registrar;
 pub mod router;
+pub mod sched;
 pub mod server;
 pub mod sip;
 pub mod storage;

@@ -511,6 +511,9 @@ fn main() -> anyhow::Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             no_transparent_huge_pages();
+            // Before any thread is started: the runtime's threads and the store's writer
+            // inherit the class from this one.
+            busylamp::sched::apply_realtime_priority(cfg.server.realtime_priority);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("busylamp")

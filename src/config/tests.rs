@@ -958,3 +958,18 @@ fn bla_warns_when_a_line_has_more_members_than_the_registrar_lets_it_register() 
     .unwrap();
     assert_eq!(c.warnings().len(), 1);
 }
+
+/// Issue 15: the server's threads in the real-time class only when asked, at a priority the
+/// kernel accepts (1–99).
+#[test]
+fn realtime_priority_is_off_by_default_and_checked() {
+    assert_eq!(Config::default().server.realtime_priority, 0);
+    let c = Config::from_toml("[server]\nrealtime_priority = 10\n", "t.toml").unwrap();
+    assert_eq!(c.server.realtime_priority, 10);
+    let e = Config::from_toml("[server]\nrealtime_priority = 100\n", "t.toml").unwrap_err();
+    let ConfigError::Invalid { key, fix, .. } = &e else {
+        panic!("not an invalid value: {e}");
+    };
+    assert_eq!(key, "server.realtime_priority", "{e}");
+    assert!(fix.contains("1 to 99"), "{e}");
+}

@@ -449,7 +449,16 @@ pub struct Presence {
     notify_counts: NotifyCounts,
     /// The admin's standing authorization rules (see [`admin`]), loaded with the state.
     standing: Mutex<Vec<crate::storage::RuleRecord>>,
+    /// Small fan-outs of in-process publishers (a call's lamps) that wait for no write: the
+    /// core sends them right after the message that caused them ([`Presence::take_express`]),
+    /// instead of when its receive loop next yields to the outbox task (after a burst of
+    /// datagrams that is milliseconds later). A wake-up in the outbox sends them otherwise.
+    express: Mutex<Vec<PendingNotify>>,
 }
+
+/// Most NOTIFYs one express fan-out carries ([`Presence::take_express`]); a larger one goes
+/// through the outbox, which paces it (a lamp with 10 watchers is well within).
+pub const EXPRESS_MAX: usize = 64;
 
 /// Takes one of `cap` places in `count`, checked and taken in one atomic step (a check, then
 /// a later increment, let racing requests on other shards all pass the check).
@@ -533,6 +542,7 @@ impl Presence {
             notify_failures: Default::default(),
             notify_counts: Default::default(),
             standing: Mutex::new(Vec::new()),
+            express: Mutex::new(Vec::new()),
         })
     }
 
@@ -720,6 +730,39 @@ impl Presence {
         if !sent {
             tracing::debug!(count, "no NOTIFY outbox (server stopped); dropping");
         }
+    }
+
+    /// As [`Presence::send`], for an in-process publisher's change: a small batch that waits
+    /// for no write takes the express lane. It may leave before batches queued earlier in the
+    /// outbox: each subscription has at most one NOTIFY decided and unanswered (its place in
+    /// the order is taken when it is decided), so no subscription's order changes.
+    fn send_express(&self, notifies: Vec<PendingNotify>, after: Option<Durable>) {
+        if notifies.is_empty() || after.is_some() || notifies.len() > EXPRESS_MAX {
+            return self.send(notifies, after);
+        }
+        let Some(outbox) = &self.outbox else {
+            return self.send(notifies, after);
+        };
+        self.express
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(notifies);
+        // Whoever comes first sends them: the core after the message being handled, or the
+        // outbox on this wake-up (a change made outside a message: a timer, the control API).
+        let _ = outbox.send(NotifyBatch {
+            notifies: Vec::new(),
+            after: None,
+        });
+    }
+
+    /// The express lane's NOTIFYs not sent yet, in the order they were decided
+    /// ([`Presence::send_express`]).
+    pub fn take_express(&self) -> Vec<PendingNotify> {
+        let mut q = self.express.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *q)
     }
 
     fn error_reply(req: &Request, status: u16, reason: &str, to_tag: &str) -> Response {

@@ -361,7 +361,13 @@ impl Presence {
         self.changed(&mut shard, &res, Some(source_id), &mut writes, &mut out);
         let after = self.write_gating(writes);
         drop(shard);
-        self.send(out, after);
+        if awaited {
+            self.send(out, after);
+        } else {
+            // A call's state on its way to the lamps: nobody waits for the publication, so
+            // nothing is answered before these NOTIFYs either.
+            self.send_express(out, after);
+        }
         Ok(durable)
     }
 }

@@ -245,6 +245,8 @@ impl Inbound for Core {
             Ok(Message::Response(resp)) => self.on_response(resp, peer),
             Err(failure) => self.answer_unparseable(failure, peer),
         }
+        // A call's lamps leave now, not after the rest of a burst of datagrams.
+        self.send_express();
     }
 
     fn on_unframeable(
@@ -1087,6 +1089,11 @@ impl Core {
         mut outbox: tokio::sync::mpsc::UnboundedReceiver<NotifyBatch>,
     ) {
         while let Some(NotifyBatch { notifies, after }) = outbox.recv().await {
+            // An express fan-out's wake-up (empty), or one not sent after its message yet.
+            self.send_express();
+            if notifies.is_empty() {
+                continue;
+            }
             match after {
                 None => self.send_notifies_paced(notifies).await,
                 after => self.send_notifies(notifies, after),
@@ -1117,6 +1124,15 @@ impl Core {
             }
             self.send_notifies_now(chunk);
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Sends the express lane's NOTIFYs ([`Presence::take_express`]): a call's lamps, small
+    /// and waiting for no write.
+    fn send_express(&self) {
+        let express = self.presence.take_express();
+        if !express.is_empty() {
+            self.send_notifies_now(self.presence.build_notifies(express));
         }
     }
 

@@ -33,6 +33,23 @@
 #                                  fastest on this 2-core VM)
 #   BENCH_KAM_SHM_MB=1024          Kamailio shared memory (-m)
 #   BENCH_BUDGET=570               seconds; steps that no longer fit are skipped
+#   BENCH_LAMP_ONLY=0              1: measure (b) only, skip (a) (its calibration,
+#                                  rounds and open-loop check): for lamp latency work
+#   BENCH_RT=0                     1-99: both servers in the real-time class
+#                                  (SCHED_RR) at this priority: busylamp with
+#                                  [server] realtime_priority, Kamailio under
+#                                  chrt -r (all its processes, as its real_time=7).
+#                                  Where other work shares the server's core, a woken
+#                                  server otherwise waits up to a scheduler tick
+#                                  (4 ms at HZ=250) behind it: that, not the server,
+#                                  made (b)'s p99 here (README "Calls and lamps").
+#                                  Needs root or CAP_SYS_NICE.
+#   BENCH_SCHED=0                  1 (with BENCH_PIN=1): during (b), record the server
+#                                  core's context switches and wake-ups (perf) and
+#                                  print, per round, what ran on that core while the
+#                                  slow (> 3 ms) early NOTIFYs waited, and how long
+#                                  the server was runnable but off its core
+#                                  (calls_lamp_sched.py)
 #
 # Set-up, per system (the server is started once and keeps its state from
 # one step to the next): the C callees REGISTER (calls_register.xml, from the
@@ -139,6 +156,9 @@ KAM_CHILDREN="${BENCH_KAM_CHILDREN:-2}"
 [[ "$BL_PIN" == 1 && -z "${BENCH_KAM_CHILDREN:-}" ]] && KAM_CHILDREN=1
 KAM_SHM_MB="${BENCH_KAM_SHM_MB:-1024}"
 BUDGET="${BENCH_BUDGET:-570}"
+LAMP_ONLY="${BENCH_LAMP_ONLY:-0}"
+RT_PRIO="${BENCH_RT:-0}"
+SCHED_TRACE="${BENCH_SCHED:-0}"
 RUN_TIMEOUT=90
 WATCH_QUIET_S=15 # calls_watch.xml: a watcher unsubscribes after 15 s without NOTIFY
 SIPP_BUF=4194304
@@ -194,6 +214,7 @@ else
     BL_STATUS="missing (no binary; set BUSYLAMP or build with cargo build --release)"
     echo "busylamp: MISSING — only the Kamailio half runs"
 fi
+((RT_PRIO > 0)) && echo "sched:    both servers in the real-time class (SCHED_RR, priority $RT_PRIO; BENCH_RT)"
 echo "load:     C = $CALLEES callees x W = $WPC watchers ($WATCHERS subscriptions); ring ${RING_MS} ms, hold ${HOLD_MS} ms;"
 echo "          (a) $CALLS calls/round, in flight: ${CONC_FIXED:-calibrated over $CONC_STEPS}; (b) $LAMP_CALLS calls/round at $LAMP_RATE/s; $REPEATS rounds; UDP, no auth"
 echo
@@ -310,6 +331,33 @@ teardown() { # SYS: stop the UAS and the watchers (by PID) and report them
 }
 
 # --------------------------------------------------------- (b) lamp latency
+# BENCH_SCHED=1: the server core's context switches over a round (perf, monotonic
+# clock; the offset to the capture's wall clock is noted when it starts)
+SCHED_PID=""
+sched_start() { # TAG
+    SCHED_PID=""
+    [[ "$SCHED_TRACE" == 1 && "$BL_PIN" == 1 ]] || return 0
+    python3 -c 'import time; print(time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC))' >"$WORK/$1.sched-offset"
+    perf record -q -a -k mono -e sched:sched_switch -e sched:sched_wakeup -o "$WORK/$1.sched.data" 2>"$WORK/$1.sched.log" &
+    SCHED_PID=$!; BG_PIDS+=("$SCHED_PID")
+    sleep 0.5
+}
+sched_stop() {
+    [[ -n "$SCHED_PID" ]] || return 0
+    kill -INT "$SCHED_PID" 2>/dev/null || true
+    wait "$SCHED_PID" 2>/dev/null || true
+}
+sched_report() { # TAG PCAP PORT: what ran on the server's core while slow lamps waited
+    local tag="$1" tids="" p t
+    [[ -n "$SCHED_PID" && -s "$WORK/$tag.sched.data" ]] || return 0
+    for p in $(bl_pids_tree "$BL_SERVER_PID"); do
+        for t in /proc/"$p"/task/*; do [[ -e "$t" ]] && tids+="${tids:+,}${t##*/}"; done
+    done
+    perf script -i "$WORK/$tag.sched.data" -F cpu,time,event,trace >"$WORK/$tag.sched.txt" 2>/dev/null || return 0
+    "${BL_LOAD_TASKSET[@]}" python3 "$HERE/calls_lamp_sched.py" "$WORK/$tag.sched.txt" "$(cat "$WORK/$tag.sched-offset")" \
+        "$2" "$3" "$UAS_PORT" "$WPORT" "$tids" "$BL_SERVER_CPU" 2>&1 | tail -n 25 || true
+}
+
 measure_lamp() { # SYS PORT
     local sys="$1" port="$2" r tag pcap out td deadline line kv
     local p50s=() p99s=() lp50s=() lp99s=() miss=0 deliv=0 expct=0 regr=0 cregr=0 fails=0 retr=0 firsts=() gated=() gwait=() ag50=() ag99=()
@@ -330,12 +378,15 @@ measure_lamp() { # SYS PORT
             fi
             sleep 0.1
         done
+        sched_start "$tag"
         call_run "$tag" "$port" "$LAMP_CALLS" -r "$LAMP_RATE" -rp 1000 -l $((LAMP_RATE * 5))
         sleep 1
         bl_stop_bg "$td"
+        sched_stop
         ((CLEAN)) || fails=$((fails + 1))
         retr=$((retr + BL_SIPP_RETRANS))
         "${BL_LOAD_TASKSET[@]}" python3 "$LAMP_PY" "$pcap" "$port" "$UAS_PORT" "$WPORT" "$WPC" >"$out" 2>&1 || bl_log "lamp analysis failed: $(tail -3 "$out")"
+        sched_report "$tag" "$pcap" "$port" >>"$out"
         sed 's/^/    /' "$out" >&2
         line="$(grep '^LAMP' "$out" || true)"
         [[ -n "$line" ]] || continue
@@ -439,7 +490,7 @@ measure() { # SYS PORT
         NOTES+=("$1: set-up failed (see $WORK)"); KEEP=1; return 0
     fi
     kill -0 "$BL_SERVER_PID" 2>/dev/null && measure_lamp "$1" "$2"
-    kill -0 "$BL_SERVER_PID" 2>/dev/null && measure_calls "$1" "$2"
+    [[ "$LAMP_ONLY" == 1 ]] || { kill -0 "$BL_SERVER_PID" 2>/dev/null && measure_calls "$1" "$2"; }
     teardown "$1"
 }
 
@@ -448,8 +499,12 @@ if ((DO_KAM)); then
     port="$(bl_free_port)"
     bl_gen_kam_presence_sqlite "$WORK/kam.sqlite" 0
     bl_log "starting kamailio (registrar + proxy + dialog + pua_dialoginfo + presence, children=$KAM_CHILDREN) on udp+tcp $BL_HOST:$port"
+    kam_taskset=("${BL_SERVER_TASKSET[@]}")
+    # BENCH_RT: every Kamailio process in the real-time class (what its real_time=7 does)
+    ((RT_PRIO > 0)) && BL_SERVER_TASKSET=(chrt -r "$RT_PRIO" "${BL_SERVER_TASKSET[@]}")
     bl_start_kamailio "$WORK" "$port" "$KAM_CHILDREN" "sqlite:///$WORK/kam.sqlite" "$WORK/kamailio.log" \
         -m "$KAM_SHM_MB" -A "OUTBOUND_PROXY=\"sip:$BL_HOST:$port\"" -A "SERVER_ADDRESS=\"sip:$BL_HOST:$port\""
+    BL_SERVER_TASKSET=("${kam_taskset[@]}")
     if bl_wait_ready "$BL_SERVER_PID" "$port" 30; then
         measure kamailio "$port"
         kill -0 "$BL_SERVER_PID" 2>/dev/null || NOTES+=("kamailio died during the benchmark (see $WORK/kamailio.log)")
@@ -468,6 +523,7 @@ if [[ -n "$BIN" ]]; then
         '["calls", "register", "subscribe", "publish"]'
     bl_presence_toml "sip:$BL_HOST:$port" >>"$WORK/busylamp.toml" # [presence], [proxy] keys: tests/interop/lib.sh
     bl_proxy_toml >>"$WORK/busylamp.toml"
+    ((RT_PRIO > 0)) && sed -i "/^\[server\]$/a realtime_priority = $RT_PRIO" "$WORK/busylamp.toml"
     bl_log "starting busylamp ($BIN) on udp+tcp $BL_HOST:$port"
     bl_start_busylamp "$BIN" "$WORK/busylamp.toml" "$WORK/busylamp.log"
     if bl_wait_ready "$BL_SERVER_PID" "$port" 30; then

@@ -45,8 +45,23 @@ previous one (e.g. the callee's "trying", sent when the INVITE came):
   gate_wait_p50_ms 180 -> that 200 (median over the gated ones)
   after_gate_*_ms  the 200 (or the 180 when not gated) -> the early NOTIFY:
                    the server's own time (coalescing, writes) once free to send
+A second line splits the early NOTIFYs slower than SLOW_MS (3 ms) by cause:
+  SLOW n=.. gated=.. whole_fanout=.. tail_only=.. silent=.. behind_sends=..
+       thirds=a/b/c
+  gated         held back by the watcher's answer (above)
+  whole_fanout  the call's first early NOTIFY was slow too (the whole fan-out
+                left late: the server did not run, or was busy), tail_only: the
+                call's first one was fast, this one queued behind the fan-out
+  silent        of the whole_fanout ones: the server sent no NOTIFY at all
+                between the 180 and its first early one (it was not running:
+                waiting for its core, or for something it awaited);
+                behind_sends: it was sending other NOTIFYs meanwhile (another
+                call's fan-out, answers to the watchers' 200s)
+  thirds        how many fell in the first, second and last third of the
+                round (by the 180's time)
 """
 
+import bisect
 import re
 import sys
 
@@ -58,6 +73,7 @@ CALLID_ATTR = re.compile(rb"""\bcall-id\s*=\s*["']([^"']*)["']""")
 STATE = re.compile(rb"<state\b[^>]*>\s*([a-z]+)\s*</state>")
 ENTITY = re.compile(rb"""<dialog-info\b[^>]*\bentity\s*=\s*["']([^"']*)["']""")
 URI = re.compile(rb"<?(sips?:[^>;\s]+)")
+SLOW_MS = 3.0
 RANK = {b"trying": 0, b"proceeding": 1, b"early": 2, b"confirmed": 3, b"terminated": 4}
 
 
@@ -147,9 +163,15 @@ def main():
 
     lat, last, missing, delivered, expected, regress, first_ok = [], [], 0, 0, 0, 0, 0
     gated, after_gate, gate_wait = 0, [], []
+    sent = sorted(t for lst in parsed.values() for (t, _c, _s) in lst)  # every NOTIFY's time
+    t_first = min((t for t, _ in t180.values()), default=0.0)
+    t_last = max((t for t, _ in t180.values()), default=0.0)
+    slow = {"n": 0, "gated": 0, "whole_fanout": 0, "tail_only": 0, "silent": 0, "behind_sends": 0}
+    thirds = [0, 0, 0]
     for cid, (t0, callee) in t180.items():
         ws = watchers_of.get(callee, [])
         per_call = []
+        slow_here = []  # (hit time, gated) of this call's slow early NOTIFYs
         for sid in ws:
             expected += 1
             shown_rank = -1
@@ -181,12 +203,29 @@ def main():
             # one NOTIFY in flight per subscription: was the early one held
             # back until the watcher answered the previous NOTIFY?
             t_ok = ok200.get((sid, prev_cseq)) if prev_cseq is not None else None
-            if t_ok is not None and t_ok > t0:
+            is_gated = t_ok is not None and t_ok > t0
+            if is_gated:
                 gated += 1
                 gate_wait.append((t_ok - t0) * 1000.0)
                 after_gate.append((hit - t_ok) * 1000.0)
             else:
                 after_gate.append((hit - t0) * 1000.0)
+            if (hit - t0) * 1000.0 > SLOW_MS:
+                slow_here.append(is_gated)
+        if slow_here:
+            first_hit = t0 + min(per_call) / 1000.0
+            whole = min(per_call) > SLOW_MS
+            # NOTIFYs the server sent between the 180 and this call's first early one
+            others = bisect.bisect_left(sent, first_hit) - bisect.bisect_right(sent, t0)
+            span = (t_last - t_first) or 1.0
+            third = min(2, int(3 * (t0 - t_first) / span))
+            for g in slow_here:
+                slow["n"] += 1
+                slow["gated"] += g
+                slow["whole_fanout" if whole else "tail_only"] += 1
+                if whole:
+                    slow["silent" if others == 0 else "behind_sends"] += 1
+                thirds[third] += 1
         lat.extend(per_call)
         if per_call:
             last.append(max(per_call))
@@ -206,6 +245,10 @@ def main():
         f"gated={(f'{gated / delivered:.3f}' if delivered else 'n/a')} "
         f"gate_wait_p50_ms={fmt(pct(gate_wait, 50))} after_gate_p50_ms={fmt(pct(after_gate, 50))} "
         f"after_gate_p99_ms={fmt(pct(after_gate, 99))} watcher_200s={len(ok200)}"
+    )
+    print(
+        "SLOW " + " ".join(f"{k}={v}" for k, v in slow.items()) + f" thirds={'/'.join(map(str, thirds))}"
+        + f" (early NOTIFYs slower than {SLOW_MS:g} ms, by cause)"
     )
 
 
