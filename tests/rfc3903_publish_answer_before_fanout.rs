@@ -4,7 +4,8 @@
 //! outbox lets a ready answer go first. Checked by the order on the wire (one socket is the
 //! publisher and every watcher, so it sees the server's sends in order), not by wall time:
 //! the `200` arrives before the first NOTIFY, and every watcher still gets the new state with
-//! the next CSeq and version.
+//! the next CSeq and version. The fan-out is handed to the outbox only once the `200` has
+//! left, so this holds for a fan-out of any size, one chunk or many.
 
 mod common;
 use busylamp::sip::parse::{parse_message, Limits};
@@ -88,6 +89,18 @@ fn publish(port: u16) -> Vec<u8> {
 
 #[tokio::test]
 async fn rfc3903_the_200_to_a_publish_does_not_wait_for_its_thousand_notifies() {
+    publish_is_answered_before_its_fanout(WATCHERS).await;
+}
+
+/// A fan-out smaller than one outbox chunk: the outbox would send it in one go, without the
+/// yield a longer one makes first, so only holding it back until the `200` has left keeps
+/// the answer ahead.
+#[tokio::test]
+async fn rfc3903_the_200_to_a_publish_leaves_before_a_small_fanout_too() {
+    publish_is_answered_before_its_fanout(10).await;
+}
+
+async fn publish_is_answered_before_its_fanout(watchers: usize) {
     let s = server(CONFIG).await;
     let w = Wire {
         sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
@@ -98,12 +111,13 @@ async fn rfc3903_the_200_to_a_publish_does_not_wait_for_its_thousand_notifies() 
     // 1,000 watchers on the one socket, 50 at a time (socket buffers); each initial NOTIFY
     // answered, so that nothing is in flight when the PUBLISH comes.
     let mut cseq: HashMap<String, u32> = HashMap::new();
-    for start in (0..WATCHERS).step_by(50) {
-        for i in start..start + 50 {
+    for start in (0..watchers).step_by(50) {
+        let n = 50.min(watchers - start);
+        for i in start..start + n {
             w.send(&subscribe(port, i)).await;
         }
         let (mut ok, mut notified) = (0, 0);
-        while ok < 50 || notified < 50 {
+        while ok < n || notified < n {
             match w.next().await {
                 Message::Response(r) => {
                     assert_eq!(r.status, 200, "{}", r.reason);
@@ -118,14 +132,14 @@ async fn rfc3903_the_200_to_a_publish_does_not_wait_for_its_thousand_notifies() 
             }
         }
     }
-    assert_eq!(cseq.len(), WATCHERS);
+    assert_eq!(cseq.len(), watchers);
 
     w.send(&publish(port)).await;
     // Everything the PUBLISH causes, in the order it arrives. The NOTIFYs are not answered
     // before the 200 is seen (answers would be more input for the server to read first).
     let mut order = Vec::new();
     let mut notifies = Vec::new();
-    while notifies.len() < WATCHERS || !order.contains(&"200") {
+    while notifies.len() < watchers || !order.contains(&"200") {
         match w.next().await {
             Message::Response(r) => {
                 assert_eq!(cseq_method(&r), "PUBLISH");
@@ -142,7 +156,7 @@ async fn rfc3903_the_200_to_a_publish_does_not_wait_for_its_thousand_notifies() 
     let before = order.iter().position(|m| *m == "200").unwrap();
     assert_eq!(
         before, 0,
-        "the 200 left after {before} of the {WATCHERS} NOTIFYs: it waited for the fan-out"
+        "the 200 left after {before} of the {watchers} NOTIFYs: it waited for the fan-out"
     );
 
     // The fan-out itself is whole and in order: every watcher once, with the new state and
@@ -155,7 +169,7 @@ async fn rfc3903_the_200_to_a_publish_does_not_wait_for_its_thousand_notifies() 
         assert!(seen.insert(call_id, ()).is_none(), "one NOTIFY per watcher");
         w.answer(n).await;
     }
-    assert_eq!(seen.len(), WATCHERS);
+    assert_eq!(seen.len(), watchers);
 }
 
 fn cseq_method(r: &impl HasHeaders) -> String {

@@ -102,6 +102,9 @@ pub struct OutNotify {
     pub sub: SubRef,
     pub request: Request,
     pub to: Peer,
+    /// The branch of the request's top Via (its client transaction's key, without parsing
+    /// the Via back).
+    pub branch: String,
 }
 
 /// A NOTIFY decided under the shard lock: its CSeq and version counted, its place in the
@@ -174,11 +177,17 @@ pub type NotifyOutbox = tokio::sync::mpsc::UnboundedSender<NotifyBatch>;
 pub enum Reply {
     Now(Response),
     /// Send `response` once `durable` resolves (acknowledged means durable), then the
-    /// NOTIFYs.
+    /// NOTIFYs, then hand `fanout` to the outbox ([`Presence::release`]).
     AfterWrite {
         response: Response,
         durable: Durable,
         notifies: Vec<OutNotify>,
+        /// A PUBLISH's fan-out, decided (its CSeqs counted, its order taken) but held back
+        /// until the `200` has left: on a busy core the outbox would otherwise build and send
+        /// a thousand NOTIFYs while the answer waits its turn. Holding it back reorders
+        /// nothing a watcher sees: a subscription has one NOTIFY in flight at a time, so its
+        /// next one is decided only after this one is answered.
+        fanout: Option<NotifyBatch>,
     },
 }
 
@@ -690,6 +699,7 @@ impl Presence {
             sub: p.sub,
             request,
             to: p.to,
+            branch,
         }
     }
 
@@ -709,12 +719,18 @@ impl Presence {
     /// Hands decided NOTIFYs to the outbox, unbuilt: the request path that decided them
     /// (a PUBLISH's, a call's lamp) goes on at once.
     fn send(&self, notifies: Vec<PendingNotify>, after: Option<Durable>) {
-        if notifies.is_empty() {
+        self.release(NotifyBatch { notifies, after });
+    }
+
+    /// Hands a batch held back until its request was answered ([`Reply::AfterWrite`]'s
+    /// `fanout`) to the outbox.
+    pub fn release(&self, batch: NotifyBatch) {
+        if batch.notifies.is_empty() {
             return;
         }
-        let count = notifies.len();
+        let count = batch.notifies.len();
         let sent = match &self.outbox {
-            Some(outbox) => outbox.send(NotifyBatch { notifies, after }).is_ok(),
+            Some(outbox) => outbox.send(batch).is_ok(),
             None => false,
         };
         if !sent {

@@ -451,6 +451,7 @@ impl Presence {
                 response,
                 durable: self.store.write(writes),
                 notifies: self.build_notifies(out),
+                fanout: None,
             });
         }
         let expiry_at = self.at_unix(sub.rec.expires_at);
@@ -496,6 +497,7 @@ impl Presence {
             response,
             durable,
             notifies: self.build_notifies(out),
+            fanout: None,
         })
     }
 
@@ -664,6 +666,7 @@ impl Presence {
             response,
             durable,
             notifies: self.build_notifies(out),
+            fanout: None,
         })
     }
 
