@@ -100,16 +100,15 @@ async fn rfc3903_the_200_to_a_publish_leaves_before_a_small_fanout_too() {
     publish_is_answered_before_its_fanout(10).await;
 }
 
-async fn publish_is_answered_before_its_fanout(watchers: usize) {
-    let s = server(CONFIG).await;
+/// `watchers` subscriptions to 1001 from one socket, each initial NOTIFY answered, so that
+/// nothing is in flight when the PUBLISH comes; with the CSeq of each initial NOTIFY.
+async fn subscribed(s: &TestServer, watchers: usize) -> (Wire, u16, HashMap<String, u32>) {
     let w = Wire {
         sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
         server: s.udp,
     };
     let port = w.sock.local_addr().unwrap().port();
-
-    // 1,000 watchers on the one socket, 50 at a time (socket buffers); each initial NOTIFY
-    // answered, so that nothing is in flight when the PUBLISH comes.
+    // 50 at a time (socket buffers).
     let mut cseq: HashMap<String, u32> = HashMap::new();
     for start in (0..watchers).step_by(50) {
         let n = 50.min(watchers - start);
@@ -133,6 +132,12 @@ async fn publish_is_answered_before_its_fanout(watchers: usize) {
         }
     }
     assert_eq!(cseq.len(), watchers);
+    (w, port, cseq)
+}
+
+async fn publish_is_answered_before_its_fanout(watchers: usize) {
+    let s = server(CONFIG).await;
+    let (w, port, cseq) = subscribed(&s, watchers).await;
 
     w.send(&publish(port)).await;
     // Everything the PUBLISH causes, in the order it arrives. The NOTIFYs are not answered
@@ -178,4 +183,117 @@ fn cseq_method(r: &impl HasHeaders) -> String {
         .and_then(|c| c.split_whitespace().nth(1))
         .unwrap_or("")
         .to_string()
+}
+
+/// A presence store whose writes, while `holding`, are acknowledged only when the test
+/// releases them: a commit that takes its time.
+struct HeldStore {
+    inner: std::sync::Arc<busylamp::storage::MemoryStore>,
+    holding: std::sync::atomic::AtomicBool,
+    held: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), StorageError>>>>,
+}
+
+use busylamp::storage::{PresenceStore, StorageError};
+
+impl PresenceStore for HeldStore {
+    fn load_publications(&self) -> Result<Vec<busylamp::storage::PublicationRecord>, StorageError> {
+        self.inner.load_publications()
+    }
+
+    fn load_subscriptions(
+        &self,
+    ) -> Result<Vec<busylamp::storage::SubscriptionRecord>, StorageError> {
+        self.inner.load_subscriptions()
+    }
+
+    fn write(&self, writes: Vec<busylamp::storage::PresenceWrite>) -> busylamp::storage::Durable {
+        let written = self.inner.write(writes);
+        if !self.holding.load(std::sync::atomic::Ordering::SeqCst) {
+            return written;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.held.lock().unwrap().push(tx);
+        rx
+    }
+}
+
+/// While the publication is being committed, its fan-out goes out (the NOTIFYs wait for no
+/// disk write of theirs), but the PUBLISH is answered only once the commit is done:
+/// acknowledged means durable. The answer then leaves between two steps of the fan-out, or
+/// after it when the fan-out was done first.
+#[tokio::test]
+async fn rfc3903_a_publish_is_answered_only_once_stored_while_its_fanout_goes_out() {
+    use busylamp::storage::{BindingStore, MemoryStore};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    const W: usize = 100;
+    let cfg = busylamp::config::Config::from_toml(CONFIG, "test.toml").unwrap();
+    let mem = Arc::new(MemoryStore::new());
+    let held = Arc::new(HeldStore {
+        inner: mem.clone(),
+        holding: std::sync::atomic::AtomicBool::new(false),
+        held: std::sync::Mutex::new(Vec::new()),
+    });
+    let handle = busylamp::server::start(
+        &cfg,
+        busylamp::server::Stores {
+            bindings: mem.clone() as Arc<dyn BindingStore>,
+            presence: held.clone() as Arc<dyn PresenceStore>,
+            dialogs: mem.clone() as Arc<dyn busylamp::storage::DialogStore>,
+            users: None,
+            nonce_key: Some(NONCE_KEY),
+        },
+    )
+    .await
+    .unwrap();
+    let s = TestServer {
+        udp: handle.local_addr(busylamp::transport::Proto::Udp).unwrap(),
+        tcp: handle.local_addr(busylamp::transport::Proto::Tcp).unwrap(),
+        handle,
+        store: mem,
+        cfg,
+    };
+    let (w, port, cseq) = subscribed(&s, W).await;
+
+    held.holding.store(true, Ordering::SeqCst);
+    w.send(&publish(port)).await;
+    // Every watcher hears the new state (which also proves the PUBLISH was processed), and
+    // no answer comes while the write is held.
+    let mut notified = HashMap::new();
+    while notified.len() < W {
+        match w.next().await {
+            Message::Response(r) => {
+                panic!("answered {} before the publication was stored", r.status)
+            }
+            Message::Request(n) => {
+                assert_eq!(n.method, "NOTIFY");
+                let call_id = n.call_id().unwrap().to_string();
+                assert!(body(&n).contains("<basic>open</basic>"), "{}", body(&n));
+                assert_eq!(cseq_of(&n), cseq[&call_id] + 1, "{call_id}");
+                notified.insert(call_id, n);
+            }
+        }
+    }
+    // The commit ends: now the 200 (NOTIFY retransmissions may come first).
+    let held_writes: Vec<_> = std::mem::take(&mut *held.held.lock().unwrap());
+    assert_eq!(held_writes.len(), 1, "the publication is the one write");
+    for tx in held_writes {
+        let _ = tx.send(Ok(()));
+    }
+    loop {
+        match w.next().await {
+            Message::Response(r) => {
+                assert_eq!(cseq_method(&r), "PUBLISH");
+                assert_eq!(r.status, 200, "{}", r.reason);
+                break;
+            }
+            Message::Request(n) => {
+                assert_eq!(n.method, "NOTIFY", "only retransmissions before the 200");
+                assert!(notified.contains_key(n.call_id().unwrap()));
+            }
+        }
+    }
+    for n in notified.values() {
+        w.answer(n).await;
+    }
 }
