@@ -4,8 +4,9 @@
 //! outbox lets a ready answer go first. Checked by the order on the wire (one socket is the
 //! publisher and every watcher, so it sees the server's sends in order), not by wall time:
 //! the `200` arrives before the first NOTIFY, and every watcher still gets the new state with
-//! the next CSeq and version. The fan-out is handed to the outbox only once the `200` has
-//! left, so this holds for a fan-out of any size, one chunk or many.
+//! the next CSeq and version. When the publication is already stored the fan-out is handed to
+//! the outbox only once the `200` has left, so this holds for a fan-out of any size; while it
+//! is still being committed the fan-out goes out, and the `200` waits for the commit only.
 
 mod common;
 use busylamp::sip::parse::{parse_message, Limits};

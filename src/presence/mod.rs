@@ -177,14 +177,17 @@ pub type NotifyOutbox = tokio::sync::mpsc::UnboundedSender<NotifyBatch>;
 pub enum Reply {
     Now(Response),
     /// Send `response` once `durable` resolves (acknowledged means durable), then the
-    /// NOTIFYs, then hand `fanout` to the outbox ([`Presence::release`]).
+    /// NOTIFYs; `fanout` goes out as its doc says.
     AfterWrite {
         response: Response,
         durable: Durable,
         notifies: Vec<OutNotify>,
-        /// A PUBLISH's fan-out, decided (its CSeqs counted, its order taken) but held back
-        /// until the `200` has left: on a busy core the outbox would otherwise build and send
-        /// a thousand NOTIFYs while the answer waits its turn. Holding it back reorders
+        /// A PUBLISH's fan-out, decided (its CSeqs counted, its order taken) and handed
+        /// over with the answer instead of queued in the outbox: when the write is already
+        /// done the `200` leaves first and then the batch goes to the outbox
+        /// ([`Presence::release`]); otherwise the server core sends the fan-out while the
+        /// write is committed and slips the `200` in between two of its steps as soon as it
+        /// is. Either way the answer does not wait behind a thousand NOTIFYs. This reorders
         /// nothing a watcher sees: a subscription has one NOTIFY in flight at a time, so its
         /// next one is decided only after this one is answered.
         fanout: Option<NotifyBatch>,
@@ -722,8 +725,8 @@ impl Presence {
         self.release(NotifyBatch { notifies, after });
     }
 
-    /// Hands a batch held back until its request was answered ([`Reply::AfterWrite`]'s
-    /// `fanout`) to the outbox.
+    /// Hands a batch to the outbox (a PUBLISH's fan-out after its `200`:
+    /// [`Reply::AfterWrite`]'s `fanout`).
     pub fn release(&self, batch: NotifyBatch) {
         if batch.notifies.is_empty() {
             return;
