@@ -69,6 +69,7 @@ async fn make(presence: &Presence, i: usize, req: &busylamp::sip::Request, from:
             response,
             durable: written,
             notifies,
+            ..
         } => {
             assert_eq!(
                 response.status, 200,

@@ -102,6 +102,9 @@ pub struct OutNotify {
     pub sub: SubRef,
     pub request: Request,
     pub to: Peer,
+    /// The branch of the request's top Via (its client transaction's key, without parsing
+    /// the Via back).
+    pub branch: String,
 }
 
 /// A NOTIFY decided under the shard lock: its CSeq and version counted, its place in the
@@ -174,11 +177,20 @@ pub type NotifyOutbox = tokio::sync::mpsc::UnboundedSender<NotifyBatch>;
 pub enum Reply {
     Now(Response),
     /// Send `response` once `durable` resolves (acknowledged means durable), then the
-    /// NOTIFYs.
+    /// NOTIFYs; `fanout` goes out as its doc says.
     AfterWrite {
         response: Response,
         durable: Durable,
         notifies: Vec<OutNotify>,
+        /// A PUBLISH's fan-out, decided (its CSeqs counted, its order taken) and handed
+        /// over with the answer instead of queued in the outbox: when the write is already
+        /// done the `200` leaves first and then the batch goes to the outbox
+        /// ([`Presence::release`]); otherwise the server core sends the fan-out while the
+        /// write is committed and slips the `200` in between two of its steps as soon as it
+        /// is. Either way the answer does not wait behind a thousand NOTIFYs. This reorders
+        /// nothing a watcher sees: a subscription has one NOTIFY in flight at a time, so its
+        /// next one is decided only after this one is answered.
+        fanout: Option<NotifyBatch>,
     },
 }
 
@@ -700,6 +712,7 @@ impl Presence {
             sub: p.sub,
             request,
             to: p.to,
+            branch,
         }
     }
 
@@ -719,12 +732,18 @@ impl Presence {
     /// Hands decided NOTIFYs to the outbox, unbuilt: the request path that decided them
     /// (a PUBLISH's, a call's lamp) goes on at once.
     fn send(&self, notifies: Vec<PendingNotify>, after: Option<Durable>) {
-        if notifies.is_empty() {
+        self.release(NotifyBatch { notifies, after });
+    }
+
+    /// Hands a batch to the outbox (a PUBLISH's fan-out after its `200`:
+    /// [`Reply::AfterWrite`]'s `fanout`).
+    pub fn release(&self, batch: NotifyBatch) {
+        if batch.notifies.is_empty() {
             return;
         }
-        let count = notifies.len();
+        let count = batch.notifies.len();
         let sent = match &self.outbox {
-            Some(outbox) => outbox.send(NotifyBatch { notifies, after }).is_ok(),
+            Some(outbox) => outbox.send(batch).is_ok(),
             None => false,
         };
         if !sent {

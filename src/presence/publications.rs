@@ -214,7 +214,6 @@ impl Presence {
         // due (queued after the publication, under the same lock).
         let after = self.write_gating(writes);
         drop(shard);
-        self.send(out, after);
         let mut response = req.response(200, "OK", Some(to_tag));
         if expires > 0 {
             response.headers.push(HeaderName::SipEtag, new_etag);
@@ -227,6 +226,10 @@ impl Presence {
             response,
             durable,
             notifies: Vec::new(),
+            fanout: Some(NotifyBatch {
+                notifies: out,
+                after,
+            }),
         })
     }
 

@@ -454,6 +454,7 @@ impl Presence {
                 response,
                 durable: self.store.write(writes),
                 notifies: self.build_notifies(out),
+                fanout: None,
             });
         }
         let expiry_at = self.at_unix(sub.rec.expires_at);
@@ -499,6 +500,7 @@ impl Presence {
             response,
             durable,
             notifies: self.build_notifies(out),
+            fanout: None,
         })
     }
 
@@ -672,6 +674,7 @@ impl Presence {
             response,
             durable,
             notifies: self.build_notifies(out),
+            fanout: None,
         })
     }
 

@@ -138,6 +138,44 @@ impl<A: Clone> ClientTransactions<A> {
             .ok_or(TxError::NoBranch)?;
         let cseq = req.cseq()?;
         let key = TxKey::client(&branch, &cseq.method);
+        self.start(req, key, to, reliable, now)
+    }
+
+    /// [`ClientTransactions::send`] for a request we built ourselves with a branch we just
+    /// minted ([`BranchKey::mint`](super::BranchKey::mint)) in its top Via, and a CSeq naming
+    /// its method: the key is made from those parts instead of parsing them back out of the
+    /// headers (a fan-out starts a thousand of these).
+    pub fn send_minted(
+        &mut self,
+        req: Request,
+        branch: &str,
+        to: A,
+        reliable: bool,
+        now: Instant,
+    ) -> Result<(TxKey, Vec<Action<A>>), TxError> {
+        if req.method == "ACK" {
+            return Err(TxError::Ack);
+        }
+        if !branch.starts_with(BRANCH_MAGIC) {
+            return Err(TxError::NoBranch);
+        }
+        debug_assert_eq!(
+            req.top_via().ok().and_then(|v| v.branch()).as_deref(),
+            Some(branch)
+        );
+        debug_assert_eq!(req.cseq().ok().map(|c| c.method), Some(req.method.clone()));
+        let key = TxKey::client(branch, &req.method);
+        self.start(req, key, to, reliable, now)
+    }
+
+    fn start(
+        &mut self,
+        req: Request,
+        key: TxKey,
+        to: A,
+        reliable: bool,
+        now: Instant,
+    ) -> Result<(TxKey, Vec<Action<A>>), TxError> {
         if self.txs.contains_key(&key) {
             return Err(TxError::Duplicate);
         }

@@ -18,6 +18,8 @@
 #   BENCH_MEM_SUBS=10000       subscriptions for the memory figure (c); 0: no (c)
 #   BENCH_FANOUT_WATCHERS="100 1000"  watcher counts W for the fan-out (b); set but
 #                              empty: no fan-out step
+#   BENCH_STEPS="c b a"        the steps to run (any of c, b, a; order fixed):
+#                              "b" alone measures the fan-out only (quicker A/B)
 #   BENCH_FANOUT_PUBLISHES=100 PUBLISHes per fan-out round (even)
 #   BENCH_FANOUT_SPACING_MS="100:50 1000:200"  ms between two PUBLISHes, per W
 #                              ("W:ms" items; a bare number applies to every
@@ -128,6 +130,7 @@ SUB_CONC="${BENCH_SUB_CONCURRENCY:-200}"
 MEM_SUBS="${BENCH_MEM_SUBS:-10000}"
 FAN_WATCHERS="${BENCH_FANOUT_WATCHERS-100 1000}"
 FAN_PUBS="${BENCH_FANOUT_PUBLISHES:-100}"
+STEPS="${BENCH_STEPS:-c b a}"
 FAN_SPACING="${BENCH_FANOUT_SPACING_MS:-100:50 1000:200}"
 spacing_for() { # W -> ms between two PUBLISHes for W watchers
     local item def=""
@@ -430,12 +433,13 @@ measure() { # SYS PORT
     # order: (c), (b), (a): the SUBSCRIBE storm last, so NOTIFY
     # retransmissions it may leave behind (a run that is not clean) cannot
     # load the server during the fan-out
-    ((MEM_SUBS == 0)) || measure_memory "$1" "$2"
-    for w in $FAN_WATCHERS; do
+    [[ " $STEPS " == *" c "* ]] && ((MEM_SUBS > 0)) && measure_memory "$1" "$2"
+    [[ " $STEPS " == *" b "* ]] && for w in $FAN_WATCHERS; do
         kill -0 "$BL_SERVER_PID" 2>/dev/null || { bl_log "$1 died"; break; }
         measure_fanout "$1" "$2" "$w"
     done
-    if kill -0 "$BL_SERVER_PID" 2>/dev/null; then measure_subscribe "$1" "$2"; fi
+    if [[ " $STEPS " == *" a "* ]] && kill -0 "$BL_SERVER_PID" 2>/dev/null; then measure_subscribe "$1" "$2"; fi
+    return 0
 }
 
 # ------------------------------------------------------------- Kamailio
