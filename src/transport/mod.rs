@@ -917,6 +917,11 @@ mod tests {
     use super::*;
 
     async fn one_udp_socket() -> Arc<Transport> {
+        udp_transport(Limits::default()).await.0
+    }
+
+    /// A transport on one UDP socket at 127.0.0.1, with these limits.
+    async fn udp_transport(limits: Limits) -> (Arc<Transport>, Vec<TcpListener>) {
         let addr = ListenAddr {
             proto: ListenProto::Udp,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -927,10 +932,7 @@ mod tests {
             max_per_source: 10,
             message_timeout: Duration::from_secs(10),
         };
-        Transport::bind(&[addr], Limits::default(), tcp)
-            .await
-            .unwrap()
-            .0
+        Transport::bind(&[addr], limits, tcp).await.unwrap()
     }
 
     /// On a current-thread runtime the sender task cannot run while this test does not
@@ -1067,21 +1069,11 @@ mod tests {
     #[tokio::test]
     async fn a_udp_burst_is_read_in_batches_whole_with_keep_alives_skipped() {
         const MAX: usize = 1000;
-        let addr = ListenAddr {
-            proto: ListenProto::Udp,
-            addr: "127.0.0.1:0".parse().unwrap(),
-        };
-        let tcp = TcpLimits {
-            idle: Duration::from_secs(60),
-            max_conns: 10,
-            max_per_source: 10,
-            message_timeout: Duration::from_secs(10),
-        };
-        let limits = Limits {
+        let (t, listeners) = udp_transport(Limits {
             max_message: MAX,
             ..Limits::default()
-        };
-        let (t, listeners) = Transport::bind(&[addr], limits, tcp).await.unwrap();
+        })
+        .await;
         let server = t.local_addrs()[0].1;
         let got = Arc::new(Collected::default());
         // Two senders, so each datagram's source must come from its own header.
