@@ -354,11 +354,10 @@ mod allocator {
 /// starts. The kernel checks the flag at each fault, so memory mapped before this call is
 /// covered too.
 fn no_transparent_huge_pages() {
-    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) takes no pointers and changes only
-    // this process's THP policy.
-    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "PR_SET_THP_DISABLE");
+    // prctl(PR_SET_THP_DISABLE): the flag is kept on the process's address space, so it
+    // covers every thread, those started later included.
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(error = %e, "PR_SET_THP_DISABLE");
     }
 }
 
