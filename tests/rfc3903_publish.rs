@@ -642,7 +642,7 @@ impl busylamp::storage::PresenceStore for FlakyStore {
 
 #[tokio::test]
 async fn a_publish_that_could_not_be_stored_does_not_silence_its_watchers() {
-    use busylamp::storage::{BindingStore, MemoryStore, PresenceStore};
+    use busylamp::storage::MemoryStore;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     let cfg = busylamp::config::Config::from_toml(OPEN, "test.toml").unwrap();
@@ -651,26 +651,7 @@ async fn a_publish_that_could_not_be_stored_does_not_silence_its_watchers() {
         inner: mem.clone(),
         failing: std::sync::atomic::AtomicBool::new(false),
     });
-    let handle = busylamp::server::start(
-        &cfg,
-        busylamp::server::Stores {
-            bindings: mem.clone() as Arc<dyn BindingStore>,
-            presence: flaky.clone() as Arc<dyn PresenceStore>,
-            dialogs: mem.clone() as Arc<dyn busylamp::storage::DialogStore>,
-            users: None,
-            nonce_key: Some(NONCE_KEY),
-        },
-    )
-    .await
-    .unwrap();
-    let udp = handle.local_addr(busylamp::transport::Proto::Udp).unwrap();
-    let s = TestServer {
-        tcp: handle.local_addr(busylamp::transport::Proto::Tcp).unwrap(),
-        udp,
-        handle,
-        store: mem,
-        cfg,
-    };
+    let s = server_with_presence_store(cfg, mem, flaky.clone()).await;
     let mut w = watch(&s, "1001", "presence", "").await;
     let mut p = Ua::new(s.udp).await;
     // The disk fails: the PUBLISH is not acknowledged (500), and its NOTIFY is not sent.

@@ -231,7 +231,7 @@ impl PresenceStore for HeldStore {
 /// after it when the fan-out was done first.
 #[tokio::test]
 async fn rfc3903_a_publish_is_answered_only_once_stored_while_its_fanout_goes_out() {
-    use busylamp::storage::{BindingStore, MemoryStore};
+    use busylamp::storage::MemoryStore;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     const W: usize = 100;
@@ -242,25 +242,7 @@ async fn rfc3903_a_publish_is_answered_only_once_stored_while_its_fanout_goes_ou
         holding: std::sync::atomic::AtomicBool::new(false),
         held: std::sync::Mutex::new(Vec::new()),
     });
-    let handle = busylamp::server::start(
-        &cfg,
-        busylamp::server::Stores {
-            bindings: mem.clone() as Arc<dyn BindingStore>,
-            presence: held.clone() as Arc<dyn PresenceStore>,
-            dialogs: mem.clone() as Arc<dyn busylamp::storage::DialogStore>,
-            users: None,
-            nonce_key: Some(NONCE_KEY),
-        },
-    )
-    .await
-    .unwrap();
-    let s = TestServer {
-        udp: handle.local_addr(busylamp::transport::Proto::Udp).unwrap(),
-        tcp: handle.local_addr(busylamp::transport::Proto::Tcp).unwrap(),
-        handle,
-        store: mem,
-        cfg,
-    };
+    let s = server_with_presence_store(cfg, mem, held.clone()).await;
     let (w, port, cseq) = subscribed(&s, W).await;
 
     held.holding.store(true, Ordering::SeqCst);

@@ -72,11 +72,31 @@ pub async fn server_with_users(
     store: Arc<MemoryStore>,
     users: Option<busylamp::storage::UserFile>,
 ) -> TestServer {
+    let presence = store.clone() as Arc<dyn busylamp::storage::PresenceStore>;
+    server_with_stores(cfg, store, presence, users).await
+}
+
+/// As [`server_with_store`], with presence state kept by `presence` (a store that fails or
+/// holds its writes on the test's command, usually wrapping `store`).
+pub async fn server_with_presence_store(
+    cfg: Config,
+    store: Arc<MemoryStore>,
+    presence: Arc<dyn busylamp::storage::PresenceStore>,
+) -> TestServer {
+    server_with_stores(cfg, store, presence, None).await
+}
+
+async fn server_with_stores(
+    cfg: Config,
+    store: Arc<MemoryStore>,
+    presence: Arc<dyn busylamp::storage::PresenceStore>,
+    users: Option<busylamp::storage::UserFile>,
+) -> TestServer {
     let handle = start(
         &cfg,
         Stores {
             bindings: store.clone() as Arc<dyn BindingStore>,
-            presence: store.clone() as Arc<dyn busylamp::storage::PresenceStore>,
+            presence,
             dialogs: store.clone() as Arc<dyn busylamp::storage::DialogStore>,
             users,
             nonce_key: Some(NONCE_KEY),
