@@ -43,33 +43,6 @@ pub fn set_realtime(priority: u8) -> io::Result<()> {
     }
 }
 
-/// The calling thread's real-time priority: `None` in a time-shared class.
-pub fn current_realtime_priority() -> io::Result<Option<u8>> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: pid 0 is the calling thread; no memory is passed.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        if policy < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if policy & !libc::SCHED_RESET_ON_FORK != libc::SCHED_RR
-            && policy & !libc::SCHED_RESET_ON_FORK != libc::SCHED_FIFO
-        {
-            return Ok(None);
-        }
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is a valid, writable sched_param that outlives the call.
-        if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(u8::try_from(param.sched_priority).ok())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        Ok(None)
-    }
-}
-
 /// Applies `[server] realtime_priority` (0: leave the normal class) to the calling thread and
 /// the threads it starts later. Not permitted (no CAP_SYS_NICE nor a large enough
 /// `RLIMIT_RTPRIO`, or a seccomp filter): a warning naming the key and the fix, and the server
@@ -99,6 +72,27 @@ pub fn apply_realtime_priority(priority: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's real-time priority, `None` in a time-shared class: read from
+    /// `/proc/thread-self/stat` (fields 40 `rt_priority` and 41 `policy`, counted after the
+    /// command name, which may hold spaces and parentheses).
+    fn current_realtime_priority() -> io::Result<Option<u8>> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+        let after_comm = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        // after_comm starts at field 3 (state).
+        let field = |n: usize| -> io::Result<i64> {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short stat line"))
+        };
+        let policy = field(41)? as i32;
+        if policy != libc::SCHED_RR && policy != libc::SCHED_FIFO {
+            return Ok(None);
+        }
+        Ok(u8::try_from(field(40)?).ok())
+    }
 
     /// Runs in its own thread so the test harness keeps its class. Where the test may not
     /// (an unprivileged user without RLIMIT_RTPRIO), the refusal is an error, not a panic, and
