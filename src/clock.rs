@@ -36,11 +36,18 @@ impl Clock {
         (self.base_unix + self.base.elapsed()).as_millis() as u64
     }
 
-    /// The tokio instant at which a unix time is reached (now, if it is past).
+    /// The tokio instant for an expiry stored as whole unix seconds: as many whole seconds
+    /// from now as `unix_secs` is after the current second (now, if it is not later).
+    ///
+    /// Expiries are stored as `now_unix() + expires`, so the instant is `now + expires`
+    /// when the record is made: never before the stored second (the expiry check that runs
+    /// then agrees), and at the fraction of a second the record was made at. Firing at the
+    /// whole second instead would gather every expiry made during one second into one
+    /// instant: at 20 calls/s, twenty ended calls' lingering dialog states expired together
+    /// and their fan-outs held a call's lamp NOTIFY back by milliseconds, once a second.
     pub fn instant_of(&self, unix_secs: u64) -> Instant {
-        let target = Duration::from_secs(unix_secs);
-        let now_unix = self.base_unix + self.base.elapsed();
-        Instant::now() + target.saturating_sub(now_unix)
+        let now_secs = self.now_unix();
+        Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now_secs))
     }
 }
 
