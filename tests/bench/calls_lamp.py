@@ -59,6 +59,10 @@ A second line splits the early NOTIFYs slower than SLOW_MS (3 ms) by cause:
                 call's fan-out, answers to the watchers' 200s)
   thirds        how many fell in the first, second and last third of the
                 round (by the 180's time)
+  burst_max     the most NOTIFYs the proxy sent in any BURST_MS (3 ms): about
+                one call's fan-out normally; hundreds when fan-outs came due
+                together (expiry timers at whole seconds did, before the fourth
+                pass: 200 every second at 20 calls/s)
 """
 
 import bisect
@@ -74,6 +78,7 @@ STATE = re.compile(rb"<state\b[^>]*>\s*([a-z]+)\s*</state>")
 ENTITY = re.compile(rb"""<dialog-info\b[^>]*\bentity\s*=\s*["']([^"']*)["']""")
 URI = re.compile(rb"<?(sips?:[^>;\s]+)")
 SLOW_MS = 3.0
+BURST_MS = 3.0
 RANK = {b"trying": 0, b"proceeding": 1, b"early": 2, b"confirmed": 3, b"terminated": 4}
 
 
@@ -105,6 +110,7 @@ def main():
     t180 = {}  # call-id -> (t, callee URI)
     ok200 = {}  # (subscription call-id, NOTIFY CSeq number) -> first 200 from the watcher
     seen_notify = set()
+    notify_times = []  # every NOTIFY the proxy sent, retransmissions too
     retrans = 0
     subs = {}  # subscription call-id -> [(t, cseq, body)]
     entity_of = {}  # subscription call-id -> entity URI
@@ -130,6 +136,7 @@ def main():
             if msg is None:
                 continue
             _first, hdr, body = msg
+            notify_times.append(ts)
             key = (hdr.get(b"call-id", b""), hdr.get(b"cseq", b""))
             if key in seen_notify:
                 retrans += 1
@@ -248,8 +255,23 @@ def main():
     )
     print(
         "SLOW " + " ".join(f"{k}={v}" for k, v in slow.items()) + f" thirds={'/'.join(map(str, thirds))}"
-        + f" (early NOTIFYs slower than {SLOW_MS:g} ms, by cause)"
+        + f" burst_max={burst_max(notify_times, BURST_MS)}"
+        + f" (early NOTIFYs slower than {SLOW_MS:g} ms, by cause; burst_max: the most NOTIFYs"
+        + f" sent in any {BURST_MS:g} ms)"
     )
+
+
+def burst_max(times, window_ms):
+    """The most timestamps in any window of window_ms: one call's fan-out is its callee's
+    watchers (and the caller's); far more means fan-outs that came due together (e.g. timers
+    at one instant), which a 180 arriving then waits out."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] < t - window_ms / 1000:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
 
 
 if __name__ == "__main__":
