@@ -108,8 +108,8 @@ pub struct OutNotify {
 }
 
 /// A NOTIFY decided under the shard lock: its CSeq and version counted, its place in the
-/// subscription's order taken (one in flight), the dialog copied out and its body a snapshot
-/// of the publications. Nothing is built or rendered yet: whoever sends it does that with no
+/// subscription's order taken (one in flight), its dialog headers shared (not copied) and
+/// its body a snapshot of the publications. Nothing is built or rendered yet: whoever sends it does that with no
 /// lock held ([`Presence::build_notifies`]), for a fan-out chunk by chunk in the server's
 /// outbox, so that neither the request that caused it nor the presentity's next change waits
 /// for a thousand requests to be built.
