@@ -105,6 +105,70 @@ async fn rfc6665_4_2_1_subscribe_creates_a_dialog_and_gets_an_immediate_full_not
     assert!(body(&n).contains("<basic>closed</basic>"), "{}", body(&n));
 }
 
+/// A subscription's NOTIFY dialog headers are printed once and shared by its NOTIFYs; a
+/// refresh that moves the watcher (a target refresh, RFC 3261 §12.2.1.1: new Contact, new
+/// flow) must move the NOTIFYs' Request-URI and destination and keep every dialog header.
+#[tokio::test]
+async fn rfc3261_12_2_1_1_a_refresh_moves_the_notifies_and_keeps_the_dialog() {
+    let s = server(OPEN).await;
+    let mut w = Ua::new(s.udp).await;
+    let r = w
+        .request(&subscribe(
+            w.port(),
+            "1001",
+            "presence",
+            "moves",
+            1,
+            600,
+            None,
+            "Accept: application/xpidf+xml",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let tag = tag_of(header(&r, HeaderName::To));
+    let n1 = w.notify().await;
+    assert_eq!(
+        n1.uri.to_string(),
+        format!("sip:1002@127.0.0.1:{}", w.port())
+    );
+
+    // The phone comes back from another port with a new Contact.
+    let mut moved = Ua::new(s.udp).await;
+    let r = moved
+        .request(&subscribe(
+            moved.port(),
+            "1001",
+            "presence",
+            "moves",
+            2,
+            600,
+            Some(&tag),
+            "Accept: application/xpidf+xml",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.reason);
+    let n2 = moved.notify().await;
+    assert_eq!(
+        n2.uri.to_string(),
+        format!("sip:1002@127.0.0.1:{}", moved.port())
+    );
+    assert_eq!(cseq_of(&n2), 2);
+    for h in [
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::CallId,
+        HeaderName::Contact,
+        HeaderName::Event,
+        HeaderName::ContentType,
+    ] {
+        assert_eq!(header(&n2, h), header(&n1, h), "{h:?}");
+    }
+    assert_eq!(
+        header(&n2, HeaderName::ContentType),
+        "application/xpidf+xml"
+    );
+}
+
 #[tokio::test]
 async fn rfc6665_4_2_1_2_refresh_in_dialog_and_4_2_1_4_unsubscribe() {
     let s = server(OPEN).await;

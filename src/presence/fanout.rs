@@ -38,9 +38,8 @@ impl Presence {
             }
         }
         // Only what the NOTIFY's place in the order needs is taken here (its CSeq, counted
-        // above, and the dialog as it is now); its branch, request and body are made by
+        // above, and a reference to the dialog); its branch, request and body are made by
         // whoever sends it, with the lock released (`build_notifies`).
-        let head = notify::DialogHead::of(&sub.rec);
         sub.delivery.sent();
         PendingNotify {
             sub: SubRef {
@@ -50,7 +49,8 @@ impl Presence {
             to: sub.route.to,
             request_uri: sub.route.request_uri.clone(),
             via_sent_by: sub.route.via_sent_by.clone(),
-            head,
+            head: sub.head.clone(),
+            cseq: sub.rec.local_cseq,
             state,
             body,
         }
@@ -100,7 +100,6 @@ impl Presence {
         }
         Body::Document {
             snapshot: self.snapshot(res, resource),
-            accept: sub.rec.accept.clone(),
             options: Self::options_of(sub),
             version,
         }
@@ -284,7 +283,6 @@ impl Presence {
             }
             let body = Body::Document {
                 snapshot: snapshot.clone(),
-                accept: sub.rec.accept.clone(),
                 options: Self::options_of(sub),
                 version: sub.rec.version,
             };

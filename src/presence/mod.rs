@@ -108,8 +108,8 @@ pub struct OutNotify {
 }
 
 /// A NOTIFY decided under the shard lock: its CSeq and version counted, its place in the
-/// subscription's order taken (one in flight), the dialog copied out and its body a snapshot
-/// of the publications. Nothing is built or rendered yet: whoever sends it does that with no
+/// subscription's order taken (one in flight), its dialog headers shared (not copied) and
+/// its body a snapshot of the publications. Nothing is built or rendered yet: whoever sends it does that with no
 /// lock held ([`Presence::build_notifies`]), for a fan-out chunk by chunk in the server's
 /// outbox, so that neither the request that caused it nor the presentity's next change waits
 /// for a thousand requests to be built.
@@ -119,7 +119,8 @@ pub struct PendingNotify {
     to: Peer,
     request_uri: Arc<crate::sip::Uri>,
     via_sent_by: Arc<str>,
-    head: notify::DialogHead,
+    head: Arc<notify::DialogHead>,
+    cseq: u32,
     state: SubscriptionState,
     body: render::Body,
 }
@@ -324,6 +325,9 @@ struct Sub {
     key: Arc<[u8]>,
     /// Where its NOTIFYs go, worked out once (and again on a refresh), not per NOTIFY.
     route: NotifyRoute,
+    /// Its NOTIFYs' dialog headers, printed once (they never change), shared with each
+    /// NOTIFY decided.
+    head: Arc<notify::DialogHead>,
     profile: Arc<VendorProfile>,
     delivery: Delivery,
     failures: u32,
@@ -382,6 +386,7 @@ impl Sub {
     ) -> Box<Sub> {
         rec.shrink_to_fit();
         Box::new(Sub {
+            head: Arc::new(notify::DialogHead::of(&rec)),
             rec,
             key,
             route,
@@ -694,9 +699,10 @@ impl Presence {
     fn build_notify(&self, p: PendingNotify) -> OutNotify {
         let pkg = p.sub.res.pkg;
         let branch = self.branches.mint(self.ids.next());
-        let body = self.render_body(p.body);
+        let body = self.render_body(p.body, p.head.accept());
         let request = notify::build_from(
-            p.head,
+            &p.head,
+            p.cseq,
             pkg,
             &NotifyParts {
                 request_uri: &p.request_uri,

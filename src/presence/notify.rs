@@ -39,11 +39,12 @@ pub struct NotifyParts<'a> {
     pub server_header: &'a str,
 }
 
-/// The subscription dialog's side of one NOTIFY (RFC 3261 §12.2.1.1), copied out of the
-/// subscription under the shard lock with its CSeq counted, so that the request can be built
-/// later, by whoever sends it, with no lock held. Its strings become the header values
-/// ([`build_from`] moves them), so copying them here costs what building would have.
-#[derive(Debug, Clone)]
+/// The subscription dialog's side of its NOTIFYs (RFC 3261 §12.2.1.1) that never changes
+/// over its life: its header values and the Accept its bodies are rendered for, printed once when the subscription is made (or
+/// restored) and shared (`Arc`) with each NOTIFY decided under the shard lock. Deciding a
+/// fan-out's thousand NOTIFYs then counts a reference per watcher instead of copying six
+/// strings, and the copies are made by whoever builds the requests, with no lock held.
+#[derive(Debug)]
 pub struct DialogHead {
     route_set: Vec<String>,
     /// `From`: the SUBSCRIBE's To with our tag.
@@ -51,29 +52,35 @@ pub struct DialogHead {
     /// `To`: the SUBSCRIBE's From with the watcher's tag.
     to: String,
     call_id: String,
-    cseq: u32,
     /// Our Contact, in angle brackets.
     contact: String,
     event_id: Option<String>,
+    /// The SUBSCRIBE's Accept, the view its bodies are rendered for (also fixed).
+    accept: Vec<String>,
 }
 
 impl DialogHead {
-    /// The dialog of `sub` with CSeq `sub.local_cseq` (the caller has already counted it).
+    /// The dialog of `sub` (its identifiers, route set and our Contact are fixed when it is
+    /// made: a refresh changes only the remote target, which [`NotifyParts`] carries).
     pub fn of(sub: &SubscriptionRecord) -> DialogHead {
         DialogHead {
             route_set: sub.route_set.clone(),
             from: concat(&[&sub.presentity_header, ";tag=", &sub.local_tag]),
             to: concat(&[&sub.watcher_header, ";tag=", &sub.remote_tag]),
             call_id: sub.call_id.clone(),
-            cseq: sub.local_cseq,
             contact: concat(&["<", &sub.contact, ">"]),
             event_id: sub.event_id.clone(),
+            accept: sub.accept.clone(),
         }
+    }
+
+    /// The media types the watcher accepts (empty: the package's default).
+    pub fn accept(&self) -> &[String] {
+        &self.accept
     }
 }
 
-/// `parts` joined in one allocation of the right size (this runs under the shard lock, once
-/// per watcher of a fan-out; `format!` grows its buffer as it goes).
+/// `parts` joined in one allocation of the right size (`format!` grows its buffer as it goes).
 fn concat(parts: &[&str]) -> String {
     let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
     for p in parts {
@@ -85,11 +92,11 @@ fn concat(parts: &[&str]) -> String {
 /// A NOTIFY in the subscription's dialog with CSeq `sub.local_cseq` (the caller has already
 /// counted it).
 pub fn build(sub: &SubscriptionRecord, pkg: Pkg, parts: &NotifyParts<'_>) -> Request {
-    build_from(DialogHead::of(sub), pkg, parts)
+    build_from(&DialogHead::of(sub), sub.local_cseq, pkg, parts)
 }
 
-/// [`build`] from a dialog copied out of its subscription earlier.
-pub fn build_from(head: DialogHead, pkg: Pkg, parts: &NotifyParts<'_>) -> Request {
+/// [`build`] from the dialog shared by the subscription, with CSeq `cseq`.
+pub fn build_from(head: &DialogHead, cseq: u32, pkg: Pkg, parts: &NotifyParts<'_>) -> Request {
     let mut headers = Headers(Vec::with_capacity(12 + head.route_set.len()));
     headers.push(
         HeaderName::Via,
@@ -99,14 +106,14 @@ pub fn build_from(head: DialogHead, pkg: Pkg, parts: &NotifyParts<'_>) -> Reques
         ),
     );
     headers.push(HeaderName::MaxForwards, "70");
-    for r in head.route_set {
-        headers.push(HeaderName::Route, r);
+    for r in &head.route_set {
+        headers.push(HeaderName::Route, r.as_str());
     }
-    headers.push(HeaderName::From, head.from);
-    headers.push(HeaderName::To, head.to);
-    headers.push(HeaderName::CallId, head.call_id);
-    headers.push(HeaderName::CSeq, format!("{} NOTIFY", head.cseq));
-    headers.push(HeaderName::Contact, head.contact);
+    headers.push(HeaderName::From, head.from.as_str());
+    headers.push(HeaderName::To, head.to.as_str());
+    headers.push(HeaderName::CallId, head.call_id.as_str());
+    headers.push(HeaderName::CSeq, format!("{cseq} NOTIFY"));
+    headers.push(HeaderName::Contact, head.contact.as_str());
     headers.push(
         HeaderName::Event,
         EventHeader::value(pkg, head.event_id.as_deref()),

@@ -82,10 +82,10 @@ impl Snapshot {
 pub(super) enum Body {
     /// Pending, or a final NOTIFY after a rejection: no body.
     None,
-    /// The resource's document for this watcher's view, with its version.
+    /// The resource's document for this watcher's view, with its version (the view's
+    /// Accept is the subscription's, shared in its [`DialogHead`](super::notify::DialogHead)).
     Document {
         snapshot: Arc<Snapshot>,
-        accept: Vec<String>,
         options: RenderOptions,
         version: u32,
     },
@@ -150,16 +150,16 @@ impl Presence {
         s
     }
 
-    /// Renders a NOTIFY body decided under the lock. Called with no shard lock held.
-    pub(super) fn render_body(&self, body: Body) -> Option<Rendered> {
+    /// Renders a NOTIFY body decided under the lock for a watcher accepting `accept`. Called
+    /// with no shard lock held.
+    pub(super) fn render_body(&self, body: Body, accept: &[String]) -> Option<Rendered> {
         match body {
             Body::None => None,
             Body::Document {
                 snapshot,
-                accept,
                 options,
                 version,
-            } => self.render_for(&snapshot, &accept, version, options),
+            } => self.render_for(&snapshot, accept, version, options),
             Body::Winfo(info) => Some(Rendered {
                 content_type: "application/watcherinfo+xml",
                 body: watcherinfo::render(&info).into_bytes(),
