@@ -87,21 +87,7 @@ source "$HERE/../interop/lib.sh"
 BL_KAM_CFG="$HERE/../interop/bla-kamailio.cfg"
 DRIVER="$HERE/bla_seize.py"
 
-DO_KAM=1
-DO_BL=1
-BUILD=build
-KEEP=0
-for arg in "$@"; do
-    case "$arg" in
-    --kamailio-only) DO_BL=0 ;;
-    --busylamp-only) DO_KAM=0 ;;
-    --build) BUILD=force ;;
-    --no-build) BUILD=never ;;
-    --keep) KEEP=1 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) bl_die "unknown argument: $arg (see --help)" ;;
-    esac
-done
+bl_bench_args "$0" "$@"
 
 LINES="${BENCH_LINES:-20}"
 PHONES="${BENCH_PHONES:-4}"
@@ -128,18 +114,11 @@ if ((DO_KAM)) && ! (bl_need_tools kamailio sqlite presence); then
     DO_KAM=0
 fi
 
-WORK="$(mktemp -d -t busylamp-bla-bench.XXXXXX)"
-cleanup() {
-    local rc=$?
-    bl_stop_all_servers
+bench_cleanup() { # the databases kept outside WORK (bl_bench_workdir's clean-up calls this)
     [[ -z "$KAM_DB_TMP" ]] || rm -rf "$KAM_DB_TMP"
     [[ -z "$BL_DATA_TMP" ]] || rm -rf "$BL_DATA_TMP"
-    if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-    return "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bl_bench_workdir busylamp-bla-bench
 
 declare -A RES=()
 

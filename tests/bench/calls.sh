@@ -128,21 +128,7 @@ SC_UAC="$HERE/calls_uac.xml"
 SC_WATCH="$HERE/calls_watch.xml"
 LAMP_PY="$HERE/calls_lamp.py"
 
-DO_KAM=1
-DO_BL=1
-BUILD=build
-KEEP=0
-for arg in "$@"; do
-    case "$arg" in
-    --kamailio-only) DO_BL=0 ;;
-    --busylamp-only) DO_KAM=0 ;;
-    --build) BUILD=force ;;
-    --no-build) BUILD=never ;;
-    --keep) KEEP=1 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) bl_die "unknown argument: $arg (see --help)" ;;
-    esac
-done
+bl_bench_args "$0" "$@"
 
 CALLEES="${BENCH_CALLEES:-100}"
 WPC="${BENCH_WATCHERS_PER_CALLEE:-10}"
@@ -170,18 +156,7 @@ WATCHERS=$((CALLEES * WPC))
 
 bl_need_tools kamailio sqlite presence tcpdump python3
 
-WORK="$(mktemp -d -t busylamp-calls-bench.XXXXXX)"
-BG_PIDS=() # tcpdump and background sipps started here
-cleanup() {
-    local rc=$? p
-    for p in "${BG_PIDS[@]}"; do bl_stop_bg "$p"; done
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-    return "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bl_bench_workdir busylamp-calls-bench # WORK; BG_PIDS: tcpdump and background sipps
 
 remaining() { echo $((BUDGET - SECONDS)); }
 run_timeout() { # a sipp -timeout that still fits in the budget (0: none)

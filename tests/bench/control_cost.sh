@@ -53,17 +53,8 @@ SC_UAS="$HERE/calls_uas.xml"
 SC_UAC="$HERE/calls_uac.xml"
 SC_WATCH="$HERE/calls_watch.xml"
 
-BUILD=build
-KEEP=0
-for arg in "$@"; do
-    case "$arg" in
-    --build) BUILD=force ;;
-    --no-build) BUILD=never ;;
-    --keep) KEEP=1 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) bl_die "unknown argument: $arg (see --help)" ;;
-    esac
-done
+bl_bench_args "$0" "$@"
+((DO_BL)) || bl_die "--kamailio-only: this script measures busylamp only (with and without a follow client)"
 
 CALLEES="${BENCH_CALLEES:-100}"
 WPC="${BENCH_WATCHERS_PER_CALLEE:-10}"
@@ -80,18 +71,7 @@ WATCHERS=$((CALLEES * WPC))
 
 bl_need_tools python3
 
-WORK="$(mktemp -d -t busylamp-control-cost.XXXXXX)"
-BG_PIDS=() # background sipps and the follow client
-cleanup() {
-    local rc=$? p
-    for p in "${BG_PIDS[@]}"; do bl_stop_bg "$p"; done
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-    return "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bl_bench_workdir busylamp-control-cost # WORK; BG_PIDS: background sipps and the follow client
 
 remaining() { echo $((BUDGET - SECONDS)); }
 

@@ -108,21 +108,7 @@ SC_WATCH="$HERE/presence_watch.xml"
 SC_PUB="$HERE/presence_publish.xml"
 FANOUT_PY="$HERE/presence_fanout.py"
 
-DO_KAM=1
-DO_BL=1
-BUILD=build
-KEEP=0
-for arg in "$@"; do
-    case "$arg" in
-    --kamailio-only) DO_BL=0 ;;
-    --busylamp-only) DO_KAM=0 ;;
-    --build) BUILD=force ;;
-    --no-build) BUILD=never ;;
-    --keep) KEEP=1 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) bl_die "unknown argument: $arg (see --help)" ;;
-    esac
-done
+bl_bench_args "$0" "$@"
 
 REPEATS="${BENCH_REPEATS:-3}"
 SUB_CALLS="${BENCH_SUB_CALLS:-20000}"
@@ -156,18 +142,7 @@ SIPP_BUF=4194304
 
 bl_need_tools kamailio sqlite presence tcpdump python3
 
-WORK="$(mktemp -d -t busylamp-presence-bench.XXXXXX)"
-BG_PIDS=() # tcpdump and background sipp started here
-cleanup() {
-    local rc=$? p
-    for p in "${BG_PIDS[@]}"; do bl_stop_bg "$p"; done
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-    return "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bl_bench_workdir busylamp-presence-bench # WORK; BG_PIDS: tcpdump and background sipp
 
 remaining() { echo $((BUDGET - SECONDS)); }
 run_timeout() { # a sipp -timeout that still fits in the budget (0: none)

@@ -67,21 +67,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../interop/lib.sh
 source "$HERE/../interop/lib.sh"
 
-KAM_ONLY=0
-BL_ONLY=0
-BUILD=build
-KEEP=0
-for arg in "$@"; do
-    case "$arg" in
-    --kamailio-only) KAM_ONLY=1 ;;
-    --busylamp-only) BL_ONLY=1 ;;
-    --build) BUILD=force ;;
-    --no-build) BUILD=never ;;
-    --keep) KEEP=1 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) bl_die "unknown argument: $arg (see --help)" ;;
-    esac
-done
+bl_bench_args "$0" "$@"
+KAM_ONLY=$((1 - DO_BL))
+BL_ONLY=$((1 - DO_KAM))
 
 USERS="${BENCH_USERS:-10000}"
 CALLS="${BENCH_CALLS:-60000}"
@@ -110,16 +98,7 @@ dbtext) bl_need_tools kamailio ;;
 *) bl_die "BENCH_KAM_DB must be sqlite or dbtext" ;;
 esac
 
-WORK="$(mktemp -d -t busylamp-bench.XXXXXX)"
-cleanup() {
-    local rc=$?
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-    return "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bl_bench_workdir busylamp-bench
 
 remaining() { echo $((BUDGET - SECONDS)); }
 # run timeout that still fits in the budget (0: does not fit)

@@ -35,7 +35,7 @@ KEEP=0
 for arg in "$@"; do
     case "$arg" in
     --keep) KEEP=1 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    -h | --help) bl_usage "$0"; exit 0 ;;
     *) bl_die "unknown argument: $arg (see --help)" ;;
     esac
 done

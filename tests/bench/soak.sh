@@ -127,7 +127,7 @@ for arg in "$@"; do
     case "$arg" in
     --keep) KEEP=1 ;;
     --summary=*) summarize "${arg#--summary=}"; exit 0 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    -h | --help) bl_usage "$0"; exit 0 ;;
     *) bl_die "unknown argument: $arg (see --help)" ;;
     esac
 done

@@ -556,6 +556,50 @@ bl_why_failed() {
 
 # --- Helpers of the benchmark and interop scripts ----------------------------
 
+# bl_usage SCRIPT: prints the script's header comment (its --help).
+bl_usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$1"; }
+
+# bl_bench_args SCRIPT [ARG...]: the benchmarks' common arguments.  Sets DO_KAM
+# and DO_BL (--kamailio-only, --busylamp-only: measure one system), BUILD
+# (build: if missing; --build: force; --no-build: never) and KEEP (--keep);
+# --help prints SCRIPT's header; any other argument is an error.
+bl_bench_args() {
+    local script="$1" arg
+    shift
+    DO_KAM=1 DO_BL=1 BUILD=build KEEP=0
+    for arg in "$@"; do
+        case "$arg" in
+        --kamailio-only) DO_BL=0 ;;
+        --busylamp-only) DO_KAM=0 ;;
+        --build) BUILD=force ;;
+        --no-build) BUILD=never ;;
+        --keep) KEEP=1 ;;
+        -h | --help) bl_usage "$script"; exit 0 ;;
+        *) bl_die "unknown argument: $arg (see --help)" ;;
+        esac
+    done
+    ((DO_KAM || DO_BL)) || bl_die "--kamailio-only and --busylamp-only together measure nothing"
+}
+
+# bl_bench_workdir NAME: a benchmark's work directory (WORK, under /tmp) and its
+# clean-up on exit, whatever the exit: the background processes in BG_PIDS and
+# every server started are stopped, the script's own bench_cleanup runs if it
+# defines one, and the directory goes unless KEEP=1 or the script failed.
+bl_bench_workdir() {
+    WORK="$(mktemp -d -t "$1.XXXXXX")"
+    BG_PIDS=()
+    trap bl_bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+bl_bench_cleanup() {
+    local rc=$? p
+    for p in "${BG_PIDS[@]}"; do bl_stop_bg "$p"; done
+    bl_stop_all_servers
+    if declare -F bench_cleanup >/dev/null; then bench_cleanup; fi
+    bl_end_work "$rc"
+}
+
 # bl_stop_bg PID: stops one background process we started (SIGINT first, so
 # tcpdump flushes and sipp prints its last screen, then TERM, then KILL), waits
 # for it, and drops it from BG_PIDS.  Only this PID is signalled.
