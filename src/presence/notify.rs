@@ -40,10 +40,11 @@ pub struct NotifyParts<'a> {
 }
 
 /// The subscription dialog's side of its NOTIFYs (RFC 3261 §12.2.1.1) that never changes
-/// over its life: its header values and the Accept its bodies are rendered for, printed once when the subscription is made (or
-/// restored) and shared (`Arc`) with each NOTIFY decided under the shard lock. Deciding a
-/// fan-out's thousand NOTIFYs then counts a reference per watcher instead of copying six
-/// strings, and the copies are made by whoever builds the requests, with no lock held.
+/// over its life: its header values and the Accept its bodies are rendered for, printed once
+/// when the subscription is made (or restored) and shared (`Arc`) with each NOTIFY decided
+/// under the shard lock. Deciding a fan-out's thousand NOTIFYs then counts a reference per
+/// watcher instead of copying six strings, and the copies are made by whoever builds the
+/// requests, with no lock held.
 #[derive(Debug)]
 pub struct DialogHead {
     route_set: Vec<String>,
