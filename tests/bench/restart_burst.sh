@@ -44,16 +44,7 @@ WATCH_S="${BENCH_WATCH_S:-45}"
 bl_need_tools
 BIN="$(bl_resolve_busylamp never)" || bl_die "no busylamp binary: cargo build --release (or set BUSYLAMP)"
 
-WORK="$(mktemp -d -t busylamp-restart-burst.XXXXXX)"
-cleanup() {
-    local rc=$?
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-    return "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bl_bench_workdir busylamp-restart-burst
 
 echo "== busylamp restart burst — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "busylamp: $BIN (git $(git -C "$(bl_repo_top)" rev-parse --short HEAD 2>/dev/null || echo none)); $SUBS subscriptions; load $(cut -d' ' -f1-3 /proc/loadavg)"

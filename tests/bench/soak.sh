@@ -161,20 +161,9 @@ mkdir -p "$OUT"
 TSV="$OUT/soak.tsv"
 SUMMARY="$OUT/summary.txt"
 
-WORK="$(mktemp -d -t busylamp-soak.XXXXXX)"
+bl_bench_workdir busylamp-soak # WORK; BG_PIDS: the load's background processes
 DATA="$WORK/busylamp-data"
 CFG="$WORK/busylamp.toml"
-BG_PIDS=()
-cleanup() {
-    local rc=$? p
-    for p in "${BG_PIDS[@]}"; do bl_stop_bg "$p"; done
-    bl_stop_all_servers
-    if ((KEEP)) || ((rc != 0)); then bl_log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-    return "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ header
 {
