@@ -136,16 +136,10 @@ impl<A: Clone> ClientTransactions<A> {
         reliable: bool,
         now: Instant,
     ) -> Result<(TxKey, Vec<Action<A>>), TxError> {
-        if req.method == "ACK" {
-            return Err(TxError::Ack);
-        }
-        let branch = req
-            .top_via()?
-            .branch()
-            .filter(|b| b.starts_with(BRANCH_MAGIC))
-            .ok_or(TxError::NoBranch)?;
+        not_ack(&req)?;
+        let branch = req.top_via()?.branch().ok_or(TxError::NoBranch)?;
         let cseq = req.cseq()?;
-        let key = TxKey::client(&branch, &cseq.method);
+        let key = client_key(&branch, &cseq.method)?;
         self.start(req, key, to, reliable, now)
     }
 
@@ -161,18 +155,13 @@ impl<A: Clone> ClientTransactions<A> {
         reliable: bool,
         now: Instant,
     ) -> Result<(TxKey, Vec<Action<A>>), TxError> {
-        if req.method == "ACK" {
-            return Err(TxError::Ack);
-        }
-        if !branch.starts_with(BRANCH_MAGIC) {
-            return Err(TxError::NoBranch);
-        }
+        not_ack(&req)?;
         debug_assert_eq!(
             req.top_via().ok().and_then(|v| v.branch()).as_deref(),
             Some(branch)
         );
         debug_assert_eq!(req.cseq().ok().map(|c| c.method), Some(req.method.clone()));
-        let key = TxKey::client(branch, &req.method);
+        let key = client_key(branch, &req.method)?;
         self.start(req, key, to, reliable, now)
     }
 
@@ -440,6 +429,25 @@ impl<A: Clone> ClientTransactions<A> {
 }
 
 /// RFC 3261 §17.1.3: the top Via branch and the CSeq method.
+/// An ACK is no transaction of its own (RFC 3261 §17.1.1.3): it is sent on its own.
+fn not_ack(req: &Request) -> Result<(), TxError> {
+    if req.method == "ACK" {
+        Err(TxError::Ack)
+    } else {
+        Ok(())
+    }
+}
+
+/// The key of a client transaction: only an RFC 3261 branch (magic cookie) can match its
+/// responses (§17.1.3).
+fn client_key(branch: &str, method: &str) -> Result<TxKey, TxError> {
+    if branch.starts_with(BRANCH_MAGIC) {
+        Ok(TxKey::client(branch, method))
+    } else {
+        Err(TxError::NoBranch)
+    }
+}
+
 fn response_key(resp: &Response) -> Option<TxKey> {
     let branch = resp.top_via().ok()?.branch()?;
     let cseq = resp.cseq().ok()?;
